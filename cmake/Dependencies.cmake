@@ -1,0 +1,20 @@
+# Every dependency comes from Debian 12 packages (see scripts/deps.sh).
+find_package(Boost 1.81...<1.82 CONFIG REQUIRED COMPONENTS headers)
+find_package(OpenSSL 3 REQUIRED)
+find_package(Threads REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(hiredis REQUIRED IMPORTED_TARGET hiredis)
+pkg_check_modules(systemd REQUIRED IMPORTED_TARGET libsystemd)
+pkg_check_modules(expat REQUIRED IMPORTED_TARGET expat)
+find_package(RapidJSON CONFIG REQUIRED)
+if(NOT TARGET RapidJSON::RapidJSON)
+  add_library(RapidJSON::RapidJSON INTERFACE IMPORTED)
+  # SYSTEM: RapidJSON 1.1 warns under C++20 (std::iterator).
+  set_target_properties(RapidJSON::RapidJSON PROPERTIES
+    INTERFACE_SYSTEM_INCLUDE_DIRECTORIES "${RAPIDJSON_INCLUDE_DIRS}"
+    INTERFACE_INCLUDE_DIRECTORIES "${RAPIDJSON_INCLUDE_DIRS}"
+    INTERFACE_COMPILE_DEFINITIONS "RAPIDJSON_HAS_STDSTRING=1")
+endif()
+if(PAYBRIDGE_BUILD_TESTS)
+  find_package(doctest CONFIG REQUIRED)
+endif()

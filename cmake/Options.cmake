@@ -1,0 +1,21 @@
+# paybridge_options: the flags every paybridge target compiles with.
+add_library(paybridge_options INTERFACE)
+target_compile_features(paybridge_options INTERFACE cxx_std_20)
+target_include_directories(paybridge_options INTERFACE ${PROJECT_SOURCE_DIR})
+target_compile_options(paybridge_options INTERFACE -Wall -Wextra -Wpedantic -Wshadow)
+target_compile_definitions(paybridge_options INTERFACE
+  BOOST_ASIO_NO_DEPRECATED
+  BOOST_ASIO_SEPARATE_COMPILATION
+  BOOST_BEAST_SEPARATE_COMPILATION
+  BOOST_BEAST_USE_STD_STRING_VIEW
+  BOOST_ASIO_DISABLE_BOOST_COROUTINE
+  PAYBRIDGE_VERSION="${PROJECT_VERSION}")
+target_link_libraries(paybridge_options INTERFACE Boost::headers Threads::Threads)
+if(PAYBRIDGE_WERROR)
+  target_compile_options(paybridge_options INTERFACE -Werror)
+endif()
+if(PAYBRIDGE_SANITIZE)
+  target_compile_options(paybridge_options INTERFACE -fsanitize=${PAYBRIDGE_SANITIZE} -fno-omit-frame-pointer
+                                                     -fno-sanitize-recover=all)
+  target_link_options(paybridge_options INTERFACE -fsanitize=${PAYBRIDGE_SANITIZE})
+endif()

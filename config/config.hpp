@@ -1,0 +1,103 @@
+#pragma once
+
+// The typed configuration (API.md "Configuration"). Parsed once from JSON after JSON-Schema
+// validation; every member has a default; secrets are already resolved to their values;
+// every path is already resolved relative to the config file's folder and its content read.
+
+#include "core/log.hpp"
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace paybridge::config {
+
+struct Endpoint {
+    std::string host{"127.0.0.1"};
+    std::uint16_t port{8080};
+};
+
+struct TlsListenConfig {
+    Endpoint listen;
+    std::string cert_file;  ///< absolute path (re-read on reload)
+    std::string key_file;   ///< absolute path
+};
+
+struct HttpLimits {
+    std::size_t max_header_bytes{8 * 1024};
+    std::size_t max_body_bytes{64 * 1024};
+    std::chrono::milliseconds read_timeout{10'000};   ///< whole request, from its first byte
+    std::chrono::milliseconds idle_timeout{60'000};   ///< keep-alive wait for the next request
+    std::chrono::milliseconds write_timeout{10'000};
+    std::chrono::milliseconds shutdown_grace{10'000};
+    std::size_t max_connections{20'000};              ///< per process
+};
+
+struct RedisConfig {
+    std::string host{"127.0.0.1"};
+    std::uint16_t port{6379};
+    int db{0};
+    std::string username;  ///< optional ACL user
+    std::string password;  ///< optional (secret)
+    std::string key_prefix{"pb:"};
+    int shards{16};        ///< hash-tag shards; fixed for the life of a deployment
+    std::chrono::milliseconds request_timeout{2'000};
+    std::chrono::milliseconds connect_timeout{2'000};
+    int wait_replicas{0};  ///< WAIT for this many replicas before acknowledging a provider
+    std::chrono::milliseconds wait_timeout{1'000};
+};
+
+struct ApiToken {
+    std::string name;
+    std::string token;  ///< secret
+};
+
+struct AlipayApp {
+    std::string app_id;
+    std::string seller_id;             ///< optional; checked when set
+    std::string sign_type{"RSA2"};     ///< "RSA2" or "RSA"
+    std::string public_key_pem;        ///< public-key mode: content of alipay_public_key_file
+    std::string public_cert_pem;       ///< certificate mode: alipay_public_cert_file content
+    std::string root_cert_pem;         ///< certificate mode: alipay_root_cert_file content
+};
+
+struct WechatMerchant {
+    std::string mchid;
+    std::string appid;
+    std::string apiv3_key;                          ///< secret, 32 bytes
+    std::string public_key_id;                      ///< "PUB_KEY_ID_..." (optional)
+    std::string public_key_pem;                     ///< content of public_key_file (optional)
+    std::vector<std::string> platform_certificates_pem;  ///< contents (optional)
+    std::string apiv2_key;                          ///< secret, optional (v2 endpoint)
+};
+
+struct CrmConfig {
+    std::string url;                          ///< http(s)://host[:port]/path; empty: no push
+    std::vector<std::string> secrets;         ///< "whsec_..." (first is current; two during rotation)
+    std::string ca_file;                      ///< optional custom CA bundle (absolute path)
+    std::chrono::milliseconds timeout{10'000};
+    int concurrency{32};
+    std::vector<std::chrono::seconds> retry_schedule{
+        std::chrono::seconds{5},     std::chrono::seconds{300},   std::chrono::seconds{1800},
+        std::chrono::seconds{7200},  std::chrono::seconds{18000}, std::chrono::seconds{36000},
+        std::chrono::seconds{36000}};
+    std::chrono::seconds lease{60};           ///< pending entries idle longer are reclaimed
+};
+
+struct Config {
+    std::string path;            ///< the file it was loaded from (absolute)
+    Endpoint listen;
+    std::optional<TlsListenConfig> tls;
+    int workers{0};              ///< event-loop threads; 0 = one per core
+    HttpLimits limits;
+    RedisConfig redis;
+    std::vector<ApiToken> api_tokens;
+    std::vector<AlipayApp> alipay_apps;
+    std::vector<WechatMerchant> wechat_merchants;
+    CrmConfig crm;
+    log::Level log_level{log::Level::info};
+};
+
+}  // namespace paybridge::config

@@ -1,0 +1,63 @@
+#pragma once
+
+#include "core/payment_event.hpp"
+#include "core/result.hpp"
+
+#include <boost/system/error_code.hpp>
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace paybridge::gateways {
+
+/// The part of an HTTP request a gateway may look at. Views are valid during the call only.
+struct InboundRequest {
+    /// Request headers as received; names compared case-insensitively by header().
+    std::vector<std::pair<std::string_view, std::string_view>> headers;
+    std::string_view body;         ///< the raw body bytes, exactly as received
+    std::string_view route_param;  ///< e.g. the {mchid} of /notify/wechatpay/{mchid}
+    std::int64_t now_unix{0};      ///< receive time, for timestamp windows (injected, testable)
+
+    /// First header with this name (case-insensitive), or nullopt-like empty view with found=false.
+    bool header(std::string_view name, std::string_view& value) const noexcept;
+};
+
+/// A reply in the exact format the provider expects.
+struct Reply {
+    int status{200};
+    std::string content_type{"text/plain"};
+    std::string body;
+};
+
+/// A verified notification plus what the gateway wants logged about it.
+struct Verified {
+    PaymentEvent event;
+    std::string notes;  ///< e.g. "empty-value fallback used"; logged, never replied
+};
+
+/// One provider protocol. Implementations are immutable after construction, thread-safe, and do
+/// no I/O: keys and certificates are loaded (and validated) by their factories.
+class Gateway {
+public:
+    virtual ~Gateway() = default;
+
+    /// Stable lower-case channel id: "alipay", "wechatpay_v3", "wechatpay_v2".
+    virtual std::string_view name() const noexcept = 0;
+
+    /// Authenticates the request on its raw bytes and only then parses it into a PaymentEvent.
+    /// Errors: errc::malformed_request, bad_signature, stale_timestamp, unknown_account,
+    /// unsupported_event.
+    virtual Result<Verified> verify_and_parse(const InboundRequest& req) const = 0;
+
+    /// The acknowledgement once the event is durably applied (or recorded as duplicate/anomaly).
+    virtual Reply success() const = 0;
+
+    /// The provider-format failure for an error (status and body), so that the provider retries
+    /// exactly when it should: 4xx for our permanent rejections, 5xx for transient failures.
+    virtual Reply failure(const boost::system::error_code& ec) const = 0;
+};
+
+}  // namespace paybridge::gateways

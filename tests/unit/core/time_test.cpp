@@ -1,0 +1,24 @@
+#include "core/time.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace paybridge;
+
+TEST_CASE("RFC 3339 round trip and offsets")
+{
+    CHECK(format_rfc3339(0) == "1970-01-01T00:00:00.000Z");
+    CHECK(format_rfc3339(1'468'908'649'123) == "2016-07-19T06:10:49.123Z");
+    CHECK(*parse_rfc3339("2018-06-08T10:34:56+08:00") == 1'528'425'296'000);
+    CHECK(*parse_rfc3339("2018-06-08T02:34:56Z") == 1'528'425'296'000);
+    CHECK(*parse_rfc3339("2018-06-08T02:34:56.5Z") == 1'528'425'296'500);
+    CHECK_FALSE(parse_rfc3339("2018-06-08 02:34:56"));
+    CHECK_FALSE(parse_rfc3339("2018-13-08T02:34:56Z"));
+}
+
+TEST_CASE("Beijing times are UTC+8")
+{
+    CHECK(*parse_beijing_time("2016-07-19 14:10:49") == 1'468'908'649'000);
+    CHECK(*parse_beijing_time("2015-04-28 15:45:57.320") == *parse_beijing_time("2015-04-28 15:45:57") + 320);
+    CHECK(*parse_beijing_time("20160719141049") == 1'468'908'649'000);
+    CHECK_FALSE(parse_beijing_time("2016-07-19T14:10:49"));
+}
