@@ -98,6 +98,10 @@ public:
     /// Recorded anomalies in order, after an opaque cursor.
     virtual boost::asio::awaitable<Result<Page>> list_anomalies(std::string after, std::size_t limit) = 0;
 
+    /// Reconciliation over bills created in [from_ms, to_ms): counts and sums per provider and
+    /// status, plus anomalies in that range by kind. A JSON document.
+    virtual boost::asio::awaitable<Result<std::string>> summary(std::int64_t from_ms, std::int64_t to_ms) = 0;
+
     /// One round trip to the backend, for /readyz. Fails while scripts are not loaded.
     virtual boost::asio::awaitable<Result<void>> ping() = 0;
 };
