@@ -1,0 +1,380 @@
+#include "daemon/app.hpp"
+
+#include "core/async.hpp"
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+#include "daemon/http_server.hpp"
+#include "daemon/reload.hpp"
+#include "daemon/systemd.hpp"
+#include "daemon/tls.hpp"
+#include "gateways/alipay/alipay_gateway.hpp"
+#include "gateways/wechatpay/wechatpay_gateway.hpp"
+#include "store/redis_bill_store.hpp"
+#include "store/redis_connection.hpp"
+#include "webhooks/service.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/executor_work_guard.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/signal_set.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+
+namespace paybridge::daemon {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+using namespace std::chrono_literals;
+
+webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems)
+{
+    auto rt = std::make_shared<webhooks::Runtime>();
+    rt->config = cfg;
+    const std::size_t before = problems.size();
+    if (!cfg->alipay_apps.empty()) {
+        auto gw = gateways::alipay::make_alipay_gateway(cfg->alipay_apps, problems);
+        if (gw) {
+            rt->alipay = std::move(*gw);
+        }
+    }
+    if (!cfg->wechat_merchants.empty()) {
+        auto v3 = gateways::wechatpay::make_wechat_v3_gateway(cfg->wechat_merchants, problems);
+        if (v3) {
+            rt->wechat_v3 = std::move(*v3);
+        }
+        auto v2 = gateways::wechatpay::make_wechat_v2_gateway(cfg->wechat_merchants, problems);
+        if (v2) {
+            rt->wechat_v2 = std::move(*v2);
+        }
+    }
+    if (cfg->tls) {
+        std::string problem;
+        if (!make_server_tls_context(*cfg->tls, problem)) {
+            problems.push_back("/tls: " + problem);
+        }
+    }
+    if (problems.size() != before) {
+        return nullptr;
+    }
+    return rt;
+}
+
+namespace {
+
+asio::ip::tcp::endpoint endpoint_of(const config::Endpoint& e)
+{
+    return {asio::ip::make_address(e.host), e.port};
+}
+
+/// One event-loop thread and everything it owns. Nothing here is shared with other workers
+/// except the immutable Runtime and the connection gate.
+struct Worker {
+    asio::io_context ioc{1};
+    store::RedisConnection redis;
+    store::RedisBillStore store;
+    webhooks::RuntimePtr runtime;  // touched only on this worker's thread
+    webhooks::Service service;
+    HttpServer server;
+    std::atomic<std::int64_t> last_beat_ms{0};
+    std::atomic<bool> done{false};
+    std::thread thread;
+
+    Worker(const config::Config& cfg, webhooks::RuntimePtr rt, ConnectionGate& gate)
+        : redis(ioc.get_executor(), cfg.redis),
+          store(redis, cfg.redis),
+          runtime(std::move(rt)),
+          service(webhooks::Service::Deps{
+              .store = store,
+              .deliveries = nullptr,
+              .runtime = [this] { return runtime; },
+              .ready = [this] { return redis.ready(); },
+          }),
+          server(ioc, cfg.limits, service, gate)
+    {
+    }
+};
+
+std::int64_t steady_ms()
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
+
+}  // namespace
+
+class App::Impl {
+public:
+    Impl(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime)
+        : cfg_(std::move(cfg)), runtime_(std::move(runtime))
+    {
+    }
+
+    int run();
+
+private:
+    awaitable<void> control();
+    awaitable<void> wait_ready();
+    awaitable<void> heartbeat();
+    awaitable<void> finish_stop();
+    void reload();
+    void begin_stop();
+
+    std::shared_ptr<const config::Config> cfg_;
+    webhooks::RuntimePtr runtime_;
+    asio::io_context control_{1};
+    ConnectionGate gate_;
+    std::vector<std::unique_ptr<Worker>> workers_;
+    bool stopping_{false};
+    const std::int64_t started_ms_ = steady_ms();
+};
+
+App::App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime)
+    : impl_(std::make_unique<Impl>(std::move(cfg), std::move(runtime)))
+{
+}
+
+App::~App() = default;
+
+int App::run() { return impl_->run(); }
+
+int App::Impl::run()
+{
+    const config::Config& cfg = *cfg_;
+    log::set_level(cfg.log_level);
+    gate_.limit = cfg.limits.max_connections;
+    const int n = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+
+    std::shared_ptr<asio::ssl::context> tls;
+    if (cfg.tls) {
+        std::string problem;
+        tls = make_server_tls_context(*cfg.tls, problem);
+        if (!tls) {
+            log::error("daemon.tls_failed", {{"error", problem}});
+            return 78;
+        }
+    }
+    try {
+        for (int i = 0; i < n; ++i) {
+            auto w = std::make_unique<Worker>(cfg, runtime_, gate_);
+            w->server.listen(endpoint_of(cfg.listen), false);
+            if (cfg.tls) {
+                w->server.listen(endpoint_of(cfg.tls->listen), true);
+                w->server.set_tls_context(tls);
+            }
+            workers_.push_back(std::move(w));
+        }
+    } catch (const boost::system::system_error& e) {
+        log::error("daemon.listen_failed", {{"error", e.what()}, {"listen", cfg.listen.host}});
+        return 1;
+    }
+
+    auto& reg = metrics::registry();
+    reg.callback_gauge("paybridge_uptime_seconds", "Seconds since the process started.",
+                       [this] { return static_cast<double>(steady_ms() - started_ms_) / 1000.0; });
+    reg.gauge("paybridge_build_info", "Build information.").with({{"version", PAYBRIDGE_VERSION}}).set(1);
+    reg.callback_gauge("paybridge_redis_commands_total", "Redis commands sent (all workers).", [this] {
+        double s = 0;
+        for (auto& w : workers_) s += static_cast<double>(w->redis.stats().commands.load());
+        return s;
+    });
+    reg.callback_gauge("paybridge_redis_errors_total", "Redis command failures (all workers).", [this] {
+        double s = 0;
+        for (auto& w : workers_) s += static_cast<double>(w->redis.stats().errors.load());
+        return s;
+    });
+    reg.callback_gauge("paybridge_redis_reconnects_total", "Redis reconnections (all workers).", [this] {
+        double s = 0;
+        for (auto& w : workers_) s += static_cast<double>(w->redis.stats().reconnects.load());
+        return s;
+    });
+
+    for (auto& w : workers_) {
+        Worker* wp = w.get();
+        wp->redis.start();
+        wp->server.start();
+        wp->thread = std::thread([wp] {
+            try {
+                wp->ioc.run();
+            } catch (const std::exception& e) {
+                log::error("daemon.worker_failed", {{"what", e.what()}});
+            }
+            wp->done.store(true);
+        });
+    }
+    log::info("daemon.started", {{"listen", cfg.listen.host + ":" + std::to_string(cfg.listen.port)},
+                                 {"workers", n}, {"version", PAYBRIDGE_VERSION}});
+
+    asio::co_spawn(control_, control(), asio::detached);
+    control_.run();
+
+    for (auto& w : workers_) {
+        if (w->thread.joinable()) {
+            w->thread.join();
+        }
+    }
+    log::info("daemon.stopped", {});
+    return 0;
+}
+
+awaitable<void> App::Impl::control()
+{
+    asio::signal_set signals(control_, SIGTERM, SIGINT, SIGHUP);
+    asio::co_spawn(control_, wait_ready(), asio::detached);
+    asio::co_spawn(control_, heartbeat(), asio::detached);
+
+    while (!stopping_) {
+        auto [ec, sig] = co_await signals.async_wait(kUseTuple);
+        if (ec) {
+            break;
+        }
+        if (sig == SIGHUP) {
+            reload();
+            continue;
+        }
+        log::info("daemon.stopping", {{"signal", sig}});
+        begin_stop();
+    }
+}
+
+// Readiness: READY=1 only once every worker's Redis connection is up with its scripts loaded.
+awaitable<void> App::Impl::wait_ready()
+{
+    asio::steady_timer t(control_);
+    while (!stopping_) {
+        bool all = true;
+        for (auto& w : workers_) {
+            all = all && w->redis.ready();
+        }
+        if (all) {
+            systemd::notify_ready();
+            log::info("daemon.ready", {});
+            co_return;
+        }
+        t.expires_after(50ms);
+        co_await t.async_wait(kUseTuple);
+    }
+}
+
+// Watchdog: each worker stamps a heartbeat from its own loop; WATCHDOG=1 only while all of them
+// do, so a stuck event loop stops the pings and systemd restarts the service.
+awaitable<void> App::Impl::heartbeat()
+{
+    const auto watchdog = systemd::watchdog_interval();
+    const auto period = watchdog.count() > 0 ? watchdog / 2 : std::chrono::milliseconds(1000);
+    asio::steady_timer t(control_);
+    while (!stopping_) {
+        const std::int64_t now = steady_ms();
+        bool alive = true;
+        for (auto& w : workers_) {
+            const auto last = w->last_beat_ms.load();
+            alive = alive && (last == 0 || now - last < std::max<std::int64_t>(period.count() * 2, 2000));
+            Worker* wp = w.get();
+            asio::post(wp->ioc, [wp] { wp->last_beat_ms.store(steady_ms()); });
+        }
+        if (watchdog.count() > 0 && alive) {
+            systemd::notify_watchdog();
+        }
+        t.expires_after(period);
+        co_await t.async_wait(kUseTuple);
+    }
+}
+
+void App::Impl::reload()
+{
+    systemd::notify_reloading();
+    ReloadResult r = reload_runtime(*cfg_);
+    if (!r.runtime) {
+        for (const auto& p : r.problems) {
+            log::error("daemon.reload_refused", {{"problem", p}});
+        }
+        log::error("daemon.reload_failed", {{"problems", r.problems.size()}, {"kept", "previous configuration"}});
+        systemd::notify_ready();
+        return;
+    }
+    for (const auto& note : r.notes) {
+        log::warning("daemon.reload_note", {{"note", note}});
+    }
+    runtime_ = r.runtime;
+    cfg_ = r.runtime->config;
+    log::set_level(cfg_->log_level);
+    std::shared_ptr<asio::ssl::context> tls;
+    if (cfg_->tls) {
+        std::string problem;
+        tls = make_server_tls_context(*cfg_->tls, problem);
+    }
+    for (auto& w : workers_) {
+        Worker* wp = w.get();
+        webhooks::RuntimePtr rt = runtime_;
+        asio::post(wp->ioc, [wp, rt, tls] {
+            wp->runtime = rt;
+            if (tls) {
+                wp->server.set_tls_context(tls);
+            }
+        });
+    }
+    log::info("daemon.reloaded", {{"config", cfg_->path}});
+    systemd::notify_ready();
+}
+
+void App::Impl::begin_stop()
+{
+    if (stopping_) {
+        return;
+    }
+    stopping_ = true;
+    systemd::notify_stopping();
+    for (auto& w : workers_) {
+        Worker* wp = w.get();
+        asio::post(wp->ioc, [wp] { wp->server.stop(); });
+    }
+    asio::co_spawn(control_, finish_stop(), asio::detached);
+}
+
+// Lets in-flight requests finish, bounded by the grace period, then stops the loops.
+awaitable<void> App::Impl::finish_stop()
+{
+    asio::steady_timer t(control_);
+    const auto deadline = std::chrono::steady_clock::now() + cfg_->limits.shutdown_grace;
+    while (std::chrono::steady_clock::now() < deadline && gate_.open.load() != 0) {
+        t.expires_after(20ms);
+        co_await t.async_wait(kUseTuple);
+    }
+    // Whatever is still running after the grace period is cut off; then every loop runs out of
+    // work by itself (Redis stopped, sessions closed), so all coroutine frames unwind normally.
+    for (auto& w : workers_) {
+        Worker* wp = w.get();
+        asio::post(wp->ioc, [wp] {
+            wp->server.abort();
+            wp->redis.stop();
+        });
+    }
+    const auto hard_deadline = std::chrono::steady_clock::now() + 5s;
+    for (;;) {
+        bool all_done = true;
+        for (auto& w : workers_) {
+            all_done = all_done && w->done.load();
+        }
+        if (all_done) {
+            break;
+        }
+        if (std::chrono::steady_clock::now() > hard_deadline) {
+            log::error("daemon.forced_stop", {});
+            for (auto& w : workers_) {
+                w->ioc.stop();
+            }
+            break;
+        }
+        t.expires_after(20ms);
+        co_await t.async_wait(kUseTuple);
+    }
+    control_.stop();
+}
+
+}  // namespace paybridge::daemon

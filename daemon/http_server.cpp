@@ -1,0 +1,345 @@
+#include "daemon/http_server.hpp"
+
+#include "core/async.hpp"
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/socket_base.hpp>
+#include <boost/asio/ssl/context.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/core/tcp_stream.hpp>
+#include <boost/beast/http/error.hpp>
+#include <boost/beast/http/parser.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+
+#include <openssl/rand.h>
+
+#include <chrono>
+#include <cstdio>
+#include <functional>
+
+namespace paybridge::daemon {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+using asio::awaitable;
+using tcp = asio::ip::tcp;
+
+struct HttpServer::Session {
+    std::function<void()> cancel;
+    bool busy{false};
+};
+
+namespace {
+
+struct Instruments {
+    metrics::Family<metrics::Counter>& requests =
+        metrics::registry().counter("paybridge_http_requests_total", "HTTP requests by route and status code.");
+    metrics::Family<metrics::Histogram>& latency = metrics::registry().histogram(
+        "paybridge_http_request_duration_seconds", "HTTP request latency by route.",
+        {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5});
+    metrics::Family<metrics::Gauge>& open =
+        metrics::registry().gauge("paybridge_open_connections", "Open client connections.");
+    metrics::Family<metrics::Counter>& rejected = metrics::registry().counter(
+        "paybridge_connections_rejected_total", "Connections refused by the connection cap.");
+};
+
+Instruments& instruments()
+{
+    static Instruments i;
+    return i;
+}
+
+/// A low-cardinality route label for metrics: ids and mchids are replaced by placeholders.
+std::string route_label(std::string_view target)
+{
+    const std::string_view path = target.substr(0, target.find('?'));
+    static constexpr std::string_view kFixed[] = {"/notify/alipay", "/healthz", "/readyz", "/metrics", "/v1/bills",
+                                                  "/v1/events", "/v1/anomalies", "/v1/deliveries",
+                                                  "/v1/deliveries/recover", "/v1/reconciliation/summary"};
+    for (auto f : kFixed) {
+        if (path == f) {
+            return std::string(f);
+        }
+    }
+    if (path.starts_with("/notify/wechatpay/")) {
+        return path.ends_with("/v2") ? "/notify/wechatpay/{mchid}/v2" : "/notify/wechatpay/{mchid}";
+    }
+    if (path.starts_with("/v1/bills/")) {
+        return "/v1/bills/{id}";
+    }
+    if (path.starts_with("/v1/events/")) {
+        return path.ends_with("/redeliver") ? "/v1/events/{id}/redeliver" : "/v1/events/{id}";
+    }
+    return "other";
+}
+
+bool valid_request_id(std::string_view id)
+{
+    if (id.empty() || id.size() > 64) {
+        return false;
+    }
+    for (char c : id) {
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '-' || c == '_' ||
+              c == '.')) {
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string new_request_id()
+{
+    // A random per-thread prefix and a counter: unique without a syscall per request.
+    thread_local std::uint64_t prefix = [] {
+        std::uint64_t p = 0;
+        RAND_bytes(reinterpret_cast<unsigned char*>(&p), sizeof p);
+        return p;
+    }();
+    thread_local std::uint64_t counter = 0;
+    char buf[40];
+    std::snprintf(buf, sizeof buf, "%016llx-%08llx", static_cast<unsigned long long>(prefix),
+                  static_cast<unsigned long long>(++counter));
+    return buf;
+}
+
+template <class Stream>
+beast::tcp_stream& lowest(Stream& s)
+{
+    return beast::get_lowest_layer(s);
+}
+
+webhooks::Response plain_error(unsigned status, std::string_view text)
+{
+    webhooks::Response res{static_cast<http::status>(status), 11};
+    res.set(http::field::content_type, "text/plain");
+    res.set(http::field::connection, "close");
+    res.keep_alive(false);
+    res.body() = std::string(text);
+    res.prepare_payload();
+    return res;
+}
+
+}  // namespace
+
+HttpServer::HttpServer(asio::io_context& ioc, const config::HttpLimits& limits, webhooks::Service& service,
+                       ConnectionGate& gate)
+    : ioc_(ioc), limits_(limits), service_(service), gate_(gate)
+{
+    instruments();
+}
+
+HttpServer::~HttpServer() = default;
+
+void HttpServer::listen(const tcp::endpoint& endpoint, bool tls)
+{
+    auto l = std::make_unique<Listener>(Listener{tcp::acceptor(ioc_), tls});
+    l->acceptor.open(endpoint.protocol());
+    l->acceptor.set_option(asio::socket_base::reuse_address(true));
+    int one = 1;
+    if (::setsockopt(l->acceptor.native_handle(), SOL_SOCKET, SO_REUSEPORT, &one, sizeof one) != 0) {
+        throw boost::system::system_error(errno, boost::system::system_category(), "SO_REUSEPORT");
+    }
+    l->acceptor.bind(endpoint);
+    l->acceptor.listen(asio::socket_base::max_listen_connections);
+    listeners_.push_back(std::move(l));
+}
+
+void HttpServer::set_tls_context(std::shared_ptr<asio::ssl::context> ctx) { tls_ = std::move(ctx); }
+
+std::uint16_t HttpServer::port(std::size_t listener) const
+{
+    return listeners_.at(listener)->acceptor.local_endpoint().port();
+}
+
+void HttpServer::start()
+{
+    for (std::size_t i = 0; i < listeners_.size(); ++i) {
+        asio::co_spawn(ioc_, accept_loop(i), [](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    log::error("http.accept_loop_failed", {{"what", ex.what()}});
+                }
+            }
+        });
+    }
+}
+
+void HttpServer::stop()
+{
+    stopping_ = true;
+    for (auto& l : listeners_) {
+        boost::system::error_code ec;
+        l->acceptor.close(ec);
+    }
+    for (Session* s : sessions_) {
+        if (!s->busy) {
+            s->cancel();
+        }
+    }
+}
+
+void HttpServer::abort()
+{
+    stop();
+    for (Session* s : sessions_) {
+        s->cancel();
+    }
+}
+
+awaitable<void> HttpServer::accept_loop(std::size_t index)
+{
+    Listener& l = *listeners_[index];
+    while (!stopping_) {
+        auto [ec, socket] = co_await l.acceptor.async_accept(kUseTuple);
+        if (ec) {
+            if (stopping_ || ec == asio::error::operation_aborted) {
+                break;
+            }
+            // EMFILE and friends: back off briefly instead of spinning.
+            log::error("http.accept_failed", {{"error", ec.message()}});
+            asio::steady_timer pause(ioc_, std::chrono::milliseconds(50));
+            co_await pause.async_wait(kUseTuple);
+            continue;
+        }
+        if (gate_.open.load(std::memory_order_relaxed) >= gate_.limit) {
+            instruments().rejected.with({}).inc();
+            boost::system::error_code ignored;
+            socket.close(ignored);
+            continue;
+        }
+        socket.set_option(tcp::no_delay(true), ec);
+        auto handler = [](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    log::error("http.session_failed", {{"what", ex.what()}});
+                }
+            }
+        };
+        if (l.tls) {
+            asio::co_spawn(ioc_, run_tls(std::move(socket)), handler);
+        } else {
+            asio::co_spawn(ioc_, run_plain(std::move(socket)), handler);
+        }
+    }
+}
+
+awaitable<void> HttpServer::run_plain(tcp::socket socket)
+{
+    beast::tcp_stream stream(std::move(socket));
+    Session session;
+    session.cancel = [&stream] { stream.cancel(); };
+    co_await serve(stream, session);
+    boost::system::error_code ec;
+    stream.socket().shutdown(tcp::socket::shutdown_send, ec);
+}
+
+awaitable<void> HttpServer::run_tls(tcp::socket socket)
+{
+    std::shared_ptr<asio::ssl::context> ctx = tls_;
+    if (!ctx) {
+        co_return;
+    }
+    beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *ctx);
+    Session session;
+    session.cancel = [&stream] { beast::get_lowest_layer(stream).cancel(); };
+    beast::get_lowest_layer(stream).expires_after(limits_.read_timeout);
+    auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, kUseTuple);
+    if (ec) {
+        log::debug("http.tls_handshake_failed", {{"error", ec.message()}});
+        co_return;
+    }
+    co_await serve(stream, session);
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
+    co_await stream.async_shutdown(kUseTuple);
+}
+
+template <class Stream>
+awaitable<void> HttpServer::serve(Stream& stream, Session& session)
+{
+    auto& inst = instruments();
+    auto& open = inst.open.with({});
+    gate_.open.fetch_add(1, std::memory_order_relaxed);
+    open.add(1);
+    sessions_.push_back(&session);
+    auto self_it = std::prev(sessions_.end());
+
+    beast::flat_buffer buffer(limits_.max_header_bytes + 1024);
+    while (!stopping_) {
+        // Wait for the first byte of the next request under the idle deadline; only then start the
+        // per-request read deadline, so keep-alive idleness and slow requests are bounded apart.
+        if (buffer.size() == 0) {
+            lowest(stream).expires_after(limits_.idle_timeout);
+            auto [ec, n] = co_await stream.async_read_some(buffer.prepare(4096), kUseTuple);
+            if (ec) {
+                break;
+            }
+            buffer.commit(n);
+        }
+        session.busy = true;
+        const auto started = std::chrono::steady_clock::now();
+        http::request_parser<http::string_body> parser;
+        parser.header_limit(static_cast<std::uint32_t>(limits_.max_header_bytes));
+        parser.body_limit(limits_.max_body_bytes);
+        lowest(stream).expires_after(limits_.read_timeout);
+        auto [rec, rn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+        if (rec) {
+            std::optional<webhooks::Response> reply;
+            if (rec == http::error::header_limit) {
+                reply = plain_error(431, "request header fields too large\n");
+            } else if (rec == http::error::body_limit) {
+                reply = plain_error(413, "payload too large\n");
+            } else if (rec != beast::error::timeout && rec != http::error::end_of_stream &&
+                       rec != asio::error::operation_aborted && rec != asio::error::eof &&
+                       rec != asio::error::connection_reset) {
+                reply = plain_error(400, "bad request\n");
+            }
+            if (reply) {
+                reply->set("X-Request-Id", new_request_id());
+                inst.requests.with({{"route", "other"}, {"code", std::to_string(reply->result_int())}}).inc();
+                lowest(stream).expires_after(limits_.write_timeout);
+                co_await http::async_write(stream, *reply, kUseTuple);
+            }
+            break;
+        }
+        webhooks::Request req = parser.release();
+        std::string request_id;
+        if (auto it = req.find("X-Request-Id"); it != req.end() && valid_request_id(it->value())) {
+            request_id = std::string(it->value());
+        } else {
+            request_id = new_request_id();
+        }
+        const std::string route = route_label(req.target());
+        webhooks::Response res = co_await service_.handle(std::move(req));
+        res.set("X-Request-Id", request_id);
+        if (stopping_) {
+            res.keep_alive(false);
+        }
+        const bool keep_alive = res.keep_alive();
+        const auto code = res.result_int();
+        lowest(stream).expires_after(limits_.write_timeout);
+        auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        inst.requests.with({{"route", route}, {"code", std::to_string(code)}}).inc();
+        inst.latency.with({{"route", route}}).observe(secs);
+        session.busy = false;
+        if (wec || !keep_alive) {
+            break;
+        }
+    }
+    sessions_.erase(self_it);
+    open.add(-1);
+    gate_.open.fetch_sub(1, std::memory_order_relaxed);
+}
+
+}  // namespace paybridge::daemon

@@ -1,0 +1,50 @@
+#include "daemon/reload.hpp"
+
+#include "config/load.hpp"
+#include "config/secrets.hpp"
+#include "daemon/app.hpp"
+
+namespace paybridge::daemon {
+
+ReloadResult load_runtime(const std::string& path)
+{
+    ReloadResult r;
+    config::SecretSource secrets;
+    config::LoadReport report = config::load_config(path, secrets);
+    r.problems = std::move(report.problems);
+    if (!report.config || !r.problems.empty()) {
+        if (r.problems.empty()) {
+            r.problems.push_back("configuration could not be loaded");
+        }
+        return r;
+    }
+    auto cfg = std::make_shared<const config::Config>(std::move(*report.config));
+    r.runtime = build_runtime(cfg, r.problems);
+    return r;
+}
+
+ReloadResult reload_runtime(const config::Config& running)
+{
+    ReloadResult r = load_runtime(running.path);
+    if (!r.runtime) {
+        return r;
+    }
+    const config::Config& next = *r.runtime->config;
+    if (next.listen.host != running.listen.host || next.listen.port != running.listen.port) {
+        r.notes.push_back("listen changed: takes effect after a restart");
+    }
+    if (next.redis.host != running.redis.host || next.redis.port != running.redis.port ||
+        next.redis.db != running.redis.db || next.redis.key_prefix != running.redis.key_prefix ||
+        next.redis.shards != running.redis.shards) {
+        r.notes.push_back("redis changed: takes effect after a restart");
+    }
+    if (next.workers != running.workers) {
+        r.notes.push_back("workers changed: takes effect after a restart");
+    }
+    if (next.tls.has_value() != running.tls.has_value()) {
+        r.notes.push_back("tls listener added or removed: takes effect after a restart");
+    }
+    return r;
+}
+
+}  // namespace paybridge::daemon

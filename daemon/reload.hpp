@@ -1,0 +1,24 @@
+#pragma once
+
+#include "config/config.hpp"
+#include "webhooks/runtime.hpp"
+
+#include <string>
+#include <vector>
+
+namespace paybridge::daemon {
+
+/// Loads a configuration file and builds its Runtime (gateways, keys). Problems are reported
+/// with their JSON pointers; the runtime is null when there is any.
+struct ReloadResult {
+    webhooks::RuntimePtr runtime;
+    std::vector<std::string> problems;
+    std::vector<std::string> notes;  ///< settings that changed but need a restart (listen, redis, workers)
+};
+
+ReloadResult load_runtime(const std::string& path);
+
+/// Re-reads the file the running configuration came from (SIGHUP).
+ReloadResult reload_runtime(const config::Config& running);
+
+}  // namespace paybridge::daemon

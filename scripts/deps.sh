@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Installs the Debian 12 packages paybridge needs, only those that are missing.
+# Usage: scripts/deps.sh [run|test]   (test adds what the test suite needs)
+set -euo pipefail
+
+packages=(build-essential cmake pkg-config ccache openssl ca-certificates
+          libboost1.81-dev libssl-dev libhiredis-dev rapidjson-dev doctest-dev libsystemd-dev libexpat1-dev
+          redis-server)
+if [[ "${1:-run}" == "test" ]]; then
+  packages+=(systemd)
+fi
+
+missing=()
+for p in "${packages[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if ((${#missing[@]})); then
+  echo "paybridge: installing ${missing[*]}" >&2
+  SUDO=""
+  if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  export DEBIAN_FRONTEND=noninteractive
+  $SUDO apt-get update -qq
+  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

@@ -1,0 +1,676 @@
+#include "webhooks/service.hpp"
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+#include "core/money.hpp"
+#include "core/time.hpp"
+#include "gateways/crypto/crypto.hpp"
+
+#include <boost/beast/http/field.hpp>
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <exception>
+#include <map>
+
+namespace paybridge::webhooks {
+
+namespace http = boost::beast::http;
+using boost::asio::awaitable;
+
+Response make_response(const Request& req, unsigned status, std::string_view content_type, std::string body)
+{
+    Response res{static_cast<http::status>(status), req.version()};
+    if (!content_type.empty()) {
+        res.set(http::field::content_type, content_type);
+    }
+    res.keep_alive(req.keep_alive());
+    res.body() = std::move(body);
+    res.prepare_payload();
+    return res;
+}
+
+namespace {
+
+// ---- metrics -----------------------------------------------------------------------------------
+
+struct Instruments {
+    metrics::Family<metrics::Counter>& notifications = metrics::registry().counter(
+        "paybridge_notifications_total", "Provider notifications by provider, channel and outcome.");
+    metrics::Family<metrics::Counter>& anomalies =
+        metrics::registry().counter("paybridge_anomalies_total", "Anomalies recorded, by kind.");
+};
+
+Instruments& instruments()
+{
+    static Instruments i;
+    return i;
+}
+
+std::string_view outcome_of_error(const boost::system::error_code& ec)
+{
+    if (ec == errc::bad_signature) {
+        return "bad_signature";
+    }
+    if (ec == errc::stale_timestamp) {
+        return "stale";
+    }
+    if (ec == errc::unknown_account) {
+        return "unknown_account";
+    }
+    if (is_transient(ec)) {
+        return "store_unavailable";
+    }
+    return "malformed";
+}
+
+// ---- small helpers -----------------------------------------------------------------------------
+
+std::string json_error(std::string_view code, std::string_view message, std::string_view field = {})
+{
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+    w.StartObject();
+    w.Key("error");
+    w.StartObject();
+    w.Key("code");
+    w.String(code.data(), static_cast<rapidjson::SizeType>(code.size()));
+    w.Key("message");
+    w.String(message.data(), static_cast<rapidjson::SizeType>(message.size()));
+    if (!field.empty()) {
+        w.Key("field");
+        w.String(field.data(), static_cast<rapidjson::SizeType>(field.size()));
+    }
+    w.EndObject();
+    w.EndObject();
+    return std::string(buf.GetString(), buf.GetSize());
+}
+
+Response api_error(const Request& req, unsigned status, std::string_view code, std::string_view message,
+                   std::string_view field = {})
+{
+    return make_response(req, status, "application/json", json_error(code, message, field));
+}
+
+Response store_error(const Request& req, const boost::system::error_code& ec)
+{
+    if (is_transient(ec)) {
+        return api_error(req, 503, "store_unavailable", "the bill store is unavailable; retry later");
+    }
+    return api_error(req, 500, "internal", "internal error");
+}
+
+int hex_value(char c)
+{
+    if (c >= '0' && c <= '9') return c - '0';
+    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+    return -1;
+}
+
+bool percent_decode(std::string_view in, std::string& out)
+{
+    out.clear();
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        if (in[i] == '+') {
+            out += ' ';
+        } else if (in[i] == '%') {
+            if (i + 2 >= in.size()) {
+                return false;
+            }
+            const int hi = hex_value(in[i + 1]);
+            const int lo = hex_value(in[i + 2]);
+            if (hi < 0 || lo < 0) {
+                return false;
+            }
+            out += static_cast<char>(hi * 16 + lo);
+            i += 2;
+        } else {
+            out += in[i];
+        }
+    }
+    return true;
+}
+
+using Query = std::map<std::string, std::string>;
+
+bool parse_query(std::string_view q, Query& out)
+{
+    while (!q.empty()) {
+        const auto amp = q.find('&');
+        const std::string_view pair = q.substr(0, amp);
+        q = amp == std::string_view::npos ? std::string_view{} : q.substr(amp + 1);
+        if (pair.empty()) {
+            continue;
+        }
+        const auto eq = pair.find('=');
+        std::string key, value;
+        if (!percent_decode(pair.substr(0, eq), key) ||
+            !percent_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1), value)) {
+            return false;
+        }
+        out[key] = value;
+    }
+    return true;
+}
+
+std::optional<std::size_t> parse_limit(const Query& q, std::size_t def, std::size_t max)
+{
+    auto it = q.find("limit");
+    if (it == q.end()) {
+        return def;
+    }
+    std::size_t v = 0;
+    const auto* end = it->second.data() + it->second.size();
+    auto [p, ec] = std::from_chars(it->second.data(), end, v);
+    if (ec != std::errc{} || p != end || v == 0 || v > max) {
+        return std::nullopt;
+    }
+    return v;
+}
+
+std::optional<std::int64_t> parse_time_param(const Query& q, const char* name, bool& present)
+{
+    auto it = q.find(name);
+    present = it != q.end() && !it->second.empty();
+    if (!present) {
+        return 0;
+    }
+    return parse_rfc3339(it->second);
+}
+
+bool valid_bill_id(std::string_view id)
+{
+    if (id.empty() || id.size() > 64) {
+        return false;
+    }
+    for (char c : id) {
+        const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+                        c == '-' || c == '.' || c == '|' || c == '*';
+        if (!ok) {
+            return false;
+        }
+    }
+    return true;
+}
+
+std::string page_json(const char* key, const Page& page)
+{
+    std::string out = "{\"";
+    out += key;
+    out += "\":[";
+    for (std::size_t i = 0; i < page.items_json.size(); ++i) {
+        if (i) {
+            out += ',';
+        }
+        out += page.items_json[i];
+    }
+    out += "],\"next_cursor\":";
+    if (page.next_cursor.empty()) {
+        out += "null";
+    } else {
+        rapidjson::StringBuffer buf;
+        rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+        w.String(page.next_cursor.data(), static_cast<rapidjson::SizeType>(page.next_cursor.size()));
+        out.append(buf.GetString(), buf.GetSize());
+    }
+    out += '}';
+    return out;
+}
+
+// The bill object with its history appended as "events".
+std::string bill_with_events(const BillView& view)
+{
+    std::string out = view.bill_json;
+    while (!out.empty() && out.back() != '}') {
+        out.pop_back();
+    }
+    if (out.empty()) {
+        return view.bill_json;
+    }
+    out.pop_back();
+    out += out.size() > 1 ? ",\"events\":[" : "\"events\":[";
+    for (std::size_t i = 0; i < view.events_json.size(); ++i) {
+        if (i) {
+            out += ',';
+        }
+        out += view.events_json[i];
+    }
+    out += "]}";
+    return out;
+}
+
+bool authorized(const Request& req, const config::Config& cfg)
+{
+    const auto it = req.find(http::field::authorization);
+    if (it == req.end()) {
+        return false;
+    }
+    std::string_view value = it->value();
+    constexpr std::string_view kBearer = "Bearer ";
+    if (value.size() <= kBearer.size() || !std::equal(kBearer.begin(), kBearer.end(), value.begin(), [](char a, char b) {
+            return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
+        })) {
+        return false;
+    }
+    value.remove_prefix(kBearer.size());
+    // Compare against every token, without an early exit, in constant time per token.
+    bool ok = false;
+    for (const auto& t : cfg.api_tokens) {
+        ok |= crypto::constant_time_equal(value, t.token);
+    }
+    return ok;
+}
+
+}  // namespace
+
+Service::Service(Deps deps) : deps_(std::move(deps)) { instruments(); }
+
+awaitable<Response> Service::handle(Request req)
+{
+    RuntimePtr rt = deps_.runtime();
+    try {
+        Response res = co_await route(req, rt);
+        co_return res;
+    } catch (const std::exception& e) {
+        log::error("http.handler_exception", {{"what", e.what()}});
+    }
+    co_return api_error(req, 500, "internal", "internal error");
+}
+
+awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt)
+{
+    std::string_view target = req.target();
+    const auto qpos = target.find('?');
+    const std::string_view path = target.substr(0, qpos);
+    const std::string_view query = qpos == std::string_view::npos ? std::string_view{} : target.substr(qpos + 1);
+    const auto method = req.method();
+
+    if (path.starts_with("/notify/")) {
+        if (method != http::verb::post) {
+            Response res = make_response(req, 405, "text/plain", "method not allowed");
+            res.set(http::field::allow, "POST");
+            co_return res;
+        }
+        if (path == "/notify/alipay") {
+            Response res = co_await notify(req, rt->alipay.get(), "alipay", {});
+            co_return res;
+        }
+        constexpr std::string_view kWx = "/notify/wechatpay/";
+        if (path.starts_with(kWx)) {
+            std::string_view rest = path.substr(kWx.size());
+            const gateways::Gateway* gw = rt->wechat_v3.get();
+            std::string_view route_name = "wechatpay_v3";
+            if (rest.ends_with("/v2")) {
+                rest.remove_suffix(3);
+                gw = rt->wechat_v2.get();
+                route_name = "wechatpay_v2";
+            }
+            if (!rest.empty() && rest.find('/') == std::string_view::npos) {
+                Response res = co_await notify(req, gw, route_name, rest);
+                co_return res;
+            }
+        }
+        co_return make_response(req, 404, "text/plain", "not found");
+    }
+    if (path == "/healthz") {
+        co_return make_response(req, 200, "text/plain", "ok\n");
+    }
+    if (path == "/readyz") {
+        if (!deps_.ready()) {
+            co_return make_response(req, 503, "text/plain", "not ready: redis unavailable or scripts not loaded\n");
+        }
+        Result<void> ping = co_await deps_.store.ping();
+        if (!ping) {
+            co_return make_response(req, 503, "text/plain", "not ready: redis did not answer\n");
+        }
+        co_return make_response(req, 200, "text/plain", "ready\n");
+    }
+    if (path == "/metrics") {
+        co_return make_response(req, 200, "text/plain; version=0.0.4", metrics::registry().render());
+    }
+    if (path.starts_with("/v1/")) {
+        if (!authorized(req, *rt->config)) {
+            Response res = api_error(req, 401, "unauthorized", "a valid bearer token is required");
+            res.set(http::field::www_authenticate, "Bearer");
+            co_return res;
+        }
+        Response res = co_await api(req, rt, path, query);
+        co_return res;
+    }
+    co_return make_response(req, 404, "text/plain", "not found");
+}
+
+awaitable<Response> Service::notify(const Request& req, const gateways::Gateway* gw, std::string_view route,
+                                    std::string_view param)
+{
+    if (gw == nullptr) {
+        co_return make_response(req, 404, "text/plain", "provider not configured");
+    }
+    gateways::InboundRequest inbound;
+    inbound.headers.reserve(8);
+    for (const auto& f : req) {
+        inbound.headers.emplace_back(f.name_string(), f.value());
+    }
+    inbound.body = req.body();
+    inbound.route_param = param;
+    inbound.now_unix = std::chrono::duration_cast<std::chrono::seconds>(deps_.now().time_since_epoch()).count();
+
+    auto& counters = instruments().notifications;
+    Result<gateways::Verified> verified = gw->verify_and_parse(inbound);
+    if (!verified) {
+        const auto outcome = outcome_of_error(verified.error());
+        counters.with({{"channel", std::string(route)}, {"outcome", std::string(outcome)}}).inc();
+        log::warning("notify.rejected", {{"channel", route}, {"outcome", outcome},
+                                         {"error", error_name(verified.error())}});
+        const gateways::Reply reply = gw->failure(verified.error());
+        co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
+    }
+    PaymentEvent event = std::move(verified->event);
+    const std::string bill_id = event.bill_id;
+    const std::string kind{to_string(event.kind)};
+    Result<ApplyResult> applied = co_await deps_.store.apply(std::move(event));
+    if (!applied) {
+        counters.with({{"channel", std::string(route)}, {"outcome", "store_unavailable"}}).inc();
+        log::error("notify.store_failed", {{"channel", route}, {"bill_id", bill_id},
+                                           {"error", error_name(applied.error())}});
+        const gateways::Reply reply = gw->failure(applied.error());
+        co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
+    }
+    std::string outcome{to_string(applied->outcome)};
+    if (applied->outcome == ApplyOutcome::orphaned) {
+        outcome = "anomaly";
+    }
+    counters.with({{"channel", std::string(route)}, {"outcome", outcome}}).inc();
+    if (!applied->anomaly.empty()) {
+        instruments().anomalies.with({{"kind", applied->anomaly}}).inc();
+        log::warning("notify.anomaly", {{"channel", route}, {"bill_id", bill_id}, {"kind", kind},
+                                        {"anomaly", applied->anomaly}});
+    }
+    log::info("notify.accepted", {{"channel", route}, {"bill_id", bill_id}, {"kind", kind},
+                                  {"outcome", to_string(applied->outcome)}, {"status", applied->status},
+                                  {"notes", verified->notes}});
+    const gateways::Reply reply = gw->success();
+    co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
+}
+
+awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::string_view path,
+                                 std::string_view query_text)
+{
+    (void)rt;
+    Query query;
+    if (!parse_query(query_text, query)) {
+        co_return api_error(req, 400, "invalid_argument", "the query string is not valid percent-encoding");
+    }
+    const auto method = req.method();
+
+    if (path == "/v1/bills") {
+        if (method == http::verb::post) {
+            Response res = co_await create_bill(req);
+            co_return res;
+        }
+        if (method != http::verb::get) {
+            co_return api_error(req, 405, "method_not_allowed", "use GET or POST");
+        }
+        BillFilter filter;
+        for (const char* key : {"status", "provider", "customer_id", "cursor"}) {
+            auto it = query.find(key);
+            if (it != query.end()) {
+                std::string& dst = std::string_view(key) == "status"     ? filter.status
+                                   : std::string_view(key) == "provider" ? filter.provider
+                                   : std::string_view(key) == "cursor"   ? filter.cursor
+                                                                         : filter.customer_id;
+                dst = it->second;
+            }
+        }
+        if (!filter.status.empty() && filter.status != "PENDING" && filter.status != "PAID" &&
+            filter.status != "PARTIALLY_REFUNDED" && filter.status != "REFUNDED" && filter.status != "CLOSED") {
+            co_return api_error(req, 400, "invalid_argument",
+                                "must be PENDING, PAID, PARTIALLY_REFUNDED, REFUNDED or CLOSED", "status");
+        }
+        if (!filter.provider.empty() && filter.provider != "alipay" && filter.provider != "wechatpay") {
+            co_return api_error(req, 400, "invalid_argument", "must be alipay or wechatpay", "provider");
+        }
+        bool present = false;
+        auto from = parse_time_param(query, "updated_from", present);
+        if (!from) {
+            co_return api_error(req, 400, "invalid_argument", "must be an RFC 3339 time", "updated_from");
+        }
+        filter.updated_from_ms = *from;
+        auto to = parse_time_param(query, "updated_to", present);
+        if (!to) {
+            co_return api_error(req, 400, "invalid_argument", "must be an RFC 3339 time", "updated_to");
+        }
+        filter.updated_to_ms = *to;
+        auto limit = parse_limit(query, 50, 500);
+        if (!limit) {
+            co_return api_error(req, 400, "invalid_argument", "must be an integer from 1 to 500", "limit");
+        }
+        filter.limit = *limit;
+        Result<Page> page = co_await deps_.store.list_bills(std::move(filter));
+        if (!page) {
+            co_return store_error(req, page.error());
+        }
+        co_return make_response(req, 200, "application/json", page_json("bills", *page));
+    }
+
+    constexpr std::string_view kBill = "/v1/bills/";
+    if (path.starts_with(kBill)) {
+        if (method != http::verb::get) {
+            co_return api_error(req, 405, "method_not_allowed", "use GET");
+        }
+        std::string id;
+        if (!percent_decode(path.substr(kBill.size()), id) || !valid_bill_id(id)) {
+            co_return api_error(req, 400, "invalid_argument", "not a valid bill id", "id");
+        }
+        Result<std::optional<BillView>> view = co_await deps_.store.get_bill(id);
+        if (!view) {
+            co_return store_error(req, view.error());
+        }
+        if (!*view) {
+            co_return api_error(req, 404, "not_found", "no bill with this id");
+        }
+        co_return make_response(req, 200, "application/json", bill_with_events(**view));
+    }
+
+    if (path == "/v1/events" || path == "/v1/anomalies") {
+        if (method != http::verb::get) {
+            co_return api_error(req, 405, "method_not_allowed", "use GET");
+        }
+        auto limit = parse_limit(query, 100, 1000);
+        if (!limit) {
+            co_return api_error(req, 400, "invalid_argument", "must be an integer from 1 to 1000", "limit");
+        }
+        const std::string after = query.count("after") ? query["after"] : std::string();
+        const bool events = path == "/v1/events";
+        Result<Page> page = events ? co_await deps_.store.list_events(after, *limit)
+                                   : co_await deps_.store.list_anomalies(after, *limit);
+        if (!page) {
+            if (page.error() == errc::invalid_argument) {
+                co_return api_error(req, 400, "invalid_argument", "not a cursor returned by this API", "after");
+            }
+            co_return store_error(req, page.error());
+        }
+        co_return make_response(req, 200, "application/json", page_json(events ? "events" : "anomalies", *page));
+    }
+
+    if (path == "/v1/reconciliation/summary") {
+        bool has_from = false;
+        bool has_to = false;
+        auto from = parse_time_param(query, "from", has_from);
+        auto to = parse_time_param(query, "to", has_to);
+        if (!from || !has_from) {
+            co_return api_error(req, 400, "invalid_argument", "required, an RFC 3339 time", "from");
+        }
+        if (!to || !has_to || *to <= *from) {
+            co_return api_error(req, 400, "invalid_argument", "required, an RFC 3339 time after from", "to");
+        }
+        Result<std::string> summary = co_await deps_.store.summary(*from, *to);
+        if (!summary) {
+            co_return store_error(req, summary.error());
+        }
+        co_return make_response(req, 200, "application/json", std::move(*summary));
+    }
+
+    constexpr std::string_view kEvent = "/v1/events/";
+    if (path.starts_with(kEvent) || path.starts_with("/v1/deliveries")) {
+        if (deps_.deliveries == nullptr) {
+            co_return api_error(req, 404, "not_found", "CRM delivery is not configured (crm.url)");
+        }
+        Result<std::string> doc = make_error_code(errc::not_found);
+        if (path.starts_with(kEvent)) {
+            std::string_view rest = path.substr(kEvent.size());
+            const bool redeliver = rest.ends_with("/redeliver");
+            if (redeliver) {
+                rest.remove_suffix(std::string_view("/redeliver").size());
+            }
+            std::string id;
+            if (!percent_decode(rest, id) || id.empty() || id.find('/') != std::string::npos) {
+                co_return api_error(req, 400, "invalid_argument", "not a valid event id", "id");
+            }
+            if (redeliver != (method == http::verb::post) || (!redeliver && method != http::verb::get)) {
+                co_return api_error(req, 405, "method_not_allowed",
+                                    redeliver ? "use POST" : "use GET");
+            }
+            if (redeliver) {
+                doc = co_await deps_.deliveries->redeliver(id);
+            } else {
+                Result<std::optional<std::string>> ev = co_await deps_.deliveries->event(id);
+                if (!ev) {
+                    doc = ev.error();
+                } else if (!*ev) {
+                    doc = make_error_code(errc::not_found);
+                } else {
+                    doc = std::move(**ev);
+                }
+            }
+        } else if (path == "/v1/deliveries" && method == http::verb::get) {
+            const std::string state = query.count("state") ? query["state"] : std::string("pending");
+            if (state != "pending" && state != "retrying" && state != "dead") {
+                co_return api_error(req, 400, "invalid_argument", "must be pending, retrying or dead", "state");
+            }
+            auto limit = parse_limit(query, 100, 1000);
+            if (!limit) {
+                co_return api_error(req, 400, "invalid_argument", "must be an integer from 1 to 1000", "limit");
+            }
+            const std::string cursor = query.count("cursor") ? query["cursor"] : std::string();
+            doc = co_await deps_.deliveries->deliveries(state, *limit, cursor);
+        } else if (path == "/v1/deliveries/recover" && method == http::verb::post) {
+            bool has_since = false;
+            auto since = parse_time_param(query, "since", has_since);
+            if (!since || !has_since) {
+                co_return api_error(req, 400, "invalid_argument", "required, an RFC 3339 time", "since");
+            }
+            doc = co_await deps_.deliveries->recover(*since);
+        } else {
+            co_return api_error(req, 404, "not_found", "no such endpoint");
+        }
+        if (!doc) {
+            if (doc.error() == errc::not_found) {
+                co_return api_error(req, 404, "not_found", "no event with this id");
+            }
+            co_return store_error(req, doc.error());
+        }
+        co_return make_response(req, 200, "application/json", std::move(*doc));
+    }
+    co_return api_error(req, 404, "not_found", "no such endpoint");
+}
+
+awaitable<Response> Service::create_bill(const Request& req)
+{
+    rapidjson::Document doc;
+    doc.Parse(req.body().data(), req.body().size());
+    if (doc.HasParseError() || !doc.IsObject()) {
+        co_return api_error(req, 400, "invalid_argument", "the body must be a JSON object");
+    }
+    static constexpr std::string_view kKnown[] = {"id", "amount_fen", "currency", "customer_id",
+                                                  "description", "expires_at", "metadata"};
+    for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
+        const std::string_view name(it->name.GetString(), it->name.GetStringLength());
+        if (std::find(std::begin(kKnown), std::end(kKnown), name) == std::end(kKnown)) {
+            co_return api_error(req, 400, "invalid_argument", "unknown field", name);
+        }
+    }
+    NewBill bill;
+    auto string_field = [&doc](const char* name, std::string& out, std::size_t min, std::size_t max) -> bool {
+        if (!doc.HasMember(name)) {
+            return min == 0;
+        }
+        const auto& v = doc[name];
+        if (!v.IsString() || v.GetStringLength() < min || v.GetStringLength() > max) {
+            return false;
+        }
+        out.assign(v.GetString(), v.GetStringLength());
+        return true;
+    };
+    if (!string_field("id", bill.id, 1, 64) || !valid_bill_id(bill.id)) {
+        co_return api_error(req, 400, "invalid_argument",
+                            "required; 1 to 64 characters from A-Z a-z 0-9 _ - . | *", "id");
+    }
+    if (!doc.HasMember("amount_fen") || !doc["amount_fen"].IsInt64() || doc["amount_fen"].GetInt64() <= 0 ||
+        doc["amount_fen"].GetInt64() > kMaxAmountFen) {
+        co_return api_error(req, 400, "invalid_argument",
+                            "required; a positive integer number of fen (no decimals), at most 10^12", "amount_fen");
+    }
+    bill.amount_fen = doc["amount_fen"].GetInt64();
+    if (doc.HasMember("currency")) {
+        if (!string_field("currency", bill.currency, 3, 3) || bill.currency != "CNY") {
+            co_return api_error(req, 400, "invalid_argument", "must be \"CNY\" (the only currency supported)",
+                                "currency");
+        }
+    }
+    if (!string_field("customer_id", bill.customer_id, 1, 128)) {
+        co_return api_error(req, 400, "invalid_argument", "required; a string of 1 to 128 characters", "customer_id");
+    }
+    if (!string_field("description", bill.description, 0, 256)) {
+        co_return api_error(req, 400, "invalid_argument", "a string of at most 256 characters", "description");
+    }
+    if (doc.HasMember("expires_at")) {
+        std::string text;
+        std::optional<std::int64_t> ms;
+        if (string_field("expires_at", text, 1, 64)) {
+            ms = parse_rfc3339(text);
+        }
+        if (!ms) {
+            co_return api_error(req, 400, "invalid_argument", "an RFC 3339 time", "expires_at");
+        }
+        bill.expires_at = format_rfc3339(*ms);
+    }
+    if (doc.HasMember("metadata")) {
+        if (!doc["metadata"].IsObject()) {
+            co_return api_error(req, 400, "invalid_argument", "a JSON object", "metadata");
+        }
+        rapidjson::StringBuffer buf;
+        rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+        doc["metadata"].Accept(w);
+        if (buf.GetSize() > 4096) {
+            co_return api_error(req, 400, "invalid_argument", "at most 4096 bytes as compact JSON", "metadata");
+        }
+        bill.metadata_json.assign(buf.GetString(), buf.GetSize());
+    }
+    const std::string id = bill.id;
+    Result<RegisterResult> result = co_await deps_.store.register_bill(std::move(bill));
+    if (!result) {
+        co_return store_error(req, result.error());
+    }
+    switch (result->outcome) {
+        case RegisterOutcome::created:
+            log::info("bill.registered", {{"bill_id", id}, {"orphans_applied", result->orphans_applied}});
+            co_return make_response(req, 201, "application/json", std::move(result->bill_json));
+        case RegisterOutcome::identical:
+            co_return make_response(req, 200, "application/json", std::move(result->bill_json));
+        case RegisterOutcome::conflict:
+            break;
+    }
+    co_return make_response(req, 409, "application/json",
+                            "{\"error\":{\"code\":\"conflict\",\"message\":\"a bill with this id exists with other "
+                            "content\",\"field\":\"id\"},\"bill\":" +
+                                result->bill_json + "}");
+}
+
+}  // namespace paybridge::webhooks
