@@ -1,0 +1,325 @@
+// End to end over HTTP against the real paybridged binary and a real redis-server: the Alipay
+// path of issue 2 (register → notify → PAID, idempotency, anomalies, outages, limits).
+
+#include "gateways/alipay/alipay_sim.hpp"
+#include "gateways/crypto/crypto.hpp"
+#include "tests/support/daemon_fixture.hpp"
+#include "tests/support/redis_server.hpp"
+
+#include <doctest/doctest.h>
+#include <rapidjson/document.h>
+#include <signal.h>
+
+#include <atomic>
+#include <thread>
+
+using namespace paybridge;
+using namespace paybridge::test;
+namespace alipay = paybridge::gateways::alipay;
+
+namespace {
+
+rapidjson::Document parse(const std::string& text)
+{
+    rapidjson::Document d;
+    d.Parse(text.c_str());
+    REQUIRE_MESSAGE(!d.HasParseError(), text);
+    return d;
+}
+
+struct Alipay {
+    DaemonFixture& fx;
+    crypto::SharedKey key = *crypto::load_private_key(fx.alipay_keys.private_pem);
+
+    alipay::NoticeSpec spec(const std::string& bill, std::int64_t fen, const std::string& trade_no = "")
+    {
+        alipay::NoticeSpec s;
+        s.app_id = DaemonFixture::kAlipayAppId;
+        s.seller_id = DaemonFixture::kSellerId;
+        s.out_trade_no = bill;
+        s.amount_fen = fen;
+        s.trade_no = trade_no.empty() ? "2026112722001400000000" + bill.substr(bill.size() > 4 ? bill.size() - 4 : 0)
+                                      : trade_no;
+        return s;
+    }
+    std::string paid(const std::string& bill, std::int64_t fen, std::string_view status = "TRADE_SUCCESS")
+    {
+        return alipay::build_alipay_body(alipay::make_paid_notice(spec(bill, fen), status), key.get());
+    }
+    std::string refund(const std::string& bill, std::int64_t fen, std::int64_t refunded_total, const std::string& biz)
+    {
+        return alipay::build_alipay_body(alipay::make_refund_notice(spec(bill, fen), refunded_total, biz), key.get());
+    }
+};
+
+std::string status_of(DaemonFixture& fx, const std::string& bill)
+{
+    auto r = fx.get_bill(bill);
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    auto d = parse(r.body);
+    return d["status"].GetString();
+}
+
+std::size_t events_of(DaemonFixture& fx, const std::string& bill)
+{
+    auto r = fx.get_bill(bill);
+    REQUIRE(r.status == 200);
+    auto d = parse(r.body);
+    return d["events"].Size();
+}
+
+}  // namespace
+
+TEST_CASE("alipay: register, pay, duplicate, TRADE_FINISHED, 50 concurrent copies")
+{
+    DaemonFixture fx;
+    Alipay ali{fx};
+
+    auto created = fx.create_bill("B1001", 1234);
+    CHECK(created.status == 201);
+    CHECK(!created.header("x-request-id").empty());
+    CHECK(fx.create_bill("B1001", 1234).status == 200);   // identical → 200
+    CHECK(fx.create_bill("B1001", 999).status == 409);    // different content → 409
+
+    const std::string body = ali.paid("B1001", 1234);
+    auto r = fx.post_alipay(body);
+    CHECK(r.status == 200);
+    CHECK(r.body == "success");
+    CHECK(r.header("content-type").starts_with("text/plain"));
+    CHECK(status_of(fx, "B1001") == "PAID");
+    const auto outbox_after_first = fx.outbox_length();
+    CHECK(outbox_after_first == 1);
+
+    // The same bytes again: acknowledged, nothing changes, nothing appended.
+    r = fx.post_alipay(body);
+    CHECK(r.body == "success");
+    CHECK(fx.outbox_length() == 1);
+    CHECK(events_of(fx, "B1001") == 1);
+
+    // TRADE_FINISHED later (new notify_id, same trade): a no-op.
+    r = fx.post_alipay(ali.paid("B1001", 1234, "TRADE_FINISHED"));
+    CHECK(r.body == "success");
+    CHECK(fx.outbox_length() == 1);
+
+    // 50 concurrent copies of one notification for a fresh bill: exactly one transition.
+    REQUIRE(fx.create_bill("B1002", 500).status == 201);
+    const std::string b2 = ali.paid("B1002", 500);
+    std::atomic<int> ok{0};
+    std::vector<std::thread> threads;
+    for (int i = 0; i < 50; ++i) {
+        threads.emplace_back([&] {
+            auto res = fx.post_alipay(b2);
+            if (res.status == 200 && res.body == "success") {
+                ++ok;
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    CHECK(ok == 50);
+    CHECK(fx.outbox_length() == 2);
+    CHECK(events_of(fx, "B1002") == 1);
+    auto bill = parse(fx.get_bill("B1002").body);
+    CHECK(bill["version"].GetInt() == 2);
+    CHECK(bill["paid_fen"].GetInt64() == 500);
+    CHECK(std::string(bill["provider"].GetString()) == "alipay");
+    CHECK(bill["events"][0]["sequence"].GetInt() == 1);
+    CHECK(std::string(bill["events"][0]["type"].GetString()) == "bill.paid");
+}
+
+TEST_CASE("alipay: rejections answer fail and change nothing")
+{
+    DaemonFixture fx;
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B2001", 1000).status == 201);
+
+    SUBCASE("one flipped byte")
+    {
+        std::string body = ali.paid("B2001", 1000);
+        const auto pos = body.find("total_amount=10.00");
+        REQUIRE(pos != std::string::npos);
+        body[pos + 13] = '2';  // 10.00 → 20.00, signature no longer matches
+        auto r = fx.post_alipay(body);
+        CHECK(r.status == 400);
+        CHECK(r.body == "fail");
+    }
+    SUBCASE("unknown app_id")
+    {
+        auto spec = ali.spec("B2001", 1000);
+        spec.app_id = "2021999999999999";
+        auto r = fx.post_alipay(alipay::build_alipay_body(alipay::make_paid_notice(spec), ali.key.get()));
+        CHECK(r.status == 400);
+        CHECK(r.body == "fail");
+    }
+    SUBCASE("signed with another key")
+    {
+        auto other = keygen::generate_rsa();
+        auto key = *crypto::load_private_key(other.private_pem);
+        auto r = fx.post_alipay(alipay::build_alipay_body(alipay::make_paid_notice(ali.spec("B2001", 1000)), key.get()));
+        CHECK(r.status == 400);
+    }
+    SUBCASE("not a form")
+    {
+        auto r = fx.post_alipay("%zz&&===");
+        CHECK(r.status == 400);
+        CHECK(r.body == "fail");
+    }
+    CHECK(status_of(fx, "B2001") == "PENDING");
+    CHECK(fx.outbox_length() == 0);
+}
+
+TEST_CASE("alipay: anomalies are acknowledged and recorded")
+{
+    DaemonFixture fx;
+    Alipay ali{fx};
+
+    // Amount mismatch: ack, bill unchanged, anomaly recorded once.
+    REQUIRE(fx.create_bill("B3001", 1000).status == 201);
+    const std::string wrong = ali.paid("B3001", 999);
+    CHECK(fx.post_alipay(wrong).body == "success");
+    CHECK(fx.post_alipay(wrong).body == "success");
+    CHECK(status_of(fx, "B3001") == "PENDING");
+    auto anomalies = parse(fx.api("GET", "/v1/anomalies").body);
+    REQUIRE(anomalies["anomalies"].Size() == 1);
+    CHECK(std::string(anomalies["anomalies"][0]["kind"].GetString()) == "amount_mismatch");
+
+    // Unknown bill: ack, kept as orphan, applied when the bill is registered.
+    CHECK(fx.post_alipay(ali.paid("B3002", 700)).body == "success");
+    CHECK(fx.get_bill("B3002").status == 404);
+    auto created = fx.create_bill("B3002", 700);
+    CHECK(created.status == 201);
+    CHECK(status_of(fx, "B3002") == "PAID");
+
+    // An orphan whose amount disagrees with the bill registered later: the check still applies.
+    CHECK(fx.post_alipay(ali.paid("B3003", 100)).body == "success");
+    CHECK(fx.create_bill("B3003", 200).status == 201);
+    CHECK(status_of(fx, "B3003") == "PENDING");
+
+    // Payment after close, then a second payment with another trade number.
+    REQUIRE(fx.create_bill("B3004", 300).status == 201);
+    auto closed = alipay::build_alipay_body(alipay::make_closed_notice(ali.spec("B3004", 300)), ali.key.get());
+    CHECK(fx.post_alipay(closed).body == "success");
+    CHECK(status_of(fx, "B3004") == "CLOSED");
+    CHECK(fx.post_alipay(ali.paid("B3004", 300)).body == "success");
+    CHECK(status_of(fx, "B3004") == "PAID");
+    auto other_trade = alipay::build_alipay_body(
+        alipay::make_paid_notice(ali.spec("B3004", 300, "2026112722009999999999")), ali.key.get());
+    CHECK(fx.post_alipay(other_trade).body == "success");
+    CHECK(status_of(fx, "B3004") == "PAID");
+
+    anomalies = parse(fx.api("GET", "/v1/anomalies?limit=100").body);
+    std::vector<std::string> kinds;
+    for (auto& a : anomalies["anomalies"].GetArray()) {
+        kinds.emplace_back(a["kind"].GetString());
+    }
+    auto has = [&](const char* k) { return std::find(kinds.begin(), kinds.end(), k) != kinds.end(); };
+    CHECK(has("amount_mismatch"));
+    CHECK(has("unknown_bill"));
+    CHECK(has("paid_after_close"));
+    CHECK(has("duplicate_payment"));
+}
+
+TEST_CASE("alipay: partial then full refund; refund before payment; certificate mode")
+{
+    DaemonFixture fx;
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B4001", 1000).status == 201);
+    CHECK(fx.post_alipay(ali.paid("B4001", 1000)).body == "success");
+    const std::string partial = ali.refund("B4001", 1000, 300, "R1");
+    CHECK(fx.post_alipay(partial).body == "success");
+    CHECK(status_of(fx, "B4001") == "PARTIALLY_REFUNDED");
+    CHECK(fx.post_alipay(partial).body == "success");  // duplicate
+    CHECK(fx.post_alipay(ali.refund("B4001", 1000, 1000, "R2")).body == "success");
+    auto bill = parse(fx.get_bill("B4001").body);
+    CHECK(std::string(bill["status"].GetString()) == "REFUNDED");
+    CHECK(bill["refunded_fen"].GetInt64() == 1000);
+    CHECK(bill["events"].Size() == 3);
+    for (rapidjson::SizeType i = 0; i < bill["events"].Size(); ++i) {
+        CHECK(bill["events"][i]["sequence"].GetInt() == static_cast<int>(i) + 1);
+    }
+
+    // A refund notification seen while the bill is PENDING applies the payment first.
+    REQUIRE(fx.create_bill("B4002", 800).status == 201);
+    CHECK(fx.post_alipay(ali.refund("B4002", 800, 200, "R9")).body == "success");
+    bill = parse(fx.get_bill("B4002").body);
+    CHECK(std::string(bill["status"].GetString()) == "PARTIALLY_REFUNDED");
+    CHECK(bill["paid_fen"].GetInt64() == 800);
+
+    // Certificate-mode app (certificate checked against the test root at load).
+    REQUIRE(fx.create_bill("B4003", 100).status == 201);
+    auto key = *crypto::load_private_key(fx.alipay_cert.key.private_pem);
+    auto spec = ali.spec("B4003", 100);
+    spec.app_id = DaemonFixture::kAlipayCertAppId;
+    CHECK(fx.post_alipay(alipay::build_alipay_body(alipay::make_paid_notice(spec), key.get())).body == "success");
+    CHECK(status_of(fx, "B4003") == "PAID");
+
+    // GBK notification (Chinese subject) verified on its raw bytes.
+    REQUIRE(fx.create_bill("B4004", 250).status == 201);
+    auto gbk = ali.spec("B4004", 250);
+    gbk.charset = "gbk";
+    gbk.subject = "大乐透2.1 会员+";
+    CHECK(fx.post_alipay(alipay::build_alipay_body(alipay::make_paid_notice(gbk), ali.key.get()), "GBK").body ==
+          "success");
+    CHECK(status_of(fx, "B4004") == "PAID");
+}
+
+TEST_CASE("alipay: Redis down → 503 fail and /readyz 503; back up → the same notification succeeds")
+{
+    DaemonFixture fx;
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B5001", 100).status == 201);
+    const std::string body = ali.paid("B5001", 100);
+    fx.redis().stop();
+    auto r = fx.post_alipay(body);
+    CHECK(r.status == 503);
+    CHECK(r.body == "fail");
+    CHECK(http_request(fx.port(), "GET", "/readyz").status == 503);
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
+    CHECK(fx.api("GET", "/v1/bills/B5001").status == 503);
+    fx.redis().restart();
+    CHECK(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
+    r = fx.post_alipay(body);
+    CHECK(r.status == 200);
+    CHECK(r.body == "success");
+    CHECK(status_of(fx, "B5001") == "PAID");
+}
+
+TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
+{
+    DaemonFixture fx;
+    // Oversized body → 413.
+    auto r = http_request(fx.port(), "POST", "/notify/alipay", std::string(70 * 1024, 'a'),
+                          {{"Content-Type", "application/x-www-form-urlencoded"}});
+    CHECK(r.status == 413);
+    CHECK(!r.header("x-request-id").empty());
+    // Oversized header → 431.
+    r = http_request(fx.port(), "GET", "/healthz", {}, {{"X-Big", std::string(10 * 1024, 'h')}});
+    CHECK(r.status == 431);
+    // Half a request is dropped after the read deadline (2 s in the test config).
+    const auto waited = HttpClient::time_until_closed(
+        fx.port(), "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", std::chrono::seconds(10));
+    CHECK(waited >= std::chrono::milliseconds(1500));
+    CHECK(waited < std::chrono::milliseconds(5000));
+    // Bearer tokens.
+    CHECK(http_request(fx.port(), "GET", "/v1/anomalies").status == 401);
+    CHECK(http_request(fx.port(), "GET", "/v1/anomalies", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
+    CHECK(fx.api("GET", "/v1/anomalies").status == 200);
+    // Request id echoed when valid.
+    r = http_request(fx.port(), "GET", "/healthz", {}, {{"X-Request-Id", "abc-123"}});
+    CHECK(r.header("x-request-id") == "abc-123");
+    // Validation errors name the field.
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":12.5,"customer_id":"c"})");
+    CHECK(r.status == 400);
+    CHECK(r.body.find("\"field\":\"amount_fen\"") != std::string::npos);
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":1,"customer_id":"c","colour":"red"})");
+    CHECK(r.status == 400);
+    CHECK(r.body.find("colour") != std::string::npos);
+    // Pipelining: two requests in one write, two answers in order.
+    HttpClient c(fx.port());
+    const std::string two = c.raw("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+                                  std::chrono::seconds(3));
+    CHECK(two.find("200 OK") < two.find("404 Not Found"));
+    // SIGTERM → exit 0.
+    CHECK(fx.stop() == 0);
+}

@@ -1,0 +1,168 @@
+#include "tests/support/daemon_fixture.hpp"
+
+#include "tests/support/redis_server.hpp"
+
+#include <hiredis/hiredis.h>
+#include <signal.h>
+
+#include <stdexcept>
+
+#ifndef PAYBRIDGE_BINARY_DIR
+#error "PAYBRIDGE_BINARY_DIR must be defined by the build"
+#endif
+
+namespace paybridge::test {
+
+std::string DaemonFixture::binary(const char* name)
+{
+    return std::string(PAYBRIDGE_BINARY_DIR) + "/" + name;
+}
+
+DaemonFixture::DaemonFixture(DaemonOptions options) : options_(std::move(options))
+{
+    redis_ = std::make_unique<RedisTestServer>();
+    port_ = free_port();
+
+    alipay_keys = keygen::generate_rsa();
+    alipay_root = keygen::make_ca({.common_name = "Ant Financial Certification Authority Class 1 test",
+                                   .organization = "Ant Financial test",
+                                   .organizational_unit = "Certification Authority test"});
+    alipay_cert = keygen::issue(alipay_root, {.common_name = "alipay public key test",
+                                              .organization = "Ant Financial test"});
+    wechat_public_keys = keygen::generate_rsa();
+    wechat_platform = keygen::issue(alipay_root, {.common_name = "Tenpay.com Root CA test",
+                                                  .organization = "Tenpay.com",
+                                                  .serial_hex = "05157F09EFDC096DE15EBE81A47057A7232F1B8E1"});
+    apiv3_key = keygen::random_token(32);
+    apiv2_key = keygen::random_token(32);
+
+    dir_.write("keys/alipay_public.pem", alipay_keys.public_pem);
+    dir_.write("keys/alipay_root.crt", alipay_root.cert_pem);
+    dir_.write("keys/alipay_public.crt", alipay_cert.cert_pem);
+    dir_.write("keys/wechatpay_public.pem", wechat_public_keys.public_pem);
+    dir_.write("keys/wechatpay_platform.pem", wechat_platform.cert_pem);
+    dir_.write("secrets/api_token", kApiToken);
+    dir_.write("secrets/apiv3_key", apiv3_key);
+    dir_.write("secrets/apiv2_key", apiv2_key);
+    write_config(options_);
+    if (options_.start) {
+        start();
+    }
+}
+
+DaemonFixture::~DaemonFixture()
+{
+    if (process_) {
+        process_->stop(SIGTERM, std::chrono::seconds(15));
+    }
+}
+
+void DaemonFixture::write_config(const DaemonOptions& options)
+{
+    options_ = options;
+    const std::string limits = options.limits_json.empty()
+                                   ? R"({"read_timeout_ms": 2000, "idle_timeout_ms": 5000, "shutdown_grace_ms": 5000})"
+                                   : options.limits_json;
+    std::string cfg = "{\n";
+    cfg += "  \"listen\": \"127.0.0.1:" + std::to_string(port_) + "\",\n";
+    cfg += "  \"workers\": " + std::to_string(options.workers) + ",\n";
+    cfg += "  \"limits\": " + limits + ",\n";
+    cfg += "  \"redis\": {\"url\": \"redis://127.0.0.1:" + std::to_string(redis_->port()) +
+           "/0\", \"request_timeout_ms\": 1000, \"connect_timeout_ms\": 500" + options.redis_extra + "},\n";
+    cfg += "  \"api_tokens\": [{\"name\": \"crm\", \"token\": \"file:secrets/api_token\"}],\n";
+    cfg += "  \"alipay\": {\"apps\": [\n";
+    cfg += "    {\"app_id\": \"" + std::string(kAlipayAppId) + "\", \"seller_id\": \"" + kSellerId +
+           "\", \"alipay_public_key_file\": \"keys/alipay_public.pem\"},\n";
+    cfg += "    {\"app_id\": \"" + std::string(kAlipayCertAppId) + "\", \"seller_id\": \"" + kSellerId +
+           "\", \"alipay_public_cert_file\": \"keys/alipay_public.crt\", \"alipay_root_cert_file\": "
+           "\"keys/alipay_root.crt\"}\n  ]},\n";
+    cfg += "  \"wechatpay\": {\"merchants\": [{\"mchid\": \"" + std::string(kMchId) + "\", \"appid\": \"" + kAppId +
+           "\", \"apiv3_key\": \"file:secrets/apiv3_key\", \"public_key_id\": \"" + kPublicKeyId +
+           "\", \"public_key_file\": \"keys/wechatpay_public.pem\", \"platform_certificates\": "
+           "[\"keys/wechatpay_platform.pem\"], \"apiv2_key\": \"file:secrets/apiv2_key\"}]},\n";
+    if (!options.extra_config.empty()) {
+        cfg += "  " + options.extra_config + ",\n";
+    }
+    cfg += "  \"log\": {\"level\": \"" + options.log_level + "\"}\n}\n";
+    dir_.write("paybridge.json", cfg);
+}
+
+void DaemonFixture::start(bool wait_ready)
+{
+    process_ = std::make_unique<Process>(
+        std::vector<std::string>{binary("paybridged"), "--config", config_path().string()}, dir_ / "daemon.log");
+    const bool ok = wait_ready ? wait_for_http(port_, "/readyz", 200, std::chrono::seconds(20))
+                               : wait_for_http(port_, "/healthz", 200, std::chrono::seconds(20));
+    if (!ok) {
+        throw std::runtime_error("paybridged did not become ready; log:\n" + process_->log());
+    }
+}
+
+int DaemonFixture::stop()
+{
+    const int code = process_ ? process_->stop(SIGTERM, std::chrono::seconds(20)) : -1;
+    return code;
+}
+
+HttpResult DaemonFixture::api(const std::string& method, const std::string& target, const std::string& body)
+{
+    Headers headers{{"Authorization", std::string("Bearer ") + kApiToken}};
+    if (!body.empty()) {
+        headers.emplace_back("Content-Type", "application/json");
+    }
+    return http_request(port_, method, target, body, headers);
+}
+
+HttpResult DaemonFixture::create_bill(const std::string& id, std::int64_t amount_fen, const std::string& customer)
+{
+    const std::string body = "{\"id\":\"" + id + "\",\"amount_fen\":" + std::to_string(amount_fen) +
+                             ",\"currency\":\"CNY\",\"customer_id\":\"" + customer +
+                             "\",\"description\":\"test bill\"}";
+    return api("POST", "/v1/bills", body);
+}
+
+HttpResult DaemonFixture::post_alipay(const std::string& body, const std::string& charset)
+{
+    return http_request(port_, "POST", "/notify/alipay", body,
+                        {{"Content-Type", "application/x-www-form-urlencoded; charset=" + charset}});
+}
+
+long long DaemonFixture::redis_integer(const std::vector<std::string>& argv)
+{
+    redisContext* c = redisConnect("127.0.0.1", redis_->port());
+    if (c == nullptr || c->err) {
+        if (c) {
+            redisFree(c);
+        }
+        throw std::runtime_error("cannot connect to the test redis");
+    }
+    std::vector<const char*> args;
+    std::vector<size_t> lens;
+    for (const auto& a : argv) {
+        args.push_back(a.data());
+        lens.push_back(a.size());
+    }
+    auto* reply = static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()));
+    long long value = -1;
+    if (reply && reply->type == REDIS_REPLY_INTEGER) {
+        value = reply->integer;
+    }
+    if (reply) {
+        freeReplyObject(reply);
+    }
+    redisFree(c);
+    return value;
+}
+
+long long DaemonFixture::outbox_length()
+{
+    long long total = 0;
+    for (int shard = 0; shard < 16; ++shard) {
+        char key[64];
+        std::snprintf(key, sizeof key, "pb:{s%02d}:outbox", shard);
+        total += redis_integer({"XLEN", key});
+    }
+    return total;
+}
+
+}  // namespace paybridge::test
