@@ -3,7 +3,7 @@
 # Usage: scripts/deps.sh [run|test]   (test adds what the test suite needs)
 set -euo pipefail
 
-packages=(build-essential cmake pkg-config ccache openssl ca-certificates
+packages=(build-essential cmake pkg-config ccache openssl ca-certificates curl
           libboost1.81-dev libssl-dev libhiredis-dev rapidjson-dev doctest-dev libsystemd-dev libexpat1-dev
           redis-server)
 if [[ "${1:-run}" == "test" ]]; then
