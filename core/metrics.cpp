@@ -78,6 +78,16 @@ Family<Histogram>& Registry::histogram(std::string name, std::string help, std::
 
 void Registry::callback_gauge(std::string name, std::string help, std::function<double()> fn)
 {
+    add_callback(std::move(name), std::move(help), std::move(fn), false);
+}
+
+void Registry::callback_counter(std::string name, std::string help, std::function<double()> fn)
+{
+    add_callback(std::move(name), std::move(help), std::move(fn), true);
+}
+
+void Registry::add_callback(std::string name, std::string help, std::function<double()> fn, bool counter)
+{
     std::lock_guard lock(mutex_);
     for (auto& c : callbacks_) {
         if (c.name == name) {
@@ -85,7 +95,7 @@ void Registry::callback_gauge(std::string name, std::string help, std::function<
             return;
         }
     }
-    callbacks_.push_back({std::move(name), std::move(help), std::move(fn)});
+    callbacks_.push_back({std::move(name), std::move(help), std::move(fn), counter});
 }
 
 namespace {
@@ -157,7 +167,7 @@ std::string Registry::render() const
         });
     }
     for (const auto& c : callbacks_) {
-        header(out, c.name, c.help, "gauge");
+        header(out, c.name, c.help, c.counter ? "counter" : "gauge");
         out += c.name + " " + number(c.fn()) + "\n";
     }
     for (const auto& f : histograms_) {

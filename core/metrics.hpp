@@ -104,6 +104,8 @@ public:
     Family<Histogram>& histogram(std::string name, std::string help, std::vector<double> bounds);
     /// A gauge computed when scraped (backlog sizes, uptime).
     void callback_gauge(std::string name, std::string help, std::function<double()> fn);
+    /// A counter whose value lives elsewhere (e.g. per-connection atomics), read when scraped.
+    void callback_counter(std::string name, std::string help, std::function<double()> fn);
 
     /// Text exposition format.
     std::string render() const;
@@ -116,7 +118,9 @@ private:
     struct Callback {
         std::string name, help;
         std::function<double()> fn;
+        bool counter{false};
     };
+    void add_callback(std::string name, std::string help, std::function<double()> fn, bool counter);
     std::vector<Callback> callbacks_;
 };
 

@@ -179,17 +179,17 @@ int App::Impl::run()
     reg.callback_gauge("paybridge_uptime_seconds", "Seconds since the process started.",
                        [this] { return static_cast<double>(steady_ms() - started_ms_) / 1000.0; });
     reg.gauge("paybridge_build_info", "Build information.").with({{"version", PAYBRIDGE_VERSION}}).set(1);
-    reg.callback_gauge("paybridge_redis_commands_total", "Redis commands sent (all workers).", [this] {
+    reg.callback_counter("paybridge_redis_commands_total", "Redis commands sent (all workers).", [this] {
         double s = 0;
         for (auto& w : workers_) s += static_cast<double>(w->redis.stats().commands.load());
         return s;
     });
-    reg.callback_gauge("paybridge_redis_errors_total", "Redis command failures (all workers).", [this] {
+    reg.callback_counter("paybridge_redis_errors_total", "Redis command failures (all workers).", [this] {
         double s = 0;
         for (auto& w : workers_) s += static_cast<double>(w->redis.stats().errors.load());
         return s;
     });
-    reg.callback_gauge("paybridge_redis_reconnects_total", "Redis reconnections (all workers).", [this] {
+    reg.callback_counter("paybridge_redis_reconnects_total", "Redis reconnections (all workers).", [this] {
         double s = 0;
         for (auto& w : workers_) s += static_cast<double>(w->redis.stats().reconnects.load());
         return s;

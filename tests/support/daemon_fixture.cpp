@@ -80,6 +80,9 @@ void DaemonFixture::write_config(const DaemonOptions& options)
            "\", \"apiv3_key\": \"file:secrets/apiv3_key\", \"public_key_id\": \"" + kPublicKeyId +
            "\", \"public_key_file\": \"keys/wechatpay_public.pem\", \"platform_certificates\": "
            "[\"keys/wechatpay_platform.pem\"], \"apiv2_key\": \"file:secrets/apiv2_key\"}]},\n";
+    if (!options.tls_json.empty()) {
+        cfg += "  \"tls\": " + options.tls_json + ",\n";
+    }
     if (!options.extra_config.empty()) {
         cfg += "  " + options.extra_config + ",\n";
     }
@@ -90,7 +93,8 @@ void DaemonFixture::write_config(const DaemonOptions& options)
 void DaemonFixture::start(bool wait_ready)
 {
     process_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("paybridged"), "--config", config_path().string()}, dir_ / "daemon.log");
+        std::vector<std::string>{binary("paybridged"), "--config", config_path().string()}, dir_ / "daemon.log",
+        options_.env);
     const bool ok = wait_ready ? wait_for_http(port_, "/readyz", 200, std::chrono::seconds(20))
                                : wait_for_http(port_, "/healthz", 200, std::chrono::seconds(20));
     if (!ok) {

@@ -10,6 +10,7 @@
 #include "tools/keygen/keygen.hpp"
 
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -25,6 +26,8 @@ struct DaemonOptions {
     std::string limits_json;             ///< replaces the "limits" object when set
     std::string redis_extra;             ///< extra members of "redis" (", \"wait_replicas\": 1")
     bool start{true};                    ///< start paybridged in the constructor
+    std::map<std::string, std::string> env;  ///< extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...)
+    std::string tls_json;                ///< a "tls" object, when set
 };
 
 class DaemonFixture {

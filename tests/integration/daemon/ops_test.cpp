@@ -1,0 +1,270 @@
+// Operations end to end (issue 5): /metrics through a real Prometheus parser, sd_notify on a
+// test NOTIFY_SOCKET (READY, WATCHDOG, STOPPING), SIGHUP key rotation under load, a refused
+// reload, the TLS listener with a test CA, and systemd-analyze verify of the unit.
+
+#include "gateways/alipay/alipay_sim.hpp"
+#include "gateways/crypto/crypto.hpp"
+#include "tests/support/daemon_fixture.hpp"
+#include "tests/support/redis_server.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
+#include <boost/beast/ssl/ssl_stream.hpp>
+#include <doctest/doctest.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <fstream>
+#include <thread>
+
+using namespace paybridge;
+using namespace paybridge::test;
+namespace alipay = paybridge::gateways::alipay;
+
+namespace {
+
+std::string alipay_paid(DaemonFixture& fx, const std::string& private_pem, const std::string& bill, std::int64_t fen)
+{
+    auto key = *crypto::load_private_key(private_pem);
+    alipay::NoticeSpec s;
+    s.app_id = DaemonFixture::kAlipayAppId;
+    s.seller_id = DaemonFixture::kSellerId;
+    s.out_trade_no = bill;
+    s.amount_fen = fen;
+    (void)fx;
+    return alipay::build_alipay_body(alipay::make_paid_notice(s), key.get());
+}
+
+bool wait_for_log(DaemonFixture& fx, const std::string& needle, std::chrono::milliseconds limit)
+{
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (std::chrono::steady_clock::now() < deadline) {
+        if (fx.log().find(needle) != std::string::npos) {
+            return true;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return false;
+}
+
+}  // namespace
+
+TEST_CASE("metrics: Prometheus text format, counters after traffic")
+{
+    DaemonFixture fx;
+    REQUIRE(fx.create_bill("M1", 100).status == 201);
+    CHECK(fx.post_alipay(alipay_paid(fx, fx.alipay_keys.private_pem, "M1", 100)).body == "success");
+    CHECK(fx.post_alipay(alipay_paid(fx, fx.alipay_keys.private_pem, "M1", 100)).body == "success");
+    CHECK(fx.post_alipay("sign=x").status == 400);
+    auto m = http_request(fx.port(), "GET", "/metrics");
+    REQUIRE(m.status == 200);
+    CHECK(m.header("content-type").starts_with("text/plain"));
+    const auto& t = m.body;
+    CHECK(t.find("paybridge_notifications_total{channel=\"alipay\",outcome=\"applied\"} 1") != std::string::npos);
+    CHECK(t.find("paybridge_notifications_total{channel=\"alipay\",outcome=\"duplicate\"} 1") != std::string::npos);
+    CHECK(t.find("paybridge_notifications_total{channel=\"alipay\",outcome=\"malformed\"} 1") != std::string::npos);
+    CHECK(t.find("paybridge_http_requests_total{route=\"/notify/alipay\",code=\"200\"} 2") != std::string::npos);
+    CHECK(t.find("paybridge_http_request_duration_seconds_bucket{route=\"/notify/alipay\",le=\"+Inf\"} 3") !=
+          std::string::npos);
+    CHECK(t.find("paybridge_open_connections") != std::string::npos);
+    CHECK(t.find("paybridge_uptime_seconds") != std::string::npos);
+    CHECK(t.find("paybridge_build_info{version=") != std::string::npos);
+    CHECK(t.find("paybridge_redis_commands_total") != std::string::npos);
+
+    std::string promtool;
+    if (run_command({"/bin/sh", "-c", "command -v promtool"}, promtool) == 0) {
+        fx.dir();
+        std::ofstream(fx.dir() / "metrics.txt") << t;
+        std::string out;
+        const int rc = run_command({"/bin/sh", "-c", "promtool check metrics < " + (fx.dir() / "metrics.txt").string()}, out);
+        CHECK_MESSAGE(rc == 0, out);
+    } else {
+        MESSAGE("promtool not installed: format checked by the assertions above only");
+    }
+}
+
+TEST_CASE("systemd: READY=1 after Redis, WATCHDOG=1 from the loops, STOPPING=1 on SIGTERM")
+{
+    TempDir sock_dir;
+    const std::string path = (sock_dir / "notify.sock").string();
+    const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    timeval tv{0, 200000};
+    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
+    DaemonOptions options;
+    options.env = {{"NOTIFY_SOCKET", path}, {"WATCHDOG_USEC", "400000"}};
+    DaemonFixture fx(options);
+    std::vector<std::string> messages;
+    auto drain = [&](std::chrono::milliseconds for_how_long) {
+        const auto until = std::chrono::steady_clock::now() + for_how_long;
+        char buf[512];
+        while (std::chrono::steady_clock::now() < until) {
+            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+            if (n > 0) {
+                messages.emplace_back(buf, static_cast<std::size_t>(n));
+            }
+        }
+    };
+    drain(std::chrono::milliseconds(1500));
+    auto count = [&](const char* what) {
+        return std::count_if(messages.begin(), messages.end(),
+                             [&](const std::string& m) { return m.find(what) != std::string::npos; });
+    };
+    CHECK(count("READY=1") >= 1);
+    CHECK(count("WATCHDOG=1") >= 3);  // every 200 ms
+    fx.process().signal(SIGTERM);
+    drain(std::chrono::milliseconds(800));
+    CHECK(count("STOPPING=1") == 1);
+    CHECK(fx.process().wait(std::chrono::seconds(10)) == 0);
+    ::close(fd);
+}
+
+TEST_CASE("reload: SIGHUP with a rotated Alipay key under load; an invalid reload keeps the old config")
+{
+    DaemonFixture fx;
+    const std::string old_key = fx.alipay_keys.private_pem;
+    const int kBills = 400;
+    for (int i = 0; i < kBills; ++i) {
+        REQUIRE(fx.create_bill("R" + std::to_string(i), 100).status == 201);
+    }
+    std::vector<std::string> old_bodies;
+    for (int i = 0; i < kBills; ++i) {
+        old_bodies.push_back(alipay_paid(fx, old_key, "R" + std::to_string(i), 100));
+    }
+    // Load: two keep-alive clients sending old-key notifications while the key is rotated.
+    std::atomic<int> next{0};
+    std::atomic<int> transport_errors{0};
+    std::atomic<int> other_status{0};
+    std::atomic<bool> stop{false};
+    std::vector<std::thread> load;
+    for (int c = 0; c < 2; ++c) {
+        load.emplace_back([&] {
+            HttpClient client(fx.port());
+            while (!stop) {
+                const int i = next++;
+                if (i >= kBills) {
+                    break;
+                }
+                auto r = client.post("/notify/alipay", old_bodies[static_cast<std::size_t>(i)],
+                                     {{"Content-Type", "application/x-www-form-urlencoded"}});
+                if (r.status == 0) {
+                    ++transport_errors;
+                } else if (r.status != 200 && r.status != 400) {
+                    ++other_status;
+                }
+            }
+        });
+    }
+    const auto new_keys = keygen::generate_rsa();
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    fx.write_config(DaemonOptions{});
+    std::ofstream(fx.dir() / "keys/alipay_public.pem") << new_keys.public_pem;
+    fx.process().signal(SIGHUP);
+    REQUIRE(wait_for_log(fx, "daemon.reloaded", std::chrono::seconds(10)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    stop = true;
+    for (auto& t : load) {
+        t.join();
+    }
+    CHECK(transport_errors == 0);
+    CHECK(other_status == 0);
+
+    REQUIRE(fx.create_bill("RNEW", 100).status == 201);
+    auto refused = fx.post_alipay(alipay_paid(fx, old_key, "RNEW", 100));
+    CHECK(refused.status == 400);
+    auto accepted = fx.post_alipay(alipay_paid(fx, new_keys.private_pem, "RNEW", 100));
+    CHECK(accepted.body == "success");
+
+    // An invalid configuration is refused; the running one (new key) stays.
+    std::ofstream(fx.config_path()) << "{ \"listen\": \"127.0.0.1:1\", \"bogus\": true }";
+    fx.process().signal(SIGHUP);
+    REQUIRE(wait_for_log(fx, "daemon.reload_refused", std::chrono::seconds(10)));
+    REQUIRE(fx.create_bill("RNEW2", 100).status == 201);
+    CHECK(fx.post_alipay(alipay_paid(fx, new_keys.private_pem, "RNEW2", 100)).body == "success");
+    CHECK(fx.process().running());
+}
+
+TEST_CASE("tls: the HTTPS listener serves with a test CA; plain HTTP stays available")
+{
+    const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
+    const auto server = keygen::issue(ca, {.common_name = "localhost", .dns_names = {"localhost"},
+                                           .ip_addresses = {"127.0.0.1"}});
+    const auto tls_port = free_port();
+    DaemonOptions options;
+    options.start = false;
+    DaemonFixture fx(options);
+    std::ofstream(fx.dir() / "tls.crt") << server.cert_pem;
+    std::ofstream(fx.dir() / "tls.key") << server.key.private_pem;
+    options.tls_json = "{\"listen\": \"127.0.0.1:" + std::to_string(tls_port) +
+                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"}";
+    fx.write_config(options);
+    fx.start();
+
+    namespace asio = boost::asio;
+    namespace beast = boost::beast;
+    namespace http = beast::http;
+    asio::io_context ioc;
+    asio::ssl::context ctx(asio::ssl::context::tls_client);
+    ctx.add_certificate_authority(asio::buffer(ca.cert_pem));
+    ctx.set_verify_mode(asio::ssl::verify_peer);
+    beast::ssl_stream<asio::ip::tcp::socket> stream(ioc, ctx);
+    stream.set_verify_callback(asio::ssl::host_name_verification("127.0.0.1"));
+    stream.next_layer().connect({asio::ip::make_address("127.0.0.1"), tls_port});
+    stream.handshake(asio::ssl::stream_base::client);
+    http::request<http::string_body> req{http::verb::get, "/healthz", 11};
+    req.set(http::field::host, "127.0.0.1");
+    http::write(stream, req);
+    beast::flat_buffer buf;
+    http::response<http::string_body> res;
+    http::read(stream, buf, res);
+    CHECK(res.result_int() == 200);
+    CHECK(SSL_version(stream.native_handle()) >= TLS1_2_VERSION);
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
+
+    // A client that does not trust the test CA is refused by its own verification.
+    asio::ssl::context strict(asio::ssl::context::tls_client);
+    strict.set_verify_mode(asio::ssl::verify_peer);
+    beast::ssl_stream<asio::ip::tcp::socket> s2(ioc, strict);
+    s2.next_layer().connect({asio::ip::make_address("127.0.0.1"), tls_port});
+    boost::system::error_code ec;
+    s2.handshake(asio::ssl::stream_base::client, ec);
+    CHECK(ec);
+}
+
+TEST_CASE("systemd-analyze verify accepts the unit")
+{
+    std::string which;
+    if (run_command({"/bin/sh", "-c", "command -v systemd-analyze"}, which) != 0) {
+        MESSAGE("systemd-analyze not installed: skipped");
+        return;
+    }
+    const std::string unit_in = std::string(PAYBRIDGE_BINARY_DIR) + "/systemd/paybridged.service";
+    std::ifstream in(unit_in);
+    REQUIRE(in.good());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string unit = ss.str();
+    // Point the unit at the built binary so verify can check that the commands exist.
+    const std::string installed = "/usr/local/sbin/paybridged";
+    for (auto pos = unit.find(installed); pos != std::string::npos; pos = unit.find(installed)) {
+        unit.replace(pos, installed.size(), DaemonFixture::binary("paybridged"));
+    }
+    TempDir dir;
+    dir.write("paybridged.service", unit);
+    std::string out;
+    const int rc = run_command({"/bin/sh", "-c", "systemd-analyze verify " + (dir / "paybridged.service").string()}, out);
+    CHECK_MESSAGE(rc == 0, out);
+}
