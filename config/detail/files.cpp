@@ -1,0 +1,72 @@
+#include "config/detail/files.hpp"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace paybridge::config::detail {
+
+namespace {
+
+struct FdCloser {
+    int fd;
+    ~FdCloser()
+    {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+std::string errno_text(int err) { return std::strerror(err); }
+
+}  // namespace
+
+FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
+{
+    FileContent out;
+    // open(2) rather than ifstream: the operator needs errno's reason ("Permission denied" under
+    // systemd's ProtectSystem is the usual one), which iostreams do not report.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        out.error = errno_text(errno);
+        return out;
+    }
+    FdCloser closer{fd};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        out.error = errno_text(errno);
+        return out;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        out.error = errno_text(EISDIR);
+        return out;
+    }
+    std::string content;
+    char buffer[8192];
+    for (;;) {
+        const ssize_t n = ::read(fd, buffer, sizeof buffer);
+        if (n < 0) {
+            if (errno == EINTR) {
+                continue;
+            }
+            out.error = errno_text(errno);
+            return out;
+        }
+        if (n == 0) {
+            break;
+        }
+        if (content.size() + static_cast<std::size_t>(n) > max_bytes) {
+            out.error = "file is larger than " + std::to_string(max_bytes) + " bytes";
+            return out;
+        }
+        content.append(buffer, static_cast<std::size_t>(n));
+    }
+    out.content = std::move(content);
+    return out;
+}
+
+}  // namespace paybridge::config::detail

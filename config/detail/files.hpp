@@ -1,0 +1,22 @@
+#pragma once
+
+// Small-file reading shared by the secret resolver and the loader (config-internal).
+
+#include <cstddef>
+#include <filesystem>
+#include <optional>
+#include <string>
+
+namespace paybridge::config::detail {
+
+/// The whole content of a file, or why it could not be read.
+struct FileContent {
+    std::optional<std::string> content;  ///< set on success (may be empty)
+    std::string error;                   ///< when !content: strerror(errno) text, or a size/type reason
+};
+
+/// Reads `path` completely. Fails (without reading further) when the file is larger than
+/// `max_bytes`, is a directory, or cannot be opened or read. Blocking; for start-up only.
+FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes);
+
+}  // namespace paybridge::config::detail

@@ -1,0 +1,141 @@
+#include "config/secrets.hpp"
+
+#include "tests/unit/config/sandbox.hpp"
+
+#include <doctest/doctest.h>
+
+#include <sys/stat.h>
+#include <unistd.h>
+
+using namespace paybridge;
+using config::SecretSource;
+using config::test::Sandbox;
+
+TEST_CASE("secrets: only env:, file: and cred: with a name are references")
+{
+    CHECK(SecretSource::is_reference("env:A"));
+    CHECK(SecretSource::is_reference("file:k.txt"));
+    CHECK(SecretSource::is_reference("cred:crm"));
+    CHECK_FALSE(SecretSource::is_reference("env:"));
+    CHECK_FALSE(SecretSource::is_reference("ENV:A"));
+    CHECK_FALSE(SecretSource::is_reference("0123456789abcdef0123456789abcdef"));
+    CHECK_FALSE(SecretSource::is_reference(""));
+}
+
+TEST_CASE("secrets: env: reads the injected environment, not the process's")
+{
+    ::setenv("PAYBRIDGE_CONFIG_TEST_ONLY_IN_PROCESS", "process-value", 1);
+    const SecretSource secrets(SecretSource::Environment{{"PAYBRIDGE_TEST_KEY", "s3cr3t value\n"}, {"EMPTY", ""}});
+
+    auto found = secrets.resolve("env:PAYBRIDGE_TEST_KEY");
+    REQUIRE(found);
+    CHECK(*found.value == "s3cr3t value\n");  // environment values are taken byte for byte
+
+    auto missing = secrets.resolve("env:PAYBRIDGE_CONFIG_TEST_ONLY_IN_PROCESS");
+    CHECK_FALSE(missing);
+    CHECK(missing.problem == "environment variable PAYBRIDGE_CONFIG_TEST_ONLY_IN_PROCESS is not set");
+
+    auto empty = secrets.resolve("env:EMPTY");
+    CHECK_FALSE(empty);
+    CHECK(empty.problem == "environment variable EMPTY is empty");
+
+    auto invalid = secrets.resolve("env:NOT-A-NAME");
+    CHECK_FALSE(invalid);
+    CHECK(invalid.problem == "\"NOT-A-NAME\" is not a valid environment variable name");
+}
+
+TEST_CASE("secrets: without an injected environment, env: uses getenv")
+{
+    ::setenv("PAYBRIDGE_CONFIG_TEST_GETENV", "from-getenv", 1);
+    const SecretSource secrets;
+    auto found = secrets.resolve("env:PAYBRIDGE_CONFIG_TEST_GETENV");
+    REQUIRE(found);
+    CHECK(*found.value == "from-getenv");
+    ::unsetenv("PAYBRIDGE_CONFIG_TEST_GETENV");
+    CHECK_FALSE(secrets.resolve("env:PAYBRIDGE_CONFIG_TEST_GETENV"));
+}
+
+TEST_CASE("secrets: file: is relative to the base folder and loses its trailing line break")
+{
+    Sandbox box;
+    box.write("secrets/unix.txt", "abc def\n");
+    box.write("secrets/dos.txt", "line1\nline2\r\n");
+    box.write("secrets/blank.txt", "\n");
+    const SecretSource secrets(SecretSource::Environment{});
+
+    auto unix_file = secrets.resolve("file:secrets/unix.txt", box.dir());
+    REQUIRE(unix_file);
+    CHECK(*unix_file.value == "abc def");
+
+    auto dos_file = secrets.resolve("file:secrets/dos.txt", box.dir());
+    REQUIRE(dos_file);
+    CHECK(*dos_file.value == "line1\nline2");
+
+    auto absolute = secrets.resolve("file:" + (box.dir() / "secrets/unix.txt").string(), "/nonexistent");
+    REQUIRE(absolute);
+    CHECK(*absolute.value == "abc def");
+
+    auto blank = secrets.resolve("file:secrets/blank.txt", box.dir());
+    CHECK_FALSE(blank);
+    CHECK(blank.problem == "secrets/blank.txt is empty");
+
+    auto missing = secrets.resolve("file:secrets/nope.txt", box.dir());
+    CHECK_FALSE(missing);
+    CHECK(missing.problem == "cannot read secrets/nope.txt: No such file or directory");
+
+    auto directory = secrets.resolve("file:secrets", box.dir());
+    CHECK_FALSE(directory);
+    CHECK(directory.problem == "cannot read secrets: Is a directory");
+
+    box.write("secrets/huge.txt", std::string(SecretSource::kMaxSecretBytes + 1, 'x'));
+    auto huge = secrets.resolve("file:secrets/huge.txt", box.dir());
+    CHECK_FALSE(huge);
+    CHECK(huge.problem.find("larger than") != std::string::npos);
+}
+
+TEST_CASE("secrets: file: reports permission problems")
+{
+    if (::geteuid() == 0) {
+        return;  // root reads anything: nothing to observe
+    }
+    Sandbox box;
+    const auto path = box.write("locked.txt", "value");
+    REQUIRE(::chmod(path.c_str(), 0) == 0);
+    const SecretSource secrets(SecretSource::Environment{});
+    auto locked = secrets.resolve("file:locked.txt", box.dir());
+    CHECK_FALSE(locked);
+    CHECK(locked.problem == "cannot read locked.txt: Permission denied");
+}
+
+TEST_CASE("secrets: cred: reads $CREDENTIALS_DIRECTORY/NAME")
+{
+    Sandbox box;
+    box.write("creds/crm", "whsec_AAAA\n");
+    const SecretSource secrets(SecretSource::Environment{{"CREDENTIALS_DIRECTORY", (box.dir() / "creds").string()}});
+
+    auto found = secrets.resolve("cred:crm");
+    REQUIRE(found);
+    CHECK(*found.value == "whsec_AAAA");
+
+    auto missing = secrets.resolve("cred:other");
+    CHECK_FALSE(missing);
+    CHECK(missing.problem == "cannot read " + (box.dir() / "creds/other").string() + ": No such file or directory");
+
+    auto escape = secrets.resolve("cred:../creds/crm");
+    CHECK_FALSE(escape);
+    CHECK(escape.problem == "credential name \"../creds/crm\" must be a plain file name");
+
+    const SecretSource no_dir(SecretSource::Environment{});
+    auto unset = no_dir.resolve("cred:crm");
+    CHECK_FALSE(unset);
+    CHECK(unset.problem == "cred:crm needs $CREDENTIALS_DIRECTORY (systemd LoadCredential=), which is not set");
+}
+
+TEST_CASE("secrets: an inline literal is refused without echoing it")
+{
+    const SecretSource secrets(SecretSource::Environment{});
+    auto inline_value = secrets.resolve("0123456789abcdef0123456789abcdef");
+    CHECK_FALSE(inline_value);
+    CHECK(inline_value.problem == "inline secret values are not allowed; use env:NAME, file:PATH or cred:NAME");
+    CHECK_FALSE(secrets.resolve("env:"));
+}
