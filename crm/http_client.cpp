@@ -1,0 +1,497 @@
+#include "crm/http_client.hpp"
+
+#include "core/async.hpp"
+#include "core/error.hpp"
+
+#include <boost/asio/experimental/channel.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/ssl.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+#include <openssl/ssl.h>
+#include <openssl/x509_vfy.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <charconv>
+#include <exception>
+#include <optional>
+
+namespace paybridge::crm {
+namespace {
+
+namespace asio = boost::asio;
+namespace beast = boost::beast;
+namespace http = beast::http;
+namespace ssl = asio::ssl;
+using tcp = asio::ip::tcp;
+using Clock = std::chrono::steady_clock;
+using boost::system::error_code;
+
+bool iequals_prefix(std::string_view text, std::string_view prefix)
+{
+    if (text.size() < prefix.size()) {
+        return false;
+    }
+    for (std::size_t i = 0; i < prefix.size(); ++i) {
+        if (std::tolower(static_cast<unsigned char>(text[i])) != prefix[i]) {
+            return false;
+        }
+    }
+    return true;
+}
+
+bool is_ip_literal(const std::string& host)
+{
+    error_code ec;
+    (void)asio::ip::make_address(host, ec);
+    return !ec;
+}
+
+bool valid_dns_name(std::string_view host)
+{
+    return !host.empty() && std::all_of(host.begin(), host.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
+    });
+}
+
+struct Connection {
+    Connection(const asio::any_io_executor& ex, ssl::context* ctx)
+    {
+        if (ctx != nullptr) {
+            tls.emplace(ex, *ctx);
+        } else {
+            plain.emplace(ex);
+        }
+    }
+    beast::tcp_stream& tcp_layer() { return tls ? tls->next_layer() : *plain; }
+
+    std::optional<beast::tcp_stream> plain;
+    std::optional<ssl::stream<beast::tcp_stream>> tls;
+    beast::flat_buffer buffer;
+    Clock::time_point last_used{};
+};
+
+using ConnectionPtr = std::unique_ptr<Connection>;
+
+/// What one exchange on one connection produced.
+struct Exchange {
+    error_code ec;                 ///< set when no status line was received
+    std::string step;              ///< which step failed
+    bool response_started{false};  ///< some response bytes arrived before the failure
+    bool reusable{false};
+    HttpResponse response;
+};
+
+struct ResolveState {
+    explicit ResolveState(const asio::any_io_executor& ex) : signal(ex) {}
+    asio::steady_timer signal;
+    error_code ec;
+    tcp::resolver::results_type results;
+    bool done{false};
+};
+
+std::string describe(std::string_view step, const error_code& ec)
+{
+    std::string text(step);
+    text.append(": ");
+    text.append(ec.message());
+    return text;
+}
+
+PostResult failure(const error_code& ec, std::string detail)
+{
+    const bool timed_out = ec == beast::error::timeout || ec == asio::error::timed_out;
+    PostResult result;
+    result.response = make_error_code(timed_out ? errc::timeout : errc::crm_unavailable);
+    result.error_detail = std::move(detail);
+    return result;
+}
+
+}  // namespace
+
+Result<Url> parse_url(std::string_view text)
+{
+    Url url;
+    if (iequals_prefix(text, "https://")) {
+        url.tls = true;
+        text.remove_prefix(8);
+    } else if (iequals_prefix(text, "http://")) {
+        text.remove_prefix(7);
+    } else {
+        return make_error_code(errc::invalid_argument);
+    }
+    if (text.find('#') != std::string_view::npos) {
+        return make_error_code(errc::invalid_argument);
+    }
+    const std::size_t authority_end = text.find_first_of("/?");
+    std::string_view authority = text.substr(0, authority_end);
+    const std::string_view rest = authority_end == std::string_view::npos ? "" : text.substr(authority_end);
+    if (authority.empty() || authority.find('@') != std::string_view::npos) {
+        return make_error_code(errc::invalid_argument);
+    }
+
+    std::string_view port_text;
+    if (authority.front() == '[') {
+        const std::size_t close = authority.find(']');
+        if (close == std::string_view::npos) {
+            return make_error_code(errc::invalid_argument);
+        }
+        url.host = std::string(authority.substr(1, close - 1));
+        const std::string_view after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after.front() != ':') {
+                return make_error_code(errc::invalid_argument);
+            }
+            port_text = after.substr(1);
+        }
+        error_code ec;
+        (void)asio::ip::make_address_v6(url.host, ec);
+        if (ec) {
+            return make_error_code(errc::invalid_argument);
+        }
+    } else {
+        const std::size_t colon = authority.rfind(':');
+        url.host = std::string(authority.substr(0, colon));
+        if (colon != std::string_view::npos) {
+            port_text = authority.substr(colon + 1);
+        }
+        if (!valid_dns_name(url.host)) {
+            return make_error_code(errc::invalid_argument);
+        }
+    }
+
+    const std::uint16_t default_port = url.tls ? 443 : 80;
+    url.port = default_port;
+    if (!port_text.empty() || (authority.back() == ':')) {
+        unsigned port = 0;
+        const auto [end, ec] = std::from_chars(port_text.data(), port_text.data() + port_text.size(), port);
+        if (port_text.empty() || ec != std::errc{} || end != port_text.data() + port_text.size() || port == 0 ||
+            port > 65535) {
+            return make_error_code(errc::invalid_argument);
+        }
+        url.port = static_cast<std::uint16_t>(port);
+    }
+
+    url.target = rest.empty() ? "/" : std::string(rest);
+    if (url.target.front() == '?') {
+        url.target.insert(url.target.begin(), '/');
+    }
+    const bool v6 = url.host.find(':') != std::string::npos;
+    url.host_header = v6 ? "[" + url.host + "]" : url.host;
+    if (url.port != default_port) {
+        url.host_header += ":" + std::to_string(url.port);
+    }
+    return url;
+}
+
+struct HttpClient::Impl {
+    Impl(asio::any_io_executor ex, HttpClientOptions opts, Url u)
+        : executor(std::move(ex)),
+          options(std::move(opts)),
+          url(std::move(u)),
+          host_is_ip(is_ip_literal(url.host)),
+          slots(executor, static_cast<std::size_t>(options.concurrency))
+    {
+    }
+
+    asio::any_io_executor executor;
+    HttpClientOptions options;
+    Url url;
+    bool host_is_ip;
+    std::optional<ssl::context> tls_context;
+    // A channel with `concurrency` buffer slots is a counting semaphore: a send takes a slot (and
+    // waits while none is free), a receive gives one back.
+    asio::experimental::channel<void(error_code)> slots;
+    std::vector<ConnectionPtr> idle;
+    HttpClientStats stats;
+
+    ConnectionPtr take_idle()
+    {
+        const Clock::time_point now = Clock::now();
+        while (!idle.empty()) {
+            ConnectionPtr conn = std::move(idle.back());
+            idle.pop_back();
+            if (now - conn->last_used < options.idle_timeout) {
+                return conn;
+            }
+        }
+        return nullptr;
+    }
+
+    void give_back(ConnectionPtr conn)
+    {
+        conn->tcp_layer().expires_never();
+        conn->last_used = Clock::now();
+        if (idle.size() < static_cast<std::size_t>(options.concurrency)) {
+            idle.push_back(std::move(conn));
+        }
+    }
+
+    asio::awaitable<std::optional<std::string>> resolve(Clock::time_point deadline,
+                                                         std::vector<tcp::endpoint>& endpoints)
+    {
+        if (host_is_ip) {
+            endpoints.emplace_back(asio::ip::make_address(url.host), url.port);
+            co_return std::nullopt;
+        }
+        // getaddrinfo runs on Asio's resolver thread and cannot be interrupted, so the deadline is
+        // enforced by waiting on a timer that the completion cancels; on timeout the lookup is
+        // abandoned (the shared state keeps what it touches alive until it finishes).
+        auto state = std::make_shared<ResolveState>(executor);
+        auto resolver = std::make_shared<tcp::resolver>(executor);
+        state->signal.expires_at(deadline);
+        auto on_resolved = [state, resolver](const error_code& ec, tcp::resolver::results_type results) {
+            state->done = true;
+            state->ec = ec;
+            state->results = std::move(results);
+            state->signal.cancel();
+        };
+        resolver->async_resolve(url.host, std::to_string(url.port), std::move(on_resolved));
+        co_await state->signal.async_wait(kUseTuple);
+        if (!state->done) {
+            resolver->cancel();
+            co_return std::string("resolve: timed out");
+        }
+        if (state->ec) {
+            co_return describe("resolve", state->ec);
+        }
+        for (const auto& entry : state->results) {
+            endpoints.push_back(entry.endpoint());
+        }
+        co_return std::nullopt;
+    }
+
+    /// Connects (and handshakes). Returns the failure, if any.
+    asio::awaitable<std::optional<PostResult>> open(Connection& conn, Clock::time_point deadline)
+    {
+        std::vector<tcp::endpoint> endpoints;
+        std::optional<std::string> resolve_error = co_await resolve(deadline, endpoints);
+        if (resolve_error) {
+            const bool timed_out = Clock::now() >= deadline;
+            PostResult result;
+            result.response = make_error_code(timed_out ? errc::timeout : errc::crm_unavailable);
+            result.error_detail = std::move(*resolve_error);
+            co_return result;
+        }
+        conn.tcp_layer().expires_at(deadline);
+        auto [cec, endpoint] = co_await conn.tcp_layer().async_connect(endpoints, kUseTuple);
+        if (cec) {
+            co_return failure(cec, describe("connect", cec));
+        }
+        error_code ignored;
+        conn.tcp_layer().socket().set_option(tcp::no_delay(true), ignored);
+        ++stats.connections_opened;
+        if (!conn.tls) {
+            co_return std::nullopt;
+        }
+
+        SSL* ssl_handle = conn.tls->native_handle();
+        if (host_is_ip) {
+            X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl_handle), url.host.c_str());
+        } else {
+            // SNI only for DNS names (RFC 6066 forbids IP literals in server_name).
+            SSL_set_tlsext_host_name(ssl_handle, url.host.c_str());
+            SSL_set_hostflags(ssl_handle, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+            SSL_set1_host(ssl_handle, url.host.c_str());
+        }
+        conn.tls->set_verify_mode(ssl::verify_peer);
+        conn.tcp_layer().expires_at(deadline);
+        auto [hec] = co_await conn.tls->async_handshake(ssl::stream_base::client, kUseTuple);
+        if (hec) {
+            std::string detail = describe("tls handshake", hec);
+            const long verify = SSL_get_verify_result(ssl_handle);
+            if (verify != X509_V_OK) {
+                detail += " (";
+                detail += X509_verify_cert_error_string(verify);
+                detail += ")";
+            }
+            co_return failure(hec, std::move(detail));
+        }
+        co_return std::nullopt;
+    }
+
+    template <class Stream>
+    asio::awaitable<Exchange> exchange(Stream& stream, Connection& conn,
+                                       const http::request<http::string_body>& request,
+                                       Clock::time_point deadline)
+    {
+        Exchange out;
+        conn.tcp_layer().expires_at(deadline);
+        auto [wec, written] = co_await http::async_write(stream, request, kUseTuple);
+        if (wec) {
+            out.ec = wec;
+            out.step = "write";
+            co_return out;
+        }
+
+        http::response_parser<http::buffer_body> parser;
+        parser.header_limit(static_cast<std::uint32_t>(options.max_header));
+        parser.body_limit(options.max_body);
+        auto [hec, header_bytes] = co_await http::async_read_header(stream, conn.buffer, parser, kUseTuple);
+        if (hec) {
+            out.ec = hec;
+            out.step = "read";
+            out.response_started = parser.got_some();
+            co_return out;
+        }
+        out.response_started = true;
+        out.response.status = parser.get().result_int();
+        out.response.retry_after = std::string(parser.get()[http::field::retry_after]);
+
+        // Read the whole body so the connection can be reused; keep only its head.
+        char chunk[4096];
+        bool complete = true;
+        while (!parser.is_done()) {
+            parser.get().body().data = chunk;
+            parser.get().body().size = sizeof chunk;
+            auto [rec, n] = co_await http::async_read(stream, conn.buffer, parser, kUseTuple);
+            const std::size_t got = sizeof chunk - parser.get().body().size;
+            const std::size_t keep = std::min(got, options.keep_body - std::min(options.keep_body,
+                                                                                  out.response.body_head.size()));
+            out.response.body_head.append(chunk, keep);
+            if (rec && rec != http::error::need_buffer) {
+                // The status line is in: the CRM has answered. A body that is too long or cut short
+                // only makes the connection unusable.
+                complete = false;
+                break;
+            }
+        }
+        out.reusable = complete && parser.get().keep_alive() && !parser.need_eof();
+        co_return out;
+    }
+
+    asio::awaitable<Exchange> exchange_on(Connection& conn, const http::request<http::string_body>& request,
+                                          Clock::time_point deadline)
+    {
+        if (conn.tls) {
+            co_return co_await exchange(*conn.tls, conn, request, deadline);
+        }
+        co_return co_await exchange(*conn.plain, conn, request, deadline);
+    }
+
+    asio::awaitable<PostResult> attempt(Headers headers, std::string body)
+    {
+        http::request<http::string_body> request{http::verb::post, url.target, 11};
+        request.set(http::field::host, url.host_header);
+        request.set(http::field::user_agent, options.user_agent);
+        for (auto& [name, value] : headers) {
+            request.set(name, value);
+        }
+        request.keep_alive(true);
+        request.body() = std::move(body);
+        request.prepare_payload();
+        ++stats.requests;
+
+        const Clock::time_point deadline = Clock::now() + options.timeout;
+        for (int round = 0;; ++round) {
+            ConnectionPtr conn = take_idle();
+            const bool reused = conn != nullptr;
+            if (reused) {
+                ++stats.connections_reused;
+            } else {
+                conn = std::make_unique<Connection>(executor, tls_context ? &*tls_context : nullptr);
+                std::optional<PostResult> open_failure = co_await open(*conn, deadline);
+                if (open_failure) {
+                    co_return std::move(*open_failure);
+                }
+            }
+            Exchange ex = co_await exchange_on(*conn, request, deadline);
+            if (ex.response.status != 0) {
+                if (ex.reusable) {
+                    give_back(std::move(conn));
+                }
+                PostResult result;
+                result.response = std::move(ex.response);
+                co_return result;
+            }
+            // A pooled connection the server closed while idle fails before any response byte:
+            // retry once on a fresh connection. Deliveries are idempotent (webhook-id), so even a
+            // request the server did process may be repeated safely.
+            const bool timed_out = ex.ec == beast::error::timeout;
+            if (reused && round == 0 && !ex.response_started && !timed_out && Clock::now() < deadline) {
+                ++stats.stale_retries;
+                continue;
+            }
+            co_return failure(ex.ec, describe(ex.step, ex.ec));
+        }
+    }
+};
+
+Result<std::unique_ptr<HttpClient>> HttpClient::create(asio::any_io_executor executor, HttpClientOptions options)
+{
+    Result<Url> url = parse_url(options.url);
+    if (!url) {
+        return url.error();
+    }
+    if (options.concurrency <= 0 || options.timeout.count() <= 0) {
+        return make_error_code(errc::invalid_argument);
+    }
+    auto impl = std::make_unique<Impl>(std::move(executor), std::move(options), std::move(*url));
+    if (impl->url.tls) {
+        ssl::context& ctx = impl->tls_context.emplace(ssl::context::tls_client);
+        ctx.set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
+                        ssl::context::no_compression);
+        SSL_CTX_set_min_proto_version(ctx.native_handle(), TLS1_2_VERSION);
+        ctx.set_verify_mode(ssl::verify_peer);
+        error_code ec;
+        if (impl->options.ca_file.empty()) {
+            ctx.set_default_verify_paths(ec);
+        } else {
+            ctx.load_verify_file(impl->options.ca_file, ec);
+        }
+        if (ec) {
+            return make_error_code(errc::invalid_argument);
+        }
+    }
+    return std::unique_ptr<HttpClient>(new HttpClient(std::move(impl)));
+}
+
+HttpClient::HttpClient(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+HttpClient::~HttpClient() = default;
+
+asio::awaitable<PostResult> HttpClient::post(Headers headers, std::string body)
+{
+    auto [acquire_ec] = co_await impl_->slots.async_send(error_code{}, kUseTuple);
+    if (acquire_ec) {
+        PostResult result;
+        result.response = make_error_code(errc::shutting_down);
+        result.error_detail = "client closed";
+        co_return result;
+    }
+    auto release = [this] { impl_->slots.try_receive([](error_code) {}); };
+    try {
+        PostResult result = co_await impl_->attempt(std::move(headers), std::move(body));
+        release();
+        co_return result;
+    } catch (...) {
+        release();
+        throw;
+    }
+}
+
+void HttpClient::close_idle()
+{
+    impl_->idle.clear();
+}
+
+const Url& HttpClient::url() const noexcept
+{
+    return impl_->url;
+}
+
+const HttpClientStats& HttpClient::stats() const noexcept
+{
+    return impl_->stats;
+}
+
+std::size_t HttpClient::idle_connections() const noexcept
+{
+    return impl_->idle.size();
+}
+
+}  // namespace paybridge::crm
