@@ -19,6 +19,7 @@
 #include <set>
 #include <sstream>
 #include <stdexcept>
+#include <utility>
 
 namespace paybridge::config {
 
@@ -113,11 +114,18 @@ public:
     /// Records "<ptr>: <what>" once; `ptr` is also marked so that later phases skip the value.
     void add(const std::string& ptr, std::string_view what)
     {
+        note(ptr, what);
+        bad_.insert(ptr);
+    }
+
+    /// Records "<ptr>: <what>" once without marking `ptr`: for the semantic checks of phase 4, which
+    /// visit each value once and must not hide the problems of its siblings and children.
+    void note(const std::string& ptr, std::string_view what)
+    {
         std::string line = (ptr.empty() ? std::string("(root)") : ptr) + ": " + std::string(what);
         if (seen_.insert(line).second) {
             lines_.push_back(std::move(line));
         }
-        bad_.insert(ptr);
     }
 
     /// A problem about the file itself (no pointer).
@@ -313,6 +321,10 @@ private:
         if (keyword == "additionalProperties") {
             // Reported from the validator's Key handler: the pointer already names the key.
             const rapidjson::Pointer key_ptr(ptr.c_str());
+            if (key_ptr.GetTokenCount() == 0) {
+                problems.add(ptr, "unknown property");
+                return;
+            }
             const rapidjson::Pointer object_ptr(key_ptr.GetTokens(), key_ptr.GetTokenCount() - 1);
             const std::string object_text = pointer_text(object_ptr);
             const Value* object = object_ptr.Get(document_);
@@ -578,7 +590,9 @@ public:
         }
         const std::string r;
         if (const Value* v = string_at(root, r, "listen")) {
-            endpoint(*v, child(r, "listen"), cfg.listen);
+            listen_ok_ = endpoint(*v, child(r, "listen"), cfg.listen);
+        } else {
+            listen_ok_ = !present(root, "listen");
         }
         if (const Value* v = object_at(root, r, "tls")) {
             parse_tls(*v, child(r, "tls"), cfg);
@@ -609,7 +623,7 @@ public:
         if (const Value* v = object_at(root, r, "log")) {
             if (const Value* level = string_at(*v, "/log", "level")) {
                 if (!log::parse_level(str(*level), cfg.log_level)) {
-                    problems_.add("/log/level", "must be one of \"debug\", \"info\", \"warning\", \"error\"");
+                    problems_.note("/log/level", "must be one of \"debug\", \"info\", \"warning\", \"error\"");
                 }
             }
         }
@@ -663,8 +677,7 @@ private:
         }
         const std::int64_t n = v->GetInt64();
         // The schema bounds every integer far inside these limits; this only guards the cast.
-        if (n >= static_cast<std::int64_t>(std::numeric_limits<Int>::min()) &&
-            static_cast<std::uint64_t>(n) <= static_cast<std::uint64_t>(std::numeric_limits<Int>::max())) {
+        if (std::in_range<Int>(n)) {
             out = static_cast<Int>(n);
         }
     }
@@ -679,11 +692,13 @@ private:
         }
     }
 
-    void endpoint(const Value& v, const std::string& ptr, Endpoint& out)
+    bool endpoint(const Value& v, const std::string& ptr, Endpoint& out)
     {
         if (std::string why = parse_endpoint(str(v), out); !why.empty()) {
-            problems_.add(ptr, why);
+            problems_.note(ptr, why);
+            return false;
         }
+        return true;
     }
 
     std::string shown_path(const Value& v) const { return std::string(str(v)); }
@@ -699,11 +714,11 @@ private:
     {
         detail::FileContent file = detail::read_file(resolve(v), kMaxPemBytes);
         if (!file.content) {
-            problems_.add(ptr, "cannot read " + shown_path(v) + ": " + file.error);
+            problems_.note(ptr, "cannot read " + shown_path(v) + ": " + file.error);
             return std::nullopt;
         }
         if (file.content->empty()) {
-            problems_.add(ptr, shown_path(v) + " is empty");
+            problems_.note(ptr, shown_path(v) + " is empty");
             return std::nullopt;
         }
         return std::move(file.content);
@@ -732,7 +747,7 @@ private:
     {
         SecretLookup found = secrets_.resolve(str(v), base_dir_);
         if (!found) {
-            problems_.add(ptr, found.problem);
+            problems_.note(ptr, found.problem);
             return std::nullopt;
         }
         return std::move(found.value);
@@ -754,7 +769,7 @@ private:
         }
         auto [it, inserted] = seen.emplace(value, ptr);
         if (!inserted) {
-            problems_.add(ptr, "duplicates " + it->second);
+            problems_.note(ptr, "duplicates " + it->second);
         }
     }
 
@@ -765,12 +780,17 @@ private:
         TlsListenConfig tls;
         bool complete = true;
         if (const Value* listen = string_at(v, ptr, "listen")) {
-            endpoint(*listen, child(ptr, "listen"), tls.listen);
-            const bool same = tls.listen.port == cfg.listen.port &&
-                              (tls.listen.host == cfg.listen.host || tls.listen.host == "0.0.0.0" ||
-                               cfg.listen.host == "0.0.0.0" || tls.listen.host == "::" || cfg.listen.host == "::");
-            if (same && !problems_.is_bad(child(ptr, "listen")) && !problems_.is_bad("/listen")) {
-                problems_.add(child(ptr, "listen"), "must not be the same address and port as /listen");
+            if (endpoint(*listen, child(ptr, "listen"), tls.listen) && listen_ok_) {
+                // A wildcard address takes the port on every interface.
+                auto wildcard = [](const std::string& host) { return host == "0.0.0.0" || host == "::"; };
+                const bool same = tls.listen.port == cfg.listen.port &&
+                                  (tls.listen.host == cfg.listen.host || wildcard(tls.listen.host) ||
+                                   wildcard(cfg.listen.host));
+                if (same) {
+                    problems_.note(child(ptr, "listen"), "must not be the same address and port as /listen");
+                }
+            } else {
+                complete = false;
             }
         } else {
             complete = false;
@@ -797,7 +817,7 @@ private:
     {
         if (const Value* url = string_at(v, ptr, "url")) {
             if (std::string why = parse_redis_url(str(*url), out); !why.empty()) {
-                problems_.add(child(ptr, "url"), why);
+                problems_.note(child(ptr, "url"), why);
             }
         }
         if (std::optional<std::string> password = secret(v, ptr, "password")) {
@@ -825,7 +845,7 @@ private:
             unique(names, token.name, child(item, "name"));
             if (std::optional<std::string> value = secret(list[i], item, "token")) {
                 if (value->size() < kMinApiTokenBytes) {
-                    problems_.add(child(item, "token"),
+                    problems_.note(child(item, "token"),
                                   "the token must be at least " + std::to_string(kMinApiTokenBytes) +
                                       " bytes long, got " + std::to_string(value->size()));
                 } else {
@@ -859,18 +879,18 @@ private:
             const bool has_cert = present(v, "alipay_public_cert_file");
             const bool has_root = present(v, "alipay_root_cert_file");
             if (key_mode && (has_cert || has_root)) {
-                problems_.add(item,
+                problems_.note(item,
                               "give either alipay_public_key_file (public-key mode) or alipay_public_cert_file and "
                               "alipay_root_cert_file (certificate mode), not both");
             } else if (!key_mode && !has_cert && !has_root) {
-                problems_.add(child(item, "alipay_public_key_file"),
+                problems_.note(child(item, "alipay_public_key_file"),
                               "required property missing (or alipay_public_cert_file and alipay_root_cert_file "
                               "for certificate mode)");
             } else if (has_cert && !has_root) {
-                problems_.add(child(item, "alipay_root_cert_file"),
+                problems_.note(child(item, "alipay_root_cert_file"),
                               "required in certificate mode (alipay_public_cert_file is set)");
             } else if (has_root && !has_cert) {
-                problems_.add(child(item, "alipay_public_cert_file"),
+                problems_.note(child(item, "alipay_public_cert_file"),
                               "required in certificate mode (alipay_root_cert_file is set)");
             }
             pem(v, item, "alipay_public_key_file", app.public_key_pem);
@@ -884,7 +904,7 @@ private:
     {
         if (std::optional<std::string> value = secret(v, item, key)) {
             if (value->size() != kWechatKeyBytes) {
-                problems_.add(child(item, key), "must be exactly 32 bytes long, got " + std::to_string(value->size()));
+                problems_.note(child(item, key), "must be exactly 32 bytes long, got " + std::to_string(value->size()));
             }
             out = std::move(*value);
         }
@@ -910,17 +930,17 @@ private:
             const bool has_key_id = present(v, "public_key_id");
             const bool has_platform = present(v, "platform_certificates");
             if (!has_key_file && !has_platform) {
-                problems_.add(item, "needs public_key_file (with public_key_id), platform_certificates, or both");
+                problems_.note(item, "needs public_key_file (with public_key_id), platform_certificates, or both");
             }
             if (has_key_file && !has_key_id) {
-                problems_.add(child(item, "public_key_id"), "required when public_key_file is set");
+                problems_.note(child(item, "public_key_id"), "required when public_key_file is set");
             }
             if (has_key_id && !has_key_file) {
-                problems_.add(child(item, "public_key_file"), "required when public_key_id is set");
+                problems_.note(child(item, "public_key_file"), "required when public_key_id is set");
             }
             text(v, item, "public_key_id", m.public_key_id);
             if (!m.public_key_id.empty() && !m.public_key_id.starts_with(kPublicKeyIdPrefix)) {
-                problems_.add(child(item, "public_key_id"), "must start with PUB_KEY_ID_");
+                problems_.note(child(item, "public_key_id"), "must start with PUB_KEY_ID_");
             }
             pem(v, item, "public_key_file", m.public_key_pem);
             if (const Value* certs = array_at(v, item, "platform_certificates")) {
@@ -943,7 +963,7 @@ private:
     {
         if (std::optional<std::string> value = secret(v, ptr)) {
             if (std::string why = check_webhook_secret(*value); !why.empty()) {
-                problems_.add(ptr, why);
+                problems_.note(ptr, why);
             }
             out.push_back(std::move(*value));
         }
@@ -953,16 +973,16 @@ private:
     {
         if (const Value* url = string_at(v, ptr, "url")) {
             if (std::string why = check_http_url(str(*url)); !why.empty()) {
-                problems_.add(child(ptr, "url"), why);
+                problems_.note(child(ptr, "url"), why);
             }
             out.url = std::string(str(*url));
         }
         const bool has_one = present(v, "secret");
         const bool has_two = present(v, "secrets");
         if (has_one && has_two) {
-            problems_.add(ptr, "give either secret or secrets (during a rotation), not both");
+            problems_.note(ptr, "give either secret or secrets (during a rotation), not both");
         } else if (!has_one && !has_two) {
-            problems_.add(child(ptr, "secret"), "required property missing (or secrets, during a rotation)");
+            problems_.note(child(ptr, "secret"), "required property missing (or secrets, during a rotation)");
         }
         if (const Value* one = string_at(v, ptr, "secret")) {
             crm_secret(*one, child(ptr, "secret"), out.secrets);
@@ -1001,6 +1021,7 @@ private:
     const SecretSource& secrets_;
     std::filesystem::path base_dir_;
     Problems& problems_;
+    bool listen_ok_{true};  ///< /listen is absent (default) or parsed
 };
 
 std::pair<std::size_t, std::size_t> line_and_column(std::string_view text, std::size_t offset)

@@ -349,7 +349,7 @@ TEST_CASE("config: every problem is reported in one pass")
       "redis": { "shards": 0, "key_prefix": "{pb}:" },
       "alipay": { "apps": [ { "alipay_public_key_file": "keys/x.pem", "sign_type": "RSA256" } ] },
       "crm": { "url": "https://crm.example.com/hook", "secret": "env:PAYBRIDGE_CRM_SECRET",
-               "retry_schedule_s": [5, 0, "60"] },
+               "retry_schedule_s": [5, 0, "60", -1] },
       "limits": { "read_timeout_ms": 1.5, "write_timeout_ms": 0 },
       "log": { "level": "verbose" }
     })");
@@ -366,6 +366,7 @@ TEST_CASE("config: every problem is reported in one pass")
             "/crm/secret: environment variable PAYBRIDGE_CRM_SECRET is not set",
             "/crm/retry_schedule_s/1: must be >= 1",
             "/crm/retry_schedule_s/2: must be an integer, not a string",
+            "/crm/retry_schedule_s/3: must be >= 1",
             "/limits/read_timeout_ms: must be an integer, not a number with a fraction",
             "/limits/write_timeout_ms: must be >= 1",
             "/log/level: must be one of \"debug\", \"info\", \"warning\", \"error\"",
@@ -378,7 +379,7 @@ TEST_CASE("config: wrong shapes are reported once, at the outermost wrong value"
     const LoadReport report = load(box, R"({
       "alipay": [ { "app_id": "1" } ],
       "wechatpay": { "merchants": [] },
-      "api_tokens": [ { "name": "crm" }, "env:TOKEN" ],
+      "api_tokens": [ { "name": "crm" }, "env:TOKEN", { "name": "ops" } ],
       "crm": { "secret": "env:X" }
     })");
     check_problems(report, {
@@ -386,6 +387,7 @@ TEST_CASE("config: wrong shapes are reported once, at the outermost wrong value"
                                "/wechatpay/merchants: must not be empty",
                                "/api_tokens/0/token: required property missing",
                                "/api_tokens/1: must be an object, not a string",
+                               "/api_tokens/2/token: required property missing",
                                "/crm/url: required property missing",
                                "/crm/secret: environment variable X is not set",
                            });
@@ -556,7 +558,7 @@ TEST_CASE("config: semantic checks of the gateways")
     f.box.write("wx.pem", "key");
     const LoadReport report = load(f.box, R"({
       "alipay": { "apps": [
-          { "app_id": "1", "alipay_public_key_file": "alipay.pem", "alipay_root_cert_file": "root.crt" },
+          { "app_id": "1", "alipay_public_key_file": "alipay.pem", "alipay_root_cert_file": "missing-root.crt" },
           { "app_id": "2", "alipay_public_cert_file": "alipay.crt" },
           { "app_id": "3" },
           { "app_id": "1", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt" } ] },
@@ -576,6 +578,7 @@ TEST_CASE("config: semantic checks of the gateways")
         {
             "/alipay/apps/0: give either alipay_public_key_file (public-key mode) or alipay_public_cert_file and "
             "alipay_root_cert_file (certificate mode), not both",
+            "/alipay/apps/0/alipay_root_cert_file: cannot read missing-root.crt: No such file or directory",
             "/alipay/apps/1/alipay_root_cert_file: required in certificate mode (alipay_public_cert_file is set)",
             "/alipay/apps/2/alipay_public_key_file: required property missing (or alipay_public_cert_file and "
             "alipay_root_cert_file for certificate mode)",
@@ -667,6 +670,14 @@ TEST_CASE("config: the TLS listener must not take the plain listener's address")
                                       "platform_certificates": ["platform.pem"] } ] } })",
                                    f.env());
     check_problems(report, {"/tls/listen: must not be the same address and port as /listen"});
+
+    // A broken /listen is reported alone, not compared with its default.
+    const LoadReport broken = load(f.box, R"({ "listen": "127.0.0.1:0",
+      "tls": { "listen": "127.0.0.1:8080", "cert_file": "tls.crt", "key_file": "tls.key" },
+      "wechatpay": { "merchants": [ { "mchid": "1", "appid": "wx1", "apiv3_key": "env:V3",
+                                      "platform_certificates": ["platform.pem"] } ] } })",
+                                   f.env());
+    check_problems(broken, {"/listen: the port must be a number from 1 to 65535"});
 }
 
 TEST_CASE("config: load_config_text resolves paths against the folder of the path it is given")
