@@ -1,0 +1,539 @@
+#include "gateways/alipay/alipay_gateway.hpp"
+
+#include "core/error.hpp"
+#include "core/money.hpp"
+#include "core/time.hpp"
+#include "gateways/charset.hpp"
+
+#include <boost/algorithm/string/predicate.hpp>
+
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+#include <openssl/x509v3.h>
+#include <openssl/x509_vfy.h>
+
+#include <algorithm>
+#include <unordered_set>
+
+namespace paybridge::gateways::alipay {
+namespace {
+
+template <auto Fn>
+struct FreeWith {
+    template <class T>
+    void operator()(T* p) const noexcept { Fn(p); }
+};
+using StorePtr = std::unique_ptr<X509_STORE, FreeWith<X509_STORE_free>>;
+using StoreCtxPtr = std::unique_ptr<X509_STORE_CTX, FreeWith<X509_STORE_CTX_free>>;
+
+void free_x509_stack(STACK_OF(X509) * s) noexcept { sk_X509_free(s); }
+using X509StackPtr = std::unique_ptr<STACK_OF(X509), FreeWith<free_x509_stack>>;
+
+const std::string* find_field(const FormFields& fields, std::string_view key) noexcept
+{
+    for (const auto& [k, v] : fields) {
+        if (k == key) {
+            return &v;
+        }
+    }
+    return nullptr;
+}
+
+bool present(const std::string* value) noexcept { return value != nullptr && !value->empty(); }
+
+bool is_rsa(EVP_PKEY* key) noexcept { return key != nullptr && EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA; }
+
+// Alipay's certificate file may carry intermediates after (or before) its own certificate; the
+// leaf is the one certificate that issued none of the others.
+std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs)
+{
+    for (std::size_t i = 0; i < certs.size(); ++i) {
+        bool issued_another = false;
+        for (std::size_t j = 0; j < certs.size(); ++j) {
+            if (i != j && X509_check_issued(certs[i].get(), certs[j].get()) == X509_V_OK) {
+                issued_another = true;
+            }
+        }
+        if (!issued_another) {
+            return i;
+        }
+    }
+    return 0;
+}
+
+// crypto::certificate_chains_to takes no untrusted intermediates, which a multi-certificate
+// Alipay file needs; the other certificates of the file are offered as untrusted chain members,
+// never as trust anchors.
+bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
+                     const std::vector<crypto::X509Ptr>& roots)
+{
+    StorePtr store(X509_STORE_new());
+    X509StackPtr untrusted(sk_X509_new_null());
+    StoreCtxPtr ctx(X509_STORE_CTX_new());
+    if (!store || !untrusted || !ctx) {
+        return false;
+    }
+    for (const auto& root : roots) {
+        X509_STORE_add_cert(store.get(), root.get());
+    }
+    for (std::size_t i = 0; i < file.size(); ++i) {
+        if (i != leaf) {
+            sk_X509_push(untrusted.get(), file[i].get());
+        }
+    }
+    if (X509_STORE_CTX_init(ctx.get(), store.get(), file[leaf].get(), untrusted.get()) != 1) {
+        return false;
+    }
+    return X509_verify_cert(ctx.get()) == 1;
+}
+
+// "application/x-www-form-urlencoded; charset=\"GBK\"" → "GBK"; "" when absent.
+std::string_view content_type_charset(std::string_view content_type) noexcept
+{
+    std::size_t pos = content_type.find(';');
+    while (pos != std::string_view::npos) {
+        std::string_view param = content_type.substr(pos + 1);
+        const std::size_t next = param.find(';');
+        pos = next == std::string_view::npos ? std::string_view::npos : pos + 1 + next;
+        param = param.substr(0, next);
+        while (!param.empty() && (param.front() == ' ' || param.front() == '\t')) {
+            param.remove_prefix(1);
+        }
+        while (!param.empty() && (param.back() == ' ' || param.back() == '\t')) {
+            param.remove_suffix(1);
+        }
+        if (param.size() > 8 && boost::algorithm::istarts_with(param, "charset=")) {
+            std::string_view value = param.substr(8);
+            if (value.size() >= 2 && value.front() == '"' && value.back() == '"') {
+                value = value.substr(1, value.size() - 2);
+            }
+            return value;
+        }
+    }
+    return {};
+}
+
+void add_note(std::string& notes, std::string_view note)
+{
+    if (!notes.empty()) {
+        notes += "; ";
+    }
+    notes += note;
+}
+
+// One way of rebuilding the signed string (§1.5 plus its fallbacks).
+struct Variant {
+    bool exclude_cert_sn{false};
+    bool skip_empty{false};
+    bool unescape_quot{false};
+};
+
+void append_unescaped_quot(std::string& out, std::string_view value)
+{
+    constexpr std::string_view kQuot = "&quot;";
+    std::size_t pos = 0;
+    for (std::size_t hit = value.find(kQuot); hit != std::string_view::npos; hit = value.find(kQuot, pos)) {
+        out.append(value.substr(pos, hit - pos));
+        out += '"';
+        pos = hit + kQuot.size();
+    }
+    out.append(value.substr(pos));
+}
+
+// `sorted` holds the signable fields (sign and sign_type already dropped) in key byte order.
+std::string build_content(const std::vector<const std::pair<std::string, std::string>*>& sorted, Variant v)
+{
+    std::string out;
+    for (const auto* field : sorted) {
+        if (v.exclude_cert_sn && field->first == "alipay_cert_sn") {
+            continue;
+        }
+        if (v.skip_empty && field->second.empty()) {
+            continue;
+        }
+        if (!out.empty()) {
+            out += '&';
+        }
+        out += field->first;
+        out += '=';
+        if (v.unescape_quot) {
+            append_unescaped_quot(out, field->second);
+        } else {
+            out += field->second;
+        }
+    }
+    return out;
+}
+
+std::vector<const std::pair<std::string, std::string>*> signable_sorted(const FormFields& fields)
+{
+    std::vector<const std::pair<std::string, std::string>*> sorted;
+    sorted.reserve(fields.size());
+    for (const auto& field : fields) {
+        if (field.first != "sign" && field.first != "sign_type") {
+            sorted.push_back(&field);
+        }
+    }
+    // std::string compares through char_traits<char>, i.e. as unsigned bytes (memcmp order).
+    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
+    return sorted;
+}
+
+Result<std::int64_t> optional_amount(const std::string* text)
+{
+    if (text == nullptr) {
+        return std::int64_t{-1};
+    }
+    return parse_yuan(*text);
+}
+
+}  // namespace
+
+std::string sign_content(const FormFields& fields, bool exclude_cert_sn, bool skip_empty)
+{
+    return build_content(signable_sorted(fields), Variant{exclude_cert_sn, skip_empty, false});
+}
+
+Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_view where,
+                                      std::vector<std::string>& problems)
+{
+    const std::size_t problems_before = problems.size();
+    auto problem = [&](std::string_view text) {
+        std::string line(where);
+        line += ": ";
+        line += text;
+        problems.push_back(std::move(line));
+    };
+
+    AlipayAppKeys keys;
+    keys.app_id = app.app_id;
+    keys.seller_id = app.seller_id;
+    keys.sign_type = app.sign_type;
+    if (app.app_id.empty()) {
+        problem("app_id is empty");
+    }
+    if (app.sign_type == "RSA2") {
+        keys.digest = crypto::Digest::sha256;
+    } else if (app.sign_type == "RSA") {
+        keys.digest = crypto::Digest::sha1;
+    } else {
+        problem("sign_type must be \"RSA2\" or \"RSA\"");
+    }
+
+    const bool key_mode = !app.public_key_pem.empty();
+    const bool cert_mode = !app.public_cert_pem.empty();
+    if (!key_mode && !cert_mode) {
+        problem("neither alipay_public_key_file nor alipay_public_cert_file is set");
+    }
+
+    if (key_mode) {
+        auto key = crypto::load_public_key(app.public_key_pem);
+        if (!key) {
+            problem("alipay_public_key_file is not a PEM or base64 SubjectPublicKeyInfo public key");
+        } else if (!is_rsa(key->get())) {
+            problem("alipay_public_key_file is not an RSA public key");
+        } else {
+            keys.keys.push_back(*key);
+        }
+    }
+
+    if (cert_mode && app.root_cert_pem.empty()) {
+        problem("alipay_public_cert_file is set but alipay_root_cert_file is not");
+    } else if (!cert_mode && !app.root_cert_pem.empty()) {
+        problem("alipay_root_cert_file is set but alipay_public_cert_file is not");
+    } else if (cert_mode) {
+        auto certs = crypto::load_certificates(app.public_cert_pem);
+        auto roots = crypto::load_certificates(app.root_cert_pem);
+        if (!certs) {
+            problem("alipay_public_cert_file holds no readable PEM certificate");
+        }
+        if (!roots) {
+            problem("alipay_root_cert_file holds no readable PEM certificate");
+        }
+        if (certs && roots) {
+            const std::size_t leaf = leaf_index(*certs);
+            X509* cert = (*certs)[leaf].get();
+            crypto::SharedKey key = crypto::certificate_key(cert);
+            if (!chains_to_roots(*certs, leaf, *roots)) {
+                problem("alipay_public_cert_file does not chain to alipay_root_cert_file");
+            } else if (!is_rsa(key.get())) {
+                problem("alipay_public_cert_file does not hold an RSA public key");
+            } else {
+                keys.keys.push_back(std::move(key));
+                keys.alipay_cert_sn = crypto::alipay_cert_sn(cert);
+                keys.alipay_root_cert_sn = crypto::alipay_root_cert_sn(*roots);
+            }
+        }
+    }
+
+    if (problems.size() != problems_before) {
+        return make_error_code(errc::invalid_argument);
+    }
+    return keys;
+}
+
+Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::AlipayApp>& apps,
+                                                     std::vector<std::string>& problems)
+{
+    const std::size_t problems_before = problems.size();
+    std::vector<AlipayAppKeys> loaded;
+    std::unordered_set<std::string> seen;
+    for (std::size_t i = 0; i < apps.size(); ++i) {
+        const std::string where = "alipay.apps[" + std::to_string(i) + "]";
+        if (!apps[i].app_id.empty() && !seen.insert(apps[i].app_id).second) {
+            problems.push_back(where + ": app_id " + apps[i].app_id + " is configured twice");
+        }
+        auto app = load_alipay_app(apps[i], where, problems);
+        if (app) {
+            loaded.push_back(std::move(*app));
+        }
+    }
+    if (problems.size() != problems_before) {
+        return make_error_code(errc::invalid_argument);
+    }
+    return std::unique_ptr<Gateway>(std::make_unique<AlipayGateway>(std::move(loaded)));
+}
+
+AlipayGateway::AlipayGateway(std::vector<AlipayAppKeys> apps) : apps_(std::move(apps)) {}
+
+const AlipayAppKeys* AlipayGateway::find_app(std::string_view app_id) const noexcept
+{
+    for (const auto& app : apps_) {
+        if (app.app_id == app_id) {
+            return &app;
+        }
+    }
+    return nullptr;
+}
+
+Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_view header_charset) const
+{
+    auto parsed = parse_form(body);
+    if (!parsed) {
+        return parsed.error();
+    }
+    const FormFields& fields = *parsed;
+    const std::string* sign = find_field(fields, "sign");
+    const std::string* app_id = find_field(fields, "app_id");
+    for (const std::string* required : {sign, app_id, find_field(fields, "trade_status"),
+                                        find_field(fields, "out_trade_no"), find_field(fields, "notify_id")}) {
+        if (!present(required)) {
+            return make_error_code(errc::malformed_request);
+        }
+    }
+    const AlipayAppKeys* app = find_app(*app_id);
+    if (app == nullptr) {
+        return make_error_code(errc::unknown_account);
+    }
+    // A notification may not choose a weaker algorithm than the app is configured for.
+    const std::string* sign_type = find_field(fields, "sign_type");
+    if ((sign_type != nullptr ? std::string_view(*sign_type) : std::string_view("RSA2")) != app->sign_type) {
+        return make_error_code(errc::bad_signature);
+    }
+
+    VerifiedNotice notice;
+    std::string sign_text = *sign;
+    if (sign_text.find(' ') != std::string::npos) {
+        // Base64 has no spaces: they are '+' characters that were sent unencoded and became spaces
+        // in form decoding.
+        std::replace(sign_text.begin(), sign_text.end(), ' ', '+');
+        add_note(notice.notes, "spaces in sign read as '+'");
+    }
+    const auto signature = crypto::base64_decode(sign_text);
+    if (!signature) {
+        return make_error_code(errc::bad_signature);
+    }
+
+    // §1.5: verify over the raw decoded bytes. The first variant is the documented rule; the others
+    // are fallbacks for known SDK/Alipay disagreements, tried only when the data makes them differ.
+    const auto sorted = signable_sorted(fields);
+    const bool has_cert_sn = find_field(fields, "alipay_cert_sn") != nullptr;
+    const bool has_empty = std::any_of(sorted.begin(), sorted.end(), [](const auto* f) { return f->second.empty(); });
+    const bool has_quot = std::any_of(sorted.begin(), sorted.end(),
+                                      [](const auto* f) { return f->second.find("&quot;") != std::string::npos; });
+    std::vector<Variant> variants;
+    for (const bool skip_empty : {false, true}) {
+        for (const bool unescape_quot : {false, true}) {
+            for (const bool exclude_cert_sn : {true, false}) {
+                if ((skip_empty && !has_empty) || (unescape_quot && !has_quot) || (!exclude_cert_sn && !has_cert_sn)) {
+                    continue;
+                }
+                variants.push_back(Variant{exclude_cert_sn, skip_empty, unescape_quot});
+            }
+        }
+    }
+    const Variant* verified = nullptr;
+    for (const Variant& variant : variants) {
+        const std::string content = build_content(sorted, variant);
+        for (const auto& key : app->keys) {
+            if (crypto::rsa_verify(key.get(), app->digest, content, *signature)) {
+                verified = &variant;
+                break;
+            }
+        }
+        if (verified != nullptr) {
+            break;
+        }
+    }
+    if (verified == nullptr) {
+        return make_error_code(errc::bad_signature);
+    }
+    if (verified->skip_empty) {
+        add_note(notice.notes, "verified without the empty-valued fields");
+    }
+    if (verified->unescape_quot) {
+        add_note(notice.notes, "verified with &quot; read as '\"'");
+    }
+    if (has_cert_sn) {
+        add_note(notice.notes, verified->exclude_cert_sn ? "verified with alipay_cert_sn excluded"
+                                                         : "verified with alipay_cert_sn included");
+    }
+
+    // Only now are the bytes trusted enough to interpret: the signed charset field decides, the
+    // unsigned Content-Type parameter is a fallback, and UTF-8 is Alipay's default.
+    const std::string* charset_field = find_field(fields, "charset");
+    std::string_view label = charset_field != nullptr ? std::string_view(*charset_field) : header_charset;
+    if (label.empty()) {
+        label = "utf-8";
+    }
+    const auto charset = parse_charset(label);
+    if (!charset) {
+        return make_error_code(errc::malformed_request);
+    }
+    notice.fields.reserve(fields.size());
+    for (const auto& [key, value] : fields) {
+        if (key == "sign" || key == "sign_type") {
+            continue;
+        }
+        auto utf8_key = to_utf8(key, *charset);
+        auto utf8_value = to_utf8(value, *charset);
+        if (!utf8_key || !utf8_value) {
+            return make_error_code(errc::malformed_request);
+        }
+        notice.fields.emplace_back(std::move(*utf8_key), std::move(*utf8_value));
+    }
+
+    if (!app->seller_id.empty()) {
+        const std::string* seller_id = find_field(notice.fields, "seller_id");
+        if (seller_id == nullptr || *seller_id != app->seller_id) {
+            return make_error_code(errc::unknown_account);
+        }
+    }
+    notice.app = app;
+    return notice;
+}
+
+Result<PaymentEvent> to_payment_event(const FormFields& fields)
+{
+    const std::string* app_id = find_field(fields, "app_id");
+    const std::string* notify_id = find_field(fields, "notify_id");
+    const std::string* out_trade_no = find_field(fields, "out_trade_no");
+    const std::string* trade_status = find_field(fields, "trade_status");
+    const std::string* trade_no = find_field(fields, "trade_no");
+    if (!present(app_id) || !present(notify_id) || !present(out_trade_no) || !present(trade_status)) {
+        return make_error_code(errc::malformed_request);
+    }
+    const auto total_fen = optional_amount(find_field(fields, "total_amount"));
+    const auto refund_fee = optional_amount(find_field(fields, "refund_fee"));
+    if (!total_fen || !refund_fee) {
+        return make_error_code(errc::malformed_request);
+    }
+
+    PaymentEvent event;
+    event.provider = "alipay";
+    event.channel = "alipay";
+    event.account = *app_id;
+    event.notification_id = *notify_id;
+    event.bill_id = *out_trade_no;
+    event.provider_txn_id = trade_no != nullptr ? *trade_no : std::string();
+    event.currency = "CNY";
+    event.total_fen = *total_fen;
+    event.provider_status = *trade_status;
+
+    // §1.4: a partial refund arrives as TRADE_SUCCESS and a full refund as TRADE_CLOSED, both with
+    // gmt_refund and refund_fee (the cumulative total); a timeout close carries neither, and a
+    // plain payment may carry refund_fee=0.00.
+    const std::string* gmt_refund = find_field(fields, "gmt_refund");
+    const bool is_refund = present(gmt_refund) || *refund_fee > 0;
+    if (is_refund) {
+        event.kind = EventKind::refund;
+        if (*refund_fee >= 0) {
+            event.refund_fen = *refund_fee;
+        } else if (*trade_status == "TRADE_CLOSED" && *total_fen >= 0) {
+            event.refund_fen = *total_fen;  // full refund reported without refund_fee
+        } else {
+            return make_error_code(errc::malformed_request);
+        }
+        if (event.refund_fen <= 0) {
+            return make_error_code(errc::malformed_request);
+        }
+        event.refund_cumulative = true;
+        const std::string* out_biz_no = find_field(fields, "out_biz_no");
+        // Without out_biz_no, the cumulative amount still identifies this refund state uniquely.
+        event.refund_id = present(out_biz_no) ? *out_biz_no : "alipay-refund-" + std::to_string(event.refund_fen);
+    } else if (*trade_status == "TRADE_SUCCESS" || *trade_status == "TRADE_FINISHED") {
+        if (event.total_fen < 0 || event.provider_txn_id.empty()) {
+            return make_error_code(errc::malformed_request);
+        }
+        event.kind = EventKind::payment;
+    } else if (*trade_status == "TRADE_CLOSED") {
+        event.kind = EventKind::close;
+    } else {
+        event.kind = EventKind::none;  // WAIT_BUYER_PAY and statuses Alipay may add later
+    }
+
+    std::initializer_list<std::string_view> time_fields = {"gmt_payment", "gmt_close", "notify_time"};
+    std::initializer_list<std::string_view> refund_time_fields = {"gmt_refund", "gmt_payment", "gmt_close",
+                                                                  "notify_time"};
+    for (std::string_view name : is_refund ? refund_time_fields : time_fields) {
+        const std::string* text = find_field(fields, name);
+        if (!present(text)) {
+            continue;
+        }
+        const auto ms = parse_beijing_time(*text);
+        if (!ms) {
+            return make_error_code(errc::malformed_request);
+        }
+        event.occurred_at = format_rfc3339(*ms);
+        break;
+    }
+    return event;
+}
+
+Result<Verified> AlipayGateway::verify_and_parse(const InboundRequest& req) const
+{
+    std::string_view content_type;
+    req.header("Content-Type", content_type);
+    auto notice = verify(req.body, content_type_charset(content_type));
+    if (!notice) {
+        return notice.error();
+    }
+    auto event = to_payment_event(notice->fields);
+    if (!event) {
+        return event.error();
+    }
+    Verified verified;
+    verified.event = std::move(*event);
+    verified.notes = std::move(notice->notes);
+    return verified;
+}
+
+Reply AlipayGateway::success() const
+{
+    Reply reply;
+    reply.status = 200;
+    reply.content_type = "text/plain";
+    reply.body = "success";
+    return reply;
+}
+
+Reply AlipayGateway::failure(const boost::system::error_code& ec) const
+{
+    Reply reply;
+    reply.status = is_transient(ec) ? 503 : 400;
+    reply.content_type = "text/plain";
+    reply.body = "fail";
+    return reply;
+}
+
+}  // namespace paybridge::gateways::alipay

@@ -1,0 +1,98 @@
+#pragma once
+
+// Alipay asynchronous trade notifications (PROTOCOLS.md §1): form body → RSA/RSA2 signature over
+// the sorted raw fields (§1.5) → charset transcoding → PaymentEvent.
+
+#include "config/config.hpp"
+#include "core/payment_event.hpp"
+#include "core/result.hpp"
+#include "gateways/crypto/crypto.hpp"
+#include "gateways/form.hpp"
+#include "gateways/gateway.hpp"
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace paybridge::gateways::alipay {
+
+/// The verified key material of one configured app, loaded once at start-up.
+struct AlipayAppKeys {
+    std::string app_id;
+    std::string seller_id;   ///< empty: not checked
+    std::string sign_type;   ///< "RSA2" (SHA256withRSA) or "RSA" (SHA1withRSA)
+    crypto::Digest digest{crypto::Digest::sha256};
+    /// Keys tried in order: the public-key-mode key, then the certificate-mode key. Both may be
+    /// configured while an app migrates between the modes.
+    std::vector<crypto::SharedKey> keys;
+    std::string alipay_cert_sn;       ///< certificate mode: SN of the Alipay public certificate
+    std::string alipay_root_cert_sn;  ///< certificate mode: SN of the RSA roots, '_'-joined
+};
+
+/// Loads and checks one app's configuration; `where` prefixes problems ("alipay.apps[0]").
+/// Public-key mode: public_key_pem is a PEM or bare base64 SubjectPublicKeyInfo RSA key.
+/// Certificate mode: public_cert_pem (the leaf, optionally followed by intermediates) must chain
+/// to a certificate of root_cert_pem now; its SN and the root SN are computed per §1.6.
+/// Every problem found is appended to `problems` (one specific line each), and then the result
+/// is errc::invalid_argument.
+Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_view where,
+                                      std::vector<std::string>& problems);
+
+/// A notification whose signature verified, with its fields transcoded to UTF-8.
+struct VerifiedNotice {
+    const AlipayAppKeys* app{nullptr};  ///< the app it verified for (owned by the gateway)
+    FormFields fields;                  ///< every received field except sign/sign_type, UTF-8, in order
+    std::string notes;                  ///< fallbacks used, "; "-separated ("" when none)
+};
+
+/// Normalises verified UTF-8 fields into a PaymentEvent (provider/channel "alipay"), mapping
+/// trade_status and the refund fields as documented in alipay_gateway.cpp. Checks nothing about
+/// authenticity. Errors: errc::malformed_request (missing out_trade_no/notify_id/trade_status,
+/// missing trade_no or total_amount on a payment, bad amounts or times).
+Result<PaymentEvent> to_payment_event(const FormFields& utf8_fields);
+
+/// The "alipay" gateway. Immutable after construction and safe to share between threads.
+class AlipayGateway final : public Gateway {
+public:
+    explicit AlipayGateway(std::vector<AlipayAppKeys> apps);
+
+    std::string_view name() const noexcept override { return "alipay"; }
+
+    /// verify() then to_payment_event(). Errors as verify() and to_payment_event().
+    Result<Verified> verify_and_parse(const InboundRequest& req) const override;
+
+    /// 200 text/plain "success" (exactly 7 bytes).
+    Reply success() const override;
+
+    /// text/plain "fail": 503 for transient errors (Alipay retries), 400 otherwise.
+    Reply failure(const boost::system::error_code& ec) const override;
+
+    /// Parses and authenticates a raw notification body:
+    /// - malformed_request: unparsable form, missing sign/app_id/trade_status/out_trade_no/
+    ///   notify_id, unknown charset, or values invalid in their charset;
+    /// - unknown_account: app_id not configured, or seller_id differs from the configured one;
+    /// - bad_signature: sign_type differs from the app's (absent means RSA2), sign is not base64,
+    ///   or no key verifies any of the §1.5 sign-string variants.
+    /// `header_charset` (from Content-Type, may be empty) is used only when the signed `charset`
+    /// field is absent; with neither, UTF-8 is assumed.
+    Result<VerifiedNotice> verify(std::string_view body, std::string_view header_charset = {}) const;
+
+    /// The configured app, or null.
+    const AlipayAppKeys* find_app(std::string_view app_id) const noexcept;
+
+private:
+    std::vector<AlipayAppKeys> apps_;
+};
+
+/// Loads every configured app (see load_alipay_app), pushing one problem string per failure, and
+/// returns errc::invalid_argument if there was any. Duplicate app_ids are a problem too.
+Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::AlipayApp>& apps,
+                                                     std::vector<std::string>& problems);
+
+/// Builds the §1.5 string to verify from decoded fields: drops sign and sign_type (and, when
+/// `exclude_cert_sn`, alipay_cert_sn; when `skip_empty`, fields with empty values), sorts by key
+/// bytes, and joins key=value with '&'. Values are used verbatim (raw bytes in their charset).
+std::string sign_content(const FormFields& fields, bool exclude_cert_sn = false, bool skip_empty = false);
+
+}  // namespace paybridge::gateways::alipay

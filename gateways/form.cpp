@@ -1,0 +1,116 @@
+#include "gateways/form.hpp"
+
+#include "core/error.hpp"
+
+#include <algorithm>
+
+namespace paybridge::gateways {
+namespace {
+
+int hex_value(char c) noexcept
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+    if (c >= 'A' && c <= 'F') {
+        return c - 'A' + 10;
+    }
+    return -1;
+}
+
+// Decodes once. A second decode is the classic Alipay SDK bug (PROTOCOLS.md §4 pitfalls 1-2):
+// "%2B" must stay a literal '+' and "%25" a literal '%' in the signed string.
+bool percent_decode(std::string_view in, std::string& out)
+{
+    out.clear();
+    out.reserve(in.size());
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c == '+') {
+            out += ' ';
+        } else if (c == '%') {
+            if (i + 2 >= in.size()) {
+                return false;
+            }
+            const int hi = hex_value(in[i + 1]);
+            const int lo = hex_value(in[i + 2]);
+            if (hi < 0 || lo < 0) {
+                return false;
+            }
+            out += static_cast<char>((hi << 4) | lo);
+            i += 2;
+        } else {
+            out += c;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
+Result<FormFields> parse_form(std::string_view raw)
+{
+    FormFields fields;
+    std::size_t pos = 0;
+    while (pos <= raw.size()) {
+        std::size_t end = raw.find('&', pos);
+        if (end == std::string_view::npos) {
+            end = raw.size();
+        }
+        const std::string_view segment = raw.substr(pos, end - pos);
+        pos = end + 1;
+        if (segment.empty()) {
+            continue;
+        }
+        const std::size_t eq = segment.find('=');
+        if (eq == std::string_view::npos || eq == 0) {
+            return make_error_code(errc::malformed_request);
+        }
+        std::string key;
+        std::string value;
+        if (!percent_decode(segment.substr(0, eq), key) || !percent_decode(segment.substr(eq + 1), value) ||
+            key.empty()) {
+            return make_error_code(errc::malformed_request);
+        }
+        fields.emplace_back(std::move(key), std::move(value));
+    }
+
+    // Duplicates are ambiguous for a signature (which value was signed?), so they are rejected
+    // rather than resolved first-wins or last-wins.
+    std::vector<std::string_view> keys;
+    keys.reserve(fields.size());
+    for (const auto& [k, v] : fields) {
+        keys.emplace_back(k);
+    }
+    std::sort(keys.begin(), keys.end());
+    if (std::adjacent_find(keys.begin(), keys.end()) != keys.end()) {
+        return make_error_code(errc::malformed_request);
+    }
+    return fields;
+}
+
+std::string form_encode(std::string_view bytes)
+{
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(bytes.size() * 3);
+    for (const char c : bytes) {
+        const auto u = static_cast<unsigned char>(c);
+        if ((u >= 'A' && u <= 'Z') || (u >= 'a' && u <= 'z') || (u >= '0' && u <= '9') || u == '.' || u == '-' ||
+            u == '*' || u == '_') {
+            out += c;
+        } else if (u == ' ') {
+            out += '+';
+        } else {
+            out += '%';
+            out += kHex[u >> 4];
+            out += kHex[u & 15];
+        }
+    }
+    return out;
+}
+
+}  // namespace paybridge::gateways
