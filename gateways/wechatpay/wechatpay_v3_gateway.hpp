@@ -1,0 +1,119 @@
+#pragma once
+
+// WeChat Pay API v3 notifications (PROTOCOLS.md §2), route POST /notify/wechatpay/{mchid}.
+//
+// Order of work, each step only on what the previous one authenticated:
+//   1. the route's mchid selects the merchant (errc::unknown_account);
+//   2. Wechatpay-Timestamp/-Nonce/-Signature/-Serial present (malformed_request),
+//      Wechatpay-Signature-Type absent or WECHATPAY2-SHA256-RSA2048 (bad_signature),
+//      |now − timestamp| < 300 s (stale_timestamp; a non-numeric timestamp is malformed_request);
+//   3. Wechatpay-Serial selects the key: equal to the merchant's public_key_id → the WeChat Pay
+//      public key; otherwise a platform certificate whose serial matches case-insensitively and
+//      ignoring leading zeros, valid at the request time. Unknown serial, expired or not yet valid
+//      certificate → bad_signature;
+//   4. SHA256withRSA over "timestamp\nnonce\nbody\n" on the raw body; a signature that is not
+//      base64 (the WECHATPAY/SIGNTEST/ probes) or does not verify → bad_signature;
+//   5. the JSON envelope (RapidJSON; malformed_request), resource.algorithm AEAD_AES_256_GCM,
+//      decryption with the APIv3 key;
+//   6. the decrypted object is checked against the route (mchid, appid) and normalised.
+//
+// GCM tag failures: the signature already proved WeChat sent the body, so a tag that does not
+// verify means our APIv3 key is wrong (or the resource was damaged), not a forgery. The reply must
+// be 400, not the 401 of a bad signature, and failure() only sees the error code, so the gateway
+// returns errc::malformed_request for it and logs "wechatpay.v3.decrypt_failed" (warning) with the
+// mchid so that operators can tell it from other malformed requests.
+
+#include "config/config.hpp"
+#include "gateways/crypto/crypto.hpp"
+#include "gateways/gateway.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace paybridge::gateways::wechatpay {
+
+/// The only Wechatpay-Signature-Type WeChat Pay uses; an absent header means this.
+inline constexpr std::string_view kV3SignatureType = "WECHATPAY2-SHA256-RSA2048";
+/// A notification is stale when |now − Wechatpay-Timestamp| reaches this many seconds.
+inline constexpr std::int64_t kV3TimestampWindowSeconds = 300;
+/// The only resource algorithm accepted.
+inline constexpr std::string_view kV3ResourceAlgorithm = "AEAD_AES_256_GCM";
+
+/// A WeChat Pay platform certificate, reduced to what verification needs.
+struct PlatformCertificate {
+    std::string serial;          ///< normalize_serial() form: upper-case hex, no leading zeros
+    crypto::SharedKey key;
+    std::int64_t not_before{0};  ///< Unix seconds
+    std::int64_t not_after{0};   ///< Unix seconds
+};
+
+/// One merchant's v3 material, as loaded and validated by make_wechat_v3_gateway.
+struct V3Merchant {
+    std::string mchid;
+    std::string appid;
+    std::string apiv3_key;         ///< exactly 32 bytes, used as-is as the AES-256 key
+    std::string public_key_id;     ///< "PUB_KEY_ID_…", or empty when not in public-key mode
+    crypto::SharedKey public_key;  ///< set exactly when public_key_id is
+    std::vector<PlatformCertificate> certificates;  ///< every configured one, expired ones too
+};
+
+/// Gateway "wechatpay_v3". Immutable and thread-safe after construction.
+/// Events: TRANSACTION.SUCCESS with trade_state SUCCESS → payment; REFUND.SUCCESS with
+/// refund_status SUCCESS → refund (non-cumulative); REFUND.CLOSED → refund_closed;
+/// REFUND.ABNORMAL → refund_abnormal; any other verified notification → kind none.
+/// Every event: provider "wechatpay", channel "wechatpay_v3", account = mchid,
+/// notification_id = envelope id, provider_status = event_type, occurred_at = success_time
+/// (else the envelope's create_time) in RFC 3339 UTC.
+class WechatV3Gateway final : public Gateway {
+public:
+    /// Merchants must already be validated (the factory does it); mchids are unique.
+    explicit WechatV3Gateway(std::vector<V3Merchant> merchants);
+
+    std::string_view name() const noexcept override { return "wechatpay_v3"; }
+
+    /// See the file comment for the steps and their errors.
+    Result<Verified> verify_and_parse(const InboundRequest& req) const override;
+
+    /// 204 with an empty body and no content type (content_type is "").
+    Reply success() const override;
+
+    /// application/json {"code":"FAIL","message":"<short reason>"}: bad_signature and
+    /// stale_timestamp → 401; malformed_request, unknown_account, unsupported_event → 400;
+    /// transient (core is_transient) → 503; anything else → 500.
+    Reply failure(const boost::system::error_code& ec) const override;
+
+    /// Number of merchants served.
+    std::size_t size() const noexcept { return merchants_.size(); }
+
+private:
+    std::map<std::string, V3Merchant, std::less<>> merchants_;
+};
+
+/// Builds the v3 gateway from the config: checks each merchant (mchid and appid present and
+/// unique, apiv3_key exactly 32 bytes, public_key_id and public_key_file given together and the
+/// key an RSA public key, every platform certificate file parsable with RSA keys and no serial
+/// repeated, and at least one of the two key kinds), pushing one specific problem per failure
+/// ("wechatpay.merchants[0]: apiv3_key must be 32 bytes, got 31"). Expired certificates are not
+/// a problem here: they stay configured through a rotation and are refused per request.
+/// Errors: errc::invalid_argument when any problem was found.
+Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config::WechatMerchant>& merchants,
+                                                        std::vector<std::string>& problems);
+
+/// The decryption step of verify_and_parse (PROTOCOLS.md §2.7): AES-256-GCM with the APIv3 key's
+/// 32 bytes as-is, the nonce string's bytes as IV, associated_data's bytes as AAD (may be empty),
+/// and the last 16 bytes of base64(ciphertext) as the tag. Also used for downloaded certificates.
+/// Errors: malformed_request (bad base64, wrong key size, too short); bad_signature (the tag did
+/// not verify: wrong key or damaged data).
+Result<std::string> decrypt_resource(std::string_view apiv3_key, std::string_view nonce,
+                                     std::string_view associated_data, std::string_view ciphertext_b64);
+
+/// Wechatpay-Serial and certificate serials in one form: upper-case, leading zeros removed
+/// ("00ab12" → "AB12"; all zeros → "0"). The Go and Java SDKs disagree on leading zeros.
+std::string normalize_serial(std::string_view serial);
+
+}  // namespace paybridge::gateways::wechatpay
