@@ -1,0 +1,513 @@
+-- paybridge bill state machine: ONE script, so every state change is atomic in Redis
+-- (dedupe + transition + history + outbox entry + anomaly record, or nothing).
+--
+-- KEYS (all carry the same hash tag, see store/keys.hpp):
+--   1 bill (hash)       2 hist (list)        3 seen (hash)        4 refunds (hash)
+--   5 orphans (list)    6 outbox (stream)    7 anomalies (stream) 8 updated (zset)
+--   9 created (zset)
+-- ARGV: 1 "apply" | "register", 2 now (Unix ms), 3 now (RFC 3339), 4 payload JSON
+--   apply    payload = PaymentEvent JSON  -> {outcome, anomaly kind or "", bill status or ""}
+--   register payload = NewBill JSON       -> {"created" | "identical" | "conflict", bill JSON, orphans applied}
+--
+-- Amounts are integer fen < 10^12: exact in Lua doubles, printed with %d.
+-- Markers in "seen" (all kept for the life of the bill):
+--   n:<channel>:<notification id>        notification processed (exact repeats are duplicates)
+--   orphan:<fingerprint>                 orphan stored + unknown_bill anomaly recorded
+--   unknown_count                        counter for unknown_bill event/anomaly ids
+--   mismatch:<txn>:<currency>:<amount>   amount_mismatch recorded
+--   dup_payment:<provider>:<txn>         duplicate_payment recorded
+--   refund_other_txn:<refund id>         refund for another transaction recorded
+--   refund_exceeds:<refund id>           refund_exceeds_paid recorded
+--   close_after_paid                     close_after_paid recorded
+--   refund_update:<kind>:<refund id>     refund_closed / refund_abnormal recorded
+
+local K_BILL, K_HIST, K_SEEN, K_REFUNDS, K_ORPHANS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local K_OUTBOX, K_ANOMALIES, K_UPDATED, K_CREATED = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
+local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
+
+---------------------------------------------------------------------------------------------------
+-- JSON text. Objects are assembled by hand so keys keep a fixed order and embedded JSON (the bill
+-- inside an event, the CRM's metadata) is copied verbatim. Every helper returns JSON text.
+
+local function jstr(s)
+    -- cjson writes "/" as "\/": valid but noisy. Every "/" it emits is escaped that way, so each
+    -- "\/" pair in its output is exactly one such escape and can be undone safely.
+    return (string.gsub(cjson.encode(tostring(s)), '\\/', '/'))
+end
+
+local function jstr_or_null(s)
+    if s == nil or s == '' then
+        return 'null'
+    end
+    return jstr(s)
+end
+
+local function jint(n)
+    return string.format('%d', n)
+end
+
+-- fields: list of {key, json text}; a field whose text is nil is left out.
+local function jobj(fields)
+    local out = {}
+    for _, f in ipairs(fields) do
+        if f[2] ~= nil then
+            out[#out + 1] = jstr(f[1]) .. ':' .. f[2]
+        end
+    end
+    return '{' .. table.concat(out, ',') .. '}'
+end
+
+local function append(list, more)
+    for _, v in ipairs(more) do
+        list[#list + 1] = v
+    end
+    return list
+end
+
+---------------------------------------------------------------------------------------------------
+-- The bill hash.
+
+local NUMERIC = {amount_fen = true, paid_fen = true, refunded_fen = true, version = true, seq = true}
+
+local function load_bill()
+    local flat = redis.call('HGETALL', K_BILL)
+    if #flat == 0 then
+        return nil
+    end
+    local b = {}
+    for i = 1, #flat, 2 do
+        local v = flat[i + 1]
+        if NUMERIC[flat[i]] then
+            v = tonumber(v)
+        end
+        b[flat[i]] = v
+    end
+    return b
+end
+
+-- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp.
+local function bill_json(b)
+    local metadata = nil
+    if b.metadata ~= nil and b.metadata ~= '' then
+        metadata = b.metadata
+    end
+    return jobj({
+        {'id', jstr(b.id)},
+        {'status', jstr(b.status)},
+        {'amount_fen', jint(b.amount_fen)},
+        {'currency', jstr(b.currency)},
+        {'customer_id', jstr(b.customer_id)},
+        {'description', jstr(b.description)},
+        {'expires_at', jstr_or_null(b.expires_at)},
+        {'metadata', metadata},
+        {'paid_fen', jint(b.paid_fen)},
+        {'refunded_fen', jint(b.refunded_fen)},
+        {'provider', jstr_or_null(b.provider)},
+        {'provider_txn_id', jstr_or_null(b.provider_txn_id)},
+        {'created_at', jstr(b.created_at)},
+        {'updated_at', jstr(b.updated_at)},
+        {'paid_at', jstr_or_null(b.paid_at)},
+        {'version', jint(b.version)},
+    })
+end
+
+-- Persists a real change of the bill: the listed fields, version + 1, updated_at, and the bill's
+-- position in the "updated" index.
+local function save_bill(b, fields)
+    b.version = b.version + 1
+    b.updated_at = NOW
+    local args = {'version', jint(b.version), 'updated_at', NOW}
+    for _, f in ipairs(fields) do
+        local v = b[f]
+        if type(v) == 'number' then
+            v = jint(v)
+        end
+        args[#args + 1] = f
+        args[#args + 1] = v
+    end
+    redis.call('HSET', K_BILL, unpack(args))
+    redis.call('ZADD', K_UPDATED, NOW_MS, b.id)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Events and anomalies.
+
+-- An event's "data": what the notification said, plus the fields of this change.
+local function event_data(ev, extra)
+    local fields = {
+        {'provider', jstr(ev.provider)},
+        {'channel', jstr(ev.channel)},
+        {'kind', jstr(ev.kind)},
+        {'notification_id', jstr_or_null(ev.notification_id)},
+        {'provider_txn_id', jstr_or_null(ev.provider_txn_id)},
+    }
+    append(fields, extra)
+    append(fields, {
+        {'provider_status', jstr_or_null(ev.provider_status)},
+        {'occurred_at', jstr_or_null(ev.occurred_at)},
+    })
+    return jobj(fields)
+end
+
+-- Appends ONE event to the bill's history and to the outbox. b == nil: no such bill yet (unknown
+-- bill anomaly): sequence 0, "bill": null, outbox only, id made unique by unknown_n.
+-- Returns the event id and its sequence.
+local function emit(b, bill_id, etype, data, unknown_n)
+    local id, seq, bill = nil, 0, 'null'
+    if b ~= nil then
+        b.seq = b.seq + 1
+        redis.call('HSET', K_BILL, 'seq', jint(b.seq))
+        seq = b.seq
+        id = 'evt_' .. bill_id .. '_' .. jint(seq)
+        bill = bill_json(b)
+    else
+        id = 'evt_' .. bill_id .. '_u' .. jint(unknown_n)
+    end
+    local event = jobj({
+        {'id', jstr(id)},
+        {'type', jstr(etype)},
+        {'created_at', jstr(NOW)},
+        {'bill_id', jstr(bill_id)},
+        {'sequence', jint(seq)},
+        {'bill', bill},
+        {'data', data},
+    })
+    if b ~= nil then
+        redis.call('RPUSH', K_HIST, event)
+    end
+    redis.call('XADD', K_OUTBOX, '*', 'id', id, 'bill_id', bill_id, 'type', etype, 'event', event)
+    return id, seq
+end
+
+local function record_anomaly(ev, kind, anomaly_id, detail, event_id)
+    local record = jobj({
+        {'id', jstr(anomaly_id)},
+        {'kind', jstr(kind)},
+        {'bill_id', jstr(ev.bill_id)},
+        {'provider', jstr(ev.provider)},
+        {'channel', jstr(ev.channel)},
+        {'notification_id', jstr_or_null(ev.notification_id)},
+        {'provider_txn_id', jstr_or_null(ev.provider_txn_id)},
+        {'detail', detail},
+        {'created_at', jstr(NOW)},
+        {'event_id', jstr_or_null(event_id)},
+    })
+    redis.call('XADD', K_ANOMALIES, '*', 'id', anomaly_id, 'kind', kind, 'bill_id', ev.bill_id, 'anomaly', record)
+end
+
+-- An anomaly on an existing bill: the bill is unchanged (only seq moves), one bill.anomaly event.
+local function bill_anomaly(b, ev, kind, details)
+    local extra = append({{'anomaly', jstr(kind)}}, details)
+    local event_id, seq = emit(b, ev.bill_id, 'bill.anomaly', event_data(ev, extra))
+    record_anomaly(ev, kind, 'anm_' .. ev.bill_id .. '_' .. jint(seq), jobj(details), event_id)
+    return 'anomaly', kind, b.status
+end
+
+-- Sets a "once" marker; true when it was not set before.
+local function first_time(marker)
+    return redis.call('HSETNX', K_SEEN, marker, NOW_MS) == 1
+end
+
+local function amount_or_null(n)
+    if n == nil or n < 0 then
+        return 'null'
+    end
+    return jint(n)
+end
+
+---------------------------------------------------------------------------------------------------
+-- Transitions. Each returns outcome, anomaly kind or '', status after.
+
+local function apply_payment(b, ev, total, txn)
+    if ev.currency ~= b.currency or total ~= b.amount_fen then
+        if not first_time('mismatch:' .. txn .. ':' .. ev.currency .. ':' .. jint(total)) then
+            return 'duplicate', '', b.status
+        end
+        return bill_anomaly(b, ev, 'amount_mismatch', {
+            {'expected', jint(b.amount_fen)},
+            {'received', amount_or_null(total)},
+            {'expected_currency', jstr(b.currency)},
+            {'received_currency', jstr(ev.currency)},
+        })
+    end
+
+    if b.status == 'PENDING' or b.status == 'CLOSED' then
+        local after_close = b.status == 'CLOSED'
+        b.status, b.paid_fen, b.provider, b.provider_txn_id = 'PAID', total, ev.provider, txn
+        if ev.occurred_at ~= '' then
+            b.paid_at = ev.occurred_at
+        else
+            b.paid_at = NOW
+        end
+        save_bill(b, {'status', 'paid_fen', 'provider', 'provider_txn_id', 'paid_at'})
+        local extra = {{'amount_fen', jint(total)}}
+        if after_close then
+            -- Money received wins over our close: the bill is paid, and someone must look at it.
+            extra[#extra + 1] = {'anomaly', jstr('paid_after_close')}
+        end
+        local event_id, seq = emit(b, ev.bill_id, 'bill.paid', event_data(ev, extra))
+        if after_close then
+            record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. jint(seq),
+                jobj({{'amount_fen', jint(total)}}), event_id)
+            return 'applied', 'paid_after_close', b.status
+        end
+        return 'applied', '', b.status
+    end
+
+    -- Already paid (or refunded). The same transaction again (e.g. Alipay TRADE_FINISHED after
+    -- TRADE_SUCCESS, with a new notify_id) is a duplicate; another transaction is a second payment.
+    if b.provider == ev.provider and b.provider_txn_id == txn then
+        return 'duplicate', '', b.status
+    end
+    if not first_time('dup_payment:' .. ev.provider .. ':' .. txn) then
+        return 'duplicate', '', b.status
+    end
+    return bill_anomaly(b, ev, 'duplicate_payment', {
+        {'expected', jint(b.paid_fen)},
+        {'received', amount_or_null(total)},
+        {'paid_provider', jstr_or_null(b.provider)},
+        {'paid_provider_txn_id', jstr_or_null(b.provider_txn_id)},
+    })
+end
+
+local function apply_refund(b, ev)
+    local paid_now, pre_anomaly = false, ''
+    if b.status == 'PENDING' or b.status == 'CLOSED' then
+        -- A refund proves the payment, which we never heard of: apply it first, with every check.
+        local outcome, anomaly = apply_payment(b, ev, ev.total_fen, ev.provider_txn_id)
+        if outcome ~= 'applied' then
+            return outcome, anomaly, b.status
+        end
+        paid_now, pre_anomaly = true, anomaly
+    end
+    local unchanged = 'duplicate'
+    if paid_now then
+        unchanged = 'applied'
+    end
+
+    -- A refund of another transaction (typically the refund of a duplicate payment) does not
+    -- return money of this bill's payment.
+    if ev.provider_txn_id ~= '' and (ev.provider ~= b.provider or ev.provider_txn_id ~= b.provider_txn_id) then
+        if not first_time('refund_other_txn:' .. ev.refund_id) then
+            return unchanged, pre_anomaly, b.status
+        end
+        return bill_anomaly(b, ev, 'refund_other_txn', {
+            {'refund_id', jstr_or_null(ev.refund_id)},
+            {'received', jint(ev.refund_fen)},
+            {'paid_provider', jstr_or_null(b.provider)},
+            {'paid_provider_txn_id', jstr_or_null(b.provider_txn_id)},
+        })
+    end
+
+    local refund_id = ev.refund_id
+    if refund_id == '' then
+        -- Alipay may omit out_biz_no; its refund_fee is cumulative, so the total identifies it.
+        if ev.refund_cumulative then
+            refund_id = 'total:' .. jint(ev.refund_fen)
+        else
+            refund_id = 'notification:' .. ev.notification_id
+        end
+    end
+    if redis.call('HEXISTS', K_REFUNDS, refund_id) == 1 then
+        return unchanged, pre_anomaly, b.status
+    end
+
+    local increment
+    if ev.refund_cumulative then
+        if ev.refund_fen <= b.refunded_fen then
+            -- An older refund, superseded by a later cumulative notification we already applied.
+            redis.call('HSET', K_REFUNDS, refund_id, jint(ev.refund_fen))
+            return unchanged, pre_anomaly, b.status
+        end
+        increment = ev.refund_fen - b.refunded_fen
+    else
+        increment = ev.refund_fen
+    end
+    if increment <= 0 then
+        if paid_now then
+            return 'applied', pre_anomaly, b.status
+        end
+        return 'ignored', '', b.status
+    end
+
+    if b.refunded_fen + increment > b.paid_fen then
+        if not first_time('refund_exceeds:' .. refund_id) then
+            return unchanged, pre_anomaly, b.status
+        end
+        return bill_anomaly(b, ev, 'refund_exceeds_paid', {
+            {'refund_id', jstr(refund_id)},
+            {'expected', jint(b.paid_fen - b.refunded_fen)},
+            {'received', jint(increment)},
+        })
+    end
+
+    b.refunded_fen = b.refunded_fen + increment
+    if b.refunded_fen == b.paid_fen then
+        b.status = 'REFUNDED'
+    else
+        b.status = 'PARTIALLY_REFUNDED'
+    end
+    save_bill(b, {'refunded_fen', 'status'})
+    local recorded = increment
+    if ev.refund_cumulative then
+        recorded = ev.refund_fen
+    end
+    redis.call('HSET', K_REFUNDS, refund_id, jint(recorded))
+    emit(b, ev.bill_id, 'bill.refunded', event_data(ev, {
+        {'refund_id', jstr(refund_id)},
+        {'refund_fen', jint(increment)},
+        {'refunded_fen', jint(b.refunded_fen)},
+    }))
+    return 'applied', pre_anomaly, b.status
+end
+
+local function apply_close(b, ev)
+    if b.status == 'PENDING' then
+        b.status = 'CLOSED'
+        save_bill(b, {'status'})
+        emit(b, ev.bill_id, 'bill.closed', event_data(ev, {}))
+        return 'applied', '', b.status
+    end
+    if b.status == 'CLOSED' or not first_time('close_after_paid') then
+        return 'duplicate', '', b.status
+    end
+    return bill_anomaly(b, ev, 'close_after_paid', {{'paid_fen', jint(b.paid_fen)}})
+end
+
+-- refund_closed / refund_abnormal: history only, no money moves. An abnormal refund may still
+-- succeed later; that notification then goes through apply_refund.
+local function apply_refund_update(b, ev)
+    if not first_time('refund_update:' .. ev.kind .. ':' .. ev.refund_id) then
+        return 'duplicate', '', b.status
+    end
+    emit(b, ev.bill_id, 'bill.refund_updated', event_data(ev, {
+        {'refund_id', jstr_or_null(ev.refund_id)},
+        {'refund_fen', jint(ev.refund_fen)},
+    }))
+    return 'applied', '', b.status
+end
+
+-- No bill yet: keep the notification (once per fingerprint) to apply at registration.
+local function orphan(ev, raw)
+    local fingerprint = table.concat({ev.kind, ev.provider_txn_id, ev.refund_id, jint(ev.total_fen),
+        jint(ev.refund_fen), ev.provider_status}, '|')
+    if not first_time('orphan:' .. fingerprint) then
+        return 'orphaned', '', ''
+    end
+    redis.call('RPUSH', K_ORPHANS, raw)
+    local n = redis.call('HINCRBY', K_SEEN, 'unknown_count', 1)
+    local details = {{'amount_fen', amount_or_null(ev.total_fen)}}
+    if ev.kind ~= 'payment' then
+        append(details, {{'refund_id', jstr_or_null(ev.refund_id)}, {'refund_fen', jint(ev.refund_fen)}})
+    end
+    local event_id = emit(nil, ev.bill_id, 'bill.anomaly',
+        event_data(ev, append({{'anomaly', jstr('unknown_bill')}}, details)), n)
+    record_anomaly(ev, 'unknown_bill', 'anm_' .. ev.bill_id .. '_u' .. jint(n), jobj(details), event_id)
+    return 'orphaned', 'unknown_bill', ''
+end
+
+local EVENT_STRINGS = {'provider', 'channel', 'kind', 'notification_id', 'account', 'bill_id',
+    'provider_txn_id', 'currency', 'refund_id', 'provider_status', 'occurred_at'}
+
+local function decode_event(raw)
+    local ev = cjson.decode(raw)
+    for _, k in ipairs(EVENT_STRINGS) do
+        if type(ev[k]) ~= 'string' then
+            ev[k] = ''
+        end
+    end
+    if type(ev.total_fen) ~= 'number' then
+        ev.total_fen = -1
+    end
+    if type(ev.refund_fen) ~= 'number' then
+        ev.refund_fen = 0
+    end
+    ev.refund_cumulative = ev.refund_cumulative == true
+    return ev
+end
+
+local function apply(ev, raw)
+    local marker = nil
+    if ev.notification_id ~= '' then
+        marker = 'n:' .. ev.channel .. ':' .. ev.notification_id
+        if redis.call('HEXISTS', K_SEEN, marker) == 1 then
+            local b = load_bill()
+            return 'duplicate', '', (b and b.status) or ''
+        end
+    end
+
+    local b = load_bill()
+    local outcome, anomaly, status
+    if ev.kind == 'none' then
+        -- Checked before the bill lookup: "nothing happened" is not worth an orphan or an anomaly.
+        outcome, anomaly, status = 'ignored', '', (b and b.status) or ''
+    elseif b == nil then
+        -- No marker: the orphan is replayed with its notification id when the bill is registered.
+        return orphan(ev, raw)
+    elseif ev.kind == 'payment' then
+        outcome, anomaly, status = apply_payment(b, ev, ev.total_fen, ev.provider_txn_id)
+    elseif ev.kind == 'refund' then
+        outcome, anomaly, status = apply_refund(b, ev)
+    elseif ev.kind == 'close' then
+        outcome, anomaly, status = apply_close(b, ev)
+    elseif ev.kind == 'refund_closed' or ev.kind == 'refund_abnormal' then
+        outcome, anomaly, status = apply_refund_update(b, ev)
+    else
+        outcome, anomaly, status = 'ignored', '', b.status
+    end
+    if marker ~= nil then
+        redis.call('HSET', K_SEEN, marker, NOW_MS)
+    end
+    return outcome, anomaly, status
+end
+
+---------------------------------------------------------------------------------------------------
+-- Registration.
+
+local BILL_STRINGS = {'id', 'currency', 'customer_id', 'description', 'expires_at', 'metadata_json'}
+
+local function register(raw)
+    local nb = cjson.decode(raw)
+    for _, k in ipairs(BILL_STRINGS) do
+        if type(nb[k]) ~= 'string' then
+            nb[k] = ''
+        end
+    end
+
+    local b = load_bill()
+    if b ~= nil then
+        local same = b.amount_fen == nb.amount_fen and b.currency == nb.currency
+            and b.customer_id == nb.customer_id and b.description == nb.description
+            and (b.expires_at or '') == nb.expires_at and (b.metadata or '') == nb.metadata_json
+        if same then
+            return {'identical', bill_json(b), 0}
+        end
+        return {'conflict', bill_json(b), 0}
+    end
+
+    redis.call('HSET', K_BILL,
+        'id', nb.id, 'status', 'PENDING', 'amount_fen', jint(nb.amount_fen), 'currency', nb.currency,
+        'customer_id', nb.customer_id, 'description', nb.description, 'expires_at', nb.expires_at,
+        'metadata', nb.metadata_json, 'paid_fen', '0', 'refunded_fen', '0', 'provider', '',
+        'provider_txn_id', '', 'created_at', NOW, 'updated_at', NOW, 'paid_at', '', 'version', '1', 'seq', '0')
+    redis.call('ZADD', K_CREATED, NOW_MS, nb.id)
+    redis.call('ZADD', K_UPDATED, NOW_MS, nb.id)
+
+    -- Notifications that arrived before the bill, in arrival order, with every check.
+    local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
+    for _, o in ipairs(orphans) do
+        apply(decode_event(o), o)
+    end
+    redis.call('DEL', K_ORPHANS)
+    return {'created', bill_json(load_bill()), #orphans}
+end
+
+---------------------------------------------------------------------------------------------------
+
+if OP == 'apply' then
+    local outcome, anomaly, status = apply(decode_event(ARGV[4]), ARGV[4])
+    return {outcome, anomaly, status}
+elseif OP == 'register' then
+    return register(ARGV[4])
+end
+return redis.error_reply('ERR paybridge bill script: unknown operation')

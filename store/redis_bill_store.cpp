@@ -1,0 +1,894 @@
+#include "store/redis_bill_store.hpp"
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "core/time.hpp"
+#include "store/bill_script.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <tuple>
+#include <unordered_map>
+
+namespace paybridge::store {
+
+namespace asio = boost::asio;
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+constexpr std::size_t kMaxPageLimit = 1000;
+constexpr std::size_t kSummaryBatch = 1000;
+
+void put_string(JsonWriter& w, std::string_view s)
+{
+    w.String(s.data(), static_cast<rapidjson::SizeType>(s.size()));
+}
+
+void put_key(JsonWriter& w, std::string_view k)
+{
+    w.Key(k.data(), static_cast<rapidjson::SizeType>(k.size()));
+}
+
+void put_string_or_null(JsonWriter& w, std::string_view s)
+{
+    if (s.empty()) {
+        w.Null();
+    } else {
+        put_string(w, s);
+    }
+}
+
+std::string to_text(const rapidjson::StringBuffer& buf)
+{
+    return std::string(buf.GetString(), buf.GetSize());
+}
+
+std::int64_t parse_i64(std::string_view s, std::int64_t fallback = 0)
+{
+    std::int64_t v = 0;
+    const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || ptr != s.data() + s.size()) {
+        return fallback;
+    }
+    return v;
+}
+
+bool parse_u64(std::string_view s, std::uint64_t& out)
+{
+    if (s.empty()) {
+        return false;
+    }
+    const auto [ptr, ec] = std::from_chars(s.data(), s.data() + s.size(), out);
+    return ec == std::errc{} && ptr == s.data() + s.size();
+}
+
+// ZSET scores come back as Redis's %.17g text; ours are always integral milliseconds.
+std::int64_t parse_score(const std::string& s)
+{
+    const std::int64_t v = parse_i64(s, -1);
+    if (v >= 0) {
+        return v;
+    }
+    return static_cast<std::int64_t>(std::strtod(s.c_str(), nullptr));
+}
+
+using Hash = std::unordered_map<std::string, std::string>;
+
+Hash to_hash(const Reply& flat)
+{
+    Hash h;
+    if (!flat.is_array()) {
+        return h;
+    }
+    for (std::size_t i = 0; i + 1 < flat.elements.size(); i += 2) {
+        h.emplace(flat.elements[i].str, flat.elements[i + 1].str);
+    }
+    return h;
+}
+
+const std::string& field(const Hash& h, const std::string& name)
+{
+    static const std::string kEmpty;
+    const auto it = h.find(name);
+    return it == h.end() ? kEmpty : it->second;
+}
+
+// The bill object of API.md, in the same key order as bill_json() in store/bill.lua.
+std::string bill_json(const Hash& h)
+{
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    w.StartObject();
+    put_key(w, "id");
+    put_string(w, field(h, "id"));
+    put_key(w, "status");
+    put_string(w, field(h, "status"));
+    put_key(w, "amount_fen");
+    w.Int64(parse_i64(field(h, "amount_fen")));
+    put_key(w, "currency");
+    put_string(w, field(h, "currency"));
+    put_key(w, "customer_id");
+    put_string(w, field(h, "customer_id"));
+    put_key(w, "description");
+    put_string(w, field(h, "description"));
+    put_key(w, "expires_at");
+    put_string_or_null(w, field(h, "expires_at"));
+    const std::string& metadata = field(h, "metadata");
+    if (!metadata.empty()) {
+        put_key(w, "metadata");
+        // Stored canonical by register_bill, so it is valid compact JSON.
+        w.RawValue(metadata.data(), metadata.size(), rapidjson::kObjectType);
+    }
+    put_key(w, "paid_fen");
+    w.Int64(parse_i64(field(h, "paid_fen")));
+    put_key(w, "refunded_fen");
+    w.Int64(parse_i64(field(h, "refunded_fen")));
+    put_key(w, "provider");
+    put_string_or_null(w, field(h, "provider"));
+    put_key(w, "provider_txn_id");
+    put_string_or_null(w, field(h, "provider_txn_id"));
+    put_key(w, "created_at");
+    put_string(w, field(h, "created_at"));
+    put_key(w, "updated_at");
+    put_string(w, field(h, "updated_at"));
+    put_key(w, "paid_at");
+    put_string_or_null(w, field(h, "paid_at"));
+    put_key(w, "version");
+    w.Int64(parse_i64(field(h, "version")));
+    w.EndObject();
+    return to_text(buf);
+}
+
+// PaymentEvent as the script's "apply" payload (field names of core/payment_event.hpp).
+std::string event_json(const PaymentEvent& ev)
+{
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    w.StartObject();
+    put_key(w, "provider");
+    put_string(w, ev.provider);
+    put_key(w, "channel");
+    put_string(w, ev.channel);
+    put_key(w, "kind");
+    put_string(w, to_string(ev.kind));
+    put_key(w, "notification_id");
+    put_string(w, ev.notification_id);
+    put_key(w, "account");
+    put_string(w, ev.account);
+    put_key(w, "bill_id");
+    put_string(w, ev.bill_id);
+    put_key(w, "provider_txn_id");
+    put_string(w, ev.provider_txn_id);
+    put_key(w, "currency");
+    put_string(w, ev.currency);
+    put_key(w, "total_fen");
+    w.Int64(ev.total_fen);
+    put_key(w, "refund_id");
+    put_string(w, ev.refund_id);
+    put_key(w, "refund_fen");
+    w.Int64(ev.refund_fen);
+    put_key(w, "refund_cumulative");
+    w.Bool(ev.refund_cumulative);
+    put_key(w, "provider_status");
+    put_string(w, ev.provider_status);
+    put_key(w, "occurred_at");
+    put_string(w, ev.occurred_at);
+    w.EndObject();
+    return to_text(buf);
+}
+
+void write_sorted(const rapidjson::Value& v, JsonWriter& w)
+{
+    if (v.IsObject()) {
+        std::vector<const rapidjson::Value::Member*> members;
+        members.reserve(v.MemberCount());
+        for (auto it = v.MemberBegin(); it != v.MemberEnd(); ++it) {
+            members.push_back(&*it);
+        }
+        std::stable_sort(members.begin(), members.end(), [](const auto* a, const auto* b) {
+            return std::string_view(a->name.GetString(), a->name.GetStringLength()) <
+                   std::string_view(b->name.GetString(), b->name.GetStringLength());
+        });
+        w.StartObject();
+        for (const auto* m : members) {
+            w.Key(m->name.GetString(), m->name.GetStringLength());
+            write_sorted(m->value, w);
+        }
+        w.EndObject();
+    } else if (v.IsArray()) {
+        w.StartArray();
+        for (const auto& e : v.GetArray()) {
+            write_sorted(e, w);
+        }
+        w.EndArray();
+    } else {
+        v.Accept(w);
+    }
+}
+
+// Compact, keys sorted recursively: two spellings of one object compare equal as text.
+Result<std::string> canonical_metadata(const std::string& text)
+{
+    if (text.empty()) {
+        return std::string();
+    }
+    rapidjson::Document doc;
+    doc.Parse<rapidjson::kParseFullPrecisionFlag>(text.data(), text.size());
+    if (doc.HasParseError() || !doc.IsObject()) {
+        return make_error_code(errc::invalid_argument);
+    }
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    write_sorted(doc, w);
+    return to_text(buf);
+}
+
+std::string new_bill_json(const NewBill& bill, const std::string& metadata)
+{
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    w.StartObject();
+    put_key(w, "id");
+    put_string(w, bill.id);
+    put_key(w, "amount_fen");
+    w.Int64(bill.amount_fen);
+    put_key(w, "currency");
+    put_string(w, bill.currency);
+    put_key(w, "customer_id");
+    put_string(w, bill.customer_id);
+    put_key(w, "description");
+    put_string(w, bill.description);
+    put_key(w, "expires_at");
+    put_string(w, bill.expires_at);
+    put_key(w, "metadata_json");
+    put_string(w, metadata);
+    w.EndObject();
+    return to_text(buf);
+}
+
+std::optional<ApplyOutcome> parse_outcome(std::string_view s)
+{
+    for (ApplyOutcome o : {ApplyOutcome::applied, ApplyOutcome::duplicate, ApplyOutcome::anomaly,
+                           ApplyOutcome::orphaned, ApplyOutcome::ignored}) {
+        if (to_string(o) == s) {
+            return o;
+        }
+    }
+    return std::nullopt;
+}
+
+boost::system::error_code unexpected_reply(std::string_view what, const Reply& reply)
+{
+    if (reply.is_error()) {
+        log::error("store.redis_error", {{"op", what}, {"error", reply.str}});
+    } else {
+        log::error("store.unexpected_reply", {{"op", what}, {"type", static_cast<int>(reply.type)}});
+    }
+    return make_error_code(errc::store_unavailable);
+}
+
+// Stream position of an entry plus its shard: the total order of the merged feeds.
+struct StreamPos {
+    std::uint64_t ms{0};
+    std::uint64_t seq{0};
+    int shard{0};
+
+    friend bool operator<(const StreamPos& a, const StreamPos& b)
+    {
+        return std::tie(a.ms, a.seq, a.shard) < std::tie(b.ms, b.seq, b.shard);
+    }
+    std::string id() const { return std::to_string(ms) + "-" + std::to_string(seq); }
+    std::string cursor() const { return id() + "." + std::to_string(shard); }
+};
+
+bool parse_stream_id(std::string_view id, std::uint64_t& ms, std::uint64_t& seq)
+{
+    const auto dash = id.find('-');
+    if (dash == std::string_view::npos) {
+        return false;
+    }
+    return parse_u64(id.substr(0, dash), ms) && parse_u64(id.substr(dash + 1), seq);
+}
+
+std::optional<StreamPos> parse_stream_cursor(std::string_view cursor, int shards)
+{
+    const auto dot = cursor.rfind('.');
+    if (dot == std::string_view::npos) {
+        return std::nullopt;
+    }
+    StreamPos pos;
+    std::uint64_t shard = 0;
+    if (!parse_stream_id(cursor.substr(0, dot), pos.ms, pos.seq) || !parse_u64(cursor.substr(dot + 1), shard) ||
+        shard >= static_cast<std::uint64_t>(shards)) {
+        return std::nullopt;
+    }
+    pos.shard = static_cast<int>(shard);
+    return pos;
+}
+
+}  // namespace
+
+RedisBillStore::RedisBillStore(RedisConnection& redis,
+                               const config::RedisConfig& cfg,
+                               std::function<std::int64_t()> now_ms)
+    : redis_(redis),
+      cfg_(cfg),
+      keys_(cfg.key_prefix, cfg.shards),
+      sha_(redis.add_script(std::string(bill_script()))),
+      now_ms_(std::move(now_ms))
+{
+}
+
+std::int64_t RedisBillStore::now_ms() const
+{
+    if (now_ms_) {
+        return now_ms_();
+    }
+    return unix_ms(std::chrono::system_clock::now());
+}
+
+asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::string bill_id, std::string payload)
+{
+    const std::int64_t now = now_ms();
+    std::vector<std::string> keys = keys_.for_bill(bill_id).script_keys();
+    std::vector<std::string> args;
+    args.reserve(4);
+    args.push_back(std::move(op));
+    args.push_back(std::to_string(now));
+    args.push_back(format_rfc3339(now));
+    args.push_back(std::move(payload));
+    Result<Reply> reply = co_await redis_.eval(sha_, std::move(keys), std::move(args));
+    co_return reply;
+}
+
+asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas()
+{
+    if (cfg_.wait_replicas <= 0) {
+        co_return Result<void>{};
+    }
+    // WAIT blocks this connection's later replies until it returns, so wait_timeout must stay
+    // well below request_timeout; it only runs after a write, never for duplicates.
+    std::vector<std::string> argv{"WAIT", std::to_string(cfg_.wait_replicas),
+                                  std::to_string(cfg_.wait_timeout.count())};
+    Result<Reply> reply = co_await redis_.exec(std::move(argv));
+    if (!reply) {
+        co_return reply.error();
+    }
+    if (!reply->is_integer()) {
+        co_return unexpected_reply("wait", *reply);
+    }
+    if (reply->integer < cfg_.wait_replicas) {
+        log::error("store.replicas_missing", {{"wanted", cfg_.wait_replicas}, {"acked", reply->integer}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    co_return Result<void>{};
+}
+
+asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
+{
+    if (event.bill_id.empty()) {
+        co_return make_error_code(errc::invalid_argument);
+    }
+    std::string payload = event_json(event);
+    std::string op = "apply";
+    Result<Reply> reply = co_await run_script(std::move(op), event.bill_id, std::move(payload));
+    if (!reply) {
+        co_return reply.error();
+    }
+    const Reply& r = *reply;
+    if (!r.is_array() || r.elements.size() != 3 || !r.elements[0].is_string()) {
+        co_return unexpected_reply("apply", r);
+    }
+    const std::optional<ApplyOutcome> outcome = parse_outcome(r.elements[0].str);
+    if (!outcome) {
+        co_return unexpected_reply("apply", r);
+    }
+    ApplyResult result{.outcome = *outcome, .anomaly = r.elements[1].str, .status = r.elements[2].str};
+    if (result.outcome == ApplyOutcome::applied || result.outcome == ApplyOutcome::anomaly ||
+        result.outcome == ApplyOutcome::orphaned) {
+        Result<void> waited = co_await wait_for_replicas();
+        if (!waited) {
+            co_return waited.error();
+        }
+    }
+    co_return result;
+}
+
+asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bill)
+{
+    if (bill.id.empty()) {
+        co_return make_error_code(errc::invalid_argument);
+    }
+    Result<std::string> metadata = canonical_metadata(bill.metadata_json);
+    if (!metadata) {
+        co_return metadata.error();
+    }
+    std::string payload = new_bill_json(bill, *metadata);
+    std::string op = "register";
+    Result<Reply> reply = co_await run_script(std::move(op), bill.id, std::move(payload));
+    if (!reply) {
+        co_return reply.error();
+    }
+    const Reply& r = *reply;
+    if (!r.is_array() || r.elements.size() != 3 || !r.elements[0].is_string() || !r.elements[1].is_string()) {
+        co_return unexpected_reply("register", r);
+    }
+    RegisterResult result;
+    const std::string& outcome = r.elements[0].str;
+    if (outcome == "created") {
+        result.outcome = RegisterOutcome::created;
+    } else if (outcome == "identical") {
+        result.outcome = RegisterOutcome::identical;
+    } else if (outcome == "conflict") {
+        result.outcome = RegisterOutcome::conflict;
+    } else {
+        co_return unexpected_reply("register", r);
+    }
+    result.bill_json = r.elements[1].str;
+    result.orphans_applied = static_cast<int>(r.elements[2].integer);
+    if (result.outcome == RegisterOutcome::created) {
+        Result<void> waited = co_await wait_for_replicas();
+        if (!waited) {
+            co_return waited.error();
+        }
+    }
+    co_return result;
+}
+
+asio::awaitable<Result<std::optional<BillView>>> RedisBillStore::get_bill(std::string id)
+{
+    std::vector<std::vector<std::string>> batch;
+    batch.push_back({"HGETALL", keys_.bill(id)});
+    batch.push_back({"LRANGE", keys_.hist(id), "0", "-1"});
+    Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
+    if (!replies) {
+        co_return replies.error();
+    }
+    const Reply& hash = (*replies)[0];
+    const Reply& hist = (*replies)[1];
+    if (!hash.is_array()) {
+        co_return unexpected_reply("get_bill", hash);
+    }
+    if (!hist.is_array()) {
+        co_return unexpected_reply("get_bill", hist);
+    }
+    if (hash.elements.empty()) {
+        co_return std::optional<BillView>{};
+    }
+    BillView view;
+    view.bill_json = bill_json(to_hash(hash));
+    view.events_json.reserve(hist.elements.size());
+    for (const Reply& e : hist.elements) {
+        view.events_json.push_back(e.str);
+    }
+    co_return std::optional<BillView>(std::move(view));
+}
+
+asio::awaitable<Result<Page>> RedisBillStore::list_events(std::string after, std::size_t limit)
+{
+    Result<Page> page = co_await list_stream(false, std::move(after), limit);
+    co_return page;
+}
+
+asio::awaitable<Result<Page>> RedisBillStore::list_anomalies(std::string after, std::size_t limit)
+{
+    Result<Page> page = co_await list_stream(true, std::move(after), limit);
+    co_return page;
+}
+
+asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::string after, std::size_t limit)
+{
+    std::optional<StreamPos> from;
+    if (!after.empty()) {
+        from = parse_stream_cursor(after, keys_.shards());
+        if (!from) {
+            co_return make_error_code(errc::invalid_argument);
+        }
+    }
+    limit = std::min(limit, kMaxPageLimit);
+    if (limit == 0) {
+        Page empty;
+        co_return empty;
+    }
+
+    // Each shard's stream is ordered by (ms, seq); entries of different shards with the same id
+    // are ordered by shard. So after cursor (ms, seq, shard c): shards <= c start strictly after
+    // the id, shards > c at the id itself.
+    std::vector<std::vector<std::string>> batch;
+    batch.reserve(static_cast<std::size_t>(keys_.shards()));
+    for (int s = 0; s < keys_.shards(); ++s) {
+        std::string start = "-";
+        if (from) {
+            start = (s <= from->shard ? "(" : "") + from->id();
+        }
+        std::string key = anomalies ? keys_.anomalies(s) : keys_.outbox(s);
+        batch.push_back({"XRANGE", std::move(key), std::move(start), "+", "COUNT", std::to_string(limit)});
+    }
+    Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
+    if (!replies) {
+        co_return replies.error();
+    }
+
+    const std::string_view json_field = anomalies ? "anomaly" : "event";
+    std::vector<std::pair<StreamPos, const std::string*>> items;
+    for (int s = 0; s < keys_.shards(); ++s) {
+        const Reply& entries = (*replies)[static_cast<std::size_t>(s)];
+        if (!entries.is_array()) {
+            co_return unexpected_reply("xrange", entries);
+        }
+        for (const Reply& entry : entries.elements) {
+            if (!entry.is_array() || entry.elements.size() != 2 || !entry.elements[1].is_array()) {
+                co_return unexpected_reply("xrange", entry);
+            }
+            StreamPos pos;
+            pos.shard = s;
+            if (!parse_stream_id(entry.elements[0].str, pos.ms, pos.seq)) {
+                co_return unexpected_reply("xrange", entry);
+            }
+            const std::vector<Reply>& fields = entry.elements[1].elements;
+            for (std::size_t i = 0; i + 1 < fields.size(); i += 2) {
+                if (fields[i].str == json_field) {
+                    items.emplace_back(pos, &fields[i + 1].str);
+                    break;
+                }
+            }
+        }
+    }
+    std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    if (items.size() > limit) {
+        items.resize(limit);
+    }
+    Page page;
+    page.items_json.reserve(items.size());
+    for (const auto& [pos, json] : items) {
+        page.items_json.push_back(*json);
+    }
+    if (!items.empty()) {
+        page.next_cursor = items.back().first.cursor();
+    }
+    co_return page;
+}
+
+asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
+{
+    const std::size_t limit = std::min(filter.limit, kMaxPageLimit);
+    if (limit == 0) {
+        Page empty;
+        co_return empty;
+    }
+    // Cursor "<updated_ms>:<bill_id>" (ids may contain ':', the number never does).
+    bool has_cursor = false;
+    std::int64_t cursor_ms = 0;
+    std::string cursor_id;
+    if (!filter.cursor.empty()) {
+        const auto colon = filter.cursor.find(':');
+        std::uint64_t ms = 0;
+        if (colon == std::string::npos || !parse_u64(std::string_view(filter.cursor).substr(0, colon), ms)) {
+            co_return make_error_code(errc::invalid_argument);
+        }
+        has_cursor = true;
+        cursor_ms = static_cast<std::int64_t>(ms);
+        cursor_id = filter.cursor.substr(colon + 1);
+    }
+    std::string max = "+inf";
+    if (filter.updated_to_ms > 0) {
+        max = "(" + std::to_string(filter.updated_to_ms);
+    }
+    if (has_cursor && (filter.updated_to_ms <= 0 || cursor_ms < filter.updated_to_ms)) {
+        max = std::to_string(cursor_ms);
+    }
+    const std::string min = filter.updated_from_ms > 0 ? std::to_string(filter.updated_from_ms) : "-inf";
+    const bool filtered = !filter.status.empty() || !filter.provider.empty() || !filter.customer_id.empty();
+    // One more than the page tells whether another page exists.
+    const std::size_t want = limit + 1;
+    const std::size_t batch_size = filtered ? std::max<std::size_t>(want * 4, 100) : want;
+
+    struct Item {
+        std::int64_t ms;
+        std::string id;
+        std::string json;
+    };
+    struct ShardScan {
+        std::size_t offset{0};
+        bool done{false};
+        std::vector<Item> matches;
+    };
+    std::vector<ShardScan> scans(static_cast<std::size_t>(keys_.shards()));
+
+    // Each shard's index is ordered (score desc, member desc). A shard's first `want` matches are
+    // all it can contribute to the page, so scan every shard until it has them or runs out.
+    for (;;) {
+        std::vector<int> active;
+        std::vector<std::vector<std::string>> ranges;
+        for (int s = 0; s < keys_.shards(); ++s) {
+            const ShardScan& scan = scans[static_cast<std::size_t>(s)];
+            if (scan.done || scan.matches.size() >= want) {
+                continue;
+            }
+            active.push_back(s);
+            ranges.push_back({"ZREVRANGEBYSCORE", keys_.updated(s), max, min, "WITHSCORES", "LIMIT",
+                              std::to_string(scan.offset), std::to_string(batch_size)});
+        }
+        if (active.empty()) {
+            break;
+        }
+        Result<std::vector<Reply>> ranged = co_await redis_.exec_many(std::move(ranges));
+        if (!ranged) {
+            co_return ranged.error();
+        }
+        struct Candidate {
+            int shard;
+            std::int64_t ms;
+            std::string id;
+        };
+        std::vector<Candidate> candidates;
+        for (std::size_t i = 0; i < active.size(); ++i) {
+            const Reply& r = (*ranged)[i];
+            if (!r.is_array()) {
+                co_return unexpected_reply("zrevrangebyscore", r);
+            }
+            ShardScan& scan = scans[static_cast<std::size_t>(active[i])];
+            const std::size_t returned = r.elements.size() / 2;
+            scan.offset += returned;
+            scan.done = returned < batch_size;
+            for (std::size_t j = 0; j + 1 < r.elements.size(); j += 2) {
+                const std::int64_t ms = parse_score(r.elements[j + 1].str);
+                const std::string& id = r.elements[j].str;
+                if (has_cursor && ms == cursor_ms && id >= cursor_id) {
+                    continue;  // on or before the cursor
+                }
+                candidates.push_back(Candidate{.shard = active[i], .ms = ms, .id = id});
+            }
+        }
+        if (candidates.empty()) {
+            continue;
+        }
+        std::vector<std::vector<std::string>> gets;
+        gets.reserve(candidates.size());
+        for (const Candidate& c : candidates) {
+            gets.push_back({"HGETALL", keys_.bill(c.id)});
+        }
+        Result<std::vector<Reply>> hashes = co_await redis_.exec_many(std::move(gets));
+        if (!hashes) {
+            co_return hashes.error();
+        }
+        for (std::size_t i = 0; i < candidates.size(); ++i) {
+            const Hash h = to_hash((*hashes)[i]);
+            if (h.empty()) {
+                continue;
+            }
+            if ((!filter.status.empty() && field(h, "status") != filter.status) ||
+                (!filter.provider.empty() && field(h, "provider") != filter.provider) ||
+                (!filter.customer_id.empty() && field(h, "customer_id") != filter.customer_id)) {
+                continue;
+            }
+            ShardScan& scan = scans[static_cast<std::size_t>(candidates[i].shard)];
+            if (scan.matches.size() < want) {
+                scan.matches.push_back(Item{.ms = candidates[i].ms, .id = candidates[i].id, .json = bill_json(h)});
+            }
+        }
+    }
+
+    std::vector<Item> all;
+    for (ShardScan& scan : scans) {
+        std::move(scan.matches.begin(), scan.matches.end(), std::back_inserter(all));
+    }
+    std::sort(all.begin(), all.end(), [](const Item& a, const Item& b) {
+        return a.ms != b.ms ? a.ms > b.ms : a.id > b.id;
+    });
+    Page page;
+    const bool more = all.size() > limit;
+    if (more) {
+        all.resize(limit);
+        page.next_cursor = std::to_string(all.back().ms) + ":" + all.back().id;
+    }
+    page.items_json.reserve(all.size());
+    for (Item& item : all) {
+        page.items_json.push_back(std::move(item.json));
+    }
+    co_return page;
+}
+
+asio::awaitable<Result<void>> RedisBillStore::ping()
+{
+    if (!redis_.ready()) {
+        co_return make_error_code(errc::store_unavailable);
+    }
+    std::vector<std::string> argv{"PING"};
+    Result<Reply> reply = co_await redis_.exec(std::move(argv));
+    if (!reply) {
+        co_return reply.error();
+    }
+    if (!reply->is_status("PONG")) {
+        co_return unexpected_reply("ping", *reply);
+    }
+    co_return Result<void>{};
+}
+
+asio::awaitable<Result<std::string>> RedisBillStore::summary(std::int64_t from_ms, std::int64_t to_ms)
+{
+    Result<ReconciliationSummary> sum = co_await reconciliation(from_ms, to_ms);
+    if (!sum) {
+        co_return sum.error();
+    }
+    co_return std::move(sum->json);
+}
+
+asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(std::int64_t from_ms, std::int64_t to_ms)
+{
+    ReconciliationSummary sum;
+    sum.from_ms = from_ms;
+    sum.to_ms = to_ms;
+    std::map<std::pair<std::string, std::string>, SummaryGroup> groups;
+
+    if (to_ms > from_ms) {
+        // Bills: the created index, a page per shard per round, then their hashes in one batch.
+        std::vector<std::size_t> offsets(static_cast<std::size_t>(keys_.shards()), 0);
+        std::vector<bool> done(offsets.size(), false);
+        for (;;) {
+            std::vector<int> active;
+            std::vector<std::vector<std::string>> ranges;
+            for (int s = 0; s < keys_.shards(); ++s) {
+                if (done[static_cast<std::size_t>(s)]) {
+                    continue;
+                }
+                active.push_back(s);
+                ranges.push_back({"ZRANGEBYSCORE", keys_.created(s), std::to_string(from_ms),
+                                  "(" + std::to_string(to_ms), "LIMIT",
+                                  std::to_string(offsets[static_cast<std::size_t>(s)]), std::to_string(kSummaryBatch)});
+            }
+            if (active.empty()) {
+                break;
+            }
+            Result<std::vector<Reply>> ranged = co_await redis_.exec_many(std::move(ranges));
+            if (!ranged) {
+                co_return ranged.error();
+            }
+            std::vector<std::vector<std::string>> gets;
+            for (std::size_t i = 0; i < active.size(); ++i) {
+                const Reply& r = (*ranged)[i];
+                if (!r.is_array()) {
+                    co_return unexpected_reply("zrangebyscore", r);
+                }
+                const auto s = static_cast<std::size_t>(active[i]);
+                offsets[s] += r.elements.size();
+                done[s] = r.elements.size() < kSummaryBatch;
+                for (const Reply& id : r.elements) {
+                    gets.push_back({"HGETALL", keys_.bill(id.str)});
+                }
+            }
+            Result<std::vector<Reply>> hashes = co_await redis_.exec_many(std::move(gets));
+            if (!hashes) {
+                co_return hashes.error();
+            }
+            for (const Reply& flat : *hashes) {
+                const Hash h = to_hash(flat);
+                if (h.empty()) {
+                    continue;
+                }
+                std::string provider = field(h, "provider");
+                if (provider.empty()) {
+                    provider = "none";
+                }
+                SummaryGroup& g = groups[{provider, field(h, "status")}];
+                g.provider = provider;
+                g.status = field(h, "status");
+                g.count += 1;
+                g.amount_fen += parse_i64(field(h, "amount_fen"));
+                g.paid_fen += parse_i64(field(h, "paid_fen"));
+                g.refunded_fen += parse_i64(field(h, "refunded_fen"));
+            }
+        }
+
+        // Anomalies: stream ids carry their time; page through [from, to) of every shard.
+        std::vector<std::string> starts(static_cast<std::size_t>(keys_.shards()), std::to_string(from_ms));
+        std::vector<bool> adone(starts.size(), false);
+        const std::string end = std::to_string(to_ms - 1);  // an incomplete end id means "<ms>-<max seq>"
+        for (;;) {
+            std::vector<int> active;
+            std::vector<std::vector<std::string>> ranges;
+            for (int s = 0; s < keys_.shards(); ++s) {
+                if (adone[static_cast<std::size_t>(s)]) {
+                    continue;
+                }
+                active.push_back(s);
+                ranges.push_back({"XRANGE", keys_.anomalies(s), starts[static_cast<std::size_t>(s)], end, "COUNT",
+                                  std::to_string(kSummaryBatch)});
+            }
+            if (active.empty()) {
+                break;
+            }
+            Result<std::vector<Reply>> ranged = co_await redis_.exec_many(std::move(ranges));
+            if (!ranged) {
+                co_return ranged.error();
+            }
+            for (std::size_t i = 0; i < active.size(); ++i) {
+                const Reply& r = (*ranged)[i];
+                if (!r.is_array()) {
+                    co_return unexpected_reply("xrange", r);
+                }
+                const auto s = static_cast<std::size_t>(active[i]);
+                adone[s] = r.elements.size() < kSummaryBatch;
+                for (const Reply& entry : r.elements) {
+                    if (!entry.is_array() || entry.elements.size() != 2) {
+                        co_return unexpected_reply("xrange", entry);
+                    }
+                    starts[s] = "(" + entry.elements[0].str;
+                    const std::vector<Reply>& fields = entry.elements[1].elements;
+                    for (std::size_t f = 0; f + 1 < fields.size(); f += 2) {
+                        if (fields[f].str == "kind") {
+                            sum.anomalies[fields[f + 1].str] += 1;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    SummaryGroup totals;
+    for (auto& [key, g] : groups) {
+        totals.count += g.count;
+        totals.amount_fen += g.amount_fen;
+        totals.paid_fen += g.paid_fen;
+        totals.refunded_fen += g.refunded_fen;
+        sum.groups.push_back(std::move(g));
+    }
+
+    rapidjson::StringBuffer buf;
+    JsonWriter w(buf);
+    const auto put_sums = [&w](const SummaryGroup& g) {
+        put_key(w, "count");
+        w.Int64(g.count);
+        put_key(w, "amount_fen");
+        w.Int64(g.amount_fen);
+        put_key(w, "paid_fen");
+        w.Int64(g.paid_fen);
+        put_key(w, "refunded_fen");
+        w.Int64(g.refunded_fen);
+    };
+    w.StartObject();
+    put_key(w, "from");
+    put_string(w, format_rfc3339(from_ms));
+    put_key(w, "to");
+    put_string(w, format_rfc3339(to_ms));
+    put_key(w, "from_ms");
+    w.Int64(from_ms);
+    put_key(w, "to_ms");
+    w.Int64(to_ms);
+    put_key(w, "bills");
+    w.StartArray();
+    for (const SummaryGroup& g : sum.groups) {
+        w.StartObject();
+        put_key(w, "provider");
+        put_string(w, g.provider);
+        put_key(w, "status");
+        put_string(w, g.status);
+        put_sums(g);
+        w.EndObject();
+    }
+    w.EndArray();
+    put_key(w, "totals");
+    w.StartObject();
+    put_sums(totals);
+    w.EndObject();
+    put_key(w, "anomalies");
+    w.StartObject();
+    for (const auto& [kind, n] : sum.anomalies) {
+        put_key(w, kind);
+        w.Int64(n);
+    }
+    w.EndObject();
+    w.EndObject();
+    sum.json = to_text(buf);
+    co_return sum;
+}
+
+}  // namespace paybridge::store

@@ -1,0 +1,105 @@
+#pragma once
+
+// BillStore on Redis: every state change is one call of the bill script (store/bill.lua) through
+// a shared pipelined RedisConnection; reads are pipelined batches of plain commands.
+
+#include "config/config.hpp"
+#include "core/bill_store.hpp"
+#include "store/keys.hpp"
+#include "store/redis_connection.hpp"
+
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <vector>
+
+namespace paybridge::store {
+
+/// Bills of one provider ("alipay", "wechatpay" or "none" when unpaid) in one status.
+struct SummaryGroup {
+    std::string provider;
+    std::string status;
+    std::int64_t count{0};
+    std::int64_t amount_fen{0};
+    std::int64_t paid_fen{0};
+    std::int64_t refunded_fen{0};
+};
+
+/// GET /v1/reconciliation/summary: bills created in [from_ms, to_ms) grouped by provider and
+/// status, and anomalies recorded in that range counted by kind.
+struct ReconciliationSummary {
+    std::int64_t from_ms{0};
+    std::int64_t to_ms{0};
+    std::vector<SummaryGroup> groups;               ///< sorted by provider, then status
+    std::map<std::string, std::int64_t> anomalies;  ///< kind -> count
+    /// The same as JSON: {"from","to","from_ms","to_ms","bills":[{"provider","status","count",
+    /// "amount_fen","paid_fen","refunded_fen"}...],"totals":{"count","amount_fen","paid_fen",
+    /// "refunded_fen"},"anomalies":{"<kind>":n,...}}
+    std::string json;
+};
+
+/// Errors of every call: errc::store_unavailable (Redis down, not ready, or an error reply,
+/// which is logged), errc::timeout, errc::shutting_down; errc::invalid_argument for a malformed
+/// cursor, bill id or metadata.
+class RedisBillStore final : public BillStore {
+public:
+    /// Registers the bill script on `redis` (construct before redis.start() so it is loaded on
+    /// connect; later works too, through EVALSHA's NOSCRIPT fallback). `now_ms` is the clock for
+    /// bill timestamps and indexes (Unix ms); empty means the system clock.
+    RedisBillStore(RedisConnection& redis, const config::RedisConfig& cfg, std::function<std::int64_t()> now_ms = {});
+
+    /// One script call. With wait_replicas > 0, a call that changed something (applied, anomaly,
+    /// orphaned) then waits for that many replicas (WAIT, wait_timeout) and fails with
+    /// store_unavailable if fewer acknowledged: the provider retries, and the retry is a duplicate.
+    boost::asio::awaitable<Result<ApplyResult>> apply(PaymentEvent event) override;
+
+    /// metadata_json must be empty or a JSON object; it is stored canonically (compact, keys sorted
+    /// recursively), so the same object in another key order is "identical". Waits for replicas
+    /// like apply() when a bill was created.
+    boost::asio::awaitable<Result<RegisterResult>> register_bill(NewBill bill) override;
+
+    /// HGETALL + LRANGE in one pipelined batch.
+    boost::asio::awaitable<Result<std::optional<BillView>>> get_bill(std::string id) override;
+
+    /// Newest change first. Cursor "<updated_ms>:<bill_id>" (next_cursor is empty on the last page).
+    /// updated_from_ms is inclusive, updated_to_ms exclusive (0: no bound). limit is capped at 1000.
+    boost::asio::awaitable<Result<Page>> list_bills(BillFilter filter) override;
+
+    /// The per-shard outbox streams merged in (stream ms, seq, shard) order. Cursor
+    /// "<ms>-<seq>.<shard>"; next_cursor is the cursor of the last item returned (empty when the page
+    /// is empty), so a consumer can keep polling with it. limit is capped at 1000.
+    boost::asio::awaitable<Result<Page>> list_events(std::string after, std::size_t limit) override;
+
+    /// The per-shard anomaly streams, paged exactly like list_events.
+    boost::asio::awaitable<Result<Page>> list_anomalies(std::string after, std::size_t limit) override;
+
+    /// PING; fails with store_unavailable unless the connection is ready (scripts loaded).
+    boost::asio::awaitable<Result<void>> ping() override;
+
+    /// reconciliation(from_ms, to_ms).json.
+    boost::asio::awaitable<Result<std::string>> summary(std::int64_t from_ms, std::int64_t to_ms) override;
+
+    /// Bills created in [from_ms, to_ms) by provider x status, anomalies in that range by kind.
+    /// Bills are attributed by their created index (this store's clock); anomalies by their stream
+    /// entry time (Redis's clock). Reads every bill of the range: an operator call, not a hot path.
+    boost::asio::awaitable<Result<ReconciliationSummary>> reconciliation(std::int64_t from_ms, std::int64_t to_ms);
+
+    const Keys& keys() const noexcept { return keys_; }
+    /// SHA1 of the bill script.
+    const std::string& script_sha() const noexcept { return sha_; }
+
+private:
+    boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id, std::string payload);
+    boost::asio::awaitable<Result<void>> wait_for_replicas();
+    boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
+    std::int64_t now_ms() const;
+
+    RedisConnection& redis_;
+    config::RedisConfig cfg_;
+    Keys keys_;
+    std::string sha_;
+    std::function<std::int64_t()> now_ms_;
+};
+
+}  // namespace paybridge::store

@@ -1,0 +1,669 @@
+#include "store/redis_connection.hpp"
+
+#include "core/async.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/connect.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/ip/address.hpp>
+#include <boost/asio/this_coro.hpp>
+#include <boost/asio/write.hpp>
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+
+#include <algorithm>
+#include <array>
+#include <climits>
+#include <exception>
+#include <random>
+#include <variant>
+
+namespace paybridge::store {
+
+namespace asio = boost::asio;
+using boost::system::error_code;
+using asio::ip::tcp;
+
+namespace {
+
+constexpr std::size_t kReadBufferSize = 64 * 1024;
+// Requests are bounded in time by request_timeout; this bounds them in memory too, so a stalled
+// Redis turns into fast 503s instead of an ever-growing queue.
+constexpr std::size_t kMaxPending = 200'000;
+constexpr std::chrono::milliseconds kBackoffMin{100};
+constexpr std::chrono::milliseconds kBackoffMax{5'000};
+
+struct ReplyFree {
+    void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<redisReply, ReplyFree>;
+
+struct CommandFree {
+    void operator()(char* c) const noexcept { redisFreeCommand(c); }
+};
+using CommandPtr = std::unique_ptr<char, CommandFree>;
+
+void copy_reply(const redisReply& src, Reply& dst)
+{
+    dst.str.clear();
+    dst.integer = 0;
+    dst.elements.clear();
+    switch (src.type) {
+        case REDIS_REPLY_STRING:
+            dst.type = Reply::Type::string;
+            dst.str.assign(src.str, src.len);
+            break;
+        case REDIS_REPLY_STATUS:
+            dst.type = Reply::Type::status;
+            dst.str.assign(src.str, src.len);
+            break;
+        case REDIS_REPLY_ERROR:
+            dst.type = Reply::Type::error;
+            dst.str.assign(src.str, src.len);
+            break;
+        case REDIS_REPLY_INTEGER:
+            dst.type = Reply::Type::integer;
+            dst.integer = src.integer;
+            break;
+        case REDIS_REPLY_ARRAY:
+            dst.type = Reply::Type::array;
+            dst.elements.resize(src.elements);
+            for (std::size_t i = 0; i < src.elements; ++i) {
+                copy_reply(*src.element[i], dst.elements[i]);
+            }
+            break;
+        default:
+            dst.type = Reply::Type::nil;
+            break;
+    }
+}
+
+// Encodes one command with hiredis (binary-safe: explicit lengths) and appends it to out.
+bool append_command(std::string& out, const std::vector<std::string>& argv)
+{
+    if (argv.empty() || argv.size() > static_cast<std::size_t>(INT_MAX)) {
+        return false;
+    }
+    constexpr std::size_t kInline = 16;
+    std::array<const char*, kInline> ptr_inline{};
+    std::array<std::size_t, kInline> len_inline{};
+    std::vector<const char*> ptr_heap;
+    std::vector<std::size_t> len_heap;
+    const char** ptrs = ptr_inline.data();
+    std::size_t* lens = len_inline.data();
+    if (argv.size() > kInline) {
+        ptr_heap.resize(argv.size());
+        len_heap.resize(argv.size());
+        ptrs = ptr_heap.data();
+        lens = len_heap.data();
+    }
+    for (std::size_t i = 0; i < argv.size(); ++i) {
+        ptrs[i] = argv[i].data();
+        lens[i] = argv[i].size();
+    }
+    char* raw = nullptr;
+    const int len = redisFormatCommandArgv(&raw, static_cast<int>(argv.size()), ptrs, lens);
+    CommandPtr cmd(raw);
+    if (len < 0 || cmd == nullptr) {
+        return false;
+    }
+    out.append(cmd.get(), static_cast<std::size_t>(len));
+    return true;
+}
+
+std::string sha1_hex(std::string_view data)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (EVP_Digest(data.data(), data.size(), md, &md_len, EVP_sha1(), nullptr) != 1) {
+        throw std::runtime_error("EVP_Digest(sha1) failed");
+    }
+    static constexpr char kHex[] = "0123456789abcdef";
+    std::string out;
+    out.reserve(md_len * 2);
+    for (unsigned int i = 0; i < md_len; ++i) {
+        out += kHex[md[i] >> 4];
+        out += kHex[md[i] & 0x0f];
+    }
+    return out;
+}
+
+std::chrono::milliseconds jittered(std::chrono::milliseconds base, std::minstd_rand& rng)
+{
+    // "Equal jitter": half fixed, half random, so reconnecting clients spread out but still back off.
+    std::uniform_int_distribution<std::int64_t> dist(base.count() / 2, base.count());
+    return std::chrono::milliseconds(dist(rng));
+}
+
+}  // namespace
+
+void RedisConnection::ReaderFree::operator()(redisReader* r) const noexcept { redisReaderFree(r); }
+
+// One caller's wait: lives in the caller's coroutine frame while its commands are in flight. Its
+// timer is both the deadline and the completion signal (cancel() wakes the caller early), so a
+// request costs no allocation beyond the timer's wait operation.
+struct RedisConnection::Waiter {
+    Waiter(RedisConnection& c, std::uint64_t first, std::size_t n, Reply* out)
+        : conn(c), timer(c.executor_, c.cfg_.request_timeout), first_seq(first), count(n), remaining(n), replies(out)
+    {
+    }
+    Waiter(const Waiter&) = delete;
+    Waiter& operator=(const Waiter&) = delete;
+
+    // A frame destroyed while suspended (io_context torn down) must not leave its slots dangling.
+    ~Waiter()
+    {
+        if (!done) {
+            conn.abandon(first_seq, count);
+        }
+    }
+
+    void finish(error_code ec) noexcept
+    {
+        error = ec;
+        done = true;
+        timer.cancel();
+    }
+
+    RedisConnection& conn;
+    asio::steady_timer timer;
+    std::uint64_t first_seq;
+    std::size_t count;
+    std::size_t remaining;
+    Reply* replies;
+    error_code error;
+    bool done{false};
+};
+
+RedisConnection::RedisConnection(asio::any_io_executor executor, const config::RedisConfig& cfg)
+    : executor_(std::move(executor)),
+      cfg_(cfg),
+      socket_(executor_),
+      write_signal_(executor_),
+      backoff_timer_(executor_),
+      connect_timer_(executor_),
+      read_buf_(std::make_unique<char[]>(kReadBufferSize))
+{
+}
+
+RedisConnection::~RedisConnection()
+{
+    stopped_ = true;
+    fail_pending(make_error_code(errc::shutting_down));
+    error_code ignored;
+    socket_.close(ignored);
+}
+
+std::string RedisConnection::add_script(std::string body)
+{
+    std::string sha = sha1_hex(body);
+    if (find_script(sha) == nullptr) {
+        scripts_.push_back(Script{.sha = sha, .body = std::move(body)});
+    }
+    return sha;
+}
+
+const RedisConnection::Script* RedisConnection::find_script(std::string_view sha) const noexcept
+{
+    for (const Script& s : scripts_) {
+        if (s.sha == sha) {
+            return &s;
+        }
+    }
+    return nullptr;
+}
+
+void RedisConnection::start()
+{
+    if (started_ || stopped_) {
+        return;
+    }
+    started_ = true;
+    asio::co_spawn(executor_, run(), [](std::exception_ptr e) {
+        if (!e) {
+            return;
+        }
+        try {
+            std::rethrow_exception(e);
+        } catch (const std::exception& ex) {
+            log::error("redis.run_loop_failed", {{"error", ex.what()}});
+        }
+    });
+}
+
+void RedisConnection::stop()
+{
+    if (stopped_) {
+        return;
+    }
+    stopped_ = true;
+    backoff_timer_.cancel();
+    connect_timer_.cancel();
+    close_io();
+    fail_pending(make_error_code(errc::shutting_down));
+}
+
+void RedisConnection::close_io() noexcept
+{
+    ready_.store(false, std::memory_order_relaxed);
+    error_code ignored;
+    socket_.close(ignored);
+    write_signal_.cancel();
+}
+
+void RedisConnection::wake_writer() noexcept
+{
+    if (writer_idle_) {
+        writer_idle_ = false;
+        write_signal_.cancel();
+    }
+}
+
+void RedisConnection::update_in_flight() noexcept
+{
+    stats_.in_flight.store(pending_.size(), std::memory_order_relaxed);
+}
+
+void RedisConnection::abandon(std::uint64_t first_seq, std::size_t n) noexcept
+{
+    // Replies for abandoned commands still arrive in order; their slots stay and are skipped.
+    for (std::uint64_t seq = first_seq; seq < first_seq + n; ++seq) {
+        if (seq >= head_seq_ && seq - head_seq_ < pending_.size()) {
+            pending_[static_cast<std::size_t>(seq - head_seq_)].waiter = nullptr;
+        }
+    }
+}
+
+void RedisConnection::fail_pending(error_code ec) noexcept
+{
+    for (Slot& slot : pending_) {
+        if (slot.waiter != nullptr && !slot.waiter->done) {
+            stats_.errors.fetch_add(1, std::memory_order_relaxed);
+            slot.waiter->finish(ec);
+        }
+    }
+    head_seq_ += pending_.size();
+    pending_.clear();
+    out_buf_.clear();
+    update_in_flight();
+}
+
+void RedisConnection::deliver_front(void* hiredis_reply)
+{
+    ReplyPtr reply(static_cast<redisReply*>(hiredis_reply));
+    const Slot slot = pending_.front();
+    pending_.pop_front();
+    ++head_seq_;
+    Waiter* w = slot.waiter;
+    if (w == nullptr || w->done) {
+        return;
+    }
+    Reply& dst = w->replies[slot.index];
+    copy_reply(*reply, dst);
+    if (dst.is_error()) {
+        stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    }
+    if (--w->remaining == 0) {
+        w->finish({});
+    }
+}
+
+asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::string>* commands,
+                                                    std::size_t n,
+                                                    Reply* out)
+{
+    if (!ready()) {
+        stats_.errors.fetch_add(n, std::memory_order_relaxed);
+        co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
+    }
+    if (pending_.size() + n > kMaxPending) {
+        stats_.errors.fetch_add(n, std::memory_order_relaxed);
+        log::warning("redis.overloaded", {{"in_flight", pending_.size()}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    const std::size_t mark = out_buf_.size();
+    for (std::size_t i = 0; i < n; ++i) {
+        if (!append_command(out_buf_, commands[i])) {
+            out_buf_.resize(mark);
+            co_return make_error_code(errc::invalid_argument);
+        }
+    }
+
+    Waiter waiter(*this, head_seq_ + pending_.size(), n, out);
+    for (std::size_t i = 0; i < n; ++i) {
+        pending_.push_back(Slot{.waiter = &waiter, .index = static_cast<std::uint32_t>(i)});
+    }
+    stats_.commands.fetch_add(n, std::memory_order_relaxed);
+    update_in_flight();
+    wake_writer();
+
+    auto [ec] = co_await waiter.timer.async_wait(kUseTuple);
+    if (waiter.done) {
+        co_return waiter.error;
+    }
+    abandon(waiter.first_seq, n);
+    waiter.done = true;
+    stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    if (ec) {
+        // The caller cancelled the wait (its own deadline): the connection itself is fine.
+        co_return make_error_code(errc::timeout);
+    }
+    // No reply within request_timeout: Redis or the network is stuck. Everything queued behind
+    // this request would wait just as long, so drop the connection and let the run loop reconnect.
+    stats_.timeouts.fetch_add(1, std::memory_order_relaxed);
+    log::warning("redis.timeout",
+                 {{"timeout_ms", static_cast<std::int64_t>(cfg_.request_timeout.count())},
+                  {"in_flight", pending_.size()}});
+    close_io();
+    fail_pending(make_error_code(errc::store_unavailable));
+    co_return make_error_code(errc::timeout);
+}
+
+asio::awaitable<Result<Reply>> RedisConnection::exec(std::vector<std::string> argv)
+{
+    if (argv.empty()) {
+        co_return make_error_code(errc::invalid_argument);
+    }
+    Reply reply;
+    const error_code ec = co_await submit(&argv, 1, &reply);
+    if (ec) {
+        co_return ec;
+    }
+    co_return std::move(reply);
+}
+
+asio::awaitable<Result<std::vector<Reply>>> RedisConnection::exec_many(std::vector<std::vector<std::string>> commands)
+{
+    std::vector<Reply> replies(commands.size());
+    if (commands.empty()) {
+        co_return std::move(replies);
+    }
+    const error_code ec = co_await submit(commands.data(), commands.size(), replies.data());
+    if (ec) {
+        co_return ec;
+    }
+    co_return std::move(replies);
+}
+
+asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
+                                                     std::vector<std::string> keys,
+                                                     std::vector<std::string> args)
+{
+    std::vector<std::string> argv;
+    argv.reserve(3 + keys.size() + args.size());
+    argv.emplace_back("EVALSHA");
+    argv.push_back(sha);
+    argv.push_back(std::to_string(keys.size()));
+    for (std::string& k : keys) {
+        argv.push_back(std::move(k));
+    }
+    for (std::string& a : args) {
+        argv.push_back(std::move(a));
+    }
+
+    Reply reply;
+    error_code ec = co_await submit(&argv, 1, &reply);
+    if (ec) {
+        co_return ec;
+    }
+    if (reply.is_error() && reply.str.starts_with("NOSCRIPT")) {
+        // Redis restarted without persistence or someone ran SCRIPT FLUSH. EVAL also puts the
+        // script back into the cache, so the next EVALSHA succeeds again.
+        const Script* script = find_script(sha);
+        if (script != nullptr) {
+            log::warning("redis.noscript", {{"sha", sha}});
+            argv[0] = "EVAL";
+            argv[1] = script->body;
+            ec = co_await submit(&argv, 1, &reply);
+            if (ec) {
+                co_return ec;
+            }
+        }
+    }
+    co_return std::move(reply);
+}
+
+asio::awaitable<void> RedisConnection::run()
+{
+    std::minstd_rand rng{std::random_device{}()};
+    std::chrono::milliseconds backoff = kBackoffMin;
+    bool first = true;
+    while (!stopped_) {
+        if (!first) {
+            stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+        }
+        first = false;
+
+        const error_code ec = co_await connect_and_handshake();
+        if (stopped_) {
+            break;
+        }
+        if (!ec) {
+            ready_.store(true, std::memory_order_relaxed);
+            log::info("redis.ready", {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}, {"db", cfg_.db}});
+            backoff = kBackoffMin;
+            co_await serve();
+            if (!stopped_) {
+                log::warning("redis.connection_lost", {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}});
+            }
+        } else {
+            log::warning("redis.connect_failed",
+                         {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}, {"error", ec.message()}});
+        }
+        close_io();
+        fail_pending(make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable));
+        if (stopped_) {
+            break;
+        }
+        backoff_timer_.expires_after(jittered(backoff, rng));
+        backoff = std::min(backoff * 2, kBackoffMax);
+        co_await backoff_timer_.async_wait(kUseTuple);
+    }
+    close_io();
+}
+
+asio::awaitable<void> RedisConnection::serve()
+{
+    using namespace asio::experimental::awaitable_operators;
+    // Each loop closes the socket when it ends, which ends the other one too.
+    auto both = read_loop() && write_loop();
+    co_await std::move(both);
+}
+
+asio::awaitable<error_code> RedisConnection::connect_and_handshake()
+{
+    using namespace asio::experimental::awaitable_operators;
+    reader_.reset(redisReaderCreate());
+    if (reader_ == nullptr) {
+        co_return make_error_code(errc::internal);
+    }
+    connect_timer_.expires_after(cfg_.connect_timeout);
+    auto attempt = handshake() || connect_timer_.async_wait(kUseTuple);
+    auto winner = co_await std::move(attempt);
+    if (winner.index() == 1) {
+        co_return make_error_code(errc::timeout);
+    }
+    connect_timer_.cancel();
+    co_return std::get<0>(winner);
+}
+
+asio::awaitable<error_code> RedisConnection::handshake()
+{
+    error_code ec;
+    close_io();
+    const asio::ip::address address = asio::ip::make_address(cfg_.host, ec);
+    if (!ec) {
+        const tcp::endpoint endpoint(address, cfg_.port);
+        auto [cec] = co_await socket_.async_connect(endpoint, kUseTuple);
+        if (cec) {
+            co_return cec;
+        }
+    } else {
+        tcp::resolver resolver(executor_);
+        auto [rec, results] = co_await resolver.async_resolve(cfg_.host, std::to_string(cfg_.port), kUseTuple);
+        if (rec) {
+            co_return rec;
+        }
+        auto [cec, endpoint] = co_await asio::async_connect(socket_, results, kUseTuple);
+        if (cec) {
+            co_return cec;
+        }
+    }
+    socket_.set_option(tcp::no_delay(true), ec);
+
+    // AUTH, SELECT and every SCRIPT LOAD go out in one write; the replies are checked in order.
+    enum class Step { auth, select, script };
+    struct Expect {
+        Step step;
+        std::size_t script;
+    };
+    std::string request;
+    std::vector<Expect> expects;
+    if (!cfg_.password.empty()) {
+        std::vector<std::string> auth{"AUTH"};
+        if (!cfg_.username.empty()) {
+            auth.push_back(cfg_.username);
+        }
+        auth.push_back(cfg_.password);
+        append_command(request, auth);
+        expects.push_back(Expect{.step = Step::auth, .script = 0});
+    }
+    if (cfg_.db != 0) {
+        const std::vector<std::string> select{"SELECT", std::to_string(cfg_.db)};
+        append_command(request, select);
+        expects.push_back(Expect{.step = Step::select, .script = 0});
+    }
+    for (std::size_t i = 0; i < scripts_.size(); ++i) {
+        const std::vector<std::string> load{"SCRIPT", "LOAD", scripts_[i].body};
+        append_command(request, load);
+        expects.push_back(Expect{.step = Step::script, .script = i});
+    }
+    if (expects.empty()) {
+        co_return error_code{};
+    }
+    auto [wec, written] = co_await asio::async_write(socket_, asio::buffer(request), kUseTuple);
+    if (wec) {
+        co_return wec;
+    }
+
+    std::size_t next = 0;
+    while (next < expects.size()) {
+        auto [rec, n] = co_await socket_.async_read_some(asio::buffer(read_buf_.get(), kReadBufferSize), kUseTuple);
+        if (rec) {
+            co_return rec;
+        }
+        if (redisReaderFeed(reader_.get(), read_buf_.get(), n) != REDIS_OK) {
+            co_return make_error_code(errc::store_unavailable);
+        }
+        for (;;) {
+            void* raw = nullptr;
+            if (redisReaderGetReply(reader_.get(), &raw) != REDIS_OK) {
+                log::error("redis.protocol_error", {{"error", reader_->errstr}});
+                co_return make_error_code(errc::store_unavailable);
+            }
+            if (raw == nullptr) {
+                break;
+            }
+            ReplyPtr owned(static_cast<redisReply*>(raw));
+            if (next >= expects.size()) {
+                co_return make_error_code(errc::store_unavailable);
+            }
+            Reply reply;
+            copy_reply(*owned, reply);
+            const Expect expect = expects[next++];
+            switch (expect.step) {
+                case Step::auth:
+                    if (!reply.is_status("OK")) {
+                        // Never log the credentials; Redis's message names no secret.
+                        log::error("redis.auth_failed", {{"user", cfg_.username}, {"reply", reply.str}});
+                        co_return make_error_code(errc::store_unavailable);
+                    }
+                    break;
+                case Step::select:
+                    if (!reply.is_status("OK")) {
+                        log::error("redis.select_failed", {{"db", cfg_.db}, {"reply", reply.str}});
+                        co_return make_error_code(errc::store_unavailable);
+                    }
+                    break;
+                case Step::script:
+                    if (!reply.is_string() || reply.str != scripts_[expect.script].sha) {
+                        log::error("redis.script_load_failed",
+                                   {{"sha", scripts_[expect.script].sha}, {"reply", reply.str}});
+                        co_return make_error_code(errc::store_unavailable);
+                    }
+                    break;
+            }
+        }
+    }
+    co_return error_code{};
+}
+
+asio::awaitable<void> RedisConnection::read_loop()
+{
+    for (;;) {
+        auto [ec, n] = co_await socket_.async_read_some(asio::buffer(read_buf_.get(), kReadBufferSize), kUseTuple);
+        if (ec) {
+            if (socket_.is_open() && ec != asio::error::operation_aborted) {
+                log::warning("redis.read_failed", {{"error", ec.message()}});
+            }
+            break;
+        }
+        if (redisReaderFeed(reader_.get(), read_buf_.get(), n) != REDIS_OK) {
+            log::error("redis.protocol_error", {{"error", reader_->errstr}});
+            break;
+        }
+        bool ok = true;
+        for (;;) {
+            void* raw = nullptr;
+            if (redisReaderGetReply(reader_.get(), &raw) != REDIS_OK) {
+                log::error("redis.protocol_error", {{"error", reader_->errstr}});
+                ok = false;
+                break;
+            }
+            if (raw == nullptr) {
+                break;
+            }
+            if (pending_.empty()) {
+                ReplyPtr stray(static_cast<redisReply*>(raw));
+                log::error("redis.unexpected_reply", {});
+                ok = false;
+                break;
+            }
+            deliver_front(raw);
+        }
+        update_in_flight();
+        if (!ok) {
+            break;
+        }
+    }
+    close_io();
+}
+
+asio::awaitable<void> RedisConnection::write_loop()
+{
+    while (socket_.is_open()) {
+        if (out_buf_.empty()) {
+            writer_idle_ = true;
+            write_signal_.expires_at(asio::steady_timer::time_point::max());
+            co_await write_signal_.async_wait(kUseTuple);
+            writer_idle_ = false;
+            continue;
+        }
+        // Everything queued since the last write goes out in one write; callers arriving while it
+        // is in flight accumulate in out_buf_ for the next one.
+        write_buf_.swap(out_buf_);
+        auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(write_buf_), kUseTuple);
+        write_buf_.clear();
+        if (ec) {
+            if (socket_.is_open()) {
+                log::warning("redis.write_failed", {{"error", ec.message()}});
+            }
+            break;
+        }
+    }
+    close_io();
+}
+
+}  // namespace paybridge::store

@@ -1,0 +1,159 @@
+#pragma once
+
+// An asynchronous, pipelined Redis connection on one Asio executor.
+//
+// hiredis 0.14 is used only as the RESP codec (redisFormatCommandArgv to encode, redisReader to
+// decode); the socket, deadlines, reconnects and request queue are ours. Many coroutines may call
+// exec() concurrently: their commands are appended to one output buffer, flushed by a single writer
+// in one write, and completed in FIFO order by a single reader as the replies arrive.
+
+#include "config/config.hpp"
+#include "core/result.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+struct redisReader;
+
+namespace paybridge::store {
+
+/// One RESP reply, copied out of hiredis (which is freed at once). Plain value type.
+struct Reply {
+    enum class Type { string, status, error, integer, nil, array };
+
+    Type type{Type::nil};
+    std::string str;           ///< string, status and error replies
+    std::int64_t integer{0};   ///< integer replies
+    std::vector<Reply> elements;  ///< array replies
+
+    bool is_error() const noexcept { return type == Type::error; }
+    bool is_nil() const noexcept { return type == Type::nil; }
+    bool is_string() const noexcept { return type == Type::string; }
+    bool is_array() const noexcept { return type == Type::array; }
+    bool is_integer() const noexcept { return type == Type::integer; }
+    /// True for a status reply equal to `text` ("OK", "PONG").
+    bool is_status(std::string_view text) const noexcept { return type == Type::status && str == text; }
+};
+
+/// Counters, readable from any thread (relaxed atomics; written on the connection's executor).
+struct RedisStats {
+    std::atomic<std::uint64_t> commands{0};    ///< commands sent (each command of a batch counts)
+    std::atomic<std::uint64_t> errors{0};      ///< error replies plus requests failed without a reply
+    std::atomic<std::uint64_t> timeouts{0};    ///< requests that hit request_timeout
+    std::atomic<std::uint64_t> reconnects{0};  ///< connection attempts after a failure or loss
+    std::atomic<std::uint64_t> in_flight{0};   ///< commands sent or queued, reply not yet read
+};
+
+/// A Redis connection. Not thread-safe: every call must happen on the executor given at
+/// construction (a single-threaded io_context), which is what makes it lock-free.
+///
+/// Lifetime: call stop() and let the executor's io_context run out of work before destroying the
+/// object; coroutines it spawned refer to it until then.
+class RedisConnection {
+public:
+    RedisConnection(boost::asio::any_io_executor executor, const config::RedisConfig& cfg);
+    ~RedisConnection();
+    RedisConnection(const RedisConnection&) = delete;
+    RedisConnection& operator=(const RedisConnection&) = delete;
+
+    /// Registers a Lua script, loaded with SCRIPT LOAD on every (re)connect, and returns its SHA1
+    /// (lower-case hex, as Redis computes it). Registering the same body twice is harmless.
+    std::string add_script(std::string body);
+
+    /// Spawns the run loop: connect (connect_timeout) -> AUTH -> SELECT -> SCRIPT LOAD -> ready ->
+    /// serve. On any failure: every pending request fails with errc::store_unavailable, the
+    /// connection backs off (100 ms doubling to 5 s, with jitter) and retries. Idempotent.
+    void start();
+
+    /// Closes the socket and stops reconnecting; pending requests fail with errc::shutting_down.
+    /// Afterwards nothing of this object keeps the io_context busy. Idempotent.
+    void stop();
+
+    /// Connected, authenticated, db selected and scripts loaded.
+    bool ready() const noexcept { return ready_.load(std::memory_order_relaxed); }
+
+    const RedisStats& stats() const noexcept { return stats_; }
+
+    /// Sends one command (binary-safe argv) and returns its reply. A Redis error reply is a
+    /// value (Reply::Type::error), not a failure.
+    /// Errors: store_unavailable (not ready, I/O error, connection lost), timeout (no reply within
+    /// request_timeout; the connection then reconnects and fails the other pending requests with
+    /// store_unavailable), shutting_down (after stop()), invalid_argument (empty argv).
+    boost::asio::awaitable<Result<Reply>> exec(std::vector<std::string> argv);
+
+    /// Sends the commands as one pipelined batch; the replies come back in the same order.
+    /// Fails as a whole (same errors as exec) if any reply is missing.
+    boost::asio::awaitable<Result<std::vector<Reply>>> exec_many(std::vector<std::vector<std::string>> commands);
+
+    /// EVALSHA sha numkeys keys... args...; on a NOSCRIPT error reply (Redis lost its script cache)
+    /// retries once with EVAL and the registered body. Same errors as exec.
+    boost::asio::awaitable<Result<Reply>> eval(std::string sha,
+                                               std::vector<std::string> keys,
+                                               std::vector<std::string> args);
+
+private:
+    struct Waiter;
+    struct Slot {
+        Waiter* waiter;       ///< null once the caller gave up (timeout, cancellation)
+        std::uint32_t index;  ///< position of this command in the waiter's batch
+    };
+    struct Script {
+        std::string sha;
+        std::string body;
+    };
+    struct ReaderFree {
+        void operator()(redisReader* r) const noexcept;
+    };
+
+    boost::asio::awaitable<void> run();
+    boost::asio::awaitable<boost::system::error_code> connect_and_handshake();
+    boost::asio::awaitable<boost::system::error_code> handshake();
+    boost::asio::awaitable<void> serve();
+    boost::asio::awaitable<void> read_loop();
+    boost::asio::awaitable<void> write_loop();
+
+    /// Queues the commands and waits for all their replies (written to out[0..n)).
+    boost::asio::awaitable<boost::system::error_code> submit(const std::vector<std::string>* commands,
+                                                             std::size_t n,
+                                                             Reply* out);
+    void deliver_front(void* hiredis_reply);
+    void abandon(std::uint64_t first_seq, std::size_t n) noexcept;
+    void fail_pending(boost::system::error_code ec) noexcept;
+    void close_io() noexcept;
+    void wake_writer() noexcept;
+    void update_in_flight() noexcept;
+    const Script* find_script(std::string_view sha) const noexcept;
+
+    boost::asio::any_io_executor executor_;
+    config::RedisConfig cfg_;
+    boost::asio::ip::tcp::socket socket_;
+    boost::asio::steady_timer write_signal_;
+    boost::asio::steady_timer backoff_timer_;
+    boost::asio::steady_timer connect_timer_;
+    std::unique_ptr<redisReader, ReaderFree> reader_;
+    std::unique_ptr<char[]> read_buf_;
+
+    std::string out_buf_;    ///< encoded commands not yet handed to the writer
+    std::string write_buf_;  ///< the batch being written
+    std::deque<Slot> pending_;
+    std::uint64_t head_seq_{0};  ///< sequence number of pending_.front()
+    bool writer_idle_{false};
+
+    std::vector<Script> scripts_;
+    bool started_{false};
+    bool stopped_{false};
+    std::atomic<bool> ready_{false};
+    RedisStats stats_;
+};
+
+}  // namespace paybridge::store

@@ -1,0 +1,680 @@
+// Every rule of the bill state machine (store/bill.lua), through RedisBillStore against a real
+// redis-server: outcomes, the bill after, and exactly what was appended to history, outbox and
+// anomalies.
+
+#include "store/bill_script.hpp"
+
+#include "core/async.hpp"
+#include "core/error.hpp"
+#include "tests/integration/store/store_fixture.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <string>
+#include <vector>
+
+namespace asio = boost::asio;
+using paybridge::ApplyOutcome;
+using paybridge::ApplyResult;
+using paybridge::EventKind;
+using paybridge::NewBill;
+using paybridge::PaymentEvent;
+using paybridge::RegisterOutcome;
+using paybridge::Result;
+using paybridge::test::num;
+using paybridge::test::parse_json;
+using paybridge::test::str;
+using paybridge::test::StoreFixture;
+using namespace std::chrono_literals;
+
+namespace {
+
+NewBill new_bill(const std::string& id, std::int64_t amount = 1000)
+{
+    NewBill b;
+    b.id = id;
+    b.amount_fen = amount;
+    b.currency = "CNY";
+    b.customer_id = "cust-1";
+    b.description = "Order " + id;
+    return b;
+}
+
+PaymentEvent alipay_payment(const std::string& bill, const std::string& txn, std::int64_t total,
+                            const std::string& notify_id, const std::string& status = "TRADE_SUCCESS")
+{
+    PaymentEvent ev;
+    ev.provider = "alipay";
+    ev.channel = "alipay";
+    ev.kind = EventKind::payment;
+    ev.notification_id = notify_id;
+    ev.account = "2021000000000001";
+    ev.bill_id = bill;
+    ev.provider_txn_id = txn;
+    ev.currency = "CNY";
+    ev.total_fen = total;
+    ev.provider_status = status;
+    ev.occurred_at = "2024-05-01T10:00:00.000Z";
+    return ev;
+}
+
+PaymentEvent wechat_refund(const std::string& bill, const std::string& txn, const std::string& refund_id,
+                           std::int64_t refund_fen, const std::string& notify_id, std::int64_t total = 1000)
+{
+    PaymentEvent ev;
+    ev.provider = "wechatpay";
+    ev.channel = "wechatpay_v3";
+    ev.kind = EventKind::refund;
+    ev.notification_id = notify_id;
+    ev.account = "1900000001";
+    ev.bill_id = bill;
+    ev.provider_txn_id = txn;
+    ev.currency = "CNY";
+    ev.total_fen = total;
+    ev.refund_id = refund_id;
+    ev.refund_fen = refund_fen;
+    ev.refund_cumulative = false;
+    ev.provider_status = "REFUND.SUCCESS";
+    ev.occurred_at = "2024-05-02T10:00:00.000Z";
+    return ev;
+}
+
+PaymentEvent wechat_payment(const std::string& bill, const std::string& txn, std::int64_t total,
+                            const std::string& notify_id)
+{
+    PaymentEvent ev = alipay_payment(bill, txn, total, notify_id, "TRANSACTION.SUCCESS");
+    ev.provider = "wechatpay";
+    ev.channel = "wechatpay_v3";
+    ev.account = "1900000001";
+    return ev;
+}
+
+PaymentEvent alipay_refund(const std::string& bill, const std::string& txn, const std::string& refund_id,
+                           std::int64_t cumulative_fen, const std::string& notify_id)
+{
+    PaymentEvent ev = alipay_payment(bill, txn, 1000, notify_id);
+    ev.kind = EventKind::refund;
+    ev.refund_id = refund_id;
+    ev.refund_fen = cumulative_fen;
+    ev.refund_cumulative = true;
+    return ev;
+}
+
+PaymentEvent close_event(const std::string& bill, const std::string& notify_id)
+{
+    PaymentEvent ev = alipay_payment(bill, "", -1, notify_id, "TRADE_CLOSED");
+    ev.kind = EventKind::close;
+    return ev;
+}
+
+void check_result(const ApplyResult& r, ApplyOutcome outcome, const std::string& anomaly, const std::string& status)
+{
+    CHECK(paybridge::to_string(r.outcome) == paybridge::to_string(outcome));
+    CHECK(r.anomaly == anomaly);
+    CHECK(r.status == status);
+}
+
+/// The last event in the bill's history, parsed.
+rapidjson::Document last_event(StoreFixture& f, const std::string& id)
+{
+    const auto view = f.get(id);
+    REQUIRE(!view.events_json.empty());
+    return parse_json(view.events_json.back());
+}
+
+/// The newest anomaly record of the bill's shard, parsed.
+rapidjson::Document last_anomaly(StoreFixture& f, const std::string& id)
+{
+    const std::string key = f.store->keys().anomalies(f.store->keys().shard_of(id));
+    const auto r = f.cmd({"XREVRANGE", key, "+", "-", "COUNT", "1"});
+    REQUIRE(r.elements.size() == 1);
+    const auto& fields = r.elements[0].elements.at(1).elements;
+    for (std::size_t i = 0; i + 1 < fields.size(); i += 2) {
+        if (fields[i].str == "anomaly") {
+            return parse_json(fields[i + 1].str);
+        }
+    }
+    FAIL("anomaly entry without an anomaly field");
+    return {};
+}
+
+asio::awaitable<void> apply_into(paybridge::store::RedisBillStore* store, PaymentEvent ev,
+                                 std::vector<ApplyOutcome>* out, int* done)
+{
+    Result<ApplyResult> r = co_await store->apply(std::move(ev));
+    if (r) {
+        out->push_back(r->outcome);
+    }
+    ++*done;
+}
+
+}  // namespace
+
+TEST_SUITE("integration/store/bill_script")
+{
+    TEST_CASE("the script is embedded verbatim from store/bill.lua")
+    {
+        const std::string_view script = paybridge::store::bill_script();
+        CHECK(script.find("local function apply_payment") != std::string_view::npos);
+        CHECK(script.find("return redis.error_reply") != std::string_view::npos);
+    }
+
+    TEST_CASE("register creates a PENDING bill, version 1, no events")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        NewBill nb = new_bill("B-1", 1234);
+        nb.description = "Café / \"quoted\" \\ tab\t";
+        nb.expires_at = "2024-06-01T00:00:00.000Z";
+        nb.metadata_json = R"({"z":1,"a":{"y":[1,2],"b":"x"}})";
+        const auto r = f.register_bill(nb);
+        CHECK(r.outcome == RegisterOutcome::created);
+        CHECK(r.orphans_applied == 0);
+        const auto doc = parse_json(r.bill_json);
+        CHECK(str(doc, "id") == "B-1");
+        CHECK(str(doc, "status") == "PENDING");
+        CHECK(num(doc, "amount_fen") == 1234);
+        CHECK(str(doc, "currency") == "CNY");
+        CHECK(str(doc, "customer_id") == "cust-1");
+        CHECK(str(doc, "description") == nb.description);
+        CHECK(str(doc, "expires_at") == "2024-06-01T00:00:00.000Z");
+        CHECK(doc["metadata"].IsObject());
+        CHECK(doc["metadata"]["a"]["b"] == "x");
+        CHECK(num(doc, "paid_fen") == 0);
+        CHECK(num(doc, "refunded_fen") == 0);
+        CHECK(paybridge::test::is_null(doc, "provider"));
+        CHECK(paybridge::test::is_null(doc, "provider_txn_id"));
+        CHECK(paybridge::test::is_null(doc, "paid_at"));
+        CHECK(num(doc, "version") == 1);
+        CHECK(str(doc, "created_at") == str(doc, "updated_at"));
+        CHECK_FALSE(doc.HasMember("seq"));
+        // The C++ rendering (get_bill) and the Lua rendering are the same text.
+        CHECK(f.get("B-1").bill_json == r.bill_json);
+        CHECK(f.hist_len("B-1") == 0);
+        CHECK(f.outbox_len("B-1") == 0);
+        // Metadata is stored canonical (keys sorted, compact).
+        CHECK(f.cmd({"HGET", f.store->keys().bill("B-1"), "metadata"}).str == R"({"a":{"b":"x","y":[1,2]},"z":1})");
+    }
+
+    TEST_CASE("register is idempotent: identical (also with metadata keys reordered) or conflict")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        NewBill nb = new_bill("B-2");
+        nb.metadata_json = R"({"order":"o-1","n":2})";
+        REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+        CHECK(f.register_bill(nb).outcome == RegisterOutcome::identical);
+        NewBill reordered = nb;
+        reordered.metadata_json = R"({ "n": 2, "order": "o-1" })";
+        CHECK(f.register_bill(reordered).outcome == RegisterOutcome::identical);
+
+        NewBill other_amount = nb;
+        other_amount.amount_fen = 1001;
+        const auto conflict = f.register_bill(other_amount);
+        CHECK(conflict.outcome == RegisterOutcome::conflict);
+        CHECK(num(parse_json(conflict.bill_json), "amount_fen") == 1000);  // the stored bill
+        NewBill other_customer = nb;
+        other_customer.customer_id = "cust-2";
+        CHECK(f.register_bill(other_customer).outcome == RegisterOutcome::conflict);
+        NewBill other_meta = nb;
+        other_meta.metadata_json = R"({"order":"o-2","n":2})";
+        CHECK(f.register_bill(other_meta).outcome == RegisterOutcome::conflict);
+        NewBill no_meta = nb;
+        no_meta.metadata_json.clear();
+        CHECK(f.register_bill(no_meta).outcome == RegisterOutcome::conflict);
+        CHECK(num(f.bill("B-2"), "version") == 1);
+
+        NewBill bad = new_bill("B-3");
+        bad.metadata_json = "[1,2]";
+        const auto r = f.run(f.store->register_bill(bad));
+        CHECK(r.error() == paybridge::make_error_code(paybridge::errc::invalid_argument));
+    }
+
+    TEST_CASE("payment: PENDING -> PAID with one event in history and outbox")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-10"));
+        check_result(f.apply(alipay_payment("B-10", "T-1", 1000, "N-1")), ApplyOutcome::applied, "", "PAID");
+
+        const auto bill = f.bill("B-10");
+        CHECK(str(bill, "status") == "PAID");
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(str(bill, "provider") == "alipay");
+        CHECK(str(bill, "provider_txn_id") == "T-1");
+        CHECK(str(bill, "paid_at") == "2024-05-01T10:00:00.000Z");
+        CHECK(num(bill, "version") == 2);
+        CHECK(f.hist_len("B-10") == 1);
+        CHECK(f.outbox_len("B-10") == 1);
+        CHECK(f.anomalies_total() == 0);
+
+        const auto ev = last_event(f, "B-10");
+        CHECK(str(ev, "id") == "evt_B-10_1");
+        CHECK(str(ev, "type") == "bill.paid");
+        CHECK(str(ev, "bill_id") == "B-10");
+        CHECK(num(ev, "sequence") == 1);
+        CHECK(str(ev["bill"], "status") == "PAID");
+        CHECK(num(ev["bill"], "version") == 2);
+        CHECK_FALSE(ev["bill"].HasMember("seq"));
+        CHECK(str(ev["data"], "provider") == "alipay");
+        CHECK(str(ev["data"], "channel") == "alipay");
+        CHECK(str(ev["data"], "kind") == "payment");
+        CHECK(str(ev["data"], "notification_id") == "N-1");
+        CHECK(str(ev["data"], "provider_txn_id") == "T-1");
+        CHECK(num(ev["data"], "amount_fen") == 1000);
+        CHECK(str(ev["data"], "provider_status") == "TRADE_SUCCESS");
+        CHECK(str(ev["data"], "occurred_at") == "2024-05-01T10:00:00.000Z");
+        // The bill inside the event is exactly what get_bill renders now.
+        CHECK(ev["bill"] == f.bill("B-10"));
+
+        // The outbox entry carries the same event with its id, bill and type as fields.
+        const auto entries = f.cmd({"XRANGE", f.store->keys().outbox(f.store->keys().shard_of("B-10")), "-", "+"});
+        REQUIRE(entries.elements.size() == 1);
+        const auto& fields = entries.elements[0].elements.at(1).elements;
+        REQUIRE(fields.size() == 8);
+        CHECK(fields[0].str == "id");
+        CHECK(fields[1].str == "evt_B-10_1");
+        CHECK(fields[3].str == "B-10");
+        CHECK(fields[5].str == "bill.paid");
+        CHECK(fields[7].str == f.get("B-10").events_json.at(0));
+    }
+
+    TEST_CASE("exact repeat and TRADE_FINISHED after TRADE_SUCCESS are duplicates that append nothing")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-11"));
+        f.apply(alipay_payment("B-11", "T-1", 1000, "N-1"));
+        check_result(f.apply(alipay_payment("B-11", "T-1", 1000, "N-1")), ApplyOutcome::duplicate, "", "PAID");
+        // New notify_id, same trade: Alipay's TRADE_FINISHED after TRADE_SUCCESS.
+        check_result(f.apply(alipay_payment("B-11", "T-1", 1000, "N-2", "TRADE_FINISHED")), ApplyOutcome::duplicate,
+                     "", "PAID");
+        CHECK(f.hist_len("B-11") == 1);
+        CHECK(f.outbox_len("B-11") == 1);
+        CHECK(num(f.bill("B-11"), "version") == 2);
+        // The same notification id on another channel is another notification.
+        PaymentEvent v2 = wechat_payment("B-11", "T-1", 1000, "N-1");
+        v2.provider = "alipay";
+        v2.channel = "wechatpay_v2";
+        check_result(f.apply(v2), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.cmd({"HEXISTS", f.store->keys().seen("B-11"), "n:wechatpay_v2:N-1"}).integer == 1);
+    }
+
+    TEST_CASE("amount mismatch: anomaly once per (txn, amount), bill and version unchanged")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-12"));
+        check_result(f.apply(alipay_payment("B-12", "T-1", 999, "N-1")), ApplyOutcome::anomaly, "amount_mismatch",
+                     "PENDING");
+        auto bill = f.bill("B-12");
+        CHECK(str(bill, "status") == "PENDING");
+        CHECK(num(bill, "version") == 1);
+        CHECK(f.hist_len("B-12") == 1);
+        CHECK(f.outbox_len("B-12") == 1);
+        CHECK(f.anomalies_len("B-12") == 1);
+        const auto ev = last_event(f, "B-12");
+        CHECK(str(ev, "type") == "bill.anomaly");
+        CHECK(num(ev, "sequence") == 1);
+        CHECK(str(ev["data"], "anomaly") == "amount_mismatch");
+        CHECK(num(ev["data"], "expected") == 1000);
+        CHECK(num(ev["data"], "received") == 999);
+        const auto anomaly = last_anomaly(f, "B-12");
+        CHECK(str(anomaly, "id") == "anm_B-12_1");
+        CHECK(str(anomaly, "kind") == "amount_mismatch");
+        CHECK(str(anomaly, "bill_id") == "B-12");
+        CHECK(str(anomaly, "provider") == "alipay");
+        CHECK(str(anomaly, "notification_id") == "N-1");
+        CHECK(str(anomaly, "provider_txn_id") == "T-1");
+        CHECK(num(anomaly["detail"], "expected") == 1000);
+        CHECK(num(anomaly["detail"], "received") == 999);
+        CHECK(str(anomaly, "event_id") == "evt_B-12_1");
+
+        // The provider's retry with a new notification id is not recorded again.
+        check_result(f.apply(alipay_payment("B-12", "T-1", 999, "N-2")), ApplyOutcome::duplicate, "", "PENDING");
+        // Another currency is a mismatch too.
+        PaymentEvent usd = alipay_payment("B-12", "T-1", 1000, "N-3");
+        usd.currency = "USD";
+        check_result(f.apply(usd), ApplyOutcome::anomaly, "amount_mismatch", "PENDING");
+        CHECK(f.anomalies_len("B-12") == 2);
+        CHECK(num(f.bill("B-12"), "version") == 1);
+        // The right amount still pays the bill.
+        check_result(f.apply(alipay_payment("B-12", "T-1", 1000, "N-4")), ApplyOutcome::applied, "", "PAID");
+        CHECK(num(last_event(f, "B-12"), "sequence") == 3);
+    }
+
+    TEST_CASE("unknown bill: orphan + unknown_bill anomaly once, applied with every check at registration")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        check_result(f.apply(alipay_payment("B-20", "T-1", 1000, "N-1")), ApplyOutcome::orphaned, "unknown_bill", "");
+        const std::string orphans = f.store->keys().orphans("B-20");
+        CHECK(f.integer({"LLEN", orphans}) == 1);
+        CHECK(f.anomalies_len("B-20") == 1);
+        CHECK(f.outbox_len("B-20") == 1);
+        CHECK(f.integer({"EXISTS", f.store->keys().bill("B-20")}) == 0);
+
+        // The outbox event has no bill and sequence 0.
+        const auto entries = f.cmd({"XRANGE", f.store->keys().outbox(f.store->keys().shard_of("B-20")), "-", "+"});
+        const auto ev = parse_json(entries.elements.at(0).elements.at(1).elements.at(7).str);
+        CHECK(str(ev, "type") == "bill.anomaly");
+        CHECK(ev["bill"].IsNull());
+        CHECK(num(ev, "sequence") == 0);
+        CHECK(str(ev["data"], "anomaly") == "unknown_bill");
+        const auto anomaly = last_anomaly(f, "B-20");
+        CHECK(str(anomaly, "kind") == "unknown_bill");
+        CHECK(str(anomaly, "event_id") == str(ev, "id"));
+
+        // Retries (same or new notification id) keep one orphan and one anomaly.
+        check_result(f.apply(alipay_payment("B-20", "T-1", 1000, "N-1")), ApplyOutcome::orphaned, "", "");
+        check_result(f.apply(alipay_payment("B-20", "T-1", 1000, "N-2")), ApplyOutcome::orphaned, "", "");
+        CHECK(f.integer({"LLEN", orphans}) == 1);
+        CHECK(f.anomalies_len("B-20") == 1);
+        CHECK(f.outbox_len("B-20") == 1);
+
+        const auto reg = f.register_bill(new_bill("B-20"));
+        CHECK(reg.outcome == RegisterOutcome::created);
+        CHECK(reg.orphans_applied == 1);
+        const auto bill = parse_json(reg.bill_json);
+        CHECK(str(bill, "status") == "PAID");
+        CHECK(str(bill, "provider_txn_id") == "T-1");
+        CHECK(num(bill, "version") == 2);
+        CHECK(f.integer({"EXISTS", orphans}) == 0);
+        CHECK(f.hist_len("B-20") == 1);
+        CHECK(f.outbox_len("B-20") == 2);
+        CHECK(str(last_event(f, "B-20"), "id") == "evt_B-20_1");
+        // The replayed orphan kept its notification id: the provider's retry is now a duplicate.
+        check_result(f.apply(alipay_payment("B-20", "T-1", 1000, "N-1")), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.register_bill(new_bill("B-20")).outcome == RegisterOutcome::identical);
+    }
+
+    TEST_CASE("orphans keep their order and their checks: a wrong amount is a mismatch at registration")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.apply(alipay_payment("B-21", "T-1", 500, "N-1"));
+        f.apply(close_event("B-21", "N-2"));
+        CHECK(f.integer({"LLEN", f.store->keys().orphans("B-21")}) == 2);
+        CHECK(f.anomalies_len("B-21") == 2);
+        const auto reg = f.register_bill(new_bill("B-21", 1000));
+        CHECK(reg.orphans_applied == 2);
+        const auto bill = parse_json(reg.bill_json);
+        // amount_mismatch first (bill unchanged), then the close applies.
+        CHECK(str(bill, "status") == "CLOSED");
+        CHECK(num(bill, "version") == 2);
+        const auto view = f.get("B-21");
+        REQUIRE(view.events_json.size() == 2);
+        CHECK(str(parse_json(view.events_json[0])["data"], "anomaly") == "amount_mismatch");
+        CHECK(str(parse_json(view.events_json[1]), "type") == "bill.closed");
+        CHECK(f.anomalies_len("B-21") == 3);
+    }
+
+    TEST_CASE("kind none is ignored: nothing stored but the notification marker")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-22"));
+        PaymentEvent wait = alipay_payment("B-22", "T-1", 1000, "N-1", "WAIT_BUYER_PAY");
+        wait.kind = EventKind::none;
+        check_result(f.apply(wait), ApplyOutcome::ignored, "", "PENDING");
+        check_result(f.apply(wait), ApplyOutcome::duplicate, "", "PENDING");
+        CHECK(f.hist_len("B-22") == 0);
+        CHECK(f.outbox_total() == 0);
+        CHECK(num(f.bill("B-22"), "version") == 1);
+        // For an unknown bill it is not an orphan either.
+        PaymentEvent stray = wait;
+        stray.bill_id = "B-nope";
+        check_result(f.apply(stray), ApplyOutcome::ignored, "", "");
+        CHECK(f.integer({"EXISTS", f.store->keys().orphans("B-nope")}) == 0);
+        CHECK(f.anomalies_total() == 0);
+    }
+
+    TEST_CASE("close: PENDING -> CLOSED, again duplicate, paid after close wins with an anomaly")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-30"));
+        check_result(f.apply(close_event("B-30", "N-1")), ApplyOutcome::applied, "", "CLOSED");
+        CHECK(str(last_event(f, "B-30"), "type") == "bill.closed");
+        CHECK(num(f.bill("B-30"), "version") == 2);
+        check_result(f.apply(close_event("B-30", "N-2")), ApplyOutcome::duplicate, "", "CLOSED");
+        CHECK(f.hist_len("B-30") == 1);
+
+        check_result(f.apply(alipay_payment("B-30", "T-1", 1000, "N-3")), ApplyOutcome::applied, "paid_after_close",
+                     "PAID");
+        const auto bill = f.bill("B-30");
+        CHECK(str(bill, "status") == "PAID");
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(num(bill, "version") == 3);
+        // One event (bill.paid, flagged) and one anomaly pointing at it.
+        CHECK(f.hist_len("B-30") == 2);
+        const auto ev = last_event(f, "B-30");
+        CHECK(str(ev, "type") == "bill.paid");
+        CHECK(str(ev["data"], "anomaly") == "paid_after_close");
+        CHECK(f.anomalies_len("B-30") == 1);
+        const auto anomaly = last_anomaly(f, "B-30");
+        CHECK(str(anomaly, "kind") == "paid_after_close");
+        CHECK(str(anomaly, "event_id") == str(ev, "id"));
+
+        // Close after paid: anomaly once, bill stays PAID.
+        check_result(f.apply(close_event("B-30", "N-4")), ApplyOutcome::anomaly, "close_after_paid", "PAID");
+        check_result(f.apply(close_event("B-30", "N-5")), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.anomalies_len("B-30") == 2);
+        CHECK(num(f.bill("B-30"), "version") == 3);
+    }
+
+    TEST_CASE("duplicate_payment: another transaction on a paid bill, once per transaction")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-31"));
+        f.apply(alipay_payment("B-31", "T-1", 1000, "N-1"));
+        check_result(f.apply(wechat_payment("B-31", "WX-9", 1000, "W-1")), ApplyOutcome::anomaly, "duplicate_payment",
+                     "PAID");
+        check_result(f.apply(wechat_payment("B-31", "WX-9", 1000, "W-2")), ApplyOutcome::duplicate, "", "PAID");
+        const auto bill = f.bill("B-31");
+        CHECK(str(bill, "provider") == "alipay");
+        CHECK(str(bill, "provider_txn_id") == "T-1");
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(num(bill, "version") == 2);
+        CHECK(f.anomalies_len("B-31") == 1);
+        const auto anomaly = last_anomaly(f, "B-31");
+        CHECK(str(anomaly, "kind") == "duplicate_payment");
+        CHECK(str(anomaly, "provider_txn_id") == "WX-9");
+        CHECK(str(anomaly["detail"], "paid_provider_txn_id") == "T-1");
+        // A refund of that second transaction does not touch this bill's money.
+        check_result(f.apply(wechat_refund("B-31", "WX-9", "R-dup", 1000, "W-3")), ApplyOutcome::anomaly,
+                     "refund_other_txn", "PAID");
+        CHECK(num(f.bill("B-31"), "refunded_fen") == 0);
+    }
+
+    TEST_CASE("refunds (WeChat, per refund): partial then full")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-40"));
+        f.apply(wechat_payment("B-40", "WX-1", 1000, "W-1"));
+        check_result(f.apply(wechat_refund("B-40", "WX-1", "R-1", 300, "W-2")), ApplyOutcome::applied, "",
+                     "PARTIALLY_REFUNDED");
+        auto bill = f.bill("B-40");
+        CHECK(num(bill, "refunded_fen") == 300);
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(num(bill, "version") == 3);
+        const auto ev = last_event(f, "B-40");
+        CHECK(str(ev, "type") == "bill.refunded");
+        CHECK(str(ev["data"], "refund_id") == "R-1");
+        CHECK(num(ev["data"], "refund_fen") == 300);
+        CHECK(num(ev["data"], "refunded_fen") == 300);
+
+        // The same refund again (new notification id): duplicate.
+        check_result(f.apply(wechat_refund("B-40", "WX-1", "R-1", 300, "W-3")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        check_result(f.apply(wechat_refund("B-40", "WX-1", "R-2", 700, "W-4")), ApplyOutcome::applied, "", "REFUNDED");
+        bill = f.bill("B-40");
+        CHECK(num(bill, "refunded_fen") == 1000);
+        CHECK(num(bill, "version") == 4);
+        CHECK(f.hist_len("B-40") == 3);
+        CHECK(f.outbox_len("B-40") == 3);
+        CHECK(f.cmd({"HGET", f.store->keys().refunds("B-40"), "R-2"}).str == "700");
+        // Nothing left to refund.
+        check_result(f.apply(wechat_refund("B-40", "WX-1", "R-3", 1, "W-5")), ApplyOutcome::anomaly,
+                     "refund_exceeds_paid", "REFUNDED");
+    }
+
+    TEST_CASE("refunds (Alipay, cumulative) out of order: an older total is superseded")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-41"));
+        f.apply(alipay_payment("B-41", "T-1", 1000, "N-1"));
+        // R-2 (cumulative 500) arrives before R-1 (cumulative 200).
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-2", 500, "N-3")), ApplyOutcome::applied, "",
+                     "PARTIALLY_REFUNDED");
+        CHECK(num(last_event(f, "B-41")["data"], "refund_fen") == 500);
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-1", 200, "N-2")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        CHECK(num(f.bill("B-41"), "refunded_fen") == 500);
+        CHECK(f.cmd({"HGET", f.store->keys().refunds("B-41"), "R-1"}).str == "200");
+        // The full refund: cumulative 1000, increment 500.
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-3", 1000, "N-4")), ApplyOutcome::applied, "", "REFUNDED");
+        const auto ev = last_event(f, "B-41");
+        CHECK(num(ev["data"], "refund_fen") == 500);
+        CHECK(num(ev["data"], "refunded_fen") == 1000);
+        CHECK(f.hist_len("B-41") == 3);
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-3", 1000, "N-5")), ApplyOutcome::duplicate, "",
+                     "REFUNDED");
+    }
+
+    TEST_CASE("refund before payment: the payment is applied first, then the refund")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-42"));
+        check_result(f.apply(wechat_refund("B-42", "WX-1", "R-1", 400, "W-9")), ApplyOutcome::applied, "",
+                     "PARTIALLY_REFUNDED");
+        const auto bill = f.bill("B-42");
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(num(bill, "refunded_fen") == 400);
+        CHECK(str(bill, "provider_txn_id") == "WX-1");
+        CHECK(num(bill, "version") == 3);
+        const auto view = f.get("B-42");
+        REQUIRE(view.events_json.size() == 2);
+        CHECK(str(parse_json(view.events_json[0]), "type") == "bill.paid");
+        CHECK(str(parse_json(view.events_json[1]), "type") == "bill.refunded");
+        // The late payment notification is a duplicate.
+        check_result(f.apply(wechat_payment("B-42", "WX-1", 1000, "W-1")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        CHECK(f.hist_len("B-42") == 2);
+    }
+
+    TEST_CASE("refund before payment with the wrong total: amount_mismatch, nothing refunded")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-43"));
+        check_result(f.apply(wechat_refund("B-43", "WX-1", "R-1", 400, "W-1", 900)), ApplyOutcome::anomaly,
+                     "amount_mismatch", "PENDING");
+        const auto bill = f.bill("B-43");
+        CHECK(num(bill, "paid_fen") == 0);
+        CHECK(num(bill, "refunded_fen") == 0);
+        CHECK(num(bill, "version") == 1);
+        CHECK(f.integer({"HLEN", f.store->keys().refunds("B-43")}) == 0);
+    }
+
+    TEST_CASE("refund_exceeds_paid: anomaly once per refund, bill unchanged")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-44"));
+        f.apply(wechat_payment("B-44", "WX-1", 1000, "W-1"));
+        check_result(f.apply(wechat_refund("B-44", "WX-1", "R-1", 1200, "W-2")), ApplyOutcome::anomaly,
+                     "refund_exceeds_paid", "PAID");
+        check_result(f.apply(wechat_refund("B-44", "WX-1", "R-1", 1200, "W-3")), ApplyOutcome::duplicate, "", "PAID");
+        const auto bill = f.bill("B-44");
+        CHECK(num(bill, "refunded_fen") == 0);
+        CHECK(num(bill, "version") == 2);
+        CHECK(f.anomalies_len("B-44") == 1);
+        const auto anomaly = last_anomaly(f, "B-44");
+        CHECK(num(anomaly["detail"], "expected") == 1000);
+        CHECK(num(anomaly["detail"], "received") == 1200);
+    }
+
+    TEST_CASE("refund_abnormal / refund_closed: history only, once per refund and kind, may later succeed")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-45"));
+        f.apply(wechat_payment("B-45", "WX-1", 1000, "W-1"));
+        PaymentEvent abnormal = wechat_refund("B-45", "WX-1", "R-1", 300, "W-2");
+        abnormal.kind = EventKind::refund_abnormal;
+        abnormal.provider_status = "REFUND.ABNORMAL";
+        check_result(f.apply(abnormal), ApplyOutcome::applied, "", "PAID");
+        abnormal.notification_id = "W-3";
+        check_result(f.apply(abnormal), ApplyOutcome::duplicate, "", "PAID");
+        auto bill = f.bill("B-45");
+        CHECK(num(bill, "refunded_fen") == 0);
+        CHECK(num(bill, "version") == 2);
+        const auto ev = last_event(f, "B-45");
+        CHECK(str(ev, "type") == "bill.refund_updated");
+        CHECK(num(ev, "sequence") == 2);
+        CHECK(str(ev["data"], "kind") == "refund_abnormal");
+
+        check_result(f.apply(wechat_refund("B-45", "WX-1", "R-1", 300, "W-4")), ApplyOutcome::applied, "",
+                     "PARTIALLY_REFUNDED");
+        PaymentEvent closed = wechat_refund("B-45", "WX-1", "R-2", 100, "W-5");
+        closed.kind = EventKind::refund_closed;
+        closed.provider_status = "REFUND.CLOSED";
+        check_result(f.apply(closed), ApplyOutcome::applied, "", "PARTIALLY_REFUNDED");
+        bill = f.bill("B-45");
+        CHECK(num(bill, "refunded_fen") == 300);
+        CHECK(f.hist_len("B-45") == 4);
+        CHECK(f.anomalies_total() == 0);
+    }
+
+    TEST_CASE("50 concurrent applies of one event make exactly one transition")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-50"));
+        std::vector<ApplyOutcome> outcomes;
+        int done = 0;
+        for (int i = 0; i < 50; ++i) {
+            // Half are exact repeats, half are the provider's retries with fresh notification ids.
+            const std::string nid = i % 2 == 0 ? "N-same" : "N-" + std::to_string(i);
+            asio::co_spawn(f.ctx, apply_into(f.store.get(), alipay_payment("B-50", "T-1", 1000, nid), &outcomes, &done),
+                           asio::detached);
+        }
+        REQUIRE(paybridge::test::run_until(f.ctx, [&] { return done == 50; }, 10s));
+        REQUIRE(outcomes.size() == 50);
+        CHECK(std::count(outcomes.begin(), outcomes.end(), ApplyOutcome::applied) == 1);
+        CHECK(std::count(outcomes.begin(), outcomes.end(), ApplyOutcome::duplicate) == 49);
+        CHECK(f.hist_len("B-50") == 1);
+        CHECK(f.outbox_len("B-50") == 1);
+        CHECK(num(f.bill("B-50"), "version") == 2);
+    }
+
+    TEST_CASE("updated index and updated_at move on changes only")
+    {
+        std::int64_t now = 1'700'000'000'000;
+        StoreFixture f({}, {}, [&now] { return now; });
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-60"));
+        const std::string updated = f.store->keys().updated(f.store->keys().shard_of("B-60"));
+        CHECK(f.cmd({"ZSCORE", updated, "B-60"}).str == "1700000000000");
+        now += 5000;
+        f.apply(alipay_payment("B-60", "T-1", 999, "N-1"));  // anomaly: no change
+        CHECK(f.cmd({"ZSCORE", updated, "B-60"}).str == "1700000000000");
+        CHECK(str(f.bill("B-60"), "updated_at") == "2023-11-14T22:13:20.000Z");
+        now += 5000;
+        f.apply(alipay_payment("B-60", "T-1", 1000, "N-2"));
+        CHECK(f.cmd({"ZSCORE", updated, "B-60"}).str == "1700000010000");
+        const auto bill = f.bill("B-60");
+        CHECK(str(bill, "updated_at") == "2023-11-14T22:13:30.000Z");
+        CHECK(str(bill, "created_at") == "2023-11-14T22:13:20.000Z");
+        const std::string created = f.store->keys().created(f.store->keys().shard_of("B-60"));
+        CHECK(f.cmd({"ZSCORE", created, "B-60"}).str == "1700000000000");
+    }
+}

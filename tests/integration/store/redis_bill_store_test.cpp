@@ -1,0 +1,437 @@
+// RedisBillStore reads and options: get_bill, the merged event / anomaly feeds with cursor paging
+// across shards, list_bills filters and paging, WAIT for replicas, reconciliation, ping.
+
+#include "store/redis_bill_store.hpp"
+
+#include "core/error.hpp"
+#include "core/time.hpp"
+#include "tests/integration/store/store_fixture.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <doctest/doctest.h>
+
+#include <algorithm>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace asio = boost::asio;
+using paybridge::ApplyOutcome;
+using paybridge::ApplyResult;
+using paybridge::BillFilter;
+using paybridge::errc;
+using paybridge::EventKind;
+using paybridge::NewBill;
+using paybridge::Page;
+using paybridge::PaymentEvent;
+using paybridge::RegisterOutcome;
+using paybridge::Result;
+using paybridge::test::num;
+using paybridge::test::parse_json;
+using paybridge::test::str;
+using paybridge::test::StoreFixture;
+using namespace std::chrono_literals;
+
+namespace {
+
+NewBill new_bill(const std::string& id, const std::string& customer = "cust-1", std::int64_t amount = 1000)
+{
+    NewBill b;
+    b.id = id;
+    b.amount_fen = amount;
+    b.customer_id = customer;
+    b.description = "Order " + id;
+    return b;
+}
+
+PaymentEvent payment(const std::string& bill, const std::string& provider, std::int64_t total,
+                     const std::string& notify_id)
+{
+    PaymentEvent ev;
+    ev.provider = provider;
+    ev.channel = provider == "alipay" ? "alipay" : "wechatpay_v3";
+    ev.kind = EventKind::payment;
+    ev.notification_id = notify_id;
+    ev.bill_id = bill;
+    ev.provider_txn_id = "TX-" + bill;
+    ev.total_fen = total;
+    ev.provider_status = "SUCCESS";
+    return ev;
+}
+
+PaymentEvent refund(const std::string& bill, std::int64_t fen, const std::string& refund_id)
+{
+    PaymentEvent ev = payment(bill, "wechatpay", 1000, "RN-" + refund_id);
+    ev.kind = EventKind::refund;
+    ev.refund_id = refund_id;
+    ev.refund_fen = fen;
+    return ev;
+}
+
+asio::awaitable<void> apply_counted(paybridge::store::RedisBillStore* store, PaymentEvent ev, int* done)
+{
+    Result<ApplyResult> r = co_await store->apply(std::move(ev));
+    if (r && r->outcome == ApplyOutcome::applied) {
+        ++*done;
+    } else {
+        *done += 1000;  // makes the wait below fail loudly
+    }
+}
+
+Page events_page(StoreFixture& f, const std::string& after, std::size_t limit)
+{
+    Result<Page> p = f.run(f.store->list_events(after, limit));
+    REQUIRE_MESSAGE(p.has_value(), p.error().message());
+    return *p;
+}
+
+Page bills_page(StoreFixture& f, BillFilter filter)
+{
+    Result<Page> p = f.run(f.store->list_bills(std::move(filter)));
+    REQUIRE_MESSAGE(p.has_value(), p.error().message());
+    return *p;
+}
+
+std::vector<std::string> ids_of(const Page& page)
+{
+    std::vector<std::string> ids;
+    for (const std::string& json : page.items_json) {
+        ids.push_back(str(parse_json(json), "id"));
+    }
+    return ids;
+}
+
+std::vector<std::string> all_bill_ids(StoreFixture& f, BillFilter filter)
+{
+    std::vector<std::string> ids;
+    for (int pages = 0; pages < 100; ++pages) {
+        const Page page = bills_page(f, filter);
+        for (const std::string& id : ids_of(page)) {
+            ids.push_back(id);
+        }
+        if (page.next_cursor.empty()) {
+            return ids;
+        }
+        filter.cursor = page.next_cursor;
+    }
+    FAIL("list_bills paging did not end");
+    return ids;
+}
+
+}  // namespace
+
+TEST_SUITE("integration/store/redis_bill_store")
+{
+    TEST_CASE("get_bill: nullopt for an unknown id, history oldest first")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const auto none = f.run(f.store->get_bill("nope"));
+        REQUIRE(none.has_value());
+        CHECK_FALSE(none->has_value());
+
+        f.register_bill(new_bill("G-1"));
+        f.apply(payment("G-1", "wechatpay", 1000, "N-1"));
+        f.apply(refund("G-1", 100, "R-1"));
+        f.apply(refund("G-1", 200, "R-2"));
+        const auto view = f.get("G-1");
+        REQUIRE(view.events_json.size() == 3);
+        for (std::size_t i = 0; i < 3; ++i) {
+            CHECK(num(parse_json(view.events_json[i]), "sequence") == static_cast<std::int64_t>(i + 1));
+        }
+        const auto bill = parse_json(view.bill_json);
+        CHECK(num(bill, "refunded_fen") == 300);
+        CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
+    }
+
+    TEST_CASE("apply rejects an event without a bill id")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const auto r = f.run(f.store->apply(payment("", "alipay", 1, "N")));
+        CHECK(r.error() == paybridge::make_error_code(errc::invalid_argument));
+    }
+
+    TEST_CASE("events feed: shards merged in (ms, seq, shard) order, cursor paging loses and repeats nothing")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        constexpr int kBills = 40;
+        std::set<int> shards;
+        for (int i = 0; i < kBills; ++i) {
+            const std::string id = "P-" + std::to_string(i);
+            f.register_bill(new_bill(id));
+            shards.insert(f.store->keys().shard_of(id));
+        }
+        REQUIRE(shards.size() >= 8);
+        // All payments in one pipelined burst: many entries of different shards share (ms, seq).
+        int done = 0;
+        for (int i = 0; i < kBills; ++i) {
+            const std::string id = "P-" + std::to_string(i);
+            asio::co_spawn(f.ctx, apply_counted(f.store.get(), payment(id, "wechatpay", 1000, "N-" + id), &done),
+                           asio::detached);
+        }
+        REQUIRE(paybridge::test::run_until(f.ctx, [&] { return done >= kBills; }, 10s));
+        REQUIRE(done == kBills);
+
+        const Page all = events_page(f, "", 1000);
+        REQUIRE(all.items_json.size() == kBills);
+        std::set<std::string> unique(all.items_json.begin(), all.items_json.end());
+        CHECK(unique.size() == kBills);
+
+        for (const std::size_t limit : {std::size_t{1}, std::size_t{3}, std::size_t{7}}) {
+            CAPTURE(limit);
+            std::vector<std::string> paged;
+            std::string cursor;
+            for (int guard = 0; guard < 100; ++guard) {
+                const Page page = events_page(f, cursor, limit);
+                CHECK(page.items_json.size() <= limit);
+                if (page.items_json.empty()) {
+                    CHECK(page.next_cursor.empty());
+                    break;
+                }
+                paged.insert(paged.end(), page.items_json.begin(), page.items_json.end());
+                CHECK_FALSE(page.next_cursor.empty());
+                cursor = page.next_cursor;
+            }
+            CHECK(paged == all.items_json);
+        }
+
+        // A consumer tailing the feed with the last cursor sees only new events.
+        const Page tail = events_page(f, events_page(f, "", 1000).next_cursor, 10);
+        CHECK(tail.items_json.empty());
+        f.apply(refund("P-3", 100, "R-1"));
+        const Page fresh = events_page(f, all.next_cursor, 10);
+        REQUIRE(fresh.items_json.size() == 1);
+        CHECK(str(parse_json(fresh.items_json[0]), "type") == "bill.refunded");
+
+        for (const char* bad : {"x", "1-0", "1-0.99", "a-b.1", "1-0.-1"}) {
+            CAPTURE(bad);
+            const auto r = f.run(f.store->list_events(bad, 10));
+            CHECK(r.error() == paybridge::make_error_code(errc::invalid_argument));
+        }
+        CHECK(events_page(f, "", 0).items_json.empty());
+    }
+
+    TEST_CASE("anomalies feed pages like the events feed")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        for (int i = 0; i < 5; ++i) {
+            const std::string id = "A-" + std::to_string(i);
+            f.register_bill(new_bill(id));
+            f.apply(payment(id, "alipay", 999, "N-" + id));  // amount_mismatch
+        }
+        f.apply(payment("A-unknown", "alipay", 1000, "N-u"));  // unknown_bill
+        std::vector<std::string> kinds;
+        std::string cursor;
+        for (int guard = 0; guard < 20; ++guard) {
+            Result<Page> page = f.run(f.store->list_anomalies(cursor, 2));
+            REQUIRE(page.has_value());
+            if (page->items_json.empty()) {
+                break;
+            }
+            for (const std::string& json : page->items_json) {
+                kinds.push_back(str(parse_json(json), "kind"));
+            }
+            cursor = page->next_cursor;
+        }
+        REQUIRE(kinds.size() == 6);
+        CHECK(std::count(kinds.begin(), kinds.end(), "amount_mismatch") == 5);
+        CHECK(kinds.back() == "unknown_bill");
+    }
+
+    TEST_CASE("list_bills: newest change first, filters, updated range, cursor paging")
+    {
+        std::int64_t now = 1'700'000'000'000;
+        StoreFixture f({}, {}, [&now] { return now; });
+        REQUIRE(f.wait_ready());
+        const auto at = [&now](std::int64_t offset_s) { now = 1'700'000'000'000 + offset_s * 1000; };
+        at(1);
+        f.register_bill(new_bill("L-a1", "cust-a"));  // -> PAID alipay at 10
+        at(2);
+        f.register_bill(new_bill("L-b1", "cust-b"));  // stays PENDING (updated 2)
+        at(3);
+        f.register_bill(new_bill("L-a2", "cust-a"));  // -> PAID wechatpay at 11
+        at(4);
+        f.register_bill(new_bill("L-a3", "cust-a"));  // -> REFUNDED wechatpay at 13
+        at(5);
+        f.register_bill(new_bill("L-b2", "cust-b"));  // stays PENDING (updated 5)
+        at(10);
+        f.apply(payment("L-a1", "alipay", 1000, "N-1"));
+        at(11);
+        f.apply(payment("L-a2", "wechatpay", 1000, "N-2"));
+        at(12);
+        f.apply(payment("L-a3", "wechatpay", 1000, "N-3"));
+        at(13);
+        f.apply(refund("L-a3", 1000, "R-1"));
+
+        BillFilter all;
+        const Page page = bills_page(f, all);
+        CHECK(ids_of(page) == std::vector<std::string>{"L-a3", "L-a2", "L-a1", "L-b2", "L-b1"});
+        CHECK(page.next_cursor.empty());
+
+        BillFilter paid;
+        paid.status = "PAID";
+        CHECK(ids_of(bills_page(f, paid)) == std::vector<std::string>{"L-a2", "L-a1"});
+        BillFilter wechat;
+        wechat.provider = "wechatpay";
+        CHECK(ids_of(bills_page(f, wechat)) == std::vector<std::string>{"L-a3", "L-a2"});
+        BillFilter cust_b;
+        cust_b.customer_id = "cust-b";
+        CHECK(ids_of(bills_page(f, cust_b)) == std::vector<std::string>{"L-b2", "L-b1"});
+        BillFilter combined;
+        combined.customer_id = "cust-a";
+        combined.status = "REFUNDED";
+        combined.provider = "wechatpay";
+        CHECK(ids_of(bills_page(f, combined)) == std::vector<std::string>{"L-a3"});
+        BillFilter none;
+        none.status = "CLOSED";
+        CHECK(bills_page(f, none).items_json.empty());
+
+        // [from, to): updated at 5 and 10 are inside, 11 is not.
+        BillFilter range;
+        range.updated_from_ms = 1'700'000'005'000;
+        range.updated_to_ms = 1'700'000'011'000;
+        CHECK(ids_of(bills_page(f, range)) == std::vector<std::string>{"L-a1", "L-b2"});
+
+        BillFilter paged;
+        paged.limit = 2;
+        const Page first = bills_page(f, paged);
+        CHECK(ids_of(first) == std::vector<std::string>{"L-a3", "L-a2"});
+        CHECK(first.next_cursor == "1700000011000:L-a2");
+        CHECK(all_bill_ids(f, paged) == std::vector<std::string>{"L-a3", "L-a2", "L-a1", "L-b2", "L-b1"});
+        BillFilter paged_cust = paged;
+        paged_cust.customer_id = "cust-a";
+        paged_cust.limit = 1;
+        CHECK(all_bill_ids(f, paged_cust) == std::vector<std::string>{"L-a3", "L-a2", "L-a1"});
+        BillFilter paged_range = range;
+        paged_range.limit = 1;
+        CHECK(all_bill_ids(f, paged_range) == std::vector<std::string>{"L-a1", "L-b2"});
+
+        BillFilter bad;
+        bad.cursor = "not-a-cursor";
+        CHECK(f.run(f.store->list_bills(bad)).error() == paybridge::make_error_code(errc::invalid_argument));
+    }
+
+    TEST_CASE("list_bills pages through bills with the same updated time across shards")
+    {
+        std::int64_t now = 1'700'000'000'000;
+        StoreFixture f({}, {}, [&now] { return now; });
+        REQUIRE(f.wait_ready());
+        std::vector<std::string> expected;
+        for (int i = 0; i < 25; ++i) {
+            const std::string id = "T-" + std::to_string(100 + i);
+            f.register_bill(new_bill(id));
+            expected.push_back(id);
+        }
+        std::sort(expected.rbegin(), expected.rend());  // same time: id descending
+        for (const std::size_t limit : {std::size_t{1}, std::size_t{4}, std::size_t{25}, std::size_t{100}}) {
+            CAPTURE(limit);
+            BillFilter filter;
+            filter.limit = limit;
+            CHECK(all_bill_ids(f, filter) == expected);
+        }
+    }
+
+    TEST_CASE("wait_replicas with no replica: a change answers store_unavailable, the retry is a duplicate")
+    {
+        StoreFixture f([](paybridge::config::RedisConfig& c) {
+            c.wait_replicas = 1;
+            c.wait_timeout = std::chrono::milliseconds(100);
+        });
+        REQUIRE(f.wait_ready());
+        const auto reg = f.run(f.store->register_bill(new_bill("W-1")));
+        CHECK(reg.error() == paybridge::make_error_code(errc::store_unavailable));
+        // The bill was written; only the replication guarantee is missing.
+        const auto again = f.run(f.store->register_bill(new_bill("W-1")));
+        REQUIRE(again.has_value());
+        CHECK(again->outcome == RegisterOutcome::identical);
+
+        const auto start = std::chrono::steady_clock::now();
+        const auto paid = f.run(f.store->apply(payment("W-1", "alipay", 1000, "N-1")));
+        CHECK(std::chrono::steady_clock::now() - start >= 90ms);
+        CHECK(paid.error() == paybridge::make_error_code(errc::store_unavailable));
+        const auto retry = f.run(f.store->apply(payment("W-1", "alipay", 1000, "N-1")));
+        REQUIRE(retry.has_value());
+        CHECK(retry->outcome == ApplyOutcome::duplicate);
+        CHECK(f.outbox_len("W-1") == 1);
+    }
+
+    TEST_CASE("wait_replicas = 0 sends no WAIT")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("W-2"));
+        const auto before = f.conn->stats().commands.load();
+        f.apply(payment("W-2", "alipay", 1000, "N-1"));
+        CHECK(f.conn->stats().commands.load() == before + 1);  // the EVALSHA alone
+    }
+
+    TEST_CASE("reconciliation: bills created in from..to by provider and status, anomalies by kind")
+    {
+        std::int64_t now = 1'700'000'000'000;
+        StoreFixture f({}, {}, [&now] { return now; });
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("S-1", "c", 1000));
+        f.register_bill(new_bill("S-2", "c", 2000));
+        f.register_bill(new_bill("S-3", "c", 3000));
+        f.register_bill(new_bill("S-4", "c", 4000));
+        now += 60'000;
+        f.register_bill(new_bill("S-late", "c", 5000));
+        f.apply(payment("S-1", "alipay", 1000, "N-1"));
+        f.apply(payment("S-2", "wechatpay", 2000, "N-2"));
+        f.apply(refund("S-2", 500, "R-1"));
+        f.apply(payment("S-3", "wechatpay", 3000, "N-3"));
+        f.apply(payment("S-4", "alipay", 1, "N-4"));  // amount_mismatch
+
+        const auto sum = f.run(f.store->reconciliation(1'700'000'000'000, 1'700'000'060'000));
+        REQUIRE(sum.has_value());
+        REQUIRE(sum->groups.size() == 4);
+        CHECK(sum->groups[0].provider == "alipay");
+        CHECK(sum->groups[0].status == "PAID");
+        CHECK(sum->groups[0].count == 1);
+        CHECK(sum->groups[0].paid_fen == 1000);
+        CHECK(sum->groups[1].provider == "none");
+        CHECK(sum->groups[1].status == "PENDING");
+        CHECK(sum->groups[1].amount_fen == 4000);
+        CHECK(sum->groups[2].provider == "wechatpay");
+        CHECK(sum->groups[2].status == "PAID");
+        CHECK(sum->groups[2].amount_fen == 3000);
+        CHECK(sum->groups[3].status == "PARTIALLY_REFUNDED");
+        CHECK(sum->groups[3].refunded_fen == 500);
+
+        // Anomalies are dated by Redis's clock (now), outside this fake range.
+        CHECK(sum->anomalies.empty());
+        const std::int64_t real_now = paybridge::unix_ms(std::chrono::system_clock::now());
+        const auto json = f.run(f.store->summary(1'600'000'000'000, real_now + 60'000));
+        REQUIRE(json.has_value());
+        const auto doc = parse_json(*json);
+        CHECK(num(doc["totals"], "count") == 5);
+        CHECK(num(doc["totals"], "amount_fen") == 15000);
+        CHECK(num(doc["totals"], "paid_fen") == 6000);
+        CHECK(num(doc["totals"], "refunded_fen") == 500);
+        CHECK(num(doc["anomalies"], "amount_mismatch") == 1);
+        CHECK(doc["bills"].IsArray());
+        CHECK(doc["bills"].Size() == 4);
+
+        const auto empty = f.run(f.store->reconciliation(0, 1000));
+        REQUIRE(empty.has_value());
+        CHECK(empty->groups.empty());
+        CHECK(num(parse_json(empty->json)["totals"], "count") == 0);
+    }
+
+    TEST_CASE("ping: PONG when ready, store_unavailable when Redis is gone")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        CHECK(f.run(f.store->ping()).has_value());
+        f.server.stop();
+        REQUIRE(paybridge::test::run_until(f.ctx, [&] { return !f.conn->ready(); }, 2s));
+        const auto r = f.run(f.store->ping());
+        CHECK(r.error() == paybridge::make_error_code(errc::store_unavailable));
+        const auto apply = f.run(f.store->apply(payment("X", "alipay", 1, "N")));
+        CHECK(apply.error() == paybridge::make_error_code(errc::store_unavailable));
+    }
+}
