@@ -99,8 +99,8 @@ std::string form_encode(std::string_view bytes)
     out.reserve(bytes.size() * 3);
     for (const char c : bytes) {
         const auto u = static_cast<unsigned char>(c);
-        if ((u >= 'A' && u <= 'Z') || (u >= 'a' && u <= 'z') || (u >= '0' && u <= '9') || u == '.' || u == '-' ||
-            u == '*' || u == '_') {
+        const bool alnum = (u >= 'A' && u <= 'Z') || (u >= 'a' && u <= 'z') || (u >= '0' && u <= '9');
+        if (alnum || u == '.' || u == '-' || u == '*' || u == '_') {
             out += c;
         } else if (u == ' ') {
             out += '+';

@@ -348,17 +348,21 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
     // are fallbacks for known SDK/Alipay disagreements, tried only when the data makes them differ.
     const auto sorted = signable_sorted(fields);
     const bool has_cert_sn = find_field(fields, "alipay_cert_sn") != nullptr;
-    const bool has_empty = std::any_of(sorted.begin(), sorted.end(), [](const auto* f) { return f->second.empty(); });
-    const bool has_quot = std::any_of(sorted.begin(), sorted.end(),
-                                      [](const auto* f) { return f->second.find("&quot;") != std::string::npos; });
+    bool has_empty = false;
+    bool has_quot = false;
+    for (const auto* field : sorted) {
+        has_empty = has_empty || field->second.empty();
+        has_quot = has_quot || field->second.find("&quot;") != std::string::npos;
+    }
     std::vector<Variant> variants;
     for (const bool skip_empty : {false, true}) {
         for (const bool unescape_quot : {false, true}) {
             for (const bool exclude_cert_sn : {true, false}) {
-                if ((skip_empty && !has_empty) || (unescape_quot && !has_quot) || (!exclude_cert_sn && !has_cert_sn)) {
-                    continue;
+                const bool applicable =
+                    (!skip_empty || has_empty) && (!unescape_quot || has_quot) && (exclude_cert_sn || has_cert_sn);
+                if (applicable) {
+                    variants.push_back(Variant{exclude_cert_sn, skip_empty, unescape_quot});
                 }
-                variants.push_back(Variant{exclude_cert_sn, skip_empty, unescape_quot});
             }
         }
     }
@@ -470,7 +474,8 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         event.refund_cumulative = true;
         const std::string* out_biz_no = find_field(fields, "out_biz_no");
         // Without out_biz_no, the cumulative amount still identifies this refund state uniquely.
-        event.refund_id = present(out_biz_no) ? *out_biz_no : "alipay-refund-" + std::to_string(event.refund_fen);
+        event.refund_id =
+            present(out_biz_no) ? *out_biz_no : "alipay-refund-" + std::to_string(event.refund_fen);
     } else if (*trade_status == "TRADE_SUCCESS" || *trade_status == "TRADE_FINISHED") {
         if (event.total_fen < 0 || event.provider_txn_id.empty()) {
             return make_error_code(errc::malformed_request);

@@ -46,10 +46,20 @@ struct VerifiedNotice {
     std::string notes;                  ///< fallbacks used, "; "-separated ("" when none)
 };
 
-/// Normalises verified UTF-8 fields into a PaymentEvent (provider/channel "alipay"), mapping
-/// trade_status and the refund fields as documented in alipay_gateway.cpp. Checks nothing about
-/// authenticity. Errors: errc::malformed_request (missing out_trade_no/notify_id/trade_status,
-/// missing trade_no or total_amount on a payment, bad amounts or times).
+/// Normalises verified UTF-8 fields into a PaymentEvent. Checks nothing about authenticity.
+/// - provider and channel "alipay", account = app_id, notification_id = notify_id,
+///   bill_id = out_trade_no, provider_txn_id = trade_no, currency "CNY",
+///   total_fen = total_amount (-1 when absent), provider_status = trade_status.
+/// - Refund when gmt_refund is present or refund_fee > 0 (whatever trade_status says, so a
+///   TRADE_CLOSED full refund is a refund): refund_fen = refund_fee, cumulative (a TRADE_CLOSED
+///   refund without refund_fee refunds total_amount); refund_id = out_biz_no, or
+///   "alipay-refund-<refund fen>" when absent. Otherwise TRADE_SUCCESS / TRADE_FINISHED → payment,
+///   TRADE_CLOSED → close, anything else (WAIT_BUYER_PAY, future statuses) → none.
+/// - occurred_at (RFC 3339 UTC) from the first present of gmt_refund (refunds only), gmt_payment,
+///   gmt_close, notify_time, read as Beijing time; "" when none is present.
+/// Errors: errc::malformed_request for missing app_id/notify_id/out_trade_no/trade_status, a
+/// payment without trade_no or total_amount, a refund without a positive amount, an amount that
+/// parse_yuan rejects, or an unparsable time.
 Result<PaymentEvent> to_payment_event(const FormFields& utf8_fields);
 
 /// The "alipay" gateway. Immutable after construction and safe to share between threads.

@@ -78,20 +78,32 @@ AlipayNotice base_notice(const NoticeSpec& spec, std::int64_t unix_ms, std::stri
     return notice;
 }
 
+// The bytes Alipay puts on the wire for a UTF-8 value in the notice's charset.
+std::string in_charset(const AlipayNotice& notice, const std::string& key, std::string_view utf8)
+{
+    auto bytes = from_utf8(utf8, notice.charset);
+    if (!bytes) {
+        throw std::invalid_argument("alipay_sim: field " + key + " is not representable in " + notice.charset);
+    }
+    return std::move(*bytes);
+}
+
 }  // namespace
 
 std::string format_beijing_time(std::int64_t unix_ms, bool millis)
 {
     const std::int64_t beijing_ms = unix_ms + 8LL * 3600 * 1000;
-    const auto seconds = static_cast<std::time_t>(beijing_ms >= 0 ? beijing_ms / 1000 : (beijing_ms - 999) / 1000);
+    // Floor division, so that times before 1970 still get the right second and millisecond.
+    const std::int64_t floor_seconds = beijing_ms >= 0 ? beijing_ms / 1000 : (beijing_ms - 999) / 1000;
+    const auto seconds = static_cast<std::time_t>(floor_seconds);
     std::tm tm{};
     gmtime_r(&seconds, &tm);
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday,
-                  tm.tm_hour, tm.tm_min, tm.tm_sec);
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02d %02d:%02d:%02d", tm.tm_year + 1900, tm.tm_mon + 1,
+                  tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec);
     std::string out(buf);
     if (millis) {
-        std::snprintf(buf, sizeof buf, ".%03d", static_cast<int>(((beijing_ms % 1000) + 1000) % 1000));
+        std::snprintf(buf, sizeof buf, ".%03d", static_cast<int>(beijing_ms - floor_seconds * 1000));
         out += buf;
     }
     return out;
@@ -113,7 +125,8 @@ AlipayNotice make_paid_notice(const NoticeSpec& spec, std::string_view trade_sta
     return notice;
 }
 
-AlipayNotice make_refund_notice(const NoticeSpec& spec, std::int64_t refunded_total_fen, std::string_view out_biz_no)
+AlipayNotice make_refund_notice(const NoticeSpec& spec, std::int64_t refunded_total_fen,
+                                std::string_view out_biz_no)
 {
     const std::int64_t unix_ms = now_ms(spec);
     const std::string trade_no = spec.trade_no.empty() ? make_trade_no(unix_ms) : spec.trade_no;
@@ -170,11 +183,7 @@ std::string alipay_sign_string(const AlipayNotice& notice)
         if (key == "sign" || key == "sign_type") {
             continue;
         }
-        auto bytes = from_utf8(value, notice.charset);
-        if (!bytes) {
-            throw std::invalid_argument("alipay_sim: field " + key + " is not representable in " + notice.charset);
-        }
-        encoded.emplace_back(key, std::move(*bytes));
+        encoded.emplace_back(key, in_charset(notice, key, value));
     }
     std::sort(encoded.begin(), encoded.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
     std::string out;
@@ -209,11 +218,7 @@ std::string build_alipay_body(const AlipayNotice& notice, EVP_PKEY* alipay_priva
         if (key == "sign" || key == "sign_type") {
             continue;
         }
-        auto bytes = from_utf8(value, notice.charset);
-        if (!bytes) {
-            throw std::invalid_argument("alipay_sim: field " + key + " is not representable in " + notice.charset);
-        }
-        append(key, *bytes);
+        append(key, in_charset(notice, key, value));
     }
     if (!notice.sign_type.empty()) {
         append("sign_type", notice.sign_type);

@@ -58,7 +58,9 @@ const FormFields kWorkedExample = {
     {"gmt_payment", "2016-07-19 14:10:47"},
     {"trade_status", "TRADE_SUCCESS"},
     {"version", "1.0"},
-    {"sign", "kPbQIjX+xQc8F0/A6/AocELIjhhZnGbcBN6G4MM/HmfWL4ZiHM6fWl5NQhzXJusaklZ1LFuMo+lHQUELAYeugH8LYFvxnNajOvZhuxNFbN2LhF0l/KL8ANtj8oyPM4NN7Qft2kWJTDJUpQOzCzNnV9hDxh5AaT9FPqRS6ZKxnzM="},
+    // The document truncates sign ("kPbQ…"); any base64 stands in, it is not part of the string.
+    {"sign", "kPbQIjX+xQc8F0/A6/AocELIjhhZnGbcBN6G4MM/HmfWL4ZiHM6fWl5NQhzXJusaklZ1LFuMo+lHQUELAYeugH8L"
+             "YFvxnNajOvZhuxNFbN2LhF0l/KL8ANtj8oyPM4NN7Qft2kWJTDJUpQOzCzNnV9hDxh5AaT9FPqRS6ZKxnzM="},
     {"gmt_create", "2016-07-19 14:10:44"},
     {"app_id", "2015102700040153"},
     {"seller_id", "2088102119685838"},
@@ -263,7 +265,8 @@ TEST_CASE("required fields, duplicates and garbage → malformed_request")
 TEST_CASE("GBK notification with a Chinese subject: verified on GBK bytes, then transcoded")
 {
     auto gw = make_gateway({app_config()});
-    const std::string subject = "\xE5\xA4\xA7\xE4\xB9\x90\xE9\x80\x8F" "2.1 \xE4\xBC\x9A\xE5\x91\x98+";  // 大乐透2.1 会员+
+    // 大乐透2.1 会员+
+    const std::string subject = "\xE5\xA4\xA7\xE4\xB9\x90\xE9\x80\x8F" "2.1 \xE4\xBC\x9A\xE5\x91\x98+";
     auto s = spec();
     s.charset = "GBK";
     s.subject = subject;
@@ -282,7 +285,8 @@ TEST_CASE("GBK notification with a Chinese subject: verified on GBK bytes, then 
     auto utf8_view = notice;
     utf8_view.charset = "utf-8";
     std::string wrong = body.substr(0, body.rfind("&sign_type="));
-    auto sig = crypto::rsa_sign(private_key(alipay_keys()).get(), crypto::Digest::sha256, alipay_sign_string(utf8_view));
+    auto sig =
+        crypto::rsa_sign(private_key(alipay_keys()).get(), crypto::Digest::sha256, alipay_sign_string(utf8_view));
     REQUIRE(sig.has_value());
     wrong += "&sign_type=RSA2&sign=" + form_encode(crypto::base64_encode(*sig));
     CHECK(error_of(gw->verify(wrong)) == make_error_code(errc::bad_signature));
@@ -346,7 +350,8 @@ TEST_CASE("fallback: HTML-escaped quotes in a value, spaces in sign")
     auto gw = make_gateway({app_config()});
     auto notice = make_paid_notice(spec());
     auto escaped = notice;
-    set_field(escaped, "fund_bill_list", "[{&quot;amount&quot;:&quot;12.34&quot;,&quot;fundChannel&quot;:&quot;ALIPAYACCOUNT&quot;}]");
+    set_field(escaped, "fund_bill_list",
+              "[{&quot;amount&quot;:&quot;12.34&quot;,&quot;fundChannel&quot;:&quot;ALIPAYACCOUNT&quot;}]");
     // The body carries the HTML-escaped value, the signature covers real quotes.
     auto quot = gw->verify(body_signed_over(escaped, alipay_sign_string(notice)));
     REQUIRE(quot.has_value());

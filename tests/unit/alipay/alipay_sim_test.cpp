@@ -26,7 +26,8 @@ TEST_CASE("build_alipay_body: given order, URLEncoder encoding, sign_type and si
         "charset=utf-8&sign_type=RSA2&sign=";
     REQUIRE(body.starts_with(expected_prefix));
     CHECK(alipay_sign_string(notice) ==
-          "app_id=2021&charset=utf-8&out_trade_no=A 1&passback_params=%7B\"a\":1%7D&subject=\xE4\xBC\x9A\xE5\x91\x98+");
+          "app_id=2021&charset=utf-8&out_trade_no=A 1&passback_params=%7B\"a\":1%7D&"
+          "subject=\xE4\xBC\x9A\xE5\x91\x98+");
 
     // The signature is SHA256withRSA over the sign string, checked with the public key directly.
     auto fields = parse_form(body);
