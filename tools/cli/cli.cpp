@@ -3,6 +3,7 @@
 #include "tools/cli/api_commands.hpp"
 #include "tools/cli/keys_init.hpp"
 #include "tools/cli/listen.hpp"
+#include "tools/cli/trigger.hpp"
 
 #include <exception>
 #include <ostream>
@@ -54,6 +55,9 @@ int run(const std::vector<std::string>& argv, const Io& io)
         }
         if (command == "keys") {
             return cmd_keys(rest, io);
+        }
+        if (command == "trigger") {
+            return cmd_trigger(rest, io);
         }
         if (command == "listen") {
             return cmd_listen(rest, io);

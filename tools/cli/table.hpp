@@ -1,7 +1,7 @@
 #pragma once
 
 // Plain-text tables for terminal output: left-aligned columns separated by two spaces, widths
-// measured in UTF-8 code points, and "-" for empty cells.
+// measured in terminal columns (CJK characters take two), and "-" for empty cells.
 
 #include <iosfwd>
 #include <string>
@@ -25,7 +25,7 @@ private:
     std::vector<std::vector<std::string>> rows_;
 };
 
-/// Number of UTF-8 code points in `text` (continuation bytes are not counted).
+/// Terminal columns `text` takes: one per UTF-8 code point, two for East Asian wide characters.
 std::size_t display_width(const std::string& text);
 
 }  // namespace paybridge::cli
