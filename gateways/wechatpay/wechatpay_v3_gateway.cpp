@@ -223,7 +223,9 @@ Result<ChosenKey> choose_key(const V3Merchant& merchant, std::string_view serial
         }
         return ChosenKey{cert.key.get(), "key=platform_certificate:" + cert.serial};
     }
-    log::warning("wechatpay.v3.unknown_serial", {{"mchid", merchant.mchid}, {"serial", wanted}});
+    // The serial is untrusted input: logged escaped (log.hpp) and cut to a serial's length.
+    log::warning("wechatpay.v3.unknown_serial",
+                 {{"mchid", merchant.mchid}, {"serial", std::string_view(wanted).substr(0, 64)}});
     return error(errc::bad_signature);
 }
 
