@@ -1,34 +1,27 @@
 #include "config/load.hpp"
 
+#include "config/detail/addresses.hpp"
 #include "config/detail/files.hpp"
-#include "config/schema.hpp"
+#include "config/detail/problems.hpp"
+#include "config/detail/schema_check.hpp"
 
 #include <openssl/evp.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
-#include <rapidjson/pointer.h>
-#include <rapidjson/schema.h>
-#include <rapidjson/stringbuffer.h>
-#include <rapidjson/writer.h>
 
-#include <algorithm>
-#include <charconv>
 #include <cstdint>
-#include <limits>
 #include <map>
-#include <set>
-#include <sstream>
-#include <stdexcept>
 #include <utility>
 
 namespace paybridge::config {
 
 namespace {
 
+using detail::child;
+using detail::Problems;
 using rapidjson::Document;
 using rapidjson::SizeType;
 using rapidjson::Value;
-using Allocator = Document::AllocatorType;
 
 constexpr std::size_t kMaxConfigBytes = 1024 * 1024;
 constexpr std::size_t kMaxPemBytes = 1024 * 1024;  // a CA bundle can be a few hundred KiB
@@ -36,520 +29,7 @@ constexpr std::size_t kWechatKeyBytes = 32;
 constexpr std::string_view kPublicKeyIdPrefix = "PUB_KEY_ID_";
 constexpr std::string_view kWebhookSecretPrefix = "whsec_";
 
-// ---------------------------------------------------------------------------------------------
-// JSON pointers and values as text
-
-std::string escape_token(std::string_view key)
-{
-    std::string out;
-    out.reserve(key.size());
-    for (char c : key) {
-        if (c == '~') {
-            out += "~0";
-        } else if (c == '/') {
-            out += "~1";
-        } else {
-            out += c;
-        }
-    }
-    return out;
-}
-
-std::string child(const std::string& ptr, std::string_view key) { return ptr + "/" + escape_token(key); }
-std::string child(const std::string& ptr, SizeType index) { return ptr + "/" + std::to_string(index); }
-
-std::string pointer_text(const rapidjson::Pointer& p)
-{
-    rapidjson::StringBuffer sb;
-    p.Stringify(sb);
-    return {sb.GetString(), sb.GetSize()};
-}
-
-std::string json_text(const Value& v)
-{
-    rapidjson::StringBuffer sb;
-    rapidjson::Writer<rapidjson::StringBuffer> writer(sb);
-    v.Accept(writer);
-    return {sb.GetString(), sb.GetSize()};
-}
-
 std::string_view str(const Value& v) { return {v.GetString(), v.GetStringLength()}; }
-
-std::string type_phrase(const Value& v)
-{
-    if (v.IsNull()) {
-        return "null";
-    }
-    if (v.IsBool()) {
-        return "a boolean";
-    }
-    if (v.IsObject()) {
-        return "an object";
-    }
-    if (v.IsArray()) {
-        return "an array";
-    }
-    if (v.IsString()) {
-        return "a string";
-    }
-    return v.IsDouble() ? "a number with a fraction" : "an integer";
-}
-
-std::string schema_type_phrase(std::string_view type)
-{
-    if (type == "integer" || type == "object" || type == "array") {
-        return "an " + std::string(type);
-    }
-    if (type == "null") {
-        return "null";
-    }
-    return "a " + std::string(type);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Collected problems
-
-class Problems {
-public:
-    /// Records "<ptr>: <what>" once; `ptr` is also marked so that later phases skip the value.
-    void add(const std::string& ptr, std::string_view what)
-    {
-        note(ptr, what);
-        bad_.insert(ptr);
-    }
-
-    /// Records "<ptr>: <what>" once without marking `ptr`: for the semantic checks of phase 4, which
-    /// visit each value once and must not hide the problems of its siblings and children.
-    void note(const std::string& ptr, std::string_view what)
-    {
-        std::string line = (ptr.empty() ? std::string("(root)") : ptr) + ": " + std::string(what);
-        if (seen_.insert(line).second) {
-            lines_.push_back(std::move(line));
-        }
-    }
-
-    /// A problem about the file itself (no pointer).
-    void add_file(std::string line) { lines_.push_back(std::move(line)); }
-
-    /// True when `ptr` or one of its ancestors already has a problem.
-    bool is_bad(const std::string& ptr) const
-    {
-        for (const std::string& b : bad_) {
-            if (ptr == b || (ptr.size() > b.size() && ptr.compare(0, b.size(), b) == 0 && ptr[b.size()] == '/')) {
-                return true;
-            }
-        }
-        return false;
-    }
-
-    bool empty() const noexcept { return lines_.empty(); }
-    std::vector<std::string> take() { return std::move(lines_); }
-
-private:
-    std::vector<std::string> lines_;
-    std::set<std::string> seen_;
-    std::set<std::string> bad_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Phase 2: duplicate keys
-
-void find_duplicate_keys(const Value& v, const std::string& ptr, Problems& problems)
-{
-    if (v.IsObject()) {
-        std::set<std::string_view> names;
-        for (const auto& m : v.GetObject()) {
-            const std::string p = child(ptr, str(m.name));
-            if (!names.insert(str(m.name)).second) {
-                problems.add(p, "duplicate key");
-            }
-            find_duplicate_keys(m.value, p, problems);
-        }
-    } else if (v.IsArray()) {
-        for (SizeType i = 0; i < v.Size(); ++i) {
-            find_duplicate_keys(v[i], child(ptr, i), problems);
-        }
-    }
-}
-
-// ---------------------------------------------------------------------------------------------
-// Phase 3: schema validation that reports every violation
-//
-// RapidJSON 1.1 (Debian 12's version) has no GetError() and no "continue on error" flag: its
-// validator stops at the first violation and reports one (schema pointer, keyword, document
-// pointer). To report them all we validate repeatedly. Before the first pass the schema is
-// *specialised* to the document: local $refs are inlined and an "items" schema is repeated once
-// per element of the instance array (the tuple form of "items"), so that every schema node governs
-// exactly one place in the document. After each reported violation the offending keyword is
-// removed from that one node ("relaxed") and validation runs again, until the document passes.
-// Every pass removes a keyword, so this terminates; a configuration has a few hundred keywords at
-// most and each pass takes microseconds.
-
-class SchemaChecker {
-public:
-    explicit SchemaChecker(const Document& document) : document_(document)
-    {
-        schema_.Parse(kConfigSchema.data(), kConfigSchema.size());
-        if (schema_.HasParseError()) {
-            throw std::logic_error("config/schema.cpp: kConfigSchema is not valid JSON");
-        }
-    }
-
-    void run(Problems& problems)
-    {
-        Document specialised;
-        Value root = specialise(schema_, &document_, specialised.GetAllocator(), 0);
-        static_cast<Value&>(specialised) = root;
-
-        for (;;) {
-            std::string keyword;
-            std::string schema_ptr;
-            std::string document_ptr;
-            {
-                rapidjson::SchemaDocument schema_document(specialised);
-                rapidjson::SchemaValidator validator(schema_document);
-                if (document_.Accept(validator)) {
-                    return;
-                }
-                keyword = validator.GetInvalidSchemaKeyword();
-                schema_ptr = pointer_text(validator.GetInvalidSchemaPointer());
-                document_ptr = pointer_text(validator.GetInvalidDocumentPointer());
-            }
-            Value* node = rapidjson::Pointer(schema_ptr.c_str()).Get(specialised);
-            if (node == nullptr || !node->IsObject()) {
-                throw std::logic_error("schema validator reported an unknown schema node " + schema_ptr);
-            }
-            report(*node, keyword, document_ptr, problems);
-            if (!relax(*node, keyword)) {
-                throw std::logic_error("schema keyword " + keyword + " at " + schema_ptr + " cannot be relaxed");
-            }
-        }
-    }
-
-private:
-    Value specialise(const Value& schema, const Value* instance, Allocator& a, int depth) const
-    {
-        if (depth > 64) {
-            throw std::logic_error("config schema: $ref recursion");
-        }
-        if (!schema.IsObject()) {
-            return Value(schema, a);
-        }
-        auto ref = schema.FindMember("$ref");
-        if (ref != schema.MemberEnd() && ref->value.IsString()) {
-            const std::string_view target = str(ref->value);
-            if (!target.starts_with("#/")) {
-                throw std::logic_error("config schema: only local $refs are supported");
-            }
-            const Value* resolved = rapidjson::Pointer(std::string(target.substr(1)).c_str()).Get(schema_);
-            if (resolved == nullptr) {
-                throw std::logic_error("config schema: dangling $ref " + std::string(target));
-            }
-            return specialise(*resolved, instance, a, depth + 1);
-        }
-        Value out(rapidjson::kObjectType);
-        for (const auto& m : schema.GetObject()) {
-            const std::string_view name = str(m.name);
-            if (name == "definitions") {
-                continue;
-            }
-            Value key(m.name, a);
-            if (name == "properties" && m.value.IsObject()) {
-                Value properties(rapidjson::kObjectType);
-                for (const auto& p : m.value.GetObject()) {
-                    const Value* sub = nullptr;
-                    if (instance != nullptr && instance->IsObject()) {
-                        auto it = instance->FindMember(p.name);
-                        sub = it == instance->MemberEnd() ? nullptr : &it->value;
-                    }
-                    properties.AddMember(Value(p.name, a), specialise(p.value, sub, a, depth + 1), a);
-                }
-                out.AddMember(key, properties, a);
-            } else if (name == "items" && m.value.IsObject() && instance != nullptr && instance->IsArray()) {
-                Value items(rapidjson::kArrayType);
-                for (const Value& element : instance->GetArray()) {
-                    items.PushBack(specialise(m.value, &element, a, depth + 1), a);
-                }
-                out.AddMember(key, items, a);
-            } else if (name == "items" && m.value.IsObject()) {
-                out.AddMember(key, specialise(m.value, nullptr, a, depth + 1), a);
-            } else {
-                out.AddMember(key, Value(m.value, a), a);
-            }
-        }
-        return out;
-    }
-
-    static std::string number(const Value& v)
-    {
-        if (v.IsInt64()) {
-            return std::to_string(v.GetInt64());
-        }
-        if (v.IsUint64()) {
-            return std::to_string(v.GetUint64());
-        }
-        std::ostringstream os;
-        os << v.GetDouble();
-        return os.str();
-    }
-
-    static bool flag(const Value& node, const char* name)
-    {
-        auto it = node.FindMember(name);
-        return it != node.MemberEnd() && it->value.IsBool() && it->value.GetBool();
-    }
-
-    const Value* instance_at(const std::string& ptr) const
-    {
-        return rapidjson::Pointer(ptr.c_str()).Get(document_);
-    }
-
-    void report(const Value& node, const std::string& keyword, const std::string& ptr, Problems& problems) const
-    {
-        const Value* value = instance_at(ptr);
-        auto kw = node.FindMember(keyword.c_str());
-        const Value* arg = kw == node.MemberEnd() ? nullptr : &kw->value;
-
-        if (keyword == "required" && arg != nullptr && arg->IsArray() && value != nullptr && value->IsObject()) {
-            for (const Value& name : arg->GetArray()) {
-                if (name.IsString() && !value->HasMember(name)) {
-                    problems.add(child(ptr, str(name)), "required property missing");
-                }
-            }
-            return;
-        }
-        if (keyword == "additionalProperties") {
-            // Reported from the validator's Key handler: the pointer already names the key.
-            const rapidjson::Pointer key_ptr(ptr.c_str());
-            if (key_ptr.GetTokenCount() == 0) {
-                problems.add(ptr, "unknown property");
-                return;
-            }
-            const rapidjson::Pointer object_ptr(key_ptr.GetTokens(), key_ptr.GetTokenCount() - 1);
-            const std::string object_text = pointer_text(object_ptr);
-            const Value* object = object_ptr.Get(document_);
-            auto properties = node.FindMember("properties");
-            if (object != nullptr && object->IsObject()) {
-                for (const auto& m : object->GetObject()) {
-                    const bool known = properties != node.MemberEnd() && properties->value.IsObject() &&
-                                       properties->value.HasMember(m.name);
-                    if (!known) {
-                        problems.add(child(object_text, str(m.name)), "unknown property");
-                    }
-                }
-                return;
-            }
-            problems.add(ptr, "unknown property");
-            return;
-        }
-
-        std::string what;
-        if (keyword == "type" && arg != nullptr) {
-            if (arg->IsString()) {
-                what = "must be " + schema_type_phrase(str(*arg));
-            } else if (arg->IsArray()) {
-                what = "must be";
-                const char* sep = " ";
-                for (const Value& t : arg->GetArray()) {
-                    if (t.IsString()) {
-                        what += sep + schema_type_phrase(str(t));
-                        sep = " or ";
-                    }
-                }
-            }
-            if (value != nullptr) {
-                what += ", not " + type_phrase(*value);
-            }
-        } else if (keyword == "minimum" && arg != nullptr && arg->IsNumber()) {
-            what = (flag(node, "exclusiveMinimum") ? "must be > " : "must be >= ") + number(*arg);
-        } else if (keyword == "maximum" && arg != nullptr && arg->IsNumber()) {
-            what = (flag(node, "exclusiveMaximum") ? "must be < " : "must be <= ") + number(*arg);
-        } else if (keyword == "minLength" && arg != nullptr && arg->IsNumber()) {
-            what = number(*arg) == "1" ? std::string("must not be empty")
-                                       : "must be at least " + number(*arg) + " characters long";
-        } else if (keyword == "maxLength" && arg != nullptr && arg->IsNumber()) {
-            what = "must be at most " + number(*arg) + " characters long";
-        } else if (keyword == "minItems" && arg != nullptr && arg->IsNumber()) {
-            what = number(*arg) == "1" ? std::string("must not be empty")
-                                       : "must have at least " + number(*arg) + " items";
-        } else if (keyword == "maxItems" && arg != nullptr && arg->IsNumber()) {
-            what = "must have at most " + number(*arg) + " items";
-        } else if (keyword == "pattern" && arg != nullptr && arg->IsString()) {
-            auto description = node.FindMember("description");
-            what = description != node.MemberEnd() && description->value.IsString()
-                       ? "must be " + std::string(str(description->value))
-                       : "must match the pattern " + json_text(*arg);
-        } else if (keyword == "enum" && arg != nullptr && arg->IsArray()) {
-            what = "must be one of";
-            const char* sep = " ";
-            for (const Value& option : arg->GetArray()) {
-                what += sep + json_text(option);
-                sep = ", ";
-            }
-        }
-        if (what.empty()) {
-            what = "violates the schema keyword \"" + keyword + "\"";
-        }
-        problems.add(ptr, what);
-    }
-
-    static bool relax(Value& node, const std::string& keyword)
-    {
-        const bool removed = node.EraseMember(keyword.c_str());
-        if (keyword == "minimum") {
-            node.EraseMember("exclusiveMinimum");
-        } else if (keyword == "maximum") {
-            node.EraseMember("exclusiveMaximum");
-        }
-        return removed;
-    }
-
-    const Document& document_;
-    Document schema_;
-};
-
-// ---------------------------------------------------------------------------------------------
-// Phase 4 helpers: host:port and URLs
-
-std::optional<std::uint16_t> parse_port(std::string_view text)
-{
-    if (text.empty() || text.size() > 5) {
-        return std::nullopt;
-    }
-    unsigned value = 0;
-    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
-    if (ec != std::errc{} || end != text.data() + text.size() || value < 1 || value > 65535) {
-        return std::nullopt;
-    }
-    return static_cast<std::uint16_t>(value);
-}
-
-struct HostPort {
-    std::string host;
-    std::optional<std::uint16_t> port;
-};
-
-// "host", "host:port", "[v6]", "[v6]:port". Returns a reason on failure.
-std::string split_host_port(std::string_view text, bool port_required, HostPort& out)
-{
-    std::string_view host;
-    std::string_view rest;
-    if (text.starts_with('[')) {
-        const auto close = text.find(']');
-        if (close == std::string_view::npos) {
-            return "unterminated [IPv6 address]";
-        }
-        host = text.substr(1, close - 1);
-        rest = text.substr(close + 1);
-        if (!rest.empty() && !rest.starts_with(':')) {
-            return "unexpected characters after the [IPv6 address]";
-        }
-    } else {
-        const auto colon = text.rfind(':');
-        host = colon == std::string_view::npos ? text : text.substr(0, colon);
-        rest = colon == std::string_view::npos ? std::string_view{} : text.substr(colon);
-        if (host.find(':') != std::string_view::npos) {
-            return "an IPv6 address must be written in brackets, e.g. [::1]:8080";
-        }
-    }
-    if (host.empty()) {
-        return "the host is empty";
-    }
-    if (host.find_first_of(" \t/?#@") != std::string_view::npos) {
-        return "the host \"" + std::string(host) + "\" contains invalid characters";
-    }
-    out.host = std::string(host);
-    if (rest.empty()) {
-        if (port_required) {
-            return "the port is missing";
-        }
-        return {};
-    }
-    out.port = parse_port(rest.substr(1));
-    if (!out.port) {
-        return "the port must be a number from 1 to 65535";
-    }
-    return {};
-}
-
-std::string parse_endpoint(std::string_view text, Endpoint& out)
-{
-    HostPort hp;
-    std::string why = split_host_port(text, true, hp);
-    if (why.empty()) {
-        out.host = hp.host;
-        out.port = *hp.port;
-    }
-    return why;
-}
-
-// redis://[user@]host[:port][/db]. A password in the URL is refused: it would be a secret written
-// inline in the configuration file.
-std::string parse_redis_url(std::string_view url, RedisConfig& out)
-{
-    constexpr std::string_view scheme = "redis://";
-    if (!url.starts_with(scheme)) {
-        return "must start with redis://";
-    }
-    std::string_view rest = url.substr(scheme.size());
-    if (rest.find_first_of("?#") != std::string_view::npos) {
-        return "query strings and fragments are not supported";
-    }
-    const auto slash = rest.find('/');
-    std::string_view authority = rest.substr(0, slash);
-    const std::string_view path = slash == std::string_view::npos ? std::string_view{} : rest.substr(slash + 1);
-    const auto at = authority.rfind('@');
-    if (at != std::string_view::npos) {
-        const std::string_view userinfo = authority.substr(0, at);
-        if (userinfo.find(':') != std::string_view::npos) {
-            return "a password must not be written in the URL; set \"password\" to a secret reference "
-                   "(env:NAME, file:PATH or cred:NAME)";
-        }
-        if (userinfo.empty()) {
-            return "the user name before @ is empty";
-        }
-        out.username = std::string(userinfo);
-        authority = authority.substr(at + 1);
-    }
-    HostPort hp;
-    if (std::string why = split_host_port(authority, false, hp); !why.empty()) {
-        return why;
-    }
-    out.host = hp.host;
-    out.port = hp.port.value_or(6379);
-    out.db = 0;
-    if (!path.empty()) {
-        int db = 0;
-        auto [end, ec] = std::from_chars(path.data(), path.data() + path.size(), db);
-        if (ec != std::errc{} || end != path.data() + path.size() || db < 0 || path.size() > 6) {
-            return "the database after / must be a number from 0 to 999999";
-        }
-        out.db = db;
-    }
-    return {};
-}
-
-// http(s)://host[:port][/path][?query]
-std::string check_http_url(std::string_view url)
-{
-    std::string_view rest;
-    if (url.starts_with("https://")) {
-        rest = url.substr(8);
-    } else if (url.starts_with("http://")) {
-        rest = url.substr(7);
-    } else {
-        return "must start with http:// or https://";
-    }
-    if (rest.find('#') != std::string_view::npos) {
-        return "must not contain a #fragment";
-    }
-    const std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
-    if (authority.find('@') != std::string_view::npos) {
-        return "must not contain credentials (user:password@)";
-    }
-    HostPort hp;
-    return split_host_port(authority, false, hp);
-}
 
 // Standard Webhooks: "whsec_" + base64 of the HMAC key.
 std::string check_webhook_secret(std::string_view secret)
@@ -694,7 +174,7 @@ private:
 
     bool endpoint(const Value& v, const std::string& ptr, Endpoint& out)
     {
-        if (std::string why = parse_endpoint(str(v), out); !why.empty()) {
+        if (std::string why = detail::parse_endpoint(str(v), out); !why.empty()) {
             problems_.note(ptr, why);
             return false;
         }
@@ -816,7 +296,7 @@ private:
     void parse_redis(const Value& v, const std::string& ptr, RedisConfig& out)
     {
         if (const Value* url = string_at(v, ptr, "url")) {
-            if (std::string why = parse_redis_url(str(*url), out); !why.empty()) {
+            if (std::string why = detail::parse_redis_url(str(*url), out); !why.empty()) {
                 problems_.note(child(ptr, "url"), why);
             }
         }
@@ -972,7 +452,7 @@ private:
     void parse_crm(const Value& v, const std::string& ptr, CrmConfig& out)
     {
         if (const Value* url = string_at(v, ptr, "url")) {
-            if (std::string why = check_http_url(str(*url)); !why.empty()) {
+            if (std::string why = detail::check_http_url(str(*url)); !why.empty()) {
                 problems_.note(child(ptr, "url"), why);
             }
             out.url = std::string(str(*url));
@@ -1064,8 +544,8 @@ LoadReport load_config_text(std::string_view json, const std::filesystem::path& 
         return report;
     }
 
-    find_duplicate_keys(document, "", problems);
-    SchemaChecker(document).run(problems);
+    detail::find_duplicate_keys(document, problems);
+    detail::check_schema(document, problems);
 
     Config cfg;
     cfg.path = path.string();
