@@ -534,6 +534,10 @@ LoadReport load_config_text(std::string_view json, const std::filesystem::path& 
     Problems problems;
     LoadReport report;
 
+    // Editors on Windows save UTF-8 with a byte-order mark; it carries no meaning in JSON.
+    if (json.starts_with("\xEF\xBB\xBF")) {
+        json.remove_prefix(3);
+    }
     Document document;
     // Strict JSON (no comments, no trailing commas) so that jq and other tools read the same file.
     document.Parse<rapidjson::kParseValidateEncodingFlag>(json.data(), json.size());

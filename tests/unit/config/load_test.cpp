@@ -486,6 +486,16 @@ TEST_CASE("config: invalid JSON and duplicate keys")
                                     ":3:3: invalid JSON: Missing a name for object member.");
     CHECK_FALSE(syntax.config);
 
+    const LoadReport bom = load(box, "\xEF\xBB\xBF{ \"log\": { \"level\": \"error\" } }");
+    INFO(dump(bom.problems));
+    REQUIRE(bom.config);
+    CHECK(bom.config->log_level == log::Level::error);
+
+    const LoadReport latin1 = load(box, "{ \"api_tokens\": [ { \"name\": \"caf\xE9\", \"token\": \"env:T\" } ] }");
+    REQUIRE(latin1.problems.size() == 1);
+    CAPTURE(latin1.problems[0]);
+    CHECK(latin1.problems[0].find(":1:33: invalid JSON: Invalid encoding in string.") != std::string::npos);
+
     const LoadReport trailing = load(box, "{} {}");
     REQUIRE(trailing.problems.size() == 1);
     CHECK(trailing.problems[0].find(":1:4: invalid JSON:") != std::string::npos);
