@@ -501,8 +501,14 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
     // Each shard's stream is ordered by (ms, seq); entries of different shards with the same id
     // are ordered by shard. So after cursor (ms, seq, shard c): shards <= c start strictly after
     // the id, shards > c at the id itself.
+    //
+    // A write later in the current millisecond could land in a lower shard with an id that sorts
+    // before a cursor we hand out now, and a consumer tailing the feed would never see it. So read
+    // Redis's clock in the same pipeline (commands run in order) and hold back entries of the
+    // current millisecond: every later write then sorts after every cursor returned.
     std::vector<std::vector<std::string>> batch;
-    batch.reserve(static_cast<std::size_t>(keys_.shards()));
+    batch.reserve(static_cast<std::size_t>(keys_.shards()) + 1);
+    batch.push_back({"TIME"});
     for (int s = 0; s < keys_.shards(); ++s) {
         std::string start = "-";
         if (from) {
@@ -516,10 +522,17 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
         co_return replies.error();
     }
 
+    const Reply& time = (*replies)[0];
+    if (!time.is_array() || time.elements.size() != 2) {
+        co_return unexpected_reply("time", time);
+    }
+    const auto settled_before = static_cast<std::uint64_t>(parse_i64(time.elements[0].str) * 1000 +
+                                                           parse_i64(time.elements[1].str) / 1000);
+
     const std::string_view json_field = anomalies ? "anomaly" : "event";
     std::vector<std::pair<StreamPos, const std::string*>> items;
     for (int s = 0; s < keys_.shards(); ++s) {
-        const Reply& entries = (*replies)[static_cast<std::size_t>(s)];
+        const Reply& entries = (*replies)[static_cast<std::size_t>(s) + 1];
         if (!entries.is_array()) {
             co_return unexpected_reply("xrange", entries);
         }
@@ -531,6 +544,9 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
             pos.shard = s;
             if (!parse_stream_id(entry.elements[0].str, pos.ms, pos.seq)) {
                 co_return unexpected_reply("xrange", entry);
+            }
+            if (pos.ms >= settled_before) {
+                break;  // this millisecond is not over yet; ids only grow from here
             }
             const std::vector<Reply>& fields = entry.elements[1].elements;
             for (std::size_t i = 0; i + 1 < fields.size(); i += 2) {

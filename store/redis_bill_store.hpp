@@ -68,7 +68,9 @@ public:
 
     /// The per-shard outbox streams merged in (stream ms, seq, shard) order. Cursor
     /// "<ms>-<seq>.<shard>"; next_cursor is the cursor of the last item returned (empty when the page
-    /// is empty), so a consumer can keep polling with it. limit is capped at 1000.
+    /// is empty), so a consumer can keep polling with it. Entries of the millisecond in progress
+    /// (Redis's clock) are held back until it is over, so no later write can sort before a cursor
+    /// already returned. limit is capped at 1000.
     boost::asio::awaitable<Result<Page>> list_events(std::string after, std::size_t limit) override;
 
     /// The per-shard anomaly streams, paged exactly like list_events.

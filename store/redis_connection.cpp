@@ -654,6 +654,7 @@ asio::awaitable<void> RedisConnection::write_loop()
         // Everything queued since the last write goes out in one write; callers arriving while it
         // is in flight accumulate in out_buf_ for the next one.
         write_buf_.swap(out_buf_);
+        stats_.writes.fetch_add(1, std::memory_order_relaxed);
         auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(write_buf_), kUseTuple);
         write_buf_.clear();
         if (ec) {

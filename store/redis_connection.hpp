@@ -52,6 +52,7 @@ struct RedisStats {
     std::atomic<std::uint64_t> timeouts{0};    ///< requests that hit request_timeout
     std::atomic<std::uint64_t> reconnects{0};  ///< connection attempts after a failure or loss
     std::atomic<std::uint64_t> in_flight{0};   ///< commands sent or queued, reply not yet read
+    std::atomic<std::uint64_t> writes{0};      ///< socket writes; each carries every command queued before it
 };
 
 /// A Redis connection. Not thread-safe: every call must happen on the executor given at

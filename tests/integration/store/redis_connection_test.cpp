@@ -129,6 +129,7 @@ TEST_SUITE("integration/store/redis_connection")
         constexpr std::size_t kN = 10'000;
         std::vector<std::int64_t> got(kN, 0);
         int done = 0;
+        const auto writes_before = f.conn->stats().writes.load();
         for (std::size_t i = 0; i < kN; ++i) {
             asio::co_spawn(f.ctx, incr_into(f.conn.get(), &got, i, &done), asio::detached);
         }
@@ -138,6 +139,10 @@ TEST_SUITE("integration/store/redis_connection")
             REQUIRE(got[i] == static_cast<std::int64_t>(i + 1));
         }
         CHECK(f.conn->stats().in_flight.load() == 0);
+        // Callers share writes: all 10,000 were queued before the writer first ran.
+        const auto writes = f.conn->stats().writes.load() - writes_before;
+        CHECK(writes >= 1);
+        CHECK(writes <= 10);
 
         int good = 0;
         done = 0;
