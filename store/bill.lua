@@ -30,9 +30,13 @@ local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
 -- inside an event, the CRM's metadata) is copied verbatim. Every helper returns JSON text.
 
 local function jstr(s)
+    local text = cjson.encode(tostring(s))
     -- cjson writes "/" as "\/": valid but noisy. Every "/" it emits is escaped that way, so each
     -- "\/" pair in its output is exactly one such escape and can be undone safely.
-    return (string.gsub(cjson.encode(tostring(s)), '\\/', '/'))
+    if string.find(text, '/', 1, true) then
+        text = string.gsub(text, '\\/', '/')
+    end
+    return text
 end
 
 local function jstr_or_null(s)
@@ -46,12 +50,13 @@ local function jint(n)
     return string.format('%d', n)
 end
 
--- fields: list of {key, json text}; a field whose text is nil is left out.
+-- fields: list of {key, json text}; a field whose text is nil is left out. Keys are plain
+-- identifiers written in this file, so they need no escaping.
 local function jobj(fields)
     local out = {}
     for _, f in ipairs(fields) do
         if f[2] ~= nil then
-            out[#out + 1] = jstr(f[1]) .. ':' .. f[2]
+            out[#out + 1] = '"' .. f[1] .. '":' .. f[2]
         end
     end
     return '{' .. table.concat(out, ',') .. '}'

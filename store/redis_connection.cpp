@@ -512,6 +512,9 @@ asio::awaitable<error_code> RedisConnection::handshake()
         }
     }
     socket_.set_option(tcp::no_delay(true), ec);
+    // An idle connection whose peer vanished (no RST) is otherwise only noticed by the next
+    // request's timeout.
+    socket_.set_option(asio::socket_base::keep_alive(true), ec);
 
     // AUTH, SELECT and every SCRIPT LOAD go out in one write; the replies are checked in order.
     enum class Step { auth, select, script };
