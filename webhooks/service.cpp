@@ -488,8 +488,14 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         }
         const std::string after = query.count("after") ? query["after"] : std::string();
         const bool events = path == "/v1/events";
-        Result<Page> page = events ? co_await deps_.store.list_events(after, *limit)
-                                   : co_await deps_.store.list_anomalies(after, *limit);
+        // Two statements, not `events ? co_await a : co_await b`: g++ 12 destroys the result of that
+        // conditional twice (free(): invalid pointer on GET /v1/events; STYLE.md §3).
+        Result<Page> page = make_error_code(errc::internal);
+        if (events) {
+            page = co_await deps_.store.list_events(after, *limit);
+        } else {
+            page = co_await deps_.store.list_anomalies(after, *limit);
+        }
         if (!page) {
             if (page.error() == errc::invalid_argument) {
                 co_return api_error(req, 400, "invalid_argument", "not a cursor returned by this API", "after");
