@@ -162,7 +162,7 @@ const std::string kEvent =
 
 TEST_SUITE("tools/cli")
 {
-    TEST_CASE("every command has --help, and usage errors exit 2 with the reason")
+    TEST_CASE("every command has --help and usage errors exit 2 with the reason")
     {
         for (const std::vector<std::string>& args :
              {std::vector<std::string>{"--help"}, {"keys", "init", "--help"}, {"trigger", "--help"}, {"listen", "--help"},
@@ -243,7 +243,7 @@ TEST_SUITE("tools/cli")
         CHECK(contains(c.err, "or pass --amount FEN"));
     }
 
-    TEST_CASE("trigger --print: Alipay notifications verify with the daemon's gateway, --tamper does not")
+    TEST_CASE("trigger --print: Alipay notifications verify with the daemon's gateway but --tamper does not")
     {
         DevKeys keys;
         RawRequest paid = print(keys, {"alipay", "paid", "--bill", "B1", "--amount", "1234"});
@@ -280,7 +280,7 @@ TEST_SUITE("tools/cli")
         CHECK(v.error() == errc::bad_signature);
     }
 
-    TEST_CASE("trigger --print: WeChat Pay v3 and v2 notifications verify, --tamper and --stale do not")
+    TEST_CASE("trigger --print: WeChat Pay v3 and v2 notifications verify but --tamper and --stale do not")
     {
         DevKeys keys;
         for (const char* signer : {"public-key", "platform"}) {
@@ -393,7 +393,7 @@ TEST_SUITE("tools/cli")
         CHECK(listener.handle("GET", "/", h, "", reply).answered == 405);
     }
 
-    TEST_CASE("listen: --status and --fail-rate answer failures; --json prints one object per request")
+    TEST_CASE("listen: --status and --fail-rate answer failures and --json prints one object per request")
     {
         boost::asio::io_context ioc;
         const std::string secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";

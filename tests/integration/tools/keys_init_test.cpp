@@ -62,7 +62,7 @@ bool contains(const std::string& text, std::string_view what) { return text.find
 
 TEST_SUITE("tools/keys")
 {
-    TEST_CASE("keys init writes every key with the right mode, and the configuration passes paybridged --check")
+    TEST_CASE("keys init writes every key with the right mode and the configuration passes paybridged --check")
     {
         TempDir tmp;
         const fs::path keys = tmp / ".dev" / "keys";
@@ -179,7 +179,7 @@ TEST_SUITE("tools/keys")
         CHECK(contains(refused.output, "use --signer platform"));
     }
 
-    TEST_CASE("keys init refuses to overwrite without --force, and --force replaces")
+    TEST_CASE("keys init refuses to overwrite without --force and --force replaces")
     {
         TempDir tmp;
         const fs::path keys = tmp / "keys";
@@ -209,7 +209,7 @@ TEST_SUITE("tools/keys")
         CHECK(check(tmp / "paybridge.dev.json").code == 0);
     }
 
-    TEST_CASE("keys init --config elsewhere, --listen, --redis-port, --crm-url")
+    TEST_CASE("keys init with --config elsewhere and --listen --redis-port --crm-url")
     {
         TempDir tmp;
         const fs::path config = tmp / "etc" / "dev.json";

@@ -42,7 +42,7 @@ std::string status(Stack& s, const std::string& id) { return s.bill(id)["status"
 
 TEST_SUITE("tools/roundtrip")
 {
-    TEST_CASE("alipay paid, refund, closed: trigger -> paybridged -> listen")
+    TEST_CASE("alipay paid + refund + closed: trigger -> paybridged -> listen")
     {
         Stack s;
         create(s, "A1", 1234);
@@ -80,7 +80,7 @@ TEST_SUITE("tools/roundtrip")
         CHECK(s.events_for("A1").back().sequence == 3);
     }
 
-    TEST_CASE("wechatpay (API v3) paid, refund, refund-closed, refund-abnormal with both signers")
+    TEST_CASE("wechatpay (API v3) paid + refund + refund-closed + refund-abnormal with both signers")
     {
         Stack s;
         create(s, "W1", 800);
@@ -132,7 +132,7 @@ TEST_SUITE("tools/roundtrip")
         CHECK(types(s.events_for("V2")) == std::vector<std::string>{"bill.paid"});
     }
 
-    TEST_CASE("--tamper and --stale are refused by paybridged and change nothing")
+    TEST_CASE("trigger --tamper and --stale are refused by paybridged and change nothing")
     {
         Stack s;
         create(s, "T1", 100);
@@ -172,7 +172,7 @@ TEST_SUITE("tools/roundtrip")
         CHECK(types(s.events_for("T1")) == std::vector<std::string>{"bill.paid"});
     }
 
-    TEST_CASE("--duplicate and --concurrency: the same bytes are applied once")
+    TEST_CASE("trigger --duplicate and --concurrency: the same bytes are applied once")
     {
         Stack s;
         create(s, "D1", 1000);
@@ -196,7 +196,7 @@ TEST_SUITE("tools/roundtrip")
         CHECK(s.events_for("D2").size() == 1);
     }
 
-    TEST_CASE("API commands: bills create/get/list, events, anomalies, and their exit codes")
+    TEST_CASE("API commands: bills create/get/list + events + anomalies and their exit codes")
     {
         Stack s;
         Run created = s.run({"bills", "create", "--id", "B1", "--amount", "1234", "--customer", "c-1", "--description",
