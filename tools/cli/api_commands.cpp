@@ -143,7 +143,7 @@ void print_next(const Io& io, const rapidjson::Document& doc, const std::string&
 {
     const std::string next = text(doc, "next_cursor");
     if (!next.empty()) {
-        io.out << "more: paybridge " << command << " " << option << " " << next << "\n";
+        io.out << "continue with: paybridge " << command << " " << option << " " << next << "\n";
     }
 }
 
@@ -396,7 +396,8 @@ int bills_list(const std::vector<std::string>& argv, const Io& io)
     return code(Exit::ok);
 }
 
-// events and anomalies share their shape: a feed with ?after=&limit=.
+// events and anomalies share their shape: a feed with ?after=&limit=. A feed's cursor is where to
+// continue polling, so it is printed even when this page was not full.
 int feed(const std::vector<std::string>& argv, const Io& io, bool anomalies)
 {
     const std::string command = anomalies ? "anomalies" : "events";

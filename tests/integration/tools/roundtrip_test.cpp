@@ -247,7 +247,7 @@ TEST_SUITE("tools/roundtrip")
         CHECK(contains(events.output, "B1"));
         Run page = s.run({"events", "--limit", "1"});
         CHECK(page.code == 0);
-        CHECK(contains(page.output, "more: paybridge events --after "));
+        CHECK(contains(page.output, "continue with: paybridge events --after "));
         Run events_json = s.run({"events", "--json"});
         CHECK(events_json.code == 0);
         CHECK(events_json.output.starts_with("{\"events\":["));
