@@ -330,7 +330,9 @@ struct HttpClient::Impl {
 
         http::response_parser<http::buffer_body> parser;
         parser.header_limit(static_cast<std::uint32_t>(options.max_header));
-        parser.body_limit(options.max_body);
+        // No parser limit: a Content-Length above max_body would fail the header read and lose the
+        // status. The loop below stops reading at max_body instead.
+        parser.body_limit(boost::none);
         auto [hec, header_bytes] = co_await http::async_read_header(stream, conn.buffer, parser, kUseTuple);
         if (hec) {
             out.ec = hec;
@@ -345,11 +347,17 @@ struct HttpClient::Impl {
         // Read the whole body so the connection can be reused; keep only its head.
         char chunk[4096];
         bool complete = true;
+        std::size_t body_bytes = 0;
         while (!parser.is_done()) {
+            if (body_bytes > options.max_body) {
+                complete = false;
+                break;
+            }
             parser.get().body().data = chunk;
             parser.get().body().size = sizeof chunk;
             auto [rec, n] = co_await http::async_read(stream, conn.buffer, parser, kUseTuple);
             const std::size_t got = sizeof chunk - parser.get().body().size;
+            body_bytes += got;
             const std::size_t keep = std::min(got, options.keep_body - std::min(options.keep_body,
                                                                                   out.response.body_head.size()));
             out.response.body_head.append(chunk, keep);

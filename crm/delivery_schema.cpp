@@ -1,0 +1,233 @@
+#include "crm/delivery_schema.hpp"
+
+namespace paybridge::crm {
+
+std::string ShardKeys::index(std::string_view state) const
+{
+    if (state == kStatePending) {
+        return idx_pending;
+    }
+    if (state == kStateRetrying) {
+        return idx_retrying;
+    }
+    if (state == kStateDelivered) {
+        return idx_delivered;
+    }
+    if (state == kStateDead) {
+        return dead;
+    }
+    return {};
+}
+
+DeliveryKeys::DeliveryKeys(std::string prefix, int shards)
+{
+    const store::Keys keys(prefix, shards);
+    shards_.reserve(static_cast<std::size_t>(keys.shards()));
+    for (int s = 0; s < keys.shards(); ++s) {
+        const std::string base = prefix + store::Keys::tag(s) + ":crm:";
+        shards_.push_back(ShardKeys{
+            .shard = s,
+            .stream = keys.outbox(s),
+            .retry = base + "retry",
+            .tries = base + "tries",
+            .dead = base + "dead",
+            .idx_pending = base + "idx:pending",
+            .idx_retrying = base + "idx:retrying",
+            .idx_delivered = base + "idx:delivered",
+            .delivery_prefix = base + "delivery:",
+            .attempts_prefix = base + "attempts:",
+        });
+    }
+}
+
+namespace scripts {
+
+// A failure is only recorded while the entry is still outstanding (in the retry zset or the PEL): if
+// another instance delivered it meanwhile, a late failure from a slow attempt must not re-queue it.
+const std::string_view kRecord = R"lua(
+local outcome, group, entry, event_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local now = tonumber(ARGV[5])
+local ttl = tonumber(ARGV[10])
+if outcome ~= 'delivered' then
+  local outstanding = redis.call('ZSCORE', KEYS[2], entry) ~= false
+  if not outstanding then
+    outstanding = #redis.call('XPENDING', KEYS[1], group, entry, entry, 1) > 0
+  end
+  if not outstanding then
+    return -1
+  end
+end
+local attempts = redis.call('HINCRBY', KEYS[8], 'attempts', 1)
+redis.call('RPUSH', KEYS[9], ARGV[7])
+redis.call('LTRIM', KEYS[9], -tonumber(ARGV[11]), -1)
+redis.call('HSET', KEYS[8], 'event_id', event_id, 'entry_id', entry, 'bill_id', ARGV[12], 'type', ARGV[13],
+           'last_status', ARGV[9], 'last_error', ARGV[8], 'last_attempt_at', ARGV[5], 'updated_at', ARGV[5])
+redis.call('HSETNX', KEYS[8], 'first_seen_at', ARGV[5])
+redis.call('ZREM', KEYS[4], event_id)
+redis.call('ZREM', KEYS[5], event_id)
+redis.call('ZREM', KEYS[6], event_id)
+if outcome == 'retry' then
+  redis.call('ZADD', KEYS[2], ARGV[6], entry)
+  redis.call('HINCRBY', KEYS[3], entry, 1)
+  redis.call('HSET', KEYS[8], 'state', 'retrying', 'next_at', ARGV[6])
+  redis.call('ZADD', KEYS[6], now, event_id)
+  redis.call('PERSIST', KEYS[8])
+  redis.call('PERSIST', KEYS[9])
+  return attempts
+end
+redis.call('XACK', KEYS[1], group, entry)
+redis.call('ZREM', KEYS[2], entry)
+redis.call('HDEL', KEYS[3], entry)
+if outcome == 'delivered' then
+  redis.call('HSET', KEYS[8], 'state', 'delivered', 'delivered_at', ARGV[5], 'next_at', '')
+  redis.call('ZADD', KEYS[7], now, event_id)
+  redis.call('ZREMRANGEBYSCORE', KEYS[7], '-inf', '(' .. string.format('%d', now - ttl))
+  redis.call('PEXPIRE', KEYS[8], ttl)
+  redis.call('PEXPIRE', KEYS[9], ttl)
+else
+  redis.call('HSET', KEYS[8], 'state', 'dead', 'dead_at', ARGV[5], 'next_at', '')
+  redis.call('ZADD', KEYS[4], now, event_id)
+  redis.call('PERSIST', KEYS[8])
+  redis.call('PERSIST', KEYS[9])
+end
+return attempts
+)lua";
+
+const std::string_view kPopDue = R"lua(
+local now = tonumber(ARGV[1])
+local lease_until = string.format('%d', now + tonumber(ARGV[2]))
+local due = redis.call('ZRANGEBYSCORE', KEYS[2], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[3]))
+local out = {}
+for i, id in ipairs(due) do
+  redis.call('ZADD', KEYS[2], lease_until, id)
+  local e = redis.call('XRANGE', KEYS[1], id, id)
+  local fields = false
+  if e[1] then
+    fields = e[1][2]
+  end
+  out[i] = {id, fields, redis.call('HGET', KEYS[3], id) or '0'}
+end
+return out
+)lua";
+
+const std::string_view kReclaim = R"lua(
+local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
+local want, scan = tonumber(ARGV[4]), tonumber(ARGV[6])
+local pending = redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, ARGV[5], '+', scan)
+local out = {}
+local last = nil
+for _, p in ipairs(pending) do
+  local id = p[1]
+  last = id
+  if redis.call('ZSCORE', KEYS[2], id) == false then
+    local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
+    if claimed[1] then
+      out[#out + 1] = {id, claimed[1][2], redis.call('HGET', KEYS[3], id) or '0'}
+    end
+  end
+  if #out >= want then
+    break
+  end
+end
+local next_start = ''
+if last and (#out >= want or #pending >= scan) then
+  next_start = '(' .. last
+end
+return {next_start, out}
+)lua";
+
+const std::string_view kRequeue = R"lua(
+local event_id, now = ARGV[1], ARGV[2]
+local d = redis.call('HMGET', KEYS[8], 'state', 'entry_id')
+local state, entry = d[1], d[2]
+if not state or not entry then
+  return {'not_found', ''}
+end
+if ARGV[3] ~= '' and state ~= ARGV[3] then
+  return {'skipped', state}
+end
+if #redis.call('XRANGE', KEYS[1], entry, entry) == 0 then
+  return {'gone', state}
+end
+if state == 'delivered' or state == 'dead' then
+  redis.call('HDEL', KEYS[3], entry)
+end
+redis.call('ZADD', KEYS[2], now, entry)
+redis.call('ZREM', KEYS[4], event_id)
+redis.call('ZREM', KEYS[6], event_id)
+redis.call('ZREM', KEYS[7], event_id)
+redis.call('ZADD', KEYS[5], now, event_id)
+redis.call('HSET', KEYS[8], 'state', 'pending', 'next_at', now, 'updated_at', now)
+redis.call('PERSIST', KEYS[8])
+redis.call('PERSIST', KEYS[9])
+return {'requeued', state}
+)lua";
+
+const std::string_view kStats = R"lua(
+local function ms_of(id)
+  return tonumber(string.match(id, '^(%d+)'))
+end
+local retrying = redis.call('ZCARD', KEYS[2])
+local dead = redis.call('ZCARD', KEYS[3])
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if groups.err then
+  return {0, 0, 0, retrying, dead}
+end
+local pending, lag, last, found = 0, false, '0-0', false
+for _, g in ipairs(groups) do
+  local fields = {}
+  for i = 1, #g, 2 do
+    fields[g[i]] = g[i + 1]
+  end
+  if fields['name'] == ARGV[1] then
+    found = true
+    pending = fields['pending']
+    lag = fields['lag']
+    last = fields['last-delivered-id']
+  end
+end
+if not found then
+  lag = redis.call('XLEN', KEYS[1])
+end
+if not lag then
+  lag = #redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 100000)
+end
+local oldest = 0
+if pending > 0 then
+  local summary = redis.call('XPENDING', KEYS[1], ARGV[1])
+  oldest = ms_of(summary[2])
+end
+if lag > 0 then
+  local first = redis.call('XRANGE', KEYS[1], '(' .. last, '+', 'COUNT', 1)
+  if first[1] then
+    local ms = ms_of(first[1][1])
+    if oldest == 0 or ms < oldest then
+      oldest = ms
+    end
+  end
+end
+return {pending, lag, oldest, retrying, dead}
+)lua";
+
+const std::string_view kCleanupConsumers = R"lua(
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
+if consumers.err then
+  return 0
+end
+local removed = 0
+for _, c in ipairs(consumers) do
+  local fields = {}
+  for i = 1, #c, 2 do
+    fields[c[i]] = c[i + 1]
+  end
+  if fields['name'] ~= ARGV[2] and fields['pending'] == 0 and fields['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+    removed = removed + 1
+  end
+end
+return removed
+)lua";
+
+}  // namespace scripts
+
+}  // namespace paybridge::crm

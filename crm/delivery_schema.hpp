@@ -1,0 +1,103 @@
+#pragma once
+
+// The Redis layout of CRM delivery, shared by the Dispatcher and DeliveryAdmin.
+//
+// Per shard s (P = key_prefix, T = "{sNN}", the shard's hash tag; the stream comes from store/keys.hpp):
+//   P T ":outbox"                  stream  bill events written by the bill script (fields id, bill_id,
+//                                          type, event); consumer group "crm" reads it
+//   P T ":crm:retry"               zset    stream entry id -> due time (Unix ms). While an instance
+//                                          delivers a member, its score is pushed to now + lease, so
+//                                          no other instance takes it unless that instance dies
+//   P T ":crm:tries"               hash    stream entry id -> failed attempts in the current schedule
+//   P T ":crm:dead"                zset    event id -> dead-lettered at (Unix ms)
+//   P T ":crm:idx:pending"         zset    event id -> updated at, for listing by state
+//   P T ":crm:idx:retrying"        zset    (idem)
+//   P T ":crm:idx:delivered"       zset    (idem; trimmed to record_ttl)
+//   P T ":crm:delivery:" event_id  hash    state (pending|retrying|delivered|dead), attempts (all
+//                                          attempts ever), next_at, last_error, last_status, entry_id,
+//                                          bill_id, type, first_seen_at, updated_at, delivered_at, dead_at
+//   P T ":crm:attempts:" event_id  list    one JSON object per attempt (capped), oldest first
+//
+// An entry stays pending in the group's PEL until it is delivered or dead-lettered (XACK). Every
+// state change is one Lua script, so a crash between two commands cannot leave them disagreeing.
+// Every key a script touches is passed in KEYS and carries the shard's tag (Redis Cluster safe).
+
+#include "store/keys.hpp"
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace paybridge::crm {
+
+inline constexpr std::string_view kStatePending = "pending";
+inline constexpr std::string_view kStateRetrying = "retrying";
+inline constexpr std::string_view kStateDelivered = "delivered";
+inline constexpr std::string_view kStateDead = "dead";
+
+/// The keys of one shard.
+struct ShardKeys {
+    int shard{0};
+    std::string stream;
+    std::string retry;
+    std::string tries;
+    std::string dead;
+    std::string idx_pending;
+    std::string idx_retrying;
+    std::string idx_delivered;
+    std::string delivery_prefix;  ///< + event id
+    std::string attempts_prefix;  ///< + event id
+
+    std::string delivery(std::string_view event_id) const { return delivery_prefix + std::string(event_id); }
+    std::string attempts(std::string_view event_id) const { return attempts_prefix + std::string(event_id); }
+    /// The listing index of a state ("dead" is the dead-letter zset itself); empty for an unknown state.
+    std::string index(std::string_view state) const;
+};
+
+class DeliveryKeys {
+public:
+    DeliveryKeys(std::string prefix, int shards);
+    int shards() const noexcept { return static_cast<int>(shards_.size()); }
+    const ShardKeys& shard(int s) const { return shards_.at(static_cast<std::size_t>(s)); }
+    const std::vector<ShardKeys>& all() const noexcept { return shards_; }
+
+private:
+    std::vector<ShardKeys> shards_;
+};
+
+namespace scripts {
+
+/// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
+/// ARGV: outcome(delivered|retry|dead) group entry_id event_id now_ms next_at_ms attempt_json
+///       last_error last_status ttl_ms max_records bill_id type
+/// Returns the event's total attempt count, or -1 when a failure arrived for an entry that is no longer
+/// outstanding (another instance delivered it meanwhile): then nothing changes.
+extern const std::string_view kRecord;
+
+/// KEYS: stream retry tries      ARGV: now_ms lease_ms count
+/// Takes up to `count` due retry members, pushes their due time to now + lease, and returns
+/// [[entry_id, fields|nil, tries], ...].
+extern const std::string_view kPopDue;
+
+/// KEYS: stream retry tries      ARGV: group consumer min_idle_ms count start scan_limit
+/// Claims (XCLAIM, min-idle) pending entries idle >= min_idle that are not waiting in the retry zset.
+/// Returns [next_start ("" at the end of the PEL), [[entry_id, fields, tries], ...]].
+extern const std::string_view kReclaim;
+
+/// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
+/// ARGV: event_id now_ms required_state ("" for any)
+/// Makes the event due now. A delivered or dead event starts a fresh schedule.
+/// Returns [result, previous_state]: result = requeued | not_found | skipped | gone.
+extern const std::string_view kRequeue;
+
+/// KEYS: stream retry dead       ARGV: group
+/// Returns [pending, lag, oldest_undelivered_ms (0: none), retrying, dead].
+extern const std::string_view kStats;
+
+/// KEYS: stream                   ARGV: group self min_idle_ms
+/// Deletes consumers (other than self) with no pending entries, idle >= min_idle. Returns the count.
+extern const std::string_view kCleanupConsumers;
+
+}  // namespace scripts
+
+}  // namespace paybridge::crm

@@ -1,0 +1,878 @@
+#include "crm/dispatcher.hpp"
+
+#include "core/async.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "core/time.hpp"
+#include "crm/delivery_schema.hpp"
+#include "crm/retry_policy.hpp"
+#include "crm/webhook_signer.hpp"
+#include "gateways/crypto/crypto.hpp"
+#include "store/redis_connection.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cstdio>
+#include <deque>
+#include <memory>
+#include <exception>
+#include <random>
+#include <unordered_map>
+
+namespace paybridge::crm {
+namespace {
+
+namespace asio = boost::asio;
+using store::Reply;
+using Clock = std::chrono::steady_clock;
+
+constexpr std::size_t kReclaimScan = 500;
+constexpr std::chrono::milliseconds kBackoffMin{100};
+constexpr std::chrono::milliseconds kBackoffMax{5'000};
+
+/// One stream entry to deliver.
+struct Item {
+    int shard{0};
+    std::string entry_id;
+    std::string event_id;
+    std::string bill_id;
+    std::string type;
+    std::string body;
+    int prior_tries{0};    ///< failed attempts already made in the current schedule
+    bool missing{false};   ///< the entry is no longer in the stream
+    bool malformed{false}; ///< the entry has no id or event field
+};
+
+std::int64_t now_ms()
+{
+    return unix_ms(std::chrono::system_clock::now());
+}
+
+std::string make_consumer_name()
+{
+    char host[256] = {};
+    if (::gethostname(host, sizeof host - 1) != 0 || host[0] == '\0') {
+        std::snprintf(host, sizeof host, "host");
+    }
+    return std::string(host) + "-" + std::to_string(::getpid()) + "-" + crypto::hex_lower(crypto::random_bytes(4));
+}
+
+int to_int(const Reply& r)
+{
+    if (r.is_integer()) {
+        return static_cast<int>(r.integer);
+    }
+    if (r.is_string()) {
+        try {
+            return std::stoi(r.str);
+        } catch (const std::exception&) {
+            return 0;
+        }
+    }
+    return 0;
+}
+
+Item make_item(int shard, const Reply& id, const Reply* fields, int tries)
+{
+    Item item;
+    item.shard = shard;
+    item.entry_id = id.str;
+    item.prior_tries = tries;
+    if (fields == nullptr || !fields->is_array()) {
+        item.missing = true;
+        item.event_id = "entry:" + item.entry_id;
+        return item;
+    }
+    const std::vector<Reply>& f = fields->elements;
+    for (std::size_t i = 0; i + 1 < f.size(); i += 2) {
+        const std::string& name = f[i].str;
+        if (name == "id") {
+            item.event_id = f[i + 1].str;
+        } else if (name == "bill_id") {
+            item.bill_id = f[i + 1].str;
+        } else if (name == "type") {
+            item.type = f[i + 1].str;
+        } else if (name == "event") {
+            item.body = f[i + 1].str;
+        }
+    }
+    if (item.event_id.empty() || item.body.empty()) {
+        item.malformed = true;
+        if (item.event_id.empty()) {
+            item.event_id = "entry:" + item.entry_id;
+        }
+    }
+    return item;
+}
+
+/// [[entry_id, fields|nil, tries], ...] from kPopDue / kReclaim.
+std::vector<Item> parse_claimed(const Reply& list, int shard)
+{
+    std::vector<Item> items;
+    for (const Reply& row : list.elements) {
+        if (!row.is_array() || row.elements.size() < 3) {
+            continue;
+        }
+        const Reply* fields = row.elements[1].is_array() ? &row.elements[1] : nullptr;
+        items.push_back(make_item(shard, row.elements[0], fields, to_int(row.elements[2])));
+    }
+    return items;
+}
+
+// The body of a response is untrusted bytes; the record is JSON, so invalid UTF-8 becomes U+FFFD.
+std::string sanitize_utf8(std::string_view s)
+{
+    std::string out;
+    out.reserve(s.size());
+    std::size_t i = 0;
+    while (i < s.size()) {
+        const auto c = static_cast<unsigned char>(s[i]);
+        std::size_t len = c < 0x80 ? 1 : (c >> 5) == 0x6 ? 2 : (c >> 4) == 0xE ? 3 : (c >> 3) == 0x1E ? 4 : 0;
+        bool ok = len > 0 && i + len <= s.size();
+        for (std::size_t j = 1; ok && j < len; ++j) {
+            ok = (static_cast<unsigned char>(s[i + j]) & 0xC0) == 0x80;
+        }
+        if (ok && len > 1) {
+            const auto c1 = static_cast<unsigned char>(s[i + 1]);
+            ok = !(len == 2 && c < 0xC2) && !(len == 3 && c == 0xE0 && c1 < 0xA0) &&
+                 !(len == 3 && c == 0xED && c1 >= 0xA0) && !(len == 4 && c == 0xF0 && c1 < 0x90) &&
+                 !(len == 4 && (c > 0xF4 || (c == 0xF4 && c1 >= 0x90)));
+        }
+        if (ok) {
+            out.append(s.substr(i, len));
+            i += len;
+        } else {
+            out.append("\xEF\xBF\xBD");
+            ++i;
+        }
+    }
+    return out;
+}
+
+struct AttemptRecord {
+    std::int64_t at_ms{0};
+    int attempt{0};
+    std::string consumer;
+    unsigned status{0};
+    std::int64_t latency_ms{0};
+    Verdict outcome{Verdict::retry};
+    std::int64_t next_at_ms{0};
+    std::string error;
+    std::string body;
+};
+
+std::string to_json(const AttemptRecord& r)
+{
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+    w.StartObject();
+    w.Key("at");
+    w.String(format_rfc3339(r.at_ms));
+    w.Key("at_ms");
+    w.Int64(r.at_ms);
+    w.Key("attempt");
+    w.Int(r.attempt);
+    w.Key("consumer");
+    w.String(r.consumer);
+    w.Key("status");
+    if (r.status == 0) {
+        w.Null();
+    } else {
+        w.Uint(r.status);
+    }
+    w.Key("latency_ms");
+    w.Int64(r.latency_ms);
+    w.Key("outcome");
+    w.String(std::string(to_string(r.outcome)));
+    w.Key("next_at");
+    if (r.next_at_ms == 0) {
+        w.Null();
+    } else {
+        w.String(format_rfc3339(r.next_at_ms));
+    }
+    w.Key("error");
+    w.String(sanitize_utf8(r.error));
+    w.Key("response_body");
+    w.String(sanitize_utf8(r.body));
+    w.EndObject();
+    return std::string(buf.GetString(), buf.GetSize());
+}
+
+}  // namespace
+
+DispatcherOptions DispatcherOptions::from_config(const config::RedisConfig& redis, const config::CrmConfig& crm)
+{
+    DispatcherOptions o;
+    o.key_prefix = redis.key_prefix;
+    o.shards = redis.shards;
+    o.secrets = crm.secrets;
+    o.retry_schedule.clear();
+    for (std::chrono::seconds step : crm.retry_schedule) {
+        o.retry_schedule.push_back(std::chrono::duration_cast<std::chrono::milliseconds>(step));
+    }
+    o.lease = std::chrono::duration_cast<std::chrono::milliseconds>(crm.lease);
+    o.concurrency = crm.concurrency;
+    o.http.url = crm.url;
+    o.http.ca_file = crm.ca_file;
+    o.http.timeout = crm.timeout;
+    o.http.concurrency = crm.concurrency;
+    return o;
+}
+
+struct Dispatcher::Impl {
+    Impl(asio::any_io_executor ex, const config::RedisConfig& redis_cfg, DispatcherOptions opts,
+         WebhookSigner sign, std::unique_ptr<HttpClient> client)
+        : executor(ex),
+          options(std::move(opts)),
+          keys(options.key_prefix, options.shards),
+          policy(options.retry_schedule, options.jitter),
+          signer(std::move(sign)),
+          http(std::move(client)),
+          commands(ex, redis_cfg),
+          reads(ex, redis_cfg),
+          reclaim_cursor(static_cast<std::size_t>(keys.shards()), "-"),
+          rng(std::random_device{}()),
+          slot_signal(ex),
+          drain_signal(ex),
+          read_backoff(ex),
+          retry_timer(ex),
+          reclaim_timer(ex),
+          stats_timer(ex),
+          concurrency(static_cast<std::size_t>(options.concurrency))
+    {
+        for (const ShardKeys& k : keys.all()) {
+            shard_of_stream.emplace(k.stream, k.shard);
+        }
+        record_sha = commands.add_script(std::string(scripts::kRecord));
+        pop_sha = commands.add_script(std::string(scripts::kPopDue));
+        reclaim_sha = commands.add_script(std::string(scripts::kReclaim));
+        stats_sha = commands.add_script(std::string(scripts::kStats));
+        cleanup_sha = commands.add_script(std::string(scripts::kCleanupConsumers));
+        // A blocking read must end well before the connection's own request deadline fires.
+        block = std::max(std::chrono::milliseconds{10}, std::min(options.block, redis_cfg.request_timeout / 2));
+    }
+
+    asio::any_io_executor executor;
+    DispatcherOptions options;
+    DeliveryKeys keys;
+    RetryPolicy policy;
+    WebhookSigner signer;
+    std::unique_ptr<HttpClient> http;
+    // Two connections: a blocked XREADGROUP holds its connection for up to `block`, and the
+    // acknowledgements of finished deliveries must not queue behind it.
+    store::RedisConnection commands;
+    store::RedisConnection reads;
+    std::string record_sha;
+    std::string pop_sha;
+    std::string reclaim_sha;
+    std::string stats_sha;
+    std::string cleanup_sha;
+    std::unordered_map<std::string, int> shard_of_stream;
+    std::vector<std::string> reclaim_cursor;
+    std::mt19937_64 rng;
+    DispatcherStats stats;
+
+    asio::steady_timer slot_signal;
+    asio::steady_timer drain_signal;
+    asio::steady_timer read_backoff;
+    asio::steady_timer retry_timer;
+    asio::steady_timer reclaim_timer;
+    asio::steady_timer stats_timer;
+    std::size_t concurrency;
+    std::chrono::milliseconds block{1'000};
+    std::size_t held{0};  ///< items read and not yet settled
+    /// Per bill (shard + bill id): items waiting behind the one in flight.
+    std::unordered_map<std::string, std::shared_ptr<std::deque<Item>>> bill_queues;
+    bool stopping{false};
+    bool groups_ready{false};
+
+    double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng); }
+
+    std::size_t free_slots() const { return held >= concurrency ? 0 : concurrency - held; }
+
+    static asio::awaitable<void> sleep(asio::steady_timer& timer, std::chrono::milliseconds d)
+    {
+        timer.expires_after(d);
+        co_await timer.async_wait(kUseTuple);
+    }
+
+    static asio::awaitable<void> wait_signal(asio::steady_timer& signal)
+    {
+        signal.expires_at(asio::steady_timer::time_point::max());
+        co_await signal.async_wait(kUseTuple);
+    }
+
+    void note_redis_failure(std::string_view what, const boost::system::error_code& ec)
+    {
+        if (ec == errc::shutting_down) {
+            return;
+        }
+        stats.redis_errors.fetch_add(1, std::memory_order_relaxed);
+        log::warning("crm.redis_failed", {{"op", what}, {"error", ec.message()}});
+    }
+
+    void note_redis_error_reply(std::string_view what, const Reply& reply)
+    {
+        stats.redis_errors.fetch_add(1, std::memory_order_relaxed);
+        log::error("crm.redis_error", {{"op", what}, {"error", reply.str}});
+    }
+
+    asio::awaitable<bool> ensure_groups()
+    {
+        std::vector<std::vector<std::string>> cmds;
+        for (const ShardKeys& k : keys.all()) {
+            // From id 0: entries written before the group existed are delivered too.
+            std::vector<std::string> create{"XGROUP", "CREATE", k.stream, options.group, "0", "MKSTREAM"};
+            cmds.push_back(std::move(create));
+        }
+        Result<std::vector<Reply>> replies = co_await commands.exec_many(std::move(cmds));
+        if (!replies) {
+            note_redis_failure("xgroup_create", replies.error());
+            co_return false;
+        }
+        for (const Reply& r : *replies) {
+            if (r.is_error() && !r.str.starts_with("BUSYGROUP")) {
+                note_redis_error_reply("xgroup_create", r);
+                co_return false;
+            }
+        }
+        groups_ready = true;
+        co_return true;
+    }
+
+    asio::awaitable<void> mark_pending(const std::vector<Item>& items)
+    {
+        const std::string now = std::to_string(now_ms());
+        std::vector<std::vector<std::string>> cmds;
+        cmds.reserve(items.size() * 4);
+        for (const Item& item : items) {
+            const ShardKeys& k = keys.shard(item.shard);
+            const std::string delivery = k.delivery(item.event_id);
+            std::vector<std::string> hset{"HSET",     delivery,     "state",   "pending",     "event_id",
+                                          item.event_id, "entry_id", item.entry_id, "bill_id", item.bill_id,
+                                          "type",   item.type,    "updated_at", now};
+            std::vector<std::string> first_seen{"HSETNX", delivery, "first_seen_at", now};
+            std::vector<std::string> attempts{"HSETNX", delivery, "attempts", "0"};
+            std::vector<std::string> index{"ZADD", k.idx_pending, now, item.event_id};
+            cmds.push_back(std::move(hset));
+            cmds.push_back(std::move(first_seen));
+            cmds.push_back(std::move(attempts));
+            cmds.push_back(std::move(index));
+        }
+        if (cmds.empty()) {
+            co_return;
+        }
+        // Best effort: the outcome script writes the full record anyway.
+        Result<std::vector<Reply>> replies = co_await commands.exec_many(std::move(cmds));
+        if (!replies) {
+            note_redis_failure("mark_pending", replies.error());
+        }
+    }
+
+    /// Queues each item behind the earlier items of its bill still in flight (one task per bill
+    /// drains its queue), so that a healthy CRM receives a bill's events in sequence order.
+    void dispatch(std::vector<Item> items)
+    {
+        for (Item& item : items) {
+            ++held;
+            std::string key = item.bill_id.empty() ? "#" + item.entry_id
+                                                   : std::to_string(item.shard) + '\n' + item.bill_id;
+            const auto it = bill_queues.find(key);
+            if (it != bill_queues.end()) {
+                it->second->push_back(std::move(item));
+                continue;
+            }
+            auto queue = std::make_shared<std::deque<Item>>();
+            queue->push_back(std::move(item));
+            bill_queues.emplace(key, queue);
+            asio::awaitable<void> task = drain_bill(std::move(key), std::move(queue));
+            asio::co_spawn(executor, std::move(task), [](std::exception_ptr e) {
+                if (e) {
+                    try {
+                        std::rethrow_exception(e);
+                    } catch (const std::exception& ex) {
+                        log::error("crm.delivery_task_failed", {{"what", ex.what()}});
+                    }
+                }
+            });
+        }
+        stats.in_flight.store(held, std::memory_order_relaxed);
+    }
+
+    asio::awaitable<void> drain_bill(std::string key, std::shared_ptr<std::deque<Item>> queue)
+    {
+        while (!queue->empty()) {
+            Item item = std::move(queue->front());
+            queue->pop_front();
+            try {
+                co_await deliver(std::move(item));
+            } catch (const std::exception& ex) {
+                // A bug; the entry stays outstanding and comes back after the lease.
+                log::error("crm.delivery_failed", {{"what", ex.what()}});
+            }
+            --held;
+            stats.in_flight.store(held, std::memory_order_relaxed);
+            slot_signal.cancel();
+            if (held == 0) {
+                drain_signal.cancel();
+            }
+        }
+        bill_queues.erase(key);
+    }
+
+    asio::awaitable<void> forget_missing(Item item)
+    {
+        // Nothing left to send (the stream was trimmed or the entry deleted by hand).
+        const ShardKeys& k = keys.shard(item.shard);
+        log::error("crm.entry_missing", {{"entry_id", item.entry_id}, {"shard", item.shard}});
+        std::vector<std::string> zrem{"ZREM", k.retry, item.entry_id};
+        std::vector<std::string> hdel{"HDEL", k.tries, item.entry_id};
+        std::vector<std::string> ack{"XACK", k.stream, options.group, item.entry_id};
+        std::vector<std::vector<std::string>> cmds;
+        cmds.push_back(std::move(zrem));
+        cmds.push_back(std::move(hdel));
+        cmds.push_back(std::move(ack));
+        Result<std::vector<Reply>> replies = co_await commands.exec_many(std::move(cmds));
+        if (!replies) {
+            note_redis_failure("forget_missing", replies.error());
+        }
+    }
+
+    asio::awaitable<void> deliver(Item item)
+    {
+        if (item.missing) {
+            co_await forget_missing(std::move(item));
+            co_return;
+        }
+        const ShardKeys& k = keys.shard(item.shard);
+        AttemptRecord record;
+        record.consumer = options.consumer;
+        record.attempt = item.prior_tries + 1;
+        AttemptResult attempt;
+
+        if (item.malformed) {
+            // Not an event we can sign and send; keep it visible in the dead letters.
+            record.error = "malformed outbox entry (no id or event field)";
+            record.outcome = Verdict::dead;
+            attempt.error = make_error_code(errc::malformed_request);
+        } else {
+            const std::int64_t ts = now_ms() / 1000;
+            Headers headers;
+            headers.emplace_back("Content-Type", "application/json");
+            headers.emplace_back("webhook-id", item.event_id);
+            headers.emplace_back("webhook-timestamp", std::to_string(ts));
+            headers.emplace_back("webhook-signature", signer.sign(item.event_id, ts, item.body));
+            std::string body = item.body;
+            const Clock::time_point started = Clock::now();
+            PostResult result = co_await http->post(std::move(headers), std::move(body));
+            record.latency_ms =
+                std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - started).count();
+            if (result.response) {
+                attempt.status = result.response->status;
+                record.status = attempt.status;
+                record.body = result.response->body_head;
+                if (!result.response->retry_after.empty()) {
+                    attempt.retry_after = parse_retry_after(result.response->retry_after, now_ms());
+                }
+            } else {
+                attempt.error = result.response.error();
+                record.error = result.error_detail;
+            }
+            record.outcome = classify(attempt);
+            if (record.outcome != Verdict::delivered) {
+                const RetryDecision decision = policy.after_failure(record.attempt, attempt, uniform());
+                record.outcome = decision.verdict;
+                if (decision.verdict == Verdict::retry) {
+                    record.next_at_ms = now_ms() + decision.delay.count();
+                }
+                if (record.error.empty()) {
+                    record.error = "http status " + std::to_string(attempt.status);
+                }
+            }
+        }
+
+        record.at_ms = now_ms();
+        std::vector<std::string> script_keys{k.stream,       k.retry,        k.tries,
+                                             k.dead,         k.idx_pending,  k.idx_retrying,
+                                             k.idx_delivered, k.delivery(item.event_id), k.attempts(item.event_id)};
+        std::vector<std::string> args{std::string(to_string(record.outcome)),
+                                      options.group,
+                                      item.entry_id,
+                                      item.event_id,
+                                      std::to_string(record.at_ms),
+                                      std::to_string(record.next_at_ms),
+                                      to_json(record),
+                                      record.error,
+                                      record.status == 0 ? std::string() : std::to_string(record.status),
+                                      std::to_string(options.record_ttl.count()),
+                                      std::to_string(options.max_attempt_records),
+                                      item.bill_id,
+                                      item.type};
+        Result<Reply> reply = co_await commands.eval(record_sha, std::move(script_keys), std::move(args));
+
+        stats.attempts.fetch_add(1, std::memory_order_relaxed);
+        if (record.outcome != Verdict::delivered) {
+            stats.failed_attempts.fetch_add(1, std::memory_order_relaxed);
+        }
+        if (!reply) {
+            // The entry stays outstanding (PEL or retry zset with a lease), so it comes back.
+            note_redis_failure("record", reply.error());
+            co_return;
+        }
+        if (reply->is_error()) {
+            note_redis_error_reply("record", *reply);
+            co_return;
+        }
+        switch (record.outcome) {
+            case Verdict::delivered:
+                stats.delivered.fetch_add(1, std::memory_order_relaxed);
+                log::debug("crm.delivered", {{"event_id", item.event_id},
+                                             {"attempt", record.attempt},
+                                             {"status", static_cast<std::int64_t>(record.status)},
+                                             {"latency_ms", record.latency_ms}});
+                break;
+            case Verdict::retry:
+                log::warning("crm.delivery_retry", {{"event_id", item.event_id},
+                                                    {"attempt", record.attempt},
+                                                    {"status", static_cast<std::int64_t>(record.status)},
+                                                    {"error", record.error},
+                                                    {"next_at_ms", record.next_at_ms}});
+                break;
+            case Verdict::dead:
+                stats.dead_letters.fetch_add(1, std::memory_order_relaxed);
+                log::error("crm.dead_letter", {{"event_id", item.event_id},
+                                               {"attempt", record.attempt},
+                                               {"status", static_cast<std::int64_t>(record.status)},
+                                               {"error", record.error}});
+                break;
+        }
+    }
+
+    std::vector<Item> parse_read(const Reply& reply)
+    {
+        std::vector<Item> items;
+        for (const Reply& stream : reply.elements) {
+            if (!stream.is_array() || stream.elements.size() < 2) {
+                continue;
+            }
+            const auto shard = shard_of_stream.find(stream.elements[0].str);
+            if (shard == shard_of_stream.end()) {
+                continue;
+            }
+            for (const Reply& entry : stream.elements[1].elements) {
+                if (!entry.is_array() || entry.elements.empty()) {
+                    continue;
+                }
+                const Reply* fields = entry.elements.size() > 1 ? &entry.elements[1] : nullptr;
+                items.push_back(make_item(shard->second, entry.elements[0], fields, 0));
+            }
+        }
+        return items;
+    }
+
+    asio::awaitable<void> read_loop()
+    {
+        std::chrono::milliseconds backoff = kBackoffMin;
+        while (!stopping) {
+            if (!commands.ready() || !reads.ready()) {
+                // Still connecting (the connections log their own failures).
+                co_await sleep(read_backoff, std::chrono::milliseconds{50});
+                continue;
+            }
+            if (!groups_ready) {
+                const bool ok = co_await ensure_groups();
+                if (!ok) {
+                    if (stopping) {
+                        break;
+                    }
+                    co_await sleep(read_backoff, backoff);
+                    backoff = std::min(backoff * 2, kBackoffMax);
+                    continue;
+                }
+            }
+            if (free_slots() == 0) {
+                co_await wait_signal(slot_signal);
+                continue;
+            }
+            const std::size_t shards = keys.all().size();
+            const std::size_t count = std::max<std::size_t>(1, (free_slots() + shards - 1) / shards);
+            std::vector<std::string> argv{"XREADGROUP", "GROUP", options.group, options.consumer,
+                                          "COUNT",      std::to_string(count), "BLOCK", std::to_string(block.count()),
+                                          "STREAMS"};
+            for (const ShardKeys& k : keys.all()) {
+                argv.push_back(k.stream);
+            }
+            for (std::size_t i = 0; i < shards; ++i) {
+                argv.emplace_back(">");
+            }
+            Result<Reply> reply = co_await reads.exec(std::move(argv));
+            if (!reply || reply->is_error()) {
+                if (stopping) {
+                    break;
+                }
+                if (!reply) {
+                    note_redis_failure("xreadgroup", reply.error());
+                } else {
+                    if (reply->str.starts_with("NOGROUP")) {
+                        groups_ready = false;  // the stream or group was deleted: create them again
+                    }
+                    note_redis_error_reply("xreadgroup", *reply);
+                }
+                co_await sleep(read_backoff, backoff);
+                backoff = std::min(backoff * 2, kBackoffMax);
+                continue;
+            }
+            backoff = kBackoffMin;
+            if (!reply->is_array()) {
+                continue;  // nil: BLOCK timed out
+            }
+            // Entries read are now pending for this consumer: deliver them even if stopping.
+            std::vector<Item> items = parse_read(*reply);
+            co_await mark_pending(items);
+            dispatch(std::move(items));
+        }
+    }
+
+    asio::awaitable<void> retry_loop()
+    {
+        while (!stopping) {
+            for (const ShardKeys& k : keys.all()) {
+                if (stopping || free_slots() == 0 || !commands.ready()) {
+                    break;
+                }
+                std::vector<std::string> script_keys{k.stream, k.retry, k.tries};
+                std::vector<std::string> args{std::to_string(now_ms()), std::to_string(options.lease.count()),
+                                              std::to_string(free_slots())};
+                Result<Reply> reply = co_await commands.eval(pop_sha, std::move(script_keys), std::move(args));
+                if (!reply) {
+                    note_redis_failure("pop_due", reply.error());
+                    break;
+                }
+                if (reply->is_error()) {
+                    note_redis_error_reply("pop_due", *reply);
+                    break;
+                }
+                std::vector<Item> items = parse_claimed(*reply, k.shard);
+                if (!items.empty()) {
+                    dispatch(std::move(items));
+                }
+            }
+            if (stopping) {
+                break;
+            }
+            co_await sleep(retry_timer, options.retry_poll);
+        }
+    }
+
+    asio::awaitable<void> reclaim_loop()
+    {
+        const std::chrono::milliseconds interval = options.reclaim_interval.count() > 0
+                                                       ? options.reclaim_interval
+                                                       : std::max(options.lease / 2, std::chrono::milliseconds{50});
+        while (!stopping) {
+            co_await sleep(reclaim_timer, interval);
+            if (stopping || !groups_ready || !commands.ready()) {
+                continue;
+            }
+            for (const ShardKeys& k : keys.all()) {
+                if (stopping || free_slots() == 0) {
+                    break;
+                }
+                std::string& cursor = reclaim_cursor[static_cast<std::size_t>(k.shard)];
+                std::vector<std::string> script_keys{k.stream, k.retry, k.tries};
+                std::vector<std::string> args{options.group,
+                                              options.consumer,
+                                              std::to_string(options.lease.count()),
+                                              std::to_string(free_slots()),
+                                              cursor,
+                                              std::to_string(kReclaimScan)};
+                Result<Reply> reply = co_await commands.eval(reclaim_sha, std::move(script_keys), std::move(args));
+                if (!reply) {
+                    note_redis_failure("reclaim", reply.error());
+                    break;
+                }
+                if (reply->is_error()) {
+                    if (reply->str.find("NOGROUP") != std::string::npos) {
+                        groups_ready = false;
+                    }
+                    note_redis_error_reply("reclaim", *reply);
+                    break;
+                }
+                if (!reply->is_array() || reply->elements.size() < 2) {
+                    continue;
+                }
+                cursor = reply->elements[0].str.empty() ? "-" : reply->elements[0].str;
+                std::vector<Item> items = parse_claimed(reply->elements[1], k.shard);
+                if (!items.empty()) {
+                    stats.reclaimed.fetch_add(items.size(), std::memory_order_relaxed);
+                    log::info("crm.reclaimed", {{"shard", k.shard}, {"count", items.size()}});
+                    dispatch(std::move(items));
+                }
+            }
+        }
+    }
+
+    asio::awaitable<void> refresh_stats()
+    {
+        std::uint64_t pending = 0;
+        std::uint64_t lag = 0;
+        std::uint64_t retrying = 0;
+        std::uint64_t dead = 0;
+        std::int64_t oldest = 0;
+        for (const ShardKeys& k : keys.all()) {
+            std::vector<std::string> script_keys{k.stream, k.retry, k.dead};
+            std::vector<std::string> args{options.group};
+            Result<Reply> reply = co_await commands.eval(stats_sha, std::move(script_keys), std::move(args));
+            if (!reply) {
+                note_redis_failure("stats", reply.error());
+                co_return;
+            }
+            if (reply->is_error() || reply->elements.size() < 5) {
+                note_redis_error_reply("stats", *reply);
+                co_return;
+            }
+            const std::vector<Reply>& v = reply->elements;
+            pending += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[0].integer));
+            lag += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[1].integer));
+            if (v[2].integer > 0 && (oldest == 0 || v[2].integer < oldest)) {
+                oldest = v[2].integer;
+            }
+            retrying += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[3].integer));
+            dead += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[4].integer));
+        }
+        stats.backlog.store(pending + lag, std::memory_order_relaxed);
+        stats.retrying.store(retrying, std::memory_order_relaxed);
+        stats.dead.store(dead, std::memory_order_relaxed);
+        stats.oldest_pending_age_ms.store(oldest == 0 ? 0 : std::max<std::int64_t>(0, now_ms() - oldest),
+                                          std::memory_order_relaxed);
+    }
+
+    asio::awaitable<void> cleanup_consumers()
+    {
+        for (const ShardKeys& k : keys.all()) {
+            std::vector<std::string> script_keys{k.stream};
+            std::vector<std::string> args{options.group, options.consumer,
+                                          std::to_string(options.consumer_cleanup_idle.count())};
+            Result<Reply> reply = co_await commands.eval(cleanup_sha, std::move(script_keys), std::move(args));
+            if (!reply || reply->is_error()) {
+                co_return;
+            }
+        }
+    }
+
+    asio::awaitable<void> stats_loop()
+    {
+        const std::chrono::milliseconds cleanup_every =
+            std::min(options.consumer_cleanup_idle, std::chrono::milliseconds{std::chrono::minutes{10}});
+        Clock::time_point last_cleanup = Clock::now();
+        while (!stopping) {
+            if (commands.ready() && groups_ready) {
+                co_await refresh_stats();
+                if (Clock::now() - last_cleanup >= cleanup_every) {
+                    last_cleanup = Clock::now();
+                    co_await cleanup_consumers();
+                }
+            }
+            if (stopping) {
+                break;
+            }
+            co_await sleep(stats_timer, options.stats_interval);
+        }
+    }
+};
+
+Result<std::unique_ptr<Dispatcher>> Dispatcher::create(asio::any_io_executor executor,
+                                                       const config::RedisConfig& redis,
+                                                       DispatcherOptions options)
+{
+    if (options.concurrency <= 0 || options.shards < 1 || options.lease.count() <= 0 ||
+        options.max_attempt_records == 0 || options.group.empty()) {
+        return make_error_code(errc::invalid_argument);
+    }
+    // An attempt that outlives the lease would be reclaimed (and sent again) by another instance.
+    if (options.lease <= options.http.timeout) {
+        return make_error_code(errc::invalid_argument);
+    }
+    Result<WebhookSigner> signer = WebhookSigner::create(options.secrets);
+    if (!signer) {
+        return signer.error();
+    }
+    options.http.concurrency = options.concurrency;
+    Result<std::unique_ptr<HttpClient>> http = HttpClient::create(executor, options.http);
+    if (!http) {
+        return http.error();
+    }
+    if (options.consumer.empty()) {
+        options.consumer = make_consumer_name();
+    }
+    auto impl = std::make_unique<Impl>(executor, redis, std::move(options), std::move(*signer), std::move(*http));
+    return std::unique_ptr<Dispatcher>(new Dispatcher(std::move(impl)));
+}
+
+Dispatcher::Dispatcher(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Dispatcher::~Dispatcher() = default;
+
+asio::awaitable<void> Dispatcher::run()
+{
+    using namespace asio::experimental::awaitable_operators;
+    Impl& d = *impl_;
+    d.commands.start();
+    d.reads.start();
+    log::info("crm.dispatcher_started", {{"consumer", d.options.consumer},
+                                         {"shards", d.keys.shards()},
+                                         {"concurrency", d.options.concurrency},
+                                         {"url", d.http->url().host_header}});
+    asio::awaitable<void> reader = d.read_loop();
+    asio::awaitable<void> retrier = d.retry_loop();
+    asio::awaitable<void> reclaimer = d.reclaim_loop();
+    asio::awaitable<void> reporter = d.stats_loop();
+    co_await (std::move(reader) && std::move(retrier) && std::move(reclaimer) && std::move(reporter));
+
+    // Deliveries already started finish (bounded by the HTTP timeout) and are recorded.
+    while (d.held > 0) {
+        co_await Impl::wait_signal(d.drain_signal);
+    }
+    d.http->close_idle();
+    d.commands.stop();
+    d.reads.stop();
+    // The connections' own loops end on the io_context's next turns (their aborted operations are
+    // already queued); give them those turns so the Dispatcher may be destroyed when run() returns.
+    d.read_backoff.expires_after(std::chrono::milliseconds{50});
+    co_await d.read_backoff.async_wait(kUseTuple);
+    log::info("crm.dispatcher_stopped", {{"consumer", d.options.consumer}});
+}
+
+void Dispatcher::stop()
+{
+    Impl& d = *impl_;
+    if (d.stopping) {
+        return;
+    }
+    d.stopping = true;
+    // The blocked XREADGROUP fails at once; the other loops wake from their timers.
+    d.reads.stop();
+    d.slot_signal.cancel();
+    d.read_backoff.cancel();
+    d.retry_timer.cancel();
+    d.reclaim_timer.cancel();
+    d.stats_timer.cancel();
+}
+
+const DispatcherStats& Dispatcher::stats() const noexcept
+{
+    return impl_->stats;
+}
+
+const std::string& Dispatcher::consumer() const noexcept
+{
+    return impl_->options.consumer;
+}
+
+}  // namespace paybridge::crm

@@ -1,0 +1,111 @@
+#pragma once
+
+// Guaranteed, signed delivery of bill events to the CRM (API.md "Events pushed to the CRM").
+//
+// The bill script appends every event to its shard's outbox stream in the same atomic step that
+// changes the bill; a provider's acknowledgement therefore never waits for the CRM. The Dispatcher
+// consumes those streams through the consumer group "crm" and POSTs each event, signed with the
+// Standard Webhooks scheme, with webhook-id = the event id (stable across retries and instances, so
+// the CRM can deduplicate). Delivery is at least once:
+//
+//   read      XREADGROUP (short BLOCK, on a connection of its own) across every shard stream
+//   deliver   events of one bill go one after another, in stream (sequence) order; different
+//             bills go concurrently, at most `concurrency` requests in flight
+//   2xx       XACK + state delivered + attempt recorded (one script)
+//   failure   per-shard retry zset (due time) + attempt count; the entry stays pending in the PEL
+//   retry     due members are taken atomically (their due time is pushed to now + lease while in
+//             flight, so two instances never take the same one) and redelivered from the stream
+//   exhausted XACK + per-shard dead-letter zset; DeliveryAdmin::recover/redeliver re-queue it
+//   crash     pending entries idle longer than `lease` and not waiting for a retry are claimed
+//             (XCLAIM with min-idle, so only one instance wins) and redelivered, same webhook-id
+//
+// Everything lives in Redis (layout in crm/delivery_schema.hpp): a restart loses nothing.
+// Runs on one executor (a single-threaded io_context); stats() may be read from any thread.
+
+#include "config/config.hpp"
+#include "core/result.hpp"
+#include "crm/http_client.hpp"
+
+#include <boost/asio/any_io_executor.hpp>
+#include <boost/asio/awaitable.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace paybridge::crm {
+
+struct DispatcherOptions {
+    std::string key_prefix{"pb:"};
+    int shards{16};
+    std::string group{"crm"};
+    std::string consumer;                             ///< empty: "<hostname>-<pid>-<random hex>"
+    std::vector<std::string> secrets;                 ///< "whsec_..." (all sign, first is current)
+    std::vector<std::chrono::milliseconds> retry_schedule{
+        std::chrono::seconds{5},     std::chrono::minutes{5}, std::chrono::minutes{30}, std::chrono::hours{2},
+        std::chrono::hours{5},       std::chrono::hours{10},  std::chrono::hours{10}};
+    double jitter{0.2};                               ///< each retry delay scaled by [1 - j, 1 + j]
+    std::chrono::milliseconds lease{60'000};          ///< in-flight entries idle longer are reclaimed
+    int concurrency{32};                              ///< deliveries in flight at most
+    std::chrono::milliseconds block{1'000};           ///< XREADGROUP BLOCK (bounded by redis timeout / 2)
+    std::chrono::milliseconds retry_poll{250};        ///< how often due retries are looked for
+    std::chrono::milliseconds reclaim_interval{0};    ///< 0: lease / 2
+    std::chrono::milliseconds stats_interval{5'000};  ///< backlog / oldest-age refresh
+    std::chrono::milliseconds record_ttl{std::chrono::hours{24 * 30}};  ///< delivered records kept this long
+    std::size_t max_attempt_records{50};              ///< attempts kept per event (newest)
+    std::chrono::milliseconds consumer_cleanup_idle{std::chrono::hours{1}};
+    HttpClientOptions http;                           ///< url, ca_file, timeout, concurrency, ...
+
+    /// Everything from the daemon's config (schedule, lease, timeout, concurrency, url, CA, secrets).
+    static DispatcherOptions from_config(const config::RedisConfig& redis, const config::CrmConfig& crm);
+};
+
+/// Counters and gauges for /metrics. Counters only grow; gauges are refreshed every stats_interval.
+struct DispatcherStats {
+    std::atomic<std::uint64_t> attempts{0};         ///< POSTs finished (any outcome)
+    std::atomic<std::uint64_t> delivered{0};        ///< events acknowledged by the CRM
+    std::atomic<std::uint64_t> failed_attempts{0};  ///< attempts that did not get a 2xx
+    std::atomic<std::uint64_t> dead_letters{0};     ///< events that exhausted the schedule
+    std::atomic<std::uint64_t> reclaimed{0};        ///< entries taken over from a dead instance
+    std::atomic<std::uint64_t> redis_errors{0};     ///< Redis commands that failed (retried later)
+    std::atomic<std::uint64_t> in_flight{0};        ///< events read and not yet settled (gauge)
+    std::atomic<std::uint64_t> backlog{0};          ///< pending in the group + not yet read (gauge)
+    std::atomic<std::uint64_t> retrying{0};         ///< waiting in the retry zsets (gauge)
+    std::atomic<std::uint64_t> dead{0};             ///< in the dead-letter zsets (gauge)
+    std::atomic<std::int64_t> oldest_pending_age_ms{0};  ///< age of the oldest undelivered event (gauge)
+};
+
+class Dispatcher final {
+public:
+    /// Builds the dispatcher and its two Redis connections (one for blocking reads, one for
+    /// everything else) and HTTP client. Errors: errc::invalid_argument (bad URL, CA file, secret,
+    /// non-positive concurrency or lease).
+    static Result<std::unique_ptr<Dispatcher>> create(boost::asio::any_io_executor executor,
+                                                      const config::RedisConfig& redis,
+                                                      DispatcherOptions options);
+    ~Dispatcher();
+    Dispatcher(const Dispatcher&) = delete;
+    Dispatcher& operator=(const Dispatcher&) = delete;
+
+    /// Runs until stop(): creates the consumer groups (from id 0, so events written before the
+    /// group existed are delivered), then reads, delivers, retries and reclaims. After stop() it
+    /// lets the deliveries in flight finish (each bounded by the HTTP timeout), records them, closes
+    /// its connections and returns. Redis outages are waited out, never fatal.
+    boost::asio::awaitable<void> run();
+
+    /// Asks run() to finish. Idempotent; call on the dispatcher's executor.
+    void stop();
+
+    const DispatcherStats& stats() const noexcept;
+    const std::string& consumer() const noexcept;
+
+private:
+    struct Impl;
+    explicit Dispatcher(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace paybridge::crm

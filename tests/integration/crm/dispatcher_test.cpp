@@ -1,0 +1,478 @@
+// The Dispatcher against a real redis-server and a real HTTP receiver: delivery, signatures,
+// retries, outages, crashes, several instances, dead letters and recovery.
+
+#include "tests/integration/crm/crm_fixture.hpp"
+
+#include "core/error.hpp"
+#include "core/payment_event.hpp"
+#include "crm/webhook_signer.hpp"
+#include "store/redis_bill_store.hpp"
+
+#include <doctest/doctest.h>
+#include <rapidjson/document.h>
+
+#include <algorithm>
+#include <set>
+
+namespace asio = boost::asio;
+using namespace paybridge;
+using namespace paybridge::test;
+
+namespace {
+
+rapidjson::Document parse(const std::string& text)
+{
+    rapidjson::Document doc;
+    doc.Parse(text.c_str());
+    REQUIRE_FALSE(doc.HasParseError());
+    return doc;
+}
+
+bool all_acknowledged(const HttpReceiver& receiver, const std::vector<std::string>& ids)
+{
+    const std::set<std::string> acked = receiver.acknowledged_ids();
+    return std::all_of(ids.begin(), ids.end(), [&](const std::string& id) { return acked.count(id) > 0; });
+}
+
+}  // namespace
+
+TEST_CASE("events are delivered, signed, with webhook-id = event id, and acknowledged in Redis")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    std::vector<std::string> ids;
+    // Written before the consumer group exists: the group starts at 0, so they are delivered.
+    for (int i = 0; i < 12; ++i) {
+        ids.push_back(env.add_event("B" + std::to_string(i), 1));
+    }
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
+    for (int i = 12; i < 20; ++i) {
+        ids.push_back(env.add_event("B" + std::to_string(i), 1));
+    }
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().delivered.load() == ids.size(); }, 5s));
+
+    check_all_signed(receiver);
+    CHECK(receiver.count() == ids.size());
+    for (const std::string& id : ids) {
+        CHECK(env.state_of(id) == "delivered");
+        CHECK(env.delivery(id)["attempts"] == "1");
+    }
+    CHECK(env.pending_total() == 0);
+    CHECK(d->stats().failed_attempts.load() == 0);
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().backlog.load() == 0; }, 5s));
+    CHECK(d->stats().oldest_pending_age_ms.load() == 0);
+}
+
+TEST_CASE("events of one bill arrive in sequence order (real bill script)")
+{
+    RedisEnv env;
+    store::RedisBillStore bills(*env.conn, env.cfg);
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+
+    for (const std::string bill_id : {"ORD-1", "ORD-2", "ORD-3"}) {
+        NewBill nb;
+        nb.id = bill_id;
+        nb.amount_fen = 1000;
+        nb.customer_id = "c1";
+        nb.description = "order";
+        Result<RegisterResult> reg = run_awaitable(env.ioc, bills.register_bill(std::move(nb)));
+        REQUIRE(reg.has_value());
+
+        PaymentEvent pay;
+        pay.provider = "wechatpay";
+        pay.channel = "wechatpay_v3";
+        pay.kind = EventKind::payment;
+        pay.notification_id = "n-pay-" + bill_id;
+        pay.account = "1900000001";
+        pay.bill_id = bill_id;
+        pay.provider_txn_id = "T-" + bill_id;
+        pay.total_fen = 1000;
+        pay.provider_status = "SUCCESS";
+        Result<ApplyResult> applied = run_awaitable(env.ioc, bills.apply(std::move(pay)));
+        REQUIRE(applied.has_value());
+        REQUIRE(applied->outcome == ApplyOutcome::applied);
+        for (int r = 1; r <= 3; ++r) {
+            PaymentEvent refund;
+            refund.provider = "wechatpay";
+            refund.channel = "wechatpay_v3";
+            refund.kind = EventKind::refund;
+            refund.notification_id = "n-ref-" + bill_id + std::to_string(r);
+            refund.account = "1900000001";
+            refund.bill_id = bill_id;
+            refund.provider_txn_id = "T-" + bill_id;
+            refund.total_fen = 1000;
+            refund.refund_id = "R" + std::to_string(r);
+            refund.refund_fen = 100;
+            refund.provider_status = "SUCCESS";
+            Result<ApplyResult> refunded = run_awaitable(env.ioc, bills.apply(std::move(refund)));
+            REQUIRE(refunded.has_value());
+            REQUIRE(refunded->outcome == ApplyOutcome::applied);
+        }
+    }
+
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return receiver.acknowledged_ids().size() == 12; }, 10s));
+    check_all_signed(receiver);
+
+    std::map<std::string, std::vector<std::int64_t>> sequences;
+    for (const ReceivedRequest& r : receiver.requests()) {
+        const rapidjson::Document ev = parse(r.body);
+        sequences[ev["bill_id"].GetString()].push_back(ev["sequence"].GetInt64());
+        const std::string type = ev["type"].GetString();
+        CHECK((type == "bill.paid" || type == "bill.refunded"));
+    }
+    REQUIRE(sequences.size() == 3);
+    for (const auto& [bill, seqs] : sequences) {
+        CAPTURE(bill);
+        CHECK(seqs.size() == 4);
+        CHECK(std::is_sorted(seqs.begin(), seqs.end()));
+        CHECK(std::adjacent_find(seqs.begin(), seqs.end()) == seqs.end());
+    }
+}
+
+TEST_CASE("500 then 200: delivered on the second attempt, both attempts recorded")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.push_statuses({500});
+    receiver.set_response_body(std::string(1000, 'x'));
+    const std::string id = env.add_event("B1", 1);
+
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 10s));
+
+    const std::vector<ReceivedRequest> got = receiver.requests();
+    REQUIRE(got.size() == 2);
+    CHECK(got[0].status == 500);
+    CHECK(got[1].status == 200);
+    CHECK(got[0].webhook_id == id);
+    CHECK(got[1].webhook_id == id);  // stable across retries
+    CHECK(got[0].body == got[1].body);
+    check_all_signed(receiver);
+    // The retry waited for the first schedule step (100 ms).
+    CHECK(got[1].at - got[0].at >= 90ms);
+
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    Result<std::string> text = run_awaitable(env.ioc, admin.get_event_deliveries(id));
+    REQUIRE(text.has_value());
+    const rapidjson::Document doc = parse(*text);
+    REQUIRE(doc["event"].IsObject());
+    CHECK(std::string(doc["event"]["id"].GetString()) == id);
+    CHECK(std::string(doc["delivery"]["state"].GetString()) == "delivered");
+    CHECK(doc["delivery"]["attempts"].GetInt() == 2);
+    CHECK(doc["delivery"]["last_status"].GetInt() == 200);
+    CHECK(doc["delivery"]["delivered_at"].IsString());
+    const auto& attempts = doc["attempts"];
+    REQUIRE(attempts.Size() == 2);
+    CHECK(attempts[0]["status"].GetInt() == 500);
+    CHECK(std::string(attempts[0]["outcome"].GetString()) == "retry");
+    CHECK(attempts[0]["next_at"].IsString());
+    CHECK(std::string(attempts[0]["error"].GetString()) == "http status 500");
+    CHECK(std::string(attempts[0]["response_body"].GetString()) == std::string(256, 'x'));
+    CHECK(attempts[0]["latency_ms"].GetInt64() >= 0);
+    CHECK(attempts[1]["status"].GetInt() == 200);
+    CHECK(std::string(attempts[1]["outcome"].GetString()) == "delivered");
+    CHECK(attempts[1]["attempt"].GetInt() == 2);
+    CHECK(d->stats().failed_attempts.load() == 1);
+    CHECK(d->stats().delivered.load() == 1);
+    CHECK(env.pending_total() == 0);
+}
+
+TEST_CASE("receiver down for a while: the backlog is delivered when it returns")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.stop();
+    std::vector<std::string> ids;
+    for (int i = 0; i < 10; ++i) {
+        ids.push_back(env.add_event("B" + std::to_string(i % 4), i + 1));
+    }
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {200ms, 200ms, 200ms, 200ms, 200ms, 200ms, 200ms, 200ms, 200ms, 200ms};
+    RunningDispatcher d(env.ioc, env.cfg, options);
+
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().failed_attempts.load() >= 20; }, 10s));
+    for (const std::string& id : ids) {
+        CHECK(env.state_of(id) == "retrying");
+    }
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().retrying.load() == 10 && d->stats().backlog.load() == 10; },
+                      5s));
+    CHECK(d->stats().oldest_pending_age_ms.load() > 0);
+    const std::map<std::string, std::string> rec = env.delivery(ids[0]);
+    CHECK(rec.at("last_error").find("connect") != std::string::npos);
+    CHECK(rec.at("last_status").empty());
+
+    receiver.start();
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    for (const std::string& id : ids) {
+        CHECK(env.state_of(id) == "delivered");
+    }
+    check_all_signed(receiver);
+    CHECK(d->stats().dead_letters.load() == 0);
+}
+
+TEST_CASE("a dispatcher that dies mid-delivery: another one redelivers every event, same webhook-id")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    std::vector<std::string> ids;
+    for (int i = 0; i < 6; ++i) {
+        ids.push_back(env.add_event("B" + std::to_string(i), 1));
+    }
+
+    // Instance A reads everything and is mid-request when it "crashes": its io_context simply
+    // stops running, so it never acknowledges anything.
+    receiver.set_response_delay(10s);
+    asio::io_context ioc_a;
+    auto a = std::make_unique<RunningDispatcher>(ioc_a, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(ioc_a, [&] { return receiver.count() == ids.size(); }, 10s));
+    const std::string consumer_a = (*a)->consumer();
+
+    receiver.set_response_delay(0ms);
+    {
+        RunningDispatcher b(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+        CHECK(b->consumer() != consumer_a);
+        REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
+        REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+        CHECK(b->stats().reclaimed.load() == ids.size());
+        CHECK(b->stats().delivered.load() == ids.size());
+    }
+    for (const std::string& id : ids) {
+        CHECK(env.state_of(id) == "delivered");
+        CHECK(acknowledged_counts(receiver)[id] == 1);
+    }
+    // Each event was sent twice (A's lost attempt, B's), always under the same webhook-id.
+    std::map<std::string, int> sent;
+    for (const ReceivedRequest& r : receiver.requests()) {
+        ++sent[r.webhook_id];
+    }
+    for (const std::string& id : ids) {
+        CHECK(sent[id] == 2);
+    }
+    check_all_signed(receiver);
+
+    // A comes back to life only to shut down: its attempts time out, and those late failures must
+    // not undo B's deliveries.
+    ioc_a.restart();
+    a.reset();
+    for (const std::string& id : ids) {
+        CHECK(env.state_of(id) == "delivered");
+    }
+    CHECK(env.pending_total() == 0);
+}
+
+TEST_CASE("two dispatchers on one Redis: every event delivered exactly once")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    RunningDispatcher a(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    RunningDispatcher b(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    std::vector<std::string> ids;
+    for (int i = 0; i < 150; ++i) {
+        ids.push_back(env.add_event("B" + std::to_string(i % 37), i + 1));
+        if (i % 10 == 0) {
+            run_for(env.ioc, 5ms);
+        }
+    }
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 20s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    run_for(env.ioc, 300ms);
+    CHECK(receiver.count() == ids.size());
+    for (const auto& [id, n] : acknowledged_counts(receiver)) {
+        CAPTURE(id);
+        CHECK(n == 1);
+    }
+    CHECK(a->stats().delivered.load() + b->stats().delivered.load() == ids.size());
+    check_all_signed(receiver);
+}
+
+TEST_CASE("shortened schedule: dead letter after the last retry, then recover delivers it")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_default_status(503);
+    const std::string first = env.add_event("B1", 1);
+    const std::string second = env.add_event("B2", 1);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {100ms, 200ms};
+    RunningDispatcher d(env.ioc, env.cfg, options);
+
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "dead" && env.state_of(second) == "dead"; }, 10s));
+    CHECK(receiver.count() == 6);  // 3 attempts each
+    CHECK(d->stats().dead_letters.load() == 2);
+    CHECK(env.delivery(first)["attempts"] == "3");
+    CHECK(env.delivery(first)["last_status"] == "503");
+    CHECK(env.pending_total() == 0);  // dead letters are acknowledged in the group
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().dead.load() == 2; }, 5s));
+
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    Result<std::string> dead = run_awaitable(env.ioc, admin.list_deliveries("dead", 10, ""));
+    REQUIRE(dead.has_value());
+    const rapidjson::Document listed = parse(*dead);
+    REQUIRE(listed["items"].Size() == 2);
+    CHECK(std::string(listed["items"][0]["state"].GetString()) == "dead");
+
+    receiver.set_default_status(200);
+    run_for(env.ioc, 500ms);
+    CHECK(receiver.count() == 6);  // dead letters stay dead until someone acts
+
+    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0));
+    REQUIRE(recovered.has_value());
+    const rapidjson::Document rec = parse(*recovered);
+    CHECK(rec["requeued"].GetInt() == 2);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "delivered" && env.state_of(second) == "delivered"; },
+                      10s));
+    CHECK(env.delivery(first)["attempts"] == "4");
+    CHECK(receiver.acknowledged_ids() == std::set<std::string>{first, second});
+
+    // Recover again: nothing is dead any more.
+    Result<std::string> again = run_awaitable(env.ioc, admin.recover(0));
+    REQUIRE(again.has_value());
+    CHECK(parse(*again)["requeued"].GetInt() == 0);
+    check_all_signed(receiver);
+}
+
+TEST_CASE("Retry-After on 429 is honoured")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.push_statuses({429});
+    receiver.set_retry_after("1");
+    const std::string id = env.add_event("B1", 1);
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 10s));
+    const std::vector<ReceivedRequest> got = receiver.requests();
+    REQUIRE(got.size() == 2);
+    CHECK(got[1].at - got[0].at >= 950ms);  // not the 100 ms of the schedule
+}
+
+TEST_CASE("secret rotation: both secrets sign every event")
+{
+    RedisEnv env;
+    const std::string current = new_secret();
+    const std::string previous = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {current, previous}});
+    HttpReceiver old_receiver(HttpReceiverOptions{.secrets = {previous}});
+    const std::string id = env.add_event("B1", 1);
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {current, previous}));
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 10s));
+    const std::vector<ReceivedRequest> got = receiver.requests();
+    REQUIRE(got.size() == 1);
+    CHECK(got[0].signature_ok);
+    CHECK(got[0].verified_by == std::vector<bool>{true, true});
+    CHECK(std::count(got[0].webhook_signature.begin(), got[0].webhook_signature.end(), ' ') == 1);
+    CHECK(crm::verify(previous, got[0].webhook_id, got[0].webhook_timestamp, got[0].webhook_signature, got[0].body,
+                      std::stoll(got[0].webhook_timestamp)));
+    CHECK_FALSE(crm::verify(new_secret(), got[0].webhook_id, got[0].webhook_timestamp, got[0].webhook_signature,
+                            got[0].body, std::stoll(got[0].webhook_timestamp)));
+}
+
+TEST_CASE("everything is in Redis: a restarted dispatcher resumes the retries of the previous one")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_default_status(500);
+    const std::string id = env.add_event("B1", 1);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {300ms, 300ms, 300ms, 300ms, 300ms, 300ms};
+    {
+        RunningDispatcher first(env.ioc, env.cfg, options);
+        REQUIRE(run_until(env.ioc, [&] { return env.delivery(id)["attempts"] == "2"; }, 10s));
+        first.stop();  // graceful: nothing in flight is lost
+    }
+    CHECK(env.state_of(id) == "retrying");
+    receiver.set_default_status(200);
+    RunningDispatcher second(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 10s));
+    CHECK(env.delivery(id)["attempts"] == "3");
+    CHECK(env.pending_total() == 0);
+}
+
+TEST_CASE("redeliver re-sends a delivered event under the same webhook-id; list_deliveries pages")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    std::vector<std::string> ids;
+    for (int i = 0; i < 7; ++i) {
+        ids.push_back(env.add_event("B" + std::to_string(i), 1));
+    }
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().delivered.load() == ids.size(); }, 5s));
+
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    // Page through the delivered events three at a time.
+    std::set<std::string> seen;
+    std::string cursor;
+    int pages = 0;
+    for (;;) {
+        Result<std::string> page = run_awaitable(env.ioc, admin.list_deliveries("delivered", 3, cursor));
+        REQUIRE(page.has_value());
+        const rapidjson::Document doc = parse(*page);
+        for (const auto& item : doc["items"].GetArray()) {
+            CHECK(seen.insert(item["event_id"].GetString()).second);
+            CHECK(std::string(item["state"].GetString()) == "delivered");
+        }
+        ++pages;
+        if (doc["next_cursor"].IsNull()) {
+            break;
+        }
+        cursor = doc["next_cursor"].GetString();
+        REQUIRE(pages < 10);
+    }
+    CHECK(seen == std::set<std::string>(ids.begin(), ids.end()));
+    Result<std::string> all = run_awaitable(env.ioc, admin.list_deliveries("", 100, ""));
+    REQUIRE(all.has_value());
+    CHECK(parse(*all)["items"].Size() == ids.size());
+    CHECK(run_awaitable(env.ioc, admin.list_deliveries("bogus", 10, "")).error() == errc::invalid_argument);
+    CHECK(run_awaitable(env.ioc, admin.list_deliveries("dead", 10, "nonsense")).error() == errc::invalid_argument);
+
+    Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(ids[3]));
+    REQUIRE(again.has_value());
+    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "delivered");
+    REQUIRE(run_until(env.ioc, [&] { return acknowledged_counts(receiver)[ids[3]] == 2; }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(ids[3]) == "delivered"; }, 5s));
+    CHECK(env.delivery(ids[3])["attempts"] == "2");
+    CHECK(run_awaitable(env.ioc, admin.redeliver("evt_nope")).error() == errc::not_found);
+    CHECK(run_awaitable(env.ioc, admin.get_event_deliveries("evt_nope")).error() == errc::not_found);
+    check_all_signed(receiver);
+}
+
+TEST_CASE("HTTPS delivery to a receiver with a certificate from the configured CA")
+{
+    RedisEnv env;
+    keygen::CertSpec ca_spec;
+    ca_spec.common_name = "paybridge test CA";
+    ca_spec.is_ca = true;
+    const keygen::Certificate ca = keygen::make_ca(ca_spec);
+    keygen::CertSpec server_spec;
+    server_spec.common_name = "localhost";
+    server_spec.dns_names = {"localhost"};
+    server_spec.ip_addresses = {"127.0.0.1"};
+    const keygen::Certificate server = keygen::issue(ca, server_spec);
+    const std::string ca_file = write_temp_file("crm-ca.pem", ca.cert_pem);
+
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}, .tls_cert_pem = server.cert_pem,
+                                              .tls_key_pem = server.key.private_pem});
+    const std::string id = env.add_event("B1", 1);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.http.ca_file = ca_file;
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 10s));
+    REQUIRE(receiver.url().starts_with("https://"));
+    check_all_signed(receiver);
+}
