@@ -34,8 +34,8 @@ std::string url_encode(std::string_view value)
     std::string out;
     for (const char c : value) {
         const auto b = static_cast<unsigned char>(c);
-        if ((b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z') || (b >= '0' && b <= '9') || b == '-' || b == '_' ||
-            b == '.' || b == '~') {
+        if ((b >= 'A' && b <= 'Z') || (b >= 'a' && b <= 'z') || (b >= '0' && b <= '9') || b == '-' ||
+            b == '_' || b == '.' || b == '~') {
             out += c;
         } else {
             out += '%';
@@ -86,17 +86,20 @@ Expected<ApiEndpoint> resolve_api(const Args& args, bool need_token)
             }
             api.token = *t;
         } else if (cfg) {
-            return local_error(cfg->path.string() + " has no api_tokens; pass --token TOKEN or set PAYBRIDGE_TOKEN");
+            return local_error(cfg->path.string() +
+                               " has no api_tokens; pass --token TOKEN or set PAYBRIDGE_TOKEN");
         } else {
-            return local_error("no API token: pass --token TOKEN, set PAYBRIDGE_TOKEN, or point --config at a "
-                               "configuration with api_tokens (" +
-                               config_problem->message + ")");
+            return local_error(
+                "no API token: pass --token TOKEN, set PAYBRIDGE_TOKEN, or point --config at a "
+                "configuration with api_tokens (" +
+                config_problem->message + ")");
         }
     }
     return api;
 }
 
-Expected<HttpResponse> api_call(const ApiEndpoint& api, std::string method, std::string target, std::string body)
+Expected<HttpResponse> api_call(const ApiEndpoint& api, std::string method, std::string target,
+                                std::string body)
 {
     HttpRequest req;
     req.method = std::move(method);
@@ -125,7 +128,8 @@ Failure api_failure(const HttpResponse& res, std::string_view what)
     if (!doc.HasParseError() && doc.IsObject() && doc.HasMember("error") && doc["error"].IsObject()) {
         const auto& e = doc["error"];
         const std::string field = member(e, "field");
-        message += " " + member(e, "code") + ": " + (field.empty() ? "" : field + ": ") + member(e, "message");
+        message +=
+            " " + member(e, "code") + ": " + (field.empty() ? "" : field + ": ") + member(e, "message");
     } else if (!res.body.empty() && res.body.size() < 300) {
         std::string body = res.body;
         while (!body.empty() && (body.back() == '\n' || body.back() == '\r')) {
@@ -136,7 +140,8 @@ Failure api_failure(const HttpResponse& res, std::string_view what)
         message += " " + res.reason;
     }
     if (res.status == 401) {
-        message += " (the token was refused: check --token, $PAYBRIDGE_TOKEN or api_tokens in the configuration)";
+        message +=
+            " (the token was refused: check --token, $PAYBRIDGE_TOKEN or api_tokens in the configuration)";
     } else if (res.status == 503) {
         message += " (is redis-server running and reachable from paybridged? see GET /readyz)";
     }

@@ -27,7 +27,8 @@ exit codes: 0 ok, 1 the API refused (4xx/5xx, message shown), 2 usage error, 3 c
             4 configuration/token problem
 )";
 
-constexpr const char* kBillsHelp = R"(usage: paybridge bills create --id ID --amount FEN --customer C [--description D]
+constexpr const char* kBillsHelp =
+    R"(usage: paybridge bills create --id ID --amount FEN --customer C [--description D]
                               [--currency CNY] [--expires-at RFC3339]
        paybridge bills get ID
        paybridge bills list [--status S] [--provider P] [--customer C] [--limit N] [--cursor C]
@@ -151,8 +152,8 @@ void print_bill(const Io& io, const rapidjson::Value& bill)
 {
     io.out << "bill " << text(bill, "id") << "  " << text(bill, "status") << "\n";
     Table t({"FIELD", "VALUE"});
-    t.add({"amount", yuan(bill, "amount_fen") + " " + text(bill, "currency") + " (" + text(bill, "amount_fen") +
-                         " fen)"});
+    t.add({"amount", yuan(bill, "amount_fen") + " " + text(bill, "currency") + " (" +
+                         text(bill, "amount_fen") + " fen)"});
     t.add({"paid", yuan(bill, "paid_fen")});
     t.add({"refunded", yuan(bill, "refunded_fen")});
     t.add({"customer", text(bill, "customer_id")});
@@ -181,7 +182,8 @@ Table events_table(const rapidjson::Value& events, bool with_bill)
     }
     for (const auto& ev : events.GetArray()) {
         const rapidjson::Value* bill = ev.IsObject() && ev.HasMember("bill") ? &ev["bill"] : nullptr;
-        std::vector<std::string> row = {short_time(text(ev, "created_at")), text(ev, "sequence"), text(ev, "type")};
+        std::vector<std::string> row = {short_time(text(ev, "created_at")), text(ev, "sequence"),
+                                        text(ev, "type")};
         if (with_bill) {
             row.push_back(text(ev, "bill_id"));
         }
@@ -216,8 +218,9 @@ int bills_create(const std::vector<std::string>& argv, const Io& io)
     }
     const auto amount = parse_integer(*amount_text, 1, kMaxAmountFen);
     if (!amount) {
-        return report(io, args->usage("--amount is a whole number of fen from 1 to 10^12 (1234 for 12.34 CNY), not '" +
-                                      *amount_text + "'"));
+        return report(
+            io, args->usage("--amount is a whole number of fen from 1 to 10^12 (1234 for 12.34 CNY), not '" +
+                            *amount_text + "'"));
     }
     Expected<ApiEndpoint> api = resolve_api(*args, true);
     if (!api) {
@@ -241,7 +244,8 @@ int bills_create(const std::vector<std::string>& argv, const Io& io)
         w.String(*expires);
     }
     w.EndObject();
-    Expected<HttpResponse> res = api_call(*api, "POST", "/v1/bills", std::string(buf.GetString(), buf.GetSize()));
+    Expected<HttpResponse> res =
+        api_call(*api, "POST", "/v1/bills", std::string(buf.GetString(), buf.GetSize()));
     if (!res) {
         return report(io, res.error());
     }
@@ -250,7 +254,7 @@ int bills_create(const std::vector<std::string>& argv, const Io& io)
             print_json(io, res->body);
         }
         return report(io, api_failure(*res, res->status == 409 ? "bill " + *id + " exists with other content"
-                                                                : "the API refused the bill"));
+                                                               : "the API refused the bill"));
     }
     if (args->flag("json")) {
         print_json(io, res->body);
@@ -291,8 +295,10 @@ int bills_get(const std::vector<std::string>& argv, const Io& io)
         print_json(io, res->body);
     }
     if (!res->ok()) {
-        return report(io, api_failure(*res, res->status == 404 ? "no bill '" + id + "' (register it with 'paybridge bills create')"
-                                                               : "GET /v1/bills/" + id + " failed"));
+        return report(
+            io, api_failure(*res, res->status == 404
+                                      ? "no bill '" + id + "' (register it with 'paybridge bills create')"
+                                      : "GET /v1/bills/" + id + " failed"));
     }
     if (args->flag("json")) {
         return code(Exit::ok);
@@ -314,8 +320,8 @@ int bills_get(const std::vector<std::string>& argv, const Io& io)
 
 int bills_list(const std::vector<std::string>& argv, const Io& io)
 {
-    Expected<Args> args = Args::parse("bills list", argv,
-                                      with_api({{"status"}, {"provider"}, {"customer"}, {"limit"}, {"cursor"}}));
+    Expected<Args> args = Args::parse(
+        "bills list", argv, with_api({{"status"}, {"provider"}, {"customer"}, {"limit"}, {"cursor"}}));
     if (!args) {
         return report(io, args.error());
     }
@@ -336,9 +342,11 @@ int bills_list(const std::vector<std::string>& argv, const Io& io)
     };
     if (auto status = args->value("status")) {
         std::string s = *status;
-        std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
+        std::transform(s.begin(), s.end(), s.begin(),
+                       [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
         if (s != "PENDING" && s != "PAID" && s != "PARTIALLY_REFUNDED" && s != "REFUNDED" && s != "CLOSED") {
-            return report(io, args->usage("--status must be PENDING, PAID, PARTIALLY_REFUNDED, REFUNDED or CLOSED"));
+            return report(
+                io, args->usage("--status must be PENDING, PAID, PARTIALLY_REFUNDED, REFUNDED or CLOSED"));
         }
         add("status", s);
     }
@@ -484,7 +492,8 @@ int cmd_bills(const std::vector<std::string>& argv, const Io& io)
     if (argv.front() == "list") {
         return bills_list(rest, io);
     }
-    return report(io, usage_error("unknown command 'bills " + argv.front() + "' (see 'paybridge bills --help')"));
+    return report(io,
+                  usage_error("unknown command 'bills " + argv.front() + "' (see 'paybridge bills --help')"));
 }
 
 int cmd_events(const std::vector<std::string>& argv, const Io& io) { return feed(argv, io, false); }

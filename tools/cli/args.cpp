@@ -61,7 +61,8 @@ Expected<Args> Args::parse(std::string_view command, const std::vector<std::stri
             inline_value = name.substr(eq + 1);
             name.resize(eq);
         }
-        const auto spec = std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == name; });
+        const auto spec =
+            std::find_if(specs.begin(), specs.end(), [&](const OptionSpec& s) { return s.name == name; });
         if (spec == specs.end()) {
             return args.usage("unknown option '--" + name + "'");
         }
@@ -97,7 +98,8 @@ std::optional<std::string> Args::value(std::string_view name) const
     return it->second;
 }
 
-Expected<std::optional<std::int64_t>> Args::integer(std::string_view name, std::int64_t min, std::int64_t max) const
+Expected<std::optional<std::int64_t>> Args::integer(std::string_view name, std::int64_t min,
+                                                    std::int64_t max) const
 {
     const auto text = value(name);
     if (!text) {
@@ -105,8 +107,8 @@ Expected<std::optional<std::int64_t>> Args::integer(std::string_view name, std::
     }
     const auto v = parse_integer(*text, min, max);
     if (!v) {
-        return usage("--" + std::string(name) + " must be a whole number from " + std::to_string(min) + " to " +
-                     std::to_string(max) + ", not '" + *text + "'");
+        return usage("--" + std::string(name) + " must be a whole number from " + std::to_string(min) +
+                     " to " + std::to_string(max) + ", not '" + *text + "'");
     }
     return std::optional<std::int64_t>{*v};
 }

@@ -37,7 +37,8 @@ public:
 
     /// The value as a decimal integer in [min, max], or nullopt when absent.
     /// Errors (Exit::usage): not an integer, or out of range, naming the option.
-    Expected<std::optional<std::int64_t>> integer(std::string_view name, std::int64_t min, std::int64_t max) const;
+    Expected<std::optional<std::int64_t>> integer(std::string_view name, std::int64_t min,
+                                                  std::int64_t max) const;
 
     /// A usage failure: "<message> (see 'paybridge <command> --help')".
     Failure usage(std::string message) const;

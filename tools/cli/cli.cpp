@@ -12,7 +12,8 @@ namespace paybridge::cli {
 
 namespace {
 
-constexpr const char* kHelp = R"(usage: paybridge COMMAND [options]          (paybridge COMMAND --help for details)
+constexpr const char* kHelp =
+    R"(usage: paybridge COMMAND [options]          (paybridge COMMAND --help for details)
 
 development
   keys init DIR        write development keys and a development configuration

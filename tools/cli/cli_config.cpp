@@ -135,8 +135,9 @@ Expected<CliConfig> load_cli_config(const fs::path& file)
     cfg.path = fs::absolute(file).lexically_normal();
     std::ifstream in(cfg.path, std::ios::binary);
     if (!in) {
-        return local_error("cannot read the configuration " + cfg.path.string() +
-                           " (run 'paybridge keys init DIR' to create a development one, or pass --config FILE)");
+        return local_error(
+            "cannot read the configuration " + cfg.path.string() +
+            " (run 'paybridge keys init DIR' to create a development one, or pass --config FILE)");
     }
     std::ostringstream text;
     text << in.rdbuf();

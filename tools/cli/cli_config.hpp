@@ -33,7 +33,7 @@ struct WechatAccount {
     std::string apiv3_key_ref;  ///< secret reference, unresolved
     std::string apiv2_key_ref;  ///< secret reference, or empty
     std::string public_key_id;
-    std::filesystem::path public_key_file;                  ///< absolute, or empty
+    std::filesystem::path public_key_file;                     ///< absolute, or empty
     std::vector<std::filesystem::path> platform_certificates;  ///< absolute
 
     /// The folder of the public key file, else of the first platform certificate.

@@ -15,11 +15,11 @@ namespace paybridge::cli {
 
 /// Process exit codes (documented in docs/cli.md and every --help).
 enum class Exit : int {
-    ok = 0,          ///< done; for trigger/API commands the remote side answered 2xx
-    remote = 1,      ///< the remote side refused or failed (non-2xx, bad reply)
-    usage = 2,       ///< the command line is wrong
-    connect = 3,     ///< cannot connect (refused, unresolvable, timed out)
-    local = 4,       ///< a local file, key or configuration problem
+    ok = 0,       ///< done; for trigger/API commands the remote side answered 2xx
+    remote = 1,   ///< the remote side refused or failed (non-2xx, bad reply)
+    usage = 2,    ///< the command line is wrong
+    connect = 3,  ///< cannot connect (refused, unresolvable, timed out)
+    local = 4,    ///< a local file, key or configuration problem
 };
 
 inline int code(Exit e) noexcept { return static_cast<int>(e); }

@@ -34,7 +34,8 @@ namespace {
 bool iequals(std::string_view a, std::string_view b)
 {
     return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return std::tolower(static_cast<unsigned char>(x)) == std::tolower(static_cast<unsigned char>(y));
+               return std::tolower(static_cast<unsigned char>(x)) ==
+                      std::tolower(static_cast<unsigned char>(y));
            });
 }
 
@@ -86,7 +87,8 @@ std::string describe(const boost::system::error_code& ec, std::chrono::milliseco
     return ec.message();
 }
 
-Failure transport_failure(const Url& url, const boost::system::error_code& ec, std::chrono::milliseconds timeout)
+Failure transport_failure(const Url& url, const boost::system::error_code& ec,
+                          std::chrono::milliseconds timeout)
 {
     return Failure{Exit::connect, "cannot reach " + url.origin() + ": " + describe(ec, timeout)};
 }
@@ -106,7 +108,8 @@ HttpResponse to_response(const http::response<http::string_body>& msg)
 // The request/response exchange over an established stream (plain or TLS).
 template <class Stream>
 asio::awaitable<Expected<HttpResponse>> exchange(Stream& stream, beast::tcp_stream& tcp_layer, const Url& url,
-                                                 http::request<http::string_body>& msg, const ClientLimits& limits)
+                                                 http::request<http::string_body>& msg,
+                                                 const ClientLimits& limits)
 {
     tcp_layer.expires_after(limits.timeout);
     auto [wec, written] = co_await http::async_write(stream, msg, kUseTuple);
@@ -138,7 +141,8 @@ asio::awaitable<Expected<HttpResponse>> exchange(Stream& stream, beast::tcp_stre
 std::string Url::origin() const
 {
     const bool v6 = host.find(':') != std::string::npos;
-    return std::string(tls ? "https://" : "http://") + (v6 ? "[" + host + "]" : host) + ":" + std::to_string(port);
+    return std::string(tls ? "https://" : "http://") + (v6 ? "[" + host + "]" : host) + ":" +
+           std::to_string(port);
 }
 
 std::string Url::text() const { return origin() + target; }
@@ -268,17 +272,22 @@ asio::awaitable<Expected<HttpResponse>> send(Url url, HttpRequest req, ClientLim
     beast::get_lowest_layer(tls_stream).expires_after(limits.timeout);
     auto [hec] = co_await tls_stream.async_handshake(asio::ssl::stream_base::client, kUseTuple);
     if (hec) {
-        co_return Failure{Exit::connect, "cannot reach " + url.origin() + ": TLS handshake failed: " + hec.message()};
+        co_return Failure{Exit::connect,
+                          "cannot reach " + url.origin() + ": TLS handshake failed: " + hec.message()};
     }
-    Expected<HttpResponse> res = co_await exchange(tls_stream, beast::get_lowest_layer(tls_stream), url, msg, limits);
+    Expected<HttpResponse> res =
+        co_await exchange(tls_stream, beast::get_lowest_layer(tls_stream), url, msg, limits);
     co_return res;
 }
 
 Expected<HttpResponse> send_blocking(const Url& url, const HttpRequest& req, ClientLimits limits)
 {
     asio::io_context ioc;
-    Expected<HttpResponse> result = Failure{Exit::connect, "cannot reach " + url.origin() + ": not attempted"};
-    auto task = [&]() -> asio::awaitable<void> { result = co_await send(url, req, limits); };
+    Expected<HttpResponse> result =
+        Failure{Exit::connect, "cannot reach " + url.origin() + ": not attempted"};
+    auto task = [&]() -> asio::awaitable<void> {
+        result = co_await send(url, req, limits);
+    };
     asio::co_spawn(ioc, std::move(task), [](std::exception_ptr e) {
         if (e) {
             std::rethrow_exception(e);

@@ -21,7 +21,7 @@ namespace paybridge::cli {
 /// An absolute http(s) URL split for connecting.
 struct Url {
     bool tls{false};
-    std::string host;    ///< without brackets for IPv6
+    std::string host;  ///< without brackets for IPv6
     std::uint16_t port{80};
     std::string target;  ///< path and query, at least "/"
 

@@ -122,7 +122,9 @@ std::string relative_to(const fs::path& target, const fs::path& base)
 
 std::string config_json(const KeysInitOptions& o, const std::string& keys, const std::string& public_key_id)
 {
-    auto key = [&keys](std::string_view name) { return keys == "." ? std::string(name) : keys + "/" + std::string(name); };
+    auto key = [&keys](std::string_view name) {
+        return keys == "." ? std::string(name) : keys + "/" + std::string(name);
+    };
     rapidjson::StringBuffer buf;
     rapidjson::PrettyWriter<rapidjson::StringBuffer> w(buf);
     w.SetIndent(' ', 2);
@@ -238,14 +240,15 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
     const keygen::Certificate ca = keygen::make_ca({.common_name = "paybridge development test CA",
                                                     .organizational_unit = "paybridge dev",
                                                     .is_ca = true});
-    const keygen::Certificate alipay_cert = keygen::issue(
-        ca, {.common_name = "paybridge dev Alipay " + std::string(kDevAlipaySellerId), .organizational_unit = "Alipay"});
+    const keygen::Certificate alipay_cert =
+        keygen::issue(ca, {.common_name = "paybridge dev Alipay " + std::string(kDevAlipaySellerId),
+                           .organizational_unit = "Alipay"});
     const keygen::KeyPair wechat_pair = keygen::generate_rsa();
     report.wechat_platform_serial = random_serial_hex();
     const keygen::Certificate platform = keygen::issue(ca, {.common_name = "Tenpay.com Root CA dev",
-                                                           .organization = "Tenpay.com",
-                                                           .organizational_unit = "Tenpay.com CA Center",
-                                                           .serial_hex = report.wechat_platform_serial});
+                                                            .organization = "Tenpay.com",
+                                                            .organizational_unit = "Tenpay.com CA Center",
+                                                            .serial_hex = report.wechat_platform_serial});
     report.wechat_public_key_id = "PUB_KEY_ID_" + random_digits(32);
     if (auto certs = crypto::load_certificates(platform.cert_pem); certs && !certs->empty()) {
         report.wechat_platform_serial = crypto::certificate_serial_hex(certs->front().get());
@@ -260,7 +263,8 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
          "Alipay's private key: the simulator signs notifications with it"},
         {std::string(keyfile::kAlipayPublic), alipay_cert.key.public_pem, 0644,
          "Alipay's public key: paybridged verifies with it (public-key mode)"},
-        {std::string(keyfile::kAlipayRootCert), ca.cert_pem, 0644, "the test CA, as Alipay's root certificate (certificate mode)"},
+        {std::string(keyfile::kAlipayRootCert), ca.cert_pem, 0644,
+         "the test CA, as Alipay's root certificate (certificate mode)"},
         {std::string(keyfile::kAlipayPublicCert), alipay_cert.cert_pem, 0644,
          "Alipay's certificate for the same key, issued by the test CA (certificate mode)"},
         {std::string(keyfile::kWechatPrivate), wechat_pair.private_pem, 0600,
@@ -271,9 +275,12 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
          "WeChat Pay platform certificate, serial " + report.wechat_platform_serial},
         {std::string(keyfile::kWechatPlatformPrivate), platform.key.private_pem, 0600,
          "the platform certificate's private key: the simulator signs with it"},
-        {std::string(keyfile::kWechatApiv3Key), keygen::random_token(32) + "\n", 0600, "WeChat Pay APIv3 key (32 characters)"},
-        {std::string(keyfile::kWechatApiv2Key), keygen::random_token(32) + "\n", 0600, "WeChat Pay APIv2 key (32 characters)"},
-        {std::string(keyfile::kApiToken), keygen::random_token(40) + "\n", 0600, "bearer token for the /v1 API"},
+        {std::string(keyfile::kWechatApiv3Key), keygen::random_token(32) + "\n", 0600,
+         "WeChat Pay APIv3 key (32 characters)"},
+        {std::string(keyfile::kWechatApiv2Key), keygen::random_token(32) + "\n", 0600,
+         "WeChat Pay APIv2 key (32 characters)"},
+        {std::string(keyfile::kApiToken), keygen::random_token(40) + "\n", 0600,
+         "bearer token for the /v1 API"},
         {std::string(keyfile::kCrmSecret), crm_secret + "\n", 0600,
          "CRM webhook secret: paybridged signs events with it; give it to 'paybridge listen'"},
     };
@@ -293,14 +300,16 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
             if (existing.size() > 1) {
                 names += " and " + std::to_string(existing.size() - 1) + " more file(s)";
             }
-            return local_error(names + (existing.size() > 1 ? " already exist" : " already exists") + "; refusing to overwrite development keys. Pass --force to "
+            return local_error(names + (existing.size() > 1 ? " already exist" : " already exists") +
+                               "; refusing to overwrite development keys. Pass --force to "
                                "replace them (then restart paybridged), or choose another DIR");
         }
     }
 
     fs::create_directories(report.dir, ec);
     if (ec || !fs::is_directory(report.dir)) {
-        return local_error("cannot create " + report.dir.string() + ": " + (ec ? ec.message() : "not a directory"));
+        return local_error("cannot create " + report.dir.string() + ": " +
+                           (ec ? ec.message() : "not a directory"));
     }
     fs::permissions(report.dir, fs::perms::owner_all, fs::perm_options::replace, ec);
     if (ec) {
@@ -319,7 +328,8 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
         return local_error("cannot create " + report.config.parent_path().string() + ": " + ec.message());
     }
     const std::string keys_rel = relative_to(report.dir, report.config.parent_path());
-    Expected<void> w = write_file(report.config, config_json(options, keys_rel, report.wechat_public_key_id), 0644);
+    Expected<void> w =
+        write_file(report.config, config_json(options, keys_rel, report.wechat_public_key_id), 0644);
     if (!w) {
         return w.error();
     }
@@ -338,11 +348,12 @@ int cmd_keys(const std::vector<std::string>& argv, const Io& io)
         return argv.empty() ? code(Exit::usage) : code(Exit::ok);
     }
     if (argv.front() != "init") {
-        return report(io, usage_error("unknown command 'keys " + argv.front() + "' (see 'paybridge keys --help')"));
+        return report(
+            io, usage_error("unknown command 'keys " + argv.front() + "' (see 'paybridge keys --help')"));
     }
     const std::vector<std::string> rest(argv.begin() + 1, argv.end());
-    Expected<Args> args = Args::parse("keys init", rest,
-                                      {{"force", false}, {"config"}, {"listen"}, {"redis-port"}, {"crm-url"}});
+    Expected<Args> args = Args::parse(
+        "keys init", rest, {{"force", false}, {"config"}, {"listen"}, {"redis-port"}, {"crm-url"}});
     if (!args) {
         return report(io, args.error());
     }
@@ -383,17 +394,18 @@ int cmd_keys(const std::vector<std::string>& argv, const Io& io)
             continue;
         }
         io.out << "  " << std::left << std::setw(32) << f.path.filename().string() << std::oct << std::setw(4)
-               << std::setfill('0') << std::right << f.mode << std::dec << std::setfill(' ') << "  " << f.what << "\n";
+               << std::setfill('0') << std::right << f.mode << std::dec << std::setfill(' ') << "  " << f.what
+               << "\n";
     }
     io.out << "\nAlipay app " << kDevAlipayAppId << " (seller " << kDevAlipaySellerId
            << "): public-key mode; for certificate mode use " << keyfile::kAlipayPublicCert << " + "
            << keyfile::kAlipayRootCert << " (SN " << result->alipay_cert_sn << ")\n";
     io.out << "WeChat Pay merchant " << kDevWechatMchid << " / " << kDevWechatAppid << ": public key id "
-           << result->wechat_public_key_id << ", platform certificate serial " << result->wechat_platform_serial
-           << "\n";
+           << result->wechat_public_key_id << ", platform certificate serial "
+           << result->wechat_platform_serial << "\n";
     io.out << "\nConfiguration written to " << result->config.string() << "\n"
-           << "  listen " << options.listen << ", redis redis://127.0.0.1:" << options.redis_port << "/0, crm "
-           << options.crm_url << "\n"
+           << "  listen " << options.listen << ", redis redis://127.0.0.1:" << options.redis_port
+           << "/0, crm " << options.crm_url << "\n"
            << "\nNext:\n"
            << "  paybridged --config " << result->config.string() << " --check\n"
            << "  paybridged --config " << result->config.string() << "\n"

@@ -16,14 +16,18 @@ namespace paybridge::cli {
 /// File names inside the keys folder. The simulator (`paybridge trigger`) finds the provider-side
 /// private keys by these names next to the public files the configuration names.
 namespace keyfile {
-inline constexpr std::string_view kAlipayPrivate = "alipay_private.pem";       ///< Alipay's signing key
-inline constexpr std::string_view kAlipayPublic = "alipay_public.pem";         ///< what the daemon verifies with
-inline constexpr std::string_view kAlipayRootCert = "alipay_root.crt";         ///< the test CA (certificate mode)
-inline constexpr std::string_view kAlipayPublicCert = "alipay_public.crt";     ///< Alipay's certificate (same key)
-inline constexpr std::string_view kWechatPrivate = "wechatpay_private.pem";    ///< WeChat Pay public-key-mode signer
+// Alipay's signing key / what the daemon verifies with (public-key mode).
+inline constexpr std::string_view kAlipayPrivate = "alipay_private.pem";
+inline constexpr std::string_view kAlipayPublic = "alipay_public.pem";
+// Certificate mode: the test CA as Alipay's root, and Alipay's certificate for the same key.
+inline constexpr std::string_view kAlipayRootCert = "alipay_root.crt";
+inline constexpr std::string_view kAlipayPublicCert = "alipay_public.crt";
+// WeChat Pay public-key mode (signer and verifier), and the platform certificate with its key.
+inline constexpr std::string_view kWechatPrivate = "wechatpay_private.pem";
 inline constexpr std::string_view kWechatPublic = "wechatpay_public.pem";
 inline constexpr std::string_view kWechatPlatformCert = "wechatpay_platform.pem";
 inline constexpr std::string_view kWechatPlatformPrivate = "wechatpay_platform_private.pem";
+// Secrets, one value per file.
 inline constexpr std::string_view kWechatApiv3Key = "wechatpay_apiv3_key";
 inline constexpr std::string_view kWechatApiv2Key = "wechatpay_apiv2_key";
 inline constexpr std::string_view kApiToken = "api_token";
@@ -53,8 +57,8 @@ struct WrittenFile {
 };
 
 struct KeysInitReport {
-    std::filesystem::path dir;     ///< absolute
-    std::filesystem::path config;  ///< absolute
+    std::filesystem::path dir;       ///< absolute
+    std::filesystem::path config;    ///< absolute
     std::vector<WrittenFile> files;  ///< key files, then the configuration
     std::string wechat_public_key_id;
     std::string wechat_platform_serial;  ///< upper-case hex, as Wechatpay-Serial carries it

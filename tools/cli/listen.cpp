@@ -37,7 +37,8 @@ using tcp = asio::ip::tcp;
 
 namespace {
 
-constexpr const char* kHelp = R"(usage: paybridge listen [--port P] [--secret whsec_...] [--status CODE] [--fail-rate R]
+constexpr const char* kHelp =
+    R"(usage: paybridge listen [--port P] [--secret whsec_...] [--status CODE] [--fail-rate R]
                         [--json] [--host ADDR] [--config FILE]
 
 A CRM stand-in for development: accepts the events paybridged pushes (POST, any path), verifies
@@ -113,8 +114,8 @@ std::string yuan_member(const rapidjson::Value& obj, const char* key)
     return "-";
 }
 
-std::string rejection_reason(const boost::system::error_code& ec, const std::string& timestamp, std::int64_t now,
-                             std::int64_t tolerance)
+std::string rejection_reason(const boost::system::error_code& ec, const std::string& timestamp,
+                             std::int64_t now, std::int64_t tolerance)
 {
     if (ec == errc::stale_timestamp) {
         return "stale webhook-timestamp " + timestamp + " (now " + std::to_string(now) + ", tolerance " +
@@ -123,7 +124,8 @@ std::string rejection_reason(const boost::system::error_code& ec, const std::str
     if (ec == errc::malformed_request) {
         return "missing or malformed webhook-id / webhook-timestamp / webhook-signature headers";
     }
-    return "bad signature: no v1 entry matches the secret (wrong --secret, or the body or headers were changed)";
+    return "bad signature: no v1 entry matches the secret (wrong --secret, or the body or headers were "
+           "changed)";
 }
 
 }  // namespace
@@ -153,9 +155,12 @@ Expected<std::uint16_t> CrmListener::start()
     }
     if (ec) {
         return local_error("cannot listen on " + options_.host + ":" + std::to_string(options_.port) + ": " +
-                           ec.message() + " (is another listener running? pick another --port, and point crm.url at it)");
+                           ec.message() +
+                           " (is another listener running? pick another --port, and point crm.url at it)");
     }
-    auto loop = [this]() -> asio::awaitable<void> { co_await accept_loop(); };
+    auto loop = [this]() -> asio::awaitable<void> {
+        co_await accept_loop();
+    };
     asio::co_spawn(ioc_, std::move(loop), asio::detached);
     return acceptor_.local_endpoint().port();
 }
@@ -179,6 +184,8 @@ asio::awaitable<void> CrmListener::accept_loop()
         auto task = [this, s = std::move(socket)]() mutable -> asio::awaitable<void> {
             co_await session(std::move(s));
         };
+        // A session only throws on a bug (every I/O error is a value); dropping that one connection is
+        // the right blast radius for a development tool.
         asio::co_spawn(ioc_, std::move(task), [](std::exception_ptr) {});
     }
 }
@@ -209,8 +216,8 @@ asio::awaitable<void> CrmListener::session(tcp::socket socket)
             }
         }
         std::string reply_body;
-        const Delivery d = handle(std::string(req.method_string()), std::string(req.target()), headers, req.body(),
-                                  reply_body);
+        const Delivery d = handle(std::string(req.method_string()), std::string(req.target()), headers,
+                                  req.body(), reply_body);
         http::response<http::string_body> res{static_cast<http::status>(d.answered), req.version()};
         res.set(http::field::server, "paybridge-listen");
         res.set(http::field::content_type, "text/plain; charset=utf-8");
@@ -241,7 +248,8 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
     const std::string timestamp = header("webhook-timestamp");
     const std::string signature = header("webhook-signature");
     const std::int64_t now =
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
 
     if (method != "POST") {
         d.reason = "method " + method + " (events are POSTed)";
@@ -272,7 +280,8 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
                 d.answered = options_.fail_status;
             }
         }
-        reply_body = d.answered >= 200 && d.answered < 300 ? "ok\n" : "paybridge listen: failing on purpose\n";
+        reply_body =
+            d.answered >= 200 && d.answered < 300 ? "ok\n" : "paybridge listen: failing on purpose\n";
     } else {
         reply_body = "paybridge listen: rejected: " + d.reason + "\n";
     }
@@ -314,8 +323,8 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
         w.EndObject();
         out_ << std::string_view(buf.GetString(), buf.GetSize()) << '\n';
     } else if (!d.verified) {
-        out_ << now_clock() << " REJECTED " << method << " " << target << " webhook-id=" << d.webhook_id << ": "
-             << d.reason << " -> " << d.answered << '\n';
+        out_ << now_clock() << " REJECTED " << method << " " << target << " webhook-id=" << d.webhook_id
+             << ": " << d.reason << " -> " << d.answered << '\n';
     } else {
         out_ << now_clock() << ' ';
         if (event_ok) {
@@ -333,8 +342,8 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
                     out_ << " anomaly=" << anomaly;
                 }
                 if (data.HasMember("refund_fen") && data["refund_fen"].IsInt64()) {
-                    out_ << " refund=" << yuan_member(data, "refund_fen") << " (" << str_member(data, "refund_id")
-                         << ")";
+                    out_ << " refund=" << yuan_member(data, "refund_fen") << " ("
+                         << str_member(data, "refund_id") << ")";
                 }
             }
         } else {
@@ -352,9 +361,15 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
 
 int cmd_listen(const std::vector<std::string>& argv, const Io& io)
 {
-    Expected<Args> args = Args::parse(
-        "listen", argv,
-        {{"port"}, {"host"}, {"secret"}, {"status"}, {"fail-rate"}, {"json", false}, {"config"}, {"tolerance"}});
+    Expected<Args> args = Args::parse("listen", argv,
+                                      {{"port"},
+                                       {"host"},
+                                       {"secret"},
+                                       {"status"},
+                                       {"fail-rate"},
+                                       {"json", false},
+                                       {"config"},
+                                       {"tolerance"}});
     if (!args) {
         return report(io, args.error());
     }
@@ -404,7 +419,8 @@ int cmd_listen(const std::vector<std::string>& argv, const Io& io)
         options.secrets.push_back(*secret);
     } else {
         if (cfg->crm_secret_refs.empty()) {
-            return report(io, local_error(cfg->path.string() + " has no crm.secret; pass --secret whsec_..."));
+            return report(io,
+                          local_error(cfg->path.string() + " has no crm.secret; pass --secret whsec_..."));
         }
         for (const auto& ref : cfg->crm_secret_refs) {
             Expected<std::string> s = cfg->secret(ref);
@@ -416,8 +432,9 @@ int cmd_listen(const std::vector<std::string>& argv, const Io& io)
     }
     for (const auto& s : options.secrets) {
         if (!crm::decode_secret(s)) {
-            return report(io, args->usage("the secret is not \"whsec_\" + base64 (copy it from the crm_secret file "
-                                          "'paybridge keys init' wrote)"));
+            return report(
+                io, args->usage("the secret is not \"whsec_\" + base64 (copy it from the crm_secret file "
+                                "'paybridge keys init' wrote)"));
         }
     }
     if (*port) {
@@ -433,13 +450,14 @@ int cmd_listen(const std::vector<std::string>& argv, const Io& io)
     if (!bound) {
         return report(io, bound.error());
     }
-    io.err << "paybridge listen: listening on http://" << (options.host.find(':') != std::string::npos ? "[" : "")
-           << options.host << (options.host.find(':') != std::string::npos ? "]" : "") << ":" << *bound
+    io.err << "paybridge listen: listening on http://"
+           << (options.host.find(':') != std::string::npos ? "[" : "") << options.host
+           << (options.host.find(':') != std::string::npos ? "]" : "") << ":" << *bound
            << " (any path); verifying with " << options.secrets.size() << " secret(s); answering "
-           << (options.fail_rate > 0 ? "a fraction " + std::to_string(options.fail_rate) + " with " +
-                                           std::to_string(options.fail_status) + ", else " +
-                                           std::to_string(options.status)
-                                     : std::to_string(options.status))
+           << (options.fail_rate > 0
+                   ? "a fraction " + std::to_string(options.fail_rate) + " with " +
+                         std::to_string(options.fail_status) + ", else " + std::to_string(options.status)
+                   : std::to_string(options.status))
            << "; Ctrl-C stops" << std::endl;
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code&, int) {

@@ -33,10 +33,10 @@ struct ListenOptions {
 /// What the stand-in decided about one request (also the --json line).
 struct Delivery {
     std::string webhook_id;
-    int delivery{1};        ///< how many times this webhook-id has arrived (retries)
+    int delivery{1};  ///< how many times this webhook-id has arrived (retries)
     bool verified{false};
-    std::string reason;     ///< why it was rejected (when !verified)
-    int answered{0};        ///< the status sent back
+    std::string reason;  ///< why it was rejected (when !verified)
+    int answered{0};     ///< the status sent back
 };
 
 /// The server. Single-threaded: run it on one io_context; output goes to `out` from that thread.

@@ -85,13 +85,15 @@ bool is_refund(const std::string& event) { return event.rfind("refund", 0) == 0;
 Failure stale_not_applicable(const std::string& provider)
 {
     if (provider == "alipay") {
-        return usage_error("--stale does not apply to Alipay: its notifications carry no timestamp window "
-                           "(notify_time is informational and the signature has no expiry), so there is nothing "
-                           "stale to refuse; try --tamper");
+        return usage_error(
+            "--stale does not apply to Alipay: its notifications carry no timestamp window "
+            "(notify_time is informational and the signature has no expiry), so there is nothing "
+            "stale to refuse; try --tamper");
     }
-    return usage_error("--stale does not apply to WeChat Pay API v2: v2 notifications carry no timestamp "
-                       "(authenticity is the sign field or the encrypted req_info); use 'trigger wechatpay' "
-                       "(API v3) for a stale timestamp, or --tamper");
+    return usage_error(
+        "--stale does not apply to WeChat Pay API v2: v2 notifications carry no timestamp "
+        "(authenticity is the sign field or the encrypted req_info); use 'trigger wechatpay' "
+        "(API v3) for a stale timestamp, or --tamper");
 }
 
 Expected<std::string> read_file(const fs::path& path, std::string_view what)
@@ -121,7 +123,8 @@ Expected<crypto::SharedKey> private_key(const fs::path& path, std::string_view w
 
 std::int64_t now_unix()
 {
-    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
         .count();
 }
 
@@ -136,6 +139,9 @@ std::string new_refund_id()
     }
     return "RF" + sim::beijing_compact(now_unix()) + digits;
 }
+
+// A WeChat Pay transaction id shape (28 digits) for refunds of trades this run knows nothing about.
+std::string synthetic_txn_id() { return "4200000000" + sim::beijing_compact(now_unix()) + "0001"; }
 
 char flipped(char c)
 {
@@ -153,13 +159,14 @@ char flipped(char c)
 
 // Changes one alphanumeric byte of the value that follows `anchor`, keeping the body well-formed
 // (same length, same alphabet), so the only thing wrong with it is authenticity.
-Expected<void> flip_after(std::string& body, std::string_view anchor, std::size_t skip = 0)
+Expected<void> flip_after(std::string& body, std::string_view anchor)
 {
     const auto at = body.find(anchor);
     if (at == std::string::npos) {
-        return local_error("--tamper: the notification has no '" + std::string(anchor) + "' to change (a bug)");
+        return local_error("--tamper: the notification has no '" + std::string(anchor) +
+                           "' to change (a bug)");
     }
-    std::size_t i = at + anchor.size() + skip;
+    std::size_t i = at + anchor.size();
     while (i < body.size() && flipped(body[i]) == body[i]) {
         ++i;
     }
@@ -175,8 +182,9 @@ Expected<const Account*> pick(const std::vector<Account>& accounts, const std::s
                               std::string Account::*id, std::string_view what, const fs::path& config)
 {
     if (accounts.empty()) {
-        return usage_error(config.string() + " configures no " + std::string(what) +
-                           " (add one, or create a development configuration with 'paybridge keys init DIR')");
+        return usage_error(
+            config.string() + " configures no " + std::string(what) +
+            " (add one, or create a development configuration with 'paybridge keys init DIR')");
     }
     if (wanted.empty()) {
         return &accounts.front();
@@ -194,12 +202,14 @@ Expected<BuiltNotification> build_alipay(const CliConfig& config, const TriggerS
     if (spec.stale) {
         return stale_not_applicable(spec.provider);
     }
-    Expected<const AlipayAccount*> app = pick(config.alipay, spec.account, &AlipayAccount::app_id, "Alipay app", config.path);
+    Expected<const AlipayAccount*> app =
+        pick(config.alipay, spec.account, &AlipayAccount::app_id, "Alipay app", config.path);
     if (!app) {
         return app.error();
     }
     const fs::path dir = spec.keys_dir.empty() ? (*app)->keys_dir() : spec.keys_dir;
-    Expected<crypto::SharedKey> key = private_key(dir / std::string(keyfile::kAlipayPrivate), "Alipay's private key");
+    Expected<crypto::SharedKey> key =
+        private_key(dir / std::string(keyfile::kAlipayPrivate), "Alipay's private key");
     if (!key) {
         return key.error();
     }
@@ -236,7 +246,8 @@ Expected<BuiltNotification> build_alipay(const CliConfig& config, const TriggerS
     built.request.method = "POST";
     built.request.target = "/notify/alipay";
     built.request.headers.emplace_back("Content-Type", gateways::alipay::alipay_content_type(spec.charset));
-    built.description = "alipay " + spec.event + " app_id=" + ns.app_id + " out_trade_no=" + spec.bill_id + " " + what;
+    built.description =
+        "alipay " + spec.event + " app_id=" + ns.app_id + " out_trade_no=" + spec.bill_id + " " + what;
     if (spec.tamper) {
         Expected<void> t = flip_after(built.request.body, "&notify_id=");
         if (!t) {
@@ -290,7 +301,8 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
             p.total_fen = spec.amount_fen;
             built.request.body = sim::build_v2_payment_xml(p, *key, *type);
             built.description = "wechatpay-v2 paid mch_id=" + m.mchid + " out_trade_no=" + spec.bill_id +
-                                " total_fee=" + std::to_string(spec.amount_fen) + " sign_type=" + spec.v2_sign_type;
+                                " total_fee=" + std::to_string(spec.amount_fen) +
+                                " sign_type=" + spec.v2_sign_type;
             if (spec.tamper) {
                 Expected<void> t = flip_after(built.request.body, "<nonce_str><![CDATA[");
                 if (!t) {
@@ -303,20 +315,19 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
             r.appid = m.appid;
             r.mch_id = m.mchid;
             r.out_trade_no = spec.bill_id;
-            r.transaction_id = spec.txn_id.empty() ? "4200000000" + sim::beijing_compact(now_unix()) + "0001"
-                                                   : spec.txn_id;
+            r.transaction_id = spec.txn_id.empty() ? synthetic_txn_id() : spec.txn_id;
             r.out_refund_no = refund_id;
             r.total_fen = spec.amount_fen;
             r.refund_fen = spec.refund_fen;
             Result<std::string> body = sim::build_v2_refund_xml(r, *key);
             if (!body) {
-                return local_error("cannot encrypt the v2 refund notification: the APIv2 key of merchant " + m.mchid +
-                                   " is unusable");
+                return local_error("cannot encrypt the v2 refund notification: the APIv2 key of merchant " +
+                                   m.mchid + " is unusable");
             }
             built.request.body = std::move(*body);
             built.description = "wechatpay-v2 refund mch_id=" + m.mchid + " out_trade_no=" + spec.bill_id +
-                                " out_refund_no=" + refund_id + " refund_fee=" + std::to_string(spec.refund_fen) +
-                                " (req_info AES-256-ECB)";
+                                " out_refund_no=" + refund_id +
+                                " refund_fee=" + std::to_string(spec.refund_fen) + " (req_info AES-256-ECB)";
             if (spec.tamper) {
                 // The first block of req_info holds "<root>...": corrupting it breaks the decrypted XML.
                 Expected<void> t = flip_after(built.request.body, "<req_info><![CDATA[");
@@ -352,8 +363,8 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
         signer.serial = m.public_key_id;
     } else if (spec.signer == "platform") {
         if (m.platform_certificates.empty()) {
-            return usage_error("merchant " + m.mchid + " has no platform_certificates in " + config.path.string() +
-                               "; use --signer public-key");
+            return usage_error("merchant " + m.mchid + " has no platform_certificates in " +
+                               config.path.string() + "; use --signer public-key");
         }
         Expected<std::string> pem = read_file(m.platform_certificates.front(), "the platform certificate");
         if (!pem) {
@@ -390,13 +401,16 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
         sim::V3Refund r;
         r.mchid = m.mchid;
         r.out_trade_no = spec.bill_id;
-        r.transaction_id = spec.txn_id.empty() ? "4200000000" + sim::beijing_compact(now_unix()) + "0001" : spec.txn_id;
+        r.transaction_id = spec.txn_id.empty() ? synthetic_txn_id() : spec.txn_id;
         r.out_refund_no = refund_id;
-        r.refund_status = spec.event == "refund" ? "SUCCESS" : spec.event == "refund-closed" ? "CLOSED" : "ABNORMAL";
+        r.refund_status = spec.event == "refund"          ? "SUCCESS"
+                          : spec.event == "refund-closed" ? "CLOSED"
+                                                          : "ABNORMAL";
         r.total_fen = spec.amount_fen;
         r.refund_fen = spec.refund_fen;
         n = sim::make_v3_refund(r, *apiv3, signer, timestamp);
-        what = "REFUND." + r.refund_status + " refund=" + std::to_string(spec.refund_fen) + " out_refund_no=" + refund_id;
+        what = "REFUND." + r.refund_status + " refund=" + std::to_string(spec.refund_fen) +
+               " out_refund_no=" + refund_id;
     }
     if (!n) {
         return local_error("cannot build the WeChat Pay notification: the APIv3 key of merchant " + m.mchid +
@@ -404,8 +418,9 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
     }
     built.request.headers = n->headers;
     built.request.body = std::move(n->body);
-    built.description = "wechatpay " + spec.event + " mchid=" + m.mchid + " out_trade_no=" + spec.bill_id + " " + what +
-                        " Wechatpay-Serial=" + signer.serial + (spec.stale ? " (timestamp 10 min old)" : "");
+    built.description = "wechatpay " + spec.event + " mchid=" + m.mchid + " out_trade_no=" + spec.bill_id +
+                        " " + what + " Wechatpay-Serial=" + signer.serial +
+                        (spec.stale ? " (timestamp 10 min old)" : "");
     if (spec.tamper) {
         Expected<void> t = flip_after(built.request.body, "\"ciphertext\":\"");
         if (!t) {
@@ -431,10 +446,21 @@ std::vector<Sent> send_batch(const Url& url, const HttpRequest& request, std::si
             const auto start = std::chrono::steady_clock::now();
             Url target = url;
             HttpRequest copy = request;
-            results[i].response = co_await send(std::move(target), std::move(copy), ClientLimits{});
-            results[i].elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now() - start);
+            ClientLimits limits;  // named, never built inside the co_await (STYLE.md §3)
+            results[i].response = co_await send(std::move(target), std::move(copy), limits);
+            results[i].elapsed = std::chrono::duration_cast<std::chrono::milliseconds>(
+                std::chrono::steady_clock::now() - start);
         };
-        asio::co_spawn(ioc, std::move(task), asio::detached);
+        asio::co_spawn(ioc, std::move(task), [&results, i](std::exception_ptr e) {
+            if (e) {
+                try {
+                    std::rethrow_exception(e);
+                } catch (const std::exception& ex) {
+                    results[i].response =
+                        Failure{Exit::local, std::string("unexpected error while sending: ") + ex.what()};
+                }
+            }
+        });
     }
     ioc.run();
     return results;
@@ -468,9 +494,10 @@ bool known_trigger(const std::string& provider, const std::string& event)
 Expected<BuiltNotification> build_notification(const CliConfig& config, const TriggerSpec& spec)
 {
     if (!known_trigger(spec.provider, spec.event)) {
-        return usage_error("unknown trigger '" + spec.provider + " " + spec.event +
-                           "'; use alipay paid|refund|closed, wechatpay paid|refund|refund-closed|refund-abnormal, "
-                           "wechatpay-v2 paid|refund");
+        return usage_error(
+            "unknown trigger '" + spec.provider + " " + spec.event +
+            "'; use alipay paid|refund|closed, wechatpay paid|refund|refund-closed|refund-abnormal, "
+            "wechatpay-v2 paid|refund");
     }
     if (spec.provider == "alipay") {
         return build_alipay(config, spec);
@@ -480,11 +507,25 @@ Expected<BuiltNotification> build_notification(const CliConfig& config, const Tr
 
 int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
 {
-    Expected<Args> args = Args::parse(
-        "trigger", argv,
-        {{"bill"}, {"amount"}, {"refund-amount"}, {"refund-id"}, {"txn-id"}, {"url"}, {"config"}, {"token"}, {"keys"},
-         {"account"}, {"signer"}, {"sign-type"}, {"charset"}, {"duplicate"}, {"concurrency"}, {"tamper", false},
-         {"stale", false}, {"print", false}});
+    Expected<Args> args = Args::parse("trigger", argv,
+                                      {{"bill"},
+                                       {"amount"},
+                                       {"refund-amount"},
+                                       {"refund-id"},
+                                       {"txn-id"},
+                                       {"url"},
+                                       {"config"},
+                                       {"token"},
+                                       {"keys"},
+                                       {"account"},
+                                       {"signer"},
+                                       {"sign-type"},
+                                       {"charset"},
+                                       {"duplicate"},
+                                       {"concurrency"},
+                                       {"tamper", false},
+                                       {"stale", false},
+                                       {"print", false}});
     if (!args) {
         return report(io, args.error());
     }
@@ -493,7 +534,9 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
         return code(Exit::ok);
     }
     if (args->positional().size() != 2) {
-        return report(io, args->usage("trigger needs PROVIDER and EVENT, e.g. 'paybridge trigger alipay paid --bill B1'"));
+        return report(
+            io,
+            args->usage("trigger needs PROVIDER and EVENT, e.g. 'paybridge trigger alipay paid --bill B1'"));
     }
     TriggerSpec spec;
     spec.provider = args->positional()[0];
@@ -548,21 +591,24 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
     if (!amount->has_value() || is_refund(spec.event)) {
         Expected<ApiEndpoint> api = resolve_api(*args, true);
         Expected<std::optional<BillSummary>> fetched =
-            api ? fetch_bill(ApiEndpoint{*url, api->token}, spec.bill_id) : Expected<std::optional<BillSummary>>(api.error());
+            api ? fetch_bill(ApiEndpoint{*url, api->token}, spec.bill_id)
+                : Expected<std::optional<BillSummary>>(api.error());
         if (fetched) {
             current = *fetched;
         } else if (!amount->has_value()) {
-            return report(io, Failure{fetched.error().exit, "cannot read bill " + spec.bill_id + " for its amount: " +
-                                                                fetched.error().message + "; or pass --amount FEN"});
+            return report(
+                io, Failure{fetched.error().exit, "cannot read bill " + spec.bill_id + " for its amount: " +
+                                                      fetched.error().message + "; or pass --amount FEN"});
         } else {
-            io.err << "paybridge: note: could not read bill " << spec.bill_id << " (" << fetched.error().message
-                   << "); using --amount\n";
+            io.err << "paybridge: note: could not read bill " << spec.bill_id << " ("
+                   << fetched.error().message << "); using --amount\n";
         }
         if (!current && !amount->has_value()) {
-            return report(io, usage_error("bill " + spec.bill_id + " does not exist on " + url->origin() +
-                                          ": register it first ('paybridge bills create --id " + spec.bill_id +
-                                          " --amount FEN --customer C'), or pass --amount FEN to notify for an "
-                                          "unknown bill (kept as an orphan and recorded as an unknown_bill anomaly)"));
+            return report(
+                io, usage_error("bill " + spec.bill_id + " does not exist on " + url->origin() +
+                                ": register it first ('paybridge bills create --id " + spec.bill_id +
+                                " --amount FEN --customer C'), or pass --amount FEN to notify for an "
+                                "unknown bill (kept as an orphan and recorded as an unknown_bill anomaly)"));
         }
     }
     spec.amount_fen = amount->has_value() ? **amount : current->amount_fen;
@@ -571,9 +617,10 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
         spec.refunded_before_fen = current ? current->refunded_fen : 0;
         spec.refund_fen = refund_amount->has_value() ? **refund_amount : paid - spec.refunded_before_fen;
         if (spec.refund_fen <= 0) {
-            return report(io, usage_error("nothing is left to refund on bill " + spec.bill_id + " (paid " +
-                                          format_yuan(paid) + ", refunded " + format_yuan(spec.refunded_before_fen) +
-                                          "); pass --refund-amount FEN to send one anyway"));
+            return report(
+                io, usage_error("nothing is left to refund on bill " + spec.bill_id + " (paid " +
+                                format_yuan(paid) + ", refunded " + format_yuan(spec.refunded_before_fen) +
+                                "); pass --refund-amount FEN to send one anyway"));
         }
         const std::string family = spec.provider == "alipay" ? "alipay" : "wechatpay";
         if (spec.txn_id.empty() && current && current->provider == family) {
@@ -602,8 +649,8 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
     io.out << built->description << "\n";
     io.out << "POST " << url->origin() << built->request.target;
     if (rounds * width > 1) {
-        io.out << "  (" << rounds * width << " copies of the same bytes: " << rounds << " round(s) of " << width
-               << " at once)";
+        io.out << "  (" << rounds * width << " copies of the same bytes: " << rounds << " round(s) of "
+               << width << " at once)";
     }
     io.out << "\n";
     std::map<int, int> by_status;
@@ -621,8 +668,8 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
                 continue;
             }
             ++by_status[s.response->status];
-            io.out << s.response->status << " " << s.response->reason << "  " << shown_body(*s.response) << "  ("
-                   << s.elapsed.count() << " ms)\n";
+            io.out << s.response->status << " " << s.response->reason << "  " << shown_body(*s.response)
+                   << "  (" << s.elapsed.count() << " ms)\n";
         }
     }
     if (n > 1) {
@@ -641,10 +688,10 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
     }
     for (const auto& [status, count] : by_status) {
         if (status < 200 || status > 299) {
-            return report(io, Failure{Exit::remote, "paybridged refused the notification: " + std::to_string(count) +
-                                                        " of " + std::to_string(n) + " answered " +
-                                                        std::to_string(status) +
-                                                        (spec.tamper || spec.stale ? " (as it must)" : "")});
+            return report(io, Failure{Exit::remote,
+                                      "paybridged refused the notification: " + std::to_string(count) +
+                                          " of " + std::to_string(n) + " answered " + std::to_string(status) +
+                                          (spec.tamper || spec.stale ? " (as it must)" : "")});
         }
     }
     return code(Exit::ok);

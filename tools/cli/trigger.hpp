@@ -29,18 +29,18 @@ struct TriggerSpec {
     std::string provider;
     std::string event;
     std::string bill_id;
-    std::int64_t amount_fen{0};           ///< the trade's total
-    std::int64_t refund_fen{0};           ///< this refund (refund events)
-    std::int64_t refunded_before_fen{0};  ///< already refunded (Alipay's refund_fee is cumulative)
-    std::string refund_id;                ///< out_biz_no / out_refund_no; generated when empty
-    std::string txn_id;                   ///< provider transaction id; generated when empty
-    std::string account;                  ///< app_id / mchid; empty: the first configured
-    std::string signer{"public-key"};     ///< WeChat v3: "public-key" or "platform"
+    std::int64_t amount_fen{0};               ///< the trade's total
+    std::int64_t refund_fen{0};               ///< this refund (refund events)
+    std::int64_t refunded_before_fen{0};      ///< already refunded (Alipay's refund_fee is cumulative)
+    std::string refund_id;                    ///< out_biz_no / out_refund_no; generated when empty
+    std::string txn_id;                       ///< provider transaction id; generated when empty
+    std::string account;                      ///< app_id / mchid; empty: the first configured
+    std::string signer{"public-key"};         ///< WeChat v3: "public-key" or "platform"
     std::string v2_sign_type{"HMAC-SHA256"};  ///< WeChat v2 payments: "MD5" or "HMAC-SHA256"
-    std::string charset{"utf-8"};         ///< Alipay: utf-8, gbk, gb2312, gb18030
-    std::filesystem::path keys_dir;       ///< empty: next to the configured public keys
-    bool tamper{false};                   ///< flip one byte of the signed (or encrypted) content
-    bool stale{false};                    ///< WeChat v3: timestamp 10 minutes old
+    std::string charset{"utf-8"};             ///< Alipay: utf-8, gbk, gb2312, gb18030
+    std::filesystem::path keys_dir;           ///< empty: next to the configured public keys
+    bool tamper{false};                       ///< flip one byte of the signed (or encrypted) content
+    bool stale{false};                        ///< WeChat v3: timestamp 10 minutes old
 };
 
 /// A notification ready to send.

@@ -118,7 +118,8 @@ RawRequest parse_raw(const std::string& raw)
     return r;
 }
 
-Result<gateways::Verified> verify(const gateways::Gateway& gw, const RawRequest& raw, std::string_view mchid = {})
+Result<gateways::Verified> verify(const gateways::Gateway& gw, const RawRequest& raw,
+                                  std::string_view mchid = {})
 {
     gateways::InboundRequest in;
     for (const auto& [n, v] : raw.headers) {
@@ -126,8 +127,9 @@ Result<gateways::Verified> verify(const gateways::Gateway& gw, const RawRequest&
     }
     in.body = raw.body;
     in.route_param = mchid;
-    in.now_unix = std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-                      .count();
+    in.now_unix =
+        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
+            .count();
     return gw.verify_and_parse(in);
 }
 
@@ -136,21 +138,24 @@ Result<gateways::Verified> verify(const gateways::Gateway& gw, const RawRequest&
 RawRequest print(DevKeys& keys, std::vector<std::string> args)
 {
     args.insert(args.begin(), "trigger");
-    args.insert(args.end(), {"--print", "--url", "http://127.0.0.1:" + std::to_string(keys.closed_port), "--config",
-                             keys.config.string()});
+    args.insert(args.end(), {"--print", "--url", "http://127.0.0.1:" + std::to_string(keys.closed_port),
+                             "--config", keys.config.string()});
     Captured c = run_cli(args);
     REQUIRE_MESSAGE(c.code == 0, c.err);
     return parse_raw(c.out);
 }
 
-std::string sign_event(const std::string& secret, const std::string& id, std::int64_t ts, const std::string& body)
+std::string sign_event(const std::string& secret, const std::string& id, std::int64_t ts,
+                       const std::string& body)
 {
     return crm::sign({secret}, id, ts, body);
 }
 
 std::int64_t now_s()
 {
-    return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch()).count();
+    return std::chrono::duration_cast<std::chrono::seconds>(
+               std::chrono::system_clock::now().time_since_epoch())
+        .count();
 }
 
 const std::string kEvent =
@@ -164,10 +169,16 @@ TEST_SUITE("tools/cli")
 {
     TEST_CASE("every command has --help and usage errors exit 2 with the reason")
     {
-        for (const std::vector<std::string>& args :
-             {std::vector<std::string>{"--help"}, {"keys", "init", "--help"}, {"trigger", "--help"}, {"listen", "--help"},
-              {"bills", "--help"}, {"bills", "create", "--help"}, {"bills", "get", "--help"}, {"bills", "list", "--help"},
-              {"events", "--help"}, {"anomalies", "--help"}}) {
+        for (const std::vector<std::string>& args : {std::vector<std::string>{"--help"},
+                                                     {"keys", "init", "--help"},
+                                                     {"trigger", "--help"},
+                                                     {"listen", "--help"},
+                                                     {"bills", "--help"},
+                                                     {"bills", "create", "--help"},
+                                                     {"bills", "get", "--help"},
+                                                     {"bills", "list", "--help"},
+                                                     {"events", "--help"},
+                                                     {"anomalies", "--help"}}) {
             CAPTURE(args.front());
             Captured c = run_cli(args);
             CHECK(c.code == 0);
@@ -186,17 +197,23 @@ TEST_SUITE("tools/cli")
                  {{"trigger", "paypal", "paid", "--bill", "B1"}, "unknown trigger 'paypal paid'"},
                  {{"trigger", "alipay", "refund-closed", "--bill", "B1"}, "unknown trigger"},
                  {{"trigger", "alipay", "paid"}, "--bill ID is required"},
-                 {{"trigger", "alipay", "paid", "--bill", "B1", "--stale"}, "--stale does not apply to Alipay"},
-                 {{"trigger", "wechatpay-v2", "paid", "--bill", "B1", "--stale"}, "--stale does not apply to WeChat Pay API v2"},
-                 {{"trigger", "alipay", "paid", "--bill", "B1", "--amount", "12.34"}, "--amount must be a whole number"},
-                 {{"trigger", "alipay", "paid", "--bill", "B1", "--refund-amount", "5"}, "only applies to refund"},
+                 {{"trigger", "alipay", "paid", "--bill", "B1", "--stale"},
+                  "--stale does not apply to Alipay"},
+                 {{"trigger", "wechatpay-v2", "paid", "--bill", "B1", "--stale"},
+                  "--stale does not apply to WeChat Pay API v2"},
+                 {{"trigger", "alipay", "paid", "--bill", "B1", "--amount", "12.34"},
+                  "--amount must be a whole number"},
+                 {{"trigger", "alipay", "paid", "--bill", "B1", "--refund-amount", "5"},
+                  "only applies to refund"},
                  {{"trigger", "alipay", "paid", "--bill", "B1", "--bogus"}, "unknown option '--bogus'"},
-                 {{"bills", "create", "--id", "B1", "--amount", "5.5", "--customer", "c"}, "whole number of fen"},
+                 {{"bills", "create", "--id", "B1", "--amount", "5.5", "--customer", "c"},
+                  "whole number of fen"},
                  {{"bills", "create", "--id", "B1"}, "needs --id, --amount and --customer"},
                  {{"bills", "list", "--status", "LOST"}, "--status must be"},
                  {{"bills", "get"}, "one bill ID"},
                  {{"events", "--limit", "0"}, "--limit must be a whole number from 1"},
-                 {{"listen", "--secret", "whsec_x", "--fail-rate", "2"}, "--fail-rate must be a number from 0 to 1"},
+                 {{"listen", "--secret", "whsec_x", "--fail-rate", "2"},
+                  "--fail-rate must be a number from 0 to 1"},
                  {{"listen", "--secret", "not-a-secret!", "--port", "0"}, "not \"whsec_\" + base64"},
                  {{"bills", "list", "--url", "ftp://x"}, "not an http:// or https:// URL"},
              }) {
@@ -230,15 +247,17 @@ TEST_SUITE("tools/cli")
     {
         DevKeys keys;
         const std::string url = "http://127.0.0.1:" + std::to_string(test::free_port());
-        Captured c = run_cli({"trigger", "alipay", "paid", "--bill", "B1", "--amount", "100", "--url", url, "--config",
-                              keys.config.string()});
+        Captured c = run_cli({"trigger", "alipay", "paid", "--bill", "B1", "--amount", "100", "--url", url,
+                              "--config", keys.config.string()});
         CHECK(c.code == 3);
-        CHECK(contains(c.err, "cannot reach " + url + ": connection refused — is paybridged running? (see README Quickstart)"));
+        CHECK(contains(c.err, "cannot reach " + url +
+                                  ": connection refused — is paybridged running? (see README Quickstart)"));
         c = run_cli({"bills", "list", "--url", url, "--config", keys.config.string()});
         CHECK(c.code == 3);
         CHECK(contains(c.err, "connection refused"));
         // Without --amount the bill must be read first: the same failure, saying why it was needed.
-        c = run_cli({"trigger", "wechatpay", "paid", "--bill", "B1", "--url", url, "--config", keys.config.string()});
+        c = run_cli(
+            {"trigger", "wechatpay", "paid", "--bill", "B1", "--url", url, "--config", keys.config.string()});
         CHECK(c.code == 3);
         CHECK(contains(c.err, "or pass --amount FEN"));
     }
@@ -257,8 +276,8 @@ TEST_SUITE("tools/cli")
         CHECK(v->event.bill_id == "B1");
         CHECK(v->event.total_fen == 1234);
 
-        RawRequest refund = print(keys, {"alipay", "refund", "--bill", "B1", "--amount", "1234", "--refund-amount",
-                                         "234", "--refund-id", "R-1"});
+        RawRequest refund = print(keys, {"alipay", "refund", "--bill", "B1", "--amount", "1234",
+                                         "--refund-amount", "234", "--refund-id", "R-1"});
         v = verify(*keys.alipay, refund);
         REQUIRE(v.has_value());
         CHECK(v->event.kind == EventKind::refund);
@@ -285,10 +304,12 @@ TEST_SUITE("tools/cli")
         DevKeys keys;
         for (const char* signer : {"public-key", "platform"}) {
             CAPTURE(signer);
-            RawRequest paid = print(keys, {"wechatpay", "paid", "--bill", "W1", "--amount", "800", "--signer", signer});
+            RawRequest paid =
+                print(keys, {"wechatpay", "paid", "--bill", "W1", "--amount", "800", "--signer", signer});
             CHECK(paid.request_line == "POST /notify/wechatpay/1900000001 HTTP/1.1");
             CHECK(paid.header("Content-Type") == "application/json");
-            CHECK(paid.header("Wechatpay-Serial").starts_with(std::string(signer) == "platform" ? "" : "PUB_KEY_ID_"));
+            CHECK(paid.header("Wechatpay-Serial")
+                      .starts_with(std::string(signer) == "platform" ? "" : "PUB_KEY_ID_"));
             const auto ts = std::stoll(paid.header("Wechatpay-Timestamp"));
             CHECK(std::abs(ts - now_s()) < 30);
             auto v = verify(*keys.wechat_v3, paid, "1900000001");
@@ -300,16 +321,19 @@ TEST_SUITE("tools/cli")
             const char* event;
             EventKind kind;
         };
-        for (const RefundCase& rc : {RefundCase{"refund", EventKind::refund}, RefundCase{"refund-closed", EventKind::refund_closed},
-                                     RefundCase{"refund-abnormal", EventKind::refund_abnormal}}) {
+        for (const RefundCase& rc :
+             {RefundCase{"refund", EventKind::refund}, RefundCase{"refund-closed", EventKind::refund_closed},
+              RefundCase{"refund-abnormal", EventKind::refund_abnormal}}) {
             CAPTURE(rc.event);
-            RawRequest r = print(keys, {"wechatpay", rc.event, "--bill", "W1", "--amount", "800", "--refund-amount", "300"});
+            RawRequest r = print(
+                keys, {"wechatpay", rc.event, "--bill", "W1", "--amount", "800", "--refund-amount", "300"});
             auto v = verify(*keys.wechat_v3, r, "1900000001");
             REQUIRE_MESSAGE(v.has_value(), error_name(v.error()));
             CHECK(v->event.kind == rc.kind);
             CHECK(v->event.refund_fen == 300);
         }
-        RawRequest tampered = print(keys, {"wechatpay", "paid", "--bill", "W1", "--amount", "800", "--tamper"});
+        RawRequest tampered =
+            print(keys, {"wechatpay", "paid", "--bill", "W1", "--amount", "800", "--tamper"});
         auto v = verify(*keys.wechat_v3, tampered, "1900000001");
         REQUIRE(!v.has_value());
         CHECK(v.error() == errc::bad_signature);
@@ -321,7 +345,8 @@ TEST_SUITE("tools/cli")
 
         for (const char* type : {"HMAC-SHA256", "MD5"}) {
             CAPTURE(type);
-            RawRequest v2 = print(keys, {"wechatpay-v2", "paid", "--bill", "X1", "--amount", "600", "--sign-type", type});
+            RawRequest v2 =
+                print(keys, {"wechatpay-v2", "paid", "--bill", "X1", "--amount", "600", "--sign-type", type});
             CHECK(v2.request_line == "POST /notify/wechatpay/1900000001/v2 HTTP/1.1");
             CHECK(contains(v2.header("Content-Type"), "xml"));
             auto pv = verify(*keys.wechat_v2, v2, "1900000001");
@@ -335,7 +360,8 @@ TEST_SUITE("tools/cli")
         CHECK(rv->event.refund_fen == 600);
         for (const char* event : {"paid", "refund"}) {
             CAPTURE(event);
-            RawRequest t = print(keys, {"wechatpay-v2", event, "--bill", "X1", "--amount", "600", "--tamper"});
+            RawRequest t =
+                print(keys, {"wechatpay-v2", event, "--bill", "X1", "--amount", "600", "--tamper"});
             CHECK(!verify(*keys.wechat_v2, t, "1900000001").has_value());
         }
     }
@@ -351,14 +377,16 @@ TEST_SUITE("tools/cli")
         std::string reply;
         const std::int64_t now = now_s();
 
-        std::map<std::string, std::string> h{{"webhook-id", "evt_B1_1"},
-                                             {"webhook-timestamp", std::to_string(now)},
-                                             {"webhook-signature", sign_event(secret, "evt_B1_1", now, kEvent)}};
+        std::map<std::string, std::string> h{
+            {"webhook-id", "evt_B1_1"},
+            {"webhook-timestamp", std::to_string(now)},
+            {"webhook-signature", sign_event(secret, "evt_B1_1", now, kEvent)}};
         pcli::Delivery d = listener.handle("POST", "/paybridge/events", h, kEvent, reply);
         CHECK(d.verified);
         CHECK(d.answered == 200);
         CHECK(d.delivery == 1);
-        CHECK(contains(out.str(), "bill.paid  bill=B1 seq=1 status=PAID amount=12.34 paid=12.34 refunded=0.00"));
+        CHECK(contains(out.str(),
+                       "bill.paid  bill=B1 seq=1 status=PAID amount=12.34 paid=12.34 refunded=0.00"));
         CHECK(contains(out.str(), "webhook-id=evt_B1_1 -> 200"));
         d = listener.handle("POST", "/paybridge/events", h, kEvent, reply);
         CHECK(d.delivery == 2);
@@ -375,7 +403,8 @@ TEST_SUITE("tools/cli")
 
         // Signed with another secret.
         auto other = h;
-        other["webhook-signature"] = sign_event("whsec_" + std::string("QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"), "evt_B1_1", now, kEvent);
+        other["webhook-signature"] =
+            sign_event("whsec_" + std::string("QUJDREVGR0hJSktMTU5PUFFSU1RVVldY"), "evt_B1_1", now, kEvent);
         CHECK(listener.handle("POST", "/", other, kEvent, reply).answered == 401);
 
         // Stale timestamp (correctly signed).
@@ -398,9 +427,10 @@ TEST_SUITE("tools/cli")
         boost::asio::io_context ioc;
         const std::string secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
         const std::int64_t now = now_s();
-        std::map<std::string, std::string> h{{"webhook-id", "evt_B1_1"},
-                                             {"webhook-timestamp", std::to_string(now)},
-                                             {"webhook-signature", sign_event(secret, "evt_B1_1", now, kEvent)}};
+        std::map<std::string, std::string> h{
+            {"webhook-id", "evt_B1_1"},
+            {"webhook-timestamp", std::to_string(now)},
+            {"webhook-signature", sign_event(secret, "evt_B1_1", now, kEvent)}};
         std::string reply;
         {
             std::ostringstream out;
@@ -507,7 +537,8 @@ TEST_SUITE("tools/cli")
         CHECK(u->host == "::1");
         CHECK(u->port == 443);
         CHECK(u->origin() == "https://[::1]:443");
-        for (const char* bad : {"ftp://x", "http://", "http://h:0", "http://h:99999", "http://u@h/", "http://h:x"}) {
+        for (const char* bad :
+             {"ftp://x", "http://", "http://h:0", "http://h:99999", "http://u@h/", "http://h:x"}) {
             CAPTURE(bad);
             CHECK(!pcli::parse_url(bad).has_value());
         }

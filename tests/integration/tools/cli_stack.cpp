@@ -31,10 +31,10 @@ Stack::Stack(std::vector<std::string> listen_args)
     while (listen_port_ == daemon_port_) {
         listen_port_ = free_port();
     }
-    const Run init = paybridge_cli({"keys", "init", keys().string(), "--config", config().string(), "--listen",
-                                    "127.0.0.1:" + std::to_string(daemon_port_), "--redis-port",
-                                    std::to_string(redis_.port()), "--crm-url",
-                                    "http://127.0.0.1:" + std::to_string(listen_port_) + "/paybridge/events"});
+    const Run init = paybridge_cli(
+        {"keys", "init", keys().string(), "--config", config().string(), "--listen",
+         "127.0.0.1:" + std::to_string(daemon_port_), "--redis-port", std::to_string(redis_.port()),
+         "--crm-url", "http://127.0.0.1:" + std::to_string(listen_port_) + "/paybridge/events"});
     REQUIRE_MESSAGE(init.code == 0, init.output);
 
     std::vector<std::string> listen{binary("paybridge"), "listen", "--json", "--config", config().string()};
@@ -45,7 +45,8 @@ Stack::Stack(std::vector<std::string> listen_args)
         std::vector<std::string>{binary("paybridged"), "--config", config().string()}, tmp_ / "daemon.log");
     REQUIRE_MESSAGE(wait_for_http(daemon_port_, "/readyz", 200, std::chrono::seconds(20)), daemon_->log());
     const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(10);
-    while (listen_->log().find("listening on") == std::string::npos && std::chrono::steady_clock::now() < deadline) {
+    while (listen_->log().find("listening on") == std::string::npos &&
+           std::chrono::steady_clock::now() < deadline) {
         std::this_thread::sleep_for(std::chrono::milliseconds(20));
     }
     REQUIRE_MESSAGE(listen_->log().find("listening on") != std::string::npos, listen_->log());

@@ -62,7 +62,8 @@ bool contains(const std::string& text, std::string_view what) { return text.find
 
 TEST_SUITE("tools/keys")
 {
-    TEST_CASE("keys init writes every key with the right mode and the configuration passes paybridged --check")
+    TEST_CASE(
+        "keys init writes every key with the right mode and the configuration passes paybridged --check")
     {
         TempDir tmp;
         const fs::path keys = tmp / ".dev" / "keys";
@@ -76,10 +77,17 @@ TEST_SUITE("tools/keys")
             const char* name;
             unsigned mode;
         };
-        for (const Expect& e : {Expect{"alipay_private.pem", 0600}, {"alipay_public.pem", 0644}, {"alipay_root.crt", 0644},
-                                {"alipay_public.crt", 0644}, {"wechatpay_private.pem", 0600}, {"wechatpay_public.pem", 0644},
-                                {"wechatpay_platform.pem", 0644}, {"wechatpay_platform_private.pem", 0600},
-                                {"wechatpay_apiv3_key", 0600}, {"wechatpay_apiv2_key", 0600}, {"api_token", 0600},
+        for (const Expect& e : {Expect{"alipay_private.pem", 0600},
+                                {"alipay_public.pem", 0644},
+                                {"alipay_root.crt", 0644},
+                                {"alipay_public.crt", 0644},
+                                {"wechatpay_private.pem", 0600},
+                                {"wechatpay_public.pem", 0644},
+                                {"wechatpay_platform.pem", 0644},
+                                {"wechatpay_platform_private.pem", 0600},
+                                {"wechatpay_apiv3_key", 0600},
+                                {"wechatpay_apiv2_key", 0600},
+                                {"api_token", 0600},
                                 {"crm_secret", 0600}}) {
             CAPTURE(e.name);
             CHECK(mode_of(keys / e.name) == e.mode);
@@ -143,8 +151,8 @@ TEST_SUITE("tools/keys")
         REQUIRE(platform_priv.has_value());
         auto psig = crypto::rsa_sign(platform_priv->get(), crypto::Digest::sha256, "x");
         REQUIRE(psig.has_value());
-        CHECK(crypto::rsa_verify(crypto::certificate_key(platform->front().get()).get(), crypto::Digest::sha256, "x",
-                                 *psig));
+        CHECK(crypto::rsa_verify(crypto::certificate_key(platform->front().get()).get(),
+                                 crypto::Digest::sha256, "x", *psig));
     }
 
     TEST_CASE("keys init: the Alipay certificate-mode files pass paybridged --check too")
@@ -170,11 +178,11 @@ TEST_SUITE("tools/keys")
         CHECK_MESSAGE(checked.code == 0, checked.output);
 
         // And trigger signs for it: the same key, the platform signer.
-        Run printed = paybridge_cli({"trigger", "wechatpay", "paid", "--bill", "B1", "--amount", "100", "--print",
-                                     "--signer", "platform", "--config", cert_config.string()});
+        Run printed = paybridge_cli({"trigger", "wechatpay", "paid", "--bill", "B1", "--amount", "100",
+                                     "--print", "--signer", "platform", "--config", cert_config.string()});
         CHECK_MESSAGE(printed.code == 0, printed.output);
-        Run refused = paybridge_cli({"trigger", "wechatpay", "paid", "--bill", "B1", "--amount", "100", "--print",
-                                     "--config", cert_config.string()});
+        Run refused = paybridge_cli({"trigger", "wechatpay", "paid", "--bill", "B1", "--amount", "100",
+                                     "--print", "--config", cert_config.string()});
         CHECK(refused.code == 2);
         CHECK(contains(refused.output, "use --signer platform"));
     }
@@ -213,9 +221,9 @@ TEST_SUITE("tools/keys")
     {
         TempDir tmp;
         const fs::path config = tmp / "etc" / "dev.json";
-        Run r = paybridge_cli({"keys", "init", (tmp / "secrets" / "keys").string(), "--config", config.string(),
-                               "--listen", "127.0.0.1:18080", "--redis-port", "6390", "--crm-url",
-                               "http://127.0.0.1:19000/hook"});
+        Run r = paybridge_cli({"keys", "init", (tmp / "secrets" / "keys").string(), "--config",
+                               config.string(), "--listen", "127.0.0.1:18080", "--redis-port", "6390",
+                               "--crm-url", "http://127.0.0.1:19000/hook"});
         REQUIRE_MESSAGE(r.code == 0, r.output);
         rapidjson::Document doc;
         doc.Parse(slurp(config).c_str());

@@ -26,7 +26,8 @@ std::vector<std::string> types(const std::vector<Received>& events)
 
 void create(Stack& s, const std::string& id, std::int64_t fen)
 {
-    const Run r = s.run({"bills", "create", "--id", id, "--amount", std::to_string(fen), "--customer", "cust-1"});
+    const Run r =
+        s.run({"bills", "create", "--id", id, "--amount", std::to_string(fen), "--customer", "cust-1"});
     REQUIRE_MESSAGE(r.code == 0, r.output);
 }
 
@@ -70,8 +71,10 @@ TEST_SUITE("tools/roundtrip")
 
         REQUIRE_MESSAGE(s.wait_received([&](const auto&) {
             return s.events_for("A1").size() >= 3 && s.events_for("A2").size() >= 1;
-        }), s.logs());
-        CHECK(types(s.events_for("A1")) == std::vector<std::string>{"bill.paid", "bill.refunded", "bill.refunded"});
+        }),
+                        s.logs());
+        CHECK(types(s.events_for("A1")) ==
+              std::vector<std::string>{"bill.paid", "bill.refunded", "bill.refunded"});
         CHECK(types(s.events_for("A2")) == std::vector<std::string>{"bill.closed"});
         for (const auto& e : s.received()) {
             CHECK(e.verified);
@@ -88,12 +91,14 @@ TEST_SUITE("tools/roundtrip")
         Run paid = trigger(s, {"wechatpay", "paid", "--bill", "W1"});
         CHECK_MESSAGE(paid.code == 0, paid.output);
         CHECK(contains(paid.output, "204 No Content"));
-        Run refund = trigger(s, {"wechatpay", "refund", "--bill", "W1", "--refund-amount", "300", "--signer", "platform"});
+        Run refund = trigger(
+            s, {"wechatpay", "refund", "--bill", "W1", "--refund-amount", "300", "--signer", "platform"});
         CHECK_MESSAGE(refund.code == 0, refund.output);
-        Run refund_closed = trigger(s, {"wechatpay", "refund-closed", "--bill", "W1", "--refund-amount", "100"});
+        Run refund_closed =
+            trigger(s, {"wechatpay", "refund-closed", "--bill", "W1", "--refund-amount", "100"});
         CHECK_MESSAGE(refund_closed.code == 0, refund_closed.output);
-        Run abnormal = trigger(s, {"wechatpay", "refund-abnormal", "--bill", "W1", "--refund-amount", "100", "--signer",
-                                   "platform"});
+        Run abnormal = trigger(s, {"wechatpay", "refund-abnormal", "--bill", "W1", "--refund-amount", "100",
+                                   "--signer", "platform"});
         CHECK_MESSAGE(abnormal.code == 0, abnormal.output);
 
         auto w1 = s.bill("W1");
@@ -105,8 +110,8 @@ TEST_SUITE("tools/roundtrip")
         REQUIRE_MESSAGE(s.wait_received([&](const auto&) { return s.events_for("W1").size() >= 4; }),
                         s.logs());
         const auto events = s.events_for("W1");
-        CHECK(types(events) ==
-              std::vector<std::string>{"bill.paid", "bill.refunded", "bill.refund_updated", "bill.refund_updated"});
+        CHECK(types(events) == std::vector<std::string>{"bill.paid", "bill.refunded", "bill.refund_updated",
+                                                        "bill.refund_updated"});
         CHECK(events[2].data_kind == "refund_closed");
         CHECK(events[3].data_kind == "refund_abnormal");
     }
@@ -127,7 +132,8 @@ TEST_SUITE("tools/roundtrip")
         CHECK(status(s, "V2") == "PAID");
         REQUIRE_MESSAGE(s.wait_received([&](const auto&) {
             return s.events_for("V1").size() >= 2 && s.events_for("V2").size() >= 1;
-        }), s.logs());
+        }),
+                        s.logs());
         CHECK(types(s.events_for("V1")) == std::vector<std::string>{"bill.paid", "bill.refunded"});
         CHECK(types(s.events_for("V2")) == std::vector<std::string>{"bill.paid"});
     }
@@ -140,8 +146,9 @@ TEST_SUITE("tools/roundtrip")
             std::vector<std::string> args;
             int status;
         };
-        for (const Case& c : {Case{{"alipay", "paid", "--tamper"}, 400}, Case{{"wechatpay", "paid", "--tamper"}, 401},
-                              Case{{"wechatpay", "paid", "--stale"}, 401}, Case{{"wechatpay-v2", "paid", "--tamper"}, 401}}) {
+        for (const Case& c :
+             {Case{{"alipay", "paid", "--tamper"}, 400}, Case{{"wechatpay", "paid", "--tamper"}, 401},
+              Case{{"wechatpay", "paid", "--stale"}, 401}, Case{{"wechatpay-v2", "paid", "--tamper"}, 401}}) {
             std::vector<std::string> args = c.args;
             args.insert(args.end(), {"--bill", "T1"});
             CAPTURE(args[0] + " " + args[2]);
@@ -190,7 +197,8 @@ TEST_SUITE("tools/roundtrip")
             CHECK(std::string(bill["status"].GetString()) == "PAID");
             CHECK(bill["events"].Size() == 1);
         }
-        REQUIRE(s.wait_received([&](const auto&) { return s.events_for("D1").size() >= 1 && s.events_for("D2").size() >= 1; }));
+        REQUIRE(s.wait_received(
+            [&](const auto&) { return s.events_for("D1").size() >= 1 && s.events_for("D2").size() >= 1; }));
         std::this_thread::sleep_for(std::chrono::milliseconds(500));
         CHECK(s.events_for("D1").size() == 1);
         CHECK(s.events_for("D2").size() == 1);
@@ -199,13 +207,13 @@ TEST_SUITE("tools/roundtrip")
     TEST_CASE("API commands: bills create/get/list + events + anomalies and their exit codes")
     {
         Stack s;
-        Run created = s.run({"bills", "create", "--id", "B1", "--amount", "1234", "--customer", "c-1", "--description",
-                             "order one"});
+        Run created = s.run({"bills", "create", "--id", "B1", "--amount", "1234", "--customer", "c-1",
+                             "--description", "order one"});
         CHECK_MESSAGE(created.code == 0, created.output);
         CHECK(contains(created.output, "created bill B1  PENDING"));
         CHECK(contains(created.output, "12.34 CNY (1234 fen)"));
-        Run same = s.run({"bills", "create", "--id", "B1", "--amount", "1234", "--customer", "c-1", "--description",
-                          "order one"});
+        Run same = s.run({"bills", "create", "--id", "B1", "--amount", "1234", "--customer", "c-1",
+                          "--description", "order one"});
         CHECK(same.code == 0);
         CHECK(contains(same.output, "already registered with the same content"));
         Run conflict = s.run({"bills", "create", "--id", "B1", "--amount", "999", "--customer", "c-1"});
