@@ -298,7 +298,8 @@ awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt)
             co_return res;
         }
         if (path == "/notify/alipay") {
-            Response res = co_await notify(req, rt->alipay.get(), "alipay", {});
+            const std::string_view no_param;
+            Response res = co_await notify(req, rt->alipay.get(), "alipay", no_param);
             co_return res;
         }
         constexpr std::string_view kWx = "/notify/wechatpay/";

@@ -5,6 +5,7 @@
 #include <hiredis/hiredis.h>
 #include <signal.h>
 
+#include <cstdio>
 #include <stdexcept>
 
 #ifndef PAYBRIDGE_BINARY_DIR
@@ -53,7 +54,11 @@ DaemonFixture::DaemonFixture(DaemonOptions options) : options_(std::move(options
 DaemonFixture::~DaemonFixture()
 {
     if (process_) {
-        process_->stop(SIGTERM, std::chrono::seconds(15));
+        const int code = process_->stop(SIGTERM, std::chrono::seconds(15));
+        if (code != 0) {
+            // A daemon that did not shut down cleanly is a finding: show its log in the test output.
+            std::fprintf(stderr, "paybridged exited with %d; its log:\n%s\n", code, process_->log().c_str());
+        }
     }
 }
 
@@ -105,6 +110,9 @@ void DaemonFixture::start(bool wait_ready)
 int DaemonFixture::stop()
 {
     const int code = process_ ? process_->stop(SIGTERM, std::chrono::seconds(20)) : -1;
+    if (code != 0 && process_) {
+        std::fprintf(stderr, "paybridged exited with %d; its log:\n%s\n", code, process_->log().c_str());
+    }
     return code;
 }
 

@@ -277,8 +277,9 @@ TEST_CASE("alipay: Redis down → 503 fail and /readyz 503; back up → the same
     CHECK(http_request(fx.port(), "GET", "/readyz").status == 503);
     CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
     CHECK(fx.api("GET", "/v1/bills/B5001").status == 503);
-    fx.redis().restart();
+    fx.redis().restart();  // a fresh, empty Redis on the same port
     CHECK(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
+    REQUIRE(fx.create_bill("B5001", 100).status == 201);
     r = fx.post_alipay(body);
     CHECK(r.status == 200);
     CHECK(r.body == "success");

@@ -40,6 +40,7 @@ std::string alipay_paid(DaemonFixture& fx, const std::string& private_pem, const
     s.seller_id = DaemonFixture::kSellerId;
     s.out_trade_no = bill;
     s.amount_fen = fen;
+    s.trade_no = "2026112722001400000000" + bill;  // one trade per bill: a resend is a duplicate
     (void)fx;
     return alipay::build_alipay_body(alipay::make_paid_notice(s), key.get());
 }
