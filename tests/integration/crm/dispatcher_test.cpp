@@ -476,3 +476,27 @@ TEST_CASE("HTTPS delivery to a receiver with a certificate from the configured C
     REQUIRE(receiver.url().starts_with("https://"));
     check_all_signed(receiver);
 }
+
+TEST_CASE("a Redis outage is waited out; groups lost with the data are created again")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    const std::string before = env.add_event("B1", 1);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(before) == "delivered"; }, 10s));
+
+    // Without persistence the restarted server is empty: no streams, no consumer group.
+    env.server.stop();
+    run_for(env.ioc, 500ms);
+    env.server.restart();
+    REQUIRE(run_until(env.ioc, [&] { return env.conn->ready(); }, 10s));
+    std::vector<std::string> ids;
+    for (int i = 0; i < 5; ++i) {
+        ids.push_back(env.add_event("C" + std::to_string(i), 1));
+    }
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 15s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    CHECK(d->stats().redis_errors.load() > 0);
+    check_all_signed(receiver);
+}
