@@ -3,6 +3,7 @@
 #include "core/async.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "daemon/crm_wiring.hpp"
 #include "daemon/http_server.hpp"
 #include "daemon/reload.hpp"
 #include "daemon/systemd.hpp"
@@ -24,6 +25,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <functional>
 #include <chrono>
 #include <thread>
 
@@ -79,6 +81,7 @@ struct Worker {
     asio::io_context ioc{1};
     store::RedisConnection redis;
     store::RedisBillStore store;
+    CrmDeliveryAdmin deliveries;
     webhooks::RuntimePtr runtime;  // touched only on this worker's thread
     webhooks::Service service;
     HttpServer server;
@@ -86,15 +89,18 @@ struct Worker {
     std::atomic<bool> done{false};
     std::thread thread;
 
-    Worker(const config::Config& cfg, webhooks::RuntimePtr rt, ConnectionGate& gate)
+    Worker(const config::Config& cfg, webhooks::RuntimePtr rt, ConnectionGate& gate, std::function<bool()> all_ready)
         : redis(ioc.get_executor(), cfg.redis),
           store(redis, cfg.redis),
+          deliveries(redis, cfg.redis),
           runtime(std::move(rt)),
           service(webhooks::Service::Deps{
               .store = store,
-              .deliveries = nullptr,
+              .deliveries = &deliveries,
               .runtime = [this] { return runtime; },
-              .ready = [this] { return redis.ready(); },
+              // Ready only when every worker's Redis connection is: a provider must not get a
+              // 503 from one loop while /readyz said yes from another.
+              .ready = std::move(all_ready),
           }),
           server(ioc, cfg.limits, service, gate)
     {
@@ -119,6 +125,15 @@ public:
     int run();
 
 private:
+    bool all_ready() const
+    {
+        for (const auto& w : workers_) {
+            if (!w->redis.ready()) {
+                return false;
+            }
+        }
+        return !workers_.empty();
+    }
     awaitable<void> control();
     awaitable<void> wait_ready();
     awaitable<void> heartbeat();
@@ -131,6 +146,7 @@ private:
     asio::io_context control_{1};
     ConnectionGate gate_;
     std::vector<std::unique_ptr<Worker>> workers_;
+    std::unique_ptr<CrmRunner> crm_;
     bool stopping_{false};
     const std::int64_t started_ms_ = steady_ms();
 };
@@ -162,7 +178,7 @@ int App::Impl::run()
     }
     try {
         for (int i = 0; i < n; ++i) {
-            auto w = std::make_unique<Worker>(cfg, runtime_, gate_);
+            auto w = std::make_unique<Worker>(cfg, runtime_, gate_, [this] { return all_ready(); });
             w->server.listen(endpoint_of(cfg.listen), false);
             if (cfg.tls) {
                 w->server.listen(endpoint_of(cfg.tls->listen), true);
@@ -208,6 +224,8 @@ int App::Impl::run()
             wp->done.store(true);
         });
     }
+    crm_ = std::make_unique<CrmRunner>(cfg);
+    crm_->start();
     log::info("daemon.started", {{"listen", cfg.listen.host + ":" + std::to_string(cfg.listen.port)},
                                  {"workers", n}, {"version", PAYBRIDGE_VERSION}});
 
@@ -303,6 +321,7 @@ void App::Impl::reload()
     }
     runtime_ = r.runtime;
     cfg_ = r.runtime->config;
+    crm_->update(*cfg_);
     log::set_level(cfg_->log_level);
     std::shared_ptr<asio::ssl::context> tls;
     if (cfg_->tls) {
@@ -346,6 +365,7 @@ awaitable<void> App::Impl::finish_stop()
         t.expires_after(20ms);
         co_await t.async_wait(kUseTuple);
     }
+    crm_->stop();  // in-flight deliveries finish (each bounded by crm.timeout) and are recorded
     // Whatever is still running after the grace period is cut off; then every loop runs out of
     // work by itself (Redis stopped, sessions closed), so all coroutine frames unwind normally.
     for (auto& w : workers_) {

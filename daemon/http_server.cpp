@@ -326,12 +326,12 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
             res.keep_alive(false);
         }
         const bool keep_alive = res.keep_alive();
-        const auto code = res.result_int();
+        // Counted before the write: once the client has the answer, /metrics must already show it.
+        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
+        inst.requests.with({{"route", route}, {"code", std::to_string(res.result_int())}}).inc();
+        inst.latency.with({{"route", route}}).observe(secs);
         lowest(stream).expires_after(limits_.write_timeout);
         auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
-        const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        inst.requests.with({{"route", route}, {"code", std::to_string(code)}}).inc();
-        inst.latency.with({{"route", route}}).observe(secs);
         session.busy = false;
         if (wec || !keep_alive) {
             break;

@@ -1,0 +1,211 @@
+#include "daemon/crm_wiring.hpp"
+
+#include "core/error.hpp"
+#include "core/log.hpp"
+#include "core/metrics.hpp"
+#include "crm/delivery_admin.hpp"
+#include "crm/dispatcher.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/post.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include "core/async.hpp"
+
+namespace paybridge::daemon {
+
+namespace asio = boost::asio;
+using asio::awaitable;
+
+CrmDeliveryAdmin::CrmDeliveryAdmin(store::RedisConnection& redis, const config::RedisConfig& cfg)
+    : admin_(std::make_unique<crm::DeliveryAdmin>(redis, cfg.key_prefix, cfg.shards))
+{
+}
+
+CrmDeliveryAdmin::~CrmDeliveryAdmin() = default;
+
+awaitable<Result<std::optional<std::string>>> CrmDeliveryAdmin::event(std::string event_id)
+{
+    Result<std::string> doc = co_await admin_->get_event_deliveries(std::move(event_id));
+    if (!doc) {
+        if (doc.error() == errc::not_found) {
+            co_return std::optional<std::string>{};
+        }
+        co_return doc.error();
+    }
+    co_return std::optional<std::string>(std::move(*doc));
+}
+
+awaitable<Result<std::string>> CrmDeliveryAdmin::deliveries(std::string state, std::size_t limit, std::string cursor)
+{
+    Result<std::string> r = co_await admin_->list_deliveries(std::move(state), limit, std::move(cursor));
+    co_return r;
+}
+
+awaitable<Result<std::string>> CrmDeliveryAdmin::redeliver(std::string event_id)
+{
+    Result<std::string> r = co_await admin_->redeliver(std::move(event_id));
+    co_return r;
+}
+
+awaitable<Result<std::string>> CrmDeliveryAdmin::recover(std::int64_t since_ms)
+{
+    Result<std::string> r = co_await admin_->recover(since_ms);
+    co_return r;
+}
+
+namespace {
+
+// Stats of the dispatcher generations, summed across restarts (reloads) for /metrics.
+struct Totals {
+    std::atomic<std::uint64_t> delivered{0}, failed{0}, dead_letters{0}, reclaimed{0};
+    std::atomic<std::uint64_t> backlog{0}, retrying{0}, dead{0};
+    std::atomic<std::int64_t> oldest_ms{0};
+    const crm::DispatcherStats* live{nullptr};
+    std::mutex mutex;
+};
+
+Totals& totals()
+{
+    static Totals t;
+    return t;
+}
+
+void register_metrics()
+{
+    auto& reg = metrics::registry();
+    auto read = [](std::atomic<std::uint64_t> Totals::*base, std::atomic<std::uint64_t> crm::DispatcherStats::*live) {
+        return [base, live] {
+            Totals& t = totals();
+            std::lock_guard lock(t.mutex);
+            return static_cast<double>((t.*base).load() + (t.live ? (t.live->*live).load() : 0));
+        };
+    };
+    auto gauge = [](std::atomic<std::uint64_t> crm::DispatcherStats::*live) {
+        return [live] {
+            Totals& t = totals();
+            std::lock_guard lock(t.mutex);
+            return t.live ? static_cast<double>((t.live->*live).load()) : 0.0;
+        };
+    };
+    reg.callback_counter("paybridge_crm_deliveries_total", "Events acknowledged (2xx) by the CRM.",
+                         read(&Totals::delivered, &crm::DispatcherStats::delivered));
+    reg.callback_counter("paybridge_crm_failed_attempts_total", "CRM delivery attempts without a 2xx answer.",
+                         read(&Totals::failed, &crm::DispatcherStats::failed_attempts));
+    reg.callback_counter("paybridge_crm_dead_letters_total", "Events dead-lettered after the retry schedule.",
+                         read(&Totals::dead_letters, &crm::DispatcherStats::dead_letters));
+    reg.callback_counter("paybridge_crm_reclaimed_total", "Pending events taken over from a dead instance.",
+                         read(&Totals::reclaimed, &crm::DispatcherStats::reclaimed));
+    reg.callback_gauge("paybridge_outbox_backlog", "Events not yet delivered to the CRM (all instances).",
+                       gauge(&crm::DispatcherStats::backlog));
+    reg.callback_gauge("paybridge_outbox_retrying", "Events waiting for a delivery retry.",
+                       gauge(&crm::DispatcherStats::retrying));
+    reg.callback_gauge("paybridge_outbox_dead", "Events in the dead-letter sets.", gauge(&crm::DispatcherStats::dead));
+    reg.callback_gauge("paybridge_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered event.", [] {
+        Totals& t = totals();
+        std::lock_guard lock(t.mutex);
+        return t.live ? static_cast<double>(t.live->oldest_pending_age_ms.load()) / 1000.0 : 0.0;
+    });
+}
+
+}  // namespace
+
+CrmRunner::CrmRunner(const config::Config& cfg) : redis_(cfg.redis), crm_(cfg.crm) { register_metrics(); }
+
+CrmRunner::~CrmRunner() { stop(); }
+
+void CrmRunner::start()
+{
+    asio::co_spawn(ioc_, loop(), asio::detached);
+    thread_ = std::thread([this] {
+        try {
+            ioc_.run();
+        } catch (const std::exception& e) {
+            log::error("crm.runner_failed", {{"what", e.what()}});
+        }
+    });
+}
+
+void CrmRunner::update(const config::Config& cfg)
+{
+    {
+        std::lock_guard lock(mutex_);
+        crm_ = cfg.crm;
+        ++generation_;
+    }
+    asio::post(ioc_, [this] {
+        if (current_ != nullptr) {
+            current_->stop();  // loop() starts the next generation with the new settings
+        }
+    });
+}
+
+void CrmRunner::stop()
+{
+    {
+        std::lock_guard lock(mutex_);
+        if (stopping_ && !thread_.joinable()) {
+            return;
+        }
+        stopping_ = true;
+    }
+    asio::post(ioc_, [this] {
+        if (current_ != nullptr) {
+            current_->stop();
+        }
+    });
+    if (thread_.joinable()) {
+        thread_.join();
+    }
+}
+
+awaitable<void> CrmRunner::loop()
+{
+    asio::steady_timer pause(ioc_);
+    for (;;) {
+        config::CrmConfig crm;
+        {
+            std::lock_guard lock(mutex_);
+            if (stopping_) {
+                break;
+            }
+            crm = crm_;
+        }
+        if (crm.url.empty()) {
+            pause.expires_after(std::chrono::seconds(1));  // delivery off until a reload sets crm.url
+            co_await pause.async_wait(kUseTuple);
+            continue;
+        }
+        crm::DispatcherOptions options = crm::DispatcherOptions::from_config(redis_, crm);
+        auto created = crm::Dispatcher::create(ioc_.get_executor(), redis_, std::move(options));
+        if (!created) {
+            log::error("crm.dispatcher_refused", {{"error", error_name(created.error())}});
+            pause.expires_after(std::chrono::seconds(5));
+            co_await pause.async_wait(kUseTuple);
+            continue;
+        }
+        std::unique_ptr<crm::Dispatcher> dispatcher = std::move(*created);
+        current_ = dispatcher.get();
+        {
+            std::lock_guard lock(totals().mutex);
+            totals().live = &dispatcher->stats();
+        }
+        log::info("crm.dispatcher_started", {{"consumer", dispatcher->consumer()}});
+        co_await dispatcher->run();
+        current_ = nullptr;
+        {
+            Totals& t = totals();
+            std::lock_guard lock(t.mutex);
+            const auto& s = dispatcher->stats();
+            t.delivered += s.delivered.load();
+            t.failed += s.failed_attempts.load();
+            t.dead_letters += s.dead_letters.load();
+            t.reclaimed += s.reclaimed.load();
+            t.live = nullptr;
+        }
+        log::info("crm.dispatcher_stopped", {{"consumer", dispatcher->consumer()}});
+    }
+}
+
+}  // namespace paybridge::daemon
