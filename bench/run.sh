@@ -49,6 +49,7 @@ echo "registering bills..." >&2
 wrk -t1 -c64 -d"$(( COUNT / 10000 + 10 ))s" -s bench/wrk_lines.lua "http://127.0.0.1:$port/v1/bills" -- \
   "$work/bills.txt" bill "$token" >/dev/null
 
+redis-cli -p "$redis_port" config resetstat >/dev/null
 echo "alipay distinct..." >&2
 alipay=$(run_wrk "http://127.0.0.1:$port/notify/alipay" "$work/alipay.txt" alipay)
 echo "alipay duplicates..." >&2
@@ -64,7 +65,7 @@ sleep 4
 rss_idle=$(awk '/VmRSS/{print $2}' "/proc/$daemon/status")
 open_idle=$(curl -fsS "http://127.0.0.1:$port/metrics" | awk '/^paybridge_open_connections/{print $2}')
 wait "$idle" || true
-applied=$(curl -fsS "http://127.0.0.1:$port/metrics" | grep 'paybridge_notifications_total' | grep 'applied' || true)
+evalsha_us=$(redis-cli -p "$redis_port" info commandstats | sed -n 's/^cmdstat_evalsha:calls=\([0-9]*\),usec=[0-9]*,usec_per_call=\([0-9.]*\).*/\2/p')
 kill "$daemon"; wait "$daemon" 2>/dev/null || true
 
 echo "bare server..." >&2
@@ -74,8 +75,8 @@ sleep 0.5
 bare=$(run_wrk "http://127.0.0.1:$bare_port/notify/alipay" "$work/alipay.txt" alipay)
 
 echo "openssl speed..." >&2
-rsa1=$(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $6}')
-rsa2=$(openssl speed -multi 2 -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $6}')
+rsa1=$(openssl speed -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $7}')
+rsa2=$(openssl speed -multi 2 -seconds 3 rsa2048 2>/dev/null | awk '/^rsa 2048/{print $7}')
 
 ar=$(field rps "$alipay"); br=$(field rps "$bare"); wr=$(field rps "$wechat"); dr=$(field rps "$dups")
 pct() { awk -v a="$1" -v b="$2" 'BEGIN{ if (b>0) printf "%.0f %%", 100*a/b; else print "n/a" }'; }
@@ -95,6 +96,7 @@ Machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpui
 | \`openssl speed rsa2048\` verify/s, 1 core | $rsa1 |
 | \`openssl speed -multi 2 rsa2048\` verify/s, 2 processes | $rsa2 |
 | WeChat v3 rate / Alipay rate | $(pct "$wr" "$ar") |
+| Redis time per EVALSHA (bill script), from INFO commandstats | ${evalsha_us} µs |
 | paybridged RSS after the runs / with 10,000 idle connections | $((rss_before / 1024)) MB / $((rss_idle / 1024)) MB ($open_idle open) |
 
 Requests per run (distinct runs must stay under COUNT=$COUNT): alipay $(field requests "$alipay"), wechat $(field requests "$wechat"); non-2xx: alipay $(field non2xx "$alipay"), wechat $(field non2xx "$wechat"), bare $(field non2xx "$bare").

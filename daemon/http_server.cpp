@@ -19,6 +19,7 @@
 
 #include <openssl/rand.h>
 
+#include <array>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -274,16 +275,21 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
     sessions_.push_back(&session);
     auto self_it = std::prev(sessions_.end());
 
-    beast::flat_buffer buffer(limits_.max_header_bytes + 1024);
+    beast::flat_buffer buffer;
+    std::array<char, 512> first{};
     while (!stopping_) {
-        // Wait for the first byte of the next request under the idle deadline; only then start the
-        // per-request read deadline, so keep-alive idleness and slow requests are bounded apart.
+        // Wait for the first bytes of the next request under the idle deadline; only then start
+        // the per-request read deadline, so keep-alive idleness and slow requests are bounded
+        // apart. An idle connection holds no heap buffer: it waits with a small one in its frame.
         if (buffer.size() == 0) {
+            buffer.shrink_to_fit();
             lowest(stream).expires_after(limits_.idle_timeout);
-            auto [ec, n] = co_await stream.async_read_some(buffer.prepare(4096), kUseTuple);
+            auto [ec, n] = co_await stream.async_read_some(asio::buffer(first), kUseTuple);
             if (ec) {
                 break;
             }
+            auto space = buffer.prepare(std::max<std::size_t>(n, 4096));
+            asio::buffer_copy(space, asio::buffer(first.data(), n));
             buffer.commit(n);
         }
         session.busy = true;

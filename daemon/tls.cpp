@@ -13,6 +13,7 @@ std::shared_ptr<boost::asio::ssl::context> make_server_tls_context(const config:
     ctx->set_options(ssl::context::default_workarounds | ssl::context::no_sslv2 | ssl::context::no_sslv3 |
                      ssl::context::no_tlsv1 | ssl::context::no_tlsv1_1 | ssl::context::single_dh_use);
     SSL_CTX_set_min_proto_version(ctx->native_handle(), TLS1_2_VERSION);
+    SSL_CTX_set_mode(ctx->native_handle(), SSL_MODE_RELEASE_BUFFERS);  // idle TLS connections hold no record buffers
     SSL_CTX_set_cipher_list(ctx->native_handle(), "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!MD5:!SHA1");
     boost::system::error_code ec;
     ctx->use_certificate_chain_file(tls.cert_file, ec);

@@ -30,7 +30,13 @@ local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
 -- inside an event, the CRM's metadata) is copied verbatim. Every helper returns JSON text.
 
 local function jstr(s)
-    local text = cjson.encode(tostring(s))
+    s = tostring(s)
+    -- Fast path (ids, amounts, times, statuses): nothing to escape, so no encoder call. Raw UTF-8
+    -- is valid JSON text; only '"', '\' and control characters need escapes.
+    if not string.find(s, '[%c"\\]') then
+        return '"' .. s .. '"'
+    end
+    local text = cjson.encode(s)
     -- cjson writes "/" as "\/": valid but noisy. Every "/" it emits is escaped that way, so each
     -- "\/" pair in its output is exactly one such escape and can be undone safely.
     if string.find(text, '/', 1, true) then
