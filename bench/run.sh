@@ -13,7 +13,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 
 scripts/deps.sh run
 command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-scripts/build.sh build -DPAYBRIDGE_BUILD_TESTS=OFF >/dev/null
+TARGETS="paybridged paybridge_bench_gen paybridge_bare_server paybridge_idle_conns" scripts/build.sh build -DPAYBRIDGE_BUILD_BENCH=ON >/dev/null
 
 work=$(mktemp -d /tmp/paybridge-bench.XXXXXX)
 pick_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])' 2>/dev/null \

@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 scripts/deps.sh run
-scripts/build.sh build -DPAYBRIDGE_BUILD_TESTS=OFF
+TARGETS="paybridged paybridge" scripts/build.sh build
 
 dev=$root/.dev
 redis_port=${PAYBRIDGE_DEV_REDIS_PORT:-6390}
