@@ -330,9 +330,15 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
         if (event_ok) {
             const rapidjson::Value& bill = event.HasMember("bill") ? event["bill"] : event;
             out_ << str_member(event, "type") << "  bill=" << str_member(event, "bill_id")
-                 << " seq=" << str_member(event, "sequence") << " status=" << str_member(bill, "status")
-                 << " amount=" << yuan_member(bill, "amount_fen") << " paid=" << yuan_member(bill, "paid_fen")
-                 << " refunded=" << yuan_member(bill, "refunded_fen");
+                 << " seq=" << str_member(event, "sequence");
+            if (bill.IsObject() && bill.HasMember("status")) {
+                out_ << " status=" << str_member(bill, "status")
+                     << " amount=" << yuan_member(bill, "amount_fen")
+                     << " paid=" << yuan_member(bill, "paid_fen")
+                     << " refunded=" << yuan_member(bill, "refunded_fen");
+            } else {
+                out_ << " (bill not registered yet)";  // "bill": null, e.g. an unknown_bill anomaly
+            }
             if (event.HasMember("data") && event["data"].IsObject()) {
                 const rapidjson::Value& data = event["data"];
                 if (const std::string via = str_member(data, "channel"); !via.empty()) {
@@ -455,7 +461,7 @@ int cmd_listen(const std::vector<std::string>& argv, const Io& io)
            << (options.host.find(':') != std::string::npos ? "]" : "") << ":" << *bound
            << " (any path); verifying with " << options.secrets.size() << " secret(s); answering "
            << (options.fail_rate > 0
-                   ? "a fraction " + std::to_string(options.fail_rate) + " with " +
+                   ? "a fraction " + *args->value("fail-rate") + " with " +
                          std::to_string(options.fail_status) + ", else " + std::to_string(options.status)
                    : std::to_string(options.status))
            << "; Ctrl-C stops" << std::endl;

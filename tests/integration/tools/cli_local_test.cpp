@@ -420,6 +420,18 @@ TEST_SUITE("tools/cli")
         CHECK(d.answered == 401);
         CHECK(contains(d.reason, "missing"));
         CHECK(listener.handle("GET", "/", h, "", reply).answered == 405);
+
+        // An event for a bill that is not registered yet carries "bill": null.
+        const std::string orphan =
+            R"({"id":"evt_X_u1","type":"bill.anomaly","bill_id":"X","sequence":0,"bill":null,)"
+            R"("data":{"channel":"alipay","anomaly":"unknown_bill"}})";
+        auto oh = h;
+        oh["webhook-id"] = "evt_X_u1";
+        oh["webhook-signature"] = sign_event(secret, "evt_X_u1", now, orphan);
+        CHECK(listener.handle("POST", "/", oh, orphan, reply).answered == 200);
+        CHECK(
+            contains(out.str(),
+                     "bill.anomaly  bill=X seq=0 (bill not registered yet) via=alipay anomaly=unknown_bill"));
     }
 
     TEST_CASE("listen: --status and --fail-rate answer failures and --json prints one object per request")
