@@ -47,9 +47,9 @@ TEST_CASE("AES-256-GCM: PROTOCOLS.md 2.7 vector, tamper and wrong key")
     const std::string key = "0123456789abcdef0123456789abcdef";
     const auto ct = base64_decode(
         "3o+HCNs3jCx1rxUzdmAZxsbr4jGt2omLqvZ+gQ5Vls99tP634Mk6aM2PPuB9PQplwi67/kYW4i21IZWNfSsOsdVSw356CbZiXTcRwX56A+0u5fWgZD79Q2duOgUMQovgBC5ro14QDA==");
-    REQUIRE(ct);
+    REQUIRE(ct.has_value());
     auto pt = aes256gcm_decrypt(key, "Kj7QIyUiYx1q", "transaction", *ct);
-    REQUIRE(pt);
+    REQUIRE(pt.has_value());
     CHECK(*pt == R"({"mchid":"1900000109","out_trade_no":"T1","trade_state":"SUCCESS","amount":{"total":1}})");
     std::string flipped = *ct;
     flipped[3] ^= 1;
@@ -57,7 +57,7 @@ TEST_CASE("AES-256-GCM: PROTOCOLS.md 2.7 vector, tamper and wrong key")
     CHECK_FALSE(aes256gcm_decrypt("0123456789abcdef0123456789abcdeX", "Kj7QIyUiYx1q", "transaction", *ct));
     CHECK_FALSE(aes256gcm_decrypt(key, "Kj7QIyUiYx1q", "", *ct));
     auto again = aes256gcm_encrypt(key, "Kj7QIyUiYx1q", "transaction", *pt);
-    REQUIRE(again);
+    REQUIRE(again.has_value());
     CHECK(*again == *ct);
 }
 
@@ -73,9 +73,9 @@ TEST_CASE("WeChat v2: MD5/HMAC vector and req_info AES-256-ECB vector")
     CHECK(key == "d96eb16afdd491fa1e705096edbc2205");
     const auto ct = base64_decode(
         "WBzGpzQuNpcFxIlFjUUD9BZv+lpBMzd2SHiKCkwfALWid5G8ZvfOussfMIHLbKJmcnxPKdb1ZJEqTAp8ysQv+xa1fj+Eorgndx3fNxf3KAYa3LPgsjvZgxaeYyrhV05Kbjkj6ywg27cEyTTaPZFYNg==");
-    REQUIRE(ct);
+    REQUIRE(ct.has_value());
     auto pt = aes256ecb_decrypt(key, *ct);
-    REQUIRE(pt);
+    REQUIRE(pt.has_value());
     CHECK(*pt ==
           "<root><out_refund_no><![CDATA[R1]]></out_refund_no><refund_status><![CDATA[SUCCESS]]></refund_status></root>");
     CHECK(*aes256ecb_encrypt(key, *pt) == *ct);
@@ -87,11 +87,11 @@ TEST_CASE("RSA sign/verify with generated keys, SHA256 and SHA1")
     const std::string priv_pem = generate_rsa_pem(pub_pem);
     auto priv = load_private_key(priv_pem);
     auto pub = load_public_key(pub_pem);
-    REQUIRE(priv);
-    REQUIRE(pub);
+    REQUIRE(priv.has_value());
+    REQUIRE(pub.has_value());
     for (Digest d : {Digest::sha256, Digest::sha1}) {
         auto sig = rsa_sign(priv->get(), d, "hello");
-        REQUIRE(sig);
+        REQUIRE(sig.has_value());
         CHECK(rsa_verify(pub->get(), d, "hello", *sig));
         CHECK_FALSE(rsa_verify(pub->get(), d, "hellO", *sig));
         std::string bad = *sig;
@@ -109,7 +109,7 @@ TEST_CASE("RSA sign/verify with generated keys, SHA256 and SHA1")
         start = end + 1;
     }
     auto pub2 = load_public_key(bare);
-    REQUIRE(pub2);
+    REQUIRE(pub2.has_value());
     auto sig = rsa_sign(priv->get(), Digest::sha256, "x");
     CHECK(rsa_verify(pub2->get(), Digest::sha256, "x", *sig));
     CHECK_FALSE(load_public_key("not a key"));

@@ -12,8 +12,8 @@ TEST_CASE("keygen: a test CA issues certificates that chain to it")
     const auto leaf = keygen::issue(ca, {.common_name = "alipay-public", .serial_hex = "0A1B2C"});
     auto roots = crypto::load_certificates(ca.cert_pem);
     auto leaves = crypto::load_certificates(leaf.cert_pem);
-    REQUIRE(roots);
-    REQUIRE(leaves);
+    REQUIRE(roots.has_value());
+    REQUIRE(leaves.has_value());
     CHECK(crypto::certificate_chains_to(leaves->front().get(), *roots));
     CHECK(crypto::certificate_serial_hex(leaves->front().get()) == "A1B2C");
     const auto other = keygen::make_ca({.common_name = "Other CA"});
