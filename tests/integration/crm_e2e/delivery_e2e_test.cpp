@@ -1,0 +1,275 @@
+// CRM delivery through the real daemon (issue 4): what the CRM receives after a provider's
+// notification, failed attempts and their records, a receiver outage, dead letters with recovery and
+// redelivery, and a provider acknowledgement that never waits for the CRM.
+
+#include "tests/integration/crm_e2e/crm_e2e.hpp"
+
+#include <doctest/doctest.h>
+
+using namespace paybridge;
+using namespace paybridge::test;
+using namespace paybridge::test::crm_e2e;
+
+TEST_CASE("notify -> the CRM receives the signed event served by the bill history and the feed")
+{
+    CrmStack stack;
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+
+    // Paid and then partly refunded, back to back: the CRM must still see them in that order.
+    register_and_pay(fx, ali, "E1001", 1000);
+    const HttpResult refunded = fx.post_alipay(ali.refund("E1001", 1000, 300, "RF-E1001-1"));
+    REQUIRE(refunded.body == "success");
+
+    const std::vector<std::string> ids = bill_event_ids(fx, "E1001");
+    REQUIRE(ids.size() == 2);
+    REQUIRE(stack.receiver.wait_for(
+        [&](const std::vector<ReceivedRequest>& rs) {
+            return std::count_if(rs.begin(), rs.end(), [](const ReceivedRequest& r) { return r.answered; }) >= 2;
+        },
+        15s));
+    const std::vector<ReceivedRequest> requests = stack.receiver.requests();
+    REQUIRE(requests.size() == 2);  // one attempt each: nothing failed, nothing re-sent
+    check_requests_well_formed(stack.receiver);
+
+    const rapidjson::Document bill = parse(fx.get_bill("E1001").body);
+    const std::map<std::string, std::string> all = feed(fx);
+    std::int64_t previous_sequence = 0;
+    for (std::size_t i = 0; i < ids.size(); ++i) {
+        CAPTURE(ids[i]);
+        const ReceivedRequest& r = requests[i];
+        CHECK(r.webhook_id == ids[i]);  // arrived in history order
+        CHECK(r.verified_by == std::vector<bool>{true});
+        const auto age = std::chrono::system_clock::now().time_since_epoch() -
+                         std::chrono::seconds(std::stoll(r.webhook_timestamp));
+        CHECK(std::chrono::abs(std::chrono::duration_cast<std::chrono::seconds>(age)).count() <= 30);
+
+        const rapidjson::Document sent = parse(r.body);
+        // The same object as the bill's history and the feed (API.md: "the same objects").
+        CHECK(sent == bill["events"][static_cast<rapidjson::SizeType>(i)]);
+        REQUIRE(all.count(ids[i]) == 1);
+        CHECK(sent == parse(all.at(ids[i])));
+
+        CHECK(std::string(sent["bill_id"].GetString()) == "E1001");
+        CHECK(sent["sequence"].GetInt64() > previous_sequence);
+        previous_sequence = sent["sequence"].GetInt64();
+        CHECK(sent["bill"].IsObject());
+        CHECK(sent["data"].IsObject());
+        CHECK(sent.HasMember("created_at"));
+
+        const rapidjson::Document d = delivery_doc(fx, ids[i]);
+        CHECK(std::string(d["delivery"]["state"].GetString()) == "delivered");
+        CHECK(d["attempts"].Size() == 1);
+        CHECK(d["attempts"][0]["status"].GetInt() == 200);
+        CHECK(d["event"] == sent);
+    }
+    const rapidjson::Document paid = parse(requests[0].body);
+    const rapidjson::Document refund = parse(requests[1].body);
+    CHECK(std::string(paid["type"].GetString()) == "bill.paid");
+    CHECK(std::string(paid["bill"]["status"].GetString()) == "PAID");
+    CHECK(paid["bill"]["paid_fen"].GetInt64() == 1000);
+    CHECK(std::string(refund["type"].GetString()) == "bill.refunded");
+    CHECK(std::string(refund["bill"]["status"].GetString()) == "PARTIALLY_REFUNDED");
+    CHECK(refund["bill"]["refunded_fen"].GetInt64() == 300);
+    CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == 2);
+}
+
+TEST_CASE("500 then 200: delivered, and GET /v1/events/{id} shows both attempts")
+{
+    CrmStack stack;
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.push_statuses({500});
+    stack.receiver.set_response_body(R"({"error":"crm database is restarting"})");
+    stack.receiver.set_response_delay(120ms);
+
+    register_and_pay(fx, ali, "E2001", 2500);
+    const std::string id = bill_event_ids(fx, "E2001").at(0);
+    REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver)[id] == 1; }, 20s));
+    REQUIRE(wait_until([&] { return delivery_state(fx, id) == "delivered"; }, 10s));
+    check_requests_well_formed(stack.receiver);
+    const std::vector<ReceivedRequest> requests = stack.receiver.requests();
+    REQUIRE(requests.size() == 2);
+    CHECK(requests[0].status == 500);
+    CHECK(requests[1].status == 200);
+    CHECK(requests[0].webhook_id == id);
+    CHECK(requests[1].webhook_id == id);
+    // A retry is a new attempt: signed again, never earlier than the first.
+    CHECK(std::stoll(requests[1].webhook_timestamp) >= std::stoll(requests[0].webhook_timestamp));
+
+    const rapidjson::Document d = delivery_doc(fx, id);
+    const auto& delivery = d["delivery"];
+    CHECK(std::string(delivery["state"].GetString()) == "delivered");
+    CHECK(delivery["attempts"].GetInt() == 2);
+    CHECK(delivery["last_status"].GetInt() == 200);
+    CHECK(std::string(delivery["bill_id"].GetString()) == "E2001");
+    CHECK(std::string(delivery["type"].GetString()) == "bill.paid");
+    CHECK(delivery["delivered_at"].IsString());
+
+    const auto& attempts = d["attempts"];
+    REQUIRE(attempts.Size() == 2);
+    const auto& first = attempts[0];
+    CHECK(first["attempt"].GetInt() == 1);
+    CHECK(first["status"].GetInt() == 500);
+    CHECK(std::string(first["outcome"].GetString()) == "retry");
+    CHECK(std::string(first["error"].GetString()) == "http status 500");
+    CHECK(std::string(first["response_body"].GetString()).find("crm database is restarting") != std::string::npos);
+    CHECK(first["next_at"].IsString());
+    CHECK(first["latency_ms"].GetInt64() >= 100);  // the receiver held the answer 120 ms
+    const auto& second = attempts[1];
+    CHECK(second["attempt"].GetInt() == 2);
+    CHECK(second["status"].GetInt() == 200);
+    CHECK(std::string(second["outcome"].GetString()) == "delivered");
+    CHECK(second["next_at"].IsNull());
+    CHECK(second["latency_ms"].GetInt64() >= 100);
+    CHECK(second["at_ms"].GetInt64() >= first["at_ms"].GetInt64() + 500);  // the 1 s retry (jitter 0.2)
+    CHECK(metric(fx.port(), "paybridge_crm_failed_attempts_total") == 1);
+}
+
+TEST_CASE("receiver down for a while: the backlog shows as retrying, then is delivered when it returns")
+{
+    CrmStack stack;
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.stop();
+    PortHold hold(stack.receiver.port());  // down: connections are refused
+
+    std::vector<std::string> ids;
+    for (int i = 0; i < 6; ++i) {
+        const std::string bill = "E300" + std::to_string(i);
+        register_and_pay(fx, ali, bill, 100 + i);
+        ids.push_back(bill_event_ids(fx, bill).at(0));
+    }
+    const std::set<std::string> expected(ids.begin(), ids.end());
+    REQUIRE(wait_until([&] { return listed(fx, "retrying") == expected; }, 20s));
+    CHECK(stack.receiver.count() == 0);
+    for (const std::string& id : ids) {
+        const rapidjson::Document d = delivery_doc(fx, id);
+        REQUIRE(d["attempts"].Size() >= 1);
+        const auto& a = d["attempts"][0];
+        CHECK(a["status"].IsNull());  // no HTTP answer at all
+        CHECK(std::string(a["error"].GetString()).size() > 0);
+        CHECK(std::string(a["outcome"].GetString()) == "retry");
+    }
+    // Still down a little longer: nothing is given up (the schedule has 20 retries).
+    std::this_thread::sleep_for(2s);
+    CHECK(listed(fx, "retrying") == expected);
+    CHECK(listed(fx, "dead").empty());
+
+    stack.receiver.start();  // back on the same port (binds beside the hold, which never listens)
+    hold.release();
+    REQUIRE(wait_until(
+        [&] {
+            const auto acked = acknowledged_counts(stack.receiver);
+            return std::all_of(ids.begin(), ids.end(), [&](const std::string& id) { return acked.count(id) > 0; });
+        },
+        20s));
+    REQUIRE(wait_until([&] { return listed(fx, "retrying").empty(); }, 10s));
+    for (const std::string& id : ids) {
+        CHECK(delivery_state(fx, id) == "delivered");
+    }
+    check_requests_well_formed(stack.receiver);
+    CHECK(listed(fx, "pending").empty());
+}
+
+TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver on request")
+{
+    CrmSettings settings;
+    settings.retry_schedule_s = "[1, 1]";
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.set_default_status(503);
+    const std::string before = format_rfc3339(unix_ms(std::chrono::system_clock::now()) - 1000);
+
+    register_and_pay(fx, ali, "E4001", 4200);
+    const std::string id = bill_event_ids(fx, "E4001").at(0);
+    REQUIRE(wait_until([&] { return listed(fx, "dead").count(id) == 1; }, 20s));
+    CHECK(stack.receiver.count() == 3);  // the first attempt and the two retries of the schedule
+    {
+        const rapidjson::Document d = delivery_doc(fx, id);
+        CHECK(std::string(d["delivery"]["state"].GetString()) == "dead");
+        CHECK(d["delivery"]["dead_at"].IsString());
+        REQUIRE(d["attempts"].Size() == 3);
+        CHECK(std::string(d["attempts"][2]["outcome"].GetString()) == "dead");
+        for (const auto& a : d["attempts"].GetArray()) {
+            CHECK(a["status"].GetInt() == 503);
+        }
+    }
+    CHECK(listed(fx, "retrying").empty());
+    // Dead stays dead: nothing more is sent on its own.
+    std::this_thread::sleep_for(1500ms);
+    CHECK(stack.receiver.count() == 3);
+
+    // The CRM is healthy again. A recovery window that starts after the dead letter requeues nothing.
+    stack.receiver.set_default_status(200);
+    const std::string later = format_rfc3339(unix_ms(std::chrono::system_clock::now()) + 60'000);
+    HttpResult r = fx.api("POST", "/v1/deliveries/recover?since=" + later);
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    CHECK(parse(r.body)["requeued"].GetInt() == 0);
+    CHECK(fx.api("POST", "/v1/deliveries/recover?since=yesterday").status == 400);
+    CHECK(fx.api("POST", "/v1/deliveries/recover").status == 400);
+
+    r = fx.api("POST", "/v1/deliveries/recover?since=" + before);
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    {
+        const rapidjson::Document d = parse(r.body);
+        CHECK(d["requeued"].GetInt() == 1);
+        REQUIRE(d["event_ids"].Size() == 1);
+        CHECK(std::string(d["event_ids"][0].GetString()) == id);
+    }
+    REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver)[id] == 1; }, 15s));
+    REQUIRE(wait_until([&] { return delivery_state(fx, id) == "delivered"; }, 10s));
+    CHECK(listed(fx, "dead").empty());
+
+    // An operator asks for one more copy: same webhook-id, same event.
+    r = fx.api("POST", "/v1/events/" + id + "/redeliver");
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    CHECK(std::string(parse(r.body)["previous_state"].GetString()) == "delivered");
+    REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver)[id] == 2; }, 15s));
+    REQUIRE(wait_until([&] { return delivery_state(fx, id) == "delivered"; }, 10s));
+    CHECK(stack.receiver.count() == 5);
+    check_requests_well_formed(stack.receiver);
+    const rapidjson::Document d = delivery_doc(fx, id);
+    CHECK(d["attempts"].Size() == 5);
+
+    CHECK(fx.api("POST", "/v1/events/evt_no_such_event/redeliver").status == 404);
+    CHECK(fx.api("GET", "/v1/events/" + id + "/redeliver").status == 405);
+}
+
+TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging receiver")
+{
+    CrmSettings settings;
+    settings.timeout_ms = 60'000;  // the daemon waits for the CRM for a minute...
+    settings.lease_s = 120;
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.set_response_delay(10min);  // ...and the CRM never answers within it
+
+    register_and_pay(fx, ali, "E5000", 990);
+    const std::string first = bill_event_ids(fx, "E5000").at(0);
+    REQUIRE(stack.receiver.wait_for([](const std::vector<ReceivedRequest>& rs) { return !rs.empty(); }, 15s));
+    CHECK(delivery_state(fx, first) == "pending");  // in flight at the CRM
+
+    // Every further notification is acknowledged at once, while the delivery still hangs.
+    for (int i = 1; i <= 8; ++i) {
+        const std::string bill = "E500" + std::to_string(i);
+        REQUIRE(fx.create_bill(bill, 990).status == 201);
+        const auto started = std::chrono::steady_clock::now();
+        const HttpResult r = fx.post_alipay(ali.paid(bill, 990));
+        const auto took = std::chrono::steady_clock::now() - started;
+        CHECK(r.status == 200);
+        CHECK(r.body == "success");
+        CHECK(took < 2s);
+        CHECK(bill_event_ids(fx, bill).size() == 1);  // applied and in the outbox
+    }
+    const std::vector<ReceivedRequest> requests = stack.receiver.requests();
+    CHECK(std::none_of(requests.begin(), requests.end(), [](const ReceivedRequest& r) { return r.answered; }));
+    CHECK(delivery_state(fx, first) == "pending");
+    CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == 0);
+
+    // Hang up on the daemon so that it stops promptly (its deliveries end as failures, kept for retry).
+    stack.receiver.stop();
+    CHECK(fx.stop() == 0);
+}

@@ -1,0 +1,192 @@
+// CRM delivery through the real daemon (issue 4), when processes come and go: paybridged killed with
+// SIGKILL in the middle of deliveries and restarted, two paybridged instances on one Redis, and a
+// secret rotation applied with SIGHUP.
+
+#include "tests/integration/crm_e2e/crm_e2e.hpp"
+
+#include <doctest/doctest.h>
+#include <signal.h>
+
+using namespace paybridge;
+using namespace paybridge::test;
+using namespace paybridge::test::crm_e2e;
+
+namespace {
+
+bool all_acknowledged(const HttpReceiver& receiver, const std::vector<std::string>& ids)
+{
+    const std::map<std::string, int> acked = acknowledged_counts(receiver);
+    return std::all_of(ids.begin(), ids.end(), [&](const std::string& id) { return acked.count(id) > 0; });
+}
+
+/// Ids of the events the daemon has recorded as delivered, out of `ids`.
+std::size_t delivered_count(DaemonFixture& fx, const std::vector<std::string>& ids)
+{
+    return static_cast<std::size_t>(std::count_if(ids.begin(), ids.end(), [&](const std::string& id) {
+        return delivery_state(fx, id) == "delivered";
+    }));
+}
+
+}  // namespace
+
+TEST_CASE("paybridged killed with SIGKILL mid-delivery and restarted: every event delivered, same webhook-id")
+{
+    CrmSettings settings;
+    settings.timeout_ms = 1000;
+    settings.concurrency = 4;
+    settings.lease_s = 2;  // entries of the dead process are taken over after 2 s
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.set_response_delay(300ms);  // a slow CRM: deliveries are always in flight
+
+    std::vector<std::string> ids;
+    for (int i = 0; i < 30; ++i) {
+        const std::string bill = "K" + std::to_string(6000 + i);
+        register_and_pay(fx, ali, bill, 1000 + i);
+        ids.push_back(bill_event_ids(fx, bill).at(0));
+    }
+    // Kill once some events are through and another one has just reached the CRM: that one is held
+    // 300 ms by the receiver, so the daemon dies before it can see the answer.
+    using Clock = std::chrono::steady_clock;
+    auto fresh = [](const ReceivedRequest& r) { return !r.answered && Clock::now() - r.at < 150ms; };
+    REQUIRE(stack.receiver.wait_for(
+        [&](const std::vector<ReceivedRequest>& rs) {
+            const auto answered = std::count_if(rs.begin(), rs.end(), [](const ReceivedRequest& r) {
+                return r.answered;
+            });
+            return answered >= 8 && std::any_of(rs.begin(), rs.end(), fresh);
+        },
+        30s));
+    std::set<std::string> in_flight;
+    for (const ReceivedRequest& r : stack.receiver.requests()) {
+        if (fresh(r)) {
+            in_flight.insert(r.webhook_id);
+        }
+    }
+    CHECK(fx.process().stop(SIGKILL, 10s) == 128 + SIGKILL);
+    REQUIRE_FALSE(in_flight.empty());
+    REQUIRE(acknowledged_counts(stack.receiver).size() < ids.size());  // the kill came mid-way
+
+    keep_descriptors_from_children();
+    fx.start();
+    REQUIRE(wait_until([&] { return all_acknowledged(stack.receiver, ids); }, 60s));
+    REQUIRE(wait_until([&] { return delivered_count(fx, ids) == ids.size(); }, 20s));
+    check_requests_well_formed(stack.receiver);
+
+    const std::map<std::string, int> acked = acknowledged_counts(stack.receiver);
+    for (const std::string& id : in_flight) {
+        CAPTURE(id);
+        CHECK(acked.count(id) == 1);
+        // Sent again after the restart, under the same webhook-id (check_requests_well_formed: same body).
+        const std::vector<ReceivedRequest> all = stack.receiver.requests();
+        CHECK(std::count_if(all.begin(), all.end(), [&](const ReceivedRequest& r) { return r.webhook_id == id; }) >= 2);
+        const rapidjson::Document d = delivery_doc(fx, id);
+        CHECK(std::string(d["delivery"]["state"].GetString()) == "delivered");
+    }
+    // The new process took the dead one's pending entries over (its consumer name is new).
+    CHECK(metric(fx.port(), "paybridge_crm_reclaimed_total") >= static_cast<double>(in_flight.size()));
+    REQUIRE(wait_until([&] { return listed(fx, "pending").empty() && listed(fx, "retrying").empty(); }, 10s));
+
+    // Nothing beyond the 30 events was ever sent.
+    std::set<std::string> seen;
+    for (const ReceivedRequest& r : stack.receiver.requests()) {
+        seen.insert(r.webhook_id);
+    }
+    CHECK(seen == std::set<std::string>(ids.begin(), ids.end()));
+}
+
+TEST_CASE("two paybridged instances on one Redis: both deliver, every event delivered, none lost")
+{
+    CrmSettings settings;
+    settings.concurrency = 2;
+    CrmStack stack(settings, 1, 1);
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.set_response_delay(50ms);
+    SecondDaemon second(fx, "second");
+
+    // Notifications land on either instance; deliveries are shared through the consumer group.
+    std::vector<std::string> ids;
+    for (int i = 0; i < 40; ++i) {
+        const std::string bill = "T" + std::to_string(7000 + i);
+        register_and_pay(fx, ali, bill, 500 + i, i % 2 == 0 ? fx.port() : second.port());
+        ids.push_back(bill_event_ids(fx, bill).at(0));
+    }
+    REQUIRE(wait_until([&] { return all_acknowledged(stack.receiver, ids); }, 60s));
+    REQUIRE(wait_until([&] { return delivered_count(fx, ids) == ids.size(); }, 20s));
+    check_requests_well_formed(stack.receiver);
+
+    const double first_delivered = metric(fx.port(), "paybridge_crm_deliveries_total");
+    const double second_delivered = metric(second.port(), "paybridge_crm_deliveries_total");
+    CAPTURE(first_delivered);
+    CAPTURE(second_delivered);
+    CHECK(first_delivered > 0);
+    CHECK(second_delivered > 0);
+    CHECK(first_delivered + second_delivered >= static_cast<double>(ids.size()));
+
+    // The consumers of the two instances each recorded attempts under their own name.
+    std::set<std::string> consumers;
+    for (const std::string& id : ids) {
+        const rapidjson::Document d = delivery_doc(fx, id);
+        for (const auto& a : d["attempts"].GetArray()) {
+            consumers.insert(a["consumer"].GetString());
+        }
+    }
+    CHECK(consumers.size() == 2);
+    CHECK(listed(fx, "pending").empty());
+    CHECK(second.process().stop(SIGTERM, 20s) == 0);
+}
+
+TEST_CASE("secret rotation via SIGHUP: the CRM sees both signatures, then only the new one")
+{
+    CrmStack stack({}, 2);
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    int next_bill = 8000;
+
+    // Notifies a fresh bill and returns the request the receiver got for its event.
+    auto deliver_one = [&]() -> ReceivedRequest {
+        const std::string bill = "R" + std::to_string(next_bill++);
+        register_and_pay(fx, ali, bill, 300);
+        const std::string id = bill_event_ids(fx, bill).at(0);
+        REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver).count(id) == 1; }, 15s));
+        for (const ReceivedRequest& r : stack.receiver.requests()) {
+            if (r.webhook_id == id) {
+                return r;
+            }
+        }
+        FAIL("no request for " << id);
+        return {};
+    };
+    auto signatures = [](const ReceivedRequest& r) {
+        return std::count(r.webhook_signature.begin(), r.webhook_signature.end(), ',');
+    };
+    // SIGHUP, then wait until the dispatcher signs with the new set (it restarts after its in-flight work).
+    auto reload = [&](const std::vector<int>& signing, const std::vector<bool>& expected) {
+        stack.configure(signing);
+        fx.process().signal(SIGHUP);
+        REQUIRE(wait_until([&] { return deliver_one().verified_by == expected; }, 20s));
+    };
+
+    ReceivedRequest r = deliver_one();
+    CHECK(r.verified_by == std::vector<bool>{true, false});
+    CHECK(signatures(r) == 1);
+
+    // The rotation starts: the new secret signs first, the old one still signs too.
+    reload({2, 1}, {true, true});
+    for (int i = 0; i < 3; ++i) {
+        r = deliver_one();
+        CHECK(r.verified_by == std::vector<bool>{true, true});
+        CHECK(signatures(r) == 2);
+        CHECK(r.signature_ok);
+    }
+    // The CRM has switched: the old secret is dropped.
+    reload({2}, {false, true});
+    r = deliver_one();
+    CHECK(r.verified_by == std::vector<bool>{false, true});
+    CHECK(signatures(r) == 1);
+    check_requests_well_formed(stack.receiver);
+    CHECK(fx.log().find("daemon.reloaded") != std::string::npos);
+    CHECK(fx.log().find("\"level\":\"error\"") == std::string::npos);
+}
