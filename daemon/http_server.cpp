@@ -325,6 +325,7 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         } else {
             request_id = new_request_id();
         }
+        req.set("X-Request-Id", request_id);  // handlers log it
         const std::string route = route_label(req.target());
         webhooks::Response res = co_await service_.handle(std::move(req));
         res.set("X-Request-Id", request_id);

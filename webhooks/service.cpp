@@ -362,13 +362,19 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     inbound.route_param = param;
     inbound.now_unix = std::chrono::duration_cast<std::chrono::seconds>(deps_.now().time_since_epoch()).count();
 
+    // The server put the (sanitised or generated) request id on the request: logs carry it.
+    const std::string request_id{req["X-Request-Id"]};
+    const auto started = std::chrono::steady_clock::now();
+    auto elapsed_ms = [started] {
+        return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - started).count();
+    };
     auto& counters = instruments().notifications;
     Result<gateways::Verified> verified = gw->verify_and_parse(inbound);
     if (!verified) {
         const auto outcome = outcome_of_error(verified.error());
         counters.with({{"channel", std::string(route)}, {"outcome", std::string(outcome)}}).inc();
-        log::warning("notify.rejected", {{"channel", route}, {"outcome", outcome},
-                                         {"error", error_name(verified.error())}});
+        log::warning("notify.rejected", {{"request_id", request_id}, {"channel", route}, {"outcome", outcome},
+                                         {"error", error_name(verified.error())}, {"latency_ms", elapsed_ms()}});
         const gateways::Reply reply = gw->failure(verified.error());
         co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
     }
@@ -378,8 +384,9 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     Result<ApplyResult> applied = co_await deps_.store.apply(std::move(event));
     if (!applied) {
         counters.with({{"channel", std::string(route)}, {"outcome", "store_unavailable"}}).inc();
-        log::error("notify.store_failed", {{"channel", route}, {"bill_id", bill_id},
-                                           {"error", error_name(applied.error())}});
+        log::error("notify.store_failed", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},
+                                           {"outcome", "store_unavailable"}, {"error", error_name(applied.error())},
+                                           {"latency_ms", elapsed_ms()}});
         const gateways::Reply reply = gw->failure(applied.error());
         co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
     }
@@ -390,12 +397,15 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     counters.with({{"channel", std::string(route)}, {"outcome", outcome}}).inc();
     if (!applied->anomaly.empty()) {
         instruments().anomalies.with({{"kind", applied->anomaly}}).inc();
-        log::warning("notify.anomaly", {{"channel", route}, {"bill_id", bill_id}, {"kind", kind},
-                                        {"anomaly", applied->anomaly}});
+        log::warning("notify.anomaly", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},
+                                        {"kind", kind}, {"anomaly", applied->anomaly}});
     }
-    log::info("notify.accepted", {{"channel", route}, {"bill_id", bill_id}, {"kind", kind},
-                                  {"outcome", to_string(applied->outcome)}, {"status", applied->status},
-                                  {"notes", verified->notes}});
+    const std::string_view provider = route.starts_with("alipay") ? "alipay" : "wechatpay";
+    log::info("notify.accepted", {{"request_id", request_id}, {"provider", provider}, {"channel", route},
+                                  {"bill_id", bill_id},
+                                  {"kind", kind}, {"outcome", to_string(applied->outcome)},
+                                  {"status", applied->status}, {"notes", verified->notes},
+                                  {"latency_ms", elapsed_ms()}});
     const gateways::Reply reply = gw->success();
     co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
 }

@@ -81,6 +81,18 @@ TEST_CASE("metrics: Prometheus text format, counters after traffic")
     CHECK(t.find("paybridge_build_info{version=") != std::string::npos);
     CHECK(t.find("paybridge_redis_commands_total") != std::string::npos);
 
+    // Structured logs: one JSON object per line with the request id, outcome and latency.
+    const std::string log = fx.log();
+    const auto accepted = log.find("\"event\":\"notify.accepted\"");
+    REQUIRE(accepted != std::string::npos);
+    const std::string line = log.substr(log.rfind('\n', accepted) + 1, log.find('\n', accepted) - log.rfind('\n', accepted));
+    CHECK(line.find("\"request_id\":\"") != std::string::npos);
+    CHECK(line.find("\"provider\":\"alipay\"") != std::string::npos);
+    CHECK(line.find("\"bill_id\":\"M1\"") != std::string::npos);
+    CHECK(line.find("\"outcome\":\"applied\"") != std::string::npos);
+    CHECK(line.find("\"latency_ms\":") != std::string::npos);
+    CHECK(log.find("sign=") == std::string::npos);  // no bodies or signatures in logs
+
     std::string promtool;
     if (run_command({"/bin/sh", "-c", "command -v promtool"}, promtool) == 0) {
         fx.dir();
