@@ -1,0 +1,111 @@
+// Process lifecycle end to end: --check reports every problem and exits 78; the connection cap;
+// graceful shutdown lets a request in flight finish.
+
+#include "tests/support/daemon_fixture.hpp"
+#include "tests/support/redis_server.hpp"
+
+#include <boost/asio/connect.hpp>
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/read.hpp>
+#include <boost/asio/write.hpp>
+#include <doctest/doctest.h>
+#include <signal.h>
+
+#include <fstream>
+#include <thread>
+
+using namespace paybridge;
+using namespace paybridge::test;
+namespace asio = boost::asio;
+
+TEST_CASE("--check: a valid configuration exits 0; every problem is reported and the exit code is 78")
+{
+    DaemonOptions options;
+    options.start = false;
+    DaemonFixture fx(options);
+    std::string out;
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--check"}, out) == 0);
+
+    // A key file that is not a key: found by loading the keys, named precisely.
+    std::ofstream(fx.dir() / "keys/alipay_public.pem") << "not a key";
+    int rc = run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--check"}, out);
+    CHECK(rc == 78);
+    CHECK_MESSAGE(out.find("alipay.apps[0]") != std::string::npos, out);
+
+    // Several configuration problems at once: all of them, each with its JSON pointer.
+    std::ifstream in(fx.config_path());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string cfg = ss.str();
+    cfg.insert(cfg.find('{') + 1, "\n  \"colour\": \"red\",\n  \"workers\": \"two\",");
+    cfg.erase(cfg.find("  \"workers\": 2,"), std::string("  \"workers\": 2,").size());
+    std::ofstream(fx.config_path()) << cfg;
+    rc = run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--check"}, out);
+    CHECK(rc == 78);
+    CHECK_MESSAGE(out.find("/colour") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("/workers") != std::string::npos, out);
+    // Starting with it fails the same way, without serving.
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string()}, out) == 78);
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", (fx.dir() / "missing.json").string()}, out) ==
+          78);
+}
+
+TEST_CASE("connection cap: connections beyond limits.max_connections are closed at once")
+{
+    DaemonOptions options;
+    options.limits_json = R"({"max_connections": 4, "read_timeout_ms": 2000, "idle_timeout_ms": 5000})";
+    DaemonFixture fx(options);
+    asio::io_context ioc;
+    std::vector<asio::ip::tcp::socket> held;
+    for (int i = 0; i < 4; ++i) {
+        held.emplace_back(ioc);
+        held.back().connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    asio::ip::tcp::socket extra(ioc);
+    extra.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+    const std::string req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
+    boost::system::error_code ec;
+    asio::write(extra, asio::buffer(req), ec);
+    char buf[256];
+    const std::size_t n = extra.read_some(asio::buffer(buf), ec);
+    CHECK(n == 0);
+    CHECK(ec);  // closed without an answer
+    held.clear();  // free the slots
+    CHECK(wait_for_http(fx.port(), "/healthz", 200, std::chrono::seconds(5)));
+}
+
+TEST_CASE("graceful shutdown: SIGTERM lets a request in flight finish, then exits 0")
+{
+    DaemonFixture fx;
+    asio::io_context ioc;
+    asio::ip::tcp::socket s(ioc);
+    s.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+    const std::string body = R"({"id":"G1","amount_fen":100,"customer_id":"c"})";
+    const std::string head = "POST /v1/bills HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
+                             std::string(DaemonFixture::kApiToken) +
+                             "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
+                             "\r\n\r\n";
+    asio::write(s, asio::buffer(head + body.substr(0, 10)));
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    fx.process().signal(SIGTERM);
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    // New connections are no longer accepted...
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 0);
+    // ...but the request in flight completes.
+    asio::write(s, asio::buffer(body.substr(10)));
+    std::string answer;
+    boost::system::error_code ec;
+    char buf[4096];
+    for (;;) {
+        const std::size_t n = s.read_some(asio::buffer(buf), ec);
+        answer.append(buf, n);
+        if (ec) {
+            break;
+        }
+    }
+    CHECK_MESSAGE(answer.starts_with("HTTP/1.1 201"), answer);
+    CHECK(answer.find("Connection: close") != std::string::npos);
+    CHECK(fx.process().wait(std::chrono::seconds(15)) == 0);
+}
