@@ -282,8 +282,9 @@ inline std::set<std::string> listed(DaemonFixture& fx, const std::string& state)
     std::set<std::string> ids;
     std::string cursor;
     for (int page = 0; page < 100; ++page) {
-        const HttpResult r =
-            fx.api("GET", "/v1/deliveries?state=" + state + "&limit=100" + (cursor.empty() ? "" : "&cursor=" + cursor));
+        const std::string target =
+            "/v1/deliveries?state=" + state + "&limit=100" + (cursor.empty() ? "" : "&cursor=" + cursor);
+        const HttpResult r = fx.api("GET", target);
         REQUIRE_MESSAGE(r.status == 200, r.body);
         const rapidjson::Document d = parse(r.body);
         for (const auto& item : d["items"].GetArray()) {

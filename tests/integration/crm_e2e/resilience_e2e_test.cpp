@@ -80,7 +80,9 @@ TEST_CASE("paybridged killed with SIGKILL mid-delivery and restarted: every even
         CHECK(acked.count(id) == 1);
         // Sent again after the restart, under the same webhook-id (check_requests_well_formed: same body).
         const std::vector<ReceivedRequest> all = stack.receiver.requests();
-        CHECK(std::count_if(all.begin(), all.end(), [&](const ReceivedRequest& r) { return r.webhook_id == id; }) >= 2);
+        const auto copies =
+            std::count_if(all.begin(), all.end(), [&](const ReceivedRequest& r) { return r.webhook_id == id; });
+        CHECK(copies >= 2);
         const rapidjson::Document d = delivery_doc(fx, id);
         CHECK(std::string(d["delivery"]["state"].GetString()) == "delivered");
     }
