@@ -13,7 +13,7 @@ WRK_THREADS=${WRK_THREADS:-1}
 
 scripts/deps.sh run
 command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
-TARGETS="paybridged paybridge_bench_gen paybridge_bare_server paybridge_idle_conns" scripts/build.sh build -DPAYBRIDGE_BUILD_BENCH=ON >/dev/null
+TARGETS="paybridged paybridge_bench_gen paybridge_bare_server paybridge_idle_conns paybridge_crm_bench" scripts/build.sh build -DPAYBRIDGE_BUILD_BENCH=ON >/dev/null
 
 work=$(mktemp -d /tmp/paybridge-bench.XXXXXX)
 pick_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])' 2>/dev/null \
@@ -101,3 +101,8 @@ Machine: $(nproc) cores, $(awk '/model name/{$1=$2=$3="";print;exit}' /proc/cpui
 
 Requests per run (distinct runs must stay under COUNT=$COUNT): alipay $(field requests "$alipay"), wechat $(field requests "$wechat"); non-2xx: alipay $(field non2xx "$alipay"), wechat $(field non2xx "$wechat"), bare $(field non2xx "$bare").
 TABLE
+
+# CRM delivery (bench/crm_bench.cpp): its own redis-server, receiver and paybridged; prints its own table.
+echo "crm delivery..." >&2
+build/bench/paybridge_crm_bench --workers "$WORKERS" --connections "$CONNS" 2>"$work/crm_bench.log" \
+  || { echo; echo "CRM delivery benchmark failed:"; tail -n 5 "$work/crm_bench.log"; }
