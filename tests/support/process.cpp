@@ -98,6 +98,8 @@ int spawn(const std::vector<std::string>& argv, int out_fd, const std::map<std::
         ::dup2(out_fd, 2);
         const int devnull = ::open("/dev/null", O_RDONLY);
         ::dup2(devnull, 0);
+        // Keep only stdio: the test's sockets (fake CRM listeners...) must not live on in the child.
+        ::close_range(3, ~0U, 0);
         ::execve(args[0], args.data(), envp.data());
         ::_exit(127);
     }

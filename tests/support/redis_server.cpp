@@ -138,7 +138,12 @@ void RedisTestServer::launch()
     }
     argv.push_back(nullptr);
     pid_t pid = -1;
-    const int rc = ::posix_spawn(&pid, binary_.c_str(), nullptr, nullptr, argv.data(), environ);
+    // The child must not inherit the test's sockets (a fake CRM's listener would stay open in it).
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
+    const int rc = ::posix_spawn(&pid, binary_.c_str(), &actions, nullptr, argv.data(), environ);
+    posix_spawn_file_actions_destroy(&actions);
     if (rc != 0) {
         throw std::runtime_error(std::string("posix_spawn(redis-server) failed: ") + std::strerror(rc));
     }
