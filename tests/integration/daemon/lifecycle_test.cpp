@@ -1,6 +1,9 @@
 // Process lifecycle end to end: --check reports every problem and exits 78; the connection cap;
 // graceful shutdown lets a request in flight finish.
 
+#include "core/time.hpp"
+#include "gateways/alipay/alipay_sim.hpp"
+#include "gateways/crypto/crypto.hpp"
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/redis_server.hpp"
 
@@ -108,4 +111,50 @@ TEST_CASE("graceful shutdown: SIGTERM lets a request in flight finish, then exit
     CHECK_MESSAGE(answer.starts_with("HTTP/1.1 201"), answer);
     CHECK(answer.find("Connection: close") != std::string::npos);
     CHECK(fx.process().wait(std::chrono::seconds(15)) == 0);
+}
+
+TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summary, bad parameters named")
+{
+    DaemonFixture fx;
+    const auto before = std::chrono::system_clock::now() - std::chrono::minutes(1);
+    REQUIRE(fx.create_bill("Q1", 100, "alice").status == 201);
+    REQUIRE(fx.create_bill("Q2", 200, "bob").status == 201);
+    // Pay Q1 through the real notification path.
+    auto key = *crypto::load_private_key(fx.alipay_keys.private_pem);
+    gateways::alipay::NoticeSpec spec;
+    spec.app_id = DaemonFixture::kAlipayAppId;
+    spec.seller_id = DaemonFixture::kSellerId;
+    spec.out_trade_no = "Q1";
+    spec.amount_fen = 100;
+    REQUIRE(fx.post_alipay(gateways::alipay::build_alipay_body(gateways::alipay::make_paid_notice(spec), key.get()))
+                .body == "success");
+
+    auto paid = fx.api("GET", "/v1/bills?status=PAID");
+    REQUIRE(paid.status == 200);
+    CHECK(paid.body.find("\"id\":\"Q1\"") != std::string::npos);
+    CHECK(paid.body.find("\"id\":\"Q2\"") == std::string::npos);
+    auto bob = fx.api("GET", "/v1/bills?customer_id=bob");
+    CHECK(bob.body.find("\"id\":\"Q2\"") != std::string::npos);
+    CHECK(bob.body.find("\"id\":\"Q1\"") == std::string::npos);
+    auto all = fx.api("GET", "/v1/bills?limit=1");
+    CHECK(all.body.find("\"next_cursor\":\"") != std::string::npos);  // one per page, more to come
+
+    const std::string from = format_rfc3339(unix_ms(before));
+    const std::string to = format_rfc3339(unix_ms(std::chrono::system_clock::now() + std::chrono::minutes(1)));
+    auto summary = fx.api("GET", "/v1/reconciliation/summary?from=" + from + "&to=" + to);
+    REQUIRE(summary.status == 200);
+    CHECK(summary.body.find("\"totals\"") != std::string::npos);
+    CHECK(summary.body.find("\"provider\":\"alipay\"") != std::string::npos);
+    CHECK(summary.body.find("\"status\":\"PAID\"") != std::string::npos);
+    CHECK(summary.body.find("\"status\":\"PENDING\"") != std::string::npos);
+
+    auto bad = fx.api("GET", "/v1/bills?status=LOST");
+    CHECK(bad.status == 400);
+    CHECK(bad.body.find("\"field\":\"status\"") != std::string::npos);
+    bad = fx.api("GET", "/v1/reconciliation/summary?from=yesterday&to=" + to);
+    CHECK(bad.status == 400);
+    CHECK(bad.body.find("\"field\":\"from\"") != std::string::npos);
+    bad = fx.api("GET", "/v1/events?limit=0");
+    CHECK(bad.status == 400);
+    CHECK(bad.body.find("\"field\":\"limit\"") != std::string::npos);
 }
