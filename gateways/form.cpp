@@ -21,6 +21,8 @@ int hex_value(char c) noexcept
     return -1;
 }
 
+}  // namespace
+
 // Decodes once. A second decode is the classic Alipay SDK bug (PROTOCOLS.md §4 pitfalls 1-2):
 // "%2B" must stay a literal '+' and "%25" a literal '%' in the signed string.
 bool percent_decode(std::string_view in, std::string& out)
@@ -48,8 +50,6 @@ bool percent_decode(std::string_view in, std::string& out)
     }
     return true;
 }
-
-}  // namespace
 
 Result<FormFields> parse_form(std::string_view raw)
 {

@@ -24,6 +24,10 @@ using FormFields = std::vector<std::pair<std::string, std::string>>;
 /// without '=', an empty key, or a key that appears twice.
 Result<FormFields> parse_form(std::string_view raw);
 
+/// Percent-decodes one form or query component exactly once ('+' → space, %XX → the byte).
+/// False on a malformed escape.
+bool percent_decode(std::string_view in, std::string& out);
+
 /// Encodes one key or value like java.net.URLEncoder: A-Z a-z 0-9 . - * _ are kept, space becomes
 /// '+', every other byte becomes %XX with upper-case hex. Bytes are encoded as given (no charset
 /// conversion), so GBK input yields a GBK form.

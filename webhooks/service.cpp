@@ -6,6 +6,7 @@
 #include "core/money.hpp"
 #include "core/time.hpp"
 #include "gateways/crypto/crypto.hpp"
+#include "gateways/form.hpp"
 
 #include <boost/beast/http/field.hpp>
 #include <rapidjson/document.h>
@@ -105,40 +106,11 @@ Response store_error(const Request& req, const boost::system::error_code& ec)
     return api_error(req, 500, "internal", "internal error");
 }
 
-int hex_value(char c)
-{
-    if (c >= '0' && c <= '9') return c - '0';
-    if (c >= 'a' && c <= 'f') return c - 'a' + 10;
-    if (c >= 'A' && c <= 'F') return c - 'A' + 10;
-    return -1;
-}
-
-bool percent_decode(std::string_view in, std::string& out)
-{
-    out.clear();
-    for (std::size_t i = 0; i < in.size(); ++i) {
-        if (in[i] == '+') {
-            out += ' ';
-        } else if (in[i] == '%') {
-            if (i + 2 >= in.size()) {
-                return false;
-            }
-            const int hi = hex_value(in[i + 1]);
-            const int lo = hex_value(in[i + 2]);
-            if (hi < 0 || lo < 0) {
-                return false;
-            }
-            out += static_cast<char>(hi * 16 + lo);
-            i += 2;
-        } else {
-            out += in[i];
-        }
-    }
-    return true;
-}
-
+using gateways::percent_decode;
 using Query = std::map<std::string, std::string>;
 
+// Query parameters, decoded once by the same decoder as provider forms; a repeated name keeps the
+// last value, a name without '=' has an empty value.
 bool parse_query(std::string_view q, Query& out)
 {
     while (!q.empty()) {
