@@ -5,9 +5,11 @@
 --   1 bill (hash)       2 hist (list)        3 seen (hash)        4 refunds (hash)
 --   5 orphans (list)    6 outbox (stream)    7 anomalies (stream) 8 updated (zset)
 --   9 created (zset)
--- ARGV: 1 "apply" | "register", 2 now (Unix ms), 3 now (RFC 3339), 4 payload JSON
---   apply    payload = PaymentEvent JSON  -> {outcome, anomaly kind or "", bill status or ""}
---   register payload = NewBill JSON       -> {"created" | "identical" | "conflict", bill JSON, orphans applied}
+-- ARGV: 1 "apply" | "register", 2 now (Unix ms), 3 now (RFC 3339), then
+--   apply    4.. the PaymentEvent, one field per argument in the order of EVENT_FIELDS below
+--            (no JSON to decode on the hot path)  -> {outcome, anomaly kind or "", bill status or ""}
+--   register 4 NewBill JSON   -> {"created" | "identical" | "conflict", bill JSON, orphans applied}
+-- Orphans are kept as PaymentEvent JSON (the same field names) and replayed at registration.
 --
 -- Amounts are integer fen < 10^12: exact in Lua doubles, printed with %d.
 -- Markers in "seen" (all kept for the life of the bill):
@@ -27,14 +29,16 @@ local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
 
 ---------------------------------------------------------------------------------------------------
 -- JSON text. Objects are assembled by hand so keys keep a fixed order and embedded JSON (the bill
--- inside an event, the CRM's metadata) is copied verbatim. Every helper returns JSON text.
+-- inside an event, the CRM's metadata) is copied verbatim. The hot objects (bill, event) are ONE
+-- concatenation expression each: Lua builds the result in one buffer, with no intermediate
+-- strings or tables, which is most of this script's cost otherwise.
 
-local function jstr(s)
-    s = tostring(s)
+-- The content of a JSON string (without the quotes).
+local function esc(s)
     -- Fast path (ids, amounts, times, statuses): nothing to escape, so no encoder call. Raw UTF-8
     -- is valid JSON text; only '"', '\' and control characters need escapes.
     if not string.find(s, '[%c"\\]') then
-        return '"' .. s .. '"'
+        return s
     end
     local text = cjson.encode(s)
     -- cjson writes "/" as "\/": valid but noisy. Every "/" it emits is escaped that way, so each
@@ -42,14 +46,18 @@ local function jstr(s)
     if string.find(text, '/', 1, true) then
         text = string.gsub(text, '\\/', '/')
     end
-    return text
+    return string.sub(text, 2, -2)
+end
+
+local function jstr(s)
+    return '"' .. esc(tostring(s)) .. '"'
 end
 
 local function jstr_or_null(s)
     if s == nil or s == '' then
         return 'null'
     end
-    return jstr(s)
+    return '"' .. esc(s) .. '"'
 end
 
 local function jint(n)
@@ -57,15 +65,26 @@ local function jint(n)
 end
 
 -- fields: list of {key, json text}; a field whose text is nil is left out. Keys are plain
--- identifiers written in this file, so they need no escaping.
-local function jobj(fields)
+-- identifiers written in this file, so they need no escaping. Rendered as ',"k":v' pieces, so a
+-- list can follow the fixed part of an object.
+local function jfields(fields)
     local out = {}
-    for _, f in ipairs(fields) do
+    for i, f in ipairs(fields) do
         if f[2] ~= nil then
-            out[#out + 1] = '"' .. f[1] .. '":' .. f[2]
+            out[i] = ',"' .. f[1] .. '":' .. f[2]
+        else
+            out[i] = ''
         end
     end
-    return '{' .. table.concat(out, ',') .. '}'
+    return table.concat(out)
+end
+
+local function jobj(fields)
+    local text = jfields(fields)
+    if text == '' then
+        return '{}'
+    end
+    return '{' .. string.sub(text, 2) .. '}'
 end
 
 local function append(list, more)
@@ -98,36 +117,29 @@ end
 
 -- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp.
 local function bill_json(b)
-    local metadata = nil
+    local metadata = ''
     if b.metadata ~= nil and b.metadata ~= '' then
-        metadata = b.metadata
+        metadata = ',"metadata":' .. b.metadata
     end
-    return jobj({
-        {'id', jstr(b.id)},
-        {'status', jstr(b.status)},
-        {'amount_fen', jint(b.amount_fen)},
-        {'currency', jstr(b.currency)},
-        {'customer_id', jstr(b.customer_id)},
-        {'description', jstr(b.description)},
-        {'expires_at', jstr_or_null(b.expires_at)},
-        {'metadata', metadata},
-        {'paid_fen', jint(b.paid_fen)},
-        {'refunded_fen', jint(b.refunded_fen)},
-        {'provider', jstr_or_null(b.provider)},
-        {'provider_txn_id', jstr_or_null(b.provider_txn_id)},
-        {'created_at', jstr(b.created_at)},
-        {'updated_at', jstr(b.updated_at)},
-        {'paid_at', jstr_or_null(b.paid_at)},
-        {'version', jint(b.version)},
-    })
+    return '{"id":"' .. esc(b.id) .. '","status":"' .. esc(b.status)
+        .. '","amount_fen":' .. jint(b.amount_fen) .. ',"currency":"' .. esc(b.currency)
+        .. '","customer_id":"' .. esc(b.customer_id) .. '","description":"' .. esc(b.description)
+        .. '","expires_at":' .. jstr_or_null(b.expires_at) .. metadata
+        .. ',"paid_fen":' .. jint(b.paid_fen) .. ',"refunded_fen":' .. jint(b.refunded_fen)
+        .. ',"provider":' .. jstr_or_null(b.provider) .. ',"provider_txn_id":' .. jstr_or_null(b.provider_txn_id)
+        .. ',"created_at":"' .. esc(b.created_at) .. '","updated_at":"' .. esc(b.updated_at)
+        .. '","paid_at":' .. jstr_or_null(b.paid_at) .. ',"version":' .. jint(b.version) .. '}'
 end
 
 -- Persists a real change of the bill: the listed fields, version + 1, updated_at, and the bill's
--- position in the "updated" index.
+-- position in the "updated" index. Every change is followed by its event, so the event's sequence
+-- number is taken here too, in the same HSET (emit() then uses it).
 local function save_bill(b, fields)
     b.version = b.version + 1
     b.updated_at = NOW
-    local args = {'version', jint(b.version), 'updated_at', NOW}
+    b.seq = b.seq + 1
+    b.seq_taken = true
+    local args = {'version', jint(b.version), 'updated_at', NOW, 'seq', jint(b.seq)}
     for _, f in ipairs(fields) do
         local v = b[f]
         if type(v) == 'number' then
@@ -145,19 +157,11 @@ end
 
 -- An event's "data": what the notification said, plus the fields of this change.
 local function event_data(ev, extra)
-    local fields = {
-        {'provider', jstr(ev.provider)},
-        {'channel', jstr(ev.channel)},
-        {'kind', jstr(ev.kind)},
-        {'notification_id', jstr_or_null(ev.notification_id)},
-        {'provider_txn_id', jstr_or_null(ev.provider_txn_id)},
-    }
-    append(fields, extra)
-    append(fields, {
-        {'provider_status', jstr_or_null(ev.provider_status)},
-        {'occurred_at', jstr_or_null(ev.occurred_at)},
-    })
-    return jobj(fields)
+    return '{"provider":"' .. esc(ev.provider) .. '","channel":"' .. esc(ev.channel)
+        .. '","kind":"' .. esc(ev.kind) .. '","notification_id":' .. jstr_or_null(ev.notification_id)
+        .. ',"provider_txn_id":' .. jstr_or_null(ev.provider_txn_id) .. jfields(extra)
+        .. ',"provider_status":' .. jstr_or_null(ev.provider_status)
+        .. ',"occurred_at":' .. jstr_or_null(ev.occurred_at) .. '}'
 end
 
 -- Appends ONE event to the bill's history and to the outbox. b == nil: no such bill yet (unknown
@@ -166,23 +170,21 @@ end
 local function emit(b, bill_id, etype, data, unknown_n)
     local id, seq, bill = nil, 0, 'null'
     if b ~= nil then
-        b.seq = b.seq + 1
-        redis.call('HSET', K_BILL, 'seq', jint(b.seq))
+        if b.seq_taken then
+            b.seq_taken = nil
+        else
+            b.seq = b.seq + 1
+            redis.call('HSET', K_BILL, 'seq', jint(b.seq))
+        end
         seq = b.seq
         id = 'evt_' .. bill_id .. '_' .. jint(seq)
         bill = bill_json(b)
     else
         id = 'evt_' .. bill_id .. '_u' .. jint(unknown_n)
     end
-    local event = jobj({
-        {'id', jstr(id)},
-        {'type', jstr(etype)},
-        {'created_at', jstr(NOW)},
-        {'bill_id', jstr(bill_id)},
-        {'sequence', jint(seq)},
-        {'bill', bill},
-        {'data', data},
-    })
+    local event = '{"id":"' .. esc(id) .. '","type":"' .. etype .. '","created_at":"' .. NOW
+        .. '","bill_id":"' .. esc(bill_id) .. '","sequence":' .. jint(seq) .. ',"bill":' .. bill
+        .. ',"data":' .. data .. '}'
     if b ~= nil then
         redis.call('RPUSH', K_HIST, event)
     end
@@ -398,14 +400,66 @@ local function apply_refund_update(b, ev)
     return 'applied', '', b.status
 end
 
+-- PaymentEvent fields (core/payment_event.hpp) in ARGV order; the others are strings.
+local EVENT_FIELDS = {'provider', 'channel', 'kind', 'notification_id', 'account', 'bill_id',
+    'provider_txn_id', 'currency', 'total_fen', 'refund_id', 'refund_fen', 'refund_cumulative',
+    'provider_status', 'occurred_at'}
+
+-- Missing or mistyped fields get neutral values: '' for strings, total -1 (unknown), refund 0.
+local function normalise_event(ev)
+    for _, k in ipairs(EVENT_FIELDS) do
+        if type(ev[k]) ~= 'string' then
+            ev[k] = ''
+        end
+    end
+    ev.total_fen = tonumber(ev.total_fen) or -1
+    ev.refund_fen = tonumber(ev.refund_fen) or 0
+    ev.refund_cumulative = ev.refund_cumulative == '1'
+    return ev
+end
+
+local function event_from_argv(first)
+    local ev = {}
+    for i, k in ipairs(EVENT_FIELDS) do
+        ev[k] = ARGV[first + i - 1]
+    end
+    return normalise_event(ev)
+end
+
+-- An orphan, kept until its bill is registered.
+local function encode_event(ev)
+    local copy = {}
+    for _, k in ipairs(EVENT_FIELDS) do
+        copy[k] = ev[k]
+    end
+    copy.total_fen, copy.refund_fen = jint(ev.total_fen), jint(ev.refund_fen)
+    copy.refund_cumulative = (ev.refund_cumulative and '1') or '0'
+    return cjson.encode(copy)
+end
+
+local function decode_event(raw)
+    local ev = cjson.decode(raw)
+    -- Orphans stored by earlier versions carry JSON numbers and booleans.
+    if type(ev.total_fen) == 'number' then
+        ev.total_fen = jint(ev.total_fen)
+    end
+    if type(ev.refund_fen) == 'number' then
+        ev.refund_fen = jint(ev.refund_fen)
+    end
+    if ev.refund_cumulative == true then
+        ev.refund_cumulative = '1'
+    end
+    return normalise_event(ev)
+end
+
 -- No bill yet: keep the notification (once per fingerprint) to apply at registration.
-local function orphan(ev, raw)
+local function orphan(ev)
     local fingerprint = table.concat({ev.kind, ev.provider_txn_id, ev.refund_id, jint(ev.total_fen),
         jint(ev.refund_fen), ev.provider_status}, '|')
     if not first_time('orphan:' .. fingerprint) then
         return 'orphaned', '', ''
     end
-    redis.call('RPUSH', K_ORPHANS, raw)
+    redis.call('RPUSH', K_ORPHANS, encode_event(ev))
     local n = redis.call('HINCRBY', K_SEEN, 'unknown_count', 1)
     local details = {{'amount_fen', amount_or_null(ev.total_fen)}}
     if ev.kind ~= 'payment' then
@@ -417,33 +471,13 @@ local function orphan(ev, raw)
     return 'orphaned', 'unknown_bill', ''
 end
 
-local EVENT_STRINGS = {'provider', 'channel', 'kind', 'notification_id', 'account', 'bill_id',
-    'provider_txn_id', 'currency', 'refund_id', 'provider_status', 'occurred_at'}
-
-local function decode_event(raw)
-    local ev = cjson.decode(raw)
-    for _, k in ipairs(EVENT_STRINGS) do
-        if type(ev[k]) ~= 'string' then
-            ev[k] = ''
-        end
-    end
-    if type(ev.total_fen) ~= 'number' then
-        ev.total_fen = -1
-    end
-    if type(ev.refund_fen) ~= 'number' then
-        ev.refund_fen = 0
-    end
-    ev.refund_cumulative = ev.refund_cumulative == true
-    return ev
-end
-
-local function apply(ev, raw)
+local function apply(ev)
     local marker = nil
     if ev.notification_id ~= '' then
         marker = 'n:' .. ev.channel .. ':' .. ev.notification_id
         if redis.call('HEXISTS', K_SEEN, marker) == 1 then
-            local b = load_bill()
-            return 'duplicate', '', (b and b.status) or ''
+            local status = redis.call('HGET', K_BILL, 'status')
+            return 'duplicate', '', status or ''
         end
     end
 
@@ -454,7 +488,7 @@ local function apply(ev, raw)
         outcome, anomaly, status = 'ignored', '', (b and b.status) or ''
     elseif b == nil then
         -- No marker: the orphan is replayed with its notification id when the bill is registered.
-        return orphan(ev, raw)
+        return orphan(ev)
     elseif ev.kind == 'payment' then
         outcome, anomaly, status = apply_payment(b, ev, ev.total_fen, ev.provider_txn_id)
     elseif ev.kind == 'refund' then
@@ -507,7 +541,7 @@ local function register(raw)
     -- Notifications that arrived before the bill, in arrival order, with every check.
     local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
     for _, o in ipairs(orphans) do
-        apply(decode_event(o), o)
+        apply(decode_event(o))
     end
     redis.call('DEL', K_ORPHANS)
     return {'created', bill_json(load_bill()), #orphans}
@@ -516,7 +550,7 @@ end
 ---------------------------------------------------------------------------------------------------
 
 if OP == 'apply' then
-    local outcome, anomaly, status = apply(decode_event(ARGV[4]), ARGV[4])
+    local outcome, anomaly, status = apply(event_from_argv(4))
     return {outcome, anomaly, status}
 elseif OP == 'register' then
     return register(ARGV[4])

@@ -146,42 +146,27 @@ std::string bill_json(const Hash& h)
     return to_text(buf);
 }
 
-// PaymentEvent as the script's "apply" payload (field names of core/payment_event.hpp).
-std::string event_json(const PaymentEvent& ev)
+// PaymentEvent as the script's "apply" arguments, one field each, in the order of EVENT_FIELDS in
+// store/bill.lua (no JSON: the script would only have to decode it again).
+std::vector<std::string> event_args(PaymentEvent&& ev)
 {
-    rapidjson::StringBuffer buf;
-    JsonWriter w(buf);
-    w.StartObject();
-    put_key(w, "provider");
-    put_string(w, ev.provider);
-    put_key(w, "channel");
-    put_string(w, ev.channel);
-    put_key(w, "kind");
-    put_string(w, to_string(ev.kind));
-    put_key(w, "notification_id");
-    put_string(w, ev.notification_id);
-    put_key(w, "account");
-    put_string(w, ev.account);
-    put_key(w, "bill_id");
-    put_string(w, ev.bill_id);
-    put_key(w, "provider_txn_id");
-    put_string(w, ev.provider_txn_id);
-    put_key(w, "currency");
-    put_string(w, ev.currency);
-    put_key(w, "total_fen");
-    w.Int64(ev.total_fen);
-    put_key(w, "refund_id");
-    put_string(w, ev.refund_id);
-    put_key(w, "refund_fen");
-    w.Int64(ev.refund_fen);
-    put_key(w, "refund_cumulative");
-    w.Bool(ev.refund_cumulative);
-    put_key(w, "provider_status");
-    put_string(w, ev.provider_status);
-    put_key(w, "occurred_at");
-    put_string(w, ev.occurred_at);
-    w.EndObject();
-    return to_text(buf);
+    std::vector<std::string> a;
+    a.reserve(14);
+    a.push_back(std::move(ev.provider));
+    a.push_back(std::move(ev.channel));
+    a.emplace_back(to_string(ev.kind));
+    a.push_back(std::move(ev.notification_id));
+    a.push_back(std::move(ev.account));
+    a.push_back(std::move(ev.bill_id));
+    a.push_back(std::move(ev.provider_txn_id));
+    a.push_back(std::move(ev.currency));
+    a.push_back(std::to_string(ev.total_fen));
+    a.push_back(std::move(ev.refund_id));
+    a.push_back(std::to_string(ev.refund_fen));
+    a.emplace_back(ev.refund_cumulative ? "1" : "0");
+    a.push_back(std::move(ev.provider_status));
+    a.push_back(std::move(ev.occurred_at));
+    return a;
 }
 
 void write_sorted(const rapidjson::Value& v, JsonWriter& w)
@@ -334,16 +319,19 @@ std::int64_t RedisBillStore::now_ms() const
     return unix_ms(std::chrono::system_clock::now());
 }
 
-asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::string bill_id, std::string payload)
+asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::string bill_id,
+                                                          std::vector<std::string> payload)
 {
     const std::int64_t now = now_ms();
     std::vector<std::string> keys = keys_.for_bill(bill_id).script_keys();
     std::vector<std::string> args;
-    args.reserve(4);
+    args.reserve(3 + payload.size());
     args.push_back(std::move(op));
     args.push_back(std::to_string(now));
     args.push_back(format_rfc3339(now));
-    args.push_back(std::move(payload));
+    for (std::string& a : payload) {
+        args.push_back(std::move(a));
+    }
     Result<Reply> reply = co_await redis_.eval(sha_, std::move(keys), std::move(args));
     co_return reply;
 }
@@ -376,9 +364,10 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     if (event.bill_id.empty()) {
         co_return make_error_code(errc::invalid_argument);
     }
-    std::string payload = event_json(event);
+    std::string bill_id = event.bill_id;
+    std::vector<std::string> payload = event_args(std::move(event));
     std::string op = "apply";
-    Result<Reply> reply = co_await run_script(std::move(op), event.bill_id, std::move(payload));
+    Result<Reply> reply = co_await run_script(std::move(op), std::move(bill_id), std::move(payload));
     if (!reply) {
         co_return reply.error();
     }
@@ -410,7 +399,7 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     if (!metadata) {
         co_return metadata.error();
     }
-    std::string payload = new_bill_json(bill, *metadata);
+    std::vector<std::string> payload{new_bill_json(bill, *metadata)};
     std::string op = "register";
     Result<Reply> reply = co_await run_script(std::move(op), bill.id, std::move(payload));
     if (!reply) {

@@ -92,7 +92,8 @@ public:
     const std::string& script_sha() const noexcept { return sha_; }
 
 private:
-    boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id, std::string payload);
+    boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id,
+                                                     std::vector<std::string> payload);
     boost::asio::awaitable<Result<void>> wait_for_replicas();
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
