@@ -10,10 +10,12 @@
 #include <openssl/objects.h>
 #include <openssl/pem.h>
 #include <openssl/rand.h>
+#include <openssl/rsa.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
 #include <stdexcept>
+#include <vector>
 
 namespace paybridge::crypto {
 
@@ -39,6 +41,66 @@ const auto* u8(std::string_view s) { return reinterpret_cast<const unsigned char
 BioPtr mem_bio(std::string_view s) { return BioPtr(BIO_new_mem_buf(s.data(), static_cast<int>(s.size()))); }
 
 const EVP_MD* md_of(Digest d) { return d == Digest::sha1 ? EVP_sha1() : EVP_sha256(); }
+
+// OpenSSL 3 looks an algorithm up by name ("fetches" it, under a lock) in every EVP_*Init call.
+// Verification is the hot path of every notification, so it fetches its digests once and keeps,
+// per thread, one ready verification context per key: the RSA operation is then the only cost.
+const EVP_MD* fetched_md(Digest d)
+{
+    static EVP_MD* const sha1 = EVP_MD_fetch(nullptr, "SHA1", nullptr);
+    static EVP_MD* const sha256 = EVP_MD_fetch(nullptr, "SHA256", nullptr);
+    return d == Digest::sha1 ? sha1 : sha256;
+}
+
+class VerifyContexts {
+public:
+    VerifyContexts() = default;
+    VerifyContexts(const VerifyContexts&) = delete;
+    VerifyContexts& operator=(const VerifyContexts&) = delete;
+    ~VerifyContexts() { clear(); }
+
+    // A context initialised for RSA PKCS#1 v1.5 verification with `key` and digest `d`. Each
+    // context holds a reference to its key, so a cached key pointer can never be reused for another
+    // key; the cache is emptied when it fills (keys replaced by reloads drop out then).
+    EVP_PKEY_CTX* get(EVP_PKEY* key, Digest d)
+    {
+        for (const Entry& e : entries_) {
+            if (e.key == key && e.digest == d) {
+                return e.ctx;
+            }
+        }
+        if (entries_.size() >= kMaxEntries) {
+            clear();
+        }
+        EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr);
+        const EVP_MD* md = fetched_md(d);
+        if (ctx == nullptr || md == nullptr || EVP_PKEY_verify_init(ctx) != 1 ||
+            EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) != 1 || EVP_PKEY_CTX_set_signature_md(ctx, md) != 1) {
+            EVP_PKEY_CTX_free(ctx);
+            return nullptr;
+        }
+        entries_.push_back(Entry{key, d, ctx});
+        return ctx;
+    }
+
+private:
+    static constexpr std::size_t kMaxEntries = 32;
+    struct Entry {
+        EVP_PKEY* key;
+        Digest digest;
+        EVP_PKEY_CTX* ctx;
+    };
+
+    void clear() noexcept
+    {
+        for (const Entry& e : entries_) {
+            EVP_PKEY_CTX_free(e.ctx);
+        }
+        entries_.clear();
+    }
+
+    std::vector<Entry> entries_;
+};
 
 std::string digest(const EVP_MD* md, std::string_view data)
 {
@@ -171,11 +233,14 @@ bool rsa_verify(EVP_PKEY* key, Digest d, std::string_view data, std::string_view
     if (key == nullptr || signature.empty()) {
         return false;
     }
-    MdCtxPtr ctx(EVP_MD_CTX_new());
-    if (!ctx || EVP_DigestVerifyInit(ctx.get(), nullptr, md_of(d), nullptr, key) != 1) {
+    thread_local VerifyContexts contexts;
+    EVP_PKEY_CTX* ctx = contexts.get(key, d);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (ctx == nullptr || EVP_Digest(data.data(), data.size(), md, &md_len, fetched_md(d), nullptr) != 1) {
         return false;
     }
-    return EVP_DigestVerify(ctx.get(), u8(signature), signature.size(), u8(data), data.size()) == 1;
+    return EVP_PKEY_verify(ctx, u8(signature), signature.size(), md, md_len) == 1;
 }
 
 Result<std::string> rsa_sign(EVP_PKEY* key, Digest d, std::string_view data)

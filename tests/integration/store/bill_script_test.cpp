@@ -391,6 +391,36 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(f.register_bill(new_bill("B-20")).outcome == RegisterOutcome::identical);
     }
 
+    TEST_CASE("orphans stored by the previous version (JSON numbers and booleans) still replay at registration")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        // The JSON payload the script took before events became ARGV fields, as it is kept in Redis.
+        const std::string orphans = f.store->keys().orphans("B-22");
+        f.cmd({"RPUSH", orphans,
+               R"({"provider":"alipay","channel":"alipay","kind":"payment","notification_id":"N-1","account":"A",)"
+               R"("bill_id":"B-22","provider_txn_id":"T-1","currency":"CNY","total_fen":1000,"refund_id":"",)"
+               R"("refund_fen":0,"refund_cumulative":false,"provider_status":"TRADE_SUCCESS","occurred_at":""})"});
+        f.cmd({"RPUSH", orphans,
+               R"({"provider":"alipay","channel":"alipay","kind":"refund","notification_id":"N-2","account":"A",)"
+               R"("bill_id":"B-22","provider_txn_id":"T-1","currency":"CNY","total_fen":1000,"refund_id":"R-1",)"
+               R"("refund_fen":400,"refund_cumulative":true,"provider_status":"TRADE_SUCCESS","occurred_at":""})"});
+        const auto reg = f.register_bill(new_bill("B-22"));
+        CHECK(reg.orphans_applied == 2);
+        const auto bill = parse_json(reg.bill_json);
+        CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(num(bill, "refunded_fen") == 400);
+        // A later cumulative refund notification counts from the replayed total.
+        PaymentEvent more = alipay_payment("B-22", "T-1", 1000, "N-3");
+        more.kind = EventKind::refund;
+        more.refund_id = "R-2";
+        more.refund_fen = 1000;
+        more.refund_cumulative = true;
+        check_result(f.apply(more), ApplyOutcome::applied, "", "REFUNDED");
+        CHECK(num(f.bill("B-22"), "refunded_fen") == 1000);
+    }
+
     TEST_CASE("orphans keep their order and their checks: a wrong amount is a mismatch at registration")
     {
         StoreFixture f;

@@ -60,6 +60,10 @@ TEST_CASE("UTF-8 input is validated and returned unchanged")
     CHECK(malformed(to_utf8("\xED\xA0\x80", "utf-8")));  // surrogate U+D800
     CHECK(malformed(to_utf8("\xF4\x90\x80\x80", "utf-8")));  // above U+10FFFF
     CHECK(malformed(to_utf8("\xE5\xA4", "utf-8")));      // truncated
+    CHECK(malformed(to_utf8("a\xE5\xA4" "b", "utf-8")));    // truncated, then more text
+    CHECK(malformed(to_utf8("\x80", "utf-8")));          // a lone continuation byte
+    CHECK(malformed(to_utf8("\xE0\x80\xAF", "utf-8")));  // overlong, three bytes
+    CHECK(to_utf8(std::string_view("a\0b", 3), "utf-8").value() == std::string_view("a\0b", 3));  // NUL is UTF-8
     CHECK(to_utf8("\xF4\x8F\xBF\xBF", "utf-8").value() == "\xF4\x8F\xBF\xBF");  // U+10FFFF itself
 }
 
