@@ -6,9 +6,13 @@
 --   5 orphans (list)    6 outbox (stream)    7 anomalies (stream) 8 updated (zset)
 --   9 created (zset)
 -- ARGV: 1 "apply" | "register", 2 now (Unix ms), 3 now (RFC 3339), then
---   apply    4.. the PaymentEvent, one field per argument in the order of EVENT_FIELDS below
---            (no JSON to decode on the hot path)  -> {outcome, anomaly kind or "", bill status or ""}
---   register 4 NewBill JSON   -> {"created" | "identical" | "conflict", bill JSON, orphans applied}
+--   apply    4..17 the PaymentEvent, one field per argument in the order of EVENT_FIELDS below
+--            (no JSON to decode on the hot path); 18 "1" when none of its strings needs a JSON
+--            escape (checked by the caller, so this script skips the check)
+--            -> {outcome, anomaly kind or "", bill status or ""}
+--   register 4 NewBill JSON, with j_id / j_fixed: the bill's id and its fields that never change
+--            (amount_fen .. metadata) as JSON text, escaped by the caller and stored in the bill
+--            -> {"created" | "identical" | "conflict", bill JSON, orphans applied}
 -- Orphans are kept as PaymentEvent JSON (the same field names) and replayed at registration.
 --
 -- Amounts are integer fen < 10^12: exact in Lua doubles, printed with %d.
@@ -54,7 +58,7 @@ local function jstr(s)
 end
 
 local function jstr_or_null(s)
-    if s == nil or s == '' then
+    if not s or s == '' then
         return 'null'
     end
     return '"' .. esc(s) .. '"'
@@ -97,37 +101,46 @@ end
 ---------------------------------------------------------------------------------------------------
 -- The bill hash.
 
-local NUMERIC = {amount_fen = true, paid_fen = true, refunded_fen = true, version = true, seq = true}
-
 local function load_bill()
-    local flat = redis.call('HGETALL', K_BILL)
-    if #flat == 0 then
+    local r = redis.call('HMGET', K_BILL, 'id', 'status', 'amount_fen', 'currency', 'customer_id',
+        'description', 'expires_at', 'metadata', 'paid_fen', 'refunded_fen', 'provider', 'provider_txn_id',
+        'created_at', 'updated_at', 'paid_at', 'version', 'seq', 'j_id', 'j_fixed')
+    if not r[1] then
         return nil
     end
-    local b = {}
-    for i = 1, #flat, 2 do
-        local v = flat[i + 1]
-        if NUMERIC[flat[i]] then
-            v = tonumber(v)
-        end
-        b[flat[i]] = v
-    end
-    return b
+    -- HMGET answers false for a missing field; only j_id / j_fixed may be missing or empty (bills
+    -- registered before they existed, or by a caller that did not send them): bill_json then
+    -- renders those parts itself.
+    return {id = r[1], status = r[2], amount_fen = tonumber(r[3]), currency = r[4], customer_id = r[5],
+        description = r[6], expires_at = r[7], metadata = r[8], paid_fen = tonumber(r[9]),
+        refunded_fen = tonumber(r[10]), provider = r[11], provider_txn_id = r[12], created_at = r[13],
+        updated_at = r[14], paid_at = r[15], version = tonumber(r[16]), seq = tonumber(r[17]),
+        j_id = r[18], j_fixed = r[19]}
 end
 
--- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp.
-local function bill_json(b)
+-- The JSON of the bill fields that never change after registration, amount_fen .. metadata
+-- (what the caller stores as j_fixed). Only for bills stored without j_fixed.
+local function fixed_json(b)
     local metadata = ''
     if b.metadata ~= nil and b.metadata ~= '' then
         metadata = ',"metadata":' .. b.metadata
     end
-    return '{"id":"' .. esc(b.id) .. '","status":"' .. esc(b.status)
-        .. '","amount_fen":' .. jint(b.amount_fen) .. ',"currency":"' .. esc(b.currency)
+    return '"amount_fen":' .. jint(b.amount_fen) .. ',"currency":"' .. esc(b.currency)
         .. '","customer_id":"' .. esc(b.customer_id) .. '","description":"' .. esc(b.description)
         .. '","expires_at":' .. jstr_or_null(b.expires_at) .. metadata
+end
+
+-- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp. status, created_at
+-- and updated_at are written only by this script (constants and NOW), so they need no escaping.
+local function bill_json(b)
+    local id, fixed = b.j_id, b.j_fixed
+    if not id or id == '' or not fixed or fixed == '' then
+        id, fixed = '"' .. esc(b.id) .. '"', fixed_json(b)
+    end
+    return '{"id":' .. id .. ',"status":"' .. b.status .. '",' .. fixed
         .. ',"paid_fen":' .. jint(b.paid_fen) .. ',"refunded_fen":' .. jint(b.refunded_fen)
         .. ',"provider":' .. jstr_or_null(b.provider) .. ',"provider_txn_id":' .. jstr_or_null(b.provider_txn_id)
-        .. ',"created_at":"' .. esc(b.created_at) .. '","updated_at":"' .. esc(b.updated_at)
+        .. ',"created_at":"' .. b.created_at .. '","updated_at":"' .. b.updated_at
         .. '","paid_at":' .. jstr_or_null(b.paid_at) .. ',"version":' .. jint(b.version) .. '}'
 end
 
@@ -155,19 +168,37 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Events and anomalies.
 
--- An event's "data": what the notification said, plus the fields of this change.
-local function event_data(ev, extra)
-    return '{"provider":"' .. esc(ev.provider) .. '","channel":"' .. esc(ev.channel)
-        .. '","kind":"' .. esc(ev.kind) .. '","notification_id":' .. jstr_or_null(ev.notification_id)
-        .. ',"provider_txn_id":' .. jstr_or_null(ev.provider_txn_id) .. jfields(extra)
-        .. ',"provider_status":' .. jstr_or_null(ev.provider_status)
-        .. ',"occurred_at":' .. jstr_or_null(ev.occurred_at) .. '}'
+-- A string of the notification as JSON text, or null when empty. ev.safe: the caller checked
+-- that none of the event's strings needs an escape.
+local function ev_str(ev, s)
+    if s == '' then
+        return 'null'
+    end
+    if ev.safe then
+        return '"' .. s .. '"'
+    end
+    return '"' .. esc(s) .. '"'
 end
 
--- Appends ONE event to the bill's history and to the outbox. b == nil: no such bill yet (unknown
--- bill anomaly): sequence 0, "bill": null, outbox only, id made unique by unknown_n.
+-- An event's "data": what the notification said, plus the fields of this change.
+local function event_data(ev, extra)
+    local extra_text = ''
+    if extra[1] ~= nil then
+        extra_text = jfields(extra)
+    end
+    return '{"provider":' .. ev_str(ev, ev.provider) .. ',"channel":' .. ev_str(ev, ev.channel)
+        .. ',"kind":' .. ev_str(ev, ev.kind) .. ',"notification_id":' .. ev_str(ev, ev.notification_id)
+        .. ',"provider_txn_id":' .. ev_str(ev, ev.provider_txn_id) .. extra_text
+        .. ',"provider_status":' .. ev_str(ev, ev.provider_status)
+        .. ',"occurred_at":' .. ev_str(ev, ev.occurred_at) .. '}'
+end
+
+-- Appends ONE event about ev.bill_id to the bill's history and to the outbox. b == nil: no such
+-- bill yet (unknown bill anomaly): sequence 0, "bill": null, outbox only, id made unique by
+-- unknown_n.
 -- Returns the event id and its sequence.
-local function emit(b, bill_id, etype, data, unknown_n)
+local function emit(ev, b, etype, data, unknown_n)
+    local bill_id = ev.bill_id
     local id, seq, bill = nil, 0, 'null'
     if b ~= nil then
         if b.seq_taken then
@@ -182,8 +213,12 @@ local function emit(b, bill_id, etype, data, unknown_n)
     else
         id = 'evt_' .. bill_id .. '_u' .. jint(unknown_n)
     end
-    local event = '{"id":"' .. esc(id) .. '","type":"' .. etype .. '","created_at":"' .. NOW
-        .. '","bill_id":"' .. esc(bill_id) .. '","sequence":' .. jint(seq) .. ',"bill":' .. bill
+    local id_text, bill_id_text = id, bill_id
+    if not ev.safe then
+        id_text, bill_id_text = esc(id), esc(bill_id)
+    end
+    local event = '{"id":"' .. id_text .. '","type":"' .. etype .. '","created_at":"' .. NOW
+        .. '","bill_id":"' .. bill_id_text .. '","sequence":' .. jint(seq) .. ',"bill":' .. bill
         .. ',"data":' .. data .. '}'
     if b ~= nil then
         redis.call('RPUSH', K_HIST, event)
@@ -211,7 +246,7 @@ end
 -- An anomaly on an existing bill: the bill is unchanged (only seq moves), one bill.anomaly event.
 local function bill_anomaly(b, ev, kind, details)
     local extra = append({{'anomaly', jstr(kind)}}, details)
-    local event_id, seq = emit(b, ev.bill_id, 'bill.anomaly', event_data(ev, extra))
+    local event_id, seq = emit(ev, b, 'bill.anomaly', event_data(ev, extra))
     record_anomaly(ev, kind, 'anm_' .. ev.bill_id .. '_' .. jint(seq), jobj(details), event_id)
     return 'anomaly', kind, b.status
 end
@@ -258,7 +293,7 @@ local function apply_payment(b, ev, total, txn)
             -- Money received wins over our close: the bill is paid, and someone must look at it.
             extra[#extra + 1] = {'anomaly', jstr('paid_after_close')}
         end
-        local event_id, seq = emit(b, ev.bill_id, 'bill.paid', event_data(ev, extra))
+        local event_id, seq = emit(ev, b, 'bill.paid', event_data(ev, extra))
         if after_close then
             record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. jint(seq),
                 jobj({{'amount_fen', jint(total)}}), event_id)
@@ -366,7 +401,7 @@ local function apply_refund(b, ev)
         recorded = ev.refund_fen
     end
     redis.call('HSET', K_REFUNDS, refund_id, jint(recorded))
-    emit(b, ev.bill_id, 'bill.refunded', event_data(ev, {
+    emit(ev, b, 'bill.refunded', event_data(ev, {
         {'refund_id', jstr(refund_id)},
         {'refund_fen', jint(increment)},
         {'refunded_fen', jint(b.refunded_fen)},
@@ -378,7 +413,7 @@ local function apply_close(b, ev)
     if b.status == 'PENDING' then
         b.status = 'CLOSED'
         save_bill(b, {'status'})
-        emit(b, ev.bill_id, 'bill.closed', event_data(ev, {}))
+        emit(ev, b, 'bill.closed', event_data(ev, {}))
         return 'applied', '', b.status
     end
     if b.status == 'CLOSED' or not first_time('close_after_paid') then
@@ -393,7 +428,7 @@ local function apply_refund_update(b, ev)
     if not first_time('refund_update:' .. ev.kind .. ':' .. ev.refund_id) then
         return 'duplicate', '', b.status
     end
-    emit(b, ev.bill_id, 'bill.refund_updated', event_data(ev, {
+    emit(ev, b, 'bill.refund_updated', event_data(ev, {
         {'refund_id', jstr_or_null(ev.refund_id)},
         {'refund_fen', jint(ev.refund_fen)},
     }))
@@ -418,12 +453,13 @@ local function normalise_event(ev)
     return ev
 end
 
-local function event_from_argv(first)
-    local ev = {}
-    for i, k in ipairs(EVENT_FIELDS) do
-        ev[k] = ARGV[first + i - 1]
-    end
-    return normalise_event(ev)
+-- The hot path: one table constructor (ARGV entries are always strings).
+local function event_from_argv()
+    local a = ARGV
+    return {provider = a[4], channel = a[5], kind = a[6], notification_id = a[7], account = a[8],
+        bill_id = a[9], provider_txn_id = a[10], currency = a[11], total_fen = tonumber(a[12]) or -1,
+        refund_id = a[13], refund_fen = tonumber(a[14]) or 0, refund_cumulative = a[15] == '1',
+        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1'}
 end
 
 -- An orphan, kept until its bill is registered.
@@ -465,7 +501,7 @@ local function orphan(ev)
     if ev.kind ~= 'payment' then
         append(details, {{'refund_id', jstr_or_null(ev.refund_id)}, {'refund_fen', jint(ev.refund_fen)}})
     end
-    local event_id = emit(nil, ev.bill_id, 'bill.anomaly',
+    local event_id = emit(ev, nil, 'bill.anomaly',
         event_data(ev, append({{'anomaly', jstr('unknown_bill')}}, details)), n)
     record_anomaly(ev, 'unknown_bill', 'anm_' .. ev.bill_id .. '_u' .. jint(n), jobj(details), event_id)
     return 'orphaned', 'unknown_bill', ''
@@ -509,7 +545,8 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Registration.
 
-local BILL_STRINGS = {'id', 'currency', 'customer_id', 'description', 'expires_at', 'metadata_json'}
+local BILL_STRINGS = {'id', 'currency', 'customer_id', 'description', 'expires_at', 'metadata_json',
+    'j_id', 'j_fixed'}
 
 local function register(raw)
     local nb = cjson.decode(raw)
@@ -534,7 +571,8 @@ local function register(raw)
         'id', nb.id, 'status', 'PENDING', 'amount_fen', jint(nb.amount_fen), 'currency', nb.currency,
         'customer_id', nb.customer_id, 'description', nb.description, 'expires_at', nb.expires_at,
         'metadata', nb.metadata_json, 'paid_fen', '0', 'refunded_fen', '0', 'provider', '',
-        'provider_txn_id', '', 'created_at', NOW, 'updated_at', NOW, 'paid_at', '', 'version', '1', 'seq', '0')
+        'provider_txn_id', '', 'created_at', NOW, 'updated_at', NOW, 'paid_at', '', 'version', '1', 'seq', '0',
+        'j_id', nb.j_id, 'j_fixed', nb.j_fixed)
     redis.call('ZADD', K_CREATED, NOW_MS, nb.id)
     redis.call('ZADD', K_UPDATED, NOW_MS, nb.id)
 
@@ -550,7 +588,7 @@ end
 ---------------------------------------------------------------------------------------------------
 
 if OP == 'apply' then
-    local outcome, anomaly, status = apply(event_from_argv(4))
+    local outcome, anomaly, status = apply(event_from_argv())
     return {outcome, anomaly, status}
 elseif OP == 'register' then
     return register(ARGV[4])

@@ -100,6 +100,28 @@ const std::string& field(const Hash& h, const std::string& name)
     return it == h.end() ? kEmpty : it->second;
 }
 
+// The bill fields that never change after registration, amount_fen .. metadata. `metadata` is
+// stored canonical by register_bill, so it is valid compact JSON.
+void write_fixed_fields(JsonWriter& w, std::int64_t amount_fen, std::string_view currency,
+                        std::string_view customer_id, std::string_view description, std::string_view expires_at,
+                        std::string_view metadata)
+{
+    put_key(w, "amount_fen");
+    w.Int64(amount_fen);
+    put_key(w, "currency");
+    put_string(w, currency);
+    put_key(w, "customer_id");
+    put_string(w, customer_id);
+    put_key(w, "description");
+    put_string(w, description);
+    put_key(w, "expires_at");
+    put_string_or_null(w, expires_at);
+    if (!metadata.empty()) {
+        put_key(w, "metadata");
+        w.RawValue(metadata.data(), metadata.size(), rapidjson::kObjectType);
+    }
+}
+
 // The bill object of API.md, in the same key order as bill_json() in store/bill.lua.
 std::string bill_json(const Hash& h)
 {
@@ -110,22 +132,8 @@ std::string bill_json(const Hash& h)
     put_string(w, field(h, "id"));
     put_key(w, "status");
     put_string(w, field(h, "status"));
-    put_key(w, "amount_fen");
-    w.Int64(parse_i64(field(h, "amount_fen")));
-    put_key(w, "currency");
-    put_string(w, field(h, "currency"));
-    put_key(w, "customer_id");
-    put_string(w, field(h, "customer_id"));
-    put_key(w, "description");
-    put_string(w, field(h, "description"));
-    put_key(w, "expires_at");
-    put_string_or_null(w, field(h, "expires_at"));
-    const std::string& metadata = field(h, "metadata");
-    if (!metadata.empty()) {
-        put_key(w, "metadata");
-        // Stored canonical by register_bill, so it is valid compact JSON.
-        w.RawValue(metadata.data(), metadata.size(), rapidjson::kObjectType);
-    }
+    write_fixed_fields(w, parse_i64(field(h, "amount_fen")), field(h, "currency"), field(h, "customer_id"),
+                       field(h, "description"), field(h, "expires_at"), field(h, "metadata"));
     put_key(w, "paid_fen");
     w.Int64(parse_i64(field(h, "paid_fen")));
     put_key(w, "refunded_fen");
@@ -146,12 +154,24 @@ std::string bill_json(const Hash& h)
     return to_text(buf);
 }
 
+// True when `s` can sit between JSON quotes as it is.
+bool json_safe(std::string_view s) noexcept
+{
+    return std::all_of(s.begin(), s.end(), [](char c) {
+        return static_cast<unsigned char>(c) >= 0x20 && c != '"' && c != '\\';
+    });
+}
+
 // PaymentEvent as the script's "apply" arguments, one field each, in the order of EVENT_FIELDS in
-// store/bill.lua (no JSON: the script would only have to decode it again).
+// store/bill.lua (no JSON: the script would only have to decode it again), then "1" when no
+// string needs a JSON escape, so the script can skip that check.
 std::vector<std::string> event_args(PaymentEvent&& ev)
 {
+    const bool safe = json_safe(ev.provider) && json_safe(ev.channel) && json_safe(ev.notification_id) &&
+                      json_safe(ev.bill_id) && json_safe(ev.provider_txn_id) && json_safe(ev.provider_status) &&
+                      json_safe(ev.occurred_at);
     std::vector<std::string> a;
-    a.reserve(14);
+    a.reserve(15);
     a.push_back(std::move(ev.provider));
     a.push_back(std::move(ev.channel));
     a.emplace_back(to_string(ev.kind));
@@ -166,6 +186,7 @@ std::vector<std::string> event_args(PaymentEvent&& ev)
     a.emplace_back(ev.refund_cumulative ? "1" : "0");
     a.push_back(std::move(ev.provider_status));
     a.push_back(std::move(ev.occurred_at));
+    a.emplace_back(safe ? "1" : "0");
     return a;
 }
 
@@ -234,6 +255,22 @@ std::string new_bill_json(const NewBill& bill, const std::string& metadata)
     put_string(w, bill.expires_at);
     put_key(w, "metadata_json");
     put_string(w, metadata);
+    // What bill.lua stores to render the bill without escaping these fields on every event.
+    rapidjson::StringBuffer id_buf;
+    JsonWriter id_writer(id_buf);
+    put_string(id_writer, bill.id);
+    put_key(w, "j_id");
+    put_string(w, std::string_view(id_buf.GetString(), id_buf.GetSize()));
+    rapidjson::StringBuffer fixed_buf;
+    JsonWriter fixed_writer(fixed_buf);
+    fixed_writer.StartObject();
+    write_fixed_fields(fixed_writer, bill.amount_fen, bill.currency, bill.customer_id, bill.description,
+                       bill.expires_at, metadata);
+    fixed_writer.EndObject();
+    // The members without the braces: bill.lua puts them between "status" and "paid_fen".
+    const std::string_view fixed(fixed_buf.GetString(), fixed_buf.GetSize());
+    put_key(w, "j_fixed");
+    put_string(w, fixed.substr(1, fixed.size() - 2));
     w.EndObject();
     return to_text(buf);
 }

@@ -421,6 +421,60 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(num(f.bill("B-22"), "refunded_fen") == 1000);
     }
 
+    TEST_CASE("strings that need JSON escapes arrive intact in the bill, the event and its data")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        // Quotes, backslashes, control characters, a slash and non-ASCII text in the CRM's fields...
+        NewBill nb = new_bill("B-30");
+        nb.customer_id = "c\"1\\";
+        nb.description = "line 1\nline 2\t\x01 a/b \xE5\xA4\xA7";
+        nb.metadata_json = R"({"note":"say \"hi\"\\"})";
+        REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+        // ... and in the provider's: the script is told this event's strings need escaping.
+        PaymentEvent ev = alipay_payment("B-30", "T\"1\\/", 1000, "N\n1");
+        ev.provider_status = "TRADE_\"SUCCESS\"";
+        check_result(f.apply(ev), ApplyOutcome::applied, "", "PAID");
+
+        const auto event = last_event(f, "B-30");
+        const auto bill = f.bill("B-30");  // rendered by C++ from the hash
+        CHECK(event["bill"] == bill);      // rendered by the script: the same object
+        CHECK(str(event["bill"], "customer_id") == nb.customer_id);
+        CHECK(str(event["bill"], "description") == nb.description);
+        CHECK(str(event["bill"]["metadata"], "note") == "say \"hi\"\\");
+        CHECK(str(event["bill"], "provider_txn_id") == "T\"1\\/");
+        CHECK(str(event["data"], "provider_txn_id") == "T\"1\\/");
+        CHECK(str(event["data"], "notification_id") == "N\n1");
+        CHECK(str(event["data"], "provider_status") == "TRADE_\"SUCCESS\"");
+
+        // A refund with plain strings (the script's fast path) on that bill renders it the same way.
+        check_result(f.apply(wechat_refund("B-30", "T\"1\\/", "R-1", 400, "N-2")), ApplyOutcome::anomaly,
+                     "refund_other_txn", "PAID");
+        PaymentEvent refund = alipay_refund("B-30", "T\"1\\/", "R-2", 400, "N-3");
+        check_result(f.apply(refund), ApplyOutcome::applied, "", "PARTIALLY_REFUNDED");
+        const auto refunded = last_event(f, "B-30");
+        CHECK(refunded["bill"] == f.bill("B-30"));
+        CHECK(str(refunded["bill"], "description") == nb.description);
+    }
+
+    TEST_CASE("a bill stored without the pre-rendered j_id / j_fixed fields renders the same events")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        NewBill nb = new_bill("B-31");
+        nb.description = "quote \" here";
+        nb.metadata_json = R"({"k":"v"})";
+        REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+        // As an earlier version stored it.
+        f.cmd({"HDEL", f.store->keys().bill("B-31"), "j_id", "j_fixed"});
+        check_result(f.apply(alipay_payment("B-31", "T-1", 1000, "N-1")), ApplyOutcome::applied, "", "PAID");
+        const auto event = last_event(f, "B-31");
+        CHECK(event["bill"] == f.bill("B-31"));
+        CHECK(str(event["bill"], "description") == "quote \" here");
+        CHECK(str(event["bill"]["metadata"], "k") == "v");
+        CHECK(f.register_bill(nb).outcome == RegisterOutcome::identical);
+    }
+
     TEST_CASE("orphans keep their order and their checks: a wrong amount is a mismatch at registration")
     {
         StoreFixture f;
