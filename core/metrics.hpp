@@ -4,6 +4,7 @@
 // buckets, rendered in the text exposition format (version 0.0.4). Thread-safe; hot paths keep
 // the pointer a family hands out, so an increment is one relaxed atomic add.
 
+#include <array>
 #include <atomic>
 #include <cstdint>
 #include <functional>
@@ -11,6 +12,7 @@
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace paybridge::metrics {
@@ -66,6 +68,12 @@ public:
     /// The child for these labels, created on first use. The pointer stays valid forever.
     M& with(const Labels& labels);
 
+    /// The same for label `names` with `values` (in that order), looked up first in a per-thread
+    /// cache: on the request path, once warm, no lock is taken and nothing is allocated. The
+    /// family must live as long as the threads using it (the process registry's families do).
+    template <std::size_t N>
+    M& cached(const std::array<std::string_view, N>& names, const std::array<std::string_view, N>& values);
+
     const std::string& name() const noexcept { return name_; }
     const std::string& help() const noexcept { return help_; }
     template <class F>
@@ -94,6 +102,51 @@ M& Family<M>::with(const Labels& labels)
         it = children_.emplace(labels, make_()).first;
     }
     return *it->second;
+}
+
+template <class M>
+template <std::size_t N>
+M& Family<M>::cached(const std::array<std::string_view, N>& names, const std::array<std::string_view, N>& values)
+{
+    // Entries key on the family and the values joined by '\0' (label values never contain NUL in
+    // practice; a collision would only merge two children's counts). Label sets are few, so a
+    // linear scan of a short vector beats hashing.
+    struct Entry {
+        const void* family;
+        std::string key;
+        M* child;
+    };
+    thread_local std::vector<Entry> cache;
+    std::array<char, 256> buf;
+    std::size_t len = 0;
+    bool fits = true;
+    for (std::size_t i = 0; i < N; ++i) {
+        if (len + values[i].size() + 1 > buf.size()) {
+            fits = false;
+            break;
+        }
+        values[i].copy(buf.data() + len, values[i].size());
+        len += values[i].size();
+        buf[len++] = '\0';
+    }
+    const std::string_view key(buf.data(), len);
+    if (fits) {
+        for (const Entry& e : cache) {
+            if (e.family == this && e.key == key) {
+                return *e.child;
+            }
+        }
+    }
+    Labels labels;
+    labels.reserve(N);
+    for (std::size_t i = 0; i < N; ++i) {
+        labels.emplace_back(std::string(names[i]), std::string(values[i]));
+    }
+    M& child = with(labels);
+    if (fits && cache.size() < 256) {
+        cache.push_back(Entry{this, std::string(key), &child});
+    }
+    return child;
 }
 
 /// The process registry.

@@ -94,10 +94,31 @@ std::string format_rfc3339(std::int64_t ms)
     const unsigned d = doy - (153 * mp + 2) / 5 + 1;
     const unsigned m = mp < 10 ? mp + 3 : mp - 9;
     const std::int64_t y = static_cast<std::int64_t>(yoe) + era * 400 + (m <= 2);
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<long long>(y), m, d,
-                  static_cast<int>(rem / 3600), static_cast<int>(rem % 3600 / 60), static_cast<int>(rem % 60), milli);
-    return buf;
+    const int hour = static_cast<int>(rem / 3600);
+    const int minute = static_cast<int>(rem % 3600 / 60);
+    const int second = static_cast<int>(rem % 60);
+    if (y < 0 || y > 9999) {
+        char buf[48];
+        std::snprintf(buf, sizeof buf, "%04lld-%02u-%02uT%02d:%02d:%02d.%03dZ", static_cast<long long>(y), m, d, hour,
+                      minute, second, milli);
+        return buf;
+    }
+    // Every request formats "now" at least once: fixed-width digits, no printf.
+    std::string out = "0000-00-00T00:00:00.000Z";
+    auto put = [&out](std::size_t at, unsigned value, int width) {
+        for (int i = width - 1; i >= 0; --i) {
+            out[at + static_cast<std::size_t>(i)] = static_cast<char>('0' + value % 10);
+            value /= 10;
+        }
+    };
+    put(0, static_cast<unsigned>(y), 4);
+    put(5, m, 2);
+    put(8, d, 2);
+    put(11, static_cast<unsigned>(hour), 2);
+    put(14, static_cast<unsigned>(minute), 2);
+    put(17, static_cast<unsigned>(second), 2);
+    put(20, static_cast<unsigned>(milli), 3);
+    return out;
 }
 
 std::optional<std::int64_t> parse_rfc3339(std::string_view t)

@@ -104,10 +104,21 @@ std::string new_request_id()
         return p;
     }();
     thread_local std::uint64_t counter = 0;
-    char buf[40];
-    std::snprintf(buf, sizeof buf, "%016llx-%08llx", static_cast<unsigned long long>(prefix),
-                  static_cast<unsigned long long>(++counter));
-    return buf;
+    // "%016llx-%08llx" without printf: fixed-width hex, the counter widening past 8 digits.
+    static constexpr char kHex[] = "0123456789abcdef";
+    const std::uint64_t n = ++counter;
+    int counter_digits = 8;
+    while (counter_digits < 16 && (n >> (4 * counter_digits)) != 0) {
+        ++counter_digits;
+    }
+    std::string id(17 + static_cast<std::size_t>(counter_digits), '-');
+    for (int i = 0; i < 16; ++i) {
+        id[static_cast<std::size_t>(15 - i)] = kHex[(prefix >> (4 * i)) & 0xF];
+    }
+    for (int i = 0; i < counter_digits; ++i) {
+        id[id.size() - 1 - static_cast<std::size_t>(i)] = kHex[(n >> (4 * i)) & 0xF];
+    }
+    return id;
 }
 
 template <class Stream>
@@ -335,8 +346,9 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         const bool keep_alive = res.keep_alive();
         // Counted before the write: once the client has the answer, /metrics must already show it.
         const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - started).count();
-        inst.requests.with({{"route", route}, {"code", std::to_string(res.result_int())}}).inc();
-        inst.latency.with({{"route", route}}).observe(secs);
+        const std::string code = std::to_string(res.result_int());
+        inst.requests.cached<2>({"route", "code"}, {route, code}).inc();
+        inst.latency.cached<1>({"route"}, {route}).observe(secs);
         lowest(stream).expires_after(limits_.write_timeout);
         auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
         session.busy = false;

@@ -344,7 +344,7 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     Result<gateways::Verified> verified = gw->verify_and_parse(inbound);
     if (!verified) {
         const auto outcome = outcome_of_error(verified.error());
-        counters.with({{"channel", std::string(route)}, {"outcome", std::string(outcome)}}).inc();
+        counters.cached<2>({"channel", "outcome"}, {route, outcome}).inc();
         log::warning("notify.rejected", {{"request_id", request_id}, {"channel", route}, {"outcome", outcome},
                                          {"error", error_name(verified.error())}, {"latency_ms", elapsed_ms()}});
         const gateways::Reply reply = gw->failure(verified.error());
@@ -355,7 +355,7 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     const std::string kind{to_string(event.kind)};
     Result<ApplyResult> applied = co_await deps_.store.apply(std::move(event));
     if (!applied) {
-        counters.with({{"channel", std::string(route)}, {"outcome", "store_unavailable"}}).inc();
+        counters.cached<2>({"channel", "outcome"}, {route, "store_unavailable"}).inc();
         log::error("notify.store_failed", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},
                                            {"outcome", "store_unavailable"}, {"error", error_name(applied.error())},
                                            {"latency_ms", elapsed_ms()}});
@@ -366,7 +366,7 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     if (applied->outcome == ApplyOutcome::orphaned) {
         outcome = "anomaly";
     }
-    counters.with({{"channel", std::string(route)}, {"outcome", outcome}}).inc();
+    counters.cached<2>({"channel", "outcome"}, {route, outcome}).inc();
     if (!applied->anomaly.empty()) {
         instruments().anomalies.with({{"kind", applied->anomaly}}).inc();
         log::warning("notify.anomaly", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},

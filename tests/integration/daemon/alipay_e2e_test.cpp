@@ -309,6 +309,12 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     // Request id echoed when valid.
     r = http_request(fx.port(), "GET", "/healthz", {}, {{"X-Request-Id", "abc-123"}});
     CHECK(r.header("x-request-id") == "abc-123");
+    // Generated otherwise: 16 hex digits of a per-thread prefix, '-', a counter of 8+ hex digits.
+    const std::string generated = http_request(fx.port(), "GET", "/healthz").header("x-request-id");
+    CHECK(generated.size() == 25);
+    CHECK(generated.find_first_not_of("0123456789abcdef-") == std::string::npos);
+    CHECK(generated[16] == '-');
+    CHECK(generated != http_request(fx.port(), "GET", "/healthz").header("x-request-id"));
     // Validation errors name the field.
     r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":12.5,"customer_id":"c"})");
     CHECK(r.status == 400);
