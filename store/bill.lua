@@ -101,28 +101,39 @@ end
 ---------------------------------------------------------------------------------------------------
 -- The bill hash.
 
+-- The bill's state: what every transition reads (one HMGET into one table constructor).
 local function load_bill()
-    local r = redis.call('HMGET', K_BILL, 'id', 'status', 'amount_fen', 'currency', 'customer_id',
-        'description', 'expires_at', 'metadata', 'paid_fen', 'refunded_fen', 'provider', 'provider_txn_id',
-        'created_at', 'updated_at', 'paid_at', 'version', 'seq', 'j_id', 'j_fixed')
+    local r = redis.call('HMGET', K_BILL, 'id', 'status', 'amount_fen', 'currency', 'paid_fen',
+        'refunded_fen', 'provider', 'provider_txn_id', 'created_at', 'updated_at', 'paid_at', 'version',
+        'seq', 'j_id', 'j_fixed')
     if not r[1] then
         return nil
     end
     -- HMGET answers false for a missing field; only j_id / j_fixed may be missing or empty (bills
     -- registered before they existed, or by a caller that did not send them): bill_json then
     -- renders those parts itself.
-    return {id = r[1], status = r[2], amount_fen = tonumber(r[3]), currency = r[4], customer_id = r[5],
-        description = r[6], expires_at = r[7], metadata = r[8], paid_fen = tonumber(r[9]),
-        refunded_fen = tonumber(r[10]), provider = r[11], provider_txn_id = r[12], created_at = r[13],
-        updated_at = r[14], paid_at = r[15], version = tonumber(r[16]), seq = tonumber(r[17]),
-        j_id = r[18], j_fixed = r[19]}
+    return {id = r[1], status = r[2], amount_fen = tonumber(r[3]), currency = r[4], paid_fen = tonumber(r[5]),
+        refunded_fen = tonumber(r[6]), provider = r[7], provider_txn_id = r[8], created_at = r[9],
+        updated_at = r[10], paid_at = r[11], version = tonumber(r[12]), seq = tonumber(r[13]),
+        j_id = r[14], j_fixed = r[15]}
+end
+
+-- The descriptive fields, read only where needed: registration compares them, and bills without
+-- j_fixed render them.
+local function load_details(b)
+    if b.customer_id == nil then
+        local r = redis.call('HMGET', K_BILL, 'customer_id', 'description', 'expires_at', 'metadata')
+        b.customer_id, b.description, b.expires_at, b.metadata = r[1] or '', r[2] or '', r[3] or '', r[4] or ''
+    end
+    return b
 end
 
 -- The JSON of the bill fields that never change after registration, amount_fen .. metadata
 -- (what the caller stores as j_fixed). Only for bills stored without j_fixed.
 local function fixed_json(b)
+    load_details(b)
     local metadata = ''
-    if b.metadata ~= nil and b.metadata ~= '' then
+    if b.metadata ~= '' then
         metadata = ',"metadata":' .. b.metadata
     end
     return '"amount_fen":' .. jint(b.amount_fen) .. ',"currency":"' .. esc(b.currency)
@@ -558,9 +569,10 @@ local function register(raw)
 
     local b = load_bill()
     if b ~= nil then
+        load_details(b)
         local same = b.amount_fen == nb.amount_fen and b.currency == nb.currency
             and b.customer_id == nb.customer_id and b.description == nb.description
-            and (b.expires_at or '') == nb.expires_at and (b.metadata or '') == nb.metadata_json
+            and b.expires_at == nb.expires_at and b.metadata == nb.metadata_json
         if same then
             return {'identical', bill_json(b), 0}
         end
