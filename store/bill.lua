@@ -27,6 +27,14 @@
 --   close_after_paid                     close_after_paid recorded
 --   refund_update:<kind>:<refund id>     refund_closed / refund_abnormal recorded
 
+-- Providers repeat themselves until acknowledged, so exact repeats are common: they are answered
+-- here, before the rest of this script (its functions) is even set up. Same check as in apply().
+if ARGV[1] == 'apply' and ARGV[7] ~= '' then
+    if redis.call('HEXISTS', KEYS[3], 'n:' .. ARGV[5] .. ':' .. ARGV[7]) == 1 then
+        return {'duplicate', '', redis.call('HGET', KEYS[1], 'status') or ''}
+    end
+end
+
 local K_BILL, K_HIST, K_SEEN, K_REFUNDS, K_ORPHANS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_OUTBOX, K_ANOMALIES, K_UPDATED, K_CREATED = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
@@ -518,11 +526,12 @@ local function orphan(ev)
     return 'orphaned', 'unknown_bill', ''
 end
 
-local function apply(ev)
+-- marker_checked: the caller already found no marker (the fast path at the top of this script).
+local function apply(ev, marker_checked)
     local marker = nil
     if ev.notification_id ~= '' then
         marker = 'n:' .. ev.channel .. ':' .. ev.notification_id
-        if redis.call('HEXISTS', K_SEEN, marker) == 1 then
+        if not marker_checked and redis.call('HEXISTS', K_SEEN, marker) == 1 then
             local status = redis.call('HGET', K_BILL, 'status')
             return 'duplicate', '', status or ''
         end
@@ -600,7 +609,7 @@ end
 ---------------------------------------------------------------------------------------------------
 
 if OP == 'apply' then
-    local outcome, anomaly, status = apply(event_from_argv())
+    local outcome, anomaly, status = apply(event_from_argv(), true)
     return {outcome, anomaly, status}
 elseif OP == 'register' then
     return register(ARGV[4])
