@@ -29,24 +29,33 @@ bool percent_decode(std::string_view in, std::string& out)
 {
     out.clear();
     out.reserve(in.size());
-    for (std::size_t i = 0; i < in.size(); ++i) {
-        const char c = in[i];
-        if (c == '+') {
-            out += ' ';
-        } else if (c == '%') {
-            if (i + 2 >= in.size()) {
-                return false;
-            }
-            const int hi = hex_value(in[i + 1]);
-            const int lo = hex_value(in[i + 2]);
-            if (hi < 0 || lo < 0) {
-                return false;
-            }
-            out += static_cast<char>((hi << 4) | lo);
-            i += 2;
-        } else {
-            out += c;
+    std::size_t i = 0;
+    while (i < in.size()) {
+        // Runs of plain bytes are copied whole (most of a notification is plain).
+        std::size_t plain = i;
+        while (plain < in.size() && in[plain] != '+' && in[plain] != '%') {
+            ++plain;
         }
+        out.append(in.data() + i, plain - i);
+        i = plain;
+        if (i == in.size()) {
+            break;
+        }
+        if (in[i] == '+') {
+            out += ' ';
+            ++i;
+            continue;
+        }
+        if (i + 2 >= in.size()) {
+            return false;
+        }
+        const int hi = hex_value(in[i + 1]);
+        const int lo = hex_value(in[i + 2]);
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        out += static_cast<char>((hi << 4) | lo);
+        i += 3;
     }
     return true;
 }

@@ -49,9 +49,19 @@ struct BillKeys {
     std::string created;
 
     /// KEYS for the bill script: bill, hist, seen, refunds, orphans, outbox, anomalies, updated, created.
-    std::vector<std::string> script_keys() const
+    std::vector<std::string> script_keys() const&
     {
         return {bill, hist, seen, refunds, orphans, outbox, anomalies, updated, created};
+    }
+    /// The same, moving the names (the per-notification path: no copies).
+    std::vector<std::string> script_keys() &&
+    {
+        std::vector<std::string> keys;
+        keys.reserve(9);
+        for (std::string* k : {&bill, &hist, &seen, &refunds, &orphans, &outbox, &anomalies, &updated, &created}) {
+            keys.push_back(std::move(*k));
+        }
+        return keys;
     }
 };
 
@@ -94,17 +104,27 @@ public:
 
     BillKeys for_bill(std::string_view id) const
     {
-        const int s = shard_of(id);
+        // One shard computation and one "prefix{sNN}" for all nine names (once per notification).
+        std::string base = prefix_;
+        base += tag(shard_of(id));
+        auto name = [&base](std::string_view kind, std::string_view rest) {
+            std::string key;
+            key.reserve(base.size() + kind.size() + rest.size());
+            key += base;
+            key += kind;
+            key += rest;
+            return key;
+        };
         return BillKeys{
-            .bill = bill(id),
-            .hist = hist(id),
-            .seen = seen(id),
-            .refunds = refunds(id),
-            .orphans = orphans(id),
-            .outbox = outbox(s),
-            .anomalies = anomalies(s),
-            .updated = updated(s),
-            .created = created(s),
+            .bill = name(":bill:", id),
+            .hist = name(":hist:", id),
+            .seen = name(":seen:", id),
+            .refunds = name(":refunds:", id),
+            .orphans = name(":orphans:", id),
+            .outbox = name(":outbox", {}),
+            .anomalies = name(":anomalies", {}),
+            .updated = name(":updated", {}),
+            .created = name(":created", {}),
         };
     }
 

@@ -153,6 +153,24 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(r.error() == paybridge::make_error_code(errc::invalid_argument));
     }
 
+    TEST_CASE("key names: for_bill() builds the nine script keys as the single-key builders do, sharing one tag")
+    {
+        const paybridge::store::Keys keys("pb", 16);
+        const std::string id = "INV-42";
+        const int shard = keys.shard_of(id);
+        const std::vector<std::string> expected{keys.bill(id),      keys.hist(id),          keys.seen(id),
+                                                keys.refunds(id),   keys.orphans(id),       keys.outbox(shard),
+                                                keys.anomalies(shard), keys.updated(shard), keys.created(shard)};
+        const auto named = keys.for_bill(id);
+        CHECK(named.script_keys() == expected);                       // copying overload
+        CHECK(keys.for_bill(id).script_keys() == expected);           // moving overload
+        CHECK(expected[0] == "pb" + paybridge::store::Keys::tag(shard) + ":bill:INV-42");
+        CHECK(expected[5] == "pb" + paybridge::store::Keys::tag(shard) + ":outbox");
+        for (const std::string& k : expected) {
+            CHECK(k.find(paybridge::store::Keys::tag(shard)) == 2);  // one hash tag: one Cluster slot
+        }
+    }
+
     TEST_CASE("events feed: shards merged in (ms, seq, shard) order, cursor paging loses and repeats nothing")
     {
         StoreFixture f;
