@@ -1,8 +1,7 @@
 #include "gateways/charset.hpp"
 
 #include "core/error.hpp"
-
-#include <boost/algorithm/string/predicate.hpp>
+#include "gateways/gateway.hpp"
 
 #include <iconv.h>
 #include <rapidjson/encodings.h>
@@ -150,7 +149,7 @@ Result<std::string> checked_utf8(std::string_view in)
 std::optional<Charset> parse_charset(std::string_view label) noexcept
 {
     for (Charset c : {Charset::utf8, Charset::gbk, Charset::gb2312, Charset::gb18030}) {
-        if (boost::algorithm::iequals(label, to_string(c))) {
+        if (ascii_iequals(label, to_string(c))) {
             return c;
         }
     }

@@ -13,6 +13,10 @@
 
 namespace paybridge::gateways {
 
+/// ASCII case-insensitive equality (header names, charset labels). boost::algorithm::iequals
+/// consults std::locale per character, which made header lookups cost a third of an RSA verify.
+bool ascii_iequals(std::string_view a, std::string_view b) noexcept;
+
 /// The part of an HTTP request a gateway may look at. Views are valid during the call only.
 struct InboundRequest {
     /// Request headers as received; names compared case-insensitively by header().

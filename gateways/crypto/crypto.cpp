@@ -52,6 +52,19 @@ const EVP_MD* fetched_md(Digest d)
     return d == Digest::sha1 ? sha1 : sha256;
 }
 
+// The same for the ciphers of WeChat Pay's notifications (v3 resource, v2 req_info).
+const EVP_CIPHER* aes_256_gcm()
+{
+    static EVP_CIPHER* const cipher = EVP_CIPHER_fetch(nullptr, "AES-256-GCM", nullptr);
+    return cipher;
+}
+
+const EVP_CIPHER* aes_256_ecb()
+{
+    static EVP_CIPHER* const cipher = EVP_CIPHER_fetch(nullptr, "AES-256-ECB", nullptr);
+    return cipher;
+}
+
 class VerifyContexts {
 public:
     VerifyContexts() = default;
@@ -271,7 +284,7 @@ Result<std::string> aes256gcm_decrypt(std::string_view key, std::string_view non
     std::string out(ct.size() - kTag, '\0');
     const std::string_view body = ct.substr(0, ct.size() - kTag);
     std::string tag(ct.substr(ct.size() - kTag));
-    if (!ctx || EVP_DecryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+    if (!ctx || EVP_DecryptInit_ex(ctx.get(), aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, static_cast<int>(nonce.size()), nullptr) != 1 ||
         EVP_DecryptInit_ex(ctx.get(), nullptr, nullptr, u8(key), u8(nonce)) != 1) {
         return make_error_code(errc::internal);
@@ -301,7 +314,7 @@ Result<std::string> aes256gcm_encrypt(std::string_view key, std::string_view non
     CipherCtxPtr ctx(EVP_CIPHER_CTX_new());
     int len = 0;
     std::string out(plaintext.size() + 16, '\0');
-    if (!ctx || EVP_EncryptInit_ex(ctx.get(), EVP_aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
+    if (!ctx || EVP_EncryptInit_ex(ctx.get(), aes_256_gcm(), nullptr, nullptr, nullptr) != 1 ||
         EVP_CIPHER_CTX_ctrl(ctx.get(), EVP_CTRL_GCM_SET_IVLEN, static_cast<int>(nonce.size()), nullptr) != 1 ||
         EVP_EncryptInit_ex(ctx.get(), nullptr, nullptr, u8(key), u8(nonce)) != 1) {
         return make_error_code(errc::internal);
@@ -330,7 +343,7 @@ Result<std::string> aes256ecb(bool encrypt, std::string_view key, std::string_vi
     std::string out(in.size() + 16, '\0');
     int len = 0;
     int fin = 0;
-    if (!ctx || EVP_CipherInit_ex(ctx.get(), EVP_aes_256_ecb(), nullptr, u8(key), nullptr, encrypt ? 1 : 0) != 1 ||
+    if (!ctx || EVP_CipherInit_ex(ctx.get(), aes_256_ecb(), nullptr, u8(key), nullptr, encrypt ? 1 : 0) != 1 ||
         EVP_CipherUpdate(ctx.get(), reinterpret_cast<unsigned char*>(out.data()), &len, u8(in),
                          static_cast<int>(in.size())) != 1) {
         return make_error_code(errc::internal);

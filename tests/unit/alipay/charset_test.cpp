@@ -1,6 +1,7 @@
 #include "gateways/charset.hpp"
 
 #include "core/error.hpp"
+#include "gateways/gateway.hpp"
 
 #include <doctest/doctest.h>
 
@@ -89,4 +90,21 @@ TEST_CASE("from_utf8 encodes for the simulator, GB2312 is strict")
     CHECK(malformed(from_utf8("\xF0\x9F\x98\x80", "gbk")));  // emoji: not in GBK
     CHECK(from_utf8("\xF0\x9F\x98\x80", "gb18030").has_value());
     CHECK(malformed(from_utf8("\xC0\xAF", "gbk")));
+}
+
+TEST_CASE("header names and charset labels compare ASCII case-insensitively, nothing more")
+{
+    using paybridge::gateways::ascii_iequals;
+    CHECK(ascii_iequals("Wechatpay-Serial", "WECHATPAY-serial"));
+    CHECK(ascii_iequals("", ""));
+    CHECK_FALSE(ascii_iequals("Wechatpay-Serial", "Wechatpay-Seria"));
+    CHECK_FALSE(ascii_iequals("a-b", "a_b"));
+    CHECK_FALSE(ascii_iequals("\xC3\xA9", "\xC3\x89"));  // é / É: not folded (not ASCII)
+    CHECK_FALSE(ascii_iequals("@", "`"));                // 0x40 / 0x60 differ by the case bit only
+    paybridge::gateways::InboundRequest req;
+    req.headers = {{"content-type", "application/json"}, {"WECHATPAY-NONCE", "abc"}};
+    std::string_view v;
+    CHECK(req.header("Wechatpay-Nonce", v));
+    CHECK(v == "abc");
+    CHECK_FALSE(req.header("Wechatpay-Serial", v));
 }
