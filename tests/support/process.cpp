@@ -20,8 +20,56 @@ extern char** environ;
 
 namespace paybridge::test {
 
+namespace {
+
+// True when nothing holds `port` on loopback right now.
+bool can_bind(std::uint16_t port)
+{
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    if (fd < 0) {
+        return false;
+    }
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    addr.sin_port = htons(port);
+    const bool ok = ::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+    ::close(fd);
+    return ok;
+}
+
+// The lower end of the kernel's ephemeral port range (outgoing connections' local ports).
+int ephemeral_low()
+{
+    std::ifstream in("/proc/sys/net/ipv4/ip_local_port_range");
+    int low = 0;
+    int high = 0;
+    if (in >> low >> high && low > 0) {
+        return low;
+    }
+    return 32768;
+}
+
+}  // namespace
+
+// A port for a server a test starts. Chosen at random below the ephemeral range: a port from
+// bind(0) is an ephemeral one, which any outgoing connection (a test's client, a Redis client)
+// may take between this check and the server's bind -- seen in CI as redis-server's "Address
+// already in use". Below the range only another test's pick can collide, and that is random.
 std::uint16_t free_port()
 {
+    static const int low = ephemeral_low();
+    if (low > 11000) {
+        thread_local std::mt19937 rng(std::random_device{}() ^ static_cast<unsigned>(::getpid()));
+        std::uniform_int_distribution<int> pick(10000, low - 1);
+        for (int i = 0; i < 200; ++i) {
+            const auto port = static_cast<std::uint16_t>(pick(rng));
+            if (can_bind(port)) {
+                return port;
+            }
+        }
+    }
+    // An unusual range: let the kernel choose.
     const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
     sockaddr_in addr{};
     addr.sin_family = AF_INET;

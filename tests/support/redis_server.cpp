@@ -1,5 +1,7 @@
 #include "tests/support/redis_server.hpp"
 
+#include "tests/support/process.hpp"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <signal.h>
@@ -42,27 +44,6 @@ std::string find_redis_server()
         return "/usr/bin/redis-server";
     }
     throw std::runtime_error("redis-server not found in PATH or /usr/bin");
-}
-
-// Binds port 0 on loopback and returns the port the kernel chose.
-std::uint16_t free_port()
-{
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    if (fd < 0) {
-        throw std::runtime_error("socket() failed");
-    }
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    addr.sin_port = 0;
-    socklen_t len = sizeof addr;
-    if (::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 ||
-        ::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) != 0) {
-        ::close(fd);
-        throw std::runtime_error("bind/getsockname failed");
-    }
-    ::close(fd);
-    return ntohs(addr.sin_port);
 }
 
 // One blocking PING over a fresh socket; true when the server answered anything RESP-like
@@ -110,8 +91,24 @@ RedisTestServer::RedisTestServer(std::vector<std::string> extra_args)
         throw std::runtime_error("mkdtemp failed");
     }
     dir_ = tmpl;
-    launch();
-    wait_ready();
+    // free_port() releases the port before redis-server binds it, so a test running in parallel
+    // can take it in between: then redis-server exits with "Address already in use", and another
+    // port is tried.
+    for (int attempt = 1;; ++attempt) {
+        launch();
+        try {
+            wait_ready();
+            return;
+        } catch (const std::runtime_error&) {
+            const bool port_taken = read_file(dir_ + "/redis.log").find("Address already in use") != std::string::npos;
+            if (!port_taken || attempt == 5) {
+                throw;
+            }
+            std::error_code ignored;
+            fs::remove(dir_ + "/redis.log", ignored);
+            port_ = free_port();
+        }
+    }
 }
 
 RedisTestServer::~RedisTestServer()

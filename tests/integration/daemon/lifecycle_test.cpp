@@ -11,6 +11,7 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/ip/tcp.hpp>
 #include <boost/asio/read.hpp>
+#include <boost/asio/read_until.hpp>
 #include <boost/asio/write.hpp>
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -64,8 +65,13 @@ TEST_CASE("connection cap: connections beyond limits.max_connections are closed 
     for (int i = 0; i < 4; ++i) {
         held.emplace_back(ioc);
         held.back().connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+        // An answered request proves the daemon accepted and counts this connection (a fixed
+        // sleep was not enough on a loaded machine); keep-alive holds it open afterwards.
+        asio::write(held.back(), asio::buffer(std::string("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")));
+        std::string answer;
+        asio::read_until(held.back(), asio::dynamic_buffer(answer), "ok\n");
+        REQUIRE(answer.starts_with("HTTP/1.1 200"));
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
     asio::ip::tcp::socket extra(ioc);
     extra.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
     const std::string req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
