@@ -20,4 +20,11 @@ if(PAYBRIDGE_SANITIZE)
   target_compile_options(paybridge_options INTERFACE -fsanitize=${PAYBRIDGE_SANITIZE} -fno-omit-frame-pointer
                                                      -fno-sanitize-recover=all)
   target_link_options(paybridge_options INTERFACE -fsanitize=${PAYBRIDGE_SANITIZE})
+  if(CMAKE_CXX_COMPILER_ID STREQUAL "GNU")
+    # Only with sanitizer instrumentation does GCC 12 report these, all outside our logic: "maybe
+    # uninitialized" inside std::function / std::regex and Beast's parser, and a "mismatched
+    # new/delete" on Asio's coroutine frames (allocated and freed by the same class-specific
+    # operators). The plain build keeps both warnings on and is warning-free.
+    target_compile_options(paybridge_options INTERFACE -Wno-maybe-uninitialized -Wno-mismatched-new-delete)
+  endif()
 endif()
