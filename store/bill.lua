@@ -16,8 +16,10 @@
 -- Orphans are kept as PaymentEvent JSON (the same field names) and replayed at registration.
 --
 -- Amounts are integer fen < 10^12: exact in Lua doubles, printed with %d.
--- Markers in "seen" (all kept for the life of the bill):
+-- Markers (all kept for the life of the bill). In the bill hash itself, so that ONE HMGET answers
+-- both "seen before?" and "what is the bill's state?", and the HSET of a change also sets it:
 --   n:<channel>:<notification id>        notification processed (exact repeats are duplicates)
+-- In "seen" (rare; orphan markers exist before their bill does):
 --   orphan:<fingerprint>                 orphan stored + unknown_bill anomaly recorded
 --   unknown_count                        counter for unknown_bill event/anomaly ids
 --   mismatch:<txn>:<currency>:<amount>   amount_mismatch recorded
@@ -27,17 +29,21 @@
 --   close_after_paid                     close_after_paid recorded
 --   refund_update:<kind>:<refund id>     refund_closed / refund_abnormal recorded
 
--- Providers repeat themselves until acknowledged, so exact repeats are common: they are answered
--- here, before the rest of this script (its functions) is even set up. Same check as in apply().
-if ARGV[1] == 'apply' and ARGV[7] ~= '' then
-    if redis.call('HEXISTS', KEYS[3], 'n:' .. ARGV[5] .. ':' .. ARGV[7]) == 1 then
-        return {'duplicate', '', redis.call('HGET', KEYS[1], 'status') or ''}
-    end
-end
-
 local K_BILL, K_HIST, K_SEEN, K_REFUNDS, K_ORPHANS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_OUTBOX, K_ANOMALIES, K_UPDATED, K_CREATED = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
+
+-- Providers repeat themselves until acknowledged, so exact repeats are common: they are answered
+-- here, with one HMGET of two fields, before the rest of this script (its functions) is even set
+-- up. (Reading the whole state in the same HMGET would make repeats cost what payments do.)
+local MARKER = nil
+if OP == 'apply' and ARGV[7] ~= '' then
+    MARKER = 'n:' .. ARGV[5] .. ':' .. ARGV[7]
+    local r = redis.call('HMGET', K_BILL, MARKER, 'status')
+    if r[1] then
+        return {'duplicate', '', r[2] or ''}
+    end
+end
 
 ---------------------------------------------------------------------------------------------------
 -- JSON text. Objects are assembled by hand so keys keep a fixed order and embedded JSON (the bill
@@ -59,10 +65,6 @@ local function esc(s)
         text = string.gsub(text, '\\/', '/')
     end
     return string.sub(text, 2, -2)
-end
-
-local function jstr(s)
-    return '"' .. esc(tostring(s)) .. '"'
 end
 
 local function jstr_or_null(s)
@@ -91,26 +93,13 @@ local function jfields(fields)
     return table.concat(out)
 end
 
-local function jobj(fields)
-    local text = jfields(fields)
-    if text == '' then
-        return '{}'
-    end
-    return '{' .. string.sub(text, 2) .. '}'
-end
-
-local function append(list, more)
-    for _, v in ipairs(more) do
-        list[#list + 1] = v
-    end
-    return list
-end
-
 ---------------------------------------------------------------------------------------------------
 -- The bill hash.
 
--- The bill's state: what every transition reads (one HMGET into one table constructor).
-local function load_bill()
+-- The bill's state, what every transition reads (one HMGET into one table constructor); nil
+-- when there is no such bill. marker: the notification's marker, known not to be set yet: the
+-- first HSET of the bill sets it too (save_bill, emit), or apply() at its end.
+local function load_bill(marker)
     local r = redis.call('HMGET', K_BILL, 'id', 'status', 'amount_fen', 'currency', 'paid_fen',
         'refunded_fen', 'provider', 'provider_txn_id', 'created_at', 'updated_at', 'paid_at', 'version',
         'seq', 'j_id', 'j_fixed')
@@ -123,7 +112,7 @@ local function load_bill()
     return {id = r[1], status = r[2], amount_fen = tonumber(r[3]), currency = r[4], paid_fen = tonumber(r[5]),
         refunded_fen = tonumber(r[6]), provider = r[7], provider_txn_id = r[8], created_at = r[9],
         updated_at = r[10], paid_at = r[11], version = tonumber(r[12]), seq = tonumber(r[13]),
-        j_id = r[14], j_fixed = r[15]}
+        j_id = r[14], j_fixed = r[15], marker = marker}
 end
 
 -- The descriptive fields, read only where needed: registration compares them, and bills without
@@ -151,36 +140,35 @@ end
 
 -- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp. status, created_at
 -- and updated_at are written only by this script (constants and NOW), so they need no escaping.
+-- Numbers concatenate as "%.14g": exact integers for every amount, version and sequence here.
 local function bill_json(b)
     local id, fixed = b.j_id, b.j_fixed
     if not id or id == '' or not fixed or fixed == '' then
         id, fixed = '"' .. esc(b.id) .. '"', fixed_json(b)
     end
     return '{"id":' .. id .. ',"status":"' .. b.status .. '",' .. fixed
-        .. ',"paid_fen":' .. jint(b.paid_fen) .. ',"refunded_fen":' .. jint(b.refunded_fen)
+        .. ',"paid_fen":' .. b.paid_fen .. ',"refunded_fen":' .. b.refunded_fen
         .. ',"provider":' .. jstr_or_null(b.provider) .. ',"provider_txn_id":' .. jstr_or_null(b.provider_txn_id)
         .. ',"created_at":"' .. b.created_at .. '","updated_at":"' .. b.updated_at
-        .. '","paid_at":' .. jstr_or_null(b.paid_at) .. ',"version":' .. jint(b.version) .. '}'
+        .. '","paid_at":' .. jstr_or_null(b.paid_at) .. ',"version":' .. b.version .. '}'
 end
 
 -- Persists a real change of the bill: the listed fields, version + 1, updated_at, and the bill's
 -- position in the "updated" index. Every change is followed by its event, so the event's sequence
--- number is taken here too, in the same HSET (emit() then uses it).
-local function save_bill(b, fields)
+-- number is taken here too, in the same HSET (emit() then uses it), and so is the notification's
+-- marker.
+-- ...: the changed fields and their values, as HSET takes them.
+local function save_bill(b, ...)
     b.version = b.version + 1
     b.updated_at = NOW
     b.seq = b.seq + 1
     b.seq_taken = true
-    local args = {'version', jint(b.version), 'updated_at', NOW, 'seq', jint(b.seq)}
-    for _, f in ipairs(fields) do
-        local v = b[f]
-        if type(v) == 'number' then
-            v = jint(v)
-        end
-        args[#args + 1] = f
-        args[#args + 1] = v
+    if b.marker then
+        redis.call('HSET', K_BILL, 'version', b.version, 'updated_at', NOW, 'seq', b.seq, b.marker, NOW_MS, ...)
+        b.marker = nil
+    else
+        redis.call('HSET', K_BILL, 'version', b.version, 'updated_at', NOW, 'seq', b.seq, ...)
     end
-    redis.call('HSET', K_BILL, unpack(args))
     redis.call('ZADD', K_UPDATED, NOW_MS, b.id)
 end
 
@@ -199,12 +187,9 @@ local function ev_str(ev, s)
     return '"' .. esc(s) .. '"'
 end
 
--- An event's "data": what the notification said, plus the fields of this change.
-local function event_data(ev, extra)
-    local extra_text = ''
-    if extra[1] ~= nil then
-        extra_text = jfields(extra)
-    end
+-- An event's "data": what the notification said, plus the fields of this change (extra_text:
+-- ',"k":v' pieces, jfields()).
+local function event_data(ev, extra_text)
     return '{"provider":' .. ev_str(ev, ev.provider) .. ',"channel":' .. ev_str(ev, ev.channel)
         .. ',"kind":' .. ev_str(ev, ev.kind) .. ',"notification_id":' .. ev_str(ev, ev.notification_id)
         .. ',"provider_txn_id":' .. ev_str(ev, ev.provider_txn_id) .. extra_text
@@ -224,10 +209,15 @@ local function emit(ev, b, etype, data, unknown_n)
             b.seq_taken = nil
         else
             b.seq = b.seq + 1
-            redis.call('HSET', K_BILL, 'seq', jint(b.seq))
+            if b.marker then
+                redis.call('HSET', K_BILL, 'seq', jint(b.seq), b.marker, NOW_MS)
+                b.marker = nil
+            else
+                redis.call('HSET', K_BILL, 'seq', jint(b.seq))
+            end
         end
         seq = b.seq
-        id = 'evt_' .. bill_id .. '_' .. jint(seq)
+        id = 'evt_' .. bill_id .. '_' .. seq
         bill = bill_json(b)
     else
         id = 'evt_' .. bill_id .. '_u' .. jint(unknown_n)
@@ -237,13 +227,80 @@ local function emit(ev, b, etype, data, unknown_n)
         id_text, bill_id_text = esc(id), esc(bill_id)
     end
     local event = '{"id":"' .. id_text .. '","type":"' .. etype .. '","created_at":"' .. NOW
-        .. '","bill_id":"' .. bill_id_text .. '","sequence":' .. jint(seq) .. ',"bill":' .. bill
+        .. '","bill_id":"' .. bill_id_text .. '","sequence":' .. seq .. ',"bill":' .. bill
         .. ',"data":' .. data .. '}'
     if b ~= nil then
         redis.call('RPUSH', K_HIST, event)
     end
     redis.call('XADD', K_OUTBOX, '*', 'id', id, 'bill_id', bill_id, 'type', etype, 'event', event)
     return id, seq
+end
+
+-- PENDING or CLOSED -> PAID, for the amount and in the currency the bill asks (the caller
+-- checked). Returns the bill.paid event's id and sequence.
+local function pay(b, ev, total, txn)
+    local after_close = b.status == 'CLOSED'
+    b.status, b.paid_fen, b.provider, b.provider_txn_id = 'PAID', total, ev.provider, txn
+    if ev.occurred_at ~= '' then
+        b.paid_at = ev.occurred_at
+    else
+        b.paid_at = NOW
+    end
+    save_bill(b, 'status', 'PAID', 'paid_fen', total, 'provider', b.provider, 'provider_txn_id', txn,
+        'paid_at', b.paid_at)
+    local extra = ',"amount_fen":' .. total
+    if after_close then
+        -- Money received wins over our close: the bill is paid, and someone must look at it.
+        extra = extra .. ',"anomaly":"paid_after_close"'
+    end
+    return emit(ev, b, 'bill.paid', event_data(ev, extra))
+end
+
+-- The hot path: one table constructor (ARGV entries are always strings).
+local function event_from_argv()
+    local a = ARGV
+    return {provider = a[4], channel = a[5], kind = a[6], notification_id = a[7], account = a[8],
+        bill_id = a[9], provider_txn_id = a[10], currency = a[11], total_fen = tonumber(a[12]) or -1,
+        refund_id = a[13], refund_fen = tonumber(a[14]) or 0, refund_cumulative = a[15] == '1',
+        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1'}
+end
+
+---------------------------------------------------------------------------------------------------
+-- The common case, also answered before the rest of this script is set up: the first payment of
+-- a PENDING bill, for the amount and in the currency it asks (apply_payment() takes the same
+-- branch). Anything else goes on to apply() with the bill already loaded.
+
+local EV, BILL = nil, nil
+if OP == 'apply' then
+    EV, BILL = event_from_argv(), load_bill(MARKER)
+    local ev, b = EV, BILL
+    if b and ev.kind == 'payment' and b.status == 'PENDING' and ev.currency == b.currency
+        and ev.total_fen == b.amount_fen then
+        pay(b, ev, ev.total_fen, ev.provider_txn_id)
+        return {'applied', '', b.status}
+    end
+end
+
+---------------------------------------------------------------------------------------------------
+-- Everything else: JSON helpers, anomalies, the other transitions, orphans, registration.
+
+local function jstr(s)
+    return '"' .. esc(tostring(s)) .. '"'
+end
+
+local function jobj(fields)
+    local text = jfields(fields)
+    if text == '' then
+        return '{}'
+    end
+    return '{' .. string.sub(text, 2) .. '}'
+end
+
+local function append(list, more)
+    for _, v in ipairs(more) do
+        list[#list + 1] = v
+    end
+    return list
 end
 
 local function record_anomaly(ev, kind, anomaly_id, detail, event_id)
@@ -265,7 +322,7 @@ end
 -- An anomaly on an existing bill: the bill is unchanged (only seq moves), one bill.anomaly event.
 local function bill_anomaly(b, ev, kind, details)
     local extra = append({{'anomaly', jstr(kind)}}, details)
-    local event_id, seq = emit(ev, b, 'bill.anomaly', event_data(ev, extra))
+    local event_id, seq = emit(ev, b, 'bill.anomaly', event_data(ev, jfields(extra)))
     record_anomaly(ev, kind, 'anm_' .. ev.bill_id .. '_' .. jint(seq), jobj(details), event_id)
     return 'anomaly', kind, b.status
 end
@@ -300,19 +357,7 @@ local function apply_payment(b, ev, total, txn)
 
     if b.status == 'PENDING' or b.status == 'CLOSED' then
         local after_close = b.status == 'CLOSED'
-        b.status, b.paid_fen, b.provider, b.provider_txn_id = 'PAID', total, ev.provider, txn
-        if ev.occurred_at ~= '' then
-            b.paid_at = ev.occurred_at
-        else
-            b.paid_at = NOW
-        end
-        save_bill(b, {'status', 'paid_fen', 'provider', 'provider_txn_id', 'paid_at'})
-        local extra = {{'amount_fen', jint(total)}}
-        if after_close then
-            -- Money received wins over our close: the bill is paid, and someone must look at it.
-            extra[#extra + 1] = {'anomaly', jstr('paid_after_close')}
-        end
-        local event_id, seq = emit(ev, b, 'bill.paid', event_data(ev, extra))
+        local event_id, seq = pay(b, ev, total, txn)
         if after_close then
             record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. jint(seq),
                 jobj({{'amount_fen', jint(total)}}), event_id)
@@ -414,25 +459,25 @@ local function apply_refund(b, ev)
     else
         b.status = 'PARTIALLY_REFUNDED'
     end
-    save_bill(b, {'refunded_fen', 'status'})
+    save_bill(b, 'refunded_fen', b.refunded_fen, 'status', b.status)
     local recorded = increment
     if ev.refund_cumulative then
         recorded = ev.refund_fen
     end
     redis.call('HSET', K_REFUNDS, refund_id, jint(recorded))
-    emit(ev, b, 'bill.refunded', event_data(ev, {
+    emit(ev, b, 'bill.refunded', event_data(ev, jfields({
         {'refund_id', jstr(refund_id)},
         {'refund_fen', jint(increment)},
         {'refunded_fen', jint(b.refunded_fen)},
-    }))
+    })))
     return 'applied', pre_anomaly, b.status
 end
 
 local function apply_close(b, ev)
     if b.status == 'PENDING' then
         b.status = 'CLOSED'
-        save_bill(b, {'status'})
-        emit(ev, b, 'bill.closed', event_data(ev, {}))
+        save_bill(b, 'status', b.status)
+        emit(ev, b, 'bill.closed', event_data(ev, ''))
         return 'applied', '', b.status
     end
     if b.status == 'CLOSED' or not first_time('close_after_paid') then
@@ -447,10 +492,10 @@ local function apply_refund_update(b, ev)
     if not first_time('refund_update:' .. ev.kind .. ':' .. ev.refund_id) then
         return 'duplicate', '', b.status
     end
-    emit(ev, b, 'bill.refund_updated', event_data(ev, {
+    emit(ev, b, 'bill.refund_updated', event_data(ev, jfields({
         {'refund_id', jstr_or_null(ev.refund_id)},
         {'refund_fen', jint(ev.refund_fen)},
-    }))
+    })))
     return 'applied', '', b.status
 end
 
@@ -470,15 +515,6 @@ local function normalise_event(ev)
     ev.refund_fen = tonumber(ev.refund_fen) or 0
     ev.refund_cumulative = ev.refund_cumulative == '1'
     return ev
-end
-
--- The hot path: one table constructor (ARGV entries are always strings).
-local function event_from_argv()
-    local a = ARGV
-    return {provider = a[4], channel = a[5], kind = a[6], notification_id = a[7], account = a[8],
-        bill_id = a[9], provider_txn_id = a[10], currency = a[11], total_fen = tonumber(a[12]) or -1,
-        refund_id = a[13], refund_fen = tonumber(a[14]) or 0, refund_cumulative = a[15] == '1',
-        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1'}
 end
 
 -- An orphan, kept until its bill is registered.
@@ -521,23 +557,14 @@ local function orphan(ev)
         append(details, {{'refund_id', jstr_or_null(ev.refund_id)}, {'refund_fen', jint(ev.refund_fen)}})
     end
     local event_id = emit(ev, nil, 'bill.anomaly',
-        event_data(ev, append({{'anomaly', jstr('unknown_bill')}}, details)), n)
+        event_data(ev, jfields(append({{'anomaly', jstr('unknown_bill')}}, details))), n)
     record_anomaly(ev, 'unknown_bill', 'anm_' .. ev.bill_id .. '_u' .. jint(n), jobj(details), event_id)
     return 'orphaned', 'unknown_bill', ''
 end
 
--- marker_checked: the caller already found no marker (the fast path at the top of this script).
-local function apply(ev, marker_checked)
-    local marker = nil
-    if ev.notification_id ~= '' then
-        marker = 'n:' .. ev.channel .. ':' .. ev.notification_id
-        if not marker_checked and redis.call('HEXISTS', K_SEEN, marker) == 1 then
-            local status = redis.call('HGET', K_BILL, 'status')
-            return 'duplicate', '', status or ''
-        end
-    end
-
-    local b = load_bill()
+-- b: the bill, as load_bill() returns it (nil: no such bill), with the notification's marker
+-- (checked: not set) still to set.
+local function apply(ev, b)
     local outcome, anomaly, status
     if ev.kind == 'none' then
         -- Checked before the bill lookup: "nothing happened" is not worth an orphan or an anomaly.
@@ -556,8 +583,8 @@ local function apply(ev, marker_checked)
     else
         outcome, anomaly, status = 'ignored', '', b.status
     end
-    if marker ~= nil then
-        redis.call('HSET', K_SEEN, marker, NOW_MS)
+    if b and b.marker then
+        redis.call('HSET', K_BILL, b.marker, NOW_MS)
     end
     return outcome, anomaly, status
 end
@@ -576,7 +603,7 @@ local function register(raw)
         end
     end
 
-    local b = load_bill()
+    local b = load_bill(nil)
     if b ~= nil then
         load_details(b)
         local same = b.amount_fen == nb.amount_fen and b.currency == nb.currency
@@ -600,16 +627,23 @@ local function register(raw)
     -- Notifications that arrived before the bill, in arrival order, with every check.
     local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
     for _, o in ipairs(orphans) do
-        apply(decode_event(o))
+        local ev = decode_event(o)
+        local marker = nil
+        if ev.notification_id ~= '' then
+            marker = 'n:' .. ev.channel .. ':' .. ev.notification_id
+        end
+        if not marker or redis.call('HEXISTS', K_BILL, marker) == 0 then
+            apply(ev, load_bill(marker))
+        end
     end
     redis.call('DEL', K_ORPHANS)
-    return {'created', bill_json(load_bill()), #orphans}
+    return {'created', bill_json(load_bill(nil)), #orphans}
 end
 
 ---------------------------------------------------------------------------------------------------
 
 if OP == 'apply' then
-    local outcome, anomaly, status = apply(event_from_argv(), true)
+    local outcome, anomaly, status = apply(EV, BILL)
     return {outcome, anomaly, status}
 elseif OP == 'register' then
     return register(ARGV[4])

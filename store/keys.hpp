@@ -3,9 +3,10 @@
 // Every Redis key paybridge uses is built here and nowhere else.
 //
 // Layout (P = config key_prefix, default "pb:"; S = shard of the bill id; T = "{" S "}"):
-//   P T ":bill:"     id   hash    the bill (fields listed in store/bill.lua)
+//   P T ":bill:"     id   hash    the bill (fields listed in store/bill.lua) and the markers of the
+//                                 notifications applied to it ("n:<channel>:<notification id>")
 //   P T ":hist:"     id   list    the bill's events, oldest first (event JSON)
-//   P T ":seen:"     id   hash    dedupe markers (notification ids, anomaly/orphan fingerprints)
+//   P T ":seen:"     id   hash    the other dedupe markers (anomaly and orphan fingerprints)
 //   P T ":refunds:"  id   hash    refund_id -> fen
 //   P T ":orphans:"  id   list    notifications for a bill not registered yet (PaymentEvent JSON)
 //   P T ":outbox"         stream  every bill event, for CRM delivery (fields id, bill_id, type, event)
