@@ -74,6 +74,18 @@ local function jstr_or_null(s)
     return '"' .. esc(s) .. '"'
 end
 
+-- jstr_or_null() in two pieces, to go into a larger concatenation without a string of its own:
+-- '"' .. text .. '"' is written as q .. text .. q. safe: s is known to need no escape.
+local function jpart(s, safe)
+    if not s or s == '' then
+        return 'null', ''
+    end
+    if safe then
+        return s, '"'
+    end
+    return esc(s), '"'
+end
+
 local function jint(n)
     return string.format('%d', n)
 end
@@ -109,10 +121,13 @@ local function load_bill(marker)
     -- HMGET answers false for a missing field; only j_id / j_fixed may be missing or empty (bills
     -- registered before they existed, or by a caller that did not send them): bill_json then
     -- renders those parts itself.
+    -- Numbers are kept twice, as numbers to compute with and as the text to write (*_text, set
+    -- with every change): turning a number into text is the dearest thing a short Lua script does.
     return {id = r[1], status = r[2], amount_fen = tonumber(r[3]), currency = r[4], paid_fen = tonumber(r[5]),
         refunded_fen = tonumber(r[6]), provider = r[7], provider_txn_id = r[8], created_at = r[9],
         updated_at = r[10], paid_at = r[11], version = tonumber(r[12]), seq = tonumber(r[13]),
-        j_id = r[14], j_fixed = r[15], marker = marker}
+        j_id = r[14], j_fixed = r[15], marker = marker,
+        paid_text = r[5], refunded_text = r[6], version_text = r[12], seq_text = r[13]}
 end
 
 -- The descriptive fields, read only where needed: registration compares them, and bills without
@@ -141,16 +156,22 @@ end
 -- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp. status, created_at
 -- and updated_at are written only by this script (constants and NOW), so they need no escaping.
 -- Numbers concatenate as "%.14g": exact integers for every amount, version and sequence here.
+-- b.paid_safe: provider, provider_txn_id and paid_at were just set from an event whose strings
+-- need no escape (pay()).
 local function bill_json(b)
     local id, fixed = b.j_id, b.j_fixed
     if not id or id == '' or not fixed or fixed == '' then
         id, fixed = '"' .. esc(b.id) .. '"', fixed_json(b)
     end
+    local safe = b.paid_safe
+    local provider, q1 = jpart(b.provider, safe)
+    local txn, q2 = jpart(b.provider_txn_id, safe)
+    local paid_at, q3 = jpart(b.paid_at, safe)
     return '{"id":' .. id .. ',"status":"' .. b.status .. '",' .. fixed
-        .. ',"paid_fen":' .. b.paid_fen .. ',"refunded_fen":' .. b.refunded_fen
-        .. ',"provider":' .. jstr_or_null(b.provider) .. ',"provider_txn_id":' .. jstr_or_null(b.provider_txn_id)
+        .. ',"paid_fen":' .. b.paid_text .. ',"refunded_fen":' .. b.refunded_text
+        .. ',"provider":' .. q1 .. provider .. q1 .. ',"provider_txn_id":' .. q2 .. txn .. q2
         .. ',"created_at":"' .. b.created_at .. '","updated_at":"' .. b.updated_at
-        .. '","paid_at":' .. jstr_or_null(b.paid_at) .. ',"version":' .. b.version .. '}'
+        .. '","paid_at":' .. q3 .. paid_at .. q3 .. ',"version":' .. b.version_text .. '}'
 end
 
 -- Persists a real change of the bill: the listed fields, version + 1, updated_at, and the bill's
@@ -160,14 +181,17 @@ end
 -- ...: the changed fields and their values, as HSET takes them.
 local function save_bill(b, ...)
     b.version = b.version + 1
+    b.version_text = jint(b.version)
     b.updated_at = NOW
     b.seq = b.seq + 1
+    b.seq_text = jint(b.seq)
     b.seq_taken = true
     if b.marker then
-        redis.call('HSET', K_BILL, 'version', b.version, 'updated_at', NOW, 'seq', b.seq, b.marker, NOW_MS, ...)
+        redis.call('HSET', K_BILL, 'version', b.version_text, 'updated_at', NOW, 'seq', b.seq_text, b.marker, NOW_MS,
+            ...)
         b.marker = nil
     else
-        redis.call('HSET', K_BILL, 'version', b.version, 'updated_at', NOW, 'seq', b.seq, ...)
+        redis.call('HSET', K_BILL, 'version', b.version_text, 'updated_at', NOW, 'seq', b.seq_text, ...)
     end
     redis.call('ZADD', K_UPDATED, NOW_MS, b.id)
 end
@@ -175,60 +199,52 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Events and anomalies.
 
--- A string of the notification as JSON text, or null when empty. ev.safe: the caller checked
--- that none of the event's strings needs an escape.
-local function ev_str(ev, s)
-    if s == '' then
-        return 'null'
-    end
-    if ev.safe then
-        return '"' .. s .. '"'
-    end
-    return '"' .. esc(s) .. '"'
-end
-
--- An event's "data": what the notification said, plus the fields of this change (extra_text:
--- ',"k":v' pieces, jfields()).
-local function event_data(ev, extra_text)
-    return '{"provider":' .. ev_str(ev, ev.provider) .. ',"channel":' .. ev_str(ev, ev.channel)
-        .. ',"kind":' .. ev_str(ev, ev.kind) .. ',"notification_id":' .. ev_str(ev, ev.notification_id)
-        .. ',"provider_txn_id":' .. ev_str(ev, ev.provider_txn_id) .. extra_text
-        .. ',"provider_status":' .. ev_str(ev, ev.provider_status)
-        .. ',"occurred_at":' .. ev_str(ev, ev.occurred_at) .. '}'
-end
-
--- Appends ONE event about ev.bill_id to the bill's history and to the outbox. b == nil: no such
--- bill yet (unknown bill anomaly): sequence 0, "bill": null, outbox only, id made unique by
--- unknown_n.
--- Returns the event id and its sequence.
-local function emit(ev, b, etype, data, unknown_n)
+-- Appends ONE event about ev.bill_id to the bill's history and to the outbox. Its "data": what
+-- the notification said, plus the fields of this change (extra: ',"k":v' pieces, jfields()).
+-- b == nil: no such bill yet (unknown bill anomaly): sequence 0, "bill": null, outbox only, id made
+-- unique by unknown_n. ev.safe: the caller checked that none of the event's strings needs an
+-- escape. Returns the event id and its sequence.
+local function emit(ev, b, etype, extra, unknown_n)
     local bill_id = ev.bill_id
-    local id, seq, bill = nil, 0, 'null'
+    local id, seq, seq_text, bill = nil, 0, '0', 'null'
     if b ~= nil then
         if b.seq_taken then
             b.seq_taken = nil
         else
             b.seq = b.seq + 1
+            b.seq_text = jint(b.seq)
             if b.marker then
-                redis.call('HSET', K_BILL, 'seq', jint(b.seq), b.marker, NOW_MS)
+                redis.call('HSET', K_BILL, 'seq', b.seq_text, b.marker, NOW_MS)
                 b.marker = nil
             else
-                redis.call('HSET', K_BILL, 'seq', jint(b.seq))
+                redis.call('HSET', K_BILL, 'seq', b.seq_text)
             end
         end
-        seq = b.seq
-        id = 'evt_' .. bill_id .. '_' .. seq
+        seq, seq_text = b.seq, b.seq_text
+        id = 'evt_' .. bill_id .. '_' .. seq_text
         bill = bill_json(b)
     else
         id = 'evt_' .. bill_id .. '_u' .. jint(unknown_n)
     end
+    local safe = ev.safe
     local id_text, bill_id_text = id, bill_id
-    if not ev.safe then
+    if not safe then
         id_text, bill_id_text = esc(id), esc(bill_id)
     end
+    local provider, q1 = jpart(ev.provider, safe)
+    local channel, q2 = jpart(ev.channel, safe)
+    local kind, q3 = jpart(ev.kind, safe)
+    local nid, q4 = jpart(ev.notification_id, safe)
+    local txn, q5 = jpart(ev.provider_txn_id, safe)
+    local pstatus, q6 = jpart(ev.provider_status, safe)
+    local occurred, q7 = jpart(ev.occurred_at, safe)
+    -- One concatenation: one string, however many pieces.
     local event = '{"id":"' .. id_text .. '","type":"' .. etype .. '","created_at":"' .. NOW
-        .. '","bill_id":"' .. bill_id_text .. '","sequence":' .. seq .. ',"bill":' .. bill
-        .. ',"data":' .. data .. '}'
+        .. '","bill_id":"' .. bill_id_text .. '","sequence":' .. seq_text .. ',"bill":' .. bill
+        .. ',"data":{"provider":' .. q1 .. provider .. q1 .. ',"channel":' .. q2 .. channel .. q2
+        .. ',"kind":' .. q3 .. kind .. q3 .. ',"notification_id":' .. q4 .. nid .. q4
+        .. ',"provider_txn_id":' .. q5 .. txn .. q5 .. extra
+        .. ',"provider_status":' .. q6 .. pstatus .. q6 .. ',"occurred_at":' .. q7 .. occurred .. q7 .. '}}'
     if b ~= nil then
         redis.call('RPUSH', K_HIST, event)
     end
@@ -240,20 +256,21 @@ end
 -- checked). Returns the bill.paid event's id and sequence.
 local function pay(b, ev, total, txn)
     local after_close = b.status == 'CLOSED'
-    b.status, b.paid_fen, b.provider, b.provider_txn_id = 'PAID', total, ev.provider, txn
+    b.status, b.paid_fen, b.paid_text, b.provider, b.provider_txn_id = 'PAID', total, jint(total), ev.provider, txn
+    b.paid_safe = ev.safe
     if ev.occurred_at ~= '' then
         b.paid_at = ev.occurred_at
     else
         b.paid_at = NOW
     end
-    save_bill(b, 'status', 'PAID', 'paid_fen', total, 'provider', b.provider, 'provider_txn_id', txn,
+    save_bill(b, 'status', 'PAID', 'paid_fen', b.paid_text, 'provider', b.provider, 'provider_txn_id', txn,
         'paid_at', b.paid_at)
-    local extra = ',"amount_fen":' .. total
+    local extra = ',"amount_fen":' .. b.paid_text
     if after_close then
         -- Money received wins over our close: the bill is paid, and someone must look at it.
         extra = extra .. ',"anomaly":"paid_after_close"'
     end
-    return emit(ev, b, 'bill.paid', event_data(ev, extra))
+    return emit(ev, b, 'bill.paid', extra)
 end
 
 -- The hot path: one table constructor (ARGV entries are always strings).
@@ -322,7 +339,7 @@ end
 -- An anomaly on an existing bill: the bill is unchanged (only seq moves), one bill.anomaly event.
 local function bill_anomaly(b, ev, kind, details)
     local extra = append({{'anomaly', jstr(kind)}}, details)
-    local event_id, seq = emit(ev, b, 'bill.anomaly', event_data(ev, jfields(extra)))
+    local event_id, seq = emit(ev, b, 'bill.anomaly', jfields(extra))
     record_anomaly(ev, kind, 'anm_' .. ev.bill_id .. '_' .. jint(seq), jobj(details), event_id)
     return 'anomaly', kind, b.status
 end
@@ -454,22 +471,23 @@ local function apply_refund(b, ev)
     end
 
     b.refunded_fen = b.refunded_fen + increment
+    b.refunded_text = jint(b.refunded_fen)
     if b.refunded_fen == b.paid_fen then
         b.status = 'REFUNDED'
     else
         b.status = 'PARTIALLY_REFUNDED'
     end
-    save_bill(b, 'refunded_fen', b.refunded_fen, 'status', b.status)
+    save_bill(b, 'refunded_fen', b.refunded_text, 'status', b.status)
     local recorded = increment
     if ev.refund_cumulative then
         recorded = ev.refund_fen
     end
     redis.call('HSET', K_REFUNDS, refund_id, jint(recorded))
-    emit(ev, b, 'bill.refunded', event_data(ev, jfields({
+    emit(ev, b, 'bill.refunded', jfields({
         {'refund_id', jstr(refund_id)},
         {'refund_fen', jint(increment)},
         {'refunded_fen', jint(b.refunded_fen)},
-    })))
+    }))
     return 'applied', pre_anomaly, b.status
 end
 
@@ -477,7 +495,7 @@ local function apply_close(b, ev)
     if b.status == 'PENDING' then
         b.status = 'CLOSED'
         save_bill(b, 'status', b.status)
-        emit(ev, b, 'bill.closed', event_data(ev, ''))
+        emit(ev, b, 'bill.closed', '')
         return 'applied', '', b.status
     end
     if b.status == 'CLOSED' or not first_time('close_after_paid') then
@@ -492,10 +510,10 @@ local function apply_refund_update(b, ev)
     if not first_time('refund_update:' .. ev.kind .. ':' .. ev.refund_id) then
         return 'duplicate', '', b.status
     end
-    emit(ev, b, 'bill.refund_updated', event_data(ev, jfields({
+    emit(ev, b, 'bill.refund_updated', jfields({
         {'refund_id', jstr_or_null(ev.refund_id)},
         {'refund_fen', jint(ev.refund_fen)},
-    })))
+    }))
     return 'applied', '', b.status
 end
 
@@ -557,7 +575,7 @@ local function orphan(ev)
         append(details, {{'refund_id', jstr_or_null(ev.refund_id)}, {'refund_fen', jint(ev.refund_fen)}})
     end
     local event_id = emit(ev, nil, 'bill.anomaly',
-        event_data(ev, jfields(append({{'anomaly', jstr('unknown_bill')}}, details))), n)
+        jfields(append({{'anomaly', jstr('unknown_bill')}}, details)), n)
     record_anomaly(ev, 'unknown_bill', 'anm_' .. ev.bill_id .. '_u' .. jint(n), jobj(details), event_id)
     return 'orphaned', 'unknown_bill', ''
 end
