@@ -3,6 +3,7 @@
 #include "core/async.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "store/resp.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/connect.hpp>
@@ -14,8 +15,6 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
-#include <array>
-#include <climits>
 #include <exception>
 #include <random>
 #include <variant>
@@ -39,11 +38,6 @@ struct ReplyFree {
     void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
 };
 using ReplyPtr = std::unique_ptr<redisReply, ReplyFree>;
-
-struct CommandFree {
-    void operator()(char* c) const noexcept { redisFreeCommand(c); }
-};
-using CommandPtr = std::unique_ptr<char, CommandFree>;
 
 void copy_reply(const redisReply& src, Reply& dst)
 {
@@ -78,39 +72,6 @@ void copy_reply(const redisReply& src, Reply& dst)
             dst.type = Reply::Type::nil;
             break;
     }
-}
-
-// Encodes one command with hiredis (binary-safe: explicit lengths) and appends it to out.
-bool append_command(std::string& out, const std::vector<std::string>& argv)
-{
-    if (argv.empty() || argv.size() > static_cast<std::size_t>(INT_MAX)) {
-        return false;
-    }
-    constexpr std::size_t kInline = 16;
-    std::array<const char*, kInline> ptr_inline{};
-    std::array<std::size_t, kInline> len_inline{};
-    std::vector<const char*> ptr_heap;
-    std::vector<std::size_t> len_heap;
-    const char** ptrs = ptr_inline.data();
-    std::size_t* lens = len_inline.data();
-    if (argv.size() > kInline) {
-        ptr_heap.resize(argv.size());
-        len_heap.resize(argv.size());
-        ptrs = ptr_heap.data();
-        lens = len_heap.data();
-    }
-    for (std::size_t i = 0; i < argv.size(); ++i) {
-        ptrs[i] = argv[i].data();
-        lens[i] = argv[i].size();
-    }
-    char* raw = nullptr;
-    const int len = redisFormatCommandArgv(&raw, static_cast<int>(argv.size()), ptrs, lens);
-    CommandPtr cmd(raw);
-    if (len < 0 || cmd == nullptr) {
-        return false;
-    }
-    out.append(cmd.get(), static_cast<std::size_t>(len));
-    return true;
 }
 
 std::string sha1_hex(std::string_view data)
