@@ -4,7 +4,7 @@
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config ccache openssl ca-certificates curl
-          libboost1.81-dev libssl-dev libhiredis-dev rapidjson-dev doctest-dev libsystemd-dev libexpat1-dev
+          libboost1.81-dev libssl-dev libhiredis-dev rapidjson-dev doctest-dev libsystemd-dev libexpat1-dev libjemalloc-dev
           redis-server)
 if [[ "${1:-run}" == "test" ]]; then
   packages+=(systemd prometheus)   # systemd-analyze verify; promtool check metrics
