@@ -33,12 +33,22 @@ local K_BILL, K_HIST, K_SEEN, K_REFUNDS, K_ORPHANS = KEYS[1], KEYS[2], KEYS[3], 
 local K_OUTBOX, K_ANOMALIES, K_UPDATED, K_CREATED = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
 local OP, NOW_MS, NOW = ARGV[1], ARGV[2], ARGV[3]
 
+-- A notification's marker in the bill hash; nil without a notification id.
+local function marker_of(channel, notification_id)
+    if notification_id == '' then
+        return nil
+    end
+    return 'n:' .. channel .. ':' .. notification_id
+end
+
 -- Providers repeat themselves until acknowledged, so exact repeats are common: they are answered
 -- here, with one HMGET of two fields, before the rest of this script (its functions) is even set
 -- up. (Reading the whole state in the same HMGET would make repeats cost what payments do.)
 local MARKER = nil
-if OP == 'apply' and ARGV[7] ~= '' then
-    MARKER = 'n:' .. ARGV[5] .. ':' .. ARGV[7]
+if OP == 'apply' then
+    MARKER = marker_of(ARGV[5], ARGV[7])
+end
+if MARKER then
     local r = redis.call('HMGET', K_BILL, MARKER, 'status')
     if r[1] then
         return {'duplicate', '', r[2] or ''}
@@ -67,15 +77,9 @@ local function esc(s)
     return string.sub(text, 2, -2)
 end
 
-local function jstr_or_null(s)
-    if not s or s == '' then
-        return 'null'
-    end
-    return '"' .. esc(s) .. '"'
-end
-
--- jstr_or_null() in two pieces, to go into a larger concatenation without a string of its own:
--- '"' .. text .. '"' is written as q .. text .. q. safe: s is known to need no escape.
+-- A JSON string, or null for nil or '', in two pieces to go into a larger concatenation without
+-- a string of its own: '"' .. text .. '"' is written as q .. text .. q. safe: s is known to need
+-- no escape.
 local function jpart(s, safe)
     if not s or s == '' then
         return 'null', ''
@@ -84,6 +88,11 @@ local function jpart(s, safe)
         return s, '"'
     end
     return esc(s), '"'
+end
+
+local function jstr_or_null(s)
+    local text, q = jpart(s, false)
+    return q .. text .. q
 end
 
 local function jint(n)
@@ -155,7 +164,6 @@ end
 
 -- API.md "Bills". Kept in step with bill_json() in store/redis_bill_store.cpp. status, created_at
 -- and updated_at are written only by this script (constants and NOW), so they need no escaping.
--- Numbers concatenate as "%.14g": exact integers for every amount, version and sequence here.
 -- b.paid_safe: provider, provider_txn_id and paid_at were just set from an event whose strings
 -- need no escape (pay()).
 local function bill_json(b)
@@ -174,6 +182,17 @@ local function bill_json(b)
         .. '","paid_at":' .. q3 .. paid_at .. q3 .. ',"version":' .. b.version_text .. '}'
 end
 
+-- HSET of the bill's fields and values (...), with the notification's marker while it is still
+-- to set (load_bill()).
+local function hset_bill(b, ...)
+    local marker = b.marker
+    if marker then
+        b.marker = nil
+        return redis.call('HSET', K_BILL, marker, NOW_MS, ...)
+    end
+    return redis.call('HSET', K_BILL, ...)
+end
+
 -- Persists a real change of the bill: the listed fields, version + 1, updated_at, and the bill's
 -- position in the "updated" index. Every change is followed by its event, so the event's sequence
 -- number is taken here too, in the same HSET (emit() then uses it), and so is the notification's
@@ -186,13 +205,7 @@ local function save_bill(b, ...)
     b.seq = b.seq + 1
     b.seq_text = jint(b.seq)
     b.seq_taken = true
-    if b.marker then
-        redis.call('HSET', K_BILL, 'version', b.version_text, 'updated_at', NOW, 'seq', b.seq_text, b.marker, NOW_MS,
-            ...)
-        b.marker = nil
-    else
-        redis.call('HSET', K_BILL, 'version', b.version_text, 'updated_at', NOW, 'seq', b.seq_text, ...)
-    end
+    hset_bill(b, 'version', b.version_text, 'updated_at', NOW, 'seq', b.seq_text, ...)
     redis.call('ZADD', K_UPDATED, NOW_MS, b.id)
 end
 
@@ -203,24 +216,19 @@ end
 -- the notification said, plus the fields of this change (extra: ',"k":v' pieces, jfields()).
 -- b == nil: no such bill yet (unknown bill anomaly): sequence 0, "bill": null, outbox only, id made
 -- unique by unknown_n. ev.safe: the caller checked that none of the event's strings needs an
--- escape. Returns the event id and its sequence.
+-- escape. Returns the event id and its sequence number as text.
 local function emit(ev, b, etype, extra, unknown_n)
     local bill_id = ev.bill_id
-    local id, seq, seq_text, bill = nil, 0, '0', 'null'
+    local id, seq_text, bill = nil, '0', 'null'
     if b ~= nil then
         if b.seq_taken then
             b.seq_taken = nil
         else
             b.seq = b.seq + 1
             b.seq_text = jint(b.seq)
-            if b.marker then
-                redis.call('HSET', K_BILL, 'seq', b.seq_text, b.marker, NOW_MS)
-                b.marker = nil
-            else
-                redis.call('HSET', K_BILL, 'seq', b.seq_text)
-            end
+            hset_bill(b, 'seq', b.seq_text)
         end
-        seq, seq_text = b.seq, b.seq_text
+        seq_text = b.seq_text
         id = 'evt_' .. bill_id .. '_' .. seq_text
         bill = bill_json(b)
     else
@@ -249,11 +257,11 @@ local function emit(ev, b, etype, extra, unknown_n)
         redis.call('RPUSH', K_HIST, event)
     end
     redis.call('XADD', K_OUTBOX, '*', 'id', id, 'bill_id', bill_id, 'type', etype, 'event', event)
-    return id, seq
+    return id, seq_text
 end
 
 -- PENDING or CLOSED -> PAID, for the amount and in the currency the bill asks (the caller
--- checked). Returns the bill.paid event's id and sequence.
+-- checked). Returns the bill.paid event's id and sequence number (text).
 local function pay(b, ev, total, txn)
     local after_close = b.status == 'CLOSED'
     b.status, b.paid_fen, b.paid_text, b.provider, b.provider_txn_id = 'PAID', total, jint(total), ev.provider, txn
@@ -340,7 +348,7 @@ end
 local function bill_anomaly(b, ev, kind, details)
     local extra = append({{'anomaly', jstr(kind)}}, details)
     local event_id, seq = emit(ev, b, 'bill.anomaly', jfields(extra))
-    record_anomaly(ev, kind, 'anm_' .. ev.bill_id .. '_' .. jint(seq), jobj(details), event_id)
+    record_anomaly(ev, kind, 'anm_' .. ev.bill_id .. '_' .. seq, jobj(details), event_id)
     return 'anomaly', kind, b.status
 end
 
@@ -376,7 +384,7 @@ local function apply_payment(b, ev, total, txn)
         local after_close = b.status == 'CLOSED'
         local event_id, seq = pay(b, ev, total, txn)
         if after_close then
-            record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. jint(seq),
+            record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. seq,
                 jobj({{'amount_fen', jint(total)}}), event_id)
             return 'applied', 'paid_after_close', b.status
         end
@@ -602,7 +610,7 @@ local function apply(ev, b)
         outcome, anomaly, status = 'ignored', '', b.status
     end
     if b and b.marker then
-        redis.call('HSET', K_BILL, b.marker, NOW_MS)
+        hset_bill(b)
     end
     return outcome, anomaly, status
 end
@@ -646,10 +654,7 @@ local function register(raw)
     local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
     for _, o in ipairs(orphans) do
         local ev = decode_event(o)
-        local marker = nil
-        if ev.notification_id ~= '' then
-            marker = 'n:' .. ev.channel .. ':' .. ev.notification_id
-        end
+        local marker = marker_of(ev.channel, ev.notification_id)
         if not marker or redis.call('HEXISTS', K_BILL, marker) == 0 then
             apply(ev, load_bill(marker))
         end
