@@ -4,13 +4,16 @@
 # machine whose speed drifts (shared VMs do, by 2x within an hour) affects both alike.
 #   bench/compare.sh OLD_PAYBRIDGED NEW_PAYBRIDGED      (ROUNDS=3 SECONDS_PER_ROUND=3 COUNT=200000
 #                                                        KIND=alipay|wechat|dup to change)
+# WORKERS=2 sets both builds' event-loop threads; OLD_WORKERS / NEW_WORKERS set one each, so the same
+# binary twice with OLD_WORKERS=1 NEW_WORKERS=2 compares thread counts.
 # An older build: git worktree add /tmp/old REV && (cd /tmp/old && TARGETS=paybridged scripts/build.sh build)
 # Prints, per round and build: notifications/s, p50/p99, and CPU microseconds per notification of
-# paybridged and of its redis-server.
+# paybridged, of its redis-server and of the load generator (wrk).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=$(realpath "$1"); new=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}; SECS=${SECONDS_PER_ROUND:-3}; COUNT=${COUNT:-200000}; KIND=${KIND:-alipay}; WORKERS=${WORKERS:-2}
+declare -A workers=([old]=${OLD_WORKERS:-$WORKERS} [new]=${NEW_WORKERS:-$WORKERS})
 
 scripts/deps.sh run
 command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
@@ -36,7 +39,7 @@ setup() { # name binary
   redis-server --bind 127.0.0.1 --port "${rport[$n]}" --save "" --appendonly no --daemonize yes \
     --dir "$w" --logfile "$w/redis.log" >/dev/null
   for _ in $(seq 50); do redis-cli -p "${rport[$n]}" ping >/dev/null 2>&1 && break; sleep 0.1; done
-  build/bench/paybridge_bench_gen "$w" "$COUNT" "${rport[$n]}" "${hport[$n]}" "$WORKERS" >"$w/token"
+  build/bench/paybridge_bench_gen "$w" "$COUNT" "${rport[$n]}" "${hport[$n]}" "${workers[$n]}" >"$w/token"
   "$bin" --config "$w/paybridge.json" 2>"$w/daemon.log" >/dev/null &
   dpid[$n]=$!
   for _ in $(seq 100); do curl -fsS "http://127.0.0.1:${hport[$n]}/readyz" >/dev/null 2>&1 && break; sleep 0.1; done
@@ -59,13 +62,18 @@ round() { # name round
   esac
   local p0 r0 p1 r1 out n
   p0=$(cpu "${dpid[$n]}"); r0=$(cpu "$rpid")
-  out=$(wrk -t1 -c64 -d"${SECS}s" --latency -s bench/wrk_lines.lua "$url" -- "$file" "$kind" "$(cat "$w/token")" | grep '^RESULT')
+  # wrk's own CPU (user + system, from bash's `time`), so the three shares of the two cores add up.
+  local TIMEFORMAT='%U %S' wt
+  wt=$( { time wrk -t1 -c64 -d"${SECS}s" --latency -s bench/wrk_lines.lua "$url" -- "$file" "$kind" "$(cat "$w/token")" \
+        >"$w/wrk.out"; } 2>&1 )
+  out=$(grep '^RESULT' "$w/wrk.out")
   p1=$(cpu "${dpid[$n]}"); r1=$(cpu "$rpid")
   n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")
   local tick; tick=$(getconf CLK_TCK)
-  printf '| %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$n" "$(sed -n 's/.*rps=\([0-9]*\).*/\1/p' <<<"$out")" \
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$n" "$(sed -n 's/.*rps=\([0-9]*\).*/\1/p' <<<"$out")" \
     "$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")" \
-    "$(( (p1 - p0) * 1000000 / tick / n ))" "$(( (r1 - r0) * 1000000 / tick / n ))"
+    "$(( (p1 - p0) * 1000000 / tick / n ))" "$(( (r1 - r0) * 1000000 / tick / n ))" \
+    "$(awk -v t="$wt" -v n="$n" 'BEGIN { split(t, a, " "); printf "%d", (a[1] + a[2]) * 1000000 / n }')"
 }
 declare -A rows
 for r in $(seq 0 $(( ROUNDS - 1 ))); do
@@ -73,9 +81,9 @@ for r in $(seq 0 $(( ROUNDS - 1 ))); do
 done
 for n in old new; do
   bin=$old; [[ $n == new ]] && bin=$new
-  echo; echo "**$n** ($bin, $KIND, ${SECS}s rounds, alternating):"; echo
-  echo "| round | requests | requests/s | p50 ms | p99 ms | paybridged CPU µs/request | redis CPU µs/request |"
-  echo "|---|---:|---:|---:|---:|---:|---:|"
+  echo; echo "**$n** ($bin, workers=${workers[$n]}, $KIND, ${SECS}s rounds, alternating):"; echo
+  echo "| round | requests | requests/s | p50 ms | p99 ms | paybridged CPU µs/request | redis CPU µs/request | wrk CPU µs/request |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s' "${rows[$n]}"
 done
 echo
