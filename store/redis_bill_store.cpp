@@ -399,6 +399,13 @@ asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas()
 asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
 {
     if (event.bill_id.empty()) {
+        // A verified notification that asks for nothing (a provider event we do not act on, a
+        // failed payment) may name no bill: acknowledged as such, or the provider would retry it
+        // for a day. Every event that would change a bill names one (the gateways check).
+        if (event.kind == EventKind::none) {
+            ApplyResult ignored{.outcome = ApplyOutcome::ignored};
+            co_return ignored;
+        }
         co_return make_error_code(errc::invalid_argument);
     }
     std::string bill_id = event.bill_id;

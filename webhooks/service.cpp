@@ -573,7 +573,12 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
 awaitable<Response> Service::create_bill(const Request& req)
 {
     rapidjson::Document doc;
-    doc.Parse(req.body().data(), req.body().size());
+    // Every string is copied verbatim into the bill's JSON (events, GET, lists): invalid UTF-8
+    // accepted here would make each of them invalid JSON for the CRM.
+    doc.Parse<rapidjson::kParseValidateEncodingFlag>(req.body().data(), req.body().size());
+    if (doc.HasParseError() && doc.GetParseError() == rapidjson::kParseErrorStringInvalidEncoding) {
+        co_return api_error(req, 400, "invalid_argument", "the body is not valid UTF-8");
+    }
     if (doc.HasParseError() || !doc.IsObject()) {
         co_return api_error(req, 400, "invalid_argument", "the body must be a JSON object");
     }

@@ -326,6 +326,17 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":1,"customer_id":"c","colour":"red"})");
     CHECK(r.status == 400);
     CHECK(r.body.find("colour") != std::string::npos);
+    // Invalid UTF-8 (a lone 0xFF; an overlong "/") is refused: it would make every event of the
+    // bill invalid JSON for the CRM. Valid non-ASCII text is kept as it is.
+    for (const std::string& bad : {std::string("\xff"), std::string("\xc0\xaf")}) {
+        r = fx.api("POST", "/v1/bills", R"({"id":"B6002","amount_fen":1,"customer_id":"c","description":")" + bad + "\"}");
+        CHECK(r.status == 400);
+        CHECK(r.body.find("not valid UTF-8") != std::string::npos);
+    }
+    CHECK(fx.get_bill("B6002").status == 404);
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6002","amount_fen":1,"customer_id":"c","description":"账单 №1"})");
+    CHECK(r.status == 201);
+    CHECK(r.body.find("账单 №1") != std::string::npos);
     // Pipelining: two requests in one write, two answers in order.
     HttpClient c(fx.port());
     const std::string two = c.raw("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",

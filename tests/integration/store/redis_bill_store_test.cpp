@@ -145,12 +145,25 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
     }
 
-    TEST_CASE("apply rejects an event without a bill id")
+    TEST_CASE("apply: an event without a bill id is refused, unless it asks for nothing")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
         const auto r = f.run(f.store->apply(payment("", "alipay", 1, "N")));
         CHECK(r.error() == paybridge::make_error_code(errc::invalid_argument));
+
+        // A verified provider event we do not act on (WeChat Pay's other event types, a failed
+        // v2 payment) may name no bill: acknowledged as ignored, and Redis is not touched.
+        PaymentEvent nothing = payment("", "wechatpay", 0, "N-2");
+        nothing.kind = EventKind::none;
+        nothing.provider_status = "MCHTRANSFER.BILL.FINISHED";
+        const auto ignored = f.run(f.store->apply(std::move(nothing)));
+        REQUIRE(ignored.has_value());
+        CHECK(ignored->outcome == ApplyOutcome::ignored);
+        CHECK(ignored->anomaly.empty());
+        CHECK(ignored->status.empty());
+        CHECK(f.integer({"DBSIZE"}) == 0);
+        CHECK(f.outbox_total() == 0);
     }
 
     TEST_CASE("key names: for_bill() builds the nine script keys as the single-key builders do, sharing one tag")

@@ -383,6 +383,33 @@ TEST_CASE("wechatpay v3: amount mismatch and unknown bill are acknowledged and r
     CHECK(std::find(kinds.begin(), kinds.end(), "amount_mismatch") != kinds.end());
 }
 
+TEST_CASE("wechatpay v3: a verified event type we do not act on is acknowledged, with or without a bill")
+{
+    DaemonFixture fx;
+    INFO("paybridged log:\n", fx.log());
+    Wechat wx{fx};
+    REQUIRE(fx.create_bill("W7101", 1000).status == 201);
+
+    // Naming no bill (out_trade_no empty): 204, so WeChat Pay stops retrying; nothing recorded.
+    sim::V3Envelope other{.event_type = "MCHTRANSFER.BILL.FINISHED"};
+    auto r = wx.post_v3(wx.pay(wx.tx("", 1000, "4200000007202611270000007101"), wx.public_key, 0, other));
+    CHECK(r.status == 204);
+    CHECK(r.body.empty());
+    // Naming a bill: 204 and the bill unchanged, no event, no anomaly.
+    r = wx.post_v3(wx.pay(wx.tx("W7101", 1000, "4200000007202611270000007102"), wx.public_key, 0, other));
+    CHECK(r.status == 204);
+    auto bill = bill_of(fx, "W7101");
+    CHECK(str(bill, "status") == "PENDING");
+    CHECK(bill["events"].Size() == 0);
+    CHECK(anomalies_of(fx, "W7101").empty());
+    // A forged one is still refused: verification comes first.
+    auto forged = wx.pay(wx.tx("", 1000, "4200000007202611270000007103"), wx.public_key, 0, other);
+    const auto pos = forged.body.find("MCHTRANSFER");
+    REQUIRE(pos != std::string::npos);
+    forged.body[pos] = 'm';
+    check_v3_fail(wx.post_v3(forged), 401);
+}
+
 TEST_CASE("wechatpay v3: Redis stopped → 503 FAIL and once restarted the same notification succeeds")
 {
     // One worker, so that /readyz speaks for the only Redis connection: with several workers
