@@ -402,7 +402,7 @@ TEST_CASE("everything is in Redis: a restarted dispatcher resumes the retries of
     CHECK(env.pending_total() == 0);
 }
 
-TEST_CASE("redeliver re-sends a delivered event under the same webhook-id; list_deliveries pages")
+TEST_CASE("redeliver re-sends a delivered event under the same webhook-id — list_deliveries pages")
 {
     RedisEnv env;
     const std::string secret = new_secret();
@@ -479,7 +479,7 @@ TEST_CASE("HTTPS delivery to a receiver with a certificate from the configured C
     check_all_signed(receiver);
 }
 
-TEST_CASE("a Redis outage is waited out; groups lost with the data are created again")
+TEST_CASE("a Redis outage is waited out — groups lost with the data are created again")
 {
     RedisEnv env;
     const std::string secret = new_secret();

@@ -144,7 +144,7 @@ TEST_CASE("connection refused is crm_unavailable")
     CHECK(r.error_detail.starts_with("connect:"));
 }
 
-TEST_CASE("response body is read fully but only its head kept; Retry-After is passed through")
+TEST_CASE("response body is read fully but only its head kept — Retry-After is passed through")
 {
     asio::io_context ioc;
     HttpReceiver receiver(HttpReceiverOptions{});

@@ -224,7 +224,7 @@ TEST_CASE("alipay: anomalies are acknowledged and recorded")
     CHECK(has("duplicate_payment"));
 }
 
-TEST_CASE("alipay: partial then full refund; refund before payment; certificate mode")
+TEST_CASE("alipay: partial then full refund — refund before payment — certificate mode")
 {
     DaemonFixture fx;
     Alipay ali{fx};
@@ -268,7 +268,7 @@ TEST_CASE("alipay: partial then full refund; refund before payment; certificate 
     CHECK(status_of(fx, "B4004") == "PAID");
 }
 
-TEST_CASE("alipay: Redis down → 503 fail and /readyz 503; back up → the same notification succeeds")
+TEST_CASE("alipay: Redis down → 503 fail and /readyz 503 — back up → the same notification succeeds")
 {
     DaemonFixture fx;
     Alipay ali{fx};

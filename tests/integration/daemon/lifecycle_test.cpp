@@ -23,7 +23,7 @@ using namespace paybridge;
 using namespace paybridge::test;
 namespace asio = boost::asio;
 
-TEST_CASE("--check: a valid configuration exits 0; every problem is reported and the exit code is 78")
+TEST_CASE("--check: a valid configuration exits 0 — every problem is reported and the exit code is 78")
 {
     DaemonOptions options;
     options.start = false;

@@ -145,7 +145,7 @@ TEST_CASE("systemd: READY=1 after Redis, WATCHDOG=1 from the loops, STOPPING=1 o
     ::close(fd);
 }
 
-TEST_CASE("reload: SIGHUP with a rotated Alipay key under load; an invalid reload keeps the old config")
+TEST_CASE("reload: SIGHUP with a rotated Alipay key under load — an invalid reload keeps the old config")
 {
     DaemonFixture fx;
     const std::string old_key = fx.alipay_keys.private_pem;
@@ -210,7 +210,7 @@ TEST_CASE("reload: SIGHUP with a rotated Alipay key under load; an invalid reloa
     CHECK(fx.process().running());
 }
 
-TEST_CASE("tls: the HTTPS listener serves with a test CA; plain HTTP stays available")
+TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays available")
 {
     const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
     const auto server = keygen::issue(ca, {.common_name = "localhost", .dns_names = {"localhost"},

@@ -88,7 +88,7 @@ TEST_CASE("Retry-After is honoured on 429 and 503 only, capped at the longest st
     CHECK(policy.after_failure(3, status(429, 30s), 0.5).verdict == Verdict::dead);
 }
 
-TEST_CASE("configurable schedule from CrmConfig; an empty one dead-letters after one attempt")
+TEST_CASE("configurable schedule from CrmConfig — an empty one dead-letters after one attempt")
 {
     config::CrmConfig crm;
     crm.retry_schedule = {1s, 2s};
