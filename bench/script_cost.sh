@@ -55,7 +55,7 @@ for i in range(n):
     else:
         cmd(*head, 'alipay', 'alipay', 'payment', 'ntf%032d' % i, '2021000000000000', bill,
             '2026111822001400000%08d' % i, 'CNY', '12345', '', '0', '0', 'TRADE_SUCCESS',
-            '2026-11-18T10:00:00.000Z', '1')
+            '2026-11-18T10:00:00.000Z', '1', '2026-11-18T10:00:00.000Z')
 PY
 }
 count() { # label op

@@ -36,6 +36,10 @@ struct PaymentEvent {
     bool refund_cumulative{false}; ///< Alipay: refund_fen is the total refunded so far
     std::string provider_status;   ///< trade_status / event_type / refund_status as sent
     std::string occurred_at;       ///< RFC 3339 UTC, when the provider says it happened ("" if unknown)
+    /// RFC 3339 UTC, when the payment was made, where the notification says so apart from
+    /// occurred_at (an Alipay refund carries gmt_payment); "" otherwise. A payment's own
+    /// occurred_at is its payment time.
+    std::string paid_at;
 };
 
 }  // namespace paybridge

@@ -8,7 +8,7 @@
 -- ARGV: 1 "apply" | "register", 2 now (Unix ms), 3 now (RFC 3339), then
 --   apply    4..17 the PaymentEvent, one field per argument in the order of EVENT_FIELDS below
 --            (no JSON to decode on the hot path); 18 "1" when none of its strings needs a JSON
---            escape (checked by the caller, so this script skips the check)
+--            escape (checked by the caller, so this script skips the check); 19 its paid_at
 --            -> {outcome, anomaly kind or "", bill status or ""}
 --   register 4 NewBill JSON, with j_id / j_fixed: the bill's id and its fields that never change
 --            (amount_fen .. metadata) as JSON text, escaped by the caller and stored in the bill
@@ -266,7 +266,12 @@ local function pay(b, ev, total, txn)
     local after_close = b.status == 'CLOSED'
     b.status, b.paid_fen, b.paid_text, b.provider, b.provider_txn_id = 'PAID', total, jint(total), ev.provider, txn
     b.paid_safe = ev.safe
-    if ev.occurred_at ~= '' then
+    -- When the money was paid: the time the notification gives for the payment (an Alipay refund
+    -- applied before its payment carries gmt_payment), else the event's own time (a payment's, or
+    -- a WeChat refund's, which does not say when the payment was: the closest bound known), else now.
+    if ev.paid_at ~= '' then
+        b.paid_at = ev.paid_at
+    elseif ev.occurred_at ~= '' then
         b.paid_at = ev.occurred_at
     else
         b.paid_at = NOW
@@ -287,7 +292,7 @@ local function event_from_argv()
     return {provider = a[4], channel = a[5], kind = a[6], notification_id = a[7], account = a[8],
         bill_id = a[9], provider_txn_id = a[10], currency = a[11], total_fen = tonumber(a[12]) or -1,
         refund_id = a[13], refund_fen = tonumber(a[14]) or 0, refund_cumulative = a[15] == '1',
-        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1'}
+        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1', paid_at = a[19] or ''}
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -525,10 +530,11 @@ local function apply_refund_update(b, ev)
     return 'applied', '', b.status
 end
 
--- PaymentEvent fields (core/payment_event.hpp) in ARGV order; the others are strings.
+-- PaymentEvent fields (core/payment_event.hpp) in ARGV order (4..17, then 19: paid_at came later);
+-- total_fen, refund_fen and refund_cumulative are numbers / a boolean once read, the others strings.
 local EVENT_FIELDS = {'provider', 'channel', 'kind', 'notification_id', 'account', 'bill_id',
     'provider_txn_id', 'currency', 'total_fen', 'refund_id', 'refund_fen', 'refund_cumulative',
-    'provider_status', 'occurred_at'}
+    'provider_status', 'occurred_at', 'paid_at'}
 
 -- Missing or mistyped fields get neutral values: '' for strings, total -1 (unknown), refund 0.
 local function normalise_event(ev)

@@ -164,14 +164,14 @@ bool json_safe(std::string_view s) noexcept
 
 // PaymentEvent as the script's "apply" arguments, one field each, in the order of EVENT_FIELDS in
 // store/bill.lua (no JSON: the script would only have to decode it again), then "1" when no
-// string needs a JSON escape, so the script can skip that check.
+// string needs a JSON escape, so the script can skip that check, then paid_at.
 std::vector<std::string> event_args(PaymentEvent&& ev)
 {
     const bool safe = json_safe(ev.provider) && json_safe(ev.channel) && json_safe(ev.notification_id) &&
                       json_safe(ev.bill_id) && json_safe(ev.provider_txn_id) && json_safe(ev.provider_status) &&
-                      json_safe(ev.occurred_at);
+                      json_safe(ev.occurred_at) && json_safe(ev.paid_at);
     std::vector<std::string> a;
-    a.reserve(15);
+    a.reserve(16);
     a.push_back(std::move(ev.provider));
     a.push_back(std::move(ev.channel));
     a.emplace_back(to_string(ev.kind));
@@ -187,6 +187,7 @@ std::vector<std::string> event_args(PaymentEvent&& ev)
     a.push_back(std::move(ev.provider_status));
     a.push_back(std::move(ev.occurred_at));
     a.emplace_back(safe ? "1" : "0");
+    a.push_back(std::move(ev.paid_at));
     return a;
 }
 

@@ -502,6 +502,15 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         event.occurred_at = format_rfc3339(*ms);
         break;
     }
+    // A refund can reach us before its payment (which it then applies first): the bill's paid_at
+    // is the payment's time, not the refund's.
+    if (const std::string* paid = find_field(fields, "gmt_payment"); present(paid)) {
+        const auto ms = parse_beijing_time(*paid);
+        if (!ms) {
+            return make_error_code(errc::malformed_request);
+        }
+        event.paid_at = format_rfc3339(*ms);
+    }
     return event;
 }
 

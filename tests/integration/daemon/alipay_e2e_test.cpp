@@ -249,6 +249,12 @@ TEST_CASE("alipay: partial then full refund — refund before payment — certif
     bill = parse(fx.get_bill("B4002").body);
     CHECK(std::string(bill["status"].GetString()) == "PARTIALLY_REFUNDED");
     CHECK(bill["paid_fen"].GetInt64() == 800);
+    // paid_at is the payment's time the refund states (gmt_payment, an hour before gmt_refund).
+    REQUIRE(bill["events"].Size() == 2);
+    const std::string paid_at = bill["paid_at"].GetString();
+    const std::string refunded_at = bill["events"][1]["data"]["occurred_at"].GetString();
+    CHECK(paid_at.size() == refunded_at.size());
+    CHECK(paid_at < refunded_at);
 
     // Certificate-mode app (certificate checked against the test root at load).
     REQUIRE(fx.create_bill("B4003", 100).status == 201);

@@ -645,6 +645,8 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(num(bill, "paid_fen") == 1000);
         CHECK(num(bill, "refunded_fen") == 400);
         CHECK(str(bill, "provider_txn_id") == "WX-1");
+        // A WeChat refund does not say when the payment was: its own time is the closest bound.
+        CHECK(str(bill, "paid_at") == "2024-05-02T10:00:00.000Z");
         CHECK(num(bill, "version") == 3);
         const auto view = f.get("B-42");
         REQUIRE(view.events_json.size() == 2);
@@ -654,6 +656,32 @@ TEST_SUITE("integration/store/bill_script")
         check_result(f.apply(wechat_payment("B-42", "WX-1", 1000, "W-1")), ApplyOutcome::duplicate, "",
                      "PARTIALLY_REFUNDED");
         CHECK(f.hist_len("B-42") == 2);
+    }
+
+    TEST_CASE("refund before payment: paid_at is the payment's time where the refund gives it, also as an orphan")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-44"));
+        PaymentEvent refund = alipay_refund("B-44", "T-1", "R-1", 300, "N-2");
+        refund.occurred_at = "2024-05-03T08:00:00.123Z";  // gmt_refund
+        refund.paid_at = "2024-05-01T09:59:00.000Z";      // gmt_payment
+        check_result(f.apply(PaymentEvent(refund)), ApplyOutcome::applied, "", "PARTIALLY_REFUNDED");
+        auto bill = f.bill("B-44");
+        CHECK(str(bill, "paid_at") == "2024-05-01T09:59:00.000Z");
+        auto view = f.get("B-44");
+        REQUIRE(view.events_json.size() == 2);
+        CHECK(str(parse_json(view.events_json[0])["bill"], "paid_at") == "2024-05-01T09:59:00.000Z");
+
+        // The same refund for a bill registered later: kept as an orphan (with its paid_at) and
+        // applied at registration.
+        refund.bill_id = "B-45";
+        refund.notification_id = "N-3";
+        check_result(f.apply(PaymentEvent(refund)), ApplyOutcome::orphaned, "unknown_bill", "");
+        f.register_bill(new_bill("B-45"));
+        bill = f.bill("B-45");
+        CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
+        CHECK(str(bill, "paid_at") == "2024-05-01T09:59:00.000Z");
     }
 
     TEST_CASE("refund before payment with the wrong total: amount_mismatch, nothing refunded")

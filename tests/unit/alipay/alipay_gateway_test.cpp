@@ -425,6 +425,7 @@ TEST_CASE("trade_status and refund mapping")
         CHECK(ev.refund_cumulative);
         CHECK(ev.total_fen == 1234);
         CHECK(ev.occurred_at == "2024-05-01T03:59:59.123Z");  // gmt_refund with milliseconds
+        CHECK(ev.paid_at == "2024-05-01T03:00:00.000Z");        // gmt_payment, an hour before
     }
     SUBCASE("full refund: TRADE_CLOSED with refund fields is a refund, not a close")
     {
