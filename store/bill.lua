@@ -577,8 +577,10 @@ end
 
 -- No bill yet: keep the notification (once per fingerprint) to apply at registration.
 local function orphan(ev)
+    -- What happened, not how it was worded: the same refund notified through API v3
+    -- (REFUND.SUCCESS) and v2 (SUCCESS) is one orphan.
     local fingerprint = table.concat({ev.kind, ev.provider_txn_id, ev.refund_id, jint(ev.total_fen),
-        jint(ev.refund_fen), ev.provider_status}, '|')
+        jint(ev.refund_fen)}, '|')
     if not first_time('orphan:' .. fingerprint) then
         return 'orphaned', '', ''
     end

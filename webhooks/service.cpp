@@ -18,6 +18,7 @@
 #include <charconv>
 #include <exception>
 #include <map>
+#include <optional>
 
 namespace paybridge::webhooks {
 
@@ -51,6 +52,59 @@ Instruments& instruments()
 {
     static Instruments i;
     return i;
+}
+
+// ---- notification routes -----------------------------------------------------------------------
+
+struct NotifyRoute {
+    const gateways::Gateway* gateway{nullptr};  ///< null: that provider is not configured
+    std::string_view name;                      ///< alipay, wechatpay_v3, wechatpay_v2 (metrics, logs)
+    std::string_view param;                     ///< a WeChat Pay route's merchant id
+};
+
+// A WeChat Pay v2 XML document without API v3's signature headers: refunds started in the merchant
+// portal are notified in v2 format at the refund notify URL, which is often the v3 one
+// (PROTOCOLS.md §2.6: tell them apart by Content-Type). API v3 always sends signed JSON.
+bool is_v2_xml(const Request& req)
+{
+    if (req.find("Wechatpay-Signature") != req.end()) {
+        return false;
+    }
+    std::string_view type = req[http::field::content_type];
+    type = type.substr(0, type.find(';'));
+    while (!type.empty() && type.back() == ' ') {
+        type.remove_suffix(1);
+    }
+    if (gateways::ascii_iequals(type, "text/xml") || gateways::ascii_iequals(type, "application/xml")) {
+        return true;
+    }
+    const std::string& body = req.body();
+    const auto first = body.find_first_not_of(" \t\r\n");
+    return first != std::string::npos && body[first] == '<';
+}
+
+// /notify/alipay, /notify/wechatpay/{mchid} and /notify/wechatpay/{mchid}/v2; nullopt: no such route.
+std::optional<NotifyRoute> notify_route(const Request& req, const Runtime& rt, std::string_view path)
+{
+    if (path == "/notify/alipay") {
+        return NotifyRoute{rt.alipay.get(), "alipay", {}};
+    }
+    constexpr std::string_view kWx = "/notify/wechatpay/";
+    if (!path.starts_with(kWx)) {
+        return std::nullopt;
+    }
+    std::string_view mchid = path.substr(kWx.size());
+    const bool v2_path = mchid.ends_with("/v2");
+    if (v2_path) {
+        mchid.remove_suffix(3);
+    }
+    if (mchid.empty() || mchid.find('/') != std::string_view::npos) {
+        return std::nullopt;
+    }
+    if (v2_path || is_v2_xml(req)) {
+        return NotifyRoute{rt.wechat_v2.get(), "wechatpay_v2", mchid};
+    }
+    return NotifyRoute{rt.wechat_v3.get(), "wechatpay_v3", mchid};
 }
 
 std::string_view outcome_of_error(const boost::system::error_code& ec)
@@ -252,6 +306,13 @@ awaitable<Response> Service::handle(Request req)
     } catch (const std::exception& e) {
         log::error("http.handler_exception", {{"what", e.what()}});
     }
+    // A provider gets its own failure format (with a 5xx: it retries), everyone else the API's.
+    const std::string_view target = req.target();
+    const std::string_view path = target.substr(0, target.find('?'));
+    if (const std::optional<NotifyRoute> nr = notify_route(req, *rt, path); nr && nr->gateway != nullptr) {
+        const gateways::Reply reply = nr->gateway->failure(make_error_code(errc::internal));
+        co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
+    }
     co_return api_error(req, 500, "internal", "internal error");
 }
 
@@ -269,27 +330,12 @@ awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt)
             res.set(http::field::allow, "POST");
             co_return res;
         }
-        if (path == "/notify/alipay") {
-            const std::string_view no_param;
-            Response res = co_await notify(req, rt->alipay.get(), "alipay", no_param);
-            co_return res;
+        const std::optional<NotifyRoute> nr = notify_route(req, *rt, path);
+        if (!nr) {
+            co_return make_response(req, 404, "text/plain", "not found");
         }
-        constexpr std::string_view kWx = "/notify/wechatpay/";
-        if (path.starts_with(kWx)) {
-            std::string_view rest = path.substr(kWx.size());
-            const gateways::Gateway* gw = rt->wechat_v3.get();
-            std::string_view route_name = "wechatpay_v3";
-            if (rest.ends_with("/v2")) {
-                rest.remove_suffix(3);
-                gw = rt->wechat_v2.get();
-                route_name = "wechatpay_v2";
-            }
-            if (!rest.empty() && rest.find('/') == std::string_view::npos) {
-                Response res = co_await notify(req, gw, route_name, rest);
-                co_return res;
-            }
-        }
-        co_return make_response(req, 404, "text/plain", "not found");
+        Response res = co_await notify(req, nr->gateway, nr->name, nr->param);
+        co_return res;
     }
     if (path == "/healthz") {
         co_return make_response(req, 200, "text/plain", "ok\n");

@@ -245,10 +245,13 @@ Result<Verified> WechatV2Gateway::refund(const V2Merchant& merchant, const XmlFi
             return error(errc::malformed_request);
         }
         ev.kind = EventKind::refund;
-    } else if (status == "CHANGE") {
-        ev.kind = EventKind::refund_abnormal;
-    } else if (status == "REFUNDCLOSE") {
-        ev.kind = EventKind::refund_closed;
+    } else if (status == "CHANGE" || status == "REFUNDCLOSE") {
+        // Recorded in the bill's history: the bill must be named (as API v3 requires for every
+        // refund), or the store could only refuse it and WeChat would retry for a day.
+        if (ev.bill_id.empty()) {
+            return error(errc::malformed_request);
+        }
+        ev.kind = status == "CHANGE" ? EventKind::refund_abnormal : EventKind::refund_closed;
     }
     return verified;
 }

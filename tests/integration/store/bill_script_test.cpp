@@ -300,6 +300,8 @@ TEST_SUITE("integration/store/bill_script")
         v2.provider = "alipay";
         v2.channel = "wechatpay_v2";
         check_result(f.apply(v2), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.hist_len("B-11") == 1);
+        CHECK(f.outbox_len("B-11") == 1);
         // Markers of notification ids live in the bill hash (one HMGET answers "seen?" and "status").
         CHECK(f.cmd({"HEXISTS", f.store->keys().bill("B-11"), "n:wechatpay_v2:N-1"}).integer == 1);
         CHECK(f.cmd({"EXISTS", f.store->keys().seen("B-11")}).integer == 0);
@@ -391,6 +393,29 @@ TEST_SUITE("integration/store/bill_script")
         // The replayed orphan kept its notification id: the provider's retry is now a duplicate.
         check_result(f.apply(alipay_payment("B-20", "T-1", 1000, "N-1")), ApplyOutcome::duplicate, "", "PAID");
         CHECK(f.register_bill(new_bill("B-20")).outcome == RegisterOutcome::identical);
+    }
+
+    TEST_CASE("the same refund notified through API v3 and v2 before its bill exists is one orphan")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const auto orphans = f.store->keys().orphans("B-21");
+        PaymentEvent v3 = wechat_refund("B-21", "WX-1", "R-1", 400, "W-1");
+        PaymentEvent v2 = v3;
+        v2.channel = "wechatpay_v2";
+        v2.provider_status = "SUCCESS";  // v3 says REFUND.SUCCESS
+        v2.notification_id = "v2:refund:R-1:SUCCESS";
+        check_result(f.apply(std::move(v3)), ApplyOutcome::orphaned, "unknown_bill", "");
+        check_result(f.apply(std::move(v2)), ApplyOutcome::orphaned, "", "");
+        CHECK(f.integer({"LLEN", orphans}) == 1);
+        CHECK(f.anomalies_len("B-21") == 1);
+        CHECK(f.outbox_len("B-21") == 1);
+
+        const auto reg = f.register_bill(new_bill("B-21"));
+        CHECK(reg.orphans_applied == 1);
+        const auto bill = parse_json(reg.bill_json);
+        CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
+        CHECK(num(bill, "refunded_fen") == 400);
     }
 
     TEST_CASE("orphans stored by the previous version (JSON numbers and booleans) still replay at registration")
@@ -549,6 +574,9 @@ TEST_SUITE("integration/store/bill_script")
         check_result(f.apply(close_event("B-30", "N-4")), ApplyOutcome::anomaly, "close_after_paid", "PAID");
         check_result(f.apply(close_event("B-30", "N-5")), ApplyOutcome::duplicate, "", "PAID");
         CHECK(f.anomalies_len("B-30") == 2);
+        // closed, paid (flagged), close_after_paid: the repeat appended nothing.
+        CHECK(f.hist_len("B-30") == 3);
+        CHECK(f.outbox_len("B-30") == 3);
         CHECK(num(f.bill("B-30"), "version") == 3);
     }
 
@@ -561,6 +589,8 @@ TEST_SUITE("integration/store/bill_script")
         check_result(f.apply(wechat_payment("B-31", "WX-9", 1000, "W-1")), ApplyOutcome::anomaly, "duplicate_payment",
                      "PAID");
         check_result(f.apply(wechat_payment("B-31", "WX-9", 1000, "W-2")), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.hist_len("B-31") == 2);  // paid, duplicate_payment
+        CHECK(f.outbox_len("B-31") == 2);
         const auto bill = f.bill("B-31");
         CHECK(str(bill, "provider") == "alipay");
         CHECK(str(bill, "provider_txn_id") == "T-1");
@@ -632,6 +662,8 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(f.hist_len("B-41") == 3);
         check_result(f.apply(alipay_refund("B-41", "T-1", "R-3", 1000, "N-5")), ApplyOutcome::duplicate, "",
                      "REFUNDED");
+        CHECK(f.hist_len("B-41") == 3);
+        CHECK(f.outbox_len("B-41") == 3);
     }
 
     TEST_CASE("refund before payment: the payment is applied first, then the refund")
@@ -662,24 +694,24 @@ TEST_SUITE("integration/store/bill_script")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
-        f.register_bill(new_bill("B-44"));
-        PaymentEvent refund = alipay_refund("B-44", "T-1", "R-1", 300, "N-2");
+        f.register_bill(new_bill("B-48"));
+        PaymentEvent refund = alipay_refund("B-48", "T-1", "R-1", 300, "N-2");
         refund.occurred_at = "2024-05-03T08:00:00.123Z";  // gmt_refund
         refund.paid_at = "2024-05-01T09:59:00.000Z";      // gmt_payment
         check_result(f.apply(PaymentEvent(refund)), ApplyOutcome::applied, "", "PARTIALLY_REFUNDED");
-        auto bill = f.bill("B-44");
+        auto bill = f.bill("B-48");
         CHECK(str(bill, "paid_at") == "2024-05-01T09:59:00.000Z");
-        auto view = f.get("B-44");
+        auto view = f.get("B-48");
         REQUIRE(view.events_json.size() == 2);
         CHECK(str(parse_json(view.events_json[0])["bill"], "paid_at") == "2024-05-01T09:59:00.000Z");
 
         // The same refund for a bill registered later: kept as an orphan (with its paid_at) and
         // applied at registration.
-        refund.bill_id = "B-45";
+        refund.bill_id = "B-49";
         refund.notification_id = "N-3";
         check_result(f.apply(PaymentEvent(refund)), ApplyOutcome::orphaned, "unknown_bill", "");
-        f.register_bill(new_bill("B-45"));
-        bill = f.bill("B-45");
+        f.register_bill(new_bill("B-49"));
+        bill = f.bill("B-49");
         CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
         CHECK(str(bill, "paid_at") == "2024-05-01T09:59:00.000Z");
     }
@@ -707,6 +739,8 @@ TEST_SUITE("integration/store/bill_script")
         check_result(f.apply(wechat_refund("B-44", "WX-1", "R-1", 1200, "W-2")), ApplyOutcome::anomaly,
                      "refund_exceeds_paid", "PAID");
         check_result(f.apply(wechat_refund("B-44", "WX-1", "R-1", 1200, "W-3")), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.hist_len("B-44") == 2);  // paid, refund_exceeds_paid
+        CHECK(f.outbox_len("B-44") == 2);
         const auto bill = f.bill("B-44");
         CHECK(num(bill, "refunded_fen") == 0);
         CHECK(num(bill, "version") == 2);
@@ -720,31 +754,31 @@ TEST_SUITE("integration/store/bill_script")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
-        f.register_bill(new_bill("B-45"));
-        f.apply(wechat_payment("B-45", "WX-1", 1000, "W-1"));
-        PaymentEvent abnormal = wechat_refund("B-45", "WX-1", "R-1", 300, "W-2");
+        f.register_bill(new_bill("B-49"));
+        f.apply(wechat_payment("B-49", "WX-1", 1000, "W-1"));
+        PaymentEvent abnormal = wechat_refund("B-49", "WX-1", "R-1", 300, "W-2");
         abnormal.kind = EventKind::refund_abnormal;
         abnormal.provider_status = "REFUND.ABNORMAL";
         check_result(f.apply(abnormal), ApplyOutcome::applied, "", "PAID");
         abnormal.notification_id = "W-3";
         check_result(f.apply(abnormal), ApplyOutcome::duplicate, "", "PAID");
-        auto bill = f.bill("B-45");
+        auto bill = f.bill("B-49");
         CHECK(num(bill, "refunded_fen") == 0);
         CHECK(num(bill, "version") == 2);
-        const auto ev = last_event(f, "B-45");
+        const auto ev = last_event(f, "B-49");
         CHECK(str(ev, "type") == "bill.refund_updated");
         CHECK(num(ev, "sequence") == 2);
         CHECK(str(ev["data"], "kind") == "refund_abnormal");
 
-        check_result(f.apply(wechat_refund("B-45", "WX-1", "R-1", 300, "W-4")), ApplyOutcome::applied, "",
+        check_result(f.apply(wechat_refund("B-49", "WX-1", "R-1", 300, "W-4")), ApplyOutcome::applied, "",
                      "PARTIALLY_REFUNDED");
-        PaymentEvent closed = wechat_refund("B-45", "WX-1", "R-2", 100, "W-5");
+        PaymentEvent closed = wechat_refund("B-49", "WX-1", "R-2", 100, "W-5");
         closed.kind = EventKind::refund_closed;
         closed.provider_status = "REFUND.CLOSED";
         check_result(f.apply(closed), ApplyOutcome::applied, "", "PARTIALLY_REFUNDED");
-        bill = f.bill("B-45");
+        bill = f.bill("B-49");
         CHECK(num(bill, "refunded_fen") == 300);
-        CHECK(f.hist_len("B-45") == 4);
+        CHECK(f.hist_len("B-49") == 4);
         CHECK(f.anomalies_total() == 0);
     }
 

@@ -281,7 +281,7 @@ TEST_CASE("wechatpay v2: XXE or billion laughs or duplicate elements → 400 and
     CHECK(status_of(fx, "V3001") == "PAID");
 }
 
-TEST_CASE("wechatpay mixed: paid through v3 and refunded through v3 and the merchant portal (v2) → consistent")
+TEST_CASE("wechatpay mixed: paid through v3 and refunded through v3 and the merchant portal (v2 XML at the v3 URL) → consistent")
 {
     DaemonFixture fx;
     INFO("paybridged log:\n", fx.log());
@@ -294,10 +294,12 @@ TEST_CASE("wechatpay mixed: paid through v3 and refunded through v3 and the merc
     CHECK(wx.post_v3(wx.refund_notice(wx.refund("M1001", txn, "R1001-api", 1000, 300))).status == 204);
     CHECK(status_of(fx, "M1001") == "PARTIALLY_REFUNDED");
 
-    // The rest refunded in the merchant portal: notified in v2 XML at the v2 route.
+    // The rest refunded in the merchant portal: notified in v2 XML, here at the URL the API v3
+    // notifications use (PROTOCOLS.md §2.6): told apart by its Content-Type, answered in v2 XML.
     auto portal = wx.v2_refund("M1001", txn, "R1001-portal", 1000, 700);
     portal.refund_request_source = "VENDOR_PLATFORM";
-    check_ack(wx.post_v2(wx.v2_refund_xml(portal)));
+    check_ack(http_request(fx.port(), "POST", "/notify/wechatpay/" + std::string(DaemonFixture::kMchId),
+                           wx.v2_refund_xml(portal), {{"Content-Type", "text/xml"}}));
 
     auto bill = bill_of(fx, "M1001");
     CHECK(str(bill, "status") == "REFUNDED");
@@ -313,7 +315,7 @@ TEST_CASE("wechatpay mixed: paid through v3 and refunded through v3 and the merc
     CHECK(str(bill["events"][2]["data"], "refund_id") == "R1001-portal");
     CHECK(bill["events"][2]["data"]["refund_fen"].GetInt64() == 700);
 
-    // The same refunds reported again through the other API version: keyed by out_refund_no,
+    // The same refunds reported again through the other API version (v2 at its own route): keyed by out_refund_no,
     // so no money moves twice and nothing is flagged as exceeding the payment.
     CHECK(wx.post_v3(wx.refund_notice(wx.refund("M1001", txn, "R1001-portal", 1000, 700))).status == 204);
     check_ack(wx.post_v2(wx.v2_refund_xml(wx.v2_refund("M1001", txn, "R1001-api", 1000, 300))));

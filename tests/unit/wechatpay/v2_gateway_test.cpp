@@ -278,6 +278,17 @@ TEST_CASE("v2: refund notifications")
         REQUIRE(w);
         CHECK(w->event.kind == EventKind::refund_closed);
         CHECK(w->event.notification_id == "v2:refund:R-2:REFUNDCLOSE");
+
+        // Without the bill's id there is nothing to record it on: malformed (400), as API v3
+        // answers, not a store error (500) that WeChat would retry for a day.
+        r.out_trade_no.clear();
+        for (const char* status : {"CHANGE", "REFUNDCLOSE", "SUCCESS"}) {
+            CAPTURE(status);
+            r.refund_status = status;
+            auto nameless = sim::build_v2_refund_xml(r, keys().apiv2_key);
+            REQUIRE(nameless);
+            CHECK(verify(*gateway, *nameless).error() == errc::malformed_request);
+        }
     }
     SUBCASE("decryption failures are bad signatures")
     {
