@@ -2,6 +2,8 @@
 
 #include "tests/support/redis_server.hpp"
 
+#include <doctest/doctest.h>
+
 #include <hiredis/hiredis.h>
 #include <signal.h>
 
@@ -55,10 +57,9 @@ DaemonFixture::~DaemonFixture()
 {
     if (process_) {
         const int code = process_->stop(SIGTERM, std::chrono::seconds(15));
-        if (code != 0) {
-            // A daemon that did not shut down cleanly is a finding: show its log in the test output.
-            std::fprintf(stderr, "paybridged exited with %d; its log:\n%s\n", code, process_->log().c_str());
-        }
+        // A daemon that does not shut down cleanly (a crash on the way out, a sanitizer's leak
+        // report, a hang) fails the test that ran it.
+        CHECK_MESSAGE(code == 0, "paybridged exited with " << code << "; its log:\n" << process_->log());
     }
 }
 

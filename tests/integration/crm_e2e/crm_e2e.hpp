@@ -408,10 +408,7 @@ public:
     {
         if (process_ && process_->running()) {
             const int code = process_->stop(SIGTERM, 20s);
-            if (code != 0) {
-                std::fprintf(stderr, "second paybridged exited with %d; its log:\n%s\n", code,
-                             process_->log().c_str());
-            }
+            CHECK_MESSAGE(code == 0, "second paybridged exited with " << code << "; its log:\n" << process_->log());
         }
     }
 

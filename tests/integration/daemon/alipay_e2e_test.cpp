@@ -347,6 +347,7 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     HttpClient c(fx.port());
     const std::string two = c.raw("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
                                   std::chrono::seconds(3));
+    REQUIRE(two.find("404 Not Found") != std::string::npos);
     CHECK(two.find("200 OK") < two.find("404 Not Found"));
     // SIGTERM → exit 0.
     CHECK(fx.stop() == 0);

@@ -58,7 +58,8 @@ TEST_CASE("--check: a valid configuration exits 0 — every problem is reported 
 TEST_CASE("connection cap: connections beyond limits.max_connections are closed at once")
 {
     DaemonOptions options;
-    options.limits_json = R"({"max_connections": 4, "read_timeout_ms": 2000, "idle_timeout_ms": 5000})";
+    // Deadlines far longer than the test: a connection it sees closed was closed by the cap.
+    options.limits_json = R"({"max_connections": 4, "read_timeout_ms": 30000, "idle_timeout_ms": 30000})";
     DaemonFixture fx(options);
     asio::io_context ioc;
     std::vector<asio::ip::tcp::socket> held;
@@ -78,9 +79,11 @@ TEST_CASE("connection cap: connections beyond limits.max_connections are closed 
     boost::system::error_code ec;
     asio::write(extra, asio::buffer(req), ec);
     char buf[256];
+    const auto asked = std::chrono::steady_clock::now();
     const std::size_t n = extra.read_some(asio::buffer(buf), ec);
     CHECK(n == 0);
     CHECK(ec);  // closed without an answer
+    CHECK(std::chrono::steady_clock::now() - asked < std::chrono::seconds(10));  // not by a 30 s deadline
     held.clear();  // free the slots
     CHECK(wait_for_http(fx.port(), "/healthz", 200, std::chrono::seconds(5)));
 }

@@ -308,14 +308,16 @@ TEST_SUITE("tools/cli")
                 print(keys, {"wechatpay", "paid", "--bill", "W1", "--amount", "800", "--signer", signer});
             CHECK(paid.request_line == "POST /notify/wechatpay/1900000001 HTTP/1.1");
             CHECK(paid.header("Content-Type") == "application/json");
-            CHECK(paid.header("Wechatpay-Serial")
-                      .starts_with(std::string(signer) == "platform" ? "" : "PUB_KEY_ID_"));
+            const bool platform = std::string(signer) == "platform";
+            CHECK(paid.header("Wechatpay-Serial").starts_with("PUB_KEY_ID_") == !platform);
             const auto ts = std::stoll(paid.header("Wechatpay-Timestamp"));
             CHECK(std::abs(ts - now_s()) < 30);
             auto v = verify(*keys.wechat_v3, paid, "1900000001");
             REQUIRE_MESSAGE(v.has_value(), error_name(v.error()));
             CHECK(v->event.kind == EventKind::payment);
             CHECK(v->event.total_fen == 800);
+            // The gateway says which key verified it: the one the signer was asked for.
+            CHECK(v->notes.find(platform ? "key=platform_certificate:" : "key=public_key") != std::string::npos);
         }
         struct RefundCase {
             const char* event;

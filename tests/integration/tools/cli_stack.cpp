@@ -55,10 +55,12 @@ Stack::Stack(std::vector<std::string> listen_args)
 Stack::~Stack()
 {
     if (daemon_) {
-        daemon_->stop(SIGTERM);
+        const int code = daemon_->stop(SIGTERM);
+        CHECK_MESSAGE(code == 0, "paybridged exited with " << code << "; its log:\n" << daemon_->log());
     }
     if (listen_) {
-        listen_->stop(SIGTERM);
+        const int code = listen_->stop(SIGTERM);
+        CHECK_MESSAGE(code == 0, "paybridge listen exited with " << code << "; its output:\n" << listen_->log());
     }
 }
 

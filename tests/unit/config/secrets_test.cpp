@@ -4,8 +4,12 @@
 
 #include <doctest/doctest.h>
 
+#include <grp.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
+
+#include <string>
 
 using namespace paybridge;
 using config::SecretSource;
@@ -95,16 +99,43 @@ TEST_CASE("secrets: file: is relative to the base folder and loses its trailing 
 
 TEST_CASE("secrets: file: reports permission problems")
 {
-    if (::geteuid() == 0) {
-        return;  // root reads anything: nothing to observe
-    }
     Sandbox box;
     const auto path = box.write("locked.txt", "value");
     REQUIRE(::chmod(path.c_str(), 0) == 0);
     const SecretSource secrets(SecretSource::Environment{});
-    auto locked = secrets.resolve("file:locked.txt", box.dir());
-    CHECK_FALSE(locked);
-    CHECK(locked.problem == "cannot read locked.txt: Permission denied");
+    std::string problem;
+    if (::geteuid() != 0) {
+        problem = secrets.resolve("file:locked.txt", box.dir()).problem;
+    } else {
+        // Root reads anything (CI runs as root): look from a child process that is nobody.
+        int fds[2];
+        REQUIRE(::pipe(fds) == 0);
+        const pid_t pid = ::fork();
+        REQUIRE(pid >= 0);
+        if (pid == 0) {
+            ::close(fds[0]);
+            constexpr uid_t kNobody = 65534;
+            if (::setgroups(0, nullptr) != 0 || ::setresgid(kNobody, kNobody, kNobody) != 0 ||
+                ::setresuid(kNobody, kNobody, kNobody) != 0) {
+                ::_exit(2);
+            }
+            const auto locked = secrets.resolve("file:locked.txt", box.dir());
+            const std::string text = locked ? std::string("read it") : locked.problem;
+            const bool written = ::write(fds[1], text.data(), text.size()) == static_cast<ssize_t>(text.size());
+            ::_exit(written ? 0 : 3);
+        }
+        ::close(fds[1]);
+        char buf[256];
+        for (ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) {
+            problem.append(buf, static_cast<std::size_t>(n));
+        }
+        ::close(fds[0]);
+        int status = 0;
+        REQUIRE(::waitpid(pid, &status, 0) == pid);
+        REQUIRE(WIFEXITED(status));
+        REQUIRE(WEXITSTATUS(status) == 0);
+    }
+    CHECK(problem == "cannot read locked.txt: Permission denied");
 }
 
 TEST_CASE("secrets: cred: reads $CREDENTIALS_DIRECTORY/NAME")
