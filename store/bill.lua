@@ -412,6 +412,10 @@ local function apply_payment(b, ev, total, txn)
     })
 end
 
+-- The refund id gateways/alipay/alipay_gateway.cpp makes up, from the cumulative total, for a
+-- refund notification without out_biz_no.
+local SYNTHETIC_ALIPAY_REFUND = 'alipay-refund-'
+
 local function apply_refund(b, ev)
     local paid_now, pre_anomaly = false, ''
     if b.status == 'PENDING' or b.status == 'CLOSED' then
@@ -457,8 +461,20 @@ local function apply_refund(b, ev)
     local increment
     if ev.refund_cumulative then
         if ev.refund_fen <= b.refunded_fen then
-            -- An older refund, superseded by a later cumulative notification we already applied.
             redis.call('HSET', K_REFUNDS, refund_id, jint(ev.refund_fen))
+            -- Read as Alipay documents refund_fee (the cumulative total), an older state that a
+            -- later notification superseded. One source reads it as this refund's own amount
+            -- (PROTOCOLS.md §1.4, a disagreement): then a refund went uncounted. For a refund
+            -- that names itself (out_biz_no, not the id the gateway makes up from the total) the
+            -- two cannot be told apart here, so someone must look: an anomaly, once per refund.
+            if string.sub(refund_id, 1, #SYNTHETIC_ALIPAY_REFUND) ~= SYNTHETIC_ALIPAY_REFUND
+                and string.sub(refund_id, 1, 6) ~= 'total:' then
+                return bill_anomaly(b, ev, 'refund_total_not_increased', {
+                    {'refund_id', jstr(refund_id)},
+                    {'refund_fee', jint(ev.refund_fen)},
+                    {'refunded_fen', jint(b.refunded_fen)},
+                })
+            end
             return unchanged, pre_anomaly, b.status
         end
         increment = ev.refund_fen - b.refunded_fen

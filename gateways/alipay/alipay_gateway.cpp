@@ -179,12 +179,29 @@ std::vector<const std::pair<std::string, std::string>*> signable_sorted(const Fo
     return sorted;
 }
 
+// -1 when absent or empty (Alipay sends empty values, §1.5 step 7: "refund_fee=" is no refund).
 Result<std::int64_t> optional_amount(const std::string* text)
 {
-    if (text == nullptr) {
+    if (!present(text)) {
         return std::int64_t{-1};
     }
     return parse_yuan(*text);
+}
+
+// The first of `names` that is present and reads as Beijing time, as RFC 3339 UTC; "" if none.
+// Times only describe the event: an authentic notification is not refused over one.
+std::string first_valid_time(const FormFields& fields, std::initializer_list<std::string_view> names)
+{
+    for (std::string_view name : names) {
+        const std::string* text = find_field(fields, name);
+        if (!present(text)) {
+            continue;
+        }
+        if (const auto ms = parse_beijing_time(*text)) {
+            return format_rfc3339(*ms);
+        }
+    }
+    return {};
 }
 
 }  // namespace
@@ -473,7 +490,8 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         }
         event.refund_cumulative = true;
         const std::string* out_biz_no = find_field(fields, "out_biz_no");
-        // Without out_biz_no, the cumulative amount still identifies this refund state uniquely.
+        // Without out_biz_no, the cumulative amount still identifies this refund state uniquely
+        // (store/bill.lua knows this prefix: SYNTHETIC_ALIPAY_REFUND).
         event.refund_id =
             present(out_biz_no) ? *out_biz_no : "alipay-refund-" + std::to_string(event.refund_fen);
     } else if (*trade_status == "TRADE_SUCCESS" || *trade_status == "TRADE_FINISHED") {
@@ -487,30 +505,12 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         event.kind = EventKind::none;  // WAIT_BUYER_PAY and statuses Alipay may add later
     }
 
-    std::initializer_list<std::string_view> time_fields = {"gmt_payment", "gmt_close", "notify_time"};
-    std::initializer_list<std::string_view> refund_time_fields = {"gmt_refund", "gmt_payment", "gmt_close",
-                                                                  "notify_time"};
-    for (std::string_view name : is_refund ? refund_time_fields : time_fields) {
-        const std::string* text = find_field(fields, name);
-        if (!present(text)) {
-            continue;
-        }
-        const auto ms = parse_beijing_time(*text);
-        if (!ms) {
-            return make_error_code(errc::malformed_request);
-        }
-        event.occurred_at = format_rfc3339(*ms);
-        break;
-    }
+    event.occurred_at = is_refund
+                            ? first_valid_time(fields, {"gmt_refund", "gmt_payment", "gmt_close", "notify_time"})
+                            : first_valid_time(fields, {"gmt_payment", "gmt_close", "notify_time"});
     // A refund can reach us before its payment (which it then applies first): the bill's paid_at
     // is the payment's time, not the refund's.
-    if (const std::string* paid = find_field(fields, "gmt_payment"); present(paid)) {
-        const auto ms = parse_beijing_time(*paid);
-        if (!ms) {
-            return make_error_code(errc::malformed_request);
-        }
-        event.paid_at = format_rfc3339(*ms);
-    }
+    event.paid_at = first_valid_time(fields, {"gmt_payment"});
     return event;
 }
 
@@ -543,8 +543,17 @@ Reply AlipayGateway::success() const
 
 Reply AlipayGateway::failure(const boost::system::error_code& ec) const
 {
+    // Alipay retries on any reply but "success"; the status says why (API.md): 400 for what it
+    // sent, 503 when we could not persist, 500 for our own bug.
     Reply reply;
-    reply.status = is_transient(ec) ? 503 : 400;
+    if (ec == errc::malformed_request || ec == errc::bad_signature || ec == errc::unknown_account ||
+        ec == errc::unsupported_event) {
+        reply.status = 400;
+    } else if (is_transient(ec)) {
+        reply.status = 503;
+    } else {
+        reply.status = 500;
+    }
     reply.content_type = "text/plain";
     reply.body = "fail";
     return reply;

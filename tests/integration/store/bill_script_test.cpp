@@ -640,7 +640,7 @@ TEST_SUITE("integration/store/bill_script")
                      "refund_exceeds_paid", "REFUNDED");
     }
 
-    TEST_CASE("refunds (Alipay, cumulative) out of order: an older total is superseded")
+    TEST_CASE("refunds (Alipay, cumulative) out of order: an older total is superseded, and flagged")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
@@ -650,20 +650,39 @@ TEST_SUITE("integration/store/bill_script")
         check_result(f.apply(alipay_refund("B-41", "T-1", "R-2", 500, "N-3")), ApplyOutcome::applied, "",
                      "PARTIALLY_REFUNDED");
         CHECK(num(last_event(f, "B-41")["data"], "refund_fen") == 500);
-        check_result(f.apply(alipay_refund("B-41", "T-1", "R-1", 200, "N-2")), ApplyOutcome::duplicate, "",
-                     "PARTIALLY_REFUNDED");
+        // Cumulative reading: an older state, the bill stays at 500. Per-refund reading (one source):
+        // 200 more were refunded. Not decidable here: an anomaly, once.
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-1", 200, "N-2")), ApplyOutcome::anomaly,
+                     "refund_total_not_increased", "PARTIALLY_REFUNDED");
         CHECK(num(f.bill("B-41"), "refunded_fen") == 500);
         CHECK(f.cmd({"HGET", f.store->keys().refunds("B-41"), "R-1"}).str == "200");
+        const auto anomaly = last_anomaly(f, "B-41");
+        CHECK(str(anomaly, "kind") == "refund_total_not_increased");
+        CHECK(str(anomaly["detail"], "refund_id") == "R-1");
+        CHECK(num(anomaly["detail"], "refund_fee") == 200);
+        CHECK(num(anomaly["detail"], "refunded_fen") == 500);
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-1", 200, "N-6")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        CHECK(f.anomalies_len("B-41") == 1);
+        CHECK(f.hist_len("B-41") == 3);  // paid, refunded, anomaly
         // The full refund: cumulative 1000, increment 500.
         check_result(f.apply(alipay_refund("B-41", "T-1", "R-3", 1000, "N-4")), ApplyOutcome::applied, "", "REFUNDED");
         const auto ev = last_event(f, "B-41");
         CHECK(num(ev["data"], "refund_fen") == 500);
         CHECK(num(ev["data"], "refunded_fen") == 1000);
-        CHECK(f.hist_len("B-41") == 3);
+        CHECK(f.hist_len("B-41") == 4);
         check_result(f.apply(alipay_refund("B-41", "T-1", "R-3", 1000, "N-5")), ApplyOutcome::duplicate, "",
                      "REFUNDED");
-        CHECK(f.hist_len("B-41") == 3);
-        CHECK(f.outbox_len("B-41") == 3);
+        CHECK(f.hist_len("B-41") == 4);
+        CHECK(f.outbox_len("B-41") == 4);
+        // A new named refund for the same total cannot be cumulative: flagged too.
+        check_result(f.apply(alipay_refund("B-41", "T-1", "R-4", 1000, "N-7")), ApplyOutcome::anomaly,
+                     "refund_total_not_increased", "REFUNDED");
+        // The same state without out_biz_no (the gateway's id from the total) is not news.
+        check_result(f.apply(alipay_refund("B-41", "T-1", "alipay-refund-1000", 1000, "N-8")),
+                     ApplyOutcome::duplicate, "", "REFUNDED");
+        CHECK(f.anomalies_len("B-41") == 2);
+        CHECK(num(f.bill("B-41"), "refunded_fen") == 1000);
     }
 
     TEST_CASE("refund before payment: the payment is applied first, then the refund")

@@ -499,6 +499,22 @@ TEST_CASE("amounts: a table of total_amount values")
     }
 }
 
+TEST_CASE("to_payment_event: a time that does not read is skipped for the next one, never a refusal")
+{
+    FormFields f = {{"app_id", "a"},          {"notify_id", "n"},     {"out_trade_no", "o"},
+                    {"trade_status", "TRADE_SUCCESS"}, {"trade_no", "t"}, {"total_amount", "1.00"},
+                    {"gmt_payment", "2024-13-01 00:00:00"}, {"notify_time", "2024-05-01 12:00:00"}};
+    auto ev = to_payment_event(f);
+    REQUIRE(ev.has_value());
+    CHECK(ev->kind == EventKind::payment);
+    CHECK(ev->occurred_at == "2024-05-01T04:00:00.000Z");  // notify_time, Beijing → UTC
+    CHECK(ev->paid_at.empty());                            // gmt_payment unreadable: unknown
+    f.back().second = "yesterday";
+    ev = to_payment_event(f);
+    REQUIRE(ev.has_value());
+    CHECK(ev->occurred_at.empty());  // the store then uses the time it applies it
+}
+
 TEST_CASE("to_payment_event rejects what it cannot map")
 {
     const FormFields base = {{"app_id", "a"},          {"notify_id", "n"}, {"out_trade_no", "o"},
@@ -516,9 +532,12 @@ TEST_CASE("to_payment_event rejects what it cannot map")
     CHECK_FALSE(without("total_amount").has_value());  // a payment without an amount
     CHECK_FALSE(without("trade_no").has_value());
     CHECK_FALSE(without("notify_id").has_value());
-    FormFields bad_time = base;
-    bad_time.emplace_back("gmt_payment", "2024-13-01 00:00:00");
-    CHECK_FALSE(to_payment_event(bad_time).has_value());
+    FormFields empty_refund_fee = base;  // "refund_fee=" (§1.5 step 7: empty values are sent)
+    empty_refund_fee.emplace_back("refund_fee", "");
+    const auto empty_refund = to_payment_event(empty_refund_fee);
+    REQUIRE(empty_refund.has_value());
+    CHECK(empty_refund->kind == EventKind::payment);
+    CHECK(empty_refund->total_fen == 100);
     FormFields bad_refund = base;
     bad_refund.emplace_back("refund_fee", "1.2.3");
     CHECK_FALSE(to_payment_event(bad_refund).has_value());
@@ -528,7 +547,7 @@ TEST_CASE("to_payment_event rejects what it cannot map")
     CHECK_FALSE(to_payment_event(zero_refund).has_value());
 }
 
-TEST_CASE("replies: success is exactly 'success', failure is 'fail' with 400 or 503")
+TEST_CASE("replies: success is exactly 'success', failure is 'fail' with 400, 503 or 500")
 {
     auto gw = make_gateway({app_config()});
     const Reply ok = gw->success();
@@ -542,5 +561,8 @@ TEST_CASE("replies: success is exactly 'success', failure is 'fail' with 400 or 
     CHECK(gw->failure(make_error_code(errc::store_unavailable)).status == 503);
     CHECK(gw->failure(make_error_code(errc::timeout)).status == 503);
     CHECK(gw->failure(make_error_code(errc::store_unavailable)).body == "fail");
+    CHECK(gw->failure(make_error_code(errc::unknown_account)).status == 400);
+    CHECK(gw->failure(make_error_code(errc::internal)).status == 500);  // our bug, not Alipay's input
+    CHECK(gw->failure(make_error_code(errc::internal)).body == "fail");
     CHECK(gw->name() == "alipay");
 }
