@@ -13,6 +13,7 @@
 //   P T ":anomalies"      stream  every anomaly (fields id, kind, bill_id, anomaly)
 //   P T ":updated"        zset    bill id -> updated_at (Unix ms)
 //   P T ":created"        zset    bill id -> created_at (Unix ms)
+//   P T ":replicated"     string  written before WAIT when a repeat wrote nothing (wait_replicas)
 //
 // Every key one script touches carries the same hash tag T, so the whole layout runs unchanged on
 // Redis Cluster. The shard count is fixed for the life of a deployment: changing it moves bills
@@ -102,6 +103,7 @@ public:
     std::string anomalies(int shard) const { return per_shard(shard, ":anomalies"); }
     std::string updated(int shard) const { return per_shard(shard, ":updated"); }
     std::string created(int shard) const { return per_shard(shard, ":created"); }
+    std::string replicated(int shard) const { return per_shard(shard, ":replicated"); }
 
     BillKeys for_bill(std::string_view id) const
     {

@@ -380,7 +380,7 @@ asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas()
         co_return Result<void>{};
     }
     // WAIT blocks this connection's later replies until it returns, so wait_timeout must stay
-    // well below request_timeout; it only runs after a write, never for duplicates.
+    // well below request_timeout.
     std::vector<std::string> argv{"WAIT", std::to_string(cfg_.wait_replicas),
                                   std::to_string(cfg_.wait_timeout.count())};
     Result<Reply> reply = co_await redis_.exec(std::move(argv));
@@ -397,6 +397,23 @@ asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas()
     co_return Result<void>{};
 }
 
+asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas_after_repeat(std::string_view bill_id)
+{
+    if (cfg_.wait_replicas <= 0) {
+        co_return Result<void>{};
+    }
+    // A repeat wrote nothing, but what it repeats may not have reached the replicas: its WAIT
+    // failed and the provider retried. WAIT only counts this connection's own writes, so write
+    // first, on the bill's shard: that offset covers every earlier write there.
+    std::vector<std::string> argv{"SET", keys_.replicated(keys_.shard_of(bill_id)), "1"};
+    Result<Reply> set = co_await redis_.exec(std::move(argv));
+    if (!set) {
+        co_return set.error();
+    }
+    Result<void> waited = co_await wait_for_replicas();
+    co_return waited;
+}
+
 asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
 {
     if (event.bill_id.empty()) {
@@ -409,10 +426,10 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
         }
         co_return make_error_code(errc::invalid_argument);
     }
-    std::string bill_id = event.bill_id;
+    const std::string bill_id = event.bill_id;
     std::vector<std::string> payload = event_args(std::move(event));
     std::string op = "apply";
-    Result<Reply> reply = co_await run_script(std::move(op), std::move(bill_id), std::move(payload));
+    Result<Reply> reply = co_await run_script(std::move(op), bill_id, std::move(payload));
     if (!reply) {
         co_return reply.error();
     }
@@ -425,9 +442,17 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
         co_return unexpected_reply("apply", r);
     }
     ApplyResult result{.outcome = *outcome, .anomaly = r.elements[1].str, .status = r.elements[2].str};
-    if (result.outcome == ApplyOutcome::applied || result.outcome == ApplyOutcome::anomaly ||
-        result.outcome == ApplyOutcome::orphaned) {
+    // The provider hears "success" only once the change, this call's or an earlier one's, is on
+    // the replicas. An orphan's repeat answers "orphaned" without an anomaly and wrote nothing.
+    const bool wrote = result.outcome == ApplyOutcome::applied || result.outcome == ApplyOutcome::anomaly ||
+                       (result.outcome == ApplyOutcome::orphaned && !result.anomaly.empty());
+    if (wrote) {
         Result<void> waited = co_await wait_for_replicas();
+        if (!waited) {
+            co_return waited.error();
+        }
+    } else {
+        Result<void> waited = co_await wait_for_replicas_after_repeat(bill_id);
         if (!waited) {
             co_return waited.error();
         }
@@ -467,10 +492,18 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     }
     result.bill_json = r.elements[1].str;
     result.orphans_applied = static_cast<int>(r.elements[2].integer);
-    if (result.outcome == RegisterOutcome::created) {
-        Result<void> waited = co_await wait_for_replicas();
-        if (!waited) {
-            co_return waited.error();
+    if (result.outcome != RegisterOutcome::conflict) {
+        // "identical" confirms a bill that an earlier call may have written without its WAIT.
+        if (result.outcome == RegisterOutcome::created) {
+            Result<void> waited = co_await wait_for_replicas();
+            if (!waited) {
+                co_return waited.error();
+            }
+        } else {
+            Result<void> waited = co_await wait_for_replicas_after_repeat(bill.id);
+            if (!waited) {
+                co_return waited.error();
+            }
         }
     }
     co_return result;

@@ -95,6 +95,7 @@ private:
     boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id,
                                                      std::vector<std::string> payload);
     boost::asio::awaitable<Result<void>> wait_for_replicas();
+    boost::asio::awaitable<Result<void>> wait_for_replicas_after_repeat(std::string_view bill_id);
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
 
