@@ -483,6 +483,9 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         filter.limit = *limit;
         Result<Page> page = co_await deps_.store.list_bills(std::move(filter));
         if (!page) {
+            if (page.error() == errc::invalid_argument) {  // the only argument left unchecked
+                co_return api_error(req, 400, "invalid_argument", "not a cursor returned by this API", "cursor");
+            }
             co_return store_error(req, page.error());
         }
         co_return make_response(req, 200, "application/json", page_json("bills", *page));
@@ -608,6 +611,9 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         if (!doc) {
             if (doc.error() == errc::not_found) {
                 co_return api_error(req, 404, "not_found", "no event with this id");
+            }
+            if (doc.error() == errc::invalid_argument) {  // state and limit were checked above
+                co_return api_error(req, 400, "invalid_argument", "not a cursor returned by this API", "cursor");
             }
             co_return store_error(req, doc.error());
         }

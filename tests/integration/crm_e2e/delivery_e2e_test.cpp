@@ -209,6 +209,7 @@ TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver
     CHECK(parse(r.body)["requeued"].GetInt() == 0);
     CHECK(fx.api("POST", "/v1/deliveries/recover?since=yesterday").status == 400);
     CHECK(fx.api("POST", "/v1/deliveries/recover").status == 400);
+    CHECK(fx.api("GET", "/v1/deliveries?state=dead&cursor=nonsense").status == 400);
 
     r = fx.api("POST", "/v1/deliveries/recover?since=" + before);
     REQUIRE_MESSAGE(r.status == 200, r.body);

@@ -147,6 +147,10 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
     CHECK(bob.body.find("\"id\":\"Q1\"") == std::string::npos);
     auto all = fx.api("GET", "/v1/bills?limit=1");
     CHECK(all.body.find("\"next_cursor\":\"") != std::string::npos);  // one per page, more to come
+    // A cursor this API never returned is the client's mistake, not a server error.
+    auto bad_cursor = fx.api("GET", "/v1/bills?cursor=nonsense");
+    CHECK(bad_cursor.status == 400);
+    CHECK(bad_cursor.body.find("\"field\":\"cursor\"") != std::string::npos);
 
     const std::string from = format_rfc3339(unix_ms(before));
     const std::string to = format_rfc3339(unix_ms(std::chrono::system_clock::now() + std::chrono::minutes(1)));
