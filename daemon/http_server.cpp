@@ -39,6 +39,19 @@ struct HttpServer::Session {
 
 namespace {
 
+/// One accepted connection's place in the ConnectionGate, taken by the accept loop and given back
+/// when the connection's coroutine ends, however it ends (a failed TLS handshake included).
+class GateSlot {
+public:
+    explicit GateSlot(ConnectionGate& gate) noexcept : gate_(gate) {}
+    GateSlot(const GateSlot&) = delete;
+    GateSlot& operator=(const GateSlot&) = delete;
+    ~GateSlot() { gate_.open.fetch_sub(1, std::memory_order_relaxed); }
+
+private:
+    ConnectionGate& gate_;
+};
+
 struct Instruments {
     metrics::Family<metrics::Counter>& requests =
         metrics::registry().counter("paybridge_http_requests_total", "HTTP requests by route and status code.");
@@ -222,7 +235,11 @@ awaitable<void> HttpServer::accept_loop(std::size_t index)
             co_await pause.async_wait(kUseTuple);
             continue;
         }
-        if (gate_.open.load(std::memory_order_relaxed) >= gate_.limit) {
+        // A connection holds its place from accept (a TLS handshake holds a socket too) to the end
+        // of its session; taking the place is the check, so workers racing for the last one
+        // cannot both have it.
+        if (gate_.open.fetch_add(1, std::memory_order_relaxed) >= gate_.limit) {
+            gate_.open.fetch_sub(1, std::memory_order_relaxed);
             instruments().rejected.with({}).inc();
             boost::system::error_code ignored;
             socket.close(ignored);
@@ -248,6 +265,7 @@ awaitable<void> HttpServer::accept_loop(std::size_t index)
 
 awaitable<void> HttpServer::run_plain(tcp::socket socket)
 {
+    const GateSlot slot(gate_);
     beast::tcp_stream stream(std::move(socket));
     Session session;
     session.cancel = [&stream] { stream.cancel(); };
@@ -258,6 +276,7 @@ awaitable<void> HttpServer::run_plain(tcp::socket socket)
 
 awaitable<void> HttpServer::run_tls(tcp::socket socket)
 {
+    const GateSlot slot(gate_);
     std::shared_ptr<asio::ssl::context> ctx = tls_;
     if (!ctx) {
         co_return;
@@ -281,7 +300,6 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
 {
     auto& inst = instruments();
     auto& open = inst.open.with({});
-    gate_.open.fetch_add(1, std::memory_order_relaxed);
     open.add(1);
     sessions_.push_back(&session);
     auto self_it = std::prev(sessions_.end());
@@ -358,7 +376,6 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
     }
     sessions_.erase(self_it);
     open.add(-1);
-    gate_.open.fetch_sub(1, std::memory_order_relaxed);
 }
 
 }  // namespace paybridge::daemon

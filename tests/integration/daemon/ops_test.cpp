@@ -18,6 +18,7 @@
 #include <boost/beast/ssl/ssl_stream.hpp>
 #include <doctest/doctest.h>
 #include <signal.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/un.h>
 #include <unistd.h>
@@ -271,6 +272,68 @@ TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays av
     boost::system::error_code ec;
     s2.handshake(asio::ssl::stream_base::client, ec);
     CHECK(ec);
+}
+
+TEST_CASE("tls: connections still in their TLS handshake count toward limits.max_connections")
+{
+    const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
+    const auto server = keygen::issue(ca, {.common_name = "localhost", .ip_addresses = {"127.0.0.1"}});
+    const auto tls_port = free_port();
+    DaemonOptions options;
+    options.start = false;
+    // Deadlines far longer than the test: only the cap can close a connection here.
+    options.limits_json = R"({"max_connections": 2, "read_timeout_ms": 30000, "idle_timeout_ms": 30000})";
+    DaemonFixture fx(options);
+    std::ofstream(fx.dir() / "tls.crt") << server.cert_pem;
+    std::ofstream(fx.dir() / "tls.key") << server.key.private_pem;
+    options.tls_json = "{\"listen\": \"127.0.0.1:" + std::to_string(tls_port) +
+                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"}";
+    fx.write_config(options);
+    fx.start();
+
+    namespace asio = boost::asio;
+    asio::io_context ioc;
+    // Two clients that open the HTTPS port and never send a ClientHello. The daemon sends them
+    // nothing while it waits for one; a client it turned away (the connections of the readiness
+    // checks may still hold places for a moment) sees its socket closed, and is replaced.
+    auto connect_silent = [&] {
+        asio::ip::tcp::socket s(ioc);
+        s.connect({asio::ip::make_address("127.0.0.1"), tls_port});
+        return s;
+    };
+    auto closed = [](asio::ip::tcp::socket& s) {
+        pollfd p{s.native_handle(), POLLIN | POLLRDHUP, 0};
+        return ::poll(&p, 1, 0) > 0;
+    };
+    std::vector<asio::ip::tcp::socket> silent;
+    silent.push_back(connect_silent());
+    silent.push_back(connect_silent());
+    // Once the daemon holds both, a plain HTTP client is turned away unanswered.
+    auto answered = [&] {
+        asio::ip::tcp::socket s(ioc);
+        s.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+        boost::system::error_code ec;
+        asio::write(s, asio::buffer(std::string("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")), ec);
+        char buf[64];
+        const std::size_t n = s.read_some(asio::buffer(buf), ec);
+        return n > 0;
+    };
+    bool turned_away = false;
+    for (int i = 0; i < 100 && !turned_away; ++i) {
+        for (auto& s : silent) {
+            if (closed(s)) {
+                s = connect_silent();
+            }
+        }
+        turned_away = !answered();
+        if (!turned_away) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    }
+    CHECK_MESSAGE(turned_away, http_request(fx.port(), "GET", "/metrics").body);
+    // The silent clients leave: their places are free again.
+    silent.clear();
+    CHECK(wait_for_http(fx.port(), "/healthz", 200, std::chrono::seconds(5)));
 }
 
 TEST_CASE("systemd-analyze verify accepts the unit")
