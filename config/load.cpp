@@ -309,6 +309,14 @@ private:
         duration(v, ptr, "connect_timeout_ms", out.connect_timeout);
         integer(v, ptr, "wait_replicas", out.wait_replicas);
         duration(v, ptr, "wait_timeout_ms", out.wait_timeout);
+        if (out.wait_replicas > 0 && out.wait_timeout * 2 > out.request_timeout) {
+            // WAIT holds every later reply on the worker's pipelined connection: a replica outage
+            // must not push other requests past their deadline.
+            problems_.note(child(ptr, "wait_timeout_ms"),
+                           "must be at most half of request_timeout_ms (" +
+                               std::to_string(out.request_timeout.count()) +
+                               ") while wait_replicas > 0: WAIT holds the connection's other replies");
+        }
     }
 
     void parse_api_tokens(const Value& list, const std::string& ptr, std::vector<ApiToken>& out)

@@ -227,6 +227,21 @@ TEST_CASE("reload: SIGHUP with a rotated Alipay key under load — an invalid re
     CHECK(fx.process().running());
 }
 
+TEST_CASE("reload: settings the workers read once at start are named in a note")
+{
+    DaemonFixture fx;
+    DaemonOptions changed;
+    changed.limits_json = R"({"read_timeout_ms": 3000, "idle_timeout_ms": 5000, "shutdown_grace_ms": 5000})";
+    changed.redis_extra = ", \"wait_timeout_ms\": 400";
+    fx.write_config(changed);
+    fx.process().signal(SIGHUP);
+    REQUIRE(wait_for_log(fx, "daemon.reloaded", std::chrono::seconds(10)));
+    const std::string log = fx.log();
+    CHECK(log.find("limits changed: takes effect after a restart") != std::string::npos);
+    CHECK(log.find("redis changed: takes effect after a restart") != std::string::npos);
+    CHECK(fx.process().running());
+}
+
 TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays available")
 {
     const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});

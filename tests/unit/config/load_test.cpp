@@ -265,7 +265,7 @@ TEST_CASE("config: given values override the defaults")
       "limits": { "max_header_bytes": 4096, "max_body_bytes": 1000, "read_timeout_ms": 1, "idle_timeout_ms": 2,
                   "write_timeout_ms": 3, "shutdown_grace_ms": 4, "max_connections": 5 },
       "redis": { "url": "redis://paybridge@redis.internal:6380/3", "key_prefix": "x:", "shards": 4,
-                 "request_timeout_ms": 6, "connect_timeout_ms": 7, "wait_replicas": 1, "wait_timeout_ms": 8 },
+                 "request_timeout_ms": 16, "connect_timeout_ms": 7, "wait_replicas": 1, "wait_timeout_ms": 8 },
       "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1",
                                       "apiv3_key": "env:V3", "platform_certificates": ["platform.pem"] } ] },
       "crm": { "url": "https://crm.example.com/hook", "secret": "env:CRM", "ca_file": "ca/bundle.pem",
@@ -297,7 +297,7 @@ TEST_CASE("config: given values override the defaults")
     CHECK(cfg.redis.db == 3);
     CHECK(cfg.redis.key_prefix == "x:");
     CHECK(cfg.redis.shards == 4);
-    CHECK(cfg.redis.request_timeout == 6ms);
+    CHECK(cfg.redis.request_timeout == 16ms);
     CHECK(cfg.redis.connect_timeout == 7ms);
     CHECK(cfg.redis.wait_replicas == 1);
     CHECK(cfg.redis.wait_timeout == 8ms);
@@ -338,6 +338,22 @@ TEST_CASE("config: an unknown key anywhere is an error naming its pointer")
                                "/log/format: unknown property",
                                "/a~1b~0c: unknown property",
                            });
+}
+
+TEST_CASE("config: wait_timeout_ms is at most half of request_timeout_ms when wait_replicas is set")
+{
+    MinimalFixture f;
+    const LoadReport report = load(f.box, R"({
+      "redis": { "request_timeout_ms": 2000, "wait_replicas": 1, "wait_timeout_ms": 1001 }
+    })");
+    check_problems(report, {"/redis/wait_timeout_ms: must be at most half of request_timeout_ms (2000) while "
+                            "wait_replicas > 0: WAIT holds the connection's other replies"});
+    // Without replicas to wait for, the timeout is not used.
+    const LoadReport unused = load(f.box, R"({
+      "redis": { "request_timeout_ms": 2000, "wait_replicas": 0, "wait_timeout_ms": 5000 }
+    })");
+    INFO(dump(unused.problems));
+    CHECK(unused.problems.empty());
 }
 
 TEST_CASE("config: every problem is reported in one pass")
