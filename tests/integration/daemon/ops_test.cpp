@@ -33,6 +33,22 @@ namespace alipay = paybridge::gateways::alipay;
 
 namespace {
 
+/// Starts `fx` (constructed with options.start = false) with an HTTPS listener on a free port, its
+/// certificate (localhost, 127.0.0.1) issued by `ca`; returns the HTTPS port.
+std::uint16_t start_with_tls(DaemonFixture& fx, DaemonOptions options, const keygen::Certificate& ca)
+{
+    const auto server = keygen::issue(ca, {.common_name = "localhost", .dns_names = {"localhost"},
+                                           .ip_addresses = {"127.0.0.1"}});
+    const auto tls_port = free_port();
+    std::ofstream(fx.dir() / "tls.crt") << server.cert_pem;
+    std::ofstream(fx.dir() / "tls.key") << server.key.private_pem;
+    options.tls_json = "{\"listen\": \"127.0.0.1:" + std::to_string(tls_port) +
+                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"}";
+    fx.write_config(options);
+    fx.start();
+    return tls_port;
+}
+
 std::string alipay_paid(DaemonFixture& fx, const std::string& private_pem, const std::string& bill, std::int64_t fen)
 {
     auto key = *crypto::load_private_key(private_pem);
@@ -245,18 +261,10 @@ TEST_CASE("reload: settings the workers read once at start are named in a note")
 TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays available")
 {
     const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
-    const auto server = keygen::issue(ca, {.common_name = "localhost", .dns_names = {"localhost"},
-                                           .ip_addresses = {"127.0.0.1"}});
-    const auto tls_port = free_port();
     DaemonOptions options;
     options.start = false;
     DaemonFixture fx(options);
-    std::ofstream(fx.dir() / "tls.crt") << server.cert_pem;
-    std::ofstream(fx.dir() / "tls.key") << server.key.private_pem;
-    options.tls_json = "{\"listen\": \"127.0.0.1:" + std::to_string(tls_port) +
-                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"}";
-    fx.write_config(options);
-    fx.start();
+    const std::uint16_t tls_port = start_with_tls(fx, options, ca);
 
     namespace asio = boost::asio;
     namespace beast = boost::beast;
@@ -292,19 +300,12 @@ TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays av
 TEST_CASE("tls: connections still in their TLS handshake count toward limits.max_connections")
 {
     const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
-    const auto server = keygen::issue(ca, {.common_name = "localhost", .ip_addresses = {"127.0.0.1"}});
-    const auto tls_port = free_port();
     DaemonOptions options;
     options.start = false;
     // Deadlines far longer than the test: only the cap can close a connection here.
     options.limits_json = R"({"max_connections": 2, "read_timeout_ms": 30000, "idle_timeout_ms": 30000})";
     DaemonFixture fx(options);
-    std::ofstream(fx.dir() / "tls.crt") << server.cert_pem;
-    std::ofstream(fx.dir() / "tls.key") << server.key.private_pem;
-    options.tls_json = "{\"listen\": \"127.0.0.1:" + std::to_string(tls_port) +
-                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"}";
-    fx.write_config(options);
-    fx.start();
+    const std::uint16_t tls_port = start_with_tls(fx, options, ca);
 
     namespace asio = boost::asio;
     asio::io_context ioc;
