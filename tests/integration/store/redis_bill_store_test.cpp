@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -419,6 +420,45 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(retry.error() == paybridge::make_error_code(errc::store_unavailable));
         CHECK(f.outbox_len("W-1") == 1);
         CHECK(f.integer({"EXISTS", f.store->keys().replicated(f.store->keys().shard_of("W-1"))}) == 1);
+    }
+
+    TEST_CASE("wait_replicas with a real replica: a change and its repeats are acknowledged while it has them")
+    {
+        StoreFixture f([](paybridge::config::RedisConfig& c) {
+            c.wait_replicas = 1;
+            c.wait_timeout = std::chrono::milliseconds(300);
+        });
+        REQUIRE(f.wait_ready());
+        f.cmd({"CONFIG", "SET", "repl-diskless-sync-delay", "0"});  // Redis 7 waits 5 s for more replicas
+        paybridge::test::RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(f.server.port())});
+        bool online = false;
+        for (int i = 0; i < 400 && !online; ++i) {
+            online = f.cmd({"INFO", "replication"}).str.find("state=online") != std::string::npos;
+            if (!online) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(25));
+            }
+        }
+        REQUIRE(online);
+
+        const auto reg = f.run(f.store->register_bill(new_bill("W-3")));
+        REQUIRE(reg.has_value());
+        CHECK(reg->outcome == RegisterOutcome::created);
+        const auto paid = f.run(f.store->apply(payment("W-3", "alipay", 1000, "N-1")));
+        REQUIRE(paid.has_value());
+        CHECK(paid->outcome == ApplyOutcome::applied);
+        // A repeat writes the shard's marker and waits for it: acknowledged, nothing written twice.
+        const auto repeat = f.run(f.store->apply(payment("W-3", "alipay", 1000, "N-1")));
+        REQUIRE(repeat.has_value());
+        CHECK(repeat->outcome == ApplyOutcome::duplicate);
+        CHECK(f.outbox_len("W-3") == 1);
+        const auto again = f.run(f.store->register_bill(new_bill("W-3")));
+        REQUIRE(again.has_value());
+        CHECK(again->outcome == RegisterOutcome::identical);
+
+        // Without the replica, the same repeat is not acknowledged: it did wait.
+        replica.stop();
+        const auto alone = f.run(f.store->apply(payment("W-3", "alipay", 1000, "N-1")));
+        CHECK(alone.error() == paybridge::make_error_code(errc::store_unavailable));
     }
 
     TEST_CASE("wait_replicas = 0 sends no WAIT")
