@@ -426,7 +426,8 @@ TEST_SUITE("integration/store/redis_bill_store")
     {
         StoreFixture f([](paybridge::config::RedisConfig& c) {
             c.wait_replicas = 1;
-            c.wait_timeout = std::chrono::milliseconds(300);
+            c.wait_timeout = std::chrono::milliseconds(2000);  // a loaded CI machine acks slowly
+            c.request_timeout = std::chrono::milliseconds(5000);
         });
         REQUIRE(f.wait_ready());
         f.cmd({"CONFIG", "SET", "repl-diskless-sync-delay", "0"});  // Redis 7 waits 5 s for more replicas
@@ -439,6 +440,10 @@ TEST_SUITE("integration/store/redis_bill_store")
             }
         }
         REQUIRE(online);
+        // "online" is the primary's view once the snapshot is sent; wait until the replica has
+        // loaded it and acknowledges writes.
+        f.cmd({"SET", "warm-up", "1"});
+        REQUIRE(f.integer({"WAIT", "1", "10000"}) == 1);
 
         const auto reg = f.run(f.store->register_bill(new_bill("W-3")));
         REQUIRE(reg.has_value());
