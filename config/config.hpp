@@ -33,6 +33,8 @@ struct HttpLimits {
     std::chrono::milliseconds write_timeout{10'000};
     std::chrono::milliseconds shutdown_grace{10'000};
     std::size_t max_connections{20'000};              ///< per process
+
+    bool operator==(const HttpLimits&) const = default;
 };
 
 struct RedisConfig {
@@ -47,6 +49,8 @@ struct RedisConfig {
     std::chrono::milliseconds connect_timeout{2'000};
     int wait_replicas{0};  ///< WAIT for this many replicas before acknowledging a provider
     std::chrono::milliseconds wait_timeout{1'000};
+
+    bool operator==(const RedisConfig&) const = default;
 };
 
 struct ApiToken {

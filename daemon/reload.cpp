@@ -33,20 +33,13 @@ ReloadResult reload_runtime(const config::Config& running)
     if (next.listen.host != running.listen.host || next.listen.port != running.listen.port) {
         r.notes.push_back("listen changed: takes effect after a restart");
     }
-    const config::RedisConfig& a = running.redis;
-    const config::RedisConfig& b = next.redis;
-    if (a.host != b.host || a.port != b.port || a.db != b.db || a.username != b.username ||
-        a.password != b.password || a.key_prefix != b.key_prefix || a.shards != b.shards ||
-        a.request_timeout != b.request_timeout || a.connect_timeout != b.connect_timeout ||
-        a.wait_replicas != b.wait_replicas || a.wait_timeout != b.wait_timeout) {
-        // Each worker's connection keeps the settings it started with (a rotated password too).
+    if (next.redis != running.redis) {
+        // Each worker's connection keeps every setting it started with (a rotated password too).
         r.notes.push_back("redis changed: takes effect after a restart");
     }
-    const config::HttpLimits& la = running.limits;
-    const config::HttpLimits& lb = next.limits;
-    if (la.max_header_bytes != lb.max_header_bytes || la.max_body_bytes != lb.max_body_bytes ||
-        la.read_timeout != lb.read_timeout || la.idle_timeout != lb.idle_timeout ||
-        la.write_timeout != lb.write_timeout || la.max_connections != lb.max_connections) {
+    config::HttpLimits limits = next.limits;
+    limits.shutdown_grace = running.limits.shutdown_grace;  // read at stop time: applies at once
+    if (limits != running.limits) {
         r.notes.push_back("limits changed: takes effect after a restart (shutdown_grace_ms at once)");
     }
     if (next.workers != running.workers) {

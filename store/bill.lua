@@ -467,8 +467,8 @@ local function apply_refund(b, ev)
             -- (PROTOCOLS.md §1.4, a disagreement): then a refund went uncounted. For a refund
             -- that names itself (out_biz_no, not the id the gateway makes up from the total) the
             -- two cannot be told apart here, so someone must look: an anomaly, once per refund.
-            if string.sub(refund_id, 1, #SYNTHETIC_ALIPAY_REFUND) ~= SYNTHETIC_ALIPAY_REFUND
-                and string.sub(refund_id, 1, 6) ~= 'total:' then
+            if ev.refund_id ~= ''
+                and string.sub(ev.refund_id, 1, #SYNTHETIC_ALIPAY_REFUND) ~= SYNTHETIC_ALIPAY_REFUND then
                 return bill_anomaly(b, ev, 'refund_total_not_increased', {
                     {'refund_id', jstr(refund_id)},
                     {'refund_fee', jint(ev.refund_fen)},

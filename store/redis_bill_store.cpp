@@ -397,18 +397,20 @@ asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas()
     co_return Result<void>{};
 }
 
-asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas_after_repeat(std::string_view bill_id)
+asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id, bool wrote)
 {
     if (cfg_.wait_replicas <= 0) {
         co_return Result<void>{};
     }
-    // A repeat wrote nothing, but what it repeats may not have reached the replicas: its WAIT
-    // failed and the provider retried. WAIT only counts this connection's own writes, so write
-    // first, on the bill's shard: that offset covers every earlier write there.
-    std::vector<std::string> argv{"SET", keys_.replicated(keys_.shard_of(bill_id)), "1"};
-    Result<Reply> set = co_await redis_.exec(std::move(argv));
-    if (!set) {
-        co_return set.error();
+    if (!wrote) {
+        // A repeat wrote nothing, but what it repeats may not have reached the replicas: its WAIT
+        // failed and the provider retried. WAIT only counts this connection's own writes, so write
+        // first, on the bill's shard: that offset covers every earlier write there.
+        std::vector<std::string> argv{"SET", keys_.replicated(keys_.shard_of(bill_id)), "1"};
+        Result<Reply> set = co_await redis_.exec(std::move(argv));
+        if (!set) {
+            co_return set.error();
+        }
     }
     Result<void> waited = co_await wait_for_replicas();
     co_return waited;
@@ -446,16 +448,9 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     // the replicas. An orphan's repeat answers "orphaned" without an anomaly and wrote nothing.
     const bool wrote = result.outcome == ApplyOutcome::applied || result.outcome == ApplyOutcome::anomaly ||
                        (result.outcome == ApplyOutcome::orphaned && !result.anomaly.empty());
-    if (wrote) {
-        Result<void> waited = co_await wait_for_replicas();
-        if (!waited) {
-            co_return waited.error();
-        }
-    } else {
-        Result<void> waited = co_await wait_for_replicas_after_repeat(bill_id);
-        if (!waited) {
-            co_return waited.error();
-        }
+    Result<void> waited = co_await confirm_replicated(bill_id, wrote);
+    if (!waited) {
+        co_return waited.error();
     }
     co_return result;
 }
@@ -494,16 +489,9 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     result.orphans_applied = static_cast<int>(r.elements[2].integer);
     if (result.outcome != RegisterOutcome::conflict) {
         // "identical" confirms a bill that an earlier call may have written without its WAIT.
-        if (result.outcome == RegisterOutcome::created) {
-            Result<void> waited = co_await wait_for_replicas();
-            if (!waited) {
-                co_return waited.error();
-            }
-        } else {
-            Result<void> waited = co_await wait_for_replicas_after_repeat(bill.id);
-            if (!waited) {
-                co_return waited.error();
-            }
+        Result<void> waited = co_await confirm_replicated(bill.id, result.outcome == RegisterOutcome::created);
+        if (!waited) {
+            co_return waited.error();
         }
     }
     co_return result;

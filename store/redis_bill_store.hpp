@@ -95,7 +95,8 @@ private:
     boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id,
                                                      std::vector<std::string> payload);
     boost::asio::awaitable<Result<void>> wait_for_replicas();
-    boost::asio::awaitable<Result<void>> wait_for_replicas_after_repeat(std::string_view bill_id);
+    /// With wait_replicas: WAIT for the replicas; `wrote` false (a repeat) writes a marker first.
+    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id, bool wrote);
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
 
