@@ -19,10 +19,12 @@
 
 #include <openssl/rand.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <type_traits>
 
 namespace paybridge::daemon {
 
@@ -138,6 +140,37 @@ template <class Stream>
 beast::tcp_stream& lowest(Stream& s)
 {
     return beast::get_lowest_layer(s);
+}
+
+/// How long an error answer to a request that was not read to its end waits for the client to
+/// stop sending (at most; and never longer than the read deadline).
+constexpr std::chrono::seconds kLingerMax{2};
+
+/// Headroom of the request buffer beyond the header limit: one read's worth (Beast reads up to
+/// 64 KiB at a time).
+constexpr std::size_t kReadChunk = 64 * 1024;
+
+/// Lingering close (as nginx does it): after an error answer to a request that was not read to its
+/// end, the client may still be sending. Closing a socket with unread bytes makes the kernel send a
+/// reset, which can destroy the answer before the client has read it (a client that writes its
+/// whole body before reading sees "connection reset" instead of 413). So: no more sending, then
+/// read and discard what still comes, into a small fixed buffer, until the client closes or the
+/// time is up.
+template <class Stream>
+awaitable<void> linger(Stream& stream, std::chrono::steady_clock::duration at_most)
+{
+    if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+        boost::system::error_code ignored;
+        stream.socket().shutdown(tcp::socket::shutdown_send, ignored);
+    }
+    lowest(stream).expires_after(at_most);
+    std::array<char, 2048> sink{};
+    for (;;) {
+        auto [ec, n] = co_await stream.async_read_some(asio::buffer(sink), kUseTuple);
+        if (ec) {
+            break;
+        }
+    }
 }
 
 webhooks::Response plain_error(unsigned status, std::string_view text)
@@ -299,12 +332,32 @@ template <class Stream>
 awaitable<void> HttpServer::serve(Stream& stream, Session& session)
 {
     auto& inst = instruments();
-    auto& open = inst.open.with({});
-    open.add(1);
-    sessions_.push_back(&session);
-    auto self_it = std::prev(sessions_.end());
+    // Listed (for stop() and abort()) and counted for exactly as long as this coroutine runs,
+    // however it ends: an exception must not leave a dangling Session* behind.
+    struct Registration {
+        std::list<Session*>& list;
+        std::list<Session*>::iterator self;
+        metrics::Gauge& open;
+        Registration(std::list<Session*>& l, Session* s, metrics::Gauge& g)
+            : list(l), self(l.insert(l.end(), s)), open(g)
+        {
+            open.add(1);
+        }
+        Registration(const Registration&) = delete;
+        Registration& operator=(const Registration&) = delete;
+        ~Registration()
+        {
+            list.erase(self);
+            open.add(-1);
+        }
+    };
+    const Registration registration(sessions_, &session, inst.open.with({}));
 
-    beast::flat_buffer buffer;
+    // Bounded: the parser caps the header and the declared body, but not a chunk-size line's
+    // extensions or a chunked trailer, which it keeps buffering until their line ends. Body bytes
+    // leave the buffer as they are parsed, so a request never needs more than its header plus one
+    // read's worth here; beyond that the read fails (buffer_overflow, answered 400).
+    beast::flat_buffer buffer(limits_.max_header_bytes + kReadChunk);
     std::array<char, 512> first{};
     while (!stopping_) {
         // Wait for the first bytes of the next request under the idle deadline; only then start
@@ -343,7 +396,10 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
                 reply->set("X-Request-Id", new_request_id());
                 inst.requests.with({{"route", "other"}, {"code", std::to_string(reply->result_int())}}).inc();
                 lowest(stream).expires_after(limits_.write_timeout);
-                co_await http::async_write(stream, *reply, kUseTuple);
+                auto [wec, wn] = co_await http::async_write(stream, *reply, kUseTuple);
+                if (!wec) {
+                    co_await linger(stream, std::min<std::chrono::steady_clock::duration>(limits_.read_timeout, kLingerMax));
+                }
             }
             break;
         }
@@ -374,8 +430,6 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
             break;
         }
     }
-    sessions_.erase(self_it);
-    open.add(-1);
 }
 
 }  // namespace paybridge::daemon

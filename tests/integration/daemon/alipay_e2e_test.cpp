@@ -296,6 +296,31 @@ TEST_CASE("alipay: Redis down → 503 fail and /readyz 503 — back up → the s
     CHECK(status_of(fx, "B5001") == "PAID");
 }
 
+TEST_CASE("http: a chunk-size line that never ends is refused, not buffered — a refused upload still reads its answer")
+{
+    DaemonFixture fx;
+    // The parser limits the header and the declared body, but keeps buffering a chunk-size line
+    // (its extensions) until the line ends: 300 KB of one is refused once the request buffer
+    // (header limit + 64 KiB) is full, long before the 2 s read deadline would end it silently.
+    HttpClient chunked(fx.port());
+    const std::string endless = chunked.raw(
+        "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1;" + std::string(300 * 1024, 'a'),
+        std::chrono::seconds(5));
+    CHECK(endless.rfind("HTTP/1.1 400 Bad Request\r\n", 0) == 0);
+    // A 4 MiB upload refused by its Content-Length: the server answers 413 at the header, then
+    // reads and discards the rest before closing, so the client's write completes and the answer
+    // is not destroyed by a reset (without that, this client's write fails and it reads nothing).
+    HttpClient upload(fx.port());
+    const std::string big = upload.raw("POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Length: 4194304\r\n"
+                                       "Content-Type: application/x-www-form-urlencoded\r\n\r\n" +
+                                           std::string(4 * 1024 * 1024, 'a'),
+                                       std::chrono::seconds(5));
+    CHECK(big.rfind("HTTP/1.1 413 Payload Too Large\r\n", 0) == 0);
+    // The server is unharmed.
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
+    CHECK(fx.stop() == 0);
+}
+
 TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
 {
     DaemonFixture fx;
