@@ -223,6 +223,25 @@ private:
         }
     }
 
+    /// A file of PEM certificates to trust (the CRM's CA): stored absolute, and checked now to
+    /// hold at least one certificate OpenSSL can read, as the CRM client will need at its start.
+    void ca_bundle(const Value& obj, const std::string& ptr, const char* key, std::string& out)
+    {
+        const Value* v = string_at(obj, ptr, key);
+        if (v == nullptr) {
+            return;
+        }
+        std::optional<std::string> content = file_content(*v, child(ptr, key));
+        if (!content) {
+            return;
+        }
+        if (detail::count_pem_certificates(*content) == 0) {
+            problems_.note(child(ptr, key), shown_path(*v) + " holds no PEM certificate");
+            return;
+        }
+        out = resolve(*v).string();
+    }
+
     std::optional<std::string> secret(const Value& v, const std::string& ptr)
     {
         SecretLookup found = secrets_.resolve(str(v), base_dir_);
@@ -489,7 +508,7 @@ private:
                 }
             }
         }
-        readable_path(v, ptr, "ca_file", out.ca_file);
+        ca_bundle(v, ptr, "ca_file", out.ca_file);
         duration(v, ptr, "timeout_ms", out.timeout);
         integer(v, ptr, "concurrency", out.concurrency);
         if (const Value* schedule = array_at(v, ptr, "retry_schedule_s")) {
@@ -504,6 +523,12 @@ private:
             }
         }
         duration(v, ptr, "lease_s", out.lease);
+        if (out.lease <= out.timeout) {
+            problems_.note(child(ptr, "lease_s"), "must be longer than timeout_ms (" +
+                                                      std::to_string(out.timeout.count()) +
+                                                      " ms): an attempt that outlives its lease is taken over "
+                                                      "and sent again by another instance");
+        }
     }
 
     const SecretSource& secrets_;

@@ -4,6 +4,11 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+
 #include <cerrno>
 #include <cstring>
 
@@ -67,6 +72,22 @@ FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
     }
     out.content = std::move(content);
     return out;
+}
+
+std::size_t count_pem_certificates(std::string_view pem)
+{
+    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
+    if (bio == nullptr) {
+        return 0;
+    }
+    std::size_t n = 0;
+    while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
+        ++n;
+        X509_free(cert);
+    }
+    ERR_clear_error();  // the read that ends the loop leaves "no start line" on the queue
+    BIO_free(bio);
+    return n;
 }
 
 }  // namespace paybridge::config::detail

@@ -6,6 +6,7 @@
 #include <filesystem>
 #include <optional>
 #include <string>
+#include <string_view>
 
 namespace paybridge::config::detail {
 
@@ -18,5 +19,9 @@ struct FileContent {
 /// Reads `path` completely. Fails (without reading further) when the file is larger than
 /// `max_bytes`, is a directory, or cannot be opened or read. Blocking; for start-up only.
 FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes);
+
+/// How many X.509 certificates OpenSSL reads from PEM text (other PEM blocks are skipped), as it
+/// does when it loads a CA file to verify peers with.
+std::size_t count_pem_certificates(std::string_view pem);
 
 }  // namespace paybridge::config::detail

@@ -257,7 +257,8 @@ TEST_CASE("config: given values override the defaults")
     MinimalFixture f;
     f.box.write("tls/server.crt", "cert");
     f.box.write("tls/server.key", "key");
-    f.box.write("ca/bundle.pem", "ca");
+    // A bundle as operators write them: a comment, then the certificate.
+    f.box.write("ca/bundle.pem", "# the CRM's private CA\n" + keygen::make_ca({.common_name = "CRM CA"}).cert_pem);
     const std::string secret = webhook_secret();
     const LoadReport report = load(f.box, R"({
       "listen": "[::1]:9443", "workers": 3,
@@ -474,6 +475,7 @@ TEST_CASE("config: missing and unreadable files")
     MinimalFixture f;
     f.box.write("empty.pem", "");
     f.box.write("tls/server.crt", "cert");
+    f.box.write("not-a-ca.pem", "-----BEGIN CERTIFICATE-----\nbm90IGEgY2VydA==\n-----END CERTIFICATE-----\n");
     const LoadReport report = load(f.box, R"({
       "tls": { "listen": "127.0.0.1:8443", "cert_file": "tls/server.crt", "key_file": "tls/missing.key" },
       "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1", "apiv3_key": "env:V3",
@@ -482,6 +484,18 @@ TEST_CASE("config: missing and unreadable files")
       "crm": { "url": "https://crm.example.com/hook", "secret": "file:secrets/crm", "ca_file": "/nonexistent/ca.pem" }
     })",
                                      f.env());
+    // A CA file that exists but holds no certificate, and a lease no longer than one attempt: both
+    // would be refused by the CRM dispatcher at its start, after --check and a reload had said yes.
+    const LoadReport crm = load(f.box, R"({
+      "crm": { "url": "https://crm.example.com/hook", "secret": "env:CRM", "ca_file": "not-a-ca.pem",
+               "timeout_ms": 60000, "lease_s": 60 }
+    })",
+                                {{"V3", f.apiv3}, {"CRM", webhook_secret()}});
+    check_problems(crm, {
+                            "/crm/ca_file: not-a-ca.pem holds no PEM certificate",
+                            "/crm/lease_s: must be longer than timeout_ms (60000 ms): an attempt that outlives "
+                            "its lease is taken over and sent again by another instance",
+                        });
     check_problems(report, {
                                "/tls/key_file: cannot read tls/missing.key: No such file or directory",
                                "/wechatpay/merchants/0/public_key_file: empty.pem is empty",
