@@ -148,6 +148,7 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
     bool stopping_{false};
+    bool announced_ready_{false};  ///< READY=1 sent (by wait_ready): reloads may say RELOADING=1
     const std::int64_t started_ms_ = steady_ms();
 };
 
@@ -247,10 +248,17 @@ awaitable<void> App::Impl::control()
     asio::co_spawn(control_, wait_ready(), asio::detached);
     asio::co_spawn(control_, heartbeat(), asio::detached);
 
-    while (!stopping_) {
+    // The set stays installed until the process ends (control_ is stopped with this coroutine still
+    // waiting): once it is gone, a signal takes its default action, and a second SIGTERM or a
+    // logrotate SIGHUP during the drain would kill the process mid-request.
+    for (;;) {
         auto [ec, sig] = co_await signals.async_wait(kUseTuple);
         if (ec) {
             break;
+        }
+        if (stopping_) {
+            log::info("daemon.signal_ignored", {{"signal", sig}, {"reason", "stopping"}});
+            continue;
         }
         if (sig == SIGHUP) {
             reload();
@@ -272,6 +280,7 @@ awaitable<void> App::Impl::wait_ready()
         }
         if (all) {
             systemd::notify_ready();
+            announced_ready_ = true;
             log::info("daemon.ready", {});
             co_return;
         }
@@ -306,14 +315,21 @@ awaitable<void> App::Impl::heartbeat()
 
 void App::Impl::reload()
 {
-    systemd::notify_reloading();
+    // Before READY=1 (Redis not up yet) a reload is applied quietly: READY=1 here would tell
+    // systemd the service is ready while it is not; wait_ready() still sends it when it is.
+    const bool announce = announced_ready_;
+    if (announce) {
+        systemd::notify_reloading();
+    }
     ReloadResult r = reload_runtime(*cfg_);
     if (!r.runtime) {
         for (const auto& p : r.problems) {
             log::error("daemon.reload_refused", {{"problem", p}});
         }
         log::error("daemon.reload_failed", {{"problems", r.problems.size()}, {"kept", "previous configuration"}});
-        systemd::notify_ready();
+        if (announce) {
+            systemd::notify_ready();
+        }
         return;
     }
     for (const auto& note : r.notes) {
@@ -339,7 +355,9 @@ void App::Impl::reload()
         });
     }
     log::info("daemon.reloaded", {{"config", cfg_->path}});
-    systemd::notify_ready();
+    if (announce) {
+        systemd::notify_ready();
+    }
 }
 
 void App::Impl::begin_stop()
@@ -353,6 +371,8 @@ void App::Impl::begin_stop()
         Worker* wp = w.get();
         asio::post(wp->ioc, [wp] { wp->server.stop(); });
     }
+    // Deliveries in flight finish (or fail and are kept for a retry) during the same grace period.
+    crm_->request_stop();
     asio::co_spawn(control_, finish_stop(), asio::detached);
 }
 
@@ -365,9 +385,11 @@ awaitable<void> App::Impl::finish_stop()
         t.expires_after(20ms);
         co_await t.async_wait(kUseTuple);
     }
-    crm_->stop();  // in-flight deliveries finish (each bounded by crm.timeout) and are recorded
     // Whatever is still running after the grace period is cut off; then every loop runs out of
     // work by itself (Redis stopped, sessions closed), so all coroutine frames unwind normally.
+    // The CRM thread gets the same last 5 s: a delivery still waiting on the CRM then is cut off
+    // unrecorded, and sent again (same webhook-id) once its lease runs out: so the whole stop stays
+    // within grace + 5 s, whatever crm.timeout is (systemd's TimeoutStopSec must not be reached).
     for (auto& w : workers_) {
         Worker* wp = w.get();
         asio::post(wp->ioc, [wp] {
@@ -377,7 +399,7 @@ awaitable<void> App::Impl::finish_stop()
     }
     const auto hard_deadline = std::chrono::steady_clock::now() + 5s;
     for (;;) {
-        bool all_done = true;
+        bool all_done = crm_->stopped();
         for (auto& w : workers_) {
             all_done = all_done && w->done.load();
         }
@@ -385,10 +407,11 @@ awaitable<void> App::Impl::finish_stop()
             break;
         }
         if (std::chrono::steady_clock::now() > hard_deadline) {
-            log::error("daemon.forced_stop", {});
+            log::error("daemon.forced_stop", {{"crm_stopped", crm_->stopped()}});
             for (auto& w : workers_) {
                 w->ioc.stop();
             }
+            crm_->abort();
             break;
         }
         t.expires_after(20ms);

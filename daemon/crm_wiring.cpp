@@ -124,28 +124,39 @@ void CrmRunner::start()
         } catch (const std::exception& e) {
             log::error("crm.runner_failed", {{"what", e.what()}});
         }
+        stopped_.store(true);
     });
 }
 
 void CrmRunner::update(const config::Config& cfg)
 {
-    {
-        std::lock_guard lock(mutex_);
-        crm_ = cfg.crm;
-        ++generation_;
-    }
-    asio::post(ioc_, [this] {
+    asio::post(ioc_, [this, next = cfg.crm] {
+        // Settings the dispatcher refuses would leave no delivery at all: the running dispatcher
+        // stays. (The loader checks what it can, so this is the last word, not the usual one.)
+        if (!next.url.empty()) {
+            auto trial = crm::Dispatcher::create(ioc_.get_executor(), redis_,
+                                                 crm::DispatcherOptions::from_config(redis_, next));
+            if (!trial) {
+                log::error("crm.reload_refused",
+                           {{"error", error_name(trial.error())}, {"kept", "the running delivery settings"}});
+                return;
+            }
+        }
+        {
+            std::lock_guard lock(mutex_);
+            crm_ = next;
+        }
         if (current_ != nullptr) {
-            current_->stop();  // loop() starts the next generation with the new settings
+            current_->stop();  // loop() starts the next dispatcher with the new settings
         }
     });
 }
 
-void CrmRunner::stop()
+void CrmRunner::request_stop()
 {
     {
         std::lock_guard lock(mutex_);
-        if (stopping_ && !thread_.joinable()) {
+        if (stopping_) {
             return;
         }
         stopping_ = true;
@@ -154,7 +165,15 @@ void CrmRunner::stop()
         if (current_ != nullptr) {
             current_->stop();
         }
+        pause_.cancel();
     });
+}
+
+void CrmRunner::abort() { ioc_.stop(); }
+
+void CrmRunner::stop()
+{
+    request_stop();
     if (thread_.joinable()) {
         thread_.join();
     }
@@ -162,7 +181,7 @@ void CrmRunner::stop()
 
 awaitable<void> CrmRunner::loop()
 {
-    asio::steady_timer pause(ioc_);
+    asio::steady_timer& pause = pause_;
     for (;;) {
         config::CrmConfig crm;
         {
@@ -186,23 +205,36 @@ awaitable<void> CrmRunner::loop()
             continue;
         }
         std::unique_ptr<crm::Dispatcher> dispatcher = std::move(*created);
-        current_ = dispatcher.get();
+        // The metrics read the live dispatcher's counters until it ends, however it ends (abort()
+        // destroys this frame while run() is still suspended): then its counts join the totals.
+        struct Live {
+            CrmRunner& runner;
+            crm::Dispatcher& dispatcher;
+            Live(CrmRunner& r, crm::Dispatcher& d) : runner(r), dispatcher(d)
+            {
+                runner.current_ = &dispatcher;
+                std::lock_guard lock(totals().mutex);
+                totals().live = &dispatcher.stats();
+            }
+            Live(const Live&) = delete;
+            Live& operator=(const Live&) = delete;
+            ~Live()
+            {
+                runner.current_ = nullptr;
+                Totals& t = totals();
+                std::lock_guard lock(t.mutex);
+                const auto& s = dispatcher.stats();
+                t.delivered += s.delivered.load();
+                t.failed += s.failed_attempts.load();
+                t.dead_letters += s.dead_letters.load();
+                t.reclaimed += s.reclaimed.load();
+                t.live = nullptr;
+            }
+        };
         {
-            std::lock_guard lock(totals().mutex);
-            totals().live = &dispatcher->stats();
-        }
-        log::info("crm.dispatcher_started", {{"consumer", dispatcher->consumer()}});
-        co_await dispatcher->run();
-        current_ = nullptr;
-        {
-            Totals& t = totals();
-            std::lock_guard lock(t.mutex);
-            const auto& s = dispatcher->stats();
-            t.delivered += s.delivered.load();
-            t.failed += s.failed_attempts.load();
-            t.dead_letters += s.dead_letters.load();
-            t.reclaimed += s.reclaimed.load();
-            t.live = nullptr;
+            const Live live(*this, *dispatcher);
+            log::info("crm.dispatcher_started", {{"consumer", dispatcher->consumer()}});
+            co_await dispatcher->run();
         }
         log::info("crm.dispatcher_stopped", {{"consumer", dispatcher->consumer()}});
     }

@@ -5,7 +5,9 @@
 
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -39,7 +41,8 @@ private:
 /// Runs the outbox dispatcher on a thread of its own, so CRM delivery never competes with a
 /// request's event loop for latency. A reload with new CRM settings (secrets during a rotation,
 /// URL, CA, schedule) stops the running dispatcher after its in-flight deliveries and starts a new
-/// one: nothing is lost, because delivery state lives in Redis.
+/// one: nothing is lost, because delivery state lives in Redis. Settings the dispatcher refuses
+/// leave the running one in place.
 class CrmRunner {
 public:
     explicit CrmRunner(const config::Config& cfg);
@@ -48,18 +51,26 @@ public:
     void start();
     /// Applies new CRM settings (from a reload). Thread-safe.
     void update(const config::Config& cfg);
-    /// Stops after in-flight deliveries; joins the thread.
+    /// Asks the dispatcher to stop after its in-flight deliveries; returns at once.
+    void request_stop();
+    /// The thread has ended (after request_stop(), or abort()).
+    bool stopped() const noexcept { return stopped_.load(); }
+    /// Ends the thread's loop now: deliveries still in flight are cut off unrecorded (their lease
+    /// runs out and they are sent again). Follow with stop() to join.
+    void abort();
+    /// request_stop(), then joins the thread.
     void stop();
 
 private:
     boost::asio::awaitable<void> loop();
 
     boost::asio::io_context ioc_{1};
+    boost::asio::steady_timer pause_{ioc_};  ///< loop()'s wait between attempts; touched on ioc_ only
+    std::atomic<bool> stopped_{false};
     std::thread thread_;
     std::mutex mutex_;
     config::RedisConfig redis_;
     config::CrmConfig crm_;
-    std::uint64_t generation_{0};
     bool stopping_{false};
     crm::Dispatcher* current_{nullptr};  // touched on ioc_ only
 };

@@ -270,7 +270,12 @@ TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging recei
     CHECK(delivery_state(fx, first) == "pending");
     CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == 0);
 
-    // Hang up on the daemon so that it stops promptly (its deliveries end as failures, kept for retry).
-    stack.receiver.stop();
+    // SIGTERM while the delivery still hangs (crm.timeout is a minute, systemd allows 30 s): the
+    // stop takes the grace period (5 s in the tests) and then at most 5 s for the CRM thread, and
+    // exits 0. The delivery is cut off unrecorded, so it stays pending and is sent again (same
+    // webhook-id) once its lease runs out.
+    const auto stopping = std::chrono::steady_clock::now();
     CHECK(fx.stop() == 0);
+    CHECK(std::chrono::steady_clock::now() - stopping < 15s);
+    stack.receiver.stop();
 }

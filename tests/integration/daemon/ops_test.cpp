@@ -122,7 +122,7 @@ TEST_CASE("metrics: Prometheus text format, counters after traffic")
     }
 }
 
-TEST_CASE("systemd: READY=1 after Redis, WATCHDOG=1 from the loops, STOPPING=1 on SIGTERM")
+TEST_CASE("systemd: READY=1 after Redis (a reload before it says nothing), WATCHDOG=1 from the loops, STOPPING=1 on SIGTERM")
 {
     TempDir sock_dir;
     const std::string path = (sock_dir / "notify.sock").string();
@@ -159,6 +159,11 @@ TEST_CASE("systemd: READY=1 after Redis, WATCHDOG=1 from the loops, STOPPING=1 o
     drain(std::chrono::milliseconds(1000));
     CHECK(count("READY=1") == 0);
     CHECK(count("WATCHDOG=1") >= 2);  // every 200 ms, from the event loops
+    // A reload before READY=1 is applied quietly: no RELOADING=1, and above all no READY=1.
+    fx.process().signal(SIGHUP);
+    drain(std::chrono::milliseconds(500));
+    CHECK(count("READY=1") == 0);
+    CHECK(count("RELOADING=1") == 0);
     fx.redis().restart();
     REQUIRE(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
     drain(std::chrono::milliseconds(1000));
