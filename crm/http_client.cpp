@@ -2,6 +2,7 @@
 
 #include "core/async.hpp"
 #include "core/error.hpp"
+#include "core/resolve.hpp"
 
 #include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/ip/address.hpp>
@@ -84,14 +85,6 @@ struct Exchange {
     bool response_started{false};  ///< some response bytes arrived before the failure
     bool reusable{false};
     HttpResponse response;
-};
-
-struct ResolveState {
-    explicit ResolveState(const asio::any_io_executor& ex) : signal(ex) {}
-    asio::steady_timer signal;
-    error_code ec;
-    tcp::resolver::results_type results;
-    bool done{false};
 };
 
 std::string describe(std::string_view step, const error_code& ec)
@@ -231,54 +224,19 @@ struct HttpClient::Impl {
         }
     }
 
-    asio::awaitable<std::optional<std::string>> resolve(Clock::time_point deadline,
-                                                         std::vector<tcp::endpoint>& endpoints)
-    {
-        if (host_is_ip) {
-            endpoints.emplace_back(asio::ip::make_address(url.host), url.port);
-            co_return std::nullopt;
-        }
-        // getaddrinfo runs on Asio's resolver thread and cannot be interrupted, so the deadline is
-        // enforced by waiting on a timer that the completion cancels; on timeout the lookup is
-        // abandoned (the shared state keeps what it touches alive until it finishes).
-        auto state = std::make_shared<ResolveState>(executor);
-        auto resolver = std::make_shared<tcp::resolver>(executor);
-        state->signal.expires_at(deadline);
-        auto on_resolved = [state, resolver](const error_code& ec, tcp::resolver::results_type results) {
-            state->done = true;
-            state->ec = ec;
-            state->results = std::move(results);
-            state->signal.cancel();
-        };
-        resolver->async_resolve(url.host, std::to_string(url.port), std::move(on_resolved));
-        co_await state->signal.async_wait(kUseTuple);
-        if (!state->done) {
-            resolver->cancel();
-            co_return std::string("resolve: timed out");
-        }
-        if (state->ec) {
-            co_return describe("resolve", state->ec);
-        }
-        for (const auto& entry : state->results) {
-            endpoints.push_back(entry.endpoint());
-        }
-        co_return std::nullopt;
-    }
-
     /// Connects (and handshakes). Returns the failure, if any.
     asio::awaitable<std::optional<PostResult>> open(Connection& conn, Clock::time_point deadline)
     {
-        std::vector<tcp::endpoint> endpoints;
-        std::optional<std::string> resolve_error = co_await resolve(deadline, endpoints);
-        if (resolve_error) {
-            const bool timed_out = Clock::now() >= deadline;
+        Resolved resolved = co_await resolve_until(executor, url.host, url.port, deadline);
+        if (resolved.error) {
+            const bool timed_out = resolved.error == asio::error::timed_out;
             PostResult result;
             result.response = make_error_code(timed_out ? errc::timeout : errc::crm_unavailable);
-            result.error_detail = std::move(*resolve_error);
+            result.error_detail = timed_out ? std::string("resolve: timed out") : describe("resolve", resolved.error);
             co_return result;
         }
         conn.tcp_layer().expires_at(deadline);
-        auto [cec, endpoint] = co_await conn.tcp_layer().async_connect(endpoints, kUseTuple);
+        auto [cec, endpoint] = co_await conn.tcp_layer().async_connect(resolved.endpoints, kUseTuple);
         if (cec) {
             co_return failure(cec, describe("connect", cec));
         }

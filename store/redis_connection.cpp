@@ -3,6 +3,7 @@
 #include "core/async.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
+#include "core/resolve.hpp"
 #include "store/resp.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -454,23 +455,16 @@ asio::awaitable<error_code> RedisConnection::handshake()
 {
     error_code ec;
     close_io();
-    const asio::ip::address address = asio::ip::make_address(cfg_.host, ec);
-    if (!ec) {
-        const tcp::endpoint endpoint(address, cfg_.port);
-        auto [cec] = co_await socket_.async_connect(endpoint, kUseTuple);
-        if (cec) {
-            co_return cec;
-        }
-    } else {
-        tcp::resolver resolver(executor_);
-        auto [rec, results] = co_await resolver.async_resolve(cfg_.host, std::to_string(cfg_.port), kUseTuple);
-        if (rec) {
-            co_return rec;
-        }
-        auto [cec, endpoint] = co_await asio::async_connect(socket_, results, kUseTuple);
-        if (cec) {
-            co_return cec;
-        }
+    // Bounded by the connect timeout like the rest of the handshake: Asio's resolver would not
+    // stop for the timer this coroutine races against (connect_and_handshake()).
+    const auto deadline = std::chrono::steady_clock::now() + cfg_.connect_timeout;
+    Resolved resolved = co_await resolve_until(executor_, cfg_.host, cfg_.port, deadline);
+    if (resolved.error) {
+        co_return resolved.error;
+    }
+    auto [cec, endpoint] = co_await asio::async_connect(socket_, resolved.endpoints, kUseTuple);
+    if (cec) {
+        co_return cec;
     }
     socket_.set_option(tcp::no_delay(true), ec);
     // An idle connection whose peer vanished (no RST) is otherwise only noticed by the next

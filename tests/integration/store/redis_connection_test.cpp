@@ -2,6 +2,7 @@
 
 #include "core/async.hpp"
 #include "core/error.hpp"
+#include "core/resolve.hpp"
 #include "tests/integration/store/store_fixture.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -11,7 +12,19 @@
 #include <boost/asio/this_coro.hpp>
 #include <doctest/doctest.h>
 
+#include <net/if.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <chrono>
+#include <cstdio>
+#include <cstring>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -73,7 +86,96 @@ asio::awaitable<int> exec_with_caller_deadline(RedisConnection* conn, std::vecto
     co_return static_cast<int>(winner.index());
 }
 
+/// Runs `body` in a child process whose name look-ups hang: private mount and network
+/// namespaces, /etc/resolv.conf replaced by "nameserver 127.0.0.1" with a 30 s timeout, and a UDP
+/// socket on 127.0.0.1:53 that never answers. Returns the child's exit status: `body`'s result,
+/// or 100+ when the namespace could not be set up (this needs root, as CI runs). The child ends
+/// with _exit, and `body` must not destroy its io_context: that would wait for the abandoned
+/// getaddrinfo (Asio joins its resolver thread).
+int with_hanging_dns(const std::function<int()>& body)
+{
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        if (::unshare(CLONE_NEWNS | CLONE_NEWNET) != 0) {
+            ::_exit(101);
+        }
+        if (::mount(nullptr, "/", nullptr, MS_REC | MS_PRIVATE, nullptr) != 0) {
+            ::_exit(102);
+        }
+        char conf[] = "/tmp/paybridge-resolv-XXXXXX";
+        const int fd = ::mkstemp(conf);
+        const std::string text = "nameserver 127.0.0.1\noptions timeout:30 attempts:1\n";
+        if (fd < 0 || ::write(fd, text.data(), text.size()) != static_cast<ssize_t>(text.size())) {
+            ::_exit(103);
+        }
+        ::close(fd);
+        const int bound = ::mount(conf, "/etc/resolv.conf", nullptr, MS_BIND, nullptr);
+        ::unlink(conf);  // the bind mount keeps the file alive
+        if (bound != 0) {
+            ::_exit(104);
+        }
+        const int s = ::socket(AF_INET, SOCK_DGRAM, 0);
+        ifreq ifr{};
+        std::snprintf(ifr.ifr_name, sizeof ifr.ifr_name, "lo");
+        if (s < 0 || ::ioctl(s, SIOCGIFFLAGS, &ifr) != 0) {
+            ::_exit(105);
+        }
+        ifr.ifr_flags |= IFF_UP;
+        if (::ioctl(s, SIOCSIFFLAGS, &ifr) != 0) {
+            ::_exit(106);
+        }
+        sockaddr_in dns{};
+        dns.sin_family = AF_INET;
+        dns.sin_port = htons(53);
+        dns.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (::bind(s, reinterpret_cast<sockaddr*>(&dns), sizeof dns) != 0) {
+            ::_exit(107);
+        }
+        ::_exit(body());
+    }
+    int status = 0;
+    ::waitpid(pid, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
+}
+
 }  // namespace
+
+TEST_SUITE("core/resolve")
+{
+    TEST_CASE("resolve_until: literals are not looked up, names are, errors are reported")
+    {
+        asio::io_context ctx;
+        const auto soon = std::chrono::steady_clock::now() + 5s;
+        const paybridge::Resolved literal =
+            paybridge::test::run_awaitable(ctx, paybridge::resolve_until(ctx.get_executor(), "::1", 6379, soon), 5s);
+        REQUIRE_FALSE(literal.error);
+        REQUIRE(literal.endpoints.size() == 1);
+        CHECK(literal.endpoints[0].address().to_string() == "::1");
+        CHECK(literal.endpoints[0].port() == 6379);
+        ctx.restart();
+        const paybridge::Resolved local =
+            paybridge::test::run_awaitable(ctx, paybridge::resolve_until(ctx.get_executor(), "localhost", 80, soon), 5s);
+        REQUIRE_FALSE(local.error);
+        CHECK_FALSE(local.endpoints.empty());
+        CHECK(local.endpoints.front().address().is_loopback());
+    }
+
+    TEST_CASE("resolve_until gives up at its deadline while the DNS server never answers")
+    {
+        const int status = with_hanging_dns([] {
+            asio::io_context& ctx = *new asio::io_context;  // never destroyed: see with_hanging_dns
+            const auto started = std::chrono::steady_clock::now();
+            const paybridge::Resolved r = paybridge::test::run_awaitable(
+                ctx, paybridge::resolve_until(ctx.get_executor(), "redis.paybridge.test", 6379, started + 300ms), 10s);
+            const auto took = std::chrono::steady_clock::now() - started;
+            if (r.error != asio::error::timed_out) {
+                return 1;
+            }
+            return took < 3s ? 0 : 2;  // getaddrinfo itself would take 30 s
+        });
+        CHECK_MESSAGE(status == 0, "child status " << status << " (1: not timed_out, 2: too late, 10x: namespace set-up)");
+    }
+}
 
 TEST_SUITE("integration/store/redis_connection")
 {
@@ -357,6 +459,22 @@ TEST_SUITE("integration/store/redis_connection")
         ctx.restart();
         ctx.run_for(2s);
         CHECK(ctx.stopped());
+    }
+
+    TEST_CASE("a host name whose look-up hangs: each attempt ends at connect_timeout and is retried")
+    {
+        const int status = with_hanging_dns([] {
+            asio::io_context& ctx = *new asio::io_context;  // never destroyed: see with_hanging_dns
+            paybridge::config::RedisConfig cfg;
+            cfg.host = "redis.paybridge.test";
+            cfg.connect_timeout = 200ms;
+            RedisConnection& conn = *new RedisConnection(ctx.get_executor(), cfg);
+            conn.start();
+            paybridge::test::run_for(ctx, 1500ms);
+            // Before: the first attempt waited for getaddrinfo (30 s here), whatever connect_timeout said.
+            return conn.stats().reconnects.load() >= 2 && !conn.ready() ? 0 : 1;
+        });
+        CHECK_MESSAGE(status == 0, "child status " << status << " (1: attempts did not end at connect_timeout)");
     }
 
     TEST_CASE("stop fails requests in flight with shutting_down and lets the io_context finish")
