@@ -214,8 +214,8 @@ end
 
 -- Appends ONE event about ev.bill_id to the bill's history and to the outbox. Its "data": what
 -- the notification said, plus the fields of this change (extra: ',"k":v' pieces, jfields()).
--- b == nil: no such bill yet (unknown bill anomaly): sequence 0, "bill": null, outbox only, id made
--- unique by unknown_n. ev.safe: the caller checked that none of the event's strings needs an
+-- b == nil: no such bill yet (unknown bill anomaly): "bill": null, outbox only, sequence and id
+-- from unknown_n (1, 2, ...; registration then starts the bill's own sequence after them). ev.safe: the caller checked that none of the event's strings needs an
 -- escape. Returns the event id and its sequence number as text.
 local function emit(ev, b, etype, extra, unknown_n)
     local bill_id = ev.bill_id
@@ -232,7 +232,8 @@ local function emit(ev, b, etype, extra, unknown_n)
         id = 'evt_' .. bill_id .. '_' .. seq_text
         bill = bill_json(b)
     else
-        id = 'evt_' .. bill_id .. '_u' .. jint(unknown_n)
+        seq_text = jint(unknown_n)
+        id = 'evt_' .. bill_id .. '_u' .. seq_text
     end
     local safe = ev.safe
     local id_text, bill_id_text = id, bill_id
@@ -533,17 +534,20 @@ local function apply_close(b, ev)
     return bill_anomaly(b, ev, 'close_after_paid', {{'paid_fen', jint(b.paid_fen)}})
 end
 
--- refund_closed / refund_abnormal: history only, no money moves. An abnormal refund may still
--- succeed later; that notification then goes through apply_refund.
+-- refund_closed / refund_abnormal: no money moves. An abnormal refund may still succeed later;
+-- that notification then goes through apply_refund.
 local function apply_refund_update(b, ev)
     if not first_time('refund_update:' .. ev.kind .. ':' .. ev.refund_id) then
         return 'duplicate', '', b.status
     end
-    emit(ev, b, 'bill.refund_updated', jfields({
+    -- API.md's event types are bill.paid / refunded / closed / anomaly. A refund that closed or
+    -- went abnormal moves no money and needs someone to act (WeChat Pay: an abnormal refund is
+    -- handled by the merchant by hand), so it is an anomaly of its own kind: in the history, the
+    -- feed and /v1/anomalies.
+    return bill_anomaly(b, ev, ev.kind, {
         {'refund_id', jstr_or_null(ev.refund_id)},
         {'refund_fen', jint(ev.refund_fen)},
-    }))
-    return 'applied', '', b.status
+    })
 end
 
 -- PaymentEvent fields (core/payment_event.hpp) in ARGV order (4..17, then 19: paid_at came later);
@@ -665,17 +669,24 @@ local function register(raw)
         return {'conflict', bill_json(b), 0}
     end
 
+    -- Notifications that arrived before the bill: each made an unknown_bill event numbered 1..n
+    -- in the feed, so the bill's own events continue from n (the CRM orders a bill's events by
+    -- sequence, and these came first).
+    local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
+    local seq = '0'
+    if #orphans > 0 then
+        seq = redis.call('HGET', K_SEEN, 'unknown_count') or '0'
+    end
     redis.call('HSET', K_BILL,
         'id', nb.id, 'status', 'PENDING', 'amount_fen', jint(nb.amount_fen), 'currency', nb.currency,
         'customer_id', nb.customer_id, 'description', nb.description, 'expires_at', nb.expires_at,
         'metadata', nb.metadata_json, 'paid_fen', '0', 'refunded_fen', '0', 'provider', '',
-        'provider_txn_id', '', 'created_at', NOW, 'updated_at', NOW, 'paid_at', '', 'version', '1', 'seq', '0',
+        'provider_txn_id', '', 'created_at', NOW, 'updated_at', NOW, 'paid_at', '', 'version', '1', 'seq', seq,
         'j_id', nb.j_id, 'j_fixed', nb.j_fixed)
     redis.call('ZADD', K_CREATED, NOW_MS, nb.id)
     redis.call('ZADD', K_UPDATED, NOW_MS, nb.id)
 
-    -- Notifications that arrived before the bill, in arrival order, with every check.
-    local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
+    -- Now apply them, in arrival order, with every check.
     for _, o in ipairs(orphans) do
         local ev = decode_event(o)
         local marker = marker_of(ev.channel, ev.notification_id)

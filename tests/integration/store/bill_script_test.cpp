@@ -361,12 +361,13 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(f.outbox_len("B-20") == 1);
         CHECK(f.integer({"EXISTS", f.store->keys().bill("B-20")}) == 0);
 
-        // The outbox event has no bill and sequence 0.
+        // The outbox event has no bill; it is the bill's first unknown_bill event: sequence 1.
         const auto entries = f.cmd({"XRANGE", f.store->keys().outbox(f.store->keys().shard_of("B-20")), "-", "+"});
         const auto ev = parse_json(entries.elements.at(0).elements.at(1).elements.at(7).str);
         CHECK(str(ev, "type") == "bill.anomaly");
         CHECK(ev["bill"].IsNull());
-        CHECK(num(ev, "sequence") == 0);
+        CHECK(num(ev, "sequence") == 1);
+        CHECK(str(ev, "id") == "evt_B-20_u1");
         CHECK(str(ev["data"], "anomaly") == "unknown_bill");
         const auto anomaly = last_anomaly(f, "B-20");
         CHECK(str(anomaly, "kind") == "unknown_bill");
@@ -389,7 +390,9 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(f.integer({"EXISTS", orphans}) == 0);
         CHECK(f.hist_len("B-20") == 1);
         CHECK(f.outbox_len("B-20") == 2);
-        CHECK(str(last_event(f, "B-20"), "id") == "evt_B-20_1");
+        // The bill's own events continue after the unknown_bill event: sequence 2.
+        CHECK(str(last_event(f, "B-20"), "id") == "evt_B-20_2");
+        CHECK(num(last_event(f, "B-20"), "sequence") == 2);
         // The replayed orphan kept its notification id: the provider's retry is now a duplicate.
         check_result(f.apply(alipay_payment("B-20", "T-1", 1000, "N-1")), ApplyOutcome::duplicate, "", "PAID");
         CHECK(f.register_bill(new_bill("B-20")).outcome == RegisterOutcome::identical);
@@ -769,7 +772,7 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(num(anomaly["detail"], "received") == 1200);
     }
 
-    TEST_CASE("refund_abnormal / refund_closed: history only, once per refund and kind, may later succeed")
+    TEST_CASE("refund_abnormal / refund_closed: an anomaly without money, once per refund and kind, may later succeed")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
@@ -778,27 +781,35 @@ TEST_SUITE("integration/store/bill_script")
         PaymentEvent abnormal = wechat_refund("B-49", "WX-1", "R-1", 300, "W-2");
         abnormal.kind = EventKind::refund_abnormal;
         abnormal.provider_status = "REFUND.ABNORMAL";
-        check_result(f.apply(abnormal), ApplyOutcome::applied, "", "PAID");
+        check_result(f.apply(abnormal), ApplyOutcome::anomaly, "refund_abnormal", "PAID");
         abnormal.notification_id = "W-3";
         check_result(f.apply(abnormal), ApplyOutcome::duplicate, "", "PAID");
         auto bill = f.bill("B-49");
         CHECK(num(bill, "refunded_fen") == 0);
         CHECK(num(bill, "version") == 2);
         const auto ev = last_event(f, "B-49");
-        CHECK(str(ev, "type") == "bill.refund_updated");
+        CHECK(str(ev, "type") == "bill.anomaly");  // API.md's four types only
         CHECK(num(ev, "sequence") == 2);
         CHECK(str(ev["data"], "kind") == "refund_abnormal");
+        CHECK(str(ev["data"], "anomaly") == "refund_abnormal");
+        CHECK(str(ev["data"], "refund_id") == "R-1");
+        CHECK(num(ev["data"], "refund_fen") == 300);
+        CHECK(f.anomalies_len("B-49") == 1);
+        const auto recorded = last_anomaly(f, "B-49");
+        CHECK(str(recorded, "kind") == "refund_abnormal");
+        CHECK(str(recorded, "event_id") == str(ev, "id"));
 
         check_result(f.apply(wechat_refund("B-49", "WX-1", "R-1", 300, "W-4")), ApplyOutcome::applied, "",
                      "PARTIALLY_REFUNDED");
         PaymentEvent closed = wechat_refund("B-49", "WX-1", "R-2", 100, "W-5");
         closed.kind = EventKind::refund_closed;
         closed.provider_status = "REFUND.CLOSED";
-        check_result(f.apply(closed), ApplyOutcome::applied, "", "PARTIALLY_REFUNDED");
+        check_result(f.apply(closed), ApplyOutcome::anomaly, "refund_closed", "PARTIALLY_REFUNDED");
         bill = f.bill("B-49");
         CHECK(num(bill, "refunded_fen") == 300);
         CHECK(f.hist_len("B-49") == 4);
-        CHECK(f.anomalies_total() == 0);
+        CHECK(f.anomalies_len("B-49") == 2);
+        CHECK(str(last_anomaly(f, "B-49"), "kind") == "refund_closed");
     }
 
     TEST_CASE("50 concurrent applies of one event make exactly one transition")

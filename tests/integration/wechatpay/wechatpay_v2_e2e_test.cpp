@@ -158,8 +158,8 @@ TEST_CASE("wechatpay v2: refund notify (req_info) is applied once and undecrypta
     bill = bill_of(fx, "V2001");
     CHECK(bill["refunded_fen"].GetInt64() == 400);
     REQUIRE(bill["events"].Size() == 3);
-    CHECK(str(bill["events"][2], "type") == "bill.refund_updated");
-    CHECK(str(bill["events"][2]["data"], "kind") == "refund_closed");
+    CHECK(str(bill["events"][2], "type") == "bill.anomaly");
+    CHECK(str(bill["events"][2]["data"], "anomaly") == "refund_closed");
 
     // req_info encrypted under another key (a forgery, or our key is wrong): FAIL, nothing moves.
     const auto rest = wx.v2_refund("V2001", txn, "R2001-3", 1000, 600);

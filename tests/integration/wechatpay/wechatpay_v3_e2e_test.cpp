@@ -131,7 +131,7 @@ TEST_CASE("wechatpay v3: partial then full refund keyed by out_refund_no")
     CHECK(anomalies_of(fx, "W2001").empty());
 }
 
-TEST_CASE("wechatpay v3: REFUND.CLOSED and REFUND.ABNORMAL are history only "
+TEST_CASE("wechatpay v3: REFUND.CLOSED and REFUND.ABNORMAL are anomalies that move no money "
           "and an ABNORMAL refund later succeeds")
 {
     DaemonFixture fx;
@@ -150,7 +150,8 @@ TEST_CASE("wechatpay v3: REFUND.CLOSED and REFUND.ABNORMAL are history only "
     CHECK(bill["refunded_fen"].GetInt64() == 0);
     CHECK(bill["version"].GetInt() == 2);
     REQUIRE(bill["events"].Size() == 2);
-    CHECK(str(bill["events"][1], "type") == "bill.refund_updated");
+    CHECK(str(bill["events"][1], "type") == "bill.anomaly");
+    CHECK(str(bill["events"][1]["data"], "anomaly") == "refund_closed");
     CHECK(str(bill["events"][1]["data"], "kind") == "refund_closed");
     CHECK(str(bill["events"][1]["data"], "refund_id") == "R3001-1");
     CHECK(str(bill["events"][1]["data"], "provider_status") == "REFUND.CLOSED");
@@ -161,7 +162,8 @@ TEST_CASE("wechatpay v3: REFUND.CLOSED and REFUND.ABNORMAL are history only "
     CHECK(str(bill, "status") == "PAID");
     CHECK(bill["refunded_fen"].GetInt64() == 0);
     REQUIRE(bill["events"].Size() == 3);
-    CHECK(str(bill["events"][2], "type") == "bill.refund_updated");
+    CHECK(str(bill["events"][2], "type") == "bill.anomaly");
+    CHECK(str(bill["events"][2]["data"], "anomaly") == "refund_abnormal");
     CHECK(str(bill["events"][2]["data"], "kind") == "refund_abnormal");
     CHECK(str(bill["events"][2]["data"], "refund_id") == "R3001-2");
 
@@ -174,7 +176,7 @@ TEST_CASE("wechatpay v3: REFUND.CLOSED and REFUND.ABNORMAL are history only "
     CHECK(str(bill["events"][3], "type") == "bill.refunded");
     CHECK(str(bill["events"][3]["data"], "refund_id") == "R3001-2");
     CHECK(fx.outbox_length() == 4);
-    CHECK(anomalies_of(fx, "W3001").empty());
+    CHECK(anomalies_of(fx, "W3001") == std::vector<std::string>{"refund_closed", "refund_abnormal"});
 }
 
 TEST_CASE("wechatpay v3: the timestamp window is ±299 s and stale or early notifications get 401 FAIL")
