@@ -190,9 +190,13 @@ private:
     }
 
     /// The content of the file named by the string `v`, or nullopt with a problem recorded.
-    std::optional<std::string> file_content(const Value& v, const std::string& ptr)
+    /// mode: set to the file's permission bits when it was read.
+    std::optional<std::string> file_content(const Value& v, const std::string& ptr, unsigned* mode = nullptr)
     {
         detail::FileContent file = detail::read_file(resolve(v), kMaxPemBytes);
+        if (mode != nullptr) {
+            *mode = file.mode;
+        }
         if (!file.content) {
             problems_.note(ptr, "cannot read " + shown_path(v) + ": " + file.error);
             return std::nullopt;
@@ -214,11 +218,20 @@ private:
     }
 
     /// For files other code opens later: stored absolute, checked readable now.
-    void readable_path(const Value& obj, const std::string& ptr, const char* key, std::string& out)
+    /// secret: the file holds a private key (warned about when every user may read it).
+    void readable_path(const Value& obj, const std::string& ptr, const char* key, std::string& out,
+                       bool secret = false)
     {
-        if (const Value* v = string_at(obj, ptr, key)) {
-            if (file_content(*v, child(ptr, key))) {
-                out = resolve(*v).string();
+        const Value* v = string_at(obj, ptr, key);
+        if (v == nullptr) {
+            return;
+        }
+        unsigned mode = 0;
+        if (file_content(*v, child(ptr, key), &mode)) {
+            out = resolve(*v).string();
+            if (const std::string warning = detail::world_readable_warning(mode, shown_path(*v));
+                secret && !warning.empty()) {
+                problems_.warn(child(ptr, key), warning);
             }
         }
     }
@@ -248,6 +261,9 @@ private:
         if (!found) {
             problems_.note(ptr, found.problem);
             return std::nullopt;
+        }
+        if (!found.warning.empty()) {
+            problems_.warn(ptr, found.warning);
         }
         return std::move(found.value);
     }
@@ -295,7 +311,7 @@ private:
             complete = false;
         }
         readable_path(v, ptr, "cert_file", tls.cert_file);
-        readable_path(v, ptr, "key_file", tls.key_file);
+        readable_path(v, ptr, "key_file", tls.key_file, true);
         if (complete && !tls.cert_file.empty() && !tls.key_file.empty()) {
             cfg.tls = std::move(tls);
         }
@@ -592,6 +608,7 @@ LoadReport load_config_text(std::string_view json, const std::filesystem::path& 
         report.config = std::move(cfg);
     }
     report.problems = problems.take();
+    report.warnings = problems.take_warnings();
     return report;
 }
 

@@ -26,8 +26,8 @@
 //      Values that already failed phase 2 or 3 are skipped here, so a mistake is reported once.
 //
 // Paths are relative to the configuration file's folder. Key and certificate files (PEM) are read
-// into the Config; the TLS certificate/key and the CRM CA bundle are only checked readable and
-// stored as absolute paths (the TLS code re-reads them). The content of key files is not parsed
+// into the Config; the TLS certificate/key are only checked readable and the CRM CA bundle to hold
+// a certificate, and stored as absolute paths (the TLS code re-reads them). The content of key files is not parsed
 // here: the gateway factories do that (and `--check-config` calls them after load_config).
 
 #include "config/config.hpp"
@@ -44,6 +44,9 @@ namespace paybridge::config {
 struct LoadReport {
     std::optional<Config> config;       ///< set if and only if `problems` is empty
     std::vector<std::string> problems;  ///< one line each, never containing a secret value
+    /// Loaded anyway, but worth fixing, in the same form: a secret or private key file that every
+    /// user of the machine may read.
+    std::vector<std::string> warnings;
 };
 
 /// Minimum length of an API bearer token, in bytes.

@@ -52,6 +52,7 @@ SecretLookup read_secret_file(const std::filesystem::path& path, std::string_vie
         return failure(std::string(shown) + " is empty");
     }
     SecretLookup out;
+    out.warning = detail::world_readable_warning(file.mode, shown);
     out.value = std::move(file.content);
     return out;
 }

@@ -24,6 +24,7 @@ namespace paybridge::config {
 struct SecretLookup {
     std::optional<std::string> value;  ///< set on success; never empty
     std::string problem;  ///< when !value: a sentence naming the variable or file, never the secret
+    std::string warning;  ///< when value: what is unsafe about where it lives (a world-readable file), if anything
 
     explicit operator bool() const noexcept { return value.has_value(); }
 };

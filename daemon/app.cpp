@@ -335,6 +335,9 @@ void App::Impl::reload()
     for (const auto& note : r.notes) {
         log::warning("daemon.reload_note", {{"note", note}});
     }
+    for (const auto& warning : r.warnings) {
+        log::warning("config.warning", {{"warning", warning}});
+    }
     runtime_ = r.runtime;
     cfg_ = r.runtime->config;
     crm_->update(*cfg_);

@@ -64,6 +64,13 @@ int main(int argc, char** argv)
     } catch (const std::exception& e) {
         loaded.problems.push_back(std::string("unexpected error while loading: ") + e.what());
     }
+    for (const auto& w : loaded.warnings) {
+        if (check) {
+            std::fprintf(stderr, "paybridged: %s: warning: %s\n", config_path.c_str(), w.c_str());
+        } else {
+            paybridge::log::warning("config.warning", {{"warning", w}});
+        }
+    }
     if (!loaded.runtime) {
         std::fprintf(stderr, "paybridged: %s: %zu configuration problem(s)\n", config_path.c_str(),
                      loaded.problems.size());

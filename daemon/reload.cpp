@@ -12,6 +12,7 @@ ReloadResult load_runtime(const std::string& path)
     config::SecretSource secrets;
     config::LoadReport report = config::load_config(path, secrets);
     r.problems = std::move(report.problems);
+    r.warnings = std::move(report.warnings);
     if (!report.config || !r.problems.empty()) {
         if (r.problems.empty()) {
             r.problems.push_back("configuration could not be loaded");

@@ -14,6 +14,7 @@ struct ReloadResult {
     webhooks::RuntimePtr runtime;
     std::vector<std::string> problems;
     std::vector<std::string> notes;  ///< settings that changed but need a restart (listen, redis, workers)
+    std::vector<std::string> warnings;  ///< the loader's warnings (config::LoadReport::warnings)
 };
 
 ReloadResult load_runtime(const std::string& path);

@@ -10,6 +10,7 @@
 #include <openssl/x509.h>
 
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 
 namespace paybridge::config::detail {
@@ -50,6 +51,7 @@ FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
         out.error = errno_text(EISDIR);
         return out;
     }
+    out.mode = static_cast<unsigned>(st.st_mode & 07777);
     std::string content;
     char buffer[8192];
     for (;;) {
@@ -72,6 +74,17 @@ FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
     }
     out.content = std::move(content);
     return out;
+}
+
+std::string world_readable_warning(unsigned mode, std::string_view shown)
+{
+    if ((mode & S_IRWXO) == 0) {
+        return {};
+    }
+    char octal[8];
+    std::snprintf(octal, sizeof octal, "%04o", mode & 07777U);
+    return std::string(shown) + " holds a secret but every user may read it (mode " + octal +
+           "): chmod o-rwx it";
 }
 
 std::size_t count_pem_certificates(std::string_view pem)

@@ -63,11 +63,16 @@ public:
         return false;
     }
 
+    /// Records "<ptr>: <what>" as a warning: reported, but the configuration still loads.
+    void warn(const std::string& ptr, std::string_view what) { warnings_.push_back(ptr + ": " + std::string(what)); }
+
     bool empty() const noexcept { return lines_.empty(); }
     std::vector<std::string> take() { return std::move(lines_); }
+    std::vector<std::string> take_warnings() { return std::move(warnings_); }
 
 private:
     std::vector<std::string> lines_;
+    std::vector<std::string> warnings_;
     std::set<std::string> seen_;
     std::set<std::string> bad_;
 };

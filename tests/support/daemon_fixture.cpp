@@ -47,6 +47,11 @@ DaemonFixture::DaemonFixture(DaemonOptions options) : options_(std::move(options
     dir_.write("secrets/api_token", kApiToken);
     dir_.write("secrets/apiv3_key", apiv3_key);
     dir_.write("secrets/apiv2_key", apiv2_key);
+    for (const char* secret : {"secrets/api_token", "secrets/apiv3_key", "secrets/apiv2_key"}) {
+        // As an operator should (and `paybridge keys init` does): a world-readable one is warned about.
+        std::filesystem::permissions(dir_ / secret,
+                                     std::filesystem::perms::owner_read | std::filesystem::perms::owner_write);
+    }
     write_config(options_);
     if (options_.start) {
         start();

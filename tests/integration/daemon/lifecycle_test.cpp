@@ -16,6 +16,7 @@
 #include <doctest/doctest.h>
 #include <signal.h>
 
+#include <filesystem>
 #include <fstream>
 #include <thread>
 
@@ -23,13 +24,21 @@ using namespace paybridge;
 using namespace paybridge::test;
 namespace asio = boost::asio;
 
-TEST_CASE("--check: a valid configuration exits 0 — every problem is reported and the exit code is 78")
+TEST_CASE("--check: a valid configuration exits 0 (warning of a world-readable secret) — every problem is reported and the exit code is 78")
 {
     DaemonOptions options;
     options.start = false;
     DaemonFixture fx(options);
     std::string out;
     CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--check"}, out) == 0);
+    CHECK_MESSAGE(out.find("warning") == std::string::npos, out);
+    // A secret file every user may read: still OK (exit 0), with a warning that names it.
+    std::filesystem::permissions(fx.dir() / "secrets/api_token", std::filesystem::perms::others_read,
+                                 std::filesystem::perm_options::add);  // 0600 -> 0604
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--check"}, out) == 0);
+    CHECK_MESSAGE(out.find("warning: /api_tokens/0/token: secrets/api_token holds a secret but every user may read it "
+                           "(mode 0604): chmod o-rwx it") != std::string::npos,
+                  out);
 
     // A key file that is not a key: found by loading the keys, named precisely.
     std::ofstream(fx.dir() / "keys/alipay_public.pem") << "not a key";

@@ -7,6 +7,7 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 
@@ -435,6 +436,39 @@ TEST_CASE("config: each secret form resolves into the Config")
     REQUIRE(report.config->api_tokens.size() == 1);
     CHECK(report.config->api_tokens[0].token == "api-token-0123456789");
     CHECK(report.config->crm.secrets == std::vector<std::string>{crm});
+}
+
+TEST_CASE("config: a secret or private key file every user may read loads, with a warning naming it")
+{
+    MinimalFixture f;
+    f.box.write("secrets/redis.txt", "redis-password\n");
+    f.box.write("secrets/crm.txt", webhook_secret() + "\n");
+    f.box.write("tls/server.crt", "cert");
+    f.box.write("tls/server.key", "key");
+    const auto mode = [&](const char* name, std::filesystem::perms perms) {
+        std::filesystem::permissions(f.box.dir() / name, perms);
+    };
+    using P = std::filesystem::perms;
+    mode("secrets/redis.txt", P::owner_read | P::owner_write | P::group_read | P::others_read);  // 0644
+    mode("secrets/crm.txt", P::owner_read | P::group_read);                                        // 0440: fine
+    mode("tls/server.key", P::owner_read | P::others_read);                                        // 0404
+    mode("tls/server.crt", P::owner_read | P::owner_write | P::group_read | P::others_read);       // public
+    const LoadReport report = load(f.box, R"({
+      "tls": { "listen": "127.0.0.1:8443", "cert_file": "tls/server.crt", "key_file": "tls/server.key" },
+      "redis": { "password": "file:secrets/redis.txt" },
+      "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1",
+                                      "apiv3_key": "env:V3", "platform_certificates": ["platform.pem"] } ] },
+      "crm": { "url": "https://crm.example.com/hook", "secret": "file:secrets/crm.txt" }
+    })",
+                                   f.env());
+    INFO(dump(report.problems));
+    REQUIRE(report.config);
+    CHECK(report.config->redis.password == "redis-password");
+    CHECK(report.warnings ==
+          std::vector<std::string>{
+              "/tls/key_file: tls/server.key holds a secret but every user may read it (mode 0404): chmod o-rwx it",
+              "/redis/password: secrets/redis.txt holds a secret but every user may read it (mode 0644): chmod o-rwx it",
+          });
 }
 
 TEST_CASE("config: inline secrets are rejected, naming the key and not the value")
