@@ -110,6 +110,28 @@ end
 return out
 )lua";
 
+// XCLAIM with min-idle 0 would take the entry from whoever holds it, so ownership is checked first.
+const std::string_view kRenew = R"lua(
+local group, consumer, entry, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local score = redis.call('ZSCORE', KEYS[2], entry)
+if token ~= '' then
+  if score == false or tonumber(score) ~= tonumber(token) then
+    return 0
+  end
+  redis.call('ZADD', KEYS[2], 'XX', string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6])), entry)
+  return 1
+end
+if score ~= false then
+  return 0
+end
+local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)
+if p[1] == nil or p[1][2] ~= consumer then
+  return 0
+end
+redis.call('XCLAIM', KEYS[1], group, consumer, 0, entry, 'JUSTID')
+return 1
+)lua";
+
 const std::string_view kReclaim = R"lua(
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local want, scan = tonumber(ARGV[4]), tonumber(ARGV[6])

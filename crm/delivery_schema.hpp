@@ -79,6 +79,14 @@ extern const std::string_view kRecord;
 /// [[entry_id, fields|nil, tries], ...].
 extern const std::string_view kPopDue;
 
+/// KEYS: stream retry            ARGV: group consumer entry_id lease_token now_ms lease_ms
+/// Renews this instance's lease on an entry just before it is POSTed, so that time spent queued
+/// behind the bill's earlier events does not count. lease_token "" (read or reclaimed entry): the
+/// entry must be pending for `consumer` and not in the retry zset; its idle time is reset (XCLAIM
+/// JUSTID). Otherwise (popped retry) the member's score must still be lease_token; it becomes now +
+/// lease. Returns 1 when renewed, 0 when the entry is no longer ours (then it must not be sent).
+extern const std::string_view kRenew;
+
 /// KEYS: stream retry tries      ARGV: group consumer min_idle_ms count start scan_limit
 /// Claims (XCLAIM, min-idle) pending entries idle >= min_idle that are not waiting in the retry zset.
 /// Returns [next_start ("" at the end of the PEL), [[entry_id, fields, tries], ...]].

@@ -12,6 +12,7 @@
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
+#include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
@@ -45,6 +46,7 @@ struct Item {
     std::string type;
     std::string body;
     int prior_tries{0};    ///< failed attempts already made in the current schedule
+    std::int64_t lease_until{0};  ///< popped retry: its score in the retry zset; 0: held in the PEL
     bool missing{false};   ///< the entry is no longer in the stream
     bool malformed{false}; ///< the entry has no id or event field
 };
@@ -240,6 +242,7 @@ struct Dispatcher::Impl {
           rng(std::random_device{}()),
           slot_signal(ex),
           drain_signal(ex),
+          post_signal(ex),
           read_backoff(ex),
           retry_timer(ex),
           reclaim_timer(ex),
@@ -252,6 +255,7 @@ struct Dispatcher::Impl {
         record_sha = commands.add_script(std::string(scripts::kRecord));
         pop_sha = commands.add_script(std::string(scripts::kPopDue));
         reclaim_sha = commands.add_script(std::string(scripts::kReclaim));
+        renew_sha = commands.add_script(std::string(scripts::kRenew));
         stats_sha = commands.add_script(std::string(scripts::kStats));
         cleanup_sha = commands.add_script(std::string(scripts::kCleanupConsumers));
         // A blocking read must end well before the connection's own request deadline fires.
@@ -271,6 +275,7 @@ struct Dispatcher::Impl {
     std::string record_sha;
     std::string pop_sha;
     std::string reclaim_sha;
+    std::string renew_sha;
     std::string stats_sha;
     std::string cleanup_sha;
     std::unordered_map<std::string, int> shard_of_stream;
@@ -280,21 +285,36 @@ struct Dispatcher::Impl {
 
     asio::steady_timer slot_signal;
     asio::steady_timer drain_signal;
+    asio::steady_timer post_signal;  ///< a POST finished (or gave up its turn)
     asio::steady_timer read_backoff;
     asio::steady_timer retry_timer;
     asio::steady_timer reclaim_timer;
     asio::steady_timer stats_timer;
     std::size_t concurrency;
     std::chrono::milliseconds block{1'000};
-    std::size_t held{0};  ///< items read and not yet settled
+    std::size_t held{0};      ///< items read and not yet settled
+    std::size_t reserved{0};  ///< slots promised to a read, pop or reclaim still waiting for Redis
+    std::size_t posting{0};   ///< deliveries renewing their lease or POSTing (at most `concurrency`)
     /// Per bill (shard + bill id): items waiting behind the one in flight.
     std::unordered_map<std::string, std::shared_ptr<std::deque<Item>>> bill_queues;
+    /// Entries held (queued or in flight), by shard + entry id -> the lease token of the item
+    /// (Item::lease_until). A reclaim or pop of an entry already held is not queued a second time.
+    std::unordered_map<std::string, std::int64_t> active;
     bool stopping{false};
     bool groups_ready{false};
 
     double uniform() { return std::uniform_real_distribution<double>(0.0, 1.0)(rng); }
 
-    std::size_t free_slots() const { return held >= concurrency ? 0 : concurrency - held; }
+    std::size_t free_slots() const { return held + reserved >= concurrency ? 0 : concurrency - held - reserved; }
+
+    /// Gives back slots reserved for a read, pop or reclaim, and wakes the loops waiting for slots.
+    void release(std::size_t slots)
+    {
+        reserved -= slots;
+        slot_signal.cancel();
+    }
+
+    static std::string active_key(const Item& item) { return std::to_string(item.shard) + '\n' + item.entry_id; }
 
     static asio::awaitable<void> sleep(asio::steady_timer& timer, std::chrono::milliseconds d)
     {
@@ -304,7 +324,10 @@ struct Dispatcher::Impl {
 
     static asio::awaitable<void> wait_signal(asio::steady_timer& signal)
     {
-        signal.expires_at(asio::steady_timer::time_point::max());
+        // Several loops may wait on one signal; setting the expiry again would cancel the others.
+        if (signal.expiry() != asio::steady_timer::time_point::max()) {
+            signal.expires_at(asio::steady_timer::time_point::max());
+        }
         co_await signal.async_wait(kUseTuple);
     }
 
@@ -380,6 +403,15 @@ struct Dispatcher::Impl {
     void dispatch(std::vector<Item> items)
     {
         for (Item& item : items) {
+            const auto [held_entry, fresh] = active.try_emplace(active_key(item), item.lease_until);
+            if (!fresh) {
+                // Already queued here (its lease ran out while it waited): keep one copy, with the
+                // newest retry lease if this one was popped again.
+                if (item.lease_until != 0) {
+                    held_entry->second = item.lease_until;
+                }
+                continue;
+            }
             ++held;
             std::string key = item.bill_id.empty() ? "#" + item.entry_id
                                                    : std::to_string(item.shard) + '\n' + item.bill_id;
@@ -410,12 +442,14 @@ struct Dispatcher::Impl {
         while (!queue->empty()) {
             Item item = std::move(queue->front());
             queue->pop_front();
+            std::string entry = active_key(item);
             try {
                 co_await deliver(std::move(item));
             } catch (const std::exception& ex) {
                 // A bug; the entry stays outstanding and comes back after the lease.
                 log::error("crm.delivery_failed", {{"what", ex.what()}});
             }
+            active.erase(entry);
             --held;
             stats.in_flight.store(held, std::memory_order_relaxed);
             slot_signal.cancel();
@@ -444,11 +478,63 @@ struct Dispatcher::Impl {
         }
     }
 
+    /// The lease ran from the read or pop; the item may since have waited behind its bill's earlier
+    /// events. Renews it now, just before the POST; false when it is no longer ours (another
+    /// instance took it over, or a redeliver put it back in the retry zset) or Redis did not answer
+    /// (then it comes back after the lease).
+    asio::awaitable<bool> renew_lease(const Item& item)
+    {
+        const auto held_entry = active.find(active_key(item));
+        const std::int64_t token = held_entry == active.end() ? item.lease_until : held_entry->second;
+        const ShardKeys& k = keys.shard(item.shard);
+        std::vector<std::string> script_keys{k.stream, k.retry};
+        std::vector<std::string> args{options.group,
+                                      options.consumer,
+                                      item.entry_id,
+                                      token == 0 ? std::string() : std::to_string(token),
+                                      std::to_string(now_ms()),
+                                      std::to_string(options.lease.count())};
+        Result<Reply> reply = co_await commands.eval(renew_sha, std::move(script_keys), std::move(args));
+        if (!reply) {
+            note_redis_failure("renew", reply.error());
+            co_return false;
+        }
+        if (reply->is_error()) {
+            note_redis_error_reply("renew", *reply);
+            co_return false;
+        }
+        if (reply->integer != 1) {
+            log::info("crm.lease_lost", {{"event_id", item.event_id}, {"entry_id", item.entry_id}});
+            co_return false;
+        }
+        co_return true;
+    }
+
     asio::awaitable<void> deliver(Item item)
     {
         if (item.missing) {
             co_await forget_missing(std::move(item));
             co_return;
+        }
+        // The HTTP client would queue requests beyond `concurrency`; wait for a turn here instead,
+        // so that the lease is renewed only when the POST can start at once.
+        while (posting >= concurrency) {
+            co_await wait_signal(post_signal);
+        }
+        ++posting;
+        struct Turn {
+            Impl& d;
+            ~Turn()
+            {
+                --d.posting;
+                d.post_signal.cancel();
+            }
+        } turn{*this};
+        if (!item.malformed) {
+            const bool ours = co_await renew_lease(item);
+            if (!ours) {
+                co_return;
+            }
         }
         const ShardKeys& k = keys.shard(item.shard);
         AttemptRecord record;
@@ -600,8 +686,13 @@ struct Dispatcher::Impl {
                 co_await wait_signal(slot_signal);
                 continue;
             }
+            // COUNT applies to each stream: at most the free slots in all. With fewer free slots than
+            // shards a read may still take one entry per shard (reading fewer streams would leave
+            // the others unread while it blocks); the extra entries wait for a slot, and their lease
+            // is renewed when their POST starts.
             const std::size_t shards = keys.all().size();
-            const std::size_t count = std::max<std::size_t>(1, (free_slots() + shards - 1) / shards);
+            const std::size_t budget = free_slots();
+            const std::size_t count = std::max<std::size_t>(1, budget / shards);
             std::vector<std::string> argv{"XREADGROUP", "GROUP", options.group, options.consumer,
                                           "COUNT",      std::to_string(count), "BLOCK", std::to_string(block.count()),
                                           "STREAMS"};
@@ -611,7 +702,10 @@ struct Dispatcher::Impl {
             for (std::size_t i = 0; i < shards; ++i) {
                 argv.emplace_back(">");
             }
+            reserved += budget;
             Result<Reply> reply = co_await reads.exec(std::move(argv));
+            // The pop and reclaim loops may have waited for the slots this read held: let them go first.
+            release(budget);
             if (!reply || reply->is_error()) {
                 if (stopping) {
                     break;
@@ -629,27 +723,37 @@ struct Dispatcher::Impl {
                 continue;
             }
             backoff = kBackoffMin;
-            if (!reply->is_array()) {
-                continue;  // nil: BLOCK timed out
+            if (reply->is_array()) {
+                // Entries read are now pending for this consumer: deliver them even if stopping.
+                std::vector<Item> items = parse_read(*reply);
+                reserved += items.size();  // until dispatched, after mark_pending
+                co_await mark_pending(items);
+                release(items.size());
+                dispatch(std::move(items));
             }
-            // Entries read are now pending for this consumer: deliver them even if stopping.
-            std::vector<Item> items = parse_read(*reply);
-            co_await mark_pending(items);
-            dispatch(std::move(items));
+            co_await asio::post(executor, asio::use_awaitable);
         }
     }
 
     asio::awaitable<void> retry_loop()
     {
         while (!stopping) {
+            if (free_slots() == 0) {
+                co_await wait_signal(slot_signal);
+                continue;
+            }
             for (const ShardKeys& k : keys.all()) {
                 if (stopping || free_slots() == 0 || !commands.ready()) {
                     break;
                 }
+                const std::int64_t now = now_ms();
+                const std::size_t budget = free_slots();
                 std::vector<std::string> script_keys{k.stream, k.retry, k.tries};
-                std::vector<std::string> args{std::to_string(now_ms()), std::to_string(options.lease.count()),
-                                              std::to_string(free_slots())};
+                std::vector<std::string> args{std::to_string(now), std::to_string(options.lease.count()),
+                                              std::to_string(budget)};
+                reserved += budget;
                 Result<Reply> reply = co_await commands.eval(pop_sha, std::move(script_keys), std::move(args));
+                release(budget);
                 if (!reply) {
                     note_redis_failure("pop_due", reply.error());
                     break;
@@ -659,6 +763,9 @@ struct Dispatcher::Impl {
                     break;
                 }
                 std::vector<Item> items = parse_claimed(*reply, k.shard);
+                for (Item& item : items) {
+                    item.lease_until = now + options.lease.count();  // the score kPopDue gave it
+                }
                 if (!items.empty()) {
                     dispatch(std::move(items));
                 }
@@ -677,6 +784,9 @@ struct Dispatcher::Impl {
                                                        : std::max(options.lease / 2, std::chrono::milliseconds{50});
         while (!stopping) {
             co_await sleep(reclaim_timer, interval);
+            while (!stopping && free_slots() == 0) {
+                co_await wait_signal(slot_signal);
+            }
             if (stopping || !groups_ready || !commands.ready()) {
                 continue;
             }
@@ -685,14 +795,17 @@ struct Dispatcher::Impl {
                     break;
                 }
                 std::string& cursor = reclaim_cursor[static_cast<std::size_t>(k.shard)];
+                const std::size_t budget = free_slots();
                 std::vector<std::string> script_keys{k.stream, k.retry, k.tries};
                 std::vector<std::string> args{options.group,
                                               options.consumer,
                                               std::to_string(options.lease.count()),
-                                              std::to_string(free_slots()),
+                                              std::to_string(budget),
                                               cursor,
                                               std::to_string(kReclaimScan)};
+                reserved += budget;
                 Result<Reply> reply = co_await commands.eval(reclaim_sha, std::move(script_keys), std::move(args));
+                release(budget);
                 if (!reply) {
                     note_redis_failure("reclaim", reply.error());
                     break;

@@ -18,6 +18,10 @@
 //   exhausted XACK + per-shard dead-letter zset; DeliveryAdmin::recover/redeliver re-queue it
 //   crash     pending entries idle longer than `lease` and not waiting for a retry are claimed
 //             (XCLAIM with min-idle, so only one instance wins) and redelivered, same webhook-id
+//   lease     counts from the start of each POST: just before it the lease is renewed (idle time
+//             reset, or retry due time pushed to now + lease); an entry that is no longer ours is
+//             not sent. Reads, retries and reclaims take at most the free slots (a read at least
+//             one entry per shard), and an entry already held is not queued a second time.
 //
 // Everything lives in Redis (layout in crm/delivery_schema.hpp): a restart loses nothing.
 // Runs on one executor (a single-threaded io_context); stats() may be read from any thread.

@@ -296,6 +296,73 @@ TEST_CASE("two dispatchers on one Redis: every event delivered exactly once")
     check_all_signed(receiver);
 }
 
+TEST_CASE("the lease counts from the POST: entries waiting for a slot are not taken over and sent twice")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    // One event in every shard, each on a bill of its own: A's first read may take all of them.
+    std::vector<std::string> ids;
+    std::set<int> shards;
+    for (int i = 0; ids.size() < kShards; ++i) {
+        const std::string bill = "L" + std::to_string(i);
+        if (shards.insert(env.keys.shard_of(bill)).second) {
+            ids.push_back(env.add_event(bill, 1));
+        }
+    }
+    // One request at a time, each answered after 700 ms: anything A holds beyond its slot waits
+    // longer than the 1.5 s lease before A gets to send it.
+    receiver.set_response_delay(700ms);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.concurrency = 1;
+    RunningDispatcher a(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return receiver.count() >= 1; }, 5s));
+    // B is idle and reclaims whatever has been pending for longer than the lease.
+    RunningDispatcher b(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 30s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    run_for(env.ioc, 500ms);
+
+    std::map<std::string, int> sent;
+    for (const ReceivedRequest& r : receiver.requests()) {
+        ++sent[r.webhook_id];
+    }
+    for (const std::string& id : ids) {
+        CAPTURE(id);
+        CHECK(sent[id] == 1);
+        CHECK(env.state_of(id) == "delivered");
+    }
+    CHECK(receiver.count() == ids.size());
+    check_all_signed(receiver);
+}
+
+TEST_CASE("a bill's events queued behind each other longer than the lease are each sent once")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    std::vector<std::string> ids;
+    for (int seq = 1; seq <= 4; ++seq) {
+        ids.push_back(env.add_event("Q1", seq));
+    }
+    // Sent one after another, 700 ms each: the last ones wait in the bill's queue longer than the
+    // 1.5 s lease while slots are free, so this instance's own reclaim finds them idle.
+    receiver.set_response_delay(700ms);
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 20s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    run_for(env.ioc, 1000ms);
+
+    std::vector<std::string> order;
+    for (const ReceivedRequest& r : receiver.requests()) {
+        order.push_back(r.webhook_id);
+    }
+    CHECK(order == ids);
+    for (const std::string& id : ids) {
+        CHECK(env.delivery(id)["attempts"] == "1");
+    }
+}
+
 TEST_CASE("shortened schedule: dead letter after the last retry, then recover delivers it")
 {
     RedisEnv env;
