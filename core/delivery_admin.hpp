@@ -24,7 +24,8 @@ public:
     virtual boost::asio::awaitable<Result<std::string>> deliveries(std::string state, std::size_t limit,
                                                                    std::string cursor) = 0;
 
-    /// Re-queues one event for immediate delivery, whatever its state.
+    /// Re-queues one event for immediate delivery, whatever its state; errc::conflict while an
+    /// attempt is in flight (or leased by a dispatcher about to make it).
     virtual boost::asio::awaitable<Result<std::string>> redeliver(std::string event_id) = 0;
 
     /// Re-queues every dead-lettered event since a time.

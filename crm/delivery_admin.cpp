@@ -373,7 +373,7 @@ asio::awaitable<Result<Reply>> DeliveryAdmin::requeue(int shard, std::string eve
 {
     const DeliveryKeys keys(prefix_, shards_);
     std::vector<std::string> script_keys = requeue_keys(keys.shard(shard), event_id);
-    std::vector<std::string> args{event_id, std::to_string(now_ms()), std::move(required_state)};
+    std::vector<std::string> args{event_id, std::to_string(now_ms()), std::move(required_state), group_};
     Result<Reply> reply = co_await redis_.eval(requeue_sha_, std::move(script_keys), std::move(args));
     if (!reply) {
         co_return reply.error();
@@ -393,6 +393,9 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::redeliver(std::string event_
     Result<Reply> outcome = co_await requeue(found->shard, event_id, std::string());
     if (!outcome) {
         co_return outcome.error();
+    }
+    if (outcome->elements[0].str == "in_flight") {
+        co_return make_error_code(errc::conflict);
     }
     if (outcome->elements[0].str != "requeued") {
         // not_found (raced with expiry) or gone (the stream entry was deleted): nothing to send.

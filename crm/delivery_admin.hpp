@@ -5,7 +5,8 @@
 // a re-queued event is picked up by whichever dispatcher instance looks next.
 //
 // Every result is a JSON document (UTF-8 text). Errors: errc::not_found (no delivery record for the
-// event), errc::invalid_argument (bad state, limit or cursor), errc::store_unavailable / timeout (Redis).
+// event), errc::invalid_argument (bad state, limit or cursor), errc::conflict (redeliver of an event
+// being attempted), errc::store_unavailable / timeout (Redis).
 
 #include "core/result.hpp"
 #include "store/redis_connection.hpp"
@@ -39,7 +40,8 @@ public:
                                                                 std::string cursor);
 
     /// Makes the event due now, whatever its state (a delivered or dead event gets a fresh retry
-    /// schedule). {"event_id","previous_state","state":"pending"}.
+    /// schedule). {"event_id","previous_state","state":"pending"}. errc::conflict while a dispatcher
+    /// holds the event (an attempt in flight or about to start): it would be sent twice at once.
     boost::asio::awaitable<Result<std::string>> redeliver(std::string event_id);
 
     /// Re-queues every event dead-lettered at or after since_ms (Unix ms), each with a fresh schedule.

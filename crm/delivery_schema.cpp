@@ -160,7 +160,7 @@ return {next_start, out}
 
 const std::string_view kRequeue = R"lua(
 local event_id, now = ARGV[1], ARGV[2]
-local d = redis.call('HMGET', KEYS[8], 'state', 'entry_id')
+local d = redis.call('HMGET', KEYS[8], 'state', 'entry_id', 'next_at')
 local state, entry = d[1], d[2]
 if not state or not entry then
   return {'not_found', ''}
@@ -170,6 +170,18 @@ if ARGV[3] ~= '' and state ~= ARGV[3] then
 end
 if #redis.call('XRANGE', KEYS[1], entry, entry) == 0 then
   return {'gone', state}
+end
+-- Made due now while a dispatcher holds it, any instance would send it a second time at once.
+local score = redis.call('ZSCORE', KEYS[2], entry)
+if score then
+  if tonumber(score) > tonumber(now) and tonumber(score) ~= tonumber(d[3]) then
+    return {'in_flight', state}
+  end
+else
+  local p = redis.pcall('XPENDING', KEYS[1], ARGV[4], entry, entry, 1)
+  if type(p) == 'table' and p[1] then
+    return {'in_flight', state}
+  end
 end
 if state == 'delivered' or state == 'dead' then
   redis.call('HDEL', KEYS[3], entry)

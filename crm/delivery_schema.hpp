@@ -93,9 +93,11 @@ extern const std::string_view kRenew;
 extern const std::string_view kReclaim;
 
 /// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
-/// ARGV: event_id now_ms required_state ("" for any)
-/// Makes the event due now. A delivered or dead event starts a fresh schedule.
-/// Returns [result, previous_state]: result = requeued | not_found | skipped | gone.
+/// ARGV: event_id now_ms required_state ("" for any) group
+/// Makes the event due now. A delivered or dead event starts a fresh schedule. An event being
+/// attempted is left alone (in_flight): pending in the group and not waiting for a retry, or a retry
+/// member leased by a dispatcher (its score is in the future and differs from the delivery's next_at).
+/// Returns [result, previous_state]: result = requeued | not_found | skipped | gone | in_flight.
 extern const std::string_view kRequeue;
 
 /// KEYS: stream retry dead       ARGV: group

@@ -612,6 +612,10 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
             if (doc.error() == errc::not_found) {
                 co_return api_error(req, 404, "not_found", "no event with this id");
             }
+            if (doc.error() == errc::conflict) {  // only redeliver
+                co_return api_error(req, 409, "conflict",
+                                    "the event is being delivered right now; redeliver it after this attempt");
+            }
             if (doc.error() == errc::invalid_argument) {  // state and limit were checked above
                 co_return api_error(req, 400, "invalid_argument", "not a cursor returned by this API", "cursor");
             }

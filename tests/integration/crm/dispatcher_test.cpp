@@ -520,6 +520,38 @@ TEST_CASE("redeliver re-sends a delivered event under the same webhook-id — li
     check_all_signed(receiver);
 }
 
+TEST_CASE("redeliver while an attempt is in flight is refused (conflict), so no second copy is sent")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_response_delay(800ms);
+    receiver.push_statuses({500});
+    const std::string id = env.add_event("R1", 1);
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+
+    // The first attempt is in flight: the entry is pending in the group, not waiting for a retry.
+    REQUIRE(run_until(env.ioc, [&] { return receiver.count() == 1; }, 5s));
+    CHECK(run_awaitable(env.ioc, admin.redeliver(id)).error() == errc::conflict);
+    // It fails; the retry is popped (leased) and in flight in turn.
+    REQUIRE(run_until(env.ioc, [&] { return receiver.count() == 2; }, 5s));
+    CHECK(run_awaitable(env.ioc, admin.redeliver(id)).error() == errc::conflict);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 5s));
+    run_for(env.ioc, 1000ms);
+    CHECK(receiver.count() == 2);
+    CHECK(env.delivery(id)["attempts"] == "2");
+    CHECK(acknowledged_counts(receiver)[id] == 1);
+
+    // Once the attempt is over, redeliver sends it again.
+    Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(id));
+    REQUIRE(again.has_value());
+    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "delivered");
+    REQUIRE(run_until(env.ioc, [&] { return acknowledged_counts(receiver)[id] == 2; }, 5s));
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 5s));
+    CHECK(receiver.count() == 3);
+}
+
 TEST_CASE("HTTPS delivery to a receiver with a certificate from the configured CA")
 {
     RedisEnv env;

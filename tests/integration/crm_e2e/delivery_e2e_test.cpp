@@ -252,6 +252,10 @@ TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging recei
     const std::string first = bill_event_ids(fx, "E5000").at(0);
     REQUIRE(stack.receiver.wait_for([](const std::vector<ReceivedRequest>& rs) { return !rs.empty(); }, 15s));
     CHECK(delivery_state(fx, first) == "pending");  // in flight at the CRM
+    // Redelivering it now would send a second copy at the same time: refused.
+    const HttpResult redeliver = fx.api("POST", "/v1/events/" + first + "/redeliver");
+    CHECK(redeliver.status == 409);
+    CHECK(redeliver.body.find("\"conflict\"") != std::string::npos);
 
     // Every further notification is acknowledged at once, while the delivery still hangs.
     for (int i = 1; i <= 8; ++i) {
@@ -267,6 +271,8 @@ TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging recei
     }
     const std::vector<ReceivedRequest> requests = stack.receiver.requests();
     CHECK(std::none_of(requests.begin(), requests.end(), [](const ReceivedRequest& r) { return r.answered; }));
+    CHECK(std::count_if(requests.begin(), requests.end(),
+                        [&](const ReceivedRequest& r) { return r.webhook_id == first; }) == 1);
     CHECK(delivery_state(fx, first) == "pending");
     CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == 0);
 
