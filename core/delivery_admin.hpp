@@ -15,12 +15,16 @@ namespace paybridge {
 /// store_unavailable, timeout.
 class DeliveryAdmin {
 public:
+    /// The largest page deliveries() serves.
+    static constexpr std::size_t kMaxLimit = 500;
+
     virtual ~DeliveryAdmin() = default;
 
     /// The event with its delivery state and every attempt, or nullopt.
     virtual boost::asio::awaitable<Result<std::optional<std::string>>> event(std::string event_id) = 0;
 
-    /// Deliveries in a state ("pending", "retrying", "dead"), oldest first, cursor paging.
+    /// Deliveries in a state ("pending", "retrying", "delivered", "dead"), most recently changed
+    /// first, cursor paging; limit 1..kMaxLimit.
     virtual boost::asio::awaitable<Result<std::string>> deliveries(std::string state, std::size_t limit,
                                                                    std::string cursor) = 0;
 

@@ -8,6 +8,7 @@
 // event), errc::invalid_argument (bad state, limit or cursor), errc::conflict (redeliver of an event
 // being attempted), errc::store_unavailable / timeout (Redis).
 
+#include "core/delivery_admin.hpp"
 #include "core/result.hpp"
 #include "store/redis_connection.hpp"
 
@@ -20,7 +21,7 @@ namespace paybridge::crm {
 
 class DeliveryAdmin final {
 public:
-    static constexpr std::size_t kMaxLimit = 500;
+    static constexpr std::size_t kMaxLimit = paybridge::DeliveryAdmin::kMaxLimit;
 
     /// Registers its scripts on `redis` (loaded on every reconnect; EVAL fallback before that).
     /// `redis` must outlive this object. key_prefix / shards as in config::RedisConfig.

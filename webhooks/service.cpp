@@ -589,12 +589,15 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
             }
         } else if (path == "/v1/deliveries" && method == http::verb::get) {
             const std::string state = query.count("state") ? query["state"] : std::string("pending");
-            if (state != "pending" && state != "retrying" && state != "dead") {
-                co_return api_error(req, 400, "invalid_argument", "must be pending, retrying or dead", "state");
+            if (state != "pending" && state != "retrying" && state != "delivered" && state != "dead") {
+                co_return api_error(req, 400, "invalid_argument", "must be pending, retrying, delivered or dead",
+                                    "state");
             }
-            auto limit = parse_limit(query, 100, 1000);
+            auto limit = parse_limit(query, 100, DeliveryAdmin::kMaxLimit);
             if (!limit) {
-                co_return api_error(req, 400, "invalid_argument", "must be an integer from 1 to 1000", "limit");
+                co_return api_error(req, 400, "invalid_argument",
+                                    "must be an integer from 1 to " + std::to_string(DeliveryAdmin::kMaxLimit),
+                                    "limit");
             }
             const std::string cursor = query.count("cursor") ? query["cursor"] : std::string();
             doc = co_await deps_.deliveries->deliveries(state, *limit, cursor);

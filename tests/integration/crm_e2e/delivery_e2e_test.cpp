@@ -74,6 +74,39 @@ TEST_CASE("notify -> the CRM receives the signed event served by the bill histor
     CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == 2);
 }
 
+TEST_CASE("GET /v1/deliveries: state=delivered lists delivered events, limit up to the admin maximum")
+{
+    CrmStack stack;
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    register_and_pay(fx, ali, "E1101", 1000);
+    const std::string id = bill_event_ids(fx, "E1101").at(0);
+    REQUIRE(wait_until([&] { return delivery_state(fx, id) == "delivered"; }, 15s));
+
+    HttpResult r = fx.api("GET", "/v1/deliveries?state=delivered");
+    CHECK_MESSAGE(r.status == 200, r.body);
+    if (r.status == 200) {
+        const rapidjson::Document d = parse(r.body);
+        REQUIRE(d["items"].Size() == 1);
+        CHECK(std::string(d["items"][0]["event_id"].GetString()) == id);
+        CHECK(std::string(d["items"][0]["state"].GetString()) == "delivered");
+    }
+    r = fx.api("GET", "/v1/deliveries?state=delivered&limit=500");
+    CHECK_MESSAGE(r.status == 200, r.body);
+    // Beyond the maximum: the limit is what is wrong, not the (absent) cursor.
+    for (const std::string limit : {"501", "1000", "0"}) {
+        CAPTURE(limit);
+        r = fx.api("GET", "/v1/deliveries?state=pending&limit=" + limit);
+        CHECK(r.status == 400);
+        const rapidjson::Document d = parse(r.body);
+        CHECK(std::string(d["error"]["field"].GetString()) == "limit");
+        CHECK(std::string(d["error"]["message"].GetString()).find("500") != std::string::npos);
+    }
+    r = fx.api("GET", "/v1/deliveries?state=bogus");
+    CHECK(r.status == 400);
+    CHECK(std::string(parse(r.body)["error"]["field"].GetString()) == "state");
+}
+
 TEST_CASE("500 then 200: delivered, and GET /v1/events/{id} shows both attempts")
 {
     CrmStack stack;
