@@ -22,6 +22,7 @@ using Writer = rapidjson::Writer<rapidjson::StringBuffer>;
 using FieldMap = std::map<std::string, std::string, std::less<>>;
 
 constexpr std::size_t kDefaultLimit = 50;
+constexpr std::size_t kFindChunk = 1000;  ///< outbox entries one kFindEntry call looks at
 
 std::int64_t now_ms()
 {
@@ -155,6 +156,7 @@ DeliveryAdmin::DeliveryAdmin(store::RedisConnection& redis, std::string key_pref
     : redis_(redis), prefix_(std::move(key_prefix)), shards_(shards < 1 ? 1 : shards), group_(std::move(group))
 {
     requeue_sha_ = redis_.add_script(std::string(scripts::kRequeue));
+    find_sha_ = redis_.add_script(std::string(scripts::kFindEntry));
 }
 
 asio::awaitable<Result<DeliveryAdmin::Located>> DeliveryAdmin::locate(std::string event_id)
@@ -183,7 +185,53 @@ asio::awaitable<Result<DeliveryAdmin::Located>> DeliveryAdmin::locate(std::strin
             co_return found;
         }
     }
-    co_return make_error_code(errc::not_found);
+    Result<Located> entry = co_await find_entry(std::move(event_id));
+    co_return entry;
+}
+
+asio::awaitable<Result<DeliveryAdmin::Located>> DeliveryAdmin::find_entry(std::string event_id)
+{
+    // "evt_" bill "_" sequence, or "_u" n for an unknown bill (store/bill.lua); a bill id may
+    // itself contain '_'.
+    const std::size_t sep = event_id.rfind('_');
+    if (!event_id.starts_with("evt_") || sep == std::string::npos || sep <= 4 || sep + 1 >= event_id.size()) {
+        co_return make_error_code(errc::not_found);
+    }
+    std::string_view seq = std::string_view(event_id).substr(sep + 1);
+    if (seq.front() == 'u') {
+        seq.remove_prefix(1);
+    }
+    if (seq.empty() || !std::all_of(seq.begin(), seq.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+        co_return make_error_code(errc::not_found);
+    }
+    const store::Keys store_keys(prefix_, shards_);
+    const int shard = store_keys.shard_of(std::string_view(event_id).substr(4, sep - 4));
+    const DeliveryKeys keys(prefix_, shards_);
+    const ShardKeys& k = keys.shard(shard);
+    std::string start = "+";
+    for (;;) {
+        std::vector<std::string> script_keys{k.stream, k.retry};
+        std::vector<std::string> args{event_id, group_, start, std::to_string(kFindChunk)};
+        Result<Reply> reply = co_await redis_.eval(find_sha_, std::move(script_keys), std::move(args));
+        if (!reply) {
+            co_return reply.error();
+        }
+        if (reply->is_error() || !reply->is_array() || reply->elements.size() < 2) {
+            co_return make_error_code(errc::store_unavailable);
+        }
+        const std::string& result = reply->elements[0].str;
+        if (result == "found") {
+            Located found;
+            found.shard = shard;
+            found.fields = std::move(reply->elements[1].elements);
+            found.recorded = false;
+            co_return found;
+        }
+        if (result != "more") {
+            co_return make_error_code(errc::not_found);
+        }
+        start = std::move(reply->elements[1].str);
+    }
 }
 
 asio::awaitable<Result<std::string>> DeliveryAdmin::get_event_deliveries(std::string event_id)
@@ -369,11 +417,13 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::list_deliveries(std::string 
     co_return text_of(buf);
 }
 
-asio::awaitable<Result<Reply>> DeliveryAdmin::requeue(int shard, std::string event_id, std::string required_state)
+asio::awaitable<Result<Reply>> DeliveryAdmin::requeue(int shard, std::string event_id, std::string required_state,
+                                                      std::string entry_id)
 {
     const DeliveryKeys keys(prefix_, shards_);
     std::vector<std::string> script_keys = requeue_keys(keys.shard(shard), event_id);
-    std::vector<std::string> args{event_id, std::to_string(now_ms()), std::move(required_state), group_};
+    std::vector<std::string> args{event_id, std::to_string(now_ms()), std::move(required_state), group_,
+                                  std::move(entry_id)};
     Result<Reply> reply = co_await redis_.eval(requeue_sha_, std::move(script_keys), std::move(args));
     if (!reply) {
         co_return reply.error();
@@ -390,7 +440,11 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::redeliver(std::string event_
     if (!found) {
         co_return found.error();
     }
-    Result<Reply> outcome = co_await requeue(found->shard, event_id, std::string());
+    std::string entry_id;
+    if (!found->recorded) {
+        entry_id = std::string(get(to_map(found->fields), "entry_id"));
+    }
+    Result<Reply> outcome = co_await requeue(found->shard, event_id, std::string(), std::move(entry_id));
     if (!outcome) {
         co_return outcome.error();
     }
@@ -430,7 +484,8 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
     for (std::size_t s = 0; s < dead->size(); ++s) {
         for (const Reply& id : (*dead)[s].elements) {
             // Only events still dead: a concurrent recover or redeliver already took the others.
-            Result<Reply> outcome = co_await requeue(static_cast<int>(s), id.str, std::string(kStateDead));
+            Result<Reply> outcome =
+                co_await requeue(static_cast<int>(s), id.str, std::string(kStateDead), std::string());
             if (!outcome) {
                 co_return outcome.error();
             }

@@ -4,8 +4,12 @@
 // Works on any RedisConnection (typically the daemon's shared one) and needs no running Dispatcher:
 // a re-queued event is picked up by whichever dispatcher instance looks next.
 //
-// Every result is a JSON document (UTF-8 text). Errors: errc::not_found (no delivery record for the
-// event), errc::invalid_argument (bad state, limit or cursor), errc::conflict (redeliver of an event
+// An event is found by its delivery record or, when it has none (not read by a dispatcher yet, or
+// delivered longer ago than the record is kept), by its outbox entry: the event id names the bill,
+// hence the shard, and that shard's stream is searched.
+//
+// Every result is a JSON document (UTF-8 text). Errors: errc::not_found (neither a delivery record
+// nor an outbox entry for the event), errc::invalid_argument (bad state, limit or cursor), errc::conflict (redeliver of an event
 // being attempted), errc::store_unavailable / timeout (Redis).
 
 #include "core/delivery_admin.hpp"
@@ -52,17 +56,22 @@ public:
 private:
     struct Located {
         int shard{-1};
-        std::vector<store::Reply> fields;  ///< HGETALL of the delivery hash
+        std::vector<store::Reply> fields;  ///< HGETALL of the delivery hash, or as kFindEntry made it
+        bool recorded{true};               ///< false: found by its outbox entry, no delivery hash
     };
     boost::asio::awaitable<Result<Located>> locate(std::string event_id);
-    /// Runs the requeue script; the reply is [result, previous_state].
-    boost::asio::awaitable<Result<store::Reply>> requeue(int shard, std::string event_id, std::string required_state);
+    boost::asio::awaitable<Result<Located>> find_entry(std::string event_id);
+    /// Runs the requeue script; the reply is [result, previous_state]. entry_id: for an event
+    /// without a delivery record.
+    boost::asio::awaitable<Result<store::Reply>> requeue(int shard, std::string event_id, std::string required_state,
+                                                         std::string entry_id);
 
     store::RedisConnection& redis_;
     std::string prefix_;
     int shards_;
     std::string group_;
     std::string requeue_sha_;
+    std::string find_sha_;
 };
 
 }  // namespace paybridge::crm

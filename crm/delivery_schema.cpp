@@ -158,30 +158,70 @@ end
 return {next_start, out}
 )lua";
 
+// Without a delivery record (never read, or its record expired after delivery) ARGV[5] names the
+// outbox entry. An entry the group has not read yet must not go to the retry zset: the read would
+// send it a second time.
 const std::string_view kRequeue = R"lua(
 local event_id, now = ARGV[1], ARGV[2]
 local d = redis.call('HMGET', KEYS[8], 'state', 'entry_id', 'next_at')
 local state, entry = d[1], d[2]
+local recordless = false
 if not state or not entry then
-  return {'not_found', ''}
+  if not ARGV[5] or ARGV[5] == '' then
+    return {'not_found', ''}
+  end
+  entry, state, recordless = ARGV[5], false, true
 end
 if ARGV[3] ~= '' and state ~= ARGV[3] then
-  return {'skipped', state}
+  return {'skipped', state or ''}
 end
-if #redis.call('XRANGE', KEYS[1], entry, entry) == 0 then
-  return {'gone', state}
+local e = redis.call('XRANGE', KEYS[1], entry, entry)
+if #e == 0 then
+  return {'gone', state or ''}
 end
 -- Made due now while a dispatcher holds it, any instance would send it a second time at once.
 local score = redis.call('ZSCORE', KEYS[2], entry)
 if score then
   if tonumber(score) > tonumber(now) and tonumber(score) ~= tonumber(d[3]) then
-    return {'in_flight', state}
+    return {'in_flight', state or 'retrying'}
   end
 else
   local p = redis.pcall('XPENDING', KEYS[1], ARGV[4], entry, entry, 1)
   if type(p) == 'table' and p[1] then
-    return {'in_flight', state}
+    return {'in_flight', state or 'pending'}
   end
+end
+if recordless then
+  if score then
+    state = 'retrying'
+  else
+    local last = nil
+    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+    if not groups.err then
+      for _, g in ipairs(groups) do
+        local f = {}
+        for i = 1, #g, 2 do
+          f[g[i]] = g[i + 1]
+        end
+        if f['name'] == ARGV[4] then
+          last = f['last-delivered-id']
+        end
+      end
+    end
+    local em, es = string.match(entry, '^(%d+)-(%d+)$')
+    local lm, ls = string.match(last or '0-0', '^(%d+)-(%d+)$')
+    em, es, lm, ls = tonumber(em), tonumber(es), tonumber(lm), tonumber(ls)
+    if em > lm or (em == lm and es > ls) then
+      return {'requeued', 'pending'}
+    end
+    state = 'delivered'
+  end
+  local f = {}
+  for i = 1, #e[1][2], 2 do
+    f[e[1][2][i]] = e[1][2][i + 1]
+  end
+  redis.call('HSET', KEYS[8], 'event_id', event_id, 'entry_id', entry, 'bill_id', f['bill_id'] or '',
+             'type', f['type'] or '', 'attempts', 0, 'first_seen_at', now)
 end
 if state == 'delivered' or state == 'dead' then
   redis.call('HDEL', KEYS[3], entry)
@@ -195,6 +235,54 @@ redis.call('HSET', KEYS[8], 'state', 'pending', 'next_at', now, 'updated_at', no
 redis.call('PERSIST', KEYS[8])
 redis.call('PERSIST', KEYS[9])
 return {'requeued', state}
+)lua";
+
+const std::string_view kFindEntry = R"lua(
+local count = tonumber(ARGV[4])
+local rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], '-', 'COUNT', count)
+for _, e in ipairs(rows) do
+  local f = {}
+  for i = 1, #e[2], 2 do
+    f[e[2][i]] = e[2][i + 1]
+  end
+  if f['id'] == ARGV[1] then
+    local entry = e[1]
+    local state = 'delivered'
+    if redis.call('ZSCORE', KEYS[2], entry) then
+      state = 'retrying'
+    else
+      local p = redis.pcall('XPENDING', KEYS[1], ARGV[2], entry, entry, 1)
+      if type(p) ~= 'table' or p.err or p[1] then
+        state = 'pending'
+      else
+        local last = nil
+        local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+        if not groups.err then
+          for _, g in ipairs(groups) do
+            local gf = {}
+            for i = 1, #g, 2 do
+              gf[g[i]] = g[i + 1]
+            end
+            if gf['name'] == ARGV[2] then
+              last = gf['last-delivered-id']
+            end
+          end
+        end
+        local em, es = string.match(entry, '^(%d+)-(%d+)$')
+        local lm, ls = string.match(last or '0-0', '^(%d+)-(%d+)$')
+        if tonumber(em) > tonumber(lm) or (tonumber(em) == tonumber(lm) and tonumber(es) > tonumber(ls)) then
+          state = 'pending'
+        end
+      end
+    end
+    return {'found', {'state', state, 'event_id', ARGV[1], 'entry_id', entry, 'bill_id', f['bill_id'] or '',
+                      'type', f['type'] or ''}}
+  end
+end
+if #rows < count then
+  return {'none', ''}
+end
+return {'more', '(' .. rows[#rows][1]}
 )lua";
 
 const std::string_view kStats = R"lua(

@@ -93,12 +93,23 @@ extern const std::string_view kRenew;
 extern const std::string_view kReclaim;
 
 /// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
-/// ARGV: event_id now_ms required_state ("" for any) group
+/// ARGV: event_id now_ms required_state ("" for any) group [entry_id]
 /// Makes the event due now. A delivered or dead event starts a fresh schedule. An event being
 /// attempted is left alone (in_flight): pending in the group and not waiting for a retry, or a retry
 /// member leased by a dispatcher (its score is in the future and differs from the delivery's next_at).
+/// entry_id (from kFindEntry) stands in for a delivery record that does not exist: an entry the group
+/// has not read yet is left as it is (its first delivery is still to come: requeued, previous state
+/// pending); one read and acknowledged (its record expired) gets a new record and is due now.
 /// Returns [result, previous_state]: result = requeued | not_found | skipped | gone | in_flight.
 extern const std::string_view kRequeue;
+
+/// KEYS: stream retry            ARGV: event_id group start count
+/// Looks for the outbox entry of an event that has no delivery record, newest first, `count` entries
+/// per call from `start` ("+" first, then the next_start returned). Returns ["found", [field, value,
+/// ...]] (state, event_id, entry_id, bill_id, type, as the delivery hash holds them; state pending
+/// while unread or pending in the group, retrying in the retry zset, else delivered), ["more",
+/// next_start] or ["none", ""].
+extern const std::string_view kFindEntry;
 
 /// KEYS: stream retry dead       ARGV: group
 /// Returns [pending, lag, oldest_undelivered_ms (0: none), retrying, dead].

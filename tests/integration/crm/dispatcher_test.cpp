@@ -552,6 +552,86 @@ TEST_CASE("redeliver while an attempt is in flight is refused (conflict), so no 
     CHECK(receiver.count() == 3);
 }
 
+TEST_CASE("an event not read yet is found by its outbox entry, and redeliver leaves it to its first delivery")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    std::vector<std::string> ids;
+    ids.push_back(env.add_event("U_1", 1));  // a bill id with '_' in it: evt_U_1_1
+    for (int i = 0; i < 5; ++i) {
+        ids.push_back(env.add_event("V" + std::to_string(i), 1));
+    }
+    const std::string& id = ids[0];
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+
+    // No dispatcher has run: no consumer group, no delivery record.
+    Result<std::string> doc = run_awaitable(env.ioc, admin.get_event_deliveries(id));
+    REQUIRE(doc.has_value());
+    {
+        const rapidjson::Document d = parse(*doc);
+        CHECK(std::string(d["event"]["id"].GetString()) == id);
+        CHECK(std::string(d["delivery"]["state"].GetString()) == "pending");
+        CHECK(std::string(d["delivery"]["bill_id"].GetString()) == "U_1");
+        CHECK(d["attempts"].Size() == 0);
+    }
+    Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(id));
+    REQUIRE(again.has_value());
+    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "pending");
+    CHECK(run_awaitable(env.ioc, admin.redeliver("evt_U_1_2")).error() == errc::not_found);
+    CHECK(run_awaitable(env.ioc, admin.get_event_deliveries("evt_U_1_x")).error() == errc::not_found);
+
+    RunningDispatcher d(env.ioc, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    run_for(env.ioc, 500ms);
+    CHECK(receiver.count() == ids.size());  // sent once: the redeliver added no second copy
+    CHECK(env.delivery(id)["attempts"] == "1");
+}
+
+TEST_CASE("an event whose delivery record expired is found by its outbox entry and can be redelivered")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    const std::string id = env.add_event("X1", 3);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.record_ttl = 300ms;
+    auto d = std::make_unique<RunningDispatcher>(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return acknowledged_counts(receiver)[id] == 1; }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+    REQUIRE(run_until(env.ioc, [&] { return env.delivery(id).empty(); }, 5s));  // the record expired
+    d->stop();
+    d.reset();
+    // Newer entries in the same stream, more than one search step: it is found further back.
+    for (int i = 0; i < 1200; ++i) {
+        const std::string filler = "evt_X1_" + std::to_string(100 + i);
+        std::vector<std::string> argv{"XADD", env.keys.outbox(env.keys.shard_of("X1")), "*", "id", filler,
+                                      "bill_id", "X1", "type", "bill.paid", "event", R"({"id":")" + filler + R"("})"};
+        env.exec(std::move(argv));
+    }
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+
+    Result<std::string> doc = run_awaitable(env.ioc, admin.get_event_deliveries(id));
+    REQUIRE(doc.has_value());
+    {
+        const rapidjson::Document got = parse(*doc);
+        CHECK(std::string(got["event"]["id"].GetString()) == id);
+        CHECK(std::string(got["delivery"]["state"].GetString()) == "delivered");
+        CHECK(std::string(got["delivery"]["entry_id"].GetString()).size() > 0);
+    }
+    Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(id));
+    REQUIRE(again.has_value());
+    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "delivered");
+    CHECK(env.state_of(id) == "pending");
+
+    d = std::make_unique<RunningDispatcher>(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return acknowledged_counts(receiver)[id] == 2; }, 20s));
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 5s));
+    CHECK(env.delivery(id)["attempts"] == "1");
+    check_all_signed(receiver);
+}
+
 TEST_CASE("HTTPS delivery to a receiver with a certificate from the configured CA")
 {
     RedisEnv env;

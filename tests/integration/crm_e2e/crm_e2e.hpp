@@ -264,7 +264,7 @@ inline rapidjson::Document delivery_doc(DaemonFixture& fx, const std::string& ev
     return parse(r.body);
 }
 
-/// The delivery state of an event ("" while it has no delivery record yet).
+/// The delivery state of an event ("" when there is no such event).
 inline std::string delivery_state(DaemonFixture& fx, const std::string& event_id)
 {
     const HttpResult r = fx.api("GET", "/v1/events/" + event_id);
