@@ -158,10 +158,41 @@ end
 return {next_start, out}
 )lua";
 
+// Lua shared by the scripts that look at an outbox entry without a delivery record (prepended to
+// each).
+//   fields(flat)                      {k1, v1, k2, v2, ...} -> {k1 = v1, ...}
+//   unread_by_group(stream, group, e) entry e lies beyond the group's last-delivered-id: no consumer
+//                                     has been handed it yet (its first read is still to come)
+constexpr std::string_view kOutboxEntryHelpers = R"lua(
+local function fields(flat)
+  local f = {}
+  for i = 1, #flat, 2 do
+    f[flat[i]] = flat[i + 1]
+  end
+  return f
+end
+local function unread_by_group(stream, group, entry)
+  local last = '0-0'
+  local groups = redis.pcall('XINFO', 'GROUPS', stream)
+  if not groups.err then
+    for _, g in ipairs(groups) do
+      local gf = fields(g)
+      if gf['name'] == group then
+        last = gf['last-delivered-id']
+      end
+    end
+  end
+  local em, es = string.match(entry, '^(%d+)-(%d+)$')
+  local lm, ls = string.match(last, '^(%d+)-(%d+)$')
+  em, es, lm, ls = tonumber(em), tonumber(es), tonumber(lm), tonumber(ls)
+  return em > lm or (em == lm and es > ls)
+end
+)lua";
+
 // Without a delivery record (never read, or its record expired after delivery) ARGV[5] names the
 // outbox entry. An entry the group has not read yet must not go to the retry zset: the read would
 // send it a second time.
-const std::string_view kRequeue = R"lua(
+const std::string kRequeue = std::string(kOutboxEntryHelpers) + R"lua(
 local event_id, now = ARGV[1], ARGV[2]
 local d = redis.call('HMGET', KEYS[8], 'state', 'entry_id', 'next_at')
 local state, entry = d[1], d[2]
@@ -195,31 +226,12 @@ if recordless then
   if score then
     state = 'retrying'
   else
-    local last = nil
-    local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-    if not groups.err then
-      for _, g in ipairs(groups) do
-        local f = {}
-        for i = 1, #g, 2 do
-          f[g[i]] = g[i + 1]
-        end
-        if f['name'] == ARGV[4] then
-          last = f['last-delivered-id']
-        end
-      end
-    end
-    local em, es = string.match(entry, '^(%d+)-(%d+)$')
-    local lm, ls = string.match(last or '0-0', '^(%d+)-(%d+)$')
-    em, es, lm, ls = tonumber(em), tonumber(es), tonumber(lm), tonumber(ls)
-    if em > lm or (em == lm and es > ls) then
+    if unread_by_group(KEYS[1], ARGV[4], entry) then
       return {'requeued', 'pending'}
     end
     state = 'delivered'
   end
-  local f = {}
-  for i = 1, #e[1][2], 2 do
-    f[e[1][2][i]] = e[1][2][i + 1]
-  end
+  local f = fields(e[1][2])
   redis.call('HSET', KEYS[8], 'event_id', event_id, 'entry_id', entry, 'bill_id', f['bill_id'] or '',
              'type', f['type'] or '', 'attempts', 0, 'first_seen_at', now)
 end
@@ -237,14 +249,11 @@ redis.call('PERSIST', KEYS[9])
 return {'requeued', state}
 )lua";
 
-const std::string_view kFindEntry = R"lua(
+const std::string kFindEntry = std::string(kOutboxEntryHelpers) + R"lua(
 local count = tonumber(ARGV[4])
 local rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], '-', 'COUNT', count)
 for _, e in ipairs(rows) do
-  local f = {}
-  for i = 1, #e[2], 2 do
-    f[e[2][i]] = e[2][i + 1]
-  end
+  local f = fields(e[2])
   if f['id'] == ARGV[1] then
     local entry = e[1]
     local state = 'delivered'
@@ -252,27 +261,8 @@ for _, e in ipairs(rows) do
       state = 'retrying'
     else
       local p = redis.pcall('XPENDING', KEYS[1], ARGV[2], entry, entry, 1)
-      if type(p) ~= 'table' or p.err or p[1] then
+      if type(p) ~= 'table' or p.err or p[1] or unread_by_group(KEYS[1], ARGV[2], entry) then
         state = 'pending'
-      else
-        local last = nil
-        local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
-        if not groups.err then
-          for _, g in ipairs(groups) do
-            local gf = {}
-            for i = 1, #g, 2 do
-              gf[g[i]] = g[i + 1]
-            end
-            if gf['name'] == ARGV[2] then
-              last = gf['last-delivered-id']
-            end
-          end
-        end
-        local em, es = string.match(entry, '^(%d+)-(%d+)$')
-        local lm, ls = string.match(last or '0-0', '^(%d+)-(%d+)$')
-        if tonumber(em) > tonumber(lm) or (tonumber(em) == tonumber(lm) and tonumber(es) > tonumber(ls)) then
-          state = 'pending'
-        end
       end
     end
     return {'found', {'state', state, 'event_id', ARGV[1], 'entry_id', entry, 'bill_id', f['bill_id'] or '',

@@ -101,7 +101,7 @@ extern const std::string_view kReclaim;
 /// has not read yet is left as it is (its first delivery is still to come: requeued, previous state
 /// pending); one read and acknowledged (its record expired) gets a new record and is due now.
 /// Returns [result, previous_state]: result = requeued | not_found | skipped | gone | in_flight.
-extern const std::string_view kRequeue;
+extern const std::string kRequeue;
 
 /// KEYS: stream retry            ARGV: event_id group start count
 /// Looks for the outbox entry of an event that has no delivery record, newest first, `count` entries
@@ -109,7 +109,7 @@ extern const std::string_view kRequeue;
 /// ...]] (state, event_id, entry_id, bill_id, type, as the delivery hash holds them; state pending
 /// while unread or pending in the group, retrying in the retry zset, else delivered), ["more",
 /// next_start] or ["none", ""].
-extern const std::string_view kFindEntry;
+extern const std::string kFindEntry;
 
 /// KEYS: stream retry dead       ARGV: group
 /// Returns [pending, lag, oldest_undelivered_ms (0: none), retrying, dead].
