@@ -32,9 +32,18 @@ bool digits(std::string_view s, std::size_t pos, std::size_t n, int& out) noexce
     return true;
 }
 
+int days_in_month(int Y, int M) noexcept
+{
+    static constexpr int kDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    const bool leap = (Y % 4 == 0 && Y % 100 != 0) || Y % 400 == 0;
+    return M == 2 && leap ? 29 : kDays[M - 1];
+}
+
+// A calendar date that exists (2026-02-31 does not: it would silently become 03-03), a time of
+// day (second 60: a leap second), and the UTC offset in minutes.
 std::optional<std::int64_t> compose(int Y, int M, int D, int h, int mi, int s, int ms, int offset_min)
 {
-    if (M < 1 || M > 12 || D < 1 || D > 31 || h > 23 || mi > 59 || s > 60) {
+    if (M < 1 || M > 12 || D < 1 || D > days_in_month(Y, M) || h > 23 || mi > 59 || s > 60) {
         return std::nullopt;
     }
     const std::int64_t days = days_from_civil(Y, static_cast<unsigned>(M), static_cast<unsigned>(D));
@@ -42,12 +51,16 @@ std::optional<std::int64_t> compose(int Y, int M, int D, int h, int mi, int s, i
     return secs * 1000 + ms;
 }
 
-// Reads ".123456" at pos (any number of digits, milliseconds kept); advances pos.
+// Reads ".123456" at pos (one digit or more, milliseconds kept); advances pos. -1 for a '.' without
+// digits.
 int fraction_ms(std::string_view t, std::size_t& pos) noexcept
 {
     int ms = 0;
     if (pos < t.size() && t[pos] == '.') {
         ++pos;
+        if (pos == t.size() || t[pos] < '0' || t[pos] > '9') {
+            return -1;
+        }
         int n = 0;
         while (pos < t.size() && t[pos] >= '0' && t[pos] <= '9') {
             if (n < 3) {
@@ -131,12 +144,16 @@ std::optional<std::int64_t> parse_rfc3339(std::string_view t)
     }
     std::size_t pos = 19;
     const int ms = fraction_ms(t, pos);
+    if (ms < 0) {
+        return std::nullopt;
+    }
     int offset = 0;
     if (pos < t.size() && (t[pos] == 'Z' || t[pos] == 'z')) {
         ++pos;
     } else if (pos < t.size() && (t[pos] == '+' || t[pos] == '-')) {
         int oh, om;
-        if (!digits(t, pos + 1, 2, oh) || pos + 3 >= t.size() || t[pos + 3] != ':' || !digits(t, pos + 4, 2, om)) {
+        if (!digits(t, pos + 1, 2, oh) || pos + 3 >= t.size() || t[pos + 3] != ':' || !digits(t, pos + 4, 2, om) ||
+            oh > 23 || om > 59) {
             return std::nullopt;
         }
         offset = (oh * 60 + om) * (t[pos] == '-' ? -1 : 1);
@@ -164,7 +181,7 @@ std::optional<std::int64_t> parse_beijing_time(std::string_view t)
     }
     std::size_t pos = 19;
     const int ms = fraction_ms(t, pos);
-    if (pos != t.size()) {
+    if (ms < 0 || pos != t.size()) {
         return std::nullopt;
     }
     return compose(Y, M, D, h, mi, s, ms, 8 * 60);

@@ -14,6 +14,7 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <initializer_list>
 #include <cctype>
 #include <charconv>
 #include <exception>
@@ -163,9 +164,10 @@ Response store_error(const Request& req, const boost::system::error_code& ec)
 using gateways::percent_decode;
 using Query = std::map<std::string, std::string>;
 
-// Query parameters, decoded once by the same decoder as provider forms; a repeated name keeps the
-// last value, a name without '=' has an empty value.
-bool parse_query(std::string_view q, Query& out)
+// Query parameters, decoded once by the same decoder as provider forms; a name without '=' has an
+// empty value. A name given twice is refused by the caller (which value was meant?): `repeated`
+// gets the first such name.
+bool parse_query(std::string_view q, Query& out, std::string& repeated)
 {
     while (!q.empty()) {
         const auto amp = q.find('&');
@@ -180,9 +182,35 @@ bool parse_query(std::string_view q, Query& out)
             !percent_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1), value)) {
             return false;
         }
-        out[key] = value;
+        auto [it, added] = out.emplace(std::move(key), std::move(value));
+        if (!added && repeated.empty()) {
+            repeated = it->first;
+        }
     }
     return true;
+}
+
+// A 400 naming the first parameter the endpoint does not take (a misspelt filter would otherwise
+// be ignored: `?cursor=` on a feed that pages with `after` would return its first page forever).
+std::optional<Response> unknown_param(const Request& req, const Query& q, std::initializer_list<std::string_view> allowed)
+{
+    for (const auto& entry : q) {
+        if (std::find(allowed.begin(), allowed.end(), entry.first) != allowed.end()) {
+            continue;
+        }
+        std::string message = "unknown query parameter; ";
+        if (allowed.size() == 0) {
+            message += "this endpoint takes none";
+        } else {
+            message += "this endpoint takes ";
+            for (auto it = allowed.begin(); it != allowed.end(); ++it) {
+                message += it == allowed.begin() ? "" : ", ";
+                message += *it;
+            }
+        }
+        return api_error(req, 400, "invalid_argument", message, entry.first);
+    }
+    return std::nullopt;
 }
 
 std::optional<std::size_t> parse_limit(const Query& q, std::size_t def, std::size_t max)
@@ -200,6 +228,7 @@ std::optional<std::size_t> parse_limit(const Query& q, std::size_t def, std::siz
     return v;
 }
 
+// An RFC 3339 time after the Unix epoch (0 stands for "not given" below the API); 0 when absent.
 std::optional<std::int64_t> parse_time_param(const Query& q, const char* name, bool& present)
 {
     auto it = q.find(name);
@@ -207,7 +236,24 @@ std::optional<std::int64_t> parse_time_param(const Query& q, const char* name, b
     if (!present) {
         return 0;
     }
-    return parse_rfc3339(it->second);
+    std::optional<std::int64_t> ms = parse_rfc3339(it->second);
+    if (ms && *ms <= 0) {
+        return std::nullopt;
+    }
+    return ms;
+}
+
+// The 400 for a time parameter parse_time_param() refused. A '+' sent unencoded arrives as a space
+// (form decoding), which is the usual way to get "+08:00" wrong: said so.
+Response time_error(const Request& req, const Query& q, const char* name, std::string_view prefix = {})
+{
+    std::string message(prefix);
+    message += "an RFC 3339 time after 1970-01-01T00:00:00Z";
+    auto it = q.find(name);
+    if (it != q.end() && it->second.find(' ') != std::string::npos) {
+        message += " (a '+' in a query string must be sent as %2B)";
+    }
+    return api_error(req, 400, "invalid_argument", message, name);
 }
 
 bool valid_bill_id(std::string_view id)
@@ -433,18 +479,29 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
 {
     (void)rt;
     Query query;
-    if (!parse_query(query_text, query)) {
+    std::string repeated;
+    if (!parse_query(query_text, query, repeated)) {
         co_return api_error(req, 400, "invalid_argument", "the query string is not valid percent-encoding");
+    }
+    if (!repeated.empty()) {
+        co_return api_error(req, 400, "invalid_argument", "query parameter given more than once", repeated);
     }
     const auto method = req.method();
 
     if (path == "/v1/bills") {
         if (method == http::verb::post) {
+            if (auto bad = unknown_param(req, query, {})) {
+                co_return std::move(*bad);
+            }
             Response res = co_await create_bill(req);
             co_return res;
         }
         if (method != http::verb::get) {
             co_return api_error(req, 405, "method_not_allowed", "use GET or POST");
+        }
+        if (auto bad = unknown_param(
+                req, query, {"status", "provider", "customer_id", "updated_from", "updated_to", "limit", "cursor"})) {
+            co_return std::move(*bad);
         }
         BillFilter filter;
         for (const char* key : {"status", "provider", "customer_id", "cursor"}) {
@@ -465,15 +522,19 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         if (!filter.provider.empty() && filter.provider != "alipay" && filter.provider != "wechatpay") {
             co_return api_error(req, 400, "invalid_argument", "must be alipay or wechatpay", "provider");
         }
-        bool present = false;
-        auto from = parse_time_param(query, "updated_from", present);
+        bool has_from = false;
+        bool has_to = false;
+        auto from = parse_time_param(query, "updated_from", has_from);
         if (!from) {
-            co_return api_error(req, 400, "invalid_argument", "must be an RFC 3339 time", "updated_from");
+            co_return time_error(req, query, "updated_from", "must be ");
         }
         filter.updated_from_ms = *from;
-        auto to = parse_time_param(query, "updated_to", present);
+        auto to = parse_time_param(query, "updated_to", has_to);
         if (!to) {
-            co_return api_error(req, 400, "invalid_argument", "must be an RFC 3339 time", "updated_to");
+            co_return time_error(req, query, "updated_to", "must be ");
+        }
+        if (has_from && has_to && *to <= *from) {
+            co_return api_error(req, 400, "invalid_argument", "must be later than updated_from", "updated_to");
         }
         filter.updated_to_ms = *to;
         auto limit = parse_limit(query, 50, 500);
@@ -496,6 +557,9 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         if (method != http::verb::get) {
             co_return api_error(req, 405, "method_not_allowed", "use GET");
         }
+        if (auto bad = unknown_param(req, query, {})) {
+            co_return std::move(*bad);
+        }
         std::string id;
         if (!percent_decode(path.substr(kBill.size()), id) || !valid_bill_id(id)) {
             co_return api_error(req, 400, "invalid_argument", "not a valid bill id", "id");
@@ -513,6 +577,9 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
     if (path == "/v1/events" || path == "/v1/anomalies") {
         if (method != http::verb::get) {
             co_return api_error(req, 405, "method_not_allowed", "use GET");
+        }
+        if (auto bad = unknown_param(req, query, {"after", "limit"})) {
+            co_return std::move(*bad);
         }
         auto limit = parse_limit(query, 100, 1000);
         if (!limit) {
@@ -538,15 +605,24 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
     }
 
     if (path == "/v1/reconciliation/summary") {
+        if (method != http::verb::get) {
+            co_return api_error(req, 405, "method_not_allowed", "use GET");
+        }
+        if (auto bad = unknown_param(req, query, {"from", "to"})) {
+            co_return std::move(*bad);
+        }
         bool has_from = false;
         bool has_to = false;
         auto from = parse_time_param(query, "from", has_from);
         auto to = parse_time_param(query, "to", has_to);
         if (!from || !has_from) {
-            co_return api_error(req, 400, "invalid_argument", "required, an RFC 3339 time", "from");
+            co_return time_error(req, query, "from", "required, ");
         }
-        if (!to || !has_to || *to <= *from) {
-            co_return api_error(req, 400, "invalid_argument", "required, an RFC 3339 time after from", "to");
+        if (!to || !has_to) {
+            co_return time_error(req, query, "to", "required, ");
+        }
+        if (*to <= *from) {
+            co_return api_error(req, 400, "invalid_argument", "must be later than from", "to");
         }
         Result<std::string> summary = co_await deps_.store.summary(*from, *to);
         if (!summary) {
@@ -575,6 +651,9 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
                 co_return api_error(req, 405, "method_not_allowed",
                                     redeliver ? "use POST" : "use GET");
             }
+            if (auto bad = unknown_param(req, query, {})) {
+                co_return std::move(*bad);
+            }
             if (redeliver) {
                 doc = co_await deps_.deliveries->redeliver(id);
             } else {
@@ -588,6 +667,9 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
                 }
             }
         } else if (path == "/v1/deliveries" && method == http::verb::get) {
+            if (auto bad = unknown_param(req, query, {"state", "limit", "cursor"})) {
+                co_return std::move(*bad);
+            }
             const std::string state = query.count("state") ? query["state"] : std::string("pending");
             if (state != "pending" && state != "retrying" && state != "delivered" && state != "dead") {
                 co_return api_error(req, 400, "invalid_argument", "must be pending, retrying, delivered or dead",
@@ -602,10 +684,13 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
             const std::string cursor = query.count("cursor") ? query["cursor"] : std::string();
             doc = co_await deps_.deliveries->deliveries(state, *limit, cursor);
         } else if (path == "/v1/deliveries/recover" && method == http::verb::post) {
+            if (auto bad = unknown_param(req, query, {"since"})) {
+                co_return std::move(*bad);
+            }
             bool has_since = false;
             auto since = parse_time_param(query, "since", has_since);
             if (!since || !has_since) {
-                co_return api_error(req, 400, "invalid_argument", "required, an RFC 3339 time", "since");
+                co_return time_error(req, query, "since", "required, ");
             }
             doc = co_await deps_.deliveries->recover(*since);
         } else {

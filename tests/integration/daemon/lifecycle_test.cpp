@@ -185,4 +185,34 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
     bad = fx.api("GET", "/v1/events?limit=0");
     CHECK(bad.status == 400);
     CHECK(bad.body.find("\"field\":\"limit\"") != std::string::npos);
+
+    // Every other mistake is named too, none is ignored. (status, field, words of the message)
+    struct Case {
+        std::string method, target, field, says;
+    };
+    const std::vector<Case> cases{
+        // A misspelt or foreign parameter: the feeds page with after, not cursor.
+        {"GET", "/v1/events?cursor=abc", "cursor", "this endpoint takes after, limit"},
+        {"GET", "/v1/bills?state=PAID", "state", "this endpoint takes status, provider"},
+        {"GET", "/v1/reconciliation/summary?from=" + to + "&to=" + to + "&provider=alipay", "provider", "takes from, to"},
+        {"GET", "/v1/bills/B-1?verbose=1", "verbose", "this endpoint takes none"},
+        // Which of two values was meant?
+        {"GET", "/v1/bills?status=PAID&status=CLOSED", "status", "given more than once"},
+        // Ranges that cannot hold anything, and times that do not exist.
+        {"GET", "/v1/bills?updated_from=2026-02-01T00:00:00Z&updated_to=2026-01-01T00:00:00Z", "updated_to",
+         "later than updated_from"},
+        {"GET", "/v1/bills?updated_to=1970-01-01T00:00:00Z", "updated_to", "after 1970-01-01T00:00:00Z"},
+        {"GET", "/v1/bills?updated_from=2026-02-31T00:00:00Z", "updated_from", "RFC 3339"},
+        {"GET", "/v1/reconciliation/summary?from=2026-01-01T00:00:00+08:00&to=" + to, "from", "sent as %2B"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.target);
+        bad = fx.api(c.method, c.target);
+        CHECK(bad.status == 400);
+        CHECK_MESSAGE(bad.body.find("\"field\":\"" + c.field + "\"") != std::string::npos, bad.body);
+        CHECK_MESSAGE(bad.body.find(c.says) != std::string::npos, bad.body);
+    }
+    CHECK(fx.api("POST", "/v1/reconciliation/summary?from=2026-01-01T00:00:00Z&to=" + to).status == 405);
+    // The same time with its '+' encoded is fine.
+    CHECK(fx.api("GET", "/v1/reconciliation/summary?from=2026-01-01T00:00:00%2B08:00&to=" + to).status == 200);
 }
