@@ -214,8 +214,8 @@ end
 
 -- Appends ONE event about ev.bill_id to the bill's history and to the outbox. Its "data": what
 -- the notification said, plus the fields of this change (extra: ',"k":v' pieces, jfields()).
--- b == nil: no such bill yet (unknown bill anomaly): "bill": null, outbox only, sequence and id
--- from unknown_n (1, 2, ...; registration then starts the bill's own sequence after them). ev.safe: the caller checked that none of the event's strings needs an
+-- b == nil: no such bill yet (unknown bill anomaly): "bill": null, sequence and id from unknown_n
+-- (1, 2, ...; registration then starts the bill's own sequence after them). ev.safe: the caller checked that none of the event's strings needs an
 -- escape. Returns the event id and its sequence number as text.
 local function emit(ev, b, etype, extra, unknown_n)
     local bill_id = ev.bill_id
@@ -254,9 +254,9 @@ local function emit(ev, b, etype, extra, unknown_n)
         .. ',"kind":' .. q3 .. kind .. q3 .. ',"notification_id":' .. q4 .. nid .. q4
         .. ',"provider_txn_id":' .. q5 .. txn .. q5 .. extra
         .. ',"provider_status":' .. q6 .. pstatus .. q6 .. ',"occurred_at":' .. q7 .. occurred .. q7 .. '}}'
-    if b ~= nil then
-        redis.call('RPUSH', K_HIST, event)
-    end
+    -- Into the bill's history even before the bill exists: once registered, its history starts
+    -- with the unknown_bill events (sequence 1..n) and then goes on with its own.
+    redis.call('RPUSH', K_HIST, event)
     redis.call('XADD', K_OUTBOX, '*', 'id', id, 'bill_id', bill_id, 'type', etype, 'event', event)
     return id, seq_text
 end

@@ -388,7 +388,13 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(str(bill, "provider_txn_id") == "T-1");
         CHECK(num(bill, "version") == 2);
         CHECK(f.integer({"EXISTS", orphans}) == 0);
-        CHECK(f.hist_len("B-20") == 1);
+        // The history holds the unknown_bill event (sequence 1) and the payment (sequence 2).
+        CHECK(f.hist_len("B-20") == 2);
+        const auto history = f.get("B-20").events_json;
+        REQUIRE(history.size() == 2);
+        CHECK(str(parse_json(history[0]), "id") == "evt_B-20_u1");
+        CHECK(num(parse_json(history[0]), "sequence") == 1);
+        CHECK(num(parse_json(history[1]), "sequence") == 2);
         CHECK(f.outbox_len("B-20") == 2);
         // The bill's own events continue after the unknown_bill event: sequence 2.
         CHECK(str(last_event(f, "B-20"), "id") == "evt_B-20_2");
@@ -520,9 +526,15 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(str(bill, "status") == "CLOSED");
         CHECK(num(bill, "version") == 2);
         const auto view = f.get("B-21");
-        REQUIRE(view.events_json.size() == 2);
-        CHECK(str(parse_json(view.events_json[0])["data"], "anomaly") == "amount_mismatch");
-        CHECK(str(parse_json(view.events_json[1]), "type") == "bill.closed");
+        // The two unknown_bill events (sequence 1, 2), then what registration applied (3, 4).
+        REQUIRE(view.events_json.size() == 4);
+        for (std::size_t i = 0; i < 4; ++i) {
+            CHECK(num(parse_json(view.events_json[i]), "sequence") == static_cast<std::int64_t>(i + 1));
+        }
+        CHECK(str(parse_json(view.events_json[0])["data"], "anomaly") == "unknown_bill");
+        CHECK(str(parse_json(view.events_json[1])["data"], "anomaly") == "unknown_bill");
+        CHECK(str(parse_json(view.events_json[2])["data"], "anomaly") == "amount_mismatch");
+        CHECK(str(parse_json(view.events_json[3]), "type") == "bill.closed");
         CHECK(f.anomalies_len("B-21") == 3);
     }
 
