@@ -10,8 +10,10 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <chrono>
+#include <limits>
 #include <tuple>
 #include <unordered_map>
 
@@ -25,6 +27,8 @@ using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 constexpr std::size_t kMaxPageLimit = 1000;
 constexpr std::size_t kSummaryBatch = 1000;
+// Index entries one filtered GET /v1/bills may examine, over all shards.
+constexpr std::size_t kBillScanBudget = 4096;
 
 void put_string(JsonWriter& w, std::string_view s)
 {
@@ -121,6 +125,11 @@ void write_fixed_fields(JsonWriter& w, std::int64_t amount_fen, std::string_view
         w.RawValue(metadata.data(), metadata.size(), rapidjson::kObjectType);
     }
 }
+
+// The fields bill_json() reads ("id" first: nil when the bill does not exist).
+constexpr std::array<const char*, 16> kBillFields{
+    "id",       "status",       "amount_fen", "currency",        "customer_id", "description", "expires_at", "metadata",
+    "paid_fen", "refunded_fen", "provider",   "provider_txn_id", "created_at",  "updated_at",  "paid_at",    "version"};
 
 // The bill object of API.md, in the same key order as bill_json() in store/bill.lua.
 std::string bill_json(const Hash& h)
@@ -652,8 +661,10 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     if (filter.updated_to_ms > 0) {
         max = "(" + std::to_string(filter.updated_to_ms);
     }
+    std::optional<std::int64_t> max_ms;
     if (has_cursor && (filter.updated_to_ms <= 0 || cursor_ms < filter.updated_to_ms)) {
         max = std::to_string(cursor_ms);
+        max_ms = cursor_ms;
     }
     const std::string min = filter.updated_from_ms > 0 ? std::to_string(filter.updated_from_ms) : "-inf";
     const bool filtered = !filter.status.empty() || !filter.provider.empty() || !filter.customer_id.empty();
@@ -661,34 +672,51 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     const std::size_t want = limit + 1;
     const std::size_t batch_size = filtered ? std::max<std::size_t>(want * 4, 100) : want;
 
-    struct Item {
+    // Listing order: newest change first, then id descending (each shard's index read in reverse).
+    struct Key {
         std::int64_t ms;
         std::string id;
-        std::string json;
     };
+    const auto before = [](const Key& a, const Key& b) { return a.ms != b.ms ? a.ms > b.ms : a.id > b.id; };
     struct ShardScan {
-        std::size_t offset{0};
+        // The next read: ZREVRANGEBYSCORE max min LIMIT skip n, where skip counts the entries at
+        // score max_ms already read. Redis walks a LIMIT offset entry by entry, so it only ever
+        // covers one score, never everything read so far.
+        std::string max;
+        std::optional<std::int64_t> max_ms;
+        std::size_t skip{0};
         bool done{false};
-        std::vector<Item> matches;
+        std::optional<Key> frontier;  // the last index entry read
+        std::vector<Key> matches;
     };
     std::vector<ShardScan> scans(static_cast<std::size_t>(keys_.shards()));
+    for (ShardScan& scan : scans) {
+        scan.max = max;
+        scan.max_ms = max_ms;
+    }
 
-    // Each shard's index is ordered (score desc, member desc). A shard's first `want` matches are
-    // all it can contribute to the page, so scan every shard until it has them or runs out.
+    // Each shard's first `want` matches are all it can contribute to the page, so scan every shard
+    // until it has them or runs out, within a budget of index entries: a rare filter value must not
+    // read every bill. When the budget runs out, the page ends at the scan frontier (see below).
+    std::size_t budget = filtered ? kBillScanBudget : std::numeric_limits<std::size_t>::max();
     for (;;) {
         std::vector<int> active;
-        std::vector<std::vector<std::string>> ranges;
         for (int s = 0; s < keys_.shards(); ++s) {
             const ShardScan& scan = scans[static_cast<std::size_t>(s)];
-            if (scan.done || scan.matches.size() >= want) {
-                continue;
+            if (!scan.done && scan.matches.size() < want) {
+                active.push_back(s);
             }
-            active.push_back(s);
-            ranges.push_back({"ZREVRANGEBYSCORE", keys_.updated(s), max, min, "WITHSCORES", "LIMIT",
-                              std::to_string(scan.offset), std::to_string(batch_size)});
         }
-        if (active.empty()) {
+        if (active.empty() || budget == 0) {
             break;
+        }
+        // The first round reads at least one entry of every shard: a page always makes progress.
+        const std::size_t batch = std::max<std::size_t>(1, std::min(batch_size, budget / active.size()));
+        std::vector<std::vector<std::string>> ranges;
+        for (const int s : active) {
+            const ShardScan& scan = scans[static_cast<std::size_t>(s)];
+            ranges.push_back({"ZREVRANGEBYSCORE", keys_.updated(s), scan.max, min, "WITHSCORES", "LIMIT",
+                              std::to_string(scan.skip), std::to_string(batch)});
         }
         Result<std::vector<Reply>> ranged = co_await redis_.exec_many(std::move(ranges));
         if (!ranged) {
@@ -696,8 +724,7 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
         }
         struct Candidate {
             int shard;
-            std::int64_t ms;
-            std::string id;
+            Key key;
         };
         std::vector<Candidate> candidates;
         for (std::size_t i = 0; i < active.size(); ++i) {
@@ -707,62 +734,114 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
             }
             ShardScan& scan = scans[static_cast<std::size_t>(active[i])];
             const std::size_t returned = r.elements.size() / 2;
-            scan.offset += returned;
-            scan.done = returned < batch_size;
+            budget -= std::min(budget, returned);
+            scan.done = returned < batch;
+            std::size_t at_last_score = 0;
             for (std::size_t j = 0; j + 1 < r.elements.size(); j += 2) {
-                const std::int64_t ms = parse_score(r.elements[j + 1].str);
-                const std::string& id = r.elements[j].str;
-                if (has_cursor && ms == cursor_ms && id >= cursor_id) {
+                Key key{.ms = parse_score(r.elements[j + 1].str), .id = r.elements[j].str};
+                at_last_score = scan.frontier && scan.frontier->ms == key.ms ? at_last_score + 1 : 1;
+                scan.frontier = key;
+                if (has_cursor && key.ms == cursor_ms && key.id >= cursor_id) {
                     continue;  // on or before the cursor
                 }
-                candidates.push_back(Candidate{.shard = active[i], .ms = ms, .id = id});
+                candidates.push_back(Candidate{.shard = active[i], .key = std::move(key)});
+            }
+            if (returned > 0) {
+                const std::int64_t last = scan.frontier->ms;
+                scan.skip = scan.max_ms == last ? scan.skip + at_last_score : at_last_score;
+                scan.max_ms = last;
+                scan.max = std::to_string(last);
             }
         }
         if (candidates.empty()) {
             continue;
         }
+        // Only the fields the filter needs (status also tells that the bill exists); the page's
+        // bills are read whole once it is known.
         std::vector<std::vector<std::string>> gets;
         gets.reserve(candidates.size());
         for (const Candidate& c : candidates) {
-            gets.push_back({"HGETALL", keys_.bill(c.id)});
+            gets.push_back({"HMGET", keys_.bill(c.key.id), "status", "provider", "customer_id"});
         }
-        Result<std::vector<Reply>> hashes = co_await redis_.exec_many(std::move(gets));
-        if (!hashes) {
-            co_return hashes.error();
+        Result<std::vector<Reply>> fields = co_await redis_.exec_many(std::move(gets));
+        if (!fields) {
+            co_return fields.error();
         }
         for (std::size_t i = 0; i < candidates.size(); ++i) {
-            const Hash h = to_hash((*hashes)[i]);
-            if (h.empty()) {
+            const Reply& f = (*fields)[i];
+            if (!f.is_array() || f.elements.size() != 3) {
+                co_return unexpected_reply("hmget", f);
+            }
+            if (f.elements[0].is_nil()) {
                 continue;
             }
-            if ((!filter.status.empty() && field(h, "status") != filter.status) ||
-                (!filter.provider.empty() && field(h, "provider") != filter.provider) ||
-                (!filter.customer_id.empty() && field(h, "customer_id") != filter.customer_id)) {
+            if ((!filter.status.empty() && f.elements[0].str != filter.status) ||
+                (!filter.provider.empty() && f.elements[1].str != filter.provider) ||
+                (!filter.customer_id.empty() && f.elements[2].str != filter.customer_id)) {
                 continue;
             }
             ShardScan& scan = scans[static_cast<std::size_t>(candidates[i].shard)];
             if (scan.matches.size() < want) {
-                scan.matches.push_back(Item{.ms = candidates[i].ms, .id = candidates[i].id, .json = bill_json(h)});
+                scan.matches.push_back(std::move(candidates[i].key));
             }
         }
     }
 
-    std::vector<Item> all;
-    for (ShardScan& scan : scans) {
-        std::move(scan.matches.begin(), scan.matches.end(), std::back_inserter(all));
+    // A shard that still lacks matches when the budget ran out has only been read down to its
+    // frontier; the earliest such frontier in listing order is where this page's knowledge ends.
+    std::optional<Key> cut;
+    for (const ShardScan& scan : scans) {
+        if (!scan.done && scan.matches.size() < want && (!cut || before(*scan.frontier, *cut))) {
+            cut = scan.frontier;
+        }
     }
-    std::sort(all.begin(), all.end(), [](const Item& a, const Item& b) {
-        return a.ms != b.ms ? a.ms > b.ms : a.id > b.id;
-    });
+    std::vector<Key> all;
+    for (ShardScan& scan : scans) {
+        for (Key& key : scan.matches) {
+            if (!cut || !before(*cut, key)) {
+                all.push_back(std::move(key));
+            }
+        }
+    }
+    std::sort(all.begin(), all.end(), before);
     Page page;
-    const bool more = all.size() > limit;
-    if (more) {
+    if (all.size() > limit) {
         all.resize(limit);
         page.next_cursor = std::to_string(all.back().ms) + ":" + all.back().id;
+    } else if (cut) {
+        // Possibly short, even empty: the rest lies beyond the frontier, and the next page goes on
+        // from there.
+        page.next_cursor = std::to_string(cut->ms) + ":" + cut->id;
+    }
+    if (all.empty()) {
+        co_return page;
+    }
+    std::vector<std::vector<std::string>> gets;
+    gets.reserve(all.size());
+    for (const Key& key : all) {
+        std::vector<std::string> argv{"HMGET", keys_.bill(key.id)};
+        argv.insert(argv.end(), kBillFields.begin(), kBillFields.end());
+        gets.push_back(std::move(argv));
+    }
+    Result<std::vector<Reply>> bills = co_await redis_.exec_many(std::move(gets));
+    if (!bills) {
+        co_return bills.error();
     }
     page.items_json.reserve(all.size());
-    for (Item& item : all) {
-        page.items_json.push_back(std::move(item.json));
+    for (const Reply& r : *bills) {
+        if (!r.is_array() || r.elements.size() != kBillFields.size()) {
+            co_return unexpected_reply("hmget", r);
+        }
+        if (r.elements[0].is_nil()) {
+            continue;  // deleted since it was matched
+        }
+        Hash h;
+        for (std::size_t i = 0; i < kBillFields.size(); ++i) {
+            if (!r.elements[i].is_nil()) {
+                h.emplace(kBillFields[i], r.elements[i].str);
+            }
+        }
+        page.items_json.push_back(bill_json(h));
     }
     co_return page;
 }

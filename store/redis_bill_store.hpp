@@ -64,6 +64,8 @@ public:
 
     /// Newest change first. Cursor "<updated_ms>:<bill_id>" (next_cursor is empty on the last page).
     /// updated_from_ms is inclusive, updated_to_ms exclusive (0: no bound). limit is capped at 1000.
+    /// With status, provider or customer_id, one call examines at most 4096 index entries; when
+    /// they run out the page ends at the scan frontier: possibly short or empty, with next_cursor set.
     boost::asio::awaitable<Result<Page>> list_bills(BillFilter filter) override;
 
     /// The per-shard outbox streams merged in (stream ms, seq, shard) order. Cursor

@@ -395,6 +395,60 @@ TEST_SUITE("integration/store/redis_bill_store")
         }
     }
 
+    TEST_CASE("list_bills with a rare filter examines a bounded number of bills per page")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const paybridge::store::Keys& keys = f.store->keys();
+        // Written directly (register_bill one by one takes long): the bill hashes, each with a
+        // notification marker, and the updated index. Every 1500th bill is alice's.
+        constexpr int kBills = 12000;
+        std::vector<std::string> expected;
+        std::vector<std::vector<std::string>> writes;
+        for (int i = 0; i < kBills; ++i) {
+            const std::string id = "R-" + std::to_string(100000 + i);
+            const bool alice = i % 1500 == 7;
+            writes.push_back({"HSET", keys.bill(id), "id", id, "status", "PENDING", "amount_fen", "100", "currency",
+                              "CNY", "customer_id", alice ? "alice" : "bob", "description", "d", "expires_at", "",
+                              "metadata", "", "paid_fen", "0", "refunded_fen", "0", "provider", "", "provider_txn_id",
+                              "", "created_at", "2023-11-14T22:13:20Z", "updated_at", "2023-11-14T22:13:20Z",
+                              "paid_at", "", "version", "1", "n:alipay:N-" + id, "1700000000000"});
+            writes.push_back({"ZADD", keys.updated(keys.shard_of(id)), std::to_string(1'700'000'000'000 + i), id});
+            if (alice) {
+                expected.insert(expected.begin(), id);  // newest change first
+            }
+            if (writes.size() >= 2000 || i + 1 == kBills) {
+                REQUIRE(f.run(f.conn->exec_many(std::move(writes))).has_value());
+                writes.clear();
+            }
+        }
+        REQUIRE(expected.size() == 8);
+
+        BillFilter filter;
+        filter.customer_id = "alice";
+        filter.limit = 50;
+        std::vector<std::string> got;
+        int pages = 0;
+        for (; pages < 100; ++pages) {
+            const auto commands_before = f.conn->stats().commands.load();
+            const Page page = bills_page(f, filter);
+            // A bounded number of index entries, one small HMGET each, then the page's bills.
+            CHECK(f.conn->stats().commands.load() - commands_before <= 4400);
+            CHECK(page.items_json.size() <= 50);
+            for (const std::string& id : ids_of(page)) {
+                got.push_back(id);
+            }
+            if (page.next_cursor.empty()) {
+                break;
+            }
+            filter.cursor = page.next_cursor;
+        }
+        CHECK(got == expected);
+        CHECK(pages >= 2);  // short pages with a cursor at the scan frontier, then the rest
+        // Whole bill hashes (every notification marker) are never read for a listing.
+        CHECK(f.cmd({"INFO", "commandstats"}).str.find("cmdstat_hgetall") == std::string::npos);
+    }
+
     TEST_CASE("wait_replicas with no replica: a change answers store_unavailable, and so does its retry")
     {
         StoreFixture f([](paybridge::config::RedisConfig& c) {
