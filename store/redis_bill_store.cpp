@@ -27,6 +27,8 @@ using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
 
 constexpr std::size_t kMaxPageLimit = 1000;
 constexpr std::size_t kSummaryBatch = 1000;
+// A merged page first reads limit / shards + this from each shard.
+constexpr std::size_t kMergeMargin = 8;
 // Index entries one filtered GET /v1/bills may examine, over all shards.
 constexpr std::size_t kBillScanBudget = 4096;
 
@@ -570,58 +572,106 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
     // before a cursor we hand out now, and a consumer tailing the feed would never see it. So read
     // Redis's clock in the same pipeline (commands run in order) and hold back entries of the
     // current millisecond: every later write then sorts after every cursor returned.
-    std::vector<std::vector<std::string>> batch;
-    batch.reserve(static_cast<std::size_t>(keys_.shards()) + 1);
-    batch.push_back({"TIME"});
-    for (int s = 0; s < keys_.shards(); ++s) {
-        std::string start = "-";
+    //
+    // A page is the first `limit` entries of the shards merged, and a shard contributes at most
+    // its first `limit` entries. Reading that many from every shard costs shards x limit, so read
+    // a share of the page plus a margin first, then more only from shards whose last entry read
+    // still sorts before the limit-th entry so far (the others can add nothing).
+    struct ShardRead {
+        std::string start;
+        std::size_t batch{0};
+        std::size_t read{0};
+        bool done{false};
+        StreamPos last;
+    };
+    const auto shards = static_cast<std::size_t>(keys_.shards());
+    std::vector<ShardRead> reads(shards);
+    for (std::size_t s = 0; s < shards; ++s) {
+        ShardRead& r = reads[s];
+        r.start = "-";
         if (from) {
-            start = (s <= from->shard ? "(" : "") + from->id();
+            r.start = (static_cast<int>(s) <= from->shard ? "(" : "") + from->id();
         }
-        std::string key = anomalies ? keys_.anomalies(s) : keys_.outbox(s);
-        batch.push_back({"XRANGE", std::move(key), std::move(start), "+", "COUNT", std::to_string(limit)});
+        r.batch = std::min(limit, limit / shards + kMergeMargin);
     }
-    Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
-    if (!replies) {
-        co_return replies.error();
-    }
-
-    const Reply& time = (*replies)[0];
-    if (!time.is_array() || time.elements.size() != 2) {
-        co_return unexpected_reply("time", time);
-    }
-    const auto settled_before = static_cast<std::uint64_t>(parse_i64(time.elements[0].str) * 1000 +
-                                                           parse_i64(time.elements[1].str) / 1000);
-
+    const auto by_pos = [](const auto& a, const auto& b) { return a.first < b.first; };
     const std::string_view json_field = anomalies ? "anomaly" : "event";
+    std::vector<std::vector<Reply>> rounds;  // what `items` points into
     std::vector<std::pair<StreamPos, const std::string*>> items;
-    for (int s = 0; s < keys_.shards(); ++s) {
-        const Reply& entries = (*replies)[static_cast<std::size_t>(s) + 1];
-        if (!entries.is_array()) {
-            co_return unexpected_reply("xrange", entries);
+    std::uint64_t settled_before = 0;
+    for (;;) {
+        std::optional<StreamPos> kth;
+        if (items.size() >= limit) {
+            std::nth_element(items.begin(), items.begin() + static_cast<std::ptrdiff_t>(limit - 1), items.end(),
+                             by_pos);
+            kth = items[limit - 1].first;
         }
-        for (const Reply& entry : entries.elements) {
-            if (!entry.is_array() || entry.elements.size() != 2 || !entry.elements[1].is_array()) {
-                co_return unexpected_reply("xrange", entry);
+        std::vector<std::size_t> active;
+        std::vector<std::vector<std::string>> batch;
+        if (rounds.empty()) {
+            batch.push_back({"TIME"});
+        }
+        for (std::size_t s = 0; s < shards; ++s) {
+            const ShardRead& r = reads[s];
+            if (r.done || (kth && !(r.last < *kth))) {
+                continue;
             }
-            StreamPos pos;
-            pos.shard = s;
-            if (!parse_stream_id(entry.elements[0].str, pos.ms, pos.seq)) {
-                co_return unexpected_reply("xrange", entry);
+            active.push_back(s);
+            std::string key = anomalies ? keys_.anomalies(static_cast<int>(s)) : keys_.outbox(static_cast<int>(s));
+            batch.push_back({"XRANGE", std::move(key), r.start, "+", "COUNT", std::to_string(r.batch)});
+        }
+        if (active.empty()) {
+            break;
+        }
+        const bool first = rounds.empty();
+        Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
+        if (!replies) {
+            co_return replies.error();
+        }
+        if (first) {
+            const Reply& time = (*replies)[0];
+            if (!time.is_array() || time.elements.size() != 2) {
+                co_return unexpected_reply("time", time);
             }
-            if (pos.ms >= settled_before) {
-                break;  // this millisecond is not over yet; ids only grow from here
+            settled_before = static_cast<std::uint64_t>(parse_i64(time.elements[0].str) * 1000 +
+                                                        parse_i64(time.elements[1].str) / 1000);
+        }
+        for (std::size_t i = 0; i < active.size(); ++i) {
+            ShardRead& r = reads[active[i]];
+            const Reply& entries = (*replies)[i + (first ? 1 : 0)];
+            if (!entries.is_array()) {
+                co_return unexpected_reply("xrange", entries);
             }
-            const std::vector<Reply>& fields = entry.elements[1].elements;
-            for (std::size_t i = 0; i + 1 < fields.size(); i += 2) {
-                if (fields[i].str == json_field) {
-                    items.emplace_back(pos, &fields[i + 1].str);
-                    break;
+            r.read += entries.elements.size();
+            r.done = entries.elements.size() < r.batch || r.read >= limit;
+            for (const Reply& entry : entries.elements) {
+                if (!entry.is_array() || entry.elements.size() != 2 || !entry.elements[1].is_array()) {
+                    co_return unexpected_reply("xrange", entry);
+                }
+                StreamPos pos;
+                pos.shard = static_cast<int>(active[i]);
+                if (!parse_stream_id(entry.elements[0].str, pos.ms, pos.seq)) {
+                    co_return unexpected_reply("xrange", entry);
+                }
+                if (pos.ms >= settled_before) {
+                    r.done = true;
+                    break;  // this millisecond is not over yet; ids only grow from here
+                }
+                r.last = pos;
+                r.start = "(" + entry.elements[0].str;
+                const std::vector<Reply>& fields = entry.elements[1].elements;
+                for (std::size_t f = 0; f + 1 < fields.size(); f += 2) {
+                    if (fields[f].str == json_field) {
+                        items.emplace_back(pos, &fields[f + 1].str);
+                        break;
+                    }
                 }
             }
+            r.batch = std::min(limit - std::min(limit, r.read), r.batch * 2);
         }
+        rounds.push_back(std::move(*replies));  // moves the buffer: `items` stays valid
     }
-    std::sort(items.begin(), items.end(), [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::sort(items.begin(), items.end(), by_pos);
     if (items.size() > limit) {
         items.resize(limit);
     }
@@ -670,7 +720,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     const bool filtered = !filter.status.empty() || !filter.provider.empty() || !filter.customer_id.empty();
     // One more than the page tells whether another page exists.
     const std::size_t want = limit + 1;
-    const std::size_t batch_size = filtered ? std::max<std::size_t>(want * 4, 100) : want;
 
     // Listing order: newest change first, then id descending (each shard's index read in reverse).
     struct Key {
@@ -686,37 +735,67 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
         std::optional<std::int64_t> max_ms;
         std::size_t skip{0};
         bool done{false};
+        std::size_t batch{0};
         std::optional<Key> frontier;  // the last index entry read
         std::vector<Key> matches;
     };
-    std::vector<ShardScan> scans(static_cast<std::size_t>(keys_.shards()));
+    const auto shards = static_cast<std::size_t>(keys_.shards());
+    std::vector<ShardScan> scans(shards);
     for (ShardScan& scan : scans) {
         scan.max = max;
         scan.max_ms = max_ms;
+        // A share of the page plus a margin (filters match some bills only: four times that).
+        scan.batch = (want / shards + kMergeMargin) * (filtered ? 4 : 1);
     }
 
-    // Each shard's first `want` matches are all it can contribute to the page, so scan every shard
-    // until it has them or runs out, within a budget of index entries: a rare filter value must not
-    // read every bill. When the budget runs out, the page ends at the scan frontier (see below).
+    // Each shard's first `want` matches are all it can contribute to the page. A shard stays in
+    // the running until it has them or runs out, or its frontier sorts after the want-th match so
+    // far (nothing it has left can make the page). All within a budget of index entries: a rare
+    // filter value must not read every bill. When the budget runs out, the page ends at the scan
+    // frontier (see below).
     std::size_t budget = filtered ? kBillScanBudget : std::numeric_limits<std::size_t>::max();
+    const auto running = [&scans, want, &before](const std::optional<Key>& kth, std::size_t s) {
+        const ShardScan& scan = scans[s];
+        return !scan.done && scan.matches.size() < want && (!kth || before(*scan.frontier, *kth));
+    };
+    const auto want_th = [&scans, want, &before]() {
+        std::vector<const Key*> keys;
+        for (const ShardScan& scan : scans) {
+            for (const Key& key : scan.matches) {
+                keys.push_back(&key);
+            }
+        }
+        std::optional<Key> kth;
+        if (keys.size() >= want) {
+            std::nth_element(keys.begin(), keys.begin() + static_cast<std::ptrdiff_t>(want - 1), keys.end(),
+                             [&before](const Key* a, const Key* b) { return before(*a, *b); });
+            kth = *keys[want - 1];
+        }
+        return kth;
+    };
     for (;;) {
+        const std::optional<Key> kth = want_th();
         std::vector<int> active;
-        for (int s = 0; s < keys_.shards(); ++s) {
-            const ShardScan& scan = scans[static_cast<std::size_t>(s)];
-            if (!scan.done && scan.matches.size() < want) {
-                active.push_back(s);
+        for (std::size_t s = 0; s < shards; ++s) {
+            if (running(kth, s)) {
+                active.push_back(static_cast<int>(s));
             }
         }
         if (active.empty() || budget == 0) {
             break;
         }
-        // The first round reads at least one entry of every shard: a page always makes progress.
-        const std::size_t batch = std::max<std::size_t>(1, std::min(batch_size, budget / active.size()));
         std::vector<std::vector<std::string>> ranges;
+        std::vector<std::size_t> batches;
         for (const int s : active) {
             const ShardScan& scan = scans[static_cast<std::size_t>(s)];
+            // The first round reads at least one entry of every shard: a page always makes progress.
+            std::size_t n = std::min(scan.batch, budget / active.size());
+            if (!filtered) {
+                n = std::min(n, want - scan.matches.size());  // every bill matches
+            }
+            batches.push_back(std::max<std::size_t>(1, n));
             ranges.push_back({"ZREVRANGEBYSCORE", keys_.updated(s), scan.max, min, "WITHSCORES", "LIMIT",
-                              std::to_string(scan.skip), std::to_string(batch)});
+                              std::to_string(scan.skip), std::to_string(batches.back())});
         }
         Result<std::vector<Reply>> ranged = co_await redis_.exec_many(std::move(ranges));
         if (!ranged) {
@@ -735,7 +814,8 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
             ShardScan& scan = scans[static_cast<std::size_t>(active[i])];
             const std::size_t returned = r.elements.size() / 2;
             budget -= std::min(budget, returned);
-            scan.done = returned < batch;
+            scan.done = returned < batches[i];
+            scan.batch *= 2;
             std::size_t at_last_score = 0;
             for (std::size_t j = 0; j + 1 < r.elements.size(); j += 2) {
                 Key key{.ms = parse_score(r.elements[j + 1].str), .id = r.elements[j].str};
@@ -787,12 +867,13 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
         }
     }
 
-    // A shard that still lacks matches when the budget ran out has only been read down to its
+    // A shard still in the running when the budget ran out has only been read down to its
     // frontier; the earliest such frontier in listing order is where this page's knowledge ends.
     std::optional<Key> cut;
-    for (const ShardScan& scan : scans) {
-        if (!scan.done && scan.matches.size() < want && (!cut || before(*scan.frontier, *cut))) {
-            cut = scan.frontier;
+    const std::optional<Key> kth = want_th();
+    for (std::size_t s = 0; s < shards; ++s) {
+        if (running(kth, s) && (!cut || before(*scans[s].frontier, *cut))) {
+            cut = scans[s].frontier;
         }
     }
     std::vector<Key> all;

@@ -12,6 +12,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <functional>
 #include <set>
 #include <string>
 #include <thread>
@@ -101,6 +102,41 @@ std::vector<std::string> ids_of(const Page& page)
         ids.push_back(str(parse_json(json), "id"));
     }
     return ids;
+}
+
+// Writes n bills directly (register_bill one by one takes long): the bill hash, with a notification
+// marker, and the updated index, bill i updated at 1'700'000'000'000 + i ms. Returns their ids,
+// newest change first.
+std::vector<std::string> write_bills(StoreFixture& f, int n, const std::function<const char*(int)>& customer_of)
+{
+    const paybridge::store::Keys& keys = f.store->keys();
+    std::vector<std::string> ids;
+    std::vector<std::vector<std::string>> writes;
+    for (int i = 0; i < n; ++i) {
+        const std::string id = "R-" + std::to_string(100000 + i);
+        writes.push_back({"HSET", keys.bill(id), "id", id, "status", "PENDING", "amount_fen", "100", "currency", "CNY",
+                          "customer_id", customer_of(i), "description", "d", "expires_at", "", "metadata", "",
+                          "paid_fen", "0", "refunded_fen", "0", "provider", "", "provider_txn_id", "", "created_at",
+                          "2023-11-14T22:13:20Z", "updated_at", "2023-11-14T22:13:20Z", "paid_at", "", "version", "1",
+                          "n:alipay:N-" + id, "1700000000000"});
+        writes.push_back({"ZADD", keys.updated(keys.shard_of(id)), std::to_string(1'700'000'000'000 + i), id});
+        ids.push_back(id);
+        if (writes.size() >= 2000 || i + 1 == n) {
+            REQUIRE(f.run(f.conn->exec_many(std::move(writes))).has_value());
+            writes.clear();
+        }
+    }
+    std::reverse(ids.begin(), ids.end());
+    return ids;
+}
+
+// Bytes Redis has sent to its clients so far.
+std::uint64_t redis_bytes_out(StoreFixture& f)
+{
+    const std::string info = f.cmd({"INFO", "stats"}).str;
+    const auto at = info.find("total_net_output_bytes:");
+    REQUIRE(at != std::string::npos);
+    return std::stoull(info.substr(at + std::string_view("total_net_output_bytes:").size()));
 }
 
 std::vector<std::string> all_bill_ids(StoreFixture& f, BillFilter filter)
@@ -246,6 +282,58 @@ TEST_SUITE("integration/store/redis_bill_store")
             CHECK(r.error() == paybridge::make_error_code(errc::invalid_argument));
         }
         CHECK(events_page(f, "", 0).items_json.empty());
+    }
+
+    TEST_CASE("events feed: a page reads about limit entries over all shards, not limit from each")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const int shards = f.store->keys().shards();
+        REQUIRE(shards == 16);
+        // 1000 entries per shard, interleaved: entry j of every shard has id (1000 + j)-0, so the
+        // merged feed is j-major, then by shard.
+        constexpr int kPerShard = 1000;
+        const std::string pad(200, 'x');
+        const auto json = [&pad](int s, int j) {
+            return R"({"id":"e)" + std::to_string(s) + "-" + std::to_string(j) + R"(","pad":")" + pad + R"("})";
+        };
+        std::vector<std::vector<std::string>> writes;
+        for (int s = 0; s < shards; ++s) {
+            for (int j = 0; j < kPerShard; ++j) {
+                writes.push_back({"XADD", f.store->keys().outbox(s), std::to_string(1000 + j) + "-0", "event", json(s, j)});
+            }
+            REQUIRE(f.run(f.conn->exec_many(std::move(writes))).has_value());
+            writes.clear();
+        }
+        std::vector<std::string> merged;
+        for (int j = 0; j < kPerShard; ++j) {
+            for (int s = 0; s < shards; ++s) {
+                merged.push_back(json(s, j));
+            }
+        }
+        for (const std::size_t limit : {std::size_t{1000}, std::size_t{100}, std::size_t{5}}) {
+            CAPTURE(limit);
+            const std::uint64_t before = redis_bytes_out(f);
+            const Page page = events_page(f, "", limit);
+            const std::uint64_t sent = redis_bytes_out(f) - before;
+            CHECK(page.items_json == std::vector<std::string>(merged.begin(), merged.begin() + limit));
+            CHECK(page.next_cursor ==
+                  std::to_string(1000 + (limit - 1) / 16) + "-0." + std::to_string((limit - 1) % 16));
+            // Before: every shard sent `limit` entries, 16 times the page. (A small page still reads
+            // up to limit / 16 + 8 from each shard.)
+            if (limit >= 100) {
+                CHECK(sent < 3 * limit * (json(0, 0).size() + 40) + 8000);
+            }
+        }
+        // Paging from the middle of a millisecond goes on exactly where the page stopped.
+        std::vector<std::string> paged;
+        std::string cursor;
+        for (int page = 0; page < 5; ++page) {
+            const Page p = events_page(f, cursor, 99);
+            paged.insert(paged.end(), p.items_json.begin(), p.items_json.end());
+            cursor = p.next_cursor;
+        }
+        CHECK(paged == std::vector<std::string>(merged.begin(), merged.begin() + 5 * 99));
     }
 
     TEST_CASE("events feed holds back entries of a millisecond that is not over")
@@ -395,31 +483,37 @@ TEST_SUITE("integration/store/redis_bill_store")
         }
     }
 
+    TEST_CASE("list_bills: an unfiltered page reads about limit bills over all shards, not limit from each")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const std::vector<std::string> ids = write_bills(f, 4000, [](int) { return "bob"; });
+        for (const std::size_t limit : {std::size_t{500}, std::size_t{37}}) {
+            CAPTURE(limit);
+            BillFilter filter;
+            filter.limit = limit;
+            const auto commands_before = f.conn->stats().commands.load();
+            const Page page = bills_page(f, filter);
+            const auto cost = f.conn->stats().commands.load() - commands_before;
+            CHECK(ids_of(page) == std::vector<std::string>(ids.begin(), ids.begin() + static_cast<std::ptrdiff_t>(limit)));
+            CHECK(page.next_cursor == std::to_string(1'700'000'000'000 + 4000 - static_cast<std::int64_t>(limit)) + ":" +
+                                          ids[limit - 1]);
+            // An HMGET per index entry read, and one per bill of the page. Before: 16 x (limit + 1) entries.
+            CHECK(cost <= 2 * limit + 400);
+        }
+    }
+
     TEST_CASE("list_bills with a rare filter examines a bounded number of bills per page")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
-        const paybridge::store::Keys& keys = f.store->keys();
-        // Written directly (register_bill one by one takes long): the bill hashes, each with a
-        // notification marker, and the updated index. Every 1500th bill is alice's.
-        constexpr int kBills = 12000;
+        // Every 1500th bill is alice's.
+        const auto alice = [](int i) { return i % 1500 == 7; };
+        write_bills(f, 12000, [&alice](int i) { return alice(i) ? "alice" : "bob"; });
         std::vector<std::string> expected;
-        std::vector<std::vector<std::string>> writes;
-        for (int i = 0; i < kBills; ++i) {
-            const std::string id = "R-" + std::to_string(100000 + i);
-            const bool alice = i % 1500 == 7;
-            writes.push_back({"HSET", keys.bill(id), "id", id, "status", "PENDING", "amount_fen", "100", "currency",
-                              "CNY", "customer_id", alice ? "alice" : "bob", "description", "d", "expires_at", "",
-                              "metadata", "", "paid_fen", "0", "refunded_fen", "0", "provider", "", "provider_txn_id",
-                              "", "created_at", "2023-11-14T22:13:20Z", "updated_at", "2023-11-14T22:13:20Z",
-                              "paid_at", "", "version", "1", "n:alipay:N-" + id, "1700000000000"});
-            writes.push_back({"ZADD", keys.updated(keys.shard_of(id)), std::to_string(1'700'000'000'000 + i), id});
-            if (alice) {
-                expected.insert(expected.begin(), id);  // newest change first
-            }
-            if (writes.size() >= 2000 || i + 1 == kBills) {
-                REQUIRE(f.run(f.conn->exec_many(std::move(writes))).has_value());
-                writes.clear();
+        for (int i = 12000 - 1; i >= 0; --i) {
+            if (alice(i)) {
+                expected.push_back("R-" + std::to_string(100000 + i));
             }
         }
         REQUIRE(expected.size() == 8);
