@@ -960,20 +960,32 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
     std::map<std::pair<std::string, std::string>, SummaryGroup> groups;
 
     if (to_ms > from_ms) {
-        // Bills: the created index, a page per shard per round, then their hashes in one batch.
-        std::vector<std::size_t> offsets(static_cast<std::size_t>(keys_.shards()), 0);
-        std::vector<bool> done(offsets.size(), false);
+        // Bills: the created index, a page per shard per round, then the summed fields in one
+        // batch. Each shard goes on from its last (score, member): the LIMIT offset covers only the
+        // entries already read at that score (Redis walks an offset entry by entry), and members
+        // added there since sort anywhere, so those up to the last one read are skipped by name.
+        struct ShardScan {
+            std::string min;
+            std::int64_t last_ms{-1};
+            std::string last_id;
+            std::size_t skip{0};
+            bool done{false};
+        };
+        std::vector<ShardScan> scans(static_cast<std::size_t>(keys_.shards()));
+        for (ShardScan& scan : scans) {
+            scan.min = std::to_string(from_ms);
+        }
         for (;;) {
             std::vector<int> active;
             std::vector<std::vector<std::string>> ranges;
             for (int s = 0; s < keys_.shards(); ++s) {
-                if (done[static_cast<std::size_t>(s)]) {
+                const ShardScan& scan = scans[static_cast<std::size_t>(s)];
+                if (scan.done) {
                     continue;
                 }
                 active.push_back(s);
-                ranges.push_back({"ZRANGEBYSCORE", keys_.created(s), std::to_string(from_ms),
-                                  "(" + std::to_string(to_ms), "LIMIT",
-                                  std::to_string(offsets[static_cast<std::size_t>(s)]), std::to_string(kSummaryBatch)});
+                ranges.push_back({"ZRANGEBYSCORE", keys_.created(s), scan.min, "(" + std::to_string(to_ms),
+                                  "WITHSCORES", "LIMIT", std::to_string(scan.skip), std::to_string(kSummaryBatch)});
             }
             if (active.empty()) {
                 break;
@@ -988,33 +1000,49 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
                 if (!r.is_array()) {
                     co_return unexpected_reply("zrangebyscore", r);
                 }
-                const auto s = static_cast<std::size_t>(active[i]);
-                offsets[s] += r.elements.size();
-                done[s] = r.elements.size() < kSummaryBatch;
-                for (const Reply& id : r.elements) {
-                    gets.push_back({"HGETALL", keys_.bill(id.str)});
+                ShardScan& scan = scans[static_cast<std::size_t>(active[i])];
+                scan.done = r.elements.size() / 2 < kSummaryBatch;
+                for (std::size_t j = 0; j + 1 < r.elements.size(); j += 2) {
+                    const std::string& id = r.elements[j].str;
+                    const std::int64_t ms = parse_score(r.elements[j + 1].str);
+                    if (ms == scan.last_ms) {
+                        ++scan.skip;
+                        if (id <= scan.last_id) {
+                            continue;  // added at this score since the last round: already counted
+                        }
+                    } else {
+                        scan.skip = 1;
+                        scan.last_ms = ms;
+                        scan.min = std::to_string(ms);
+                    }
+                    scan.last_id = id;
+                    gets.push_back({"HMGET", keys_.bill(id), "provider", "status", "amount_fen", "paid_fen",
+                                    "refunded_fen"});
                 }
             }
             Result<std::vector<Reply>> hashes = co_await redis_.exec_many(std::move(gets));
             if (!hashes) {
                 co_return hashes.error();
             }
-            for (const Reply& flat : *hashes) {
-                const Hash h = to_hash(flat);
-                if (h.empty()) {
-                    continue;
+            for (const Reply& r : *hashes) {
+                if (!r.is_array() || r.elements.size() != 5) {
+                    co_return unexpected_reply("hmget", r);
                 }
-                std::string provider = field(h, "provider");
+                const std::vector<Reply>& f = r.elements;
+                if (f[1].is_nil()) {
+                    continue;  // no such bill
+                }
+                std::string provider = f[0].str;
                 if (provider.empty()) {
                     provider = "none";
                 }
-                SummaryGroup& g = groups[{provider, field(h, "status")}];
+                SummaryGroup& g = groups[{provider, f[1].str}];
                 g.provider = provider;
-                g.status = field(h, "status");
+                g.status = f[1].str;
                 g.count += 1;
-                g.amount_fen += parse_i64(field(h, "amount_fen"));
-                g.paid_fen += parse_i64(field(h, "paid_fen"));
-                g.refunded_fen += parse_i64(field(h, "refunded_fen"));
+                g.amount_fen += parse_i64(f[2].str);
+                g.paid_fen += parse_i64(f[3].str);
+                g.refunded_fen += parse_i64(f[4].str);
             }
         }
 

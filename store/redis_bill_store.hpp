@@ -86,7 +86,8 @@ public:
 
     /// Bills created in [from_ms, to_ms) by provider x status, anomalies in that range by kind.
     /// Bills are attributed by their created index (this store's clock); anomalies by their stream
-    /// entry time (Redis's clock). Reads every bill of the range: an operator call, not a hot path.
+    /// entry time (Redis's clock). Reads five fields of every bill of the range: an operator call, not a
+    /// hot path.
     boost::asio::awaitable<Result<ReconciliationSummary>> reconciliation(std::int64_t from_ms, std::int64_t to_ms);
 
     const Keys& keys() const noexcept { return keys_; }

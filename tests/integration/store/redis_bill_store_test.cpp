@@ -677,6 +677,52 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(num(parse_json(empty->json)["totals"], "count") == 0);
     }
 
+    TEST_CASE("reconciliation reads only the summed fields, continuing each shard by score")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const paybridge::store::Keys& keys = f.store->keys();
+        // 2,500 bills of one shard, 1,500 created in one millisecond and 1,000 in the next (more
+        // than a round reads), each with 20 notification markers the summary must not read.
+        constexpr std::int64_t kAt = 1'700'000'000'000;
+        const std::string marker_value(100, '1');
+        std::vector<std::vector<std::string>> writes;
+        int written = 0;
+        for (int i = 0; written < 2500; ++i) {
+            const std::string id = "C-" + std::to_string(i);
+            if (keys.shard_of(id) != 0) {
+                continue;
+            }
+            const bool paid = written % 2 == 0;
+            std::vector<std::string> hset{"HSET", keys.bill(id), "id", id, "status", paid ? "PAID" : "PENDING",
+                                          "amount_fen", "100", "paid_fen", paid ? "100" : "0", "refunded_fen", "0",
+                                          "provider", paid ? "alipay" : ""};
+            for (int m = 0; m < 20; ++m) {
+                hset.push_back("n:alipay:N-" + id + "-" + std::to_string(m));
+                hset.push_back(marker_value);
+            }
+            writes.push_back(std::move(hset));
+            writes.push_back({"ZADD", keys.created(0), std::to_string(written < 1500 ? kAt : kAt + 1), id});
+            ++written;
+        }
+        REQUIRE(f.run(f.conn->exec_many(std::move(writes))).has_value());
+
+        const std::uint64_t before = redis_bytes_out(f);
+        const auto sum = f.run(f.store->reconciliation(kAt, kAt + 2));
+        const std::uint64_t sent = redis_bytes_out(f) - before;
+        REQUIRE(sum.has_value());
+        REQUIRE(sum->groups.size() == 2);
+        CHECK(sum->groups[0].provider == "alipay");
+        CHECK(sum->groups[0].count == 1250);
+        CHECK(sum->groups[0].paid_fen == 125'000);
+        CHECK(sum->groups[1].provider == "none");
+        CHECK(sum->groups[1].count == 1250);
+        CHECK(sum->groups[1].amount_fen == 125'000);
+        // Five short fields per bill, not every marker (before: 2,500 whole hashes, about 6 MB).
+        CHECK(sent < 2500 * 200);
+        CHECK(f.cmd({"INFO", "commandstats"}).str.find("cmdstat_hgetall") == std::string::npos);
+    }
+
     TEST_CASE("ping: PONG when ready, store_unavailable when Redis is gone")
     {
         StoreFixture f;
