@@ -819,7 +819,11 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
             std::size_t at_last_score = 0;
             for (std::size_t j = 0; j + 1 < r.elements.size(); j += 2) {
                 Key key{.ms = parse_score(r.elements[j + 1].str), .id = r.elements[j].str};
-                at_last_score = scan.frontier && scan.frontier->ms == key.ms ? at_last_score + 1 : 1;
+                const bool same_score = scan.frontier && scan.frontier->ms == key.ms;
+                at_last_score = same_score ? at_last_score + 1 : 1;
+                if (same_score && key.id >= scan.frontier->id) {
+                    continue;  // updated at this score since the last round: read already
+                }
                 scan.frontier = key;
                 if (has_cursor && key.ms == cursor_ms && key.id >= cursor_id) {
                     continue;  // on or before the cursor
