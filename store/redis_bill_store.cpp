@@ -308,7 +308,7 @@ boost::system::error_code unexpected_reply(std::string_view what, const Reply& r
     return make_error_code(errc::store_unavailable);
 }
 
-// Stream position of an entry plus its shard: the total order of the merged feeds.
+// Stream position of an entry plus its shard: the order of the entries of a merged feed page.
 struct StreamPos {
     std::uint64_t ms{0};
     std::uint64_t seq{0};
@@ -319,7 +319,6 @@ struct StreamPos {
         return std::tie(a.ms, a.seq, a.shard) < std::tie(b.ms, b.seq, b.shard);
     }
     std::string id() const { return std::to_string(ms) + "-" + std::to_string(seq); }
-    std::string cursor() const { return id() + "." + std::to_string(shard); }
 };
 
 bool parse_stream_id(std::string_view id, std::uint64_t& ms, std::uint64_t& seq)
@@ -331,20 +330,104 @@ bool parse_stream_id(std::string_view id, std::uint64_t& ms, std::uint64_t& seq)
     return parse_u64(id.substr(0, dash), ms) && parse_u64(id.substr(dash + 1), seq);
 }
 
-std::optional<StreamPos> parse_stream_cursor(std::string_view cursor, int shards)
+// A feed cursor: per shard, the id of the last entry read (nullopt: none yet). Each shard goes on
+// after its own id, so no order between the clocks of different shards is assumed: a shard's
+// stream ids only grow, whatever its clock does, and shards may live on different servers.
+struct StreamId {
+    std::uint64_t ms{0};
+    std::uint64_t seq{0};
+};
+using FeedCursor = std::vector<std::optional<StreamId>>;
+
+// "<base>_<e0>.<e1>...": one entry per shard, empty (none yet), "<ms - base>" or
+// "<ms - base>-<seq>" when seq is not 0; base is the smallest ms. Only URL-unreserved characters.
+std::string encode_feed_cursor(const FeedCursor& cursor)
 {
-    const auto dot = cursor.rfind('.');
-    if (dot == std::string_view::npos) {
+    std::uint64_t base = std::numeric_limits<std::uint64_t>::max();
+    for (const std::optional<StreamId>& id : cursor) {
+        if (id) {
+            base = std::min(base, id->ms);
+        }
+    }
+    if (base == std::numeric_limits<std::uint64_t>::max()) {
+        base = 0;
+    }
+    std::string out = std::to_string(base) + "_";
+    for (std::size_t s = 0; s < cursor.size(); ++s) {
+        if (s > 0) {
+            out += '.';
+        }
+        if (cursor[s]) {
+            out += std::to_string(cursor[s]->ms - base);
+            if (cursor[s]->seq != 0) {
+                out += '-';
+                out += std::to_string(cursor[s]->seq);
+            }
+        }
+    }
+    return out;
+}
+
+std::optional<FeedCursor> decode_feed_cursor(std::string_view text, int shards)
+{
+    const auto shard_count = static_cast<std::size_t>(shards);
+    const auto underscore = text.find('_');
+    if (underscore == std::string_view::npos) {
+        // The earlier format "<ms>-<seq>.<shard>", the last entry returned: shards up to <shard>
+        // go on after that id, the later ones from it.
+        const auto dot = text.rfind('.');
+        StreamId id;
+        std::uint64_t shard = 0;
+        if (dot == std::string_view::npos || !parse_stream_id(text.substr(0, dot), id.ms, id.seq) ||
+            !parse_u64(text.substr(dot + 1), shard) || shard >= shard_count) {
+            return std::nullopt;
+        }
+        std::optional<StreamId> before;  // the id just before `id`, if there is one
+        if (id.seq > 0) {
+            before = StreamId{.ms = id.ms, .seq = id.seq - 1};
+        } else if (id.ms > 0) {
+            before = StreamId{.ms = id.ms - 1, .seq = std::numeric_limits<std::uint64_t>::max()};
+        }
+        FeedCursor cursor(shard_count, before);
+        for (std::size_t s = 0; s <= shard; ++s) {
+            cursor[s] = id;
+        }
+        return cursor;
+    }
+    std::uint64_t base = 0;
+    if (!parse_u64(text.substr(0, underscore), base)) {
         return std::nullopt;
     }
-    StreamPos pos;
-    std::uint64_t shard = 0;
-    if (!parse_stream_id(cursor.substr(0, dot), pos.ms, pos.seq) || !parse_u64(cursor.substr(dot + 1), shard) ||
-        shard >= static_cast<std::uint64_t>(shards)) {
+    FeedCursor cursor;
+    std::string_view rest = text.substr(underscore + 1);
+    for (;;) {
+        const auto dot = rest.find('.');
+        const std::string_view entry = rest.substr(0, dot);
+        if (entry.empty()) {
+            cursor.emplace_back();
+        } else {
+            const auto dash = entry.find('-');
+            std::uint64_t delta = 0;
+            StreamId id;
+            if (!parse_u64(entry.substr(0, dash), delta) || delta > std::numeric_limits<std::uint64_t>::max() - base ||
+                (dash != std::string_view::npos && !parse_u64(entry.substr(dash + 1), id.seq))) {
+                return std::nullopt;
+            }
+            id.ms = base + delta;
+            cursor.emplace_back(id);
+        }
+        if (cursor.size() > shard_count) {
+            return std::nullopt;
+        }
+        if (dot == std::string_view::npos) {
+            break;
+        }
+        rest.remove_prefix(dot + 1);
+    }
+    if (cursor.size() != shard_count) {
         return std::nullopt;
     }
-    pos.shard = static_cast<int>(shard);
-    return pos;
+    return cursor;
 }
 
 }  // namespace
@@ -551,12 +634,14 @@ asio::awaitable<Result<Page>> RedisBillStore::list_anomalies(std::string after, 
 
 asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::string after, std::size_t limit)
 {
-    std::optional<StreamPos> from;
+    const auto shards = static_cast<std::size_t>(keys_.shards());
+    FeedCursor cursor(shards);
     if (!after.empty()) {
-        from = parse_stream_cursor(after, keys_.shards());
-        if (!from) {
+        std::optional<FeedCursor> decoded = decode_feed_cursor(after, keys_.shards());
+        if (!decoded) {
             co_return make_error_code(errc::invalid_argument);
         }
+        cursor = std::move(*decoded);
     }
     limit = std::min(limit, kMaxPageLimit);
     if (limit == 0) {
@@ -564,14 +649,9 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
         co_return empty;
     }
 
-    // Each shard's stream is ordered by (ms, seq); entries of different shards with the same id
-    // are ordered by shard. So after cursor (ms, seq, shard c): shards <= c start strictly after
-    // the id, shards > c at the id itself.
-    //
-    // A write later in the current millisecond could land in a lower shard with an id that sorts
-    // before a cursor we hand out now, and a consumer tailing the feed would never see it. So read
-    // Redis's clock in the same pipeline (commands run in order) and hold back entries of the
-    // current millisecond: every later write then sorts after every cursor returned.
+    // Every shard goes on after its own last id: an entry written later can only get a larger id
+    // in its own stream, so none is skipped, whatever the clocks of the shards do. A page lists
+    // the entries after the cursor merged in (ms, seq, shard) order.
     //
     // A page is the first `limit` entries of the shards merged, and a shard contributes at most
     // its first `limit` entries. Reading that many from every shard costs shards x limit, so read
@@ -584,13 +664,12 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
         bool done{false};
         StreamPos last;
     };
-    const auto shards = static_cast<std::size_t>(keys_.shards());
     std::vector<ShardRead> reads(shards);
     for (std::size_t s = 0; s < shards; ++s) {
         ShardRead& r = reads[s];
         r.start = "-";
-        if (from) {
-            r.start = (static_cast<int>(s) <= from->shard ? "(" : "") + from->id();
+        if (cursor[s]) {
+            r.start = "(" + std::to_string(cursor[s]->ms) + "-" + std::to_string(cursor[s]->seq);
         }
         r.batch = std::min(limit, limit / shards + kMergeMargin);
     }
@@ -598,7 +677,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
     const std::string_view json_field = anomalies ? "anomaly" : "event";
     std::vector<std::vector<Reply>> rounds;  // what `items` points into
     std::vector<std::pair<StreamPos, const std::string*>> items;
-    std::uint64_t settled_before = 0;
     for (;;) {
         std::optional<StreamPos> kth;
         if (items.size() >= limit) {
@@ -608,9 +686,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
         }
         std::vector<std::size_t> active;
         std::vector<std::vector<std::string>> batch;
-        if (rounds.empty()) {
-            batch.push_back({"TIME"});
-        }
         for (std::size_t s = 0; s < shards; ++s) {
             const ShardRead& r = reads[s];
             if (r.done || (kth && !(r.last < *kth))) {
@@ -623,22 +698,13 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
         if (active.empty()) {
             break;
         }
-        const bool first = rounds.empty();
         Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
         if (!replies) {
             co_return replies.error();
         }
-        if (first) {
-            const Reply& time = (*replies)[0];
-            if (!time.is_array() || time.elements.size() != 2) {
-                co_return unexpected_reply("time", time);
-            }
-            settled_before = static_cast<std::uint64_t>(parse_i64(time.elements[0].str) * 1000 +
-                                                        parse_i64(time.elements[1].str) / 1000);
-        }
         for (std::size_t i = 0; i < active.size(); ++i) {
             ShardRead& r = reads[active[i]];
-            const Reply& entries = (*replies)[i + (first ? 1 : 0)];
+            const Reply& entries = (*replies)[i];
             if (!entries.is_array()) {
                 co_return unexpected_reply("xrange", entries);
             }
@@ -652,10 +718,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
                 pos.shard = static_cast<int>(active[i]);
                 if (!parse_stream_id(entry.elements[0].str, pos.ms, pos.seq)) {
                     co_return unexpected_reply("xrange", entry);
-                }
-                if (pos.ms >= settled_before) {
-                    r.done = true;
-                    break;  // this millisecond is not over yet; ids only grow from here
                 }
                 r.last = pos;
                 r.start = "(" + entry.elements[0].str;
@@ -679,9 +741,10 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
     page.items_json.reserve(items.size());
     for (const auto& [pos, json] : items) {
         page.items_json.push_back(*json);
+        cursor[static_cast<std::size_t>(pos.shard)] = StreamId{.ms = pos.ms, .seq = pos.seq};
     }
     if (!items.empty()) {
-        page.next_cursor = items.back().first.cursor();
+        page.next_cursor = encode_feed_cursor(cursor);
     }
     co_return page;
 }

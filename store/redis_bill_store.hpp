@@ -68,11 +68,12 @@ public:
     /// they run out the page ends at the scan frontier: possibly short or empty, with next_cursor set.
     boost::asio::awaitable<Result<Page>> list_bills(BillFilter filter) override;
 
-    /// The per-shard outbox streams merged in (stream ms, seq, shard) order. Cursor
-    /// "<ms>-<seq>.<shard>"; next_cursor is the cursor of the last item returned (empty when the page
-    /// is empty), so a consumer can keep polling with it. Entries of the millisecond in progress
-    /// (Redis's clock) are held back until it is over, so no later write can sort before a cursor
-    /// already returned. limit is capped at 1000.
+    /// The per-shard outbox streams merged in (stream ms, seq, shard) order. The cursor holds the
+    /// last stream id read from every shard ("<base ms>_<shard 0>.<shard 1>...", each "<ms - base>"
+    /// or "<ms - base>-<seq>", empty for none); the earlier "<ms>-<seq>.<shard>" is still accepted.
+    /// Each shard goes on after its own id, so no entry is skipped whatever the shards' clocks do
+    /// (a later page may list an entry with a smaller id than an earlier page, from another shard).
+    /// next_cursor is empty when the page is empty. limit is capped at 1000.
     boost::asio::awaitable<Result<Page>> list_events(std::string after, std::size_t limit) override;
 
     /// The per-shard anomaly streams, paged exactly like list_events.

@@ -89,15 +89,9 @@ inline std::vector<std::string> event_types(DaemonFixture& fx, const std::string
     return out;
 }
 
-/// The /v1/events and /v1/anomalies feeds hold back entries of Redis's current millisecond (so
-/// that a cursor handed out never skips a later write; store/redis_bill_store.cpp list_stream):
-/// let that millisecond pass before reading what the previous request wrote.
-inline void let_feed_settle() { std::this_thread::sleep_for(std::chrono::milliseconds(5)); }
-
 /// Kinds of every recorded anomaly for `bill_id`.
 inline std::vector<std::string> anomalies_of(DaemonFixture& fx, const std::string& bill_id)
 {
-    let_feed_settle();
     auto r = fx.api("GET", "/v1/anomalies?limit=100");
     REQUIRE_MESSAGE(r.status == 200, r.body);
     auto d = parse(r.body);
