@@ -59,7 +59,9 @@ struct BillView {
 /// A page of JSON objects from a time-ordered feed and the cursor to continue after it.
 struct Page {
     std::vector<std::string> items_json;
-    std::string next_cursor;  ///< empty when the feed is exhausted
+    /// Bills: empty on the last page. Event feeds: where to poll next; at the tail (an empty page)
+    /// the cursor the call was given, so empty only for an empty feed read from its start.
+    std::string next_cursor;
 };
 
 struct BillFilter {

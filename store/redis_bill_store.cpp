@@ -646,6 +646,7 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
     limit = std::min(limit, kMaxPageLimit);
     if (limit == 0) {
         Page empty;
+        empty.next_cursor = std::move(after);
         co_return empty;
     }
 
@@ -743,9 +744,9 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
         page.items_json.push_back(*json);
         cursor[static_cast<std::size_t>(pos.shard)] = StreamId{.ms = pos.ms, .seq = pos.seq};
     }
-    if (!items.empty()) {
-        page.next_cursor = encode_feed_cursor(cursor);
-    }
+    // At the tail the page is empty and the consumer polls again from where it was: with null it
+    // would store nothing, or send after= and replay the whole feed.
+    page.next_cursor = items.empty() ? std::move(after) : encode_feed_cursor(cursor);
     co_return page;
 }
 

@@ -73,7 +73,8 @@ public:
     /// or "<ms - base>-<seq>", empty for none); the earlier "<ms>-<seq>.<shard>" is still accepted.
     /// Each shard goes on after its own id, so no entry is skipped whatever the shards' clocks do
     /// (a later page may list an entry with a smaller id than an earlier page, from another shard).
-    /// next_cursor is empty when the page is empty. limit is capped at 1000.
+    /// When the page is empty (the tail), next_cursor is `after` as given: empty only when the
+    /// feed is read from its start and is empty. limit is capped at 1000.
     boost::asio::awaitable<Result<Page>> list_events(std::string after, std::size_t limit) override;
 
     /// The per-shard anomaly streams, paged exactly like list_events.

@@ -256,7 +256,7 @@ TEST_SUITE("integration/store/redis_bill_store")
                 const Page page = events_page(f, cursor, limit);
                 CHECK(page.items_json.size() <= limit);
                 if (page.items_json.empty()) {
-                    CHECK(page.next_cursor.empty());
+                    CHECK(page.next_cursor == cursor);  // at the tail: poll again from there
                     break;
                 }
                 paged.insert(paged.end(), page.items_json.begin(), page.items_json.end());
@@ -267,8 +267,9 @@ TEST_SUITE("integration/store/redis_bill_store")
         }
 
         // A consumer tailing the feed with the last cursor sees only new events.
-        const Page tail = events_page(f, events_page(f, "", 1000).next_cursor, 10);
+        const Page tail = events_page(f, all.next_cursor, 10);
         CHECK(tail.items_json.empty());
+        CHECK(tail.next_cursor == all.next_cursor);
         f.apply(refund("P-3", 100, "R-1"));
         const Page fresh = events_page(f, all.next_cursor, 10);
         REQUIRE(fresh.items_json.size() == 1);
@@ -355,6 +356,7 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(second.items_json == std::vector<std::string>{R"({"id":"e0"})", R"({"id":"e2"})"});
         const Page third = events_page(f, second.next_cursor, 100);
         CHECK(third.items_json.empty());
+        CHECK(third.next_cursor == second.next_cursor);
         add(0, "4000-1", "e3");
         CHECK(events_page(f, second.next_cursor, 100).items_json == std::vector<std::string>{R"({"id":"e3"})"});
         // An id far ahead of Redis's clock (after a clock step back) is listed at once.
@@ -376,6 +378,39 @@ TEST_SUITE("integration/store/redis_bill_store")
             const auto r = f.run(f.store->list_events(bad, 10));
             CHECK(r.error() == paybridge::make_error_code(errc::invalid_argument));
         }
+    }
+
+    TEST_CASE("an empty feed page returns the cursor it was given, null only for an empty feed from its start")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        CHECK(events_page(f, "", 10).next_cursor.empty());
+        const Result<Page> no_anomalies = f.run(f.store->list_anomalies("", 10));
+        REQUIRE(no_anomalies.has_value());
+        CHECK(no_anomalies->next_cursor.empty());
+
+        f.register_bill(new_bill("E-1"));
+        f.apply(payment("E-1", "alipay", 1000, "N-1"));
+        f.apply(payment("E-1", "alipay", 999, "N-2"));  // duplicate_payment or amount_mismatch: an anomaly
+        const Page events = events_page(f, "", 10);
+        REQUIRE(events.items_json.size() == 2);
+        const Page tail = events_page(f, events.next_cursor, 10);
+        CHECK(tail.items_json.empty());
+        CHECK(tail.next_cursor == events.next_cursor);
+        const Result<Page> anomalies = f.run(f.store->list_anomalies("", 10));
+        REQUIRE(anomalies.has_value());
+        REQUIRE(anomalies->items_json.size() == 1);
+        const Result<Page> anomalies_tail = f.run(f.store->list_anomalies(anomalies->next_cursor, 10));
+        REQUIRE(anomalies_tail.has_value());
+        CHECK(anomalies_tail->items_json.empty());
+        CHECK(anomalies_tail->next_cursor == anomalies->next_cursor);
+        // A cursor of the earlier form comes back as it was given.
+        CHECK(events_page(f, "99999999999999-0.3", 10).next_cursor == "99999999999999-0.3");
+        // Polling with it sees what comes next, and nothing twice.
+        f.apply(refund("E-1", 100, "R-1"));
+        const Page fresh = events_page(f, tail.next_cursor, 10);
+        REQUIRE(fresh.items_json.size() == 1);
+        CHECK(num(parse_json(fresh.items_json[0]), "sequence") == 3);
     }
 
     TEST_CASE("anomalies feed pages like the events feed")
