@@ -867,4 +867,99 @@ TEST_SUITE("integration/store/bill_script")
         const std::string created = f.store->keys().created(f.store->keys().shard_of("B-60"));
         CHECK(f.cmd({"ZSCORE", created, "B-60"}).str == "1700000000000");
     }
+
+    TEST_CASE("the payment fast path writes byte for byte what the general path writes")
+    {
+        // The same payment, to two bills registered alike at the same instant: once with the
+        // caller's "no string needs an escape" flag (the script's fast path) and once without it
+        // (apply() and pay(), which escape what needs it: nothing here). Run through EVAL with the
+        // same clock, so the only difference left is the bill id.
+        const std::int64_t now = 1'700'000'000'000;
+        StoreFixture f({}, {}, [now] { return now; });
+        REQUIRE(f.wait_ready());
+        const std::string script(paybridge::store::bill_script());
+        int pair = 0;
+        for (const std::string paid_at : {"", "2024-05-01T09:59:58.000Z"}) {
+            CAPTURE(paid_at);
+            ++pair;
+            const std::string fast = "B-70-" + std::to_string(pair) + "-fast";
+            const std::string slow = "B-70-" + std::to_string(pair) + "-slow";
+            NewBill nb = new_bill(fast, 1234);
+            nb.metadata_json = R"({"order":"42","tags":["a","b"]})";
+            nb.expires_at = "2024-06-01T00:00:00.000Z";
+            REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+            nb.id = slow;
+            REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+
+            auto apply = [&](const std::string& bill, const char* safe) {
+                std::vector<std::string> argv{"EVAL", script, "9"};
+                for (std::string& k : f.store->keys().for_bill(bill).script_keys()) {
+                    argv.push_back(std::move(k));
+                }
+                for (const std::string a :
+                     {"apply", "1700000005000", "2023-11-14T22:13:25.000Z", "alipay", "alipay", "payment",
+                      "N-70", "2021000000000001"}) {
+                    argv.push_back(a);
+                }
+                argv.push_back(bill);
+                for (const std::string a :
+                     {"2024050122001400001", "CNY", "1234", "", "0", "0", "TRADE_SUCCESS", "2024-05-01T10:00:00.000Z"}) {
+                    argv.push_back(a);
+                }
+                argv.push_back(safe);
+                argv.push_back(paid_at);
+                const auto r = f.cmd(std::move(argv));
+                REQUIRE(r.elements.size() == 3);
+                CHECK(r.elements[0].str == "applied");
+                CHECK(r.elements[1].str == "");
+                CHECK(r.elements[2].str == "PAID");
+            };
+            apply(fast, "1");
+            apply(slow, "0");
+
+            auto replace_all = [](std::string s, const std::string& from, const std::string& to) {
+                for (std::size_t at = s.find(from); at != std::string::npos; at = s.find(from, at + to.size())) {
+                    s.replace(at, from.size(), to);
+                }
+                return s;
+            };
+            const auto fast_view = f.get(fast);
+            const auto slow_view = f.get(slow);
+            REQUIRE(fast_view.events_json.size() == 1);
+            REQUIRE(slow_view.events_json.size() == 1);
+            CHECK(fast_view.events_json[0] == replace_all(slow_view.events_json[0], slow, fast));
+            CHECK(fast_view.bill_json == replace_all(slow_view.bill_json, slow, fast));
+            CHECK(str(parse_json(fast_view.events_json[0])["bill"], "paid_at") ==
+                  (paid_at.empty() ? "2024-05-01T10:00:00.000Z" : paid_at));
+            // The hashes too: every field, the notification's marker included.
+            const auto fast_hash = f.cmd({"HGETALL", f.store->keys().bill(fast)});
+            const auto slow_hash = f.cmd({"HGETALL", f.store->keys().bill(slow)});
+            REQUIRE(fast_hash.elements.size() == slow_hash.elements.size());
+            std::vector<std::string> a;
+            std::vector<std::string> b;
+            for (std::size_t i = 0; i < fast_hash.elements.size(); ++i) {
+                a.push_back(fast_hash.elements[i].str);
+                b.push_back(replace_all(slow_hash.elements[i].str, slow, fast));
+            }
+            CHECK(a == b);
+            // And the outbox entries, field for field.
+            auto entry_of = [&](const std::string& bill) {
+                const auto out =
+                    f.cmd({"XRANGE", f.store->keys().outbox(f.store->keys().shard_of(bill)), "-", "+"});
+                for (const auto& e : out.elements) {
+                    const auto& fields = e.elements.at(1).elements;
+                    if (fields.at(3).str == bill) {
+                        std::vector<std::string> v;
+                        for (const auto& x : fields) {
+                            v.push_back(replace_all(x.str, bill, fast));
+                        }
+                        return v;
+                    }
+                }
+                FAIL("no outbox entry for " << bill);
+                return std::vector<std::string>{};
+            };
+            CHECK(entry_of(fast) == entry_of(slow));
+        }
+    }
 }
