@@ -201,6 +201,12 @@ int App::Impl::run()
         for (auto& w : workers_) s += static_cast<double>(w->redis.stats().commands.load());
         return s;
     });
+    reg.callback_counter("paybridge_redis_writes_total",
+                         "Socket writes to Redis (all workers); commands / writes is the pipelining depth.", [this] {
+                             double s = 0;
+                             for (auto& w : workers_) s += static_cast<double>(w->redis.stats().writes.load());
+                             return s;
+                         });
     reg.callback_counter("paybridge_redis_errors_total", "Redis command failures (all workers).", [this] {
         double s = 0;
         for (auto& w : workers_) s += static_cast<double>(w->redis.stats().errors.load());

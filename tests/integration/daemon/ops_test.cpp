@@ -97,6 +97,15 @@ TEST_CASE("metrics: Prometheus text format, counters after traffic")
     CHECK(t.find("paybridge_uptime_seconds") != std::string::npos);
     CHECK(t.find("paybridge_build_info{version=") != std::string::npos);
     CHECK(t.find("paybridge_redis_commands_total") != std::string::npos);
+    // Pipelining depth: commands per socket write (every command went out in some write).
+    auto sample = [&t](const std::string& name) {
+        const auto at = t.find("\n" + name + " ");
+        REQUIRE(at != std::string::npos);
+        return std::stod(t.substr(at + name.size() + 2));
+    };
+    const double writes = sample("paybridge_redis_writes_total");
+    CHECK(writes >= 1);
+    CHECK(sample("paybridge_redis_commands_total") >= writes);
 
     // Structured logs: one JSON object per line with the request id, outcome and latency.
     const std::string log = fx.log();
