@@ -68,6 +68,8 @@ redis.call('ZREM', KEYS[5], event_id)
 redis.call('ZREM', KEYS[6], event_id)
 if outcome == 'retry' then
   redis.call('ZADD', KEYS[2], ARGV[6], entry)
+  -- Out of the instance's PEL: only what instances hold in flight stays there (reclaim scans it).
+  redis.call('XCLAIM', KEYS[1], group, ARGV[14], 0, entry, 'JUSTID')
   redis.call('HINCRBY', KEYS[3], entry, 1)
   redis.call('HSET', KEYS[8], 'state', 'retrying', 'next_at', ARGV[6])
   redis.call('ZADD', KEYS[6], now, event_id)
@@ -134,28 +136,29 @@ return 1
 
 const std::string_view kReclaim = R"lua(
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
-local want, scan = tonumber(ARGV[4]), tonumber(ARGV[6])
-local pending = redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, ARGV[5], '+', scan)
+local want, scan, holder = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local out = {}
-local last = nil
-for _, p in ipairs(pending) do
-  local id = p[1]
-  last = id
-  if redis.call('ZSCORE', KEYS[2], id) == false then
-    local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
-    if claimed[1] then
-      out[#out + 1] = {id, claimed[1][2], redis.call('HGET', KEYS[3], id) or '0'}
+for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+  local info = {}
+  for i = 1, #c, 2 do
+    info[c[i]] = c[i + 1]
+  end
+  local name = info['name']
+  if name ~= holder and info['pending'] > 0 then
+    for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, '-', '+', scan, name)) do
+      local id = p[1]
+      if redis.call('ZSCORE', KEYS[2], id) ~= false then
+        redis.call('XCLAIM', KEYS[1], group, holder, 0, id, 'JUSTID')
+      elseif #out < want then
+        local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
+        if claimed[1] then
+          out[#out + 1] = {id, claimed[1][2], redis.call('HGET', KEYS[3], id) or '0'}
+        end
+      end
     end
   end
-  if #out >= want then
-    break
-  end
 end
-local next_start = ''
-if last and (#out >= want or #pending >= scan) then
-  next_start = '(' .. last
-end
-return {next_start, out}
+return out
 )lua";
 
 // Lua shared by the scripts that look at an outbox entry without a delivery record (prepended to

@@ -18,8 +18,12 @@
 //                                          bill_id, type, first_seen_at, updated_at, delivered_at, dead_at
 //   P T ":crm:attempts:" event_id  list    one JSON object per attempt (capped), oldest first
 //
-// An entry stays pending in the group's PEL until it is delivered or dead-lettered (XACK). Every
-// state change is one Lua script, so a crash between two commands cannot leave them disagreeing.
+// An entry stays pending in the group's PEL until it is delivered or dead-lettered (XACK). While it
+// waits for a retry it is also in the retry zset and its PEL entry belongs to the pseudo-consumer
+// kRetryHolder, not to an instance: the PEL entries of instances are then only what they hold in
+// flight, so the reclaim pass that finds a dead instance's entries does not wade through the retry
+// backlog first (after a long CRM outage, tens of thousands per shard). Every state change is one
+// Lua script, so a crash between two commands cannot leave them disagreeing.
 // Every key a script touches is passed in KEYS and carries the shard's tag (Redis Cluster safe).
 
 #include "store/keys.hpp"
@@ -34,6 +38,10 @@ inline constexpr std::string_view kStatePending = "pending";
 inline constexpr std::string_view kStateRetrying = "retrying";
 inline constexpr std::string_view kStateDelivered = "delivered";
 inline constexpr std::string_view kStateDead = "dead";
+
+/// The consumer name that holds, in the group's PEL, the entries waiting in the retry zset. Not a
+/// name an instance takes (those are "<hostname>-<pid>-<hex>").
+inline constexpr std::string_view kRetryHolder = "paybridge.retrying";
 
 /// The keys of one shard.
 struct ShardKeys {
@@ -69,7 +77,8 @@ namespace scripts {
 
 /// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
 /// ARGV: outcome(delivered|retry|dead) group entry_id event_id now_ms next_at_ms attempt_json
-///       last_error last_status ttl_ms max_records bill_id type
+///       last_error last_status ttl_ms max_records bill_id type retry_holder
+/// retry: into the retry zset, its PEL entry (if any) handed to retry_holder (kRetryHolder).
 /// Returns the event's total attempt count, or -1 when a failure arrived for an entry that is no longer
 /// outstanding (another instance delivered it meanwhile): then nothing changes.
 extern const std::string_view kRecord;
@@ -87,9 +96,11 @@ extern const std::string_view kPopDue;
 /// lease. Returns 1 when renewed, 0 when the entry is no longer ours (then it must not be sent).
 extern const std::string_view kRenew;
 
-/// KEYS: stream retry tries      ARGV: group consumer min_idle_ms count start scan_limit
-/// Claims (XCLAIM, min-idle) pending entries idle >= min_idle that are not waiting in the retry zset.
-/// Returns [next_start ("" at the end of the PEL), [[entry_id, fields, tries], ...]].
+/// KEYS: stream retry tries      ARGV: group consumer min_idle_ms count scan_limit retry_holder
+/// Claims (XCLAIM, min-idle) up to `count` entries idle >= min_idle from the PEL of every consumer
+/// but retry_holder, looking at up to scan_limit per consumer. An entry found there that waits in
+/// the retry zset (left by a version before retry_holder) is handed to retry_holder instead.
+/// Returns [[entry_id, fields, tries], ...].
 extern const std::string_view kReclaim;
 
 /// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts

@@ -33,6 +33,8 @@ namespace asio = boost::asio;
 using store::Reply;
 using Clock = std::chrono::steady_clock;
 
+/// PEL entries looked at per consumer and shard in one reclaim pass (instances' PEL entries are
+/// what they hold in flight; retries are held by kRetryHolder).
 constexpr std::size_t kReclaimScan = 500;
 constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
@@ -238,7 +240,6 @@ struct Dispatcher::Impl {
           http(std::move(client)),
           commands(ex, redis_cfg),
           reads(ex, redis_cfg),
-          reclaim_cursor(static_cast<std::size_t>(keys.shards()), "-"),
           rng(std::random_device{}()),
           slot_signal(ex),
           drain_signal(ex),
@@ -279,7 +280,6 @@ struct Dispatcher::Impl {
     std::string stats_sha;
     std::string cleanup_sha;
     std::unordered_map<std::string, int> shard_of_stream;
-    std::vector<std::string> reclaim_cursor;
     std::mt19937_64 rng;
     DispatcherStats stats;
 
@@ -599,7 +599,8 @@ struct Dispatcher::Impl {
                                       std::to_string(options.record_ttl.count()),
                                       std::to_string(options.max_attempt_records),
                                       item.bill_id,
-                                      item.type};
+                                      item.type,
+                                      std::string(kRetryHolder)};
         Result<Reply> reply = co_await commands.eval(record_sha, std::move(script_keys), std::move(args));
 
         stats.attempts.fetch_add(1, std::memory_order_relaxed);
@@ -794,15 +795,14 @@ struct Dispatcher::Impl {
                 if (stopping || free_slots() == 0) {
                     break;
                 }
-                std::string& cursor = reclaim_cursor[static_cast<std::size_t>(k.shard)];
                 const std::size_t budget = free_slots();
                 std::vector<std::string> script_keys{k.stream, k.retry, k.tries};
                 std::vector<std::string> args{options.group,
                                               options.consumer,
                                               std::to_string(options.lease.count()),
                                               std::to_string(budget),
-                                              cursor,
-                                              std::to_string(kReclaimScan)};
+                                              std::to_string(kReclaimScan),
+                                              std::string(kRetryHolder)};
                 reserved += budget;
                 Result<Reply> reply = co_await commands.eval(reclaim_sha, std::move(script_keys), std::move(args));
                 release(budget);
@@ -817,11 +817,10 @@ struct Dispatcher::Impl {
                     note_redis_error_reply("reclaim", *reply);
                     break;
                 }
-                if (!reply->is_array() || reply->elements.size() < 2) {
+                if (!reply->is_array()) {
                     continue;
                 }
-                cursor = reply->elements[0].str.empty() ? "-" : reply->elements[0].str;
-                std::vector<Item> items = parse_claimed(reply->elements[1], k.shard);
+                std::vector<Item> items = parse_claimed(*reply, k.shard);
                 if (!items.empty()) {
                     stats.reclaimed.fetch_add(items.size(), std::memory_order_relaxed);
                     log::info("crm.reclaimed", {{"shard", k.shard}, {"count", items.size()}});

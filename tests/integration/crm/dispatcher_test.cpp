@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/payment_event.hpp"
+#include "crm/delivery_schema.hpp"
 #include "crm/webhook_signer.hpp"
 #include "store/redis_bill_store.hpp"
 
@@ -205,6 +206,17 @@ TEST_CASE("receiver down for a while: the backlog is delivered when it returns")
     REQUIRE(run_until(env.ioc, [&] { return d->stats().retrying.load() == 10 && d->stats().backlog.load() == 10; },
                       5s));
     CHECK(d->stats().oldest_pending_age_ms.load() > 0);
+    // Waiting for a retry, every entry is held in the group's PEL by the retry holder, not by the
+    // instance that read it: the instance's own PEL entries are only what it has in flight.
+    std::size_t held = 0;
+    for (int s = 0; s < kShards; ++s) {
+        std::vector<std::string> argv{"XPENDING", env.keys.outbox(s), "crm", "-", "+", "100"};
+        for (const auto& p : env.exec(std::move(argv)).elements) {
+            CHECK(p.elements.at(1).str == crm::kRetryHolder);
+            ++held;
+        }
+    }
+    CHECK(held == ids.size());
     const std::map<std::string, std::string> rec = env.delivery(ids[0]);
     CHECK(rec.at("last_error").find("connect") != std::string::npos);
     CHECK(rec.at("last_status").empty());
@@ -268,6 +280,71 @@ TEST_CASE("a dispatcher that dies mid-delivery: another one redelivers every eve
         CHECK(env.state_of(id) == "delivered");
     }
     CHECK(env.pending_total() == 0);
+}
+
+TEST_CASE("a dead instance's entries are reclaimed in one pass, however long the retry backlog")
+{
+    // A long CRM outage leaves thousands of entries per shard waiting for a retry. A version before
+    // the retry holder kept them in the PEL of the instance that first read them, so the reclaim
+    // pass (500 PEL entries per shard and pass) had to wade through them before it found what a
+    // dead instance held in flight: minutes. Here 2,000 such entries of one instance come first in
+    // the PEL, then 6 entries a dead instance was delivering.
+    RedisEnv env;
+    const int shard = env.keys.shard_of("R");
+    const std::string stream = env.keys.outbox(shard);
+    const std::string retry = kPrefix + store::Keys::tag(shard) + ":crm:retry";
+    const std::string tries = kPrefix + store::Keys::tag(shard) + ":crm:tries";
+    env.exec({"XGROUP", "CREATE", stream, "crm", "0", "MKSTREAM"});
+    env.exec({"EVAL", R"(for i = 1, tonumber(ARGV[1]) do
+                           redis.call('XADD', KEYS[1], '*', 'id', 'evt_R_' .. i, 'bill_id', 'R', 'type', 'bill.paid',
+                                      'event', '{}')
+                         end)",
+              "1", stream, "2000"});
+    env.exec({"XREADGROUP", "GROUP", "crm", "old-instance", "COUNT", "2000", "STREAMS", stream, ">"});
+    env.exec({"EVAL", R"(for _, p in ipairs(redis.call('XPENDING', KEYS[1], 'crm', '-', '+', 5000)) do
+                           redis.call('ZADD', KEYS[2], '9999999999999', p[1])
+                         end)",
+              "2", stream, retry});
+    std::vector<std::string> in_flight;
+    for (int i = 0; in_flight.size() < 6; ++i) {
+        const std::string bill = "D" + std::to_string(i);
+        if (env.keys.shard_of(bill) == shard) {
+            in_flight.push_back(env.add_event(bill, 1));
+        }
+    }
+    env.exec({"XREADGROUP", "GROUP", "crm", "dead-instance", "COUNT", "6", "STREAMS", stream, ">"});
+
+    // One reclaim call (as a dispatcher with 10 free slots makes it) finds all six.
+    const std::string script(crm::scripts::kReclaim);
+    const store::Reply claimed = env.exec({"EVAL", script, "3", stream, retry, tries, "crm", "me", "0", "10", "500",
+                                           std::string(crm::kRetryHolder)});
+    REQUIRE(claimed.elements.size() == 6);
+    std::set<std::string> got;
+    for (const auto& c : claimed.elements) {
+        const auto& fields = c.elements.at(1).elements;
+        got.insert(fields.at(1).str);  // "id", event id, ...
+        CHECK(c.elements.at(2).str == "0");
+    }
+    CHECK(got == std::set<std::string>(in_flight.begin(), in_flight.end()));
+
+    // The retrying entries it came across (500) are handed to the retry holder, and so on each pass
+    // until the old instance holds none: the retry zset still has them all.
+    auto pending_of = [&](const std::string& consumer) {
+        std::vector<std::string> argv{"XPENDING", stream, "crm", "-", "+", "5000", consumer};
+        return env.exec(std::move(argv)).elements.size();
+    };
+    CHECK(pending_of("me") == 6);
+    CHECK(pending_of(std::string(crm::kRetryHolder)) == 500);
+    CHECK(pending_of("old-instance") == 1500);
+    for (int pass = 0; pass < 3; ++pass) {
+        // Slots for none: nothing is claimed, but the retrying entries still move.
+        const store::Reply none = env.exec({"EVAL", script, "3", stream, retry, tries, "crm", "me", "0", "0", "500",
+                                            std::string(crm::kRetryHolder)});
+        CHECK(none.elements.empty());
+    }
+    CHECK(pending_of("old-instance") == 0);
+    CHECK(pending_of(std::string(crm::kRetryHolder)) == 2000);
+    CHECK(env.exec({"ZCARD", retry}).integer == 2000);
 }
 
 TEST_CASE("two dispatchers on one Redis: every event delivered exactly once")
