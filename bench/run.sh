@@ -2,7 +2,7 @@
 # The benchmark: paybridged with a real Redis, loaded by wrk on the same machine, beside the
 # ceilings measured in the same run with the same client: a bare Beast server answering
 # "success", and OpenSSL's RSA-2048 verification rate. Prints Markdown tables.
-#   bench/run.sh    (COUNT=300000 ROUNDS=3 DURATION=3 CONNS=64 WORKERS=1 ALT_WORKERS=2 CRM_WORKERS=2
+#   bench/run.sh    (COUNT=420000 ROUNDS=3 DURATION=3 CONNS=64 WORKERS=1 ALT_WORKERS=2 CRM_WORKERS=2
 #                    to change)
 # The machine's speed drifts (a shared VM: up to 2x within an hour), so every kind of load runs in
 # each of ROUNDS rounds, one after another, and the table gives the median round, the range, and
@@ -14,7 +14,7 @@
 # The CRM delivery benchmark runs paybridged with CRM_WORKERS (the default, one per core).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-COUNT=${COUNT:-300000}
+COUNT=${COUNT:-420000}
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-3}
 CONNS=${CONNS:-64}

@@ -14,6 +14,7 @@
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
 
+#include <array>
 #include <stdexcept>
 #include <vector>
 
@@ -153,10 +154,18 @@ std::optional<std::string> base64_decode(std::string_view text)
     if (text.size() % 4 != 0) {
         return std::nullopt;
     }
+    // The standard alphabet (RFC 4648 §4); '=' is handled apart.
+    static constexpr std::array<bool, 256> kAlphabet = [] {
+        std::array<bool, 256> t{};
+        for (const char c : std::string_view("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/")) {
+            t[static_cast<unsigned char>(c)] = true;
+        }
+        return t;
+    }();
     std::size_t pad = 0;
     for (std::size_t i = 0; i < text.size(); ++i) {
         const char c = text[i];
-        const bool alpha = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '+' || c == '/';
+        const bool alpha = kAlphabet[static_cast<unsigned char>(c)];
         if (c == '=') {
             if (i + 2 < text.size()) {
                 return std::nullopt;  // '=' only in the last two places

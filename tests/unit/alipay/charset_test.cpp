@@ -68,6 +68,29 @@ TEST_CASE("UTF-8 input is validated and returned unchanged")
     CHECK(to_utf8("\xF4\x8F\xBF\xBF", "utf-8").value() == "\xF4\x8F\xBF\xBF");  // U+10FFFF itself
 }
 
+TEST_CASE("UTF-8 validation finds a bad sequence at any offset of a long ASCII text")
+{
+    // ASCII is checked eight bytes at a time: put every sequence at every alignment, mid-text and
+    // at the end.
+    const std::string valid[] = {"\xE5\xA4\xA7", "\xC3\xA9", "\xF0\x9F\x98\x80", "\xF4\x8F\xBF\xBF"};
+    const std::string invalid[] = {"\xE5\xA4", "\x80", "\xC0\xAF", "\xED\xA0\x80", "\xF4\x90\x80\x80", "\xFF"};
+    for (std::size_t before = 0; before < 20; ++before) {
+        for (std::size_t after : {std::size_t{0}, std::size_t{1}, std::size_t{9}}) {
+            CAPTURE(before);
+            CAPTURE(after);
+            for (const std::string& seq : valid) {
+                const std::string text = std::string(before, 'a') + seq + std::string(after, 'b') + seq;
+                CHECK(to_utf8(text, "utf-8").value() == text);
+            }
+            for (const std::string& seq : invalid) {
+                CHECK(malformed(to_utf8(std::string(before, 'a') + seq + std::string(after, 'b'), "utf-8")));
+                // ... also behind a valid sequence
+                CHECK(malformed(to_utf8(std::string(before, 'a') + "\xC3\xA9" + std::string(after, 'b') + seq, "utf-8")));
+            }
+        }
+    }
+}
+
 TEST_CASE("long input crosses the internal buffer size")
 {
     std::string utf8;

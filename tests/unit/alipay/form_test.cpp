@@ -81,6 +81,8 @@ TEST_CASE("form: malformed input")
     CHECK(malformed("a=%1G"));
     CHECK(malformed("a=1%"));
     CHECK(malformed("a=%4"));
+    CHECK(malformed("a=%\xE5\xA4"));  // an escape of non-ASCII bytes
+    CHECK(malformed("a=%%41"));
     CHECK(malformed("a%=1"));
     CHECK(malformed("a=1&novalue"));
     CHECK(malformed("=v"));

@@ -40,6 +40,10 @@ TEST_CASE("base64 is strict")
     CHECK_FALSE(base64_decode("YW I="));
     CHECK_FALSE(base64_decode("Y=WI"));
     CHECK_FALSE(base64_decode("WECHATPAY/SIGNTEST/abc"));
+    CHECK_FALSE(base64_decode("YW-_"));          // the URL-safe alphabet is another alphabet
+    CHECK_FALSE(base64_decode("YWI\xC3"));       // a byte above 0x7F
+    CHECK_FALSE(base64_decode(std::string_view("YW\0=", 4)));
+    CHECK(*base64_decode("+/+/") == "\xFB\xFF\xBF");
 }
 
 TEST_CASE("AES-256-GCM: PROTOCOLS.md 2.7 vector, tamper and wrong key")
