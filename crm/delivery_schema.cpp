@@ -69,7 +69,8 @@ redis.call('ZREM', KEYS[6], event_id)
 if outcome == 'retry' then
   redis.call('ZADD', KEYS[2], ARGV[6], entry)
   -- Out of the instance's PEL: only what instances hold in flight stays there (reclaim scans it).
-  redis.call('XCLAIM', KEYS[1], group, ARGV[14], 0, entry, 'JUSTID')
+  -- pcall: the writes above are done, and a group lost with the stream must not stop the rest.
+  redis.pcall('XCLAIM', KEYS[1], group, ARGV[14], 0, entry, 'JUSTID')
   redis.call('HINCRBY', KEYS[3], entry, 1)
   redis.call('HSET', KEYS[8], 'state', 'retrying', 'next_at', ARGV[6])
   redis.call('ZADD', KEYS[6], now, event_id)
@@ -138,7 +139,16 @@ const std::string_view kReclaim = R"lua(
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local want, scan, holder = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local out = {}
-for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], group)) do
+local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], group)
+if consumers.err then
+  -- A stream that does not exist answers "no such key": to the caller, like a missing group, a
+  -- reason to create the group again.
+  if string.sub(consumers.err, 1, 7) == 'NOGROUP' then
+    return consumers
+  end
+  return redis.error_reply('NOGROUP ' .. consumers.err)
+end
+for _, c in ipairs(consumers) do
   local info = {}
   for i = 1, #c, 2 do
     info[c[i]] = c[i + 1]

@@ -904,7 +904,7 @@ Result<std::unique_ptr<Dispatcher>> Dispatcher::create(asio::any_io_executor exe
                                                        DispatcherOptions options)
 {
     if (options.concurrency <= 0 || options.shards < 1 || options.lease.count() <= 0 ||
-        options.max_attempt_records == 0 || options.group.empty()) {
+        options.max_attempt_records == 0 || options.group.empty() || options.consumer == kRetryHolder) {
         return make_error_code(errc::invalid_argument);
     }
     // An attempt that outlives the lease would be reclaimed (and sent again) by another instance.

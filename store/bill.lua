@@ -329,7 +329,7 @@ local function pay(b, ev, total, txn)
     return emit(ev, b, 'bill.paid', extra)
 end
 
--- The hot path: one table constructor (ARGV entries are always strings).
+-- The event as apply() takes it: one table constructor (ARGV entries are always strings).
 local function event_from_argv()
     local a = ARGV
     return {provider = a[4], channel = a[5], kind = a[6], notification_id = a[7], account = a[8],

@@ -314,8 +314,19 @@ TEST_CASE("a dead instance's entries are reclaimed in one pass, however long the
     }
     env.exec({"XREADGROUP", "GROUP", "crm", "dead-instance", "COUNT", "6", "STREAMS", stream, ">"});
 
-    // One reclaim call (as a dispatcher with 10 free slots makes it) finds all six.
     const std::string script(crm::scripts::kReclaim);
+    auto pending_of = [&](const std::string& consumer) {
+        std::vector<std::string> argv{"XPENDING", stream, "crm", "-", "+", "5000", consumer};
+        return env.exec(std::move(argv)).elements.size();
+    };
+    // Nothing has been idle for a lease yet: nothing is claimed, nothing moves.
+    CHECK(env.exec({"EVAL", script, "3", stream, retry, tries, "crm", "me", "60000", "10", "500",
+                    std::string(crm::kRetryHolder)})
+              .elements.empty());
+    CHECK(pending_of("old-instance") == 2000);
+    CHECK(pending_of(std::string(crm::kRetryHolder)) == 0);
+
+    // One reclaim call (as a dispatcher with 10 free slots makes it) finds all six.
     const store::Reply claimed = env.exec({"EVAL", script, "3", stream, retry, tries, "crm", "me", "0", "10", "500",
                                            std::string(crm::kRetryHolder)});
     REQUIRE(claimed.elements.size() == 6);
@@ -329,10 +340,6 @@ TEST_CASE("a dead instance's entries are reclaimed in one pass, however long the
 
     // The retrying entries it came across (500) are handed to the retry holder, and so on each pass
     // until the old instance holds none: the retry zset still has them all.
-    auto pending_of = [&](const std::string& consumer) {
-        std::vector<std::string> argv{"XPENDING", stream, "crm", "-", "+", "5000", consumer};
-        return env.exec(std::move(argv)).elements.size();
-    };
     CHECK(pending_of("me") == 6);
     CHECK(pending_of(std::string(crm::kRetryHolder)) == 500);
     CHECK(pending_of("old-instance") == 1500);
@@ -345,6 +352,22 @@ TEST_CASE("a dead instance's entries are reclaimed in one pass, however long the
     CHECK(pending_of("old-instance") == 0);
     CHECK(pending_of(std::string(crm::kRetryHolder)) == 2000);
     CHECK(env.exec({"ZCARD", retry}).integer == 2000);
+
+    // A stream that is gone (and its group with it) is reported as a missing group, which makes a
+    // dispatcher create the group again.
+    std::vector<std::string> gone{"EVAL", script, "3", kPrefix + "no-such-stream", retry, tries, "crm", "me", "0",
+                                  "10", "500", std::string(crm::kRetryHolder)};
+    Result<store::Reply> missing = run_awaitable(env.ioc, env.conn->exec(std::move(gone)));
+    REQUIRE(missing.has_value());
+    CHECK(missing->is_error());
+    CHECK(missing->str.find("NOGROUP") != std::string::npos);
+
+    // The holder's name is not one an instance may take.
+    crm::DispatcherOptions options = test_options("http://127.0.0.1:1/", {new_secret()});
+    options.consumer = std::string(crm::kRetryHolder);
+    Result<std::unique_ptr<crm::Dispatcher>> refused = crm::Dispatcher::create(env.ioc.get_executor(), env.cfg, options);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error() == errc::invalid_argument);
 }
 
 TEST_CASE("two dispatchers on one Redis: every event delivered exactly once")

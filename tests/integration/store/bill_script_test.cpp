@@ -878,18 +878,32 @@ TEST_SUITE("integration/store/bill_script")
         StoreFixture f({}, {}, [now] { return now; });
         REQUIRE(f.wait_ready());
         const std::string script(paybridge::store::bill_script());
+        struct Variant {
+            std::string paid_at;  // the notification's own payment time, or none
+            bool details;         // the bill has metadata and expires_at
+            bool orphan;          // a wrong-amount payment came before the bill: sequence starts at 2
+        };
+        const Variant variants[] = {{"", true, false}, {"2024-05-01T09:59:58.000Z", false, false}, {"", false, true}};
         int pair = 0;
-        for (const std::string paid_at : {"", "2024-05-01T09:59:58.000Z"}) {
-            CAPTURE(paid_at);
+        for (const Variant& v : variants) {
+            const std::string& paid_at = v.paid_at;
             ++pair;
+            CAPTURE(pair);
             const std::string fast = "B-70-" + std::to_string(pair) + "-fast";
             const std::string slow = "B-70-" + std::to_string(pair) + "-slow";
-            NewBill nb = new_bill(fast, 1234);
-            nb.metadata_json = R"({"order":"42","tags":["a","b"]})";
-            nb.expires_at = "2024-06-01T00:00:00.000Z";
-            REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
-            nb.id = slow;
-            REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+            for (const std::string& id : {fast, slow}) {
+                if (v.orphan) {
+                    check_result(f.apply(alipay_payment(id, "T-0", 999, "N-0")), ApplyOutcome::orphaned,
+                                 "unknown_bill", "");
+                }
+                NewBill nb = new_bill(fast, 1234);  // the description names the same bill
+                nb.id = id;
+                if (v.details) {
+                    nb.metadata_json = R"({"order":"42","tags":["a","b"]})";
+                    nb.expires_at = "2024-06-01T00:00:00.000Z";
+                }
+                REQUIRE(f.register_bill(nb).outcome == RegisterOutcome::created);
+            }
 
             auto apply = [&](const std::string& bill, const char* safe) {
                 std::vector<std::string> argv{"EVAL", script, "9"};
@@ -925,12 +939,16 @@ TEST_SUITE("integration/store/bill_script")
             };
             const auto fast_view = f.get(fast);
             const auto slow_view = f.get(slow);
-            REQUIRE(fast_view.events_json.size() == 1);
-            REQUIRE(slow_view.events_json.size() == 1);
-            CHECK(fast_view.events_json[0] == replace_all(slow_view.events_json[0], slow, fast));
+            const std::size_t events = v.orphan ? 3 : 1;  // unknown_bill, amount_mismatch, paid
+            REQUIRE(fast_view.events_json.size() == events);
+            REQUIRE(slow_view.events_json.size() == events);
+            for (std::size_t i = 0; i < events; ++i) {
+                CHECK(fast_view.events_json[i] == replace_all(slow_view.events_json[i], slow, fast));
+            }
             CHECK(fast_view.bill_json == replace_all(slow_view.bill_json, slow, fast));
-            CHECK(str(parse_json(fast_view.events_json[0])["bill"], "paid_at") ==
-                  (paid_at.empty() ? "2024-05-01T10:00:00.000Z" : paid_at));
+            const auto paid = parse_json(fast_view.events_json.back());
+            CHECK(num(paid, "sequence") == static_cast<std::int64_t>(events));
+            CHECK(str(paid["bill"], "paid_at") == (paid_at.empty() ? "2024-05-01T10:00:00.000Z" : paid_at));
             // The hashes too: every field, the notification's marker included.
             const auto fast_hash = f.cmd({"HGETALL", f.store->keys().bill(fast)});
             const auto slow_hash = f.cmd({"HGETALL", f.store->keys().bill(slow)});
@@ -943,23 +961,23 @@ TEST_SUITE("integration/store/bill_script")
             }
             CHECK(a == b);
             // And the outbox entries, field for field.
-            auto entry_of = [&](const std::string& bill) {
+            auto entries_of = [&](const std::string& bill) {
                 const auto out =
                     f.cmd({"XRANGE", f.store->keys().outbox(f.store->keys().shard_of(bill)), "-", "+"});
+                std::vector<std::string> found;
                 for (const auto& e : out.elements) {
                     const auto& fields = e.elements.at(1).elements;
                     if (fields.at(3).str == bill) {
-                        std::vector<std::string> v;
                         for (const auto& x : fields) {
-                            v.push_back(replace_all(x.str, bill, fast));
+                            found.push_back(replace_all(x.str, bill, fast));
                         }
-                        return v;
                     }
                 }
-                FAIL("no outbox entry for " << bill);
-                return std::vector<std::string>{};
+                return found;
             };
-            CHECK(entry_of(fast) == entry_of(slow));
+            const auto fast_entries = entries_of(fast);
+            CHECK(fast_entries.size() == 8 * events);
+            CHECK(fast_entries == entries_of(slow));
         }
     }
 }
