@@ -3,6 +3,7 @@
 # ceilings measured in the same run with the same client: a bare Beast server answering
 # "success", and OpenSSL's RSA-2048 verification rate. Prints Markdown tables.
 #   bench/run.sh    (COUNT=420000 ROUNDS=3 DURATION=3 CONNS=64 WORKERS=1 ALT_WORKERS=2 CRM_WORKERS=2
+#                    CRM_ROUNDS=3 CRM_NOTIFICATIONS=16000
 #                    to change)
 # The machine's speed drifts (a shared VM: up to 2x within an hour), so every kind of load runs in
 # each of ROUNDS rounds, one after another, and the table gives the median round, the range, and
@@ -21,6 +22,10 @@ CONNS=${CONNS:-64}
 WORKERS=${WORKERS:-1}
 ALT_WORKERS=${ALT_WORKERS:-2}
 CRM_WORKERS=${CRM_WORKERS:-2}
+# The "with deliveries running" ratio: alternating rounds without / with CRM delivery, so the machine's
+# drift hits both alike (one short round each way swung 66-102 % within minutes).
+CRM_ROUNDS=${CRM_ROUNDS:-3}
+CRM_NOTIFICATIONS=${CRM_NOTIFICATIONS:-16000}
 WRK_THREADS=${WRK_THREADS:-1}
 
 scripts/deps.sh run
@@ -142,5 +147,6 @@ TABLE
 
 # CRM delivery (bench/crm_bench.cpp): its own redis-server, receiver and paybridged; prints its own table.
 echo "crm delivery..." >&2
-build/bench/paybridge_crm_bench --workers "$CRM_WORKERS" --connections "$CONNS" 2>"$work/crm_bench.log" \
+build/bench/paybridge_crm_bench --workers "$CRM_WORKERS" --connections "$CONNS" --rounds "$CRM_ROUNDS" \
+  --notifications "$CRM_NOTIFICATIONS" 2>"$work/crm_bench.log" \
   || { echo; echo "CRM delivery benchmark failed:"; tail -n 5 "$work/crm_bench.log"; }
