@@ -227,6 +227,11 @@ TEST_CASE("receiver down for a while: the backlog is delivered when it returns")
     for (const std::string& id : ids) {
         CHECK(env.state_of(id) == "delivered");
     }
+    // The record kept its first-seen time through every attempt and counted each of them.
+    const std::map<std::string, std::string> after = env.delivery(ids[0]);
+    CHECK(after.at("first_seen_at") == rec.at("first_seen_at"));
+    CHECK(std::stoll(after.at("attempts")) > std::stoll(rec.at("attempts")));
+    CHECK(std::stoll(after.at("first_seen_at")) <= std::stoll(after.at("delivered_at")));
     check_all_signed(receiver);
     CHECK(d->stats().dead_letters.load() == 0);
 }
