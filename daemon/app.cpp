@@ -196,27 +196,23 @@ int App::Impl::run()
     reg.callback_gauge("paybridge_uptime_seconds", "Seconds since the process started.",
                        [this] { return static_cast<double>(steady_ms() - started_ms_) / 1000.0; });
     reg.gauge("paybridge_build_info", "Build information.").with({{"version", PAYBRIDGE_VERSION}}).set(1);
-    reg.callback_counter("paybridge_redis_commands_total", "Redis commands sent (all workers).", [this] {
-        double s = 0;
-        for (auto& w : workers_) s += static_cast<double>(w->redis.stats().commands.load());
-        return s;
-    });
+    // One counter of every worker's Redis connection, summed.
+    const auto redis_total = [this](std::atomic<std::uint64_t> store::RedisStats::*counter) {
+        return [this, counter] {
+            double s = 0;
+            for (auto& w : workers_) s += static_cast<double>((w->redis.stats().*counter).load());
+            return s;
+        };
+    };
+    reg.callback_counter("paybridge_redis_commands_total", "Redis commands sent (all workers).",
+                         redis_total(&store::RedisStats::commands));
     reg.callback_counter("paybridge_redis_writes_total",
-                         "Socket writes to Redis (all workers); commands / writes is the pipelining depth.", [this] {
-                             double s = 0;
-                             for (auto& w : workers_) s += static_cast<double>(w->redis.stats().writes.load());
-                             return s;
-                         });
-    reg.callback_counter("paybridge_redis_errors_total", "Redis command failures (all workers).", [this] {
-        double s = 0;
-        for (auto& w : workers_) s += static_cast<double>(w->redis.stats().errors.load());
-        return s;
-    });
-    reg.callback_counter("paybridge_redis_reconnects_total", "Redis reconnections (all workers).", [this] {
-        double s = 0;
-        for (auto& w : workers_) s += static_cast<double>(w->redis.stats().reconnects.load());
-        return s;
-    });
+                         "Socket writes to Redis (all workers); commands / writes is the pipelining depth.",
+                         redis_total(&store::RedisStats::writes));
+    reg.callback_counter("paybridge_redis_errors_total", "Redis command failures (all workers).",
+                         redis_total(&store::RedisStats::errors));
+    reg.callback_counter("paybridge_redis_reconnects_total", "Redis reconnections (all workers).",
+                         redis_total(&store::RedisStats::reconnects));
 
     for (auto& w : workers_) {
         Worker* wp = w.get();
