@@ -135,7 +135,19 @@ redis.call('XCLAIM', KEYS[1], group, consumer, 0, entry, 'JUSTID')
 return 1
 )lua";
 
-const std::string_view kReclaim = R"lua(
+// Lua prepended to the scripts that read Redis's flat field/value replies (XINFO, XRANGE):
+//   fields(flat)   {k1, v1, k2, v2, ...} -> {k1 = v1, ...}
+constexpr std::string_view kFieldsHelper = R"lua(
+local function fields(flat)
+  local f = {}
+  for i = 1, #flat, 2 do
+    f[flat[i]] = flat[i + 1]
+  end
+  return f
+end
+)lua";
+
+const std::string kReclaim = std::string(kFieldsHelper) + R"lua(
 local group, consumer, min_idle = ARGV[1], ARGV[2], ARGV[3]
 local want, scan, holder = tonumber(ARGV[4]), tonumber(ARGV[5]), ARGV[6]
 local out = {}
@@ -149,10 +161,7 @@ if consumers.err then
   return redis.error_reply('NOGROUP ' .. consumers.err)
 end
 for _, c in ipairs(consumers) do
-  local info = {}
-  for i = 1, #c, 2 do
-    info[c[i]] = c[i + 1]
-  end
+  local info = fields(c)
   local name = info['name']
   if name ~= holder and info['pending'] > 0 then
     for _, p in ipairs(redis.call('XPENDING', KEYS[1], group, 'IDLE', min_idle, '-', '+', scan, name)) do
@@ -172,18 +181,10 @@ return out
 )lua";
 
 // Lua shared by the scripts that look at an outbox entry without a delivery record (prepended to
-// each).
-//   fields(flat)                      {k1, v1, k2, v2, ...} -> {k1 = v1, ...}
+// each, after kFieldsHelper).
 //   unread_by_group(stream, group, e) entry e lies beyond the group's last-delivered-id: no consumer
 //                                     has been handed it yet (its first read is still to come)
 constexpr std::string_view kOutboxEntryHelpers = R"lua(
-local function fields(flat)
-  local f = {}
-  for i = 1, #flat, 2 do
-    f[flat[i]] = flat[i + 1]
-  end
-  return f
-end
 local function unread_by_group(stream, group, entry)
   local last = '0-0'
   local groups = redis.pcall('XINFO', 'GROUPS', stream)
@@ -205,7 +206,7 @@ end
 // Without a delivery record (never read, or its record expired after delivery) ARGV[5] names the
 // outbox entry. An entry the group has not read yet must not go to the retry zset: the read would
 // send it a second time.
-const std::string kRequeue = std::string(kOutboxEntryHelpers) + R"lua(
+const std::string kRequeue = std::string(kFieldsHelper) + std::string(kOutboxEntryHelpers) + R"lua(
 local event_id, now = ARGV[1], ARGV[2]
 local d = redis.call('HMGET', KEYS[8], 'state', 'entry_id', 'next_at')
 local state, entry = d[1], d[2]
@@ -262,7 +263,7 @@ redis.call('PERSIST', KEYS[9])
 return {'requeued', state}
 )lua";
 
-const std::string kFindEntry = std::string(kOutboxEntryHelpers) + R"lua(
+const std::string kFindEntry = std::string(kFieldsHelper) + std::string(kOutboxEntryHelpers) + R"lua(
 local count = tonumber(ARGV[4])
 local rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], '-', 'COUNT', count)
 for _, e in ipairs(rows) do
@@ -288,7 +289,7 @@ end
 return {'more', '(' .. rows[#rows][1]}
 )lua";
 
-const std::string_view kStats = R"lua(
+const std::string kStats = std::string(kFieldsHelper) + R"lua(
 local function ms_of(id)
   return tonumber(string.match(id, '^(%d+)'))
 end
@@ -300,15 +301,12 @@ if groups.err then
 end
 local pending, lag, last, found = 0, false, '0-0', false
 for _, g in ipairs(groups) do
-  local fields = {}
-  for i = 1, #g, 2 do
-    fields[g[i]] = g[i + 1]
-  end
-  if fields['name'] == ARGV[1] then
+  local info = fields(g)
+  if info['name'] == ARGV[1] then
     found = true
-    pending = fields['pending']
-    lag = fields['lag']
-    last = fields['last-delivered-id']
+    pending = info['pending']
+    lag = info['lag']
+    last = info['last-delivered-id']
   end
 end
 if not found then
@@ -334,19 +332,16 @@ end
 return {pending, lag, oldest, retrying, dead}
 )lua";
 
-const std::string_view kCleanupConsumers = R"lua(
+const std::string kCleanupConsumers = std::string(kFieldsHelper) + R"lua(
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 if consumers.err then
   return 0
 end
 local removed = 0
 for _, c in ipairs(consumers) do
-  local fields = {}
-  for i = 1, #c, 2 do
-    fields[c[i]] = c[i + 1]
-  end
-  if fields['name'] ~= ARGV[2] and fields['pending'] == 0 and fields['idle'] >= tonumber(ARGV[3]) then
-    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], fields['name'])
+  local info = fields(c)
+  if info['name'] ~= ARGV[2] and info['pending'] == 0 and info['idle'] >= tonumber(ARGV[3]) then
+    redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], info['name'])
     removed = removed + 1
   end
 end

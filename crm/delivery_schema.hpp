@@ -101,7 +101,7 @@ extern const std::string_view kRenew;
 /// but retry_holder, looking at up to scan_limit per consumer. An entry found there that waits in
 /// the retry zset (left by a version before retry_holder) is handed to retry_holder instead.
 /// Returns [[entry_id, fields, tries], ...].
-extern const std::string_view kReclaim;
+extern const std::string kReclaim;
 
 /// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
 /// ARGV: event_id now_ms required_state ("" for any) group [entry_id]
@@ -124,11 +124,11 @@ extern const std::string kFindEntry;
 
 /// KEYS: stream retry dead       ARGV: group
 /// Returns [pending, lag, oldest_undelivered_ms (0: none), retrying, dead].
-extern const std::string_view kStats;
+extern const std::string kStats;
 
 /// KEYS: stream                   ARGV: group self min_idle_ms
 /// Deletes consumers (other than self) with no pending entries, idle >= min_idle. Returns the count.
-extern const std::string_view kCleanupConsumers;
+extern const std::string kCleanupConsumers;
 
 }  // namespace scripts
 
