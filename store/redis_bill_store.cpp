@@ -721,7 +721,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
                     co_return unexpected_reply("xrange", entry);
                 }
                 r.last = pos;
-                r.start = "(" + entry.elements[0].str;
                 const std::vector<Reply>& fields = entry.elements[1].elements;
                 for (std::size_t f = 0; f + 1 < fields.size(); f += 2) {
                     if (fields[f].str == json_field) {
@@ -729,6 +728,9 @@ asio::awaitable<Result<Page>> RedisBillStore::list_stream(bool anomalies, std::s
                         break;
                     }
                 }
+            }
+            if (!entries.elements.empty()) {
+                r.start = "(" + r.last.id();  // the next read goes on after the last entry read
             }
             r.batch = std::min(limit - std::min(limit, r.read), r.batch * 2);
         }
