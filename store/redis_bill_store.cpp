@@ -87,18 +87,6 @@ std::int64_t parse_score(const std::string& s)
 
 using Hash = std::unordered_map<std::string, std::string>;
 
-Hash to_hash(const Reply& flat)
-{
-    Hash h;
-    if (!flat.is_array()) {
-        return h;
-    }
-    for (std::size_t i = 0; i + 1 < flat.elements.size(); i += 2) {
-        h.emplace(flat.elements[i].str, flat.elements[i + 1].str);
-    }
-    return h;
-}
-
 const std::string& field(const Hash& h, const std::string& name)
 {
     static const std::string kEmpty;
@@ -306,6 +294,32 @@ boost::system::error_code unexpected_reply(std::string_view what, const Reply& r
         log::error("store.unexpected_reply", {{"op", what}, {"type", static_cast<int>(reply.type)}});
     }
     return make_error_code(errc::store_unavailable);
+}
+
+// HMGET of the fields bill_json() reads: the bill without the notification markers its hash holds.
+std::vector<std::string> hmget_bill(std::string key)
+{
+    std::vector<std::string> argv{"HMGET", std::move(key)};
+    argv.insert(argv.end(), kBillFields.begin(), kBillFields.end());
+    return argv;
+}
+
+// The bill object from hmget_bill()'s reply; nullopt when there is no such bill.
+Result<std::optional<std::string>> bill_json_of(const Reply& r)
+{
+    if (!r.is_array() || r.elements.size() != kBillFields.size()) {
+        return unexpected_reply("hmget", r);
+    }
+    if (r.elements[0].is_nil()) {
+        return std::optional<std::string>{};
+    }
+    Hash h;
+    for (std::size_t i = 0; i < kBillFields.size(); ++i) {
+        if (!r.elements[i].is_nil()) {
+            h.emplace(kBillFields[i], r.elements[i].str);
+        }
+    }
+    return std::optional<std::string>(bill_json(h));
 }
 
 // Stream position of an entry plus its shard: the order of the entries of a merged feed page.
@@ -594,25 +608,25 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
 asio::awaitable<Result<std::optional<BillView>>> RedisBillStore::get_bill(std::string id)
 {
     std::vector<std::vector<std::string>> batch;
-    batch.push_back({"HGETALL", keys_.bill(id)});
+    batch.push_back(hmget_bill(keys_.bill(id)));
     batch.push_back({"LRANGE", keys_.hist(id), "0", "-1"});
     Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
     if (!replies) {
         co_return replies.error();
     }
-    const Reply& hash = (*replies)[0];
     const Reply& hist = (*replies)[1];
-    if (!hash.is_array()) {
-        co_return unexpected_reply("get_bill", hash);
+    Result<std::optional<std::string>> bill = bill_json_of((*replies)[0]);
+    if (!bill) {
+        co_return bill.error();
     }
     if (!hist.is_array()) {
         co_return unexpected_reply("get_bill", hist);
     }
-    if (hash.elements.empty()) {
+    if (!*bill) {
         co_return std::optional<BillView>{};
     }
     BillView view;
-    view.bill_json = bill_json(to_hash(hash));
+    view.bill_json = std::move(**bill);
     view.events_json.reserve(hist.elements.size());
     for (const Reply& e : hist.elements) {
         view.events_json.push_back(e.str);
@@ -970,9 +984,7 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     std::vector<std::vector<std::string>> gets;
     gets.reserve(all.size());
     for (const Key& key : all) {
-        std::vector<std::string> argv{"HMGET", keys_.bill(key.id)};
-        argv.insert(argv.end(), kBillFields.begin(), kBillFields.end());
-        gets.push_back(std::move(argv));
+        gets.push_back(hmget_bill(keys_.bill(key.id)));
     }
     Result<std::vector<Reply>> bills = co_await redis_.exec_many(std::move(gets));
     if (!bills) {
@@ -980,19 +992,13 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     }
     page.items_json.reserve(all.size());
     for (const Reply& r : *bills) {
-        if (!r.is_array() || r.elements.size() != kBillFields.size()) {
-            co_return unexpected_reply("hmget", r);
+        Result<std::optional<std::string>> bill = bill_json_of(r);
+        if (!bill) {
+            co_return bill.error();
         }
-        if (r.elements[0].is_nil()) {
-            continue;  // deleted since it was matched
+        if (*bill) {  // else deleted since it was matched
+            page.items_json.push_back(std::move(**bill));
         }
-        Hash h;
-        for (std::size_t i = 0; i < kBillFields.size(); ++i) {
-            if (!r.elements[i].is_nil()) {
-                h.emplace(kBillFields[i], r.elements[i].str);
-            }
-        }
-        page.items_json.push_back(bill_json(h));
     }
     co_return page;
 }
