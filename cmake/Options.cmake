@@ -4,7 +4,7 @@ target_compile_features(paybridge_options INTERFACE cxx_std_20)
 target_include_directories(paybridge_options INTERFACE ${PROJECT_SOURCE_DIR})
 target_compile_options(paybridge_options INTERFACE -Wall -Wextra -Wpedantic -Wshadow
   -Wno-missing-field-initializers  # designated initialisers leave the rest defaulted on purpose
-  -Wno-restrict)                   # GCC 12 false positives inside libstdc++ (PR 105329)
+  $<$<CXX_COMPILER_ID:GNU>:-Wno-restrict>)  # GCC 12 false positives inside libstdc++ (PR 105329)
 target_compile_definitions(paybridge_options INTERFACE
   BOOST_ASIO_NO_DEPRECATED
   BOOST_ASIO_SEPARATE_COMPILATION

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages paybridge needs, only those that are missing.
-# Usage: scripts/deps.sh [run|test]   (test adds what the test suite needs)
+# Usage: scripts/deps.sh [run|test|fuzz]   (test adds what the test suite needs, fuzz clang and libFuzzer)
 set -euo pipefail
 
 packages=(build-essential cmake pkg-config ccache openssl ca-certificates curl
@@ -8,6 +8,9 @@ packages=(build-essential cmake pkg-config ccache openssl ca-certificates curl
           redis-server)
 if [[ "${1:-run}" == "test" ]]; then
   packages+=(systemd prometheus)   # systemd-analyze verify; promtool check metrics
+fi
+if [[ "${1:-run}" == "fuzz" ]]; then
+  packages+=(clang libclang-rt-14-dev)   # scripts/fuzz.sh: libFuzzer and its sanitizer runtimes
 fi
 
 missing=()
