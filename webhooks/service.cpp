@@ -5,6 +5,7 @@
 #include "core/metrics.hpp"
 #include "core/money.hpp"
 #include "core/time.hpp"
+#include "gateways/charset.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/form.hpp"
 
@@ -139,8 +140,13 @@ std::string json_error(std::string_view code, std::string_view message, std::str
     w.Key("message");
     w.String(message.data(), static_cast<rapidjson::SizeType>(message.size()));
     if (!field.empty()) {
+        // A field may be a query parameter name as the client sent it, decoded: bytes that are not
+        // UTF-8 would make the answer invalid JSON, so such a name is shown percent-encoded again.
+        const std::string shown = gateways::to_utf8(field, gateways::Charset::utf8)
+                                      ? std::string(field)
+                                      : gateways::form_encode(field);
         w.Key("field");
-        w.String(field.data(), static_cast<rapidjson::SizeType>(field.size()));
+        w.String(shown.data(), static_cast<rapidjson::SizeType>(shown.size()));
     }
     w.EndObject();
     w.EndObject();

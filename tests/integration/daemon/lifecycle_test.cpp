@@ -198,6 +198,10 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
         {"GET", "/v1/bills/B-1?verbose=1", "verbose", "this endpoint takes none"},
         // Which of two values was meant?
         {"GET", "/v1/bills?status=PAID&status=CLOSED", "status", "given more than once"},
+        // A name that decodes to bytes that are not UTF-8 is named percent-encoded, so that the
+        // answer stays valid JSON (found by tests/fuzz/service.cpp).
+        {"GET", "/v1/bills?%C3%28=1", "%C3%28", "this endpoint takes status"},
+        {"GET", "/v1/events?%FF=1&%FF=2", "%FF", "given more than once"},
         // Ranges that cannot hold anything, and times that do not exist.
         {"GET", "/v1/bills?updated_from=2026-02-01T00:00:00Z&updated_to=2026-01-01T00:00:00Z", "updated_to",
          "later than updated_from"},
