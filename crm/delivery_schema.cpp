@@ -34,6 +34,7 @@ DeliveryKeys::DeliveryKeys(std::string prefix, int shards)
             .idx_pending = base + "idx:pending",
             .idx_retrying = base + "idx:retrying",
             .idx_delivered = base + "idx:delivered",
+            .sweep = base + "sweep",
             .delivery_prefix = base + "delivery:",
             .attempts_prefix = base + "attempts:",
         });
@@ -287,6 +288,77 @@ if #rows < count then
   return {'none', ''}
 end
 return {'more', '(' .. rows[#rows][1]}
+)lua";
+
+// Lost records: on Redis 7.0 an outstanding entry deleted from the stream is dropped from the PEL by
+// the first XCLAIM that touches it, and kPopDue finds no fields for it, so neither reclaim nor retry
+// ever settles its record. This bounded sweep, run by the dispatcher on the reclaim cadence and never
+// on the delivery path, dead-letters them.
+// - Only old members: score (the time the record entered its state) older than now - min_age; the
+//   dispatcher passes 2 x lease. A pending record's score is the time its entry was read; the first
+//   attempt normally starts within a lease of that (the lease is renewed just before the POST) and
+//   lasts at most the CRM timeout, which config validation and Dispatcher::create keep below the
+//   lease. So it is over before its record is old enough, and a deletion racing it is settled by
+//   that attempt, not by a dead letter. Attempts in flight later than that (a popped retry, an item
+//   queued behind its bill for longer than a lease) are covered by the next two points.
+// - A record is lost exactly when XRANGE finds no entry for its entry_id; a record whose entry is
+//   still in the stream is never touched, whatever its state or age.
+// - An attempt already in flight when its entry was deleted may still end. A late success records
+//   "delivered" anyway: kRecord's delivered outcome checks nothing, takes the event out of the dead
+//   zset and writes the delivered state over the dead one. A late failure writes nothing: kRecord
+//   only records a failure for an entry still outstanding (in the retry zset or the PEL), and this
+//   script has taken it out of both.
+// - Bounded: at most `limit` members per index and call, from the offsets in KEYS[8]. The offset
+//   moves on by what was looked at and stayed in the index, and goes back to 0 after a call that
+//   reached the end of the old part, so old records that are legitimately outstanding (retries wait
+//   hours) cannot starve the lost ones behind them. Members that leave the index between calls
+//   shift the others left, so a few may be skipped in one lap; they are seen in the next.
+const std::string kSweepLost = R"lua(
+local group, now = ARGV[1], tonumber(ARGV[2])
+local now_text = string.format('%d', now)
+local cutoff = '(' .. string.format('%d', now - tonumber(ARGV[3]))
+local limit, reason = math.max(1, tonumber(ARGV[4])), ARGV[5]
+local out = {}
+local function sweep(index, field)
+  local offset = tonumber(redis.call('HGET', KEYS[8], field)) or 0
+  local ids = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', offset, limit)
+  local removed = 0
+  for _, event_id in ipairs(ids) do
+    local record = KEYS[9] .. event_id
+    local r = redis.call('HMGET', record, 'state', 'entry_id')
+    local state, entry = r[1], r[2]
+    if (state == 'pending' or state == 'retrying') and entry and entry ~= '' then
+      -- pcall: an entry_id that is not a stream id must not stop the sweep of the others.
+      local e = redis.pcall('XRANGE', KEYS[1], entry, entry)
+      if type(e) == 'table' and not e.err and #e == 0 then
+        -- pcall: a group lost with the stream must not stop the dead-lettering.
+        redis.pcall('XACK', KEYS[1], group, entry)
+        redis.call('ZREM', KEYS[2], entry)
+        redis.call('HDEL', KEYS[3], entry)
+        redis.call('HSET', record, 'state', 'dead', 'dead_at', now_text, 'updated_at', now_text, 'next_at', '',
+                   'last_error', reason)
+        redis.call('ZREM', KEYS[5], event_id)
+        redis.call('ZREM', KEYS[6], event_id)
+        redis.call('ZREM', KEYS[7], event_id)
+        redis.call('ZADD', KEYS[4], now_text, event_id)
+        redis.call('PERSIST', record)
+        redis.call('PERSIST', KEYS[10] .. event_id)
+        removed = removed + 1
+        out[#out + 1] = {entry, event_id}
+      end
+    end
+  end
+  local next_offset = 0
+  if #ids >= limit then
+    next_offset = offset + #ids - removed
+  end
+  if next_offset ~= offset then
+    redis.call('HSET', KEYS[8], field, next_offset)
+  end
+end
+sweep(KEYS[5], 'pending')
+sweep(KEYS[6], 'retrying')
+return out
 )lua";
 
 const std::string kStats = std::string(kFieldsHelper) + R"lua(

@@ -17,6 +17,8 @@
 //                                          attempts ever), next_at, last_error, last_status, entry_id,
 //                                          bill_id, type, first_seen_at, updated_at, delivered_at, dead_at
 //   P T ":crm:attempts:" event_id  list    one JSON object per attempt (capped), oldest first
+//   P T ":crm:sweep"               hash    kSweepLost's cursor: offset into the old part of
+//                                          idx:pending (field "pending") and idx:retrying ("retrying")
 //
 // An entry stays pending in the group's PEL until it is delivered or dead-lettered (XACK). While it
 // waits for a retry it is also in the retry zset and its PEL entry belongs to the pseudo-consumer
@@ -24,7 +26,16 @@
 // flight, so the reclaim pass that finds a dead instance's entries does not wade through the retry
 // backlog first (after a long CRM outage, tens of thousands per shard). Every state change is one
 // Lua script, so a crash between two commands cannot leave them disagreeing.
-// Every key a script touches is passed in KEYS and carries the shard's tag (Redis Cluster safe).
+// Every key a script touches carries the shard's tag (Redis Cluster safe) and is passed in KEYS, with
+// one exception: kSweepLost finds the event ids it works on inside the script, so it gets the
+// delivery and attempts key *prefixes* in KEYS and appends each event id to them. Those keys hash
+// to the same slot as the declared ones (the tag decides the slot), so the script only ever touches
+// keys of the node it was routed to.
+//
+// Entries deleted from the stream (XDEL, XTRIM) while outstanding: on Redis 7.0 XCLAIM of such an id
+// drops it from the PEL and returns nothing, and kPopDue returns no fields for it, so no delivery
+// path can settle its record. The dispatcher's sweep (kSweepLost, off the delivery path) dead-letters
+// those records with kEntryDeletedError instead of leaving them pending or retrying for ever.
 
 #include "store/keys.hpp"
 
@@ -43,6 +54,10 @@ inline constexpr std::string_view kStateDead = "dead";
 /// name an instance takes (those are "<hostname>-<pid>-<hex>").
 inline constexpr std::string_view kRetryHolder = "paybridge.retrying";
 
+/// The last_error of a record dead-lettered by kSweepLost: its outbox entry was deleted from the
+/// stream (XDEL, XTRIM) before it was delivered, so there is nothing left to send.
+inline constexpr std::string_view kEntryDeletedError = "outbox entry deleted from the stream before delivery";
+
 /// The keys of one shard.
 struct ShardKeys {
     int shard{0};
@@ -53,6 +68,7 @@ struct ShardKeys {
     std::string idx_pending;
     std::string idx_retrying;
     std::string idx_delivered;
+    std::string sweep;            ///< kSweepLost's cursor
     std::string delivery_prefix;  ///< + event id
     std::string attempts_prefix;  ///< + event id
 
@@ -121,6 +137,21 @@ extern const std::string kRequeue;
 /// while unread or pending in the group, retrying in the retry zset, else delivered), ["more",
 /// next_start] or ["none", ""].
 extern const std::string kFindEntry;
+
+/// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered sweep delivery_prefix
+///       attempts_prefix
+/// ARGV: group now_ms min_age_ms limit last_error
+/// Dead-letters the records whose outbox entry is gone from the stream. Looks at up to `limit`
+/// members of idx:pending and of idx:retrying whose score is older than now - min_age, from the
+/// offsets kept in `sweep`; each call moves on, and wraps to the start of an index once it reaches
+/// the end of its old part, so successive calls walk all of it. A member is dead-lettered when its
+/// record (delivery_prefix .. event id) is pending or retrying, has an entry_id, and XRANGE finds no
+/// such entry: XACK (errors ignored), ZREM from retry, HDEL from tries, then the writes of kRecord's
+/// dead outcome without an attempt (state dead, dead_at, updated_at, next_at "", last_error; into
+/// the dead zset, out of the listing indexes; record and attempts made persistent). Records whose
+/// entry is still in the stream are never touched.
+/// Returns [[entry_id, event_id], ...], the records dead-lettered.
+extern const std::string kSweepLost;
 
 /// KEYS: stream retry dead       ARGV: group
 /// Returns [pending, lag, oldest_undelivered_ms (0: none), retrying, dead].
