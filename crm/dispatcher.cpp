@@ -36,6 +36,9 @@ using Clock = std::chrono::steady_clock;
 /// PEL entries looked at per consumer and shard in one reclaim pass (instances' PEL entries are
 /// what they hold in flight; retries are held by kRetryHolder).
 constexpr std::size_t kReclaimScan = 500;
+/// Old members of idx:pending and of idx:retrying that kSweepLost looks at per shard and pass (each
+/// costs an HMGET and an XRANGE inside the script), walking each index from a cursor kept in Redis.
+constexpr std::size_t kSweepScan = 200;
 constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
 
@@ -259,6 +262,7 @@ struct Dispatcher::Impl {
         renew_sha = commands.add_script(std::string(scripts::kRenew));
         stats_sha = commands.add_script(std::string(scripts::kStats));
         cleanup_sha = commands.add_script(std::string(scripts::kCleanupConsumers));
+        sweep_sha = commands.add_script(std::string(scripts::kSweepLost));
         // A blocking read must end well before the connection's own request deadline fires.
         block = std::max(std::chrono::milliseconds{10}, std::min(options.block, redis_cfg.request_timeout / 2));
     }
@@ -279,6 +283,7 @@ struct Dispatcher::Impl {
     std::string renew_sha;
     std::string stats_sha;
     std::string cleanup_sha;
+    std::string sweep_sha;
     std::unordered_map<std::string, int> shard_of_stream;
     std::mt19937_64 rng;
     DispatcherStats stats;
@@ -826,6 +831,51 @@ struct Dispatcher::Impl {
                     log::info("crm.reclaimed", {{"shard", k.shard}, {"count", items.size()}});
                     dispatch(std::move(items));
                 }
+            }
+            if (!stopping) {
+                co_await sweep_lost();
+            }
+        }
+    }
+
+    /// Dead-letters the delivery records whose outbox entry was deleted from the stream while still
+    /// outstanding (kSweepLost): a bounded look at each shard's old pending and retrying records.
+    /// It delivers nothing, so it takes no slots.
+    asio::awaitable<void> sweep_lost()
+    {
+        for (const ShardKeys& k : keys.all()) {
+            if (stopping) {
+                break;
+            }
+            // The record and attempts keys are built in the script from the two prefixes (with the
+            // shard's tag, so in the same Cluster slot as the other keys).
+            std::vector<std::string> script_keys{k.stream,        k.retry,       k.tries,
+                                                 k.dead,          k.idx_pending, k.idx_retrying,
+                                                 k.idx_delivered, k.sweep,       k.delivery_prefix,
+                                                 k.attempts_prefix};
+            std::vector<std::string> args{options.group,
+                                          std::to_string(now_ms()),
+                                          std::to_string(2 * options.lease.count()),
+                                          std::to_string(kSweepScan),
+                                          std::string(kEntryDeletedError)};
+            Result<Reply> reply = co_await commands.eval(sweep_sha, std::move(script_keys), std::move(args));
+            if (!reply) {
+                note_redis_failure("sweep_lost", reply.error());
+                break;
+            }
+            if (reply->is_error()) {
+                note_redis_error_reply("sweep_lost", *reply);
+                break;
+            }
+            for (const Reply& row : reply->elements) {
+                if (!row.is_array() || row.elements.size() < 2) {
+                    continue;
+                }
+                stats.dead_letters.fetch_add(1, std::memory_order_relaxed);
+                log::error("crm.dead_letter", {{"event_id", row.elements[1].str},
+                                               {"entry_id", row.elements[0].str},
+                                               {"shard", k.shard},
+                                               {"error", kEntryDeletedError}});
             }
         }
     }

@@ -16,6 +16,8 @@
 //   retry     due members are taken atomically (their due time is pushed to now + lease while in
 //             flight, so two instances never take the same one) and redelivered from the stream
 //   exhausted XACK + per-shard dead-letter zset; DeliveryAdmin::recover/redeliver re-queue it
+//   lost      after each reclaim pass, a bounded sweep dead-letters old pending/retrying records
+//             whose outbox entry was deleted from the stream (XDEL, XTRIM) before delivery
 //   crash     pending entries idle longer than `lease` and not waiting for a retry are claimed
 //             (XCLAIM with min-idle, so only one instance wins) and redelivered, same webhook-id
 //   lease     counts from the start of each POST: just before it the lease is renewed (idle time
@@ -72,7 +74,8 @@ struct DispatcherStats {
     std::atomic<std::uint64_t> attempts{0};         ///< POSTs finished (any outcome)
     std::atomic<std::uint64_t> delivered{0};        ///< events acknowledged by the CRM
     std::atomic<std::uint64_t> failed_attempts{0};  ///< attempts that did not get a 2xx
-    std::atomic<std::uint64_t> dead_letters{0};     ///< events that exhausted the schedule
+    std::atomic<std::uint64_t> dead_letters{0};     ///< events that exhausted the schedule, or whose
+                                                    ///< outbox entry was deleted before delivery
     std::atomic<std::uint64_t> reclaimed{0};        ///< entries taken over from a dead instance
     std::atomic<std::uint64_t> redis_errors{0};     ///< Redis commands that failed (retried later)
     std::atomic<std::uint64_t> in_flight{0};        ///< events read and not yet settled (gauge)

@@ -93,7 +93,8 @@ void register_metrics()
                          read(&Totals::delivered, &crm::DispatcherStats::delivered));
     reg.callback_counter("paybridge_crm_failed_attempts_total", "CRM delivery attempts without a 2xx answer.",
                          read(&Totals::failed, &crm::DispatcherStats::failed_attempts));
-    reg.callback_counter("paybridge_crm_dead_letters_total", "Events dead-lettered after the retry schedule.",
+    reg.callback_counter("paybridge_crm_dead_letters_total",
+                         "Events dead-lettered (retry schedule exhausted, or outbox entry deleted before delivery).",
                          read(&Totals::dead_letters, &crm::DispatcherStats::dead_letters));
     reg.callback_counter("paybridge_crm_reclaimed_total", "Pending events taken over from a dead instance.",
                          read(&Totals::reclaimed, &crm::DispatcherStats::reclaimed));
