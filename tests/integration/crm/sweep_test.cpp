@@ -1,0 +1,494 @@
+// Outbox entries deleted from the stream (XDEL, XTRIM by an operator) while their events are still
+// outstanding. On Redis 7.0 nothing on the delivery path can settle such an event: XCLAIM of the id
+// drops it from the group's PEL and returns nothing, and kPopDue finds no fields for a due retry, so
+// its record would stay pending or retrying for ever. kSweepLost, run by the dispatcher after each
+// reclaim pass, dead-letters those records. First the script alone (what it changes and what it
+// leaves alone, then its cursor), then a dispatcher meeting both kinds of lost entry.
+
+#include "tests/integration/crm/crm_fixture.hpp"
+
+#include "crm/delivery_schema.hpp"
+
+#include <doctest/doctest.h>
+#include <rapidjson/document.h>
+
+#include <algorithm>
+#include <set>
+
+namespace asio = boost::asio;
+using namespace paybridge;
+using namespace paybridge::test;
+
+namespace {
+
+// Spelled out rather than taken from crm/delivery_schema.hpp: it is what operators see in
+// GET /v1/deliveries, so a change to it should show up here.
+const std::string kDeletedError = "outbox entry deleted from the stream before delivery";
+const std::string kHolder(crm::kRetryHolder);
+
+rapidjson::Document parse(const std::string& text)
+{
+    rapidjson::Document doc;
+    doc.Parse(text.c_str());
+    REQUIRE_FALSE(doc.HasParseError());
+    return doc;
+}
+
+/// An outbox entry: its stream entry id, event id and bill.
+struct Ev {
+    std::string entry;
+    std::string id;
+    std::string bill;
+};
+
+/// The result of one kSweepLost call: entry id -> event id.
+using Swept = std::map<std::string, std::string>;
+
+/// One shard's keys, its outbox entries and records set up as the dispatcher leaves them, and the
+/// scripts run on them as the dispatcher runs them.
+struct Shard {
+    RedisEnv& env;
+    crm::ShardKeys k;
+    int next_bill{0};
+
+    Shard(RedisEnv& e, int shard) : env(e), k(crm::DeliveryKeys(kPrefix, kShards).shard(shard))
+    {
+        env.exec({"XGROUP", "CREATE", k.stream, "crm", "0", "MKSTREAM"});
+    }
+
+    store::Reply eval(std::string_view script, std::vector<std::string> keys, std::vector<std::string> args)
+    {
+        std::vector<std::string> argv{"EVAL", std::string(script), std::to_string(keys.size())};
+        argv.insert(argv.end(), keys.begin(), keys.end());
+        argv.insert(argv.end(), args.begin(), args.end());
+        return env.exec(std::move(argv));
+    }
+
+    /// kSweepLost as the dispatcher calls it, with min_age 3000 (2 x a 1.5 s lease).
+    Swept sweep(std::int64_t now, int limit = 200)
+    {
+        const store::Reply r = eval(crm::scripts::kSweepLost,
+                                    {k.stream, k.retry, k.tries, k.dead, k.idx_pending, k.idx_retrying,
+                                     k.idx_delivered, k.sweep, k.delivery_prefix, k.attempts_prefix},
+                                    {"crm", std::to_string(now), "3000", std::to_string(limit),
+                                     std::string(crm::kEntryDeletedError)});
+        Swept out;
+        for (const store::Reply& row : r.elements) {
+            REQUIRE(row.elements.size() == 2);
+            out[row.elements[0].str] = row.elements[1].str;
+        }
+        return out;
+    }
+
+    /// kRecord as the dispatcher calls it after an attempt.
+    std::int64_t record(const Ev& ev, const std::string& outcome, std::int64_t now)
+    {
+        return eval(crm::scripts::kRecord,
+                    {k.stream, k.retry, k.tries, k.dead, k.idx_pending, k.idx_retrying, k.idx_delivered,
+                     k.delivery(ev.id), k.attempts(ev.id)},
+                    {outcome, "crm", ev.entry, ev.id, std::to_string(now), outcome == "retry" ? "999999999" : "0",
+                     R"({"attempt":9})", outcome == "retry" ? "http status 500" : "", outcome == "retry" ? "500" : "200",
+                     "60000", "50", ev.bill, "bill.paid", kHolder})
+            .integer;
+    }
+
+    /// Appends an event of a new bill of this shard as store/bill.lua does.
+    Ev add()
+    {
+        Ev ev;
+        do {
+            ev.bill = "W" + std::to_string(next_bill++);
+        } while (env.keys.shard_of(ev.bill) != k.shard);
+        ev.id = "evt_" + ev.bill + "_1";
+        std::vector<std::string> argv{"XADD", k.stream, "*",         "id",    ev.id, "bill_id",
+                                      ev.bill,  "type",   "bill.paid", "event", R"({"id":")" + ev.id + R"("})"};
+        ev.entry = env.exec(std::move(argv)).str;
+        return ev;
+    }
+
+    /// Reads every entry not read yet into `consumer`'s PEL.
+    void read(const std::string& consumer)
+    {
+        env.exec({"XREADGROUP", "GROUP", "crm", consumer, "COUNT", "100000", "STREAMS", k.stream, ">"});
+    }
+
+    /// A record in `state`, listed in `index` with score `at` (as mark_pending and kRecord leave it).
+    void put_record(const Ev& ev, const std::string& state, const std::string& index, std::int64_t at,
+                    const std::string& attempts = "0")
+    {
+        const std::string t = std::to_string(at);
+        env.exec({"HSET", k.delivery(ev.id), "state", state, "event_id", ev.id, "entry_id", ev.entry, "bill_id",
+                  ev.bill, "type", "bill.paid", "updated_at", t, "first_seen_at", t, "attempts", attempts});
+        env.exec({"ZADD", index, t, ev.id});
+    }
+
+    /// A retrying record waiting in the retry zset, its PEL entry held by the retry holder.
+    void put_retrying(const Ev& ev, std::int64_t at, const std::string& due)
+    {
+        put_record(ev, "retrying", k.idx_retrying, at, "2");
+        env.exec({"HSET", k.delivery(ev.id), "last_status", "500", "last_error", "http status 500", "next_at", due});
+        env.exec({"RPUSH", k.attempts(ev.id), R"({"attempt":1})", R"({"attempt":2})"});
+        env.exec({"ZADD", k.retry, due, ev.entry});
+        env.exec({"HSET", k.tries, ev.entry, "2"});
+        env.exec({"XCLAIM", k.stream, "crm", kHolder, "0", ev.entry, "JUSTID"});
+    }
+
+    void xdel(const Ev& ev) { CHECK(env.exec({"XDEL", k.stream, ev.entry}).integer == 1); }
+
+    /// The score of `member` in `zset`, "" when absent.
+    std::string score(const std::string& zset, const std::string& member)
+    {
+        const store::Reply r = env.exec({"ZSCORE", zset, member});
+        return r.is_nil() ? std::string() : r.str;
+    }
+
+    /// PEL entries of the group: entry id -> consumer.
+    std::map<std::string, std::string> pel()
+    {
+        std::map<std::string, std::string> out;
+        for (const store::Reply& p : env.exec({"XPENDING", k.stream, "crm", "-", "+", "100000"}).elements) {
+            out[p.elements.at(0).str] = p.elements.at(1).str;
+        }
+        return out;
+    }
+
+    std::map<std::string, std::string> hash(const std::string& key)
+    {
+        std::map<std::string, std::string> m;
+        const store::Reply r = env.exec({"HGETALL", key});
+        for (std::size_t i = 0; i + 1 < r.elements.size(); i += 2) {
+            m[r.elements[i].str] = r.elements[i + 1].str;
+        }
+        return m;
+    }
+
+    /// Everything kSweepLost could change about one event.
+    std::string snapshot(const Ev& ev)
+    {
+        std::string s;
+        for (const auto& [f, v] : hash(k.delivery(ev.id))) {
+            s += f + "=" + v + ";";
+        }
+        s += "|attempts=" + std::to_string(env.exec({"LLEN", k.attempts(ev.id)}).integer);
+        s += "|ttl=" + std::to_string(env.exec({"PTTL", k.delivery(ev.id)}).integer > 0);
+        for (const std::string& z : {k.idx_pending, k.idx_retrying, k.idx_delivered, k.dead}) {
+            s += "|" + z + "=" + score(z, ev.id);
+        }
+        s += "|retry=" + score(k.retry, ev.entry);
+        const store::Reply tries = env.exec({"HGET", k.tries, ev.entry});
+        s += "|tries=" + (tries.is_nil() ? std::string() : tries.str);
+        const std::map<std::string, std::string> p = pel();
+        s += "|pel=" + (p.count(ev.entry) ? p.at(ev.entry) : std::string());
+        return s;
+    }
+
+    /// The record of an event the sweep dead-lettered at `now`, in every place it shows.
+    void check_dead_letter(const Ev& ev, std::int64_t now, const std::map<std::string, std::string>& before)
+    {
+        CAPTURE(ev.id);
+        std::map<std::string, std::string> rec = hash(k.delivery(ev.id));
+        CHECK(rec["state"] == "dead");
+        CHECK(rec["last_error"] == kDeletedError);
+        CHECK(rec["dead_at"] == std::to_string(now));
+        CHECK(rec["updated_at"] == std::to_string(now));
+        CHECK(rec["next_at"].empty());
+        // No attempt was added; what the attempts left is kept.
+        for (const std::string f : {"entry_id", "bill_id", "type", "first_seen_at", "attempts", "last_status"}) {
+            CAPTURE(f);
+            CHECK(rec[f] == (before.count(f) ? before.at(f) : std::string()));
+        }
+        CHECK(score(k.dead, ev.id) == std::to_string(now));
+        CHECK(score(k.idx_pending, ev.id).empty());
+        CHECK(score(k.idx_retrying, ev.id).empty());
+        CHECK(score(k.idx_delivered, ev.id).empty());
+        CHECK(score(k.retry, ev.entry).empty());
+        CHECK(env.exec({"HGET", k.tries, ev.entry}).is_nil());
+        CHECK(pel().count(ev.entry) == 0);
+        CHECK(env.exec({"PTTL", k.delivery(ev.id)}).integer == -1);
+        const std::int64_t attempts_ttl = env.exec({"PTTL", k.attempts(ev.id)}).integer;
+        CHECK((attempts_ttl == -1 || attempts_ttl == -2));  // persistent, or no attempt was ever made
+    }
+};
+
+}  // namespace
+
+TEST_CASE("kSweepLost dead-letters exactly the old outstanding records whose entry is gone")
+{
+    CHECK(std::string(crm::kEntryDeletedError) == kDeletedError);
+    RedisEnv env;
+    Shard s(env, env.keys.shard_of("W"));
+    constexpr std::int64_t kOld = 1'000'000;
+    constexpr std::int64_t kNow = 2'000'000;
+
+    // Outstanding and deleted from the stream: the three ways the delivery path loses them.
+    const Ev claimed = s.add();    // read by a dead instance; then a reclaim's XCLAIM dropped it
+    const Ev in_pel = s.add();     // read by a dead instance, still in its PEL
+    const Ev retrying = s.add();   // waiting in the retry zset (PEL entry held by the retry holder)
+    // Old, their entries still in the stream: never touched, whatever their state.
+    const Ev kept_pending = s.add();
+    const Ev kept_retrying = s.add();
+    const Ev kept_delivered = s.add();
+    // Entries gone, but nothing outstanding (or too young): not the sweep's business either.
+    const Ev trimmed_delivered = s.add();  // delivered, then trimmed: the normal life of an entry
+    const Ev trimmed_dead = s.add();       // dead-lettered before, then trimmed
+    const Ev stale_index = s.add();        // listed in idx:pending, but its record says delivered
+    const Ev no_entry_id = s.add();        // a record without entry_id
+    const Ev young = s.add();              // read 1 s ago: an attempt may still be under way
+    s.read("dead-instance");
+
+    s.put_record(claimed, "pending", s.k.idx_pending, kOld);
+    s.put_record(in_pel, "pending", s.k.idx_pending, kOld + 1);
+    s.put_retrying(retrying, kOld + 2, "1");
+    env.exec({"PEXPIRE", s.k.attempts(retrying.id), "600000"});  // made persistent again, as kRecord does
+    s.put_record(kept_pending, "pending", s.k.idx_pending, kOld + 3);
+    s.put_retrying(kept_retrying, kOld + 4, "1");
+    s.put_record(kept_delivered, "delivered", s.k.idx_delivered, kOld + 5, "1");
+    env.exec({"XACK", s.k.stream, "crm", kept_delivered.entry});
+    s.put_record(trimmed_delivered, "delivered", s.k.idx_delivered, kOld + 6, "1");
+    env.exec({"PEXPIRE", s.k.delivery(trimmed_delivered.id), "600000"});
+    env.exec({"XACK", s.k.stream, "crm", trimmed_delivered.entry});
+    s.put_record(trimmed_dead, "dead", s.k.dead, kOld + 7, "3");
+    env.exec({"XACK", s.k.stream, "crm", trimmed_dead.entry});
+    s.put_record(stale_index, "delivered", s.k.idx_pending, kOld + 8, "1");
+    s.put_record(no_entry_id, "pending", s.k.idx_pending, kOld + 9);
+    env.exec({"HDEL", s.k.delivery(no_entry_id.id), "entry_id"});
+    s.put_record(young, "pending", s.k.idx_pending, kNow - 1000);
+
+    for (const Ev* ev : {&claimed, &in_pel, &retrying, &trimmed_delivered, &trimmed_dead, &stale_index,
+                         &no_entry_id, &young}) {
+        s.xdel(*ev);
+    }
+    // Redis 7.0: a deleted entry stays in the PEL until something claims it; the claim returns
+    // nothing and drops it from the PEL (as a reclaim pass does it).
+    CHECK(s.pel().count(claimed.entry) == 1);
+    CHECK(env.exec({"XCLAIM", s.k.stream, "crm", "other", "0", claimed.entry}).elements.empty());
+    CHECK(s.pel().count(claimed.entry) == 0);
+    CHECK(s.pel().count(in_pel.entry) == 1);
+    CHECK(s.pel().at(retrying.entry) == kHolder);
+
+    const std::vector<const Ev*> untouched{&kept_pending, &kept_retrying, &kept_delivered, &trimmed_delivered,
+                                           &trimmed_dead, &stale_index,   &no_entry_id,    &young};
+    std::map<std::string, std::string> snapshots;
+    for (const Ev* ev : untouched) {
+        snapshots[ev->id] = s.snapshot(*ev);
+    }
+    std::map<std::string, std::map<std::string, std::string>> before;
+    for (const Ev* ev : {&claimed, &in_pel, &retrying}) {
+        before[ev->id] = s.hash(s.k.delivery(ev->id));
+    }
+    const std::int64_t attempts_listed = env.exec({"LLEN", s.k.attempts(retrying.id)}).integer;
+
+    const Swept swept = s.sweep(kNow);
+    CHECK(swept == Swept{{claimed.entry, claimed.id}, {in_pel.entry, in_pel.id}, {retrying.entry, retrying.id}});
+    for (const Ev* ev : {&claimed, &in_pel, &retrying}) {
+        s.check_dead_letter(*ev, kNow, before[ev->id]);
+    }
+    CHECK(env.exec({"LLEN", s.k.attempts(retrying.id)}).integer == attempts_listed);
+    CHECK(env.exec({"PTTL", s.k.attempts(retrying.id)}).integer == -1);
+    for (const Ev* ev : untouched) {
+        CAPTURE(ev->id);
+        CHECK(s.snapshot(*ev) == snapshots[ev->id]);
+    }
+    CHECK(env.exec({"ZCARD", s.k.dead}).integer == 4);
+    CHECK(s.pel() == std::map<std::string, std::string>{{kept_pending.entry, "dead-instance"},
+                                                        {kept_retrying.entry, kHolder},
+                                                        {stale_index.entry, "dead-instance"},
+                                                        {no_entry_id.entry, "dead-instance"},
+                                                        {young.entry, "dead-instance"}});
+
+    // Nothing more to do now; the young one is dead-lettered once it is old enough.
+    CHECK(s.sweep(kNow + 1).empty());
+    CHECK(s.sweep(kNow + 2001) == Swept{{young.entry, young.id}});
+    CHECK(s.hash(s.k.delivery(young.id))["last_error"] == kDeletedError);
+    for (const Ev* ev : {&kept_pending, &kept_retrying, &kept_delivered}) {
+        CHECK(s.snapshot(*ev) == snapshots[ev->id]);
+    }
+
+    // An attempt that was in flight when its entry was deleted: a late failure writes nothing (the
+    // entry is no longer outstanding), a late success ends delivered.
+    CHECK(s.record(in_pel, "retry", kNow + 3000) == -1);
+    CHECK(s.hash(s.k.delivery(in_pel.id))["state"] == "dead");
+    CHECK(s.hash(s.k.delivery(in_pel.id))["attempts"] == "0");
+    CHECK(s.score(s.k.retry, in_pel.entry).empty());
+    CHECK(s.record(claimed, "delivered", kNow + 3000) == 1);
+    CHECK(s.hash(s.k.delivery(claimed.id))["state"] == "delivered");
+    CHECK(s.score(s.k.dead, claimed.id).empty());
+    CHECK_FALSE(s.score(s.k.idx_delivered, claimed.id).empty());
+}
+
+TEST_CASE("kSweepLost's cursor walks each index past the outstanding records, then wraps")
+{
+    RedisEnv env;
+    Shard s(env, env.keys.shard_of("W"));
+    constexpr std::int64_t kNow = 2'000'000;
+    constexpr int kLimit = 5;
+    const auto offset = [&](const std::string& field) {
+        const store::Reply r = env.exec({"HGET", s.k.sweep, field});
+        return r.is_nil() ? std::string("0") : r.str;
+    };
+
+    // idx:pending: 12 old records legitimately outstanding ahead of a lost one (13 old in all), and
+    // one young record after them. idx:retrying: 7 retries waiting hours ahead of a lost one.
+    std::vector<Ev> pending;
+    for (int i = 0; i < 13; ++i) {
+        pending.push_back(s.add());
+    }
+    const Ev young = s.add();
+    s.read("dead-instance");
+    for (int i = 0; i < 13; ++i) {
+        s.put_record(pending[static_cast<std::size_t>(i)], "pending", s.k.idx_pending, 1000 + i);
+    }
+    s.put_record(young, "pending", s.k.idx_pending, kNow);
+    std::vector<Ev> retrying;
+    for (int i = 0; i < 8; ++i) {
+        retrying.push_back(s.add());
+    }
+    s.read("dead-instance");
+    for (int i = 0; i < 8; ++i) {
+        s.put_retrying(retrying[static_cast<std::size_t>(i)], 1000 + i, "9999999999999");
+    }
+    s.xdel(pending.back());
+    s.xdel(retrying.back());
+
+    // ceil(13 / 5) + 1 = 4 calls reach the lost pending record, ceil(8 / 5) + 1 = 3 the retrying one.
+    Swept swept;
+    std::map<std::string, int> found_at;
+    for (int call = 1; call <= 4; ++call) {
+        for (const auto& [entry, id] : s.sweep(kNow, kLimit)) {
+            swept[entry] = id;
+            found_at[id] = call;
+        }
+    }
+    CHECK(swept == Swept{{pending.back().entry, pending.back().id}, {retrying.back().entry, retrying.back().id}});
+    CHECK(found_at[pending.back().id] == 3);   // members 10..12, the end of the old part
+    CHECK(found_at[retrying.back().id] == 2);  // members 5..7
+    CHECK(env.state_of(young.id) == "pending");
+    // idx:pending: call 3 reached the end of the old part and wrapped, call 4 went on from the
+    // start. idx:retrying (7 old members left): calls 2 and 4 reached the end and wrapped.
+    CHECK(offset("pending") == "5");
+    CHECK(offset("retrying") == "0");
+    // Calls with nothing to do move on the same way, and wrap at the end of the old part (12 members
+    // in idx:pending now; the young one is not part of it).
+    CHECK(s.sweep(kNow, kLimit).empty());
+    CHECK(offset("pending") == "10");
+    CHECK(offset("retrying") == "5");
+    CHECK(s.sweep(kNow, kLimit).empty());
+    CHECK(offset("pending") == "0");
+    CHECK(offset("retrying") == "0");
+
+    // An entry deleted behind the cursor is found in the next lap: within ceil(12 / 5) + 1 calls.
+    CHECK(s.sweep(kNow, kLimit).empty());
+    CHECK(offset("pending") == "5");
+    s.xdel(pending[1]);
+    std::vector<std::string> lap;
+    int calls = 0;
+    while (calls < 4 && lap.empty()) {
+        ++calls;
+        for (const auto& [entry, id] : s.sweep(kNow, kLimit)) {
+            lap.push_back(id);
+        }
+    }
+    CHECK(lap == std::vector<std::string>{pending[1].id});
+    CHECK(calls == 3);
+
+    // Two lost records in one call's reach: the offset moves on by what stayed in the index, so
+    // the member that moved into the gap is not skipped.
+    env.exec({"HSET", s.k.sweep, "pending", "0"});
+    s.xdel(pending[4]);  // now at position 3 (pending[1] left)
+    s.xdel(pending[6]);  // position 5: just after the first call's window
+    const Swept first = s.sweep(kNow, kLimit);
+    CHECK(first == Swept{{pending[4].entry, pending[4].id}});
+    CHECK(offset("pending") == "4");
+    const Swept second = s.sweep(kNow, kLimit);
+    CHECK(second == Swept{{pending[6].entry, pending[6].id}});
+    for (std::size_t i = 0; i < pending.size() - 1; ++i) {
+        CAPTURE(i);
+        CHECK(env.state_of(pending[i].id) == (i == 1 || i == 4 || i == 6 ? "dead" : "pending"));
+    }
+    for (std::size_t i = 0; i + 1 < retrying.size(); ++i) {
+        CHECK(env.state_of(retrying[i].id) == "retrying");
+    }
+}
+
+TEST_CASE("a dispatcher dead-letters a dead instance's deleted entry and a deleted retry, and delivers the rest once")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    std::vector<std::string> others;
+    for (int i = 0; i < 4; ++i) {
+        others.push_back(env.add_event("O" + std::to_string(i), 1));
+    }
+    const std::string read_lost = env.add_event("X1", 1);
+
+    // Instance A reads everything and is mid-request when it "crashes" (its io_context stops), and
+    // an operator deletes one of the entries it held from the stream.
+    receiver.set_response_delay(10s);
+    asio::io_context ioc_a;
+    auto a = std::make_unique<RunningDispatcher>(ioc_a, env.cfg, test_options(receiver.url(), {secret}));
+    REQUIRE(run_until(ioc_a, [&] { return receiver.count() == others.size() + 1; }, 10s));
+    REQUIRE(env.state_of(read_lost) == "pending");
+    const int x_shard = env.keys.shard_of("X1");
+    const std::string x_entry = env.delivery(read_lost)["entry_id"];
+    CHECK(env.exec({"XDEL", env.keys.outbox(x_shard), x_entry}).integer == 1);
+
+    // Instance B's first attempt of a new event fails; its entry is deleted while it waits for
+    // its retry, so the retry finds nothing to send (the dispatcher's forget_missing). The event is
+    // written once A's last blocking read (200 ms) has timed out in Redis, so that B reads it.
+    run_for(env.ioc, 400ms);
+    receiver.set_response_delay(0ms);
+    receiver.push_statuses({500});
+    const std::string retry_lost = env.add_event("Y1", 1);
+    const int y_shard = env.keys.shard_of("Y1");
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = std::vector<std::chrono::milliseconds>(10, 1500ms);
+    {
+        RunningDispatcher b(env.ioc, env.cfg, options);
+        REQUIRE(run_until(env.ioc, [&] { return env.state_of(retry_lost) == "retrying"; }, 10s));
+        const std::string y_entry = env.delivery(retry_lost)["entry_id"];
+        CHECK(env.exec({"XDEL", env.keys.outbox(y_shard), y_entry}).integer == 1);
+
+        REQUIRE(run_until(env.ioc, [&] { return env.state_of(read_lost) == "dead"; }, 15s));
+        REQUIRE(run_until(env.ioc, [&] { return env.state_of(retry_lost) == "dead"; }, 15s));
+        REQUIRE(run_until(env.ioc, [&] { return receiver.acknowledged_ids().size() == others.size(); }, 10s));
+        CHECK(run_until(env.ioc, [&] { return b->stats().dead_letters.load() == 2; }, 5s));
+        CHECK(run_until(env.ioc, [&] { return b->stats().delivered.load() == others.size(); }, 5s));
+        CHECK(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
+        for (const std::string& id : others) {
+            CAPTURE(id);
+            CHECK(env.state_of(id) == "delivered");
+            CHECK(acknowledged_counts(receiver)[id] == 1);
+        }
+        CHECK(env.exec({"ZCARD", kPrefix + store::Keys::tag(y_shard) + ":crm:retry"}).integer == 0);
+        run_for(env.ioc, 500ms);
+        CHECK(b->stats().dead_letters.load() == 2);  // each counted once
+    }
+
+    // What an operator sees: both among the dead letters with the reason, nothing left outstanding.
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    std::map<std::string, std::map<std::string, std::string>> listed;
+    for (const std::string state : {"dead", "pending", "retrying"}) {
+        Result<std::string> page = run_awaitable(env.ioc, admin.list_deliveries(state, 100, ""));
+        REQUIRE(page.has_value());
+        const rapidjson::Document doc = parse(*page);
+        for (const auto& item : doc["items"].GetArray()) {
+            CHECK(std::string(item["state"].GetString()) == state);
+            listed[state][item["event_id"].GetString()] = item["last_error"].GetString();
+        }
+    }
+    CHECK(listed["dead"] == std::map<std::string, std::string>{{read_lost, kDeletedError}, {retry_lost, kDeletedError}});
+    CHECK(listed["pending"].empty());
+    CHECK(listed["retrying"].empty());
+    CHECK(env.delivery(retry_lost)["attempts"] == "1");  // the failed attempt before the deletion
+
+    // A comes back to life only to shut down: its attempts time out, and those late failures change
+    // nothing (the dead letter stays dead, the others stay delivered).
+    ioc_a.restart();
+    a.reset();
+    CHECK(env.state_of(read_lost) == "dead");
+    CHECK(env.delivery(read_lost)["last_error"] == kDeletedError);
+    for (const std::string& id : others) {
+        CHECK(env.state_of(id) == "delivered");
+    }
+    CHECK(env.pending_total() == 0);
+}
