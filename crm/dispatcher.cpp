@@ -621,6 +621,15 @@ struct Dispatcher::Impl {
             note_redis_error_reply("record", *reply);
             co_return;
         }
+        if (reply->is_integer() && reply->integer < 0) {
+            // kRecord wrote nothing: the entry was settled meanwhile (delivered by another instance
+            // after a reclaim, dead-lettered by the sweep). This attempt's failure is not the record's.
+            log::info("crm.attempt_superseded", {{"event_id", item.event_id},
+                                                 {"attempt", record.attempt},
+                                                 {"status", static_cast<std::int64_t>(record.status)},
+                                                 {"error", record.error}});
+            co_return;
+        }
         switch (record.outcome) {
             case Verdict::delivered:
                 stats.delivered.fetch_add(1, std::memory_order_relaxed);
