@@ -96,7 +96,8 @@ SecretLookup SecretSource::resolve(std::string_view reference, const std::filesy
     if (reference.starts_with(kEnvPrefix)) {
         const std::string_view name = reference.substr(kEnvPrefix.size());
         if (!valid_env_name(name)) {
-            return failure("\"" + std::string(name) + "\" is not a valid environment variable name");
+            // Not repeated: what follows env: may be a secret pasted by mistake.
+            return failure("the text after env: is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
         }
         std::optional<std::string> value = env(name);
         if (!value) {

@@ -45,7 +45,12 @@ TEST_CASE("secrets: env: reads the injected environment, not the process's")
 
     auto invalid = secrets.resolve("env:NOT-A-NAME");
     CHECK_FALSE(invalid);
-    CHECK(invalid.problem == "\"NOT-A-NAME\" is not a valid environment variable name");
+    CHECK(invalid.problem == "the text after env: is not a valid environment variable name ([A-Za-z_][A-Za-z0-9_]*)");
+    // A secret pasted after env: by mistake is not repeated in the problem (it reaches --check's
+    // output and the journal).
+    auto pasted = secrets.resolve("env:whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw/w+=");
+    CHECK_FALSE(pasted);
+    CHECK(pasted.problem.find("MfKQ9r8") == std::string::npos);
 }
 
 TEST_CASE("secrets: without an injected environment, env: uses getenv")
