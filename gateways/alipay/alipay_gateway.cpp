@@ -113,6 +113,24 @@ std::string_view content_type_charset(std::string_view content_type) noexcept
     return {};
 }
 
+// The fields paybridge acts on (to_payment_event, the seller check): these must be readable in
+// the notification's charset. Every other field (subject, body, passback_params, fund_bill_list…)
+// is description, and one that is not is dropped with a note instead of refusing a payment whose
+// signature verified: refused, it would be retried for a day and then lost (PROTOCOLS.md §1.1: a
+// notification's charset follows the pay request's, and a mis-declared one makes GBK arrive).
+bool acted_on(std::string_view key) noexcept
+{
+    static constexpr std::string_view kFields[] = {
+        "app_id",     "notify_id",  "out_trade_no", "trade_status", "trade_no",    "total_amount", "refund_fee",
+        "out_biz_no", "gmt_refund", "gmt_payment",  "gmt_close",    "notify_time", "seller_id",    "charset"};
+    for (std::string_view f : kFields) {
+        if (f == key) {
+            return true;
+        }
+    }
+    return false;
+}
+
 void add_note(std::string& notes, std::string_view note)
 {
     if (!notes.empty()) {
@@ -429,7 +447,13 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
         auto utf8_key = to_utf8(key, *charset);
         auto utf8_value = to_utf8(value, *charset);
         if (!utf8_key || !utf8_value) {
-            return make_error_code(errc::malformed_request);
+            if (acted_on(key)) {
+                return make_error_code(errc::malformed_request);
+            }
+            // Named only when the name itself is readable; the value is never logged.
+            add_note(notice.notes, "dropped field " + (utf8_key ? *utf8_key : std::string("(unreadable name)")) +
+                                       ": not valid " + std::string(to_string(*charset)));
+            continue;
         }
         notice.fields.emplace_back(std::move(*utf8_key), std::move(*utf8_value));
     }

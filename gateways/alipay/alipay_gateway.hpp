@@ -23,8 +23,8 @@ struct AlipayAppKeys {
     std::string seller_id;   ///< empty: not checked
     std::string sign_type;   ///< "RSA2" (SHA256withRSA) or "RSA" (SHA1withRSA)
     crypto::Digest digest{crypto::Digest::sha256};
-    /// Keys tried in order: the public-key-mode key, then the certificate-mode key. Both may be
-    /// configured while an app migrates between the modes.
+    /// Keys tried in order: the public-key-mode key, then the certificate-mode key. The config
+    /// loader gives an app one mode (config/load.cpp); load_alipay_app itself accepts both.
     std::vector<crypto::SharedKey> keys;
     std::string alipay_cert_sn;       ///< certificate mode: SN of the Alipay public certificate
     std::string alipay_root_cert_sn;  ///< certificate mode: SN of the RSA roots, '_'-joined
@@ -42,7 +42,9 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
 /// A notification whose signature verified, with its fields transcoded to UTF-8.
 struct VerifiedNotice {
     const AlipayAppKeys* app{nullptr};  ///< the app it verified for (owned by the gateway)
-    FormFields fields;                  ///< every received field except sign/sign_type, UTF-8, in order
+    /// Every received field except sign/sign_type, UTF-8, in order — except a descriptive field
+    /// (not one paybridge acts on) that is not valid in the charset: dropped, with a note.
+    FormFields fields;
     std::string notes;                  ///< fallbacks used, "; "-separated ("" when none)
 };
 
@@ -80,7 +82,8 @@ public:
 
     /// Parses and authenticates a raw notification body:
     /// - malformed_request: unparsable form, missing sign/app_id/trade_status/out_trade_no/
-    ///   notify_id, unknown charset, or values invalid in their charset;
+    ///   notify_id, unknown charset, or a field paybridge acts on (ids, status, amounts, times,
+    ///   seller_id) invalid in its charset (any other such field is dropped with a note);
     /// - unknown_account: app_id not configured, or seller_id differs from the configured one;
     /// - bad_signature: sign_type differs from the app's (absent means RSA2), sign is not base64,
     ///   or no key verifies any of the §1.5 sign-string variants.

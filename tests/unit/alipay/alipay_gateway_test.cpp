@@ -25,6 +25,16 @@ std::string field(const FormFields& fields, std::string_view key)
     return {};
 }
 
+bool has_field(const FormFields& fields, std::string_view key)
+{
+    for (const auto& [k, v] : fields) {
+        if (k == key) {
+            return true;
+        }
+    }
+    return false;
+}
+
 boost::system::error_code error_of(const Result<VerifiedNotice>& r)
 {
     REQUIRE_FALSE(r.has_value());
@@ -306,8 +316,32 @@ TEST_CASE("GB2312 label, and the Content-Type charset as fallback when the field
     const std::string body = body_of(notice);  // still GBK bytes, signed without a charset field
     CHECK(field(gw->verify(body, "GBK").value().fields, "subject") == subject);
     CHECK(parse_body(*gw, body, "application/x-www-form-urlencoded; charset=\"GBK\"").has_value());
-    // Without any label the bytes are taken as UTF-8, which they are not.
-    CHECK(error_of(gw->verify(body)) == make_error_code(errc::malformed_request));
+    // Without any label the bytes are taken as UTF-8, which the subject's are not: the payment is
+    // still accepted (its signature verified; nothing paybridge acts on is unreadable), the subject
+    // is dropped and the notes say so.
+    auto mislabelled = gw->verify(body);
+    REQUIRE(mislabelled.has_value());
+    CHECK_FALSE(has_field(mislabelled->fields, "subject"));
+    CHECK(field(mislabelled->fields, "out_trade_no") == "BILL-1001");
+    CHECK(mislabelled->notes.find("dropped field subject: not valid utf-8") != std::string::npos);
+    CHECK(parse_body(*gw, body, "").has_value());
+}
+
+TEST_CASE("a field paybridge acts on that is not valid in the charset is refused, a descriptive one dropped")
+{
+    auto gw = make_gateway({app_config()});
+    auto notice = make_paid_notice(spec());
+    notice.charset = "gbk";
+    set_field(notice, "charset", "utf-8");  // labelled UTF-8, but the values are sent as GBK
+    set_field(notice, "body", "\xE6\xB5\x8B\xE8\xAF\x95");  // UTF-8 "测试": GBK bytes B2 E2 CA D4
+    auto dropped = gw->verify(body_of(notice));
+    REQUIRE(dropped.has_value());
+    CHECK_FALSE(has_field(dropped->fields, "body"));
+    CHECK(field(dropped->fields, "subject") == "paybridge test order");
+    CHECK(dropped->notes.find("dropped field body") != std::string::npos);
+
+    set_field(notice, "out_trade_no", "BILL-\xE6\xB5\x8B");  // the bill id itself unreadable
+    CHECK(error_of(gw->verify(body_of(notice))) == make_error_code(errc::malformed_request));
 }
 
 TEST_CASE("verified notification with an unknown charset label → malformed_request")
