@@ -70,6 +70,9 @@ struct AlipayApp {
 struct WechatMerchant {
     std::string mchid;
     std::string appid;
+    /// More AppIDs bound to the same mchid (an Official Account and a Mini Program, say): a
+    /// payment through any of them is this merchant's.
+    std::vector<std::string> other_appids;
     std::string apiv3_key;                          ///< secret, 32 bytes
     std::string public_key_id;                      ///< "PUB_KEY_ID_..." (optional)
     std::string public_key_pem;                     ///< content of public_key_file (optional)

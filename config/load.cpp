@@ -446,6 +446,13 @@ private:
             text(v, item, "mchid", m.mchid);
             unique(mchids, m.mchid, child(item, "mchid"));
             text(v, item, "appid", m.appid);
+            if (const auto others = v.FindMember("other_appids"); others != v.MemberEnd() && others->value.IsArray()) {
+                for (const Value& appid : others->value.GetArray()) {
+                    if (appid.IsString()) {
+                        m.other_appids.emplace_back(appid.GetString(), appid.GetStringLength());
+                    }
+                }
+            }
             wechat_key(v, item, "apiv3_key", m.apiv3_key);
             wechat_key(v, item, "apiv2_key", m.apiv2_key);
 

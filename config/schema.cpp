@@ -130,6 +130,11 @@ const std::string_view kConfigSchema = R"json({
             "properties": {
               "mchid": { "$ref": "#/definitions/digits" },
               "appid": { "type": "string", "minLength": 1, "maxLength": 64 },
+              "other_appids": {
+                "type": "array",
+                "uniqueItems": true,
+                "items": { "type": "string", "minLength": 1, "maxLength": 64 }
+              },
               "apiv3_key": { "$ref": "#/definitions/secret_ref" },
               "public_key_id": { "type": "string", "minLength": 1, "maxLength": 128 },
               "public_key_file": { "$ref": "#/definitions/file_path" },

@@ -6,6 +6,7 @@
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/wechatpay/xml.hpp"
 
+#include <algorithm>
 #include <set>
 #include <utility>
 
@@ -83,6 +84,13 @@ Result<std::string> verify_sign(const XmlFields& fields, std::string_view key)
     return error(errc::bad_signature);
 }
 
+// The merchant's configured AppID or one of its other AppIDs.
+bool pays_through(const V2Merchant& merchant, std::string_view appid)
+{
+    return appid == merchant.appid ||
+           std::find(merchant.other_appids.begin(), merchant.other_appids.end(), appid) != merchant.other_appids.end();
+}
+
 Result<std::int64_t> required_fen(const XmlFields& fields, std::string_view name)
 {
     const std::string* v = find_field(fields, name);
@@ -157,7 +165,7 @@ Result<Verified> WechatV2Gateway::payment(const V2Merchant& merchant, const XmlF
     if (mch_id.empty()) {
         return error(errc::malformed_request);
     }
-    if (field(fields, "appid") != merchant.appid) {
+    if (!pays_through(merchant, field(fields, "appid"))) {
         return error(errc::unknown_account);
     }
     if (transaction_id.empty() || out_trade_no.empty()) {
@@ -187,7 +195,7 @@ Result<Verified> WechatV2Gateway::refund(const V2Merchant& merchant, const XmlFi
     if (mch_id != merchant.mchid) {
         return error(errc::unknown_account);
     }
-    if (const std::string* appid = find_field(fields, "appid"); appid != nullptr && *appid != merchant.appid) {
+    if (const std::string* appid = find_field(fields, "appid"); appid != nullptr && !pays_through(merchant, *appid)) {
         return error(errc::unknown_account);
     }
     // ECB has no tag: a wrong key or tampered data shows up as bad padding or as garbage that is
@@ -310,6 +318,7 @@ Result<std::unique_ptr<Gateway>> make_wechat_v2_gateway(const std::vector<config
         }
         loaded.push_back(V2Merchant{.mchid = cfg.mchid,
                                     .appid = cfg.appid,
+                                    .other_appids = cfg.other_appids,
                                     .apiv2_key = cfg.apiv2_key,
                                     .req_info_key = v2_req_info_key(cfg.apiv2_key)});
     }

@@ -32,6 +32,7 @@ inline constexpr std::string_view kV2SuccessBody =
 struct V2Merchant {
     std::string mchid;
     std::string appid;
+    std::vector<std::string> other_appids;  ///< more AppIDs bound to this mchid
     std::string apiv2_key;     ///< 32 characters
     std::string req_info_key;  ///< v2_req_info_key(apiv2_key)
 };

@@ -5,6 +5,7 @@
 #include "core/money.hpp"
 #include "core/time.hpp"
 
+#include <algorithm>
 #include <openssl/evp.h>
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -109,7 +110,8 @@ Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, Payme
     if (!appid) {
         return error(errc::malformed_request);
     }
-    if (*appid != merchant.appid) {
+    if (*appid != merchant.appid &&
+        std::find(merchant.other_appids.begin(), merchant.other_appids.end(), *appid) == merchant.other_appids.end()) {
         return error(errc::unknown_account);
     }
     auto bill_id = required_string(tx, "out_trade_no");
@@ -436,6 +438,7 @@ Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config
         V3Merchant m;
         m.mchid = cfg.mchid;
         m.appid = cfg.appid;
+        m.other_appids = cfg.other_appids;
         m.apiv3_key = cfg.apiv3_key;
         m.public_key_id = cfg.public_key_id;
         if (cfg.mchid.empty()) {

@@ -56,6 +56,7 @@ struct PlatformCertificate {
 struct V3Merchant {
     std::string mchid;
     std::string appid;
+    std::vector<std::string> other_appids;  ///< more AppIDs bound to this mchid
     std::string apiv3_key;         ///< exactly 32 bytes, used as-is as the AES-256 key
     std::string public_key_id;     ///< "PUB_KEY_ID_…", or empty when not in public-key mode
     crypto::SharedKey public_key;  ///< set exactly when public_key_id is

@@ -143,6 +143,7 @@ TEST_CASE("config: the example configuration loads with its secrets in the envir
     const config::WechatMerchant& m = cfg.wechat_merchants[0];
     CHECK(m.mchid == "1900000001");
     CHECK(m.appid == "wx0000000000000001");
+    CHECK(m.other_appids == std::vector<std::string>{"wx0000000000000002"});
     CHECK(m.apiv3_key == env.at("PAYBRIDGE_WX_APIV3_KEY"));
     CHECK(m.apiv2_key == env.at("PAYBRIDGE_WX_APIV2_KEY"));
     CHECK(m.public_key_id == "PUB_KEY_ID_0000000000000000000000000000000001");
@@ -249,6 +250,7 @@ TEST_CASE("config: absent keys take the defaults of config.hpp")
     REQUIRE(cfg.wechat_merchants.size() == 1);
     CHECK(cfg.wechat_merchants[0].apiv3_key == f.apiv3);
     CHECK(cfg.wechat_merchants[0].apiv2_key.empty());
+    CHECK(cfg.wechat_merchants[0].other_appids.empty());
     CHECK(cfg.wechat_merchants[0].public_key_pem.empty());
     CHECK(cfg.wechat_merchants[0].platform_certificates_pem == std::vector<std::string>{f.platform_pem});
 }

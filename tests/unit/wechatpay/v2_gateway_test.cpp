@@ -209,6 +209,29 @@ TEST_CASE("v2: mch_id and appid must agree with the route and the configuration"
           errc::unknown_account);
 }
 
+TEST_CASE("v2: payments and refunds through another AppID bound to the merchant (other_appids) are accepted")
+{
+    auto m = merchant(false, false);
+    m.other_appids = {"wx00000000miniprog"};
+    std::vector<std::string> problems;
+    auto made = wx::make_wechat_v2_gateway({m}, problems);
+    REQUIRE(made);
+    const auto& gateway = **made;
+    auto p = payment();
+    p.appid = "wx00000000miniprog";
+    auto paid = verify(gateway, sim::build_v2_payment_xml(p, keys().apiv2_key, V2SignType::md5));
+    REQUIRE(paid);
+    CHECK(paid->event.kind == EventKind::payment);
+    auto r = refund();
+    r.appid = "wx00000000miniprog";
+    auto refunded = verify(gateway, sim::build_v2_refund_xml(r, keys().apiv2_key).value());
+    REQUIRE(refunded);
+    CHECK(refunded->event.kind == EventKind::refund);
+    p.appid = "wx0000000000000bad";
+    CHECK(verify(gateway, sim::build_v2_payment_xml(p, keys().apiv2_key, V2SignType::md5)).error() ==
+          errc::unknown_account);
+}
+
 TEST_CASE("v2: amounts must be integer fen")
 {
     auto gateway = make_gateway();

@@ -356,6 +356,23 @@ TEST_CASE("v3: mchid and appid must match the route and the configuration")
     CHECK(verify(*gateway, payment(signer, now, tx), now).error() == errc::unknown_account);
 }
 
+TEST_CASE("v3: a payment through another AppID bound to the merchant (other_appids) is the merchant's")
+{
+    auto m = merchant(true, true);
+    m.other_appids = {"wx00000000miniprog", "wx0000000000000app"};
+    auto gateway = make_gateway(true, true, m);
+    const std::int64_t now = now_unix();
+    const auto signer = cert_signer(keys().platform(), kPlatformSerial);
+    auto tx = transaction();
+    tx.appid = "wx0000000000000app";
+    auto v = verify(*gateway, payment(signer, now, tx), now);
+    REQUIRE(v);
+    CHECK(v->event.kind == EventKind::payment);
+    CHECK(v->event.account == kMchid);
+    tx.appid = "wx0000000000000bad";
+    CHECK(verify(*gateway, payment(signer, now, tx), now).error() == errc::unknown_account);
+}
+
 TEST_CASE("v3: trade_state other than SUCCESS and unknown events are acknowledged without a kind")
 {
     auto gateway = make_gateway();
