@@ -40,7 +40,8 @@ inline void check_event(const PaymentEvent& e, std::string_view account)
         FUZZ_CHECK(!e.provider_txn_id.empty());
         break;
     case EventKind::refund:
-        FUZZ_CHECK(e.refund_fen > 0);
+        // A WeChat refund of 0 fen passes (Alipay's gateway refuses one): the store ignores a
+        // refund that adds nothing (bill.lua apply_refund), which is the right answer to it.
         FUZZ_CHECK(!e.refund_id.empty());
         break;
     default:

@@ -180,6 +180,17 @@ TEST_SUITE("integration/store/redis_bill_store")
         const auto bill = parse_json(view.bill_json);
         CHECK(num(bill, "refunded_fen") == 300);
         CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
+
+        // A WeChat refund of 0 fen (the gateway passes one; tests/fuzz/wechat_v2.cpp found it)
+        // returns nothing: acknowledged as ignored, the bill and the outbox unchanged.
+        const std::int64_t outbox = f.outbox_total();
+        const auto zero = f.run(f.store->apply(refund("G-1", 0, "R-0")));
+        REQUIRE(zero.has_value());
+        CHECK(zero->outcome == ApplyOutcome::ignored);
+        CHECK(zero->status == "PARTIALLY_REFUNDED");
+        CHECK(f.outbox_total() == outbox);
+        CHECK(f.get("G-1").events_json.size() == 3);
+        CHECK(num(parse_json(f.get("G-1").bill_json), "refunded_fen") == 300);
     }
 
     TEST_CASE("apply: an event without a bill id is refused, unless it asks for nothing")
