@@ -401,11 +401,24 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
             }
         }
     }
+    // One RSA operation per configured key, whatever the number of variants: the digest the
+    // signature carries is recovered once, and each variant costs only its hash. (Every fallback is
+    // switched on by the body, so a forgery could otherwise buy eight RSA verifications for one.)
+    std::vector<std::string> recovered;
+    recovered.reserve(app->keys.size());
+    for (const auto& key : app->keys) {
+        if (auto d = crypto::rsa_recover_digest(key.get(), app->digest, *signature)) {
+            recovered.push_back(std::move(*d));
+        }
+    }
     const Variant* verified = nullptr;
     for (const Variant& variant : variants) {
+        if (recovered.empty()) {
+            break;
+        }
         const std::string content = build_content(sorted, variant);
-        for (const auto& key : app->keys) {
-            if (crypto::rsa_verify(key.get(), app->digest, content, *signature)) {
+        for (const std::string& digest : recovered) {
+            if (crypto::digest_matches(digest, app->digest, content)) {
                 verified = &variant;
                 break;
             }

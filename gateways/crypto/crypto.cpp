@@ -73,13 +73,14 @@ public:
     VerifyContexts& operator=(const VerifyContexts&) = delete;
     ~VerifyContexts() { clear(); }
 
-    // A context initialised for RSA PKCS#1 v1.5 verification with `key` and digest `d`. Each
-    // context holds a reference to its key, so a cached key pointer can never be reused for another
-    // key; the cache is emptied when it fills (keys replaced by reloads drop out then).
-    EVP_PKEY_CTX* get(EVP_PKEY* key, Digest d)
+    // A context initialised for RSA PKCS#1 v1.5 verification (or, with `recover`, digest recovery)
+    // with `key` and digest `d`. Each context holds a reference to its key, so a cached key pointer
+    // can never be reused for another key; the cache is emptied when it fills (keys replaced by
+    // reloads drop out then).
+    EVP_PKEY_CTX* get(EVP_PKEY* key, Digest d, bool recover = false)
     {
         for (const Entry& e : entries_) {
-            if (e.key == key && e.digest == d) {
+            if (e.key == key && e.digest == d && e.recover == recover) {
                 return e.ctx;
             }
         }
@@ -88,12 +89,13 @@ public:
         }
         EVP_PKEY_CTX* ctx = EVP_PKEY_CTX_new_from_pkey(nullptr, key, nullptr);
         const EVP_MD* md = fetched_md(d);
-        if (ctx == nullptr || md == nullptr || EVP_PKEY_verify_init(ctx) != 1 ||
+        if (ctx == nullptr || md == nullptr ||
+            (recover ? EVP_PKEY_verify_recover_init(ctx) : EVP_PKEY_verify_init(ctx)) != 1 ||
             EVP_PKEY_CTX_set_rsa_padding(ctx, RSA_PKCS1_PADDING) != 1 || EVP_PKEY_CTX_set_signature_md(ctx, md) != 1) {
             EVP_PKEY_CTX_free(ctx);
             return nullptr;
         }
-        entries_.push_back(Entry{key, d, ctx});
+        entries_.push_back(Entry{key, d, recover, ctx});
         return ctx;
     }
 
@@ -102,6 +104,7 @@ private:
     struct Entry {
         EVP_PKEY* key;
         Digest digest;
+        bool recover;
         EVP_PKEY_CTX* ctx;
     };
 
@@ -115,6 +118,13 @@ private:
 
     std::vector<Entry> entries_;
 };
+
+// One cache per thread: OpenSSL contexts are not safe to share between threads.
+VerifyContexts& verify_contexts()
+{
+    thread_local VerifyContexts contexts;
+    return contexts;
+}
 
 std::string digest(const EVP_MD* md, std::string_view data)
 {
@@ -255,14 +265,40 @@ bool rsa_verify(EVP_PKEY* key, Digest d, std::string_view data, std::string_view
     if (key == nullptr || signature.empty()) {
         return false;
     }
-    thread_local VerifyContexts contexts;
-    EVP_PKEY_CTX* ctx = contexts.get(key, d);
+    EVP_PKEY_CTX* ctx = verify_contexts().get(key, d);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
     if (ctx == nullptr || EVP_Digest(data.data(), data.size(), md, &md_len, fetched_md(d), nullptr) != 1) {
         return false;
     }
     return EVP_PKEY_verify(ctx, u8(signature), signature.size(), md, md_len) == 1;
+}
+
+std::optional<std::string> rsa_recover_digest(EVP_PKEY* key, Digest d, std::string_view signature)
+{
+    if (key == nullptr || signature.empty()) {
+        return std::nullopt;
+    }
+    EVP_PKEY_CTX* ctx = verify_contexts().get(key, d, true);
+    unsigned char md[EVP_MAX_MD_SIZE];
+    std::size_t md_len = sizeof md;
+    // With the signature digest set, OpenSSL checks the PKCS#1 v1.5 padding and that the DigestInfo
+    // names `d`, and hands back the digest alone.
+    if (ctx == nullptr || EVP_PKEY_verify_recover(ctx, md, &md_len, u8(signature), signature.size()) != 1 ||
+        md_len != static_cast<std::size_t>(EVP_MD_get_size(fetched_md(d)))) {
+        return std::nullopt;
+    }
+    return std::string(reinterpret_cast<const char*>(md), md_len);
+}
+
+bool digest_matches(std::string_view digest, Digest d, std::string_view data)
+{
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    if (EVP_Digest(data.data(), data.size(), md, &md_len, fetched_md(d), nullptr) != 1) {
+        return false;
+    }
+    return constant_time_equal(digest, std::string_view(reinterpret_cast<const char*>(md), md_len));
 }
 
 Result<std::string> rsa_sign(EVP_PKEY* key, Digest d, std::string_view data)

@@ -53,6 +53,14 @@ Result<SharedKey> load_private_key(std::string_view pem);
 
 /// Verifies an RSASSA-PKCS1-v1_5 signature (raw bytes) over data.
 bool rsa_verify(EVP_PKEY* key, Digest digest, std::string_view data, std::string_view signature);
+/// The digest an RSASSA-PKCS1-v1_5 signature (raw bytes) made with digest `d` carries, recovered
+/// with the public key: one RSA operation, after which digest_matches() checks any number of
+/// candidate texts (Alipay's sign-string variants) without another. nullopt when the signature
+/// does not decode under `key` as a `d` signature. rsa_recover_digest + digest_matches(data) is
+/// exactly rsa_verify(data).
+std::optional<std::string> rsa_recover_digest(EVP_PKEY* key, Digest digest, std::string_view signature);
+/// True when the `d` digest of `data` equals `digest` (compared in constant time).
+bool digest_matches(std::string_view digest, Digest d, std::string_view data);
 /// Signs with RSASSA-PKCS1-v1_5; for the simulator and tests.
 Result<std::string> rsa_sign(EVP_PKEY* key, Digest digest, std::string_view data);
 

@@ -119,6 +119,43 @@ TEST_CASE("RSA sign/verify with generated keys, SHA256 and SHA1")
     CHECK_FALSE(load_public_key("not a key"));
 }
 
+TEST_CASE("RSA digest recovery: one public-key operation, then any number of texts checked by their digest")
+{
+    std::string pub_pem;
+    const std::string priv_pem = generate_rsa_pem(pub_pem);
+    std::string other_pem;
+    (void)generate_rsa_pem(other_pem);
+    auto priv = load_private_key(priv_pem);
+    auto pub = load_public_key(pub_pem);
+    auto other = load_public_key(other_pem);
+    REQUIRE(priv.has_value());
+    REQUIRE(pub.has_value());
+    REQUIRE(other.has_value());
+    for (Digest d : {Digest::sha256, Digest::sha1}) {
+        CAPTURE(static_cast<int>(d));
+        auto sig = rsa_sign(priv->get(), d, "a=1&b=2");
+        REQUIRE(sig.has_value());
+        auto recovered = rsa_recover_digest(pub->get(), d, *sig);
+        REQUIRE(recovered.has_value());
+        CHECK(recovered->size() == (d == Digest::sha256 ? 32u : 20u));
+        if (d == Digest::sha256) {
+            CHECK(*recovered == sha256("a=1&b=2"));  // the raw digest, nothing around it
+        }
+        CHECK(digest_matches(*recovered, d, "a=1&b=2"));
+        CHECK_FALSE(digest_matches(*recovered, d, "a=1&b=3"));
+        CHECK_FALSE(digest_matches(*recovered, d, ""));
+        // Another key, a flipped byte, a signature made with the other digest: nothing recovered.
+        CHECK_FALSE(rsa_recover_digest(other->get(), d, *sig).has_value());
+        std::string bad = *sig;
+        bad[10] ^= 0x40;
+        CHECK_FALSE(rsa_recover_digest(pub->get(), d, bad).has_value());
+        const Digest wrong = d == Digest::sha256 ? Digest::sha1 : Digest::sha256;
+        CHECK_FALSE(rsa_recover_digest(pub->get(), wrong, *sig).has_value());
+        CHECK_FALSE(rsa_recover_digest(pub->get(), d, "").has_value());
+        CHECK_FALSE(rsa_recover_digest(pub->get(), d, sig->substr(1)).has_value());
+    }
+}
+
 TEST_CASE("constant_time_equal")
 {
     CHECK(constant_time_equal("abc", "abc"));
