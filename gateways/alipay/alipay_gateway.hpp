@@ -57,11 +57,12 @@ struct VerifiedNotice {
 ///   refund without refund_fee refunds total_amount); refund_id = out_biz_no, or
 ///   "alipay-refund-<refund fen>" when absent. Otherwise TRADE_SUCCESS / TRADE_FINISHED → payment,
 ///   TRADE_CLOSED → close, anything else (WAIT_BUYER_PAY, future statuses) → none.
-/// - occurred_at (RFC 3339 UTC) from the first present of gmt_refund (refunds only), gmt_payment,
-///   gmt_close, notify_time, read as Beijing time; "" when none is present.
+/// - occurred_at (RFC 3339 UTC) from the first of gmt_refund (refunds only), gmt_payment,
+///   gmt_close, notify_time that reads as Beijing time; "" when none does (times only describe
+///   the event: an authentic notification is not refused over one).
 /// Errors: errc::malformed_request for missing app_id/notify_id/out_trade_no/trade_status, a
-/// payment without trade_no or total_amount, a refund without a positive amount, an amount that
-/// parse_yuan rejects, or an unparsable time.
+/// payment without trade_no or total_amount, a refund without a positive amount, or an amount
+/// that parse_yuan rejects.
 Result<PaymentEvent> to_payment_event(const FormFields& utf8_fields);
 
 /// The "alipay" gateway. Immutable after construction and safe to share between threads.
