@@ -446,10 +446,10 @@ private:
             text(v, item, "mchid", m.mchid);
             unique(mchids, m.mchid, child(item, "mchid"));
             text(v, item, "appid", m.appid);
-            if (const auto others = v.FindMember("other_appids"); others != v.MemberEnd() && others->value.IsArray()) {
-                for (const Value& appid : others->value.GetArray()) {
+            if (const Value* others = array_at(v, item, "other_appids")) {
+                for (const Value& appid : others->GetArray()) {
                     if (appid.IsString()) {
-                        m.other_appids.emplace_back(appid.GetString(), appid.GetStringLength());
+                        m.other_appids.emplace_back(str(appid));
                     }
                 }
             }
