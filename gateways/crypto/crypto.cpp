@@ -126,6 +126,12 @@ VerifyContexts& verify_contexts()
     return contexts;
 }
 
+// The `d` digest of `data` into `md`, its length into `len`; false when OpenSSL fails.
+bool digest_into(Digest d, std::string_view data, unsigned char (&md)[EVP_MAX_MD_SIZE], unsigned int& len) noexcept
+{
+    return EVP_Digest(data.data(), data.size(), md, &len, fetched_md(d), nullptr) == 1;
+}
+
 std::string digest(const EVP_MD* md, std::string_view data)
 {
     unsigned char out[EVP_MAX_MD_SIZE];
@@ -268,7 +274,7 @@ bool rsa_verify(EVP_PKEY* key, Digest d, std::string_view data, std::string_view
     EVP_PKEY_CTX* ctx = verify_contexts().get(key, d);
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
-    if (ctx == nullptr || EVP_Digest(data.data(), data.size(), md, &md_len, fetched_md(d), nullptr) != 1) {
+    if (ctx == nullptr || !digest_into(d, data, md, md_len)) {
         return false;
     }
     return EVP_PKEY_verify(ctx, u8(signature), signature.size(), md, md_len) == 1;
@@ -295,7 +301,7 @@ bool digest_matches(std::string_view digest, Digest d, std::string_view data)
 {
     unsigned char md[EVP_MAX_MD_SIZE];
     unsigned int md_len = 0;
-    if (EVP_Digest(data.data(), data.size(), md, &md_len, fetched_md(d), nullptr) != 1) {
+    if (!digest_into(d, data, md, md_len)) {
         return false;
     }
     return constant_time_equal(digest, std::string_view(reinterpret_cast<const char*>(md), md_len));
