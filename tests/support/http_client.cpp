@@ -12,7 +12,10 @@
 #include <boost/beast/http/string_body.hpp>
 #include <boost/beast/http/write.hpp>
 
+#include <poll.h>
+
 #include <algorithm>
+#include <cerrno>
 #include <cctype>
 
 namespace paybridge::test {
@@ -141,13 +144,26 @@ std::chrono::milliseconds HttpClient::time_until_closed(std::uint16_t port, cons
     s.connect(tcp::endpoint(asio::ip::make_address("127.0.0.1"), port));
     asio::write(s, asio::buffer(bytes));
     const auto start = std::chrono::steady_clock::now();
-    beast::tcp_stream stream(std::move(s));
+    // Blocking reads bounded by poll(): a Beast stream's expiry applies to async operations only,
+    // so a server that never closes must not hang the test past max_wait.
     char buf[1024];
-    boost::system::error_code ec;
-    while (!ec) {
-        stream.expires_after(max_wait);
-        stream.read_some(asio::buffer(buf), ec);
-        if (std::chrono::steady_clock::now() - start > max_wait) {
+    for (;;) {
+        const auto left = max_wait - (std::chrono::steady_clock::now() - start);
+        if (left <= std::chrono::steady_clock::duration::zero()) {
+            break;
+        }
+        pollfd p{s.native_handle(), POLLIN, 0};
+        const int ready =
+            ::poll(&p, 1, static_cast<int>(std::chrono::ceil<std::chrono::milliseconds>(left).count()));
+        if (ready < 0 && errno == EINTR) {
+            continue;
+        }
+        if (ready <= 0) {
+            break;
+        }
+        boost::system::error_code ec;
+        s.read_some(asio::buffer(buf), ec);
+        if (ec) {
             break;
         }
     }
