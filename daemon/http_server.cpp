@@ -7,6 +7,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/socket_base.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -37,6 +38,9 @@ using tcp = asio::ip::tcp;
 struct HttpServer::Session {
     std::function<void()> cancel;
     bool busy{false};
+    /// While a plain connection waits for its next request without a read in flight, the time by
+    /// which it must have one; the idle sweep closes it after that. max() otherwise.
+    std::chrono::steady_clock::time_point idle_until{std::chrono::steady_clock::time_point::max()};
 };
 
 namespace {
@@ -150,6 +154,15 @@ constexpr std::chrono::seconds kLingerMax{2};
 /// 64 KiB at a time).
 constexpr std::size_t kReadChunk = 64 * 1024;
 
+/// The first read of a request on a plain connection: a notification with its headers fits.
+constexpr std::size_t kFirstRead = 4096;
+
+/// How often each worker looks for plain connections idle past their deadline.
+std::chrono::milliseconds idle_sweep_period(std::chrono::milliseconds idle_timeout)
+{
+    return std::clamp(idle_timeout / 8, std::chrono::milliseconds(10), std::chrono::milliseconds(1000));
+}
+
 /// Lingering close (as nginx does it): after an error answer to a request that was not read to its
 /// end, the client may still be sending. Closing a socket with unread bytes makes the kernel send a
 /// reset, which can destroy the answer before the client has read it (a client that writes its
@@ -218,6 +231,7 @@ std::uint16_t HttpServer::port(std::size_t listener) const
 
 void HttpServer::start()
 {
+    asio::co_spawn(ioc_, idle_sweep(), asio::detached);
     for (std::size_t i = 0; i < listeners_.size(); ++i) {
         asio::co_spawn(ioc_, accept_loop(i), [](std::exception_ptr e) {
             if (e) {
@@ -234,6 +248,9 @@ void HttpServer::start()
 void HttpServer::stop()
 {
     stopping_ = true;
+    if (cancel_sweep_) {
+        cancel_sweep_();
+    }
     for (auto& l : listeners_) {
         boost::system::error_code ec;
         l->acceptor.close(ec);
@@ -251,6 +268,27 @@ void HttpServer::abort()
     for (Session* s : sessions_) {
         s->cancel();
     }
+}
+
+awaitable<void> HttpServer::idle_sweep()
+{
+    asio::steady_timer timer(ioc_);
+    cancel_sweep_ = [&timer] { timer.cancel(); };
+    while (!stopping_) {
+        timer.expires_after(idle_sweep_period(limits_.idle_timeout));
+        auto [ec] = co_await timer.async_wait(kUseTuple);
+        if (ec || stopping_) {
+            break;
+        }
+        const auto now = std::chrono::steady_clock::now();
+        for (Session* s : sessions_) {
+            if (s->idle_until <= now) {
+                s->idle_until = std::chrono::steady_clock::time_point::max();
+                s->cancel();
+            }
+        }
+    }
+    cancel_sweep_ = nullptr;
 }
 
 awaitable<void> HttpServer::accept_loop(std::size_t index)
@@ -299,11 +337,15 @@ awaitable<void> HttpServer::accept_loop(std::size_t index)
 awaitable<void> HttpServer::run_plain(tcp::socket socket)
 {
     const GateSlot slot(gate_);
+    boost::system::error_code ec;
+    socket.non_blocking(true, ec);  // serve() tries a read before it waits; asio's async ops are unaffected
+    if (ec) {
+        co_return;
+    }
     beast::tcp_stream stream(std::move(socket));
     Session session;
     session.cancel = [&stream] { stream.cancel(); };
     co_await serve(stream, session);
-    boost::system::error_code ec;
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
 }
 
@@ -358,21 +400,48 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
     // leave the buffer as they are parsed, so a request never needs more than its header plus one
     // read's worth here; beyond that the read fails (buffer_overflow, answered 400).
     beast::flat_buffer buffer(limits_.max_header_bytes + kReadChunk);
-    std::array<char, 512> first{};
     while (!stopping_) {
         // Wait for the first bytes of the next request under the idle deadline; only then start
         // the per-request read deadline, so keep-alive idleness and slow requests are bounded
-        // apart. An idle connection holds no heap buffer: it waits with a small one in its frame.
+        // apart. An idle connection holds no heap buffer.
         if (buffer.size() == 0) {
-            buffer.shrink_to_fit();
-            lowest(stream).expires_after(limits_.idle_timeout);
-            auto [ec, n] = co_await stream.async_read_some(asio::buffer(first), kUseTuple);
-            if (ec) {
-                break;
+            if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
+                // Plain TCP: take what has arrived with one non-blocking recv into a buffer sized
+                // for a whole notification; if nothing has, wait for readability holding no
+                // buffer at all (the idle sweep enforces the deadline), and let Beast's first
+                // read take the request in one recv. Asio's own way would be a would-block recv,
+                // a small first read and a second one for the rest.
+                auto& socket = stream.socket();
+                boost::system::error_code ec;
+                const std::size_t n = socket.read_some(buffer.prepare(kFirstRead), ec);
+                if (!ec) {
+                    buffer.commit(n);
+                } else if (ec == asio::error::would_block) {
+                    buffer.shrink_to_fit();
+                    session.idle_until = std::chrono::steady_clock::now() + limits_.idle_timeout;
+                    auto [wec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
+                    session.idle_until = std::chrono::steady_clock::time_point::max();
+                    if (wec || stopping_) {
+                        break;
+                    }
+                    buffer.prepare(kFirstRead);  // capacity: Beast's first read asks for all of it
+                } else {
+                    break;  // eof, reset
+                }
+            } else {
+                // TLS: readable bytes may already sit decrypted-ahead in the stream, so the wait
+                // must be a read; it goes into a small buffer in the frame.
+                buffer.shrink_to_fit();
+                std::array<char, 512> first{};
+                lowest(stream).expires_after(limits_.idle_timeout);
+                auto [ec, n] = co_await stream.async_read_some(asio::buffer(first), kUseTuple);
+                if (ec) {
+                    break;
+                }
+                auto space = buffer.prepare(std::max<std::size_t>(n, 4096));
+                asio::buffer_copy(space, asio::buffer(first.data(), n));
+                buffer.commit(n);
             }
-            auto space = buffer.prepare(std::max<std::size_t>(n, 4096));
-            asio::buffer_copy(space, asio::buffer(first.data(), n));
-            buffer.commit(n);
         }
         session.busy = true;
         const auto started = std::chrono::steady_clock::now();

@@ -7,6 +7,7 @@
 #include <boost/asio/ip/tcp.hpp>
 
 #include <atomic>
+#include <functional>
 #include <list>
 #include <memory>
 #include <optional>
@@ -58,6 +59,9 @@ public:
 
 private:
     boost::asio::awaitable<void> accept_loop(std::size_t index);
+    /// Closes plain connections idle past limits.idle_timeout (they wait with no read, so no
+    /// per-read timer bounds them).
+    boost::asio::awaitable<void> idle_sweep();
     template <class Stream>
     boost::asio::awaitable<void> serve(Stream& stream, Session& session);
     boost::asio::awaitable<void> run_plain(boost::asio::ip::tcp::socket socket);
@@ -74,6 +78,7 @@ private:
     std::vector<std::unique_ptr<Listener>> listeners_;
     std::shared_ptr<boost::asio::ssl::context> tls_;
     std::list<Session*> sessions_;
+    std::function<void()> cancel_sweep_;  ///< set while idle_sweep runs
     bool stopping_{false};
 };
 

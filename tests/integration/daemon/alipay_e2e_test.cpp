@@ -333,6 +333,19 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
         fx.port(), "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", std::chrono::seconds(10));
     CHECK(waited >= std::chrono::milliseconds(1500));
     CHECK(waited < std::chrono::milliseconds(5000));
+    // A keep-alive connection is closed once it has been idle for the idle deadline (5 s in the
+    // test config) after its answer, not at the read deadline; one that pauses for less than that
+    // between requests is served.
+    const auto idle = HttpClient::time_until_closed(fx.port(), "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n",
+                                                    std::chrono::seconds(12));
+    CHECK(idle >= std::chrono::milliseconds(4500));
+    CHECK(idle < std::chrono::milliseconds(8000));
+    {
+        HttpClient pausing(fx.port());
+        CHECK(pausing.get("/healthz").status == 200);
+        std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+        CHECK(pausing.get("/readyz").status == 200);
+    }
     // Bearer tokens.
     CHECK(http_request(fx.port(), "GET", "/v1/anomalies").status == 401);
     CHECK(http_request(fx.port(), "GET", "/v1/anomalies", {}, {{"Authorization", "Bearer wrong"}}).status == 401);
