@@ -8,7 +8,8 @@
 # binary twice with OLD_WORKERS=1 NEW_WORKERS=2 compares thread counts.
 # An older build: git worktree add /tmp/old REV && (cd /tmp/old && TARGETS=paybridged scripts/build.sh build)
 # Prints, per round and build: notifications/s, p50/p99, and CPU microseconds per notification of
-# paybridged, of its redis-server and of the load generator (wrk).
+# paybridged, of its redis-server and of the load generator (wrk), and paybridged's system calls per
+# notification (with perf).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 old=$(realpath "$1"); new=$(realpath "$2")
@@ -63,17 +64,26 @@ round() { # name round
   local p0 r0 p1 r1 out n
   p0=$(cpu "${dpid[$n]}"); r0=$(cpu "$rpid")
   # wrk's own CPU (user + system, from bash's `time`), so the three shares of the two cores add up.
-  local TIMEFORMAT='%U %S' wt
+  local TIMEFORMAT='%U %S' wt sc=- spid=
+  # paybridged's system calls (a counting tracepoint: cheap), where perf is installed and allowed.
+  if command -v perf >/dev/null; then
+    perf stat -x, -e raw_syscalls:sys_enter -p "${dpid[$n]}" -o "$w/perf.out" 2>/dev/null & spid=$!
+  fi
   wt=$( { time wrk -t1 -c64 -d"${SECS}s" --latency -s bench/wrk_lines.lua "$url" -- "$file" "$kind" "$(cat "$w/token")" \
         >"$w/wrk.out"; } 2>&1 )
   out=$(grep '^RESULT' "$w/wrk.out")
+  if [[ -n $spid ]]; then kill -INT "$spid" 2>/dev/null; wait "$spid" 2>/dev/null || true; fi
   p1=$(cpu "${dpid[$n]}"); r1=$(cpu "$rpid")
   n=$(sed -n 's/.*requests=\([0-9]*\).*/\1/p' <<<"$out")
   local tick; tick=$(getconf CLK_TCK)
-  printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$n" "$(sed -n 's/.*rps=\([0-9]*\).*/\1/p' <<<"$out")" \
+  if [[ -n $spid ]]; then
+    sc=$(awk -F, -v n="$n" '/raw_syscalls:sys_enter/ && $1 ~ /^[0-9]+$/ { printf "%.2f", $1 / n }' "$w/perf.out" 2>/dev/null)
+    [[ -n $sc ]] || sc=-
+  fi
+  printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$r" "$n" "$(sed -n 's/.*rps=\([0-9]*\).*/\1/p' <<<"$out")" \
     "$(sed -n 's/.*p50_ms=\([0-9.]*\).*/\1/p' <<<"$out")" "$(sed -n 's/.*p99_ms=\([0-9.]*\).*/\1/p' <<<"$out")" \
     "$(( (p1 - p0) * 1000000 / tick / n ))" "$(( (r1 - r0) * 1000000 / tick / n ))" \
-    "$(awk -v t="$wt" -v n="$n" 'BEGIN { split(t, a, " "); printf "%d", (a[1] + a[2]) * 1000000 / n }')"
+    "$(awk -v t="$wt" -v n="$n" 'BEGIN { split(t, a, " "); printf "%d", (a[1] + a[2]) * 1000000 / n }')" "$sc"
 }
 declare -A rows
 for r in $(seq 0 $(( ROUNDS - 1 ))); do
@@ -82,8 +92,8 @@ done
 for n in old new; do
   bin=$old; [[ $n == new ]] && bin=$new
   echo; echo "**$n** ($bin, workers=${workers[$n]}, $KIND, ${SECS}s rounds, alternating):"; echo
-  echo "| round | requests | requests/s | p50 ms | p99 ms | paybridged CPU µs/request | redis CPU µs/request | wrk CPU µs/request |"
-  echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+  echo "| round | requests | requests/s | p50 ms | p99 ms | paybridged CPU µs/request | redis CPU µs/request | wrk CPU µs/request | paybridged syscalls/request |"
+  echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
   printf '%s' "${rows[$n]}"
 done
 echo
