@@ -80,6 +80,9 @@ asio::ip::tcp::endpoint endpoint_of(const config::Endpoint& e)
 struct Worker {
     asio::io_context ioc{1};
     store::RedisConnection redis;
+    /// With redis.wait_replicas: the connection replica confirmations (SET + WAIT) run on, so a
+    /// WAIT never holds up the pipelined one.
+    std::unique_ptr<store::RedisConnection> replicas;
     store::RedisBillStore store;
     CrmDeliveryAdmin deliveries;
     webhooks::RuntimePtr runtime;  // touched only on this worker's thread
@@ -91,7 +94,9 @@ struct Worker {
 
     Worker(const config::Config& cfg, webhooks::RuntimePtr rt, ConnectionGate& gate, std::function<bool()> all_ready)
         : redis(ioc.get_executor(), cfg.redis),
-          store(redis, cfg.redis),
+          replicas(cfg.redis.wait_replicas > 0 ? std::make_unique<store::RedisConnection>(ioc.get_executor(), cfg.redis)
+                                               : nullptr),
+          store(redis, cfg.redis, {}, replicas.get()),
           deliveries(redis, cfg.redis),
           runtime(std::move(rt)),
           service(webhooks::Service::Deps{
@@ -104,6 +109,22 @@ struct Worker {
           }),
           server(ioc, cfg.limits, service, gate)
     {
+    }
+
+    bool redis_ready() const noexcept { return redis.ready() && (!replicas || replicas->ready()); }
+    void start_redis()
+    {
+        redis.start();
+        if (replicas) {
+            replicas->start();
+        }
+    }
+    void stop_redis()
+    {
+        redis.stop();
+        if (replicas) {
+            replicas->stop();
+        }
     }
 };
 
@@ -128,7 +149,7 @@ private:
     bool all_ready() const
     {
         for (const auto& w : workers_) {
-            if (!w->redis.ready()) {
+            if (!w->redis_ready()) {
                 return false;
             }
         }
@@ -196,11 +217,16 @@ int App::Impl::run()
     reg.callback_gauge("paybridge_uptime_seconds", "Seconds since the process started.",
                        [this] { return static_cast<double>(steady_ms() - started_ms_) / 1000.0; });
     reg.gauge("paybridge_build_info", "Build information.").with({{"version", PAYBRIDGE_VERSION}}).set(1);
-    // One counter of every worker's Redis connection, summed.
+    // One counter of every worker's Redis connections (the replica-confirming one too), summed.
     const auto redis_total = [this](std::atomic<std::uint64_t> store::RedisStats::*counter) {
         return [this, counter] {
             double s = 0;
-            for (auto& w : workers_) s += static_cast<double>((w->redis.stats().*counter).load());
+            for (auto& w : workers_) {
+                s += static_cast<double>((w->redis.stats().*counter).load());
+                if (w->replicas) {
+                    s += static_cast<double>((w->replicas->stats().*counter).load());
+                }
+            }
             return s;
         };
     };
@@ -216,7 +242,7 @@ int App::Impl::run()
 
     for (auto& w : workers_) {
         Worker* wp = w.get();
-        wp->redis.start();
+        wp->start_redis();
         wp->server.start();
         wp->thread = std::thread([wp] {
             try {
@@ -278,7 +304,7 @@ awaitable<void> App::Impl::wait_ready()
     while (!stopping_) {
         bool all = true;
         for (auto& w : workers_) {
-            all = all && w->redis.ready();
+            all = all && w->redis_ready();
         }
         if (all) {
             systemd::notify_ready();
@@ -399,7 +425,7 @@ awaitable<void> App::Impl::finish_stop()
         Worker* wp = w.get();
         asio::post(wp->ioc, [wp] {
             wp->server.abort();
-            wp->redis.stop();
+            wp->stop_redis();
         });
     }
     const auto hard_deadline = std::chrono::steady_clock::now() + 5s;

@@ -448,14 +448,22 @@ std::optional<FeedCursor> decode_feed_cursor(std::string_view text, int shards)
 
 RedisBillStore::RedisBillStore(RedisConnection& redis,
                                const config::RedisConfig& cfg,
-                               std::function<std::int64_t()> now_ms)
+                               std::function<std::int64_t()> now_ms,
+                               RedisConnection* replicas)
     : redis_(redis),
       cfg_(cfg),
       keys_(cfg.key_prefix, cfg.shards),
       sha_(redis.add_script(std::string(bill_script()))),
       now_ms_(std::move(now_ms))
 {
+    if (cfg.wait_replicas > 0) {
+        // One Redis node holds every shard; a cluster client would run one confirmer per node.
+        confirmer_ = std::make_unique<ReplicaConfirmer>(replicas ? *replicas : redis, keys_.replicated(0),
+                                                        cfg.wait_replicas, cfg.wait_timeout);
+    }
 }
+
+RedisBillStore::~RedisBillStore() = default;
 
 std::int64_t RedisBillStore::now_ms() const
 {
@@ -482,46 +490,13 @@ asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::s
     co_return reply;
 }
 
-asio::awaitable<Result<void>> RedisBillStore::wait_for_replicas()
+asio::awaitable<Result<void>> RedisBillStore::confirm_replicated()
 {
-    if (cfg_.wait_replicas <= 0) {
+    if (!confirmer_) {
         co_return Result<void>{};
     }
-    // WAIT blocks this connection's later replies until it returns, so wait_timeout must stay
-    // well below request_timeout.
-    std::vector<std::string> argv{"WAIT", std::to_string(cfg_.wait_replicas),
-                                  std::to_string(cfg_.wait_timeout.count())};
-    Result<Reply> reply = co_await redis_.exec(std::move(argv));
-    if (!reply) {
-        co_return reply.error();
-    }
-    if (!reply->is_integer()) {
-        co_return unexpected_reply("wait", *reply);
-    }
-    if (reply->integer < cfg_.wait_replicas) {
-        log::error("store.replicas_missing", {{"wanted", cfg_.wait_replicas}, {"acked", reply->integer}});
-        co_return make_error_code(errc::store_unavailable);
-    }
-    co_return Result<void>{};
-}
-
-asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id, bool wrote)
-{
-    if (cfg_.wait_replicas <= 0) {
-        co_return Result<void>{};
-    }
-    if (!wrote) {
-        // A repeat wrote nothing, but what it repeats may not have reached the replicas: its WAIT
-        // failed and the provider retried. WAIT only counts this connection's own writes, so write
-        // first, on the bill's shard: that offset covers every earlier write there.
-        std::vector<std::string> argv{"SET", keys_.replicated(keys_.shard_of(bill_id)), "1"};
-        Result<Reply> set = co_await redis_.exec(std::move(argv));
-        if (!set) {
-            co_return set.error();
-        }
-    }
-    Result<void> waited = co_await wait_for_replicas();
-    co_return waited;
+    Result<void> confirmed = co_await confirmer_->confirm();
+    co_return confirmed;
 }
 
 asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
@@ -552,11 +527,9 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
         co_return unexpected_reply("apply", r);
     }
     ApplyResult result{.outcome = *outcome, .anomaly = r.elements[1].str, .status = r.elements[2].str};
-    // The provider hears "success" only once the change, this call's or an earlier one's, is on
-    // the replicas. An orphan's repeat answers "orphaned" without an anomaly and wrote nothing.
-    const bool wrote = result.outcome == ApplyOutcome::applied || result.outcome == ApplyOutcome::anomaly ||
-                       (result.outcome == ApplyOutcome::orphaned && !result.anomaly.empty());
-    Result<void> waited = co_await confirm_replicated(bill_id, wrote);
+    // The provider hears "success" only once the change, this call's or the earlier one a repeat
+    // repeats (whose confirmation may have failed), is on the replicas.
+    Result<void> waited = co_await confirm_replicated();
     if (!waited) {
         co_return waited.error();
     }
@@ -597,7 +570,7 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     result.orphans_applied = static_cast<int>(r.elements[2].integer);
     if (result.outcome != RegisterOutcome::conflict) {
         // "identical" confirms a bill that an earlier call may have written without its WAIT.
-        Result<void> waited = co_await confirm_replicated(bill.id, result.outcome == RegisterOutcome::created);
+        Result<void> waited = co_await confirm_replicated();
         if (!waited) {
             co_return waited.error();
         }

@@ -7,6 +7,7 @@
 #include "core/bill_store.hpp"
 #include "store/keys.hpp"
 #include "store/redis_connection.hpp"
+#include "store/replica_confirm.hpp"
 
 #include <cstdint>
 #include <functional>
@@ -47,11 +48,16 @@ public:
     /// Registers the bill script on `redis` (construct before redis.start() so it is loaded on
     /// connect; later works too, through EVALSHA's NOSCRIPT fallback). `now_ms` is the clock for
     /// bill timestamps and indexes (Unix ms); empty means the system clock.
-    RedisBillStore(RedisConnection& redis, const config::RedisConfig& cfg, std::function<std::int64_t()> now_ms = {});
+    /// `replicas`: the connection replica confirmations (wait_replicas > 0) run on, so that WAIT
+    /// never holds up `redis`'s pipeline (see ReplicaConfirmer); null: `redis` itself.
+    RedisBillStore(RedisConnection& redis, const config::RedisConfig& cfg, std::function<std::int64_t()> now_ms = {},
+                   RedisConnection* replicas = nullptr);
+    ~RedisBillStore() override;
 
-    /// One script call. With wait_replicas > 0, a call that changed something (applied, anomaly,
-    /// orphaned) then waits for that many replicas (WAIT, wait_timeout) and fails with
-    /// store_unavailable if fewer acknowledged: the provider retries, and the retry is a duplicate.
+    /// One script call. With wait_replicas > 0 it then waits until that many replicas hold what
+    /// the call wrote or repeated (ReplicaConfirmer: SET + WAIT, wait_timeout) and fails with
+    /// store_unavailable if fewer acknowledged: the provider retries, the retry is a duplicate,
+    /// and it is acknowledged only once the replicas have the change it repeats.
     boost::asio::awaitable<Result<ApplyResult>> apply(PaymentEvent event) override;
 
     /// metadata_json must be empty or a JSON object; it is stored canonically (compact, keys sorted
@@ -99,9 +105,8 @@ public:
 private:
     boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id,
                                                      std::vector<std::string> payload);
-    boost::asio::awaitable<Result<void>> wait_for_replicas();
-    /// With wait_replicas: WAIT for the replicas; `wrote` false (a repeat) writes a marker first.
-    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id, bool wrote);
+    /// With wait_replicas: until the replicas hold every write acknowledged so far.
+    boost::asio::awaitable<Result<void>> confirm_replicated();
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
 
@@ -110,6 +115,7 @@ private:
     Keys keys_;
     std::string sha_;
     std::function<std::int64_t()> now_ms_;
+    std::unique_ptr<ReplicaConfirmer> confirmer_;  ///< wait_replicas > 0 only
 };
 
 }  // namespace paybridge::store

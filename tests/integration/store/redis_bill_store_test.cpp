@@ -13,6 +13,8 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <thread>
@@ -36,6 +38,43 @@ using paybridge::test::StoreFixture;
 using namespace std::chrono_literals;
 
 namespace {
+
+// Coroutines for co_spawn take their arguments by value: a capturing lambda's captures would die
+// with the temporary closure before the coroutine runs.
+asio::awaitable<void> apply_into(paybridge::store::RedisBillStore* store, PaymentEvent ev,
+                                 std::optional<Result<ApplyResult>>* out)
+{
+    Result<ApplyResult> r = co_await store->apply(std::move(ev));
+    *out = std::move(r);
+}
+
+asio::awaitable<void> exec_into(paybridge::store::RedisConnection* conn, std::vector<std::string> argv,
+                                std::optional<Result<paybridge::store::Reply>>* out)
+{
+    Result<paybridge::store::Reply> r = co_await conn->exec(std::move(argv));
+    *out = std::move(r);
+}
+
+/// A replica of the fixture's server, online and acknowledging writes.
+std::unique_ptr<paybridge::test::RedisTestServer> start_replica(StoreFixture& f)
+{
+    f.cmd({"CONFIG", "SET", "repl-diskless-sync-delay", "0"});  // Redis 7 waits 5 s for more replicas
+    auto replica = std::make_unique<paybridge::test::RedisTestServer>(
+        std::vector<std::string>{"--replicaof", "127.0.0.1", std::to_string(f.server.port())});
+    bool online = false;
+    for (int i = 0; i < 400 && !online; ++i) {
+        online = f.cmd({"INFO", "replication"}).str.find("state=online") != std::string::npos;
+        if (!online) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(25));
+        }
+    }
+    REQUIRE(online);
+    // "online" is the primary's view once the snapshot is sent; wait until the replica has
+    // loaded it and acknowledges writes.
+    f.cmd({"SET", "warm-up", "1"});
+    REQUIRE(f.integer({"WAIT", "1", "10000"}) == 1);
+    return replica;
+}
 
 NewBill new_bill(const std::string& id, const std::string& customer = "cust-1", std::int64_t amount = 1000)
 {
@@ -635,7 +674,7 @@ TEST_SUITE("integration/store/redis_bill_store")
         const auto retry = f.run(f.store->apply(payment("W-1", "alipay", 1000, "N-1")));
         CHECK(retry.error() == paybridge::make_error_code(errc::store_unavailable));
         CHECK(f.outbox_len("W-1") == 1);
-        CHECK(f.integer({"EXISTS", f.store->keys().replicated(f.store->keys().shard_of("W-1"))}) == 1);
+        CHECK(f.integer({"EXISTS", f.store->keys().replicated(0)}) == 1);
     }
 
     TEST_CASE("wait_replicas with a real replica: a change and its repeats are acknowledged while it has them")
@@ -646,21 +685,7 @@ TEST_SUITE("integration/store/redis_bill_store")
             c.request_timeout = std::chrono::milliseconds(5000);
         });
         REQUIRE(f.wait_ready());
-        f.cmd({"CONFIG", "SET", "repl-diskless-sync-delay", "0"});  // Redis 7 waits 5 s for more replicas
-        paybridge::test::RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(f.server.port())});
-        bool online = false;
-        for (int i = 0; i < 400 && !online; ++i) {
-            online = f.cmd({"INFO", "replication"}).str.find("state=online") != std::string::npos;
-            if (!online) {
-                std::this_thread::sleep_for(std::chrono::milliseconds(25));
-            }
-        }
-        REQUIRE(online);
-        // "online" is the primary's view once the snapshot is sent; wait until the replica has
-        // loaded it and acknowledges writes.
-        f.cmd({"SET", "warm-up", "1"});
-        REQUIRE(f.integer({"WAIT", "1", "10000"}) == 1);
-
+        const auto replica = start_replica(f);
         const auto reg = f.run(f.store->register_bill(new_bill("W-3")));
         REQUIRE(reg.has_value());
         CHECK(reg->outcome == RegisterOutcome::created);
@@ -677,9 +702,80 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(again->outcome == RegisterOutcome::identical);
 
         // Without the replica, the same repeat is not acknowledged: it did wait.
-        replica.stop();
+        replica->stop();
         const auto alone = f.run(f.store->apply(payment("W-3", "alipay", 1000, "N-1")));
         CHECK(alone.error() == paybridge::make_error_code(errc::store_unavailable));
+    }
+
+    TEST_CASE("wait_replicas: a confirmation whose SET the primary refuses (NOREPLICAS) is not confirmed by an older write")
+    {
+        StoreFixture f([](paybridge::config::RedisConfig& c) {
+            c.wait_replicas = 1;
+            c.wait_timeout = std::chrono::milliseconds(2000);
+            c.request_timeout = std::chrono::milliseconds(5000);
+        });
+        REQUIRE(f.wait_ready());
+        const auto replica = start_replica(f);
+        REQUIRE(f.run(f.store->register_bill(new_bill("W-4"))).has_value());
+        const auto paid = f.run(f.store->apply(payment("W-4", "alipay", 1000, "N-1")));
+        REQUIRE(paid.has_value());
+        CHECK(paid->outcome == ApplyOutcome::applied);
+        // The primary now refuses writes. The provider's repeat reads only (a duplicate), and the
+        // replica has acknowledged every write this far, so a WAIT alone would say "1": the
+        // refused SET must make the repeat unconfirmed instead.
+        f.cmd({"CONFIG", "SET", "min-replicas-to-write", "2"});
+        const auto refused = f.run(f.store->apply(payment("W-4", "alipay", 1000, "N-1")));
+        CHECK(refused.error() == paybridge::make_error_code(errc::store_unavailable));
+        f.cmd({"CONFIG", "SET", "min-replicas-to-write", "0"});
+        const auto repeat = f.run(f.store->apply(payment("W-4", "alipay", 1000, "N-1")));
+        REQUIRE(repeat.has_value());
+        CHECK(repeat->outcome == ApplyOutcome::duplicate);
+        CHECK(f.outbox_len("W-4") == 1);
+    }
+
+    TEST_CASE("wait_replicas without a replica: concurrent confirmations share rounds, and WAIT never holds up the pipelined connection")
+    {
+        StoreFixture f([](paybridge::config::RedisConfig& c) {
+            c.wait_replicas = 1;
+            c.wait_timeout = std::chrono::milliseconds(300);
+            c.request_timeout = std::chrono::milliseconds(1000);
+        });
+        REQUIRE(f.wait_ready());
+        f.cmd({"SET", "k", "v"});
+        const auto reconnects = f.conn->stats().reconnects.load();
+        const auto confirmations = f.replicas->stats().commands.load();
+        // Eight notifications at once (unknown bills: each keeps an orphan, so each wrote), and a
+        // read on the same pipelined connection behind them.
+        constexpr int kN = 8;
+        std::vector<std::optional<Result<ApplyResult>>> results(kN);
+        std::optional<Result<paybridge::store::Reply>> read;
+        for (int i = 0; i < kN; ++i) {
+            asio::co_spawn(f.ctx,
+                           apply_into(f.store.get(), payment("W-5-" + std::to_string(i), "alipay", 1000, "N-1"),
+                                      &results[static_cast<std::size_t>(i)]),
+                           asio::detached);
+        }
+        asio::co_spawn(f.ctx, exec_into(f.conn.get(), {"GET", "k"}, &read), asio::detached);
+        REQUIRE(paybridge::test::run_until(
+            f.ctx,
+            [&] { return read.has_value() && std::all_of(results.begin(), results.end(), [](auto& r) { return r.has_value(); }); },
+            10s));
+        // Every notification is refused for the missing replica, none for a timeout of the
+        // connection (eight WAITs queued on it would take 8 x 300 ms > request_timeout, and the
+        // reconnect would fail everything else in flight).
+        for (const auto& r : results) {
+            CHECK((*r).error() == paybridge::make_error_code(errc::store_unavailable));
+        }
+        REQUIRE(read->has_value());
+        CHECK((*read)->str == "v");
+        CHECK(f.conn->stats().reconnects.load() == reconnects);
+        // One round for the first caller, one for all who came while it waited: SET + WAIT each.
+        const auto sent = f.replicas->stats().commands.load() - confirmations;
+        CHECK(sent >= 2);
+        CHECK(sent <= 4);
+        // The pipelined connection sent no WAIT at all.
+        CHECK(f.cmd({"INFO", "commandstats"}).str.find("cmdstat_wait:calls=" + std::to_string(sent / 2) + ",") !=
+              std::string::npos);
     }
 
     TEST_CASE("wait_replicas = 0 sends no WAIT")

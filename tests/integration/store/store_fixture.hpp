@@ -77,13 +77,20 @@ public:
             tweak(cfg);
         }
         conn = std::make_unique<store::RedisConnection>(ctx.get_executor(), cfg);
-        store = std::make_unique<store::RedisBillStore>(*conn, cfg, std::move(clock));
+        if (cfg.wait_replicas > 0) {  // as the daemon does: confirmations on a connection of their own
+            replicas = std::make_unique<store::RedisConnection>(ctx.get_executor(), cfg);
+            replicas->start();
+        }
+        store = std::make_unique<store::RedisBillStore>(*conn, cfg, std::move(clock), replicas.get());
         conn->start();
     }
 
     ~StoreFixture()
     {
         conn->stop();
+        if (replicas) {
+            replicas->stop();
+        }
         ctx.restart();
         // Nothing of the connection may keep the io_context busy after stop().
         ctx.run_for(std::chrono::seconds(3));
@@ -92,7 +99,7 @@ public:
 
     bool wait_ready(std::chrono::milliseconds limit = 5s)
     {
-        return run_until(ctx, [this] { return conn->ready(); }, limit);
+        return run_until(ctx, [this] { return conn->ready() && (!replicas || replicas->ready()); }, limit);
     }
 
     template <class T>
@@ -172,6 +179,7 @@ public:
     boost::asio::io_context ctx;
     config::RedisConfig cfg;
     std::unique_ptr<store::RedisConnection> conn;
+    std::unique_ptr<store::RedisConnection> replicas;  ///< with wait_replicas > 0
     std::unique_ptr<store::RedisBillStore> store;
 };
 

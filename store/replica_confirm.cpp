@@ -1,0 +1,97 @@
+#include "store/replica_confirm.hpp"
+
+#include "core/async.hpp"
+#include "core/error.hpp"
+#include "core/log.hpp"
+
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <tuple>
+#include <utility>
+#include <vector>
+
+namespace paybridge::store {
+
+namespace asio = boost::asio;
+
+/// One SET + WAIT and the callers it answers. They wait on `done`, which never expires: the round
+/// cancels it when the result is in.
+struct ReplicaConfirmer::Round {
+    explicit Round(const asio::any_io_executor& ex) : done(ex, asio::steady_timer::time_point::max()) {}
+    asio::steady_timer done;
+    Result<void> result{};
+    bool finished{false};
+};
+
+ReplicaConfirmer::ReplicaConfirmer(RedisConnection& conn, std::string key, int replicas,
+                                   std::chrono::milliseconds timeout)
+    : conn_(conn), key_(std::move(key)), replicas_(replicas), timeout_(timeout)
+{
+}
+
+ReplicaConfirmer::~ReplicaConfirmer() = default;
+
+asio::awaitable<Result<void>> ReplicaConfirmer::confirm()
+{
+    const asio::any_io_executor ex = co_await asio::this_coro::executor;
+    if (!next_) {
+        next_ = std::make_shared<Round>(ex);
+    }
+    const std::shared_ptr<Round> round = next_;
+    if (!driving_) {
+        driving_ = true;
+        asio::co_spawn(ex, drive(), asio::detached);
+    }
+    if (!round->finished) {
+        // Cancelled when the round has its result (the timer itself never expires).
+        const std::tuple<boost::system::error_code> woken = co_await round->done.async_wait(kUseTuple);
+        (void)woken;
+    }
+    co_return round->result;
+}
+
+asio::awaitable<void> ReplicaConfirmer::drive()
+{
+    // A round's callers all arrived before its SET was sent, so its offset covers their writes;
+    // whoever arrives meanwhile joins the next round.
+    while (next_) {
+        const std::shared_ptr<Round> round = std::exchange(next_, nullptr);
+        round->result = co_await run_round();
+        round->finished = true;
+        round->done.cancel();
+    }
+    driving_ = false;
+}
+
+asio::awaitable<Result<void>> ReplicaConfirmer::run_round()
+{
+    ++rounds_;
+    std::vector<std::vector<std::string>> commands{
+        {"SET", key_, "1"}, {"WAIT", std::to_string(replicas_), std::to_string(timeout_.count())}};
+    Result<std::vector<Reply>> replies = co_await conn_.exec_many(std::move(commands));
+    if (!replies) {
+        co_return replies.error();
+    }
+    const Reply& set = (*replies)[0];
+    const Reply& wait = (*replies)[1];
+    // A refused SET (NOREPLICAS, OOM, MISCONF) leaves the connection's replication offset where
+    // an older write put it: WAIT would then confirm that one, not what the callers wrote.
+    if (!set.is_status("OK")) {
+        log::error("store.replicated_set_refused",
+                   {{"error", set.is_error() ? set.str : std::string("unexpected reply type")}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    if (!wait.is_integer()) {
+        log::error("store.wait_refused", {{"error", wait.is_error() ? wait.str : std::string("unexpected reply type")}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    if (wait.integer < replicas_) {
+        log::error("store.replicas_missing", {{"wanted", replicas_}, {"acked", wait.integer}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    co_return Result<void>{};
+}
+
+}  // namespace paybridge::store

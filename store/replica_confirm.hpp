@@ -1,0 +1,59 @@
+#pragma once
+
+// Confirms that writes the primary has already acknowledged have reached the replicas, for
+// config redis.wait_replicas: a group commit of SET + WAIT on a connection of its own.
+
+#include "core/result.hpp"
+#include "store/redis_connection.hpp"
+
+#include <boost/asio/awaitable.hpp>
+
+#include <chrono>
+#include <memory>
+#include <string>
+
+namespace paybridge::store {
+
+/// WAIT counts only the calling connection's own writes, and while it waits Redis answers nothing
+/// else on that connection: on the pipelined connection every notification would queue behind
+/// every other's WAIT (k of them take up to k × wait_timeout while a replica is down, and the
+/// reads and health checks behind them time out). So the confirmations run on their own
+/// connection, one round at a time: a round writes one key (its replication offset then covers
+/// every write the primary acknowledged before it, from any connection) and WAITs for it; callers
+/// that arrive while a round is in flight are answered together by the next one. One SET and one
+/// WAIT in flight per worker, however many notifications wait for them.
+///
+/// Lifetime: like the connection it uses (stop it and let the io_context run out first).
+/// Not thread-safe: every call on the connection's executor.
+class ReplicaConfirmer {
+public:
+    /// `key` is the key each round writes (on the node whose replicas are counted).
+    ReplicaConfirmer(RedisConnection& conn, std::string key, int replicas, std::chrono::milliseconds timeout);
+    ~ReplicaConfirmer();
+    ReplicaConfirmer(const ReplicaConfirmer&) = delete;
+    ReplicaConfirmer& operator=(const ReplicaConfirmer&) = delete;
+
+    /// Returns once `replicas` replicas hold every write the primary had acknowledged when this
+    /// was called. Errors: store_unavailable (fewer replicas acknowledged within the timeout, an
+    /// error reply such as NOREPLICAS or OOM to the SET, or the connection's own errors),
+    /// timeout, shutting_down.
+    boost::asio::awaitable<Result<void>> confirm();
+
+    /// Rounds run so far (SET + WAIT pairs sent).
+    std::uint64_t rounds() const noexcept { return rounds_; }
+
+private:
+    struct Round;
+    boost::asio::awaitable<void> drive();
+    boost::asio::awaitable<Result<void>> run_round();
+
+    RedisConnection& conn_;
+    std::string key_;
+    int replicas_;
+    std::chrono::milliseconds timeout_;
+    std::shared_ptr<Round> next_;  ///< the round callers join; taken by drive() when it starts it
+    bool driving_{false};
+    std::uint64_t rounds_{0};
+};
+
+}  // namespace paybridge::store
