@@ -11,6 +11,9 @@
 
 #include <boost/beast/http/field.hpp>
 #include <rapidjson/document.h>
+#include <rapidjson/encodedstream.h>
+#include <rapidjson/memorystream.h>
+#include <rapidjson/reader.h>
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
@@ -40,6 +43,77 @@ Response make_response(const Request& req, unsigned status, std::string_view con
 }
 
 namespace {
+
+/// How deep a bill's metadata may nest (the object itself is level 1), and a request body.
+constexpr int kMaxMetadataNesting = 16;
+constexpr int kMaxBodyNesting = 32;
+static_assert(kMaxMetadataNesting == 16 && kMaxBodyNesting == 32, "the error texts say 16 and 32");
+
+/// Forwards SAX events to a Document, refusing (kParseErrorTermination) an object or array that
+/// would open deeper than `max_depth`.
+class DepthLimit {
+public:
+    DepthLimit(rapidjson::Document& doc, int max_depth) : doc_(doc), left_(max_depth) {}
+    bool Null() { return doc_.Null(); }
+    bool Bool(bool b) { return doc_.Bool(b); }
+    bool Int(int i) { return doc_.Int(i); }
+    bool Uint(unsigned u) { return doc_.Uint(u); }
+    bool Int64(std::int64_t i) { return doc_.Int64(i); }
+    bool Uint64(std::uint64_t u) { return doc_.Uint64(u); }
+    bool Double(double d) { return doc_.Double(d); }
+    bool RawNumber(const char* s, rapidjson::SizeType n, bool copy) { return doc_.RawNumber(s, n, copy); }
+    bool String(const char* s, rapidjson::SizeType n, bool copy) { return doc_.String(s, n, copy); }
+    bool Key(const char* s, rapidjson::SizeType n, bool copy) { return doc_.Key(s, n, copy); }
+    bool StartObject() { return --left_ >= 0 && doc_.StartObject(); }
+    bool EndObject(rapidjson::SizeType n) { return ++left_, doc_.EndObject(n); }
+    bool StartArray() { return --left_ >= 0 && doc_.StartArray(); }
+    bool EndArray(rapidjson::SizeType n) { return ++left_, doc_.EndArray(n); }
+
+private:
+    rapidjson::Document& doc_;
+    int left_;
+};
+
+/// doc.Parse with UTF-8 validation, iterative (no recursion per level) and refusing more than
+/// `max_depth` levels as it reads them (kParseErrorTermination): a body of nested brackets costs
+/// neither stack nor memory in proportion to its depth.
+rapidjson::ParseResult parse_bounded(rapidjson::Document& doc, std::string_view text, int max_depth)
+{
+    rapidjson::ParseResult result;
+    auto generate = [&](rapidjson::Document& d) {
+        rapidjson::MemoryStream bytes(text.data(), text.size());
+        rapidjson::EncodedInputStream<rapidjson::UTF8<>, rapidjson::MemoryStream> in(bytes);
+        DepthLimit limited(d, max_depth);
+        rapidjson::Reader reader;
+        result = reader.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(in, limited);
+        return !result.IsError();
+    };
+    doc.Populate(generate);
+    return result;
+}
+
+/// Nesting depth of `v` (a scalar is 0), counted no further than cap + 1, so the recursion is
+/// bounded by `cap` however deep the value is.
+int nesting(const rapidjson::Value& v, int cap)
+{
+    if (!v.IsObject() && !v.IsArray()) {
+        return 0;
+    }
+    if (cap <= 0) {
+        return 1;
+    }
+    int deepest = 0;
+    if (v.IsObject()) {
+        for (auto it = v.MemberBegin(); it != v.MemberEnd() && deepest < cap; ++it) {
+            deepest = std::max(deepest, nesting(it->value, cap - 1));
+        }
+    } else {
+        for (auto it = v.Begin(); it != v.End() && deepest < cap; ++it) {
+            deepest = std::max(deepest, nesting(*it, cap - 1));
+        }
+    }
+    return 1 + deepest;
+}
 
 // ---- metrics -----------------------------------------------------------------------------------
 
@@ -725,11 +799,14 @@ awaitable<Response> Service::create_bill(const Request& req)
     rapidjson::Document doc;
     // Every string is copied verbatim into the bill's JSON (events, GET, lists): invalid UTF-8
     // accepted here would make each of them invalid JSON for the CRM.
-    doc.Parse<rapidjson::kParseValidateEncodingFlag>(req.body().data(), req.body().size());
-    if (doc.HasParseError() && doc.GetParseError() == rapidjson::kParseErrorStringInvalidEncoding) {
+    const rapidjson::ParseResult parsed = parse_bounded(doc, req.body(), kMaxBodyNesting);
+    if (parsed.Code() == rapidjson::kParseErrorStringInvalidEncoding) {
         co_return api_error(req, 400, "invalid_argument", "the body is not valid UTF-8");
     }
-    if (doc.HasParseError() || !doc.IsObject()) {
+    if (parsed.Code() == rapidjson::kParseErrorTermination) {
+        co_return api_error(req, 400, "invalid_argument", "the body nests deeper than 32 levels");
+    }
+    if (parsed.IsError() || !doc.IsObject()) {
         co_return api_error(req, 400, "invalid_argument", "the body must be a JSON object");
     }
     static constexpr std::string_view kKnown[] = {"id", "amount_fen", "currency", "customer_id",
@@ -788,6 +865,10 @@ awaitable<Response> Service::create_bill(const Request& req)
     if (doc.HasMember("metadata")) {
         if (!doc["metadata"].IsObject()) {
             co_return api_error(req, 400, "invalid_argument", "a JSON object", "metadata");
+        }
+        // Metadata is canonicalised and embedded in events by recursive code: bounded here.
+        if (nesting(doc["metadata"], kMaxMetadataNesting) > kMaxMetadataNesting) {
+            co_return api_error(req, 400, "invalid_argument", "nested at most 16 levels deep", "metadata");
         }
         rapidjson::StringBuffer buf;
         rapidjson::Writer<rapidjson::StringBuffer> w(buf);

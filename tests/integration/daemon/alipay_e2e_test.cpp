@@ -317,6 +317,20 @@ TEST_CASE("http: a chunk-size line that never ends is refused, not buffered — 
     CHECK(fx.stop() == 0);
 }
 
+TEST_CASE("bills API: a body of 4 million nested brackets is refused at level 33, not parsed by recursion")
+{
+    DaemonOptions options;
+    options.limits_json = R"({"max_body_bytes": 8388608, "read_timeout_ms": 10000})";
+    DaemonFixture fx(options);
+    // A recursive parse of this body needs far more stack than a worker has (and a document of
+    // 4 million arrays hundreds of MB): the worker would crash or balloon. It is refused as read.
+    const auto r = fx.api("POST", "/v1/bills", std::string(4'000'000, '['));
+    CHECK(r.status == 400);
+    CHECK(r.body.find("deeper than 32 levels") != std::string::npos);
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
+    CHECK(fx.stop() == 0);
+}
+
 TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
 {
     DaemonFixture fx;
@@ -366,6 +380,28 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":1,"customer_id":"c","colour":"red"})");
     CHECK(r.status == 400);
     CHECK(r.body.find("colour") != std::string::npos);
+    // Nesting: metadata up to 16 levels is kept; deeper is refused by name; a body nesting more
+    // than 32 levels is refused as it is read (below: a body of millions of levels).
+    const auto nested = [](int levels) {
+        std::string m;
+        for (int i = 0; i < levels; ++i) {
+            m += R"({"a":)";
+        }
+        m += "1" + std::string(static_cast<std::size_t>(levels), '}');
+        return m;
+    };
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6003","amount_fen":1,"customer_id":"c","metadata":)" + nested(16) + "}");
+    CHECK(r.status == 201);
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6004","amount_fen":1,"customer_id":"c","metadata":)" + nested(17) + "}");
+    CHECK(r.status == 400);
+    CHECK(r.body.find("\"field\":\"metadata\"") != std::string::npos);
+    CHECK(r.body.find("16 levels") != std::string::npos);
+    r = fx.api("POST", "/v1/bills", std::string(33, '[') + std::string(33, ']'));
+    CHECK(r.status == 400);
+    CHECK(r.body.find("deeper than 32 levels") != std::string::npos);
+    r = fx.api("POST", "/v1/bills", std::string(32, '[') + std::string(32, ']'));
+    CHECK(r.status == 400);
+    CHECK(r.body.find("must be a JSON object") != std::string::npos);
     // Invalid UTF-8 (a lone 0xFF; an overlong "/") is refused: it would make every event of the
     // bill invalid JSON for the CRM. Valid non-ASCII text is kept as it is.
     for (const std::string& bad : {std::string("\xff"), std::string("\xc0\xaf")}) {
