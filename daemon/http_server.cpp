@@ -58,6 +58,30 @@ private:
     ConnectionGate& gate_;
 };
 
+/// A connection's entry in its server's session list (for stop() and abort()) and in the open
+/// connections gauge, for exactly as long as its coroutine runs, however it ends: an exception
+/// must not leave a dangling Session* behind.
+class Registration {
+public:
+    Registration(std::list<HttpServer::Session*>& list, HttpServer::Session* s, metrics::Gauge& open)
+        : list_(list), self_(list.insert(list.end(), s)), open_(open)
+    {
+        open_.add(1);
+    }
+    Registration(const Registration&) = delete;
+    Registration& operator=(const Registration&) = delete;
+    ~Registration()
+    {
+        list_.erase(self_);
+        open_.add(-1);
+    }
+
+private:
+    std::list<HttpServer::Session*>& list_;
+    std::list<HttpServer::Session*>::iterator self_;
+    metrics::Gauge& open_;
+};
+
 struct Instruments {
     metrics::Family<metrics::Counter>& requests =
         metrics::registry().counter("paybridge_http_requests_total", "HTTP requests by route and status code.");
@@ -345,6 +369,7 @@ awaitable<void> HttpServer::run_plain(tcp::socket socket)
     beast::tcp_stream stream(std::move(socket));
     Session session;
     session.cancel = [&stream] { stream.cancel(); };
+    const Registration registration(sessions_, &session, instruments().open.with({}));
     co_await serve(stream, session);
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
 }
@@ -359,6 +384,8 @@ awaitable<void> HttpServer::run_tls(tcp::socket socket)
     beast::ssl_stream<beast::tcp_stream> stream(beast::tcp_stream(std::move(socket)), *ctx);
     Session session;
     session.cancel = [&stream] { beast::get_lowest_layer(stream).cancel(); };
+    // Listed from before the handshake, so stop() and abort() reach a client that never finishes it.
+    const Registration registration(sessions_, &session, instruments().open.with({}));
     beast::get_lowest_layer(stream).expires_after(limits_.read_timeout);
     auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, kUseTuple);
     if (ec) {
@@ -374,26 +401,6 @@ template <class Stream>
 awaitable<void> HttpServer::serve(Stream& stream, Session& session)
 {
     auto& inst = instruments();
-    // Listed (for stop() and abort()) and counted for exactly as long as this coroutine runs,
-    // however it ends: an exception must not leave a dangling Session* behind.
-    struct Registration {
-        std::list<Session*>& list;
-        std::list<Session*>::iterator self;
-        metrics::Gauge& open;
-        Registration(std::list<Session*>& l, Session* s, metrics::Gauge& g)
-            : list(l), self(l.insert(l.end(), s)), open(g)
-        {
-            open.add(1);
-        }
-        Registration(const Registration&) = delete;
-        Registration& operator=(const Registration&) = delete;
-        ~Registration()
-        {
-            list.erase(self);
-            open.add(-1);
-        }
-    };
-    const Registration registration(sessions_, &session, inst.open.with({}));
 
     // Bounded: the parser caps the header and the declared body, but not a chunk-size line's
     // extensions or a chunked trailer, which it keeps buffering until their line ends. Body bytes

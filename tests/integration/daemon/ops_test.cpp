@@ -366,6 +366,38 @@ TEST_CASE("tls: connections still in their TLS handshake count toward limits.max
     CHECK(wait_for_http(fx.port(), "/healthz", 200, std::chrono::seconds(5)));
 }
 
+TEST_CASE("tls: SIGTERM closes a client still in its handshake at once — the daemon exits 0 without waiting out the grace period")
+{
+    const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
+    DaemonOptions options;
+    options.start = false;
+    // Deadlines and grace far longer than the test allows for the stop.
+    options.limits_json = R"({"read_timeout_ms": 30000, "idle_timeout_ms": 30000, "shutdown_grace_ms": 20000})";
+    DaemonFixture fx(options);
+    const std::uint16_t tls_port = start_with_tls(fx, options, ca);
+
+    namespace asio = boost::asio;
+    asio::io_context ioc;
+    asio::ip::tcp::socket silent(ioc);
+    silent.connect({asio::ip::make_address("127.0.0.1"), tls_port});
+    // The daemon holds it: the connection is listed (and counted) before its handshake.
+    bool listed = false;
+    for (int i = 0; i < 100 && !listed; ++i) {
+        listed = http_request(fx.port(), "GET", "/metrics").body.find("paybridge_open_connections 2") != std::string::npos;
+        if (!listed) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(50));
+        }
+    }
+    REQUIRE(listed);  // the silent client and the /metrics request itself
+    // Not listed, it could not be cut by the stop: the stop would wait out the 20 s grace, then
+    // force the loops to stop with the handshake's frame still queued.
+    const auto start = std::chrono::steady_clock::now();
+    CHECK(fx.stop() == 0);
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::seconds(10));
+    pollfd p{silent.native_handle(), POLLIN | POLLRDHUP, 0};
+    CHECK(::poll(&p, 1, 0) > 0);  // closed by the daemon
+}
+
 TEST_CASE("systemd-analyze verify accepts the unit")
 {
     std::string which;
