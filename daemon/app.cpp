@@ -25,6 +25,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <chrono>
 #include <thread>
@@ -169,6 +171,8 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
     bool stopping_{false};
+    bool forced_{false};           ///< the workers' loops were stopped with work left (finish_stop)
+    std::atomic<bool> failed_{false};  ///< a worker's loop died of an exception: exit 1
     bool announced_ready_{false};  ///< READY=1 sent (by wait_ready): reloads may say RELOADING=1
     const std::int64_t started_ms_ = steady_ms();
 };
@@ -244,11 +248,18 @@ int App::Impl::run()
         Worker* wp = w.get();
         wp->start_redis();
         wp->server.start();
-        wp->thread = std::thread([wp] {
+        wp->thread = std::thread([this, wp] {
             try {
                 wp->ioc.run();
             } catch (const std::exception& e) {
+                // Its listener stays bound but nobody accepts there any more: the kernel would
+                // keep handing it a share of the connections. Stop the process (exit 1) so the
+                // supervisor starts a whole one.
                 log::error("daemon.worker_failed", {{"what", e.what()}});
+                asio::post(control_, [this] {
+                    failed_ = true;
+                    begin_stop();
+                });
             }
             wp->done.store(true);
         });
@@ -266,8 +277,16 @@ int App::Impl::run()
             w->thread.join();
         }
     }
+    if (forced_) {
+        // Coroutine frames cut off by the forced stop are still queued in the workers' loops and
+        // refer to the servers and connections: destroying those would touch freed memory. Leave
+        // without destructors; everything that matters is in Redis already.
+        log::error("daemon.stopped", {{"forced", true}});
+        std::fflush(nullptr);
+        std::_Exit(failed_ ? 1 : 0);
+    }
     log::info("daemon.stopped", {});
-    return 0;
+    return failed_ ? 1 : 0;
 }
 
 awaitable<void> App::Impl::control()
@@ -439,6 +458,7 @@ awaitable<void> App::Impl::finish_stop()
         }
         if (std::chrono::steady_clock::now() > hard_deadline) {
             log::error("daemon.forced_stop", {{"crm_stopped", crm_->stopped()}});
+            forced_ = true;
             for (auto& w : workers_) {
                 w->ioc.stop();
             }
