@@ -15,6 +15,7 @@
 #include <boost/beast/http/error.hpp>
 #include <boost/beast/http/parser.hpp>
 #include <boost/beast/http/read.hpp>
+#include <boost/beast/http/serializer.hpp>
 #include <boost/beast/http/write.hpp>
 #include <boost/beast/ssl/ssl_stream.hpp>
 
@@ -488,6 +489,7 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         }
         req.set("X-Request-Id", request_id);  // handlers log it
         const std::string route = route_label(req.target());
+        const bool head = req.method() == http::verb::head;
         webhooks::Response res = co_await service_.handle(std::move(req));
         res.set("X-Request-Id", request_id);
         if (stopping_) {
@@ -500,7 +502,17 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         inst.requests.cached<2>({"route", "code"}, {route, code}).inc();
         inst.latency.cached<1>({"route"}, {route}).observe(secs);
         lowest(stream).expires_after(limits_.write_timeout);
-        auto [wec, wn] = co_await http::async_write(stream, res, kUseTuple);
+        boost::system::error_code wec;
+        if (head) {
+            // The answer to HEAD is the header a GET would get (its Content-Length included) and
+            // no body: a body here would be read by a keep-alive client as its next response.
+            http::response_serializer<http::string_body> header_only(res);
+            auto [hec, hn] = co_await http::async_write_header(stream, header_only, kUseTuple);
+            wec = hec;
+        } else {
+            auto [bec, bn] = co_await http::async_write(stream, res, kUseTuple);
+            wec = bec;
+        }
         session.busy = false;
         if (wec || !keep_alive) {
             break;

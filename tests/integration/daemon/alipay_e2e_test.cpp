@@ -419,6 +419,17 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
                                   std::chrono::seconds(3));
     REQUIRE(two.find("404 Not Found") != std::string::npos);
     CHECK(two.find("200 OK") < two.find("404 Not Found"));
+    // HEAD: the header GET would get, Content-Length included, and no body, so the next answer on
+    // the connection starts right after it.
+    HttpClient h(fx.port());
+    const std::string head_then_get = h.raw(
+        "HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        std::chrono::seconds(3));
+    REQUIRE(head_then_get.rfind("HTTP/1.1 200 OK\r\n", 0) == 0);
+    const std::size_t head_end = head_then_get.find("\r\n\r\n");
+    REQUIRE(head_end != std::string::npos);
+    CHECK(head_then_get.substr(0, head_end).find("Content-Length: 3") != std::string::npos);
+    CHECK(head_then_get.compare(head_end + 4, 17, "HTTP/1.1 200 OK\r\n") == 0);
     // SIGTERM → exit 0.
     CHECK(fx.stop() == 0);
 }
