@@ -398,7 +398,15 @@ asio::awaitable<void> RedisConnection::run()
         }
         first = false;
 
-        const error_code ec = co_await connect_and_handshake();
+        // An exception (an allocation failing in the reply copy, say) ends this connection, not
+        // the loop: without the barrier, nothing would ever reconnect.
+        error_code ec;
+        try {
+            ec = co_await connect_and_handshake();
+        } catch (const std::exception& e) {
+            log::error("redis.handshake_failed", {{"what", e.what()}});
+            ec = make_error_code(errc::internal);
+        }
         if (stopped_) {
             break;
         }
@@ -406,7 +414,11 @@ asio::awaitable<void> RedisConnection::run()
             ready_.store(true, std::memory_order_relaxed);
             log::info("redis.ready", {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}, {"db", cfg_.db}});
             backoff = kBackoffMin;
-            co_await serve();
+            try {
+                co_await serve();
+            } catch (const std::exception& e) {
+                log::error("redis.connection_failed", {{"what", e.what()}});
+            }
             if (!stopped_) {
                 log::warning("redis.connection_lost", {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}});
             }
