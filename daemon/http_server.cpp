@@ -299,6 +299,12 @@ awaitable<void> HttpServer::idle_sweep()
 {
     asio::steady_timer timer(ioc_);
     cancel_sweep_ = [&timer] { timer.cancel(); };
+    // However the frame ends (even destroyed unfinished with its io_context), stop() must not
+    // reach a timer that is gone.
+    struct Forget {
+        std::function<void()>& cancel;
+        ~Forget() { cancel = nullptr; }
+    } forget{cancel_sweep_};
     while (!stopping_) {
         timer.expires_after(idle_sweep_period(limits_.idle_timeout));
         auto [ec] = co_await timer.async_wait(kUseTuple);
@@ -313,7 +319,6 @@ awaitable<void> HttpServer::idle_sweep()
             }
         }
     }
-    cancel_sweep_ = nullptr;
 }
 
 awaitable<void> HttpServer::accept_loop(std::size_t index)
@@ -415,26 +420,36 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         if (buffer.size() == 0) {
             if constexpr (std::is_same_v<Stream, beast::tcp_stream>) {
                 // Plain TCP: take what has arrived with one non-blocking recv into a buffer sized
-                // for a whole notification; if nothing has, wait for readability holding no
-                // buffer at all (the idle sweep enforces the deadline), and let Beast's first
-                // read take the request in one recv. Asio's own way would be a would-block recv,
-                // a small first read and a second one for the rest.
+                // for a whole notification; if nothing has, wait for readability holding no buffer
+                // at all (the idle sweep enforces the deadline) and try again. One recv per
+                // request where Asio's own way makes a would-block recv, a small first read and a
+                // second one for the rest. A wake-up without data waits again; a stop that comes
+                // with the bytes of a request still serves it (answered Connection: close).
                 auto& socket = stream.socket();
-                boost::system::error_code ec;
-                const std::size_t n = socket.read_some(buffer.prepare(kFirstRead), ec);
-                if (!ec) {
-                    buffer.commit(n);
-                } else if (ec == asio::error::would_block) {
-                    buffer.shrink_to_fit();
-                    session.idle_until = std::chrono::steady_clock::now() + limits_.idle_timeout;
-                    auto [wec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
-                    session.idle_until = std::chrono::steady_clock::time_point::max();
-                    if (wec || stopping_) {
+                const auto idle_until = std::chrono::steady_clock::now() + limits_.idle_timeout;
+                bool ended = false;
+                for (;;) {
+                    boost::system::error_code ec;
+                    const std::size_t n = socket.read_some(buffer.prepare(kFirstRead), ec);
+                    if (!ec) {
+                        buffer.commit(n);
                         break;
                     }
-                    buffer.prepare(kFirstRead);  // capacity: Beast's first read asks for all of it
-                } else {
-                    break;  // eof, reset
+                    if (ec != asio::error::would_block || stopping_) {
+                        ended = true;  // eof, reset; or stopping with nothing to serve
+                        break;
+                    }
+                    buffer.shrink_to_fit();
+                    session.idle_until = idle_until;
+                    auto [wec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
+                    session.idle_until = std::chrono::steady_clock::time_point::max();
+                    if (wec) {
+                        ended = true;  // cancelled: idle too long, or stopping
+                        break;
+                    }
+                }
+                if (ended) {
+                    break;
                 }
             } else {
                 // TLS: readable bytes may already sit decrypted-ahead in the stream, so the wait
