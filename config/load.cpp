@@ -345,12 +345,12 @@ private:
         integer(v, ptr, "wait_replicas", out.wait_replicas);
         duration(v, ptr, "wait_timeout_ms", out.wait_timeout);
         if (out.wait_replicas > 0 && out.wait_timeout * 2 > out.request_timeout) {
-            // WAIT holds every later reply on the worker's pipelined connection: a replica outage
-            // must not push other requests past their deadline.
+            // A replica confirmation (SET + WAIT on its own connection) must end well before that
+            // connection's request deadline, or a replica outage reads as Redis being unreachable.
             problems_.note(child(ptr, "wait_timeout_ms"),
                            "must be at most half of request_timeout_ms (" +
                                std::to_string(out.request_timeout.count()) +
-                               ") while wait_replicas > 0: WAIT holds the connection's other replies");
+                               ") while wait_replicas > 0: a WAIT must end before its request deadline");
         }
     }
 

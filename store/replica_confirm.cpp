@@ -21,7 +21,7 @@ namespace asio = boost::asio;
 struct ReplicaConfirmer::Round {
     explicit Round(const asio::any_io_executor& ex) : done(ex, asio::steady_timer::time_point::max()) {}
     asio::steady_timer done;
-    Result<void> result{};
+    Result<void> result{make_error_code(errc::internal)};  ///< until the round has its answer
     bool finished{false};
 };
 
@@ -49,6 +49,9 @@ asio::awaitable<Result<void>> ReplicaConfirmer::confirm()
         const std::tuple<boost::system::error_code> woken = co_await round->done.async_wait(kUseTuple);
         (void)woken;
     }
+    if (!round->finished) {
+        co_return make_error_code(errc::internal);  // woken otherwise: never "confirmed" by default
+    }
     co_return round->result;
 }
 
@@ -58,7 +61,14 @@ asio::awaitable<void> ReplicaConfirmer::drive()
     // whoever arrives meanwhile joins the next round.
     while (next_) {
         const std::shared_ptr<Round> round = std::exchange(next_, nullptr);
-        round->result = co_await run_round();
+        try {
+            round->result = co_await run_round();
+        } catch (const std::exception& e) {
+            // Its callers are answered, and the next round still runs: a throw must not leave
+            // driving_ set and every later caller waiting for a round that never comes.
+            log::error("store.replica_confirm_failed", {{"what", e.what()}});
+            round->result = make_error_code(errc::internal);
+        }
         round->finished = true;
         round->done.cancel();
     }

@@ -351,7 +351,7 @@ TEST_CASE("config: wait_timeout_ms is at most half of request_timeout_ms when wa
       "redis": { "request_timeout_ms": 2000, "wait_replicas": 1, "wait_timeout_ms": 1001 }
     })");
     check_problems(report, {"/redis/wait_timeout_ms: must be at most half of request_timeout_ms (2000) while "
-                            "wait_replicas > 0: WAIT holds the connection's other replies"});
+                            "wait_replicas > 0: a WAIT must end before its request deadline"});
     // Without replicas to wait for, the timeout is not used.
     const LoadReport unused = load(f.box, R"({
       "redis": { "request_timeout_ms": 2000, "wait_replicas": 0, "wait_timeout_ms": 5000 }
