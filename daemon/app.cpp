@@ -256,10 +256,11 @@ int App::Impl::run()
                 // keep handing it a share of the connections. Stop the process (exit 1) so the
                 // supervisor starts a whole one.
                 log::error("daemon.worker_failed", {{"what", e.what()}});
-                asio::post(control_, [this] {
-                    failed_ = true;
-                    begin_stop();
-                });
+                failed_ = true;
+                // This loop no longer runs, so what is posted to it never would: close its
+                // listeners (and cancel its sessions) from here, the thread that owned them.
+                wp->server.stop();
+                asio::post(control_, [this] { begin_stop(); });
             }
             wp->done.store(true);
         });
@@ -277,11 +278,12 @@ int App::Impl::run()
             w->thread.join();
         }
     }
-    if (forced_) {
-        // Coroutine frames cut off by the forced stop are still queued in the workers' loops and
-        // refer to the servers and connections: destroying those would touch freed memory. Leave
-        // without destructors; everything that matters is in Redis already.
-        log::error("daemon.stopped", {{"forced", true}});
+    if (forced_ || failed_) {
+        // Coroutine frames cut off by a forced stop, or left in a loop that died, are still
+        // queued in the workers' io_contexts and refer to the servers and connections:
+        // destroying those would touch freed memory. Leave without destructors; everything that
+        // matters is in Redis already.
+        log::error("daemon.stopped", {{"forced", forced_}, {"worker_failed", failed_.load()}});
         std::fflush(nullptr);
         std::_Exit(failed_ ? 1 : 0);
     }
