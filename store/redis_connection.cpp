@@ -263,7 +263,15 @@ void RedisConnection::deliver_front(void* hiredis_reply)
         return;
     }
     Reply& dst = w->replies[slot.index];
-    copy_reply(*reply, dst);
+    try {
+        copy_reply(*reply, dst);
+    } catch (...) {
+        // The slot has left the queue, so fail_pending would not reach this caller: fail it here,
+        // or it would wait for its deadline (whose expiry closes whatever connection is current).
+        stats_.errors.fetch_add(1, std::memory_order_relaxed);
+        w->finish(make_error_code(errc::store_unavailable));
+        throw;
+    }
     if (dst.is_error()) {
         stats_.errors.fetch_add(1, std::memory_order_relaxed);
     }
