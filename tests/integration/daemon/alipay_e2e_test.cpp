@@ -292,6 +292,36 @@ TEST_CASE("alipay: Redis down → 503 fail and /readyz 503 — back up → the s
     CHECK(status_of(fx, "B5001") == "PAID");
 }
 
+TEST_CASE("alipay with redis.wait_replicas: 503 fail while no replica has the change — a replica attached → the retry succeeds")
+{
+    DaemonOptions options;
+    options.redis_extra = ", \"wait_replicas\": 1, \"wait_timeout_ms\": 300";
+    DaemonFixture fx(options);
+    Alipay ali{fx};
+    // Written, but not confirmed: the CRM and the provider hear 503 and retry.
+    CHECK(fx.create_bill("B5101", 100).status == 503);
+    const std::string body = ali.paid("B5101", 100);
+    auto r = fx.post_alipay(body);
+    CHECK(r.status == 503);
+    CHECK(r.body == "fail");
+    CHECK(status_of(fx, "B5101") == "PAID");  // applied on the primary, once
+    // A replica attaches (Redis 7 waits a few seconds before a diskless sync): the retries are
+    // repeats, and they are acknowledged once the replica has what they repeat.
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(fx.redis().port())});
+    int registered = 0;
+    for (int i = 0; i < 200 && registered != 200; ++i) {
+        registered = fx.create_bill("B5101", 100).status;
+        if (registered != 200) {
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        }
+    }
+    CHECK(registered == 200);
+    r = fx.post_alipay(body);
+    CHECK(r.status == 200);
+    CHECK(r.body == "success");
+    CHECK(events_of(fx, "B5101") == 1);  // the payment, applied once
+}
+
 TEST_CASE("http: a chunk-size line that never ends is refused, not buffered — a refused upload still reads its answer")
 {
     DaemonFixture fx;
