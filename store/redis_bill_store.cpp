@@ -286,16 +286,6 @@ std::optional<ApplyOutcome> parse_outcome(std::string_view s)
     return std::nullopt;
 }
 
-boost::system::error_code unexpected_reply(std::string_view what, const Reply& reply)
-{
-    if (reply.is_error()) {
-        log::error("store.redis_error", {{"op", what}, {"error", reply.str}});
-    } else {
-        log::error("store.unexpected_reply", {{"op", what}, {"type", static_cast<int>(reply.type)}});
-    }
-    return make_error_code(errc::store_unavailable);
-}
-
 // HMGET of the fields bill_json() reads: the bill without the notification markers its hash holds.
 std::vector<std::string> hmget_bill(std::string key)
 {

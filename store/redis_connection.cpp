@@ -26,6 +26,16 @@ namespace asio = boost::asio;
 using boost::system::error_code;
 using asio::ip::tcp;
 
+boost::system::error_code unexpected_reply(std::string_view what, const Reply& reply)
+{
+    if (reply.is_error()) {
+        log::error("store.redis_error", {{"op", what}, {"error", reply.str}});
+    } else {
+        log::error("store.unexpected_reply", {{"op", what}, {"type", static_cast<int>(reply.type)}});
+    }
+    return make_error_code(errc::store_unavailable);
+}
+
 namespace {
 
 constexpr std::size_t kReadBufferSize = 64 * 1024;

@@ -45,6 +45,10 @@ struct Reply {
     bool is_status(std::string_view text) const noexcept { return type == Type::status && str == text; }
 };
 
+/// For a reply to `what` that is an error or of the wrong type: logs it (store.redis_error with
+/// the error text, or store.unexpected_reply with the type) and returns errc::store_unavailable.
+boost::system::error_code unexpected_reply(std::string_view what, const Reply& reply);
+
 /// Counters, readable from any thread (relaxed atomics; written on the connection's executor).
 struct RedisStats {
     std::atomic<std::uint64_t> commands{0};    ///< commands sent (each command of a batch counts)

@@ -77,7 +77,6 @@ asio::awaitable<void> ReplicaConfirmer::drive()
 
 asio::awaitable<Result<void>> ReplicaConfirmer::run_round()
 {
-    ++rounds_;
     std::vector<std::vector<std::string>> commands{
         {"SET", key_, "1"}, {"WAIT", std::to_string(replicas_), std::to_string(timeout_.count())}};
     Result<std::vector<Reply>> replies = co_await conn_.exec_many(std::move(commands));
@@ -89,13 +88,10 @@ asio::awaitable<Result<void>> ReplicaConfirmer::run_round()
     // A refused SET (NOREPLICAS, OOM, MISCONF) leaves the connection's replication offset where
     // an older write put it: WAIT would then confirm that one, not what the callers wrote.
     if (!set.is_status("OK")) {
-        log::error("store.replicated_set_refused",
-                   {{"error", set.is_error() ? set.str : std::string("unexpected reply type")}});
-        co_return make_error_code(errc::store_unavailable);
+        co_return unexpected_reply("replicated", set);
     }
     if (!wait.is_integer()) {
-        log::error("store.wait_refused", {{"error", wait.is_error() ? wait.str : std::string("unexpected reply type")}});
-        co_return make_error_code(errc::store_unavailable);
+        co_return unexpected_reply("wait", wait);
     }
     if (wait.integer < replicas_) {
         log::error("store.replicas_missing", {{"wanted", replicas_}, {"acked", wait.integer}});

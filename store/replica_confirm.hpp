@@ -39,9 +39,6 @@ public:
     /// timeout, shutting_down.
     boost::asio::awaitable<Result<void>> confirm();
 
-    /// Rounds run so far (SET + WAIT pairs sent).
-    std::uint64_t rounds() const noexcept { return rounds_; }
-
 private:
     struct Round;
     boost::asio::awaitable<void> drive();
@@ -53,7 +50,6 @@ private:
     std::chrono::milliseconds timeout_;
     std::shared_ptr<Round> next_;  ///< the round callers join; taken by drive() when it starts it
     bool driving_{false};
-    std::uint64_t rounds_{0};
 };
 
 }  // namespace paybridge::store
