@@ -91,6 +91,9 @@ struct CrmConfig {
         std::chrono::seconds{7200},  std::chrono::seconds{18000}, std::chrono::seconds{36000},
         std::chrono::seconds{36000}};
     std::chrono::seconds lease{60};           ///< pending entries idle longer are reclaimed
+    /// Outbox entries older than this are trimmed once nothing needs them any more (delivered, and
+    /// not waiting for a retry or in the dead letters); 0 keeps every entry.
+    std::chrono::seconds outbox_retention{0};
 };
 
 struct Config {

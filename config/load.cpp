@@ -546,6 +546,7 @@ private:
             }
         }
         duration(v, ptr, "lease_s", out.lease);
+        duration(v, ptr, "outbox_retention_s", out.outbox_retention);
         if (out.lease <= out.timeout) {
             problems_.note(child(ptr, "lease_s"), "must be longer than timeout_ms (" +
                                                       std::to_string(out.timeout.count()) +

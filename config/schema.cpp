@@ -175,7 +175,8 @@ const std::string_view kConfigSchema = R"json({
           "maxItems": 64,
           "items": { "type": "integer", "minimum": 1, "maximum": 604800 }
         },
-        "lease_s": { "type": "integer", "minimum": 1, "maximum": 86400 }
+        "lease_s": { "type": "integer", "minimum": 1, "maximum": 86400 },
+        "outbox_retention_s": { "type": "integer", "minimum": 0, "maximum": 315360000 }
       }
     },
     "log": {

@@ -404,6 +404,67 @@ end
 return {pending, lag, oldest, retrying, dead}
 )lua";
 
+// What may go: every entry older than the cutoff, the first pending entry of every group, the first
+// entry after every group's last-delivered-id, every entry waiting for a retry and every entry of a
+// dead letter. Entries in a group's PEL (in flight, or waiting for a retry and held by the retry
+// holder) are covered by the first bound; the retry zset also holds entries outside the PEL
+// (requeued by recover/redeliver after they were acknowledged), and dead letters are acknowledged:
+// those two are looked at one by one, so the pass is skipped while there are more than max_scan of
+// them (a backlog: nothing is trimmed until it is worked off). A dead letter whose entry is already
+// gone (kSweepLost) holds nothing back. Ids are compared whole (ms, seq), so an entry is trimmed
+// only when everything above is true of it.
+const std::string kTrimOutbox = std::string(kFieldsHelper) + R"lua(
+local fm, fs = tonumber(ARGV[1]), 0
+local function parse(id)
+  local m, s = string.match(id or '', '^(%d+)-(%d+)$')
+  return tonumber(m), tonumber(s)
+end
+local function below(m, s)
+  return m < fm or (m == fm and s < fs)
+end
+local function keep(id, after)
+  local m, s = parse(id)
+  if m then
+    if after then
+      s = s + 1
+    end
+    if below(m, s) then
+      fm, fs = m, s
+    end
+  end
+end
+local groups = redis.pcall('XINFO', 'GROUPS', KEYS[1])
+if groups.err then
+  return {0, 'no_stream'}
+end
+if #groups == 0 then
+  return {0, 'no_group'}
+end
+for _, g in ipairs(groups) do
+  local info = fields(g)
+  keep(info['last-delivered-id'], true)
+  if info['pending'] > 0 then
+    keep(redis.call('XPENDING', KEYS[1], info['name'])[2], false)
+  end
+end
+local outside = redis.call('ZCARD', KEYS[2]) + redis.call('ZCARD', KEYS[3])
+if outside > tonumber(ARGV[2]) then
+  return {0, 'busy', outside}
+end
+for _, entry in ipairs(redis.call('ZRANGE', KEYS[2], 0, -1)) do
+  keep(entry, false)
+end
+for _, event_id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
+  local entry = redis.call('HGET', KEYS[4] .. event_id, 'entry_id')
+  local m, s = parse(entry)
+  if m and below(m, s) and #redis.call('XRANGE', KEYS[1], entry, entry) > 0 then
+    fm, fs = m, s
+  end
+end
+local floor = string.format('%d-%d', fm, fs)
+return {redis.call('XTRIM', KEYS[1], 'MINID', floor), 'trimmed', floor}
+)lua";
+
 const std::string kCleanupConsumers = std::string(kFieldsHelper) + R"lua(
 local consumers = redis.pcall('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])
 if consumers.err then

@@ -27,10 +27,10 @@
 // backlog first (after a long CRM outage, tens of thousands per shard). Every state change is one
 // Lua script, so a crash between two commands cannot leave them disagreeing.
 // Every key a script touches carries the shard's tag (Redis Cluster safe) and is passed in KEYS, with
-// one exception: kSweepLost finds the event ids it works on inside the script, so it gets the
-// delivery and attempts key *prefixes* in KEYS and appends each event id to them. Those keys hash
-// to the same slot as the declared ones (the tag decides the slot), so the script only ever touches
-// keys of the node it was routed to.
+// two exceptions: kSweepLost and kTrimOutbox find the event ids they work on inside the script, so
+// they get the delivery (and attempts) key *prefixes* in KEYS and append each event id to them.
+// Those keys hash to the same slot as the declared ones (the tag decides the slot), so the script
+// only ever touches keys of the node it was routed to.
 //
 // Entries deleted from the stream (XDEL, XTRIM) while outstanding: on Redis 7.0 XCLAIM of such an id
 // drops it from the PEL and returns nothing, and kPopDue returns no fields for it, so no delivery
@@ -156,6 +156,16 @@ extern const std::string kSweepLost;
 /// KEYS: stream retry dead       ARGV: group
 /// Returns [pending, lag, oldest_undelivered_ms (0: none), retrying, dead].
 extern const std::string kStats;
+
+/// KEYS: stream retry dead delivery_prefix      ARGV: cutoff_ms max_scan
+/// Trims the outbox (XTRIM MINID) below the oldest entry that is still needed: newer than cutoff_ms,
+/// not yet read or still pending in any consumer group, waiting in the retry zset, or the entry of a
+/// dead letter (its record, delivery_prefix .. event id, names it) that is still in the stream.
+/// Returns [trimmed, "trimmed", floor id], [0, "busy", n] when the retry zset and the dead letters
+/// together hold more than max_scan members (nothing is trimmed then), [0, "no_stream"] or
+/// [0, "no_group"] (a stream without a consumer group is left alone: a group created later reads it
+/// from the start).
+extern const std::string kTrimOutbox;
 
 /// KEYS: stream                   ARGV: group self min_idle_ms
 /// Deletes consumers (other than self) with no pending entries, idle >= min_idle. Returns the count.

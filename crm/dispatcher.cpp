@@ -225,6 +225,7 @@ DispatcherOptions DispatcherOptions::from_config(const config::RedisConfig& redi
     }
     o.lease = std::chrono::duration_cast<std::chrono::milliseconds>(crm.lease);
     o.concurrency = crm.concurrency;
+    o.outbox_retention = std::chrono::duration_cast<std::chrono::milliseconds>(crm.outbox_retention);
     o.http.url = crm.url;
     o.http.ca_file = crm.ca_file;
     o.http.timeout = crm.timeout;
@@ -263,6 +264,7 @@ struct Dispatcher::Impl {
         stats_sha = commands.add_script(std::string(scripts::kStats));
         cleanup_sha = commands.add_script(std::string(scripts::kCleanupConsumers));
         sweep_sha = commands.add_script(std::string(scripts::kSweepLost));
+        trim_sha = commands.add_script(std::string(scripts::kTrimOutbox));
         // A blocking read must end well before the connection's own request deadline fires.
         block = std::max(std::chrono::milliseconds{10}, std::min(options.block, redis_cfg.request_timeout / 2));
     }
@@ -284,6 +286,7 @@ struct Dispatcher::Impl {
     std::string stats_sha;
     std::string cleanup_sha;
     std::string sweep_sha;
+    std::string trim_sha;
     std::unordered_map<std::string, int> shard_of_stream;
     std::mt19937_64 rng;
     DispatcherStats stats;
@@ -937,17 +940,69 @@ struct Dispatcher::Impl {
         }
     }
 
+    /// Trims every shard's outbox below the oldest entry still needed (kTrimOutbox). It delivers
+    /// nothing and runs off the delivery path, between stats refreshes.
+    asio::awaitable<void> trim_outbox()
+    {
+        const std::string cutoff = std::to_string(now_ms() - options.outbox_retention.count());
+        for (const ShardKeys& k : keys.all()) {
+            if (stopping) {
+                break;
+            }
+            // Dead letters' records are read in the script from the delivery prefix (with the
+            // shard's tag, so in the same Cluster slot as the declared keys).
+            std::vector<std::string> script_keys{k.stream, k.retry, k.dead, k.delivery_prefix};
+            std::vector<std::string> args{cutoff, std::to_string(options.trim_max_scan)};
+            Result<Reply> reply = co_await commands.eval(trim_sha, std::move(script_keys), std::move(args));
+            if (!reply) {
+                note_redis_failure("trim_outbox", reply.error());
+                co_return;
+            }
+            if (reply->is_error() || !reply->is_array() || reply->elements.size() < 2) {
+                note_redis_error_reply("trim_outbox", *reply);
+                co_return;
+            }
+            const std::vector<Reply>& v = reply->elements;
+            if (v[1].str == "busy") {
+                log::warning("crm.outbox_trim_skipped",
+                             {{"shard", k.shard},
+                              {"retrying_and_dead", v.size() > 2 ? v[2].integer : 0},
+                              {"max_scan", options.trim_max_scan},
+                              {"why", "too many retries and dead letters to look at; trimmed once they are worked off"}});
+            } else if (v[0].integer > 0) {
+                stats.outbox_trimmed.fetch_add(static_cast<std::uint64_t>(v[0].integer), std::memory_order_relaxed);
+                log::info("crm.outbox_trimmed",
+                          {{"shard", k.shard}, {"count", v[0].integer}, {"below", v.size() > 2 ? v[2].str : ""}});
+            }
+        }
+    }
+
+    std::chrono::milliseconds trim_every() const
+    {
+        if (options.trim_interval.count() > 0) {
+            return options.trim_interval;
+        }
+        return std::clamp<std::chrono::milliseconds>(options.outbox_retention / 10, std::chrono::seconds{1},
+                                                     std::chrono::minutes{10});
+    }
+
     asio::awaitable<void> stats_loop()
     {
         const std::chrono::milliseconds cleanup_every =
             std::min(options.consumer_cleanup_idle, std::chrono::milliseconds{std::chrono::minutes{10}});
         Clock::time_point last_cleanup = Clock::now();
+        const bool trimming = options.outbox_retention.count() > 0;
+        Clock::time_point last_trim = Clock::now() - trim_every();  // the first pass runs at once
         while (!stopping) {
             if (commands.ready() && groups_ready) {
                 co_await refresh_stats();
                 if (Clock::now() - last_cleanup >= cleanup_every) {
                     last_cleanup = Clock::now();
                     co_await cleanup_consumers();
+                }
+                if (trimming && !stopping && Clock::now() - last_trim >= trim_every()) {
+                    last_trim = Clock::now();
+                    co_await trim_outbox();
                 }
             }
             if (stopping) {

@@ -18,6 +18,8 @@
 //   exhausted XACK + per-shard dead-letter zset; DeliveryAdmin::recover/redeliver re-queue it
 //   lost      after each reclaim pass, a bounded sweep dead-letters old pending/retrying records
 //             whose outbox entry was deleted from the stream (XDEL, XTRIM) before delivery
+//   trim      with a retention set, every shard's stream is trimmed below the oldest entry still
+//             needed (unread, pending, waiting for a retry, dead-lettered, or within the retention)
 //   crash     pending entries idle longer than `lease` and not waiting for a retry are claimed
 //             (XCLAIM with min-idle, so only one instance wins) and redelivered, same webhook-id
 //   lease     counts from the start of each POST: just before it the lease is renewed (idle time
@@ -63,6 +65,11 @@ struct DispatcherOptions {
     std::chrono::milliseconds record_ttl{std::chrono::hours{24 * 30}};  ///< delivered records kept this long
     std::size_t max_attempt_records{50};              ///< attempts kept per event (newest)
     std::chrono::milliseconds consumer_cleanup_idle{std::chrono::hours{1}};
+    /// Outbox entries older than this are trimmed once nothing needs them (scripts::kTrimOutbox);
+    /// 0 keeps every entry.
+    std::chrono::milliseconds outbox_retention{0};
+    std::chrono::milliseconds trim_interval{0};       ///< 0: retention / 10, from 1 s to 10 min
+    std::size_t trim_max_scan{5'000};                 ///< retry + dead members per shard looked at
     HttpClientOptions http;                           ///< url, ca_file, timeout, concurrency, ...
 
     /// Everything from the daemon's config (schedule, lease, timeout, concurrency, url, CA, secrets).
@@ -78,6 +85,7 @@ struct DispatcherStats {
                                                     ///< outbox entry was deleted before delivery
     std::atomic<std::uint64_t> reclaimed{0};        ///< entries taken over from a dead instance
     std::atomic<std::uint64_t> redis_errors{0};     ///< Redis commands that failed (retried later)
+    std::atomic<std::uint64_t> outbox_trimmed{0};   ///< outbox entries removed by the retention
     std::atomic<std::uint64_t> in_flight{0};        ///< events read and not yet settled (gauge)
     std::atomic<std::uint64_t> backlog{0};          ///< pending in the group + not yet read (gauge)
     std::atomic<std::uint64_t> retrying{0};         ///< waiting in the retry zsets (gauge)

@@ -59,7 +59,7 @@ namespace {
 
 // Stats of the dispatcher generations, summed across restarts (reloads) for /metrics.
 struct Totals {
-    std::atomic<std::uint64_t> delivered{0}, failed{0}, dead_letters{0}, reclaimed{0};
+    std::atomic<std::uint64_t> delivered{0}, failed{0}, dead_letters{0}, reclaimed{0}, trimmed{0};
     std::atomic<std::uint64_t> backlog{0}, retrying{0}, dead{0};
     std::atomic<std::int64_t> oldest_ms{0};
     const crm::DispatcherStats* live{nullptr};
@@ -98,6 +98,9 @@ void register_metrics()
                          read(&Totals::dead_letters, &crm::DispatcherStats::dead_letters));
     reg.callback_counter("paybridge_crm_reclaimed_total", "Pending events taken over from a dead instance.",
                          read(&Totals::reclaimed, &crm::DispatcherStats::reclaimed));
+    reg.callback_counter("paybridge_outbox_trimmed_total",
+                         "Outbox entries removed by crm.outbox_retention_s (delivered and older than it).",
+                         read(&Totals::trimmed, &crm::DispatcherStats::outbox_trimmed));
     reg.callback_gauge("paybridge_outbox_backlog", "Events not yet delivered to the CRM (all instances).",
                        gauge(&crm::DispatcherStats::backlog));
     reg.callback_gauge("paybridge_outbox_retrying", "Events waiting for a delivery retry.",
@@ -229,6 +232,7 @@ awaitable<void> CrmRunner::loop()
                 t.failed += s.failed_attempts.load();
                 t.dead_letters += s.dead_letters.load();
                 t.reclaimed += s.reclaimed.load();
+                t.trimmed += s.outbox_trimmed.load();
                 t.live = nullptr;
             }
         };

@@ -4,6 +4,8 @@
 // its record would stay pending or retrying for ever. kSweepLost, run by the dispatcher after each
 // reclaim pass, dead-letters those records. First the script alone (what it changes and what it
 // leaves alone, then its cursor), then a dispatcher meeting both kinds of lost entry.
+// Last, the deletions paybridge makes itself: with crm.outbox_retention_s, kTrimOutbox trims each
+// stream below the oldest entry still needed, so it never makes an entry lost.
 
 #include "tests/integration/crm/crm_fixture.hpp"
 
@@ -92,15 +94,15 @@ struct Shard {
             .integer;
     }
 
-    /// Appends an event of a new bill of this shard as store/bill.lua does.
-    Ev add()
+    /// Appends an event of a new bill of this shard as store/bill.lua does (with entry id `entry`).
+    Ev add(const std::string& entry = "*")
     {
         Ev ev;
         do {
             ev.bill = "W" + std::to_string(next_bill++);
         } while (env.keys.shard_of(ev.bill) != k.shard);
         ev.id = "evt_" + ev.bill + "_1";
-        std::vector<std::string> argv{"XADD", k.stream, "*",         "id",    ev.id, "bill_id",
+        std::vector<std::string> argv{"XADD", k.stream, entry,       "id",    ev.id, "bill_id",
                                       ev.bill,  "type",   "bill.paid", "event", R"({"id":")" + ev.id + R"("})"};
         ev.entry = env.exec(std::move(argv)).str;
         return ev;
@@ -134,6 +136,34 @@ struct Shard {
     }
 
     void xdel(const Ev& ev) { CHECK(env.exec({"XDEL", k.stream, ev.entry}).integer == 1); }
+
+    /// kRequeue as DeliveryAdmin::recover / redeliver call it: due now, out of the group's PEL.
+    std::string requeue(const Ev& ev, std::int64_t now)
+    {
+        return eval(crm::scripts::kRequeue,
+                    {k.stream, k.retry, k.tries, k.dead, k.idx_pending, k.idx_retrying, k.idx_delivered,
+                     k.delivery(ev.id), k.attempts(ev.id)},
+                    {ev.id, std::to_string(now), "", "crm"})
+            .elements.at(0)
+            .str;
+    }
+
+    /// kTrimOutbox as the dispatcher calls it: [trimmed, "trimmed" | "busy" | "no_group" | "no_stream", ...].
+    store::Reply trim(std::int64_t cutoff_ms, int max_scan = 100)
+    {
+        return eval(crm::scripts::kTrimOutbox, {k.stream, k.retry, k.dead, k.delivery_prefix},
+                    {std::to_string(cutoff_ms), std::to_string(max_scan)});
+    }
+
+    /// The entry ids left in the stream, oldest first.
+    std::vector<std::string> entries()
+    {
+        std::vector<std::string> out;
+        for (const store::Reply& e : env.exec({"XRANGE", k.stream, "-", "+"}).elements) {
+            out.push_back(e.elements.at(0).str);
+        }
+        return out;
+    }
 
     /// The score of `member` in `zset`, "" when absent.
     std::string score(const std::string& zset, const std::string& member)
@@ -491,4 +521,186 @@ TEST_CASE("a dispatcher dead-letters a dead instance's deleted entry and a delet
         CHECK(env.state_of(id) == "delivered");
     }
     CHECK(env.pending_total() == 0);
+}
+
+namespace {
+
+std::vector<std::string> entry_ids(std::initializer_list<const Ev*> evs)
+{
+    std::vector<std::string> out;
+    for (const Ev* ev : evs) {
+        out.push_back(ev->entry);
+    }
+    return out;
+}
+
+/// kTrimOutbox past any retention: [trimmed, "trimmed", floor].
+std::pair<std::int64_t, std::string> trim_all(Shard& sh)
+{
+    const store::Reply r = sh.trim(std::int64_t{1} << 50);
+    REQUIRE(r.elements.size() == 3);
+    CHECK(r.elements[1].str == "trimmed");
+    return {r.elements[0].integer, r.elements[2].str};
+}
+
+}  // namespace
+
+TEST_CASE("kTrimOutbox trims below the oldest entry still needed, whatever holds it")
+{
+    RedisEnv env;
+    Shard sh(env, 0);
+    const std::int64_t now = 1'000'000;  // the records' clock; the entry ids are chosen by hand
+    const Ev lost = sh.add("500-0");
+    const Ev a = sh.add("1000-0");
+    const Ev b = sh.add("1000-1");
+    const Ev c = sh.add("2000-0");
+    const Ev d = sh.add("3000-0");
+    const Ev e = sh.add("4000-0");
+    const Ev f = sh.add("5000-0");
+    sh.read("c1");
+    const Ev g = sh.add("6000-0");  // not read by the group yet
+    // A dead letter whose entry is already gone (what kSweepLost leaves) holds nothing back.
+    CHECK(sh.record(lost, "dead", now) == 1);
+    sh.xdel(lost);
+    sh.record(a, "delivered", now);
+    sh.record(b, "dead", now);
+    sh.record(c, "delivered", now);
+    REQUIRE(sh.requeue(c, now) == "requeued");  // redelivered: in the retry zset, not in the PEL
+    sh.record(d, "retry", now);                 // retrying: in the retry zset and held in the PEL
+    sh.record(f, "delivered", now);             // e stays in flight, in c1's PEL
+    REQUIRE(sh.pel() == std::map<std::string, std::string>{{d.entry, kHolder}, {e.entry, "c1"}});
+
+    // Nothing is older than the retention's cutoff: 1000 keeps 1000-0 and everything after it.
+    CHECK(sh.trim(1000).elements.at(0).integer == 0);
+    CHECK(sh.entries() == entry_ids({&a, &b, &c, &d, &e, &f, &g}));
+    // Past the retention, the dead letter b is the oldest entry still needed.
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{1}, std::string("1000-1")));
+    CHECK(sh.entries() == entry_ids({&b, &c, &d, &e, &f, &g}));
+
+    // Recovered, b waits in the retry zset outside the PEL: still kept until it is delivered.
+    REQUIRE(sh.requeue(b, now) == "requeued");
+    CHECK(trim_all(sh).first == 0);
+    sh.record(b, "delivered", now);
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{1}, std::string("2000-0")));  // c, redelivered
+    sh.record(c, "delivered", now);
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{1}, std::string("3000-0")));  // d, retrying
+    sh.record(d, "delivered", now);
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{1}, std::string("4000-0")));  // e, in flight
+    sh.record(e, "delivered", now);
+    // Only what the group has not read yet is left: the bound is just after its last-delivered-id.
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{2}, std::string("5000-1")));
+    CHECK(sh.entries() == entry_ids({&g}));
+    sh.read("c1");
+    sh.record(g, "delivered", now);
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{1}, std::string("6000-1")));
+    CHECK(sh.entries().empty());
+    CHECK(trim_all(sh).first == 0);
+    // The stream and its group stay: the next event is read and delivered as before.
+    const Ev h = sh.add();
+    sh.read("c1");
+    CHECK(sh.pel().count(h.entry) == 1);
+}
+
+TEST_CASE("kTrimOutbox: every consumer group holds it back, and a busy shard, a stream no group reads or no stream lose nothing")
+{
+    RedisEnv env;
+    Shard sh(env, 0);
+    const std::int64_t now = 1'000'000;
+    const Ev a = sh.add("1000-0");
+    const Ev b = sh.add("2000-0");
+    const Ev c = sh.add("3000-0");
+    sh.read("c1");
+    for (const Ev* ev : {&a, &b, &c}) {
+        sh.record(*ev, "delivered", now);
+    }
+    // An operator's own consumer group that has read nothing keeps everything.
+    env.exec({"XGROUP", "CREATE", sh.k.stream, "audit", "0"});
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{0}, std::string("0-1")));
+    env.exec({"XREADGROUP", "GROUP", "audit", "x", "COUNT", "1", "STREAMS", sh.k.stream, ">"});
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{0}, std::string("1000-0")));  // pending in audit
+    env.exec({"XACK", sh.k.stream, "audit", a.entry});
+    CHECK(trim_all(sh) == std::make_pair(std::int64_t{1}, std::string("1000-1")));
+    env.exec({"XGROUP", "DESTROY", sh.k.stream, "audit"});
+
+    // More retries and dead letters than max_scan: the pass is skipped, nothing is trimmed.
+    const Ev d = sh.add("4000-0");
+    const Ev e = sh.add("5000-0");
+    sh.read("c1");
+    sh.record(d, "dead", now);
+    sh.record(e, "retry", now);
+    const store::Reply busy = sh.trim(std::int64_t{1} << 50, 1);
+    REQUIRE(busy.elements.size() == 3);
+    CHECK(busy.elements[0].integer == 0);
+    CHECK(busy.elements[1].str == "busy");
+    CHECK(busy.elements[2].integer == 2);
+    CHECK(sh.entries() == entry_ids({&b, &c, &d, &e}));
+    const store::Reply enough = sh.trim(std::int64_t{1} << 50, 2);
+    CHECK(enough.elements.at(0).integer == 2);
+    CHECK(sh.entries() == entry_ids({&d, &e}));
+
+    // A stream no group reads yet is left whole (a group created later starts at 0); no stream at all.
+    const crm::ShardKeys other = crm::DeliveryKeys(kPrefix, kShards).shard(1);
+    env.exec({"XADD", other.stream, "1-0", "id", "evt_x_1"});
+    const store::Reply no_group =
+        sh.eval(crm::scripts::kTrimOutbox, {other.stream, other.retry, other.dead, other.delivery_prefix},
+                {std::to_string(std::int64_t{1} << 50), "100"});
+    CHECK(no_group.elements.at(0).integer == 0);
+    CHECK(no_group.elements.at(1).str == "no_group");
+    CHECK(env.exec({"XLEN", other.stream}).integer == 1);
+    const crm::ShardKeys none = crm::DeliveryKeys(kPrefix, kShards).shard(2);
+    const store::Reply no_stream =
+        sh.eval(crm::scripts::kTrimOutbox, {none.stream, none.retry, none.dead, none.delivery_prefix}, {"1", "100"});
+    CHECK(no_stream.elements.at(1).str == "no_stream");
+    CHECK(env.exec({"EXISTS", none.stream}).integer == 0);
+}
+
+TEST_CASE("with a retention, the dispatcher trims what was delivered, keeps a dead letter's shard from it on, and the dead letter can still be redelivered")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_default_status(503);
+    const std::string dead = env.add_event("D1", 1);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {100ms};
+    options.outbox_retention = 1ms;
+    options.trim_interval = 100ms;
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(dead) == "dead"; }, 10s));
+
+    receiver.set_default_status(200);
+    std::vector<std::string> ids;
+    std::size_t behind_dead = 0;  // events of the dead letter's shard, written after it
+    for (int i = 0; i < 16; ++i) {
+        const std::string bill = "T" + std::to_string(i);
+        ids.push_back(env.add_event(bill, 1));
+        behind_dead += env.keys.shard_of(bill) == env.keys.shard_of("D1") ? 1 : 0;
+    }
+    REQUIRE(behind_dead > 0);
+    REQUIRE(behind_dead < ids.size());
+    const auto outbox_length = [&] {
+        std::int64_t n = 0;
+        for (int s = 0; s < kShards; ++s) {
+            n += env.exec({"XLEN", env.keys.outbox(s)}).integer;
+        }
+        return n;
+    };
+    REQUIRE(run_until(env.ioc, [&] { return receiver.acknowledged_ids().size() == ids.size(); }, 10s));
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().outbox_trimmed.load() == ids.size() - behind_dead; }, 10s));
+    run_for(env.ioc, 300ms);
+    CHECK(d->stats().outbox_trimmed.load() == ids.size() - behind_dead);
+    CHECK(outbox_length() == static_cast<std::int64_t>(1 + behind_dead));
+    CHECK(receiver.acknowledged_ids() == std::set<std::string>(ids.begin(), ids.end()));
+    for (const std::string& id : ids) {
+        CHECK(env.state_of(id) == "delivered");  // the records outlive their entries (record_ttl)
+    }
+
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    Result<std::string> redelivered = run_awaitable(env.ioc, admin.redeliver(dead));
+    REQUIRE(redelivered.has_value());
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(dead) == "delivered"; }, 10s));
+    CHECK(receiver.acknowledged_ids().count(dead) == 1);
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().outbox_trimmed.load() == ids.size() + 1; }, 10s));
+    CHECK(outbox_length() == 0);
+    check_all_signed(receiver);
 }

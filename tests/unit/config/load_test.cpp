@@ -179,7 +179,8 @@ TEST_CASE("config: the example sets every tunable to its documented default")
                                       "\"shutdown_grace_ms\": 10000", "\"max_connections\": 20000",
                                       "\"shards\": 16", "\"request_timeout_ms\": 2000", "\"wait_timeout_ms\": 1000",
                                       "\"retry_schedule_s\": [5, 300, 1800, 7200, 18000, 36000, 36000]",
-                                      "\"lease_s\": 60", "\"concurrency\": 32", "\"timeout_ms\": 10000"}) {
+                                      "\"lease_s\": 60", "\"concurrency\": 32", "\"timeout_ms\": 10000",
+                                      "\"outbox_retention_s\": 0"}) {
         CAPTURE(fragment);
         CHECK(example.find(fragment) != std::string::npos);
     }
@@ -201,6 +202,7 @@ TEST_CASE("config: the example sets every tunable to its documented default")
     CHECK(cfg.redis.wait_timeout == defaults.redis.wait_timeout);
     CHECK(cfg.crm.retry_schedule == std::vector<std::chrono::seconds>{5s, 300s, 1800s, 7200s, 18000s, 36000s, 36000s});
     CHECK(defaults.crm.lease == 60s);
+    CHECK(defaults.crm.outbox_retention == 0s);
     CHECK(defaults.crm.concurrency == 32);
     CHECK(defaults.crm.timeout == 10s);
 }
@@ -245,6 +247,7 @@ TEST_CASE("config: absent keys take the defaults of config.hpp")
     CHECK(cfg.crm.concurrency == defaults.crm.concurrency);
     CHECK(cfg.crm.retry_schedule == defaults.crm.retry_schedule);
     CHECK(cfg.crm.lease == defaults.crm.lease);
+    CHECK(cfg.crm.outbox_retention == defaults.crm.outbox_retention);
     CHECK(cfg.log_level == defaults.log_level);
 
     REQUIRE(cfg.wechat_merchants.size() == 1);
@@ -273,7 +276,8 @@ TEST_CASE("config: given values override the defaults")
       "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1",
                                       "apiv3_key": "env:V3", "platform_certificates": ["platform.pem"] } ] },
       "crm": { "url": "https://crm.example.com/hook", "secret": "env:CRM", "ca_file": "ca/bundle.pem",
-               "timeout_ms": 9, "concurrency": 10, "retry_schedule_s": [1, 2], "lease_s": 11 },
+               "timeout_ms": 9, "concurrency": 10, "retry_schedule_s": [1, 2], "lease_s": 11,
+               "outbox_retention_s": 604800 },
       "log": { "level": "debug" }
     })",
                                      {{"V3", f.apiv3}, {"CRM", secret}});
@@ -312,6 +316,7 @@ TEST_CASE("config: given values override the defaults")
     CHECK(cfg.crm.concurrency == 10);
     CHECK(cfg.crm.retry_schedule == std::vector<std::chrono::seconds>{1s, 2s});
     CHECK(cfg.crm.lease == 11s);
+    CHECK(cfg.crm.outbox_retention == 604800s);
     CHECK(cfg.log_level == log::Level::debug);
 }
 
@@ -369,7 +374,7 @@ TEST_CASE("config: every problem is reported in one pass")
       "redis": { "shards": 0, "key_prefix": "{pb}:" },
       "alipay": { "apps": [ { "alipay_public_key_file": "keys/x.pem", "sign_type": "RSA256" } ] },
       "crm": { "url": "https://crm.example.com/hook", "secret": "env:PAYBRIDGE_CRM_SECRET",
-               "retry_schedule_s": [5, 0, "60", -1] },
+               "retry_schedule_s": [5, 0, "60", -1], "outbox_retention_s": -1 },
       "limits": { "read_timeout_ms": 1.5, "write_timeout_ms": 0 },
       "log": { "level": "verbose" }
     })");
@@ -387,6 +392,7 @@ TEST_CASE("config: every problem is reported in one pass")
             "/crm/retry_schedule_s/1: must be >= 1",
             "/crm/retry_schedule_s/2: must be an integer, not a string",
             "/crm/retry_schedule_s/3: must be >= 1",
+            "/crm/outbox_retention_s: must be >= 0",
             "/limits/read_timeout_ms: must be an integer, not a number with a fraction",
             "/limits/write_timeout_ms: must be >= 1",
             "/log/level: must be one of \"debug\", \"info\", \"warning\", \"error\"",
