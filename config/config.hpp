@@ -65,6 +65,10 @@ struct AlipayApp {
     std::string public_key_pem;        ///< public-key mode: content of alipay_public_key_file
     std::string public_cert_pem;       ///< certificate mode: alipay_public_cert_file content
     std::string root_cert_pem;         ///< certificate mode: alipay_root_cert_file content
+    /// During a key rotation, the key or certificate being replaced, tried after the current one
+    /// (previous_alipay_public_key_file / previous_alipay_public_cert_file; empty: none).
+    std::string previous_public_key_pem;
+    std::string previous_public_cert_pem;
 };
 
 struct WechatMerchant {

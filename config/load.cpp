@@ -416,9 +416,22 @@ private:
                 problems_.note(child(item, "alipay_public_cert_file"),
                               "required in certificate mode (alipay_root_cert_file is set)");
             }
+            // The key being replaced during a rotation belongs to the same mode.
+            if (present(v, "previous_alipay_public_key_file") && !key_mode) {
+                problems_.note(child(item, "previous_alipay_public_key_file"),
+                               "only in public-key mode (with alipay_public_key_file); in certificate mode give "
+                               "previous_alipay_public_cert_file");
+            }
+            if (present(v, "previous_alipay_public_cert_file") && !has_cert) {
+                problems_.note(child(item, "previous_alipay_public_cert_file"),
+                               "only in certificate mode (with alipay_public_cert_file); in public-key mode give "
+                               "previous_alipay_public_key_file");
+            }
             pem(v, item, "alipay_public_key_file", app.public_key_pem);
             pem(v, item, "alipay_public_cert_file", app.public_cert_pem);
             pem(v, item, "alipay_root_cert_file", app.root_cert_pem);
+            pem(v, item, "previous_alipay_public_key_file", app.previous_public_key_pem);
+            pem(v, item, "previous_alipay_public_cert_file", app.previous_public_cert_pem);
             out.push_back(std::move(app));
         }
     }

@@ -109,7 +109,9 @@ const std::string_view kConfigSchema = R"json({
               "sign_type": { "enum": ["RSA2", "RSA"] },
               "alipay_public_key_file": { "$ref": "#/definitions/file_path" },
               "alipay_public_cert_file": { "$ref": "#/definitions/file_path" },
-              "alipay_root_cert_file": { "$ref": "#/definitions/file_path" }
+              "alipay_root_cert_file": { "$ref": "#/definitions/file_path" },
+              "previous_alipay_public_key_file": { "$ref": "#/definitions/file_path" },
+              "previous_alipay_public_cert_file": { "$ref": "#/definitions/file_path" }
             }
           }
         }

@@ -65,7 +65,7 @@ std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs)
 // Alipay file needs; the other certificates of the file are offered as untrusted chain members,
 // never as trust anchors.
 bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
-                     const std::vector<crypto::X509Ptr>& roots)
+                     const std::vector<crypto::X509Ptr>& roots, bool check_time = true)
 {
     StorePtr store(X509_STORE_new());
     X509StackPtr untrusted(sk_X509_new_null());
@@ -83,6 +83,9 @@ bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
     }
     if (X509_STORE_CTX_init(ctx.get(), store.get(), file[leaf].get(), untrusted.get()) != 1) {
         return false;
+    }
+    if (!check_time) {
+        X509_STORE_CTX_set_flags(ctx.get(), X509_V_FLAG_NO_CHECK_TIME);
     }
     return X509_verify_cert(ctx.get()) == 1;
 }
@@ -261,15 +264,21 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
         problem("neither alipay_public_key_file nor alipay_public_cert_file is set");
     }
 
-    if (key_mode) {
-        auto key = crypto::load_public_key(app.public_key_pem);
+    const auto public_key = [&](const std::string& pem, std::string_view field, bool previous) {
+        auto key = crypto::load_public_key(pem);
         if (!key) {
-            problem("alipay_public_key_file is not a PEM or base64 SubjectPublicKeyInfo public key");
+            problem(std::string(field) + " is not a PEM or base64 SubjectPublicKeyInfo public key");
         } else if (!is_rsa(key->get())) {
-            problem("alipay_public_key_file is not an RSA public key");
+            problem(std::string(field) + " is not an RSA public key");
         } else {
-            keys.keys.push_back(*key);
+            keys.keys.push_back(AlipayKey{.key = *key, .previous = previous});
         }
+    };
+    if (key_mode) {
+        public_key(app.public_key_pem, "alipay_public_key_file", false);
+    }
+    if (!app.previous_public_key_pem.empty()) {
+        public_key(app.previous_public_key_pem, "previous_alipay_public_key_file", true);
     }
 
     if (cert_mode && app.root_cert_pem.empty()) {
@@ -294,11 +303,34 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
             } else if (!is_rsa(key.get())) {
                 problem("alipay_public_cert_file does not hold an RSA public key");
             } else {
-                keys.keys.push_back(std::move(key));
+                keys.keys.push_back(AlipayKey{.key = std::move(key)});
                 keys.alipay_cert_sn = crypto::alipay_cert_sn(cert);
                 keys.alipay_root_cert_sn = crypto::alipay_root_cert_sn(*roots);
             }
         }
+        // The certificate being replaced: it may already have expired (a restart late in the
+        // overlap must not fail for it); verify() stops using it after its notAfter.
+        if (roots && !app.previous_public_cert_pem.empty()) {
+            auto previous = crypto::load_certificates(app.previous_public_cert_pem);
+            if (!previous) {
+                problem("previous_alipay_public_cert_file holds no readable PEM certificate");
+            } else {
+                const std::size_t leaf = leaf_index(*previous);
+                X509* cert = (*previous)[leaf].get();
+                crypto::SharedKey key = crypto::certificate_key(cert);
+                if (!chains_to_roots(*previous, leaf, *roots, false)) {
+                    problem("previous_alipay_public_cert_file does not chain to alipay_root_cert_file");
+                } else if (!is_rsa(key.get())) {
+                    problem("previous_alipay_public_cert_file does not hold an RSA public key");
+                } else {
+                    keys.keys.push_back(AlipayKey{
+                        .key = std::move(key), .previous = true, .not_after = crypto::certificate_not_after(cert)});
+                }
+            }
+        }
+    }
+    if (!app.previous_public_cert_pem.empty() && !cert_mode) {
+        problem("previous_alipay_public_cert_file is set but alipay_public_cert_file is not");
     }
 
     if (problems.size() != problems_before) {
@@ -341,7 +373,8 @@ const AlipayAppKeys* AlipayGateway::find_app(std::string_view app_id) const noex
     return nullptr;
 }
 
-Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_view header_charset) const
+Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_view header_charset,
+                                             std::int64_t now) const
 {
     auto parsed = parse_form(body);
     if (!parsed) {
@@ -401,26 +434,36 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
             }
         }
     }
-    // One RSA operation per configured key, whatever the number of variants: the digest the
-    // signature carries is recovered once, and each variant costs only its hash. (Every fallback is
-    // switched on by the body, so a forgery could otherwise buy eight RSA verifications for one.)
-    std::vector<std::string> recovered;
-    recovered.reserve(app->keys.size());
-    for (const auto& key : app->keys) {
-        if (auto d = crypto::rsa_recover_digest(key.get(), app->digest, *signature)) {
-            recovered.push_back(std::move(*d));
-        }
-    }
+    // One RSA operation per key tried, whatever the number of variants: the digest the signature
+    // carries is recovered once, and each variant costs only its hash. (Every fallback is switched
+    // on by the body, so a forgery could otherwise buy eight RSA verifications for one.) The keys
+    // are tried in turn, so the previous key of a rotation costs nothing while the current one
+    // verifies; each variant's string is built once, when first needed.
+    std::vector<std::string> contents(variants.size());
+    std::vector<bool> built(variants.size(), false);
     const Variant* verified = nullptr;
-    for (const Variant& variant : variants) {
-        if (recovered.empty()) {
-            break;
+    const AlipayKey* verified_by = nullptr;
+    for (const AlipayKey& key : app->keys) {
+        if (key.not_after != 0) {
+            if (now == 0) {
+                now = unix_ms(std::chrono::system_clock::now()) / 1000;
+            }
+            if (now > key.not_after) {
+                continue;
+            }
         }
-        const std::string content = build_content(sorted, variant);
-        for (const std::string& digest : recovered) {
-            if (crypto::digest_matches(digest, app->digest, content)) {
-                verified = &variant;
-                break;
+        const auto digest = crypto::rsa_recover_digest(key.key.get(), app->digest, *signature);
+        if (!digest) {
+            continue;
+        }
+        for (std::size_t i = 0; i < variants.size() && verified == nullptr; ++i) {
+            if (!built[i]) {
+                contents[i] = build_content(sorted, variants[i]);
+                built[i] = true;
+            }
+            if (crypto::digest_matches(*digest, app->digest, contents[i])) {
+                verified = &variants[i];
+                verified_by = &key;
             }
         }
         if (verified != nullptr) {
@@ -429,6 +472,9 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
     }
     if (verified == nullptr) {
         return make_error_code(errc::bad_signature);
+    }
+    if (verified_by->previous) {
+        add_note(notice.notes, "verified with the previous Alipay key (rotation not finished)");
     }
     if (verified->skip_empty) {
         add_note(notice.notes, "verified without the empty-valued fields");

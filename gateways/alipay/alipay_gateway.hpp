@@ -17,15 +17,23 @@
 
 namespace paybridge::gateways::alipay {
 
+/// One Alipay public key an app's notifications may be signed with.
+struct AlipayKey {
+    crypto::SharedKey key;
+    bool previous{false};       ///< the key being replaced during a rotation
+    std::int64_t not_after{0};  ///< a previous certificate's notAfter (Unix s): unused after it; 0: none
+};
+
 /// The verified key material of one configured app, loaded once at start-up.
 struct AlipayAppKeys {
     std::string app_id;
     std::string seller_id;   ///< empty: not checked
     std::string sign_type;   ///< "RSA2" (SHA256withRSA) or "RSA" (SHA1withRSA)
     crypto::Digest digest{crypto::Digest::sha256};
-    /// Keys tried in order: the public-key-mode key, then the certificate-mode key. The config
-    /// loader gives an app one mode (config/load.cpp); load_alipay_app itself accepts both.
-    std::vector<crypto::SharedKey> keys;
+    /// Keys tried in order: the public-key-mode key, the certificate-mode key, then the previous
+    /// ones of a rotation. The config loader gives an app one mode (config/load.cpp);
+    /// load_alipay_app itself accepts both.
+    std::vector<AlipayKey> keys;
     std::string alipay_cert_sn;       ///< certificate mode: SN of the Alipay public certificate
     std::string alipay_root_cert_sn;  ///< certificate mode: SN of the RSA roots, '_'-joined
 };
@@ -34,6 +42,8 @@ struct AlipayAppKeys {
 /// Public-key mode: public_key_pem is a PEM or bare base64 SubjectPublicKeyInfo RSA key.
 /// Certificate mode: public_cert_pem (the leaf, optionally followed by intermediates) must chain
 /// to a certificate of root_cert_pem now; its SN and the root SN are computed per §1.6.
+/// Rotation: previous_public_key_pem is loaded like public_key_pem; previous_public_cert_pem must
+/// chain to the same roots, but may have expired (verify() skips it once past its notAfter).
 /// Every problem found is appended to `problems` (one specific line each), and then the result
 /// is errc::invalid_argument.
 Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_view where,
@@ -87,10 +97,13 @@ public:
     ///   seller_id) invalid in its charset (any other such field is dropped with a note);
     /// - unknown_account: app_id not configured, or seller_id differs from the configured one;
     /// - bad_signature: sign_type differs from the app's (absent means RSA2), sign is not base64,
-    ///   or no key verifies any of the §1.5 sign-string variants.
+    ///   or no key verifies any of the §1.5 sign-string variants. The keys are tried in order, one
+    ///   RSA operation each, so a notification signed with the current key costs one; `now` (Unix
+    ///   s, 0: the clock) decides whether a previous certificate has expired.
     /// `header_charset` (from Content-Type, may be empty) is used only when the signed `charset`
     /// field is absent; with neither, UTF-8 is assumed.
-    Result<VerifiedNotice> verify(std::string_view body, std::string_view header_charset = {}) const;
+    Result<VerifiedNotice> verify(std::string_view body, std::string_view header_charset = {},
+                                  std::int64_t now = 0) const;
 
     /// The configured app, or null.
     const AlipayAppKeys* find_app(std::string_view app_id) const noexcept;

@@ -40,7 +40,7 @@ struct Harness {
         app.app_id = std::string(kAppId);
         app.sign_type = "RSA2";
         app.digest = crypto::Digest::sha256;
-        app.keys.push_back(*crypto::load_public_key(pair.public_pem));
+        app.keys.push_back(alipay::AlipayKey{.key = *crypto::load_public_key(pair.public_pem)});
         std::vector<alipay::AlipayAppKeys> apps;
         apps.push_back(std::move(app));
         gateway = std::make_unique<alipay::AlipayGateway>(std::move(apps));

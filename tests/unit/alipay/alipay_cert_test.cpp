@@ -248,6 +248,94 @@ TEST_CASE("both modes configured: either key verifies")
     CHECK_FALSE(gw->verify(build_alipay_body(notice, private_key(other_keys()).get())).has_value());
 }
 
+TEST_CASE("key rotation, public-key mode: the previous key verifies after the current one, with a note")
+{
+    auto app = app_config();
+    app.previous_public_key_pem = other_keys().public_pem;
+    auto gw = make_gateway({app});
+    const auto& keys = gw->find_app(kAppId)->keys;
+    REQUIRE(keys.size() == 2);
+    CHECK_FALSE(keys[0].previous);
+    CHECK(keys[1].previous);
+    const auto notice = make_paid_notice(spec());
+
+    auto current = gw->verify(body_of(notice));
+    REQUIRE(current.has_value());
+    CHECK(current->notes.find("previous") == std::string::npos);
+    auto previous = gw->verify(build_alipay_body(notice, private_key(other_keys()).get()));
+    REQUIRE(previous.has_value());
+    CHECK(previous->notes.find("verified with the previous Alipay key") != std::string::npos);
+    // A third key is neither.
+    const auto stranger = keygen::generate_rsa();
+    auto forged = gw->verify(build_alipay_body(notice, private_key(stranger).get()));
+    REQUIRE_FALSE(forged.has_value());
+    CHECK(forged.error() == make_error_code(errc::bad_signature));
+    // Without the previous key configured, its signatures are refused.
+    auto after = make_gateway({app_config()});
+    CHECK_FALSE(after->verify(build_alipay_body(notice, private_key(other_keys()).get())).has_value());
+
+    app.previous_public_key_pem = "garbage";
+    CHECK(load_problems(app) ==
+          std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_key_file is not a PEM or base64 "
+                                   "SubjectPublicKeyInfo public key"});
+}
+
+TEST_CASE("key rotation, certificate mode: the previous certificate may have expired at load and verifies until its notAfter")
+{
+    const auto ca = keygen::make_ca({.common_name = "Test Alipay Root"});
+    const auto current = keygen::issue(ca, {.common_name = "alipay public cert 2027"});
+    const std::int64_t now = std::time(nullptr);
+    const auto previous = keygen::issue(ca, {.common_name = "alipay public cert 2026",
+                                             .not_before_unix = now - 300 * 86400, .not_after_unix = now + 3600});
+    auto app = cert_app(current.cert_pem, ca.cert_pem);
+    app.previous_public_cert_pem = previous.cert_pem;
+    auto gw = make_gateway({app});
+    const AlipayAppKeys& keys = *gw->find_app(kAppId);
+    REQUIRE(keys.keys.size() == 2);
+    CHECK(keys.keys[1].previous);
+    CHECK(keys.keys[1].not_after == now + 3600);
+    auto current_cert = crypto::load_certificates(current.cert_pem);
+    REQUIRE(current_cert.has_value());
+    CHECK(keys.alipay_cert_sn == crypto::alipay_cert_sn(current_cert->front().get()));  // the current one's
+
+    const auto notice = make_paid_notice(spec());
+    const std::string by_current = build_alipay_body(notice, private_key(current.key).get());
+    const std::string by_previous = build_alipay_body(notice, private_key(previous.key).get());
+    CHECK(gw->verify(by_current).has_value());
+    auto verified = gw->verify(by_previous, {}, now);
+    REQUIRE(verified.has_value());
+    CHECK(verified->notes.find("verified with the previous Alipay key") != std::string::npos);
+    CHECK(gw->verify(by_previous, {}, now + 3600).has_value());
+    // Past its notAfter the previous certificate is not used; the current one still verifies.
+    auto expired = gw->verify(by_previous, {}, now + 3601);
+    REQUIRE_FALSE(expired.has_value());
+    CHECK(expired.error() == make_error_code(errc::bad_signature));
+    CHECK(gw->verify(by_current, {}, now + 3601).has_value());
+
+    // Already expired at load: loaded all the same (a restart late in the overlap must not fail),
+    // and never used.
+    const auto old = keygen::issue(ca, {.common_name = "alipay public cert 2025",
+                                        .not_before_unix = now - 400 * 86400, .not_after_unix = now - 86400});
+    app.previous_public_cert_pem = old.cert_pem;
+    auto late = make_gateway({app});
+    REQUIRE(late->find_app(kAppId)->keys.size() == 2);
+    CHECK_FALSE(late->verify(build_alipay_body(notice, private_key(old.key).get())).has_value());
+
+    // It must chain to the same roots, be a certificate, and come with certificate mode.
+    const auto other_ca = keygen::make_ca({.common_name = "Some Other Root"});
+    app.previous_public_cert_pem = keygen::issue(other_ca, {.common_name = "stranger"}).cert_pem;
+    CHECK(load_problems(app) == std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_cert_file does not "
+                                                         "chain to alipay_root_cert_file"});
+    app.previous_public_cert_pem = "not a certificate";
+    CHECK(load_problems(app) == std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_cert_file holds no "
+                                                         "readable PEM certificate"});
+    auto key_mode = app_config();
+    key_mode.previous_public_cert_pem = previous.cert_pem;
+    CHECK(load_problems(key_mode) ==
+          std::vector<std::string>{
+              "alipay.apps[0]: previous_alipay_public_cert_file is set but alipay_public_cert_file is not"});
+}
+
 TEST_CASE("make_alipay_gateway: every problem of every app, indexed, duplicates, success")
 {
     auto good = app_config();

@@ -675,6 +675,43 @@ TEST_CASE("config: semantic checks of the gateways")
         });
 }
 
+TEST_CASE("config: an Alipay key rotation names the previous key in the app's own mode")
+{
+    MinimalFixture f;
+    f.box.write("alipay.pem", "new key");
+    f.box.write("alipay-old.pem", "old key");
+    f.box.write("alipay.crt", "new cert");
+    f.box.write("alipay-old.crt", "old cert");
+    f.box.write("root.crt", "root");
+    const LoadReport good = load(f.box, R"({ "alipay": { "apps": [
+        { "app_id": "1", "alipay_public_key_file": "alipay.pem", "previous_alipay_public_key_file": "alipay-old.pem" },
+        { "app_id": "2", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+          "previous_alipay_public_cert_file": "alipay-old.crt" } ] } })");
+    INFO(dump(good.problems));
+    REQUIRE(good.config);
+    REQUIRE(good.config->alipay_apps.size() == 2);
+    CHECK(good.config->alipay_apps[0].public_key_pem == "new key");
+    CHECK(good.config->alipay_apps[0].previous_public_key_pem == "old key");
+    CHECK(good.config->alipay_apps[0].previous_public_cert_pem.empty());
+    CHECK(good.config->alipay_apps[1].public_cert_pem == "new cert");
+    CHECK(good.config->alipay_apps[1].previous_public_cert_pem == "old cert");
+    CHECK(good.config->alipay_apps[1].previous_public_key_pem.empty());
+
+    const LoadReport bad = load(f.box, R"({ "alipay": { "apps": [
+        { "app_id": "1", "alipay_public_key_file": "alipay.pem", "previous_alipay_public_cert_file": "alipay-old.crt" },
+        { "app_id": "2", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+          "previous_alipay_public_key_file": "alipay-old.pem" },
+        { "app_id": "3", "alipay_public_key_file": "alipay.pem", "previous_alipay_public_key_file": "gone.pem" } ] } })");
+    check_problems(bad, {
+                            "/alipay/apps/0/previous_alipay_public_cert_file: only in certificate mode (with "
+                            "alipay_public_cert_file); in public-key mode give previous_alipay_public_key_file",
+                            "/alipay/apps/1/previous_alipay_public_key_file: only in public-key mode (with "
+                            "alipay_public_key_file); in certificate mode give previous_alipay_public_cert_file",
+                            "/alipay/apps/2/previous_alipay_public_key_file: cannot read gone.pem: No such file or "
+                            "directory",
+                        });
+}
+
 TEST_CASE("config: API tokens and CRM secrets")
 {
     MinimalFixture f;
