@@ -17,6 +17,8 @@ namespace paybridge::config {
 struct Endpoint {
     std::string host{"127.0.0.1"};
     std::uint16_t port{8080};
+
+    bool operator==(const Endpoint&) const = default;
 };
 
 struct TlsListenConfig {
@@ -37,6 +39,16 @@ struct HttpLimits {
     bool operator==(const HttpLimits&) const = default;
 };
 
+/// Redis Sentinel: the sentinels to ask, in order, for the address of the master `master`.
+struct SentinelConfig {
+    std::string master;             ///< the name the sentinels monitor it under
+    std::vector<Endpoint> nodes;    ///< empty: no Sentinel (host/port of RedisConfig are used)
+    std::string username;           ///< optional ACL user on the sentinels
+    std::string password;           ///< optional (secret)
+
+    bool operator==(const SentinelConfig&) const = default;
+};
+
 struct RedisConfig {
     std::string host{"127.0.0.1"};
     std::uint16_t port{6379};
@@ -49,6 +61,9 @@ struct RedisConfig {
     std::chrono::milliseconds connect_timeout{2'000};
     int wait_replicas{0};  ///< WAIT for this many replicas before acknowledging a provider
     std::chrono::milliseconds wait_timeout{1'000};
+    /// With sentinel.nodes set, every (re)connection asks the sentinels where the master is, and
+    /// host/port are not used.
+    SentinelConfig sentinel;
 
     bool operator==(const RedisConfig&) const = default;
 };

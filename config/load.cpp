@@ -344,6 +344,25 @@ private:
         duration(v, ptr, "connect_timeout_ms", out.connect_timeout);
         integer(v, ptr, "wait_replicas", out.wait_replicas);
         duration(v, ptr, "wait_timeout_ms", out.wait_timeout);
+        if (const Value* sentinel = object_at(v, ptr, "sentinel")) {
+            const std::string sptr = child(ptr, "sentinel");
+            text(*sentinel, sptr, "master", out.sentinel.master);
+            text(*sentinel, sptr, "username", out.sentinel.username);
+            if (std::optional<std::string> password = secret(*sentinel, sptr, "password")) {
+                out.sentinel.password = std::move(*password);
+            }
+            if (const Value* nodes = array_at(*sentinel, sptr, "nodes")) {
+                std::map<std::string, std::string> seen;
+                for (SizeType i = 0; i < nodes->Size(); ++i) {
+                    const std::string item = child(child(sptr, "nodes"), i);
+                    Endpoint node;
+                    if ((*nodes)[i].IsString() && endpoint((*nodes)[i], item, node)) {
+                        unique(seen, node.host + ":" + std::to_string(node.port), item);
+                        out.sentinel.nodes.push_back(std::move(node));
+                    }
+                }
+            }
+        }
         if (out.wait_replicas > 0 && out.wait_timeout * 2 > out.request_timeout) {
             // A replica confirmation (SET + WAIT on its own connection) must end well before that
             // connection's request deadline, or a replica outage reads as Redis being unreachable.

@@ -71,7 +71,23 @@ const std::string_view kConfigSchema = R"json({
         "request_timeout_ms": { "$ref": "#/definitions/duration_ms" },
         "connect_timeout_ms": { "$ref": "#/definitions/duration_ms" },
         "wait_replicas": { "type": "integer", "minimum": 0, "maximum": 64 },
-        "wait_timeout_ms": { "$ref": "#/definitions/duration_ms" }
+        "wait_timeout_ms": { "$ref": "#/definitions/duration_ms" },
+        "sentinel": {
+          "type": "object",
+          "additionalProperties": false,
+          "required": ["master", "nodes"],
+          "properties": {
+            "master": { "type": "string", "minLength": 1, "maxLength": 256 },
+            "nodes": {
+              "type": "array",
+              "minItems": 1,
+              "maxItems": 16,
+              "items": { "type": "string", "description": "a host:port of a sentinel" }
+            },
+            "username": { "type": "string", "minLength": 1, "maxLength": 256 },
+            "password": { "$ref": "#/definitions/secret_ref" }
+          }
+        }
       }
     },
     "api_tokens": {

@@ -16,6 +16,8 @@
 #include <openssl/evp.h>
 
 #include <algorithm>
+#include <array>
+#include <charconv>
 #include <exception>
 #include <random>
 #include <variant>
@@ -44,6 +46,8 @@ constexpr std::size_t kReadBufferSize = 64 * 1024;
 constexpr std::size_t kMaxPending = 200'000;
 constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
+// How often, in Sentinel mode, a connected RedisConnection asks whether the master has moved.
+constexpr std::chrono::milliseconds kSentinelWatch{1'000};
 
 struct ReplyFree {
     void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
@@ -156,6 +160,9 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
       write_signal_(executor_),
       backoff_timer_(executor_),
       connect_timer_(executor_),
+      watch_timer_(executor_),
+      current_{cfg.host, cfg.port},
+      sentinels_(cfg.sentinel.nodes),
       read_buf_(std::make_unique<char[]>(kReadBufferSize))
 {
 }
@@ -223,6 +230,7 @@ void RedisConnection::close_io() noexcept
     error_code ignored;
     socket_.close(ignored);
     write_signal_.cancel();
+    watch_timer_.cancel();
 }
 
 void RedisConnection::wake_writer() noexcept
@@ -284,6 +292,9 @@ void RedisConnection::deliver_front(void* hiredis_reply)
     }
     if (dst.is_error()) {
         stats_.errors.fetch_add(1, std::memory_order_relaxed);
+        if (!sentinels_.empty() && dst.str.starts_with("READONLY")) {
+            demoted_ = true;  // read_loop closes the connection once this batch is delivered
+        }
     }
     if (--w->remaining == 0) {
         w->finish({});
@@ -420,7 +431,22 @@ asio::awaitable<void> RedisConnection::run()
         // the loop: without the barrier, nothing would ever reconnect.
         error_code ec;
         try {
-            ec = co_await connect_and_handshake();
+            if (!sentinels_.empty()) {
+                Result<config::Endpoint> master = co_await ask_sentinels();
+                if (!master) {
+                    ec = master.error();
+                } else {
+                    if (*master != current_) {
+                        log::info("redis.master", {{"master", cfg_.sentinel.master},
+                                                   {"host", master->host},
+                                                   {"port", static_cast<int>(master->port)}});
+                    }
+                    current_ = std::move(*master);
+                }
+            }
+            if (!ec) {
+                ec = co_await connect_and_handshake();
+            }
         } catch (const std::exception& e) {
             log::error("redis.handshake_failed", {{"what", e.what()}});
             ec = make_error_code(errc::internal);
@@ -430,7 +456,8 @@ asio::awaitable<void> RedisConnection::run()
         }
         if (!ec) {
             ready_.store(true, std::memory_order_relaxed);
-            log::info("redis.ready", {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}, {"db", cfg_.db}});
+            log::info("redis.ready",
+                      {{"host", current_.host}, {"port", static_cast<int>(current_.port)}, {"db", cfg_.db}});
             backoff = kBackoffMin;
             try {
                 co_await serve();
@@ -438,11 +465,12 @@ asio::awaitable<void> RedisConnection::run()
                 log::error("redis.connection_failed", {{"what", e.what()}});
             }
             if (!stopped_) {
-                log::warning("redis.connection_lost", {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}});
+                log::warning("redis.connection_lost",
+                             {{"host", current_.host}, {"port", static_cast<int>(current_.port)}});
             }
         } else {
             log::warning("redis.connect_failed",
-                         {{"host", cfg_.host}, {"port", static_cast<int>(cfg_.port)}, {"error", ec.message()}});
+                         {{"host", current_.host}, {"port", static_cast<int>(current_.port)}, {"error", ec.message()}});
         }
         close_io();
         fail_pending(make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable));
@@ -459,9 +487,154 @@ asio::awaitable<void> RedisConnection::run()
 asio::awaitable<void> RedisConnection::serve()
 {
     using namespace asio::experimental::awaitable_operators;
+    demoted_ = false;
     // Each loop closes the socket when it ends, which ends the other one too.
-    auto both = read_loop() && write_loop();
-    co_await std::move(both);
+    if (sentinels_.empty()) {
+        auto both = read_loop() && write_loop();
+        co_await std::move(both);
+        co_return;
+    }
+    // The watch closes the socket when the master moves; it is cancelled when the loops end.
+    auto watched = (read_loop() && write_loop()) || watch_master();
+    co_await std::move(watched);
+}
+
+asio::awaitable<void> RedisConnection::watch_master()
+{
+    while (socket_.is_open()) {
+        watch_timer_.expires_after(kSentinelWatch);
+        auto [ec] = co_await watch_timer_.async_wait(kUseTuple);
+        if (ec || !socket_.is_open()) {
+            co_return;
+        }
+        Result<config::Endpoint> master = co_await ask_sentinels();
+        if (master && *master != current_ && socket_.is_open()) {
+            log::warning("redis.master_moved", {{"master", cfg_.sentinel.master},
+                                                {"from", current_.host + ":" + std::to_string(current_.port)},
+                                                {"to", master->host + ":" + std::to_string(master->port)}});
+            close_io();
+            co_return;
+        }
+    }
+}
+
+asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinels()
+{
+    using namespace asio::experimental::awaitable_operators;
+    error_code last = make_error_code(errc::store_unavailable);
+    // Over a copy: the order changes below.
+    const std::vector<config::Endpoint> order = sentinels_;
+    for (const config::Endpoint& node : order) {
+        asio::steady_timer timer(executor_, cfg_.connect_timeout);
+        auto attempt = ask_sentinel(node) || timer.async_wait(kUseTuple);
+        auto winner = co_await std::move(attempt);
+        if (winner.index() == 1) {
+            last = make_error_code(errc::timeout);
+            log::warning("redis.sentinel_failed", {{"sentinel", node.host + ":" + std::to_string(node.port)},
+                                                   {"error", "no answer within connect_timeout"}});
+            continue;
+        }
+        Result<config::Endpoint> master = std::move(std::get<0>(winner));
+        if (!master) {
+            last = master.error();
+            continue;
+        }
+        // The sentinel that answered is asked first next time.
+        auto it = std::find(sentinels_.begin(), sentinels_.end(), node);
+        if (it != sentinels_.end() && it != sentinels_.begin()) {
+            std::rotate(sentinels_.begin(), it, it + 1);
+        }
+        co_return master;
+    }
+    co_return last;
+}
+
+asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::Endpoint node)
+{
+    const std::string where = node.host + ":" + std::to_string(node.port);
+    const auto deadline = std::chrono::steady_clock::now() + cfg_.connect_timeout;
+    Resolved resolved = co_await resolve_until(executor_, node.host, node.port, deadline);
+    if (resolved.error) {
+        log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", resolved.error.message()}});
+        co_return resolved.error;
+    }
+    tcp::socket socket(executor_);
+    auto [cec, endpoint] = co_await asio::async_connect(socket, resolved.endpoints, kUseTuple);
+    if (cec) {
+        log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", cec.message()}});
+        co_return cec;
+    }
+    std::string request;
+    const bool auth = !cfg_.sentinel.password.empty();
+    if (auth) {
+        std::vector<std::string> command{"AUTH"};
+        if (!cfg_.sentinel.username.empty()) {
+            command.push_back(cfg_.sentinel.username);
+        }
+        command.push_back(cfg_.sentinel.password);
+        append_command(request, command);
+    }
+    const std::vector<std::string> ask{"SENTINEL", "get-master-addr-by-name", cfg_.sentinel.master};
+    append_command(request, ask);
+    auto [wec, written] = co_await asio::async_write(socket, asio::buffer(request), kUseTuple);
+    if (wec) {
+        log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", wec.message()}});
+        co_return wec;
+    }
+
+    std::unique_ptr<redisReader, ReaderFree> reader(redisReaderCreate());
+    if (reader == nullptr) {
+        co_return make_error_code(errc::internal);
+    }
+    std::vector<Reply> replies;
+    const std::size_t expected = auth ? 2 : 1;
+    std::array<char, 1024> buf{};
+    while (replies.size() < expected) {
+        auto [rec, n] = co_await socket.async_read_some(asio::buffer(buf), kUseTuple);
+        if (rec) {
+            log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", rec.message()}});
+            co_return rec;
+        }
+        if (redisReaderFeed(reader.get(), buf.data(), n) != REDIS_OK) {
+            co_return make_error_code(errc::store_unavailable);
+        }
+        for (;;) {
+            void* raw = nullptr;
+            if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK) {
+                log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", reader->errstr}});
+                co_return make_error_code(errc::store_unavailable);
+            }
+            if (raw == nullptr) {
+                break;
+            }
+            ReplyPtr owned(static_cast<redisReply*>(raw));
+            copy_reply(*owned, replies.emplace_back());
+        }
+    }
+    if (auth && !replies[0].is_status("OK")) {
+        // Never log the credentials; the sentinel's message names no secret.
+        log::error("redis.sentinel_auth_failed", {{"sentinel", where}, {"reply", replies[0].str}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    const Reply& answer = replies[expected - 1];
+    std::uint16_t port = 0;
+    if (answer.is_array() && answer.elements.size() == 2 && answer.elements[0].is_string() &&
+        !answer.elements[0].str.empty() && answer.elements[1].is_string()) {
+        const std::string& text = answer.elements[1].str;
+        const auto [end, perr] = std::from_chars(text.data(), text.data() + text.size(), port);
+        if (perr != std::errc{} || end != text.data() + text.size() || port == 0) {
+            port = 0;
+        }
+    }
+    if (port == 0) {
+        // nil: the sentinel does not monitor a master of that name.
+        log::error("redis.sentinel_no_master", {{"sentinel", where},
+                                                {"master", cfg_.sentinel.master},
+                                                {"reply", answer.is_error() ? answer.str : std::string()}});
+        co_return make_error_code(errc::store_unavailable);
+    }
+    config::Endpoint master{answer.elements[0].str, port};  // named: STYLE.md §3
+    co_return master;
 }
 
 asio::awaitable<error_code> RedisConnection::connect_and_handshake()
@@ -488,7 +661,7 @@ asio::awaitable<error_code> RedisConnection::handshake()
     // Bounded by the connect timeout like the rest of the handshake: Asio's resolver would not
     // stop for the timer this coroutine races against (connect_and_handshake()).
     const auto deadline = std::chrono::steady_clock::now() + cfg_.connect_timeout;
-    Resolved resolved = co_await resolve_until(executor_, cfg_.host, cfg_.port, deadline);
+    Resolved resolved = co_await resolve_until(executor_, current_.host, current_.port, deadline);
     if (resolved.error) {
         co_return resolved.error;
     }
@@ -502,7 +675,7 @@ asio::awaitable<error_code> RedisConnection::handshake()
     socket_.set_option(asio::socket_base::keep_alive(true), ec);
 
     // AUTH, SELECT and every SCRIPT LOAD go out in one write; the replies are checked in order.
-    enum class Step { auth, select, script };
+    enum class Step { auth, select, role, script };
     struct Expect {
         Step step;
         std::size_t script;
@@ -522,6 +695,12 @@ asio::awaitable<error_code> RedisConnection::handshake()
         const std::vector<std::string> select{"SELECT", std::to_string(cfg_.db)};
         append_command(request, select);
         expects.push_back(Expect{.step = Step::select, .script = 0});
+    }
+    if (!sentinels_.empty()) {
+        // The sentinels' answer may be stale (a failover under way): only a master will do.
+        const std::vector<std::string> role{"ROLE"};
+        append_command(request, role);
+        expects.push_back(Expect{.step = Step::role, .script = 0});
     }
     for (std::size_t i = 0; i < scripts_.size(); ++i) {
         const std::vector<std::string> load{"SCRIPT", "LOAD", scripts_[i].body};
@@ -575,6 +754,16 @@ asio::awaitable<error_code> RedisConnection::handshake()
                         co_return make_error_code(errc::store_unavailable);
                     }
                     break;
+                case Step::role:
+                    if (!reply.is_array() || reply.elements.empty() || reply.elements[0].str != "master") {
+                        log::warning("redis.not_master",
+                                     {{"host", current_.host},
+                                      {"port", static_cast<int>(current_.port)},
+                                      {"role", reply.is_array() && !reply.elements.empty() ? reply.elements[0].str
+                                                                                           : reply.str}});
+                        co_return make_error_code(errc::store_unavailable);
+                    }
+                    break;
                 case Step::script:
                     if (!reply.is_string() || reply.str != scripts_[expect.script].sha) {
                         log::error("redis.script_load_failed",
@@ -623,6 +812,11 @@ asio::awaitable<void> RedisConnection::read_loop()
         }
         update_in_flight();
         if (!ok) {
+            break;
+        }
+        if (demoted_) {
+            log::warning("redis.readonly", {{"host", current_.host}, {"port", static_cast<int>(current_.port)},
+                                            {"why", "the node refused a write as a replica: asking the sentinels again"}});
             break;
         }
     }

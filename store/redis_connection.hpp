@@ -78,6 +78,12 @@ public:
     /// Spawns the run loop: connect (connect_timeout) -> AUTH -> SELECT -> SCRIPT LOAD -> ready ->
     /// serve. On any failure: every pending request fails with errc::store_unavailable, the
     /// connection backs off (100 ms doubling to 5 s, with jitter) and retries. Idempotent.
+    ///
+    /// With Sentinel (cfg.sentinel.nodes): before each connection the sentinels are asked, in
+    /// turn (each within connect_timeout; the one that answers is asked first next time), where
+    /// the master is; the handshake checks with ROLE that the node is a master. While connected,
+    /// the sentinels are asked again every second, and the connection is closed (and made again
+    /// to the new master) when they name another one, or when a write is refused with READONLY.
     void start();
 
     /// Closes the socket and stops reconnecting; pending requests fail with errc::shutting_down.
@@ -123,6 +129,12 @@ private:
     boost::asio::awaitable<void> run();
     boost::asio::awaitable<boost::system::error_code> connect_and_handshake();
     boost::asio::awaitable<boost::system::error_code> handshake();
+    /// The master's address from the first sentinel that names it (Sentinel mode only).
+    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinels();
+    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinel(config::Endpoint node);
+    /// While serving in Sentinel mode: returns (after closing the connection) once the sentinels
+    /// name another master than the one connected to.
+    boost::asio::awaitable<void> watch_master();
     boost::asio::awaitable<void> serve();
     boost::asio::awaitable<void> read_loop();
     boost::asio::awaitable<void> write_loop();
@@ -145,6 +157,10 @@ private:
     boost::asio::steady_timer write_signal_;
     boost::asio::steady_timer backoff_timer_;
     boost::asio::steady_timer connect_timer_;
+    boost::asio::steady_timer watch_timer_;
+    config::Endpoint current_;               ///< where the connection goes (the master, with Sentinel)
+    std::vector<config::Endpoint> sentinels_;  ///< asked in this order; the last to answer first
+    bool demoted_{false};                      ///< a reply said READONLY: the node is no master now
     std::unique_ptr<redisReader, ReaderFree> reader_;
     std::unique_ptr<char[]> read_buf_;
 

@@ -86,11 +86,37 @@ std::string read_file(const std::string& path)
 RedisTestServer::RedisTestServer(std::vector<std::string> extra_args)
     : binary_(find_redis_server()), extra_args_(std::move(extra_args)), port_(free_port())
 {
+    start_in_fresh_dir();
+}
+
+RedisTestServer::RedisTestServer(SentinelTag, std::string sentinel_conf, std::vector<std::string> extra_args)
+    : binary_(find_redis_server()),
+      extra_args_(std::move(extra_args)),
+      sentinel_conf_(std::move(sentinel_conf)),
+      port_(free_port())
+{
+    start_in_fresh_dir();
+}
+
+std::unique_ptr<RedisTestServer> RedisTestServer::sentinel(std::uint16_t master_port, const std::string& name,
+                                                           std::vector<std::string> extra_args)
+{
+    const std::string conf = "sentinel monitor " + name + " 127.0.0.1 " + std::to_string(master_port) + " 1\n" +
+                             "sentinel down-after-milliseconds " + name + " 1000\n" +
+                             "sentinel failover-timeout " + name + " 5000\n";
+    return std::unique_ptr<RedisTestServer>(new RedisTestServer(SentinelTag{}, conf, std::move(extra_args)));
+}
+
+void RedisTestServer::start_in_fresh_dir()
+{
     std::string tmpl = (fs::temp_directory_path() / "paybridge-redis-XXXXXX").string();
     if (::mkdtemp(tmpl.data()) == nullptr) {
         throw std::runtime_error("mkdtemp failed");
     }
     dir_ = tmpl;
+    if (!sentinel_conf_.empty()) {
+        std::ofstream(dir_ + "/sentinel.conf") << sentinel_conf_;
+    }
     // free_port() releases the port before redis-server binds it, so a test running in parallel
     // can take it in between: then redis-server exits with "Address already in use", and another
     // port is tried.
@@ -120,14 +146,20 @@ RedisTestServer::~RedisTestServer()
 
 void RedisTestServer::launch()
 {
-    std::vector<std::string> args{binary_,
-                                  "--port", std::to_string(port_),
-                                  "--bind", "127.0.0.1",
-                                  "--save", "",
-                                  "--appendonly", "no",
-                                  "--dir", dir_,
-                                  "--daemonize", "no",
-                                  "--logfile", dir_ + "/redis.log"};
+    std::vector<std::string> args{binary_};
+    if (!sentinel_conf_.empty()) {
+        // Sentinel mode wants its (writable) config file first.
+        args.push_back(dir_ + "/sentinel.conf");
+        args.push_back("--sentinel");
+    }
+    const std::vector<std::string> common{"--port", std::to_string(port_),
+                                          "--bind", "127.0.0.1",
+                                          "--save", "",
+                                          "--appendonly", "no",
+                                          "--dir", dir_,
+                                          "--daemonize", "no",
+                                          "--logfile", dir_ + "/redis.log"};
+    args.insert(args.end(), common.begin(), common.end());
     args.insert(args.end(), extra_args_.begin(), extra_args_.end());
     std::vector<char*> argv;
     for (std::string& a : args) {

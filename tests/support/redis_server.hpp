@@ -28,6 +28,11 @@ class RedisTestServer {
 public:
     /// extra_args are appended to the command line, e.g. {"--requirepass", "secret"}.
     explicit RedisTestServer(std::vector<std::string> extra_args = {});
+
+    /// A redis-server in Sentinel mode that monitors the master at 127.0.0.1:master_port under
+    /// `name` with quorum 1 (one sentinel decides), down after 1 s, failover timeout 5 s.
+    static std::unique_ptr<RedisTestServer> sentinel(std::uint16_t master_port, const std::string& name,
+                                                     std::vector<std::string> extra_args = {});
     ~RedisTestServer();
     RedisTestServer(const RedisTestServer&) = delete;
     RedisTestServer& operator=(const RedisTestServer&) = delete;
@@ -42,12 +47,16 @@ public:
     void restart();
 
 private:
+    struct SentinelTag {};
+    RedisTestServer(SentinelTag, std::string sentinel_conf, std::vector<std::string> extra_args);
+    void start_in_fresh_dir();
     void launch();
     void wait_ready();
 
     std::string binary_;
     std::string dir_;
     std::vector<std::string> extra_args_;
+    std::string sentinel_conf_;  ///< Sentinel mode: the config file's text (Sentinel rewrites it)
     std::uint16_t port_{0};
     pid_t pid_{-1};
 };

@@ -327,6 +327,29 @@ TEST_CASE("alipay with redis.wait_replicas: 503 fail while no replica has the ch
     CHECK(events_of(fx, "B5101") == 1);  // the payment, applied once
 }
 
+TEST_CASE("alipay through Redis Sentinel: the master the sentinels name is used, not the URL's host")
+{
+    RedisTestServer master;
+    const auto sentinel = RedisTestServer::sentinel(master.port(), "pbmaster");
+    DaemonOptions options;
+    options.redis_extra = R"(, "sentinel": {"master": "pbmaster", "nodes": ["127.0.0.1:)" +
+                          std::to_string(sentinel->port()) + R"("]})";
+    DaemonFixture fx(options);
+    fx.redis().stop();  // the server the URL names: nothing may depend on it
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B5201", 100).status == 201);
+    const auto r = fx.post_alipay(ali.paid("B5201", 100));
+    CHECK(r.status == 200);
+    CHECK(r.body == "success");
+    CHECK(status_of(fx, "B5201") == "PAID");
+    CHECK(http_request(fx.port(), "GET", "/readyz").status == 200);
+    // The master gone (and no replica to fail over to): not ready, and providers hear 503.
+    master.stop();
+    CHECK(wait_for_http(fx.port(), "/readyz", 503, std::chrono::seconds(10)));
+    CHECK(fx.post_alipay(ali.paid("B5201", 100)).status == 503);
+    CHECK(fx.stop() == 0);
+}
+
 TEST_CASE("http: a chunk-size line that never ends is refused, not buffered — a refused upload still reads its answer")
 {
     DaemonFixture fx;

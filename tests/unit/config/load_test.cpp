@@ -675,6 +675,40 @@ TEST_CASE("config: semantic checks of the gateways")
         });
 }
 
+TEST_CASE("config: redis.sentinel names the master and the sentinels to ask")
+{
+    MinimalFixture f;
+    const LoadReport good = load(f.box, R"({ "redis": { "url": "redis://paybridge@ignored:1/2",
+        "sentinel": { "master": "pb-main", "nodes": ["10.0.0.1:26379", "[::1]:26380", "sentinel.internal:26381"],
+                      "username": "watcher", "password": "env:SPW" } } })",
+                                 {{"SPW", "sentinel secret"}});
+    INFO(dump(good.problems));
+    REQUIRE(good.config);
+    const config::SentinelConfig& s = good.config->redis.sentinel;
+    CHECK(s.master == "pb-main");
+    REQUIRE(s.nodes.size() == 3);
+    CHECK(s.nodes[0] == config::Endpoint{"10.0.0.1", 26379});
+    CHECK(s.nodes[1] == config::Endpoint{"::1", 26380});
+    CHECK(s.nodes[2] == config::Endpoint{"sentinel.internal", 26381});
+    CHECK(s.username == "watcher");
+    CHECK(s.password == "sentinel secret");
+    CHECK(good.config->redis.db == 2);  // the URL still gives the database and the user
+    CHECK(good.config->redis.username == "paybridge");
+    CHECK(config::Config{}.redis.sentinel.nodes.empty());  // off by default
+
+    const LoadReport bad = load(f.box, R"({ "redis": { "sentinel": { "nodes": ["10.0.0.1:26379", "10.0.0.1:26379",
+        "10.0.0.2"], "password": "inline" } } })");
+    check_problems(bad, {
+                            "/redis/sentinel/master: required property missing",
+                            "/redis/sentinel/nodes/1: duplicates /redis/sentinel/nodes/0",
+                            "/redis/sentinel/nodes/2: the port is missing",
+                            "/redis/sentinel/password: must be a secret reference (env:NAME, file:PATH or cred:NAME); "
+                            "inline secret values are not allowed",
+                        });
+    const LoadReport empty = load(f.box, R"({ "redis": { "sentinel": { "master": "m", "nodes": [] } } })");
+    check_problems(empty, {"/redis/sentinel/nodes: must not be empty"});
+}
+
 TEST_CASE("config: an Alipay key rotation names the previous key in the app's own mode")
 {
     MinimalFixture f;

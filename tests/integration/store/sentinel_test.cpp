@@ -1,0 +1,276 @@
+// RedisConnection in Sentinel mode against real redis-servers: a master, its replica and a
+// sentinel (redis-server --sentinel) that can fail it over; and a scripted "sentinel" for the
+// answers a real one gives only in a race (a stale master).
+
+#include "store/redis_connection.hpp"
+
+#include "core/error.hpp"
+#include "tests/integration/store/store_fixture.hpp"
+#include "tests/support/process.hpp"
+
+#include <doctest/doctest.h>
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace asio = boost::asio;
+using paybridge::errc;
+using paybridge::Result;
+using paybridge::config::Endpoint;
+using paybridge::config::RedisConfig;
+using paybridge::store::RedisConnection;
+using paybridge::store::Reply;
+using paybridge::test::RedisTestServer;
+using namespace std::chrono_literals;
+
+namespace {
+
+const std::string kMaster = "pbmaster";
+
+/// A connection on its own io_context, stopped (and its io_context run dry) on destruction.
+struct Client {
+    asio::io_context ctx;
+    std::unique_ptr<RedisConnection> conn;
+    std::string sha;
+
+    explicit Client(const RedisConfig& cfg, bool with_script = true)
+    {
+        conn = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
+        if (with_script) {  // a sentinel has no SCRIPT LOAD
+            sha = conn->add_script("return redis.call('INCR', KEYS[1])");
+        }
+        conn->start();
+    }
+    ~Client()
+    {
+        conn->stop();
+        ctx.restart();
+        ctx.run_for(2s);
+    }
+
+    bool wait_ready(std::chrono::milliseconds limit = 10s)
+    {
+        return paybridge::test::run_until(ctx, [this] { return conn->ready(); }, limit);
+    }
+
+    Result<Reply> exec(std::vector<std::string> argv)
+    {
+        return paybridge::test::run_awaitable(ctx, conn->exec(std::move(argv)));
+    }
+
+    /// The port of the node the connection is on (0 while it has none).
+    int node_port()
+    {
+        const Result<Reply> r = exec({"CONFIG", "GET", "port"});
+        return r && r->is_array() && r->elements.size() == 2 ? std::stoi(r->elements[1].str) : 0;
+    }
+};
+
+RedisConfig sentinel_config(std::vector<Endpoint> nodes, std::string master = kMaster)
+{
+    RedisConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = 1;  // never used in Sentinel mode
+    cfg.request_timeout = 2000ms;
+    cfg.connect_timeout = 500ms;
+    cfg.sentinel.master = std::move(master);
+    cfg.sentinel.nodes = std::move(nodes);
+    return cfg;
+}
+
+Endpoint at(std::uint16_t port) { return Endpoint{"127.0.0.1", port}; }
+
+/// A plain connection to one server (a sentinel, or a data node), for setting up and looking.
+Result<Reply> ask(std::uint16_t port, std::vector<std::string> argv)
+{
+    RedisConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = port;
+    cfg.connect_timeout = 500ms;
+    Client c(cfg, false);
+    if (!c.wait_ready(5s)) {
+        return paybridge::make_error_code(errc::store_unavailable);
+    }
+    return c.exec(std::move(argv));
+}
+
+bool replica_in_sync(std::uint16_t master_port)
+{
+    const Result<Reply> info = ask(master_port, {"INFO", "replication"});
+    return info && info->str.find("state=online") != std::string::npos;
+}
+
+/// A scripted sentinel: answers every SENTINEL get-master-addr-by-name with `port` on 127.0.0.1
+/// (whatever the name) and counts the questions. One thread, one connection at a time.
+class FakeSentinel {
+public:
+    explicit FakeSentinel(std::uint16_t answer_port) : answer_(answer_port)
+    {
+        fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
+        REQUIRE(fd_ >= 0);
+        sockaddr_in addr{};
+        addr.sin_family = AF_INET;
+        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+        REQUIRE(::listen(fd_, 16) == 0);
+        socklen_t len = sizeof addr;
+        REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+        port_ = ntohs(addr.sin_port);
+        thread_ = std::thread([this] { serve(); });
+    }
+    ~FakeSentinel()
+    {
+        stopping_ = true;
+        ::shutdown(fd_, SHUT_RDWR);
+        ::close(fd_);
+        thread_.join();
+    }
+    std::uint16_t port() const { return port_; }
+    int questions() const { return questions_.load(); }
+
+private:
+    void serve()
+    {
+        while (!stopping_) {
+            const int c = ::accept(fd_, nullptr, nullptr);
+            if (c < 0) {
+                return;
+            }
+            std::string in;
+            char buf[512];
+            // The question is one RESP array of 3 bulk strings; the name is its last line.
+            while (in.find(kMaster + "\r\n") == std::string::npos) {
+                const ssize_t n = ::read(c, buf, sizeof buf);
+                if (n <= 0) {
+                    break;
+                }
+                in.append(buf, static_cast<std::size_t>(n));
+            }
+            if (in.find("get-master-addr-by-name") != std::string::npos) {
+                ++questions_;
+                const std::string port = std::to_string(answer_);
+                const std::string reply =
+                    "*2\r\n$9\r\n127.0.0.1\r\n$" + std::to_string(port.size()) + "\r\n" + port + "\r\n";
+                (void)!::write(c, reply.data(), reply.size());
+            }
+            ::close(c);
+        }
+    }
+
+    std::uint16_t answer_;
+    int fd_{-1};
+    std::uint16_t port_{0};
+    std::atomic<bool> stopping_{false};
+    std::atomic<int> questions_{0};
+    std::thread thread_;
+};
+
+}  // namespace
+
+TEST_CASE("Sentinel: the master the sentinels name, past a dead sentinel, and after a failover the new one")
+{
+    RedisTestServer master;
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+    const auto sentinel = RedisTestServer::sentinel(master.port(), kMaster);
+    const std::uint16_t dead = paybridge::test::free_port();  // nothing listens there
+
+    Client client(sentinel_config({at(dead), at(sentinel->port())}));
+    REQUIRE(client.wait_ready());
+    CHECK(client.node_port() == master.port());
+    const Result<Reply> first = paybridge::test::run_awaitable(client.ctx, client.conn->eval(client.sha, {"n"}, {}));
+    REQUIRE(first.has_value());
+    CHECK(first->integer == 1);
+
+    // A failover needs a replica in sync (Redis 7 waits a few seconds before a diskless sync).
+    REQUIRE(paybridge::test::run_until(client.ctx, [&] { return replica_in_sync(master.port()); }, 20s));
+    const Result<Reply> failover = ask(sentinel->port(), {"SENTINEL", "FAILOVER", kMaster});
+    REQUIRE(failover.has_value());
+    REQUIRE(failover->is_status("OK"));
+
+    // The old master keeps answering as a master for about ten seconds, until Sentinel makes it a
+    // replica and kills its clients: the connection moves within a few seconds because it asks
+    // the sentinels every second (without that it took 52 rounds here, with it 5).
+    int port = 0;
+    for (int i = 0; i < 25 && port != replica.port(); ++i) {
+        paybridge::test::run_for(client.ctx, 200ms);
+        port = client.node_port();
+    }
+    CHECK(port == replica.port());
+    CHECK(client.conn->stats().reconnects.load() >= 1);
+    // The scripts were loaded on the new master, and what the old one had was replicated.
+    const Result<Reply> second = paybridge::test::run_awaitable(client.ctx, client.conn->eval(client.sha, {"n"}, {}));
+    REQUIRE(second.has_value());
+    CHECK(second->integer == 2);
+    const Result<Reply> role = client.exec({"ROLE"});
+    REQUIRE(role.has_value());
+    CHECK(role->elements.at(0).str == "master");
+}
+
+TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a stale answer never become ready")
+{
+    RedisTestServer master;
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+
+    SUBCASE("a name the sentinel does not monitor")
+    {
+        const auto sentinel = RedisTestServer::sentinel(master.port(), kMaster);
+        Client client(sentinel_config({at(sentinel->port())}, "other"));
+        paybridge::test::run_for(client.ctx, 800ms);
+        CHECK_FALSE(client.conn->ready());
+        const Result<Reply> r = client.exec({"PING"});
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error() == paybridge::make_error_code(errc::store_unavailable));
+    }
+
+    SUBCASE("sentinels with a password: the right one connects, a wrong one does not")
+    {
+        const auto sentinel = RedisTestServer::sentinel(master.port(), kMaster, {"--requirepass", "sentinel pw"});
+        RedisConfig cfg = sentinel_config({at(sentinel->port())});
+        cfg.sentinel.password = "sentinel pw";
+        {
+            Client client(cfg);
+            REQUIRE(client.wait_ready());
+            CHECK(client.node_port() == master.port());
+        }
+        cfg.sentinel.password = "wrong";
+        Client refused(cfg);
+        paybridge::test::run_for(refused.ctx, 800ms);
+        CHECK_FALSE(refused.conn->ready());
+    }
+
+    SUBCASE("a sentinel that names a replica (a stale answer during a failover) is not believed")
+    {
+        FakeSentinel stale(replica.port());
+        Client client(sentinel_config({at(stale.port())}));
+        paybridge::test::run_for(client.ctx, 800ms);
+        CHECK(stale.questions() >= 2);  // asked again on every attempt
+        CHECK_FALSE(client.conn->ready());
+    }
+
+    SUBCASE("a write refused with READONLY sends the connection back to the sentinels")
+    {
+        // The scripted sentinel names the master; the master is then made a replica behind the
+        // connection's back, so its next write is refused.
+        FakeSentinel names(master.port());
+        Client client(sentinel_config({at(names.port())}));
+        REQUIRE(client.wait_ready());
+        const int asked = names.questions();
+        REQUIRE(ask(master.port(), {"REPLICAOF", "127.0.0.1", std::to_string(replica.port())}).has_value());
+        const Result<Reply> refused = client.exec({"SET", "k", "v"});
+        REQUIRE(refused.has_value());
+        CHECK(refused->is_error());
+        CHECK(refused->str.starts_with("READONLY"));
+        // It reconnects at once (not after the watch's second), asks, and ROLE keeps it off the replica.
+        CHECK(paybridge::test::run_until(client.ctx, [&] { return names.questions() > asked; }, 900ms));
+        CHECK_FALSE(client.conn->ready());
+    }
+}
