@@ -351,6 +351,9 @@ private:
             if (std::optional<std::string> password = secret(*sentinel, sptr, "password")) {
                 out.sentinel.password = std::move(*password);
             }
+            if (!out.sentinel.username.empty() && !present(*sentinel, "password")) {
+                problems_.note(child(sptr, "username"), "needs password (AUTH on the sentinels takes both)");
+            }
             if (const Value* nodes = array_at(*sentinel, sptr, "nodes")) {
                 std::map<std::string, std::string> seen;
                 for (SizeType i = 0; i < nodes->Size(); ++i) {

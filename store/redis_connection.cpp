@@ -161,6 +161,7 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
       backoff_timer_(executor_),
       connect_timer_(executor_),
       watch_timer_(executor_),
+      sentinel_timer_(executor_),
       current_{cfg.host, cfg.port},
       sentinels_(cfg.sentinel.nodes),
       read_buf_(std::make_unique<char[]>(kReadBufferSize))
@@ -220,6 +221,7 @@ void RedisConnection::stop()
     stopped_ = true;
     backoff_timer_.cancel();
     connect_timer_.cancel();
+    sentinel_timer_.cancel();
     close_io();
     fail_pending(make_error_code(errc::shutting_down));
 }
@@ -273,6 +275,10 @@ void RedisConnection::fail_pending(error_code ec) noexcept
 void RedisConnection::deliver_front(void* hiredis_reply)
 {
     ReplyPtr reply(static_cast<redisReply*>(hiredis_reply));
+    if (!sentinels_.empty() && reply->type == REDIS_REPLY_ERROR &&
+        std::string_view(reply->str, reply->len).starts_with("READONLY")) {
+        demoted_ = true;  // read_loop closes the connection once this batch is delivered
+    }
     const Slot slot = pending_.front();
     pending_.pop_front();
     ++head_seq_;
@@ -292,9 +298,6 @@ void RedisConnection::deliver_front(void* hiredis_reply)
     }
     if (dst.is_error()) {
         stats_.errors.fetch_add(1, std::memory_order_relaxed);
-        if (!sentinels_.empty() && dst.str.starts_with("READONLY")) {
-            demoted_ = true;  // read_loop closes the connection once this batch is delivered
-        }
     }
     if (--w->remaining == 0) {
         w->finish({});
@@ -430,11 +433,13 @@ asio::awaitable<void> RedisConnection::run()
         // An exception (an allocation failing in the reply copy, say) ends this connection, not
         // the loop: without the barrier, nothing would ever reconnect.
         error_code ec;
+        bool no_master = false;
         try {
             if (!sentinels_.empty()) {
-                Result<config::Endpoint> master = co_await ask_sentinels();
+                Result<config::Endpoint> master = co_await ask_sentinels(false);
                 if (!master) {
                     ec = master.error();
+                    no_master = true;
                 } else {
                     if (*master != current_) {
                         log::info("redis.master", {{"master", cfg_.sentinel.master},
@@ -444,7 +449,7 @@ asio::awaitable<void> RedisConnection::run()
                     current_ = std::move(*master);
                 }
             }
-            if (!ec) {
+            if (!ec && !stopped_) {
                 ec = co_await connect_and_handshake();
             }
         } catch (const std::exception& e) {
@@ -468,6 +473,9 @@ asio::awaitable<void> RedisConnection::run()
                 log::warning("redis.connection_lost",
                              {{"host", current_.host}, {"port", static_cast<int>(current_.port)}});
             }
+        } else if (no_master) {
+            log::warning("redis.no_master", {{"master", cfg_.sentinel.master},
+                                             {"error", "no sentinel named it; each one's reason is logged above"}});
         } else {
             log::warning("redis.connect_failed",
                          {{"host", current_.host}, {"port", static_cast<int>(current_.port)}, {"error", ec.message()}});
@@ -501,14 +509,30 @@ asio::awaitable<void> RedisConnection::serve()
 
 asio::awaitable<void> RedisConnection::watch_master()
 {
+    // Asked every second by every connection: a failure is logged when it starts and when it
+    // ends, not at every turn.
+    bool failing = false;
     while (socket_.is_open()) {
         watch_timer_.expires_after(kSentinelWatch);
         auto [ec] = co_await watch_timer_.async_wait(kUseTuple);
-        if (ec || !socket_.is_open()) {
+        if (ec || !socket_.is_open() || stopped_) {
             co_return;
         }
-        Result<config::Endpoint> master = co_await ask_sentinels();
-        if (master && *master != current_ && socket_.is_open()) {
+        Result<config::Endpoint> master = co_await ask_sentinels(true);
+        if (!socket_.is_open() || stopped_) {
+            co_return;
+        }
+        if (!master && !failing) {
+            failing = true;
+            log::warning("redis.sentinels_unreachable",
+                         {{"master", cfg_.sentinel.master},
+                          {"error", master.error().message()},
+                          {"why", "no sentinel answers; staying on the current master and asking every second"}});
+        } else if (master && failing) {
+            failing = false;
+            log::info("redis.sentinels_reachable", {{"master", cfg_.sentinel.master}});
+        }
+        if (master && *master != current_) {
             log::warning("redis.master_moved", {{"master", cfg_.sentinel.master},
                                                 {"from", current_.host + ":" + std::to_string(current_.port)},
                                                 {"to", master->host + ":" + std::to_string(master->port)}});
@@ -518,20 +542,29 @@ asio::awaitable<void> RedisConnection::watch_master()
     }
 }
 
-asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinels()
+asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinels(bool quiet)
 {
     using namespace asio::experimental::awaitable_operators;
     error_code last = make_error_code(errc::store_unavailable);
     // Over a copy: the order changes below.
     const std::vector<config::Endpoint> order = sentinels_;
     for (const config::Endpoint& node : order) {
-        asio::steady_timer timer(executor_, cfg_.connect_timeout);
-        auto attempt = ask_sentinel(node) || timer.async_wait(kUseTuple);
+        if (stopped_) {
+            co_return make_error_code(errc::shutting_down);
+        }
+        // A member timer, so that stop() ends the wait (and with it the attempt) at once.
+        sentinel_timer_.expires_after(cfg_.connect_timeout);
+        auto attempt = ask_sentinel(node, quiet) || sentinel_timer_.async_wait(kUseTuple);
         auto winner = co_await std::move(attempt);
+        if (stopped_) {
+            co_return make_error_code(errc::shutting_down);
+        }
         if (winner.index() == 1) {
             last = make_error_code(errc::timeout);
-            log::warning("redis.sentinel_failed", {{"sentinel", node.host + ":" + std::to_string(node.port)},
-                                                   {"error", "no answer within connect_timeout"}});
+            if (!quiet) {
+                log::warning("redis.sentinel_failed", {{"sentinel", node.host + ":" + std::to_string(node.port)},
+                                                       {"error", "no answer within connect_timeout"}});
+            }
             continue;
         }
         Result<config::Endpoint> master = std::move(std::get<0>(winner));
@@ -549,19 +582,27 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinels()
     co_return last;
 }
 
-asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::Endpoint node)
+asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::Endpoint node, bool quiet)
 {
     const std::string where = node.host + ":" + std::to_string(node.port);
+    // Failures are logged here unless the caller logs them (the watch), or the attempt was
+    // cancelled (its deadline, or stop()): then nothing went wrong with the sentinel yet.
+    const asio::cancellation_state cancel = co_await asio::this_coro::cancellation_state;
+    const auto failed = [&](std::string_view error) {
+        if (!quiet && cancel.cancelled() == asio::cancellation_type::none) {
+            log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", error}});
+        }
+    };
     const auto deadline = std::chrono::steady_clock::now() + cfg_.connect_timeout;
     Resolved resolved = co_await resolve_until(executor_, node.host, node.port, deadline);
     if (resolved.error) {
-        log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", resolved.error.message()}});
+        failed(resolved.error.message());
         co_return resolved.error;
     }
     tcp::socket socket(executor_);
     auto [cec, endpoint] = co_await asio::async_connect(socket, resolved.endpoints, kUseTuple);
     if (cec) {
-        log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", cec.message()}});
+        failed(cec.message());
         co_return cec;
     }
     std::string request;
@@ -578,7 +619,7 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
     append_command(request, ask);
     auto [wec, written] = co_await asio::async_write(socket, asio::buffer(request), kUseTuple);
     if (wec) {
-        log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", wec.message()}});
+        failed(wec.message());
         co_return wec;
     }
 
@@ -592,7 +633,7 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
     while (replies.size() < expected) {
         auto [rec, n] = co_await socket.async_read_some(asio::buffer(buf), kUseTuple);
         if (rec) {
-            log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", rec.message()}});
+            failed(rec.message());
             co_return rec;
         }
         if (redisReaderFeed(reader.get(), buf.data(), n) != REDIS_OK) {
@@ -601,7 +642,7 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
         for (;;) {
             void* raw = nullptr;
             if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK) {
-                log::warning("redis.sentinel_failed", {{"sentinel", where}, {"error", reader->errstr}});
+                failed(reader->errstr);
                 co_return make_error_code(errc::store_unavailable);
             }
             if (raw == nullptr) {
@@ -613,7 +654,9 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
     }
     if (auth && !replies[0].is_status("OK")) {
         // Never log the credentials; the sentinel's message names no secret.
-        log::error("redis.sentinel_auth_failed", {{"sentinel", where}, {"reply", replies[0].str}});
+        if (!quiet) {
+            log::error("redis.sentinel_auth_failed", {{"sentinel", where}, {"reply", replies[0].str}});
+        }
         co_return make_error_code(errc::store_unavailable);
     }
     const Reply& answer = replies[expected - 1];
@@ -628,9 +671,11 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
     }
     if (port == 0) {
         // nil: the sentinel does not monitor a master of that name.
-        log::error("redis.sentinel_no_master", {{"sentinel", where},
-                                                {"master", cfg_.sentinel.master},
-                                                {"reply", answer.is_error() ? answer.str : std::string()}});
+        if (!quiet) {
+            log::error("redis.sentinel_no_master", {{"sentinel", where},
+                                                    {"master", cfg_.sentinel.master},
+                                                    {"reply", answer.is_error() ? answer.str : std::string()}});
+        }
         co_return make_error_code(errc::store_unavailable);
     }
     config::Endpoint master{answer.elements[0].str, port};  // named: STYLE.md §3
@@ -675,7 +720,7 @@ asio::awaitable<error_code> RedisConnection::handshake()
     socket_.set_option(asio::socket_base::keep_alive(true), ec);
 
     // AUTH, SELECT and every SCRIPT LOAD go out in one write; the replies are checked in order.
-    enum class Step { auth, select, role, script };
+    enum class Step { auth, select, role, script };  // role: HELLO's
     struct Expect {
         Step step;
         std::size_t script;
@@ -697,9 +742,10 @@ asio::awaitable<error_code> RedisConnection::handshake()
         expects.push_back(Expect{.step = Step::select, .script = 0});
     }
     if (!sentinels_.empty()) {
-        // The sentinels' answer may be stale (a failover under way): only a master will do.
-        const std::vector<std::string> role{"ROLE"};
-        append_command(request, role);
+        // The sentinels' answer may be stale (a failover under way): only a master will do. HELLO
+        // (protocol 2, unchanged) tells the role and, unlike ROLE and INFO, needs no @dangerous.
+        const std::vector<std::string> hello{"HELLO", "2"};
+        append_command(request, hello);
         expects.push_back(Expect{.step = Step::role, .script = 0});
     }
     for (std::size_t i = 0; i < scripts_.size(); ++i) {
@@ -754,16 +800,21 @@ asio::awaitable<error_code> RedisConnection::handshake()
                         co_return make_error_code(errc::store_unavailable);
                     }
                     break;
-                case Step::role:
-                    if (!reply.is_array() || reply.elements.empty() || reply.elements[0].str != "master") {
-                        log::warning("redis.not_master",
-                                     {{"host", current_.host},
-                                      {"port", static_cast<int>(current_.port)},
-                                      {"role", reply.is_array() && !reply.elements.empty() ? reply.elements[0].str
-                                                                                           : reply.str}});
+                case Step::role: {
+                    std::string role;
+                    for (std::size_t i = 0; reply.is_array() && i + 1 < reply.elements.size(); i += 2) {
+                        if (reply.elements[i].str == "role") {
+                            role = reply.elements[i + 1].str;
+                        }
+                    }
+                    if (role != "master") {
+                        log::warning("redis.not_master", {{"host", current_.host},
+                                                          {"port", static_cast<int>(current_.port)},
+                                                          {"role", reply.is_error() ? reply.str : role}});
                         co_return make_error_code(errc::store_unavailable);
                     }
                     break;
+                }
                 case Step::script:
                     if (!reply.is_string() || reply.str != scripts_[expect.script].sha) {
                         log::error("redis.script_load_failed",

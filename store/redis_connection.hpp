@@ -81,7 +81,8 @@ public:
     ///
     /// With Sentinel (cfg.sentinel.nodes): before each connection the sentinels are asked, in
     /// turn (each within connect_timeout; the one that answers is asked first next time), where
-    /// the master is; the handshake checks with ROLE that the node is a master. While connected,
+    /// the master is; the handshake checks with HELLO (its "role", which needs no ACL category
+    /// beyond @connection) that the node is a master. While connected,
     /// the sentinels are asked again every second, and the connection is closed (and made again
     /// to the new master) when they name another one, or when a write is refused with READONLY.
     void start();
@@ -129,9 +130,10 @@ private:
     boost::asio::awaitable<void> run();
     boost::asio::awaitable<boost::system::error_code> connect_and_handshake();
     boost::asio::awaitable<boost::system::error_code> handshake();
-    /// The master's address from the first sentinel that names it (Sentinel mode only).
-    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinels();
-    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinel(config::Endpoint node);
+    /// The master's address from the first sentinel that names it (Sentinel mode only). `quiet`
+    /// (the watch) leaves failures to the caller's log. Errors: as the sentinels', shutting_down.
+    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinels(bool quiet);
+    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinel(config::Endpoint node, bool quiet);
     /// While serving in Sentinel mode: returns (after closing the connection) once the sentinels
     /// name another master than the one connected to.
     boost::asio::awaitable<void> watch_master();
@@ -158,6 +160,7 @@ private:
     boost::asio::steady_timer backoff_timer_;
     boost::asio::steady_timer connect_timer_;
     boost::asio::steady_timer watch_timer_;
+    boost::asio::steady_timer sentinel_timer_;  ///< one sentinel's deadline (stop() cancels it)
     config::Endpoint current_;               ///< where the connection goes (the master, with Sentinel)
     std::vector<config::Endpoint> sentinels_;  ///< asked in this order; the last to answer first
     bool demoted_{false};                      ///< a reply said READONLY: the node is no master now

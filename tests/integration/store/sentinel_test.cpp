@@ -110,7 +110,8 @@ bool replica_in_sync(std::uint16_t master_port)
 }
 
 /// A scripted sentinel: answers every SENTINEL get-master-addr-by-name with `port` on 127.0.0.1
-/// (whatever the name) and counts the questions. One thread, one connection at a time.
+/// (whatever the name; port 0: nil, "no such master") and counts the questions. One thread, one
+/// connection at a time.
 class FakeSentinel {
 public:
     explicit FakeSentinel(std::uint16_t answer_port) : answer_(answer_port)
@@ -130,9 +131,9 @@ public:
     ~FakeSentinel()
     {
         stopping_ = true;
-        ::shutdown(fd_, SHUT_RDWR);
-        ::close(fd_);
+        ::shutdown(fd_, SHUT_RDWR);  // ends the accept; the descriptor is closed after the thread
         thread_.join();
+        ::close(fd_);
     }
     std::uint16_t port() const { return port_; }
     int questions() const { return questions_.load(); }
@@ -159,7 +160,8 @@ private:
                 ++questions_;
                 const std::string port = std::to_string(answer_);
                 const std::string reply =
-                    "*2\r\n$9\r\n127.0.0.1\r\n$" + std::to_string(port.size()) + "\r\n" + port + "\r\n";
+                    answer_ == 0 ? std::string("*-1\r\n")
+                                 : "*2\r\n$9\r\n127.0.0.1\r\n$" + std::to_string(port.size()) + "\r\n" + port + "\r\n";
                 (void)!::write(c, reply.data(), reply.size());
             }
             ::close(c);
@@ -190,9 +192,18 @@ TEST_CASE("Sentinel: the master the sentinels name, past a dead sentinel, and af
     REQUIRE(first.has_value());
     CHECK(first->integer == 1);
 
-    // A failover needs a replica in sync (Redis 7 waits a few seconds before a diskless sync).
+    // A failover needs a replica in sync (Redis 7 waits a few seconds before a diskless sync) that
+    // the sentinel knows of (it reads the master's INFO every ten seconds outside a failover):
+    // until then SENTINEL FAILOVER answers NOGOODSLAVE.
     REQUIRE(paybridge::test::run_until(client.ctx, [&] { return replica_in_sync(master.port()); }, 20s));
-    const Result<Reply> failover = ask(sentinel->port(), {"SENTINEL", "FAILOVER", kMaster});
+    Result<Reply> failover = paybridge::make_error_code(errc::store_unavailable);
+    for (int i = 0; i < 60; ++i) {
+        failover = ask(sentinel->port(), {"SENTINEL", "FAILOVER", kMaster});
+        if (failover && failover->is_status("OK")) {
+            break;
+        }
+        paybridge::test::run_for(client.ctx, 500ms);
+    }
     REQUIRE(failover.has_value());
     REQUIRE(failover->is_status("OK"));
 
@@ -229,6 +240,12 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
         const Result<Reply> r = client.exec({"PING"});
         REQUIRE_FALSE(r.has_value());
         CHECK(r.error() == paybridge::make_error_code(errc::store_unavailable));
+        // The same answer (nil) from a scripted sentinel: asked on every attempt, never believed.
+        FakeSentinel none(0);
+        Client again(sentinel_config({at(none.port())}));
+        paybridge::test::run_for(again.ctx, 800ms);
+        CHECK(none.questions() >= 2);
+        CHECK_FALSE(again.conn->ready());
     }
 
     SUBCASE("sentinels with a password: the right one connects, a wrong one does not")
@@ -269,8 +286,41 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
         REQUIRE(refused.has_value());
         CHECK(refused->is_error());
         CHECK(refused->str.starts_with("READONLY"));
-        // It reconnects at once (not after the watch's second), asks, and ROLE keeps it off the replica.
+        // It reconnects at once (not after the watch's second), asks, and HELLO's role keeps it off
+        // the replica.
         CHECK(paybridge::test::run_until(client.ctx, [&] { return names.questions() > asked; }, 900ms));
+        paybridge::test::run_for(client.ctx, 300ms);  // time for a handshake to the replica
         CHECK_FALSE(client.conn->ready());
     }
+}
+
+TEST_CASE("Sentinel: stop() ends a question to a sentinel that never answers at once, not at its deadline")
+{
+    // A listener that never accepts: the connection is made (the kernel's backlog), the question
+    // is sent, and no answer ever comes.
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+
+    RedisConfig cfg = sentinel_config({at(ntohs(addr.sin_port))});
+    cfg.connect_timeout = 10s;
+    asio::io_context ctx;
+    auto conn = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
+    conn->start();
+    paybridge::test::run_for(ctx, 300ms);
+    CHECK_FALSE(conn->ready());
+    conn->stop();
+    const auto start = std::chrono::steady_clock::now();
+    ctx.restart();
+    ctx.run_for(20s);  // returns as soon as nothing is left to do
+    CHECK(ctx.stopped());
+    CHECK(std::chrono::steady_clock::now() - start < 2s);  // not the 10 s deadline
+    conn.reset();
+    ::close(fd);
 }

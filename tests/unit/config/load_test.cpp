@@ -707,6 +707,9 @@ TEST_CASE("config: redis.sentinel names the master and the sentinels to ask")
                         });
     const LoadReport empty = load(f.box, R"({ "redis": { "sentinel": { "master": "m", "nodes": [] } } })");
     check_problems(empty, {"/redis/sentinel/nodes: must not be empty"});
+    const LoadReport user_only =
+        load(f.box, R"({ "redis": { "sentinel": { "master": "m", "nodes": ["10.0.0.1:26379"], "username": "u" } } })");
+    check_problems(user_only, {"/redis/sentinel/username: needs password (AUTH on the sentinels takes both)"});
 }
 
 TEST_CASE("config: an Alipay key rotation names the previous key in the app's own mode")
