@@ -960,7 +960,7 @@ struct Dispatcher::Impl {
             }
             if (reply->is_error() || !reply->is_array() || reply->elements.size() < 2) {
                 note_redis_error_reply("trim_outbox", *reply);
-                co_return;
+                continue;  // this shard's problem; the others are still trimmed
             }
             const std::vector<Reply>& v = reply->elements;
             if (v[1].str == "busy") {

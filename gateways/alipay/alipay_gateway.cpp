@@ -277,9 +277,6 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
     if (key_mode) {
         public_key(app.public_key_pem, "alipay_public_key_file", false);
     }
-    if (!app.previous_public_key_pem.empty()) {
-        public_key(app.previous_public_key_pem, "previous_alipay_public_key_file", true);
-    }
 
     if (cert_mode && app.root_cert_pem.empty()) {
         problem("alipay_public_cert_file is set but alipay_root_cert_file is not");
@@ -318,19 +315,25 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
                 const std::size_t leaf = leaf_index(*previous);
                 X509* cert = (*previous)[leaf].get();
                 crypto::SharedKey key = crypto::certificate_key(cert);
+                const std::int64_t not_after = crypto::certificate_not_after(cert);
                 if (!chains_to_roots(*previous, leaf, *roots, false)) {
                     problem("previous_alipay_public_cert_file does not chain to alipay_root_cert_file");
                 } else if (!is_rsa(key.get())) {
                     problem("previous_alipay_public_cert_file does not hold an RSA public key");
+                } else if (not_after <= 0) {
+                    problem("previous_alipay_public_cert_file has no readable notAfter");
                 } else {
-                    keys.keys.push_back(AlipayKey{
-                        .key = std::move(key), .previous = true, .not_after = crypto::certificate_not_after(cert)});
+                    keys.keys.push_back(AlipayKey{.key = std::move(key), .previous = true, .not_after = not_after});
                 }
             }
         }
     }
     if (!app.previous_public_cert_pem.empty() && !cert_mode) {
         problem("previous_alipay_public_cert_file is set but alipay_public_cert_file is not");
+    }
+    // The previous keys go last: tried only when the current ones do not verify.
+    if (!app.previous_public_key_pem.empty()) {
+        public_key(app.previous_public_key_pem, "previous_alipay_public_key_file", true);
     }
 
     if (problems.size() != problems_before) {
