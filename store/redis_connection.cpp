@@ -106,6 +106,37 @@ std::string sha1_hex(std::string_view data)
     return out;
 }
 
+// Reads from `socket` into `buf` and feeds `reader` until it has produced `n` replies, which are
+// appended to `out` (more, if more arrived in the same read). Errors: the socket's, or
+// store_unavailable for a protocol error (logged).
+asio::awaitable<error_code> read_replies(tcp::socket& socket, redisReader& reader, asio::mutable_buffer buf,
+                                         std::size_t n, std::vector<Reply>& out)
+{
+    const std::size_t want = out.size() + n;
+    while (out.size() < want) {
+        auto [ec, got] = co_await socket.async_read_some(buf, kUseTuple);
+        if (ec) {
+            co_return ec;
+        }
+        if (redisReaderFeed(&reader, static_cast<const char*>(buf.data()), got) != REDIS_OK) {
+            co_return make_error_code(errc::store_unavailable);
+        }
+        for (;;) {
+            void* raw = nullptr;
+            if (redisReaderGetReply(&reader, &raw) != REDIS_OK) {
+                log::error("redis.protocol_error", {{"error", reader.errstr}});
+                co_return make_error_code(errc::store_unavailable);
+            }
+            if (raw == nullptr) {
+                break;
+            }
+            ReplyPtr owned(static_cast<redisReply*>(raw));
+            copy_reply(*owned, out.emplace_back());
+        }
+    }
+    co_return error_code{};
+}
+
 std::chrono::milliseconds jittered(std::chrono::milliseconds base, std::minstd_rand& rng)
 {
     // "Equal jitter": half fixed, half random, so reconnecting clients spread out but still back off.
@@ -630,27 +661,10 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
     std::vector<Reply> replies;
     const std::size_t expected = auth ? 2 : 1;
     std::array<char, 1024> buf{};
-    while (replies.size() < expected) {
-        auto [rec, n] = co_await socket.async_read_some(asio::buffer(buf), kUseTuple);
-        if (rec) {
-            failed(rec.message());
-            co_return rec;
-        }
-        if (redisReaderFeed(reader.get(), buf.data(), n) != REDIS_OK) {
-            co_return make_error_code(errc::store_unavailable);
-        }
-        for (;;) {
-            void* raw = nullptr;
-            if (redisReaderGetReply(reader.get(), &raw) != REDIS_OK) {
-                failed(reader->errstr);
-                co_return make_error_code(errc::store_unavailable);
-            }
-            if (raw == nullptr) {
-                break;
-            }
-            ReplyPtr owned(static_cast<redisReply*>(raw));
-            copy_reply(*owned, replies.emplace_back());
-        }
+    const asio::mutable_buffer into = asio::buffer(buf);  // named: STYLE.md §3
+    if (error_code rec = co_await read_replies(socket, *reader, into, expected, replies)) {
+        failed(rec.message());
+        co_return rec;
     }
     if (auth && !replies[0].is_status("OK")) {
         // Never log the credentials; the sentinel's message names no secret.
@@ -761,68 +775,53 @@ asio::awaitable<error_code> RedisConnection::handshake()
         co_return wec;
     }
 
-    std::size_t next = 0;
-    while (next < expects.size()) {
-        auto [rec, n] = co_await socket_.async_read_some(asio::buffer(read_buf_.get(), kReadBufferSize), kUseTuple);
-        if (rec) {
-            co_return rec;
-        }
-        if (redisReaderFeed(reader_.get(), read_buf_.get(), n) != REDIS_OK) {
-            co_return make_error_code(errc::store_unavailable);
-        }
-        for (;;) {
-            void* raw = nullptr;
-            if (redisReaderGetReply(reader_.get(), &raw) != REDIS_OK) {
-                log::error("redis.protocol_error", {{"error", reader_->errstr}});
-                co_return make_error_code(errc::store_unavailable);
-            }
-            if (raw == nullptr) {
+    std::vector<Reply> replies;
+    const asio::mutable_buffer into = asio::buffer(read_buf_.get(), kReadBufferSize);  // named: STYLE.md §3
+    if (error_code rec = co_await read_replies(socket_, *reader_, into, expects.size(), replies)) {
+        co_return rec;
+    }
+    if (replies.size() != expects.size()) {
+        co_return make_error_code(errc::store_unavailable);  // a reply nothing asked for
+    }
+    for (std::size_t next = 0; next < expects.size(); ++next) {
+        const Reply& reply = replies[next];
+        const Expect expect = expects[next];
+        switch (expect.step) {
+            case Step::auth:
+                if (!reply.is_status("OK")) {
+                    // Never log the credentials; Redis's message names no secret.
+                    log::error("redis.auth_failed", {{"user", cfg_.username}, {"reply", reply.str}});
+                    co_return make_error_code(errc::store_unavailable);
+                }
+                break;
+            case Step::select:
+                if (!reply.is_status("OK")) {
+                    log::error("redis.select_failed", {{"db", cfg_.db}, {"reply", reply.str}});
+                    co_return make_error_code(errc::store_unavailable);
+                }
+                break;
+            case Step::role: {
+                std::string role;
+                for (std::size_t i = 0; reply.is_array() && i + 1 < reply.elements.size(); i += 2) {
+                    if (reply.elements[i].str == "role") {
+                        role = reply.elements[i + 1].str;
+                    }
+                }
+                if (role != "master") {
+                    log::warning("redis.not_master", {{"host", current_.host},
+                                                      {"port", static_cast<int>(current_.port)},
+                                                      {"role", reply.is_error() ? reply.str : role}});
+                    co_return make_error_code(errc::store_unavailable);
+                }
                 break;
             }
-            ReplyPtr owned(static_cast<redisReply*>(raw));
-            if (next >= expects.size()) {
-                co_return make_error_code(errc::store_unavailable);
-            }
-            Reply reply;
-            copy_reply(*owned, reply);
-            const Expect expect = expects[next++];
-            switch (expect.step) {
-                case Step::auth:
-                    if (!reply.is_status("OK")) {
-                        // Never log the credentials; Redis's message names no secret.
-                        log::error("redis.auth_failed", {{"user", cfg_.username}, {"reply", reply.str}});
-                        co_return make_error_code(errc::store_unavailable);
-                    }
-                    break;
-                case Step::select:
-                    if (!reply.is_status("OK")) {
-                        log::error("redis.select_failed", {{"db", cfg_.db}, {"reply", reply.str}});
-                        co_return make_error_code(errc::store_unavailable);
-                    }
-                    break;
-                case Step::role: {
-                    std::string role;
-                    for (std::size_t i = 0; reply.is_array() && i + 1 < reply.elements.size(); i += 2) {
-                        if (reply.elements[i].str == "role") {
-                            role = reply.elements[i + 1].str;
-                        }
-                    }
-                    if (role != "master") {
-                        log::warning("redis.not_master", {{"host", current_.host},
-                                                          {"port", static_cast<int>(current_.port)},
-                                                          {"role", reply.is_error() ? reply.str : role}});
-                        co_return make_error_code(errc::store_unavailable);
-                    }
-                    break;
+            case Step::script:
+                if (!reply.is_string() || reply.str != scripts_[expect.script].sha) {
+                    log::error("redis.script_load_failed",
+                               {{"sha", scripts_[expect.script].sha}, {"reply", reply.str}});
+                    co_return make_error_code(errc::store_unavailable);
                 }
-                case Step::script:
-                    if (!reply.is_string() || reply.str != scripts_[expect.script].sha) {
-                        log::error("redis.script_load_failed",
-                                   {{"sha", scripts_[expect.script].sha}, {"reply", reply.str}});
-                        co_return make_error_code(errc::store_unavailable);
-                    }
-                    break;
-            }
+                break;
         }
     }
     co_return error_code{};

@@ -109,23 +109,29 @@ bool replica_in_sync(std::uint16_t master_port)
     return info && info->str.find("state=online") != std::string::npos;
 }
 
+/// A TCP listener on 127.0.0.1 and a free port (set in `port`); the caller closes it.
+int listen_on_loopback(std::uint16_t& port)
+{
+    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_in addr{};
+    addr.sin_family = AF_INET;
+    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    REQUIRE(::listen(fd, 16) == 0);
+    socklen_t len = sizeof addr;
+    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
+    port = ntohs(addr.sin_port);
+    return fd;
+}
+
 /// A scripted sentinel: answers every SENTINEL get-master-addr-by-name with `port` on 127.0.0.1
 /// (whatever the name; port 0: nil, "no such master") and counts the questions. One thread, one
 /// connection at a time.
 class FakeSentinel {
 public:
-    explicit FakeSentinel(std::uint16_t answer_port) : answer_(answer_port)
+    explicit FakeSentinel(std::uint16_t answer_port) : answer_(answer_port), fd_(listen_on_loopback(port_))
     {
-        fd_ = ::socket(AF_INET, SOCK_STREAM, 0);
-        REQUIRE(fd_ >= 0);
-        sockaddr_in addr{};
-        addr.sin_family = AF_INET;
-        addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        REQUIRE(::bind(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-        REQUIRE(::listen(fd_, 16) == 0);
-        socklen_t len = sizeof addr;
-        REQUIRE(::getsockname(fd_, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-        port_ = ntohs(addr.sin_port);
         thread_ = std::thread([this] { serve(); });
     }
     ~FakeSentinel()
@@ -169,8 +175,8 @@ private:
     }
 
     std::uint16_t answer_;
-    int fd_{-1};
     std::uint16_t port_{0};
+    int fd_{-1};
     std::atomic<bool> stopping_{false};
     std::atomic<int> questions_{0};
     std::thread thread_;
@@ -298,17 +304,9 @@ TEST_CASE("Sentinel: stop() ends a question to a sentinel that never answers at 
 {
     // A listener that never accepts: the connection is made (the kernel's backlog), the question
     // is sent, and no answer ever comes.
-    const int fd = ::socket(AF_INET, SOCK_STREAM, 0);
-    REQUIRE(fd >= 0);
-    sockaddr_in addr{};
-    addr.sin_family = AF_INET;
-    addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    REQUIRE(::listen(fd, 16) == 0);
-    socklen_t len = sizeof addr;
-    REQUIRE(::getsockname(fd, reinterpret_cast<sockaddr*>(&addr), &len) == 0);
-
-    RedisConfig cfg = sentinel_config({at(ntohs(addr.sin_port))});
+    std::uint16_t port = 0;
+    const int fd = listen_on_loopback(port);
+    RedisConfig cfg = sentinel_config({at(port)});
     cfg.connect_timeout = 10s;
     asio::io_context ctx;
     auto conn = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
