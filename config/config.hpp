@@ -49,6 +49,13 @@ struct SentinelConfig {
     bool operator==(const SentinelConfig&) const = default;
 };
 
+/// Redis Cluster: nodes to ask for the slot map at start (any of them; the rest are discovered).
+struct ClusterConfig {
+    std::vector<Endpoint> nodes;  ///< empty: no Cluster
+
+    bool operator==(const ClusterConfig&) const = default;
+};
+
 struct RedisConfig {
     std::string host{"127.0.0.1"};
     std::uint16_t port{6379};
@@ -64,6 +71,9 @@ struct RedisConfig {
     /// With sentinel.nodes set, every (re)connection asks the sentinels where the master is, and
     /// host/port are not used.
     SentinelConfig sentinel;
+    /// With cluster.nodes set, commands go to the master owning their keys' hash slot (the slot
+    /// map is read from the nodes), and host/port are not used.
+    ClusterConfig cluster;
 
     bool operator==(const RedisConfig&) const = default;
 };

@@ -366,6 +366,26 @@ private:
                 }
             }
         }
+        if (const Value* cluster = object_at(v, ptr, "cluster")) {
+            const std::string cptr = child(ptr, "cluster");
+            if (const Value* nodes = array_at(*cluster, cptr, "nodes")) {
+                std::map<std::string, std::string> seen;
+                for (SizeType i = 0; i < nodes->Size(); ++i) {
+                    const std::string item = child(child(cptr, "nodes"), i);
+                    Endpoint node;
+                    if ((*nodes)[i].IsString() && endpoint((*nodes)[i], item, node)) {
+                        unique(seen, node.host + ":" + std::to_string(node.port), item);
+                        out.cluster.nodes.push_back(std::move(node));
+                    }
+                }
+            }
+            if (present(v, "sentinel")) {
+                problems_.note(cptr, "cannot be combined with sentinel (a cluster fails over by itself)");
+            }
+            if (out.db != 0) {
+                problems_.note(child(ptr, "url"), "must name db 0 (or none) with cluster: Redis Cluster has only db 0");
+            }
+        }
         if (out.wait_replicas > 0 && out.wait_timeout * 2 > out.request_timeout) {
             // A replica confirmation (SET + WAIT on its own connection) must end well before that
             // connection's request deadline, or a replica outage reads as Redis being unreachable.

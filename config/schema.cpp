@@ -87,6 +87,19 @@ const std::string_view kConfigSchema = R"json({
             "username": { "type": "string", "minLength": 1, "maxLength": 256 },
             "password": { "$ref": "#/definitions/secret_ref" }
           }
+        },
+        "cluster": {
+          "type": "object",
+          "additionalProperties": false,
+          "required": ["nodes"],
+          "properties": {
+            "nodes": {
+              "type": "array",
+              "minItems": 1,
+              "maxItems": 64,
+              "items": { "type": "string", "description": "a host:port of a cluster node" }
+            }
+          }
         }
       }
     },

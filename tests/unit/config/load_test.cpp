@@ -712,6 +712,35 @@ TEST_CASE("config: redis.sentinel names the master and the sentinels to ask")
     check_problems(user_only, {"/redis/sentinel/username: needs password (AUTH on the sentinels takes both)"});
 }
 
+TEST_CASE("config: redis.cluster names the nodes to ask for the slot map")
+{
+    MinimalFixture f;
+    const LoadReport good = load(f.box, R"({ "redis": { "url": "redis://paybridge@ignored:1",
+        "cluster": { "nodes": ["10.0.0.1:7000", "[::1]:7001", "redis-2.internal:7002"] } } })");
+    INFO(dump(good.problems));
+    REQUIRE(good.config);
+    const config::ClusterConfig& c = good.config->redis.cluster;
+    REQUIRE(c.nodes.size() == 3);
+    CHECK(c.nodes[0] == config::Endpoint{"10.0.0.1", 7000});
+    CHECK(c.nodes[1] == config::Endpoint{"::1", 7001});
+    CHECK(c.nodes[2] == config::Endpoint{"redis-2.internal", 7002});
+    CHECK(good.config->redis.username == "paybridge");  // the URL still gives the user
+    CHECK(config::Config{}.redis.cluster.nodes.empty());  // off by default
+
+    const LoadReport bad = load(f.box, R"({ "redis": { "url": "redis://h:1/3",
+        "cluster": { "nodes": ["10.0.0.1:7000", "10.0.0.1:7000", "10.0.0.2"], "master": "m" },
+        "sentinel": { "master": "m", "nodes": ["10.0.0.9:26379"] } } })");
+    check_problems(bad, {
+                            "/redis/cluster: cannot be combined with sentinel (a cluster fails over by itself)",
+                            "/redis/cluster/master: unknown property",
+                            "/redis/cluster/nodes/1: duplicates /redis/cluster/nodes/0",
+                            "/redis/cluster/nodes/2: the port is missing",
+                            "/redis/url: must name db 0 (or none) with cluster: Redis Cluster has only db 0",
+                        });
+    const LoadReport empty = load(f.box, R"({ "redis": { "cluster": { "nodes": [] } } })");
+    check_problems(empty, {"/redis/cluster/nodes: must not be empty"});
+}
+
 TEST_CASE("config: an Alipay key rotation names the previous key in the app's own mode")
 {
     MinimalFixture f;
