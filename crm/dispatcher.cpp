@@ -41,6 +41,8 @@ constexpr std::size_t kReclaimScan = 500;
 constexpr std::size_t kSweepScan = 200;
 constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
+// Redis Cluster: how long the reader waits before reading the shards again when all were empty.
+constexpr std::chrono::milliseconds kClusterPoll{100};
 
 /// One stream entry to deliver.
 struct Item {
@@ -267,6 +269,7 @@ struct Dispatcher::Impl {
         trim_sha = commands.add_script(std::string(scripts::kTrimOutbox));
         // A blocking read must end well before the connection's own request deadline fires.
         block = std::max(std::chrono::milliseconds{10}, std::min(options.block, redis_cfg.request_timeout / 2));
+        cluster = !redis_cfg.cluster.nodes.empty();
     }
 
     asio::any_io_executor executor;
@@ -300,6 +303,9 @@ struct Dispatcher::Impl {
     asio::steady_timer stats_timer;
     std::size_t concurrency;
     std::chrono::milliseconds block{1'000};
+    /// Redis Cluster: one XREADGROUP over the streams of several shards is CROSSSLOT, so each
+    /// shard is read on its own, without BLOCK, every kClusterPoll while nothing arrives.
+    bool cluster{false};
     std::size_t held{0};      ///< items read and not yet settled
     std::size_t reserved{0};  ///< slots promised to a read, pop or reclaim still waiting for Redis
     std::size_t posting{0};   ///< deliveries renewing their lease or POSTing (at most `concurrency`)
@@ -680,6 +686,37 @@ struct Dispatcher::Impl {
         return items;
     }
 
+    /// The cluster form of the read: one XREADGROUP per shard (no BLOCK), pipelined per node; the
+    /// replies merged into what one XREADGROUP over every stream would have returned (nil for
+    /// none), after a pause of kClusterPoll when there was nothing to read.
+    asio::awaitable<Result<Reply>> read_each_shard(std::size_t count)
+    {
+        std::vector<std::vector<std::string>> cmds;
+        for (const ShardKeys& k : keys.all()) {
+            cmds.push_back({"XREADGROUP", "GROUP", options.group, options.consumer, "COUNT", std::to_string(count),
+                            "STREAMS", k.stream, ">"});
+        }
+        Result<std::vector<Reply>> replies = co_await reads.exec_many(std::move(cmds));
+        if (!replies) {
+            co_return replies.error();
+        }
+        Reply merged;
+        for (Reply& r : *replies) {
+            if (r.is_error()) {
+                co_return std::move(r);
+            }
+            for (Reply& stream : r.elements) {
+                merged.elements.push_back(std::move(stream));
+            }
+        }
+        if (merged.elements.empty()) {
+            co_await sleep(read_backoff, kClusterPoll);
+            co_return merged;  // nil, as a BLOCK that timed out
+        }
+        merged.type = Reply::Type::array;
+        co_return merged;
+    }
+
     asio::awaitable<void> read_loop()
     {
         std::chrono::milliseconds backoff = kBackoffMin;
@@ -721,7 +758,12 @@ struct Dispatcher::Impl {
                 argv.emplace_back(">");
             }
             reserved += budget;
-            Result<Reply> reply = co_await reads.exec(std::move(argv));
+            Result<Reply> reply = make_error_code(errc::store_unavailable);
+            if (cluster) {
+                reply = co_await read_each_shard(count);
+            } else {
+                reply = co_await reads.exec(std::move(argv));
+            }
             // The pop and reclaim loops may have waited for the slots this read held: let them go first.
             release(budget);
             if (!reply || reply->is_error()) {

@@ -238,6 +238,9 @@ int App::Impl::run()
                          redis_total(&store::RedisStats::writes));
     reg.callback_counter("paybridge_redis_errors_total", "Redis command failures (all workers).",
                          redis_total(&store::RedisStats::errors));
+    reg.callback_counter("paybridge_redis_redirects_total",
+                         "Redis Cluster MOVED and ASK replies followed (all workers); rises during a resharding.",
+                         redis_total(&store::RedisStats::redirects));
     reg.callback_counter("paybridge_redis_reconnects_total", "Redis reconnections (all workers).",
                          redis_total(&store::RedisStats::reconnects));
 

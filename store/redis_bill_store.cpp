@@ -447,9 +447,15 @@ RedisBillStore::RedisBillStore(RedisConnection& redis,
       now_ms_(std::move(now_ms))
 {
     if (cfg.wait_replicas > 0) {
-        // One Redis node holds every shard; a cluster client would run one confirmer per node.
-        confirmer_ = std::make_unique<ReplicaConfirmer>(replicas ? *replicas : redis, keys_.replicated(0),
-                                                        cfg.wait_replicas, cfg.wait_timeout);
+        // One Redis node holds every shard: one confirmer. In a cluster each shard's master has
+        // replicas of its own: one confirmer per shard, whose key (and so whose SET + WAIT) lives
+        // on that shard's master.
+        RedisConnection& conn = replicas ? *replicas : redis;
+        const int confirmers = cfg.cluster.nodes.empty() ? 1 : keys_.shards();
+        for (int shard = 0; shard < confirmers; ++shard) {
+            confirmers_.push_back(std::make_unique<ReplicaConfirmer>(conn, keys_.replicated(shard), cfg.wait_replicas,
+                                                                     cfg.wait_timeout));
+        }
     }
 }
 
@@ -480,12 +486,13 @@ asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::s
     co_return reply;
 }
 
-asio::awaitable<Result<void>> RedisBillStore::confirm_replicated()
+asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id)
 {
-    if (!confirmer_) {
+    if (confirmers_.empty()) {
         co_return Result<void>{};
     }
-    Result<void> confirmed = co_await confirmer_->confirm();
+    const std::size_t which = confirmers_.size() == 1 ? 0 : static_cast<std::size_t>(keys_.shard_of(bill_id));
+    Result<void> confirmed = co_await confirmers_[which]->confirm();
     co_return confirmed;
 }
 
@@ -519,7 +526,7 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     ApplyResult result{.outcome = *outcome, .anomaly = r.elements[1].str, .status = r.elements[2].str};
     // The provider hears "success" only once the change, this call's or the earlier one a repeat
     // repeats (whose confirmation may have failed), is on the replicas.
-    Result<void> waited = co_await confirm_replicated();
+    Result<void> waited = co_await confirm_replicated(bill_id);
     if (!waited) {
         co_return waited.error();
     }
@@ -560,7 +567,7 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     result.orphans_applied = static_cast<int>(r.elements[2].integer);
     if (result.outcome != RegisterOutcome::conflict) {
         // "identical" confirms a bill that an earlier call may have written without its WAIT.
-        Result<void> waited = co_await confirm_replicated();
+        Result<void> waited = co_await confirm_replicated(bill.id);
         if (!waited) {
             co_return waited.error();
         }

@@ -106,7 +106,8 @@ private:
     boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id,
                                                      std::vector<std::string> payload);
     /// With wait_replicas: until the replicas hold every write acknowledged so far.
-    boost::asio::awaitable<Result<void>> confirm_replicated();
+    /// Waits for the replicas of the node holding the bill's shard (wait_replicas > 0).
+    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id);
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
 
@@ -115,7 +116,8 @@ private:
     Keys keys_;
     std::string sha_;
     std::function<std::int64_t()> now_ms_;
-    std::unique_ptr<ReplicaConfirmer> confirmer_;  ///< wait_replicas > 0 only
+    /// wait_replicas > 0 only: one, or one per shard with Cluster.
+    std::vector<std::unique_ptr<ReplicaConfirmer>> confirmers_;
 };
 
 }  // namespace paybridge::store

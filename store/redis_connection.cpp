@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/resolve.hpp"
+#include "store/redis_cluster.hpp"
 #include "store/resp.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -195,12 +196,27 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
       sentinel_timer_(executor_),
       current_{cfg.host, cfg.port},
       sentinels_(cfg.sentinel.nodes),
-      read_buf_(std::make_unique<char[]>(kReadBufferSize))
+      read_buf_(std::make_unique<char[]>(kReadBufferSize)),
+      stats_(&own_stats_)
 {
+    if (!cfg_.cluster.nodes.empty()) {
+        read_buf_.reset();  // the node connections read
+        cluster_ = std::make_unique<ClusterRouter>(executor_, cfg_, own_stats_);
+    }
+}
+
+RedisConnection::RedisConnection(asio::any_io_executor executor, const config::RedisConfig& cfg, RedisStats& shared)
+    : RedisConnection(std::move(executor), cfg)
+{
+    if (cluster_) {
+        throw std::logic_error("RedisConnection: a node connection cannot itself be a cluster");
+    }
+    stats_ = &shared;
 }
 
 RedisConnection::~RedisConnection()
 {
+    cluster_.reset();
     stopped_ = true;
     fail_pending(make_error_code(errc::shutting_down));
     error_code ignored;
@@ -211,6 +227,9 @@ std::string RedisConnection::add_script(std::string body)
 {
     std::string sha = sha1_hex(body);
     if (find_script(sha) == nullptr) {
+        if (cluster_) {
+            cluster_->add_script(body);
+        }
         scripts_.push_back(Script{.sha = sha, .body = std::move(body)});
     }
     return sha;
@@ -232,6 +251,10 @@ void RedisConnection::start()
         return;
     }
     started_ = true;
+    if (cluster_) {
+        cluster_->start();
+        return;
+    }
     asio::co_spawn(executor_, run(), [](std::exception_ptr e) {
         if (!e) {
             return;
@@ -250,6 +273,9 @@ void RedisConnection::stop()
         return;
     }
     stopped_ = true;
+    if (cluster_) {
+        cluster_->stop();
+    }
     backoff_timer_.cancel();
     connect_timer_.cancel();
     sentinel_timer_.cancel();
@@ -274,9 +300,28 @@ void RedisConnection::wake_writer() noexcept
     }
 }
 
+bool RedisConnection::ready() const noexcept
+{
+    return cluster_ ? cluster_->ready() : node_ready();
+}
+
+asio::awaitable<bool> RedisConnection::wait_ready(std::chrono::milliseconds limit)
+{
+    const auto until = std::chrono::steady_clock::now() + limit;
+    asio::steady_timer timer(executor_);
+    while (!ready() && !stopped_ && std::chrono::steady_clock::now() < until) {
+        timer.expires_after(std::chrono::milliseconds(10));
+        co_await timer.async_wait(kUseTuple);
+    }
+    co_return ready();
+}
+
 void RedisConnection::update_in_flight() noexcept
 {
-    stats_.in_flight.store(pending_.size(), std::memory_order_relaxed);
+    // As a difference: a cluster's node connections share one counter.
+    const std::size_t now = pending_.size();
+    stats_->in_flight.fetch_add(now - reported_in_flight_, std::memory_order_relaxed);  // modulo 2^64
+    reported_in_flight_ = now;
 }
 
 void RedisConnection::abandon(std::uint64_t first_seq, std::size_t n) noexcept
@@ -293,7 +338,7 @@ void RedisConnection::fail_pending(error_code ec) noexcept
 {
     for (Slot& slot : pending_) {
         if (slot.waiter != nullptr && !slot.waiter->done) {
-            stats_.errors.fetch_add(1, std::memory_order_relaxed);
+            stats_->errors.fetch_add(1, std::memory_order_relaxed);
             slot.waiter->finish(ec);
         }
     }
@@ -323,12 +368,12 @@ void RedisConnection::deliver_front(void* hiredis_reply)
     } catch (...) {
         // The slot has left the queue, so fail_pending would not reach this caller: fail it here,
         // or it would wait for its deadline (whose expiry closes whatever connection is current).
-        stats_.errors.fetch_add(1, std::memory_order_relaxed);
+        stats_->errors.fetch_add(1, std::memory_order_relaxed);
         w->finish(make_error_code(errc::store_unavailable));
         throw;
     }
     if (dst.is_error()) {
-        stats_.errors.fetch_add(1, std::memory_order_relaxed);
+        stats_->errors.fetch_add(1, std::memory_order_relaxed);
     }
     if (--w->remaining == 0) {
         w->finish({});
@@ -339,12 +384,12 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
                                                     std::size_t n,
                                                     Reply* out)
 {
-    if (!ready()) {
-        stats_.errors.fetch_add(n, std::memory_order_relaxed);
+    if (!node_ready()) {
+        stats_->errors.fetch_add(n, std::memory_order_relaxed);
         co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
     }
     if (pending_.size() + n > kMaxPending) {
-        stats_.errors.fetch_add(n, std::memory_order_relaxed);
+        stats_->errors.fetch_add(n, std::memory_order_relaxed);
         log::warning("redis.overloaded", {{"in_flight", pending_.size()}});
         co_return make_error_code(errc::store_unavailable);
     }
@@ -360,7 +405,7 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     for (std::size_t i = 0; i < n; ++i) {
         pending_.push_back(Slot{.waiter = &waiter, .index = static_cast<std::uint32_t>(i)});
     }
-    stats_.commands.fetch_add(n, std::memory_order_relaxed);
+    stats_->commands.fetch_add(n, std::memory_order_relaxed);
     update_in_flight();
     wake_writer();
 
@@ -370,14 +415,14 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     }
     abandon(waiter.first_seq, n);
     waiter.done = true;
-    stats_.errors.fetch_add(1, std::memory_order_relaxed);
+    stats_->errors.fetch_add(1, std::memory_order_relaxed);
     if (ec) {
         // The caller cancelled the wait (its own deadline): the connection itself is fine.
         co_return make_error_code(errc::timeout);
     }
     // No reply within request_timeout: Redis or the network is stuck. Everything queued behind
     // this request would wait just as long, so drop the connection and let the run loop reconnect.
-    stats_.timeouts.fetch_add(1, std::memory_order_relaxed);
+    stats_->timeouts.fetch_add(1, std::memory_order_relaxed);
     log::warning("redis.timeout",
                  {{"timeout_ms", static_cast<std::int64_t>(cfg_.request_timeout.count())},
                   {"in_flight", pending_.size()}});
@@ -390,6 +435,10 @@ asio::awaitable<Result<Reply>> RedisConnection::exec(std::vector<std::string> ar
 {
     if (argv.empty()) {
         co_return make_error_code(errc::invalid_argument);
+    }
+    if (cluster_) {
+        Result<Reply> routed = co_await cluster_->exec(std::move(argv));
+        co_return routed;
     }
     Reply reply;
     const error_code ec = co_await submit(&argv, 1, &reply);
@@ -404,6 +453,10 @@ asio::awaitable<Result<std::vector<Reply>>> RedisConnection::exec_many(std::vect
     std::vector<Reply> replies(commands.size());
     if (commands.empty()) {
         co_return std::move(replies);
+    }
+    if (cluster_) {
+        Result<std::vector<Reply>> routed = co_await cluster_->exec_many(std::move(commands));
+        co_return routed;
     }
     const error_code ec = co_await submit(commands.data(), commands.size(), replies.data());
     if (ec) {
@@ -429,9 +482,19 @@ asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
     }
 
     Reply reply;
-    error_code ec = co_await submit(&argv, 1, &reply);
-    if (ec) {
-        co_return ec;
+    if (cluster_) {
+        // Routed by the first key; a NOSCRIPT reply comes from the node that owns it, and the
+        // EVAL below goes to the same node.
+        Result<Reply> routed = co_await cluster_->exec(argv);
+        if (!routed) {
+            co_return routed.error();
+        }
+        reply = std::move(*routed);
+    } else {
+        const error_code ec = co_await submit(&argv, 1, &reply);
+        if (ec) {
+            co_return ec;
+        }
     }
     if (reply.is_error() && reply.str.starts_with("NOSCRIPT")) {
         // Redis restarted without persistence or someone ran SCRIPT FLUSH. EVAL also puts the
@@ -441,7 +504,11 @@ asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
             log::warning("redis.noscript", {{"sha", sha}});
             argv[0] = "EVAL";
             argv[1] = script->body;
-            ec = co_await submit(&argv, 1, &reply);
+            if (cluster_) {
+                Result<Reply> routed = co_await cluster_->exec(std::move(argv));
+                co_return routed;
+            }
+            const error_code ec = co_await submit(&argv, 1, &reply);
             if (ec) {
                 co_return ec;
             }
@@ -457,7 +524,7 @@ asio::awaitable<void> RedisConnection::run()
     bool first = true;
     while (!stopped_) {
         if (!first) {
-            stats_.reconnects.fetch_add(1, std::memory_order_relaxed);
+            stats_->reconnects.fetch_add(1, std::memory_order_relaxed);
         }
         first = false;
 
@@ -886,7 +953,7 @@ asio::awaitable<void> RedisConnection::write_loop()
         // Everything queued since the last write goes out in one write; callers arriving while it
         // is in flight accumulate in out_buf_ for the next one.
         write_buf_.swap(out_buf_);
-        stats_.writes.fetch_add(1, std::memory_order_relaxed);
+        stats_->writes.fetch_add(1, std::memory_order_relaxed);
         auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(write_buf_), kUseTuple);
         write_buf_.clear();
         if (ec) {

@@ -1,6 +1,8 @@
 #pragma once
 
-// An asynchronous, pipelined Redis connection on one Asio executor.
+// An asynchronous, pipelined Redis connection on one Asio executor: to one node, to the master a
+// set of sentinels names, or (redis.cluster) to a Redis Cluster through one such connection per
+// master (store/redis_cluster.hpp routes each command to the owner of its key's hash slot).
 //
 // hiredis 0.14 is used only as the RESP codec (redisFormatCommandArgv to encode, redisReader to
 // decode); the socket, deadlines, reconnects and request queue are ours. Many coroutines may call
@@ -16,6 +18,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -57,7 +60,10 @@ struct RedisStats {
     std::atomic<std::uint64_t> reconnects{0};  ///< connection attempts after a failure or loss
     std::atomic<std::uint64_t> in_flight{0};   ///< commands sent or queued, reply not yet read
     std::atomic<std::uint64_t> writes{0};      ///< socket writes; each carries every command queued before it
+    std::atomic<std::uint64_t> redirects{0};   ///< Cluster MOVED and ASK replies followed
 };
+
+class ClusterRouter;
 
 /// A Redis connection. Not thread-safe: every call must happen on the executor given at
 /// construction (a single-threaded io_context), which is what makes it lock-free.
@@ -67,6 +73,9 @@ struct RedisStats {
 class RedisConnection {
 public:
     RedisConnection(boost::asio::any_io_executor executor, const config::RedisConfig& cfg);
+    /// A connection to one node (host/port of cfg) that counts into `shared` instead of stats of
+    /// its own: what ClusterRouter makes for each cluster node. cfg.cluster must be empty.
+    RedisConnection(boost::asio::any_io_executor executor, const config::RedisConfig& cfg, RedisStats& shared);
     ~RedisConnection();
     RedisConnection(const RedisConnection&) = delete;
     RedisConnection& operator=(const RedisConnection&) = delete;
@@ -91,10 +100,22 @@ public:
     /// Afterwards nothing of this object keeps the io_context busy. Idempotent.
     void stop();
 
-    /// Connected, authenticated, db selected and scripts loaded.
-    bool ready() const noexcept { return ready_.load(std::memory_order_relaxed); }
+    /// With Cluster (cfg.cluster.nodes): the nodes are asked for the slot map (CLUSTER SLOTS) at
+    /// start, every 5 s, and at once after a MOVED reply or a node's failure; each master gets a
+    /// connection as above, and start/stop/ready/exec/exec_many/eval act on all of them
+    /// (store/redis_cluster.hpp says how commands are routed).
+    ///
+    /// Connected, authenticated, db selected and scripts loaded (with Cluster: every slot has a
+    /// master and every master's connection is ready).
+    bool ready() const noexcept;
 
-    const RedisStats& stats() const noexcept { return stats_; }
+    /// Waits until ready() or `limit` passes (polling); returns ready().
+    boost::asio::awaitable<bool> wait_ready(std::chrono::milliseconds limit);
+
+    const RedisStats& stats() const noexcept { return *stats_; }
+
+    /// Where this connection goes (the current master with Sentinel; unused with Cluster).
+    const config::Endpoint& endpoint() const noexcept { return current_; }
 
     /// Sends one command (binary-safe argv) and returns its reply. A Redis error reply is a
     /// value (Reply::Type::error), not a failure.
@@ -114,6 +135,7 @@ public:
                                                std::vector<std::string> args);
 
 private:
+    friend class ClusterRouter;  // sends through submit() and reads node_ready()
     struct Waiter;
     struct Slot {
         Waiter* waiter;       ///< null once the caller gave up (timeout, cancellation)
@@ -151,6 +173,7 @@ private:
     void close_io() noexcept;
     void wake_writer() noexcept;
     void update_in_flight() noexcept;
+    bool node_ready() const noexcept { return ready_.load(std::memory_order_relaxed); }
     const Script* find_script(std::string_view sha) const noexcept;
 
     boost::asio::any_io_executor executor_;
@@ -177,7 +200,10 @@ private:
     bool started_{false};
     bool stopped_{false};
     std::atomic<bool> ready_{false};
-    RedisStats stats_;
+    RedisStats own_stats_;
+    RedisStats* stats_;           ///< own_stats_, or a ClusterRouter's shared ones
+    std::size_t reported_in_flight_{0};  ///< this connection's share of stats_->in_flight
+    std::unique_ptr<ClusterRouter> cluster_;  ///< with Cluster: routes every command
 };
 
 }  // namespace paybridge::store

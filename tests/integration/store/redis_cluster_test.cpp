@@ -1,0 +1,412 @@
+// RedisConnection in Cluster mode (config redis.cluster) against a real three-master Redis Cluster
+// (RedisTestCluster): routing by hash slot, batches across nodes, MOVED after a resharding, ASK
+// during a migration, NOSCRIPT on one node, a node going down and coming back, and the bill store
+// and its replica confirmation on top.
+
+#include "store/cluster_slot.hpp"
+#include "store/redis_bill_store.hpp"
+#include "store/redis_connection.hpp"
+
+#include "core/error.hpp"
+#include "tests/integration/store/store_fixture.hpp"
+#include "tests/support/redis_cluster.hpp"
+
+#include <doctest/doctest.h>
+
+#include <chrono>
+#include <memory>
+#include <set>
+#include <string>
+#include <vector>
+
+namespace asio = boost::asio;
+using paybridge::errc;
+using paybridge::EventKind;
+using paybridge::NewBill;
+using paybridge::PaymentEvent;
+using paybridge::Result;
+using paybridge::config::Endpoint;
+using paybridge::config::RedisConfig;
+using paybridge::store::key_slot;
+using paybridge::store::Keys;
+using paybridge::store::RedisBillStore;
+using paybridge::store::RedisConnection;
+using paybridge::store::Reply;
+using paybridge::test::RedisTestCluster;
+using namespace std::chrono_literals;
+
+namespace {
+
+RedisConfig cluster_config(const RedisTestCluster& cluster, std::vector<int> seeds = {0})
+{
+    RedisConfig cfg;
+    cfg.host = "192.0.2.1";  // not used with Cluster (TEST-NET: nothing answers there)
+    cfg.port = 1;
+    for (int node : seeds) {
+        cfg.cluster.nodes.push_back(Endpoint{cluster.host(), cluster.port(node)});
+    }
+    cfg.request_timeout = 2000ms;
+    cfg.connect_timeout = 500ms;
+    return cfg;
+}
+
+/// A cluster client on its own io_context, stopped (and its io_context run dry) on destruction.
+struct Client {
+    asio::io_context ctx;
+    RedisConfig cfg;
+    std::unique_ptr<RedisConnection> conn;
+    std::unique_ptr<RedisBillStore> store;
+    std::string sha;
+
+    explicit Client(RedisConfig c, bool with_store = false) : cfg(std::move(c))
+    {
+        conn = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
+        sha = conn->add_script("return {redis.call('INCR', KEYS[1]), ARGV[1]}");
+        if (with_store) {
+            store = std::make_unique<RedisBillStore>(*conn, cfg);
+        }
+        conn->start();
+    }
+    ~Client()
+    {
+        conn->stop();
+        ctx.restart();
+        ctx.run_for(3s);
+        CHECK(ctx.stopped());  // nothing of the router or its nodes outlives stop()
+    }
+
+    bool wait_ready(std::chrono::milliseconds limit = 10s)
+    {
+        return paybridge::test::run_until(ctx, [this] { return conn->ready(); }, limit);
+    }
+
+    template <class T>
+    T run(asio::awaitable<T> coro)
+    {
+        return paybridge::test::run_awaitable(ctx, std::move(coro), 15s);
+    }
+
+    Result<Reply> exec(std::vector<std::string> argv) { return run(conn->exec(std::move(argv))); }
+
+    /// One command that must succeed; returns its reply.
+    Reply ok(std::vector<std::string> argv)
+    {
+        const std::string what = argv.empty() ? std::string() : argv[0] + " " + (argv.size() > 1 ? argv[1] : "");
+        Result<Reply> r = exec(std::move(argv));
+        REQUIRE_MESSAGE(r.has_value(), what << " failed: " << r.error().message());
+        return *r;
+    }
+
+    std::uint64_t redirects() const { return conn->stats().redirects.load(); }
+};
+
+/// A key of every node: "k<i>" for the first i whose slot each node owns.
+std::vector<std::string> key_per_node(const RedisTestCluster& cluster)
+{
+    std::vector<std::string> keys(static_cast<std::size_t>(cluster.size()));
+    const std::vector<int> owners = cluster.slot_owners();
+    int found = 0;
+    for (int i = 0; found < cluster.size(); ++i) {
+        const std::string key = "k" + std::to_string(i);
+        std::string& slot_key = keys[static_cast<std::size_t>(owners[static_cast<std::size_t>(key_slot(key))])];
+        if (slot_key.empty()) {
+            slot_key = key;
+            ++found;
+        }
+    }
+    return keys;
+}
+
+/// A node other than `node`.
+int other(const RedisTestCluster& cluster, int node) { return (node + 1) % cluster.size(); }
+
+}  // namespace
+
+TEST_SUITE("store/redis_cluster")
+{
+    TEST_CASE("command_key names the argument a command is routed by")
+    {
+        using paybridge::store::command_key;
+        using V = std::vector<std::string>;
+        CHECK(command_key(V{"GET", "a"}) == "a");
+        CHECK(command_key(V{"hset", "h", "f", "v"}) == "h");
+        CHECK(command_key(V{"EVALSHA", "abc", "2", "k1", "k2", "arg"}) == "k1");
+        CHECK(command_key(V{"eval", "return 1", "1", "k"}) == "k");
+        CHECK_FALSE(command_key(V{"EVALSHA", "abc", "0", "arg"}).has_value());
+        CHECK_FALSE(command_key(V{"EVALSHA", "abc", "x1", "k"}).has_value());
+        CHECK(command_key(V{"XREADGROUP", "GROUP", "g", "c", "COUNT", "5", "STREAMS", "s1", "s2", ">", ">"}) == "s1");
+        CHECK(command_key(V{"XREAD", "BLOCK", "10", "streams", "s", "$"}) == "s");
+        CHECK(command_key(V{"XGROUP", "CREATE", "s", "g", "0", "MKSTREAM"}) == "s");
+        CHECK(command_key(V{"xinfo", "GROUPS", "s"}) == "s");
+        CHECK_FALSE(command_key(V{"XGROUP", "HELP"}).has_value());
+        CHECK_FALSE(command_key(V{"PING"}).has_value());
+        CHECK_FALSE(command_key(V{"WAIT", "1", "100"}).has_value());
+        CHECK_FALSE(command_key(V{"script", "load", "return 1"}).has_value());
+        CHECK_FALSE(command_key(V{"CLUSTER", "SLOTS"}).has_value());
+        CHECK_FALSE(command_key(V{}).has_value());
+    }
+
+    TEST_CASE("key_slot agrees with CLUSTER KEYSLOT of a real node, hash tags and paybridge's keys included")
+    {
+        RedisTestCluster cluster(1);
+        std::vector<std::string> keys{"", "foo", "bar", "123456789", "{user1000}.following", "foo{}{bar}",
+                                      "foo{{bar}}zap", "foo{bar}{zap}", "{", "}{", "a{b}c", "\xff\xfe{\x01}"};
+        const Keys layout("pb:", 16);
+        for (int shard = 0; shard < 16; ++shard) {
+            keys.push_back(layout.outbox(shard));
+            keys.push_back(layout.bill("bill-" + std::to_string(shard)));
+        }
+        for (int i = 0; i < 200; ++i) {
+            keys.push_back("key:" + std::to_string(i * 7919));
+        }
+        for (const std::string& key : keys) {
+            CAPTURE(key);
+            CHECK(cluster.command(0, {"CLUSTER", "KEYSLOT", key}) == std::to_string(key_slot(key)));
+        }
+        CHECK(key_slot("123456789") == 0x31C3 % 16384);  // CRC16/XMODEM check value
+    }
+
+    TEST_CASE("commands go to the master of their slot, and a batch across nodes keeps its order")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster));
+        REQUIRE(client.wait_ready());
+
+        // One key on each node, written through the client: each is on its owner and nowhere else.
+        const std::vector<std::string> keys = key_per_node(cluster);
+        for (std::size_t node = 0; node < keys.size(); ++node) {
+            CHECK(client.ok({"SET", keys[node], "v" + std::to_string(node)}).is_status("OK"));
+        }
+        for (int node = 0; node < cluster.size(); ++node) {
+            const std::string& key = keys[static_cast<std::size_t>(node)];
+            CHECK(cluster.command(node, {"GET", key}) == "v" + std::to_string(node));
+            CHECK(cluster.command(other(cluster, node), {"GET", key}).starts_with("(error) MOVED "));
+        }
+
+        // A batch interleaving the nodes: replies in the batch's order.
+        std::vector<std::vector<std::string>> batch;
+        for (int round = 0; round < 3; ++round) {
+            for (const std::string& key : keys) {
+                batch.push_back({"INCR", key + ":n"});
+            }
+        }
+        batch.push_back({"PING"});
+        Result<std::vector<Reply>> replies = client.run(client.conn->exec_many(batch));
+        REQUIRE(replies.has_value());
+        REQUIRE(replies->size() == batch.size());
+        for (std::size_t i = 0; i + 1 < batch.size(); ++i) {
+            CHECK((*replies)[i].integer == static_cast<std::int64_t>(i / keys.size() + 1));
+        }
+        CHECK(replies->back().is_status("PONG"));
+        // Commands whose key follows a subcommand (the CRM dispatcher's XGROUP CREATE).
+        for (const std::string& key : keys) {
+            CHECK(client.ok({"XGROUP", "CREATE", key + ":stream", "crm", "0", "MKSTREAM"}).is_status("OK"));
+        }
+        CHECK(client.redirects() == 0);
+
+        // Scripts: loaded on every node, routed by their first key.
+        for (const std::string& key : keys) {
+            Result<Reply> r = client.run(client.conn->eval(client.sha, {key + ":s"}, {"x"}));
+            REQUIRE(r.has_value());
+            REQUIRE(r->is_array());
+            CHECK(r->elements[0].integer == 1);
+        }
+    }
+
+    TEST_CASE("the configured node may be any node: the rest of the cluster is discovered")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster, {2}));
+        REQUIRE(client.wait_ready());
+        for (const std::string& key : key_per_node(cluster)) {
+            CHECK(client.ok({"SET", key, "x"}).is_status("OK"));
+        }
+        CHECK(client.redirects() == 0);
+    }
+
+    TEST_CASE("after a resharding the MOVED reply is followed and the slot map corrected")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster));
+        REQUIRE(client.wait_ready());
+        const std::string key = "{s03}moved";
+        const int slot = key_slot(key);
+        const int from = cluster.owner(slot);
+        const int to = other(cluster, from);
+        CHECK(client.ok({"SET", key, "before"}).is_status("OK"));
+
+        cluster.move_slot(slot, to);
+        CHECK(cluster.command(to, {"GET", key}) == "before");
+
+        // The client still thinks `from` owns the slot: one MOVED, then straight to `to`.
+        const Reply got = client.ok({"GET", key});
+        CHECK(got.str == "before");
+        CHECK(client.redirects() == 1);
+        CHECK(client.ok({"SET", key, "after"}).is_status("OK"));
+        CHECK(client.redirects() == 1);
+        CHECK(cluster.command(to, {"GET", key}) == "after");
+    }
+
+    TEST_CASE("during a migration ASK is followed with ASKING, without changing the map")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster));
+        REQUIRE(client.wait_ready());
+        const std::string key = "{s05}asked";
+        const int slot = key_slot(key);
+        const int from = cluster.owner(slot);
+        const int to = other(cluster, from);
+        CHECK(client.ok({"SET", key, "v1"}).is_status("OK"));
+
+        cluster.begin_migration(slot, to);
+        cluster.migrate_keys(slot, to);
+        // The key has left `from`, which answers ASK; the target serves it only after ASKING.
+        CHECK(cluster.command(from, {"GET", key}).starts_with("(error) ASK "));
+        CHECK(client.ok({"GET", key}).str == "v1");
+        CHECK(client.redirects() == 1);
+        // A key of the slot that exists nowhere yet is created on the target too.
+        CHECK(client.ok({"SET", "{s05}new", "n"}).is_status("OK"));
+        CHECK(client.redirects() == 2);
+        CHECK(client.ok({"GET", key}).str == "v1");
+        CHECK(client.redirects() == 3);  // still asked each time: the slot is not moved yet
+
+        cluster.finish_migration(slot, to);
+        CHECK(cluster.command(to, {"GET", "{s05}new"}) == "n");
+        CHECK(client.ok({"GET", key}).str == "v1");  // one MOVED, then the map knows
+        CHECK(client.ok({"GET", key}).str == "v1");
+        CHECK(client.redirects() == 4);
+    }
+
+    TEST_CASE("a node that lost its scripts answers NOSCRIPT and the script is sent again there")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster));
+        REQUIRE(client.wait_ready());
+        const std::string key = key_per_node(cluster)[1];
+        CHECK(cluster.command(1, {"SCRIPT", "FLUSH"}) == "OK");
+        Result<Reply> r = client.run(client.conn->eval(client.sha, {key}, {"again"}));
+        REQUIRE(r.has_value());
+        REQUIRE(r->is_array());
+        CHECK(r->elements[1].str == "again");
+        CHECK(cluster.command(1, {"SCRIPT", "EXISTS", client.sha}) == "1");
+    }
+
+    TEST_CASE("a master down fails its slots' commands at once, the others go on, and it is used again when back")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster, {0, 1, 2}));
+        REQUIRE(client.wait_ready());
+        const std::vector<std::string> keys = key_per_node(cluster);
+
+        cluster.server(2).stop();
+        const auto started = std::chrono::steady_clock::now();
+        Result<Reply> lost = client.exec({"SET", keys[2], "x"});
+        REQUIRE_FALSE(lost.has_value());
+        CHECK(lost.error() == errc::store_unavailable);
+        CHECK(std::chrono::steady_clock::now() - started < 2s);  // not its request deadline
+        CHECK_FALSE(client.conn->ready());
+        CHECK(client.ok({"SET", keys[0], "still"}).is_status("OK"));
+        CHECK(client.ok({"SET", keys[1], "still"}).is_status("OK"));
+
+        cluster.server(2).restart();  // its nodes.conf brings it back with its slots
+        REQUIRE(client.wait_ready(15s));
+        // A restarted node answers CLUSTERDOWN until it has heard from the others again (about
+        // 2 s); the client retries that within request_timeout, so wait for it first.
+        const bool rejoined = paybridge::test::run_until(
+            client.ctx, [&] { return cluster.command(2, {"CLUSTER", "INFO"}).find("cluster_state:ok") != std::string::npos; },
+            15s);
+        REQUIRE(rejoined);
+        CHECK(client.ok({"SET", keys[2], "back"}).is_status("OK"));
+        CHECK(cluster.command(2, {"GET", keys[2]}) == "back");
+    }
+
+    TEST_CASE("the bill store over a cluster: every shard registered, paid and listed")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster), true);
+        REQUIRE(client.wait_ready());
+        const Keys& keys = client.store->keys();
+        std::set<int> shards;
+        std::set<int> nodes;
+        for (int i = 0; shards.size() < static_cast<std::size_t>(keys.shards()); ++i) {
+            const std::string id = "bill-" + std::to_string(i);
+            if (!shards.insert(keys.shard_of(id)).second) {
+                continue;
+            }
+            nodes.insert(cluster.owner(key_slot(keys.bill(id))));
+            NewBill bill;
+            bill.id = id;
+            bill.amount_fen = 1000 + i;
+            bill.customer_id = "c";
+            Result<paybridge::RegisterResult> reg = client.run(client.store->register_bill(bill));
+            REQUIRE(reg.has_value());
+            CHECK(reg->outcome == paybridge::RegisterOutcome::created);
+
+            PaymentEvent ev;
+            ev.provider = "alipay";
+            ev.channel = "alipay";
+            ev.kind = EventKind::payment;
+            ev.notification_id = "N-" + id;
+            ev.bill_id = id;
+            ev.provider_txn_id = "T-" + id;
+            ev.total_fen = 1000 + i;
+            ev.provider_status = "TRADE_SUCCESS";
+            Result<paybridge::ApplyResult> applied = client.run(client.store->apply(ev));
+            REQUIRE(applied.has_value());
+            CHECK(applied->outcome == paybridge::ApplyOutcome::applied);
+            Result<paybridge::ApplyResult> again = client.run(client.store->apply(ev));
+            REQUIRE(again.has_value());
+            CHECK(again->outcome == paybridge::ApplyOutcome::duplicate);
+        }
+        CHECK(nodes.size() == 3);  // the 16 shards really are spread over the three masters
+
+        // The event feed merges every shard's outbox: one bill.paid per bill (registration emits none).
+        std::set<std::string> paid;
+        std::size_t events = 0;
+        std::string cursor;
+        for (int page = 0; page < 20; ++page) {
+            Result<paybridge::Page> p = client.run(client.store->list_events(cursor, 7));
+            REQUIRE(p.has_value());
+            if (p->items_json.empty()) {
+                break;
+            }
+            events += p->items_json.size();
+            for (const std::string& item : p->items_json) {
+                const rapidjson::Document doc = paybridge::test::parse_json(item);
+                CHECK(paybridge::test::str(doc, "type") == "bill.paid");
+                paid.insert(paybridge::test::str(doc, "bill_id"));
+            }
+            cursor = p->next_cursor;
+        }
+        CHECK(events == static_cast<std::size_t>(keys.shards()));
+        CHECK(paid.size() == static_cast<std::size_t>(keys.shards()));
+        Result<void> ping = client.run(client.store->ping());
+        CHECK(ping.has_value());
+    }
+
+    TEST_CASE("wait_replicas over a cluster confirms on the master of the bill's shard")
+    {
+        RedisTestCluster cluster(3);
+        RedisConfig cfg = cluster_config(cluster);
+        cfg.wait_replicas = 1;
+        cfg.wait_timeout = 200ms;
+        Client client(cfg, true);
+        REQUIRE(client.wait_ready());
+        const Keys& keys = client.store->keys();
+        const std::string id = "bill-wait";
+        const int shard = keys.shard_of(id);
+        const int owner = cluster.owner(key_slot(keys.bill(id)));
+
+        NewBill bill;
+        bill.id = id;
+        bill.amount_fen = 500;
+        bill.customer_id = "c";
+        // These masters have no replica: the bill is written, but not confirmed.
+        Result<paybridge::RegisterResult> reg = client.run(client.store->register_bill(bill));
+        REQUIRE_FALSE(reg.has_value());
+        CHECK(reg.error() == errc::store_unavailable);
+        CHECK(cluster.command(owner, {"EXISTS", keys.bill(id)}) == "1");
+        // The confirmation's SET went to the same master as the bill (its WAIT with it).
+        CHECK(cluster.command(owner, {"EXISTS", keys.replicated(shard)}) == "1");
+    }
+}
