@@ -92,6 +92,7 @@ struct CrmSettings {
     int concurrency{8};
     std::string retry_schedule_s{"[1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1]"};
     int lease_s{10};
+    std::string redis_extra;  ///< extra members of the daemon's "redis" (", \"cluster\": {...}")
 };
 
 inline std::string new_whsec()
@@ -139,6 +140,7 @@ public:
     {
         DaemonOptions options{.workers = workers_, .start = false};
         options.extra_config = crm_json(signing);
+        options.redis_extra = settings_.redis_extra;
         fx.write_config(options);
     }
 

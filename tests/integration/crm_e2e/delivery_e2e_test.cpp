@@ -4,6 +4,10 @@
 
 #include "tests/integration/crm_e2e/crm_e2e.hpp"
 
+#include "store/keys.hpp"
+#include "tests/support/redis_cluster.hpp"
+#include "tests/support/redis_server.hpp"
+
 #include <doctest/doctest.h>
 
 using namespace paybridge;
@@ -317,4 +321,57 @@ TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging recei
     CHECK(fx.stop() == 0);
     CHECK(std::chrono::steady_clock::now() - stopping < 15s);
     stack.receiver.stop();
+}
+
+TEST_CASE("through a Redis Cluster: bills on every master are paid and every event reaches the CRM")
+{
+    RedisTestCluster cluster(3);
+    CrmSettings settings;
+    settings.redis_extra = R"(, "cluster": {"nodes": ["127.0.0.1:)" + std::to_string(cluster.port(1)) + R"("]})";
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    fx.redis().stop();  // the server the URL names: nothing may depend on it
+    Alipay ali{fx};
+
+    // Bills whose shards live on each of the three masters.
+    const store::Keys keys("pb:", 16);
+    std::vector<std::string> bills;
+    std::set<int> masters;
+    for (int i = 0; bills.size() < 9; ++i) {
+        const std::string id = "C" + std::to_string(7000 + i);
+        const int slot = std::stoi(cluster.command(0, {"CLUSTER", "KEYSLOT", keys.bill(id)}));
+        const int owner = cluster.owner(slot);
+        if (std::count_if(bills.begin(), bills.end(), [&](const std::string& b) {
+                return cluster.owner(std::stoi(cluster.command(0, {"CLUSTER", "KEYSLOT", keys.bill(b)}))) == owner;
+            }) < 3) {
+            bills.push_back(id);
+            masters.insert(owner);
+        }
+    }
+    REQUIRE(masters.size() == 3);
+    for (const std::string& id : bills) {
+        register_and_pay(fx, ali, id, 1000);
+        // The bill's hash is on the master of its shard, and only there.
+        const int owner = cluster.owner(std::stoi(cluster.command(0, {"CLUSTER", "KEYSLOT", keys.bill(id)})));
+        CHECK(cluster.command(owner, {"HGET", keys.bill(id), "status"}) == "PAID");
+    }
+    CHECK(http_request(fx.port(), "GET", "/readyz").status == 200);
+
+    // Every bill.paid delivered once, whichever master's outbox holds it.
+    REQUIRE(stack.receiver.wait_for(
+        [&](const std::vector<ReceivedRequest>& rs) {
+            return std::count_if(rs.begin(), rs.end(), [](const ReceivedRequest& r) { return r.answered; }) >=
+                   static_cast<long>(bills.size());
+        },
+        20s));
+    std::set<std::string> delivered;
+    for (const ReceivedRequest& r : stack.receiver.requests()) {
+        const rapidjson::Document sent = parse(r.body);
+        CHECK(std::string(sent["type"].GetString()) == "bill.paid");
+        delivered.insert(sent["bill_id"].GetString());
+    }
+    CHECK(delivered == std::set<std::string>(bills.begin(), bills.end()));
+    CHECK(feed(fx).size() == bills.size());  // the feed merges the shards of all three masters
+    CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == static_cast<double>(bills.size()));
+    CHECK(fx.stop() == 0);
 }
