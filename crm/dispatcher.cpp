@@ -23,6 +23,7 @@
 #include <deque>
 #include <memory>
 #include <exception>
+#include <optional>
 #include <random>
 #include <unordered_map>
 
@@ -686,43 +687,61 @@ struct Dispatcher::Impl {
         return items;
     }
 
-    /// The cluster form of the read: one XREADGROUP per shard (no BLOCK), pipelined per node; the
-    /// replies merged into what one XREADGROUP over every stream would have returned (nil for
-    /// none), after a pause of kClusterPoll when there was nothing to read.
-    asio::awaitable<Result<Reply>> read_each_shard(std::size_t count)
+    /// What the cluster form of the read got: the entries of every shard that answered (as one
+    /// XREADGROUP over every stream would return them), and the first failure of the others.
+    struct ShardRead {
+        Reply entries;
+        boost::system::error_code failure;  ///< a shard's connection failed
+        std::optional<Reply> refused;  ///< a shard's error reply
+    };
+
+    /// The cluster form of the read: one XREADGROUP per shard (no BLOCK), pipelined per master;
+    /// a master that cannot be reached fails only its shards.
+    asio::awaitable<ShardRead> read_each_shard(std::size_t count)
     {
         std::vector<std::vector<std::string>> cmds;
         for (const ShardKeys& k : keys.all()) {
             cmds.push_back({"XREADGROUP", "GROUP", options.group, options.consumer, "COUNT", std::to_string(count),
                             "STREAMS", k.stream, ">"});
         }
-        Result<std::vector<Reply>> replies = co_await reads.exec_many(std::move(cmds));
-        if (!replies) {
-            co_return replies.error();
-        }
-        Reply merged;
-        for (Reply& r : *replies) {
-            if (r.is_error()) {
-                co_return std::move(r);
+        std::vector<Result<Reply>> replies = co_await reads.exec_each(std::move(cmds));
+        ShardRead read;
+        read.entries.type = Reply::Type::array;
+        for (Result<Reply>& r : replies) {
+            if (!r) {
+                if (!read.failure) {
+                    read.failure = r.error();
+                }
+            } else if (r->is_error()) {
+                if (!read.refused) {
+                    read.refused = std::move(*r);
+                }
+            } else {
+                for (Reply& stream : r->elements) {
+                    read.entries.elements.push_back(std::move(stream));
+                }
             }
-            for (Reply& stream : r.elements) {
-                merged.elements.push_back(std::move(stream));
-            }
         }
-        if (merged.elements.empty()) {
-            co_await sleep(read_backoff, kClusterPoll);
-            co_return merged;  // nil, as a BLOCK that timed out
-        }
-        merged.type = Reply::Type::array;
-        co_return merged;
+        co_return read;
+    }
+
+    /// Entries just read are pending for this consumer: delivered even if stopping.
+    asio::awaitable<void> take(const Reply& read)
+    {
+        std::vector<Item> items = parse_read(read);
+        reserved += items.size();  // until dispatched, after mark_pending
+        co_await mark_pending(items);
+        release(items.size());
+        dispatch(std::move(items));
     }
 
     asio::awaitable<void> read_loop()
     {
         std::chrono::milliseconds backoff = kBackoffMin;
         while (!stopping) {
-            if (!commands.ready() || !reads.ready()) {
-                // Still connecting (the connections log their own failures).
+            if (!commands.usable() || !reads.usable()) {
+                // Still connecting (the connections log their own failures). With Cluster, one
+                // master down stops only its shards' delivery.
                 co_await sleep(read_backoff, std::chrono::milliseconds{50});
                 continue;
             }
@@ -758,12 +777,36 @@ struct Dispatcher::Impl {
                 argv.emplace_back(">");
             }
             reserved += budget;
-            Result<Reply> reply = make_error_code(errc::store_unavailable);
             if (cluster) {
-                reply = co_await read_each_shard(count);
-            } else {
-                reply = co_await reads.exec(std::move(argv));
+                ShardRead read = co_await read_each_shard(count);
+                release(budget);
+                if (!read.entries.elements.empty()) {
+                    co_await take(read.entries);
+                }
+                if (read.failure || read.refused) {
+                    if (stopping) {
+                        break;
+                    }
+                    if (read.failure) {
+                        note_redis_failure("xreadgroup", read.failure);
+                    } else {
+                        if (read.refused->str.starts_with("NOGROUP")) {
+                            groups_ready = false;
+                        }
+                        note_redis_error_reply("xreadgroup", *read.refused);
+                    }
+                    co_await sleep(read_backoff, backoff);
+                    backoff = std::min(backoff * 2, kBackoffMax);
+                    continue;
+                }
+                backoff = kBackoffMin;
+                if (read.entries.elements.empty()) {
+                    co_await sleep(read_backoff, kClusterPoll);  // as a BLOCK that timed out
+                }
+                co_await asio::post(executor, asio::use_awaitable);
+                continue;
             }
+            Result<Reply> reply = co_await reads.exec(std::move(argv));
             // The pop and reclaim loops may have waited for the slots this read held: let them go first.
             release(budget);
             if (!reply || reply->is_error()) {
@@ -784,12 +827,7 @@ struct Dispatcher::Impl {
             }
             backoff = kBackoffMin;
             if (reply->is_array()) {
-                // Entries read are now pending for this consumer: deliver them even if stopping.
-                std::vector<Item> items = parse_read(*reply);
-                reserved += items.size();  // until dispatched, after mark_pending
-                co_await mark_pending(items);
-                release(items.size());
-                dispatch(std::move(items));
+                co_await take(*reply);
             }
             co_await asio::post(executor, asio::use_awaitable);
         }
@@ -803,7 +841,7 @@ struct Dispatcher::Impl {
                 continue;
             }
             for (const ShardKeys& k : keys.all()) {
-                if (stopping || free_slots() == 0 || !commands.ready()) {
+                if (stopping || free_slots() == 0 || !commands.usable()) {
                     break;
                 }
                 const std::int64_t now = now_ms();
@@ -847,7 +885,7 @@ struct Dispatcher::Impl {
             while (!stopping && free_slots() == 0) {
                 co_await wait_signal(slot_signal);
             }
-            if (stopping || !groups_ready || !commands.ready()) {
+            if (stopping || !groups_ready || !commands.usable()) {
                 continue;
             }
             for (const ShardKeys& k : keys.all()) {
@@ -1036,7 +1074,7 @@ struct Dispatcher::Impl {
         const bool trimming = options.outbox_retention.count() > 0;
         Clock::time_point last_trim = Clock::now() - trim_every();  // the first pass runs at once
         while (!stopping) {
-            if (commands.ready() && groups_ready) {
+            if (commands.usable() && groups_ready) {
                 co_await refresh_stats();
                 if (Clock::now() - last_cleanup >= cleanup_every) {
                     last_cleanup = Clock::now();

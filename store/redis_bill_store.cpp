@@ -441,20 +441,20 @@ RedisBillStore::RedisBillStore(RedisConnection& redis,
                                std::function<std::int64_t()> now_ms,
                                RedisConnection* replicas)
     : redis_(redis),
+      confirm_conn_(replicas ? *replicas : redis),
       cfg_(cfg),
       keys_(cfg.key_prefix, cfg.shards),
       sha_(redis.add_script(std::string(bill_script()))),
       now_ms_(std::move(now_ms))
 {
     if (cfg.wait_replicas > 0) {
-        // One Redis node holds every shard: one confirmer. In a cluster each shard's master has
-        // replicas of its own: one confirmer per shard, whose key (and so whose SET + WAIT) lives
-        // on that shard's master.
-        RedisConnection& conn = replicas ? *replicas : redis;
-        const int confirmers = cfg.cluster.nodes.empty() ? 1 : keys_.shards();
-        for (int shard = 0; shard < confirmers; ++shard) {
-            confirmers_.push_back(std::make_unique<ReplicaConfirmer>(conn, keys_.replicated(shard), cfg.wait_replicas,
-                                                                     cfg.wait_timeout));
+        // One Redis node holds every shard: one confirmer. In a cluster each master has replicas
+        // of its own: one confirmer per master (made when a bill on it first needs one), whose
+        // key, and so whose SET + WAIT, lives on that master; one WAIT at a time on its
+        // connection, as on a single node.
+        if (cfg.cluster.nodes.empty()) {
+            confirmers_.push_back(std::make_unique<ReplicaConfirmer>(confirm_conn_, keys_.replicated(0),
+                                                                     cfg.wait_replicas, cfg.wait_timeout));
         }
     }
 }
@@ -486,13 +486,39 @@ asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::s
     co_return reply;
 }
 
+ReplicaConfirmer* RedisBillStore::confirmer_for(std::string_view bill_id)
+{
+    if (cfg_.cluster.nodes.empty()) {
+        return confirmers_.front().get();
+    }
+    // The shard's key lives on the bill's master; a confirmer made for another shard on the same
+    // master serves it too, unless a resharding has since moved that one's key elsewhere.
+    std::string key = keys_.replicated(keys_.shard_of(bill_id));
+    const std::string node = confirm_conn_.node_of(key);
+    if (node.empty()) {
+        return nullptr;
+    }
+    auto it = confirmer_of_node_.find(node);
+    if (it != confirmer_of_node_.end() && confirm_conn_.node_of(it->second->key()) == node) {
+        return it->second;
+    }
+    // The one replaced (if any) stays: a round of it may be in flight.
+    confirmers_.push_back(
+        std::make_unique<ReplicaConfirmer>(confirm_conn_, std::move(key), cfg_.wait_replicas, cfg_.wait_timeout));
+    confirmer_of_node_[node] = confirmers_.back().get();
+    return confirmers_.back().get();
+}
+
 asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id)
 {
-    if (confirmers_.empty()) {
+    if (cfg_.wait_replicas <= 0) {
         co_return Result<void>{};
     }
-    const std::size_t which = confirmers_.size() == 1 ? 0 : static_cast<std::size_t>(keys_.shard_of(bill_id));
-    Result<void> confirmed = co_await confirmers_[which]->confirm();
+    ReplicaConfirmer* confirmer = confirmer_for(bill_id);
+    if (confirmer == nullptr) {
+        co_return make_error_code(errc::store_unavailable);  // no master known for the bill's shard
+    }
+    Result<void> confirmed = co_await confirmer->confirm();
     co_return confirmed;
 }
 

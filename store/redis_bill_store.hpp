@@ -112,12 +112,17 @@ private:
     std::int64_t now_ms() const;
 
     RedisConnection& redis_;
+    RedisConnection& confirm_conn_;  ///< where replica confirmations run (the replicas connection, or redis_)
     config::RedisConfig cfg_;
     Keys keys_;
     std::string sha_;
     std::function<std::int64_t()> now_ms_;
-    /// wait_replicas > 0 only: one, or one per shard with Cluster.
+    /// The confirmer for the master of the bill's shard (null: no master known).
+    ReplicaConfirmer* confirmer_for(std::string_view bill_id);
+
+    /// wait_replicas > 0 only: one, or with Cluster one per master (and any replaced ones).
     std::vector<std::unique_ptr<ReplicaConfirmer>> confirmers_;
+    std::map<std::string, ReplicaConfirmer*> confirmer_of_node_;  ///< Cluster: "host:port" -> confirmer
 };
 
 }  // namespace paybridge::store

@@ -22,6 +22,9 @@ constexpr std::chrono::milliseconds kRefreshReady{5'000};
 constexpr std::chrono::milliseconds kRefreshNotReady{1'000};
 // At least this long between two slot-map questions, so a burst of MOVED replies costs one.
 constexpr std::chrono::milliseconds kRefreshGap{100};
+// After a failed node (rather than a MOVED): at least this long since the last question, so an
+// outage seen by many requests costs one question a second, not one per request.
+constexpr std::chrono::milliseconds kRefreshAfterFailure{1'000};
 constexpr int kMaxRedirects = 5;
 constexpr std::chrono::milliseconds kRetryPauseMin{20};
 
@@ -66,7 +69,9 @@ std::optional<Redirect> parse_redirect(std::string_view error, const config::End
     if (colon == std::string_view::npos || !parse_port(address.substr(colon + 1), r.to.port)) {
         return std::nullopt;
     }
-    r.to.host = colon == 0 ? from.host : std::string(address.substr(0, colon));
+    // An empty or "?" host: the node's endpoint is unknown; it is the host that replied.
+    const std::string_view host = address.substr(0, colon);
+    r.to.host = (host.empty() || host == "?") ? from.host : std::string(host);
     return r;
 }
 
@@ -77,12 +82,27 @@ bool retry_later(const Reply& reply) noexcept
     return reply.is_error() && (reply.str.starts_with("TRYAGAIN") || reply.str.starts_with("CLUSTERDOWN"));
 }
 
-bool redirected(const Reply& reply) noexcept
+
+}  // namespace
+
+
+// Keeps a node's connection from being freed while a request uses it.
+class ClusterRouter::Use {
+public:
+    Use(ClusterRouter& router, std::uint16_t index) : node_(*router.nodes_[index]) { ++node_.users; }
+    ~Use() { --node_.users; }
+    Use(const Use&) = delete;
+    Use& operator=(const Use&) = delete;
+    RedisConnection& conn() const noexcept { return *node_.conn; }
+
+private:
+    Node& node_;
+};
+
+bool ClusterRouter::redirection(const Reply& reply) noexcept
 {
     return reply.is_error() && (reply.str.starts_with("MOVED ") || reply.str.starts_with("ASK ") || retry_later(reply));
 }
-
-}  // namespace
 
 ClusterRouter::ClusterRouter(asio::any_io_executor executor, const config::RedisConfig& cfg, RedisStats& stats)
     : executor_(std::move(executor)),
@@ -104,7 +124,9 @@ void ClusterRouter::add_script(const std::string& body)
 {
     scripts_.push_back(body);
     for (const std::unique_ptr<Node>& node : nodes_) {
-        node->conn->add_script(body);
+        if (node->conn) {
+            node->conn->add_script(body);
+        }
     }
 }
 
@@ -138,80 +160,104 @@ void ClusterRouter::stop()
     refresh_timer_.cancel();
     gap_timer_.cancel();
     for (const std::unique_ptr<Node>& node : nodes_) {
-        node->conn->stop();
-    }
-}
-
-bool ClusterRouter::ready() const noexcept
-{
-    if (masters_.empty() || unowned_ != 0) {
-        return false;
-    }
-    for (std::uint16_t m : masters_) {
-        if (!nodes_[m]->conn->node_ready()) {
-            return false;
+        if (node->conn) {
+            node->conn->stop();
         }
     }
-    return true;
+    update_ready();
 }
 
-std::string ClusterRouter::owner_of(int slot) const
+void ClusterRouter::node_changed() noexcept
 {
-    if (slot < 0 || slot >= kClusterSlots || owner_[static_cast<std::size_t>(slot)] == kNoNode) {
-        return {};
+    update_ready();
+    if (!ready()) {
+        refresh_soon(false);  // a master lost: a failover may follow
     }
-    return where(nodes_[owner_[static_cast<std::size_t>(slot)]]->at);
+}
+
+void ClusterRouter::update_ready() noexcept
+{
+    bool all = !stopped_ && unowned_ == 0 && !masters_.empty();
+    bool any = false;
+    for (std::uint16_t m : masters_) {
+        const bool up = nodes_[m]->conn && nodes_[m]->conn->node_ready();
+        any = any || up;
+        all = all && up;
+    }
+    ready_.store(all, std::memory_order_relaxed);
+    usable_.store(!stopped_ && unowned_ == 0 && any, std::memory_order_relaxed);
+}
+
+std::string ClusterRouter::node_of(std::string_view key) const
+{
+    const std::uint16_t owner = owner_[static_cast<std::size_t>(key_slot(key))];
+    return owner == kNoNode ? std::string() : where(nodes_[owner]->at);
 }
 
 std::uint16_t ClusterRouter::node_for(const config::Endpoint& at)
 {
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
-        if (!nodes_[i]->retired && nodes_[i]->at == at) {
+        if (nodes_[i]->conn && !nodes_[i]->retired && nodes_[i]->at == at) {
             return static_cast<std::uint16_t>(i);
         }
-    }
-    if (nodes_.size() >= kNoNode) {
-        throw std::runtime_error("redis cluster: too many node connections");
     }
     config::RedisConfig cfg = node_cfg_;
     cfg.host = at.host;
     cfg.port = at.port;
-    auto node = std::make_unique<Node>();
-    node->at = at;
-    node->conn = std::make_unique<RedisConnection>(executor_, cfg, stats_);
+    auto conn = std::make_unique<RedisConnection>(executor_, cfg, stats_);
+    conn->router_ = this;
     for (const std::string& body : scripts_) {
-        node->conn->add_script(body);
+        conn->add_script(body);
     }
+    // An entry whose connection was freed is reused, so the table does not grow with every
+    // node that comes and goes.
+    std::size_t index = nodes_.size();
+    for (std::size_t i = 0; i < nodes_.size(); ++i) {
+        if (!nodes_[i]->conn && nodes_[i]->users == 0) {
+            index = i;
+            break;
+        }
+    }
+    if (index == nodes_.size()) {
+        if (nodes_.size() >= kNoNode) {
+            throw std::runtime_error("redis cluster: too many node connections");
+        }
+        nodes_.push_back(std::make_unique<Node>());
+    }
+    Node& node = *nodes_[index];
+    node.at = at;
+    node.conn = std::move(conn);
+    node.retired = false;
     if (started_ && !stopped_) {
-        node->conn->start();
+        node.conn->start();
     }
-    nodes_.push_back(std::move(node));
-    return static_cast<std::uint16_t>(nodes_.size() - 1);
+    return static_cast<std::uint16_t>(index);
+}
+
+void ClusterRouter::free_idle_nodes() noexcept
+{
+    for (const std::unique_ptr<Node>& node : nodes_) {
+        if (node->retired && node->conn && node->users == 0 && (node->conn->run_done_ || !node->conn->started_)) {
+            node->conn.reset();
+        }
+    }
 }
 
 std::uint16_t ClusterRouter::any_ready_master() const noexcept
 {
     for (std::uint16_t m : masters_) {
-        if (nodes_[m]->conn->node_ready()) {
+        if (nodes_[m]->conn && nodes_[m]->conn->node_ready()) {
             return m;
         }
     }
     return masters_.empty() ? kNoNode : masters_.front();
 }
 
-std::uint16_t ClusterRouter::route(const std::vector<std::string>& argv) const noexcept
+std::uint16_t ClusterRouter::slot_owner(const std::vector<std::string>& argv, bool& keyless) const noexcept
 {
     const std::optional<std::string_view> key = command_key(argv);
-    if (!key) {
-        return any_ready_master();
-    }
-    return owner_[static_cast<std::size_t>(key_slot(*key))];
-}
-
-void ClusterRouter::refresh_soon() noexcept
-{
-    refresh_wanted_ = true;
-    refresh_timer_.cancel();
+    keyless = !key;
+    return key ? owner_[static_cast<std::size_t>(key_slot(*key))] : kNoNode;
 }
 
 void ClusterRouter::set_owner(int slot, std::uint16_t node)
@@ -223,49 +269,98 @@ void ClusterRouter::set_owner(int slot, std::uint16_t node)
     if (std::find(masters_.begin(), masters_.end(), node) == masters_.end()) {
         masters_.push_back(node);
     }
+    update_ready();
+}
+
+void ClusterRouter::refresh_soon(bool moved) noexcept
+{
+    if (stopped_ || !started_) {
+        return;
+    }
+    const Clock::time_point at = last_refresh_ + (moved ? kRefreshGap : kRefreshAfterFailure);
+    if (at < next_refresh_) {
+        next_refresh_ = at;
+        refresh_timer_.cancel();  // the loop waits again, until the new time
+    }
+}
+
+error_code ClusterRouter::failed(std::size_t n) noexcept
+{
+    stats_.errors.fetch_add(n, std::memory_order_relaxed);
+    return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
 }
 
 asio::awaitable<void> ClusterRouter::topology_loop()
 {
     while (!stopped_) {
-        refresh_wanted_ = false;
-        co_await refresh();
-        if (stopped_) {
-            break;
+        // An exception (an allocation failing, too many nodes) ends one round, not the loop:
+        // without the barrier the map would never be read again.
+        bool broke = false;
+        try {
+            last_refresh_ = Clock::now();
+            next_refresh_ = Clock::time_point::max();
+            co_await refresh();
+            free_idle_nodes();
+            const Clock::time_point due = last_refresh_ + (ready() ? kRefreshReady : kRefreshNotReady);
+            next_refresh_ = std::min(next_refresh_, due);
+            while (!stopped_ && Clock::now() < next_refresh_) {
+                refresh_timer_.expires_at(next_refresh_);
+                co_await refresh_timer_.async_wait(kUseTuple);  // cancelled by refresh_soon() and stop()
+            }
+        } catch (const std::exception& e) {
+            log::error("redis.cluster_refresh_failed", {{"error", e.what()}});
+            broke = true;
         }
-        gap_timer_.expires_after(kRefreshGap);
-        co_await gap_timer_.async_wait(kUseTuple);
-        if (stopped_) {
-            break;
+        if (broke && !stopped_) {
+            gap_timer_.expires_after(kRefreshAfterFailure);
+            co_await gap_timer_.async_wait(kUseTuple);
         }
-        if (refresh_wanted_) {
-            continue;
-        }
-        refresh_timer_.expires_after((ready() ? kRefreshReady : kRefreshNotReady) - kRefreshGap);
-        co_await refresh_timer_.async_wait(kUseTuple);  // cancelled by refresh_soon() and stop()
     }
 }
 
 asio::awaitable<bool> ClusterRouter::refresh()
 {
     for (int pass = 0; pass < 2 && !stopped_; ++pass) {
-        // By index: a request may add a node while this waits for an answer.
-        for (std::size_t i = 0; i < nodes_.size() && !stopped_; ++i) {
-            if (nodes_[i]->retired || !nodes_[i]->conn->node_ready()) {
+        // The last MOVED's target first (it knows the newest map), then every node in turn,
+        // starting one further each time, so a node with a stale view is not the only one asked.
+        std::vector<std::uint16_t> order;
+        if (prefer_ != kNoNode) {
+            order.push_back(prefer_);
+        }
+        prefer_ = kNoNode;
+        const std::size_t n = nodes_.size();
+        for (std::size_t k = 0; k < n; ++k) {
+            const auto i = static_cast<std::uint16_t>((next_asked_ + k) % n);
+            if (order.empty() || order.front() != i) {
+                order.push_back(i);
+            }
+        }
+        ++next_asked_;
+        for (std::uint16_t i : order) {
+            if (stopped_) {
+                co_return false;
+            }
+            if (i >= nodes_.size() || !nodes_[i]->conn || nodes_[i]->retired || !nodes_[i]->conn->node_ready()) {
                 continue;
             }
             const config::Endpoint asked = nodes_[i]->at;
+            Use use(*this, i);
             std::vector<std::string> question{"CLUSTER", "SLOTS"};
-            Result<Reply> answer = co_await nodes_[i]->conn->exec(std::move(question));
+            Result<Reply> answer = co_await use.conn().exec(std::move(question));
             if (stopped_) {
                 co_return false;
             }
             if (answer && apply_slots(*answer, asked)) {
+                if (map_failing_) {
+                    map_failing_ = false;
+                    log::info("redis.cluster_map_read", {{"node", where(asked)}});
+                }
                 co_return true;
             }
-            if (answer) {
+            if (answer && !map_failing_) {
                 log::warning("redis.cluster_slots_refused",
-                             {{"node", where(asked)}, {"reply", answer->is_error() ? answer->str : "malformed"}});
+                             {{"node", where(asked)},
+                              {"reply", answer->is_error() ? answer->str : "malformed, or covering no slot"}});
             }
         }
         if (pass == 1) {
@@ -276,21 +371,22 @@ asio::awaitable<bool> ClusterRouter::refresh()
         for (const config::Endpoint& seed : seeds_) {
             node_for(seed);
         }
-        const auto until = std::chrono::steady_clock::now() + node_cfg_.connect_timeout;
+        const Clock::time_point until = Clock::now() + node_cfg_.connect_timeout;
         for (;;) {
-            const bool any = std::any_of(nodes_.begin(), nodes_.end(), [](const std::unique_ptr<Node>& n) {
-                return !n->retired && n->conn->node_ready();
+            const bool any = std::any_of(nodes_.begin(), nodes_.end(), [](const std::unique_ptr<Node>& node) {
+                return node->conn && !node->retired && node->conn->node_ready();
             });
-            if (any || stopped_ || std::chrono::steady_clock::now() >= until) {
+            if (any || stopped_ || Clock::now() >= until) {
                 break;
             }
             gap_timer_.expires_after(std::chrono::milliseconds(10));
             co_await gap_timer_.async_wait(kUseTuple);
         }
     }
-    if (!stopped_) {
+    if (!stopped_ && !map_failing_) {
+        map_failing_ = true;
         log::warning("redis.cluster_unreachable",
-                     {{"why", "no node answered CLUSTER SLOTS; each connection's failure is logged above"}});
+                     {{"why", "no node answered CLUSTER SLOTS with a map; asking again every second"}});
     }
     co_return false;
 }
@@ -303,8 +399,8 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
         int end;
         config::Endpoint master;
     };
-    if (!reply.is_array()) {
-        return false;
+    if (!reply.is_array() || reply.elements.empty()) {
+        return false;  // an empty map: a node just added or reset knows nothing yet
     }
     std::vector<Range> ranges;
     for (const Reply& r : reply.elements) {
@@ -338,15 +434,18 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
     owner_ = std::move(owner);
     masters_ = std::move(masters);
     unowned_ = static_cast<int>(std::count(owner_.begin(), owner_.end(), kNoNode));
-    // Connections to nodes that own no slot now (replicas, seeds, former masters) are closed;
-    // requests still on them fail (store_unavailable) and the provider retries.
+    // A connection to a node that owns no slot now and cannot be reached (a failed master, a
+    // seed that is gone) is stopped, and freed once no request uses it. One that is up stays (a
+    // replica, a master that will receive slots, an ASK target).
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
         Node& node = *nodes_[i];
-        if (!node.retired && std::find(masters_.begin(), masters_.end(), i) == masters_.end()) {
+        if (node.conn && !node.retired && !node.conn->node_ready() &&
+            std::find(masters_.begin(), masters_.end(), i) == masters_.end()) {
             node.retired = true;
             node.conn->stop();
         }
     }
+    update_ready();
     if (changed) {
         std::string names;
         for (std::uint16_t m : masters_) {
@@ -359,15 +458,19 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
 
 asio::awaitable<Result<Reply>> ClusterRouter::exec(std::vector<std::string> argv)
 {
-    const std::uint16_t node = route(argv);
-    Result<Reply> reply = co_await run_routed(std::move(argv), node, std::nullopt);
+    bool keyless = false;
+    std::uint16_t node = slot_owner(argv, keyless);
+    if (keyless) {
+        node = any_ready_master();
+    }
+    const Clock::time_point deadline = Clock::now() + node_cfg_.request_timeout;
+    Result<Reply> reply = co_await run_routed(std::move(argv), node, std::nullopt, deadline);
     co_return reply;
 }
 
 asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string> argv, std::uint16_t node,
-                                                         std::optional<Reply> first)
+                                                         std::optional<Reply> first, Clock::time_point deadline)
 {
-    const auto deadline = std::chrono::steady_clock::now() + node_cfg_.request_timeout;
     bool asking = false;
     int redirects = 0;
     std::chrono::milliseconds pause = kRetryPauseMin;
@@ -377,32 +480,38 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
             reply = std::move(*first);
             first.reset();
         } else {
-            if (node == kNoNode || stopped_) {
-                refresh_soon();
-                co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
+            if (node == kNoNode || stopped_ || !nodes_[node]->conn) {
+                refresh_soon(false);
+                co_return failed(1);
             }
-            RedisConnection& conn = *nodes_[node]->conn;
+            Use use(*this, node);
+            RedisConnection& conn = use.conn();
             if (!conn.node_ready()) {
-                // A node first named by a redirection, or one reconnecting.
-                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - std::chrono::steady_clock::now());
+                // A master whose connection was lost fails at once (the provider retries; the map
+                // is asked again). Only a node first named by a redirection is waited for.
+                if (conn.ever_ready_ || conn.stopped_) {
+                    refresh_soon(false);
+                    co_return failed(1);
+                }
+                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
                 const bool up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
                 if (!up) {
-                    refresh_soon();
-                    co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
+                    refresh_soon(false);
+                    co_return failed(1);
                 }
             }
             error_code ec;
             if (asking) {
                 std::vector<std::vector<std::string>> both{{"ASKING"}, argv};
                 std::vector<Reply> replies(2);
-                ec = co_await conn.submit(both.data(), both.size(), replies.data());
+                ec = co_await conn.submit(both.data(), both.size(), replies.data(), deadline);
                 reply = std::move(replies[1]);
             } else {
-                ec = co_await conn.submit(&argv, 1, &reply);
+                ec = co_await conn.submit(&argv, 1, &reply, deadline);
             }
             if (ec) {
-                if (ec != errc::timeout && ec != errc::invalid_argument) {
-                    refresh_soon();  // the node may have failed over
+                if (ec == errc::store_unavailable || ec == errc::shutting_down) {
+                    refresh_soon(false);  // the node may have failed over
                 }
                 // A retired node's connection says shutting_down; this router is not shutting down.
                 if (ec == errc::shutting_down && !stopped_) {
@@ -411,13 +520,14 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
                 co_return ec;
             }
         }
-        if (!redirected(reply)) {
+        if (!redirection(reply)) {
             co_return reply;
         }
         const config::Endpoint from = node == kNoNode ? config::Endpoint{} : nodes_[node]->at;
         if (std::optional<Redirect> to = parse_redirect(reply.str, from)) {
             if (++redirects > kMaxRedirects) {
                 log::warning("redis.cluster_redirect_loop", {{"slot", to->slot}, {"reply", reply.str}});
+                stats_.errors.fetch_add(1, std::memory_order_relaxed);
                 co_return reply;
             }
             stats_.redirects.fetch_add(1, std::memory_order_relaxed);
@@ -427,48 +537,80 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
                 // The slot has moved for good: this and later commands go to its new master, and
                 // the rest of the map is read again (a resharding moves more than one slot).
                 set_owner(to->slot, node);
-                refresh_soon();
+                prefer_ = node;
+                refresh_soon(true);
             }
             continue;
         }
         if (retry_later(reply)) {
-            if (std::chrono::steady_clock::now() + pause >= deadline || stopped_) {
+            if (Clock::now() + pause >= deadline || stopped_) {
+                stats_.errors.fetch_add(1, std::memory_order_relaxed);
                 co_return reply;
             }
             // In slices, so that stop() is not kept waiting for a whole pause.
             asio::steady_timer timer(executor_);
-            for (const auto until = std::chrono::steady_clock::now() + pause;
-                 !stopped_ && std::chrono::steady_clock::now() < until;) {
-                timer.expires_after(std::min<std::chrono::steady_clock::duration>(
-                    std::chrono::milliseconds(10), until - std::chrono::steady_clock::now()));
+            for (const Clock::time_point until = Clock::now() + pause; !stopped_ && Clock::now() < until;) {
+                timer.expires_after(std::min<Clock::duration>(std::chrono::milliseconds(10), until - Clock::now()));
                 co_await timer.async_wait(kUseTuple);
             }
             pause *= 2;
             asking = false;
-            node = route(argv);
+            bool keyless = false;
+            node = slot_owner(argv, keyless);
+            if (keyless) {
+                node = any_ready_master();
+            }
             continue;
         }
+        stats_.errors.fetch_add(1, std::memory_order_relaxed);
         co_return reply;  // a MOVED/ASK reply that does not parse: given to the caller as it is
     }
 }
 
 asio::awaitable<Result<std::vector<Reply>>> ClusterRouter::exec_many(std::vector<std::vector<std::string>> commands)
 {
+    std::vector<Result<Reply>> each = co_await run_batch(std::move(commands), false);
+    std::vector<Reply> replies;
+    replies.reserve(each.size());
+    for (Result<Reply>& r : each) {
+        if (!r) {
+            co_return r.error();
+        }
+        replies.push_back(std::move(*r));
+    }
+    co_return std::move(replies);
+}
+
+asio::awaitable<std::vector<Result<Reply>>> ClusterRouter::exec_each(std::vector<std::vector<std::string>> commands)
+{
+    std::vector<Result<Reply>> each = co_await run_batch(std::move(commands), true);
+    co_return each;
+}
+
+asio::awaitable<std::vector<Result<Reply>>> ClusterRouter::run_batch(std::vector<std::vector<std::string>> commands,
+                                                                     bool isolate)
+{
     const std::size_t n = commands.size();
-    std::vector<Reply> replies(n);
+    const Clock::time_point deadline = Clock::now() + node_cfg_.request_timeout;
+    std::vector<Result<Reply>> results(n, Result<Reply>(make_error_code(errc::store_unavailable)));
+    // Without `isolate` the first failure is the whole batch's.
+    const auto fail_all = [&](error_code ec) {
+        for (Result<Reply>& r : results) {
+            r = ec;
+        }
+        return results;
+    };
+
     // Each command's node; a keyless one goes with the command before it, else the one after it.
     std::vector<std::uint16_t> target(n, kNoNode);
     std::vector<bool> keyless(n, false);
     for (std::size_t i = 0; i < n; ++i) {
-        const std::optional<std::string_view> key = command_key(commands[i]);
-        if (key) {
-            target[i] = owner_[static_cast<std::size_t>(key_slot(*key))];
-            if (target[i] == kNoNode) {
-                refresh_soon();
-                co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
-            }
-        } else {
-            keyless[i] = true;
+        bool no_key = false;
+        target[i] = slot_owner(commands[i], no_key);
+        keyless[i] = no_key;
+        if (!no_key && target[i] == kNoNode && !isolate) {
+            refresh_soon(false);
+            co_return fail_all(failed(n));
         }
     }
     for (std::size_t i = 0; i < n; ++i) {
@@ -506,48 +648,73 @@ asio::awaitable<Result<std::vector<Reply>>> ClusterRouter::exec_many(std::vector
                 part.push_back(std::move(commands[i]));
             }
         }
-        if (node == kNoNode || stopped_) {
-            refresh_soon();
-            co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
-        }
-        RedisConnection& conn = *nodes_[node]->conn;
-        if (!conn.node_ready()) {
-            const bool up = co_await conn.wait_ready(node_cfg_.connect_timeout);
-            if (!up) {
-                refresh_soon();
-                co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
-            }
+        // This part's failure: its commands' (isolate) or the batch's.
+        error_code part_error;
+        if (node == kNoNode || stopped_ || !nodes_[node]->conn) {
+            refresh_soon(false);
+            part_error = failed(part.size());
         }
         std::vector<Reply> got(part.size());
-        error_code ec = co_await conn.submit(part.data(), part.size(), got.data());
-        if (ec) {
-            if (ec != errc::timeout && ec != errc::invalid_argument) {
-                refresh_soon();
+        if (!part_error) {
+            Use use(*this, node);
+            RedisConnection& conn = use.conn();
+            if (!conn.node_ready()) {
+                bool up = false;
+                if (!conn.ever_ready_ && !conn.stopped_) {
+                    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+                    up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
+                }
+                if (!up) {
+                    refresh_soon(false);
+                    part_error = failed(part.size());
+                }
             }
-            if (ec == errc::shutting_down && !stopped_) {
-                ec = make_error_code(errc::store_unavailable);
+            if (!part_error) {
+                part_error = co_await conn.submit(part.data(), part.size(), got.data(), deadline);
+                if (part_error == errc::store_unavailable || part_error == errc::shutting_down) {
+                    refresh_soon(false);
+                }
+                if (part_error == errc::shutting_down && !stopped_) {
+                    part_error = make_error_code(errc::store_unavailable);
+                }
             }
-            co_return ec;
+        }
+        if (part_error) {
+            if (!isolate) {
+                co_return fail_all(part_error);
+            }
+            for (std::size_t i : index) {
+                results[i] = part_error;
+            }
+            continue;
         }
         bool moved = false;
         for (std::size_t k = 0; k < part.size(); ++k) {
             if (moved && !command_key(part[k])) {
                 log::warning("redis.cluster_batch_redirected",
                              {{"why", "a keyless command followed a redirected one on the same node"}});
-                co_return make_error_code(errc::store_unavailable);
-            }
-            if (redirected(got[k])) {
-                moved = true;
-                Result<Reply> again = co_await run_routed(std::move(part[k]), node, std::move(got[k]));
-                if (!again) {
-                    co_return again.error();
+                const error_code ec = failed(part.size() - k);
+                if (!isolate) {
+                    co_return fail_all(ec);
                 }
-                got[k] = std::move(*again);
+                for (std::size_t rest = k; rest < part.size(); ++rest) {
+                    results[index[rest]] = ec;
+                }
+                break;
             }
-            replies[index[k]] = std::move(got[k]);
+            if (redirection(got[k])) {
+                moved = true;
+                Result<Reply> again = co_await run_routed(std::move(part[k]), node, std::move(got[k]), deadline);
+                if (!again && !isolate) {
+                    co_return fail_all(again.error());
+                }
+                results[index[k]] = std::move(again);
+                continue;
+            }
+            results[index[k]] = std::move(got[k]);
         }
     }
-    co_return std::move(replies);
+    co_return results;
 }
 
 }  // namespace paybridge::store

@@ -2,27 +2,34 @@
 
 // Redis Cluster behind a RedisConnection (config redis.cluster).
 //
-// The slot map comes from CLUSTER SLOTS, asked of any node paybridge has a ready connection to (the
-// configured nodes to begin with); each master gets a pipelined RedisConnection of its own, made
-// when the map first names it and stopped when the map no longer does. The map is asked for again
-// every 5 s (every second while not every slot has a ready master), and at once after a MOVED
-// reply or a failed node connection (a failover promotes a replica: the next map names it).
+// The slot map comes from CLUSTER SLOTS, asked of a node paybridge has a ready connection to (the
+// configured nodes to begin with; the node asked turns with every question, the target of the last
+// MOVED first). Each master gets a pipelined RedisConnection of its own, made when the map (or a
+// redirection) first names it. The map is asked for again every 5 s (every second while not every
+// slot has a ready master), 100 ms after a MOVED reply, and after a failed node connection (at
+// most once a second: a failover promotes a replica, and the next map names it). An answer that
+// covers no slot (a node just added or reset) is not applied. A connection to a node that owns
+// no slot and cannot be reached is stopped, and freed once nothing uses it.
 //
 // Routing: a command goes to the master of its key's hash slot (store/cluster_slot.hpp says which
 // argument is the key); a keyless command (PING, WAIT, SCRIPT ...) to the first ready master or,
 // inside exec_many, to the node of the command before it (else after it), so that SET k + WAIT
 // share a connection. Every key of one paybridge script carries one hash tag, so no command is
 // ever CROSSSLOT.
-// Replies that name another node are followed, at most 5 times per command and within
-// request_timeout: MOVED (the slot has moved: the map entry is corrected at once and the command
-// sent there), ASK (the slot is being migrated and the key is already on the target: ASKING and
-// the command, pipelined on the target's connection), TRYAGAIN and CLUSTERDOWN (retried after
-// 20, 40, 80 ... ms). A batch (exec_many) is split by node and each part pipelined; the parts run
-// one after another; a command of a part that was redirected is sent again on its own, and a
-// part in which a keyless command follows a redirected one fails (store_unavailable): the keyless
-// command (a WAIT, say) went to a node that no longer owns what it was about.
+// Replies that name another node are followed, at most 5 times per command: MOVED (the slot has
+// moved: the map entry is corrected at once and the command sent there), ASK (the slot is being
+// migrated and the key is already on the target: ASKING and the command, pipelined on the
+// target's connection), TRYAGAIN and CLUSTERDOWN (retried after 20, 40, 80 ... ms). A request,
+// redirections and retries included, ends within request_timeout (a batch: all of it). A master
+// whose connection was lost fails its commands at once (store_unavailable); only a node first
+// named by a redirection is waited for. A batch (exec_many) is split by node and each part
+// pipelined; the parts run one after another; a command of a part that was redirected is sent
+// again on its own, and a part in which a keyless command follows a redirected one fails
+// (store_unavailable): the keyless command (a WAIT, say) went to a node that no longer owns what
+// it was about.
 //
-// Not thread-safe: every call on the executor of the RedisConnection that owns it.
+// Not thread-safe: every call on the executor of the RedisConnection that owns it, except ready()
+// and usable(), which read atomics (the daemon's /readyz asks from other threads).
 
 #include "config/config.hpp"
 #include "core/result.hpp"
@@ -32,10 +39,13 @@
 #include <boost/asio/awaitable.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <memory>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace paybridge::store {
@@ -54,53 +64,80 @@ public:
     void start();
     void stop();
 
-    /// Every slot has a master and every master's connection is ready.
-    bool ready() const noexcept;
+    /// Every slot has a master and every master's connection is ready. Any thread.
+    bool ready() const noexcept { return ready_.load(std::memory_order_relaxed); }
+    /// Every slot has a master and at least one master's connection is ready. Any thread.
+    bool usable() const noexcept { return usable_.load(std::memory_order_relaxed); }
 
-    /// The master that owns `slot` now, as "host:port" (empty: none known). For tests and logs.
-    std::string owner_of(int slot) const;
+    /// "host:port" of the master that owns `key`'s slot now (empty: none known).
+    std::string node_of(std::string_view key) const;
 
-    /// Same contract as RedisConnection::exec / exec_many, routed as described above.
+    /// Same contract as RedisConnection::exec / exec_many / exec_each, routed as described above.
     boost::asio::awaitable<Result<Reply>> exec(std::vector<std::string> argv);
     boost::asio::awaitable<Result<std::vector<Reply>>> exec_many(std::vector<std::vector<std::string>> commands);
+    boost::asio::awaitable<std::vector<Result<Reply>>> exec_each(std::vector<std::vector<std::string>> commands);
+
+    /// A node connection's readiness changed (called by it, on the executor).
+    void node_changed() noexcept;
+
+    /// MOVED, ASK, TRYAGAIN or CLUSTERDOWN: a reply the router follows or retries.
+    static bool redirection(const Reply& reply) noexcept;
 
 private:
     struct Node {
         config::Endpoint at;
-        std::unique_ptr<RedisConnection> conn;
-        bool retired{false};  ///< stopped: no longer a master in the map (kept: callers may hold it)
+        std::unique_ptr<RedisConnection> conn;  ///< null once freed (the entry is reused)
+        bool retired{false};                    ///< stopped: owns no slot and could not be reached
+        int users{0};                           ///< requests holding a reference to conn
     };
+    /// Keeps a node's connection alive (not freed) while a request uses it.
+    class Use;
+    using Clock = std::chrono::steady_clock;
     static constexpr std::uint16_t kNoNode = 0xffff;
 
     boost::asio::awaitable<void> topology_loop();
-    /// Asks the ready nodes (else waits up to connect_timeout for one) for CLUSTER SLOTS and
-    /// applies the first good answer. Returns whether the map was read.
+    /// Asks ready nodes (else waits up to connect_timeout for one) for CLUSTER SLOTS and applies
+    /// the first good answer. Returns whether the map was read.
     boost::asio::awaitable<bool> refresh();
-    /// Applies a CLUSTER SLOTS reply from `asked`; false (and nothing changed) if it is malformed.
+    /// Applies a CLUSTER SLOTS reply from `asked`; false (and nothing changed) if it is malformed
+    /// or covers no slot.
     bool apply_slots(const Reply& reply, const config::Endpoint& asked);
-    void refresh_soon() noexcept;
+    /// After a MOVED (soon) or a failed node (at most once a second).
+    void refresh_soon(bool moved) noexcept;
     std::uint16_t node_for(const config::Endpoint& at);
-    std::uint16_t any_ready_master() const noexcept;
-    /// The node a command goes to first: its key's slot owner, else any ready master.
-    std::uint16_t route(const std::vector<std::string>& argv) const noexcept;
     void set_owner(int slot, std::uint16_t node);
-    /// Sends one command to `node` and follows redirections; with `first`, that reply (from
-    /// `node`) has already come back.
+    void update_ready() noexcept;
+    void free_idle_nodes() noexcept;
+    std::uint16_t any_ready_master() const noexcept;
+    std::uint16_t slot_owner(const std::vector<std::string>& argv, bool& keyless) const noexcept;
+    /// Counts `n` failed commands and returns the error (store_unavailable, or shutting_down).
+    boost::system::error_code failed(std::size_t n) noexcept;
+    /// Sends one command to `node` and follows redirections until `deadline`; with `first`, that
+    /// reply (from `node`) has already come back.
     boost::asio::awaitable<Result<Reply>> run_routed(std::vector<std::string> argv, std::uint16_t node,
-                                                     std::optional<Reply> first);
+                                                     std::optional<Reply> first, Clock::time_point deadline);
+    /// exec_many and exec_each: with `isolate`, a node's failure fails only its commands.
+    boost::asio::awaitable<std::vector<Result<Reply>>> run_batch(std::vector<std::vector<std::string>> commands,
+                                                                 bool isolate);
 
     boost::asio::any_io_executor executor_;
     config::RedisConfig node_cfg_;  ///< cfg without cluster; host/port set per node
     std::vector<config::Endpoint> seeds_;
     RedisStats& stats_;
     std::vector<std::string> scripts_;
-    std::vector<std::unique_ptr<Node>> nodes_;  ///< never shrinks: indices are stable
+    std::vector<std::unique_ptr<Node>> nodes_;  ///< entries are reused, never removed: indices are stable
     std::vector<std::uint16_t> owner_;          ///< slot -> index into nodes_, or kNoNode
     std::vector<std::uint16_t> masters_;        ///< the distinct values of owner_
     int unowned_{16384};                        ///< slots of owner_ without a node
+    std::size_t next_asked_{0};                 ///< where the next slot-map question starts
+    std::uint16_t prefer_{kNoNode};             ///< asked first next time (the last MOVED's target)
+    Clock::time_point last_refresh_{};          ///< when the topology loop last asked
+    Clock::time_point next_refresh_{Clock::time_point::max()};  ///< when it asks next
+    std::atomic<bool> ready_{false};
+    std::atomic<bool> usable_{false};
     boost::asio::steady_timer refresh_timer_;   ///< the wait between two slot-map questions
     boost::asio::steady_timer gap_timer_;       ///< the short waits of the topology loop
-    bool refresh_wanted_{false};
+    bool map_failing_{false};                   ///< the last question got no usable answer (logged once)
     bool started_{false};
     bool stopped_{false};
 };

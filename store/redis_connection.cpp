@@ -285,7 +285,10 @@ void RedisConnection::stop()
 
 void RedisConnection::close_io() noexcept
 {
-    ready_.store(false, std::memory_order_relaxed);
+    const bool was_ready = ready_.exchange(false, std::memory_order_relaxed);
+    if (was_ready && router_ != nullptr) {
+        router_->node_changed();
+    }
     error_code ignored;
     socket_.close(ignored);
     write_signal_.cancel();
@@ -303,6 +306,16 @@ void RedisConnection::wake_writer() noexcept
 bool RedisConnection::ready() const noexcept
 {
     return cluster_ ? cluster_->ready() : node_ready();
+}
+
+bool RedisConnection::usable() const noexcept
+{
+    return cluster_ ? cluster_->usable() : node_ready();
+}
+
+std::string RedisConnection::node_of(std::string_view key) const
+{
+    return cluster_ ? cluster_->node_of(key) : std::string();
 }
 
 asio::awaitable<bool> RedisConnection::wait_ready(std::chrono::milliseconds limit)
@@ -372,8 +385,8 @@ void RedisConnection::deliver_front(void* hiredis_reply)
         w->finish(make_error_code(errc::store_unavailable));
         throw;
     }
-    if (dst.is_error()) {
-        stats_->errors.fetch_add(1, std::memory_order_relaxed);
+    if (dst.is_error() && (router_ == nullptr || !ClusterRouter::redirection(dst))) {
+        stats_->errors.fetch_add(1, std::memory_order_relaxed);  // a redirection is followed, not failed
     }
     if (--w->remaining == 0) {
         w->finish({});
@@ -382,7 +395,8 @@ void RedisConnection::deliver_front(void* hiredis_reply)
 
 asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::string>* commands,
                                                     std::size_t n,
-                                                    Reply* out)
+                                                    Reply* out,
+                                                    std::optional<std::chrono::steady_clock::time_point> deadline)
 {
     if (!node_ready()) {
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
@@ -402,6 +416,10 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     }
 
     Waiter waiter(*this, head_seq_ + pending_.size(), n, out);
+    const bool caller_deadline = deadline && *deadline < waiter.timer.expiry();
+    if (caller_deadline) {
+        waiter.timer.expires_at(*deadline);
+    }
     for (std::size_t i = 0; i < n; ++i) {
         pending_.push_back(Slot{.waiter = &waiter, .index = static_cast<std::uint32_t>(i)});
     }
@@ -416,8 +434,9 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     abandon(waiter.first_seq, n);
     waiter.done = true;
     stats_->errors.fetch_add(1, std::memory_order_relaxed);
-    if (ec) {
-        // The caller cancelled the wait (its own deadline): the connection itself is fine.
+    if (ec || caller_deadline) {
+        // The caller cancelled the wait, or its own deadline came first: the connection itself
+        // is fine.
         co_return make_error_code(errc::timeout);
     }
     // No reply within request_timeout: Redis or the network is stuck. Everything queued behind
@@ -465,6 +484,26 @@ asio::awaitable<Result<std::vector<Reply>>> RedisConnection::exec_many(std::vect
     co_return std::move(replies);
 }
 
+asio::awaitable<std::vector<Result<Reply>>> RedisConnection::exec_each(std::vector<std::vector<std::string>> commands)
+{
+    if (cluster_) {
+        std::vector<Result<Reply>> routed = co_await cluster_->exec_each(std::move(commands));
+        co_return routed;
+    }
+    const std::size_t n = commands.size();
+    Result<std::vector<Reply>> all = co_await exec_many(std::move(commands));
+    std::vector<Result<Reply>> each;
+    each.reserve(n);
+    for (std::size_t i = 0; i < n; ++i) {
+        if (all) {
+            each.emplace_back(std::move((*all)[i]));
+        } else {
+            each.emplace_back(all.error());
+        }
+    }
+    co_return each;
+}
+
 asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
                                                      std::vector<std::string> keys,
                                                      std::vector<std::string> args)
@@ -483,8 +522,8 @@ asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
 
     Reply reply;
     if (cluster_) {
-        // Routed by the first key; a NOSCRIPT reply comes from the node that owns it, and the
-        // EVAL below goes to the same node.
+        // Routed by the first key; the EVAL after a NOSCRIPT reply is routed the same way (by the
+        // slot map, or through the same ASK during a migration).
         Result<Reply> routed = co_await cluster_->exec(argv);
         if (!routed) {
             co_return routed.error();
@@ -559,6 +598,10 @@ asio::awaitable<void> RedisConnection::run()
         }
         if (!ec) {
             ready_.store(true, std::memory_order_relaxed);
+            ever_ready_ = true;
+            if (router_ != nullptr) {
+                router_->node_changed();
+            }
             log::info("redis.ready",
                       {{"host", current_.host}, {"port", static_cast<int>(current_.port)}, {"db", cfg_.db}});
             backoff = kBackoffMin;
@@ -588,6 +631,7 @@ asio::awaitable<void> RedisConnection::run()
         co_await backoff_timer_.async_wait(kUseTuple);
     }
     close_io();
+    run_done_ = true;
 }
 
 asio::awaitable<void> RedisConnection::serve()

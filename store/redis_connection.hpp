@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <deque>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -112,6 +113,11 @@ public:
     /// Waits until ready() or `limit` passes (polling); returns ready().
     boost::asio::awaitable<bool> wait_ready(std::chrono::milliseconds limit);
 
+    /// Some commands can be served: ready(), or with Cluster every slot has a master and at least
+    /// one master is ready (the others' slots fail until the cluster fails them over). For work
+    /// that goes on per shard, like CRM delivery.
+    bool usable() const noexcept;
+
     const RedisStats& stats() const noexcept { return *stats_; }
 
     /// Where this connection goes (the current master with Sentinel; unused with Cluster).
@@ -127,6 +133,15 @@ public:
     /// Sends the commands as one pipelined batch; the replies come back in the same order.
     /// Fails as a whole (same errors as exec) if any reply is missing.
     boost::asio::awaitable<Result<std::vector<Reply>>> exec_many(std::vector<std::vector<std::string>> commands);
+
+    /// Like exec_many, but each command has a result of its own: with Cluster, the commands of a
+    /// master that cannot be reached fail and the others' replies still come back. (On one node
+    /// the batch still succeeds or fails as a whole.)
+    boost::asio::awaitable<std::vector<Result<Reply>>> exec_each(std::vector<std::vector<std::string>> commands);
+
+    /// With Cluster: "host:port" of the master that owns `key`'s slot now (empty: none known).
+    /// Without: empty.
+    std::string node_of(std::string_view key) const;
 
     /// EVALSHA sha numkeys keys... args...; on a NOSCRIPT error reply (Redis lost its script cache)
     /// retries once with EVAL and the registered body. Same errors as exec.
@@ -163,10 +178,14 @@ private:
     boost::asio::awaitable<void> read_loop();
     boost::asio::awaitable<void> write_loop();
 
-    /// Queues the commands and waits for all their replies (written to out[0..n)).
-    boost::asio::awaitable<boost::system::error_code> submit(const std::vector<std::string>* commands,
-                                                             std::size_t n,
-                                                             Reply* out);
+    /// Queues the commands and waits for all their replies (written to out[0..n)). `deadline`
+    /// (ClusterRouter's, for the whole routed request) may end the wait before request_timeout:
+    /// that gives up on the replies (timeout) without closing the connection.
+    boost::asio::awaitable<boost::system::error_code> submit(
+        const std::vector<std::string>* commands,
+        std::size_t n,
+        Reply* out,
+        std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
     void deliver_front(void* hiredis_reply);
     void abandon(std::uint64_t first_seq, std::size_t n) noexcept;
     void fail_pending(boost::system::error_code ec) noexcept;
@@ -204,6 +223,10 @@ private:
     RedisStats* stats_;           ///< own_stats_, or a ClusterRouter's shared ones
     std::size_t reported_in_flight_{0};  ///< this connection's share of stats_->in_flight
     std::unique_ptr<ClusterRouter> cluster_;  ///< with Cluster: routes every command
+    // As a cluster's node connection (ClusterRouter sets these):
+    ClusterRouter* router_{nullptr};  ///< told when ready_ changes
+    bool ever_ready_{false};          ///< has been ready once (a node first named by a MOVED has not)
+    bool run_done_{false};            ///< the run loop has ended (after stop(): safe to destroy)
 };
 
 }  // namespace paybridge::store

@@ -39,6 +39,9 @@ public:
     /// timeout, shutting_down.
     boost::asio::awaitable<Result<void>> confirm();
 
+    /// The key each round writes.
+    const std::string& key() const noexcept { return key_; }
+
 private:
     struct Round;
     boost::asio::awaitable<void> drive();

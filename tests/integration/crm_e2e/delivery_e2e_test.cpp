@@ -373,5 +373,35 @@ TEST_CASE("through a Redis Cluster: bills on every master are paid and every eve
     CHECK(delivered == std::set<std::string>(bills.begin(), bills.end()));
     CHECK(feed(fx).size() == bills.size());  // the feed merges the shards of all three masters
     CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == static_cast<double>(bills.size()));
+
+    // One master down (no replica to fail over to): not ready, its bills answer 503, and bills on
+    // the other two are still paid and delivered.
+    const auto owner_of = [&](const std::string& id) {
+        return cluster.owner(std::stoi(cluster.command(0, {"CLUSTER", "KEYSLOT", keys.bill(id)})));
+    };
+    cluster.server(2).stop();
+    CHECK(wait_for_http(fx.port(), "/readyz", 503, 10s));
+    std::vector<std::string> later;
+    std::string lost;
+    for (int i = 100; later.size() < 2 || lost.empty(); ++i) {
+        const std::string id = "C" + std::to_string(7000 + i);
+        if (owner_of(id) == 2) {
+            if (lost.empty()) {
+                lost = id;
+            }
+        } else if (later.size() < 2) {
+            later.push_back(id);
+        }
+    }
+    CHECK(fx.create_bill(lost, 1000).status == 503);
+    for (const std::string& id : later) {
+        register_and_pay(fx, ali, id, 1000);
+    }
+    REQUIRE(stack.receiver.wait_for(
+        [&](const std::vector<ReceivedRequest>& rs) {
+            return std::count_if(rs.begin(), rs.end(), [](const ReceivedRequest& r) { return r.answered; }) >=
+                   static_cast<long>(bills.size() + later.size());
+        },
+        30s));
     CHECK(fx.stop() == 0);
 }

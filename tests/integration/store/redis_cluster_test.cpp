@@ -245,6 +245,8 @@ TEST_SUITE("store/redis_cluster")
         CHECK(client.ok({"SET", key, "after"}).is_status("OK"));
         CHECK(client.redirects() == 1);
         CHECK(cluster.command(to, {"GET", key}) == "after");
+        CHECK(client.conn->stats().errors.load() == 0);  // a followed MOVED is no failure
+        CHECK(client.conn->node_of(key) == "127.0.0.1:" + std::to_string(cluster.port(to)));
     }
 
     TEST_CASE("during a migration ASK is followed with ASKING, without changing the map")
@@ -307,6 +309,20 @@ TEST_SUITE("store/redis_cluster")
         CHECK_FALSE(client.conn->ready());
         CHECK(client.ok({"SET", keys[0], "still"}).is_status("OK"));
         CHECK(client.ok({"SET", keys[1], "still"}).is_status("OK"));
+        CHECK(client.conn->usable());  // two masters of three still serve their slots
+        // A batch across all three: exec_many fails as a whole, exec_each only the lost master's part.
+        const std::vector<std::vector<std::string>> batch{{"GET", keys[0]}, {"GET", keys[2]}, {"GET", keys[1]}};
+        Result<std::vector<Reply>> whole = client.run(client.conn->exec_many(batch));
+        REQUIRE_FALSE(whole.has_value());
+        CHECK(whole.error() == errc::store_unavailable);
+        std::vector<Result<Reply>> each = client.run(client.conn->exec_each(batch));
+        REQUIRE(each.size() == 3);
+        REQUIRE(each[0].has_value());
+        CHECK(each[0]->str == "still");
+        REQUIRE_FALSE(each[1].has_value());
+        CHECK(each[1].error() == errc::store_unavailable);
+        REQUIRE(each[2].has_value());
+        CHECK(each[2]->str == "still");
 
         cluster.server(2).restart();  // its nodes.conf brings it back with its slots
         REQUIRE(client.wait_ready(15s));
@@ -408,5 +424,21 @@ TEST_SUITE("store/redis_cluster")
         CHECK(cluster.command(owner, {"EXISTS", keys.bill(id)}) == "1");
         // The confirmation's SET went to the same master as the bill (its WAIT with it).
         CHECK(cluster.command(owner, {"EXISTS", keys.replicated(shard)}) == "1");
+
+        // A bill of another shard on the same master is confirmed by the same confirmer (one
+        // WAIT at a time per master), whose key is the first shard's.
+        std::string sibling;
+        for (int i = 0; sibling.empty(); ++i) {
+            const std::string id2 = "bill-wait-" + std::to_string(i);
+            if (keys.shard_of(id2) != shard && cluster.owner(key_slot(keys.bill(id2))) == owner) {
+                sibling = id2;
+            }
+        }
+        bill.id = sibling;
+        Result<paybridge::RegisterResult> reg2 = client.run(client.store->register_bill(bill));
+        REQUIRE_FALSE(reg2.has_value());
+        CHECK(cluster.command(owner, {"EXISTS", keys.bill(sibling)}) == "1");
+        CHECK(cluster.command(owner, {"EXISTS", keys.replicated(keys.shard_of(sibling))}) == "0");
+        CHECK(cluster.command(owner, {"GET", keys.replicated(shard)}) == "1");
     }
 }
