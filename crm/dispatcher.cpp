@@ -439,15 +439,7 @@ struct Dispatcher::Impl {
             queue->push_back(std::move(item));
             bill_queues.emplace(key, queue);
             asio::awaitable<void> task = drain_bill(std::move(key), std::move(queue));
-            asio::co_spawn(executor, std::move(task), [](std::exception_ptr e) {
-                if (e) {
-                    try {
-                        std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                        log::error("crm.delivery_task_failed", {{"what", ex.what()}});
-                    }
-                }
-            });
+            asio::co_spawn(executor, std::move(task), LogFailure("crm.delivery_task_failed"));
         }
         stats.in_flight.store(held, std::memory_order_relaxed);
     }

@@ -258,15 +258,7 @@ void HttpServer::start()
 {
     asio::co_spawn(ioc_, idle_sweep(), asio::detached);
     for (std::size_t i = 0; i < listeners_.size(); ++i) {
-        asio::co_spawn(ioc_, accept_loop(i), [](std::exception_ptr e) {
-            if (e) {
-                try {
-                    std::rethrow_exception(e);
-                } catch (const std::exception& ex) {
-                    log::error("http.accept_loop_failed", {{"what", ex.what()}});
-                }
-            }
-        });
+        asio::co_spawn(ioc_, accept_loop(i), LogFailure("http.accept_loop_failed"));
     }
 }
 
@@ -347,15 +339,7 @@ awaitable<void> HttpServer::accept_loop(std::size_t index)
             continue;
         }
         socket.set_option(tcp::no_delay(true), ec);
-        auto handler = [](std::exception_ptr e) {
-            if (e) {
-                try {
-                    std::rethrow_exception(e);
-                } catch (const std::exception& ex) {
-                    log::error("http.session_failed", {{"what", ex.what()}});
-                }
-            }
-        };
+        const LogFailure handler("http.session_failed");
         if (l.tls) {
             asio::co_spawn(ioc_, run_tls(std::move(socket)), handler);
         } else {

@@ -139,16 +139,7 @@ void ClusterRouter::start()
     for (const config::Endpoint& seed : seeds_) {
         node_for(seed);
     }
-    asio::co_spawn(executor_, topology_loop(), [](std::exception_ptr e) {
-        if (!e) {
-            return;
-        }
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            log::error("redis.cluster_loop_failed", {{"error", ex.what()}});
-        }
-    });
+    asio::co_spawn(executor_, topology_loop(), LogFailure("redis.cluster_loop_failed"));
 }
 
 void ClusterRouter::stop()

@@ -255,16 +255,7 @@ void RedisConnection::start()
         cluster_->start();
         return;
     }
-    asio::co_spawn(executor_, run(), [](std::exception_ptr e) {
-        if (!e) {
-            return;
-        }
-        try {
-            std::rethrow_exception(e);
-        } catch (const std::exception& ex) {
-            log::error("redis.run_loop_failed", {{"error", ex.what()}});
-        }
-    });
+    asio::co_spawn(executor_, run(), LogFailure("redis.run_loop_failed"));
 }
 
 void RedisConnection::stop()
