@@ -328,6 +328,24 @@ private:
         integer(v, ptr, "max_connections", out.max_connections);
     }
 
+    // An array of "host:port" strings, each a distinct address.
+    void endpoints(const Value& v, const std::string& ptr, const char* key, std::vector<Endpoint>& out)
+    {
+        const Value* list = array_at(v, ptr, key);
+        if (list == nullptr) {
+            return;
+        }
+        std::map<std::string, std::string> seen;
+        for (SizeType i = 0; i < list->Size(); ++i) {
+            const std::string item = child(child(ptr, key), i);
+            Endpoint node;
+            if ((*list)[i].IsString() && endpoint((*list)[i], item, node)) {
+                unique(seen, node.host + ":" + std::to_string(node.port), item);
+                out.push_back(std::move(node));
+            }
+        }
+    }
+
     void parse_redis(const Value& v, const std::string& ptr, RedisConfig& out)
     {
         if (const Value* url = string_at(v, ptr, "url")) {
@@ -354,31 +372,11 @@ private:
             if (!out.sentinel.username.empty() && !present(*sentinel, "password")) {
                 problems_.note(child(sptr, "username"), "needs password (AUTH on the sentinels takes both)");
             }
-            if (const Value* nodes = array_at(*sentinel, sptr, "nodes")) {
-                std::map<std::string, std::string> seen;
-                for (SizeType i = 0; i < nodes->Size(); ++i) {
-                    const std::string item = child(child(sptr, "nodes"), i);
-                    Endpoint node;
-                    if ((*nodes)[i].IsString() && endpoint((*nodes)[i], item, node)) {
-                        unique(seen, node.host + ":" + std::to_string(node.port), item);
-                        out.sentinel.nodes.push_back(std::move(node));
-                    }
-                }
-            }
+            endpoints(*sentinel, sptr, "nodes", out.sentinel.nodes);
         }
         if (const Value* cluster = object_at(v, ptr, "cluster")) {
             const std::string cptr = child(ptr, "cluster");
-            if (const Value* nodes = array_at(*cluster, cptr, "nodes")) {
-                std::map<std::string, std::string> seen;
-                for (SizeType i = 0; i < nodes->Size(); ++i) {
-                    const std::string item = child(child(cptr, "nodes"), i);
-                    Endpoint node;
-                    if ((*nodes)[i].IsString() && endpoint((*nodes)[i], item, node)) {
-                        unique(seen, node.host + ":" + std::to_string(node.port), item);
-                        out.cluster.nodes.push_back(std::move(node));
-                    }
-                }
-            }
+            endpoints(*cluster, cptr, "nodes", out.cluster.nodes);
             if (present(v, "sentinel")) {
                 problems_.note(cptr, "cannot be combined with sentinel (a cluster fails over by itself)");
             }
