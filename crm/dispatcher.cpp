@@ -307,6 +307,7 @@ struct Dispatcher::Impl {
     /// Redis Cluster: one XREADGROUP over the streams of several shards is CROSSSLOT, so each
     /// shard is read on its own, without BLOCK, every kClusterPoll while nothing arrives.
     bool cluster{false};
+    Clock::time_point last_failure_log{};
     std::size_t held{0};      ///< items read and not yet settled
     std::size_t reserved{0};  ///< slots promised to a read, pop or reclaim still waiting for Redis
     std::size_t posting{0};   ///< deliveries renewing their lease or POSTing (at most `concurrency`)
@@ -352,7 +353,21 @@ struct Dispatcher::Impl {
             return;
         }
         stats.redis_errors.fetch_add(1, std::memory_order_relaxed);
+        // With Cluster one master down fails its shards in every pass of every loop: logged at
+        // most once a second (the counter has them all).
+        const Clock::time_point now = Clock::now();
+        if (cluster && now - last_failure_log < std::chrono::seconds(1)) {
+            return;
+        }
+        last_failure_log = now;
         log::warning("crm.redis_failed", {{"op", what}, {"error", ec.message()}});
+    }
+
+    /// With Cluster, a failure that concerns one shard's master only (the loops over the shards
+    /// go on with the next shard).
+    bool shard_unreachable(const boost::system::error_code& ec) const noexcept
+    {
+        return cluster && (ec == errc::store_unavailable || ec == errc::timeout);
     }
 
     void note_redis_error_reply(std::string_view what, const Reply& reply)
@@ -369,16 +384,27 @@ struct Dispatcher::Impl {
             std::vector<std::string> create{"XGROUP", "CREATE", k.stream, options.group, "0", "MKSTREAM"};
             cmds.push_back(std::move(create));
         }
-        Result<std::vector<Reply>> replies = co_await commands.exec_many(std::move(cmds));
-        if (!replies) {
-            note_redis_failure("xgroup_create", replies.error());
-            co_return false;
-        }
-        for (const Reply& r : *replies) {
-            if (r.is_error() && !r.str.starts_with("BUSYGROUP")) {
-                note_redis_error_reply("xgroup_create", r);
+        // Each shard on its own: with Cluster, a master that cannot be reached must not keep the
+        // others' shards from being read. Its streams get their group when it is back (a read
+        // there then answers NOGROUP, and this runs again).
+        std::vector<Result<Reply>> replies = co_await commands.exec_each(std::move(cmds));
+        std::size_t created = 0;
+        for (const Result<Reply>& r : replies) {
+            if (!r) {
+                note_redis_failure("xgroup_create", r.error());
+                if (!cluster) {
+                    co_return false;  // one node: the whole batch failed
+                }
+                continue;
+            }
+            if (r->is_error() && !r->str.starts_with("BUSYGROUP")) {
+                note_redis_error_reply("xgroup_create", *r);
                 co_return false;
             }
+            ++created;
+        }
+        if (created == 0) {
+            co_return false;
         }
         groups_ready = true;
         co_return true;
@@ -683,8 +709,10 @@ struct Dispatcher::Impl {
     /// XREADGROUP over every stream would return them), and the first failure of the others.
     struct ShardRead {
         Reply entries;
+        std::size_t answered{0};            ///< shards that answered without an error
         boost::system::error_code failure;  ///< a shard's connection failed
-        std::optional<Reply> refused;  ///< a shard's error reply
+        std::optional<Reply> refused;       ///< a shard's error reply
+        bool nogroup{false};                ///< some shard's stream or group is missing
     };
 
     /// The cluster form of the read: one XREADGROUP per shard (no BLOCK), pipelined per master;
@@ -705,10 +733,12 @@ struct Dispatcher::Impl {
                     read.failure = r.error();
                 }
             } else if (r->is_error()) {
+                read.nogroup = read.nogroup || r->str.starts_with("NOGROUP");
                 if (!read.refused) {
                     read.refused = std::move(*r);
                 }
             } else {
+                ++read.answered;
                 for (Reply& stream : r->elements) {
                     read.entries.elements.push_back(std::move(stream));
                 }
@@ -775,17 +805,20 @@ struct Dispatcher::Impl {
                 if (!read.entries.elements.empty()) {
                     co_await take(read.entries);
                 }
-                if (read.failure || read.refused) {
+                if (read.nogroup) {
+                    groups_ready = false;  // a stream or group was deleted: create them again
+                }
+                if (read.failure) {
+                    note_redis_failure("xreadgroup", read.failure);
+                }
+                if (read.refused) {
+                    note_redis_error_reply("xreadgroup", *read.refused);
+                }
+                if ((read.failure || read.refused) && read.answered == 0) {
+                    // Nothing answered: back off. While some shards answer, they are read at the
+                    // usual pace and only the others fail.
                     if (stopping) {
                         break;
-                    }
-                    if (read.failure) {
-                        note_redis_failure("xreadgroup", read.failure);
-                    } else {
-                        if (read.refused->str.starts_with("NOGROUP")) {
-                            groups_ready = false;
-                        }
-                        note_redis_error_reply("xreadgroup", *read.refused);
                     }
                     co_await sleep(read_backoff, backoff);
                     backoff = std::min(backoff * 2, kBackoffMax);
@@ -846,6 +879,9 @@ struct Dispatcher::Impl {
                 release(budget);
                 if (!reply) {
                     note_redis_failure("pop_due", reply.error());
+                    if (shard_unreachable(reply.error())) {
+                        continue;  // another master's shards may still be served
+                    }
                     break;
                 }
                 if (reply->is_error()) {
@@ -897,6 +933,9 @@ struct Dispatcher::Impl {
                 release(budget);
                 if (!reply) {
                     note_redis_failure("reclaim", reply.error());
+                    if (shard_unreachable(reply.error())) {
+                        continue;
+                    }
                     break;
                 }
                 if (reply->is_error()) {
@@ -945,6 +984,9 @@ struct Dispatcher::Impl {
             Result<Reply> reply = co_await commands.eval(sweep_sha, std::move(script_keys), std::move(args));
             if (!reply) {
                 note_redis_failure("sweep_lost", reply.error());
+                if (shard_unreachable(reply.error())) {
+                    continue;
+                }
                 break;
             }
             if (reply->is_error()) {

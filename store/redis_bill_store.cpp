@@ -495,7 +495,10 @@ ReplicaConfirmer* RedisBillStore::confirmer_for(std::string_view bill_id)
     // master serves it too, unless a resharding has since moved that one's key elsewhere.
     std::string key = keys_.replicated(keys_.shard_of(bill_id));
     const std::string node = confirm_conn_.node_of(key);
-    if (node.empty()) {
+    // The confirming connection's slot map must agree with the one the bill was written by
+    // (they are read separately; after a resharding one may lag for up to 5 s): a WAIT on
+    // another master than the bill's would confirm nothing. Failing is safe: the provider retries.
+    if (node.empty() || (&confirm_conn_ != &redis_ && redis_.node_of(key) != node)) {
         return nullptr;
     }
     auto it = confirmer_of_node_.find(node);

@@ -478,9 +478,10 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
             Use use(*this, node);
             RedisConnection& conn = use.conn();
             if (!conn.node_ready()) {
-                // A master whose connection was lost fails at once (the provider retries; the map
-                // is asked again). Only a node first named by a redirection is waited for.
-                if (conn.ever_ready_ || conn.stopped_) {
+                // A master whose connection was lost, or could not be made, fails at once (the
+                // provider retries; the map is asked again). Only a connection still making its
+                // first attempt (a node just named by a redirection) is waited for.
+                if (conn.attempted_ || conn.stopped_) {
                     refresh_soon(false);
                     co_return failed(1);
                 }
@@ -624,6 +625,17 @@ asio::awaitable<std::vector<Result<Reply>>> ClusterRouter::run_batch(std::vector
         }
     }
 
+    // Every target's entry is held for the whole batch: a part waits while the others run, and
+    // an entry freed and reused for another node meanwhile would send it elsewhere.
+    std::vector<std::uint16_t> distinct;
+    std::vector<std::unique_ptr<Use>> held;
+    for (std::uint16_t t : target) {
+        if (t != kNoNode && nodes_[t]->conn && std::find(distinct.begin(), distinct.end(), t) == distinct.end()) {
+            distinct.push_back(t);
+            held.push_back(std::make_unique<Use>(*this, t));
+        }
+    }
+
     std::vector<bool> sent(n, false);
     for (std::size_t first = 0; first < n; ++first) {
         if (sent[first]) {
@@ -651,7 +663,7 @@ asio::awaitable<std::vector<Result<Reply>>> ClusterRouter::run_batch(std::vector
             RedisConnection& conn = use.conn();
             if (!conn.node_ready()) {
                 bool up = false;
-                if (!conn.ever_ready_ && !conn.stopped_) {
+                if (!conn.attempted_ && !conn.stopped_) {
                     const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
                     up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
                 }

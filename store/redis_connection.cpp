@@ -398,6 +398,13 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
         log::warning("redis.overloaded", {{"in_flight", pending_.size()}});
         co_return make_error_code(errc::store_unavailable);
     }
+    if (deadline && *deadline <= std::chrono::steady_clock::now()) {
+        // The routed request's time is up (a redirection or a wait used it): not sent at all,
+        // rather than sent with its reply thrown away (an XREADGROUP's entries would be lost
+        // into this consumer's pending list).
+        stats_->errors.fetch_add(n, std::memory_order_relaxed);
+        co_return make_error_code(errc::timeout);
+    }
     const std::size_t mark = out_buf_.size();
     for (std::size_t i = 0; i < n; ++i) {
         if (!append_command(out_buf_, commands[i])) {
@@ -406,6 +413,9 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
         }
     }
 
+    if (pending_.empty()) {
+        waiting_since_ = std::chrono::steady_clock::now();
+    }
     Waiter waiter(*this, head_seq_ + pending_.size(), n, out);
     const bool caller_deadline = deadline && *deadline < waiter.timer.expiry();
     if (caller_deadline) {
@@ -425,7 +435,8 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     abandon(waiter.first_seq, n);
     waiter.done = true;
     stats_->errors.fetch_add(1, std::memory_order_relaxed);
-    if (ec || caller_deadline) {
+    const bool stuck = !pending_.empty() && std::chrono::steady_clock::now() - waiting_since_ >= cfg_.request_timeout;
+    if (ec || (caller_deadline && !stuck)) {
         // The caller cancelled the wait, or its own deadline came first: the connection itself
         // is fine.
         co_return make_error_code(errc::timeout);
@@ -580,7 +591,9 @@ asio::awaitable<void> RedisConnection::run()
             if (!ec && !stopped_) {
                 ec = co_await connect_and_handshake();
             }
+            attempted_ = true;
         } catch (const std::exception& e) {
+            attempted_ = true;
             log::error("redis.handshake_failed", {{"what", e.what()}});
             ec = make_error_code(errc::internal);
         }
@@ -589,7 +602,6 @@ asio::awaitable<void> RedisConnection::run()
         }
         if (!ec) {
             ready_.store(true, std::memory_order_relaxed);
-            ever_ready_ = true;
             if (router_ != nullptr) {
                 router_->node_changed();
             }
@@ -962,6 +974,7 @@ asio::awaitable<void> RedisConnection::read_loop()
             }
             deliver_front(raw);
         }
+        waiting_since_ = std::chrono::steady_clock::now();  // a reply came: not stuck
         update_in_flight();
         if (!ok) {
             break;

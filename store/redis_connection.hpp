@@ -222,10 +222,13 @@ private:
     RedisStats own_stats_;
     RedisStats* stats_;           ///< own_stats_, or a ClusterRouter's shared ones
     std::size_t reported_in_flight_{0};  ///< this connection's share of stats_->in_flight
+    /// Since when pending_ has had no reply (the first request after a reply or an empty queue):
+    /// no reply for request_timeout means the connection is stuck, whoever's deadline ended.
+    std::chrono::steady_clock::time_point waiting_since_{};
     std::unique_ptr<ClusterRouter> cluster_;  ///< with Cluster: routes every command
     // As a cluster's node connection (ClusterRouter sets these):
     ClusterRouter* router_{nullptr};  ///< told when ready_ changes
-    bool ever_ready_{false};          ///< has been ready once (a node first named by a MOVED has not)
+    bool attempted_{false};           ///< the first connection attempt has ended (either way)
     bool run_done_{false};            ///< the run loop has ended (after stop(): safe to destroy)
 };
 

@@ -403,5 +403,25 @@ TEST_CASE("through a Redis Cluster: bills on every master are paid and every eve
                    static_cast<long>(bills.size() + later.size());
         },
         30s));
+
+    // Restarted while that master is still down: the CRM consumer group is ensured on the masters
+    // that answer, and their events are delivered.
+    CHECK(fx.stop() == 0);
+    fx.start(false);
+    std::string fresh;
+    for (int i = 200; fresh.empty(); ++i) {
+        const std::string id = "C" + std::to_string(7000 + i);
+        if (owner_of(id) != 2) {
+            fresh = id;
+        }
+    }
+    register_and_pay(fx, ali, fresh, 1000);
+    REQUIRE(stack.receiver.wait_for(
+        [&](const std::vector<ReceivedRequest>& rs) {
+            return std::any_of(rs.begin(), rs.end(), [&](const ReceivedRequest& r) {
+                return r.answered && r.body.find("\"bill_id\":\"" + fresh + "\"") != std::string::npos;
+            });
+        },
+        30s));
     CHECK(fx.stop() == 0);
 }

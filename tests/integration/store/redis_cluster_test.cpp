@@ -17,6 +17,7 @@
 #include <memory>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -334,6 +335,31 @@ TEST_SUITE("store/redis_cluster")
         REQUIRE(rejoined);
         CHECK(client.ok({"SET", keys[2], "back"}).is_status("OK"));
         CHECK(cluster.command(2, {"GET", keys[2]}) == "back");
+    }
+
+    TEST_CASE("a master that stops answering: the request times out and its connection is made again")
+    {
+        RedisTestCluster cluster(3, {"--enable-debug-command", "yes"});
+        RedisConfig cfg = cluster_config(cluster);
+        cfg.request_timeout = 500ms;
+        Client client(cfg);
+        REQUIRE(client.wait_ready());
+        const std::string key = key_per_node(cluster)[1];
+        CHECK(client.ok({"SET", key, "v"}).is_status("OK"));
+
+        // Node 1 sleeps 2 s (answers nothing, closes nothing): as a blackholed host looks.
+        std::thread sleeper([&cluster] { cluster.command(1, {"DEBUG", "SLEEP", "2"}); });
+        std::this_thread::sleep_for(100ms);
+        Result<Reply> stuck = client.exec({"GET", key});
+        REQUIRE_FALSE(stuck.has_value());
+        CHECK(stuck.error() == errc::timeout);
+        // No reply for request_timeout: the connection is dropped and made again, not kept
+        // (its requests would pile up behind the silent node for ever).
+        CHECK(client.conn->stats().timeouts.load() == 1);
+        sleeper.join();
+        REQUIRE(client.wait_ready());
+        CHECK(client.ok({"GET", key}).str == "v");
+        CHECK(client.conn->stats().reconnects.load() >= 1);
     }
 
     TEST_CASE("the bill store over a cluster: every shard registered, paid and listed")
