@@ -21,8 +21,9 @@
 // migrated and the key is already on the target: ASKING and the command, pipelined on the
 // target's connection), TRYAGAIN and CLUSTERDOWN (retried after 20, 40, 80 ... ms). A request,
 // redirections and retries included, ends within request_timeout (a batch: all of it). A master
-// whose connection was lost fails its commands at once (store_unavailable); only a node first
-// named by a redirection is waited for. A batch (exec_many) is split by node and each part
+// whose connection was lost, or could not be made, fails its commands at once (store_unavailable);
+// only a connection still making its first attempt (a node just named by a redirection) is
+// waited for. A batch (exec_many) is split by node and each part
 // pipelined; the parts run one after another; a command of a part that was redirected is sent
 // again on its own, and a part in which a keyless command follows a redirected one fails
 // (store_unavailable): the keyless command (a WAIT, say) went to a node that no longer owns what
