@@ -225,6 +225,27 @@ TEST_SUITE("store/redis_cluster")
         CHECK(client.redirects() == 0);
     }
 
+    TEST_CASE("a configured node that knows no slots (just added or reset) does not empty the map")
+    {
+        RedisTestCluster cluster(3);
+        RedisTestCluster empty(1);
+        REQUIRE(empty.command(0, {"CLUSTER", "RESET", "HARD"}) == "OK");
+        REQUIRE(empty.command(0, {"CLUSTER", "SLOTS"}).empty());  // an empty map
+        RedisConfig cfg = cluster_config(cluster);
+        // Second: the first question of a client that had to wait for its connections starts at
+        // the second node (the node asked turns with every question).
+        cfg.cluster.nodes.push_back(Endpoint{empty.host(), empty.port(0)});
+        Client client(cfg);
+        // Asked first, the empty node's answer is refused and the next node is asked in the same
+        // round: ready within milliseconds. (Had the empty map been applied, the next question
+        // would come only after the 1 s pause of a client that is not ready.)
+        REQUIRE(client.wait_ready(700ms));
+        for (const std::string& key : key_per_node(cluster)) {
+            CHECK(client.ok({"SET", key, "x"}).is_status("OK"));
+        }
+        CHECK(client.redirects() == 0);
+    }
+
     TEST_CASE("after a resharding the MOVED reply is followed and the slot map corrected")
     {
         RedisTestCluster cluster(3);
