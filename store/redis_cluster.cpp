@@ -425,12 +425,12 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
     owner_ = std::move(owner);
     masters_ = std::move(masters);
     unowned_ = static_cast<int>(std::count(owner_.begin(), owner_.end(), kNoNode));
-    // A connection to a node that owns no slot now and cannot be reached (a failed master, a
-    // seed that is gone) is stopped, and freed once no request uses it. One that is up stays (a
-    // replica, a master that will receive slots, an ASK target).
+    // A connection to a node that owns no slot now and could not be reached (a failed master, a
+    // seed that is gone) is stopped, and freed once no request uses it. One that is up, or still
+    // making its first attempt, stays (a replica, a master that will receive slots, an ASK target).
     for (std::size_t i = 0; i < nodes_.size(); ++i) {
         Node& node = *nodes_[i];
-        if (node.conn && !node.retired && !node.conn->node_ready() &&
+        if (node.conn && !node.retired && node.conn->attempted_ && !node.conn->node_ready() &&
             std::find(masters_.begin(), masters_.end(), i) == masters_.end()) {
             node.retired = true;
             node.conn->stop();
