@@ -447,13 +447,16 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
     return true;
 }
 
-asio::awaitable<Result<Reply>> ClusterRouter::exec(std::vector<std::string> argv)
+std::uint16_t ClusterRouter::route(const std::vector<std::string>& argv) const noexcept
 {
     bool keyless = false;
-    std::uint16_t node = slot_owner(argv, keyless);
-    if (keyless) {
-        node = any_ready_master();
-    }
+    const std::uint16_t node = slot_owner(argv, keyless);
+    return keyless ? any_ready_master() : node;
+}
+
+asio::awaitable<Result<Reply>> ClusterRouter::exec(std::vector<std::string> argv)
+{
+    const std::uint16_t node = route(argv);
     const Clock::time_point deadline = Clock::now() + node_cfg_.request_timeout;
     Result<Reply> reply = co_await run_routed(std::move(argv), node, std::nullopt, deadline);
     co_return reply;
@@ -547,11 +550,7 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
             }
             pause *= 2;
             asking = false;
-            bool keyless = false;
-            node = slot_owner(argv, keyless);
-            if (keyless) {
-                node = any_ready_master();
-            }
+            node = route(argv);
             continue;
         }
         stats_.errors.fetch_add(1, std::memory_order_relaxed);

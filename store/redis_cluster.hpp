@@ -111,6 +111,8 @@ private:
     void free_idle_nodes() noexcept;
     std::uint16_t any_ready_master() const noexcept;
     std::uint16_t slot_owner(const std::vector<std::string>& argv, bool& keyless) const noexcept;
+    /// The node a command goes to first: its key's slot owner, a keyless one to any ready master.
+    std::uint16_t route(const std::vector<std::string>& argv) const noexcept;
     /// Counts `n` failed commands and returns the error (store_unavailable, or shutting_down).
     boost::system::error_code failed(std::size_t n) noexcept;
     /// Sends one command to `node` and follows redirections until `deadline`; with `first`, that

@@ -368,9 +368,10 @@ TEST_SUITE("store/redis_cluster")
         const std::string key = key_per_node(cluster)[1];
         CHECK(client.ok({"SET", key, "v"}).is_status("OK"));
 
-        // Node 1 sleeps 2 s (answers nothing, closes nothing): as a blackholed host looks.
-        std::thread sleeper([&cluster] { cluster.command(1, {"DEBUG", "SLEEP", "2"}); });
-        std::this_thread::sleep_for(100ms);
+        // Node 1 sleeps 3 s (answers nothing, closes nothing): as a blackholed host looks. The
+        // GET goes out 300 ms into it and gives up 500 ms later, well inside the sleep.
+        std::thread sleeper([&cluster] { cluster.command(1, {"DEBUG", "SLEEP", "3"}); });
+        std::this_thread::sleep_for(300ms);
         Result<Reply> stuck = client.exec({"GET", key});
         REQUIRE_FALSE(stuck.has_value());
         CHECK(stuck.error() == errc::timeout);
