@@ -789,15 +789,6 @@ struct Dispatcher::Impl {
             const std::size_t shards = keys.all().size();
             const std::size_t budget = free_slots();
             const std::size_t count = std::max<std::size_t>(1, budget / shards);
-            std::vector<std::string> argv{"XREADGROUP", "GROUP", options.group, options.consumer,
-                                          "COUNT",      std::to_string(count), "BLOCK", std::to_string(block.count()),
-                                          "STREAMS"};
-            for (const ShardKeys& k : keys.all()) {
-                argv.push_back(k.stream);
-            }
-            for (std::size_t i = 0; i < shards; ++i) {
-                argv.emplace_back(">");
-            }
             reserved += budget;
             if (cluster) {
                 ShardRead read = co_await read_each_shard(count);
@@ -830,6 +821,15 @@ struct Dispatcher::Impl {
                 }
                 co_await asio::post(executor, asio::use_awaitable);
                 continue;
+            }
+            std::vector<std::string> argv{"XREADGROUP", "GROUP", options.group, options.consumer,
+                                          "COUNT",      std::to_string(count), "BLOCK", std::to_string(block.count()),
+                                          "STREAMS"};
+            for (const ShardKeys& k : keys.all()) {
+                argv.push_back(k.stream);
+            }
+            for (std::size_t i = 0; i < shards; ++i) {
+                argv.emplace_back(">");
             }
             Result<Reply> reply = co_await reads.exec(std::move(argv));
             // The pop and reclaim loops may have waited for the slots this read held: let them go first.
