@@ -25,6 +25,8 @@
 --   mismatch:<txn>:<currency>:<amount>   amount_mismatch recorded
 --   dup_payment:<provider>:<txn>         duplicate_payment recorded
 --   refund_other_txn:<refund id>         refund for another transaction recorded
+--   refund_unapplied:<refund id>         refund of a payment the bill could not take recorded
+--   refund_amount:<refund id>:<amount>   refund_amount_mismatch recorded
 --   refund_exceeds:<refund id>           refund_exceeds_paid recorded
 --   close_after_paid                     close_after_paid recorded
 --   refund_update:<kind>:<refund id>     refund_closed / refund_abnormal recorded
@@ -400,6 +402,22 @@ end
 -- Transitions. Each returns outcome, anomaly kind or '', status after.
 
 local function apply_payment(b, ev, total, txn)
+    local paid = b.status ~= 'PENDING' and b.status ~= 'CLOSED'
+    -- Already paid (or refunded). The same transaction again (e.g. Alipay TRADE_FINISHED after
+    -- TRADE_SUCCESS, with a new notify_id) is a duplicate, or a mismatch below if its amount
+    -- differs; another transaction, whatever its amount, is a second payment: money received twice.
+    if paid and not (b.provider == ev.provider and b.provider_txn_id == txn) then
+        if not first_time('dup_payment:' .. ev.provider .. ':' .. txn) then
+            return 'duplicate', '', b.status
+        end
+        return bill_anomaly(b, ev, 'duplicate_payment', {
+            {'expected', jint(b.paid_fen)},
+            {'received', amount_or_null(total)},
+            {'paid_provider', jstr_or_null(b.provider)},
+            {'paid_provider_txn_id', jstr_or_null(b.provider_txn_id)},
+        })
+    end
+
     if ev.currency ~= b.currency or total ~= b.amount_fen then
         if not first_time('mismatch:' .. txn .. ':' .. ev.currency .. ':' .. jint(total)) then
             return 'duplicate', '', b.status
@@ -412,31 +430,17 @@ local function apply_payment(b, ev, total, txn)
         })
     end
 
-    if b.status == 'PENDING' or b.status == 'CLOSED' then
-        local after_close = b.status == 'CLOSED'
-        local event_id, seq = pay(b, ev, total, txn)
-        if after_close then
-            record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. seq,
-                jobj({{'amount_fen', jint(total)}}), event_id)
-            return 'applied', 'paid_after_close', b.status
-        end
-        return 'applied', '', b.status
+    if paid then
+        return 'duplicate', '', b.status  -- the same transaction, the same amount
     end
-
-    -- Already paid (or refunded). The same transaction again (e.g. Alipay TRADE_FINISHED after
-    -- TRADE_SUCCESS, with a new notify_id) is a duplicate; another transaction is a second payment.
-    if b.provider == ev.provider and b.provider_txn_id == txn then
-        return 'duplicate', '', b.status
+    local after_close = b.status == 'CLOSED'
+    local event_id, seq = pay(b, ev, total, txn)
+    if after_close then
+        record_anomaly(ev, 'paid_after_close', 'anm_' .. ev.bill_id .. '_' .. seq,
+            jobj({{'amount_fen', jint(total)}}), event_id)
+        return 'applied', 'paid_after_close', b.status
     end
-    if not first_time('dup_payment:' .. ev.provider .. ':' .. txn) then
-        return 'duplicate', '', b.status
-    end
-    return bill_anomaly(b, ev, 'duplicate_payment', {
-        {'expected', jint(b.paid_fen)},
-        {'received', amount_or_null(total)},
-        {'paid_provider', jstr_or_null(b.provider)},
-        {'paid_provider_txn_id', jstr_or_null(b.provider_txn_id)},
-    })
+    return 'applied', '', b.status
 end
 
 -- The refund id gateways/alipay/alipay_gateway.cpp makes up, from the cumulative total, for a
@@ -444,9 +448,41 @@ end
 local SYNTHETIC_ALIPAY_REFUND = 'alipay-refund-'
 
 local function apply_refund(b, ev)
+    local refund_id = ev.refund_id
+    if refund_id == '' then
+        -- Alipay may omit out_biz_no; its refund_fee is cumulative, so the total identifies it.
+        if ev.refund_cumulative then
+            refund_id = 'total:' .. jint(ev.refund_fen)
+        else
+            refund_id = 'notification:' .. ev.notification_id
+        end
+    end
+
     local paid_now, pre_anomaly = false, ''
     if b.status == 'PENDING' or b.status == 'CLOSED' then
         -- A refund proves the payment, which we never heard of: apply it first, with every check.
+        -- A payment the bill cannot take (no transaction named, another amount or currency) takes
+        -- the refund with it: recorded as a refund of its own, so the money that went back is seen.
+        local reason = nil
+        if ev.provider_txn_id == '' then
+            reason = 'no_provider_txn_id'
+        elseif ev.currency ~= b.currency or ev.total_fen ~= b.amount_fen then
+            reason = 'amount_mismatch'
+        end
+        if reason then
+            if not first_time('refund_unapplied:' .. refund_id) then
+                return 'duplicate', '', b.status
+            end
+            return bill_anomaly(b, ev, 'refund_unapplied', {
+                {'reason', jstr(reason)},
+                {'refund_id', jstr(refund_id)},
+                {'refund_fen', jint(ev.refund_fen)},
+                {'expected', jint(b.amount_fen)},
+                {'received', amount_or_null(ev.total_fen)},
+                {'expected_currency', jstr(b.currency)},
+                {'received_currency', jstr(ev.currency)},
+            })
+        end
         local outcome, anomaly = apply_payment(b, ev, ev.total_fen, ev.provider_txn_id)
         if outcome ~= 'applied' then
             return outcome, anomaly, b.status
@@ -472,17 +508,20 @@ local function apply_refund(b, ev)
         })
     end
 
-    local refund_id = ev.refund_id
-    if refund_id == '' then
-        -- Alipay may omit out_biz_no; its refund_fee is cumulative, so the total identifies it.
-        if ev.refund_cumulative then
-            refund_id = 'total:' .. jint(ev.refund_fen)
-        else
-            refund_id = 'notification:' .. ev.notification_id
+    -- A refund seen before: the same amount is a repeat; another amount for the same refund id
+    -- (stored: the cumulative total for Alipay, the refund's own amount otherwise) is recorded,
+    -- once per amount, and changes nothing.
+    local known = redis.call('HGET', K_REFUNDS, refund_id)
+    if known then
+        local received = jint(ev.refund_fen)
+        if known == received or not first_time('refund_amount:' .. refund_id .. ':' .. received) then
+            return unchanged, pre_anomaly, b.status
         end
-    end
-    if redis.call('HEXISTS', K_REFUNDS, refund_id) == 1 then
-        return unchanged, pre_anomaly, b.status
+        return bill_anomaly(b, ev, 'refund_amount_mismatch', {
+            {'refund_id', jstr(refund_id)},
+            {'expected', known},
+            {'received', received},
+        })
     end
 
     local increment

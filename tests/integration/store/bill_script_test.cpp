@@ -616,6 +616,14 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(str(anomaly, "kind") == "duplicate_payment");
         CHECK(str(anomaly, "provider_txn_id") == "WX-9");
         CHECK(str(anomaly["detail"], "paid_provider_txn_id") == "T-1");
+        // A third transaction for another amount is a second payment too, not an amount mismatch.
+        check_result(f.apply(wechat_payment("B-31", "WX-10", 500, "W-4")), ApplyOutcome::anomaly, "duplicate_payment",
+                     "PAID");
+        CHECK(num(last_anomaly(f, "B-31")["detail"], "received") == 500);
+        // The paying transaction again for another amount is a mismatch.
+        check_result(f.apply(alipay_payment("B-31", "T-1", 900, "N-5")), ApplyOutcome::anomaly, "amount_mismatch",
+                     "PAID");
+        CHECK(f.anomalies_len("B-31") == 3);
         // A refund of that second transaction does not touch this bill's money.
         check_result(f.apply(wechat_refund("B-31", "WX-9", "R-dup", 1000, "W-3")), ApplyOutcome::anomaly,
                      "refund_other_txn", "PAID");
@@ -750,18 +758,102 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(str(bill, "paid_at") == "2024-05-01T09:59:00.000Z");
     }
 
-    TEST_CASE("refund before payment with the wrong total: amount_mismatch, nothing refunded")
+    TEST_CASE("refund before payment with the wrong total: refund_unapplied once, nothing refunded")
     {
         StoreFixture f;
         REQUIRE(f.wait_ready());
         f.register_bill(new_bill("B-43"));
         check_result(f.apply(wechat_refund("B-43", "WX-1", "R-1", 400, "W-1", 900)), ApplyOutcome::anomaly,
-                     "amount_mismatch", "PENDING");
+                     "refund_unapplied", "PENDING");
         const auto bill = f.bill("B-43");
         CHECK(num(bill, "paid_fen") == 0);
         CHECK(num(bill, "refunded_fen") == 0);
         CHECK(num(bill, "version") == 1);
         CHECK(f.integer({"HLEN", f.store->keys().refunds("B-43")}) == 0);
+        const auto anomaly = last_anomaly(f, "B-43");
+        CHECK(str(anomaly, "kind") == "refund_unapplied");
+        CHECK(str(anomaly["detail"], "reason") == "amount_mismatch");
+        CHECK(str(anomaly["detail"], "refund_id") == "R-1");
+        CHECK(num(anomaly["detail"], "refund_fen") == 400);
+        CHECK(num(anomaly["detail"], "expected") == 1000);
+        CHECK(num(anomaly["detail"], "received") == 900);
+        // The provider's retry is not recorded again; the payment itself is its own mismatch.
+        check_result(f.apply(wechat_refund("B-43", "WX-1", "R-1", 400, "W-2", 900)), ApplyOutcome::duplicate, "",
+                     "PENDING");
+        check_result(f.apply(wechat_payment("B-43", "WX-1", 900, "W-3")), ApplyOutcome::anomaly, "amount_mismatch",
+                     "PENDING");
+        CHECK(f.anomalies_len("B-43") == 2);
+        CHECK(f.hist_len("B-43") == 2);
+    }
+
+    TEST_CASE("a refund after the payment was refused for its amount is recorded, not dropped")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-44"));
+        PaymentEvent payment = alipay_payment("B-44", "T-1", 900, "N-1");
+        check_result(f.apply(PaymentEvent(payment)), ApplyOutcome::anomaly, "amount_mismatch", "PENDING");
+        PaymentEvent refund = alipay_refund("B-44", "T-1", "R-1", 300, "N-2");
+        refund.total_fen = 900;
+        check_result(f.apply(PaymentEvent(refund)), ApplyOutcome::anomaly, "refund_unapplied", "PENDING");
+        CHECK(f.anomalies_len("B-44") == 2);
+        CHECK(num(f.bill("B-44"), "refunded_fen") == 0);
+
+        // The same two as orphans, replayed at registration: both recorded.
+        const std::int64_t before = f.anomalies_total();
+        payment.bill_id = refund.bill_id = "B-45";
+        payment.notification_id = "N-3";
+        refund.notification_id = "N-4";
+        check_result(f.apply(PaymentEvent(payment)), ApplyOutcome::orphaned, "unknown_bill", "");
+        check_result(f.apply(PaymentEvent(refund)), ApplyOutcome::orphaned, "unknown_bill", "");
+        f.register_bill(new_bill("B-45"));
+        CHECK(str(f.bill("B-45"), "status") == "PENDING");
+        CHECK(str(last_anomaly(f, "B-45"), "kind") == "refund_unapplied");
+        CHECK(f.anomalies_total() - before == 4);  // two unknown_bill, amount_mismatch, refund_unapplied
+    }
+
+    TEST_CASE("a refund naming no transaction does not pay a PENDING bill")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-46"));
+        check_result(f.apply(alipay_refund("B-46", "", "R-1", 300, "N-1")), ApplyOutcome::anomaly, "refund_unapplied",
+                     "PENDING");
+        CHECK(str(last_anomaly(f, "B-46")["detail"], "reason") == "no_provider_txn_id");
+        // The real payment then pays the bill, with no false duplicate_payment.
+        check_result(f.apply(alipay_payment("B-46", "T-1", 1000, "N-2")), ApplyOutcome::applied, "", "PAID");
+        CHECK(str(f.bill("B-46"), "provider_txn_id") == "T-1");
+        CHECK(f.anomalies_len("B-46") == 1);
+    }
+
+    TEST_CASE("a refund id seen again with another amount: refund_amount_mismatch once per amount")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-47"));
+        f.apply(wechat_payment("B-47", "WX-1", 1000, "W-1"));
+        check_result(f.apply(wechat_refund("B-47", "WX-1", "R-1", 300, "W-2")), ApplyOutcome::applied, "",
+                     "PARTIALLY_REFUNDED");
+        check_result(f.apply(wechat_refund("B-47", "WX-1", "R-1", 500, "W-3")), ApplyOutcome::anomaly,
+                     "refund_amount_mismatch", "PARTIALLY_REFUNDED");
+        const auto anomaly = last_anomaly(f, "B-47");
+        CHECK(str(anomaly["detail"], "refund_id") == "R-1");
+        CHECK(num(anomaly["detail"], "expected") == 300);
+        CHECK(num(anomaly["detail"], "received") == 500);
+        check_result(f.apply(wechat_refund("B-47", "WX-1", "R-1", 500, "W-4")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        check_result(f.apply(wechat_refund("B-47", "WX-1", "R-1", 300, "W-5")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        CHECK(num(f.bill("B-47"), "refunded_fen") == 300);
+        CHECK(f.anomalies_len("B-47") == 1);
+
+        // Alipay: the same out_biz_no with another cumulative refund_fee.
+        f.register_bill(new_bill("B-50"));
+        f.apply(alipay_payment("B-50", "T-1", 1000, "N-1"));
+        f.apply(alipay_refund("B-50", "T-1", "R-1", 200, "N-2"));
+        check_result(f.apply(alipay_refund("B-50", "T-1", "R-1", 400, "N-3")), ApplyOutcome::anomaly,
+                     "refund_amount_mismatch", "PARTIALLY_REFUNDED");
+        CHECK(num(f.bill("B-50"), "refunded_fen") == 200);
     }
 
     TEST_CASE("refund_exceeds_paid: anomaly once per refund, bill unchanged")
