@@ -358,6 +358,12 @@ Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::A
             loaded.push_back(std::move(*app));
         }
     }
+    if (!apps.empty()) {
+        // Alipay notifications may be GBK / GB18030: decoded after verification.
+        for (std::string& missing : missing_decoders()) {
+            problems.push_back("alipay: " + std::move(missing));
+        }
+    }
     if (problems.size() != problems_before) {
         return make_error_code(errc::invalid_argument);
     }
@@ -604,7 +610,7 @@ Result<Verified> AlipayGateway::verify_and_parse(const InboundRequest& req) cons
 {
     std::string_view content_type;
     req.header("Content-Type", content_type);
-    auto notice = verify(req.body, content_type_charset(content_type));
+    auto notice = verify(req.body, content_type_charset(content_type), req.now_unix);
     if (!notice) {
         return notice.error();
     }

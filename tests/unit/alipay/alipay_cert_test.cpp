@@ -311,6 +311,13 @@ TEST_CASE("key rotation, certificate mode: the previous certificate may have exp
     REQUIRE_FALSE(expired.has_value());
     CHECK(expired.error() == make_error_code(errc::bad_signature));
     CHECK(gw->verify(by_current, {}, now + 3601).has_value());
+    // A notification is judged at its receive time (InboundRequest::now_unix), not the wall clock's.
+    gateways::InboundRequest req;
+    req.body = by_previous;
+    req.now_unix = now + 3601;
+    CHECK_FALSE(gw->verify_and_parse(req).has_value());
+    req.now_unix = now;
+    CHECK(gw->verify_and_parse(req).has_value());
 
     // Already expired at load: loaded all the same (a restart late in the overlap must not fail),
     // and never used.
