@@ -237,4 +237,20 @@ Result<std::string> from_utf8(std::string_view utf8, std::string_view charset)
     return from_utf8(utf8, *parsed);
 }
 
+std::vector<std::string> missing_decoders()
+{
+    std::vector<std::string> missing;
+    for (const Conversion c : {Conversion::gbk_to_utf8, Conversion::gb18030_to_utf8}) {
+        const ConversionSpec& spec = kConversions[static_cast<std::size_t>(c)];
+        const iconv_t cd = iconv_open(spec.to, spec.from);
+        if (cd == reinterpret_cast<iconv_t>(-1)) {
+            missing.push_back(std::string("this system has no iconv converter from ") + spec.from + " to " + spec.to +
+                              " (glibc's gconv modules): notifications in that charset could not be decoded");
+        } else {
+            iconv_close(cd);
+        }
+    }
+    return missing;
+}
+
 }  // namespace paybridge::gateways

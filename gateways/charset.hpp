@@ -9,6 +9,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace paybridge::gateways {
 
@@ -37,5 +38,11 @@ Result<std::string> to_utf8(std::string_view bytes, Charset charset);
 /// charset cannot represent.
 Result<std::string> from_utf8(std::string_view utf8, std::string_view charset);
 Result<std::string> from_utf8(std::string_view utf8, Charset charset);
+
+/// The decoders to_utf8 needs (GBK and GB18030 to UTF-8, from glibc's gconv modules) that this
+/// system cannot open, one problem string each; empty on a sound installation. Checked where a
+/// gateway that may receive such bytes is loaded, so a host without them fails `--check` and the
+/// start instead of every GBK notification.
+std::vector<std::string> missing_decoders();
 
 }  // namespace paybridge::gateways

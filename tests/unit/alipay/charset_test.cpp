@@ -131,3 +131,10 @@ TEST_CASE("header names and charset labels compare ASCII case-insensitively, not
     CHECK(v == "abc");
     CHECK_FALSE(req.header("Wechatpay-Serial", v));
 }
+
+TEST_CASE("the decoders Alipay notifications need are checked where the gateway loads")
+{
+    // This machine has glibc's gconv modules: nothing is missing, and GBK decodes.
+    CHECK(paybridge::gateways::missing_decoders().empty());
+    CHECK(to_utf8("\xD6\xD0", "gbk").value() == "\xE4\xB8\xAD");  // 中
+}
