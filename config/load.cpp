@@ -70,7 +70,7 @@ public:
         }
         const std::string r;
         if (const Value* v = string_at(root, r, "listen")) {
-            listen_ok_ = endpoint(*v, child(r, "listen"), cfg.listen);
+            listen_ok_ = listen_endpoint(*v, child(r, "listen"), cfg.listen);
         } else {
             listen_ok_ = !present(root, "listen");
         }
@@ -176,6 +176,21 @@ private:
     {
         if (std::string why = detail::parse_endpoint(str(v), out); !why.empty()) {
             problems_.note(ptr, why);
+            return false;
+        }
+        return true;
+    }
+
+    /// An address to listen on: an IP literal (a host name would have to be resolved, to one
+    /// address of several, at every start).
+    bool listen_endpoint(const Value& v, const std::string& ptr, Endpoint& out)
+    {
+        if (!endpoint(v, ptr, out)) {
+            return false;
+        }
+        if (!detail::is_ip_literal(out.host)) {
+            problems_.note(ptr, "the host \"" + out.host +
+                                    "\" is not an IP address; listen on an address such as 127.0.0.1, 0.0.0.0 or [::1]");
             return false;
         }
         return true;
@@ -295,7 +310,7 @@ private:
         TlsListenConfig tls;
         bool complete = true;
         if (const Value* listen = string_at(v, ptr, "listen")) {
-            if (endpoint(*listen, child(ptr, "listen"), tls.listen) && listen_ok_) {
+            if (listen_endpoint(*listen, child(ptr, "listen"), tls.listen) && listen_ok_) {
                 // A wildcard address takes the port on every interface.
                 auto wildcard = [](const std::string& host) { return host == "0.0.0.0" || host == "::"; };
                 const bool same = tls.listen.port == cfg.listen.port &&

@@ -1,5 +1,7 @@
 #include "config/detail/addresses.hpp"
 
+#include <arpa/inet.h>
+
 #include <charconv>
 #include <cstdint>
 #include <optional>
@@ -80,6 +82,12 @@ std::string parse_endpoint(std::string_view text, Endpoint& out)
         out.port = *hp.port;
     }
     return why;
+}
+
+bool is_ip_literal(const std::string& host)
+{
+    unsigned char buf[sizeof(in6_addr)];
+    return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
 }
 
 std::string parse_redis_url(std::string_view url, RedisConfig& out)

@@ -13,6 +13,9 @@ namespace paybridge::config::detail {
 /// "host:port" or "[IPv6]:port"; port 1..65535. Sets `out` only on success.
 std::string parse_endpoint(std::string_view text, Endpoint& out);
 
+/// True for an IPv4 address in dotted-quad form or an IPv6 address (without brackets).
+bool is_ip_literal(const std::string& host);
+
 /// "redis://[user@]host[:port][/db]" (port 6379, db 0 by default) into out.host/port/db/username.
 /// A password in the URL is refused: it would be a secret written inline in the file.
 std::string parse_redis_url(std::string_view url, RedisConfig& out);

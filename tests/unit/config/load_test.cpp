@@ -617,6 +617,12 @@ TEST_CASE("config: URLs and listen addresses")
          "/listen: an IPv6 address must be written in brackets, e.g. [::1]:8080"},
         {"listen port 0", listen("127.0.0.1:0"), "/listen: the port must be a number from 1 to 65535"},
         {"listen v6", listen("[::]:8080"), ""},
+        {"listen host name", listen("localhost:8080"),
+         "/listen: the host \"localhost\" is not an IP address; listen on an address such as 127.0.0.1, 0.0.0.0 or "
+         "[::1]"},
+        {"listen bad v4", listen("127.0.0.256:8080"),
+         "/listen: the host \"127.0.0.256\" is not an IP address; listen on an address such as 127.0.0.1, 0.0.0.0 or "
+         "[::1]"},
     };
     MinimalFixture f;
     for (const Case& c : cases) {
