@@ -167,6 +167,10 @@ private:
     std::shared_ptr<const config::Config> cfg_;
     webhooks::RuntimePtr runtime_;
     asio::io_context control_{1};
+    /// Installed from construction, before any worker accepts, and kept until the process ends:
+    /// a signal that arrives before control() waits is queued in the set, not given its default
+    /// action (a SIGTERM during a slow start must drain too, not kill).
+    asio::signal_set signals_{control_, SIGTERM, SIGINT, SIGHUP};
     ConnectionGate gate_;
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
@@ -293,15 +297,14 @@ int App::Impl::run()
 
 awaitable<void> App::Impl::control()
 {
-    asio::signal_set signals(control_, SIGTERM, SIGINT, SIGHUP);
     asio::co_spawn(control_, wait_ready(), asio::detached);
     asio::co_spawn(control_, heartbeat(), asio::detached);
 
-    // The set stays installed until the process ends (control_ is stopped with this coroutine still
-    // waiting): once it is gone, a signal takes its default action, and a second SIGTERM or a
+    // signals_ stays installed until the process ends (control_ is stopped with this coroutine
+    // still waiting): once it is gone, a signal takes its default action, and a second SIGTERM or a
     // logrotate SIGHUP during the drain would kill the process mid-request.
     for (;;) {
-        auto [ec, sig] = co_await signals.async_wait(kUseTuple);
+        auto [ec, sig] = co_await signals_.async_wait(kUseTuple);
         if (ec) {
             break;
         }
@@ -310,7 +313,16 @@ awaitable<void> App::Impl::control()
             continue;
         }
         if (sig == SIGHUP) {
-            reload();
+            // Whatever a reload throws (it loads files, keys, a TLS context) must not end this
+            // loop: the signals would go unanswered, and the next one would find no handler.
+            try {
+                reload();
+            } catch (const std::exception& e) {
+                log::error("daemon.reload_failed", {{"what", e.what()}, {"kept", "previous configuration"}});
+                if (announced_ready_) {
+                    systemd::notify_ready();
+                }
+            }
             continue;
         }
         log::info("daemon.stopping", {{"signal", sig}});
