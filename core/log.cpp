@@ -4,10 +4,13 @@
 
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <chrono>
+#include <cstdio>
+#include <cstdlib>
 
 namespace paybridge::log {
 namespace {
@@ -16,7 +19,16 @@ std::atomic<Level> g_level{Level::info};
 
 Sink& sink_ref()
 {
-    static Sink sink = [](Level, std::string_view line) {
+    // Under systemd, with stderr going to the journal, each line starts with its priority, so
+    // `journalctl -p err` and priority-based alerts see errors as errors.
+    static const bool journal = is_journal_stream(2, std::getenv("JOURNAL_STREAM"));
+    static Sink sink = [](Level l, std::string_view line) {
+        std::string prefixed;
+        if (journal) {
+            prefixed.reserve(line.size() + 3);
+            prefixed.append(priority_prefix(l)).append(line);
+            line = prefixed;
+        }
         // One write(2) per line so concurrent threads never interleave inside a line.
         const char* p = line.data();
         std::size_t left = line.size();
@@ -44,6 +56,35 @@ std::string_view level_name(Level l)
 }
 
 }  // namespace
+
+std::string_view priority_prefix(Level l) noexcept
+{
+    switch (l) {
+        case Level::debug: return "<7>";
+        case Level::info: return "<6>";
+        case Level::warning: return "<4>";
+        case Level::error: return "<3>";
+    }
+    return "<6>";
+}
+
+bool is_journal_stream(int fd, const char* journal_stream) noexcept
+{
+    if (journal_stream == nullptr || *journal_stream == '\0') {
+        return false;
+    }
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        return false;
+    }
+    unsigned long long dev = 0;
+    unsigned long long ino = 0;
+    char tail = 0;
+    if (std::sscanf(journal_stream, "%llu:%llu%c", &dev, &ino, &tail) != 2) {
+        return false;
+    }
+    return dev == static_cast<unsigned long long>(st.st_dev) && ino == static_cast<unsigned long long>(st.st_ino);
+}
 
 bool parse_level(std::string_view text, Level& out) noexcept
 {

@@ -40,6 +40,15 @@ void set_sink(Sink sink);
 /// signatures, bodies or personal data as fields.
 void write(Level level, std::string_view event, std::initializer_list<Field> fields);
 
+/// The sd-daemon priority prefix journald reads at the start of a line ("<3>" error, "<4>"
+/// warning, "<6>" info, "<7>" debug).
+std::string_view priority_prefix(Level level) noexcept;
+
+/// True when `fd` is the stream systemd connected to the journal: $JOURNAL_STREAM (passed here as
+/// `journal_stream`, "device:inode") names the same file. A child whose stderr was redirected
+/// elsewhere inherits the variable but not the stream, so it is compared, not just tested.
+bool is_journal_stream(int fd, const char* journal_stream) noexcept;
+
 inline bool enabled(Level l) noexcept { return l >= level(); }
 inline void debug(std::string_view e, std::initializer_list<Field> f = {}) { if (enabled(Level::debug)) write(Level::debug, e, f); }
 inline void info(std::string_view e, std::initializer_list<Field> f = {}) { if (enabled(Level::info)) write(Level::info, e, f); }
