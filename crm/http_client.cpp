@@ -32,6 +32,11 @@ using tcp = asio::ip::tcp;
 using Clock = std::chrono::steady_clock;
 using boost::system::error_code;
 
+/// Beast reads at most this much per read_some; the response buffer holds a header plus one read.
+constexpr std::size_t kReadChunk = 64 * 1024;
+/// Interim (1xx) responses skipped before the final one; more fail the attempt.
+constexpr int kMaxInterimResponses = 8;
+
 bool iequals_prefix(std::string_view text, std::string_view prefix)
 {
     if (text.size() < prefix.size()) {
@@ -60,7 +65,7 @@ bool valid_dns_name(std::string_view host)
 }
 
 struct Connection {
-    Connection(const asio::any_io_executor& ex, ssl::context* ctx)
+    Connection(const asio::any_io_executor& ex, ssl::context* ctx, std::size_t buffer_limit) : buffer(buffer_limit)
     {
         if (ctx != nullptr) {
             tls.emplace(ex, *ctx);
@@ -72,6 +77,9 @@ struct Connection {
 
     std::optional<beast::tcp_stream> plain;
     std::optional<ssl::stream<beast::tcp_stream>> tls;
+    // Bounded: Beast's parser does not limit a chunk-size line's extensions or a chunked trailer, so
+    // a response streaming either would otherwise grow the buffer until the deadline. Body bytes
+    // leave it as they are parsed (buffer_body), so the bound only stops such framing.
     beast::flat_buffer buffer;
     Clock::time_point last_used{};
 };
@@ -80,8 +88,9 @@ using ConnectionPtr = std::unique_ptr<Connection>;
 
 /// What one exchange on one connection produced.
 struct Exchange {
-    error_code ec;                 ///< set when no status line was received
+    error_code ec;                 ///< set when the attempt failed (no usable final response)
     std::string step;              ///< which step failed
+    std::string detail;            ///< replaces describe(step, ec) when set
     bool response_started{false};  ///< some response bytes arrived before the failure
     bool reusable{false};
     HttpResponse response;
@@ -286,39 +295,69 @@ struct HttpClient::Impl {
             co_return out;
         }
 
-        http::response_parser<http::buffer_body> parser;
-        parser.header_limit(static_cast<std::uint32_t>(options.max_header));
-        // No parser limit: a Content-Length above max_body would fail the header read and lose the
-        // status. The loop below stops reading at max_body instead.
-        parser.body_limit(boost::none);
-        auto [hec, header_bytes] = co_await http::async_read_header(stream, conn.buffer, parser, kUseTuple);
-        if (hec) {
-            out.ec = hec;
-            out.step = "read";
-            out.response_started = parser.got_some();
-            co_return out;
+        // Interim 1xx responses (100 Continue, 102 Processing, 103 Early Hints) come before the final
+        // one. Beast parses a 1xx as a complete message, so each is skipped with a fresh parser on the
+        // same buffer; taking one as the answer would leave the final response for the next request.
+        std::optional<http::response_parser<http::buffer_body>> parser;
+        for (int interim = 0;; ++interim) {
+            parser.emplace();
+            parser->header_limit(static_cast<std::uint32_t>(options.max_header));
+            // No parser limit: a Content-Length above max_body would fail the header read and lose the
+            // status. The loop below stops reading at max_body instead.
+            parser->body_limit(boost::none);
+            auto [hec, header_bytes] = co_await http::async_read_header(stream, conn.buffer, *parser, kUseTuple);
+            if (hec) {
+                out.ec = hec;
+                out.step = "read";
+                out.response_started = interim > 0 || parser->got_some();
+                co_return out;
+            }
+            out.response_started = true;
+            const unsigned status = parser->get().result_int();
+            if (status / 100 != 1) {
+                break;
+            }
+            if (status == 101) {
+                // The server switched protocols: no HTTP answer will follow.
+                out.ec = http::error::bad_status;
+                out.step = "read";
+                out.detail = "read: unexpected 101 Switching Protocols";
+                co_return out;
+            }
+            if (interim == kMaxInterimResponses) {
+                out.ec = http::error::bad_status;
+                out.step = "read";
+                out.detail = "read: more than " + std::to_string(kMaxInterimResponses) + " interim (1xx) responses";
+                co_return out;
+            }
         }
-        out.response_started = true;
-        out.response.status = parser.get().result_int();
-        out.response.retry_after = std::string(parser.get()[http::field::retry_after]);
+        out.response.status = parser->get().result_int();
+        out.response.retry_after = std::string(parser->get()[http::field::retry_after]);
 
         // Read the whole body so the connection can be reused; keep only its head.
         char chunk[4096];
         bool complete = true;
         std::size_t body_bytes = 0;
-        while (!parser.is_done()) {
+        while (!parser->is_done()) {
             if (body_bytes > options.max_body) {
                 complete = false;
                 break;
             }
-            parser.get().body().data = chunk;
-            parser.get().body().size = sizeof chunk;
-            auto [rec, n] = co_await http::async_read(stream, conn.buffer, parser, kUseTuple);
-            const std::size_t got = sizeof chunk - parser.get().body().size;
+            parser->get().body().data = chunk;
+            parser->get().body().size = sizeof chunk;
+            auto [rec, n] = co_await http::async_read(stream, conn.buffer, *parser, kUseTuple);
+            const std::size_t got = sizeof chunk - parser->get().body().size;
             body_bytes += got;
             const std::size_t keep = std::min(got, options.keep_body - std::min(options.keep_body,
                                                                                   out.response.body_head.size()));
             out.response.body_head.append(chunk, keep);
+            if (rec == http::error::buffer_overflow) {
+                // Chunk extensions or a trailer filled the bounded buffer: a broken response, not an
+                // answer to count.
+                out.ec = rec;
+                out.step = "read";
+                co_return out;
+            }
             if (rec && rec != http::error::need_buffer) {
                 // The status line is in: the CRM has answered. A body that is too long or cut short
                 // only makes the connection unusable.
@@ -326,7 +365,7 @@ struct HttpClient::Impl {
                 break;
             }
         }
-        out.reusable = complete && parser.get().keep_alive() && !parser.need_eof();
+        out.reusable = complete && parser->get().keep_alive() && !parser->need_eof();
         co_return out;
     }
 
@@ -359,14 +398,15 @@ struct HttpClient::Impl {
             if (reused) {
                 ++stats.connections_reused;
             } else {
-                conn = std::make_unique<Connection>(executor, tls_context ? &*tls_context : nullptr);
+                conn = std::make_unique<Connection>(executor, tls_context ? &*tls_context : nullptr,
+                                                    options.max_header + kReadChunk);
                 std::optional<PostResult> open_failure = co_await open(*conn, deadline);
                 if (open_failure) {
                     co_return std::move(*open_failure);
                 }
             }
             Exchange ex = co_await exchange_on(*conn, request, deadline);
-            if (ex.response.status != 0) {
+            if (!ex.ec && ex.response.status != 0) {
                 if (ex.reusable) {
                     give_back(std::move(conn));
                 }
@@ -382,7 +422,8 @@ struct HttpClient::Impl {
                 ++stats.stale_retries;
                 continue;
             }
-            co_return failure(ex.ec, describe(ex.step, ex.ec));
+            std::string detail = ex.detail.empty() ? describe(ex.step, ex.ec) : std::move(ex.detail);
+            co_return failure(ex.ec, std::move(detail));
         }
     }
 };

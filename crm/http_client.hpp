@@ -13,7 +13,12 @@
 //   deadline).
 // - One deadline per attempt covers resolve + connect + TLS handshake + write + read.
 // - The response body is read (so the connection can be reused) up to max_body bytes, and its first
-//   keep_body bytes are kept for the delivery record.
+//   keep_body bytes are kept for the delivery record. A body that is too long or cut short still
+//   counts as the answer (the connection is dropped).
+// - Response bytes are buffered up to max_header + 64 KiB: a response whose framing (chunk
+//   extensions, a chunked trailer) exceeds that fails the attempt instead of filling memory.
+// - Interim 1xx responses (100, 102, 103, ...) are skipped, at most 8 of them per request; only the
+//   final (>= 200) response counts. 101 Switching Protocols fails the attempt.
 //
 // Lives on one executor (single-threaded io_context); not thread-safe. Failures are values.
 

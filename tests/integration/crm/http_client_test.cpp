@@ -1,14 +1,24 @@
 // crm::HttpClient against real loopback servers: keep-alive pooling, deadlines, concurrency, body
-// capping, and TLS verification (trusted CA, untrusted CA, wrong host name).
+// capping, TLS verification (trusted CA, untrusted CA, wrong host name), and responses HttpReceiver
+// cannot give (interim 1xx, 101, endless chunk framing) from a scripted raw TCP server.
 
 #include "crm/http_client.hpp"
 
+#include "core/async.hpp"
 #include "core/error.hpp"
 #include "tests/integration/crm/crm_fixture.hpp"
 
 #include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
+#include <boost/asio/ip/tcp.hpp>
+#include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <doctest/doctest.h>
 
+#include <deque>
 #include <set>
 
 namespace asio = boost::asio;
@@ -70,6 +80,112 @@ HttpReceiverOptions tls_receiver(const keygen::Certificate& cert)
     o.tls_key_pem = cert.key.private_pem;
     return o;
 }
+
+/// One scripted answer: `pieces` written verbatim, one write each with a short pause between, then
+/// `filler` bytes of 'a' (written in 64 KiB pieces until done or the client goes away).
+struct RawAnswer {
+    std::vector<std::string> pieces;
+    std::size_t filler{0};
+};
+
+/// A raw HTTP/1.1 server on 127.0.0.1, run by the test's own io_context (so it makes progress while
+/// the client is awaited). It reads each request with Beast and answers with the next scripted
+/// answer (then "200, empty body"), keeping the connection open for the next request.
+class RawServer {
+public:
+    explicit RawServer(asio::io_context& ioc) : state_(std::make_shared<State>(ioc))
+    {
+        asio::ip::tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), 0);
+        state_->acceptor.open(endpoint.protocol());
+        state_->acceptor.set_option(asio::ip::tcp::acceptor::reuse_address(true));
+        state_->acceptor.bind(endpoint);
+        state_->acceptor.listen();
+        asio::awaitable<void> accepting = accept_loop(state_);
+        asio::co_spawn(ioc, std::move(accepting), asio::detached);
+    }
+
+    ~RawServer()
+    {
+        boost::system::error_code ignored;
+        state_->acceptor.close(ignored);
+    }
+
+    RawServer(const RawServer&) = delete;
+    RawServer& operator=(const RawServer&) = delete;
+
+    std::string url() const
+    {
+        return "http://127.0.0.1:" + std::to_string(state_->acceptor.local_endpoint().port()) + "/events";
+    }
+
+    void push(RawAnswer answer) { state_->answers.push_back(std::move(answer)); }
+
+    /// Per request read, in order: which connection (1, 2, ...) carried it.
+    const std::vector<int>& request_connections() const { return state_->request_connections; }
+    int connections() const { return state_->connections; }
+
+private:
+    struct State {
+        explicit State(asio::io_context& ioc) : acceptor(ioc) {}
+        asio::ip::tcp::acceptor acceptor;
+        std::deque<RawAnswer> answers;
+        std::vector<int> request_connections;
+        int connections{0};
+    };
+
+    static asio::awaitable<void> accept_loop(std::shared_ptr<State> state)
+    {
+        for (;;) {
+            auto [ec, socket] = co_await state->acceptor.async_accept(kUseTuple);
+            if (ec) {
+                co_return;
+            }
+            ++state->connections;
+            asio::awaitable<void> session = serve(state, std::move(socket), state->connections);
+            asio::co_spawn(state->acceptor.get_executor(), std::move(session), asio::detached);
+        }
+    }
+
+    static asio::awaitable<void> serve(std::shared_ptr<State> state, asio::ip::tcp::socket socket, int connection)
+    {
+        boost::beast::flat_buffer buffer;
+        for (;;) {
+            boost::beast::http::request<boost::beast::http::string_body> request;
+            auto [rec, read] = co_await boost::beast::http::async_read(socket, buffer, request, kUseTuple);
+            if (rec) {
+                co_return;
+            }
+            state->request_connections.push_back(connection);
+            RawAnswer answer;
+            answer.pieces.emplace_back("HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+            if (!state->answers.empty()) {
+                answer = std::move(state->answers.front());
+                state->answers.pop_front();
+            }
+            for (std::size_t i = 0; i < answer.pieces.size(); ++i) {
+                if (i > 0) {
+                    asio::steady_timer pause(socket.get_executor(), 20ms);
+                    co_await pause.async_wait(kUseTuple);
+                }
+                const asio::const_buffer piece = asio::buffer(answer.pieces[i]);
+                auto [wec, written] = co_await asio::async_write(socket, piece, kUseTuple);
+                if (wec) {
+                    co_return;
+                }
+            }
+            const std::string filler(64 * 1024, 'a');
+            for (std::size_t sent = 0; sent < answer.filler; sent += filler.size()) {
+                const asio::const_buffer piece = asio::buffer(filler);
+                auto [wec, written] = co_await asio::async_write(socket, piece, kUseTuple);
+                if (wec) {
+                    co_return;
+                }
+            }
+        }
+    }
+
+    std::shared_ptr<State> state_;
+};
 
 }  // namespace
 
@@ -274,4 +390,94 @@ TEST_CASE("TLS: a trusted certificate for another host name is refused")
         auto by_ip = make_client(ioc, HttpClientOptions{.url = receiver.url("/e"), .ca_file = pki.ca_file});
         CHECK(post(ioc, *by_ip).response.has_value());
     }
+}
+
+TEST_CASE("interim 1xx responses are skipped: the final response answers its own request")
+{
+    asio::io_context ioc;
+    RawServer server(ioc);
+    // A: 103, then (in a later write) the final 200. B: 100 and 102 then 500, in one write. Taking
+    // the 103 as A's answer would leave A's 200 on the connection for B.
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 103 Early Hints\r\nLink: </a.css>; rel=preload\r\n\r\n",
+                                     "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"}});
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 102 Processing\r\n\r\n"
+                                     "HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nnope"}});
+    auto client = make_client(ioc, HttpClientOptions{.url = server.url(), .timeout = 5000ms});
+    PostResult a = post(ioc, *client);
+    REQUIRE(a.response.has_value());
+    CHECK(a.response->status == 200);
+    CHECK(a.response->body_head == "ok");
+    PostResult b = post(ioc, *client);
+    REQUIRE(b.response.has_value());
+    CHECK(b.response->status == 500);
+    CHECK(b.response->body_head == "nope");
+    CHECK(server.request_connections() == std::vector<int>{1, 1});  // one keep-alive connection
+    CHECK(client->stats().connections_opened == 1);
+    CHECK(client->idle_connections() == 1);
+}
+
+TEST_CASE("101 Switching Protocols or too many interim responses fail the attempt")
+{
+    asio::io_context ioc;
+    RawServer server(ioc);
+    auto client = make_client(ioc, HttpClientOptions{.url = server.url(), .timeout = 5000ms});
+
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\n"
+                                     "Upgrade: websocket\r\n\r\n"}});
+    PostResult upgraded = post(ioc, *client);
+    REQUIRE_FALSE(upgraded.response.has_value());
+    CHECK(upgraded.response.error() == errc::crm_unavailable);
+    CHECK(upgraded.error_detail == "read: unexpected 101 Switching Protocols");
+    CHECK(client->idle_connections() == 0);
+
+    // Eight interim responses are skipped; a ninth fails.
+    std::string eight;
+    for (int i = 0; i < 8; ++i) {
+        eight += "HTTP/1.1 103 Early Hints\r\n\r\n";
+    }
+    server.push(RawAnswer{.pieces = {eight, "HTTP/1.1 204 No Content\r\n\r\n"}});
+    PostResult patient = post(ioc, *client);
+    REQUIRE(patient.response.has_value());
+    CHECK(patient.response->status == 204);
+
+    server.push(RawAnswer{.pieces = {eight + "HTTP/1.1 103 Early Hints\r\n\r\n", "HTTP/1.1 200 OK\r\n\r\n"}});
+    PostResult chatty = post(ioc, *client);
+    REQUIRE_FALSE(chatty.response.has_value());
+    CHECK(chatty.response.error() == errc::crm_unavailable);
+    CHECK(chatty.error_detail.starts_with("read: more than 8 interim"));
+    CHECK(client->idle_connections() == 0);
+    // The last request went over the connection pooled after the 204, and is not retried: the
+    // server had answered.
+    CHECK(client->stats().connections_opened == 2);
+    CHECK(client->stats().connections_reused == 1);
+    CHECK(client->stats().stale_retries == 0);
+    CHECK(server.request_connections() == std::vector<int>{1, 2, 2});
+}
+
+TEST_CASE("endless chunk framing overflows the bounded buffer and fails the attempt")
+{
+    asio::io_context ioc;
+    RawServer server(ioc);
+    // A 200 whose chunked body never gets past a chunk-size line's extension, or past the trailer.
+    // Beast bounds neither: the client's buffer limit must stop the read long before 10 MB.
+    const std::string chunked = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+    for (const std::string& head : {chunked + "1;", chunked + "0\r\nX-Filler: "}) {
+        CAPTURE(head);
+        auto client = make_client(ioc, HttpClientOptions{.url = server.url(), .timeout = 10'000ms});
+        server.push(RawAnswer{.pieces = {head}, .filler = 10 * 1024 * 1024});
+        PostResult r = post(ioc, *client);
+        REQUIRE_FALSE(r.response.has_value());
+        // A transport failure, not the deadline: the overflow ends the read.
+        CHECK(r.response.error() == errc::crm_unavailable);
+        CHECK(r.error_detail == "read: buffer overflow");
+        CHECK(client->idle_connections() == 0);
+
+        // The broken connection is not reused: the next request opens another.
+        PostResult next = post(ioc, *client);
+        REQUIRE(next.response.has_value());
+        CHECK(next.response->status == 200);
+        CHECK(client->stats().connections_opened == 2);
+        CHECK(client->stats().connections_reused == 0);
+    }
+    CHECK(server.connections() == 4);
 }
