@@ -459,14 +459,21 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         auto [rec, rn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
         if (rec) {
             std::optional<webhooks::Response> reply;
+            // With its request line read, a provider's route is answered in the provider's format.
+            // (A Content-Length over the limit is refused while the fields are parsed: the
+            // target is known, the fields after Content-Length are not.)
+            auto refuse = [&](unsigned status, std::string_view text) {
+                return parser.get().target().empty() ? plain_error(status, text)
+                                                     : service_.reject(parser.get(), status, text);
+            };
             if (rec == http::error::header_limit) {
                 reply = plain_error(431, "request header fields too large\n");
             } else if (rec == http::error::body_limit) {
-                reply = plain_error(413, "payload too large\n");
+                reply = refuse(413, "payload too large\n");
             } else if (rec != beast::error::timeout && rec != http::error::end_of_stream &&
                        rec != asio::error::operation_aborted && rec != asio::error::eof &&
                        rec != asio::error::connection_reset) {
-                reply = plain_error(400, "bad request\n");
+                reply = refuse(400, "bad request\n");
             }
             if (reply) {
                 reply->set("X-Request-Id", new_request_id());

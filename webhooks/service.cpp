@@ -442,6 +442,26 @@ awaitable<Response> Service::handle(Request req)
     co_return api_error(req, 500, "internal", "internal error");
 }
 
+Response Service::reject(const Request& header, unsigned status, std::string_view text) const
+{
+    Response res;
+    const std::string_view target = header.target();
+    const std::string_view path = target.substr(0, target.find('?'));
+    const RuntimePtr rt = deps_.runtime();
+    std::optional<NotifyRoute> nr;
+    if (rt) {
+        nr = notify_route(header, *rt, path);
+    }
+    if (nr && nr->gateway != nullptr) {
+        const gateways::Reply reply = nr->gateway->failure(make_error_code(errc::malformed_request));
+        res = make_response(header, status, reply.content_type, reply.body);
+    } else {
+        res = make_response(header, status, "text/plain", std::string(text));
+    }
+    res.keep_alive(false);
+    return res;
+}
+
 awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt)
 {
     std::string_view target = req.target();

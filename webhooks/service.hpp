@@ -36,6 +36,12 @@ public:
     /// Answers one request. Never throws for anything a client can send; a bug becomes a 500.
     boost::asio::awaitable<Response> handle(Request req);
 
+    /// The answer to a request the server refused before it reached handle() (413: body too
+    /// large, 400: unreadable), given its header: a provider's route gets the failure in that
+    /// provider's format with `status`, anything else `text` as text/plain. Always
+    /// Connection: close.
+    Response reject(const Request& header, unsigned status, std::string_view text) const;
+
 private:
     boost::asio::awaitable<Response> route(const Request& req, const RuntimePtr& rt);
     boost::asio::awaitable<Response> notify(const Request& req, const gateways::Gateway* gw, std::string_view route,

@@ -397,6 +397,12 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
                           {{"Content-Type", "application/x-www-form-urlencoded"}});
     CHECK(r.status == 413);
     CHECK(!r.header("x-request-id").empty());
+    CHECK(r.body == "fail");  // in Alipay's format, as every answer on its route
+    CHECK(r.header("content-type").starts_with("text/plain"));
+    // Elsewhere the refusal is plain text.
+    r = http_request(fx.port(), "POST", "/v1/bills", std::string(70 * 1024, 'a'), {{"Content-Type", "application/json"}});
+    CHECK(r.status == 413);
+    CHECK(r.body == "payload too large\n");
     // Oversized header → 431.
     r = http_request(fx.port(), "GET", "/healthz", {}, {{"X-Big", std::string(10 * 1024, 'h')}});
     CHECK(r.status == 431);

@@ -301,6 +301,15 @@ TEST_CASE("wechatpay v3: signatures or keys or merchants that do not match are r
         n.set_header("Wechatpay-Signature-Type", "WECHATPAY2-SHA256-RSA4096");
         check_v3_fail(wx.post_v3(n), 401);
     }
+    SUBCASE("a body over the limit → 413 FAIL in WeChat's format, v2 XML FAIL")
+    {
+        auto n = wx.pay(tx);
+        n.body.append(70 * 1024, ' ');
+        check_v3_fail(wx.post_v3(n), 413);
+        const auto v2 = wx.post_v2("<xml>" + std::string(70 * 1024, ' ') + "</xml>");
+        CHECK(v2.status == 413);
+        check_v2_fail(v2);
+    }
 
     CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
     auto bill = bill_of(fx, "W5001");
