@@ -807,9 +807,10 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     };
     const auto before = [](const Key& a, const Key& b) { return a.ms != b.ms ? a.ms > b.ms : a.id > b.id; };
     struct ShardScan {
-        // The next read: ZREVRANGEBYSCORE max min LIMIT skip n, where skip counts the entries at
-        // score max_ms already read. Redis walks a LIMIT offset entry by entry, so it only ever
-        // covers one score, never everything read so far.
+        // The next read: ZREVRANGEBYSCORE max min LIMIT 0 skip+n, where skip counts the entries at
+        // score max_ms already read: they are read again and passed over by id. (An offset of
+        // skip would jump over an unread entry whenever one already read left that score between
+        // rounds, its bill changed.) Only one score's entries are ever read twice.
         std::string max;
         std::optional<std::int64_t> max_ms;
         std::size_t skip{0};
@@ -872,9 +873,9 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
             if (!filtered) {
                 n = std::min(n, want - scan.matches.size());  // every bill matches
             }
-            batches.push_back(std::max<std::size_t>(1, n));
-            ranges.push_back({"ZREVRANGEBYSCORE", keys_.updated(s), scan.max, min, "WITHSCORES", "LIMIT",
-                              std::to_string(scan.skip), std::to_string(batches.back())});
+            batches.push_back(scan.skip + std::max<std::size_t>(1, n));
+            ranges.push_back({"ZREVRANGEBYSCORE", keys_.updated(s), scan.max, min, "WITHSCORES", "LIMIT", "0",
+                              std::to_string(batches.back())});
         }
         Result<std::vector<Reply>> ranged = co_await redis_.exec_many(std::move(ranges));
         if (!ranged) {
@@ -898,10 +899,9 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
             std::size_t at_last_score = 0;
             for (std::size_t j = 0; j + 1 < r.elements.size(); j += 2) {
                 Key key{.ms = parse_score(r.elements[j + 1].str), .id = r.elements[j].str};
-                const bool same_score = scan.frontier && scan.frontier->ms == key.ms;
-                at_last_score = same_score ? at_last_score + 1 : 1;
-                if (same_score && key.id >= scan.frontier->id) {
-                    continue;  // updated at this score since the last round: read already
+                at_last_score = j > 0 && parse_score(r.elements[j - 1].str) == key.ms ? at_last_score + 1 : 1;
+                if (scan.frontier && scan.frontier->ms == key.ms && key.id >= scan.frontier->id) {
+                    continue;  // read in an earlier round (or updated at this score since): passed
                 }
                 scan.frontier = key;
                 if (has_cursor && key.ms == cursor_ms && key.id >= cursor_id) {
@@ -910,8 +910,8 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
                 candidates.push_back(Candidate{.shard = active[i], .key = std::move(key)});
             }
             if (returned > 0) {
-                const std::int64_t last = scan.frontier->ms;
-                scan.skip = scan.max_ms == last ? scan.skip + at_last_score : at_last_score;
+                const std::int64_t last = parse_score(r.elements.back().str);
+                scan.skip = at_last_score;  // this read started at the top of score max
                 scan.max_ms = last;
                 scan.max = std::to_string(last);
             }

@@ -590,6 +590,38 @@ TEST_SUITE("integration/store/redis_bill_store")
         }
     }
 
+    TEST_CASE("list_bills skips no bill when one already read changes between its read rounds")
+    {
+        StoreFixture f([](paybridge::config::RedisConfig& c) { c.shards = 1; });
+        REQUIRE(f.wait_ready());
+        // 200 bills changed in the same millisecond, ids descending R-100199 .. R-100000. A filtered
+        // page of 2 reads (3 + 8) x 4 = 44 index entries in its first round (R-100199 .. R-100156);
+        // alice's bills are R-100155 (the 45th), R-100010 and R-100000.
+        const auto alice = [](int i) { return i == 155 || i == 10 || i == 0; };
+        write_bills(f, 200, [&alice](int i) { return alice(i) ? "alice" : "bob"; });
+        const std::string index = f.store->keys().updated(0);
+        for (int i = 0; i < 200; ++i) {
+            f.cmd({"ZADD", index, "1700000000000", "R-" + std::to_string(100000 + i)});
+        }
+        BillFilter filter;
+        filter.customer_id = "alice";
+        filter.limit = 2;
+        // The page's first read goes out first; behind it on the same connection, R-100199 (read
+        // in that round) changes: it leaves the score the second round goes on reading.
+        std::optional<Result<Page>> page;
+        asio::co_spawn(
+            f.ctx, [&f, &page, filter]() -> asio::awaitable<void> { page.emplace(co_await f.store->list_bills(filter)); },
+            asio::detached);
+        std::optional<Result<paybridge::store::Reply>> moved;
+        asio::co_spawn(f.ctx, exec_into(f.conn.get(), {"ZADD", index, "1700000000001", "R-100199"}, &moved),
+                       asio::detached);
+        REQUIRE(paybridge::test::run_until(f.ctx, [&] { return page.has_value() && moved.has_value(); }, 10s));
+        REQUIRE(page->has_value());
+        CHECK(ids_of(**page) == std::vector<std::string>{"R-100155", "R-100010"});
+        filter.cursor = (*page)->next_cursor;
+        CHECK(all_bill_ids(f, filter) == std::vector<std::string>{"R-100000"});
+    }
+
     TEST_CASE("list_bills: an unfiltered page reads about limit bills over all shards, not limit from each")
     {
         StoreFixture f;
