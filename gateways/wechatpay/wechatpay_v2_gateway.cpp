@@ -243,9 +243,9 @@ Result<Verified> WechatV2Gateway::refund(const V2Merchant& merchant, const XmlFi
         }
         ev.refund_fen = *fen;
     }
-    if (field(fields, "return_code") != "SUCCESS") {
-        return verified;  // a communication failure notice: nothing moves
-    }
+    // The outer return_code is not authenticated (anyone who saw this req_info could resend it
+    // with FAIL, and an event without effect would still set the notification's marker, making
+    // WeChat's genuine retry a duplicate): what happened is the decrypted refund_status alone.
     if (status == "SUCCESS") {
         // Money moves, and a refund seen before its payment pays the bill first: all required.
         if (ev.bill_id.empty() || ev.provider_txn_id.empty() || ev.total_fen < 0 ||

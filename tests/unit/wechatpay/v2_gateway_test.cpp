@@ -284,6 +284,17 @@ TEST_CASE("v2: refund notifications")
         CHECK(ev.notification_id == "v2:refund:R-2:SUCCESS");
         CHECK(ev.occurred_at == "2017-12-15T01:46:01.000Z");
     }
+    SUBCASE("the unauthenticated outer return_code does not decide: the decrypted refund_status does")
+    {
+        auto r = refund();
+        r.return_code = "FAIL";
+        auto body = sim::build_v2_refund_xml(r, keys().apiv2_key);
+        REQUIRE(body);
+        auto v = verify(*gateway, *body);
+        REQUIRE(v);
+        CHECK(v->event.kind == EventKind::refund);
+        CHECK(v->event.refund_fen == 321);
+    }
     SUBCASE("CHANGE and REFUNDCLOSE")
     {
         auto r = refund();
