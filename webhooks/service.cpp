@@ -18,12 +18,14 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
-#include <initializer_list>
 #include <cctype>
 #include <charconv>
 #include <exception>
+#include <initializer_list>
+#include <iterator>
 #include <map>
 #include <optional>
+#include <utility>
 
 namespace paybridge::webhooks {
 
@@ -831,22 +833,37 @@ awaitable<Response> Service::create_bill(const Request& req)
     }
     static constexpr std::string_view kKnown[] = {"id", "amount_fen", "currency", "customer_id",
                                                   "description", "expires_at", "metadata"};
+    bool seen[std::size(kKnown)] = {};
     for (auto it = doc.MemberBegin(); it != doc.MemberEnd(); ++it) {
         const std::string_view name(it->name.GetString(), it->name.GetStringLength());
-        if (std::find(std::begin(kKnown), std::end(kKnown), name) == std::end(kKnown)) {
+        const auto known = std::find(std::begin(kKnown), std::end(kKnown), name);
+        if (known == std::end(kKnown)) {
             co_return api_error(req, 400, "invalid_argument", "unknown field", name);
         }
+        // JSON parsers disagree on which of two equal keys counts: the CRM's and ours must not.
+        if (std::exchange(seen[known - std::begin(kKnown)], true)) {
+            co_return api_error(req, 400, "invalid_argument", "given more than once", name);
+        }
     }
+    // An optional field may be null: the same as leaving it out (a bill's own JSON writes null).
+    const auto given = [&doc](const char* name) { return doc.HasMember(name) && !doc[name].IsNull(); };
     NewBill bill;
-    auto string_field = [&doc](const char* name, std::string& out, std::size_t min, std::size_t max) -> bool {
-        if (!doc.HasMember(name)) {
+    // Lengths in characters (code points; the body is valid UTF-8 by now), not bytes.
+    auto string_field = [&doc, &given](const char* name, std::string& out, std::size_t min, std::size_t max) -> bool {
+        if (!given(name)) {
             return min == 0;
         }
         const auto& v = doc[name];
-        if (!v.IsString() || v.GetStringLength() < min || v.GetStringLength() > max) {
+        if (!v.IsString()) {
             return false;
         }
-        out.assign(v.GetString(), v.GetStringLength());
+        const std::string_view text(v.GetString(), v.GetStringLength());
+        const auto chars = static_cast<std::size_t>(
+            std::count_if(text.begin(), text.end(), [](char c) { return (static_cast<unsigned char>(c) & 0xC0) != 0x80; }));
+        if (chars < min || chars > max) {
+            return false;
+        }
+        out.assign(text);
         return true;
     };
     if (!string_field("id", bill.id, 1, 64) || !valid_bill_id(bill.id)) {
@@ -859,7 +876,7 @@ awaitable<Response> Service::create_bill(const Request& req)
                             "required; a positive integer number of fen (no decimals), at most 10^12", "amount_fen");
     }
     bill.amount_fen = doc["amount_fen"].GetInt64();
-    if (doc.HasMember("currency")) {
+    if (given("currency")) {
         if (!string_field("currency", bill.currency, 3, 3) || bill.currency != "CNY") {
             co_return api_error(req, 400, "invalid_argument", "must be \"CNY\" (the only currency supported)",
                                 "currency");
@@ -871,18 +888,22 @@ awaitable<Response> Service::create_bill(const Request& req)
     if (!string_field("description", bill.description, 0, 256)) {
         co_return api_error(req, 400, "invalid_argument", "a string of at most 256 characters", "description");
     }
-    if (doc.HasMember("expires_at")) {
+    if (given("expires_at")) {
         std::string text;
         std::optional<std::int64_t> ms;
         if (string_field("expires_at", text, 1, 64)) {
             ms = parse_rfc3339(text);
         }
-        if (!ms) {
-            co_return api_error(req, 400, "invalid_argument", "an RFC 3339 time", "expires_at");
+        // Stored and sent as UTC: its year must still have four digits there.
+        constexpr std::int64_t kYear0000 = -62'167'219'200'000;  // 0000-01-01T00:00:00Z
+        constexpr std::int64_t kYear10000 = 253'402'300'800'000;  // 10000-01-01T00:00:00Z
+        if (!ms || *ms < kYear0000 || *ms >= kYear10000) {
+            co_return api_error(req, 400, "invalid_argument", "an RFC 3339 time (years 0000 to 9999 in UTC)",
+                                "expires_at");
         }
         bill.expires_at = format_rfc3339(*ms);
     }
-    if (doc.HasMember("metadata")) {
+    if (given("metadata")) {
         if (!doc["metadata"].IsObject()) {
             co_return api_error(req, 400, "invalid_argument", "a JSON object", "metadata");
         }

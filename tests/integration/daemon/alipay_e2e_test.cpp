@@ -444,6 +444,34 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":1,"customer_id":"c","colour":"red"})");
     CHECK(r.status == 400);
     CHECK(r.body.find("colour") != std::string::npos);
+    // A field given twice is refused (parsers disagree on which one counts).
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6001","amount_fen":100,"customer_id":"c","amount_fen":200})");
+    CHECK(r.status == 400);
+    CHECK(r.body.find("\"field\":\"amount_fen\"") != std::string::npos);
+    CHECK(r.body.find("more than once") != std::string::npos);
+    // Optional fields may be null, as a bill's own JSON writes them.
+    r = fx.api("POST", "/v1/bills",
+               R"({"id":"B6005","amount_fen":1,"customer_id":"c","expires_at":null,"metadata":null,"description":null})");
+    CHECK(r.status == 201);
+    // Lengths are characters: 256 Chinese characters (768 bytes) fit a description, 257 do not.
+    std::string chinese;
+    for (int i = 0; i < 256; ++i) {
+        chinese += "\xE4\xB8\xAD";  // 中
+    }
+    r = fx.api("POST", "/v1/bills", R"({"id":"B6006","amount_fen":1,"customer_id":"c","description":")" + chinese + "\"}");
+    CHECK(r.status == 201);
+    r = fx.api("POST", "/v1/bills",
+               R"({"id":"B6007","amount_fen":1,"customer_id":"c","description":")" + chinese + "\xE4\xB8\xAD\"}");
+    CHECK(r.status == 400);
+    CHECK(r.body.find("\"field\":\"description\"") != std::string::npos);
+    // expires_at must stay a four-digit year once in UTC.
+    r = fx.api("POST", "/v1/bills",
+               R"({"id":"B6008","amount_fen":1,"customer_id":"c","expires_at":"9999-12-31T23:59:59-01:00"})");
+    CHECK(r.status == 400);
+    CHECK(r.body.find("\"field\":\"expires_at\"") != std::string::npos);
+    r = fx.api("POST", "/v1/bills",
+               R"({"id":"B6008","amount_fen":1,"customer_id":"c","expires_at":"9999-12-31T22:59:59-01:00"})");
+    CHECK(r.status == 201);
     // Nesting: metadata up to 16 levels is kept; deeper is refused by name; a body nesting more
     // than 32 levels is refused as it is read (below: a body of millions of levels).
     const auto nested = [](int levels) {
