@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <limits>
 #include <map>
+#include <optional>
 #include <tuple>
 
 namespace paybridge::crm {
@@ -23,6 +25,9 @@ using FieldMap = std::map<std::string, std::string, std::less<>>;
 
 constexpr std::size_t kDefaultLimit = 50;
 constexpr std::size_t kFindChunk = 1000;  ///< outbox entries one kFindEntry call looks at
+/// How far from the event's created_at its outbox entry is looked for first: the entry's id is
+/// Redis' clock at the XADD, created_at the writing instance's clock in the same script.
+constexpr std::int64_t kFindWindowMs = 10 * 60 * 1000;
 
 std::int64_t now_ms()
 {
@@ -205,13 +210,50 @@ asio::awaitable<Result<DeliveryAdmin::Located>> DeliveryAdmin::find_entry(std::s
         co_return make_error_code(errc::not_found);
     }
     const store::Keys store_keys(prefix_, shards_);
-    const int shard = store_keys.shard_of(std::string_view(event_id).substr(4, sep - 4));
+    const std::string_view bill_id = std::string_view(event_id).substr(4, sep - 4);
+    const int shard = store_keys.shard_of(bill_id);
     const DeliveryKeys keys(prefix_, shards_);
     const ShardKeys& k = keys.shard(shard);
+
+    // Every event is also in its bill's history, at position sequence - 1 (unknown_bill events
+    // first, u1..un, then the bill's own from n + 1): an id that names no event is answered
+    // there, without reading the outbox, and a real one gives the time to look around.
+    std::uint64_t sequence = 0;
+    std::from_chars(seq.data(), seq.data() + seq.size(), sequence);
+    if (sequence == 0 || sequence > static_cast<std::uint64_t>(std::numeric_limits<std::int64_t>::max())) {
+        co_return make_error_code(errc::not_found);
+    }
+    std::vector<std::string> lindex{"LINDEX", store_keys.hist(bill_id), std::to_string(sequence - 1)};
+    Result<Reply> stored = co_await redis_.exec(std::move(lindex));
+    if (!stored) {
+        co_return stored.error();
+    }
+    if (stored->is_error()) {
+        co_return make_error_code(errc::store_unavailable);
+    }
+    std::optional<std::int64_t> created_ms;
+    {
+        rapidjson::Document event;
+        event.Parse(stored->str.data(), stored->str.size());
+        if (stored->is_nil() || event.HasParseError() || !event.IsObject() || !event.HasMember("id") ||
+            !event["id"].IsString() || std::string_view(event["id"].GetString()) != event_id) {
+            co_return make_error_code(errc::not_found);
+        }
+        if (event.HasMember("created_at") && event["created_at"].IsString()) {
+            created_ms = parse_rfc3339(event["created_at"].GetString());
+        }
+    }
+
+    // Around created_at first; the whole stream only if it is not there (clocks far apart).
     std::string start = "+";
+    std::string low = "-";
+    if (created_ms) {
+        start = std::to_string(*created_ms + kFindWindowMs);
+        low = std::to_string(std::max<std::int64_t>(0, *created_ms - kFindWindowMs));
+    }
     for (;;) {
         std::vector<std::string> script_keys{k.stream, k.retry};
-        std::vector<std::string> args{event_id, group_, start, std::to_string(kFindChunk)};
+        std::vector<std::string> args{event_id, group_, start, std::to_string(kFindChunk), low};
         Result<Reply> reply = co_await redis_.eval(find_sha_, std::move(script_keys), std::move(args));
         if (!reply) {
             co_return reply.error();
@@ -228,7 +270,12 @@ asio::awaitable<Result<DeliveryAdmin::Located>> DeliveryAdmin::find_entry(std::s
             co_return found;
         }
         if (result != "more") {
-            co_return make_error_code(errc::not_found);
+            if (low == "-") {
+                co_return make_error_code(errc::not_found);
+            }
+            start = "+";
+            low = "-";
+            continue;
         }
         start = std::move(reply->elements[1].str);
     }

@@ -266,7 +266,7 @@ return {'requeued', state}
 
 const std::string kFindEntry = std::string(kFieldsHelper) + std::string(kOutboxEntryHelpers) + R"lua(
 local count = tonumber(ARGV[4])
-local rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], '-', 'COUNT', count)
+local rows = redis.call('XREVRANGE', KEYS[1], ARGV[3], ARGV[5] or '-', 'COUNT', count)
 for _, e in ipairs(rows) do
   local f = fields(e[2])
   if f['id'] == ARGV[1] then

@@ -5,6 +5,7 @@
 // test's io_context.
 
 #include "config/config.hpp"
+#include "core/time.hpp"
 #include "crm/delivery_admin.hpp"
 #include "crm/dispatcher.hpp"
 #include "gateways/crypto/crypto.hpp"
@@ -25,6 +26,7 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -85,11 +87,23 @@ struct RedisEnv {
     }
 
     /// Appends an event to the bill's shard stream exactly as store/bill.lua does; returns its id.
-    std::string add_event(const std::string& bill_id, int sequence, const std::string& type = "bill.paid")
+    /// An event as the bill script writes it: into the bill's history at position sequence - 1
+    /// (earlier positions padded) and the shard's outbox. created_ms: its created_at (default now).
+    std::string add_event(const std::string& bill_id, int sequence, const std::string& type = "bill.paid",
+                          std::optional<std::int64_t> created_ms = std::nullopt)
     {
         const std::string id = "evt_" + bill_id + "_" + std::to_string(sequence);
-        const std::string body = R"({"id":")" + id + R"(","type":")" + type + R"(","created_at":"2026-01-01T00:00:00.000Z","bill_id":")" +
-                                 bill_id + R"(","sequence":)" + std::to_string(sequence) + R"(,"bill":{},"data":{}})";
+        const std::string created =
+            format_rfc3339(created_ms.value_or(unix_ms(std::chrono::system_clock::now())));
+        const std::string body = R"({"id":")" + id + R"(","type":")" + type + R"(","created_at":")" + created +
+                                 R"(","bill_id":")" + bill_id + R"(","sequence":)" + std::to_string(sequence) +
+                                 R"(,"bill":{},"data":{}})";
+        std::vector<std::string> hist{"EVAL",
+                                      "local n = redis.call('LLEN', KEYS[1]) "
+                                      "while n < tonumber(ARGV[1]) do redis.call('RPUSH', KEYS[1], '{}') n = n + 1 end "
+                                      "return redis.call('LSET', KEYS[1], tonumber(ARGV[1]) - 1, ARGV[2])",
+                                      "1", keys.hist(bill_id), std::to_string(sequence), body};
+        exec(std::move(hist));
         std::vector<std::string> argv{"XADD", keys.outbox(keys.shard_of(bill_id)), "*", "id", id, "bill_id", bill_id,
                                       "type", type, "event", body};
         exec(std::move(argv));

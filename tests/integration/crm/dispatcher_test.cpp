@@ -737,6 +737,43 @@ TEST_CASE("an event whose delivery record expired is found by its outbox entry a
     check_all_signed(receiver);
 }
 
+TEST_CASE("an event id is looked up in its bill's history before the outbox is read")
+{
+    RedisEnv env;
+    // An event whose created_at is a day off the outbox entry's time (clocks far apart), behind
+    // more than one search step of newer entries.
+    const std::string id = env.add_event("H1", 2, "bill.paid", unix_ms(std::chrono::system_clock::now()) - 86'400'000);
+    for (int i = 0; i < 1200; ++i) {
+        env.add_event("H1", 3 + i);
+    }
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    const auto outbox_reads = [&env] {
+        std::vector<std::string> argv{"INFO", "commandstats"};
+        const std::string info = env.exec(std::move(argv)).str;
+        const auto at = info.find("cmdstat_xrevrange:calls=");
+        return at == std::string::npos ? 0L : std::stol(info.substr(at + 24));
+    };
+
+    // Ids that name no event: refused from the history alone, the outbox is not read.
+    const long before = outbox_reads();
+    for (const char* missing : {"evt_H1_5000", "evt_H1_1", "evt_Nobody_1", "evt_H1_u1"}) {
+        CAPTURE(missing);
+        CHECK(run_awaitable(env.ioc, admin.get_event_deliveries(missing)).error() == errc::not_found);
+    }
+    CHECK(outbox_reads() == before);
+
+    // A real one is still found: around its created_at first, then the whole stream.
+    Result<std::string> doc = run_awaitable(env.ioc, admin.get_event_deliveries(id));
+    REQUIRE(doc.has_value());
+    CHECK(std::string(parse(*doc)["event"]["id"].GetString()) == id);
+    CHECK(outbox_reads() > before);
+    // A recent one is found in the window around its time, in one read.
+    const long window_before = outbox_reads();
+    const std::string recent = "evt_H1_" + std::to_string(3 + 1199);
+    REQUIRE(run_awaitable(env.ioc, admin.get_event_deliveries(recent)).has_value());
+    CHECK(outbox_reads() - window_before == 1);
+}
+
 TEST_CASE("HTTPS delivery to a receiver with a certificate from the configured CA")
 {
     RedisEnv env;
