@@ -295,6 +295,13 @@ std::vector<std::string> hmget_bill(std::string key)
 }
 
 // The bill object from hmget_bill()'s reply; nullopt when there is no such bill.
+// The bill's fields (ARGV) and its history in one script, so both are of the same moment: two
+// pipelined reads could straddle another instance's change (an event in the history that the
+// bill does not show yet). KEYS: bill, hist (one hash tag).
+constexpr std::string_view kReadBill = R"lua(
+return {redis.call('HMGET', KEYS[1], unpack(ARGV)), redis.call('LRANGE', KEYS[2], 0, -1)}
+)lua";
+
 Result<std::optional<std::string>> bill_json_of(const Reply& r)
 {
     if (!r.is_array() || r.elements.size() != kBillFields.size()) {
@@ -445,6 +452,7 @@ RedisBillStore::RedisBillStore(RedisConnection& redis,
       cfg_(cfg),
       keys_(cfg.key_prefix, cfg.shards),
       sha_(redis.add_script(std::string(bill_script()))),
+      read_sha_(redis.add_script(std::string(kReadBill))),
       now_ms_(std::move(now_ms))
 {
     if (cfg.wait_replicas > 0) {
@@ -606,15 +614,17 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
 
 asio::awaitable<Result<std::optional<BillView>>> RedisBillStore::get_bill(std::string id)
 {
-    std::vector<std::vector<std::string>> batch;
-    batch.push_back(hmget_bill(keys_.bill(id)));
-    batch.push_back({"LRANGE", keys_.hist(id), "0", "-1"});
-    Result<std::vector<Reply>> replies = co_await redis_.exec_many(std::move(batch));
-    if (!replies) {
-        co_return replies.error();
+    std::vector<std::string> script_keys{keys_.bill(id), keys_.hist(id)};
+    std::vector<std::string> fields(kBillFields.begin(), kBillFields.end());
+    Result<Reply> reply = co_await redis_.eval(read_sha_, std::move(script_keys), std::move(fields));
+    if (!reply) {
+        co_return reply.error();
     }
-    const Reply& hist = (*replies)[1];
-    Result<std::optional<std::string>> bill = bill_json_of((*replies)[0]);
+    if (!reply->is_array() || reply->elements.size() != 2) {
+        co_return unexpected_reply("get_bill", *reply);
+    }
+    const Reply& hist = reply->elements[1];
+    Result<std::optional<std::string>> bill = bill_json_of(reply->elements[0]);
     if (!bill) {
         co_return bill.error();
     }

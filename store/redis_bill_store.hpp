@@ -116,6 +116,7 @@ private:
     config::RedisConfig cfg_;
     Keys keys_;
     std::string sha_;
+    std::string read_sha_;  ///< kReadBill: a bill and its history as of one moment
     std::function<std::int64_t()> now_ms_;
     /// The confirmer for the master of the bill's shard (null: no master known).
     ReplicaConfirmer* confirmer_for(std::string_view bill_id);
