@@ -123,6 +123,8 @@ struct CrmConfig {
     /// Outbox entries older than this are trimmed once nothing needs them any more (delivered, and
     /// not waiting for a retry or in the dead letters); 0 keeps every entry.
     std::chrono::seconds outbox_retention{0};
+
+    friend bool operator==(const CrmConfig&, const CrmConfig&) = default;
 };
 
 struct Config {

@@ -135,6 +135,15 @@ void CrmRunner::start()
 void CrmRunner::update(const config::Config& cfg)
 {
     asio::post(ioc_, [this, next = cfg.crm] {
+        {
+            // A reload for something else (TLS, tokens, keys) leaves delivery running: a restart
+            // would wait for in-flight POSTs and leave entries read by the old consumer to be
+            // reclaimed. A CA file is re-read, though: its content may have changed under its name.
+            std::lock_guard lock(mutex_);
+            if (next == crm_ && next.ca_file.empty()) {
+                return;
+            }
+        }
         // Settings the dispatcher refuses would leave no delivery at all: the running dispatcher
         // stays. (The loader checks what it can, so this is the last word, not the usual one.)
         if (!next.url.empty()) {

@@ -175,6 +175,26 @@ TEST_CASE("secret rotation via SIGHUP: the CRM sees both signatures, then only t
     CHECK(r.verified_by == std::vector<bool>{true, false});
     CHECK(signatures(r) == 1);
 
+    // A reload that leaves the CRM settings as they are leaves the dispatcher running.
+    const auto occurrences = [&fx](const std::string& what) {
+        const std::string log = fx.log();
+        std::size_t n = 0;
+        for (auto at = log.find(what); at != std::string::npos; at = log.find(what, at + 1)) {
+            ++n;
+        }
+        return n;
+    };
+    const std::size_t started = occurrences("crm.dispatcher_started");
+    CHECK(started > 0);
+    const std::size_t reloads = occurrences("daemon.reloaded");
+    stack.configure({1});
+    fx.process().signal(SIGHUP);
+    REQUIRE(wait_until([&] { return occurrences("daemon.reloaded") > reloads; }, 10s));
+    r = deliver_one();
+    CHECK(r.verified_by == std::vector<bool>{true, false});
+    CHECK(occurrences("crm.dispatcher_started") == started);
+    CHECK(occurrences("crm.dispatcher_stopped") == 0);
+
     // The rotation starts: the new secret signs first, the old one still signs too.
     reload({2, 1}, {true, true});
     for (int i = 0; i < 3; ++i) {
