@@ -800,10 +800,8 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     if (filter.updated_to_ms > 0) {
         max = "(" + std::to_string(filter.updated_to_ms);
     }
-    std::optional<std::int64_t> max_ms;
     if (has_cursor && (filter.updated_to_ms <= 0 || cursor_ms < filter.updated_to_ms)) {
         max = std::to_string(cursor_ms);
-        max_ms = cursor_ms;
     }
     const std::string min = filter.updated_from_ms > 0 ? std::to_string(filter.updated_from_ms) : "-inf";
     const bool filtered = !filter.status.empty() || !filter.provider.empty() || !filter.customer_id.empty();
@@ -818,11 +816,10 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     const auto before = [](const Key& a, const Key& b) { return a.ms != b.ms ? a.ms > b.ms : a.id > b.id; };
     struct ShardScan {
         // The next read: ZREVRANGEBYSCORE max min LIMIT 0 skip+n, where skip counts the entries at
-        // score max_ms already read: they are read again and passed over by id. (An offset of
+        // score max already read: they are read again and passed over by id. (An offset of
         // skip would jump over an unread entry whenever one already read left that score between
         // rounds, its bill changed.) Only one score's entries are ever read twice.
         std::string max;
-        std::optional<std::int64_t> max_ms;
         std::size_t skip{0};
         bool done{false};
         std::size_t batch{0};
@@ -833,7 +830,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
     std::vector<ShardScan> scans(shards);
     for (ShardScan& scan : scans) {
         scan.max = max;
-        scan.max_ms = max_ms;
         // A share of the page plus a margin (filters match some bills only: four times that).
         scan.batch = (want / shards + kMergeMargin) * (filtered ? 4 : 1);
     }
@@ -903,7 +899,6 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
             }
             ShardScan& scan = scans[static_cast<std::size_t>(active[i])];
             const std::size_t returned = r.elements.size() / 2;
-            budget -= std::min(budget, returned);
             scan.done = returned < batches[i];
             scan.batch *= 2;
             std::size_t at_last_score = 0;
@@ -915,14 +910,17 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
                 }
                 scan.frontier = key;
                 if (has_cursor && key.ms == cursor_ms && key.id >= cursor_id) {
-                    continue;  // on or before the cursor
+                    continue;  // on or before the cursor: listed by an earlier page
                 }
+                // Only entries past the cursor, read for the first time, count against the budget:
+                // re-read ones (of the last score, of the cursor's) must not use it up before the
+                // scan gets past them, or a page could end where it began.
+                budget -= std::min<std::size_t>(budget, 1);
                 candidates.push_back(Candidate{.shard = active[i], .key = std::move(key)});
             }
             if (returned > 0) {
                 const std::int64_t last = parse_score(r.elements.back().str);
                 scan.skip = at_last_score;  // this read started at the top of score max
-                scan.max_ms = last;
                 scan.max = std::to_string(last);
             }
         }

@@ -622,6 +622,32 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(all_bill_ids(f, filter) == std::vector<std::string>{"R-100000"});
     }
 
+    TEST_CASE("list_bills with a rare filter pages to the end through thousands of bills changed in one millisecond")
+    {
+        StoreFixture f([](paybridge::config::RedisConfig& c) { c.shards = 1; });
+        REQUIRE(f.wait_ready());
+        // More bills at one score than a page's budget of index entries (4096): every page after
+        // the first re-reads the ones before its cursor, which must not use the budget up.
+        const auto alice = [](int i) { return i % 1500 == 7; };
+        write_bills(f, 6000, [&alice](int i) { return alice(i) ? "alice" : "bob"; });
+        std::vector<std::vector<std::string>> same_ms;
+        std::vector<std::string> expected;
+        for (int i = 0; i < 6000; ++i) {
+            const std::string id = "R-" + std::to_string(100000 + i);
+            same_ms.push_back({"ZADD", f.store->keys().updated(0), "1700000000000", id});
+        }
+        REQUIRE(f.run(f.conn->exec_many(std::move(same_ms))).has_value());
+        for (int i = 6000 - 1; i >= 0; --i) {
+            if (alice(i)) {
+                expected.push_back("R-" + std::to_string(100000 + i));
+            }
+        }
+        BillFilter filter;
+        filter.customer_id = "alice";
+        filter.limit = 50;
+        CHECK(all_bill_ids(f, filter) == expected);  // all_bill_ids gives up after 100 pages
+    }
+
     TEST_CASE("list_bills: an unfiltered page reads about limit bills over all shards, not limit from each")
     {
         StoreFixture f;
