@@ -318,7 +318,9 @@ awaitable<void> App::Impl::control()
             try {
                 reload();
             } catch (const std::exception& e) {
-                log::error("daemon.reload_failed", {{"what", e.what()}, {"kept", "previous configuration"}});
+                // It may have thrown half-way: say so rather than claim the old configuration holds.
+                log::error("daemon.reload_failed",
+                           {{"what", e.what()}, {"state", "possibly partly applied; fix the cause and reload again"}});
                 if (announced_ready_) {
                     systemd::notify_ready();
                 }

@@ -519,7 +519,7 @@ local function apply_refund(b, ev)
         end
         return bill_anomaly(b, ev, 'refund_amount_mismatch', {
             {'refund_id', jstr(refund_id)},
-            {'expected', known},
+            {'expected', jint(tonumber(known) or 0)},
             {'received', received},
         })
     end

@@ -87,7 +87,15 @@ std::string parse_endpoint(std::string_view text, Endpoint& out)
 bool is_ip_literal(const std::string& host)
 {
     unsigned char buf[sizeof(in6_addr)];
-    return inet_pton(AF_INET, host.c_str(), buf) == 1 || inet_pton(AF_INET6, host.c_str(), buf) == 1;
+    if (inet_pton(AF_INET, host.c_str(), buf) == 1) {
+        return true;
+    }
+    // A link-local IPv6 address may name its interface: fe80::1%eth0 (as the daemon binds it).
+    const std::string address = host.substr(0, host.find('%'));
+    if (address.size() + 1 == host.size()) {
+        return false;  // an empty scope
+    }
+    return inet_pton(AF_INET6, address.c_str(), buf) == 1;
 }
 
 std::string parse_redis_url(std::string_view url, RedisConfig& out)

@@ -620,6 +620,7 @@ TEST_CASE("config: URLs and listen addresses")
         {"listen host name", listen("localhost:8080"),
          "/listen: the host \"localhost\" is not an IP address; listen on an address such as 127.0.0.1, 0.0.0.0 or "
          "[::1]"},
+        {"listen scoped v6", listen("[fe80::1%eth0]:8080"), ""},
         {"listen bad v4", listen("127.0.0.256:8080"),
          "/listen: the host \"127.0.0.256\" is not an IP address; listen on an address such as 127.0.0.1, 0.0.0.0 or "
          "[::1]"},
