@@ -401,6 +401,11 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Transitions. Each returns outcome, anomaly kind or '', status after.
 
+-- Whether a payment of `total` in the event's currency is the one the bill asks for.
+local function bill_amount(b, ev, total)
+    return ev.currency == b.currency and total == b.amount_fen
+end
+
 local function apply_payment(b, ev, total, txn)
     local paid = b.status ~= 'PENDING' and b.status ~= 'CLOSED'
     -- Already paid (or refunded). The same transaction again (e.g. Alipay TRADE_FINISHED after
@@ -418,7 +423,7 @@ local function apply_payment(b, ev, total, txn)
         })
     end
 
-    if ev.currency ~= b.currency or total ~= b.amount_fen then
+    if not bill_amount(b, ev, total) then
         if not first_time('mismatch:' .. txn .. ':' .. ev.currency .. ':' .. jint(total)) then
             return 'duplicate', '', b.status
         end
@@ -466,7 +471,7 @@ local function apply_refund(b, ev)
         local reason = nil
         if ev.provider_txn_id == '' then
             reason = 'no_provider_txn_id'
-        elseif ev.currency ~= b.currency or ev.total_fen ~= b.amount_fen then
+        elseif not bill_amount(b, ev, ev.total_fen) then
             reason = 'amount_mismatch'
         end
         if reason then
