@@ -185,6 +185,15 @@ std::optional<NotifyRoute> notify_route(const Request& req, const Runtime& rt, s
     return NotifyRoute{rt.wechat_v3.get(), "wechatpay_v3", mchid};
 }
 
+/// The gateway whose route `req` is on, so that a failure goes out in that provider's format;
+/// null for any other route, or a provider that is not configured.
+const gateways::Gateway* provider_of(const Request& req, const Runtime& rt)
+{
+    const std::string_view target = req.target();
+    const std::optional<NotifyRoute> nr = notify_route(req, rt, target.substr(0, target.find('?')));
+    return nr ? nr->gateway : nullptr;
+}
+
 std::string_view outcome_of_error(const boost::system::error_code& ec)
 {
     if (ec == errc::bad_signature) {
@@ -435,10 +444,8 @@ awaitable<Response> Service::handle(Request req)
         log::error("http.handler_exception", {{"what", e.what()}});
     }
     // A provider gets its own failure format (with a 5xx: it retries), everyone else the API's.
-    const std::string_view target = req.target();
-    const std::string_view path = target.substr(0, target.find('?'));
-    if (const std::optional<NotifyRoute> nr = notify_route(req, *rt, path); nr && nr->gateway != nullptr) {
-        const gateways::Reply reply = nr->gateway->failure(make_error_code(errc::internal));
+    if (const gateways::Gateway* gw = provider_of(req, *rt); gw != nullptr) {
+        const gateways::Reply reply = gw->failure(make_error_code(errc::internal));
         co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
     }
     co_return api_error(req, 500, "internal", "internal error");
@@ -447,15 +454,9 @@ awaitable<Response> Service::handle(Request req)
 Response Service::reject(const Request& header, unsigned status, std::string_view text) const
 {
     Response res;
-    const std::string_view target = header.target();
-    const std::string_view path = target.substr(0, target.find('?'));
     const RuntimePtr rt = deps_.runtime();
-    std::optional<NotifyRoute> nr;
-    if (rt) {
-        nr = notify_route(header, *rt, path);
-    }
-    if (nr && nr->gateway != nullptr) {
-        const gateways::Reply reply = nr->gateway->failure(make_error_code(errc::malformed_request));
+    if (const gateways::Gateway* gw = rt ? provider_of(header, *rt) : nullptr; gw != nullptr) {
+        const gateways::Reply reply = gw->failure(make_error_code(errc::malformed_request));
         res = make_response(header, status, reply.content_type, reply.body);
     } else {
         res = make_response(header, status, "text/plain", std::string(text));
