@@ -11,6 +11,7 @@ std::string_view to_string(EventKind kind) noexcept
         case EventKind::close: return "close";
         case EventKind::refund_closed: return "refund_closed";
         case EventKind::refund_abnormal: return "refund_abnormal";
+        case EventKind::unusable: return "unusable";
     }
     return "none";
 }

@@ -15,6 +15,10 @@ enum class EventKind {
     close,            ///< an unpaid trade was closed by the provider
     refund_closed,    ///< a refund failed or was closed; history only, no money moves
     refund_abnormal,  ///< a refund is stuck (may later succeed); history only
+    /// authentic, names its bill and notification, but a field paybridge needs is missing or does
+    /// not read (an amount with three decimals): recorded as the anomaly unusable_notification,
+    /// nothing applied, and the provider told to retry (a paybridge that reads it will apply it)
+    unusable,
 };
 
 std::string_view to_string(EventKind kind) noexcept;
@@ -40,6 +44,8 @@ struct PaymentEvent {
     /// occurred_at (an Alipay refund carries gmt_payment); "" otherwise. A payment's own
     /// occurred_at is its payment time.
     std::string paid_at;
+    /// kind unusable: what could not be read, for people ("total_amount \"1.005\" is not ...").
+    std::string problem;
 };
 
 }  // namespace paybridge

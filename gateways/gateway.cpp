@@ -1,5 +1,9 @@
 #include "gateways/gateway.hpp"
 
+#include "core/error.hpp"
+
+#include <algorithm>
+
 namespace paybridge::gateways {
 
 bool ascii_iequals(std::string_view a, std::string_view b) noexcept
@@ -32,6 +36,33 @@ bool InboundRequest::header(std::string_view name, std::string_view& value) cons
         }
     }
     return false;
+}
+
+std::string quoted_excerpt(std::string_view value)
+{
+    std::size_t n = std::min<std::size_t>(value.size(), 32);
+    while (n < value.size() && n > 0 && (static_cast<unsigned char>(value[n]) & 0xC0) == 0x80) {
+        --n;
+    }
+    std::string out = "\"";
+    for (char c : value.substr(0, n)) {
+        if (c == '"' || c == '\\') {
+            out += '\\';
+        }
+        out += c;
+    }
+    out += n < value.size() ? "...\"" : "\"";
+    return out;
+}
+
+Result<Verified> unusable(Verified verified, std::string problem)
+{
+    if (verified.event.bill_id.empty() || verified.event.notification_id.empty()) {
+        return make_error_code(errc::malformed_request);
+    }
+    verified.event.kind = EventKind::unusable;
+    verified.event.problem = std::move(problem);
+    return verified;
 }
 
 }  // namespace paybridge::gateways

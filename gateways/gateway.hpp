@@ -42,6 +42,15 @@ struct Verified {
     std::string notes;  ///< e.g. "empty-value fallback used"; logged, never replied
 };
 
+/// A provider's value quoted for a problem text: at most 32 bytes of it (never cut inside a UTF-8
+/// sequence, "..." marks a cut), a quote or backslash escaped.
+std::string quoted_excerpt(std::string_view value);
+
+/// An authentic notification with a field paybridge needs missing or unreadable: kind unusable
+/// with `problem`, for the store to record as an anomaly (core/payment_event.hpp), when it names
+/// its bill and has a notification id; otherwise errc::malformed_request (refused, and logged).
+Result<Verified> unusable(Verified verified, std::string problem);
+
 /// One provider protocol. Implementations are immutable after construction, thread-safe, and do
 /// no I/O: keys and certificates are loaded (and validated) by their factories.
 class Gateway {

@@ -8,7 +8,8 @@
 -- ARGV: 1 "apply" | "register", 2 now (Unix ms), 3 now (RFC 3339), then
 --   apply    4..17 the PaymentEvent, one field per argument in the order of EVENT_FIELDS below
 --            (no JSON to decode on the hot path); 18 "1" when none of its strings needs a JSON
---            escape (checked by the caller, so this script skips the check); 19 its paid_at
+--            escape (checked by the caller, so this script skips the check); 19 its paid_at;
+--            20 its problem (kind "unusable" only)
 --            -> {outcome, anomaly kind or "", bill status or ""}
 --   register 4 NewBill JSON, with j_id / j_fixed: the bill's id and its fields that never change
 --            (amount_fen .. metadata) as JSON text, escaped by the caller and stored in the bill
@@ -30,6 +31,8 @@
 --   refund_exceeds:<refund id>           refund_exceeds_paid recorded
 --   close_after_paid                     close_after_paid recorded
 --   refund_update:<kind>:<refund id>     refund_closed / refund_abnormal recorded
+--   unusable:<channel>:<notification id> unusable_notification recorded (no n: marker: the
+--                                        provider retries, and a paybridge that reads it applies it)
 
 local K_BILL, K_HIST, K_SEEN, K_REFUNDS, K_ORPHANS = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local K_OUTBOX, K_ANOMALIES, K_UPDATED, K_CREATED = KEYS[6], KEYS[7], KEYS[8], KEYS[9]
@@ -337,7 +340,8 @@ local function event_from_argv()
     return {provider = a[4], channel = a[5], kind = a[6], notification_id = a[7], account = a[8],
         bill_id = a[9], provider_txn_id = a[10], currency = a[11], total_fen = tonumber(a[12]) or -1,
         refund_id = a[13], refund_fen = tonumber(a[14]) or 0, refund_cumulative = a[15] == '1',
-        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1', paid_at = a[19] or ''}
+        provider_status = a[16], occurred_at = a[17], safe = a[18] == '1', paid_at = a[19] or '',
+        problem = a[20] or ''}
 end
 
 ---------------------------------------------------------------------------------------------------
@@ -686,11 +690,35 @@ local function orphan(ev)
     return 'orphaned', 'unknown_bill', ''
 end
 
+-- An authentic notification with a field paybridge cannot read (core/payment_event.hpp): nothing
+-- is applied and the notification's marker is NOT set, since the provider is told to retry and a
+-- paybridge that reads it must then apply it. Recorded once per notification, on the bill, or in
+-- the history of a bill not registered yet (numbered like unknown_bill events).
+local function unusable(ev, b)
+    if b ~= nil then
+        b.marker = nil
+    end
+    if not first_time('unusable:' .. ev.channel .. ':' .. ev.notification_id) then
+        return 'duplicate', '', (b and b.status) or ''
+    end
+    local details = {{'problem', jstr(ev.problem)}, {'amount_fen', amount_or_null(ev.total_fen)}}
+    if b ~= nil then
+        return bill_anomaly(b, ev, 'unusable_notification', details)
+    end
+    local n = redis.call('HINCRBY', K_SEEN, 'unknown_count', 1)
+    local event_id = emit(ev, nil, 'bill.anomaly',
+        jfields(append({{'anomaly', jstr('unusable_notification')}}, details)), n)
+    record_anomaly(ev, 'unusable_notification', 'anm_' .. ev.bill_id .. '_u' .. jint(n), jobj(details), event_id)
+    return 'anomaly', 'unusable_notification', ''
+end
+
 -- b: the bill, as load_bill() returns it (nil: no such bill), with the notification's marker
 -- (checked: not set) still to set.
 local function apply(ev, b)
     local outcome, anomaly, status
-    if ev.kind == 'none' then
+    if ev.kind == 'unusable' then
+        return unusable(ev, b)
+    elseif ev.kind == 'none' then
         -- Checked before the bill lookup: "nothing happened" is not worth an orphan or an anomaly.
         outcome, anomaly, status = 'ignored', '', (b and b.status) or ''
     elseif b == nil then
@@ -739,14 +767,11 @@ local function register(raw)
         return {'conflict', bill_json(b), 0}
     end
 
-    -- Notifications that arrived before the bill: each made an unknown_bill event numbered 1..n
-    -- in the feed, so the bill's own events continue from n (the CRM orders a bill's events by
-    -- sequence, and these came first).
+    -- Notifications that arrived before the bill: each orphan and each unusable notification
+    -- made an event numbered 1..n in the feed, so the bill's own events continue from n (the CRM
+    -- orders a bill's events by sequence, and these came first).
     local orphans = redis.call('LRANGE', K_ORPHANS, 0, -1)
-    local seq = '0'
-    if #orphans > 0 then
-        seq = redis.call('HGET', K_SEEN, 'unknown_count') or '0'
-    end
+    local seq = redis.call('HGET', K_SEEN, 'unknown_count') or '0'
     redis.call('HSET', K_BILL,
         'id', nb.id, 'status', 'PENDING', 'amount_fen', jint(nb.amount_fen), 'currency', nb.currency,
         'customer_id', nb.customer_id, 'description', nb.description, 'expires_at', nb.expires_at,

@@ -187,6 +187,9 @@ std::vector<std::string> event_args(PaymentEvent&& ev)
     a.push_back(std::move(ev.occurred_at));
     a.emplace_back(safe ? "1" : "0");
     a.push_back(std::move(ev.paid_at));
+    if (ev.kind == EventKind::unusable) {
+        a.push_back(std::move(ev.problem));  // only then: every argument costs Redis time
+    }
     return a;
 }
 

@@ -548,6 +548,8 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     PaymentEvent event = std::move(verified->event);
     const std::string bill_id = event.bill_id;
     const std::string kind{to_string(event.kind)};
+    const bool unusable = event.kind == EventKind::unusable;
+    const std::string problem = unusable ? event.problem : std::string();
     Result<ApplyResult> applied = co_await deps_.store.apply(std::move(event));
     if (!applied) {
         counters.cached<2>({"channel", "outcome"}, {route, "store_unavailable"}).inc();
@@ -557,13 +559,25 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
         const gateways::Reply reply = gw->failure(applied.error());
         co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
     }
+    if (!applied->anomaly.empty()) {
+        instruments().anomalies.with({{"kind", applied->anomaly}}).inc();
+    }
+    if (unusable) {
+        // Authentic but not readable by this paybridge: recorded (once) as an anomaly, and refused
+        // like malformed input, so the provider retries and a fixed paybridge applies it.
+        counters.cached<2>({"channel", "outcome"}, {route, "unusable"}).inc();
+        log::warning("notify.unusable", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},
+                                         {"problem", problem}, {"recorded", !applied->anomaly.empty()},
+                                         {"latency_ms", elapsed_ms()}});
+        const gateways::Reply reply = gw->failure(make_error_code(errc::malformed_request));
+        co_return make_response(req, static_cast<unsigned>(reply.status), reply.content_type, reply.body);
+    }
     std::string outcome{to_string(applied->outcome)};
     if (applied->outcome == ApplyOutcome::orphaned) {
         outcome = "anomaly";
     }
     counters.cached<2>({"channel", "outcome"}, {route, outcome}).inc();
     if (!applied->anomaly.empty()) {
-        instruments().anomalies.with({{"kind", applied->anomaly}}).inc();
         log::warning("notify.anomaly", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},
                                         {"kind", kind}, {"anomaly", applied->anomaly}});
     }

@@ -201,6 +201,8 @@ std::vector<const std::pair<std::string, std::string>*> signable_sorted(const Fo
 }
 
 // -1 when absent or empty (Alipay sends empty values, §1.5 step 7: "refund_fee=" is no refund).
+constexpr char kNotYuan[] = " is not an amount in yuan (digits, at most two decimals)";
+
 Result<std::int64_t> optional_amount(const std::string* text)
 {
     if (!present(text)) {
@@ -546,12 +548,6 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
     if (!present(app_id) || !present(notify_id) || !present(out_trade_no) || !present(trade_status)) {
         return make_error_code(errc::malformed_request);
     }
-    const auto total_fen = optional_amount(find_field(fields, "total_amount"));
-    const auto refund_fee = optional_amount(find_field(fields, "refund_fee"));
-    if (!total_fen || !refund_fee) {
-        return make_error_code(errc::malformed_request);
-    }
-
     PaymentEvent event;
     event.provider = "alipay";
     event.channel = "alipay";
@@ -560,8 +556,27 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
     event.bill_id = *out_trade_no;
     event.provider_txn_id = trade_no != nullptr ? *trade_no : std::string();
     event.currency = "CNY";
-    event.total_fen = *total_fen;
     event.provider_status = *trade_status;
+    // Authentic, and naming its bill and notification: what does not read from here on is kept
+    // as an anomaly, not only logged (the store records it; Alipay is still told to retry).
+    auto unusable_event = [&event, &fields](std::string problem) -> Result<PaymentEvent> {
+        event.kind = EventKind::unusable;
+        event.problem = std::move(problem);
+        event.occurred_at = first_valid_time(fields, {"gmt_refund", "gmt_payment", "gmt_close", "notify_time"});
+        return std::move(event);
+    };
+
+    const std::string* total_text = find_field(fields, "total_amount");
+    const std::string* refund_text = find_field(fields, "refund_fee");
+    const auto total_fen = optional_amount(total_text);
+    const auto refund_fee = optional_amount(refund_text);
+    if (!total_fen) {
+        return unusable_event("total_amount " + quoted_excerpt(*total_text) + kNotYuan);
+    }
+    if (!refund_fee) {
+        return unusable_event("refund_fee " + quoted_excerpt(*refund_text) + kNotYuan);
+    }
+    event.total_fen = *total_fen;
 
     // §1.4: a partial refund arrives as TRADE_SUCCESS and a full refund as TRADE_CLOSED, both with
     // gmt_refund and refund_fee (the cumulative total); a timeout close carries neither, and a
@@ -575,10 +590,10 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         } else if (*trade_status == "TRADE_CLOSED" && *total_fen >= 0) {
             event.refund_fen = *total_fen;  // full refund reported without refund_fee
         } else {
-            return make_error_code(errc::malformed_request);
+            return unusable_event("a refund (gmt_refund is present) without refund_fee");
         }
         if (event.refund_fen <= 0) {
-            return make_error_code(errc::malformed_request);
+            return unusable_event("a refund (gmt_refund is present) of 0.00");
         }
         event.refund_cumulative = true;
         const std::string* out_biz_no = find_field(fields, "out_biz_no");
@@ -587,8 +602,11 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         event.refund_id =
             present(out_biz_no) ? *out_biz_no : "alipay-refund-" + std::to_string(event.refund_fen);
     } else if (*trade_status == "TRADE_SUCCESS" || *trade_status == "TRADE_FINISHED") {
-        if (event.total_fen < 0 || event.provider_txn_id.empty()) {
-            return make_error_code(errc::malformed_request);
+        if (event.total_fen < 0) {
+            return unusable_event("a " + *trade_status + " payment without total_amount");
+        }
+        if (event.provider_txn_id.empty()) {
+            return unusable_event("a " + *trade_status + " payment without trade_no");
         }
         event.kind = EventKind::payment;
     } else if (*trade_status == "TRADE_CLOSED") {

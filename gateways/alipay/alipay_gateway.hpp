@@ -70,9 +70,10 @@ struct VerifiedNotice {
 /// - occurred_at (RFC 3339 UTC) from the first of gmt_refund (refunds only), gmt_payment,
 ///   gmt_close, notify_time that reads as Beijing time; "" when none does (times only describe
 ///   the event: an authentic notification is not refused over one).
-/// Errors: errc::malformed_request for missing app_id/notify_id/out_trade_no/trade_status, a
-/// payment without trade_no or total_amount, a refund without a positive amount, or an amount
-/// that parse_yuan rejects.
+/// - kind unusable, with `problem` saying what: a payment without trade_no or total_amount, a
+///   refund without a positive amount, or an amount that parse_yuan rejects. The notification is
+///   authentic and names its bill, so it is recorded as an anomaly rather than only refused.
+/// Errors: errc::malformed_request for missing app_id/notify_id/out_trade_no/trade_status.
 Result<PaymentEvent> to_payment_event(const FormFields& utf8_fields);
 
 /// The "alipay" gateway. Immutable after construction and safe to share between threads.

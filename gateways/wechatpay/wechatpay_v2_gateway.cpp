@@ -104,6 +104,16 @@ Result<std::int64_t> required_fen(const XmlFields& fields, std::string_view name
     return *fen;
 }
 
+// Why an amount required_fen() refused does not read, for unusable().
+std::string fen_problem(const XmlFields& fields, std::string_view name)
+{
+    const std::string* v = find_field(fields, name);
+    if (v == nullptr) {
+        return std::string(name) + " is missing";
+    }
+    return std::string(name) + " " + quoted_excerpt(*v) + " is not an amount in fen";
+}
+
 std::string fail_body(std::string_view message)
 {
     std::vector<XmlField> fields{{"return_code", "FAIL"}, {"return_msg", std::string(message)}};
@@ -162,18 +172,22 @@ Result<Verified> WechatV2Gateway::payment(const V2Merchant& merchant, const XmlF
     if (return_code != "SUCCESS" || result_code != "SUCCESS") {
         return verified;  // acknowledged, nothing moves
     }
-    if (mch_id.empty()) {
-        return error(errc::malformed_request);
-    }
     if (!pays_through(merchant, field(fields, "appid"))) {
         return error(errc::unknown_account);
     }
-    if (transaction_id.empty() || out_trade_no.empty()) {
+    // What does not read from here on is recorded as an anomaly when the bill is named.
+    if (mch_id.empty()) {
+        return unusable(std::move(verified), "a paid notification without mch_id");
+    }
+    if (transaction_id.empty()) {
+        return unusable(std::move(verified), "a paid notification without transaction_id");
+    }
+    if (out_trade_no.empty()) {
         return error(errc::malformed_request);
     }
     auto total = required_fen(fields, "total_fee");
     if (!total) {
-        return total.error();
+        return unusable(std::move(verified), fen_problem(fields, "total_fee"));
     }
     ev.total_fen = *total;
     if (const std::string_view fee_type = field(fields, "fee_type"); !fee_type.empty()) {
@@ -229,17 +243,18 @@ Result<Verified> WechatV2Gateway::refund(const V2Merchant& merchant, const XmlFi
     ev.refund_id = out_refund_no;
     ev.refund_cumulative = false;  // refund_fee is this refund's amount
     ev.occurred_at = beijing_to_utc(field(*inner, "success_time"));
+    // What does not read from here on is recorded as an anomaly when the bill is named.
     if (const std::string* total = find_field(*inner, "total_fee"); total != nullptr) {
         auto fen = required_fen(*inner, "total_fee");
         if (!fen) {
-            return fen.error();
+            return unusable(std::move(verified), fen_problem(*inner, "total_fee"));
         }
         ev.total_fen = *fen;
     }
     if (const std::string* refund_fee = find_field(*inner, "refund_fee"); refund_fee != nullptr) {
         auto fen = required_fen(*inner, "refund_fee");
         if (!fen) {
-            return fen.error();
+            return unusable(std::move(verified), fen_problem(*inner, "refund_fee"));
         }
         ev.refund_fen = *fen;
     }
@@ -248,9 +263,17 @@ Result<Verified> WechatV2Gateway::refund(const V2Merchant& merchant, const XmlFi
     // WeChat's genuine retry a duplicate): what happened is the decrypted refund_status alone.
     if (status == "SUCCESS") {
         // Money moves, and a refund seen before its payment pays the bill first: all required.
-        if (ev.bill_id.empty() || ev.provider_txn_id.empty() || ev.total_fen < 0 ||
-            find_field(*inner, "refund_fee") == nullptr) {
+        if (ev.bill_id.empty()) {
             return error(errc::malformed_request);
+        }
+        if (ev.provider_txn_id.empty()) {
+            return unusable(std::move(verified), "a SUCCESS refund without transaction_id");
+        }
+        if (ev.total_fen < 0) {
+            return unusable(std::move(verified), "a SUCCESS refund without total_fee");
+        }
+        if (find_field(*inner, "refund_fee") == nullptr) {
+            return unusable(std::move(verified), "a SUCCESS refund without refund_fee");
         }
         ev.kind = EventKind::refund;
     } else if (status == "CHANGE" || status == "REFUNDCLOSE") {

@@ -96,19 +96,28 @@ Result<std::int64_t> parse_timestamp(std::string_view text)
     return value;
 }
 
-/// The decrypted object of a notification, normalised into `out`.
-Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, PaymentEvent& out, std::string& notes)
+/// errc::malformed_request for a decrypted resource that lacks what paybridge needs, with why.
+boost::system::error_code unreadable(std::string& problem, std::string why)
+{
+    problem = std::move(why);
+    return error(errc::malformed_request);
+}
+
+/// The decrypted object of a notification, normalised into `out`. A field missing or unreadable:
+/// errc::malformed_request, and `problem` says which.
+Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, PaymentEvent& out, std::string& notes,
+                              std::string& problem)
 {
     const auto mchid = string_member(tx, "mchid");
     if (!mchid) {
-        return error(errc::malformed_request);
+        return unreadable(problem, "the resource has no mchid");
     }
     if (*mchid != merchant.mchid) {
         return error(errc::unknown_account);
     }
     const auto appid = string_member(tx, "appid");
     if (!appid) {
-        return error(errc::malformed_request);
+        return unreadable(problem, "the resource has no appid");
     }
     if (*appid != merchant.appid &&
         std::find(merchant.other_appids.begin(), merchant.other_appids.end(), *appid) == merchant.other_appids.end()) {
@@ -117,12 +126,18 @@ Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, Payme
     auto bill_id = required_string(tx, "out_trade_no");
     auto txn_id = required_string(tx, "transaction_id");
     const Value* amount = member(tx, "amount");
-    if (!bill_id || !txn_id || amount == nullptr || !amount->IsObject()) {
-        return error(errc::malformed_request);
+    if (!bill_id) {
+        return unreadable(problem, "the resource has no out_trade_no");
+    }
+    if (!txn_id) {
+        return unreadable(problem, "the resource has no transaction_id");
+    }
+    if (amount == nullptr || !amount->IsObject()) {
+        return unreadable(problem, "the resource has no amount object");
     }
     auto total = amount_member(*amount, "total");
     if (!total || !*total) {
-        return error(errc::malformed_request);
+        return unreadable(problem, "amount.total is missing or not an amount in fen");
     }
     if (const auto currency = string_member(*amount, "currency"); currency && !currency->empty()) {
         out.currency = std::string(*currency);
@@ -145,19 +160,22 @@ Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, Payme
 }
 
 Result<void> read_refund(const Value& refund, const V3Merchant& merchant, std::string_view event_type,
-                         PaymentEvent& out, std::string& notes)
+                         PaymentEvent& out, std::string& notes, std::string& problem)
 {
     const auto mchid = string_member(refund, "mchid");
     if (!mchid) {
-        return error(errc::malformed_request);
+        return unreadable(problem, "the resource has no mchid");
     }
     if (*mchid != merchant.mchid) {
         return error(errc::unknown_account);
     }
     auto bill_id = required_string(refund, "out_trade_no");
     auto refund_id = required_string(refund, "out_refund_no");
-    if (!bill_id || !refund_id) {
-        return error(errc::malformed_request);
+    if (!bill_id) {
+        return unreadable(problem, "the resource has no out_trade_no");
+    }
+    if (!refund_id) {
+        return unreadable(problem, "the resource has no out_refund_no");
     }
     out.bill_id = std::move(*bill_id);
     out.refund_id = std::move(*refund_id);
@@ -168,7 +186,7 @@ Result<void> read_refund(const Value& refund, const V3Merchant& merchant, std::s
         auto t = amount_member(*amount, "total");
         auto r = amount_member(*amount, "refund");
         if (!amount->IsObject() || !t || !r) {
-            return error(errc::malformed_request);
+            return unreadable(problem, "amount.total or amount.refund is not an amount in fen");
         }
         total = *t;
         refunded = *r;
@@ -187,8 +205,11 @@ Result<void> read_refund(const Value& refund, const V3Merchant& merchant, std::s
     if (event_type == "REFUND.SUCCESS") {
         // Money moves: everything the bill state machine needs must be there (a refund may arrive
         // before the payment, and then pays the bill first with total_fen and provider_txn_id).
-        if (out.provider_txn_id.empty() || !total || !refunded) {
-            return error(errc::malformed_request);
+        if (out.provider_txn_id.empty()) {
+            return unreadable(problem, "a REFUND.SUCCESS resource without transaction_id");
+        }
+        if (!total || !refunded) {
+            return unreadable(problem, "a REFUND.SUCCESS resource without amount.total and amount.refund");
         }
         if (status == "SUCCESS") {
             out.kind = EventKind::refund;
@@ -373,14 +394,19 @@ Result<Verified> WechatV3Gateway::verify_and_parse(const InboundRequest& req) co
     ev.occurred_at = utc_time(string_member(envelope, "create_time"));
     verified.notes = std::move(chosen->note);
 
-    if (*event_type == "TRANSACTION.SUCCESS") {
-        if (auto r = read_transaction(inner, merchant, ev, verified.notes); !r) {
-            return r.error();
-        }
-    } else if (*event_type == "REFUND.SUCCESS" || *event_type == "REFUND.CLOSED" ||
-               *event_type == "REFUND.ABNORMAL") {
-        if (auto r = read_refund(inner, merchant, *event_type, ev, verified.notes); !r) {
-            return r.error();
+    if (*event_type == "TRANSACTION.SUCCESS" || *event_type == "REFUND.SUCCESS" ||
+        *event_type == "REFUND.CLOSED" || *event_type == "REFUND.ABNORMAL") {
+        std::string problem;
+        auto r = *event_type == "TRANSACTION.SUCCESS"
+                     ? read_transaction(inner, merchant, ev, verified.notes, problem)
+                     : read_refund(inner, merchant, *event_type, ev, verified.notes, problem);
+        if (!r) {
+            if (problem.empty()) {
+                return r.error();
+            }
+            // Authentic and ours: recorded as an anomaly when it names its bill.
+            ev.bill_id = std::string(string_member(inner, "out_trade_no").value_or(""));
+            return unusable(std::move(verified), *event_type + ": " + problem);
         }
     } else {
         // Verified but not ours to act on; still refuse another merchant's object.

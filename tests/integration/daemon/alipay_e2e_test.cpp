@@ -220,6 +220,43 @@ TEST_CASE("alipay: anomalies are acknowledged and recorded")
     CHECK(has("duplicate_payment"));
 }
 
+TEST_CASE("alipay: an authentic notification whose amount does not read is recorded once and refused so Alipay retries")
+{
+    DaemonFixture fx;
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B3101", 1000).status == 201);
+    auto notice = alipay::make_paid_notice(ali.spec("B3101", 1000));
+    alipay::set_field(notice, "total_amount", "10.001");
+    const std::string unreadable = alipay::build_alipay_body(notice, ali.key.get());
+    for (int i = 0; i < 3; ++i) {  // Alipay's retries
+        const auto r = fx.post_alipay(unreadable);
+        CHECK(r.status == 400);
+        CHECK(r.body == "fail");
+    }
+    CHECK(status_of(fx, "B3101") == "PENDING");
+    auto anomalies = parse(fx.api("GET", "/v1/anomalies").body);
+    REQUIRE(anomalies["anomalies"].Size() == 1);
+    const auto& anomaly = anomalies["anomalies"][0];
+    CHECK(std::string(anomaly["kind"].GetString()) == "unusable_notification");
+    CHECK(std::string(anomaly["bill_id"].GetString()) == "B3101");
+    CHECK(std::string(anomaly["detail"]["problem"].GetString()) ==
+          "total_amount \"10.001\" is not an amount in yuan (digits, at most two decimals)");
+    // The CRM hears of it: one bill.anomaly event in the bill's history (and the outbox).
+    auto bill = parse(fx.get_bill("B3101").body);
+    REQUIRE(bill["events"].Size() == 1);
+    CHECK(std::string(bill["events"][0]["type"].GetString()) == "bill.anomaly");
+    CHECK(std::string(bill["events"][0]["data"]["anomaly"].GetString()) == "unusable_notification");
+    CHECK(fx.outbox_length() == 1);
+    // Forged with the same content: a bad signature, not an anomaly.
+    std::string forged = unreadable;
+    forged.replace(forged.find("10.001"), 6, "10.002");
+    CHECK(fx.post_alipay(forged).status == 400);
+    CHECK(parse(fx.api("GET", "/v1/anomalies").body)["anomalies"].Size() == 1);
+    // The anomaly blocks nothing: a readable payment notification pays the bill.
+    CHECK(fx.post_alipay(ali.paid("B3101", 1000)).body == "success");
+    CHECK(status_of(fx, "B3101") == "PAID");
+}
+
 TEST_CASE("alipay: partial then full refund — refund before payment — certificate mode")
 {
     DaemonFixture fx;

@@ -538,6 +538,60 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(f.anomalies_len("B-21") == 3);
     }
 
+    TEST_CASE("unusable: one anomaly per notification and no marker so that a readable copy still applies")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-U1"));
+        auto unusable = [](const std::string& bill, const std::string& notify_id) {
+            PaymentEvent ev = alipay_payment(bill, "T-1", -1, notify_id);
+            ev.kind = EventKind::unusable;
+            ev.problem = "total_amount \"10.001\" is not an amount in yuan";
+            return ev;
+        };
+        check_result(f.apply(unusable("B-U1", "N-1")), ApplyOutcome::anomaly, "unusable_notification", "PENDING");
+        CHECK(num(f.bill("B-U1"), "version") == 1);
+        CHECK(f.anomalies_len("B-U1") == 1);
+        CHECK(f.outbox_len("B-U1") == 1);
+        const auto ev = last_event(f, "B-U1");
+        CHECK(str(ev, "type") == "bill.anomaly");
+        CHECK(num(ev, "sequence") == 1);
+        CHECK(str(ev["data"], "anomaly") == "unusable_notification");
+        CHECK(str(ev["data"], "problem") == "total_amount \"10.001\" is not an amount in yuan");
+        CHECK(paybridge::test::is_null(ev["data"], "amount_fen"));
+        CHECK(str(ev["data"], "notification_id") == "N-1");
+        const auto anomaly = last_anomaly(f, "B-U1");
+        CHECK(str(anomaly, "kind") == "unusable_notification");
+        CHECK(str(anomaly["detail"], "problem") == "total_amount \"10.001\" is not an amount in yuan");
+        CHECK(str(anomaly, "event_id") == "evt_B-U1_1");
+        // The provider's retries are recorded once; the notification's marker is not set.
+        check_result(f.apply(unusable("B-U1", "N-1")), ApplyOutcome::duplicate, "", "PENDING");
+        CHECK(f.anomalies_len("B-U1") == 1);
+        CHECK(f.hist_len("B-U1") == 1);
+        CHECK(f.integer({"HEXISTS", f.store->keys().bill("B-U1"), "n:alipay:N-1"}) == 0);
+        // A paybridge that reads it applies the same notification.
+        check_result(f.apply(alipay_payment("B-U1", "T-1", 1000, "N-1")), ApplyOutcome::applied, "", "PAID");
+        CHECK(num(last_event(f, "B-U1"), "sequence") == 2);
+        CHECK(f.anomalies_len("B-U1") == 1);
+
+        // Before its bill: in the bill's history as an unknown_bill event is, numbered before the
+        // bill's own events, and not replayed at registration (there is nothing to apply).
+        check_result(f.apply(unusable("B-U2", "N-1")), ApplyOutcome::anomaly, "unusable_notification", "");
+        check_result(f.apply(unusable("B-U2", "N-1")), ApplyOutcome::duplicate, "", "");
+        CHECK(f.anomalies_len("B-U2") == 1);
+        CHECK(str(last_anomaly(f, "B-U2"), "id") == "anm_B-U2_u1");
+        const auto reg = f.register_bill(new_bill("B-U2"));
+        CHECK(reg.orphans_applied == 0);
+        CHECK(str(parse_json(reg.bill_json), "status") == "PENDING");
+        check_result(f.apply(alipay_payment("B-U2", "T-1", 1000, "N-2")), ApplyOutcome::applied, "", "PAID");
+        const auto history = f.get("B-U2").events_json;
+        REQUIRE(history.size() == 2);
+        CHECK(str(parse_json(history[0]), "id") == "evt_B-U2_u1");
+        CHECK(num(parse_json(history[0]), "sequence") == 1);
+        CHECK(str(parse_json(history[1]), "id") == "evt_B-U2_2");
+        CHECK(num(parse_json(history[1]), "sequence") == 2);
+    }
+
     TEST_CASE("kind none is ignored: nothing stored but the notification marker")
     {
         StoreFixture f;

@@ -509,7 +509,7 @@ TEST_CASE("amounts: a table of total_amount values")
 {
     struct Row {
         std::string_view text;
-        std::int64_t fen;  // -1: malformed_request
+        std::int64_t fen;  // -1: not an amount (an authentic notification: kind unusable)
     };
     const Row rows[] = {
         {"20", 2000},  {"0.5", 50},    {"12.34", 1234}, {"0.01", 1},    {"0.00", 0},  {"100000.00", 10000000},
@@ -523,9 +523,12 @@ TEST_CASE("amounts: a table of total_amount values")
         auto notice = make_paid_notice(spec());
         set_field(notice, "total_amount", row.text);
         auto v = parse_body(*gw, body_of(notice));
+        REQUIRE(v.has_value());
         if (row.fen < 0) {
-            REQUIRE_FALSE(v.has_value());
-            CHECK(v.error() == make_error_code(errc::malformed_request));
+            CHECK(v->event.kind == EventKind::unusable);
+            CHECK(v->event.total_fen == -1);
+            CHECK(v->event.problem.starts_with(row.text.empty() ? "a TRADE_SUCCESS payment without total_amount"
+                                                                : "total_amount \""));
         } else {
             REQUIRE(v.has_value());
             CHECK(v->event.total_fen == row.fen);
@@ -549,7 +552,7 @@ TEST_CASE("to_payment_event: a time that does not read is skipped for the next o
     CHECK(ev->occurred_at.empty());  // the store then uses the time it applies it
 }
 
-TEST_CASE("to_payment_event rejects what it cannot map")
+TEST_CASE("to_payment_event: what it cannot map is unusable with the reason, unless it names no bill")
 {
     const FormFields base = {{"app_id", "a"},          {"notify_id", "n"}, {"out_trade_no", "o"},
                              {"trade_status", "TRADE_SUCCESS"}, {"trade_no", "t"},  {"total_amount", "1.00"}};
@@ -563,9 +566,19 @@ TEST_CASE("to_payment_event rejects what it cannot map")
         }
         return to_payment_event(f);
     };
-    CHECK_FALSE(without("total_amount").has_value());  // a payment without an amount
-    CHECK_FALSE(without("trade_no").has_value());
-    CHECK_FALSE(without("notify_id").has_value());
+    auto unusable = [](const Result<PaymentEvent>& ev) {
+        REQUIRE(ev.has_value());
+        CHECK(ev->kind == EventKind::unusable);
+        CHECK(ev->bill_id == "o");           // what the store files it under
+        CHECK(ev->notification_id == "n");   // what it is recorded once by
+        CHECK(ev->account == "a");
+        return ev->problem;
+    };
+    CHECK(unusable(without("total_amount")) == "a TRADE_SUCCESS payment without total_amount");
+    CHECK(unusable(without("trade_no")) == "a TRADE_SUCCESS payment without trade_no");
+    // Without its notification id or its bill it cannot be recorded: refused as malformed.
+    CHECK(without("notify_id").error() == make_error_code(errc::malformed_request));
+    CHECK(without("out_trade_no").error() == make_error_code(errc::malformed_request));
     FormFields empty_refund_fee = base;  // "refund_fee=" (§1.5 step 7: empty values are sent)
     empty_refund_fee.emplace_back("refund_fee", "");
     const auto empty_refund = to_payment_event(empty_refund_fee);
@@ -574,11 +587,21 @@ TEST_CASE("to_payment_event rejects what it cannot map")
     CHECK(empty_refund->total_fen == 100);
     FormFields bad_refund = base;
     bad_refund.emplace_back("refund_fee", "1.2.3");
-    CHECK_FALSE(to_payment_event(bad_refund).has_value());
+    CHECK(unusable(to_payment_event(bad_refund)) ==
+          "refund_fee \"1.2.3\" is not an amount in yuan (digits, at most two decimals)");
+    FormFields long_amount = base;
+    long_amount.back().second = std::string(40, '9') + "\"";
+    CHECK(unusable(to_payment_event(long_amount)) == "total_amount \"" + std::string(32, '9') +
+                                                         "...\" is not an amount in yuan (digits, at most two decimals)");
     FormFields zero_refund = base;
     zero_refund.emplace_back("gmt_refund", "2024-05-01 12:00:00.000");
     zero_refund.emplace_back("refund_fee", "0.00");
-    CHECK_FALSE(to_payment_event(zero_refund).has_value());
+    CHECK(unusable(to_payment_event(zero_refund)) == "a refund (gmt_refund is present) of 0.00");
+    FormFields no_refund_fee = base;
+    no_refund_fee.emplace_back("gmt_refund", "2024-05-01 12:00:00.000");
+    const auto without_fee = to_payment_event(no_refund_fee);
+    CHECK(unusable(without_fee) == "a refund (gmt_refund is present) without refund_fee");
+    CHECK(without_fee->occurred_at == "2024-05-01T04:00:00.000Z");  // the refund's time, as for a refund
 }
 
 TEST_CASE("replies: success is exactly 'success', failure is 'fail' with 400, 503 or 500")

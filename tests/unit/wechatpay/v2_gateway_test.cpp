@@ -232,16 +232,26 @@ TEST_CASE("v2: payments and refunds through another AppID bound to the merchant 
           errc::unknown_account);
 }
 
-TEST_CASE("v2: amounts must be integer fen")
+TEST_CASE("v2: amounts must be integer fen, or the authentic notification is unusable")
 {
     auto gateway = make_gateway();
     for (const char* bad : {"12.5", "-1", "", "1e3"}) {
         auto p = payment();
         p.extra.push_back({"total_fee", bad});
         CAPTURE(bad);
-        CHECK(verify(*gateway, sim::build_v2_payment_xml(p, keys().apiv2_key, V2SignType::md5)).error() ==
-              errc::malformed_request);
+        auto v = verify(*gateway, sim::build_v2_payment_xml(p, keys().apiv2_key, V2SignType::md5));
+        REQUIRE(v);
+        CHECK(v->event.kind == EventKind::unusable);
+        CHECK(v->event.problem == "total_fee \"" + std::string(bad) + "\" is not an amount in fen");
+        CHECK(v->event.bill_id == p.out_trade_no);
+        CHECK_FALSE(v->event.notification_id.empty());
     }
+    // Forged: still a bad signature, never an anomaly.
+    auto p = payment();
+    p.extra.push_back({"total_fee", "12.5"});
+    std::string forged = sim::build_v2_payment_xml(p, keys().apiv2_key, V2SignType::md5);
+    forged.replace(forged.find("12.5"), 4, "13.5");
+    CHECK(verify(*gateway, forged).error() == errc::bad_signature);
 }
 
 TEST_CASE("v2: XXE and billion laughs and duplicates are rejected through the gateway")

@@ -532,3 +532,42 @@ TEST_CASE("v3: normalize_serial")
     CHECK(wx::normalize_serial("000") == "0");
     CHECK(wx::normalize_serial("") == "");
 }
+
+TEST_CASE("v3: an authentic resource with a field that does not read is unusable, with the reason")
+{
+    auto gateway = make_gateway();
+    const std::int64_t now = now_unix();
+    const auto signer = cert_signer(keys().platform(), kPlatformSerial);
+    const sim::V3Envelope envelope{.id = "EV-UNUSABLE-1"};
+    auto notification = [&](const std::string& plaintext) {
+        auto body = sim::build_v3_body(envelope, plaintext, keys().apiv3_key);
+        REQUIRE(body);
+        auto n = sim::sign_v3(*body, signer, now);
+        REQUIRE(n);
+        return *n;
+    };
+    auto replaced = [](std::string text, const std::string& from, const std::string& to) {
+        const auto at = text.find(from);
+        REQUIRE(at != std::string::npos);
+        return text.replace(at, from.size(), to);
+    };
+    const std::string good = sim::v3_transaction_json(transaction(1234));
+    REQUIRE(verify(*gateway, notification(good), now)->event.kind == EventKind::payment);
+
+    auto v = verify(*gateway, notification(replaced(good, "\"total\":1234", "\"total\":\"12.34\"")), now);
+    REQUIRE(v);
+    CHECK(v->event.kind == EventKind::unusable);
+    CHECK(v->event.problem == "TRANSACTION.SUCCESS: amount.total is missing or not an amount in fen");
+    CHECK(v->event.bill_id == "BILL-1");
+    CHECK(v->event.notification_id == "EV-UNUSABLE-1");
+
+    v = verify(*gateway, notification(replaced(good, "\"transaction_id\"", "\"transaction_no\"")), now);
+    REQUIRE(v);
+    CHECK(v->event.problem == "TRANSACTION.SUCCESS: the resource has no transaction_id");
+
+    // No bill to file it under: refused as malformed (and logged), as before.
+    CHECK(verify(*gateway, notification(replaced(good, "\"out_trade_no\"", "\"out_trade_id\"")), now).error() ==
+          errc::malformed_request);
+    // Another merchant's object stays a refusal, never an anomaly on our bill.
+    CHECK(verify(*gateway, notification(replaced(good, kMchid, "1999999999")), now).error() == errc::unknown_account);
+}
