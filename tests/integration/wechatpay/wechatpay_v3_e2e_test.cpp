@@ -395,6 +395,37 @@ TEST_CASE("wechatpay v3: amount mismatch and unknown bill are acknowledged and r
     CHECK(std::find(kinds.begin(), kinds.end(), "amount_mismatch") != kinds.end());
 }
 
+TEST_CASE("wechatpay v3: an authentic resource whose amount does not read is recorded once and refused with 400 FAIL")
+{
+    DaemonFixture fx;
+    INFO("paybridged log:\n", fx.log());
+    Wechat wx{fx};
+    REQUIRE(fx.create_bill("W7051", 1000).status == 201);
+    std::string plaintext = sim::v3_transaction_json(wx.tx("W7051", 1000, "4200000007202611270000007051"));
+    const auto at = plaintext.find("\"total\":1000");
+    REQUIRE(at != std::string::npos);
+    plaintext.replace(at, 12, "\"total\":\"10.00\"");
+    const sim::V3Envelope envelope{.id = "EV-W7051"};
+    auto body = sim::build_v3_body(envelope, plaintext, fx.apiv3_key);
+    REQUIRE(body.has_value());
+    for (int i = 0; i < 2; ++i) {  // WeChat Pay's retry, signed again
+        auto n = sim::sign_v3(*body, wx.public_key, now_unix());
+        REQUIRE(n.has_value());
+        check_v3_fail(wx.post_v3(*n), 400);
+    }
+    auto bill = bill_of(fx, "W7051");
+    CHECK(str(bill, "status") == "PENDING");
+    REQUIRE(bill["events"].Size() == 1);
+    CHECK(str(bill["events"][0]["data"], "anomaly") == "unusable_notification");
+    CHECK(str(bill["events"][0]["data"], "problem") ==
+          "TRANSACTION.SUCCESS: amount.total is missing or not an amount in fen");
+    CHECK(anomalies_of(fx, "W7051") == std::vector<std::string>{"unusable_notification"});
+    // The same notification with a readable amount (as a fixed paybridge would read it) applies.
+    auto readable = wx.pay(wx.tx("W7051", 1000, "4200000007202611270000007051"), wx.public_key, 0, envelope);
+    CHECK(wx.post_v3(readable).status == 204);
+    CHECK(status_of(fx, "W7051") == "PAID");
+}
+
 TEST_CASE("wechatpay v3: a verified event type we do not act on is acknowledged, with or without a bill")
 {
     DaemonFixture fx;
