@@ -693,13 +693,15 @@ end
 -- An authentic notification with a field paybridge cannot read (core/payment_event.hpp): nothing
 -- is applied and the notification's marker is NOT set, since the provider is told to retry and a
 -- paybridge that reads it must then apply it. Recorded once per notification, on the bill, or in
--- the history of a bill not registered yet (numbered like unknown_bill events).
+-- the history of a bill not registered yet (numbered like unknown_bill events). Outcome
+-- "anomaly" each time, the kind only the first time; "duplicate" stays what it means everywhere
+-- (the notification was handled: the fast path above answers it when its marker is set).
 local function unusable(ev, b)
     if b ~= nil then
         b.marker = nil
     end
     if not first_time('unusable:' .. ev.channel .. ':' .. ev.notification_id) then
-        return 'duplicate', '', (b and b.status) or ''
+        return 'anomaly', '', (b and b.status) or ''
     end
     local details = {{'problem', jstr(ev.problem)}, {'amount_fen', amount_or_null(ev.total_fen)}}
     if b ~= nil then

@@ -562,9 +562,10 @@ awaitable<Response> Service::notify(const Request& req, const gateways::Gateway*
     if (!applied->anomaly.empty()) {
         instruments().anomalies.with({{"kind", applied->anomaly}}).inc();
     }
-    if (unusable) {
+    if (unusable && applied->outcome != ApplyOutcome::duplicate) {
         // Authentic but not readable by this paybridge: recorded (once) as an anomaly, and refused
-        // like malformed input, so the provider retries and a fixed paybridge applies it.
+        // like malformed input, so the provider retries and a fixed paybridge applies it. (A
+        // duplicate is a notification some paybridge did read and apply: acknowledged below.)
         counters.cached<2>({"channel", "outcome"}, {route, "unusable"}).inc();
         log::warning("notify.unusable", {{"request_id", request_id}, {"channel", route}, {"bill_id", bill_id},
                                          {"problem", problem}, {"recorded", !applied->anomaly.empty()},

@@ -170,7 +170,10 @@ Result<Verified> WechatV2Gateway::payment(const V2Merchant& merchant, const XmlF
     const std::string_view result_code = field(fields, "result_code");
     ev.provider_status = return_code != "SUCCESS" ? return_code : result_code;
     if (return_code != "SUCCESS" || result_code != "SUCCESS") {
-        return verified;  // acknowledged, nothing moves
+        // Acknowledged, nothing moves. Its own id: a FAIL result often has no transaction_id, and
+        // its marker must not make a later SUCCESS for the bill (unreadable too, say) a duplicate.
+        ev.notification_id.append(":").append(ev.provider_status);
+        return verified;
     }
     if (!pays_through(merchant, field(fields, "appid"))) {
         return error(errc::unknown_account);

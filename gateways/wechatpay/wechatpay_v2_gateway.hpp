@@ -44,17 +44,19 @@ struct V2Merchant {
 /// (32 → MD5, 64 → HMAC-SHA256), and on mismatch the other algorithm is tried; compared in
 /// constant time after upper-casing the received sign. Then return_code and result_code must both
 /// be SUCCESS, else kind none (acknowledged, nothing moves). mch_id must equal the route mchid and
-/// appid the configured appid (unknown_account); out_trade_no, transaction_id and total_fee
-/// (integer fen) are required (malformed_request). notification_id =
-/// "v2:" + transaction_id + ":" + out_trade_no (stable across WeChat's retries, unlike a body hash);
+/// appid the configured appid (unknown_account); out_trade_no is required (malformed_request);
+/// mch_id, transaction_id and total_fee (integer fen) missing or unreadable → kind unusable with the
+/// problem (gateway.hpp). notification_id = "v2:" + transaction_id + ":" + out_trade_no (stable
+/// across WeChat's retries, unlike a body hash), with ":" + the status appended when nothing moves
+/// (so that a FAIL result cannot make a later SUCCESS for the bill a duplicate);
 /// provider_status = result_code; occurred_at from time_end (Beijing time); currency = fee_type
 /// (default CNY).
 ///
 /// Refund notify: outer mch_id must equal the route mchid (unknown_account), appid (when sent)
 /// the configured one; req_info that does not base64-decode, decrypt, unpad or parse as <root>
 /// → bad_signature. refund_status SUCCESS → refund (refund_id = out_refund_no, refund_fen =
-/// refund_fee, total_fen = total_fee, non-cumulative; out_trade_no, transaction_id, refund_fee
-/// and total_fee required), CHANGE → refund_abnormal, REFUNDCLOSE → refund_closed, anything else
+/// refund_fee, total_fen = total_fee, non-cumulative; out_trade_no required, transaction_id,
+/// refund_fee and total_fee missing or unreadable → kind unusable), CHANGE → refund_abnormal, REFUNDCLOSE → refund_closed, anything else
 /// (or outer return_code not SUCCESS) → none. notification_id =
 /// "v2:refund:" + out_refund_no + ":" + refund_status; occurred_at from success_time.
 class WechatV2Gateway final : public Gateway {

@@ -110,14 +110,14 @@ Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, Payme
 {
     const auto mchid = string_member(tx, "mchid");
     if (!mchid) {
-        return unreadable(problem, "the resource has no mchid");
+        return error(errc::malformed_request);  // whose object? (partner mode sends sp_mchid/sub_mchid)
     }
     if (*mchid != merchant.mchid) {
         return error(errc::unknown_account);
     }
     const auto appid = string_member(tx, "appid");
     if (!appid) {
-        return unreadable(problem, "the resource has no appid");
+        return error(errc::malformed_request);
     }
     if (*appid != merchant.appid &&
         std::find(merchant.other_appids.begin(), merchant.other_appids.end(), *appid) == merchant.other_appids.end()) {
@@ -164,7 +164,7 @@ Result<void> read_refund(const Value& refund, const V3Merchant& merchant, std::s
 {
     const auto mchid = string_member(refund, "mchid");
     if (!mchid) {
-        return unreadable(problem, "the resource has no mchid");
+        return error(errc::malformed_request);  // whose object? (partner mode sends sp_mchid/sub_mchid)
     }
     if (*mchid != merchant.mchid) {
         return error(errc::unknown_account);

@@ -15,7 +15,9 @@
 //      base64 (the WECHATPAY/SIGNTEST/ probes) or does not verify → bad_signature;
 //   5. the JSON envelope (RapidJSON; malformed_request), resource.algorithm AEAD_AES_256_GCM,
 //      decryption with the APIv3 key;
-//   6. the decrypted object is checked against the route (mchid, appid) and normalised.
+//   6. the decrypted object is checked against the route (mchid, appid) and normalised. When it is
+//      ours and names its bill but a field the event needs is missing or does not read (amount.total
+//      a string, no transaction_id), the result is kind unusable with the problem (gateway.hpp).
 //
 // GCM tag failures: the signature already proved WeChat sent the body, so a tag that does not
 // verify means our APIv3 key is wrong (or the resource was damaged), not a forgery. The reply must

@@ -565,19 +565,21 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(str(anomaly["detail"], "problem") == "total_amount \"10.001\" is not an amount in yuan");
         CHECK(str(anomaly, "event_id") == "evt_B-U1_1");
         // The provider's retries are recorded once; the notification's marker is not set.
-        check_result(f.apply(unusable("B-U1", "N-1")), ApplyOutcome::duplicate, "", "PENDING");
+        check_result(f.apply(unusable("B-U1", "N-1")), ApplyOutcome::anomaly, "", "PENDING");
         CHECK(f.anomalies_len("B-U1") == 1);
         CHECK(f.hist_len("B-U1") == 1);
         CHECK(f.integer({"HEXISTS", f.store->keys().bill("B-U1"), "n:alipay:N-1"}) == 0);
-        // A paybridge that reads it applies the same notification.
+        // A paybridge that reads it applies the same notification; one that still cannot read it
+        // then hears "duplicate" (handled), which it acknowledges.
         check_result(f.apply(alipay_payment("B-U1", "T-1", 1000, "N-1")), ApplyOutcome::applied, "", "PAID");
         CHECK(num(last_event(f, "B-U1"), "sequence") == 2);
+        check_result(f.apply(unusable("B-U1", "N-1")), ApplyOutcome::duplicate, "", "PAID");
         CHECK(f.anomalies_len("B-U1") == 1);
 
         // Before its bill: in the bill's history as an unknown_bill event is, numbered before the
         // bill's own events, and not replayed at registration (there is nothing to apply).
         check_result(f.apply(unusable("B-U2", "N-1")), ApplyOutcome::anomaly, "unusable_notification", "");
-        check_result(f.apply(unusable("B-U2", "N-1")), ApplyOutcome::duplicate, "", "");
+        check_result(f.apply(unusable("B-U2", "N-1")), ApplyOutcome::anomaly, "", "");
         CHECK(f.anomalies_len("B-U2") == 1);
         CHECK(str(last_anomaly(f, "B-U2"), "id") == "anm_B-U2_u1");
         const auto reg = f.register_bill(new_bill("B-U2"));
@@ -590,6 +592,24 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(num(parse_json(history[0]), "sequence") == 1);
         CHECK(str(parse_json(history[1]), "id") == "evt_B-U2_2");
         CHECK(num(parse_json(history[1]), "sequence") == 2);
+
+        // Mixed with orphans: one numbering (u1 orphan, u2 unusable, u3 orphan), only the orphans
+        // replayed, and the bill's own events after them.
+        check_result(f.apply(alipay_payment("B-U3", "T-1", 1000, "N-1")), ApplyOutcome::orphaned, "unknown_bill", "");
+        check_result(f.apply(unusable("B-U3", "N-2")), ApplyOutcome::anomaly, "unusable_notification", "");
+        PaymentEvent refund = wechat_refund("B-U3", "T-1", "R-1", 400, "N-3");
+        refund.provider = "alipay";
+        refund.channel = "alipay";
+        check_result(f.apply(refund), ApplyOutcome::orphaned, "unknown_bill", "");
+        const auto reg3 = f.register_bill(new_bill("B-U3"));
+        CHECK(reg3.orphans_applied == 2);
+        CHECK(str(parse_json(reg3.bill_json), "status") == "PARTIALLY_REFUNDED");
+        std::vector<std::string> ids;
+        for (const auto& e : f.get("B-U3").events_json) {
+            ids.push_back(str(parse_json(e), "id"));
+        }
+        CHECK(ids == std::vector<std::string>{"evt_B-U3_u1", "evt_B-U3_u2", "evt_B-U3_u3", "evt_B-U3_4",
+                                              "evt_B-U3_5"});
     }
 
     TEST_CASE("kind none is ignored: nothing stored but the notification marker")

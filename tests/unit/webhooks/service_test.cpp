@@ -32,10 +32,11 @@ public:
         gateways::Verified v;
         v.event.provider = "fake";
         v.event.channel = name_;
-        v.event.kind = EventKind::payment;
+        v.event.kind = kind;
         v.event.bill_id = "B-1";
         return v;
     }
+    EventKind kind{EventKind::payment};
     gateways::Reply success() const override { return {.status = 200, .content_type = "text/plain", .body = "ok " + name_}; }
     gateways::Reply failure(const boost::system::error_code& ec) const override
     {
@@ -53,15 +54,14 @@ class FakeStore final : public BillStore {
 public:
     bool throw_on_apply{false};
     int applied{0};
+    ApplyResult answer{.outcome = ApplyOutcome::applied, .anomaly = "", .status = "PAID"};
     awaitable<Result<ApplyResult>> apply(PaymentEvent) override
     {
         if (throw_on_apply) {
             throw std::runtime_error("a bug in the store");
         }
         ++applied;
-        ApplyResult r;
-        r.outcome = ApplyOutcome::applied;
-        r.status = "PAID";
+        ApplyResult r = answer;
         co_return r;
     }
     awaitable<Result<RegisterResult>> register_bill(NewBill) override { co_return make_error_code(errc::internal); }
@@ -184,4 +184,26 @@ TEST_CASE("an exception while handling a notification is answered in the provide
     f.store.throw_on_apply = false;
     CHECK(f.post("/notify/alipay", "a=b").body() == "ok alipay");
     CHECK(f.store.applied == 1);
+}
+
+TEST_CASE("an unusable notification is refused whether the store recorded it now or before")
+{
+    Fixture f;
+    f.alipay->kind = EventKind::unusable;
+    const std::vector<std::pair<ApplyOutcome, std::string>> recorded = {
+        {ApplyOutcome::anomaly, "unusable_notification"},  // the first time
+        {ApplyOutcome::anomaly, ""},                       // a retry: already on record
+    };
+    for (const auto& [outcome, anomaly] : recorded) {
+        f.store.answer = ApplyResult{.outcome = outcome, .anomaly = anomaly, .status = "PENDING"};
+        const auto r = f.post("/notify/alipay", "a=b");
+        CHECK(r.result_int() == 400);
+        CHECK(r.body() == "FAIL alipay malformed_request");
+    }
+    // Its notification id was applied (by a paybridge that could read it): acknowledged.
+    f.store.answer = ApplyResult{.outcome = ApplyOutcome::duplicate, .anomaly = "", .status = "PAID"};
+    const auto r = f.post("/notify/alipay", "a=b");
+    CHECK(r.result_int() == 200);
+    CHECK(r.body() == "ok alipay");
+    CHECK(f.store.applied == 3);
 }
