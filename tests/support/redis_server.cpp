@@ -3,6 +3,7 @@
 #include "tests/support/process.hpp"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <spawn.h>
@@ -167,9 +168,16 @@ void RedisTestServer::launch()
     }
     argv.push_back(nullptr);
     pid_t pid = -1;
-    // The child must not inherit the test's sockets (a fake CRM's listener would stay open in it).
+    // The child must not inherit the test's sockets (a fake CRM's listener would stay open in it),
+    // nor its stdio: ctest waits for the test's output pipe to close, so a redis-server orphaned
+    // by a crashed test would hold ctest up until its timeout. What Redis prints before its log
+    // file is open (a bad argument) goes to redis.stdout.
+    const std::string stdout_file = dir_ + "/redis.stdout";
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, stdout_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+    posix_spawn_file_actions_adddup2(&actions, 1, 2);
     posix_spawn_file_actions_addclosefrom_np(&actions, 3);
     const int rc = ::posix_spawn(&pid, binary_.c_str(), &actions, nullptr, argv.data(), environ);
     posix_spawn_file_actions_destroy(&actions);

@@ -173,6 +173,12 @@ TEST_SUITE("core/resolve")
             }
             return took < 3s ? 0 : 2;  // getaddrinfo itself would take 30 s
         });
+        if (status == 101) {
+            // Root without CAP_SYS_ADMIN (an unprivileged container): no private network or mount
+            // namespace to fake a silent DNS server in. Said, not passed silently.
+            MESSAGE("not run: unshare(CLONE_NEWNS | CLONE_NEWNET) is not permitted on this machine");
+            return;
+        }
         CHECK_MESSAGE(status == 0, "child status " << status << " (1: not timed_out, 2: too late, 10x: namespace set-up)");
     }
 }
