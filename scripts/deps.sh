@@ -2,12 +2,14 @@
 # Installs the Debian 12 packages paybridge needs, only those that are missing.
 # Usage: scripts/deps.sh [run|test|fuzz]   (test adds what the test suite needs, fuzz clang and libFuzzer)
 set -euo pipefail
+# dpkg needs ldconfig and start-stop-daemon, which a root shell from plain `su` may not have on PATH.
+export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
 
 packages=(build-essential cmake pkg-config ccache openssl ca-certificates curl
           libboost1.81-dev libssl-dev libhiredis-dev rapidjson-dev doctest-dev libsystemd-dev libexpat1-dev libjemalloc-dev
           redis-server)
 if [[ "${1:-run}" == "test" ]]; then
-  packages+=(systemd prometheus)   # systemd-analyze verify; promtool check metrics
+  packages+=(systemd procps prometheus)   # systemd-analyze verify (the unit's /bin/kill); promtool check metrics
 fi
 if [[ "${1:-run}" == "fuzz" ]]; then
   packages+=(clang libclang-rt-14-dev)   # scripts/fuzz.sh: libFuzzer and its sanitizer runtimes
@@ -23,7 +25,12 @@ if ((${#missing[@]})); then
   echo "paybridge: installing ${missing[*]}" >&2
   SUDO=""
   if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  export DEBIAN_FRONTEND=noninteractive
-  $SUDO apt-get update -qq
-  $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # The tests need only its promtool; on a machine run by systemd the package also starts a
+  # Prometheus server on every interface, which nobody asked for.
+  if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
+    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
+    echo "paybridge: installed prometheus for promtool only; its server is stopped and disabled" >&2
+  fi
 fi
