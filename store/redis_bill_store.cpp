@@ -523,7 +523,7 @@ ReplicaConfirmer* RedisBillStore::confirmer_for(std::string_view bill_id)
     return confirmers_.back().get();
 }
 
-asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id)
+asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id, std::uint64_t session)
 {
     if (cfg_.wait_replicas <= 0) {
         co_return Result<void>{};
@@ -532,7 +532,17 @@ asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_vie
     if (confirmer == nullptr) {
         co_return make_error_code(errc::store_unavailable);  // no master known for the bill's shard
     }
-    Result<void> confirmed = co_await confirmer->confirm();
+    if (!cfg_.cluster.nodes.empty()) {
+        Result<void> confirmed = co_await confirmer->confirm();
+        co_return confirmed;
+    }
+    // The write's connection reconnected since (to the same primary or, after a failover, to
+    // another): which one took the change is not known. Failing is safe: the provider retries.
+    if (redis_.session() != session) {
+        co_return make_error_code(errc::store_unavailable);
+    }
+    const config::Endpoint written_at = redis_.endpoint();
+    Result<void> confirmed = co_await confirmer->confirm(&written_at);
     co_return confirmed;
 }
 
@@ -551,6 +561,7 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     const std::string bill_id = event.bill_id;
     std::vector<std::string> payload = event_args(std::move(event));
     std::string op = "apply";
+    const std::uint64_t session = redis_.session();
     Result<Reply> reply = co_await run_script(std::move(op), bill_id, std::move(payload));
     if (!reply) {
         co_return reply.error();
@@ -566,7 +577,7 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     ApplyResult result{.outcome = *outcome, .anomaly = r.elements[1].str, .status = r.elements[2].str};
     // The provider hears "success" only once the change, this call's or the earlier one a repeat
     // repeats (whose confirmation may have failed), is on the replicas.
-    Result<void> waited = co_await confirm_replicated(bill_id);
+    Result<void> waited = co_await confirm_replicated(bill_id, session);
     if (!waited) {
         co_return waited.error();
     }
@@ -584,6 +595,7 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     }
     std::vector<std::string> payload{new_bill_json(bill, *metadata)};
     std::string op = "register";
+    const std::uint64_t session = redis_.session();
     Result<Reply> reply = co_await run_script(std::move(op), bill.id, std::move(payload));
     if (!reply) {
         co_return reply.error();
@@ -607,7 +619,7 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     result.orphans_applied = static_cast<int>(r.elements[2].integer);
     if (result.outcome != RegisterOutcome::conflict) {
         // "identical" confirms a bill that an earlier call may have written without its WAIT.
-        Result<void> waited = co_await confirm_replicated(bill.id);
+        Result<void> waited = co_await confirm_replicated(bill.id, session);
         if (!waited) {
             co_return waited.error();
         }

@@ -107,7 +107,9 @@ private:
                                                      std::vector<std::string> payload);
     /// With wait_replicas: until the replicas hold every write acknowledged so far.
     /// Waits for the replicas of the node holding the bill's shard (wait_replicas > 0).
-    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id);
+    /// `session`: redis_.session() before the change was sent (standalone and Sentinel: the
+    /// confirmation must run on the primary that took it).
+    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id, std::uint64_t session);
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
 

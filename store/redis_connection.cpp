@@ -161,6 +161,7 @@ struct RedisConnection::Waiter {
     Waiter& operator=(const Waiter&) = delete;
 
     // A frame destroyed while suspended (io_context torn down) must not leave its slots dangling.
+    // (A waiter finished early abandons its slots where it is finished: deliver_front.)
     ~Waiter()
     {
         if (!done) {
@@ -372,7 +373,9 @@ void RedisConnection::deliver_front(void* hiredis_reply)
     } catch (...) {
         // The slot has left the queue, so fail_pending would not reach this caller: fail it here,
         // or it would wait for its deadline (whose expiry closes whatever connection is current).
+        // Its later slots must not point at it once its frame is gone (fail_pending reads them).
         stats_->errors.fetch_add(1, std::memory_order_relaxed);
+        abandon(w->first_seq, w->count);
         w->finish(make_error_code(errc::store_unavailable));
         throw;
     }
@@ -601,6 +604,7 @@ asio::awaitable<void> RedisConnection::run()
             break;
         }
         if (!ec) {
+            ++session_;
             ready_.store(true, std::memory_order_relaxed);
             if (router_ != nullptr) {
                 router_->node_changed();

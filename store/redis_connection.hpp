@@ -123,6 +123,10 @@ public:
     /// Where this connection goes (the current master with Sentinel; unused with Cluster).
     const config::Endpoint& endpoint() const noexcept { return current_; }
 
+    /// Counts the connection's sessions (each handshake that made it ready). Equal before a
+    /// request and after its reply: the request was served by endpoint() in this session.
+    std::uint64_t session() const noexcept { return session_; }
+
     /// Sends one command (binary-safe argv) and returns its reply. A Redis error reply is a
     /// value (Reply::Type::error), not a failure.
     /// Errors: store_unavailable (not ready, I/O error, connection lost), timeout (no reply within
@@ -219,6 +223,7 @@ private:
     bool started_{false};
     bool stopped_{false};
     std::atomic<bool> ready_{false};
+    std::uint64_t session_{0};
     RedisStats own_stats_;
     RedisStats* stats_;           ///< own_stats_, or a ClusterRouter's shared ones
     std::size_t reported_in_flight_{0};  ///< this connection's share of stats_->in_flight

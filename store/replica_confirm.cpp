@@ -22,6 +22,7 @@ struct ReplicaConfirmer::Round {
     explicit Round(const asio::any_io_executor& ex) : done(ex, asio::steady_timer::time_point::max()) {}
     asio::steady_timer done;
     Result<void> result{make_error_code(errc::internal)};  ///< until the round has its answer
+    config::Endpoint endpoint;  ///< the primary the round's SET and WAIT ran on, in one session
     bool finished{false};
 };
 
@@ -33,7 +34,7 @@ ReplicaConfirmer::ReplicaConfirmer(RedisConnection& conn, std::string key, int r
 
 ReplicaConfirmer::~ReplicaConfirmer() = default;
 
-asio::awaitable<Result<void>> ReplicaConfirmer::confirm()
+asio::awaitable<Result<void>> ReplicaConfirmer::confirm(const config::Endpoint* written_at)
 {
     const asio::any_io_executor ex = co_await asio::this_coro::executor;
     if (!next_) {
@@ -52,6 +53,12 @@ asio::awaitable<Result<void>> ReplicaConfirmer::confirm()
     if (!round->finished) {
         co_return make_error_code(errc::internal);  // woken otherwise: never "confirmed" by default
     }
+    if (round->result && written_at != nullptr && round->endpoint != *written_at) {
+        log::warning("store.replicas_other_primary",
+                     {{"written_at", written_at->host + ":" + std::to_string(written_at->port)},
+                      {"confirmed_at", round->endpoint.host + ":" + std::to_string(round->endpoint.port)}});
+        co_return make_error_code(errc::store_unavailable);
+    }
     co_return round->result;
 }
 
@@ -62,7 +69,7 @@ asio::awaitable<void> ReplicaConfirmer::drive()
     while (next_) {
         const std::shared_ptr<Round> round = std::exchange(next_, nullptr);
         try {
-            round->result = co_await run_round();
+            round->result = co_await run_round(*round);
         } catch (const std::exception& e) {
             // Its callers are answered, and the next round still runs: a throw must not leave
             // driving_ set and every later caller waiting for a round that never comes.
@@ -75,14 +82,19 @@ asio::awaitable<void> ReplicaConfirmer::drive()
     driving_ = false;
 }
 
-asio::awaitable<Result<void>> ReplicaConfirmer::run_round()
+asio::awaitable<Result<void>> ReplicaConfirmer::run_round(Round& round)
 {
     std::vector<std::vector<std::string>> commands{
         {"SET", key_, "1"}, {"WAIT", std::to_string(replicas_), std::to_string(timeout_.count())}};
+    const std::uint64_t session = conn_.session();
     Result<std::vector<Reply>> replies = co_await conn_.exec_many(std::move(commands));
     if (!replies) {
         co_return replies.error();
     }
+    if (conn_.session() != session) {
+        co_return make_error_code(errc::store_unavailable);  // served by which primary? say no
+    }
+    round.endpoint = conn_.endpoint();
     const Reply& set = (*replies)[0];
     const Reply& wait = (*replies)[1];
     // A refused SET (NOREPLICAS, OOM, MISCONF) leaves the connection's replication offset where

@@ -34,10 +34,12 @@ public:
     ReplicaConfirmer& operator=(const ReplicaConfirmer&) = delete;
 
     /// Returns once `replicas` replicas hold every write the primary had acknowledged when this
-    /// was called. Errors: store_unavailable (fewer replicas acknowledged within the timeout, an
-    /// error reply such as NOREPLICAS or OOM to the SET, or the connection's own errors),
-    /// timeout, shutting_down.
-    boost::asio::awaitable<Result<void>> confirm();
+    /// was called. `written_at` (may be null): the primary the caller wrote to; a round that ran
+    /// on another one (the two connections follow Sentinel each on its own, so during a failover
+    /// they may disagree for a moment) confirms nothing for it. Errors: store_unavailable (fewer
+    /// replicas acknowledged within the timeout, an error reply such as NOREPLICAS or OOM to the
+    /// SET, another primary, or the connection's own errors), timeout, shutting_down.
+    boost::asio::awaitable<Result<void>> confirm(const config::Endpoint* written_at = nullptr);
 
     /// The key each round writes.
     const std::string& key() const noexcept { return key_; }
@@ -45,7 +47,7 @@ public:
 private:
     struct Round;
     boost::asio::awaitable<void> drive();
-    boost::asio::awaitable<Result<void>> run_round();
+    boost::asio::awaitable<Result<void>> run_round(Round& round);
 
     RedisConnection& conn_;
     std::string key_;

@@ -765,6 +765,49 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(alone.error() == paybridge::make_error_code(errc::store_unavailable));
     }
 
+    TEST_CASE("wait_replicas: a confirmation on another primary than the one written to confirms nothing")
+    {
+        // The write connection and the confirmation connection follow Sentinel each on its own
+        // (a watch per connection, every second), so during a failover they can name different
+        // primaries for a moment. Here they simply go to two servers, each with a replica.
+        StoreFixture f([](paybridge::config::RedisConfig& c) {
+            c.wait_replicas = 1;
+            c.wait_timeout = std::chrono::milliseconds(2000);
+            c.request_timeout = std::chrono::milliseconds(5000);
+        });
+        REQUIRE(f.wait_ready());
+        const auto replica = start_replica(f);
+        paybridge::test::RedisTestServer other_primary;
+        paybridge::test::RedisTestServer other_replica(
+            std::vector<std::string>{"--replicaof", "127.0.0.1", std::to_string(other_primary.port())});
+        paybridge::store::RedisConnection elsewhere(f.ctx.get_executor(), paybridge::test::redis_config(other_primary));
+        elsewhere.start();
+        REQUIRE(paybridge::test::run_until(f.ctx, [&] { return elsewhere.ready(); }, std::chrono::seconds(5)));
+        bool acked = false;
+        for (int i = 0; i < 400 && !acked; ++i) {
+            f.run(elsewhere.exec({"SET", "warm-up", "1"}));
+            const auto waited = f.run(elsewhere.exec({"WAIT", "1", "50"}));
+            acked = waited && waited->is_integer() && waited->integer == 1;
+        }
+        REQUIRE(acked);  // that primary's replica acknowledges writes
+
+        paybridge::store::RedisBillStore split(*f.conn, f.cfg, {}, &elsewhere);
+        const auto reg = f.run(split.register_bill(new_bill("W-9")));
+        CHECK(reg.error() == paybridge::make_error_code(errc::store_unavailable));
+        const auto paid = f.run(split.apply(payment("W-9", "alipay", 1000, "N-1")));
+        CHECK(paid.error() == paybridge::make_error_code(errc::store_unavailable));
+        // The same calls confirmed on the primary written to are acknowledged (the retry of each).
+        const auto reg_again = f.run(f.store->register_bill(new_bill("W-9")));
+        REQUIRE(reg_again.has_value());
+        CHECK(reg_again->outcome == RegisterOutcome::identical);
+        const auto paid_again = f.run(f.store->apply(payment("W-9", "alipay", 1000, "N-1")));
+        REQUIRE(paid_again.has_value());
+        CHECK(paid_again->outcome == ApplyOutcome::duplicate);
+        elsewhere.stop();
+        f.ctx.restart();
+        f.ctx.run_for(std::chrono::milliseconds(200));
+    }
+
     TEST_CASE("wait_replicas: a confirmation whose SET the primary refuses (NOREPLICAS) is not confirmed by an older write")
     {
         StoreFixture f([](paybridge::config::RedisConfig& c) {
