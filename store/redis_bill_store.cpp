@@ -601,7 +601,8 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
         co_return reply.error();
     }
     const Reply& r = *reply;
-    if (!r.is_array() || r.elements.size() != 3 || !r.elements[0].is_string() || !r.elements[1].is_string()) {
+    if (!r.is_array() || r.elements.size() != 3 || !r.elements[0].is_string() || !r.elements[1].is_string() ||
+        !r.elements[2].is_integer()) {
         co_return unexpected_reply("register", r);
     }
     RegisterResult result;

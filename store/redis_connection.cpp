@@ -45,6 +45,12 @@ constexpr std::size_t kReadBufferSize = 64 * 1024;
 // Requests are bounded in time by request_timeout; this bounds them in memory too, so a stalled
 // Redis turns into fast 503s instead of an ever-growing queue.
 constexpr std::size_t kMaxPending = 200'000;
+// Bytes waiting to be written: while Redis is slow, the count above could hold hundreds of MB of
+// large commands (bill registrations carry their metadata).
+constexpr std::size_t kMaxUnsent = 64u << 20;
+// A session shorter than this does not reset the backoff: a peer that completes the handshake
+// and then drops the connection (a proxy, a flapping node) is not reconnected to every 100 ms.
+constexpr std::chrono::seconds kStableSession{1};
 constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
 // How often, in Sentinel mode, a connected RedisConnection asks whether the master has moved.
@@ -396,9 +402,9 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
         co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
     }
-    if (pending_.size() + n > kMaxPending) {
+    if (pending_.size() + n > kMaxPending || out_buf_.size() > kMaxUnsent) {
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
-        log::warning("redis.overloaded", {{"in_flight", pending_.size()}});
+        log::warning("redis.overloaded", {{"in_flight", pending_.size()}, {"unsent_bytes", out_buf_.size()}});
         co_return make_error_code(errc::store_unavailable);
     }
     if (deadline && *deadline <= std::chrono::steady_clock::now()) {
@@ -611,11 +617,14 @@ asio::awaitable<void> RedisConnection::run()
             }
             log::info("redis.ready",
                       {{"host", current_.host}, {"port", static_cast<int>(current_.port)}, {"db", cfg_.db}});
-            backoff = kBackoffMin;
+            const auto served_from = std::chrono::steady_clock::now();
             try {
                 co_await serve();
             } catch (const std::exception& e) {
                 log::error("redis.connection_failed", {{"what", e.what()}});
+            }
+            if (std::chrono::steady_clock::now() - served_from >= kStableSession) {
+                backoff = kBackoffMin;
             }
             if (!stopped_) {
                 log::warning("redis.connection_lost",

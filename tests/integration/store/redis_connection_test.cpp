@@ -138,6 +138,20 @@ int with_hanging_dns(const std::function<int()>& body)
     return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
 }
 
+/// Kills every other normal client of the killer's server every 20 ms until `until`.
+asio::awaitable<void> kill_clients_until(RedisConnection* killer, std::chrono::steady_clock::time_point until)
+{
+    asio::steady_timer timer(co_await asio::this_coro::executor);
+    while (std::chrono::steady_clock::now() < until) {
+        std::vector<std::string> kill{"CLIENT", "KILL", "TYPE", "normal"};
+        const Result<Reply> killed = co_await killer->exec(kill);
+        (void)killed;
+        timer.expires_after(std::chrono::milliseconds(20));
+        const std::tuple<boost::system::error_code> waited = co_await timer.async_wait(paybridge::kUseTuple);
+        (void)waited;
+    }
+}
+
 }  // namespace
 
 TEST_SUITE("core/resolve")
@@ -462,6 +476,31 @@ TEST_SUITE("integration/store/redis_connection")
         CHECK(conn.stats().reconnects.load() >= 2);
         CHECK(conn.stats().reconnects.load() <= 7);
         conn.stop();
+        ctx.restart();
+        ctx.run_for(2s);
+        CHECK(ctx.stopped());
+    }
+
+    TEST_CASE("a server that drops every session right after the handshake is retried with growing back-off")
+    {
+        paybridge::test::RedisTestServer server;
+        asio::io_context ctx;
+        RedisConnection conn(ctx.get_executor(), paybridge::test::redis_config(server));
+        RedisConnection killer(ctx.get_executor(), paybridge::test::redis_config(server));
+        conn.start();
+        killer.start();
+        REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready() && killer.ready(); }, 5s));
+        const auto until = std::chrono::steady_clock::now() + 2500ms;
+        asio::co_spawn(ctx, kill_clients_until(&killer, until), asio::detached);
+        paybridge::test::run_for(ctx, 2600ms);
+        // Each session ends within 20 ms: the back-off is not reset by such a session, so 100,
+        // 200, 400, 800, 1600 ms (each jittered down to half at most) fit 3 to 7 reconnects in
+        // 2.5 s. Resetting it at every handshake reconnected every 50-100 ms: 20 and more.
+        const auto reconnects = conn.stats().reconnects.load();
+        CHECK(reconnects >= 3);
+        CHECK(reconnects <= 8);
+        conn.stop();
+        killer.stop();
         ctx.restart();
         ctx.run_for(2s);
         CHECK(ctx.stopped());
