@@ -16,8 +16,7 @@ old=$(realpath "$1"); new=$(realpath "$2")
 ROUNDS=${ROUNDS:-3}; SECS=${SECONDS_PER_ROUND:-3}; COUNT=${COUNT:-200000}; KIND=${KIND:-alipay}; WORKERS=${WORKERS:-2}
 declare -A workers=([old]=${OLD_WORKERS:-$WORKERS} [new]=${NEW_WORKERS:-$WORKERS})
 
-scripts/deps.sh run
-command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+scripts/deps.sh bench
 TARGETS="paybridge_bench_gen" scripts/build.sh build -DPAYBRIDGE_BUILD_BENCH=ON >/dev/null
 
 work=$(mktemp -d /tmp/paybridge-compare.XXXXXX)

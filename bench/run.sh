@@ -28,8 +28,7 @@ CRM_ROUNDS=${CRM_ROUNDS:-3}
 CRM_NOTIFICATIONS=${CRM_NOTIFICATIONS:-16000}
 WRK_THREADS=${WRK_THREADS:-1}
 
-scripts/deps.sh run
-command -v wrk >/dev/null || { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk >/dev/null; }
+scripts/deps.sh bench
 TARGETS="paybridged paybridge_bench_gen paybridge_bare_server paybridge_idle_conns paybridge_crm_bench" scripts/build.sh build -DPAYBRIDGE_BUILD_BENCH=ON >/dev/null
 
 work=$(mktemp -d /tmp/paybridge-bench.XXXXXX)

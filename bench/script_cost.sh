@@ -8,10 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 script=$(realpath "${1:-store/bill.lua}"); N=${2:-2000}
-for tool in valgrind python3 redis-server; do
-  command -v "$tool" >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
-    "$( [[ $tool == redis-server ]] && echo redis-server || echo "$tool")" >/dev/null
-done
+scripts/deps.sh bench
 work=$(mktemp -d /tmp/paybridge-script-cost.XXXXXX)
 port=$(python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])')
 cleanup() { redis-cli -p "$port" shutdown nosave >/dev/null 2>&1 || true; sleep 1; rm -rf "$work"; }

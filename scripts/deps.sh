@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the Debian 12 packages paybridge needs, only those that are missing.
-# Usage: scripts/deps.sh [run|test|fuzz]   (test adds what the test suite needs, fuzz clang and libFuzzer)
+# Usage: scripts/deps.sh [run|test|fuzz|bench]   (test adds what the test suite needs, fuzz clang and
+# libFuzzer, bench the load generator and the profilers bench/ uses)
 set -euo pipefail
 # dpkg needs ldconfig and start-stop-daemon, which a root shell from plain `su` may not have on PATH.
 export PATH="$PATH:/usr/local/sbin:/usr/sbin:/sbin"
@@ -10,6 +11,9 @@ packages=(build-essential cmake pkg-config ccache openssl ca-certificates curl
           redis-server)
 if [[ "${1:-run}" == "test" ]]; then
   packages+=(systemd procps prometheus)   # systemd-analyze verify (the unit's /bin/kill); promtool check metrics
+fi
+if [[ "${1:-run}" == "bench" ]]; then
+  packages+=(wrk valgrind python3)   # bench/run.sh, compare.sh; script_cost.sh (callgrind)
 fi
 if [[ "${1:-run}" == "fuzz" ]]; then
   packages+=(clang libclang-rt-14-dev)   # scripts/fuzz.sh: libFuzzer and its sanitizer runtimes

@@ -11,12 +11,25 @@ TARGETS="paybridged paybridge" scripts/build.sh build
 dev=$root/.dev
 redis_port=${PAYBRIDGE_DEV_REDIS_PORT:-6390}
 mkdir -p "$dev/redis"
-if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+  running=$(redis-cli -p "$redis_port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')
+  if [[ -f "$dev/redis/redis.pid" && "$running" == "$(cat "$dev/redis/redis.pid")" ]]; then
+    started_redis=1   # ours, left over from a run that was killed: stopped again on exit
+  else
+    echo "paybridge: using the Redis already answering on 127.0.0.1:$redis_port (not ours: left running;" \
+         "PAYBRIDGE_DEV_REDIS_PORT picks another port on a first run)" >&2
+  fi
+else
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dev/redis" --appendonly yes \
     --appendfsync everysec --save "" --daemonize yes --pidfile "$dev/redis/redis.pid" \
     --logfile "$dev/redis/redis.log"
-  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   started_redis=1
+  for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
+  if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
+    echo "paybridge: the development Redis did not start on 127.0.0.1:$redis_port; its log:" >&2
+    tail -n 20 "$dev/redis/redis.log" >&2 || true
+    exit 1
+  fi
 fi
 cleanup() {
   if [[ -n "${started_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
@@ -24,6 +37,11 @@ cleanup() {
 trap cleanup EXIT
 
 if [[ ! -f "$dev/paybridge.dev.json" ]]; then
+  if [[ -e "$dev/keys" ]]; then
+    echo "paybridge: $dev/keys exists but $dev/paybridge.dev.json does not; remove $dev/keys" \
+         "to make new development keys and a new config" >&2
+    exit 1
+  fi
   build/paybridge keys init "$dev/keys" --config "$dev/paybridge.dev.json" --redis-port "$redis_port"
 fi
 build/paybridged --config "$dev/paybridge.dev.json" --check
