@@ -85,7 +85,7 @@ TEST_CASE("xml: billion laughs is rejected without expansion")
     const auto start = std::chrono::steady_clock::now();
     CHECK(rejection(doc) == "doctype");
     // 10^9 "lol"s would take seconds and gigabytes; the abort happens before the first declaration.
-    CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(500));
+    CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2000));
 }
 
 TEST_CASE("xml: shapes other than a flat document are rejected")
