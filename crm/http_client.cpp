@@ -86,6 +86,26 @@ struct Connection {
 
 using ConnectionPtr = std::unique_ptr<Connection>;
 
+/// Bytes received on the connection that no response has consumed: in the read buffer, in
+/// OpenSSL's buffers (TLS), or queued in the socket. Whatever they are (a body longer than its
+/// Content-Length, a second response), the next request on the connection would read them as its
+/// own answer, so such a connection is never reused.
+bool has_unread_bytes(Connection& conn)
+{
+    if (conn.buffer.size() != 0) {
+        return true;
+    }
+    if (conn.tls) {
+        SSL* ssl = conn.tls->native_handle();
+        if (SSL_has_pending(ssl) == 1 || BIO_pending(SSL_get_rbio(ssl)) > 0) {
+            return true;
+        }
+    }
+    error_code ec;
+    const std::size_t queued = conn.tcp_layer().socket().available(ec);
+    return ec || queued > 0;
+}
+
 /// What one exchange on one connection produced.
 struct Exchange {
     error_code ec;                 ///< set when the attempt failed (no usable final response)
@@ -217,7 +237,8 @@ struct HttpClient::Impl {
         while (!idle.empty()) {
             ConnectionPtr conn = std::move(idle.back());
             idle.pop_back();
-            if (now - conn->last_used < options.idle_timeout) {
+            // Bytes that arrived while it was idle would be read as the next request's answer.
+            if (now - conn->last_used < options.idle_timeout && !has_unread_bytes(*conn)) {
                 return conn;
             }
         }
@@ -365,7 +386,7 @@ struct HttpClient::Impl {
                 break;
             }
         }
-        out.reusable = complete && parser->get().keep_alive() && !parser->need_eof();
+        out.reusable = complete && parser->get().keep_alive() && !parser->need_eof() && !has_unread_bytes(conn);
         co_return out;
     }
 

@@ -6,7 +6,9 @@
 //   during chain verification) are always on; SNI is sent for DNS names; the trust store is the
 //   custom CA file when configured, else OpenSSL's system default paths. TLS 1.2 minimum.
 // - Keep-alive: connections go back to a per-instance pool after a complete response that allows
-//   reuse; idle connections older than idle_timeout are dropped. A request that fails on a reused
+//   reuse and leaves no unread byte behind (a body longer than its Content-Length, a second
+//   response: the next request would take them for its answer); idle connections older than
+//   idle_timeout, or on which bytes arrived while idle, are dropped. A request that fails on a reused
 //   connection before any response byte arrived (the server closed it while idle) is retried once on
 //   a fresh connection.
 // - At most `concurrency` requests are in flight; further callers wait (the wait is not part of the

@@ -481,3 +481,46 @@ TEST_CASE("endless chunk framing overflows the bounded buffer and fails the atte
     }
     CHECK(server.connections() == 4);
 }
+
+TEST_CASE("a connection with unread response bytes is not reused: the next request reads its own answer")
+{
+    asio::io_context ioc;
+    RawServer server(ioc);
+    auto client = make_client(ioc, HttpClientOptions{.url = server.url(), .timeout = 5000ms});
+
+    // The first request gets two complete 200s in one write (a proxy's or CRM's framing bug); the
+    // second request's own answer is a 500. Reusing the connection would read the leftover 200 as
+    // the second answer: an event the CRM refused would be recorded delivered.
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+                                     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"}});
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 500 Internal Server Error\r\nContent-Length: 4\r\n\r\nnope"}});
+    PostResult first = post(ioc, *client);
+    REQUIRE(first.response.has_value());
+    CHECK(first.response->status == 200);
+    CHECK(first.response->body_head == "ok");
+    CHECK(client->idle_connections() == 0);
+    PostResult second = post(ioc, *client);
+    REQUIRE(second.response.has_value());
+    CHECK(second.response->status == 500);
+    CHECK(second.response->body_head == "nope");
+    CHECK(server.request_connections() == std::vector<int>{1, 2});
+    CHECK(client->stats().connections_reused == 0);
+
+    // Bytes that arrive after the answer was read, while the connection waits in the pool (here a
+    // second 200, 20 ms after the first): the pooled connection is dropped when next taken.
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+                                     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"}});
+    server.push(RawAnswer{.pieces = {"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"}});
+    PostResult third = post(ioc, *client);
+    REQUIRE(third.response.has_value());
+    CHECK(third.response->status == 200);
+    CHECK(client->idle_connections() == 1);  // nothing unread yet
+    run_for(ioc, 200ms);
+    PostResult fourth = post(ioc, *client);
+    REQUIRE(fourth.response.has_value());
+    CHECK(fourth.response->status == 503);
+    CHECK(fourth.response->body_head == "busy");
+    CHECK(server.request_connections() == std::vector<int>{1, 2, 2, 3});  // the 500 left nothing behind
+    CHECK(client->stats().connections_reused == 1);
+    CHECK(client->stats().connections_opened == 3);
+}
