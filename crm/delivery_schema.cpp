@@ -413,6 +413,11 @@ return {pending, lag, oldest, retrying, dead}
 // them (a backlog: nothing is trimmed until it is worked off). A dead letter whose entry is already
 // gone (kSweepLost) holds nothing back. Ids are compared whole (ms, seq), so an entry is trimmed
 // only when everything above is true of it.
+// The trim is approximate and bounded (MINID ~ ... LIMIT 10000): an exact XTRIM deletes a whole
+// backlog in one atomic call and can block Redis for seconds. Approximate trimming removes whole
+// stream nodes only (stream-node-max-entries, 100 by default), each entirely below the floor, and
+// stops at the first node it cannot remove whole or once LIMIT entries would be exceeded: it
+// removes less than an exact trim, never an entry at or above the floor.
 const std::string kTrimOutbox = std::string(kFieldsHelper) + R"lua(
 local fm, fs = tonumber(ARGV[1]), 0
 local function parse(id)
@@ -462,7 +467,7 @@ for _, event_id in ipairs(redis.call('ZRANGE', KEYS[3], 0, -1)) do
   end
 end
 local floor = string.format('%d-%d', fm, fs)
-return {redis.call('XTRIM', KEYS[1], 'MINID', floor), 'trimmed', floor}
+return {redis.call('XTRIM', KEYS[1], 'MINID', '~', floor, 'LIMIT', 10000), 'trimmed', floor}
 )lua";
 
 const std::string kCleanupConsumers = std::string(kFieldsHelper) + R"lua(

@@ -158,9 +158,13 @@ extern const std::string kSweepLost;
 extern const std::string kStats;
 
 /// KEYS: stream retry dead delivery_prefix      ARGV: cutoff_ms max_scan
-/// Trims the outbox (XTRIM MINID) below the oldest entry that is still needed: newer than cutoff_ms,
-/// not yet read or still pending in any consumer group, waiting in the retry zset, or the entry of a
-/// dead letter (its record, delivery_prefix .. event id, names it) that is still in the stream.
+/// Trims the outbox (XTRIM MINID ~ floor LIMIT 10000) below the oldest entry that is still needed:
+/// newer than cutoff_ms, not yet read or still pending in any consumer group, waiting in the retry
+/// zset, or the entry of a dead letter (its record, delivery_prefix .. event id, names it) that is
+/// still in the stream. Approximate and bounded: one call removes at most 10,000 entries, whole
+/// stream nodes only (entries below the floor that share a node with an entry at or above it stay
+/// until a later floor passes that node); never an entry at or above the floor. Call it again while
+/// it removes something to work off a backlog.
 /// Returns [trimmed, "trimmed", floor id], [0, "busy", n] when the retry zset and the dead letters
 /// together hold more than max_scan members (nothing is trimmed then), [0, "no_stream"] or
 /// [0, "no_group"] (a stream without a consumer group is left alone: a group created later reads it

@@ -44,6 +44,8 @@ constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
 // Redis Cluster: how long the reader waits before reading the shards again when all were empty.
 constexpr std::chrono::milliseconds kClusterPoll{100};
+/// kTrimOutbox calls per shard and trim pass at most (each removes at most 10,000 entries).
+constexpr int kTrimRounds = 10;
 
 /// One stream entry to deliver.
 struct Item {
@@ -260,6 +262,7 @@ struct Dispatcher::Impl {
         for (const ShardKeys& k : keys.all()) {
             shard_of_stream.emplace(k.stream, k.shard);
         }
+        shard_gauges.resize(keys.all().size());
         record_sha = commands.add_script(std::string(scripts::kRecord));
         pop_sha = commands.add_script(std::string(scripts::kPopDue));
         reclaim_sha = commands.add_script(std::string(scripts::kReclaim));
@@ -308,6 +311,16 @@ struct Dispatcher::Impl {
     /// shard is read on its own, without BLOCK, every kClusterPoll while nothing arrives.
     bool cluster{false};
     Clock::time_point last_failure_log{};
+    /// refresh_stats(): each shard's last answer; a shard that fails keeps its last known values
+    /// in the gauges (they are sums over the shards) until it answers again.
+    struct ShardGauges {
+        std::uint64_t pending{0};
+        std::uint64_t lag{0};
+        std::int64_t oldest_ms{0};
+        std::uint64_t retrying{0};
+        std::uint64_t dead{0};
+    };
+    std::vector<ShardGauges> shard_gauges;
     std::size_t held{0};      ///< items read and not yet settled
     std::size_t reserved{0};  ///< slots promised to a read, pop or reclaim still waiting for Redis
     std::size_t posting{0};   ///< deliveries renewing their lease or POSTing (at most `concurrency`)
@@ -374,6 +387,56 @@ struct Dispatcher::Impl {
     {
         stats.redis_errors.fetch_add(1, std::memory_order_relaxed);
         log::error("crm.redis_error", {{"op", what}, {"error", reply.str}});
+    }
+
+    /// The shards that one housekeeping pass (stats, consumer cleanup, trim) could not do: the pass
+    /// goes on with the others and logs them once at its end (log_pass), not once per shard and pass.
+    struct ShardFailures {
+        std::string shards;  ///< "0,5"
+        std::string error;   ///< the first failure's name
+
+        void add(int shard, std::string_view name)
+        {
+            if (!shards.empty()) {
+                shards += ',';
+            } else {
+                error = std::string(name);
+            }
+            shards += std::to_string(shard);
+        }
+    };
+
+    /// A command of such a pass failed. Returns whether the pass goes on with the next shard: yes
+    /// with Cluster (the shard's master may be down while the others answer), not with one node
+    /// (the connection serves every shard) nor when shutting down.
+    bool note_shard_failure(ShardFailures& failures, int shard, const boost::system::error_code& ec)
+    {
+        if (ec == errc::shutting_down) {
+            return false;
+        }
+        stats.redis_errors.fetch_add(1, std::memory_order_relaxed);
+        failures.add(shard, error_name(ec));
+        return shard_unreachable(ec);
+    }
+
+    /// A shard answered such a pass with an error reply (or a reply of the wrong shape): that
+    /// shard's own problem (a key of the wrong type, a script error), so the pass goes on.
+    void note_shard_error_reply(ShardFailures& failures, int shard, const Reply& reply)
+    {
+        stats.redis_errors.fetch_add(1, std::memory_order_relaxed);
+        if (!reply.is_error()) {
+            failures.add(shard, "unexpected_reply");
+            return;
+        }
+        const std::string_view text(reply.str);
+        failures.add(shard, text.substr(0, text.find(' ')));  // "WRONGTYPE", "NOSCRIPT", "ERR", ...
+    }
+
+    static void log_pass(std::string_view op, const ShardFailures& failures)
+    {
+        if (!failures.shards.empty()) {
+            log::warning("crm.shards_failed", {{"op", op}, {"shards", failures.shards}, {"error", failures.error}});
+        }
     }
 
     asio::awaitable<bool> ensure_groups()
@@ -1008,33 +1071,43 @@ struct Dispatcher::Impl {
 
     asio::awaitable<void> refresh_stats()
     {
-        std::uint64_t pending = 0;
-        std::uint64_t lag = 0;
-        std::uint64_t retrying = 0;
-        std::uint64_t dead = 0;
-        std::int64_t oldest = 0;
+        ShardFailures failures;
         for (const ShardKeys& k : keys.all()) {
             std::vector<std::string> script_keys{k.stream, k.retry, k.dead};
             std::vector<std::string> args{options.group};
             Result<Reply> reply = co_await commands.eval(stats_sha, std::move(script_keys), std::move(args));
             if (!reply) {
-                note_redis_failure("stats", reply.error());
-                co_return;
+                if (!note_shard_failure(failures, k.shard, reply.error())) {
+                    break;
+                }
+                continue;
             }
-            if (reply->is_error() || reply->elements.size() < 5) {
-                note_redis_error_reply("stats", *reply);
-                co_return;
+            if (reply->is_error() || !reply->is_array() || reply->elements.size() < 5) {
+                note_shard_error_reply(failures, k.shard, *reply);
+                continue;
             }
             const std::vector<Reply>& v = reply->elements;
-            pending += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[0].integer));
-            lag += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[1].integer));
-            if (v[2].integer > 0 && (oldest == 0 || v[2].integer < oldest)) {
-                oldest = v[2].integer;
-            }
-            retrying += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[3].integer));
-            dead += static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[4].integer));
+            ShardGauges& g = shard_gauges[static_cast<std::size_t>(k.shard)];
+            g.pending = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[0].integer));
+            g.lag = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[1].integer));
+            g.oldest_ms = v[2].integer;
+            g.retrying = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[3].integer));
+            g.dead = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[4].integer));
         }
-        stats.backlog.store(pending + lag, std::memory_order_relaxed);
+        log_pass("stats", failures);
+        std::uint64_t backlog = 0;
+        std::uint64_t retrying = 0;
+        std::uint64_t dead = 0;
+        std::int64_t oldest = 0;
+        for (const ShardGauges& g : shard_gauges) {
+            backlog += g.pending + g.lag;
+            retrying += g.retrying;
+            dead += g.dead;
+            if (g.oldest_ms > 0 && (oldest == 0 || g.oldest_ms < oldest)) {
+                oldest = g.oldest_ms;
+            }
+        }
+        stats.backlog.store(backlog, std::memory_order_relaxed);
         stats.retrying.store(retrying, std::memory_order_relaxed);
         stats.dead.store(dead, std::memory_order_relaxed);
         stats.oldest_pending_age_ms.store(oldest == 0 ? 0 : std::max<std::int64_t>(0, now_ms() - oldest),
@@ -1043,52 +1116,79 @@ struct Dispatcher::Impl {
 
     asio::awaitable<void> cleanup_consumers()
     {
+        ShardFailures failures;
         for (const ShardKeys& k : keys.all()) {
             std::vector<std::string> script_keys{k.stream};
             std::vector<std::string> args{options.group, options.consumer,
                                           std::to_string(options.consumer_cleanup_idle.count())};
             Result<Reply> reply = co_await commands.eval(cleanup_sha, std::move(script_keys), std::move(args));
-            if (!reply || reply->is_error()) {
-                co_return;
+            if (!reply) {
+                if (!note_shard_failure(failures, k.shard, reply.error())) {
+                    break;
+                }
+                continue;
+            }
+            if (reply->is_error()) {
+                note_shard_error_reply(failures, k.shard, *reply);
             }
         }
+        log_pass("cleanup_consumers", failures);
     }
 
     /// Trims every shard's outbox below the oldest entry still needed (kTrimOutbox). It delivers
-    /// nothing and runs off the delivery path, between stats refreshes.
+    /// nothing and runs off the delivery path, between stats refreshes. One call removes at most
+    /// 10,000 entries, and whole stream nodes only (approximate trimming, so that Redis is never
+    /// blocked long): a shard is trimmed again while its calls remove something, at most
+    /// kTrimRounds calls per pass; what one node still holds below the floor goes in a later pass.
     asio::awaitable<void> trim_outbox()
     {
         const std::string cutoff = std::to_string(now_ms() - options.outbox_retention.count());
+        ShardFailures failures;
         for (const ShardKeys& k : keys.all()) {
             if (stopping) {
                 break;
             }
-            // Dead letters' records are read in the script from the delivery prefix (with the
-            // shard's tag, so in the same Cluster slot as the declared keys).
-            std::vector<std::string> script_keys{k.stream, k.retry, k.dead, k.delivery_prefix};
-            std::vector<std::string> args{cutoff, std::to_string(options.trim_max_scan)};
-            Result<Reply> reply = co_await commands.eval(trim_sha, std::move(script_keys), std::move(args));
-            if (!reply) {
-                note_redis_failure("trim_outbox", reply.error());
-                co_return;
+            std::int64_t trimmed = 0;
+            std::string below;
+            bool go_on = true;
+            for (int round = 0; round < kTrimRounds && !stopping; ++round) {
+                // Dead letters' records are read in the script from the delivery prefix (with the
+                // shard's tag, so in the same Cluster slot as the declared keys).
+                std::vector<std::string> script_keys{k.stream, k.retry, k.dead, k.delivery_prefix};
+                std::vector<std::string> args{cutoff, std::to_string(options.trim_max_scan)};
+                Result<Reply> reply = co_await commands.eval(trim_sha, std::move(script_keys), std::move(args));
+                if (!reply) {
+                    go_on = note_shard_failure(failures, k.shard, reply.error());
+                    break;
+                }
+                if (reply->is_error() || !reply->is_array() || reply->elements.size() < 2) {
+                    note_shard_error_reply(failures, k.shard, *reply);
+                    break;  // this shard's problem; the others are still trimmed
+                }
+                const std::vector<Reply>& v = reply->elements;
+                if (v[1].str == "busy") {
+                    log::warning("crm.outbox_trim_skipped",
+                                 {{"shard", k.shard},
+                                  {"retrying_and_dead", v.size() > 2 ? v[2].integer : 0},
+                                  {"max_scan", options.trim_max_scan},
+                                  {"why", "too many retries and dead letters to look at; trimmed once they are worked off"}});
+                    break;
+                }
+                if (v[0].integer <= 0) {
+                    break;
+                }
+                trimmed += v[0].integer;
+                below = v.size() > 2 ? v[2].str : "";
             }
-            if (reply->is_error() || !reply->is_array() || reply->elements.size() < 2) {
-                note_redis_error_reply("trim_outbox", *reply);
-                continue;  // this shard's problem; the others are still trimmed
+            if (trimmed > 0) {
+                stats.outbox_trimmed.fetch_add(static_cast<std::uint64_t>(trimmed), std::memory_order_relaxed);
+                log::info("crm.outbox_trimmed", {{"shard", k.shard}, {"count", trimmed}, {"below", below}});
             }
-            const std::vector<Reply>& v = reply->elements;
-            if (v[1].str == "busy") {
-                log::warning("crm.outbox_trim_skipped",
-                             {{"shard", k.shard},
-                              {"retrying_and_dead", v.size() > 2 ? v[2].integer : 0},
-                              {"max_scan", options.trim_max_scan},
-                              {"why", "too many retries and dead letters to look at; trimmed once they are worked off"}});
-            } else if (v[0].integer > 0) {
-                stats.outbox_trimmed.fetch_add(static_cast<std::uint64_t>(v[0].integer), std::memory_order_relaxed);
-                log::info("crm.outbox_trimmed",
-                          {{"shard", k.shard}, {"count", v[0].integer}, {"below", v.size() > 2 ? v[2].str : ""}});
+            if (!go_on) {
+                break;
             }
         }
+        log_pass("trim_outbox", failures);
     }
 
     std::chrono::milliseconds trim_every() const
@@ -1173,7 +1273,17 @@ asio::awaitable<void> Dispatcher::run()
     asio::awaitable<void> retrier = d.retry_loop();
     asio::awaitable<void> reclaimer = d.reclaim_loop();
     asio::awaitable<void> reporter = d.stats_loop();
-    co_await (std::move(reader) && std::move(retrier) && std::move(reclaimer) && std::move(reporter));
+    std::exception_ptr failure;
+    try {
+        co_await (std::move(reader) && std::move(retrier) && std::move(reclaimer) && std::move(reporter));
+    } catch (...) {
+        // A bug in one loop (the others were cancelled with it). The deliveries in flight use this
+        // object: wind down as after stop(), then let the caller know (the daemon restarts it).
+        failure = std::current_exception();
+    }
+    if (failure) {
+        stop();
+    }
 
     // Deliveries already started finish (bounded by the HTTP timeout) and are recorded.
     while (d.held > 0) {
@@ -1187,6 +1297,9 @@ asio::awaitable<void> Dispatcher::run()
     d.read_backoff.expires_after(std::chrono::milliseconds{50});
     co_await d.read_backoff.async_wait(kUseTuple);
     log::info("crm.dispatcher_stopped", {{"consumer", d.options.consumer}});
+    if (failure) {
+        std::rethrow_exception(failure);
+    }
 }
 
 void Dispatcher::stop()

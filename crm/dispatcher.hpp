@@ -9,8 +9,10 @@
 // the CRM can deduplicate). Delivery is at least once:
 //
 //   read      XREADGROUP (short BLOCK, on a connection of its own) across every shard stream
-//   deliver   events of one bill go one after another, in stream (sequence) order; different
-//             bills go concurrently, at most `concurrency` requests in flight
+//   deliver   within one instance, events of one bill go one after another, in stream (sequence)
+//             order; different bills go concurrently, at most `concurrency` requests in flight.
+//             Across instances (the group shares a shard's entries out) and after a reclaim, a
+//             bill's events may arrive out of order: the CRM orders them by `sequence`
 //   2xx       XACK + state delivered + attempt recorded (one script)
 //   failure   per-shard retry zset (due time) + attempt count; the entry stays pending in the PEL
 //   retry     due members are taken atomically (their due time is pushed to now + lease while in
@@ -19,7 +21,8 @@
 //   lost      after each reclaim pass, a bounded sweep dead-letters old pending/retrying records
 //             whose outbox entry was deleted from the stream (XDEL, XTRIM) before delivery
 //   trim      with a retention set, every shard's stream is trimmed below the oldest entry still
-//             needed (unread, pending, waiting for a retry, dead-lettered, or within the retention)
+//             needed (unread, pending, waiting for a retry, dead-lettered, or within the retention),
+//             approximately and in bounded steps (XTRIM MINID ~ LIMIT), so Redis is never blocked
 //   crash     pending entries idle longer than `lease` and not waiting for a retry are claimed
 //             (XCLAIM with min-idle, so only one instance wins) and redelivered, same webhook-id
 //   lease     counts from the start of each POST: just before it the lease is renewed (idle time
@@ -108,7 +111,9 @@ public:
     /// Runs until stop(): creates the consumer groups (from id 0, so events written before the
     /// group existed are delivered), then reads, delivers, retries and reclaims. After stop() it
     /// lets the deliveries in flight finish (each bounded by the HTTP timeout), records them, closes
-    /// its connections and returns. Redis outages are waited out, never fatal.
+    /// its connections and returns. Redis outages are waited out, never fatal. An exception (a
+    /// bug) ends it the same way (in-flight deliveries finish first, so the Dispatcher may then be
+    /// destroyed) and is then rethrown.
     boost::asio::awaitable<void> run();
 
     /// Asks run() to finish. Idempotent; call on the dispatcher's executor.

@@ -11,6 +11,10 @@
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
+#include <algorithm>
+#include <exception>
+#include <string>
+
 #include "core/async.hpp"
 
 namespace paybridge::daemon {
@@ -119,9 +123,44 @@ CrmRunner::CrmRunner(const config::Config& cfg) : redis_(cfg.redis), crm_(cfg.cr
 
 CrmRunner::~CrmRunner() { stop(); }
 
+awaitable<void> supervise(std::function<awaitable<void>()> body, std::function<bool()> stopping,
+                          asio::steady_timer& pause, RestartBackoff backoff)
+{
+    using Clock = std::chrono::steady_clock;
+    std::chrono::milliseconds delay = backoff.first;
+    while (!stopping()) {
+        const Clock::time_point started = Clock::now();
+        std::string failure;
+        try {
+            awaitable<void> run = body();
+            co_await std::move(run);
+            delay = backoff.first;
+            continue;
+        } catch (const std::exception& e) {
+            failure = e.what();
+        } catch (...) {
+            failure = "an exception that is not a std::exception";
+        }
+        if (Clock::now() - started >= backoff.max) {
+            delay = backoff.first;  // it ran a good while: not a failure in a row
+        }
+        const bool restarting = !stopping();
+        const std::int64_t restart_in_ms = restarting ? static_cast<std::int64_t>(delay.count()) : 0;
+        log::error("crm.dispatcher_failed",
+                   {{"what", failure}, {"restarting", restarting}, {"restart_in_ms", restart_in_ms}});
+        if (!restarting) {
+            break;
+        }
+        pause.expires_after(delay);
+        co_await pause.async_wait(kUseTuple);
+        delay = std::min(delay * 2, backoff.max);
+    }
+}
+
 void CrmRunner::start()
 {
-    asio::co_spawn(ioc_, loop(), asio::detached);
+    // supervise() catches what the dispatcher throws; anything else is logged, not lost.
+    asio::co_spawn(ioc_, loop(), LogFailure("crm.runner_failed"));
     thread_ = std::thread([this] {
         try {
             ioc_.run();
@@ -194,64 +233,72 @@ void CrmRunner::stop()
 
 awaitable<void> CrmRunner::loop()
 {
+    std::function<awaitable<void>()> body = [this] { return run_generation(); };
+    std::function<bool()> stopping = [this] {
+        std::lock_guard lock(mutex_);
+        return stopping_;
+    };
+    const RestartBackoff backoff;
+    awaitable<void> supervised = supervise(std::move(body), std::move(stopping), pause_, backoff);
+    co_await std::move(supervised);
+}
+
+awaitable<void> CrmRunner::run_generation()
+{
     asio::steady_timer& pause = pause_;
-    for (;;) {
-        config::CrmConfig crm;
-        {
-            std::lock_guard lock(mutex_);
-            if (stopping_) {
-                break;
-            }
-            crm = crm_;
-        }
-        if (crm.url.empty()) {
-            pause.expires_after(std::chrono::seconds(1));  // delivery off until a reload sets crm.url
-            co_await pause.async_wait(kUseTuple);
-            continue;
-        }
-        crm::DispatcherOptions options = crm::DispatcherOptions::from_config(redis_, crm);
-        auto created = crm::Dispatcher::create(ioc_.get_executor(), redis_, std::move(options));
-        if (!created) {
-            log::error("crm.dispatcher_refused", {{"error", error_name(created.error())}});
-            pause.expires_after(std::chrono::seconds(5));
-            co_await pause.async_wait(kUseTuple);
-            continue;
-        }
-        std::unique_ptr<crm::Dispatcher> dispatcher = std::move(*created);
-        // The metrics read the live dispatcher's counters until it ends, however it ends (abort()
-        // destroys this frame while run() is still suspended): then its counts join the totals.
-        struct Live {
-            CrmRunner& runner;
-            crm::Dispatcher& dispatcher;
-            Live(CrmRunner& r, crm::Dispatcher& d) : runner(r), dispatcher(d)
-            {
-                runner.current_ = &dispatcher;
-                std::lock_guard lock(totals().mutex);
-                totals().live = &dispatcher.stats();
-            }
-            Live(const Live&) = delete;
-            Live& operator=(const Live&) = delete;
-            ~Live()
-            {
-                runner.current_ = nullptr;
-                Totals& t = totals();
-                std::lock_guard lock(t.mutex);
-                const auto& s = dispatcher.stats();
-                t.delivered += s.delivered.load();
-                t.failed += s.failed_attempts.load();
-                t.dead_letters += s.dead_letters.load();
-                t.reclaimed += s.reclaimed.load();
-                t.trimmed += s.outbox_trimmed.load();
-                t.live = nullptr;
-            }
-        };
-        {
-            const Live live(*this, *dispatcher);
-            log::info("crm.dispatcher_started", {{"consumer", dispatcher->consumer()}});
-            co_await dispatcher->run();
-        }
-        log::info("crm.dispatcher_stopped", {{"consumer", dispatcher->consumer()}});
+    config::CrmConfig crm;
+    {
+        std::lock_guard lock(mutex_);
+        crm = crm_;
     }
+    if (crm.url.empty()) {
+        pause.expires_after(std::chrono::seconds(1));  // delivery off until a reload sets crm.url
+        co_await pause.async_wait(kUseTuple);
+        co_return;
+    }
+    crm::DispatcherOptions options = crm::DispatcherOptions::from_config(redis_, crm);
+    auto created = crm::Dispatcher::create(ioc_.get_executor(), redis_, std::move(options));
+    if (!created) {
+        log::error("crm.dispatcher_refused", {{"error", error_name(created.error())}});
+        pause.expires_after(std::chrono::seconds(5));
+        co_await pause.async_wait(kUseTuple);
+        co_return;
+    }
+    std::unique_ptr<crm::Dispatcher> dispatcher = std::move(*created);
+    // The metrics read the live dispatcher's counters until it ends, however it ends (abort()
+    // destroys this frame while run() is still suspended; run() may throw): then its counts join
+    // the totals.
+    struct Live {
+        CrmRunner& runner;
+        crm::Dispatcher& dispatcher;
+        Live(CrmRunner& r, crm::Dispatcher& d) : runner(r), dispatcher(d)
+        {
+            runner.current_ = &dispatcher;
+            std::lock_guard lock(totals().mutex);
+            totals().live = &dispatcher.stats();
+        }
+        Live(const Live&) = delete;
+        Live& operator=(const Live&) = delete;
+        ~Live()
+        {
+            runner.current_ = nullptr;
+            Totals& t = totals();
+            std::lock_guard lock(t.mutex);
+            const auto& s = dispatcher.stats();
+            t.delivered += s.delivered.load();
+            t.failed += s.failed_attempts.load();
+            t.dead_letters += s.dead_letters.load();
+            t.reclaimed += s.reclaimed.load();
+            t.trimmed += s.outbox_trimmed.load();
+            t.live = nullptr;
+        }
+    };
+    {
+        const Live live(*this, *dispatcher);
+        log::info("crm.dispatcher_started", {{"consumer", dispatcher->consumer()}});
+        co_await dispatcher->run();
+    }
+    log::info("crm.dispatcher_stopped", {{"consumer", dispatcher->consumer()}});
 }
 
 }  // namespace paybridge::daemon

@@ -5,6 +5,7 @@
 // test's io_context.
 
 #include "config/config.hpp"
+#include "core/log.hpp"
 #include "core/time.hpp"
 #include "crm/delivery_admin.hpp"
 #include "crm/dispatcher.hpp"
@@ -19,6 +20,7 @@
 #include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
+#include <unistd.h>
 
 #include <chrono>
 #include <exception>
@@ -47,6 +49,34 @@ inline std::string write_temp_file(const std::string& name, const std::string& c
     std::ofstream(path) << content;
     return path.string();
 }
+
+/// Collects the log lines written while it lives (not thread-safe: for code run on the test's own
+/// thread); afterwards lines go to stderr again.
+struct LogCapture {
+    std::vector<std::string> lines;
+    LogCapture()
+    {
+        log::set_sink([this](log::Level, std::string_view line) { lines.emplace_back(line); });
+    }
+    ~LogCapture()
+    {
+        log::set_sink([](log::Level, std::string_view line) { (void)!::write(2, line.data(), line.size()); });
+    }
+    LogCapture(const LogCapture&) = delete;
+    LogCapture& operator=(const LogCapture&) = delete;
+
+    /// The lines that contain `text`.
+    std::vector<std::string> with(std::string_view text) const
+    {
+        std::vector<std::string> out;
+        for (const std::string& l : lines) {
+            if (l.find(text) != std::string::npos) {
+                out.push_back(l);
+            }
+        }
+        return out;
+    }
+};
 
 inline std::string new_secret()
 {

@@ -8,6 +8,7 @@
 #include "crm/delivery_schema.hpp"
 #include "crm/webhook_signer.hpp"
 #include "store/redis_bill_store.hpp"
+#include "tests/support/redis_cluster.hpp"
 
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
@@ -822,4 +823,100 @@ TEST_CASE("a Redis outage is waited out — groups lost with the data are create
     REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
     CHECK(d->stats().redis_errors.load() > 0);
     check_all_signed(receiver);
+}
+
+TEST_CASE("Redis Cluster with a master down: gauges, consumer cleanup and trim go on with the other shards, logged once a pass")
+{
+    // 16 shards over three masters; the one that holds shard 0 (the first of every pass) is down.
+    RedisTestCluster cluster(3, {"--cluster-require-full-coverage", "no"});
+    constexpr int shards = 16;
+    const crm::DeliveryKeys keys(kPrefix, shards);
+    std::vector<int> owner;
+    for (const crm::ShardKeys& k : keys.all()) {
+        owner.push_back(cluster.owner(std::stoi(cluster.command(0, {"CLUSTER", "KEYSLOT", k.stream}))));
+    }
+    const int down = owner[0];
+    std::string down_shards;
+    std::vector<int> live;
+    for (int s = 0; s < shards; ++s) {
+        if (owner[s] == down) {
+            down_shards += (down_shards.empty() ? "" : ",") + std::to_string(s);
+        } else {
+            live.push_back(s);
+        }
+    }
+    REQUIRE_FALSE(live.empty());
+    // Every shard: three entries read and acknowledged long ago (to trim), one dead letter (a gauge),
+    // an idle consumer of an instance gone (to clean up).
+    for (int s = 0; s < shards; ++s) {
+        const crm::ShardKeys& k = keys.shard(s);
+        for (const char* id : {"1-0", "2-0", "3-0"}) {
+            cluster.command(owner[s], {"XADD", k.stream, id, "id", "evt_" + std::to_string(s) + "_" + id});
+        }
+        cluster.command(owner[s], {"XGROUP", "CREATE", k.stream, "crm", "$"});
+        cluster.command(owner[s], {"ZADD", k.dead, "1", "evt_dead_" + std::to_string(s)});
+        cluster.command(owner[s], {"XGROUP", "CREATECONSUMER", k.stream, "crm", "gone-instance"});
+    }
+    cluster.server(down).stop();
+
+    const int seed = down == 0 ? 1 : 0;
+    config::RedisConfig cfg;
+    cfg.host = "127.0.0.1";
+    cfg.port = cluster.port(seed);
+    cfg.key_prefix = kPrefix;
+    cfg.shards = shards;
+    cfg.request_timeout = 1000ms;
+    cfg.connect_timeout = 500ms;
+    config::Endpoint node;
+    node.host = "127.0.0.1";
+    node.port = cluster.port(seed);
+    cfg.cluster.nodes.push_back(node);
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.shards = shards;
+    options.outbox_retention = 1ms;
+    options.trim_interval = 100ms;
+    options.consumer_cleanup_idle = 100ms;  // a cleanup pass with every stats pass
+
+    LogCapture logs;
+    asio::io_context ioc;
+    RunningDispatcher d(ioc, cfg, options);
+    // Before, the first shard's failure ended each pass: no gauge was ever set, nothing trimmed.
+    REQUIRE(run_until(ioc, [&] { return d->stats().dead.load() == live.size(); }, 20s));
+    REQUIRE(run_until(ioc, [&] { return d->stats().outbox_trimmed.load() == 3 * live.size(); }, 20s));
+    const auto consumers_left = [&] {
+        std::size_t n = 0;
+        for (const int s : live) {
+            const std::string c = cluster.command(owner[s], {"XINFO", "CONSUMERS", keys.shard(s).stream, "crm"});
+            n += c.find("gone-instance") != std::string::npos ? 1 : 0;
+        }
+        return n;
+    };
+    REQUIRE(run_until(ioc, [&] { return consumers_left() == 0; }, 20s));
+    for (const int s : live) {
+        CAPTURE(s);
+        CHECK(cluster.command(owner[s], {"XLEN", keys.shard(s).stream}) == "0");
+    }
+    run_for(ioc, 500ms);  // a few more passes
+    d.stop();
+
+    // One warning per pass and operation, naming every shard the pass could not do.
+    for (const char* op : {"stats", "cleanup_consumers", "trim_outbox"}) {
+        CAPTURE(op);
+        const std::vector<std::string> lines = logs.with(std::string(R"("op":")") + op + R"(")");
+        std::size_t failed_passes = 0;
+        for (const std::string& line : lines) {
+            if (line.find(R"("event":"crm.shards_failed")") == std::string::npos) {
+                continue;
+            }
+            ++failed_passes;
+            CAPTURE(line);
+            CHECK(line.find(R"("level":"warning")") != std::string::npos);
+            CHECK(line.find(R"("shards":")" + down_shards + R"(")") != std::string::npos);
+            CHECK((line.find(R"("error":"store_unavailable")") != std::string::npos ||
+                   line.find(R"("error":"timeout")") != std::string::npos));
+        }
+        CHECK(failed_passes >= 2);
+    }
 }

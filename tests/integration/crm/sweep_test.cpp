@@ -534,6 +534,15 @@ std::vector<std::string> entry_ids(std::initializer_list<const Ev*> evs)
     return out;
 }
 
+/// kTrimOutbox trims approximately: whole stream nodes, each entirely below the floor. With one
+/// entry per node (set before the streams are written) that is exactly the entries below the
+/// floor, so the two tests below see the floor itself in what goes; the default node size (100) is
+/// tested after them.
+void one_entry_per_node(RedisEnv& env)
+{
+    env.exec({"CONFIG", "SET", "stream-node-max-entries", "1"});
+}
+
 /// kTrimOutbox past any retention: [trimmed, "trimmed", floor].
 std::pair<std::int64_t, std::string> trim_all(Shard& sh)
 {
@@ -548,6 +557,7 @@ std::pair<std::int64_t, std::string> trim_all(Shard& sh)
 TEST_CASE("kTrimOutbox trims below the oldest entry still needed, whatever holds it")
 {
     RedisEnv env;
+    one_entry_per_node(env);
     Shard sh(env, 0);
     const std::int64_t now = 1'000'000;  // the records' clock; the entry ids are chosen by hand
     const Ev lost = sh.add("500-0");
@@ -604,6 +614,7 @@ TEST_CASE("kTrimOutbox trims below the oldest entry still needed, whatever holds
 TEST_CASE("kTrimOutbox: every consumer group holds it back, and a busy shard, a stream no group reads or no stream lose nothing")
 {
     RedisEnv env;
+    one_entry_per_node(env);
     Shard sh(env, 0);
     const std::int64_t now = 1'000'000;
     const Ev a = sh.add("1000-0");
@@ -652,6 +663,79 @@ TEST_CASE("kTrimOutbox: every consumer group holds it back, and a busy shard, a 
         sh.eval(crm::scripts::kTrimOutbox, {none.stream, none.retry, none.dead, none.delivery_prefix}, {"1", "100"});
     CHECK(no_stream.elements.at(1).str == "no_stream");
     CHECK(env.exec({"EXISTS", none.stream}).integer == 0);
+}
+
+TEST_CASE("kTrimOutbox removes a large backlog in bounded steps of whole nodes, never an entry at or above the floor")
+{
+    RedisEnv env;
+    Shard sh(env, 0);
+    // 25,000 entries 1-0 .. 25000-0 (default stream-node-max-entries: 100), all read and
+    // acknowledged: only the retention holds entries back. A cutoff of 20,050 ms makes the floor
+    // 20050-0: 20,049 entries below it, 4,951 at or above it.
+    env.exec({"EVAL",
+              "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], i .. '-0', 'id', 'evt_' .. i) end",
+              "1", sh.k.stream, "25000"});
+    env.exec({"XGROUP", "SETID", sh.k.stream, "crm", "$"});
+    const auto count = [&](const std::string& from, const std::string& to) {
+        return env.exec({"EVAL", "return #redis.call('XRANGE', KEYS[1], ARGV[1], ARGV[2])", "1", sh.k.stream, from, to})
+            .integer;
+    };
+    const auto below_floor = [&] { return count("-", "(20050-0"); };
+    const auto at_or_above = [&] { return count("20050-0", "+"); };
+
+    std::vector<std::int64_t> removed;
+    for (int pass = 0; pass < 10; ++pass) {
+        CAPTURE(pass);
+        const store::Reply r = sh.trim(20'050);
+        REQUIRE(r.elements.size() == 3);
+        CHECK(r.elements[1].str == "trimmed");
+        CHECK(r.elements[2].str == "20050-0");
+        CHECK(r.elements[0].integer <= 10'000);  // one call never blocks Redis with more
+        CHECK(at_or_above() == 4'951);            // nothing at or above the floor goes
+        removed.push_back(r.elements[0].integer);
+        if (r.elements[0].integer == 0) {
+            break;
+        }
+    }
+    CAPTURE(removed.size());
+    CHECK(removed.front() > 5'000);
+    CHECK(removed.size() <= 5);  // a few passes work off the backlog, then one finds nothing
+    CHECK(removed.back() == 0);
+    std::int64_t total = 0;
+    for (const std::int64_t n : removed) {
+        total += n;
+    }
+    // Everything below the floor is gone but what shares the floor's node (fewer than 100).
+    CHECK(total == 20'049 - below_floor());
+    CHECK(below_floor() < 100);
+    CHECK(env.exec({"XLEN", sh.k.stream}).integer == 4'951 + below_floor());
+
+    // Once the floor passes that node (here: past every entry), it goes too.
+    const store::Reply all = sh.trim(std::int64_t{1} << 50);
+    CHECK(all.elements.at(0).integer == 4'951 + (20'049 - total));
+    CHECK(env.exec({"XLEN", sh.k.stream}).integer == 0);
+}
+
+TEST_CASE("the dispatcher works off a large trim backlog in one pass, in calls of at most 10,000 entries")
+{
+    RedisEnv env;
+    const crm::ShardKeys k = crm::DeliveryKeys(kPrefix, kShards).shard(0);
+    env.exec({"EVAL",
+              "for i = 1, tonumber(ARGV[1]) do redis.call('XADD', KEYS[1], i .. '-0', 'id', 'evt_' .. i) end",
+              "1", k.stream, "25000"});
+    env.exec({"XGROUP", "CREATE", k.stream, "crm", "$"});  // all read and acknowledged
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.outbox_retention = 1ms;
+    options.trim_interval = std::chrono::hours{1};  // one pass, at start
+    LogCapture logs;
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return d->stats().outbox_trimmed.load() == 25'000; }, 10s));
+    CHECK(env.exec({"XLEN", k.stream}).integer == 0);
+    const std::vector<std::string> trimmed = logs.with("\"crm.outbox_trimmed\"");
+    REQUIRE(trimmed.size() == 1);  // one pass, one line for the shard
+    CHECK(trimmed[0].find(R"("count":25000)") != std::string::npos);
 }
 
 TEST_CASE("with a retention, the dispatcher trims what was delivered, keeps a dead letter's shard from it on, and the dead letter can still be redelivered")
