@@ -296,9 +296,8 @@ awaitable<void> CrmRunner::run_generation()
     {
         const Live live(*this, *dispatcher);
         log::info("crm.dispatcher_started", {{"consumer", dispatcher->consumer()}});
-        co_await dispatcher->run();
+        co_await dispatcher->run();  // which logs crm.dispatcher_stopped
     }
-    log::info("crm.dispatcher_stopped", {{"consumer", dispatcher->consumer()}});
 }
 
 }  // namespace paybridge::daemon
