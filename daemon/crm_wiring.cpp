@@ -200,6 +200,8 @@ void CrmRunner::update(const config::Config& cfg)
         }
         if (current_ != nullptr) {
             current_->stop();  // loop() starts the next dispatcher with the new settings
+        } else {
+            pause_.cancel();  // a wait (delivery off, settings refused, back-off) ends: new settings
         }
     });
 }

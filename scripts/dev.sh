@@ -11,6 +11,10 @@ TARGETS="paybridged paybridge" scripts/build.sh build
 dev=$root/.dev
 redis_port=${PAYBRIDGE_DEV_REDIS_PORT:-6390}
 mkdir -p "$dev/redis"
+cleanup() {
+  if [[ -n "${started_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
+}
+trap cleanup EXIT
 if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
   running=$(redis-cli -p "$redis_port" info server 2>/dev/null | tr -d '\r' | sed -n 's/^process_id://p')
   if [[ -f "$dev/redis/redis.pid" && "$running" == "$(cat "$dev/redis/redis.pid")" ]]; then
@@ -31,10 +35,6 @@ else
     exit 1
   fi
 fi
-cleanup() {
-  if [[ -n "${started_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
-}
-trap cleanup EXIT
 
 if [[ ! -f "$dev/paybridge.dev.json" ]]; then
   if [[ -e "$dev/keys" ]]; then

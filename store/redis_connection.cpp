@@ -402,9 +402,10 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
         co_return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
     }
-    if (pending_.size() + n > kMaxPending || out_buf_.size() > kMaxUnsent) {
+    if (pending_.size() + n > kMaxPending || out_buf_.size() + write_buf_.size() > kMaxUnsent) {
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
-        log::warning("redis.overloaded", {{"in_flight", pending_.size()}, {"unsent_bytes", out_buf_.size()}});
+        log::warning("redis.overloaded",
+                     {{"in_flight", pending_.size()}, {"unsent_bytes", out_buf_.size() + write_buf_.size()}});
         co_return make_error_code(errc::store_unavailable);
     }
     if (deadline && *deadline <= std::chrono::steady_clock::now()) {

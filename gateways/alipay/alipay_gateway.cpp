@@ -200,9 +200,9 @@ std::vector<const std::pair<std::string, std::string>*> signable_sorted(const Fo
     return sorted;
 }
 
-// -1 when absent or empty (Alipay sends empty values, §1.5 step 7: "refund_fee=" is no refund).
 constexpr char kNotYuan[] = " is not an amount in yuan (digits, at most two decimals)";
 
+// -1 when absent or empty (Alipay sends empty values, §1.5 step 7: "refund_fee=" is no refund).
 Result<std::int64_t> optional_amount(const std::string* text)
 {
     if (!present(text)) {
@@ -573,10 +573,10 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
     if (!total_fen) {
         return unusable_event("total_amount " + quoted_excerpt(*total_text) + kNotYuan);
     }
+    event.total_fen = *total_fen;  // recorded with the anomaly if refund_fee does not read
     if (!refund_fee) {
         return unusable_event("refund_fee " + quoted_excerpt(*refund_text) + kNotYuan);
     }
-    event.total_fen = *total_fen;
 
     // §1.4: a partial refund arrives as TRADE_SUCCESS and a full refund as TRADE_CLOSED, both with
     // gmt_refund and refund_fee (the cumulative total); a timeout close carries neither, and a

@@ -81,11 +81,12 @@ HttpReceiverOptions tls_receiver(const keygen::Certificate& cert)
     return o;
 }
 
-/// One scripted answer: `pieces` written verbatim, one write each with a short pause between, then
+/// One scripted answer: `pieces` written verbatim, one write each with `gap` between, then
 /// `filler` bytes of 'a' (written in 64 KiB pieces until done or the client goes away).
 struct RawAnswer {
     std::vector<std::string> pieces;
     std::size_t filler{0};
+    std::chrono::milliseconds gap{20};
 };
 
 /// A raw HTTP/1.1 server on 127.0.0.1, run by the test's own io_context (so it makes progress while
@@ -164,7 +165,7 @@ private:
             }
             for (std::size_t i = 0; i < answer.pieces.size(); ++i) {
                 if (i > 0) {
-                    asio::steady_timer pause(socket.get_executor(), 20ms);
+                    asio::steady_timer pause(socket.get_executor(), answer.gap);
                     co_await pause.async_wait(kUseTuple);
                 }
                 const asio::const_buffer piece = asio::buffer(answer.pieces[i]);
@@ -507,15 +508,17 @@ TEST_CASE("a connection with unread response bytes is not reused: the next reque
     CHECK(client->stats().connections_reused == 0);
 
     // Bytes that arrive after the answer was read, while the connection waits in the pool (here a
-    // second 200, 20 ms after the first): the pooled connection is dropped when next taken.
+    // second 200, 500 ms after the first: time for the client to have pooled it, even on a loaded
+    // machine): the pooled connection is dropped when next taken.
     server.push(RawAnswer{.pieces = {"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
-                                     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"}});
+                                     "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nstale"},
+                          .gap = 500ms});
     server.push(RawAnswer{.pieces = {"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 4\r\n\r\nbusy"}});
     PostResult third = post(ioc, *client);
     REQUIRE(third.response.has_value());
     CHECK(third.response->status == 200);
     CHECK(client->idle_connections() == 1);  // nothing unread yet
-    run_for(ioc, 200ms);
+    run_for(ioc, 1000ms);
     PostResult fourth = post(ioc, *client);
     REQUIRE(fourth.response.has_value());
     CHECK(fourth.response->status == 503);

@@ -67,30 +67,31 @@ TEST_CASE("a dispatcher run that throws is logged and run again after a growing 
     script.steps = {"throw", "throw-other", "throw", "throw", "return", "throw"};
     std::function<asio::awaitable<void>()> body = [&script] { return scripted_run(script); };
     std::function<bool()> stopping = [&script] { return script.stopping; };
-    const daemon::RestartBackoff backoff{.first = 40ms, .max = 150ms};
+    // Wide enough that a loaded sanitizer build's stalls (tens of ms) do not blur the steps.
+    const daemon::RestartBackoff backoff{.first = 100ms, .max = 400ms};
     asio::awaitable<void> supervised = daemon::supervise(std::move(body), std::move(stopping), pause, backoff);
     run_awaitable(ioc, std::move(supervised), std::chrono::seconds{10});
 
     // Every step ran, then the stopping run: the supervisor outlived five exceptions.
     REQUIRE(script.started.size() == 7);
     const auto gap = [&](std::size_t after) { return script.started[after + 1] - script.ended[after]; };
-    CHECK(gap(0) >= 40ms);   // first failure: `first`
-    CHECK(gap(1) >= 80ms);   // in a row: doubled
-    CHECK(gap(2) >= 150ms);  // 160 ms, capped at `max`
-    CHECK(gap(3) >= 150ms);
-    CHECK(gap(4) < 40ms);    // a run that returned (a reload) is followed at once
-    CHECK(gap(5) >= 40ms);   // ... and the count starts over
+    CHECK(gap(0) >= 100ms);  // first failure: `first`
+    CHECK(gap(1) >= 200ms);  // in a row: doubled
+    CHECK(gap(2) >= 400ms);  // capped at `max`
+    CHECK(gap(3) >= 400ms);
+    CHECK(gap(4) < 100ms);   // a run that returned (a reload) is followed at once
+    CHECK(gap(5) >= 100ms);  // ... and the count starts over
 
     const std::vector<std::string> failed = logs.with("\"crm.dispatcher_failed\"");
     REQUIRE(failed.size() == 5);
     CHECK(failed[0].find("boom 1") != std::string::npos);
-    CHECK(failed[0].find(R"("restart_in_ms":40)") != std::string::npos);
+    CHECK(failed[0].find(R"("restart_in_ms":100)") != std::string::npos);
     CHECK(failed[1].find("not a std::exception") != std::string::npos);
-    CHECK(failed[1].find(R"("restart_in_ms":80)") != std::string::npos);
+    CHECK(failed[1].find(R"("restart_in_ms":200)") != std::string::npos);
     CHECK(failed[2].find("boom 3") != std::string::npos);
-    CHECK(failed[2].find(R"("restart_in_ms":150)") != std::string::npos);
+    CHECK(failed[2].find(R"("restart_in_ms":400)") != std::string::npos);
     CHECK(failed[4].find("boom 6") != std::string::npos);
-    CHECK(failed[4].find(R"("restart_in_ms":40)") != std::string::npos);
+    CHECK(failed[4].find(R"("restart_in_ms":100)") != std::string::npos);
     for (const std::string& line : failed) {
         CHECK(line.find(R"("level":"error")") != std::string::npos);
     }

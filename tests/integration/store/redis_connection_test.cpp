@@ -519,6 +519,10 @@ TEST_SUITE("integration/store/redis_connection")
             // Before: the first attempt waited for getaddrinfo (30 s here), whatever connect_timeout said.
             return conn.stats().reconnects.load() >= 2 && !conn.ready() ? 0 : 1;
         });
+        if (status == 101) {
+            MESSAGE("not run: unshare(CLONE_NEWNS | CLONE_NEWNET) is not permitted on this machine");
+            return;
+        }
         CHECK_MESSAGE(status == 0, "child status " << status << " (1: attempts did not end at connect_timeout)");
     }
 

@@ -589,6 +589,7 @@ TEST_CASE("to_payment_event: what it cannot map is unusable with the reason, unl
     bad_refund.emplace_back("refund_fee", "1.2.3");
     CHECK(unusable(to_payment_event(bad_refund)) ==
           "refund_fee \"1.2.3\" is not an amount in yuan (digits, at most two decimals)");
+    CHECK(to_payment_event(bad_refund)->total_fen == 100);  // what did read is kept
     FormFields long_amount = base;
     long_amount.back().second = std::string(40, '9') + "\"";
     CHECK(unusable(to_payment_event(long_amount)) == "total_amount \"" + std::string(32, '9') +
