@@ -56,6 +56,14 @@ asio::awaitable<void> exec_into(paybridge::store::RedisConnection* conn, std::ve
 }
 
 /// A replica of the fixture's server, online and acknowledging writes.
+/// redis.wait_replicas = 1, with the time a loaded CI machine's replica takes to acknowledge.
+void wait_for_one_replica(paybridge::config::RedisConfig& c)
+{
+    c.wait_replicas = 1;
+    c.wait_timeout = std::chrono::milliseconds(2000);
+    c.request_timeout = std::chrono::milliseconds(5000);
+}
+
 std::unique_ptr<paybridge::test::RedisTestServer> start_replica(StoreFixture& f)
 {
     f.cmd({"CONFIG", "SET", "repl-diskless-sync-delay", "0"});  // Redis 7 waits 5 s for more replicas
@@ -737,11 +745,7 @@ TEST_SUITE("integration/store/redis_bill_store")
 
     TEST_CASE("wait_replicas with a real replica: a change and its repeats are acknowledged while it has them")
     {
-        StoreFixture f([](paybridge::config::RedisConfig& c) {
-            c.wait_replicas = 1;
-            c.wait_timeout = std::chrono::milliseconds(2000);  // a loaded CI machine acks slowly
-            c.request_timeout = std::chrono::milliseconds(5000);
-        });
+        StoreFixture f(wait_for_one_replica);
         REQUIRE(f.wait_ready());
         const auto replica = start_replica(f);
         const auto reg = f.run(f.store->register_bill(new_bill("W-3")));
@@ -770,11 +774,7 @@ TEST_SUITE("integration/store/redis_bill_store")
         // The write connection and the confirmation connection follow Sentinel each on its own
         // (a watch per connection, every second), so during a failover they can name different
         // primaries for a moment. Here they simply go to two servers, each with a replica.
-        StoreFixture f([](paybridge::config::RedisConfig& c) {
-            c.wait_replicas = 1;
-            c.wait_timeout = std::chrono::milliseconds(2000);
-            c.request_timeout = std::chrono::milliseconds(5000);
-        });
+        StoreFixture f(wait_for_one_replica);
         REQUIRE(f.wait_ready());
         const auto replica = start_replica(f);
         paybridge::test::RedisTestServer other_primary;
@@ -810,11 +810,7 @@ TEST_SUITE("integration/store/redis_bill_store")
 
     TEST_CASE("wait_replicas: a confirmation whose SET the primary refuses (NOREPLICAS) is not confirmed by an older write")
     {
-        StoreFixture f([](paybridge::config::RedisConfig& c) {
-            c.wait_replicas = 1;
-            c.wait_timeout = std::chrono::milliseconds(2000);
-            c.request_timeout = std::chrono::milliseconds(5000);
-        });
+        StoreFixture f(wait_for_one_replica);
         REQUIRE(f.wait_ready());
         const auto replica = start_replica(f);
         REQUIRE(f.run(f.store->register_bill(new_bill("W-4"))).has_value());
