@@ -26,6 +26,10 @@ constexpr std::chrono::milliseconds kRefreshGap{100};
 // outage seen by many requests costs one question a second, not one per request.
 constexpr std::chrono::milliseconds kRefreshAfterFailure{1'000};
 constexpr int kMaxRedirects = 5;
+// Redis Cluster is designed for up to 1,000 nodes. A slot map or a redirection that would take
+// paybridge past that many node connections (each a socket, a 64 KiB buffer and the credentials
+// sent to it) comes from a broken or hostile node and is not followed.
+constexpr std::size_t kMaxNodes = 1'000;
 constexpr std::chrono::milliseconds kRetryPauseMin{20};
 
 std::string where(const config::Endpoint& at) { return at.host + ":" + std::to_string(at.port); }
@@ -183,6 +187,18 @@ std::string ClusterRouter::node_of(std::string_view key) const
 {
     const std::uint16_t owner = owner_[static_cast<std::size_t>(key_slot(key))];
     return owner == kNoNode ? std::string() : where(nodes_[owner]->at);
+}
+
+bool ClusterRouter::knows(const config::Endpoint& at) const
+{
+    return std::any_of(nodes_.begin(), nodes_.end(),
+                       [&at](const std::unique_ptr<Node>& n) { return n->conn && !n->retired && n->at == at; });
+}
+
+std::size_t ClusterRouter::live_nodes() const
+{
+    return static_cast<std::size_t>(
+        std::count_if(nodes_.begin(), nodes_.end(), [](const std::unique_ptr<Node>& n) { return n->conn != nullptr; }));
 }
 
 std::uint16_t ClusterRouter::node_for(const config::Endpoint& at)
@@ -412,6 +428,17 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
         ranges.push_back(Range{static_cast<int>(start), static_cast<int>(end), std::move(master)});
     }
 
+    std::vector<config::Endpoint> distinct;
+    for (const Range& range : ranges) {
+        if (std::find(distinct.begin(), distinct.end(), range.master) == distinct.end()) {
+            distinct.push_back(range.master);
+            if (distinct.size() > kMaxNodes) {
+                log::error("redis.cluster_map_refused",
+                           {{"from", where(asked)}, {"why", "the slot map names more than 1000 masters"}});
+                return false;
+            }
+        }
+    }
     std::vector<std::uint16_t> owner(kClusterSlots, kNoNode);
     std::vector<std::uint16_t> masters;
     for (const Range& range : ranges) {
@@ -522,6 +549,12 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
         if (std::optional<Redirect> to = parse_redirect(reply.str, from)) {
             if (++redirects > kMaxRedirects) {
                 log::warning("redis.cluster_redirect_loop", {{"slot", to->slot}, {"reply", reply.str}});
+                stats_.errors.fetch_add(1, std::memory_order_relaxed);
+                co_return reply;
+            }
+            if (!knows(to->to) && live_nodes() >= kMaxNodes) {
+                log::error("redis.cluster_redirect_refused",
+                           {{"to", where(to->to)}, {"why", "already connected to 1000 nodes"}});
                 stats_.errors.fetch_add(1, std::memory_order_relaxed);
                 co_return reply;
             }

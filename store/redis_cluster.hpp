@@ -100,12 +100,16 @@ private:
     /// Asks ready nodes (else waits up to connect_timeout for one) for CLUSTER SLOTS and applies
     /// the first good answer. Returns whether the map was read.
     boost::asio::awaitable<bool> refresh();
-    /// Applies a CLUSTER SLOTS reply from `asked`; false (and nothing changed) if it is malformed
-    /// or covers no slot.
+    /// Applies a CLUSTER SLOTS reply from `asked`; false (and nothing changed) if it is malformed,
+    /// covers no slot or names more masters than paybridge connects to (1,000).
     bool apply_slots(const Reply& reply, const config::Endpoint& asked);
     /// After a MOVED (soon) or a failed node (at most once a second).
     void refresh_soon(bool moved) noexcept;
     std::uint16_t node_for(const config::Endpoint& at);
+    /// A connection to `at` is open (not retired).
+    [[nodiscard]] bool knows(const config::Endpoint& at) const;
+    /// Node connections that exist (retired ones not yet freed included).
+    [[nodiscard]] std::size_t live_nodes() const;
     void set_owner(int slot, std::uint16_t node);
     void update_ready() noexcept;
     void free_idle_nodes() noexcept;

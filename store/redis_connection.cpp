@@ -48,6 +48,12 @@ constexpr std::size_t kMaxPending = 200'000;
 // Bytes waiting to be written: while Redis is slow, the count above could hold hundreds of MB of
 // large commands (bill registrations carry their metadata).
 constexpr std::size_t kMaxUnsent = 64u << 20;
+// Wire bytes of one reply still incomplete: far above any reply paybridge asks for (a page of
+// events, a bill's history), far below what would exhaust memory. A server that goes past it is
+// broken or hostile; the connection is dropped and made again.
+constexpr std::size_t kMaxReplyBytes = 32u << 20;
+// All the replies of a handshake or of a question to a sentinel: a few hundred bytes in practice.
+constexpr std::size_t kMaxHandshakeBytes = 1u << 20;
 // A session shorter than this does not reset the backoff: a peer that completes the handshake
 // and then drops the connection (a proxy, a flapping node) is not reconnected to every 100 ms.
 constexpr std::chrono::seconds kStableSession{1};
@@ -115,15 +121,21 @@ std::string sha1_hex(std::string_view data)
 
 // Reads from `socket` into `buf` and feeds `reader` until it has produced `n` replies, which are
 // appended to `out` (more, if more arrived in the same read). Errors: the socket's, or
-// store_unavailable for a protocol error (logged).
+// store_unavailable for a protocol error or more than kMaxHandshakeBytes in all (logged).
 asio::awaitable<error_code> read_replies(tcp::socket& socket, redisReader& reader, asio::mutable_buffer buf,
                                          std::size_t n, std::vector<Reply>& out)
 {
     const std::size_t want = out.size() + n;
+    std::size_t fed = 0;
     while (out.size() < want) {
         auto [ec, got] = co_await socket.async_read_some(buf, kUseTuple);
         if (ec) {
             co_return ec;
+        }
+        fed += got;
+        if (fed > kMaxHandshakeBytes) {
+            log::error("redis.reply_too_large", {{"bytes", fed}, {"limit", kMaxHandshakeBytes}, {"during", "handshake"}});
+            co_return make_error_code(errc::store_unavailable);
         }
         if (redisReaderFeed(&reader, static_cast<const char*>(buf.data()), got) != REDIS_OK) {
             co_return make_error_code(errc::store_unavailable);
@@ -828,6 +840,7 @@ asio::awaitable<error_code> RedisConnection::connect_and_handshake()
 {
     using namespace asio::experimental::awaitable_operators;
     reader_.reset(redisReaderCreate());
+    partial_bytes_ = 0;
     if (reader_ == nullptr) {
         co_return make_error_code(errc::internal);
     }
@@ -965,11 +978,19 @@ asio::awaitable<void> RedisConnection::read_loop()
             }
             break;
         }
+        if (pending_.empty()) {
+            // Every reply answers a request in pending_ (one that timed out stays there, abandoned,
+            // until its reply is read): bytes now are a reply nothing asked for.
+            log::error("redis.unexpected_reply", {{"bytes", n}});
+            break;
+        }
         if (redisReaderFeed(reader_.get(), read_buf_.get(), n) != REDIS_OK) {
             log::error("redis.protocol_error", {{"error", reader_->errstr}});
             break;
         }
+        partial_bytes_ += n;
         bool ok = true;
+        bool replied = false;
         for (;;) {
             void* raw = nullptr;
             if (redisReaderGetReply(reader_.get(), &raw) != REDIS_OK) {
@@ -987,10 +1008,22 @@ asio::awaitable<void> RedisConnection::read_loop()
                 break;
             }
             deliver_front(raw);
+            replied = true;
         }
-        waiting_since_ = std::chrono::steady_clock::now();  // a reply came: not stuck
+        if (replied) {
+            // A reply came: not stuck. Only bytes of a reply the reader has not finished remain
+            // (an aggregate's elements already parsed are not counted: at most one read's worth).
+            waiting_since_ = std::chrono::steady_clock::now();
+            partial_bytes_ = reader_->len - reader_->pos;
+        }
         update_in_flight();
         if (!ok) {
+            break;
+        }
+        if (partial_bytes_ > kMaxReplyBytes) {
+            log::error("redis.reply_too_large",
+                       {{"bytes", partial_bytes_}, {"limit", kMaxReplyBytes}, {"host", current_.host},
+                        {"port", static_cast<int>(current_.port)}});
             break;
         }
         if (demoted_) {

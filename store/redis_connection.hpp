@@ -230,6 +230,9 @@ private:
     /// Since when pending_ has had no reply (the first request after a reply or an empty queue):
     /// no reply for request_timeout means the connection is stuck, whoever's deadline ended.
     std::chrono::steady_clock::time_point waiting_since_{};
+    /// Bytes of a reply not yet complete (fed since the last complete one): bounded, so a server
+    /// that never finishes a reply cannot grow the reader without limit.
+    std::size_t partial_bytes_{0};
     std::unique_ptr<ClusterRouter> cluster_;  ///< with Cluster: routes every command
     // As a cluster's node connection (ClusterRouter sets these):
     ClusterRouter* router_{nullptr};  ///< told when ready_ changes
