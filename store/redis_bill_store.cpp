@@ -56,6 +56,16 @@ std::string to_text(const rapidjson::StringBuffer& buf)
     return std::string(buf.GetString(), buf.GetSize());
 }
 
+// Sums of fen: one bill is at most 10^12 fen, so only stored values no bill can have overflow
+// (wrapping would be undefined behaviour, and a wrong total).
+bool add_fen(std::int64_t& total, std::int64_t v) noexcept { return !__builtin_add_overflow(total, v, &total); }
+
+boost::system::error_code summary_overflow()
+{
+    log::error("store.summary_overflow", {{"why", "a sum of fen exceeds 2^63 - 1: bill hashes hold impossible amounts"}});
+    return make_error_code(errc::internal);
+}
+
 std::int64_t parse_i64(std::string_view s, std::int64_t fallback = 0)
 {
     std::int64_t v = 0;
@@ -1139,9 +1149,10 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
                 g.provider = provider;
                 g.status = f[1].str;
                 g.count += 1;
-                g.amount_fen += parse_i64(f[2].str);
-                g.paid_fen += parse_i64(f[3].str);
-                g.refunded_fen += parse_i64(f[4].str);
+                if (!add_fen(g.amount_fen, parse_i64(f[2].str)) || !add_fen(g.paid_fen, parse_i64(f[3].str)) ||
+                    !add_fen(g.refunded_fen, parse_i64(f[4].str))) {
+                    co_return summary_overflow();
+                }
             }
         }
 
@@ -1194,9 +1205,10 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
     SummaryGroup totals;
     for (auto& [key, g] : groups) {
         totals.count += g.count;
-        totals.amount_fen += g.amount_fen;
-        totals.paid_fen += g.paid_fen;
-        totals.refunded_fen += g.refunded_fen;
+        if (!add_fen(totals.amount_fen, g.amount_fen) || !add_fen(totals.paid_fen, g.paid_fen) ||
+            !add_fen(totals.refunded_fen, g.refunded_fen)) {
+            co_return summary_overflow();
+        }
         sum.groups.push_back(std::move(g));
     }
 

@@ -984,6 +984,26 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(f.cmd({"INFO", "commandstats"}).str.find("cmdstat_hgetall") == std::string::npos);
     }
 
+    TEST_CASE("reconciliation: sums past 2^63 - 1 fen are an error, not a wrapped total")
+    {
+        // No bill can hold such amounts (at most 10^12 fen each): only hashes written around
+        // paybridge can. Before, the sum wrapped (undefined behaviour) into a negative total.
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const paybridge::store::Keys& keys = f.store->keys();
+        constexpr std::int64_t kAt = 1'700'000'000'000;
+        std::vector<std::vector<std::string>> writes;
+        for (const char* id : {"O-1", "O-2"}) {
+            writes.push_back({"HSET", keys.bill(id), "id", id, "status", "PAID", "amount_fen", "9000000000000000000",
+                              "paid_fen", "9000000000000000000", "refunded_fen", "0", "provider", "alipay"});
+            writes.push_back({"ZADD", keys.created(keys.shard_of(id)), std::to_string(kAt), id});
+        }
+        REQUIRE(f.run(f.conn->exec_many(std::move(writes))).has_value());
+        const auto sum = f.run(f.store->reconciliation(kAt, kAt + 1));
+        REQUIRE_FALSE(sum.has_value());
+        CHECK(sum.error() == paybridge::make_error_code(errc::internal));
+    }
+
     TEST_CASE("ping: PONG when ready, store_unavailable when Redis is gone")
     {
         StoreFixture f;
