@@ -36,7 +36,9 @@ FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
     FileContent out;
     // open(2) rather than ifstream: the operator needs errno's reason ("Permission denied" under
     // systemd's ProtectSystem is the usual one), which iostreams do not report.
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO would otherwise wait for a writer, for ever (and a reload runs on
+    // the thread that pings systemd's watchdog). Only regular files are read, below.
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) {
         out.error = errno_text(errno);
         return out;
@@ -49,6 +51,10 @@ FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
     }
     if (S_ISDIR(st.st_mode)) {
         out.error = errno_text(EISDIR);
+        return out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        out.error = "not a regular file (a FIFO, socket or device)";
         return out;
     }
     out.mode = static_cast<unsigned>(st.st_mode & 07777);

@@ -4,12 +4,17 @@
 
 #include <doctest/doctest.h>
 
+#include <fcntl.h>
 #include <grp.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
+#include <filesystem>
 #include <string>
+#include <thread>
 
 using namespace paybridge;
 using config::SecretSource;
@@ -100,6 +105,41 @@ TEST_CASE("secrets: file: is relative to the base folder and loses its trailing 
     auto huge = secrets.resolve("file:secrets/huge.txt", box.dir());
     CHECK_FALSE(huge);
     CHECK(huge.problem.find("larger than") != std::string::npos);
+
+    auto device = secrets.resolve("file:/dev/null", box.dir());
+    CHECK_FALSE(device);
+    CHECK(device.problem == "cannot read /dev/null: not a regular file (a FIFO, socket or device)");
+}
+
+TEST_CASE("secrets: file: naming a FIFO is refused at once, not waited on")
+{
+    // Opening a FIFO for reading waits for a writer: a reload (on the thread that pings systemd's
+    // watchdog) or a start would hang. The writer below turns up after 2 s, so that code which does
+    // wait reads "secret" and fails the checks instead of hanging the test.
+    Sandbox box;
+    const std::filesystem::path fifo = box.dir() / "pipe";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    std::atomic<bool> resolved{false};
+    std::thread writer([&] {
+        const auto until = std::chrono::steady_clock::now() + std::chrono::seconds(4);
+        std::this_thread::sleep_for(std::chrono::seconds(2));
+        while (!resolved && std::chrono::steady_clock::now() < until) {
+            // Non-blocking: fails (ENXIO) while nobody has the FIFO open for reading.
+            const int fd = ::open(fifo.c_str(), O_WRONLY | O_NONBLOCK | O_CLOEXEC);
+            if (fd >= 0) {
+                (void)!::write(fd, "secret", 6);
+                ::close(fd);
+                return;
+            }
+            std::this_thread::sleep_for(std::chrono::milliseconds(20));
+        }
+    });
+    const SecretSource secrets(SecretSource::Environment{});
+    auto piped = secrets.resolve("file:pipe", box.dir());
+    resolved = true;
+    writer.join();
+    CHECK_FALSE(piped);
+    CHECK(piped.problem == "cannot read pipe: not a regular file (a FIFO, socket or device)");
 }
 
 TEST_CASE("secrets: file: reports permission problems")
