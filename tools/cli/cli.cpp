@@ -32,7 +32,7 @@ The configuration is --config FILE, else $PAYBRIDGE_CONFIG, else ./paybridge.dev
 ./.dev/paybridge.dev.json.
 
 exit codes: 0 ok, 1 the remote side refused or failed, 2 usage error, 3 cannot connect,
-            4 local files/keys problem
+            4 local files/keys/configuration problem
 )";
 
 }  // namespace

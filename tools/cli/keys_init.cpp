@@ -2,7 +2,10 @@
 
 #include "gateways/crypto/crypto.hpp"
 #include "tools/cli/args.hpp"
+#include "tools/cli/http_client.hpp"
 #include "tools/keygen/keygen.hpp"
+
+#include <boost/asio/ip/address.hpp>
 
 #include <rapidjson/prettywriter.h>
 #include <rapidjson/stringbuffer.h>
@@ -26,7 +29,9 @@ constexpr const char* kHelp = R"(usage: paybridge keys init DIR [--force] [--con
                            [--redis-port PORT] [--crm-url URL]
 
 Writes DEVELOPMENT key material for every provider protocol into DIR (created with mode 0700;
-private keys and secrets 0600), and a development configuration that uses it.
+private keys and secrets 0600), and a development configuration that uses it. An existing DIR
+is used as it is, unless group or others can access it: then nothing is written (choose a new
+DIR, or 'chmod 700 DIR' first).
 
   Alipay      alipay_private.pem / alipay_public.pem (the key pair Alipay signs with / the daemon
               verifies with), alipay_root.crt (a test CA) and alipay_public.crt (Alipay's
@@ -41,13 +46,15 @@ private keys and secrets 0600), and a development configuration that uses it.
 options:
   --config PATH        where to write the configuration (default: DIR/../paybridge.dev.json)
   --force              replace existing keys and configuration (restart paybridged afterwards)
-  --listen HOST:PORT   the daemon's listen address in the configuration (default 127.0.0.1:8080)
+  --listen HOST:PORT   the daemon's listen address in the configuration (default 127.0.0.1:8080):
+                       an IP address (IPv6 in brackets, [::1]:8080) and a port from 1 to 65535
   --redis-port PORT    the local redis-server port (default 6379)
   --crm-url URL        where events are pushed (default http://127.0.0.1:9000/paybridge/events)
 
 The configuration passes 'paybridged --config PATH --check'. Never use these keys in production.
 
-exit codes: 0 written, 2 usage error, 4 a file exists (without --force) or cannot be written
+exit codes: 0 written, 2 usage error (including an existing DIR that others can access),
+            4 a file exists (without --force) or cannot be written
 )";
 
 constexpr const char* kGroupHelp = R"(usage: paybridge keys init DIR [options]
@@ -210,6 +217,13 @@ std::string config_json(const KeysInitOptions& o, const std::string& keys, const
     return std::string(buf.GetString(), buf.GetSize()) + "\n";
 }
 
+std::string octal_mode(unsigned mode)
+{
+    std::ostringstream out;
+    out << std::oct << std::setw(4) << std::setfill('0') << (mode & 07777);
+    return out.str();
+}
+
 std::string readme(const KeysInitReport& r)
 {
     std::ostringstream out;
@@ -235,6 +249,24 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
     }
     report.config = options.config_path.empty() ? report.dir.parent_path() / "paybridge.dev.json"
                                                 : fs::absolute(options.config_path).lexically_normal();
+
+    // Only a folder this run creates is made private. An existing one is not ours to chmod (it may
+    // be the project itself: `keys init .`), and keys must not land where others can list them.
+    const fs::file_status dir_status = fs::status(report.dir, ec);
+    const bool dir_existed = fs::exists(dir_status);
+    if (dir_existed) {
+        if (!fs::is_directory(dir_status)) {
+            return local_error(report.dir.string() + " exists and is not a folder; choose another DIR");
+        }
+        const fs::perms others = fs::perms::group_all | fs::perms::others_all;
+        if ((dir_status.permissions() & others) != fs::perms::none) {
+            return usage_error(report.dir.string() + " exists and other users can access it (mode " +
+                               octal_mode(static_cast<unsigned>(dir_status.permissions())) +
+                               "); private keys need a folder of their own: choose a DIR that does not exist "
+                               "yet (it is created with mode 0700), or 'chmod 700 " + report.dir.string() +
+                               "' first");
+        }
+    }
 
     // Generate first (pure CPU), so a refusal or a generation failure leaves nothing behind.
     const keygen::Certificate ca = keygen::make_ca({.common_name = "paybridge development test CA",
@@ -311,10 +343,13 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
         return local_error("cannot create " + report.dir.string() + ": " +
                            (ec ? ec.message() : "not a directory"));
     }
-    fs::permissions(report.dir, fs::perms::owner_all, fs::perm_options::replace, ec);
-    if (ec) {
-        return local_error("cannot set mode 0700 on " + report.dir.string() + ": " + ec.message());
+    if (!dir_existed) {
+        fs::permissions(report.dir, fs::perms::owner_all, fs::perm_options::replace, ec);
+        if (ec) {
+            return local_error("cannot set mode 0700 on " + report.dir.string() + ": " + ec.message());
+        }
     }
+    report.dir_mode = static_cast<unsigned>(fs::status(report.dir, ec).permissions()) & 07777;
     for (const auto& p : planned) {
         Expected<void> w = write_file(report.dir / p.name, p.content, p.mode);
         if (!w) {
@@ -339,6 +374,63 @@ Expected<KeysInitReport> keys_init(const KeysInitOptions& options)
     }
     report.files.push_back({report.config, 0644, "development configuration"});
     return report;
+}
+
+std::string listen_problem(const std::string& text)
+{
+    const std::string example = " (e.g. --listen 127.0.0.1:8080, or [::1]:8080 for IPv6)";
+    std::string host;
+    std::string port;
+    if (text.starts_with('[')) {
+        const auto close = text.find(']');
+        if (close == std::string::npos || close + 1 >= text.size() || text[close + 1] != ':') {
+            return "--listen must be HOST:PORT" + example;
+        }
+        host = text.substr(1, close - 1);
+        port = text.substr(close + 2);
+    } else {
+        const auto colon = text.rfind(':');
+        if (colon == std::string::npos) {
+            return "--listen must be HOST:PORT" + example;
+        }
+        host = text.substr(0, colon);
+        port = text.substr(colon + 1);
+        if (host.find(':') != std::string::npos) {
+            return "--listen " + text + ": an IPv6 address must be written in brackets, e.g. [::1]:8080";
+        }
+    }
+    if (host.empty()) {
+        return "--listen must be HOST:PORT" + example;
+    }
+    // paybridged binds an IP literal and never resolves a name (config/load.cpp, listen_endpoint).
+    boost::system::error_code ec;
+    boost::asio::ip::make_address(host, ec);
+    if (ec) {
+        return "--listen " + text + ": the host \"" + host +
+               "\" is not an IP address; paybridged listens on an address such as 127.0.0.1, 0.0.0.0 or [::1]" +
+               example;
+    }
+    if (!parse_integer(port, 1, 65535)) {
+        return "--listen " + text + ": the port must be a number from 1 to 65535" + example;
+    }
+    return {};
+}
+
+std::string crm_url_problem(const std::string& text)
+{
+    const std::string example = " (e.g. --crm-url http://127.0.0.1:9000/paybridge/events)";
+    Expected<Url> url = parse_url(text);
+    if (!url) {
+        return "--crm-url: " + url.error().message + example;
+    }
+    // parse_url is what `paybridge listen` reads crm.url with; paybridged also refuses these.
+    if (text.find('#') != std::string::npos) {
+        return "--crm-url " + text + ": must not contain a #fragment" + example;
+    }
+    if (text.find_first_of(" \t\r\n") != std::string::npos) {
+        return "--crm-url: '" + text + "' must not contain spaces" + example;
+    }
+    return {};
 }
 
 int cmd_keys(const std::vector<std::string>& argv, const Io& io)
@@ -369,8 +461,8 @@ int cmd_keys(const std::vector<std::string>& argv, const Io& io)
     options.force = args->flag("force");
     options.config_path = args->value("config").value_or("");
     options.listen = args->value("listen").value_or(options.listen);
-    if (options.listen.rfind(':') == std::string::npos || options.listen.back() == ':') {
-        return report(io, args->usage("--listen must be HOST:PORT, e.g. 127.0.0.1:8080"));
+    if (std::string why = listen_problem(options.listen); !why.empty()) {
+        return report(io, args->usage(why));
     }
     auto redis_port = args->integer("redis-port", 1, 65535);
     if (!redis_port) {
@@ -378,8 +470,8 @@ int cmd_keys(const std::vector<std::string>& argv, const Io& io)
     }
     options.redis_port = static_cast<std::uint16_t>(redis_port->value_or(6379));
     if (auto crm = args->value("crm-url")) {
-        if (!crm->starts_with("http://") && !crm->starts_with("https://")) {
-            return report(io, args->usage("--crm-url must be an http:// or https:// URL"));
+        if (std::string why = crm_url_problem(*crm); !why.empty()) {
+            return report(io, args->usage(why));
         }
         options.crm_url = *crm;
     }
@@ -388,7 +480,8 @@ int cmd_keys(const std::vector<std::string>& argv, const Io& io)
     if (!result) {
         return report(io, result.error());
     }
-    io.out << "Development keys written to " << result->dir.string() << " (mode 0700):\n";
+    io.out << "Development keys written to " << result->dir.string() << " (mode " << octal_mode(result->dir_mode)
+           << "):\n";
     for (const auto& f : result->files) {
         if (f.path == result->config) {
             continue;

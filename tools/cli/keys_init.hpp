@@ -42,7 +42,7 @@ inline constexpr std::string_view kDevWechatMchid = "1900000001";
 inline constexpr std::string_view kDevWechatAppid = "wx0000000000000001";
 
 struct KeysInitOptions {
-    std::filesystem::path dir;          ///< the keys folder (created with mode 0700)
+    std::filesystem::path dir;          ///< the keys folder (created with mode 0700, or an existing private one)
     std::filesystem::path config_path;  ///< empty: dir/../paybridge.dev.json
     bool force{false};                  ///< replace existing keys and configuration
     std::string listen{"127.0.0.1:8080"};
@@ -58,6 +58,7 @@ struct WrittenFile {
 
 struct KeysInitReport {
     std::filesystem::path dir;       ///< absolute
+    unsigned dir_mode{0700};         ///< its permission bits after the run
     std::filesystem::path config;    ///< absolute
     std::vector<WrittenFile> files;  ///< key files, then the configuration
     std::string wechat_public_key_id;
@@ -66,11 +67,22 @@ struct KeysInitReport {
 };
 
 /// Generates and writes everything. Without `force`, refuses (Exit::local) when any of the files
-/// or the configuration exists, naming it. Private keys and secrets are written 0600, public
-/// material 0644, each through a temporary file renamed into place. The configuration refers to
-/// the keys by paths relative to its own folder and to secrets with "file:" references.
+/// or the configuration exists, naming it. A DIR this run creates gets mode 0700; an existing DIR
+/// keeps its mode, and is refused (Exit::usage, with the fix) when its group or others have any
+/// access, since the private keys would sit in a folder others can list (e.g. `keys init .`).
+/// Private keys and secrets are written 0600, public material 0644, each through a temporary file
+/// renamed into place. The configuration refers to the keys by paths relative to its own folder and
+/// to secrets with "file:" references. Nothing is written when a check refuses.
 /// Errors: Exit::local for file-system problems (named, with the reason).
 Expected<KeysInitReport> keys_init(const KeysInitOptions& options);
+
+/// Why `text` is not a --listen value paybridged accepts (HOST:PORT with an IP-literal host, IPv6
+/// in brackets, port 1..65535), as a message naming the option; "" when it is fine.
+std::string listen_problem(const std::string& text);
+
+/// Why `text` is not a --crm-url that both paybridged and `paybridge listen` accept (http(s)://,
+/// a host, a port 1..65535, no user info, no #fragment, no spaces); "" when it is fine.
+std::string crm_url_problem(const std::string& text);
 
 /// `paybridge keys ...` (argv after "keys").
 int cmd_keys(const std::vector<std::string>& argv, const Io& io);

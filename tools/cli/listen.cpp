@@ -12,6 +12,7 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
 #include <boost/asio/signal_set.hpp>
+#include <boost/asio/steady_timer.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
 #include <boost/beast/core/tcp_stream.hpp>
 #include <boost/beast/http/message.hpp>
@@ -25,8 +26,12 @@
 
 #include <cctype>
 #include <chrono>
+#include <cstdlib>
 #include <ctime>
+#include <exception>
+#include <iostream>
 #include <ostream>
+#include <sstream>
 
 namespace paybridge::cli {
 
@@ -39,7 +44,7 @@ namespace {
 
 constexpr const char* kHelp =
     R"(usage: paybridge listen [--port P] [--secret whsec_...] [--status CODE] [--fail-rate R]
-                        [--json] [--host ADDR] [--config FILE]
+                        [--tolerance S] [--json] [--host ADDR] [--config FILE]
 
 A CRM stand-in for development: accepts the events paybridged pushes (POST, any path), verifies
 their Standard Webhooks signature (webhook-id, webhook-timestamp, webhook-signature) and prints
@@ -53,16 +58,42 @@ options:
   --host ADDR      address to bind (default 127.0.0.1)
   --secret S       the webhook secret "whsec_..." (default: crm.secret from the configuration)
   --status CODE    answer every verified event with CODE (default 200); e.g. 500 or 503 to watch
-                   paybridged retry, 410 to watch it give up (dead letter)
+                   paybridged retry, 410 to watch it give up (dead letter); 204 and 304 are
+                   answered without a body
   --fail-rate R    answer a random fraction R (0..1) of verified events with 500 (or with
-                   --status when that is a failure code), the rest with 200
+                   --status when that is a failure code), the rest with 200 (or with --status
+                   when that is a 2xx code)
+  --tolerance S    accept a webhook-timestamp up to S seconds from this machine's clock (default
+                   300, as paybridged's receivers are told to)
   --json           print one JSON object per request (for scripts) instead of readable lines
   --config FILE    configuration to take the defaults from (see 'paybridge --help')
 
 Runs until Ctrl-C. Repeated webhook-ids (retries) are marked "delivery #N".
 
-exit codes: 0 stopped by a signal, 2 usage error, 4 cannot bind the port or read the configuration
+exit codes: 0 stopped by a signal, 2 usage error, 4 cannot bind the port, or the configuration
+            (or its crm.secret) is missing or unusable
 )";
+
+const std::vector<OptionSpec> kOptions = {{"port"},      {"host"},        {"secret"}, {"status"},
+                                          {"fail-rate"}, {"json", false}, {"config"}, {"tolerance"}};
+
+// Statuses whose responses carry no body (RFC 9110 §6.4.1); Beast refuses to frame one with a body.
+bool bodiless(int status) { return status / 100 == 1 || status == 204 || status == 304; }
+
+// Logs what ended a coroutine with an exception (a bug: every I/O error is a value).
+void log_exception(std::ostream& err, std::string_view what, std::exception_ptr e)
+{
+    if (!e) {
+        return;
+    }
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::exception& ex) {
+        err << "paybridge listen: " << what << ": " << ex.what() << std::endl;
+    } catch (...) {
+        err << "paybridge listen: " << what << ": unknown exception" << std::endl;
+    }
+}
 
 std::string now_clock()
 {
@@ -131,7 +162,17 @@ std::string rejection_reason(const boost::system::error_code& ec, const std::str
 }  // namespace
 
 CrmListener::CrmListener(asio::io_context& ioc, ListenOptions options, std::ostream& out)
-    : ioc_(ioc), options_(std::move(options)), out_(out), acceptor_(ioc), rng_(std::random_device{}())
+    : CrmListener(ioc, std::move(options), out, std::cerr)
+{
+}
+
+CrmListener::CrmListener(asio::io_context& ioc, ListenOptions options, std::ostream& out, std::ostream& err)
+    : ioc_(ioc),
+      options_(std::move(options)),
+      out_(out),
+      err_(err),
+      acceptor_(ioc),
+      rng_(options_.seed ? *options_.seed : std::random_device{}())
 {
 }
 
@@ -161,7 +202,8 @@ Expected<std::uint16_t> CrmListener::start()
     auto loop = [this]() -> asio::awaitable<void> {
         co_await accept_loop();
     };
-    asio::co_spawn(ioc_, std::move(loop), asio::detached);
+    asio::co_spawn(ioc_, std::move(loop),
+                   [this](std::exception_ptr e) { log_exception(err_, "stopped accepting connections", e); });
     return acceptor_.local_endpoint().port();
 }
 
@@ -179,14 +221,21 @@ asio::awaitable<void> CrmListener::accept_loop()
             if (ec == asio::error::operation_aborted || !acceptor_.is_open()) {
                 co_return;
             }
-            continue;  // e.g. EMFILE: keep serving the connections we have
+            // e.g. EMFILE: keep serving the connections we have, and retry once some may have
+            // closed instead of spinning on an error that will not go away at once.
+            asio::steady_timer pause(ioc_, std::chrono::milliseconds(100));
+            auto [wec] = co_await pause.async_wait(kUseTuple);
+            (void)wec;
+            continue;
         }
         auto task = [this, s = std::move(socket)]() mutable -> asio::awaitable<void> {
             co_await session(std::move(s));
         };
         // A session only throws on a bug (every I/O error is a value); dropping that one connection is
-        // the right blast radius for a development tool.
-        asio::co_spawn(ioc_, std::move(task), [](std::exception_ptr) {});
+        // the right blast radius for a development tool, but it must say so: the event was printed
+        // and counted already, and the daemon saw no answer.
+        asio::co_spawn(ioc_, std::move(task),
+                       [this](std::exception_ptr e) { log_exception(err_, "dropped a connection", e); });
     }
 }
 
@@ -220,7 +269,9 @@ asio::awaitable<void> CrmListener::session(tcp::socket socket)
                                   req.body(), reply_body);
         http::response<http::string_body> res{static_cast<http::status>(d.answered), req.version()};
         res.set(http::field::server, "paybridge-listen");
-        res.set(http::field::content_type, "text/plain; charset=utf-8");
+        if (!reply_body.empty()) {
+            res.set(http::field::content_type, "text/plain; charset=utf-8");
+        }
         res.keep_alive(req.keep_alive());
         res.body() = std::move(reply_body);
         res.prepare_payload();
@@ -272,9 +323,8 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
     }
     if (d.verified) {
         d.delivery = ++seen_[d.webhook_id];
-        const bool status_fails = options_.status < 200 || options_.status > 299;
         d.answered = options_.status;
-        if (!status_fails && options_.fail_rate > 0.0) {
+        if (options_.fail_rate > 0.0) {
             std::uniform_real_distribution<double> dist(0.0, 1.0);
             if (dist(rng_) < options_.fail_rate) {
                 d.answered = options_.fail_status;
@@ -284,6 +334,9 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
             d.answered >= 200 && d.answered < 300 ? "ok\n" : "paybridge listen: failing on purpose\n";
     } else {
         reply_body = "paybridge listen: rejected: " + d.reason + "\n";
+    }
+    if (bodiless(d.answered)) {
+        reply_body.clear();
     }
 
     rapidjson::Document event;
@@ -365,82 +418,76 @@ Delivery CrmListener::handle(const std::string& method, const std::string& targe
     return d;
 }
 
-int cmd_listen(const std::vector<std::string>& argv, const Io& io)
+namespace {
+
+Expected<ListenOptions> options_from(const Args& args)
 {
-    Expected<Args> args = Args::parse("listen", argv,
-                                      {{"port"},
-                                       {"host"},
-                                       {"secret"},
-                                       {"status"},
-                                       {"fail-rate"},
-                                       {"json", false},
-                                       {"config"},
-                                       {"tolerance"}});
-    if (!args) {
-        return report(io, args.error());
-    }
-    if (args->help()) {
-        io.out << kHelp;
-        return code(Exit::ok);
-    }
-    if (!args->positional().empty()) {
-        return report(io, args->usage("listen takes no arguments, only options"));
+    if (!args.positional().empty()) {
+        return args.usage("listen takes no arguments, only options");
     }
     ListenOptions options;
-    options.json = args->flag("json");
-    options.host = args->value("host").value_or(options.host);
-    auto port = args->integer("port", 0, 65535);
-    auto status = args->integer("status", 200, 599);
-    auto tolerance = args->integer("tolerance", 1, 86400 * 365);
-    if (!port || !status || !tolerance) {
-        return report(io, !port ? port.error() : !status ? status.error() : tolerance.error());
-    }
-    options.status = static_cast<int>(status->value_or(200));
-    if (options.status >= 300) {
-        options.fail_status = options.status;
+    options.json = args.flag("json");
+    options.host = args.value("host").value_or(options.host);
+    auto port = args.integer("port", 0, 65535);
+    auto status = args.integer("status", 200, 599);
+    auto tolerance = args.integer("tolerance", 1, 86400 * 365);
+    for (const auto* r : {&port, &status, &tolerance}) {
+        if (!*r) {
+            return r->error();
+        }
     }
     options.tolerance_s = tolerance->value_or(300);
-    if (auto rate = args->value("fail-rate")) {
+    if (auto rate = args.value("fail-rate")) {
         char* end = nullptr;
         const double v = std::strtod(rate->c_str(), &end);
         if (rate->empty() || end != rate->c_str() + rate->size() || !(v >= 0.0 && v <= 1.0)) {
-            return report(io, args->usage("--fail-rate must be a number from 0 to 1, e.g. 0.3"));
+            return args.usage("--fail-rate must be a number from 0 to 1, e.g. 0.3");
         }
         options.fail_rate = v;
     }
+    // --fail-rate splits the answers in two: --status names one side, by whether it is a failure.
+    const int given = static_cast<int>(status->value_or(200));
+    options.status = given;
+    if (options.fail_rate > 0.0) {
+        const bool given_fails = given < 200 || given > 299;
+        options.status = given_fails ? 200 : given;
+        options.fail_status = given_fails ? given : 500;
+    }
 
     // Defaults from the configuration, only when something is missing.
-    const bool need_config = !args->value("secret") || !*port;
+    const bool need_config = !args.value("secret") || !*port;
     std::optional<CliConfig> cfg;
     if (need_config) {
-        Expected<CliConfig> loaded = locate_config(args->value("config"));
+        Expected<CliConfig> loaded = locate_config(args.value("config"));
         if (loaded) {
             cfg = std::move(*loaded);
-        } else if (!args->value("secret")) {
-            return report(io, Failure{Exit::local, loaded.error().message +
-                                                       " (or give the secret with --secret whsec_...)"});
+        } else if (!args.value("secret")) {
+            return Failure{Exit::local, loaded.error().message + " (or give the secret with --secret whsec_...)"};
         }
     }
-    if (auto secret = args->value("secret")) {
+    if (auto secret = args.value("secret")) {
+        if (!crm::decode_secret(*secret)) {
+            return args.usage(
+                "the --secret is not \"whsec_\" + base64 (copy it from the crm_secret file 'paybridge keys "
+                "init' wrote)");
+        }
         options.secrets.push_back(*secret);
     } else {
         if (cfg->crm_secret_refs.empty()) {
-            return report(io,
-                          local_error(cfg->path.string() + " has no crm.secret; pass --secret whsec_..."));
+            return local_error(cfg->path.string() + " has no crm.secret; pass --secret whsec_...");
         }
         for (const auto& ref : cfg->crm_secret_refs) {
             Expected<std::string> s = cfg->secret(ref);
             if (!s) {
-                return report(io, s.error());
+                return s.error();
+            }
+            if (!crm::decode_secret(*s)) {
+                // Named by its reference, never by its value.
+                return local_error(cfg->path.string() + ": the CRM secret " + ref +
+                                   " is not \"whsec_\" + base64; fix crm.secret there ('paybridged --config " +
+                                   cfg->path.string() + " --check' shows the problem), or pass --secret whsec_...");
             }
             options.secrets.push_back(*s);
-        }
-    }
-    for (const auto& s : options.secrets) {
-        if (!crm::decode_secret(s)) {
-            return report(
-                io, args->usage("the secret is not \"whsec_\" + base64 (copy it from the crm_secret file "
-                                "'paybridge keys init' wrote)"));
         }
     }
     if (*port) {
@@ -449,22 +496,57 @@ int cmd_listen(const std::vector<std::string>& argv, const Io& io)
         Expected<Url> url = parse_url(cfg->crm_url);
         options.port = url ? url->port : 9000;
     }
+    return options;
+}
+
+Expected<Args> parse_args(const std::vector<std::string>& argv) { return Args::parse("listen", argv, kOptions); }
+
+}  // namespace
+
+Expected<ListenOptions> listen_options(const std::vector<std::string>& argv)
+{
+    Expected<Args> args = parse_args(argv);
+    if (!args) {
+        return args.error();
+    }
+    return options_from(*args);
+}
+
+std::string describe_answers(const ListenOptions& options)
+{
+    if (options.fail_rate <= 0.0) {
+        return std::to_string(options.status);
+    }
+    std::ostringstream text;
+    text << "a fraction " << options.fail_rate << " with " << options.fail_status << ", else " << options.status;
+    return text.str();
+}
+
+int cmd_listen(const std::vector<std::string>& argv, const Io& io)
+{
+    Expected<Args> args = parse_args(argv);
+    if (!args) {
+        return report(io, args.error());
+    }
+    if (args->help()) {
+        io.out << kHelp;
+        return code(Exit::ok);
+    }
+    Expected<ListenOptions> options = options_from(*args);
+    if (!options) {
+        return report(io, options.error());
+    }
 
     asio::io_context ioc;
-    CrmListener listener(ioc, options, io.out);
+    CrmListener listener(ioc, *options, io.out, io.err);
     Expected<std::uint16_t> bound = listener.start();
     if (!bound) {
         return report(io, bound.error());
     }
-    io.err << "paybridge listen: listening on http://"
-           << (options.host.find(':') != std::string::npos ? "[" : "") << options.host
-           << (options.host.find(':') != std::string::npos ? "]" : "") << ":" << *bound
-           << " (any path); verifying with " << options.secrets.size() << " secret(s); answering "
-           << (options.fail_rate > 0
-                   ? "a fraction " + *args->value("fail-rate") + " with " +
-                         std::to_string(options.fail_status) + ", else " + std::to_string(options.status)
-                   : std::to_string(options.status))
-           << "; Ctrl-C stops" << std::endl;
+    const bool v6 = options->host.find(':') != std::string::npos;
+    io.err << "paybridge listen: listening on http://" << (v6 ? "[" : "") << options->host << (v6 ? "]" : "")
+           << ":" << *bound << " (any path); verifying with " << options->secrets.size()
+           << " secret(s); answering " << describe_answers(*options) << "; Ctrl-C stops" << std::endl;
     asio::signal_set signals(ioc, SIGINT, SIGTERM);
     signals.async_wait([&](const boost::system::error_code&, int) {
         listener.stop();

@@ -3,8 +3,10 @@
 #include "core/error.hpp"
 #include "core/money.hpp"
 #include "gateways/alipay/alipay_sim.hpp"
+#include "gateways/charset.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/wechatpay/wechatpay_sim.hpp"
+#include "gateways/wechatpay/xml.hpp"
 #include "tools/cli/api_client.hpp"
 #include "tools/cli/args.hpp"
 #include "tools/cli/keys_init.hpp"
@@ -72,12 +74,27 @@ other
   --account ID          the Alipay app_id or WeChat Pay mchid (default: the first configured)
   --signer KIND         WeChat Pay v3: public-key (PUB_KEY_ID_..., default) or platform
                         (the platform certificate's serial)
-  --sign-type T         WeChat Pay v2 payments: HMAC-SHA256 (default) or MD5
+  --sign-type T         WeChat Pay v2 payments: HMAC-SHA256 (default), MD5, or none (MD5 with
+                        no <sign_type> field, WeChat's own default: the receiver must tell the
+                        algorithm by the length of the sign)
   --charset C           Alipay: utf-8 (default), gbk, gb2312 or gb18030
 
-exit codes: 0 every request was answered 2xx, 1 paybridged refused or failed one (4xx/5xx),
-            2 usage error, 3 cannot connect, 4 key files, secrets or configuration unreadable
+The base URL's path is kept: --url http://h:8080/pfx posts to /pfx/notify/alipay.
+
+exit codes: 0 every request was acknowledged as the provider requires (Alipay: 200 with the
+            body exactly "success"; WeChat Pay v2: XML with return_code SUCCESS; WeChat Pay v3:
+            200 or 204), 1 paybridged refused, failed or did not acknowledge one, 2 usage error,
+            3 cannot connect, 4 key files, secrets or configuration unreadable, or the
+            configuration has no account of the provider
 )";
+
+constexpr const char* kCharsetUsage = "--charset must be utf-8, gbk, gb2312 or gb18030";
+constexpr const char* kSignTypeUsage = "--sign-type must be MD5, HMAC-SHA256 or none";
+
+bool known_sign_type(const std::string& text)
+{
+    return text == "none" || gateways::wechatpay::parse_sign_type(text).has_value();
+}
 
 bool is_refund(const std::string& event) { return event.rfind("refund", 0) == 0; }
 
@@ -182,7 +199,7 @@ Expected<const Account*> pick(const std::vector<Account>& accounts, const std::s
                               std::string Account::*id, std::string_view what, const fs::path& config)
 {
     if (accounts.empty()) {
-        return usage_error(
+        return local_error(
             config.string() + " configures no " + std::string(what) +
             " (add one, or create a development configuration with 'paybridge keys init DIR')");
     }
@@ -201,6 +218,9 @@ Expected<BuiltNotification> build_alipay(const CliConfig& config, const TriggerS
 {
     if (spec.stale) {
         return stale_not_applicable(spec.provider);
+    }
+    if (!gateways::parse_charset(spec.charset)) {
+        return usage_error(kCharsetUsage);
     }
     Expected<const AlipayAccount*> app =
         pick(config.alipay, spec.account, &AlipayAccount::app_id, "Alipay app", config.path);
@@ -289,9 +309,12 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
         }
         built.request.headers.emplace_back("Content-Type", "text/xml");
         if (spec.event == "paid") {
-            const auto type = gateways::wechatpay::parse_sign_type(spec.v2_sign_type);
+            // "none" is how WeChat itself signs by default: MD5, and no <sign_type> (PROTOCOLS.md §3.1).
+            const bool send_sign_type = spec.v2_sign_type != "none";
+            const auto type = send_sign_type ? gateways::wechatpay::parse_sign_type(spec.v2_sign_type)
+                                             : std::optional(gateways::wechatpay::V2SignType::md5);
             if (!type) {
-                return usage_error("--sign-type must be MD5 or HMAC-SHA256");
+                return usage_error(kSignTypeUsage);
             }
             sim::V2Payment p;
             p.appid = m.appid;
@@ -299,10 +322,11 @@ Expected<BuiltNotification> build_wechat(const CliConfig& config, const TriggerS
             p.out_trade_no = spec.bill_id;
             p.transaction_id = spec.txn_id;
             p.total_fen = spec.amount_fen;
-            built.request.body = sim::build_v2_payment_xml(p, *key, *type);
+            built.request.body = sim::build_v2_payment_xml(p, *key, *type, send_sign_type);
             built.description = "wechatpay-v2 paid mch_id=" + m.mchid + " out_trade_no=" + spec.bill_id +
                                 " total_fee=" + std::to_string(spec.amount_fen) +
-                                " sign_type=" + spec.v2_sign_type;
+                                (send_sign_type ? " sign_type=" + spec.v2_sign_type
+                                                : std::string(" sign_type absent (MD5)"));
             if (spec.tamper) {
                 Expected<void> t = flip_after(built.request.body, "<nonce_str><![CDATA[");
                 if (!t) {
@@ -480,6 +504,31 @@ std::string shown_body(const HttpResponse& res)
 
 }  // namespace
 
+std::string unacknowledged_reason(const std::string& provider, const HttpResponse& response)
+{
+    if (provider == "alipay") {
+        if (response.status == 200 && response.body == "success") {
+            return {};
+        }
+        return "Alipay resends unless the answer is 200 with the body exactly \"success\"";
+    }
+    if (provider == "wechatpay-v2") {
+        if (response.ok()) {
+            Result<gateways::wechatpay::XmlFields> fields = gateways::wechatpay::parse_flat_xml(response.body, "xml");
+            const std::string* rc = fields ? gateways::wechatpay::find_field(*fields, "return_code") : nullptr;
+            if (rc != nullptr && *rc == "SUCCESS") {
+                return {};
+            }
+        }
+        return "WeChat Pay resends an API v2 notification unless the answer is a 2xx <xml> reply with "
+               "return_code SUCCESS";
+    }
+    if (response.status == 200 || response.status == 204) {
+        return {};
+    }
+    return "WeChat Pay resends an API v3 notification unless the answer is 200 or 204";
+}
+
 bool known_trigger(const std::string& provider, const std::string& event)
 {
     static const std::map<std::string, std::vector<std::string>> kEvents = {
@@ -575,6 +624,13 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
     if (refund_amount->has_value() && !is_refund(spec.event)) {
         return report(io, args->usage("--refund-amount only applies to refund events"));
     }
+    // Checked before the bill is read or anything is built, so the message names the option.
+    if (!gateways::parse_charset(spec.charset)) {
+        return report(io, args->usage(kCharsetUsage));
+    }
+    if (!known_sign_type(spec.v2_sign_type)) {
+        return report(io, args->usage(kSignTypeUsage));
+    }
 
     Expected<CliConfig> config = locate_config(args->value("config"));
     if (!config) {
@@ -632,6 +688,8 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
     if (!built) {
         return report(io, built.error());
     }
+    // Under the base URL's path, as the API calls that read the bill are (with_target).
+    built->request.target = with_target(*url, built->request.target).target;
     if (!built->tamper_note.empty()) {
         io.err << "paybridge: --tamper: " << built->tamper_note << "; paybridged must refuse it\n";
     }
@@ -657,6 +715,8 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
     std::optional<Failure> transport;
     std::size_t n = 0;
     std::size_t failed = 0;
+    std::size_t unacknowledged = 0;
+    std::optional<HttpResponse> first_unacknowledged;
     for (std::size_t r = 0; r < rounds; ++r) {
         for (Sent& s : send_batch(*url, built->request, width)) {
             ++n;
@@ -669,7 +729,17 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
             }
             ++by_status[s.response->status];
             io.out << s.response->status << " " << s.response->reason << "  " << shown_body(*s.response)
-                   << "  (" << s.elapsed.count() << " ms)\n";
+                   << "  (" << s.elapsed.count() << " ms)";
+            if (!unacknowledged_reason(spec.provider, *s.response).empty()) {
+                ++unacknowledged;
+                if (!first_unacknowledged) {
+                    first_unacknowledged = *s.response;
+                }
+                if (s.response->ok()) {
+                    io.out << "  (not an acknowledgement)";
+                }
+            }
+            io.out << "\n";
         }
     }
     if (n > 1) {
@@ -693,6 +763,17 @@ int cmd_trigger(const std::vector<std::string>& argv, const Io& io)
                                           " of " + std::to_string(n) + " answered " + std::to_string(status) +
                                           (spec.tamper || spec.stale ? " (as it must)" : "")});
         }
+    }
+    if (first_unacknowledged) {
+        // 2xx, but not what the provider needs to stop resending: in production it would come again.
+        return report(io, Failure{Exit::remote, "paybridged did not acknowledge the notification: " +
+                                                    std::to_string(unacknowledged) + " of " + std::to_string(n) +
+                                                    " answered " + std::to_string(first_unacknowledged->status) +
+                                                    (first_unacknowledged->body.empty()
+                                                         ? std::string(" with no body")
+                                                         : " \"" + shown_body(*first_unacknowledged) + "\"") +
+                                                    "; " +
+                                                    unacknowledged_reason(spec.provider, *first_unacknowledged)});
     }
     return code(Exit::ok);
 }

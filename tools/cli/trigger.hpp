@@ -36,7 +36,8 @@ struct TriggerSpec {
     std::string txn_id;                       ///< provider transaction id; generated when empty
     std::string account;                      ///< app_id / mchid; empty: the first configured
     std::string signer{"public-key"};         ///< WeChat v3: "public-key" or "platform"
-    std::string v2_sign_type{"HMAC-SHA256"};  ///< WeChat v2 payments: "MD5" or "HMAC-SHA256"
+    std::string v2_sign_type{"HMAC-SHA256"};  ///< WeChat v2 payments: "MD5", "HMAC-SHA256" or "none"
+                                              ///< (MD5 without <sign_type>, WeChat's own default)
     std::string charset{"utf-8"};             ///< Alipay: utf-8, gbk, gb2312, gb18030
     std::filesystem::path keys_dir;           ///< empty: next to the configured public keys
     bool tamper{false};                       ///< flip one byte of the signed (or encrypted) content
@@ -51,9 +52,16 @@ struct BuiltNotification {
 };
 
 /// Builds the notification. Errors: Exit::usage (unknown provider/event, --stale where the provider
-/// has no timestamp window, missing account), Exit::local (key files or secrets unreadable or not
-/// keys, named with a hint to run 'paybridge keys init').
+/// has no timestamp window, an unknown --account, --charset or --sign-type), Exit::local (the
+/// configuration has no account of the provider; key files or secrets unreadable or not keys, named
+/// with a hint to run 'paybridge keys init').
 Expected<BuiltNotification> build_notification(const CliConfig& config, const TriggerSpec& spec);
+
+/// Whether the provider would take `response` to a notification of `provider` as an acknowledgement
+/// and stop resending it (PROTOCOLS.md §1.7, §2.10, §3.4): Alipay needs 200 with the body exactly
+/// "success"; WeChat Pay v2 a 2xx XML reply whose return_code is SUCCESS; WeChat Pay v3 200 or 204,
+/// whatever the body. Returns "" when it would, else what the provider needs, in words.
+std::string unacknowledged_reason(const std::string& provider, const HttpResponse& response);
 
 /// `paybridge trigger ...` (argv after "trigger").
 int cmd_trigger(const std::vector<std::string>& argv, const Io& io);

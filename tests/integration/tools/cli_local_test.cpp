@@ -9,6 +9,7 @@
 #include "gateways/wechatpay/wechatpay_v2_gateway.hpp"
 #include "gateways/wechatpay/wechatpay_v3_gateway.hpp"
 #include "tests/support/http_client.hpp"
+#include "tests/support/http_receiver.hpp"
 #include "tests/support/process.hpp"
 #include "tools/cli/cli.hpp"
 #include "tools/cli/http_client.hpp"
@@ -18,8 +19,14 @@
 
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <chrono>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <regex>
 #include <sstream>
 #include <thread>
 
@@ -119,7 +126,7 @@ RawRequest parse_raw(const std::string& raw)
 }
 
 Result<gateways::Verified> verify(const gateways::Gateway& gw, const RawRequest& raw,
-                                  std::string_view mchid = {})
+                                  std::string_view mchid = {}, std::optional<std::int64_t> at = std::nullopt)
 {
     gateways::InboundRequest in;
     for (const auto& [n, v] : raw.headers) {
@@ -127,9 +134,10 @@ Result<gateways::Verified> verify(const gateways::Gateway& gw, const RawRequest&
     }
     in.body = raw.body;
     in.route_param = mchid;
-    in.now_unix =
-        std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
-            .count();
+    in.now_unix = at ? *at
+                     : std::chrono::duration_cast<std::chrono::seconds>(
+                           std::chrono::system_clock::now().time_since_epoch())
+                           .count();
     return gw.verify_and_parse(in);
 }
 
@@ -163,6 +171,37 @@ const std::string kEvent =
     R"("bill":{"id":"B1","status":"PAID","amount_fen":1234,"paid_fen":1234,"refunded_fen":0},)"
     R"("data":{"channel":"alipay","kind":"payment","amount_fen":1234}})";
 
+// The development configuration with `edit` applied to its JSON, written next to it as `name`.
+std::filesystem::path edited_config(const DevKeys& keys, const std::string& name,
+                                    const std::function<void(rapidjson::Document&)>& edit)
+{
+    std::ifstream in(keys.config, std::ios::binary);
+    std::ostringstream text;
+    text << in.rdbuf();
+    rapidjson::Document doc;
+    doc.Parse(text.str().c_str());
+    REQUIRE(!doc.HasParseError());
+    edit(doc);
+    rapidjson::StringBuffer buf;
+    rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+    doc.Accept(w);
+    keys.tmp.write(name, buf.GetString());
+    return keys.tmp / name;
+}
+
+// One verified event POSTed to a listener over a real socket, as paybridged pushes it.
+test::HttpResult post_event(std::uint16_t port, const std::string& secret)
+{
+    const std::int64_t now = std::chrono::duration_cast<std::chrono::seconds>(
+                                 std::chrono::system_clock::now().time_since_epoch())
+                                 .count();
+    return test::http_request(port, "POST", "/paybridge/events", kEvent,
+                              {{"webhook-id", "evt_B1_1"},
+                               {"webhook-timestamp", std::to_string(now)},
+                               {"webhook-signature", crm::sign({secret}, "evt_B1_1", now, kEvent)},
+                               {"Content-Type", "application/json"}});
+}
+
 }  // namespace
 
 TEST_SUITE("tools/cli")
@@ -185,6 +224,8 @@ TEST_SUITE("tools/cli")
             CHECK(contains(c.out, "usage: paybridge"));
             CHECK(contains(c.out, "exit codes"));
         }
+        CHECK(contains(run_cli({"listen", "--help"}).out, "--tolerance S"));
+        CHECK(contains(run_cli({"trigger", "--help"}).out, "--sign-type T"));
         struct Case {
             std::vector<std::string> args;
             std::string_view says;
@@ -206,6 +247,11 @@ TEST_SUITE("tools/cli")
                  {{"trigger", "alipay", "paid", "--bill", "B1", "--refund-amount", "5"},
                   "only applies to refund"},
                  {{"trigger", "alipay", "paid", "--bill", "B1", "--bogus"}, "unknown option '--bogus'"},
+                 // Checked before anything is read or built, with the accepted values.
+                 {{"trigger", "alipay", "paid", "--bill", "B1", "--amount", "1", "--charset", "latin1"},
+                  "--charset must be utf-8, gbk, gb2312 or gb18030"},
+                 {{"trigger", "wechatpay-v2", "paid", "--bill", "B1", "--amount", "1", "--sign-type", "SHA1"},
+                  "--sign-type must be MD5, HMAC-SHA256 or none"},
                  {{"bills", "create", "--id", "B1", "--amount", "5.5", "--customer", "c"},
                   "whole number of fen"},
                  {{"bills", "create", "--id", "B1"}, "needs --id, --amount and --customer"},
@@ -344,6 +390,11 @@ TEST_SUITE("tools/cli")
         v = verify(*keys.wechat_v3, stale, "1900000001");
         REQUIRE(!v.has_value());
         CHECK(v.error() == errc::stale_timestamp);
+        // The gateway checks the window before the signature, so stale_timestamp alone does not show
+        // that the signature is sound: at the time it claims, the same request must verify.
+        const std::int64_t claimed = std::stoll(stale.header("Wechatpay-Timestamp"));
+        v = verify(*keys.wechat_v3, stale, "1900000001", claimed);
+        CHECK_MESSAGE(v.has_value(), (v ? "" : error_name(v.error())));
 
         for (const char* type : {"HMAC-SHA256", "MD5"}) {
             CAPTURE(type);
@@ -355,6 +406,21 @@ TEST_SUITE("tools/cli")
             REQUIRE_MESSAGE(pv.has_value(), error_name(pv.error()));
             CHECK(pv->event.total_fen == 600);
         }
+        // --sign-type none: WeChat's own default, MD5 with no <sign_type> (the receiver tells the
+        // algorithm by the length of the sign).
+        RawRequest bare =
+            print(keys, {"wechatpay-v2", "paid", "--bill", "X2", "--amount", "600", "--sign-type", "none"});
+        CHECK(!contains(bare.body, "<sign_type>"));
+        std::smatch sign;
+        REQUIRE(std::regex_search(bare.body, sign, std::regex("<sign><!\\[CDATA\\[([^\\]]*)\\]\\]></sign>")));
+        CHECK(std::regex_match(sign[1].str(), std::regex("[0-9A-F]{32}")));
+        auto bv = verify(*keys.wechat_v2, bare, "1900000001");
+        REQUIRE_MESSAGE(bv.has_value(), error_name(bv.error()));
+        CHECK(bv->event.total_fen == 600);
+        RawRequest md5 =
+            print(keys, {"wechatpay-v2", "paid", "--bill", "X2", "--amount", "600", "--sign-type", "MD5"});
+        CHECK(contains(md5.body, "<sign_type><![CDATA[MD5]]></sign_type>"));
+
         RawRequest v2_refund = print(keys, {"wechatpay-v2", "refund", "--bill", "X1", "--amount", "600"});
         auto rv = verify(*keys.wechat_v2, v2_refund, "1900000001");
         REQUIRE_MESSAGE(rv.has_value(), error_name(rv.error()));
@@ -493,6 +559,75 @@ TEST_SUITE("tools/cli")
         }
     }
 
+    TEST_CASE("listen: --status and --fail-rate map to the answers docs/cli.md promises")
+    {
+        const std::string secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        auto options = [&](std::vector<std::string> args) {
+            args.insert(args.end(), {"--secret", secret, "--port", "0"});
+            auto o = pcli::listen_options(args);
+            REQUIRE_MESSAGE(o.has_value(), (o ? "" : o.error().message));
+            return *o;
+        };
+        // What a run answers, over n verified events, with fail_rate's draws seeded.
+        auto answers = [&](pcli::ListenOptions o, int n) {
+            o.seed = 20260101;
+            boost::asio::io_context ioc;
+            std::ostringstream out;
+            pcli::CrmListener l(ioc, o, out);
+            const std::int64_t now = now_s();
+            std::map<std::string, std::string> h{
+                {"webhook-id", "evt_B1_1"},
+                {"webhook-timestamp", std::to_string(now)},
+                {"webhook-signature", sign_event(secret, "evt_B1_1", now, kEvent)}};
+            std::map<int, int> seen;
+            std::string reply;
+            for (int i = 0; i < n; ++i) {
+                ++seen[l.handle("POST", "/", h, kEvent, reply).answered];
+            }
+            return seen;
+        };
+
+        // A failure --status with --fail-rate: that status at random, 200 for the rest.
+        pcli::ListenOptions o = options({"--status", "503", "--fail-rate", "0.3"});
+        CHECK(o.status == 200);
+        CHECK(o.fail_status == 503);
+        CHECK(o.fail_rate == doctest::Approx(0.3));
+        CHECK(pcli::describe_answers(o) == "a fraction 0.3 with 503, else 200");
+        std::map<int, int> seen = answers(o, 100);
+        CHECK(seen.size() == 2);
+        CHECK(seen[200] > 0);
+        CHECK(seen[503] > 0);
+
+        // A 2xx --status with --fail-rate: 500 at random, that status for the rest.
+        o = options({"--status", "204", "--fail-rate", "0.5"});
+        CHECK(o.status == 204);
+        CHECK(o.fail_status == 500);
+        CHECK(pcli::describe_answers(o) == "a fraction 0.5 with 500, else 204");
+        seen = answers(o, 100);
+        CHECK(seen.size() == 2);
+        CHECK(seen[204] > 0);
+        CHECK(seen[500] > 0);
+
+        // --fail-rate alone; --status alone; --fail-rate 1.
+        o = options({"--fail-rate", "0.5"});
+        CHECK((o.status == 200 && o.fail_status == 500));
+        o = options({"--status", "503"});
+        CHECK(pcli::describe_answers(o) == "503");
+        CHECK(answers(o, 10) == std::map<int, int>{{503, 10}});
+        o = options({"--status", "410", "--fail-rate", "1"});
+        CHECK(answers(o, 10) == std::map<int, int>{{410, 10}});
+        CHECK(pcli::describe_answers(options({})) == "200");
+
+        // --tolerance reaches the check.
+        o = options({"--tolerance", "5"});
+        CHECK(o.tolerance_s == 5);
+        CHECK(!pcli::listen_options({"--secret", secret, "--port", "0", "--tolerance", "0"}).has_value());
+
+        // The same draws for the same seed: the choice is reproducible.
+        o = options({"--status", "503", "--fail-rate", "0.3"});
+        CHECK(answers(o, 50) == answers(o, 50));
+    }
+
     TEST_CASE("listen: serves HTTP on a free port and stops")
     {
         boost::asio::io_context ioc;
@@ -536,6 +671,155 @@ TEST_SUITE("tools/cli")
         REQUIRE(!busy.has_value());
         CHECK(busy.error().exit == pcli::Exit::local);
         CHECK(contains(busy.error().message, "pick another --port"));
+    }
+
+    TEST_CASE("trigger --url BASE/path: the notification goes under the path, like the API calls")
+    {
+        DevKeys keys;
+        struct Case {
+            std::vector<std::string> args;
+            std::string base;
+            std::string line;
+        };
+        for (const Case& tc : std::vector<Case>{
+                 {{"alipay", "paid"}, "http://127.0.0.1:1/pfx", "POST /pfx/notify/alipay HTTP/1.1"},
+                 {{"alipay", "paid"}, "http://127.0.0.1:1/pfx/", "POST /pfx/notify/alipay HTTP/1.1"},
+                 {{"wechatpay", "paid"}, "http://127.0.0.1:1/a/b", "POST /a/b/notify/wechatpay/1900000001 HTTP/1.1"},
+                 {{"wechatpay-v2", "paid"}, "http://127.0.0.1:1/pfx",
+                  "POST /pfx/notify/wechatpay/1900000001/v2 HTTP/1.1"},
+                 {{"alipay", "paid"}, "http://127.0.0.1:1", "POST /notify/alipay HTTP/1.1"},
+             }) {
+            CAPTURE(tc.base);
+            std::vector<std::string> args{"trigger"};
+            args.insert(args.end(), tc.args.begin(), tc.args.end());
+            args.insert(args.end(), {"--bill", "B1", "--amount", "1", "--print", "--url", tc.base, "--config",
+                                     keys.config.string()});
+            Captured c = run_cli(args);
+            REQUIRE_MESSAGE(c.code == 0, c.err);
+            CHECK(parse_raw(c.out).request_line == tc.line);
+        }
+
+        // And it is sent there: a receiver sees the prefixed path.
+        test::HttpReceiver receiver({});
+        receiver.set_response_body("success");
+        Captured sent = run_cli({"trigger", "alipay", "paid", "--bill", "B1", "--amount", "1", "--url",
+                                 receiver.url("/pfx"), "--config", keys.config.string()});
+        CHECK_MESSAGE(sent.code == 0, sent.err);
+        REQUIRE(receiver.count() == 1);
+        CHECK(receiver.requests().front().target == "/pfx/notify/alipay");
+    }
+
+    TEST_CASE("trigger: acknowledged means what the provider requires, not just a 2xx")
+    {
+        DevKeys keys;
+        test::HttpReceiver receiver({});
+        auto send = [&](const char* provider) {
+            return run_cli({"trigger", provider, "paid", "--bill", "B1", "--amount", "100", "--url",
+                            receiver.url(""), "--config", keys.config.string()});
+        };
+        // Alipay resends unless the body is exactly "success" (PROTOCOLS.md §1.7).
+        receiver.set_response_body("fail");
+        Captured c = send("alipay");
+        CHECK(c.code == 1);
+        CHECK(contains(c.err, "did not acknowledge"));
+        CHECK(contains(c.err, "\"success\""));
+        receiver.set_response_body("success\n");
+        CHECK(send("alipay").code == 1);
+        receiver.set_response_body("success");
+        c = send("alipay");
+        CHECK_MESSAGE(c.code == 0, c.err);
+
+        // WeChat Pay v2 resends unless return_code is SUCCESS (§3.4).
+        receiver.set_response_body("<xml><return_code><![CDATA[FAIL]]></return_code>"
+                                   "<return_msg><![CDATA[busy]]></return_msg></xml>");
+        c = send("wechatpay-v2");
+        CHECK(c.code == 1);
+        CHECK(contains(c.err, "return_code SUCCESS"));
+        receiver.set_response_body("success");
+        CHECK(send("wechatpay-v2").code == 1);
+        receiver.set_response_body("<xml><return_code><![CDATA[SUCCESS]]></return_code>"
+                                   "<return_msg><![CDATA[OK]]></return_msg></xml>");
+        c = send("wechatpay-v2");
+        CHECK_MESSAGE(c.code == 0, c.err);
+
+        // WeChat Pay v3: only the status decides, 200 or 204 (§2.10), whatever the body says.
+        receiver.set_response_body(R"({"code":"FAIL","message":"x"})");
+        c = send("wechatpay");
+        CHECK_MESSAGE(c.code == 0, c.err);
+        receiver.set_default_status(202);
+        c = send("wechatpay");
+        CHECK(c.code == 1);
+        CHECK(contains(c.err, "200 or 204"));
+    }
+
+    TEST_CASE("trigger: a configuration without the provider's account is a configuration problem (exit 4)")
+    {
+        DevKeys keys;
+        const auto no_alipay = edited_config(keys, "no-alipay.json", [](rapidjson::Document& d) {
+            d.RemoveMember("alipay");
+        });
+        Captured c = run_cli({"trigger", "alipay", "paid", "--bill", "B1", "--amount", "1", "--print",
+                              "--config", no_alipay.string()});
+        CHECK(c.code == 4);
+        CHECK(contains(c.err, no_alipay.string()));
+        CHECK(contains(c.err, "configures no Alipay app"));
+
+        const auto no_wechat = edited_config(keys, "no-wechat.json", [](rapidjson::Document& d) {
+            d["wechatpay"]["merchants"].Clear();
+        });
+        c = run_cli({"trigger", "wechatpay", "paid", "--bill", "B1", "--amount", "1", "--print", "--config",
+                     no_wechat.string()});
+        CHECK(c.code == 4);
+        CHECK(contains(c.err, "configures no WeChat Pay merchant"));
+
+        // A wrong --account stays a usage error.
+        c = run_cli({"trigger", "alipay", "paid", "--bill", "B1", "--amount", "1", "--print", "--account", "nope",
+                     "--config", keys.config.string()});
+        CHECK(c.code == 2);
+    }
+
+    TEST_CASE("listen: a malformed crm.secret in the configuration is a configuration problem (exit 4)")
+    {
+        DevKeys keys;
+        keys.tmp.write("keys/bad_secret", "not-a-secret\n");
+        const auto bad = edited_config(keys, "bad-secret.json", [](rapidjson::Document& d) {
+            d["crm"]["secret"].SetString("file:keys/bad_secret");
+        });
+        Captured c = run_cli({"listen", "--port", "0", "--config", bad.string()});
+        CHECK(c.code == 4);
+        CHECK(contains(c.err, bad.string()));
+        CHECK(contains(c.err, "file:keys/bad_secret"));
+        CHECK(!contains(c.err, "not-a-secret"));  // never print a secret, even a broken one
+        CHECK(!contains(c.err, "copy it from the crm_secret file"));
+    }
+
+    TEST_CASE("listen: --status 204 and 304 are answered, with no body")
+    {
+        const std::string secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
+        for (int status : {204, 304}) {
+            CAPTURE(status);
+            boost::asio::io_context ioc;
+            std::ostringstream out;
+            std::ostringstream err;
+            pcli::ListenOptions o;
+            o.port = 0;
+            o.secrets = {secret};
+            o.status = status;
+            o.fail_status = status;
+            pcli::CrmListener listener(ioc, o, out);
+            auto port = listener.start();
+            REQUIRE(port.has_value());
+            std::thread runner([&ioc] { ioc.run(); });
+            const test::HttpResult res = post_event(*port, secret);
+            boost::asio::post(ioc, [&] {
+                listener.stop();
+                ioc.stop();
+            });
+            runner.join();
+            CHECK_MESSAGE(res.status == status, res.error);
+            CHECK(res.body.empty());
+            CHECK(contains(out.str(), "-> " + std::to_string(status)));
+        }
     }
 
     TEST_CASE("URLs and tables")

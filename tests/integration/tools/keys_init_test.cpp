@@ -235,4 +235,71 @@ TEST_SUITE("tools/keys")
         CHECK_MESSAGE(check(config).code == 0, check(config).output);
         CHECK(!fs::exists(tmp / "secrets" / "paybridge.dev.json"));
     }
+
+    TEST_CASE("keys init refuses --listen and --crm-url values that paybridged --check would refuse")
+    {
+        TempDir tmp;
+        struct Case {
+            std::vector<std::string> args;
+            std::string_view says;
+        };
+        for (const Case& tc : std::vector<Case>{
+                 {{"--listen", "localhost:8080"}, "is not an IP address"},
+                 {{"--listen", "127.0.0.1:99999"}, "port must be a number from 1 to 65535"},
+                 {{"--listen", "127.0.0.1:0"}, "port must be a number from 1 to 65535"},
+                 {{"--listen", "1.2.3.4:abc"}, "port must be a number from 1 to 65535"},
+                 {{"--listen", "8080"}, "--listen must be HOST:PORT"},
+                 {{"--listen", "::1:8080"}, "in brackets"},
+                 {{"--listen", "[::1]"}, "--listen must be HOST:PORT"},
+                 {{"--crm-url", "http://"}, "--crm-url"},
+                 {{"--crm-url", "ftp://127.0.0.1/x"}, "--crm-url"},
+                 {{"--crm-url", "http://127.0.0.1:0/x"}, "--crm-url"},
+                 {{"--crm-url", "http://127.0.0.1:9000/x#frag"}, "--crm-url"},
+             }) {
+            CAPTURE(tc.args[0] + " " + tc.args[1]);
+            std::vector<std::string> args{"keys", "init", (tmp / "keys").string()};
+            args.insert(args.end(), tc.args.begin(), tc.args.end());
+            const Run r = paybridge_cli(args);
+            CHECK(r.code == 2);
+            CHECK(contains(r.output, tc.says));
+            CHECK(contains(r.output, tc.args[0]));  // names the option
+            CHECK(!fs::exists(tmp / "keys"));
+        }
+
+        // An IPv6 literal in brackets is what the daemon accepts, so keys init does too.
+        const Run v6 = paybridge_cli({"keys", "init", (tmp / "keys").string(), "--listen", "[::1]:18080"});
+        REQUIRE_MESSAGE(v6.code == 0, v6.output);
+        const Run checked = check(tmp / "paybridge.dev.json");
+        CHECK_MESSAGE(checked.code == 0, checked.output);
+    }
+
+    TEST_CASE("keys init sets 0700 only on a DIR it creates and refuses an existing DIR others can read")
+    {
+        TempDir tmp;
+        // An existing, group/world-accessible folder (e.g. `keys init .`): refused, left as it was.
+        const fs::path shared = tmp / "shared";
+        fs::create_directory(shared);
+        fs::permissions(shared, fs::perms::owner_all | fs::perms::group_read | fs::perms::group_exec |
+                                    fs::perms::others_read | fs::perms::others_exec);
+        Run r = paybridge_cli({"keys", "init", shared.string()});
+        CHECK(r.code == 2);
+        CHECK(contains(r.output, shared.string()));
+        CHECK(contains(r.output, "chmod 700"));
+        CHECK(mode_of(shared) == 0755);
+        CHECK(fs::is_empty(shared));
+        CHECK(!fs::exists(tmp / "paybridge.dev.json"));
+
+        // An existing private folder is used as it is.
+        const fs::path mine = tmp / "mine";
+        fs::create_directory(mine);
+        fs::permissions(mine, fs::perms::owner_all, fs::perm_options::replace);
+        r = paybridge_cli({"keys", "init", mine.string(), "--config", (tmp / "mine.json").string()});
+        CHECK_MESSAGE(r.code == 0, r.output);
+        CHECK(mode_of(mine) == 0700);
+
+        // A new folder is created 0700, whatever the umask.
+        r = paybridge_cli({"keys", "init", (tmp / "new" / "keys").string()});
+        CHECK_MESSAGE(r.code == 0, r.output);
+        CHECK(mode_of(tmp / "new" / "keys") == 0700);
+    }
 }

@@ -125,6 +125,11 @@ TEST_SUITE("tools/roundtrip")
         CHECK(contains(paid.output, "<return_code><![CDATA[SUCCESS]]></return_code>"));
         Run md5 = trigger(s, {"wechatpay-v2", "paid", "--bill", "V2", "--sign-type", "MD5"});
         CHECK_MESSAGE(md5.code == 0, md5.output);
+        // No <sign_type> at all (WeChat's default): the daemon tells MD5 by the sign's length.
+        create(s, "V3", 800);
+        Run bare = trigger(s, {"wechatpay-v2", "paid", "--bill", "V3", "--sign-type", "none"});
+        CHECK_MESSAGE(bare.code == 0, bare.output);
+        CHECK(status(s, "V3") == "PAID");
         Run refund = trigger(s, {"wechatpay-v2", "refund", "--bill", "V1"});
         CHECK_MESSAGE(refund.code == 0, refund.output);
         CHECK(status(s, "V1") == "REFUNDED");
@@ -144,16 +149,19 @@ TEST_SUITE("tools/roundtrip")
         struct Case {
             std::vector<std::string> args;
             int status;
+            std::string reply;  ///< what the daemon's answer says: which check refused it
         };
-        for (const Case& c :
-             {Case{{"alipay", "paid", "--tamper"}, 400}, Case{{"wechatpay", "paid", "--tamper"}, 401},
-              Case{{"wechatpay", "paid", "--stale"}, 401}, Case{{"wechatpay-v2", "paid", "--tamper"}, 401}}) {
+        for (const Case& c : {Case{{"alipay", "paid", "--tamper"}, 400, "  fail  "},
+                              Case{{"wechatpay", "paid", "--tamper"}, 401, "signature verification failed"},
+                              Case{{"wechatpay", "paid", "--stale"}, 401, "timestamp outside the allowed window"},
+                              Case{{"wechatpay-v2", "paid", "--tamper"}, 401, "FAIL"}}) {
             std::vector<std::string> args = c.args;
             args.insert(args.end(), {"--bill", "T1"});
             CAPTURE(args[0] + " " + args[2]);
             Run r = trigger(s, args);
             CHECK(r.code == 1);
             CHECK(contains(r.output, "  #1  " + std::to_string(c.status)));
+            CHECK(contains(r.output, c.reply));
             CHECK(contains(r.output, "paybridged must refuse it"));
             CHECK(contains(r.output, "(as it must)"));
         }
