@@ -29,8 +29,20 @@ if ((${#missing[@]})); then
   echo "paybridge: installing ${missing[*]}" >&2
   SUDO=""
   if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  $SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Packages must not start services (redis-server on 6379, a Prometheus server on every
+  # interface): a policy-rc.d that says no, for the length of the install, unless one is in place.
+  # (A failed service start, a port taken say, would fail the install too.)
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\n# paybridge scripts/deps.sh: no service starts during its install\nexit 101\n' |
+      $SUDO tee /usr/sbin/policy-rc.d >/dev/null
+    $SUDO chmod 755 /usr/sbin/policy-rc.d
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
+  fi
+  # Waits for another apt (a second paybridge script, unattended-upgrades on a fresh VM) instead of
+  # failing on its lock.
+  apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
+  $SUDO "${apt[@]}" update -qq
+  $SUDO "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
   # The tests need only its promtool; on a machine run by systemd the package also starts a
   # Prometheus server on every interface, which nobody asked for.
   if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then

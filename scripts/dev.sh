@@ -5,12 +5,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
-scripts/deps.sh run
-TARGETS="paybridged paybridge" scripts/build.sh build
-
 dev=$root/.dev
 redis_port=${PAYBRIDGE_DEV_REDIS_PORT:-6390}
 mkdir -p "$dev/redis"
+# One run at a time per clone: a second would take this run's Redis for a leftover and stop it.
+exec 9>"$dev/dev.lock"
+if ! flock -n 9; then
+  echo "paybridge: scripts/dev.sh is already running from $root (stop it first)" >&2
+  exit 1
+fi
+
+scripts/deps.sh run
+TARGETS="paybridged paybridge" scripts/build.sh build
+if [[ -f "$dev/paybridge.dev.json" ]] && ! grep -q "\"redis://127.0.0.1:$redis_port/" "$dev/paybridge.dev.json"; then
+  echo "paybridge: $dev/paybridge.dev.json uses another Redis port than $redis_port" \
+       "(PAYBRIDGE_DEV_REDIS_PORT applies on a first run): edit redis.url there, or remove" \
+       "$dev/paybridge.dev.json and $dev/keys to start again" >&2
+  exit 1
+fi
 cleanup() {
   if [[ -n "${started_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
 }
@@ -26,7 +38,7 @@ if redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
 else
   redis-server --bind 127.0.0.1 --port "$redis_port" --dir "$dev/redis" --appendonly yes \
     --appendfsync everysec --save "" --daemonize yes --pidfile "$dev/redis/redis.pid" \
-    --logfile "$dev/redis/redis.log"
+    --logfile "$dev/redis/redis.log" 9>&-   # the lock is this script's, not the Redis it leaves behind
   started_redis=1
   for _ in $(seq 50); do redis-cli -p "$redis_port" ping >/dev/null 2>&1 && break; sleep 0.1; done
   if ! redis-cli -p "$redis_port" ping >/dev/null 2>&1; then
@@ -45,5 +57,18 @@ if [[ ! -f "$dev/paybridge.dev.json" ]]; then
   build/paybridge keys init "$dev/keys" --config "$dev/paybridge.dev.json" --redis-port "$redis_port"
 fi
 build/paybridged --config "$dev/paybridge.dev.json" --check
-echo "paybridge: serving on http://127.0.0.1:8080 (API token in $dev/keys/api_token); Ctrl-C stops" >&2
-build/paybridged --config "$dev/paybridge.dev.json"
+listen=$(sed -n 's/^ *"listen": *"\([^"]*\)".*/\1/p' "$dev/paybridge.dev.json" | head -n 1)
+# The daemon binds with SO_REUSEPORT: a second one on the same port would share its connections.
+if [[ -n "$listen" ]] && (exec 3<>"/dev/tcp/${listen%:*}/${listen##*:}") 2>/dev/null; then
+  echo "paybridge: something already answers on $listen (another paybridged?); stop it first" >&2
+  exit 1
+fi
+echo "paybridge: serving on http://$listen (API token in $dev/keys/api_token); Ctrl-C stops" >&2
+# In the background, so that a SIGTERM or SIGHUP to this script (a closed terminal) stops the
+# daemon before the EXIT trap stops its Redis; Ctrl-C reaches both directly.
+build/paybridged --config "$dev/paybridge.dev.json" 9>&- &
+daemon=$!
+trap 'kill -TERM "$daemon" 2>/dev/null || true' INT TERM HUP
+while kill -0 "$daemon" 2>/dev/null; do wait "$daemon" || true; done   # a trapped signal ends a wait
+wait "$daemon" && status=0 || status=$?
+exit "$status"

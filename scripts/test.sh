@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 scripts/deps.sh test
 
 echo "== Release build" >&2
-scripts/build.sh build -DPAYBRIDGE_BUILD_TESTS=ON -DPAYBRIDGE_WERROR=ON
+scripts/build.sh build -DPAYBRIDGE_BUILD_TESTS=ON -DPAYBRIDGE_WERROR=ON -DPAYBRIDGE_BUILD_BENCH=OFF
 (cd build && ctest --output-on-failure --timeout 600 -j2)
 
 echo "== ASan + UBSan build" >&2
