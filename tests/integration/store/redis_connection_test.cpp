@@ -452,6 +452,32 @@ TEST_SUITE("integration/store/redis_connection")
         CHECK(info.str.find("user=default") != std::string::npos);
     }
 
+    TEST_CASE("scripts that cannot be loaded: never ready (so /readyz stays 503), ready once they can be")
+    {
+        // An ACL user without @scripting: SCRIPT LOAD answers NOPERM in the handshake.
+        StoreFixture f(
+            [](paybridge::config::RedisConfig& c) {
+                c.username = "noscript";
+                c.password = "pw";
+            },
+            {"--user", "noscript", "on", ">pw", "~*", "&*", "+@all", "-@scripting"});
+        paybridge::test::run_for(f.ctx, 1500ms);
+        CHECK_FALSE(f.conn->ready());
+        std::vector<std::string> ping{"PING"};
+        CHECK(is(f.run(f.conn->exec(ping)), errc::store_unavailable));
+
+        // An operator grants it: the next attempt loads the scripts and the connection is ready.
+        RedisConnection admin(f.ctx.get_executor(), paybridge::test::redis_config(f.server));
+        admin.start();
+        REQUIRE(paybridge::test::run_until(f.ctx, [&] { return admin.ready(); }, 5s));
+        std::vector<std::string> grant{"ACL", "SETUSER", "noscript", "+@scripting"};
+        const Result<Reply> granted = f.run(admin.exec(grant));
+        REQUIRE(granted.has_value());
+        CHECK(granted->is_status("OK"));
+        CHECK(f.wait_ready(10s));
+        admin.stop();
+    }
+
     TEST_CASE("a wrong password never becomes ready")
     {
         StoreFixture f([](paybridge::config::RedisConfig& c) { c.password = "wrong"; }, {"--requirepass", "right"});
