@@ -427,8 +427,11 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
                     session.idle_until = idle_until;
                     auto [wec] = co_await socket.async_wait(tcp::socket::wait_read, kUseTuple);
                     session.idle_until = std::chrono::steady_clock::time_point::max();
+                    if (wec && stopping_) {
+                        continue;  // one more recv: bytes that came with the stop are a request to serve
+                    }
                     if (wec) {
-                        ended = true;  // cancelled: idle too long, or stopping
+                        ended = true;  // cancelled: idle too long
                         break;
                     }
                 }
