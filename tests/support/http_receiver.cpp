@@ -2,6 +2,7 @@
 
 #include "core/async.hpp"
 #include "gateways/crypto/crypto.hpp"
+#include "tests/support/process.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -14,6 +15,7 @@
 #include <boost/beast/http.hpp>
 
 #include <condition_variable>
+#include <cstdio>
 #include <deque>
 #include <future>
 #include <mutex>
@@ -105,17 +107,29 @@ struct HttpReceiver::Impl {
         done.get_future().wait();
     }
 
-    void listen()
+    /// Listens on 127.0.0.1:port. Never throws: it runs inside a handler posted to the io thread
+    /// (start()), where an exception would end the io thread and with it the test binary.
+    boost::system::error_code listen()
     {
+        boost::system::error_code ec;
         auto acc = std::make_shared<tcp::acceptor>(ioc);
         const tcp::endpoint endpoint(asio::ip::make_address("127.0.0.1"), port);
-        acc->open(endpoint.protocol());
-        acc->set_option(asio::socket_base::reuse_address(true));
-        acc->bind(endpoint);
-        acc->listen();
-        port = acc->local_endpoint().port();
+        acc->open(endpoint.protocol(), ec);
+        if (!ec) {
+            acc->set_option(asio::socket_base::reuse_address(true), ec);
+        }
+        if (!ec) {
+            acc->bind(endpoint, ec);
+        }
+        if (!ec) {
+            acc->listen(asio::socket_base::max_listen_connections, ec);
+        }
+        if (ec) {
+            return ec;
+        }
         acceptor = acc;
         asio::co_spawn(ioc, accept_loop(acc), asio::detached);
+        return ec;
     }
 
     asio::awaitable<void> accept_loop(std::shared_ptr<tcp::acceptor> acc)
@@ -254,7 +268,21 @@ HttpReceiver::HttpReceiver(HttpReceiverOptions options) : impl_(std::make_unique
         ctx.use_certificate_chain(asio::buffer(impl_->options.tls_cert_pem));
         ctx.use_private_key(asio::buffer(impl_->options.tls_key_pem), ssl::context::pem);
     }
-    impl_->listen();
+    // A port from free_port(): below the kernel's ephemeral range, so that no outgoing connection
+    // (the daemon's Redis or CRM connections, a test's client) can take it as its source port while
+    // the receiver is stopped, and start() can listen on it again. Another test's free_port() may
+    // still pick it between the check and the bind: then another one is tried.
+    boost::system::error_code ec;
+    for (int attempt = 0; attempt < 20; ++attempt) {
+        impl_->port = free_port();
+        ec = impl_->listen();
+        if (!ec) {
+            break;
+        }
+    }
+    if (ec) {
+        throw std::runtime_error("HttpReceiver: cannot listen on 127.0.0.1: " + ec.message());
+    }
     impl_->work.emplace(impl_->ioc.get_executor());
     impl_->thread = std::thread([impl = impl_.get()] { impl->ioc.run(); });
 }
@@ -316,13 +344,28 @@ void HttpReceiver::stop()
     impl_->run_on_io([impl = impl_.get()] { impl->close_all(); });
 }
 
-void HttpReceiver::start()
+bool HttpReceiver::start()
 {
-    impl_->run_on_io([impl = impl_.get()] {
-        if (!impl->acceptor) {
-            impl->listen();
+    // The port may be held for a moment by someone else (another test's free_port() probing it, a
+    // PortHold being released): retry for a while, then let the caller fail the test.
+    const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(5);
+    for (;;) {
+        boost::system::error_code ec;
+        impl_->run_on_io([impl = impl_.get(), &ec] {
+            if (!impl->acceptor) {
+                ec = impl->listen();
+            }
+        });
+        if (!ec) {
+            return true;
         }
-    });
+        if (std::chrono::steady_clock::now() >= deadline) {
+            std::fprintf(stderr, "HttpReceiver::start: cannot listen on 127.0.0.1:%u again: %s\n",
+                         static_cast<unsigned>(impl_->port), ec.message().c_str());
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
 }
 
 std::vector<ReceivedRequest> HttpReceiver::requests() const

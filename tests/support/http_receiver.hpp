@@ -63,8 +63,9 @@ public:
 
     /// Closes the listener and every open connection: the receiver is "down" (connection refused).
     void stop();
-    /// Listens again on the same port.
-    void start();
+    /// Listens again on the same port (a free_port() one, outside the ephemeral range), retrying
+    /// for up to 5 s while something else holds it. False if it could not: REQUIRE it.
+    [[nodiscard]] bool start();
 
     std::vector<ReceivedRequest> requests() const;
     std::size_t count() const;

@@ -5,7 +5,9 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -127,6 +129,31 @@ std::vector<std::string> environment_with(const std::map<std::string, std::strin
     return env;
 }
 
+}  // namespace
+
+ChildGuard ChildGuard::here()
+{
+    // PR_SET_PDEATHSIG fires when the *thread* that forked ends, not the process: set it only for a
+    // child forked by the main thread (whose end is the process's end), or a child started from a
+    // short-lived helper thread would be killed when that thread returns.
+    const pid_t pid = ::getpid();
+    return ChildGuard{pid, static_cast<pid_t>(::syscall(SYS_gettid)) == pid};
+}
+
+void ChildGuard::apply_in_child() const noexcept
+{
+    if (!main_thread) {
+        return;
+    }
+    // Only async-signal-safe calls: this runs between fork and exec.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (::getppid() != parent) {
+        ::_exit(127);  // the test binary died before the line above took effect
+    }
+}
+
+namespace {
+
 int spawn(const std::vector<std::string>& argv, int out_fd, const std::map<std::string, std::string>& extra_env)
 {
     std::vector<std::string> env = environment_with(extra_env);
@@ -140,8 +167,10 @@ int spawn(const std::vector<std::string>& argv, int out_fd, const std::map<std::
         envp.push_back(e.data());
     }
     envp.push_back(nullptr);
+    const ChildGuard guard = ChildGuard::here();
     const int pid = ::fork();
     if (pid == 0) {
+        guard.apply_in_child();
         ::dup2(out_fd, 1);
         ::dup2(out_fd, 2);
         const int devnull = ::open("/dev/null", O_RDONLY);

@@ -28,6 +28,22 @@ private:
     std::filesystem::path path_;
 };
 
+/// Ties a child process to the test binary: a child forked from the main thread gets
+/// PR_SET_PDEATHSIG = SIGKILL, so a test binary that crashes (or is killed by ctest's timeout) does not
+/// leave redis-server or paybridged running behind it. PDEATHSIG fires when the forking *thread* ends,
+/// so a child forked from any other thread is left untied (it would die with that thread); every
+/// child of the support code is started from the test's main thread today.
+struct ChildGuard {
+    int parent{-1};         ///< getpid() of the test binary
+    bool main_thread{false};  ///< fork() is called on the main thread
+
+    /// Call in the parent, right before fork().
+    static ChildGuard here();
+    /// Call in the child, right after fork() (async-signal-safe): sets the death signal, and exits at
+    /// once if the parent is already gone.
+    void apply_in_child() const noexcept;
+};
+
 class Process {
 public:
     /// Starts argv[0] with the arguments; stdout and stderr go to `log_file`.

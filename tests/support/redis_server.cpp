@@ -6,7 +6,6 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
-#include <spawn.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -167,22 +166,57 @@ void RedisTestServer::launch()
         argv.push_back(a.data());
     }
     argv.push_back(nullptr);
-    pid_t pid = -1;
     // The child must not inherit the test's sockets (a fake CRM's listener would stay open in it),
     // nor its stdio: ctest waits for the test's output pipe to close, so a redis-server orphaned
     // by a crashed test would hold ctest up until its timeout. What Redis prints before its log
-    // file is open (a bad argument) goes to redis.stdout.
+    // file is open (a bad argument) goes to redis.stdout. fork + exec rather than posix_spawn, so
+    // that the child can be tied to the test binary (ChildGuard: PR_SET_PDEATHSIG) and dies with it.
+    // Everything the child needs is prepared before fork: between fork and exec it makes only
+    // async-signal-safe calls. A close-on-exec pipe carries exec's errno back (EOF: exec succeeded).
     const std::string stdout_file = dir_ + "/redis.stdout";
-    posix_spawn_file_actions_t actions;
-    posix_spawn_file_actions_init(&actions);
-    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, stdout_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
-    posix_spawn_file_actions_adddup2(&actions, 1, 2);
-    posix_spawn_file_actions_addclosefrom_np(&actions, 3);
-    const int rc = ::posix_spawn(&pid, binary_.c_str(), &actions, nullptr, argv.data(), environ);
-    posix_spawn_file_actions_destroy(&actions);
-    if (rc != 0) {
-        throw std::runtime_error(std::string("posix_spawn(redis-server) failed: ") + std::strerror(rc));
+    int report[2];
+    if (::pipe2(report, O_CLOEXEC) != 0) {
+        throw std::runtime_error(std::string("pipe2 failed: ") + std::strerror(errno));
+    }
+    const ChildGuard guard = ChildGuard::here();
+    const pid_t pid = ::fork();
+    if (pid == 0) {
+        guard.apply_in_child();
+        int err = 0;
+        const int in = ::open("/dev/null", O_RDONLY);
+        const int out = ::open(stdout_file.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0600);
+        if (in < 0 || out < 0 || ::dup2(in, 0) < 0 || ::dup2(out, 1) < 0 || ::dup2(out, 2) < 0) {
+            err = errno;
+        } else {
+            // Everything above stdio, except the report pipe (close-on-exec: exec closes it).
+            const auto keep = static_cast<unsigned>(report[1]);
+            if (keep > 3) {
+                ::close_range(3, keep - 1, 0);
+            }
+            ::close_range(keep >= 3 ? keep + 1 : 3, ~0U, 0);
+            ::execve(binary_.c_str(), argv.data(), environ);
+            err = errno;
+        }
+        (void)!::write(report[1], &err, sizeof err);
+        ::_exit(127);
+    }
+    const int fork_errno = errno;
+    ::close(report[1]);
+    if (pid < 0) {
+        ::close(report[0]);
+        throw std::runtime_error(std::string("fork(redis-server) failed: ") + std::strerror(fork_errno));
+    }
+    int child_errno = 0;
+    ssize_t n = -1;
+    do {
+        n = ::read(report[0], &child_errno, sizeof child_errno);
+    } while (n < 0 && errno == EINTR);
+    ::close(report[0]);
+    if (n > 0) {
+        int status = 0;
+        while (::waitpid(pid, &status, 0) < 0 && errno == EINTR) {
+        }
+        throw std::runtime_error("exec(" + binary_ + ") failed: " + std::strerror(child_errno));
     }
     pid_ = pid;
 }
@@ -215,6 +249,32 @@ void RedisTestServer::stop()
     while (::waitpid(pid_, &status, 0) < 0 && errno == EINTR) {
     }
     pid_ = -1;
+}
+
+void RedisTestServer::freeze()
+{
+    if (pid_ <= 0) {
+        throw std::runtime_error("freeze: redis-server is not running");
+    }
+    ::kill(pid_, SIGSTOP);
+    int status = 0;
+    pid_t r = -1;
+    do {
+        r = ::waitpid(pid_, &status, WUNTRACED);
+    } while (r < 0 && errno == EINTR);
+    if (r != pid_ || !WIFSTOPPED(status)) {
+        if (r == pid_) {
+            pid_ = -1;  // it exited instead
+        }
+        throw std::runtime_error("freeze: redis-server did not stop");
+    }
+}
+
+void RedisTestServer::thaw()
+{
+    if (pid_ > 0) {
+        ::kill(pid_, SIGCONT);
+    }
 }
 
 void RedisTestServer::restart()

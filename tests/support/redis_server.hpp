@@ -45,6 +45,11 @@ public:
     void stop();
     /// Starts it again on the same port (empty: no persistence) and waits for PING.
     void restart();
+    /// SIGSTOPs the server and returns once it is stopped: it answers nothing and closes nothing
+    /// (as a blackholed host looks) while the kernel still accepts connections and data for it.
+    void freeze();
+    /// SIGCONTs a frozen server: it reads and answers what queued up meanwhile.
+    void thaw();
 
 private:
     struct SentinelTag {};

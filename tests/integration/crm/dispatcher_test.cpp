@@ -222,7 +222,7 @@ TEST_CASE("receiver down for a while: the backlog is delivered when it returns")
     CHECK(rec.at("last_error").find("connect") != std::string::npos);
     CHECK(rec.at("last_status").empty());
 
-    receiver.start();
+    REQUIRE(receiver.start());
     REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 10s));
     REQUIRE(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 5s));
     for (const std::string& id : ids) {

@@ -220,7 +220,7 @@ TEST_CASE("a pooled connection the server closed is replaced transparently")
     auto client = make_client(ioc, HttpClientOptions{.url = receiver.url()});
     REQUIRE(post(ioc, *client).response.has_value());
     receiver.stop();
-    receiver.start();
+    REQUIRE(receiver.start());
     run_for(ioc, 50ms);
     PostResult r = post(ioc, *client);
     REQUIRE(r.response.has_value());

@@ -68,10 +68,11 @@ inline bool wait_until(const std::function<bool()>& pred, std::chrono::milliseco
     }
 }
 
-/// Marks every descriptor of this process close-on-exec. The support code starts redis-server and
-/// paybridged with fork + exec and posix_spawn, which hand every inheritable descriptor to the child:
-/// the receiver's listening socket would live on in them, and a "stopped" receiver would still accept
-/// connections (which then hang) instead of refusing them. Call before starting a child process.
+/// Marks every descriptor of this process close-on-exec. A child that inherited the receiver's
+/// listening socket would keep it alive, and a "stopped" receiver would still accept connections
+/// (which then hang) instead of refusing them. The support code's children (tests/support/process.cpp,
+/// redis_server.cpp) close every descriptor above stdio before exec; this also covers any other way a
+/// test starts a child. Call before starting a child process.
 inline void keep_descriptors_from_children()
 {
     std::vector<int> fds;
@@ -408,7 +409,9 @@ public:
 
     ~SecondDaemon()
     {
-        if (process_ && process_->running()) {
+        if (process_) {
+            // Whether it is still running or not: one that crashed (or was stopped by the test with
+            // another code) fails the test, as ~DaemonFixture does for the first.
             const int code = process_->stop(SIGTERM, 20s);
             CHECK_MESSAGE(code == 0, "second paybridged exited with " << code << "; its log:\n" << process_->log());
         }

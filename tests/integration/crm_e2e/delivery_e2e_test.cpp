@@ -61,9 +61,17 @@ TEST_CASE("notify -> the CRM receives the signed event served by the bill histor
         CHECK(sent["data"].IsObject());
         CHECK(sent.HasMember("created_at"));
 
-        const rapidjson::Document d = delivery_doc(fx, ids[i]);
+        // The receiver marks a request answered once its write completes; the daemon records the
+        // delivery after it has read the answer: poll until it has.
+        rapidjson::Document d;
+        wait_until(
+            [&] {
+                d = delivery_doc(fx, ids[i]);
+                return std::string(d["delivery"]["state"].GetString()) == "delivered" && d["attempts"].Size() >= 1;
+            },
+            10s);
         CHECK(std::string(d["delivery"]["state"].GetString()) == "delivered");
-        CHECK(d["attempts"].Size() == 1);
+        REQUIRE(d["attempts"].Size() == 1);
         CHECK(d["attempts"][0]["status"].GetInt() == 200);
         CHECK(d["event"] == sent);
     }
@@ -75,6 +83,7 @@ TEST_CASE("notify -> the CRM receives the signed event served by the bill histor
     CHECK(std::string(refund["type"].GetString()) == "bill.refunded");
     CHECK(std::string(refund["bill"]["status"].GetString()) == "PARTIALLY_REFUNDED");
     CHECK(refund["bill"]["refunded_fen"].GetInt64() == 300);
+    wait_until([&] { return metric(fx.port(), "paybridge_crm_deliveries_total") >= 2; }, 10s);
     CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == 2);
 }
 
@@ -193,7 +202,7 @@ TEST_CASE("receiver down for a while: the backlog shows as retrying, then is del
     CHECK(listed(fx, "retrying") == expected);
     CHECK(listed(fx, "dead").empty());
 
-    stack.receiver.start();  // back on the same port (binds beside the hold, which never listens)
+    REQUIRE(stack.receiver.start());  // back on the same port (binds beside the hold, which never listens)
     hold.release();
     REQUIRE(wait_until(
         [&] {
@@ -372,6 +381,10 @@ TEST_CASE("through a Redis Cluster: bills on every master are paid and every eve
     }
     CHECK(delivered == std::set<std::string>(bills.begin(), bills.end()));
     CHECK(feed(fx).size() == bills.size());  // the feed merges the shards of all three masters
+    // Counted once the daemon has read the answer and recorded it, which may be after the receiver
+    // marked it answered.
+    wait_until(
+        [&] { return metric(fx.port(), "paybridge_crm_deliveries_total") >= static_cast<double>(bills.size()); }, 10s);
     CHECK(metric(fx.port(), "paybridge_crm_deliveries_total") == static_cast<double>(bills.size()));
 
     // One master down (no replica to fail over to): not ready, its bills answer 503, and bills on

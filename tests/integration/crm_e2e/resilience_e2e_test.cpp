@@ -32,9 +32,13 @@ std::size_t delivered_count(DaemonFixture& fx, const std::vector<std::string>& i
 TEST_CASE("paybridged killed with SIGKILL mid-delivery and restarted: every event delivered, same webhook-id")
 {
     CrmSettings settings;
-    settings.timeout_ms = 1000;
+    // The daemon must still be waiting for the held answer when it is killed, however long the test
+    // takes to get there: a timeout would turn the attempt into a scheduled retry, which is not the
+    // case under test. lease_s must exceed it (config rule); the dead process's entries are taken
+    // over once their lease has run out.
+    settings.timeout_ms = 5000;
     settings.concurrency = 4;
-    settings.lease_s = 2;  // entries of the dead process are taken over after 2 s
+    settings.lease_s = 6;
     CrmStack stack(settings);
     DaemonFixture& fx = stack.fx;
     Alipay ali{fx};
@@ -46,27 +50,32 @@ TEST_CASE("paybridged killed with SIGKILL mid-delivery and restarted: every even
         register_and_pay(fx, ali, bill, 1000 + i);
         ids.push_back(bill_event_ids(fx, bill).at(0));
     }
-    // Kill once some events are through and another one has just reached the CRM: that one is held
-    // 300 ms by the receiver, so the daemon dies before it can see the answer.
-    using Clock = std::chrono::steady_clock;
-    auto fresh = [](const ReceivedRequest& r) { return !r.answered && Clock::now() - r.at < 150ms; };
+    // Once some events are through, the CRM stops answering: every request it reads from then on is
+    // held for ten minutes (the receiver takes the delay when it reads a request). The daemon is
+    // killed once one such request has arrived, so that one is in flight for certain, whatever the
+    // load: the daemon never saw an answer to it.
     REQUIRE(stack.receiver.wait_for(
-        [&](const std::vector<ReceivedRequest>& rs) {
-            const auto answered = std::count_if(rs.begin(), rs.end(), [](const ReceivedRequest& r) {
-                return r.answered;
-            });
-            return answered >= 8 && std::any_of(rs.begin(), rs.end(), fresh);
+        [](const std::vector<ReceivedRequest>& rs) {
+            return std::count_if(rs.begin(), rs.end(), [](const ReceivedRequest& r) { return r.answered; }) >= 8;
         },
         30s));
-    std::set<std::string> in_flight;
-    for (const ReceivedRequest& r : stack.receiver.requests()) {
-        if (fresh(r)) {
-            in_flight.insert(r.webhook_id);
-        }
-    }
+    stack.receiver.set_response_delay(10min);
+    const std::size_t held_from = stack.receiver.count();  // every request from this index on is held
+    REQUIRE(stack.receiver.wait_for([&](const std::vector<ReceivedRequest>& rs) { return rs.size() > held_from; },
+                                    30s));
     CHECK(fx.process().stop(SIGKILL, 10s) == 128 + SIGKILL);
+    // In flight: the requests the CRM received and had not answered when the daemon died. Only the
+    // held ones count: one read before the change may have been answered just as the daemon died,
+    // and whether the daemon recorded that answer is a race.
+    std::set<std::string> in_flight;
+    const std::vector<ReceivedRequest> at_kill = stack.receiver.requests();
+    for (std::size_t i = held_from; i < at_kill.size(); ++i) {
+        CHECK_FALSE(at_kill[i].answered);
+        in_flight.insert(at_kill[i].webhook_id);
+    }
     REQUIRE_FALSE(in_flight.empty());
     REQUIRE(acknowledged_counts(stack.receiver).size() < ids.size());  // the kill came mid-way
+    stack.receiver.set_response_delay(0ms);  // the CRM answers again (what it holds stays unanswered)
 
     keep_descriptors_from_children();
     fx.start();
@@ -119,8 +128,18 @@ TEST_CASE("two paybridged instances on one Redis: both deliver, every event deli
     REQUIRE(wait_until([&] { return delivered_count(fx, ids) == ids.size(); }, 20s));
     check_requests_well_formed(stack.receiver);
 
-    const double first_delivered = metric(fx.port(), "paybridge_crm_deliveries_total");
-    const double second_delivered = metric(second.port(), "paybridge_crm_deliveries_total");
+    // The receiver marks a request answered once its write completes; each daemon counts the
+    // delivery after it has read the answer and recorded it: poll for the counters.
+    double first_delivered = -1;
+    double second_delivered = -1;
+    wait_until(
+        [&] {
+            first_delivered = metric(fx.port(), "paybridge_crm_deliveries_total");
+            second_delivered = metric(second.port(), "paybridge_crm_deliveries_total");
+            return first_delivered > 0 && second_delivered > 0 &&
+                   first_delivered + second_delivered >= static_cast<double>(ids.size());
+        },
+        10s);
     CAPTURE(first_delivered);
     CAPTURE(second_delivered);
     CHECK(first_delivered > 0);

@@ -13,16 +13,96 @@
 #include <boost/asio/read.hpp>
 #include <boost/asio/read_until.hpp>
 #include <boost/asio/write.hpp>
+#include <boost/beast/core/flat_buffer.hpp>
+#include <boost/beast/http/empty_body.hpp>
+#include <boost/beast/http/read.hpp>
+#include <boost/beast/http/string_body.hpp>
+#include <boost/beast/http/write.hpp>
 #include <doctest/doctest.h>
 #include <signal.h>
 
+#include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <functional>
+#include <sstream>
 #include <thread>
 
 using namespace paybridge;
 using namespace paybridge::test;
 namespace asio = boost::asio;
+
+namespace {
+
+/// The paybridge_open_connections sample of a GET /metrics sent on `s`, an open keep-alive
+/// connection (counted itself), or -1 when it cannot be read.
+int open_connections_on(asio::ip::tcp::socket& s)
+{
+    namespace http = boost::beast::http;
+    http::request<http::empty_body> req{http::verb::get, "/metrics", 11};
+    req.set(http::field::host, "x");
+    boost::system::error_code ec;
+    http::write(s, req, ec);
+    boost::beast::flat_buffer buffer;
+    http::response<http::string_body> res;
+    if (!ec) {
+        http::read(s, buffer, res, ec);
+    }
+    const std::string name = "\npaybridge_open_connections ";
+    const auto at = res.body().find(name);
+    if (ec || res.result_int() != 200 || at == std::string::npos) {
+        return -1;
+    }
+    return std::stoi(res.body().substr(at + name.size()));
+}
+
+/// Polls until `pred` holds or `limit` passes; returns its last value.
+bool poll_until(const std::function<bool()>& pred, std::chrono::milliseconds limit)
+{
+    const auto deadline = std::chrono::steady_clock::now() + limit;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() >= deadline) {
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(25));
+    }
+    return true;
+}
+
+/// Bytes the kernel holds for the daemon's end of the loopback connection from client_port to
+/// server_port that the daemon has not read yet (the rx_queue of /proc/net/tcp); -1 if there is no
+/// such connection.
+long unread_by_server(std::uint16_t server_port, std::uint16_t client_port)
+{
+    char local[32];
+    char remote[32];
+    std::snprintf(local, sizeof local, "0100007F:%04X", static_cast<unsigned>(server_port));
+    std::snprintf(remote, sizeof remote, "0100007F:%04X", static_cast<unsigned>(client_port));
+    std::ifstream in("/proc/net/tcp");
+    std::string line;
+    std::getline(in, line);  // the header
+    while (std::getline(in, line)) {
+        std::istringstream fields(line);
+        std::string slot, loc, rem, state, queues;
+        if (fields >> slot >> loc >> rem >> state >> queues && loc == local && rem == remote) {
+            const auto colon = queues.find(':');
+            return colon == std::string::npos ? -1 : std::stol(queues.substr(colon + 1), nullptr, 16);
+        }
+    }
+    return -1;
+}
+
+/// True when a TCP connect to 127.0.0.1:port is refused (nothing listens there any more).
+bool connect_refused(std::uint16_t port)
+{
+    asio::io_context ioc;
+    asio::ip::tcp::socket s(ioc);
+    boost::system::error_code ec;
+    s.connect({asio::ip::make_address("127.0.0.1"), port}, ec);
+    return ec == asio::error::connection_refused;
+}
+
+}  // namespace
 
 TEST_CASE("--check: a valid configuration exits 0 (warning of a world-readable secret) — every problem is reported and the exit code is 78")
 {
@@ -72,7 +152,13 @@ TEST_CASE("connection cap: connections beyond limits.max_connections are closed 
     DaemonFixture fx(options);
     asio::io_context ioc;
     std::vector<asio::ip::tcp::socket> held;
-    for (int i = 0; i < 4; ++i) {
+    // The connections of the fixture's readiness checks may still hold places for a moment: wait
+    // until the daemon counts only the first held connection (asked over it), so that the four held
+    // below are all it has.
+    held.emplace_back(ioc);
+    held.back().connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+    REQUIRE(poll_until([&] { return open_connections_on(held.back()) == 1; }, std::chrono::seconds(5)));
+    for (int i = 1; i < 4; ++i) {
         held.emplace_back(ioc);
         held.back().connect({asio::ip::make_address("127.0.0.1"), fx.port()});
         // An answered request proves the daemon accepted and counts this connection (a fixed
@@ -99,27 +185,47 @@ TEST_CASE("connection cap: connections beyond limits.max_connections are closed 
 
 TEST_CASE("graceful shutdown: SIGTERM lets a request in flight finish, then exits 0 — signals during the drain are ignored")
 {
-    DaemonFixture fx;
+    DaemonOptions options;
+    // Deadlines far longer than the test: the request is finished by the test, not cut by the
+    // daemon's read deadline or the end of its grace period, however slowly the test gets there.
+    options.limits_json = R"({"read_timeout_ms": 30000, "idle_timeout_ms": 30000, "shutdown_grace_ms": 20000})";
+    DaemonFixture fx(options);
     asio::io_context ioc;
     asio::ip::tcp::socket s(ioc);
     s.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
+    // The daemon holds this connection (it answers on it), and it is the only one open: the
+    // readiness checks' connections have gone.
+    REQUIRE(poll_until([&] { return open_connections_on(s) == 1; }, std::chrono::seconds(5)));
     const std::string body = R"({"id":"G1","amount_fen":100,"customer_id":"c"})";
     const std::string head = "POST /v1/bills HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
                              std::string(DaemonFixture::kApiToken) +
                              "\r\nContent-Type: application/json\r\nContent-Length: " + std::to_string(body.size()) +
                              "\r\n\r\n";
     asio::write(s, asio::buffer(head + body.substr(0, 10)));
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The daemon has read what was sent of the request before the stop: it is in flight, not
+    // still unread in the socket.
+    const std::uint16_t client_port = s.local_endpoint().port();
+    REQUIRE(poll_until([&] { return unread_by_server(fx.port(), client_port) == 0; }, std::chrono::seconds(5)));
     fx.process().signal(SIGTERM);
-    std::this_thread::sleep_for(std::chrono::milliseconds(300));
     // New connections are no longer accepted...
-    CHECK(http_request(fx.port(), "GET", "/healthz").status == 0);
+    CHECK(poll_until([&] { return connect_refused(fx.port()); }, std::chrono::seconds(5)));
     // A logrotate SIGHUP, a second SIGTERM and a Ctrl-C during the drain change nothing (once the
-    // daemon stopped handling them, each would have killed it with the request unanswered).
+    // daemon stopped handling them, each would have killed it with the request unanswered). Each is
+    // logged as ignored once handled: wait for all three before finishing the request.
+    const auto ignored = [&fx] {
+        const std::string log = fx.log();
+        std::size_t n = 0;
+        for (auto at = log.find("daemon.signal_ignored"); at != std::string::npos;
+             at = log.find("daemon.signal_ignored", at + 1)) {
+            ++n;
+        }
+        return n;
+    };
+    REQUIRE(ignored() == 0);
     for (const int sig : {SIGHUP, SIGTERM, SIGINT}) {
         fx.process().signal(sig);
     }
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK_MESSAGE(poll_until([&] { return ignored() >= 3; }, std::chrono::seconds(5)), fx.log());
     // ...but the request in flight completes.
     asio::write(s, asio::buffer(body.substr(10)));
     std::string answer;

@@ -119,16 +119,16 @@ TEST_CASE("metrics: Prometheus text format, counters after traffic")
     CHECK(line.find("\"latency_ms\":") != std::string::npos);
     CHECK(log.find("sign=") == std::string::npos);  // no bodies or signatures in logs
 
+    // The exposition format, checked by Prometheus's own tool. It is a test dependency
+    // (scripts/deps.sh test installs the prometheus package for it): missing, the test fails
+    // rather than passing on the assertions above alone.
     std::string promtool;
-    if (run_command({"/bin/sh", "-c", "command -v promtool"}, promtool) == 0) {
-        fx.dir();
-        std::ofstream(fx.dir() / "metrics.txt") << t;
-        std::string out;
-        const int rc = run_command({"/bin/sh", "-c", "promtool check metrics < " + (fx.dir() / "metrics.txt").string()}, out);
-        CHECK_MESSAGE(rc == 0, out);
-    } else {
-        MESSAGE("promtool not installed: format checked by the assertions above only");
-    }
+    REQUIRE_MESSAGE(run_command({"/bin/sh", "-c", "command -v promtool"}, promtool) == 0,
+                    "promtool not found: install it with scripts/deps.sh test (Debian package prometheus)");
+    std::ofstream(fx.dir() / "metrics.txt") << t;
+    std::string out;
+    const int rc = run_command({"/bin/sh", "-c", "promtool check metrics < " + (fx.dir() / "metrics.txt").string()}, out);
+    CHECK_MESSAGE(rc == 0, out);
 }
 
 TEST_CASE("systemd: READY=1 after Redis (a reload before it says nothing), WATCHDOG=1 from the loops, STOPPING=1 on SIGTERM")
@@ -410,10 +410,11 @@ TEST_CASE("systemd-analyze verify accepts the unit")
     std::stringstream ss;
     ss << in.rdbuf();
     std::string unit = ss.str();
-    // Point the unit at the built binary so verify can check that the commands exist.
+    // Point the unit at the built binary so verify can check that the commands exist (quoted: a
+    // clone's path may have spaces, which systemd would split the command at).
     const std::string installed = "/usr/local/sbin/paybridged";
     for (auto pos = unit.find(installed); pos != std::string::npos; pos = unit.find(installed)) {
-        unit.replace(pos, installed.size(), DaemonFixture::binary("paybridged"));
+        unit.replace(pos, installed.size(), "\"" + DaemonFixture::binary("paybridged") + "\"");
     }
     TempDir dir;
     dir.write("paybridged.service", unit);

@@ -13,6 +13,8 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -157,7 +159,21 @@ TEST_SUITE("integration/store/bill_script")
 {
     TEST_CASE("the script is embedded verbatim from store/bill.lua")
     {
+        // Byte for byte: configure_file's @VAR@ substitution, the raw string's delimiter, or a
+        // stale configure would each change what Redis runs without a compile error.
+        std::ifstream in(PAYBRIDGE_BILL_LUA_PATH, std::ios::binary);
+        REQUIRE_MESSAGE(in.good(), "cannot read " PAYBRIDGE_BILL_LUA_PATH);
+        std::ostringstream file;
+        file << in.rdbuf();
+        const std::string source = file.str();
+        REQUIRE(!source.empty());
         const std::string_view script = paybridge::store::bill_script();
+        const auto differ = std::mismatch(script.begin(), script.end(), source.begin(), source.end());
+        const auto first_difference = static_cast<std::size_t>(differ.first - script.begin());
+        CAPTURE(first_difference);
+        CHECK(script.size() == source.size());
+        CHECK_MESSAGE(script == source, "first difference at byte " << first_difference << ": \""
+                                            << source.substr(first_difference, 60) << "\"");
         CHECK(script.find("local function apply_payment") != std::string_view::npos);
         CHECK(script.find("return redis.error_reply") != std::string_view::npos);
     }

@@ -241,7 +241,10 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
     {
         const auto sentinel = RedisTestServer::sentinel(master.port(), kMaster);
         Client client(sentinel_config({at(sentinel->port())}, "other"));
-        paybridge::test::run_for(client.ctx, 800ms);
+        // Two attempts over (the run loop counts each new one): the answer was asked for and
+        // refused twice, and nothing came of it.
+        CHECK(paybridge::test::run_until(
+            client.ctx, [&] { return client.conn->stats().reconnects.load() >= 2; }, 5s));
         CHECK_FALSE(client.conn->ready());
         const Result<Reply> r = client.exec({"PING"});
         REQUIRE_FALSE(r.has_value());
@@ -249,8 +252,8 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
         // The same answer (nil) from a scripted sentinel: asked on every attempt, never believed.
         FakeSentinel none(0);
         Client again(sentinel_config({at(none.port())}));
-        paybridge::test::run_for(again.ctx, 800ms);
-        CHECK(none.questions() >= 2);
+        // A second question comes only after the first attempt ended.
+        CHECK(paybridge::test::run_until(again.ctx, [&] { return none.questions() >= 2; }, 5s));
         CHECK_FALSE(again.conn->ready());
     }
 
@@ -266,7 +269,8 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
         }
         cfg.sentinel.password = "wrong";
         Client refused(cfg);
-        paybridge::test::run_for(refused.ctx, 800ms);
+        CHECK(paybridge::test::run_until(
+            refused.ctx, [&] { return refused.conn->stats().reconnects.load() >= 2; }, 5s));
         CHECK_FALSE(refused.conn->ready());
     }
 
@@ -274,8 +278,10 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
     {
         FakeSentinel stale(replica.port());
         Client client(sentinel_config({at(stale.port())}));
-        paybridge::test::run_for(client.ctx, 800ms);
-        CHECK(stale.questions() >= 2);  // asked again on every attempt
+        // Asked again on every attempt: a second question means the first attempt (the handshake
+        // with the replica it named) is over. Had it been believed, the connection would be ready
+        // and stay so.
+        CHECK(paybridge::test::run_until(client.ctx, [&] { return stale.questions() >= 2; }, 5s));
         CHECK_FALSE(client.conn->ready());
     }
 
@@ -292,11 +298,13 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
         REQUIRE(refused.has_value());
         CHECK(refused->is_error());
         CHECK(refused->str.starts_with("READONLY"));
-        // It reconnects at once (not after the watch's second), asks, and HELLO's role keeps it off
-        // the replica.
-        CHECK(paybridge::test::run_until(client.ctx, [&] { return names.questions() > asked; }, 900ms));
-        paybridge::test::run_for(client.ctx, 300ms);  // time for a handshake to the replica
+        // It reconnects and asks again; the sentinel still names the same node, and HELLO's role
+        // keeps it off it (now a replica). Without the READONLY handling the connection would stay
+        // on that node, ready, and the watch (asking every second) would see no move. Two more
+        // questions: the first reconnection's handshake is over.
+        CHECK(paybridge::test::run_until(client.ctx, [&] { return names.questions() >= asked + 2; }, 5s));
         CHECK_FALSE(client.conn->ready());
+        CHECK(client.conn->stats().reconnects.load() >= 1);
     }
 }
 

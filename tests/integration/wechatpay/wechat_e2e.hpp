@@ -35,16 +35,6 @@ inline std::int64_t now_unix()
         .count();
 }
 
-/// Sleeps until just after the next whole second, so that a timestamp taken right afterwards is
-/// compared by the daemon within the same second (boundary tests at ±299/±300 s must not depend
-/// on when the clock ticks between signing and checking).
-inline void wait_for_fresh_second()
-{
-    const auto now = std::chrono::system_clock::now();
-    const auto next = std::chrono::ceil<std::chrono::seconds>(now);
-    std::this_thread::sleep_until(next + std::chrono::milliseconds(5));
-}
-
 inline rapidjson::Document parse(const std::string& text)
 {
     rapidjson::Document d;
@@ -119,6 +109,17 @@ inline void check_v2_fail(const HttpResult& r)
 {
     CHECK(r.status >= 400);
     CHECK(r.status < 500);
+    CHECK(r.body.find("<return_code><![CDATA[FAIL]]></return_code>") != std::string::npos);
+    CHECK(r.body.find("SUCCESS") == std::string::npos);
+}
+
+/// A v2 failure reply when the change could not be persisted (Redis unavailable): XML with
+/// return_code FAIL and a 5xx, so that WeChat Pay retries (API.md).
+inline void check_v2_unavailable(const HttpResult& r)
+{
+    CHECK(r.status >= 500);
+    CHECK(r.status < 600);
+    CHECK(r.header("content-type").find("xml") != std::string::npos);
     CHECK(r.body.find("<return_code><![CDATA[FAIL]]></return_code>") != std::string::npos);
     CHECK(r.body.find("SUCCESS") == std::string::npos);
 }

@@ -3,6 +3,7 @@
 // refunded through v2 (issue 3).
 
 #include "tests/integration/wechatpay/wechat_e2e.hpp"
+#include "tests/support/redis_server.hpp"
 #include "tools/keygen/keygen.hpp"
 
 #include <chrono>
@@ -11,6 +12,7 @@
 
 using namespace wxe2e;
 using paybridge::test::http_request;
+using paybridge::test::wait_for_http;
 namespace keygen = paybridge::keygen;
 
 namespace {
@@ -279,6 +281,40 @@ TEST_CASE("wechatpay v2: XXE or billion laughs or duplicate elements → 400 and
     // The genuine document is still accepted afterwards.
     check_ack(wx.post_v2(genuine));
     CHECK(status_of(fx, "V3001") == "PAID");
+}
+
+TEST_CASE("wechatpay v2: Redis stopped → 5xx XML FAIL and once restarted the same notification succeeds once")
+{
+    // One worker, so that /readyz speaks for the only Redis connection (as in the v3 variant).
+    DaemonFixture fx(paybridge::test::DaemonOptions{.workers = 1});
+    INFO("paybridged log:\n", fx.log());
+    Wechat wx{fx};
+    REQUIRE(fx.create_bill("V8001", 100).status == 201);
+    // The test Redis runs without automatic snapshots: save once, so the bill survives the
+    // restart as it would on a production Redis with persistence.
+    fx.redis_integer({"SAVE"});
+    const auto xml = sim::build_v2_payment_xml(wx.v2_payment("V8001", 100, "4200000108202611270000108001"),
+                                               fx.apiv2_key, wx::V2SignType::md5);
+
+    fx.redis().stop();
+    check_v2_unavailable(wx.post_v2(xml));
+    check_v2_unavailable(wx.post_v2(xml));  // WeChat's first retry, still down
+    CHECK(http_request(fx.port(), "GET", "/readyz").status == 503);
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
+
+    fx.redis().restart();
+    REQUIRE(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
+    check_ack(wx.post_v2(xml));
+    auto bill = bill_of(fx, "V8001");
+    CHECK(str(bill, "status") == "PAID");
+    CHECK(bill["paid_fen"].GetInt64() == 100);
+    REQUIRE(bill["events"].Size() == 1);
+    CHECK(str(bill["events"][0]["data"], "channel") == "wechatpay_v2");
+    CHECK(fx.outbox_length() == 1);
+    // A late duplicate of one of the refused deliveries changes nothing.
+    check_ack(wx.post_v2(xml));
+    CHECK(events_of(fx, "V8001") == 1);
+    CHECK(fx.outbox_length() == 1);
 }
 
 TEST_CASE("wechatpay mixed: paid through v3 and refunded through v3 and the merchant portal (v2 XML at the v3 URL) → consistent")

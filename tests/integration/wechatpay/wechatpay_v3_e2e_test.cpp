@@ -179,7 +179,12 @@ TEST_CASE("wechatpay v3: REFUND.CLOSED and REFUND.ABNORMAL are anomalies that mo
     CHECK(anomalies_of(fx, "W3001") == std::vector<std::string>{"refund_closed", "refund_abnormal"});
 }
 
-TEST_CASE("wechatpay v3: the timestamp window is ±299 s and stale or early notifications get 401 FAIL")
+// The exact boundary (299 s accepted, 300 s refused, both ways) is checked with an injected clock in
+// tests/unit/wechatpay/v3_gateway_test.cpp ("v3: the timestamp window accepts 299 s and rejects
+// 300 s in both directions"). Here, over HTTP against the daemon's own clock, the notification is
+// signed some time before the daemon checks it: ±290 s and ±310 s stay clear of the boundary by 10 s
+// whatever the load.
+TEST_CASE("wechatpay v3: the timestamp window accepts ±290 s and stale or early notifications at ±310 s get 401 FAIL")
 {
     DaemonFixture fx;
     INFO("paybridged log:\n", fx.log());
@@ -188,26 +193,24 @@ TEST_CASE("wechatpay v3: the timestamp window is ±299 s and stale or early noti
         REQUIRE(fx.create_bill(id, 100).status == 201);
     }
 
-    SUBCASE("299 s old and 299 s ahead are accepted")
+    SUBCASE("290 s old and 290 s ahead are accepted")
     {
-        wait_for_fresh_second();
         auto r = wx.post_v3(wx.pay(wx.tx("W4001", 100, "4200000004202611270000004001"), wx.public_key,
-                                   now_unix() - 299));
+                                   now_unix() - 290));
         CHECK(r.status == 204);
         const auto early = wx.tx("W4002", 100, "4200000004202611270000004002");
-        r = wx.post_v3(wx.pay(early, wx.platform, now_unix() + 299));
+        r = wx.post_v3(wx.pay(early, wx.platform, now_unix() + 290));
         CHECK(r.status == 204);
         CHECK(status_of(fx, "W4001") == "PAID");
         CHECK(status_of(fx, "W4002") == "PAID");
         CHECK(fx.outbox_length() == 2);
     }
-    SUBCASE("300 s old and 300 s ahead are refused and a fresh retry then succeeds")
+    SUBCASE("310 s old and 310 s ahead are refused and a fresh retry then succeeds")
     {
         const auto tx = wx.tx("W4003", 100, "4200000004202611270000004003");
-        const auto old = wx.pay(tx, wx.public_key, now_unix() - 300);
+        const auto old = wx.pay(tx, wx.public_key, now_unix() - 310);
         check_v3_fail(wx.post_v3(old), 401);
-        wait_for_fresh_second();
-        check_v3_fail(wx.post_v3(Wechat::resign(old, wx.public_key, now_unix() + 300)), 401);
+        check_v3_fail(wx.post_v3(Wechat::resign(old, wx.public_key, now_unix() + 310)), 401);
         check_v3_fail(wx.post_v3(Wechat::resign(old, wx.platform, now_unix() - 3600)), 401);
         CHECK(status_of(fx, "W4003") == "PENDING");
         CHECK(events_of(fx, "W4003") == 0);
