@@ -308,11 +308,14 @@ std::vector<std::string> hmget_bill(std::string key)
 }
 
 // The bill object from hmget_bill()'s reply; nullopt when there is no such bill.
-// The bill's fields (ARGV) and its history in one script, so both are of the same moment: two
-// pipelined reads could straddle another instance's change (an event in the history that the
-// bill does not show yet). KEYS: bill, hist (one hash tag).
+// The bill's fields (ARGV), the first kHistoryPage events of its history and the history's length
+// in one script, so all are of the same moment: two pipelined reads could straddle another
+// instance's change (an event in the history that the bill does not show yet). The rest of a long
+// history is read in pages up to that length (events are only ever appended), so no reply grows
+// with the history. KEYS: bill, hist (one hash tag).
+constexpr std::size_t kHistoryPage = 1000;
 constexpr std::string_view kReadBill = R"lua(
-return {redis.call('HMGET', KEYS[1], unpack(ARGV)), redis.call('LRANGE', KEYS[2], 0, -1)}
+return {redis.call('HMGET', KEYS[1], unpack(ARGV)), redis.call('LRANGE', KEYS[2], 0, 999), redis.call('LLEN', KEYS[2])}
 )lua";
 
 Result<std::optional<std::string>> bill_json_of(const Reply& r)
@@ -646,7 +649,7 @@ asio::awaitable<Result<std::optional<BillView>>> RedisBillStore::get_bill(std::s
     if (!reply) {
         co_return reply.error();
     }
-    if (!reply->is_array() || reply->elements.size() != 2) {
+    if (!reply->is_array() || reply->elements.size() != 3) {
         co_return unexpected_reply("get_bill", *reply);
     }
     const Reply& hist = reply->elements[1];
@@ -654,17 +657,33 @@ asio::awaitable<Result<std::optional<BillView>>> RedisBillStore::get_bill(std::s
     if (!bill) {
         co_return bill.error();
     }
-    if (!hist.is_array()) {
+    if (!hist.is_array() || !reply->elements[2].is_integer() || reply->elements[2].integer < 0) {
         co_return unexpected_reply("get_bill", hist);
     }
     if (!*bill) {
         co_return std::optional<BillView>{};
     }
+    const auto length = static_cast<std::size_t>(reply->elements[2].integer);
     BillView view;
     view.bill_json = std::move(**bill);
-    view.events_json.reserve(hist.elements.size());
+    view.events_json.reserve(length);
     for (const Reply& e : hist.elements) {
         view.events_json.push_back(e.str);
+    }
+    while (view.events_json.size() < length) {
+        const std::size_t from = view.events_json.size();
+        const std::size_t to = std::min(from + kHistoryPage, length) - 1;
+        std::vector<std::string> page{"LRANGE", keys_.hist(id), std::to_string(from), std::to_string(to)};
+        Result<Reply> more = co_await redis_.exec(std::move(page));
+        if (!more) {
+            co_return more.error();
+        }
+        if (!more->is_array() || more->elements.empty()) {
+            co_return unexpected_reply("lrange", *more);  // the history shrank: nothing removes events
+        }
+        for (const Reply& e : more->elements) {
+            view.events_json.push_back(e.str);
+        }
     }
     co_return std::optional<BillView>(std::move(view));
 }

@@ -207,6 +207,32 @@ std::vector<std::string> all_bill_ids(StoreFixture& f, BillFilter filter)
 
 TEST_SUITE("integration/store/redis_bill_store")
 {
+    TEST_CASE("get_bill: a long history is read in pages, whole and in order")
+    {
+        // Before, the whole history came back in one reply: a bill with thousands of events made
+        // one reply that grows without bound (and past the connection's 32 MiB reply limit, one
+        // that drops the connection every request on it shares).
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("H-1"));
+        f.apply(payment("H-1", "alipay", 1000, "N-1"));
+        const paybridge::store::Keys& keys = f.store->keys();
+        std::vector<std::string> push{"RPUSH", keys.hist("H-1")};
+        for (int i = 2; i <= 2500; ++i) {
+            push.push_back("{\"sequence\":" + std::to_string(i) + "}");
+        }
+        REQUIRE(f.integer(std::move(push)) == 2500);
+        CHECK(f.cmd({"CONFIG", "RESETSTAT"}).is_status("OK"));
+        const auto view = f.get("H-1");
+        REQUIRE(view.events_json.size() == 2500);
+        for (std::size_t i = 0; i < view.events_json.size(); ++i) {
+            REQUIRE(num(parse_json(view.events_json[i]), "sequence") == static_cast<std::int64_t>(i + 1));
+        }
+        // The script's first page and two more LRANGEs of at most 1000 events each.
+        const std::string stats = f.cmd({"INFO", "commandstats"}).str;
+        CHECK(stats.find("cmdstat_lrange:calls=3,") != std::string::npos);
+    }
+
     TEST_CASE("get_bill: nullopt for an unknown id, history oldest first")
     {
         StoreFixture f;
