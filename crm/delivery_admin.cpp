@@ -518,26 +518,39 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::redeliver(std::string event_
 asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_ms)
 {
     const DeliveryKeys keys(prefix_, shards_);
-    std::vector<std::vector<std::string>> cmds;
-    for (const ShardKeys& k : keys.all()) {
-        std::vector<std::string> cmd{"ZRANGEBYSCORE", k.dead, std::to_string(since_ms), "+inf"};
-        cmds.push_back(std::move(cmd));
-    }
-    Result<std::vector<Reply>> dead = co_await redis_.exec_many(std::move(cmds));
-    if (!dead) {
-        co_return dead.error();
-    }
     std::vector<std::string> requeued;
-    for (std::size_t s = 0; s < dead->size(); ++s) {
-        for (const Reply& id : (*dead)[s].elements) {
-            // Only events still dead: a concurrent recover or redeliver already took the others.
-            Result<Reply> outcome =
-                co_await requeue(static_cast<int>(s), id.str, std::string(kStateDead), std::string());
-            if (!outcome) {
-                co_return outcome.error();
+    // A page of dead letters at a time (after a long CRM outage there can be a million, more than
+    // one reply may carry). A requeued event leaves the dead letters, so the next page starts past
+    // only those that stayed (an entry deleted from the stream, a record gone); one that a
+    // concurrent recover or redeliver took is passed over too, and left to the next call.
+    constexpr std::size_t kPage = 1000;
+    for (std::size_t s = 0; s < keys.all().size(); ++s) {
+        std::size_t stayed = 0;
+        for (;;) {
+            std::vector<std::string> cmd{"ZRANGEBYSCORE", keys.all()[s].dead, std::to_string(since_ms), "+inf",
+                                         "LIMIT",         std::to_string(stayed), std::to_string(kPage)};
+            Result<Reply> page = co_await redis_.exec(std::move(cmd));
+            if (!page) {
+                co_return page.error();
             }
-            if (outcome->elements[0].str == "requeued") {
-                requeued.push_back(id.str);
+            if (!page->is_array()) {
+                co_return store::unexpected_reply("zrangebyscore", *page);
+            }
+            for (const Reply& id : page->elements) {
+                // Only events still dead: a concurrent recover or redeliver already took the others.
+                Result<Reply> outcome =
+                    co_await requeue(static_cast<int>(s), id.str, std::string(kStateDead), std::string());
+                if (!outcome) {
+                    co_return outcome.error();
+                }
+                if (outcome->elements[0].str == "requeued") {
+                    requeued.push_back(id.str);
+                } else {
+                    ++stayed;
+                }
+            }
+            if (page->elements.size() < kPage) {
+                break;
             }
         }
     }

@@ -517,6 +517,52 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
     check_all_signed(receiver);
 }
 
+TEST_CASE("recover reads the dead letters a page at a time, past those that stay dead")
+{
+    // 2,500 dead-letter ids that cannot be requeued (no delivery record: they stay dead), older
+    // than two real dead letters: those are on the third page. Before, every dead letter of a shard
+    // came back in one reply (a million after a long CRM outage: more than a reply may carry).
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_default_status(503);
+    const std::string first = env.add_event("B1", 1);
+    const std::string second = env.add_event("B2", 1);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {100ms};
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "dead" && env.state_of(second) == "dead"; }, 10s));
+
+    const crm::DeliveryKeys keys(kPrefix, kShards);
+    std::vector<std::string> with_dead;  // the dead-letter zsets of the shards the two are in
+    for (const crm::ShardKeys& k : keys.all()) {
+        if (env.exec({"ZCARD", k.dead}).integer > 0) {
+            with_dead.push_back(k.dead);
+        }
+    }
+    REQUIRE_FALSE(with_dead.empty());
+    for (const std::string& dead : with_dead) {
+        std::vector<std::string> zadd{"ZADD", dead};
+        for (int i = 0; i < 2500; ++i) {
+            zadd.push_back("1");
+            zadd.push_back("evt_junk_" + std::to_string(i));
+        }
+        CHECK(env.exec(std::move(zadd)).integer == 2500);
+    }
+    receiver.set_default_status(200);
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0), 60s);
+    REQUIRE(recovered.has_value());
+    const rapidjson::Document rec = parse(*recovered);
+    CHECK(rec["requeued"].GetInt() == 2);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "delivered" && env.state_of(second) == "delivered"; },
+                      10s));
+    // The junk stays where it was, for an operator to look at.
+    for (const std::string& dead : with_dead) {
+        CHECK(env.exec({"ZCARD", dead}).integer == 2500);
+    }
+}
+
 TEST_CASE("Retry-After on 429 is honoured")
 {
     RedisEnv env;
