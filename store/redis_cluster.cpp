@@ -428,16 +428,21 @@ bool ClusterRouter::apply_slots(const Reply& reply, const config::Endpoint& aske
         ranges.push_back(Range{static_cast<int>(start), static_cast<int>(end), std::move(master)});
     }
 
-    std::vector<config::Endpoint> distinct;
+    // Counted with the node connections that exist already (a connection that is up is kept even
+    // when a new map leaves it out), so maps naming other masters each time cannot add up.
+    std::vector<config::Endpoint> fresh;
     for (const Range& range : ranges) {
-        if (std::find(distinct.begin(), distinct.end(), range.master) == distinct.end()) {
-            distinct.push_back(range.master);
-            if (distinct.size() > kMaxNodes) {
-                log::error("redis.cluster_map_refused",
-                           {{"from", where(asked)}, {"why", "the slot map names more than 1000 masters"}});
-                return false;
-            }
+        if (!knows(range.master) && std::find(fresh.begin(), fresh.end(), range.master) == fresh.end()) {
+            fresh.push_back(range.master);
         }
+    }
+    if (live_nodes() + fresh.size() > kMaxNodes) {
+        log::error("redis.cluster_map_refused",
+                   {{"from", where(asked)},
+                    {"why", "it would take paybridge past 1000 node connections"},
+                    {"new_masters", fresh.size()},
+                    {"connections", live_nodes()}});
+        return false;
     }
     std::vector<std::uint16_t> owner(kClusterSlots, kNoNode);
     std::vector<std::uint16_t> masters;

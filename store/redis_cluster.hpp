@@ -101,7 +101,7 @@ private:
     /// the first good answer. Returns whether the map was read.
     boost::asio::awaitable<bool> refresh();
     /// Applies a CLUSTER SLOTS reply from `asked`; false (and nothing changed) if it is malformed,
-    /// covers no slot or names more masters than paybridge connects to (1,000).
+    /// covers no slot or would take paybridge past 1,000 node connections.
     bool apply_slots(const Reply& reply, const config::Endpoint& asked);
     /// After a MOVED (soon) or a failed node (at most once a second).
     void refresh_soon(bool moved) noexcept;

@@ -978,6 +978,9 @@ asio::awaitable<void> RedisConnection::read_loop()
             }
             break;
         }
+        if (!socket_.is_open()) {
+            break;  // closed (stop, a timeout) while this read's completion was queued
+        }
         if (pending_.empty()) {
             // Every reply answers a request in pending_ (one that timed out stays there, abandoned,
             // until its reply is read): bytes now are a reply nothing asked for.
