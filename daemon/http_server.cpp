@@ -397,7 +397,12 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
     // leave the buffer as they are parsed, so a request never needs more than its header plus one
     // read's worth here; beyond that the read fails (buffer_overflow, answered 400).
     beast::flat_buffer buffer(limits_.max_header_bytes + kReadChunk);
-    while (!stopping_) {
+    // A plain connection accepted just before the stop still gets its one look at the socket
+    // (below: a request already there is served, nothing ends it), rather than a close with its
+    // request unread (a reset). A TLS one would first wait for its handshake: it is closed.
+    bool first_look = std::is_same_v<Stream, beast::tcp_stream>;
+    while (first_look || !stopping_) {
+        first_look = false;
         // Wait for the first bytes of the next request under the idle deadline; only then start
         // the per-request read deadline, so keep-alive idleness and slow requests are bounded
         // apart. An idle connection holds no heap buffer.

@@ -13,6 +13,8 @@
 #include <boost/asio/write.hpp>
 #include <doctest/doctest.h>
 
+#include <poll.h>
+
 #include <chrono>
 #include <memory>
 #include <string>
@@ -36,13 +38,20 @@ struct UnusedStore final : BillStore {
     awaitable<Result<void>> ping() override { co_return Result<void>{}; }
 };
 
-/// Reads from the blocking client socket until `text` has arrived or the connection ends.
+/// Reads from the blocking client socket until `text` has arrived, the connection ends or 5 s pass
+/// without a byte (the server's io_context does not run meanwhile: a missing answer must fail the
+/// test, not hang it).
 std::string read_until(tcp::socket& s, std::string_view text)
 {
     std::string got;
     char buf[4096];
     boost::system::error_code ec;
     while (got.find(text) == std::string::npos) {
+        // Asio's blocking read polls without a limit (and ignores SO_RCVTIMEO): poll here first.
+        pollfd p{.fd = s.native_handle(), .events = POLLIN, .revents = 0};
+        if (::poll(&p, 1, 5000) <= 0) {
+            break;
+        }
         const std::size_t n = s.read_some(asio::buffer(buf), ec);
         got.append(buf, n);
         if (ec) {
