@@ -7,7 +7,10 @@ dir=$1; shift
 # One build at a time per folder (the run and test commands both use build/): a second waits.
 mkdir -p "$dir"
 exec 9>"$dir/.paybridge-build.lock"
-flock 9
+if ! flock -n 9; then
+  echo "paybridge: waiting for another build in $dir to finish" >&2
+  flock 9
+fi
 # A job per core, but at most one per 1 GB of available memory (an ASan compile of a Beast-heavy
 # file takes up to that; nproc counts the host's cores under a container's CPU quota).
 jobs=${PAYBRIDGE_JOBS:-$(nproc)}

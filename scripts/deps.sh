@@ -19,34 +19,48 @@ if [[ "${1:-run}" == "fuzz" ]]; then
   packages+=(clang libclang-rt-14-dev)   # scripts/fuzz.sh: libFuzzer and its sanitizer runtimes
 fi
 
-missing=()
-for p in "${packages[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
-    missing+=("$p")
-  fi
-done
+missing_packages() {
+  missing=()
+  for p in "${packages[@]}"; do
+    if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+      missing+=("$p")
+    fi
+  done
+}
+missing_packages
 if ((${#missing[@]})); then
-  echo "paybridge: installing ${missing[*]}" >&2
   SUDO=""
   if [[ $(id -u) -ne 0 ]]; then SUDO="sudo"; fi
+  # One paybridge install at a time (the run and test commands started together): the second
+  # waits, then installs only what is still missing, under its own policy-rc.d below.
+  if exec 8>>/tmp/paybridge-deps.lock 2>/dev/null; then
+    flock 8
+    missing_packages
+  fi
+fi
+if ((${#missing[@]})); then
+  echo "paybridge: installing ${missing[*]}" >&2
   # Packages must not start services (redis-server on 6379, a Prometheus server on every
   # interface): a policy-rc.d that says no, for the length of the install, unless one is in place.
   # (A failed service start, a port taken say, would fail the install too.)
   if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
     printf '#!/bin/sh\n# paybridge scripts/deps.sh: no service starts during its install\nexit 101\n' |
       $SUDO tee /usr/sbin/policy-rc.d >/dev/null
     $SUDO chmod 755 /usr/sbin/policy-rc.d
-    trap '$SUDO rm -f /usr/sbin/policy-rc.d' EXIT
   fi
-  # Waits for another apt (a second paybridge script, unattended-upgrades on a fresh VM) instead of
-  # failing on its lock.
+  # Waits for another apt (unattended-upgrades on a fresh VM) instead of failing on its lock.
   apt=(env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600)
   $SUDO "${apt[@]}" update -qq
   $SUDO "${apt[@]}" install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  # The tests need only its promtool; on a machine run by systemd the package also starts a
-  # Prometheus server on every interface, which nobody asked for.
-  if [[ " ${missing[*]} " == *" prometheus "* ]] && [[ -d /run/systemd/system ]]; then
-    $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true
-    echo "paybridge: installed prometheus for promtool only; its server is stopped and disabled" >&2
+  # Not started now, and not at the next boot either: paybridge runs the Redis servers it needs
+  # itself, and the tests need only promtool, not a Prometheus server on every interface.
+  if [[ -d /run/systemd/system ]]; then
+    for unit in redis-server prometheus; do
+      if [[ " ${missing[*]} " == *" $unit "* ]]; then
+        $SUDO systemctl disable --now "$unit" >/dev/null 2>&1 || true
+        echo "paybridge: installed $unit for its programs only; its service is stopped and disabled" >&2
+      fi
+    done
   fi
 fi

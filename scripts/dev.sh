@@ -6,7 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 dev=$root/.dev
-redis_port=${PAYBRIDGE_DEV_REDIS_PORT:-6390}
 mkdir -p "$dev/redis"
 # One run at a time per clone: a second would take this run's Redis for a leftover and stop it.
 exec 9>"$dev/dev.lock"
@@ -15,13 +14,26 @@ if ! flock -n 9; then
   exit 1
 fi
 
-scripts/deps.sh run
-TARGETS="paybridged paybridge" scripts/build.sh build
-if [[ -f "$dev/paybridge.dev.json" ]] && ! grep -q "\"redis://127.0.0.1:$redis_port/" "$dev/paybridge.dev.json"; then
-  echo "paybridge: $dev/paybridge.dev.json uses another Redis port than $redis_port" \
-       "(PAYBRIDGE_DEV_REDIS_PORT applies on a first run): edit redis.url there, or remove" \
-       "$dev/paybridge.dev.json and $dev/keys to start again" >&2
-  exit 1
+scripts/deps.sh run 9>&-
+TARGETS="paybridged paybridge" scripts/build.sh build 9>&-
+
+# The Redis port: PAYBRIDGE_DEV_REDIS_PORT on a first run, then the one the configuration names.
+redis_port=${PAYBRIDGE_DEV_REDIS_PORT:-6390}
+if [[ -f "$dev/paybridge.dev.json" ]]; then
+  configured=$(sed -n 's#.*"url": *"redis://127\.0\.0\.1:\([0-9]*\)/.*#\1#p' "$dev/paybridge.dev.json" | head -n 1)
+  if [[ -z "$configured" ]]; then
+    echo "paybridge: $dev/paybridge.dev.json does not use a Redis on 127.0.0.1 (redis.url): run" \
+         "build/paybridged --config $dev/paybridge.dev.json yourself, or remove it and $dev/keys" \
+         "to start again" >&2
+    exit 1
+  fi
+  if [[ -n "${PAYBRIDGE_DEV_REDIS_PORT:-}" && "$PAYBRIDGE_DEV_REDIS_PORT" != "$configured" ]]; then
+    echo "paybridge: $dev/paybridge.dev.json uses Redis port $configured, not $PAYBRIDGE_DEV_REDIS_PORT" \
+         "(PAYBRIDGE_DEV_REDIS_PORT applies on a first run): edit redis.url there, or remove" \
+         "$dev/paybridge.dev.json and $dev/keys to start again" >&2
+    exit 1
+  fi
+  redis_port=$configured
 fi
 cleanup() {
   if [[ -n "${started_redis:-}" ]]; then redis-cli -p "$redis_port" shutdown nosave >/dev/null 2>&1 || true; fi
@@ -59,7 +71,10 @@ fi
 build/paybridged --config "$dev/paybridge.dev.json" --check
 listen=$(sed -n 's/^ *"listen": *"\([^"]*\)".*/\1/p' "$dev/paybridge.dev.json" | head -n 1)
 # The daemon binds with SO_REUSEPORT: a second one on the same port would share its connections.
-if [[ -n "$listen" ]] && (exec 3<>"/dev/tcp/${listen%:*}/${listen##*:}") 2>/dev/null; then
+listen_host=${listen%:*}
+listen_host=${listen_host#[}
+listen_host=${listen_host%]}
+if [[ -n "$listen" ]] && (exec 3<>"/dev/tcp/$listen_host/${listen##*:}") 2>/dev/null; then
   echo "paybridge: something already answers on $listen (another paybridged?); stop it first" >&2
   exit 1
 fi
