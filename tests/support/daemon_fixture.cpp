@@ -78,8 +78,10 @@ void DaemonFixture::write_config(const DaemonOptions& options)
     cfg += "  \"listen\": \"127.0.0.1:" + std::to_string(port_) + "\",\n";
     cfg += "  \"workers\": " + std::to_string(options.workers) + ",\n";
     cfg += "  \"limits\": " + limits + ",\n";
+    // request_timeout as the example configuration's: 1000 ms could pass on a CI machine running two
+    // tests' daemons and Redis servers on two cores, turning an answer into a 503.
     cfg += "  \"redis\": {\"url\": \"redis://127.0.0.1:" + std::to_string(redis_->port()) +
-           "/0\", \"request_timeout_ms\": 1000, \"connect_timeout_ms\": 500" + options.redis_extra + "},\n";
+           "/0\", \"request_timeout_ms\": 2000, \"connect_timeout_ms\": 500" + options.redis_extra + "},\n";
     cfg += "  \"api_tokens\": [{\"name\": \"crm\", \"token\": \"file:secrets/api_token\"}],\n";
     cfg += "  \"alipay\": {\"apps\": [\n";
     cfg += "    {\"app_id\": \"" + std::string(kAlipayAppId) + "\", \"seller_id\": \"" + kSellerId +
