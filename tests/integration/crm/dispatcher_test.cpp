@@ -2,6 +2,7 @@
 // retries, outages, crashes, several instances, dead letters and recovery.
 
 #include "tests/integration/crm/crm_fixture.hpp"
+#include "tests/support/json.hpp"
 
 #include "core/error.hpp"
 #include "core/payment_event.hpp"
@@ -21,14 +22,6 @@ using namespace paybridge;
 using namespace paybridge::test;
 
 namespace {
-
-rapidjson::Document parse(const std::string& text)
-{
-    rapidjson::Document doc;
-    doc.Parse(text.c_str());
-    REQUIRE_FALSE(doc.HasParseError());
-    return doc;
-}
 
 bool all_acknowledged(const HttpReceiver& receiver, const std::vector<std::string>& ids)
 {
@@ -122,7 +115,7 @@ TEST_CASE("events of one bill arrive in sequence order (real bill script)")
 
     std::map<std::string, std::vector<std::int64_t>> sequences;
     for (const ReceivedRequest& r : receiver.requests()) {
-        const rapidjson::Document ev = parse(r.body);
+        const rapidjson::Document ev = parse_json(r.body);
         sequences[ev["bill_id"].GetString()].push_back(ev["sequence"].GetInt64());
         const std::string type = ev["type"].GetString();
         CHECK((type == "bill.paid" || type == "bill.refunded"));
@@ -162,7 +155,7 @@ TEST_CASE("500 then 200: delivered on the second attempt, both attempts recorded
     crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
     Result<std::string> text = run_awaitable(env.ioc, admin.get_event_deliveries(id));
     REQUIRE(text.has_value());
-    const rapidjson::Document doc = parse(*text);
+    const rapidjson::Document doc = parse_json(*text);
     REQUIRE(doc["event"].IsObject());
     CHECK(std::string(doc["event"]["id"].GetString()) == id);
     CHECK(std::string(doc["delivery"]["state"].GetString()) == "delivered");
@@ -493,7 +486,7 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
     crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
     Result<std::string> dead = run_awaitable(env.ioc, admin.list_deliveries("dead", 10, ""));
     REQUIRE(dead.has_value());
-    const rapidjson::Document listed = parse(*dead);
+    const rapidjson::Document listed = parse_json(*dead);
     REQUIRE(listed["items"].Size() == 2);
     CHECK(std::string(listed["items"][0]["state"].GetString()) == "dead");
 
@@ -503,7 +496,7 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
 
     Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0));
     REQUIRE(recovered.has_value());
-    const rapidjson::Document rec = parse(*recovered);
+    const rapidjson::Document rec = parse_json(*recovered);
     CHECK(rec["requeued"].GetInt() == 2);
     REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "delivered" && env.state_of(second) == "delivered"; },
                       10s));
@@ -513,7 +506,7 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
     // Recover again: nothing is dead any more.
     Result<std::string> again = run_awaitable(env.ioc, admin.recover(0));
     REQUIRE(again.has_value());
-    CHECK(parse(*again)["requeued"].GetInt() == 0);
+    CHECK(parse_json(*again)["requeued"].GetInt() == 0);
     check_all_signed(receiver);
 }
 
@@ -553,7 +546,7 @@ TEST_CASE("recover reads the dead letters a page at a time, past those that stay
     crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
     Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0), 60s);
     REQUIRE(recovered.has_value());
-    const rapidjson::Document rec = parse(*recovered);
+    const rapidjson::Document rec = parse_json(*recovered);
     CHECK(rec["requeued"].GetInt() == 2);
     REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "delivered" && env.state_of(second) == "delivered"; },
                       10s));
@@ -642,7 +635,7 @@ TEST_CASE("redeliver re-sends a delivered event under the same webhook-id — li
     for (;;) {
         Result<std::string> page = run_awaitable(env.ioc, admin.list_deliveries("delivered", 3, cursor));
         REQUIRE(page.has_value());
-        const rapidjson::Document doc = parse(*page);
+        const rapidjson::Document doc = parse_json(*page);
         for (const auto& item : doc["items"].GetArray()) {
             CHECK(seen.insert(item["event_id"].GetString()).second);
             CHECK(std::string(item["state"].GetString()) == "delivered");
@@ -657,13 +650,13 @@ TEST_CASE("redeliver re-sends a delivered event under the same webhook-id — li
     CHECK(seen == std::set<std::string>(ids.begin(), ids.end()));
     Result<std::string> all = run_awaitable(env.ioc, admin.list_deliveries("", 100, ""));
     REQUIRE(all.has_value());
-    CHECK(parse(*all)["items"].Size() == ids.size());
+    CHECK(parse_json(*all)["items"].Size() == ids.size());
     CHECK(run_awaitable(env.ioc, admin.list_deliveries("bogus", 10, "")).error() == errc::invalid_argument);
     CHECK(run_awaitable(env.ioc, admin.list_deliveries("dead", 10, "nonsense")).error() == errc::invalid_argument);
 
     Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(ids[3]));
     REQUIRE(again.has_value());
-    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "delivered");
+    CHECK(std::string(parse_json(*again)["previous_state"].GetString()) == "delivered");
     REQUIRE(run_until(env.ioc, [&] { return acknowledged_counts(receiver)[ids[3]] == 2; }, 10s));
     REQUIRE(run_until(env.ioc, [&] { return env.state_of(ids[3]) == "delivered"; }, 5s));
     CHECK(env.delivery(ids[3])["attempts"] == "2");
@@ -698,7 +691,7 @@ TEST_CASE("redeliver while an attempt is in flight is refused (conflict), so no 
     // Once the attempt is over, redeliver sends it again.
     Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(id));
     REQUIRE(again.has_value());
-    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "delivered");
+    CHECK(std::string(parse_json(*again)["previous_state"].GetString()) == "delivered");
     REQUIRE(run_until(env.ioc, [&] { return acknowledged_counts(receiver)[id] == 2; }, 5s));
     REQUIRE(run_until(env.ioc, [&] { return env.state_of(id) == "delivered"; }, 5s));
     CHECK(receiver.count() == 3);
@@ -721,7 +714,7 @@ TEST_CASE("an event not read yet is found by its outbox entry, and redeliver lea
     Result<std::string> doc = run_awaitable(env.ioc, admin.get_event_deliveries(id));
     REQUIRE(doc.has_value());
     {
-        const rapidjson::Document d = parse(*doc);
+        const rapidjson::Document d = parse_json(*doc);
         CHECK(std::string(d["event"]["id"].GetString()) == id);
         CHECK(std::string(d["delivery"]["state"].GetString()) == "pending");
         CHECK(std::string(d["delivery"]["bill_id"].GetString()) == "U_1");
@@ -729,7 +722,7 @@ TEST_CASE("an event not read yet is found by its outbox entry, and redeliver lea
     }
     Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(id));
     REQUIRE(again.has_value());
-    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "pending");
+    CHECK(std::string(parse_json(*again)["previous_state"].GetString()) == "pending");
     CHECK(run_awaitable(env.ioc, admin.redeliver("evt_U_1_2")).error() == errc::not_found);
     CHECK(run_awaitable(env.ioc, admin.get_event_deliveries("evt_U_1_x")).error() == errc::not_found);
 
@@ -767,14 +760,14 @@ TEST_CASE("an event whose delivery record expired is found by its outbox entry a
     Result<std::string> doc = run_awaitable(env.ioc, admin.get_event_deliveries(id));
     REQUIRE(doc.has_value());
     {
-        const rapidjson::Document got = parse(*doc);
+        const rapidjson::Document got = parse_json(*doc);
         CHECK(std::string(got["event"]["id"].GetString()) == id);
         CHECK(std::string(got["delivery"]["state"].GetString()) == "delivered");
         CHECK(std::string(got["delivery"]["entry_id"].GetString()).size() > 0);
     }
     Result<std::string> again = run_awaitable(env.ioc, admin.redeliver(id));
     REQUIRE(again.has_value());
-    CHECK(std::string(parse(*again)["previous_state"].GetString()) == "delivered");
+    CHECK(std::string(parse_json(*again)["previous_state"].GetString()) == "delivered");
     CHECK(env.state_of(id) == "pending");
 
     d = std::make_unique<RunningDispatcher>(env.ioc, env.cfg, options);
@@ -812,7 +805,7 @@ TEST_CASE("an event id is looked up in its bill's history before the outbox is r
     // A real one is still found: around its created_at first, then the whole stream.
     Result<std::string> doc = run_awaitable(env.ioc, admin.get_event_deliveries(id));
     REQUIRE(doc.has_value());
-    CHECK(std::string(parse(*doc)["event"]["id"].GetString()) == id);
+    CHECK(std::string(parse_json(*doc)["event"]["id"].GetString()) == id);
     CHECK(outbox_reads() > before);
     // A recent one is found in the window around its time, in one read.
     const long window_before = outbox_reads();

@@ -8,6 +8,7 @@
 // stream below the oldest entry still needed, so it never makes an entry lost.
 
 #include "tests/integration/crm/crm_fixture.hpp"
+#include "tests/support/json.hpp"
 
 #include "crm/delivery_schema.hpp"
 
@@ -27,14 +28,6 @@ namespace {
 // GET /v1/deliveries, so a change to it should show up here.
 const std::string kDeletedError = "outbox entry deleted from the stream before delivery";
 const std::string kHolder(crm::kRetryHolder);
-
-rapidjson::Document parse(const std::string& text)
-{
-    rapidjson::Document doc;
-    doc.Parse(text.c_str());
-    REQUIRE_FALSE(doc.HasParseError());
-    return doc;
-}
 
 /// An outbox entry: its stream entry id, event id and bill.
 struct Ev {
@@ -500,7 +493,7 @@ TEST_CASE("a dispatcher dead-letters a dead instance's deleted entry and a delet
     for (const std::string state : {"dead", "pending", "retrying"}) {
         Result<std::string> page = run_awaitable(env.ioc, admin.list_deliveries(state, 100, ""));
         REQUIRE(page.has_value());
-        const rapidjson::Document doc = parse(*page);
+        const rapidjson::Document doc = parse_json(*page);
         for (const auto& item : doc["items"].GetArray()) {
             CHECK(std::string(item["state"].GetString()) == state);
             listed[state][item["event_id"].GetString()] = item["last_error"].GetString();

@@ -14,6 +14,8 @@
 #include "gateways/crypto/crypto.hpp"
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/http_receiver.hpp"
+#include "tests/support/json.hpp"
+#include "tests/support/wait.hpp"
 
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
@@ -43,30 +45,11 @@
 
 namespace paybridge::test::crm_e2e {
 
+using paybridge::test::parse_json;  // for the tests that use this namespace alone
+using paybridge::test::wait_until;
+
 using namespace std::chrono_literals;
 
-inline rapidjson::Document parse(const std::string& text)
-{
-    rapidjson::Document d;
-    d.Parse(text.c_str());
-    REQUIRE_MESSAGE(!d.HasParseError(), text);
-    return d;
-}
-
-/// Polls `pred` every 50 ms until it holds or `limit` passes; returns its last value.
-inline bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit)
-{
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    for (;;) {
-        if (pred()) {
-            return true;
-        }
-        if (std::chrono::steady_clock::now() >= deadline) {
-            return false;
-        }
-        std::this_thread::sleep_for(50ms);
-    }
-}
 
 /// Marks every descriptor of this process close-on-exec. A child that inherited the receiver's
 /// listening socket would keep it alive, and a "stopped" receiver would still accept connections
@@ -227,7 +210,7 @@ inline std::vector<std::string> bill_event_ids(DaemonFixture& fx, const std::str
 {
     const HttpResult r = fx.get_bill(bill);
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    const rapidjson::Document d = parse(r.body);
+    const rapidjson::Document d = parse_json(r.body);
     std::vector<std::string> ids;
     for (const auto& ev : d["events"].GetArray()) {
         ids.emplace_back(ev["id"].GetString());
@@ -243,7 +226,7 @@ inline std::map<std::string, std::string> feed(DaemonFixture& fx)
     for (int page = 0; page < 100; ++page) {
         const HttpResult r = fx.api("GET", "/v1/events?limit=1000" + (after.empty() ? "" : "&after=" + after));
         REQUIRE_MESSAGE(r.status == 200, r.body);
-        const rapidjson::Document d = parse(r.body);
+        const rapidjson::Document d = parse_json(r.body);
         const auto& events = d["events"];
         if (events.Empty() || !d["next_cursor"].IsString()) {
             break;
@@ -264,7 +247,7 @@ inline rapidjson::Document delivery_doc(DaemonFixture& fx, const std::string& ev
 {
     const HttpResult r = fx.api("GET", "/v1/events/" + event_id);
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    return parse(r.body);
+    return parse_json(r.body);
 }
 
 /// The delivery state of an event ("" when there is no such event).
@@ -275,7 +258,7 @@ inline std::string delivery_state(DaemonFixture& fx, const std::string& event_id
         return {};
     }
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    const rapidjson::Document d = parse(r.body);
+    const rapidjson::Document d = parse_json(r.body);
     return d["delivery"]["state"].GetString();
 }
 
@@ -289,7 +272,7 @@ inline std::set<std::string> listed(DaemonFixture& fx, const std::string& state)
             "/v1/deliveries?state=" + state + "&limit=100" + (cursor.empty() ? "" : "&cursor=" + cursor);
         const HttpResult r = fx.api("GET", target);
         REQUIRE_MESSAGE(r.status == 200, r.body);
-        const rapidjson::Document d = parse(r.body);
+        const rapidjson::Document d = parse_json(r.body);
         for (const auto& item : d["items"].GetArray()) {
             CHECK(std::string(item["state"].GetString()) == state);
             ids.insert(item["event_id"].GetString());
@@ -339,7 +322,7 @@ inline void check_requests_well_formed(const HttpReceiver& receiver)
         CHECK(r.target == "/paybridge/events");
         CHECK(r.content_type == "application/json");
         CHECK(r.signature_ok);
-        const rapidjson::Document ev = parse(r.body);
+        const rapidjson::Document ev = parse_json(r.body);
         REQUIRE(ev.HasMember("id"));
         CHECK(r.webhook_id == ev["id"].GetString());
         auto [it, fresh] = body_of.emplace(r.webhook_id, r.body);

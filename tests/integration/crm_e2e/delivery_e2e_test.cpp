@@ -36,7 +36,7 @@ TEST_CASE("notify -> the CRM receives the signed event served by the bill histor
     REQUIRE(requests.size() == 2);  // one attempt each: nothing failed, nothing re-sent
     check_requests_well_formed(stack.receiver);
 
-    const rapidjson::Document bill = parse(fx.get_bill("E1001").body);
+    const rapidjson::Document bill = parse_json(fx.get_bill("E1001").body);
     const std::map<std::string, std::string> all = feed(fx);
     std::int64_t previous_sequence = 0;
     for (std::size_t i = 0; i < ids.size(); ++i) {
@@ -48,11 +48,11 @@ TEST_CASE("notify -> the CRM receives the signed event served by the bill histor
                          std::chrono::seconds(std::stoll(r.webhook_timestamp));
         CHECK(std::chrono::abs(std::chrono::duration_cast<std::chrono::seconds>(age)).count() <= 30);
 
-        const rapidjson::Document sent = parse(r.body);
+        const rapidjson::Document sent = parse_json(r.body);
         // The same object as the bill's history and the feed (API.md: "the same objects").
         CHECK(sent == bill["events"][static_cast<rapidjson::SizeType>(i)]);
         REQUIRE(all.count(ids[i]) == 1);
-        CHECK(sent == parse(all.at(ids[i])));
+        CHECK(sent == parse_json(all.at(ids[i])));
 
         CHECK(std::string(sent["bill_id"].GetString()) == "E1001");
         CHECK(sent["sequence"].GetInt64() > previous_sequence);
@@ -75,8 +75,8 @@ TEST_CASE("notify -> the CRM receives the signed event served by the bill histor
         CHECK(d["attempts"][0]["status"].GetInt() == 200);
         CHECK(d["event"] == sent);
     }
-    const rapidjson::Document paid = parse(requests[0].body);
-    const rapidjson::Document refund = parse(requests[1].body);
+    const rapidjson::Document paid = parse_json(requests[0].body);
+    const rapidjson::Document refund = parse_json(requests[1].body);
     CHECK(std::string(paid["type"].GetString()) == "bill.paid");
     CHECK(std::string(paid["bill"]["status"].GetString()) == "PAID");
     CHECK(paid["bill"]["paid_fen"].GetInt64() == 1000);
@@ -99,7 +99,7 @@ TEST_CASE("GET /v1/deliveries: state=delivered lists delivered events, limit up 
     HttpResult r = fx.api("GET", "/v1/deliveries?state=delivered");
     CHECK_MESSAGE(r.status == 200, r.body);
     if (r.status == 200) {
-        const rapidjson::Document d = parse(r.body);
+        const rapidjson::Document d = parse_json(r.body);
         REQUIRE(d["items"].Size() == 1);
         CHECK(std::string(d["items"][0]["event_id"].GetString()) == id);
         CHECK(std::string(d["items"][0]["state"].GetString()) == "delivered");
@@ -111,13 +111,13 @@ TEST_CASE("GET /v1/deliveries: state=delivered lists delivered events, limit up 
         CAPTURE(limit);
         r = fx.api("GET", "/v1/deliveries?state=pending&limit=" + limit);
         CHECK(r.status == 400);
-        const rapidjson::Document d = parse(r.body);
+        const rapidjson::Document d = parse_json(r.body);
         CHECK(std::string(d["error"]["field"].GetString()) == "limit");
         CHECK(std::string(d["error"]["message"].GetString()).find("500") != std::string::npos);
     }
     r = fx.api("GET", "/v1/deliveries?state=bogus");
     CHECK(r.status == 400);
-    CHECK(std::string(parse(r.body)["error"]["field"].GetString()) == "state");
+    CHECK(std::string(parse_json(r.body)["error"]["field"].GetString()) == "state");
 }
 
 TEST_CASE("500 then 200: delivered, and GET /v1/events/{id} shows both attempts")
@@ -252,7 +252,7 @@ TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver
     const std::string later = format_rfc3339(unix_ms(std::chrono::system_clock::now()) + 60'000);
     HttpResult r = fx.api("POST", "/v1/deliveries/recover?since=" + later);
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    CHECK(parse(r.body)["requeued"].GetInt() == 0);
+    CHECK(parse_json(r.body)["requeued"].GetInt() == 0);
     CHECK(fx.api("POST", "/v1/deliveries/recover?since=yesterday").status == 400);
     CHECK(fx.api("POST", "/v1/deliveries/recover").status == 400);
     CHECK(fx.api("GET", "/v1/deliveries?state=dead&cursor=nonsense").status == 400);
@@ -260,7 +260,7 @@ TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver
     r = fx.api("POST", "/v1/deliveries/recover?since=" + before);
     REQUIRE_MESSAGE(r.status == 200, r.body);
     {
-        const rapidjson::Document d = parse(r.body);
+        const rapidjson::Document d = parse_json(r.body);
         CHECK(d["requeued"].GetInt() == 1);
         REQUIRE(d["event_ids"].Size() == 1);
         CHECK(std::string(d["event_ids"][0].GetString()) == id);
@@ -272,7 +272,7 @@ TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver
     // An operator asks for one more copy: same webhook-id, same event.
     r = fx.api("POST", "/v1/events/" + id + "/redeliver");
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    CHECK(std::string(parse(r.body)["previous_state"].GetString()) == "delivered");
+    CHECK(std::string(parse_json(r.body)["previous_state"].GetString()) == "delivered");
     REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver)[id] == 2; }, 15s));
     REQUIRE(wait_until([&] { return delivery_state(fx, id) == "delivered"; }, 10s));
     CHECK(stack.receiver.count() == 5);
@@ -375,7 +375,7 @@ TEST_CASE("through a Redis Cluster: bills on every master are paid and every eve
         20s));
     std::set<std::string> delivered;
     for (const ReceivedRequest& r : stack.receiver.requests()) {
-        const rapidjson::Document sent = parse(r.body);
+        const rapidjson::Document sent = parse_json(r.body);
         CHECK(std::string(sent["type"].GetString()) == "bill.paid");
         delivered.insert(sent["bill_id"].GetString());
     }

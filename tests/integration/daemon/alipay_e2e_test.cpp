@@ -4,6 +4,7 @@
 #include "gateways/alipay/alipay_sim.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "tests/support/daemon_fixture.hpp"
+#include "tests/support/json.hpp"
 #include "tests/support/redis_server.hpp"
 
 #include <doctest/doctest.h>
@@ -18,14 +19,6 @@ using namespace paybridge::test;
 namespace alipay = paybridge::gateways::alipay;
 
 namespace {
-
-rapidjson::Document parse(const std::string& text)
-{
-    rapidjson::Document d;
-    d.Parse(text.c_str());
-    REQUIRE_MESSAGE(!d.HasParseError(), text);
-    return d;
-}
 
 struct Alipay {
     DaemonFixture& fx;
@@ -56,7 +49,7 @@ std::string status_of(DaemonFixture& fx, const std::string& bill)
 {
     auto r = fx.get_bill(bill);
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    auto d = parse(r.body);
+    auto d = parse_json(r.body);
     return d["status"].GetString();
 }
 
@@ -64,7 +57,7 @@ std::size_t events_of(DaemonFixture& fx, const std::string& bill)
 {
     auto r = fx.get_bill(bill);
     REQUIRE(r.status == 200);
-    auto d = parse(r.body);
+    auto d = parse_json(r.body);
     return d["events"].Size();
 }
 
@@ -120,7 +113,7 @@ TEST_CASE("alipay: register, pay, duplicate, TRADE_FINISHED, 50 concurrent copie
     CHECK(ok == 50);
     CHECK(fx.outbox_length() == 2);
     CHECK(events_of(fx, "B1002") == 1);
-    auto bill = parse(fx.get_bill("B1002").body);
+    auto bill = parse_json(fx.get_bill("B1002").body);
     CHECK(bill["version"].GetInt() == 2);
     CHECK(bill["paid_fen"].GetInt64() == 500);
     CHECK(std::string(bill["provider"].GetString()) == "alipay");
@@ -180,7 +173,7 @@ TEST_CASE("alipay: anomalies are acknowledged and recorded")
     CHECK(fx.post_alipay(wrong).body == "success");
     CHECK(fx.post_alipay(wrong).body == "success");
     CHECK(status_of(fx, "B3001") == "PENDING");
-    auto anomalies = parse(fx.api("GET", "/v1/anomalies").body);
+    auto anomalies = parse_json(fx.api("GET", "/v1/anomalies").body);
     REQUIRE(anomalies["anomalies"].Size() == 1);
     CHECK(std::string(anomalies["anomalies"][0]["kind"].GetString()) == "amount_mismatch");
 
@@ -208,7 +201,7 @@ TEST_CASE("alipay: anomalies are acknowledged and recorded")
     CHECK(fx.post_alipay(other_trade).body == "success");
     CHECK(status_of(fx, "B3004") == "PAID");
 
-    anomalies = parse(fx.api("GET", "/v1/anomalies?limit=100").body);
+    anomalies = parse_json(fx.api("GET", "/v1/anomalies?limit=100").body);
     std::vector<std::string> kinds;
     for (auto& a : anomalies["anomalies"].GetArray()) {
         kinds.emplace_back(a["kind"].GetString());
@@ -232,14 +225,14 @@ TEST_CASE("alipay: an authentic notification whose amount does not read is recor
     std::string forged = unreadable;
     forged.replace(forged.find("10.001"), 6, "10.002");
     CHECK(fx.post_alipay(forged).status == 400);
-    CHECK(parse(fx.api("GET", "/v1/anomalies").body)["anomalies"].Size() == 0);
+    CHECK(parse_json(fx.api("GET", "/v1/anomalies").body)["anomalies"].Size() == 0);
     for (int i = 0; i < 3; ++i) {  // Alipay's retries
         const auto r = fx.post_alipay(unreadable);
         CHECK(r.status == 400);
         CHECK(r.body == "fail");
     }
     CHECK(status_of(fx, "B3101") == "PENDING");
-    auto anomalies = parse(fx.api("GET", "/v1/anomalies").body);
+    auto anomalies = parse_json(fx.api("GET", "/v1/anomalies").body);
     REQUIRE(anomalies["anomalies"].Size() == 1);
     const auto& anomaly = anomalies["anomalies"][0];
     CHECK(std::string(anomaly["kind"].GetString()) == "unusable_notification");
@@ -247,7 +240,7 @@ TEST_CASE("alipay: an authentic notification whose amount does not read is recor
     CHECK(std::string(anomaly["detail"]["problem"].GetString()) ==
           "total_amount \"10.001\" is not an amount in yuan (digits, at most two decimals)");
     // The CRM hears of it: one bill.anomaly event in the bill's history (and the outbox).
-    auto bill = parse(fx.get_bill("B3101").body);
+    auto bill = parse_json(fx.get_bill("B3101").body);
     REQUIRE(bill["events"].Size() == 1);
     CHECK(std::string(bill["events"][0]["type"].GetString()) == "bill.anomaly");
     CHECK(std::string(bill["events"][0]["data"]["anomaly"].GetString()) == "unusable_notification");
@@ -268,7 +261,7 @@ TEST_CASE("alipay: partial then full refund — refund before payment — certif
     CHECK(status_of(fx, "B4001") == "PARTIALLY_REFUNDED");
     CHECK(fx.post_alipay(partial).body == "success");  // duplicate
     CHECK(fx.post_alipay(ali.refund("B4001", 1000, 1000, "R2")).body == "success");
-    auto bill = parse(fx.get_bill("B4001").body);
+    auto bill = parse_json(fx.get_bill("B4001").body);
     CHECK(std::string(bill["status"].GetString()) == "REFUNDED");
     CHECK(bill["refunded_fen"].GetInt64() == 1000);
     CHECK(bill["events"].Size() == 3);
@@ -279,7 +272,7 @@ TEST_CASE("alipay: partial then full refund — refund before payment — certif
     // A refund notification seen while the bill is PENDING applies the payment first.
     REQUIRE(fx.create_bill("B4002", 800).status == 201);
     CHECK(fx.post_alipay(ali.refund("B4002", 800, 200, "R9")).body == "success");
-    bill = parse(fx.get_bill("B4002").body);
+    bill = parse_json(fx.get_bill("B4002").body);
     CHECK(std::string(bill["status"].GetString()) == "PARTIALLY_REFUNDED");
     CHECK(bill["paid_fen"].GetInt64() == 800);
     // paid_at is the payment's time the refund states (gmt_payment, an hour before gmt_refund).

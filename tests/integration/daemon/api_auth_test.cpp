@@ -9,6 +9,8 @@
 #include "gateways/crypto/crypto.hpp"
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/http_receiver.hpp"
+#include "tests/support/json.hpp"
+#include "tests/support/wait.hpp"
 
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
@@ -27,25 +29,6 @@ namespace alipay = paybridge::gateways::alipay;
 
 namespace {
 
-rapidjson::Document parse(const std::string& text)
-{
-    rapidjson::Document d;
-    d.Parse(text.c_str());
-    REQUIRE_MESSAGE(!d.HasParseError(), text);
-    return d;
-}
-
-bool wait_until(const std::function<bool()>& pred, std::chrono::milliseconds limit)
-{
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() >= deadline) {
-            return false;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(50));
-    }
-    return true;
-}
 
 struct Route {
     std::string method;
@@ -97,7 +80,7 @@ TEST_CASE("/v1 API without a valid bearer token: every route answers 401 and cha
     {
         const HttpResult bill = fx.get_bill("A9001");
         REQUIRE_MESSAGE(bill.status == 200, bill.body);
-        const rapidjson::Document d = parse(bill.body);
+        const rapidjson::Document d = parse_json(bill.body);
         REQUIRE(d["events"].Size() == 1);
         event_id = d["events"][0]["id"].GetString();
     }
@@ -119,7 +102,7 @@ TEST_CASE("/v1 API without a valid bearer token: every route answers 401 and cha
     const std::string bills_before = bills_list();
     const std::string bill_before = fx.get_bill("A9001").body;
     const std::string delivery_before = delivery();
-    REQUIRE(std::string(parse(delivery_before)["delivery"]["state"].GetString()) == "dead");
+    REQUIRE(std::string(parse_json(delivery_before)["delivery"]["state"].GetString()) == "dead");
     const long long outbox_before = fx.outbox_length();
     const std::size_t crm_requests_before = crm.count();
 
@@ -192,7 +175,7 @@ TEST_CASE("/v1 API without a valid bearer token: every route answers 401 and cha
             CHECK_MESSAGE(r.status == 201, r.body);
         } else if (route.target.ends_with("/redeliver")) {
             REQUIRE_MESSAGE(r.status == 200, r.body);
-            CHECK(std::string(parse(r.body)["previous_state"].GetString()) == "dead");
+            CHECK(std::string(parse_json(r.body)["previous_state"].GetString()) == "dead");
         } else {
             CHECK_MESSAGE(r.status == 200, r.body);
         }

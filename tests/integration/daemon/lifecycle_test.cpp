@@ -6,6 +6,7 @@
 #include "gateways/crypto/crypto.hpp"
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/redis_server.hpp"
+#include "tests/support/wait.hpp"
 
 #include <boost/asio/connect.hpp>
 #include <boost/asio/io_context.hpp>
@@ -54,19 +55,6 @@ int open_connections_on(asio::ip::tcp::socket& s)
         return -1;
     }
     return std::stoi(res.body().substr(at + name.size()));
-}
-
-/// Polls until `pred` holds or `limit` passes; returns its last value.
-bool poll_until(const std::function<bool()>& pred, std::chrono::milliseconds limit)
-{
-    const auto deadline = std::chrono::steady_clock::now() + limit;
-    while (!pred()) {
-        if (std::chrono::steady_clock::now() >= deadline) {
-            return false;
-        }
-        std::this_thread::sleep_for(std::chrono::milliseconds(25));
-    }
-    return true;
 }
 
 /// Bytes the kernel holds for the daemon's end of the loopback connection from client_port to
@@ -157,7 +145,7 @@ TEST_CASE("connection cap: connections beyond limits.max_connections are closed 
     // below are all it has.
     held.emplace_back(ioc);
     held.back().connect({asio::ip::make_address("127.0.0.1"), fx.port()});
-    REQUIRE(poll_until([&] { return open_connections_on(held.back()) == 1; }, std::chrono::seconds(5)));
+    REQUIRE(wait_until([&] { return open_connections_on(held.back()) == 1; }, std::chrono::seconds(5)));
     for (int i = 1; i < 4; ++i) {
         held.emplace_back(ioc);
         held.back().connect({asio::ip::make_address("127.0.0.1"), fx.port()});
@@ -195,7 +183,7 @@ TEST_CASE("graceful shutdown: SIGTERM lets a request in flight finish, then exit
     s.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
     // The daemon holds this connection (it answers on it), and it is the only one open: the
     // readiness checks' connections have gone.
-    REQUIRE(poll_until([&] { return open_connections_on(s) == 1; }, std::chrono::seconds(5)));
+    REQUIRE(wait_until([&] { return open_connections_on(s) == 1; }, std::chrono::seconds(5)));
     const std::string body = R"({"id":"G1","amount_fen":100,"customer_id":"c"})";
     const std::string head = "POST /v1/bills HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " +
                              std::string(DaemonFixture::kApiToken) +
@@ -205,10 +193,10 @@ TEST_CASE("graceful shutdown: SIGTERM lets a request in flight finish, then exit
     // The daemon has read what was sent of the request before the stop: it is in flight, not
     // still unread in the socket.
     const std::uint16_t client_port = s.local_endpoint().port();
-    REQUIRE(poll_until([&] { return unread_by_server(fx.port(), client_port) == 0; }, std::chrono::seconds(5)));
+    REQUIRE(wait_until([&] { return unread_by_server(fx.port(), client_port) == 0; }, std::chrono::seconds(5)));
     fx.process().signal(SIGTERM);
     // New connections are no longer accepted...
-    CHECK(poll_until([&] { return connect_refused(fx.port()); }, std::chrono::seconds(5)));
+    CHECK(wait_until([&] { return connect_refused(fx.port()); }, std::chrono::seconds(5)));
     // A logrotate SIGHUP, a second SIGTERM and a Ctrl-C during the drain change nothing (once the
     // daemon stopped handling them, each would have killed it with the request unanswered). Each is
     // logged as ignored once handled: wait for all three before finishing the request.
@@ -225,7 +213,7 @@ TEST_CASE("graceful shutdown: SIGTERM lets a request in flight finish, then exit
     for (const int sig : {SIGHUP, SIGTERM, SIGINT}) {
         fx.process().signal(sig);
     }
-    CHECK_MESSAGE(poll_until([&] { return ignored() >= 3; }, std::chrono::seconds(5)), fx.log());
+    CHECK_MESSAGE(wait_until([&] { return ignored() >= 3; }, std::chrono::seconds(5)), fx.log());
     // ...but the request in flight completes.
     asio::write(s, asio::buffer(body.substr(10)));
     std::string answer;

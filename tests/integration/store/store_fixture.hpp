@@ -7,6 +7,7 @@
 #include "core/bill_store.hpp"
 #include "store/redis_bill_store.hpp"
 #include "store/redis_connection.hpp"
+#include "tests/support/json.hpp"
 #include "tests/support/redis_server.hpp"
 
 #include <boost/asio/io_context.hpp>
@@ -33,14 +34,6 @@ inline config::RedisConfig redis_config(const RedisTestServer& server)
     cfg.request_timeout = std::chrono::milliseconds(2000);
     cfg.connect_timeout = std::chrono::milliseconds(500);
     return cfg;
-}
-
-inline rapidjson::Document parse_json(const std::string& text)
-{
-    rapidjson::Document doc;
-    doc.Parse(text.data(), text.size());
-    REQUIRE_MESSAGE(!doc.HasParseError(), "invalid JSON: " << text);
-    return doc;
 }
 
 inline std::string str(const rapidjson::Value& v, const char* name)

@@ -7,6 +7,7 @@
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/wechatpay/wechatpay_sim.hpp"
 #include "tests/support/daemon_fixture.hpp"
+#include "tests/support/json.hpp"
 
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
@@ -24,6 +25,7 @@ namespace wx = paybridge::gateways::wechatpay;
 namespace crypto = paybridge::crypto;
 using paybridge::test::DaemonFixture;
 using paybridge::test::HttpResult;
+using paybridge::test::parse_json;
 
 /// Serial of the fixture's platform certificate as WeChat sends it (the fixture issues it as
 /// 05157F…; the header carries it without the leading zero, as the Java SDK prints it).
@@ -33,14 +35,6 @@ inline std::int64_t now_unix()
 {
     return std::chrono::duration_cast<std::chrono::seconds>(std::chrono::system_clock::now().time_since_epoch())
         .count();
-}
-
-inline rapidjson::Document parse(const std::string& text)
-{
-    rapidjson::Document d;
-    d.Parse(text.c_str());
-    REQUIRE_MESSAGE(!d.HasParseError(), text);
-    return d;
 }
 
 inline std::string str(const rapidjson::Value& v, const char* name)
@@ -58,7 +52,7 @@ inline rapidjson::Document bill_of(DaemonFixture& fx, const std::string& id)
 {
     auto r = fx.get_bill(id);
     REQUIRE_MESSAGE(r.status == 200, (id + ": " + r.body));
-    return parse(r.body);
+    return parse_json(r.body);
 }
 
 inline std::string status_of(DaemonFixture& fx, const std::string& id) { return str(bill_of(fx, id), "status"); }
@@ -84,7 +78,7 @@ inline std::vector<std::string> anomalies_of(DaemonFixture& fx, const std::strin
 {
     auto r = fx.api("GET", "/v1/anomalies?limit=100");
     REQUIRE_MESSAGE(r.status == 200, r.body);
-    auto d = parse(r.body);
+    auto d = parse_json(r.body);
     std::vector<std::string> kinds;
     for (const auto& a : d["anomalies"].GetArray()) {
         if (str(a, "bill_id") == bill_id) {
@@ -99,7 +93,7 @@ inline void check_v3_fail(const HttpResult& r, int status)
 {
     CHECK(r.status == status);
     CHECK(r.header("content-type").starts_with("application/json"));
-    auto d = parse(r.body);
+    auto d = parse_json(r.body);
     CHECK(str(d, "code") == "FAIL");
     CHECK(!str(d, "message").empty());
 }

@@ -363,7 +363,7 @@ TEST_CASE("wechatpay mixed: paid through v3 and refunded through v3 and the merc
     CHECK(fx.outbox_length() == 3);
 
     // The event feed the CRM reads agrees with the bill's history, in order.
-    auto feed = parse(fx.api("GET", "/v1/events?limit=100").body);
+    auto feed = parse_json(fx.api("GET", "/v1/events?limit=100").body);
     std::vector<std::string> types;
     for (const auto& e : feed["events"].GetArray()) {
         if (str(e, "bill_id") == "M1001") {
