@@ -5,6 +5,8 @@
 #include "config/detail/problems.hpp"
 #include "config/detail/schema_check.hpp"
 
+#include <unistd.h>
+
 #include <openssl/evp.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
@@ -220,6 +222,10 @@ private:
             problems_.note(ptr, shown_path(v) + " is empty");
             return std::nullopt;
         }
+        if (std::string warning = detail::foreign_writable_warning(file, static_cast<unsigned>(::geteuid()), shown_path(v));
+            !warning.empty()) {
+            problems_.warn(ptr, warning);
+        }
         return std::move(file.content);
     }
 
@@ -277,8 +283,8 @@ private:
             problems_.note(ptr, found.problem);
             return std::nullopt;
         }
-        if (!found.warning.empty()) {
-            problems_.warn(ptr, found.warning);
+        for (const std::string& warning : found.warnings) {
+            problems_.warn(ptr, warning);
         }
         return std::move(found.value);
     }
@@ -696,7 +702,13 @@ LoadReport load_config(const std::filesystem::path& file, const SecretSource& se
         report.problems.push_back("cannot read " + file.string() + ": " + content.error);
         return report;
     }
-    return load_config_text(*content.content, file, secrets);
+    LoadReport report = load_config_text(*content.content, file, secrets);
+    // The configuration names every key and secret: whoever may change it may name their own.
+    if (std::string warning = detail::foreign_writable_warning(content, static_cast<unsigned>(::geteuid()), file.string());
+        !warning.empty()) {
+        report.warnings.insert(report.warnings.begin(), std::move(warning));
+    }
+    return report;
 }
 
 }  // namespace paybridge::config

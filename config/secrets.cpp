@@ -2,6 +2,8 @@
 
 #include "config/detail/files.hpp"
 
+#include <unistd.h>
+
 #include <cstdlib>
 
 namespace paybridge::config {
@@ -52,7 +54,12 @@ SecretLookup read_secret_file(const std::filesystem::path& path, std::string_vie
         return failure(std::string(shown) + " is empty");
     }
     SecretLookup out;
-    out.warning = detail::world_readable_warning(file.mode, shown);
+    for (std::string warning : {detail::world_readable_warning(file.mode, shown),
+                                detail::foreign_writable_warning(file, static_cast<unsigned>(::geteuid()), shown)}) {
+        if (!warning.empty()) {
+            out.warnings.push_back(std::move(warning));
+        }
+    }
     out.value = std::move(file.content);
     return out;
 }

@@ -17,6 +17,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace paybridge::config {
 
@@ -24,7 +25,9 @@ namespace paybridge::config {
 struct SecretLookup {
     std::optional<std::string> value;  ///< set on success; never empty
     std::string problem;  ///< when !value: a sentence naming the variable or file, never the secret
-    std::string warning;  ///< when value: what is unsafe about where it lives (a world-readable file), if anything
+    /// when value: what is unsafe about where it lives (a file every user may read, or others may
+    /// change), if anything
+    std::vector<std::string> warnings;
 
     explicit operator bool() const noexcept { return value.has_value(); }
 };

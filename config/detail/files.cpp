@@ -58,6 +58,7 @@ FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes)
         return out;
     }
     out.mode = static_cast<unsigned>(st.st_mode & 07777);
+    out.uid = static_cast<unsigned>(st.st_uid);
     std::string content;
     char buffer[8192];
     for (;;) {
@@ -91,6 +92,22 @@ std::string world_readable_warning(unsigned mode, std::string_view shown)
     std::snprintf(octal, sizeof octal, "%04o", mode & 07777U);
     return std::string(shown) + " holds a secret but every user may read it (mode " + octal +
            "): chmod o-rwx it";
+}
+
+std::string foreign_writable_warning(const FileContent& file, unsigned self_uid, std::string_view shown)
+{
+    if ((file.mode & (S_IWGRP | S_IWOTH)) != 0) {
+        char octal[8];
+        std::snprintf(octal, sizeof octal, "%04o", file.mode & 07777U);
+        return std::string(shown) + " may be changed by users other than its owner (mode " + octal +
+               "), and paybridged trusts what it holds: chmod go-w it";
+    }
+    if (file.uid != 0 && file.uid != self_uid) {
+        return std::string(shown) + " is owned by uid " + std::to_string(file.uid) +
+               ", neither root nor the user paybridged runs as (uid " + std::to_string(self_uid) +
+               "), who may change it, and paybridged trusts what it holds: chown it";
+    }
+    return {};
 }
 
 std::size_t count_pem_certificates(std::string_view pem)

@@ -6,6 +6,8 @@
 #include <doctest/doctest.h>
 #include <openssl/evp.h>
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <filesystem>
 #include <fstream>
@@ -477,6 +479,55 @@ TEST_CASE("config: a secret or private key file every user may read loads, with 
               "/tls/key_file: tls/server.key holds a secret but every user may read it (mode 0404): chmod o-rwx it",
               "/redis/password: secrets/redis.txt holds a secret but every user may read it (mode 0644): chmod o-rwx it",
           });
+}
+
+TEST_CASE("config: a file others may change loads, with a warning naming it: the configuration, a key, a secret")
+{
+    MinimalFixture f;
+    f.box.write("secrets/redis.txt", "redis-password\n");
+    f.box.write("secrets/crm.txt", webhook_secret() + "\n");
+    const auto config_path = f.box.write("paybridge.json", R"({
+      "redis": { "password": "file:secrets/redis.txt" },
+      "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1",
+                                      "apiv3_key": "env:V3", "platform_certificates": ["platform.pem"] } ] },
+      "crm": { "url": "https://crm.example.com/hook", "secret": "file:secrets/crm.txt" }
+    })");
+    const auto mode = [&](const std::filesystem::path& path, std::filesystem::perms perms) {
+        std::filesystem::permissions(path, perms);
+    };
+    using P = std::filesystem::perms;
+    mode(config_path, P::owner_read | P::owner_write | P::group_read | P::group_write);      // 0660
+    mode(f.box.dir() / "platform.pem", P::owner_read | P::group_read | P::others_read | P::others_write);  // 0446
+    mode(f.box.dir() / "secrets/redis.txt", P::owner_read | P::group_read | P::group_write);              // 0460
+    mode(f.box.dir() / "secrets/crm.txt", P::owner_read | P::owner_write);                                 // 0600
+    std::vector<std::string> expected{
+        config_path.string() +
+            " may be changed by users other than its owner (mode 0660), and paybridged trusts what it holds: chmod "
+            "go-w it",
+        "/redis/password: secrets/redis.txt may be changed by users other than its owner (mode 0460), and "
+        "paybridged trusts what it holds: chmod go-w it",
+        "/wechatpay/merchants/0/platform_certificates/0: platform.pem may be changed by users other than its owner "
+        "(mode 0446), and paybridged trusts what it holds: chmod go-w it"};
+    // A third user's file, with safe permission bits. Only root can give a file away.
+    const unsigned self = static_cast<unsigned>(::geteuid());
+    if (self == 0) {
+        REQUIRE(::chown((f.box.dir() / "secrets/crm.txt").c_str(), 65534, 65534) == 0);
+        expected.push_back("/crm/secret: secrets/crm.txt is owned by uid 65534, neither root nor the user paybridged "
+                           "runs as (uid 0), who may change it, and paybridged trusts what it holds: chown it");
+    } else {
+        MESSAGE("not root: the third-owner case is not exercised");
+    }
+    const LoadReport report = config::load_config(config_path, SecretSource(f.env()));
+    INFO(dump(report.problems));
+    REQUIRE(report.config);
+    CHECK(report.config->redis.password == "redis-password");
+    std::vector<std::string> got = report.warnings;
+    REQUIRE_FALSE(got.empty());
+    CHECK(got.front() == expected.front());  // the configuration itself comes first
+    std::sort(got.begin(), got.end());
+    std::sort(expected.begin(), expected.end());
+    INFO("got:\n" << dump(got) << "expected:\n" << dump(expected));
+    CHECK(got == expected);
 }
 
 TEST_CASE("config: inline secrets are rejected, naming the key and not the value")

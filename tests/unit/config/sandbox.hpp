@@ -31,14 +31,18 @@ public:
 
     const std::filesystem::path& dir() const noexcept { return dir_; }
 
-    /// Writes `content` to `relative` (parent folders created); returns the absolute path.
+    /// Writes `content` to `relative` (parent folders created), mode 0644 whatever the umask (the
+    /// loader warns about files others may change); returns the absolute path.
     std::filesystem::path write(const std::string& relative, std::string_view content) const
     {
         const std::filesystem::path path = dir_ / relative;
         std::filesystem::create_directories(path.parent_path());
         std::ofstream out(path, std::ios::binary | std::ios::trunc);
         out.write(content.data(), static_cast<std::streamsize>(content.size()));
+        out.close();
         REQUIRE(out.good());
+        using P = std::filesystem::perms;
+        std::filesystem::permissions(path, P::owner_read | P::owner_write | P::group_read | P::others_read);
         return path;
     }
 
