@@ -10,8 +10,6 @@
 #include "store/redis_connection.hpp"
 #include "tests/integration/store/store_fixture.hpp"
 
-#include <boost/asio/co_spawn.hpp>
-#include <boost/asio/detached.hpp>
 #include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
 
@@ -274,12 +272,8 @@ paybridge::config::RedisConfig cluster_config_for(const ScriptedServer& server)
     return cfg;
 }
 
-asio::awaitable<void> get_into(RedisConnection* conn, Result<Reply>* out, bool* done)
-{
-    std::vector<std::string> argv{"GET", "k"};
-    *out = co_await conn->exec(std::move(argv));
-    *done = true;
-}
+/// The one request these tests send.
+std::vector<std::string> get_k() { return {"GET", "k"}; }
 
 }  // namespace
 
@@ -318,10 +312,7 @@ TEST_SUITE("store/hostile_redis")
         RedisConnection conn(ctx.get_executor(), config_for(server));
         conn.start();
         REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready(); }, 10s));
-        Result<Reply> reply = Reply{};
-        bool done = false;
-        asio::co_spawn(ctx, get_into(&conn, &reply, &done), asio::detached);
-        REQUIRE(paybridge::test::run_until(ctx, [&] { return done; }, 20s));
+        const Result<Reply> reply = paybridge::test::run_awaitable(ctx, conn.exec(get_k()), 20s);
         CHECK_FALSE(reply.has_value());
         // The server's thread notices the close on its next send.
         REQUIRE(paybridge::test::run_until(ctx, [&] { return server.closed_by_client > 0; }, 10s));
@@ -379,10 +370,7 @@ TEST_SUITE("store/hostile_redis")
         conn.start();
         REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready(); }, 10s));
         for (int i = 0; i < 2; ++i) {
-            Result<Reply> reply = Reply{};
-            bool done = false;
-            asio::co_spawn(ctx, get_into(&conn, &reply, &done), asio::detached);
-            REQUIRE(paybridge::test::run_until(ctx, [&] { return done; }, 10s));
+            const Result<Reply> reply = paybridge::test::run_awaitable(ctx, conn.exec(get_k()), 10s);
             CHECK_FALSE(reply.has_value());
         }
         // The second request found the connection without a reply for longer than request_timeout:
@@ -438,10 +426,7 @@ TEST_SUITE("store/hostile_redis")
         // 999 others and this node: 1000 masters, taken. A redirection to a 1001st is not followed.
         masters = 999;
         REQUIRE(paybridge::test::run_until(ctx, [&] { return logs.has("redis.cluster_map\""); }, 10s));
-        Result<Reply> reply = Reply{};
-        bool done = false;
-        asio::co_spawn(ctx, get_into(&conn, &reply, &done), asio::detached);
-        REQUIRE(paybridge::test::run_until(ctx, [&] { return done; }, 10s));
+        const Result<Reply> reply = paybridge::test::run_awaitable(ctx, conn.exec(get_k()), 10s);
         REQUIRE(reply.has_value());
         CHECK(reply->is_error());
         CHECK(reply->str.rfind("MOVED", 0) == 0);

@@ -2,9 +2,8 @@
 // for a connection, and when stop() comes, before the server's io_context runs again.
 
 #include "config/config.hpp"
-#include "core/bill_store.hpp"
-#include "core/error.hpp"
 #include "daemon/http_server.hpp"
+#include "tests/support/fake_bill_store.hpp"
 #include "webhooks/runtime.hpp"
 #include "webhooks/service.hpp"
 
@@ -27,24 +26,12 @@ using asio::ip::tcp;
 
 namespace {
 
-/// A store that is never reached: the requests here are /healthz.
-struct UnusedStore final : BillStore {
-    awaitable<Result<ApplyResult>> apply(PaymentEvent) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<RegisterResult>> register_bill(NewBill) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<std::optional<BillView>>> get_bill(std::string) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<Page>> list_bills(BillFilter) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<Page>> list_events(std::string, std::size_t) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<Page>> list_anomalies(std::string, std::size_t) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<std::string>> summary(std::int64_t, std::int64_t) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<void>> ping() override { co_return Result<void>{}; }
-};
-
 /// The real service (with a store it never reaches: the requests here are /healthz) behind an
 /// HttpServer on 127.0.0.1, and one connected client. The server's io_context runs only when the
 /// test says so, so the test decides what the kernel holds when stop() comes.
 struct Server {
     asio::io_context ioc;
-    UnusedStore store;
+    test::FakeBillStore store;  // never reached: the requests here are /healthz
     webhooks::RuntimePtr runtime = std::make_shared<webhooks::Runtime>();
     webhooks::Service service{webhooks::Service::Deps{
         .store = store, .deliveries = nullptr, .runtime = [this] { return runtime; }, .ready = [] { return true; }}};

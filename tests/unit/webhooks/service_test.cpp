@@ -3,6 +3,7 @@
 // gateways/ interfaces; the real gateways and store are tested end to end in tests/integration.
 
 #include "core/error.hpp"
+#include "tests/support/fake_bill_store.hpp"
 #include "tests/support/redis_server.hpp"
 #include "webhooks/service.hpp"
 
@@ -50,28 +51,7 @@ private:
 };
 
 /// apply() throws when told to; every other call is never made by these tests.
-class FakeStore final : public BillStore {
-public:
-    bool throw_on_apply{false};
-    int applied{0};
-    ApplyResult answer{.outcome = ApplyOutcome::applied, .anomaly = "", .status = "PAID"};
-    awaitable<Result<ApplyResult>> apply(PaymentEvent) override
-    {
-        if (throw_on_apply) {
-            throw std::runtime_error("a bug in the store");
-        }
-        ++applied;
-        ApplyResult r = answer;
-        co_return r;
-    }
-    awaitable<Result<RegisterResult>> register_bill(NewBill) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<std::optional<BillView>>> get_bill(std::string) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<Page>> list_bills(BillFilter) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<Page>> list_events(std::string, std::size_t) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<Page>> list_anomalies(std::string, std::size_t) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<std::string>> summary(std::int64_t, std::int64_t) override { co_return make_error_code(errc::internal); }
-    awaitable<Result<void>> ping() override { co_return Result<void>{}; }
-};
+using FakeStore = paybridge::test::FakeBillStore;
 
 struct Fixture {
     FakeStore store;
