@@ -64,22 +64,28 @@ Result<std::string> verify_sign(const XmlFields& fields, std::string_view key)
     auto matches = [&](V2SignType type) {
         return crypto::constant_time_equal(v2_sign(fields, key, type), received);
     };
+    // The declared sign_type first; without one, the notify default is MD5, so guess from the
+    // length. WeChat has been seen signing with MD5 where HMAC-SHA256 was ordered (PROTOCOLS.md
+    // §3.2, pitfall 29), so on a mismatch the other algorithm is tried too: both are keyed with the
+    // API v2 key. (A declared sign_type is a signed field, so it cannot be changed on the way.)
+    V2SignType first = received.size() == 64 ? V2SignType::hmac_sha256 : V2SignType::md5;
+    std::string_view how = " (no sign_type)";
     if (const std::string* declared = find_field(fields, "sign_type"); declared != nullptr && !declared->empty()) {
         const auto type = parse_sign_type(*declared);
-        if (!type || !matches(*type)) {
+        if (!type) {
             return error(errc::bad_signature);
         }
-        return std::string("signed ") + std::string(sign_type_name(*type));
+        first = *type;
+        how = "";
     }
-    // No sign_type: the notify default is MD5, but WeChat has been seen signing with either, so
-    // guess from the length and fall back to the other algorithm (PROTOCOLS.md §3.2, pitfall 29).
-    const V2SignType first = received.size() == 64 ? V2SignType::hmac_sha256 : V2SignType::md5;
     const V2SignType second = first == V2SignType::md5 ? V2SignType::hmac_sha256 : V2SignType::md5;
     if (matches(first)) {
-        return std::string("signed ") + std::string(sign_type_name(first)) + " (no sign_type)";
+        return std::string("signed ") + std::string(sign_type_name(first)) + std::string(how);
     }
     if (matches(second)) {
-        return std::string("signed ") + std::string(sign_type_name(second)) + " (no sign_type, fallback)";
+        return std::string("signed ") + std::string(sign_type_name(second)) +
+               (how.empty() ? std::string(" (sign_type ") + std::string(sign_type_name(first)) + ", fallback)"
+                            : std::string(" (no sign_type, fallback)"));
     }
     return error(errc::bad_signature);
 }

@@ -154,6 +154,29 @@ TEST_CASE("v2: payments signed with MD5 or HMAC-SHA256 with and without sign_typ
     CHECK(verify(*gateway, lower));
 }
 
+TEST_CASE("v2: a notification declaring one sign_type but signed with the other verifies (pitfall 29)")
+{
+    // WeChat has been seen signing with MD5 where HMAC-SHA256 was ordered (PROTOCOLS.md §3.2): the
+    // declared sign_type is tried first, then the other algorithm, both keyed with the API v2 key.
+    auto gateway = make_gateway();
+    for (const auto& [declared, used] : {std::pair{"HMAC-SHA256", V2SignType::md5},
+                                         std::pair{"MD5", V2SignType::hmac_sha256}}) {
+        CAPTURE(declared);
+        auto p = payment();
+        p.extra.push_back({"sign_type", declared});
+        const std::string body = sim::build_v2_payment_xml(p, keys().apiv2_key, used, false);
+        REQUIRE(body.find(std::string("<sign_type><![CDATA[") + declared) != std::string::npos);
+        auto v = verify(*gateway, body);
+        REQUIRE(v);
+        CHECK(v->event.total_fen == p.total_fen);
+        CHECK(v->notes.find(std::string("signed ") + std::string(wx::sign_type_name(used)) + " (sign_type " +
+                            declared + ", fallback)") != std::string::npos);
+        // Still keyed: the same mix under another key does not verify.
+        const std::string other = sim::build_v2_payment_xml(p, std::string(32, 'x'), used, false);
+        CHECK(verify(*gateway, other).error() == errc::bad_signature);
+    }
+}
+
 TEST_CASE("v2: signatures that do not match are rejected")
 {
     auto gateway = make_gateway();
@@ -161,7 +184,7 @@ TEST_CASE("v2: signatures that do not match are rejected")
     CHECK(verify(*gateway, replace_value(md5, "total_fee", "1")).error() == errc::bad_signature);
     CHECK(verify(*gateway, replace_value(md5, "sign", "<![CDATA[]]>")).error() == errc::bad_signature);
     CHECK(verify(*gateway, replace_value(md5, "sign_type", "<![CDATA[SHA1]]>")).error() == errc::bad_signature);
-    // An explicit sign_type is binding: MD5 content declared as HMAC-SHA256 does not verify.
+    // sign_type is a signed field: changing it on the way breaks the signature under either algorithm.
     CHECK(verify(*gateway, replace_value(md5, "sign_type", "<![CDATA[HMAC-SHA256]]>")).error() ==
           errc::bad_signature);
     // Signed with another key.
