@@ -22,7 +22,7 @@ void usage(std::FILE* out)
         "                  problem, and exit: 0 when valid, 78 otherwise\n"
         "  --version       print the version\n"
         "\n"
-        "exit codes: 0 clean shutdown (SIGTERM/SIGINT), 78 configuration or key error, 1 other fatal error\n"
+        "exit codes: 0 clean shutdown (SIGTERM/SIGINT), 78 configuration, key or argument error, 1 other fatal error\n"
         "signals: SIGTERM/SIGINT stop gracefully, SIGHUP reloads the configuration and keys\n",
         out);
 }
@@ -48,15 +48,17 @@ int main(int argc, char** argv)
             usage(stdout);
             return 0;
         } else {
+            // A mistake in how the service is started is a configuration error (API.md's exit codes
+            // are 0, 78 and 1), and under systemd 78 stops a restart loop (RestartPreventExitStatus).
             std::fprintf(stderr, "paybridged: unknown argument '%s'\n\n", argv[i]);
             usage(stderr);
-            return 2;
+            return kExitConfig;
         }
     }
     if (config_path.empty()) {
         std::fputs("paybridged: --config FILE is required\n\n", stderr);
         usage(stderr);
-        return 2;
+        return kExitConfig;
     }
     paybridge::daemon::ReloadResult loaded;
     try {

@@ -130,6 +130,12 @@ TEST_CASE("--check: a valid configuration exits 0 (warning of a world-readable s
     CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string()}, out) == 78);
     CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", (fx.dir() / "missing.json").string()}, out) ==
           78);
+    // So is a mistake in how it is started (a restart would repeat it: systemd stops at 78).
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--chekc"}, out) ==
+          78);
+    CHECK_MESSAGE(out.find("unknown argument '--chekc'") != std::string::npos, out);
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--check"}, out) == 78);
+    CHECK_MESSAGE(out.find("--config FILE is required") != std::string::npos, out);
 }
 
 TEST_CASE("connection cap: connections beyond limits.max_connections are closed at once")
