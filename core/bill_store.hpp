@@ -33,6 +33,7 @@ struct RegisterResult {
     RegisterOutcome outcome{};
     std::string bill_json;       ///< the stored bill after registration (and any orphans applied)
     int orphans_applied{0};
+    std::vector<std::string> anomalies;  ///< the kind of each anomaly the orphans' replay recorded
 };
 
 enum class ApplyOutcome {

@@ -13,7 +13,8 @@
 --            -> {outcome, anomaly kind or "", bill status or ""}
 --   register 4 NewBill JSON, with j_id / j_fixed: the bill's id and its fields that never change
 --            (amount_fen .. metadata) as JSON text, escaped by the caller and stored in the bill
---            -> {"created" | "identical" | "conflict", bill JSON, orphans applied}
+--            -> {"created" | "identical" | "conflict", bill JSON, orphans applied,
+--                {anomaly kind recorded by each orphan's replay, in order}}
 -- Orphans are kept as PaymentEvent JSON (the same field names) and replayed at registration.
 --
 -- Amounts are integer fen < 10^12: exact in Lua doubles, printed with %d.
@@ -764,9 +765,9 @@ local function register(raw)
             and b.customer_id == nb.customer_id and b.description == nb.description
             and b.expires_at == nb.expires_at and b.metadata == nb.metadata_json
         if same then
-            return {'identical', bill_json(b), 0}
+            return {'identical', bill_json(b), 0, {}}
         end
-        return {'conflict', bill_json(b), 0}
+        return {'conflict', bill_json(b), 0, {}}
     end
 
     -- Notifications that arrived before the bill: each orphan and each unusable notification
@@ -783,16 +784,21 @@ local function register(raw)
     redis.call('ZADD', K_CREATED, NOW_MS, nb.id)
     redis.call('ZADD', K_UPDATED, NOW_MS, nb.id)
 
-    -- Now apply them, in arrival order, with every check.
+    -- Now apply them, in arrival order, with every check; the anomalies they record are counted
+    -- by the caller like those of notifications applied as they arrive.
+    local anomalies = {}
     for _, o in ipairs(orphans) do
         local ev = decode_event(o)
         local marker = marker_of(ev.channel, ev.notification_id)
         if not marker or redis.call('HEXISTS', K_BILL, marker) == 0 then
-            apply(ev, load_bill(marker))
+            local _, anomaly = apply(ev, load_bill(marker))
+            if anomaly and anomaly ~= '' then
+                anomalies[#anomalies + 1] = anomaly
+            end
         end
     end
     redis.call('DEL', K_ORPHANS)
-    return {'created', bill_json(load_bill(nil)), #orphans}
+    return {'created', bill_json(load_bill(nil)), #orphans, anomalies}
 end
 
 ---------------------------------------------------------------------------------------------------

@@ -614,8 +614,8 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
         co_return reply.error();
     }
     const Reply& r = *reply;
-    if (!r.is_array() || r.elements.size() != 3 || !r.elements[0].is_string() || !r.elements[1].is_string() ||
-        !r.elements[2].is_integer()) {
+    if (!r.is_array() || r.elements.size() != 4 || !r.elements[0].is_string() || !r.elements[1].is_string() ||
+        !r.elements[2].is_integer() || !r.elements[3].is_array()) {
         co_return unexpected_reply("register", r);
     }
     RegisterResult result;
@@ -631,6 +631,12 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     }
     result.bill_json = r.elements[1].str;
     result.orphans_applied = static_cast<int>(r.elements[2].integer);
+    for (const Reply& kind : r.elements[3].elements) {
+        if (!kind.is_string()) {
+            co_return unexpected_reply("register", r);
+        }
+        result.anomalies.push_back(kind.str);
+    }
     if (result.outcome != RegisterOutcome::conflict) {
         // "identical" confirms a bill that an earlier call may have written without its WAIT.
         Result<void> waited = co_await confirm_replicated(bill.id, session);

@@ -942,6 +942,12 @@ awaitable<Response> Service::create_bill(const Request& req)
     }
     switch (result->outcome) {
         case RegisterOutcome::created:
+            // Orphans replayed at registration are notifications applied now: their anomalies count
+            // like those of notifications applied as they arrive.
+            for (const std::string& kind : result->anomalies) {
+                instruments().anomalies.with({{"kind", kind}}).inc();
+                log::warning("bill.orphan_anomaly", {{"bill_id", id}, {"anomaly", kind}});
+            }
             log::info("bill.registered", {{"bill_id", id}, {"orphans_applied", result->orphans_applied}});
             co_return make_response(req, 201, "application/json", std::move(result->bill_json));
         case RegisterOutcome::identical:

@@ -211,6 +211,18 @@ TEST_CASE("alipay: anomalies are acknowledged and recorded")
     CHECK(has("unknown_bill"));
     CHECK(has("paid_after_close"));
     CHECK(has("duplicate_payment"));
+
+    // paybridge_anomalies_total agrees with the feed, kind by kind, including the amount mismatch
+    // that B3003's orphan recorded when it was replayed at registration.
+    const std::string metrics = fx.api("GET", "/metrics").body;
+    for (const std::string& kind : {std::string("amount_mismatch"), std::string("unknown_bill"),
+                                    std::string("paid_after_close"), std::string("duplicate_payment")}) {
+        CAPTURE(kind);
+        const auto recorded = std::count(kinds.begin(), kinds.end(), kind);
+        const std::string line = "paybridge_anomalies_total{kind=\"" + kind + "\"} " + std::to_string(recorded) + "\n";
+        CHECK_MESSAGE(metrics.find(line) != std::string::npos, metrics);
+    }
+    CHECK(std::count(kinds.begin(), kinds.end(), "amount_mismatch") == 2);
 }
 
 TEST_CASE("alipay: an authentic notification whose amount does not read is recorded once and refused so Alipay retries")

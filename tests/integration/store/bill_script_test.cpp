@@ -399,6 +399,7 @@ TEST_SUITE("integration/store/bill_script")
         const auto reg = f.register_bill(new_bill("B-20"));
         CHECK(reg.outcome == RegisterOutcome::created);
         CHECK(reg.orphans_applied == 1);
+        CHECK(reg.anomalies.empty());
         const auto bill = parse_json(reg.bill_json);
         CHECK(str(bill, "status") == "PAID");
         CHECK(str(bill, "provider_txn_id") == "T-1");
@@ -537,6 +538,8 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(f.anomalies_len("B-21") == 2);
         const auto reg = f.register_bill(new_bill("B-21", 1000));
         CHECK(reg.orphans_applied == 2);
+        // What the replay recorded, for the caller's anomaly counter.
+        CHECK(reg.anomalies == std::vector<std::string>{"amount_mismatch"});
         const auto bill = parse_json(reg.bill_json);
         // amount_mismatch first (bill unchanged), then the close applies.
         CHECK(str(bill, "status") == "CLOSED");
