@@ -288,10 +288,10 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
         auto certs = crypto::load_certificates(app.public_cert_pem);
         auto roots = crypto::load_certificates(app.root_cert_pem);
         if (!certs) {
-            problem("alipay_public_cert_file holds no readable PEM certificate");
+            problem("alipay_public_cert_file holds no PEM certificate, or one that does not read");
         }
         if (!roots) {
-            problem("alipay_root_cert_file holds no readable PEM certificate");
+            problem("alipay_root_cert_file holds no PEM certificate, or one that does not read");
         }
         if (certs && roots) {
             const std::size_t leaf = leaf_index(*certs);
@@ -312,7 +312,7 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
         if (roots && !app.previous_public_cert_pem.empty()) {
             auto previous = crypto::load_certificates(app.previous_public_cert_pem);
             if (!previous) {
-                problem("previous_alipay_public_cert_file holds no readable PEM certificate");
+                problem("previous_alipay_public_cert_file holds no PEM certificate, or one that does not read");
             } else {
                 const std::size_t leaf = leaf_index(*previous);
                 X509* cert = (*previous)[leaf].get();
@@ -505,7 +505,13 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
     if (label.empty()) {
         label = "utf-8";
     }
-    const auto charset = parse_charset(label);
+    auto charset = parse_charset(label);
+    if (!charset && charset_field == nullptr) {
+        // An unsigned label paybridge cannot use does not make a verified notification unreadable:
+        // Alipay's default applies, as without a label (fields that do not read are handled below).
+        add_note(notice.notes, "Content-Type charset not used (not one Alipay sends); read as utf-8");
+        charset = parse_charset("utf-8");
+    }
     if (!charset) {
         return make_error_code(errc::malformed_request);
     }

@@ -5,6 +5,7 @@
 #include <openssl/bio.h>
 #include <openssl/bn.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/hmac.h>
 #include <openssl/objects.h>
@@ -415,10 +416,15 @@ Result<std::vector<X509Ptr>> load_certificates(std::string_view pem)
 {
     std::vector<X509Ptr> certs;
     auto bio = mem_bio(pem);
+    ERR_clear_error();
     while (X509* cert = PEM_read_bio_X509(bio.get(), nullptr, nullptr, nullptr)) {
         certs.emplace_back(cert);
     }
-    if (certs.empty()) {
+    // The loop ends at the end of the text ("no start line") or at a block that does not read.
+    const unsigned long err = ERR_peek_last_error();
+    ERR_clear_error();
+    const bool at_end = ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
+    if (certs.empty() || !at_end) {
         return make_error_code(errc::malformed_request);
     }
     return certs;

@@ -77,7 +77,9 @@ Result<std::string> aes256ecb_encrypt(std::string_view key, std::string_view pla
 
 // ---- X.509 ----
 
-/// Every certificate in a PEM bundle, in file order. Errors: malformed_request (none or garbage).
+/// Every certificate in a PEM bundle, in file order (other PEM blocks are skipped). Errors:
+/// malformed_request when there is none, or when a certificate block does not read: a bundle is
+/// never silently cut short at a block OpenSSL cannot read.
 Result<std::vector<X509Ptr>> load_certificates(std::string_view pem);
 /// The certificate's public key.
 SharedKey certificate_key(X509* cert);

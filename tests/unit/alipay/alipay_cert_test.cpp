@@ -101,14 +101,16 @@ std::string hex_to_decimal(std::string hex)
 
 TEST_CASE("fixed certificates: alipay_cert_sn and root SN match hand-computed values")
 {
-    const std::string roots = std::string(alipay_fixture::kFixtureRootEcdsaPem) +
+    // Like Alipay's own root bundle: an SM2 root first, then ECDSA and RSA roots.
+    const std::string roots = std::string(alipay_fixture::kFixtureRootSm2Pem) +
+                              std::string(alipay_fixture::kFixtureRootEcdsaPem) +
                               std::string(alipay_fixture::kFixtureRootRsaSha256Pem) +
                               std::string(alipay_fixture::kFixtureRootRsaSha1Pem);
     std::vector<std::string> problems;
     auto keys = load_alipay_app(cert_app(std::string(alipay_fixture::kFixtureLeafPem), roots), "x", problems);
     REQUIRE_MESSAGE(keys.has_value(), (problems.empty() ? "" : problems.front()));
     CHECK(keys->alipay_cert_sn == alipay_fixture::kLeafSn);
-    // The ECDSA root is skipped; the RSA roots keep file order.
+    // The SM2 and ECDSA roots are skipped; the RSA roots keep file order.
     CHECK(keys->alipay_root_cert_sn ==
           std::string(alipay_fixture::kRootRsaSha256Sn) + "_" + std::string(alipay_fixture::kRootRsaSha1Sn));
     CHECK(keys->keys.size() == 1);
@@ -200,9 +202,19 @@ TEST_CASE("certificate mode load problems")
     CHECK(load_problems(root_only) ==
           std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file is set but alipay_public_cert_file is not"});
     CHECK(load_problems(cert_app("not a certificate", ca.cert_pem)) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_public_cert_file holds no readable PEM certificate"});
+          std::vector<std::string>{"alipay.apps[0]: alipay_public_cert_file holds no PEM certificate, or one that does not read"});
     CHECK(load_problems(cert_app(leaf.cert_pem, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file holds no readable PEM certificate"});
+          std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file holds no PEM certificate, or one that does not read"});
+    // A bundle is not cut short at a block that does not read (the root SN would silently lose
+    // the roots after it): a damaged certificate between two good ones is a problem.
+    const std::string damaged = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n";
+    CHECK(load_problems(cert_app(leaf.cert_pem, ca.cert_pem + damaged + other_ca.cert_pem)) ==
+          std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file holds no PEM certificate, or one that does not read"});
+    // Other PEM blocks (a key someone left in the file) are skipped, as OpenSSL does.
+    auto with_key = cert_app(leaf.cert_pem, ca.cert_pem + alipay_keys().public_pem);
+    std::vector<std::string> problems;
+    CHECK(load_alipay_app(with_key, "alipay.apps[0]", problems).has_value());
+    CHECK(problems.empty());
 }
 
 namespace {
@@ -335,7 +347,7 @@ TEST_CASE("key rotation, certificate mode: the previous certificate may have exp
                                                          "chain to alipay_root_cert_file"});
     app.previous_public_cert_pem = "not a certificate";
     CHECK(load_problems(app) == std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_cert_file holds no "
-                                                         "readable PEM certificate"});
+                                                         "PEM certificate, or one that does not read"});
     auto key_mode = app_config();
     key_mode.previous_public_cert_pem = previous.cert_pem;
     CHECK(load_problems(key_mode) ==

@@ -325,6 +325,12 @@ TEST_CASE("GB2312 label, and the Content-Type charset as fallback when the field
     CHECK(field(mislabelled->fields, "out_trade_no") == "BILL-1001");
     CHECK(mislabelled->notes.find("dropped field subject: not valid utf-8") != std::string::npos);
     CHECK(parse_body(*gw, body, "").has_value());
+    // An unsigned Content-Type label paybridge cannot use is treated as no label, not as a reason
+    // to refuse a verified notification.
+    auto latin1 = parse_body(*gw, body, "application/x-www-form-urlencoded; charset=ISO-8859-1");
+    REQUIRE(latin1.has_value());
+    CHECK(latin1->event.bill_id == "BILL-1001");
+    CHECK(latin1->notes.find("Content-Type charset not used") != std::string::npos);
 }
 
 TEST_CASE("a field paybridge acts on that is not valid in the charset is refused, a descriptive one dropped")
