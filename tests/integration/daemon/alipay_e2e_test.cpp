@@ -121,6 +121,23 @@ TEST_CASE("alipay: register, pay, duplicate, TRADE_FINISHED, 50 concurrent copie
     CHECK(std::string(bill["events"][0]["type"].GetString()) == "bill.paid");
 }
 
+TEST_CASE("alipay: only the POST body is the notification: a notify_url with a query string verifies and its parameters change nothing")
+{
+    // PROTOCOLS.md pitfall 8: merchants put parameters in notify_url; Alipay signs the body only.
+    DaemonFixture fx;
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B1501", 1000).status == 201);
+    REQUIRE(fx.create_bill("B1502", 1000).status == 201);
+    const std::string form = "application/x-www-form-urlencoded; charset=utf-8";
+    auto r = http_request(fx.port(), "POST", "/notify/alipay?id=123&out_trade_no=B1502&total_amount=1.00",
+                          ali.paid("B1501", 1000), {{"Content-Type", form}});
+    CHECK(r.status == 200);
+    CHECK(r.body == "success");
+    CHECK(status_of(fx, "B1501") == "PAID");
+    CHECK(status_of(fx, "B1502") == "PENDING");
+    CHECK(fx.outbox_length() == 1);
+}
+
 TEST_CASE("alipay: rejections answer fail and change nothing")
 {
     DaemonFixture fx;

@@ -459,6 +459,72 @@ TEST_CASE("v3: an empty associated_data is allowed")
     REQUIRE(n);
     REQUIRE(n->body.find(R"("associated_data":"")") != std::string::npos);
     CHECK(verify(*gateway, *n, now));
+    // §2.7: a missing associated_data counts as empty, and so does null.
+    for (const std::string& replacement : {std::string(), std::string(R"("associated_data":null,)")}) {
+        std::string body = n->body;
+        const std::string field = R"("associated_data":"",)";
+        const auto at = body.find(field);
+        REQUIRE(at != std::string::npos);
+        body.replace(at, field.size(), replacement);
+        CAPTURE(body);
+        auto resigned = sim::sign_v3(body, public_key_signer(), now);
+        REQUIRE(resigned);
+        CHECK(verify(*gateway, *resigned, now));
+    }
+}
+
+TEST_CASE("v3: REFUND.SUCCESS whose refund_status is not SUCCESS moves no money")
+{
+    auto gateway = make_gateway();
+    const std::int64_t now = now_unix();
+    sim::V3Refund refund{.mchid = kMchid,
+                         .out_trade_no = "BILL-1",
+                         .transaction_id = "4200000985202301011234567890",
+                         .out_refund_no = "R-1",
+                         .refund_id = "50000000382019052709732678859",
+                         .refund_status = "PROCESSING",
+                         .total_fen = 1234,
+                         .refund_fen = 234};
+    const sim::V3Envelope envelope{.event_type = "REFUND.SUCCESS", .original_type = "refund"};
+    auto body = sim::build_v3_body(envelope, sim::v3_refund_json(refund), keys().apiv3_key);
+    REQUIRE(body);
+    auto n = sim::sign_v3(*body, public_key_signer(), now);
+    REQUIRE(n);
+    auto v = verify(*gateway, *n, now);
+    REQUIRE(v);
+    CHECK(v->event.kind == EventKind::none);
+    CHECK(v->event.refund_fen == 234);
+    CHECK(v->notes.find("refund_status is not SUCCESS") != std::string::npos);
+    // The same with refund_status SUCCESS is a refund (so the check above is the status's doing).
+    refund.refund_status = "SUCCESS";
+    auto ok_body = sim::build_v3_body(envelope, sim::v3_refund_json(refund), keys().apiv3_key);
+    REQUIRE(ok_body);
+    auto ok = sim::sign_v3(*ok_body, public_key_signer(), now);
+    REQUIRE(ok);
+    auto w = verify(*gateway, *ok, now);
+    REQUIRE(w);
+    CHECK(w->event.kind == EventKind::refund);
+}
+
+TEST_CASE("v3: a partner-mode resource (sp_mchid / sub_mchid, no mchid) is refused as malformed")
+{
+    // Partner (service provider) mode is not supported (config/README.md): refused, never applied
+    // to a bill of the merchant the route names.
+    auto gateway = make_gateway();
+    const std::int64_t now = now_unix();
+    const std::string partner_tx =
+        R"({"sp_appid":"wx8888888888888888","sp_mchid":"1230000109","sub_appid":"wxd678efh567hg6999",)"
+        R"("sub_mchid":")" + std::string(kMchid) +
+        R"(","out_trade_no":"BILL-1","transaction_id":"4200000985202301011234567890","trade_type":"JSAPI",)"
+        R"("trade_state":"SUCCESS","trade_state_desc":"ok","bank_type":"CMC","success_time":"2018-06-08T10:34:56+08:00",)"
+        R"("payer":{"sp_openid":"o1","sub_openid":"o2"},"amount":{"total":1234,"payer_total":1234,"currency":"CNY","payer_currency":"CNY"}})";
+    auto body = sim::build_v3_body(sim::V3Envelope{}, partner_tx, keys().apiv3_key);
+    REQUIRE(body);
+    auto n = sim::sign_v3(*body, public_key_signer(), now);
+    REQUIRE(n);
+    CHECK(verify(*gateway, *n, now).error() == errc::malformed_request);
+    const auto refused = gateway->failure(paybridge::make_error_code(errc::malformed_request));
+    CHECK(refused.status == 400);
 }
 
 TEST_CASE("v3: replies")
