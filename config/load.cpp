@@ -5,8 +5,6 @@
 #include "config/detail/problems.hpp"
 #include "config/detail/schema_check.hpp"
 
-#include <unistd.h>
-
 #include <openssl/evp.h>
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
@@ -222,7 +220,7 @@ private:
             problems_.note(ptr, shown_path(v) + " is empty");
             return std::nullopt;
         }
-        if (std::string warning = detail::foreign_writable_warning(file, static_cast<unsigned>(::geteuid()), shown_path(v));
+        if (std::string warning = detail::foreign_writable_warning(file, shown_path(v));
             !warning.empty()) {
             problems_.warn(ptr, warning);
         }
@@ -704,7 +702,7 @@ LoadReport load_config(const std::filesystem::path& file, const SecretSource& se
     }
     LoadReport report = load_config_text(*content.content, file, secrets);
     // The configuration names every key and secret: whoever may change it may name their own.
-    if (std::string warning = detail::foreign_writable_warning(content, static_cast<unsigned>(::geteuid()), file.string());
+    if (std::string warning = detail::foreign_writable_warning(content, file.string());
         !warning.empty()) {
         report.warnings.insert(report.warnings.begin(), std::move(warning));
     }

@@ -2,8 +2,6 @@
 
 #include "config/detail/files.hpp"
 
-#include <unistd.h>
-
 #include <cstdlib>
 
 namespace paybridge::config {
@@ -55,7 +53,7 @@ SecretLookup read_secret_file(const std::filesystem::path& path, std::string_vie
     }
     SecretLookup out;
     for (std::string warning : {detail::world_readable_warning(file.mode, shown),
-                                detail::foreign_writable_warning(file, static_cast<unsigned>(::geteuid()), shown)}) {
+                                detail::foreign_writable_warning(file, shown)}) {
         if (!warning.empty()) {
             out.warnings.push_back(std::move(warning));
         }

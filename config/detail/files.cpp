@@ -94,8 +94,9 @@ std::string world_readable_warning(unsigned mode, std::string_view shown)
            "): chmod o-rwx it";
 }
 
-std::string foreign_writable_warning(const FileContent& file, unsigned self_uid, std::string_view shown)
+std::string foreign_writable_warning(const FileContent& file, std::string_view shown)
 {
+    const auto self_uid = static_cast<unsigned>(::geteuid());
     if ((file.mode & (S_IWGRP | S_IWOTH)) != 0) {
         char octal[8];
         std::snprintf(octal, sizeof octal, "%04o", file.mode & 07777U);

@@ -24,11 +24,11 @@ struct FileContent {
 std::string world_readable_warning(unsigned mode, std::string_view shown);
 
 /// For every file whose content paybridge trusts (the configuration, keys, certificates, secrets):
-/// a warning when someone other than root and the user paybridged runs as (`self_uid`) may change
-/// it, else empty. Its group or every user may write it, or it is owned by a third user. A public
+/// a warning when someone other than root and the user paybridged runs as (its effective uid) may
+/// change it, else empty. Its group or every user may write it, or it is owned by a third user. A public
 /// key or certificate is no secret, but whoever can replace it can sign notifications paybridge
 /// accepts.
-std::string foreign_writable_warning(const FileContent& file, unsigned self_uid, std::string_view shown);
+std::string foreign_writable_warning(const FileContent& file, std::string_view shown);
 
 /// Reads `path` completely. Fails (without reading further) when the file is larger than
 /// `max_bytes`, is a directory, or cannot be opened or read. Blocking; for start-up only.
