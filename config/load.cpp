@@ -267,7 +267,14 @@ private:
         if (!content) {
             return;
         }
-        if (detail::count_pem_certificates(*content) == 0) {
+        const std::optional<std::size_t> certificates = detail::count_pem_certificates(*content);
+        if (!certificates) {
+            problems_.note(child(ptr, key),
+                           shown_path(*v) + " holds a PEM certificate block that does not read (damaged base64 or "
+                                            "DER), so OpenSSL would refuse the whole file");
+            return;
+        }
+        if (*certificates == 0) {
             problems_.note(child(ptr, key), shown_path(*v) + " holds no PEM certificate");
             return;
         }

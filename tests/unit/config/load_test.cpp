@@ -585,10 +585,28 @@ TEST_CASE("config: missing and unreadable files")
     })",
                                 {{"V3", f.apiv3}, {"CRM", webhook_secret()}});
     check_problems(crm, {
-                            "/crm/ca_file: not-a-ca.pem holds no PEM certificate",
+                            "/crm/ca_file: not-a-ca.pem holds a PEM certificate block that does not read (damaged "
+                            "base64 or DER), so OpenSSL would refuse the whole file",
                             "/crm/lease_s: must be longer than timeout_ms (60000 ms): an attempt that outlives "
                             "its lease is taken over and sent again by another instance",
                         });
+    // A bundle whose first certificate reads and whose second is damaged: OpenSSL refuses the whole
+    // file when the dispatcher loads it. A file of comments holds no certificate at all.
+    const std::string good = keygen::make_ca({.common_name = "CRM CA"}).cert_pem;
+    std::string damaged = keygen::make_ca({.common_name = "Old CRM CA"}).cert_pem;
+    damaged[damaged.find('\n') + 10] = '*';
+    f.box.write("damaged.pem", good + damaged);
+    f.box.write("comments.pem", "# the CRM's CA goes here\n");
+    for (const auto& [file, why] : std::vector<std::pair<std::string, std::string>>{
+             {"damaged.pem", "holds a PEM certificate block that does not read (damaged base64 or DER), so OpenSSL "
+                             "would refuse the whole file"},
+             {"comments.pem", "holds no PEM certificate"}}) {
+        CAPTURE(file);
+        const LoadReport bundle = load(f.box, R"({"crm": { "url": "https://crm.example.com/hook", "secret": "env:CRM",
+                                                           "ca_file": ")" + file + R"(" }})",
+                                       {{"V3", f.apiv3}, {"CRM", webhook_secret()}});
+        check_problems(bundle, {"/crm/ca_file: " + file + " " + why});
+    }
     check_problems(report, {
                                "/tls/key_file: cannot read tls/missing.key: No such file or directory",
                                "/wechatpay/merchants/0/public_key_file: empty.pem is empty",
