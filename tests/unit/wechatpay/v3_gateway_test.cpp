@@ -486,24 +486,23 @@ TEST_CASE("v3: REFUND.SUCCESS whose refund_status is not SUCCESS moves no money"
                          .total_fen = 1234,
                          .refund_fen = 234};
     const sim::V3Envelope envelope{.event_type = "REFUND.SUCCESS", .original_type = "refund"};
-    auto body = sim::build_v3_body(envelope, sim::v3_refund_json(refund), keys().apiv3_key);
-    REQUIRE(body);
-    auto n = sim::sign_v3(*body, public_key_signer(), now);
-    REQUIRE(n);
-    auto v = verify(*gateway, *n, now);
-    REQUIRE(v);
-    CHECK(v->event.kind == EventKind::none);
-    CHECK(v->event.refund_fen == 234);
-    CHECK(v->notes.find("refund_status is not SUCCESS") != std::string::npos);
+    const auto verify_refund = [&] {
+        auto body = sim::build_v3_body(envelope, sim::v3_refund_json(refund), keys().apiv3_key);
+        REQUIRE(body);
+        auto n = sim::sign_v3(*body, public_key_signer(), now);
+        REQUIRE(n);
+        auto v = verify(*gateway, *n, now);
+        REQUIRE(v);
+        return std::move(*v);
+    };
+    const auto v = verify_refund();
+    CHECK(v.event.kind == EventKind::none);
+    CHECK(v.event.refund_fen == 234);
+    CHECK(v.notes.find("refund_status is not SUCCESS") != std::string::npos);
     // The same with refund_status SUCCESS is a refund (so the check above is the status's doing).
     refund.refund_status = "SUCCESS";
-    auto ok_body = sim::build_v3_body(envelope, sim::v3_refund_json(refund), keys().apiv3_key);
-    REQUIRE(ok_body);
-    auto ok = sim::sign_v3(*ok_body, public_key_signer(), now);
-    REQUIRE(ok);
-    auto w = verify(*gateway, *ok, now);
-    REQUIRE(w);
-    CHECK(w->event.kind == EventKind::refund);
+    const auto w = verify_refund();
+    CHECK(w.event.kind == EventKind::refund);
 }
 
 TEST_CASE("v3: a partner-mode resource (sp_mchid / sub_mchid, no mchid) is refused as malformed")
