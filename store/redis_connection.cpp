@@ -427,24 +427,35 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
         co_return make_error_code(errc::timeout);
     }
+    // The waiter first: its slots do not exist yet, so an early return abandons nothing.
+    Waiter waiter(*this, head_seq_ + pending_.size(), n, out);
     const std::size_t mark = out_buf_.size();
-    for (std::size_t i = 0; i < n; ++i) {
-        if (!append_command(out_buf_, commands[i])) {
-            out_buf_.resize(mark);
-            co_return make_error_code(errc::invalid_argument);
+    const std::size_t queued = pending_.size();
+    try {
+        for (std::size_t i = 0; i < n; ++i) {
+            if (!append_command(out_buf_, commands[i])) {
+                out_buf_.resize(mark);
+                co_return make_error_code(errc::invalid_argument);
+            }
         }
+        for (std::size_t i = 0; i < n; ++i) {
+            pending_.push_back(Slot{.waiter = &waiter, .index = static_cast<std::uint32_t>(i)});
+        }
+    } catch (...) {
+        // Only allocation throws here. A command left in out_buf_ without its slot, or a slot
+        // without its command, would hand every later reply to the wrong request.
+        out_buf_.resize(mark);
+        while (pending_.size() > queued) {
+            pending_.pop_back();
+        }
+        throw;
     }
-
-    if (pending_.empty()) {
+    if (queued == 0) {
         waiting_since_ = std::chrono::steady_clock::now();
     }
-    Waiter waiter(*this, head_seq_ + pending_.size(), n, out);
     const bool caller_deadline = deadline && *deadline < waiter.timer.expiry();
     if (caller_deadline) {
         waiter.timer.expires_at(*deadline);
-    }
-    for (std::size_t i = 0; i < n; ++i) {
-        pending_.push_back(Slot{.waiter = &waiter, .index = static_cast<std::uint32_t>(i)});
     }
     stats_->commands.fetch_add(n, std::memory_order_relaxed);
     update_in_flight();
