@@ -62,44 +62,128 @@ constexpr std::chrono::milliseconds kBackoffMax{5'000};
 // How often, in Sentinel mode, a connected RedisConnection asks whether the master has moved.
 constexpr std::chrono::milliseconds kSentinelWatch{1'000};
 
-struct ReplyFree {
-    void operator()(redisReply* r) const noexcept { freeReplyObject(r); }
-};
-using ReplyPtr = std::unique_ptr<redisReply, ReplyFree>;
+// hiredis parses, and the objects it builds are paybridge's Reply, made in place (no redisReply
+// tree to copy and free) and counted: a reply's wire bytes are bounded (kMaxReplyBytes) but not the
+// objects they expand to. "*8000000\r\n" and eight million ":1\r\n" are 31 MiB on the wire and
+// eight million objects in memory. Past kMaxReplyObjects the reader fails (hiredis reports "Out of
+// memory") and the connection is made again. Far above any reply paybridge asks for (a page of
+// events is a few thousand objects).
+constexpr std::size_t kMaxReplyObjects = 1u << 20;
 
-void copy_reply(const redisReply& src, Reply& dst)
+struct ReaderState {
+    std::size_t objects{0};  ///< in the reply being read: the root and every element declared
+    bool too_many{false};    ///< the last failure was kMaxReplyObjects
+};
+
+// hiredis hands each object its parent's (an array made by reply_array, its elements already in
+// place and counted) and frees only the root, through reply_free.
+Reply* reply_object(const redisReadTask* task, Reply::Type type) noexcept
 {
-    dst.str.clear();
-    dst.integer = 0;
-    dst.elements.clear();
-    switch (src.type) {
-        case REDIS_REPLY_STRING:
-            dst.type = Reply::Type::string;
-            dst.str.assign(src.str, src.len);
-            break;
-        case REDIS_REPLY_STATUS:
-            dst.type = Reply::Type::status;
-            dst.str.assign(src.str, src.len);
-            break;
-        case REDIS_REPLY_ERROR:
-            dst.type = Reply::Type::error;
-            dst.str.assign(src.str, src.len);
-            break;
-        case REDIS_REPLY_INTEGER:
-            dst.type = Reply::Type::integer;
-            dst.integer = src.integer;
-            break;
-        case REDIS_REPLY_ARRAY:
-            dst.type = Reply::Type::array;
-            dst.elements.resize(src.elements);
-            for (std::size_t i = 0; i < src.elements; ++i) {
-                copy_reply(*src.element[i], dst.elements[i]);
-            }
-            break;
-        default:
-            dst.type = Reply::Type::nil;
-            break;
+    if (task->parent == nullptr) {
+        auto* state = static_cast<ReaderState*>(task->privdata);
+        state->objects = 1;
+        state->too_many = false;
     }
+    Reply* r = task->parent == nullptr
+                   ? new (std::nothrow) Reply
+                   : &static_cast<Reply*>(task->parent->obj)->elements[static_cast<std::size_t>(task->idx)];
+    if (r != nullptr) {
+        r->type = type;
+    }
+    return r;
+}
+
+// An object that could not be completed: a root is ours to free (hiredis never saw it), an element
+// belongs to its root, which hiredis frees.
+void* reply_failed(const redisReadTask* task, Reply* r) noexcept
+{
+    if (task->parent == nullptr) {
+        delete r;
+    }
+    return nullptr;
+}
+
+void* reply_string(const redisReadTask* task, char* str, std::size_t len)
+{
+    const Reply::Type type = task->type == REDIS_REPLY_STATUS  ? Reply::Type::status
+                             : task->type == REDIS_REPLY_ERROR ? Reply::Type::error
+                                                               : Reply::Type::string;
+    Reply* r = reply_object(task, type);
+    if (r == nullptr) {
+        return nullptr;
+    }
+    try {
+        r->str.assign(str, len);
+    } catch (...) {
+        return reply_failed(task, r);
+    }
+    return r;
+}
+
+void* reply_array(const redisReadTask* task, int elements)
+{
+    Reply* r = reply_object(task, Reply::Type::array);
+    if (r == nullptr) {
+        return nullptr;
+    }
+    // Counted as declared, before they are made: "*100000000\r\n" is 13 bytes on the wire.
+    const auto declared = static_cast<std::size_t>(std::max(elements, 0));
+    auto* state = static_cast<ReaderState*>(task->privdata);
+    if (declared > kMaxReplyObjects - state->objects) {
+        state->too_many = true;
+        return reply_failed(task, r);
+    }
+    state->objects += declared;
+    try {
+        r->elements.resize(declared);
+    } catch (...) {
+        return reply_failed(task, r);
+    }
+    return r;
+}
+
+void* reply_integer(const redisReadTask* task, long long value)
+{
+    Reply* r = reply_object(task, Reply::Type::integer);
+    if (r != nullptr) {
+        r->integer = value;
+    }
+    return r;
+}
+
+void* reply_nil(const redisReadTask* task) { return reply_object(task, Reply::Type::nil); }
+
+void reply_free(void* root) { delete static_cast<Reply*>(root); }
+
+redisReplyObjectFunctions reply_functions{
+    .createString = reply_string,
+    .createArray = reply_array,
+    .createInteger = reply_integer,
+    .createNil = reply_nil,
+    .freeObject = reply_free,
+};
+
+using ReplyPtr = std::unique_ptr<Reply>;
+
+/// A reader that builds Reply objects (see reply_functions), for RedisConnection::ReaderFree to
+/// free; nullptr when out of memory.
+redisReader* make_reader()
+{
+    auto state = std::make_unique<ReaderState>();
+    redisReader* reader = redisReaderCreateWithFunctions(&reply_functions);
+    if (reader != nullptr) {
+        reader->privdata = state.release();
+    }
+    return reader;
+}
+
+/// The reader's error, naming the object limit when that was the cause.
+std::string reader_error(const redisReader& reader)
+{
+    if (static_cast<const ReaderState*>(reader.privdata)->too_many) {
+        return "a reply of more than " + std::to_string(kMaxReplyObjects) + " objects";
+    }
+    return reader.errstr;
 }
 
 std::string sha1_hex(std::string_view data)
@@ -143,14 +227,14 @@ asio::awaitable<error_code> read_replies(tcp::socket& socket, redisReader& reade
         for (;;) {
             void* raw = nullptr;
             if (redisReaderGetReply(&reader, &raw) != REDIS_OK) {
-                log::error("redis.protocol_error", {{"error", reader.errstr}});
+                log::error("redis.protocol_error", {{"error", reader_error(reader)}});
                 co_return make_error_code(errc::store_unavailable);
             }
             if (raw == nullptr) {
                 break;
             }
-            ReplyPtr owned(static_cast<redisReply*>(raw));
-            copy_reply(*owned, out.emplace_back());
+            ReplyPtr owned(static_cast<Reply*>(raw));
+            out.push_back(std::move(*owned));
         }
     }
     co_return error_code{};
@@ -165,7 +249,11 @@ std::chrono::milliseconds jittered(std::chrono::milliseconds base, std::minstd_r
 
 }  // namespace
 
-void RedisConnection::ReaderFree::operator()(redisReader* r) const noexcept { redisReaderFree(r); }
+void RedisConnection::ReaderFree::operator()(redisReader* r) const noexcept
+{
+    std::unique_ptr<ReaderState> state(static_cast<ReaderState*>(r->privdata));
+    redisReaderFree(r);
+}
 
 // One caller's wait: lives in the caller's coroutine frame while its commands are in flight. Its
 // timer is both the deadline and the completion signal (cancel() wakes the caller early), so a
@@ -373,9 +461,8 @@ void RedisConnection::fail_pending(error_code ec) noexcept
 
 void RedisConnection::deliver_front(void* hiredis_reply)
 {
-    ReplyPtr reply(static_cast<redisReply*>(hiredis_reply));
-    if (!sentinels_.empty() && reply->type == REDIS_REPLY_ERROR &&
-        std::string_view(reply->str, reply->len).starts_with("READONLY")) {
+    ReplyPtr reply(static_cast<Reply*>(hiredis_reply));
+    if (!sentinels_.empty() && reply->is_error() && reply->str.starts_with("READONLY")) {
         demoted_ = true;  // read_loop closes the connection once this batch is delivered
     }
     const Slot slot = pending_.front();
@@ -386,17 +473,7 @@ void RedisConnection::deliver_front(void* hiredis_reply)
         return;
     }
     Reply& dst = w->replies[slot.index];
-    try {
-        copy_reply(*reply, dst);
-    } catch (...) {
-        // The slot has left the queue, so fail_pending would not reach this caller: fail it here,
-        // or it would wait for its deadline (whose expiry closes whatever connection is current).
-        // Its later slots must not point at it once its frame is gone (fail_pending reads them).
-        stats_->errors.fetch_add(1, std::memory_order_relaxed);
-        abandon(w->first_seq, w->count);
-        w->finish(make_error_code(errc::store_unavailable));
-        throw;
-    }
+    dst = std::move(*reply);
     if (dst.is_error() && (router_ == nullptr || !ClusterRouter::redirection(dst))) {
         stats_->errors.fetch_add(1, std::memory_order_relaxed);  // a redirection is followed, not failed
     }
@@ -805,7 +882,7 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
         co_return wec;
     }
 
-    std::unique_ptr<redisReader, ReaderFree> reader(redisReaderCreate());
+    std::unique_ptr<redisReader, ReaderFree> reader(make_reader());
     if (reader == nullptr) {
         co_return make_error_code(errc::internal);
     }
@@ -850,7 +927,7 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
 asio::awaitable<error_code> RedisConnection::connect_and_handshake()
 {
     using namespace asio::experimental::awaitable_operators;
-    reader_.reset(redisReaderCreate());
+    reader_.reset(make_reader());
     partial_bytes_ = 0;
     if (reader_ == nullptr) {
         co_return make_error_code(errc::internal);
@@ -1008,7 +1085,7 @@ asio::awaitable<void> RedisConnection::read_loop()
         for (;;) {
             void* raw = nullptr;
             if (redisReaderGetReply(reader_.get(), &raw) != REDIS_OK) {
-                log::error("redis.protocol_error", {{"error", reader_->errstr}});
+                log::error("redis.protocol_error", {{"error", reader_error(*reader_)}});
                 ok = false;
                 break;
             }
@@ -1016,7 +1093,7 @@ asio::awaitable<void> RedisConnection::read_loop()
                 break;
             }
             if (pending_.empty()) {
-                ReplyPtr stray(static_cast<redisReply*>(raw));
+                ReplyPtr stray(static_cast<Reply*>(raw));
                 log::error("redis.unexpected_reply", {});
                 ok = false;
                 break;

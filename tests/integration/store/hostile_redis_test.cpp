@@ -15,6 +15,7 @@
 
 #include <netinet/in.h>
 #include <poll.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -320,6 +321,70 @@ TEST_SUITE("store/hostile_redis")
         CHECK(server.written < (64u << 20));
         CHECK(logs.has("redis.reply_too_large"));
         CHECK(paybridge::test::run_until(ctx, [&] { return server.accepted >= 2; }, 10s));
+        conn.stop();
+        ctx.restart();
+        ctx.run_for(2s);
+    }
+
+    TEST_CASE("a reply of more than a million objects is refused before it is built")
+    {
+        // Under the 32 MiB limit on the wire, but millions of objects in memory: an array of four
+        // million integers (16 MiB), then an array that declares 500 million elements in 14 bytes.
+        // The connection made after each answers properly.
+        ScriptedServer server([](int fd, ScriptedServer& self) {
+            const int n = self.accepted;
+            std::string got;
+            if (!self.read_until(fd, "GET", got)) {
+                return;
+            }
+            if (n == 1) {
+                std::string reply = "*4000000\r\n";
+                for (int i = 0; i < 4'000'000; ++i) {
+                    reply += ":1\r\n";
+                }
+                self.send_all(fd, reply);
+            } else if (n == 2) {
+                self.send_all(fd, "*500000000\r\n:1\r\n");
+            } else {
+                self.send_all(fd, "*2\r\n$2\r\nok\r\n*1000\r\n" + [] {
+                    std::string elements;
+                    for (int i = 0; i < 1000; ++i) {
+                        elements += ":7\r\n";
+                    }
+                    return elements;
+                }());
+            }
+            while (!self.stopping() && self.read_until(fd, "never sent", got)) {
+            }
+        });
+        Logs logs;
+        asio::io_context ctx;
+        RedisConnection conn(ctx.get_executor(), config_for(server));
+        conn.start();
+        rusage before{};
+        ::getrusage(RUSAGE_SELF, &before);
+        for (int attempt = 1; attempt <= 2; ++attempt) {
+            CAPTURE(attempt);
+            REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready() && server.accepted == attempt; }, 10s));
+            const auto start = std::chrono::steady_clock::now();
+            const Result<Reply> reply = paybridge::test::run_awaitable(ctx, conn.exec(get_k()), 20s);
+            CHECK_FALSE(reply.has_value());
+            // Failed when the reader saw too many, not at the request's deadline.
+            CHECK(std::chrono::steady_clock::now() - start < 5s);
+            CHECK(logs.has("a reply of more than 1048576 objects"));
+        }
+        rusage after{};
+        ::getrusage(RUSAGE_SELF, &after);
+        // Peak RSS (KiB): what a reply of millions of objects would have cost is hundreds of MB.
+        CHECK(after.ru_maxrss - before.ru_maxrss < 100 * 1024);
+        REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready() && server.accepted == 3; }, 10s));
+        const Result<Reply> ok = paybridge::test::run_awaitable(ctx, conn.exec(get_k()), 10s);
+        REQUIRE(ok.has_value());
+        REQUIRE(ok->is_array());
+        REQUIRE(ok->elements.size() == 2);
+        CHECK(ok->elements[0].str == "ok");
+        REQUIRE(ok->elements[1].elements.size() == 1000);
+        CHECK(ok->elements[1].elements[999].integer == 7);
         conn.stop();
         ctx.restart();
         ctx.run_for(2s);
