@@ -43,18 +43,25 @@ DeliveryKeys::DeliveryKeys(std::string prefix, int shards)
 
 namespace scripts {
 
-// A failure is only recorded while the entry is still outstanding (in the retry zset or the PEL): if
-// another instance delivered it meanwhile, a late failure from a slow attempt must not re-queue it.
+// A failure is only recorded while the attempt still holds the entry, as kRenew checked before the
+// POST: a late failure from a slow attempt must neither re-queue an entry another instance delivered
+// meanwhile nor take one from the instance now sending it (a third would then send it at the same
+// time, and the schedule would lose a step).
 const std::string_view kRecord = R"lua(
 local outcome, group, entry, event_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[10])
 if outcome ~= 'delivered' then
-  local outstanding = redis.call('ZSCORE', KEYS[2], entry) ~= false
-  if not outstanding then
-    outstanding = #redis.call('XPENDING', KEYS[1], group, entry, entry, 1) > 0
+  local consumer, token = ARGV[15], ARGV[16]
+  local score = redis.call('ZSCORE', KEYS[2], entry)
+  local ours = false
+  if token ~= '' then
+    ours = score ~= false and tonumber(score) == tonumber(token)
+  elseif score == false then
+    local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)
+    ours = p[1] ~= nil and p[1][2] == consumer
   end
-  if not outstanding then
+  if not ours then
     return -1
   end
 end

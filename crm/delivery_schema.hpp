@@ -93,10 +93,13 @@ namespace scripts {
 
 /// KEYS: stream retry tries dead idx_pending idx_retrying idx_delivered delivery attempts
 /// ARGV: outcome(delivered|retry|dead) group entry_id event_id now_ms next_at_ms attempt_json
-///       last_error last_status ttl_ms max_records bill_id type retry_holder
+///       last_error last_status ttl_ms max_records bill_id type retry_holder consumer lease_token
 /// retry: into the retry zset, its PEL entry (if any) handed to retry_holder (kRetryHolder).
-/// Returns the event's total attempt count, or -1 when a failure arrived for an entry that is no longer
-/// outstanding (another instance delivered it meanwhile): then nothing changes.
+/// A success is always recorded. A failure only while the attempt still holds the entry, as in
+/// kRenew: lease_token "" (read or reclaimed entry): pending for `consumer` and not in the retry
+/// zset; otherwise (popped retry) the member's score is still lease_token. Returns the event's total
+/// attempt count, or -1 when a failure arrived for an entry the attempt no longer holds (another
+/// instance delivered it or took it over meanwhile): then nothing changes.
 extern const std::string_view kRecord;
 
 /// KEYS: stream retry tries      ARGV: now_ms lease_ms count

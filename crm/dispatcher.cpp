@@ -581,14 +581,15 @@ struct Dispatcher::Impl {
     asio::awaitable<bool> renew_lease(const Item& item)
     {
         const auto held_entry = active.find(active_key(item));
-        const std::int64_t token = held_entry == active.end() ? item.lease_until : held_entry->second;
+        const std::int64_t token = lease_token(item);
+        const std::int64_t now = now_ms();
         const ShardKeys& k = keys.shard(item.shard);
         std::vector<std::string> script_keys{k.stream, k.retry};
         std::vector<std::string> args{options.group,
                                       options.consumer,
                                       item.entry_id,
                                       token == 0 ? std::string() : std::to_string(token),
-                                      std::to_string(now_ms()),
+                                      std::to_string(now),
                                       std::to_string(options.lease.count())};
         Result<Reply> reply = co_await commands.eval(renew_sha, std::move(script_keys), std::move(args));
         if (!reply) {
@@ -603,7 +604,18 @@ struct Dispatcher::Impl {
             log::info("crm.lease_lost", {{"event_id", item.event_id}, {"entry_id", item.entry_id}});
             co_return false;
         }
+        if (token != 0 && held_entry != active.end()) {
+            held_entry->second = now + options.lease.count();  // kRenew's new score: the token from now on
+        }
         co_return true;
+    }
+
+    /// What the attempt holds the entry by: a popped retry's score in the retry zset (the newest,
+    /// if this instance popped it again while it waited), or 0 for an entry pending for us.
+    std::int64_t lease_token(const Item& item) const
+    {
+        const auto held_entry = active.find(active_key(item));
+        return held_entry == active.end() ? item.lease_until : held_entry->second;
     }
 
     asio::awaitable<void> deliver(Item item)
@@ -680,6 +692,7 @@ struct Dispatcher::Impl {
         }
 
         record.at_ms = now_ms();
+        const std::int64_t token = lease_token(item);
         std::vector<std::string> script_keys{k.stream,       k.retry,        k.tries,
                                              k.dead,         k.idx_pending,  k.idx_retrying,
                                              k.idx_delivered, k.delivery(item.event_id), k.attempts(item.event_id)};
@@ -696,7 +709,9 @@ struct Dispatcher::Impl {
                                       std::to_string(options.max_attempt_records),
                                       item.bill_id,
                                       item.type,
-                                      std::string(kRetryHolder)};
+                                      std::string(kRetryHolder),
+                                      options.consumer,
+                                      token == 0 ? std::string() : std::to_string(token)};
         Result<Reply> reply = co_await commands.eval(record_sha, std::move(script_keys), std::move(args));
 
         stats.attempts.fetch_add(1, std::memory_order_relaxed);

@@ -75,15 +75,17 @@ struct Shard {
         return out;
     }
 
-    /// kRecord as the dispatcher calls it after an attempt.
-    std::int64_t record(const Ev& ev, const std::string& outcome, std::int64_t now)
+    /// kRecord as the dispatcher calls it after an attempt by `consumer`, which held the entry in
+    /// its PEL (token "") or as a popped retry whose score was `token`.
+    std::int64_t record(const Ev& ev, const std::string& outcome, std::int64_t now,
+                        const std::string& consumer = "c1", const std::string& token = "")
     {
         return eval(crm::scripts::kRecord,
                     {k.stream, k.retry, k.tries, k.dead, k.idx_pending, k.idx_retrying, k.idx_delivered,
                      k.delivery(ev.id), k.attempts(ev.id)},
                     {outcome, "crm", ev.entry, ev.id, std::to_string(now), outcome == "retry" ? "999999999" : "0",
                      R"({"attempt":9})", outcome == "retry" ? "http status 500" : "", outcome == "retry" ? "500" : "200",
-                     "60000", "50", ev.bill, "bill.paid", kHolder})
+                     "60000", "50", ev.bill, "bill.paid", kHolder, consumer, token})
             .integer;
     }
 
@@ -337,6 +339,42 @@ TEST_CASE("kSweepLost dead-letters exactly the old outstanding records whose ent
     CHECK(s.hash(s.k.delivery(claimed.id))["state"] == "delivered");
     CHECK(s.score(s.k.dead, claimed.id).empty());
     CHECK_FALSE(s.score(s.k.idx_delivered, claimed.id).empty());
+}
+
+TEST_CASE("kRecord writes a failure only for the attempt that still holds the entry")
+{
+    RedisEnv env;
+    Shard s(env, env.keys.shard_of("W"));
+    constexpr std::int64_t kNow = 2'000'000;
+    const Ev ev = s.add();
+    // Instance A read the entry and stalled past its lease; B took it over and is sending it.
+    s.read("A");
+    env.exec({"XCLAIM", s.k.stream, "crm", "B", "0", ev.entry, "JUSTID"});
+    s.put_record(ev, "pending", s.k.idx_pending, kNow);
+    const auto before = s.snapshot(ev);
+    // A's late failure (or its last one) changes nothing: B keeps the entry, nothing waits for a
+    // retry that a third instance would send while B's POST runs, no try is counted.
+    CHECK(s.record(ev, "retry", kNow + 1, "A") == -1);
+    CHECK(s.record(ev, "dead", kNow + 1, "A") == -1);
+    CHECK(s.pel() == std::map<std::string, std::string>{{ev.entry, "B"}});
+    CHECK(s.score(s.k.retry, ev.entry).empty());
+    CHECK(s.score(s.k.dead, ev.id).empty());
+    CHECK(s.snapshot(ev) == before);
+    // B's own failure is recorded: the entry waits for a retry, held by the retry holder.
+    CHECK(s.record(ev, "retry", kNow + 2, "B") == 1);
+    CHECK(s.pel() == std::map<std::string, std::string>{{ev.entry, kHolder}});
+    CHECK(s.score(s.k.retry, ev.entry) == "999999999");
+    // A popped retry is held by its score: an attempt whose lease was renewed by someone else since
+    // (the score changed) writes nothing; the one holding the current score does.
+    CHECK(s.record(ev, "dead", kNow + 3, "C", "123456789") == -1);
+    CHECK(s.hash(s.k.delivery(ev.id))["state"] == "retrying");
+    CHECK(s.record(ev, "dead", kNow + 3, "C", "999999999") == 2);
+    CHECK(s.hash(s.k.delivery(ev.id))["state"] == "dead");
+    CHECK_FALSE(s.score(s.k.dead, ev.id).empty());
+    // A success is recorded whoever reports it: the CRM has the event.
+    CHECK(s.record(ev, "delivered", kNow + 4, "A") == 3);
+    CHECK(s.hash(s.k.delivery(ev.id))["state"] == "delivered");
+    CHECK(s.pel().empty());
 }
 
 TEST_CASE("kSweepLost's cursor walks each index past the outstanding records, then wraps")
