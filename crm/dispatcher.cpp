@@ -329,6 +329,8 @@ struct Dispatcher::Impl {
     /// Entries held (queued or in flight), by shard + entry id -> the lease token of the item
     /// (Item::lease_until). A reclaim or pop of an entry already held is not queued a second time.
     std::unordered_map<std::string, std::int64_t> active;
+    std::size_t retry_next{0};    ///< shard retry_loop's next pass starts at
+    std::size_t reclaim_next{0};  ///< shard reclaim_loop's next pass starts at
     bool stopping{false};
     bool groups_ready{false};
 
@@ -504,8 +506,10 @@ struct Dispatcher::Impl {
 
     /// Queues each item behind the earlier items of its bill still in flight (one task per bill
     /// drains its queue), so that a healthy CRM receives a bill's events in sequence order.
-    void dispatch(std::vector<Item> items)
+    /// Returns how many of the items were not already held here.
+    std::size_t dispatch(std::vector<Item> items)
     {
+        std::size_t fresh_items = 0;
         for (Item& item : items) {
             const auto [held_entry, fresh] = active.try_emplace(active_key(item), item.lease_until);
             if (!fresh) {
@@ -517,6 +521,7 @@ struct Dispatcher::Impl {
                 continue;
             }
             ++held;
+            ++fresh_items;
             std::string key = item.bill_id.empty() ? "#" + item.entry_id
                                                    : std::to_string(item.shard) + '\n' + item.bill_id;
             const auto it = bill_queues.find(key);
@@ -531,6 +536,7 @@ struct Dispatcher::Impl {
             asio::co_spawn(executor, std::move(task), LogFailure("crm.delivery_task_failed"));
         }
         stats.in_flight.store(held, std::memory_order_relaxed);
+        return fresh_items;
     }
 
     asio::awaitable<void> drain_bill(std::string key, std::shared_ptr<std::deque<Item>> queue)
@@ -943,7 +949,12 @@ struct Dispatcher::Impl {
                 co_await wait_signal(slot_signal);
                 continue;
             }
-            for (const ShardKeys& k : keys.all()) {
+            // Each pass starts at the shard the last one could not reach (its budget ran out), so
+            // that a shard with many due retries does not keep the later shards' waiting.
+            const std::size_t shards = keys.all().size();
+            std::size_t visited = 0;
+            for (; visited < shards; ++visited) {
+                const ShardKeys& k = keys.all()[(retry_next + visited) % shards];
                 if (stopping || free_slots() == 0 || !commands.usable()) {
                     break;
                 }
@@ -974,6 +985,7 @@ struct Dispatcher::Impl {
                     dispatch(std::move(items));
                 }
             }
+            retry_next = (retry_next + std::max<std::size_t>(visited, 1)) % shards;
             if (stopping) {
                 break;
             }
@@ -994,7 +1006,10 @@ struct Dispatcher::Impl {
             if (stopping || !groups_ready || !commands.usable()) {
                 continue;
             }
-            for (const ShardKeys& k : keys.all()) {
+            const std::size_t shards = keys.all().size();  // rotated as in retry_loop
+            std::size_t visited = 0;
+            for (; visited < shards; ++visited) {
+                const ShardKeys& k = keys.all()[(reclaim_next + visited) % shards];
                 if (stopping || free_slots() == 0) {
                     break;
                 }
@@ -1027,12 +1042,15 @@ struct Dispatcher::Impl {
                     continue;
                 }
                 std::vector<Item> items = parse_claimed(*reply, k.shard);
-                if (!items.empty()) {
-                    stats.reclaimed.fetch_add(items.size(), std::memory_order_relaxed);
-                    log::info("crm.reclaimed", {{"shard", k.shard}, {"count", items.size()}});
-                    dispatch(std::move(items));
+                // Entries of this instance's own that waited behind their bill longer than the lease
+                // are claimed again too, and stay queued where they are: not taken over.
+                const std::size_t taken = dispatch(std::move(items));
+                if (taken > 0) {
+                    stats.reclaimed.fetch_add(taken, std::memory_order_relaxed);
+                    log::info("crm.reclaimed", {{"shard", k.shard}, {"count", taken}});
                 }
             }
+            reclaim_next = (reclaim_next + std::max<std::size_t>(visited, 1)) % shards;
             if (!stopping) {
                 co_await sweep_lost();
             }

@@ -460,6 +460,57 @@ TEST_CASE("a bill's events queued behind each other longer than the lease are ea
     for (const std::string& id : ids) {
         CHECK(env.delivery(id)["attempts"] == "1");
     }
+    // The instance claimed its own queued entries again; none was taken over from another.
+    CHECK(d->stats().reclaimed.load() == 0);
+}
+
+TEST_CASE("due retries of every shard take turns: a shard with many does not hold up the others")
+{
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_default_status(503);
+    // 120 bills of the first shard and one of the last, each with one event.
+    std::vector<std::string> ids;
+    for (int i = 0; ids.size() < 120; ++i) {
+        const std::string bill = "F" + std::to_string(i);
+        if (env.keys.shard_of(bill) == 0) {
+            ids.push_back(env.add_event(bill, 1));
+        }
+    }
+    std::string last_shard_bill = "L0";
+    for (int i = 1; env.keys.shard_of(last_shard_bill) != kShards - 1; ++i) {
+        last_shard_bill = "L" + std::to_string(i);
+    }
+    const std::string last = env.add_event(last_shard_bill, 1);
+    ids.push_back(last);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {1500ms, 100ms};
+    options.concurrency = 32;
+    {
+        // Every event fails once and waits 1.5 s for its retry.
+        RunningDispatcher failing(env.ioc, env.cfg, options);
+        REQUIRE(run_until(env.ioc, [&] {
+            return std::all_of(ids.begin(), ids.end(), [&](const std::string& id) { return env.state_of(id) == "retrying"; });
+        }, 10s));
+    }
+    const std::size_t failures = receiver.count();
+    REQUIRE(failures == ids.size());
+    receiver.set_default_status(200);
+    receiver.set_response_delay(20ms);
+    run_for(env.ioc, 1600ms);  // all due now
+    options.concurrency = 2;
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return all_acknowledged(receiver, ids); }, 30s));
+    std::vector<std::string> order;
+    const std::vector<ReceivedRequest> requests = receiver.requests();
+    for (std::size_t i = failures; i < requests.size(); ++i) {
+        order.push_back(requests[i].webhook_id);
+    }
+    const auto at = std::find(order.begin(), order.end(), last) - order.begin();
+    CAPTURE(at);
+    // Two at a time: the last shard's retry goes in one of the first passes, not after the 120.
+    CHECK(at < 10);
 }
 
 TEST_CASE("shortened schedule: dead letter after the last retry, then recover delivers it")
