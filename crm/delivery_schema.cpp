@@ -319,16 +319,25 @@ return {'more', '(' .. rows[#rows][1]}
 //   moves on by what was looked at and stayed in the index, and goes back to 0 after a call that
 //   reached the end of the old part, so old records that are legitimately outstanding (retries wait
 //   hours) cannot starve the lost ones behind them. Members that leave the index between calls
-//   shift the others left, so a few may be skipped in one lap; they are seen in the next.
+//   shift the others left, so a few may be skipped in one lap; they are seen in the next. The
+//   offset is a rank (ZRANGE by index finds it in O(log N)): ZRANGEBYSCORE's LIMIT offset walks
+//   the members before it one by one, so a lap over N retrying records cost N^2 / limit steps.
 const std::string kSweepLost = R"lua(
 local group, now = ARGV[1], tonumber(ARGV[2])
 local now_text = string.format('%d', now)
-local cutoff = '(' .. string.format('%d', now - tonumber(ARGV[3]))
+local cutoff = now - tonumber(ARGV[3])
 local limit, reason = math.max(1, tonumber(ARGV[4])), ARGV[5]
 local out = {}
 local function sweep(index, field)
   local offset = tonumber(redis.call('HGET', KEYS[8], field)) or 0
-  local ids = redis.call('ZRANGEBYSCORE', index, '-inf', cutoff, 'LIMIT', offset, limit)
+  local rows = redis.call('ZRANGE', index, offset, offset + limit - 1, 'WITHSCORES')
+  local ids = {}
+  for i = 1, #rows, 2 do
+    if tonumber(rows[i + 1]) >= cutoff then
+      break  -- the index is in score order: the old part ends here
+    end
+    ids[#ids + 1] = rows[i]
+  end
   local removed = 0
   for _, event_id in ipairs(ids) do
     local record = KEYS[9] .. event_id
