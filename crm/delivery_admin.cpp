@@ -523,10 +523,13 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
     // one reply may carry). A requeued event leaves the dead letters, so the next page starts past
     // only those that stayed (an entry deleted from the stream, a record gone); one that a
     // concurrent recover or redeliver took is passed over too, and left to the next call.
+    // One call does at most kMaxRecover (a million round trips and a 30 MB reply would hold one
+    // request for minutes): "more" tells the caller to call again.
     constexpr std::size_t kPage = 1000;
-    for (std::size_t s = 0; s < keys.all().size(); ++s) {
+    bool more = false;
+    for (std::size_t s = 0; s < keys.all().size() && !more; ++s) {
         std::size_t stayed = 0;
-        for (;;) {
+        while (!more) {
             std::vector<std::string> cmd{"ZRANGEBYSCORE", keys.all()[s].dead, std::to_string(since_ms), "+inf",
                                          "LIMIT",         std::to_string(stayed), std::to_string(kPage)};
             Result<Reply> page = co_await redis_.exec(std::move(cmd));
@@ -537,6 +540,10 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
                 co_return store::unexpected_reply("zrangebyscore", *page);
             }
             for (const Reply& id : page->elements) {
+                if (requeued.size() == kMaxRecover) {
+                    more = true;
+                    break;
+                }
                 // Only events still dead: a concurrent recover or redeliver already took the others.
                 Result<Reply> outcome =
                     co_await requeue(static_cast<int>(s), id.str, std::string(kStateDead), std::string());
@@ -565,6 +572,8 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
         put(w, id);
     }
     w.EndArray();
+    key(w, "more");
+    w.Bool(more);
     w.EndObject();
     co_return text_of(buf);
 }

@@ -49,9 +49,11 @@ public:
     /// holds the event (an attempt in flight or about to start): it would be sent twice at once.
     boost::asio::awaitable<Result<std::string>> redeliver(std::string event_id);
 
-    /// Re-queues every event dead-lettered at or after since_ms (Unix ms), each with a fresh schedule.
-    /// {"requeued": n, "event_ids": [...]}.
+    /// Re-queues the events dead-lettered at or after since_ms (Unix ms), each with a fresh schedule,
+    /// at most kMaxRecover per call (a requeued event leaves the dead letters, so the same call again
+    /// goes on). {"requeued": n, "event_ids": [...], "more": true while dead letters may remain}.
     boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms);
+    static constexpr std::size_t kMaxRecover = 10'000;
 
 private:
     struct Located {

@@ -558,6 +558,7 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
     Result<std::string> again = run_awaitable(env.ioc, admin.recover(0));
     REQUIRE(again.has_value());
     CHECK(parse_json(*again)["requeued"].GetInt() == 0);
+    CHECK_FALSE(parse_json(*again)["more"].GetBool());
     check_all_signed(receiver);
 }
 
@@ -605,6 +606,39 @@ TEST_CASE("recover reads the dead letters a page at a time, past those that stay
     for (const std::string& dead : with_dead) {
         CHECK(env.exec({"ZCARD", dead}).integer == 2500);
     }
+}
+
+TEST_CASE("recover does at most 10,000 per call and says when there is more")
+{
+    // 10,050 dead letters of one shard, their entries in the stream: one call requeues 10,000 (a
+    // million after a long CRM outage would hold one request for minutes), the next the rest.
+    RedisEnv env;
+    const crm::DeliveryKeys keys(kPrefix, kShards);
+    const crm::ShardKeys& k = keys.shard(0);
+    std::vector<std::string> make{"EVAL", R"(
+for i = 1, tonumber(ARGV[1]) do
+  local id = 'evt_R' .. i
+  local entry = redis.call('XADD', KEYS[1], '*', 'id', id, 'bill_id', 'R', 'type', 'bill.paid', 'event', '{}')
+  redis.call('HSET', ARGV[2] .. id, 'state', 'dead', 'event_id', id, 'entry_id', entry)
+  redis.call('ZADD', KEYS[2], i, id)
+end
+return redis.call('ZCARD', KEYS[2]))", "2", k.stream, k.dead, "10050", k.delivery_prefix};
+    REQUIRE(env.exec(std::move(make)).integer == 10'050);
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    Result<std::string> first = run_awaitable(env.ioc, admin.recover(0), 120s);
+    REQUIRE(first.has_value());
+    const rapidjson::Document one = parse_json(*first);
+    CHECK(one["requeued"].GetInt() == 10'000);
+    CHECK(one["event_ids"].Size() == 10'000);
+    CHECK(one["more"].GetBool());
+    CHECK(env.exec({"ZCARD", k.dead}).integer == 50);
+    Result<std::string> second = run_awaitable(env.ioc, admin.recover(0), 60s);
+    REQUIRE(second.has_value());
+    const rapidjson::Document two = parse_json(*second);
+    CHECK(two["requeued"].GetInt() == 50);
+    CHECK_FALSE(two["more"].GetBool());
+    CHECK(env.exec({"ZCARD", k.dead}).integer == 0);
+    CHECK(env.exec({"ZCARD", k.retry}).integer == 10'050);
 }
 
 TEST_CASE("Retry-After on 429 is honoured")
