@@ -40,7 +40,11 @@ Response make_response(const Request& req, unsigned status, std::string_view con
     }
     res.keep_alive(req.keep_alive());
     res.body() = std::move(body);
-    res.prepare_payload();
+    // A 204 (WeChat Pay's "stop retrying") or 304 has no body and, RFC 9110 §8.6, no Content-Length:
+    // prepare_payload would add "Content-Length: 0", which a strict client or proxy may refuse.
+    if (status != 204 && status != 304) {
+        res.prepare_payload();
+    }
     return res;
 }
 

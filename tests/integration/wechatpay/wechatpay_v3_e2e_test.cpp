@@ -24,6 +24,7 @@ TEST_CASE("wechatpay v3: payment → PAID with 204 and a WeChat retry or 50 conc
     auto r = wx.post_v3(first);
     CHECK(r.status == 204);
     CHECK(r.body.empty());
+    CHECK(r.headers.count("content-length") == 0);  // RFC 9110 §8.6: none on a 204
     auto bill = bill_of(fx, "W1001");
     CHECK(str(bill, "status") == "PAID");
     CHECK(bill["paid_fen"].GetInt64() == 1234);
@@ -46,6 +47,15 @@ TEST_CASE("wechatpay v3: payment → PAID with 204 and a WeChat retry or 50 conc
     CHECK(r.status == 204);
     CHECK(r.body.empty());
     CHECK(events_of(fx, "W1001") == 1);
+    {
+        // A 204 without Content-Length ends where it should: the keep-alive connection goes on.
+        paybridge::test::HttpClient client(fx.port());
+        const paybridge::test::Headers headers(retry.headers.begin(), retry.headers.end());
+        const HttpResult again = client.post("/notify/wechatpay/" + std::string(DaemonFixture::kMchId), retry.body, headers);
+        CHECK(again.status == 204);
+        CHECK(again.headers.count("content-length") == 0);
+        CHECK(client.get("/healthz").status == 200);
+    }
     CHECK(fx.outbox_length() == 1);
     CHECK(bill_of(fx, "W1001")["version"].GetInt() == 2);
 
