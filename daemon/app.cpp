@@ -60,7 +60,8 @@ webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, st
     }
     if (cfg->tls) {
         std::string problem;
-        if (!make_server_tls_context(*cfg->tls, problem)) {
+        rt->tls = make_server_tls_context(*cfg->tls, problem);
+        if (!rt->tls) {
             problems.push_back("/tls: " + problem);
         }
     }
@@ -197,8 +198,8 @@ int App::Impl::run()
     gate_.limit = cfg.limits.max_connections;
     const int n = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
-    std::shared_ptr<asio::ssl::context> tls;
-    if (cfg.tls) {
+    std::shared_ptr<asio::ssl::context> tls = runtime_->tls;
+    if (cfg.tls && !tls) {
         std::string problem;
         tls = make_server_tls_context(*cfg.tls, problem);
         if (!tls) {
@@ -405,11 +406,9 @@ void App::Impl::reload()
     cfg_ = r.runtime->config;
     crm_->update(*cfg_);
     log::set_level(cfg_->log_level);
-    std::shared_ptr<asio::ssl::context> tls;
-    if (cfg_->tls) {
-        std::string problem;
-        tls = make_server_tls_context(*cfg_->tls, problem);
-    }
+    // The context build_runtime checked, not the files read a second time: a certificate and key
+    // replaced one after the other in between would not pair, and the old ones would stay unsaid.
+    std::shared_ptr<asio::ssl::context> tls = runtime_->tls;
     for (auto& w : workers_) {
         Worker* wp = w.get();
         webhooks::RuntimePtr rt = runtime_;

@@ -5,6 +5,10 @@
 
 #include <memory>
 
+namespace boost::asio::ssl {
+class context;
+}
+
 namespace paybridge::webhooks {
 
 /// Everything that a configuration reload replaces at once: the config and the gateways built
@@ -15,6 +19,9 @@ struct Runtime {
     std::unique_ptr<gateways::Gateway> alipay;      ///< null when no Alipay app is configured
     std::unique_ptr<gateways::Gateway> wechat_v3;   ///< null when no merchant is configured
     std::unique_ptr<gateways::Gateway> wechat_v2;   ///< null when no merchant has an APIv2 key
+    /// The HTTPS listener's certificate and key (config.tls), loaded once with the rest: null
+    /// without a TLS listener.
+    std::shared_ptr<boost::asio::ssl::context> tls;
 };
 
 using RuntimePtr = std::shared_ptr<const Runtime>;
