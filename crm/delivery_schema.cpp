@@ -313,8 +313,8 @@ return {'more', '(' .. rows[#rows][1]}
 // - An attempt already in flight when its entry was deleted may still end. A late success records
 //   "delivered" anyway: kRecord's delivered outcome checks nothing, takes the event out of the dead
 //   zset and writes the delivered state over the dead one. A late failure writes nothing: kRecord
-//   only records a failure for an entry still outstanding (in the retry zset or the PEL), and this
-//   script has taken it out of both.
+//   only records a failure for an entry the attempt still holds (in the retry zset with its lease,
+//   or in its consumer's PEL), and this script has taken it out of both.
 // - Bounded: at most `limit` members per index and call, from the offsets in KEYS[8]. The offset
 //   moves on by what was looked at and stayed in the index, and goes back to 0 after a call that
 //   reached the end of the old part, so old records that are legitimately outstanding (retries wait
