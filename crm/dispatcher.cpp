@@ -586,7 +586,6 @@ struct Dispatcher::Impl {
     /// (then it comes back after the lease).
     asio::awaitable<bool> renew_lease(const Item& item)
     {
-        const auto held_entry = active.find(active_key(item));
         const std::int64_t token = lease_token(item);
         const std::int64_t now = now_ms();
         const ShardKeys& k = keys.shard(item.shard);
@@ -610,8 +609,10 @@ struct Dispatcher::Impl {
             log::info("crm.lease_lost", {{"event_id", item.event_id}, {"entry_id", item.entry_id}});
             co_return false;
         }
-        if (token != 0 && held_entry != active.end()) {
-            held_entry->second = now + options.lease.count();  // kRenew's new score: the token from now on
+        // kRenew's new score is the token from now on (looked up again: `active` may have been
+        // rehashed while the script ran).
+        if (const auto held_entry = active.find(active_key(item)); token != 0 && held_entry != active.end()) {
+            held_entry->second = now + options.lease.count();
         }
         co_return true;
     }
@@ -950,7 +951,7 @@ struct Dispatcher::Impl {
                 continue;
             }
             // Each pass starts at the shard the last one could not reach (its budget ran out), so
-            // that a shard with many due retries does not keep the later shards' waiting.
+            // that a shard with many due retries does not keep the later shards waiting.
             const std::size_t shards = keys.all().size();
             std::size_t visited = 0;
             for (; visited < shards; ++visited) {
