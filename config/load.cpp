@@ -4,6 +4,8 @@
 #include "config/detail/files.hpp"
 #include "config/detail/problems.hpp"
 #include "config/detail/schema_check.hpp"
+#include "core/error.hpp"
+#include "gateways/crypto/crypto.hpp"
 
 #include <openssl/evp.h>
 #include <rapidjson/document.h>
@@ -267,15 +269,12 @@ private:
         if (!content) {
             return;
         }
-        const std::optional<std::size_t> certificates = detail::count_pem_certificates(*content);
-        if (!certificates) {
+        if (const auto certificates = crypto::load_certificates(*content); !certificates) {
             problems_.note(child(ptr, key),
-                           shown_path(*v) + " holds a PEM certificate block that does not read (damaged base64 or "
-                                            "DER), so OpenSSL would refuse the whole file");
-            return;
-        }
-        if (*certificates == 0) {
-            problems_.note(child(ptr, key), shown_path(*v) + " holds no PEM certificate");
+                           shown_path(*v) + (certificates.error() == errc::not_found
+                                                 ? " holds no PEM certificate"
+                                                 : " holds a PEM certificate block that does not read (damaged "
+                                                   "base64 or DER), so OpenSSL would refuse the whole file"));
             return;
         }
         out = resolve(*v).string();

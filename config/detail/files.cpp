@@ -4,11 +4,6 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <openssl/bio.h>
-#include <openssl/err.h>
-#include <openssl/pem.h>
-#include <openssl/x509.h>
-
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
@@ -109,29 +104,6 @@ std::string foreign_writable_warning(const FileContent& file, std::string_view s
                "), who may change it, and paybridged trusts what it holds: chown it";
     }
     return {};
-}
-
-std::optional<std::size_t> count_pem_certificates(std::string_view pem)
-{
-    BIO* bio = BIO_new_mem_buf(pem.data(), static_cast<int>(pem.size()));
-    if (bio == nullptr) {
-        return std::nullopt;
-    }
-    ERR_clear_error();
-    std::size_t n = 0;
-    while (X509* cert = PEM_read_bio_X509(bio, nullptr, nullptr, nullptr)) {
-        ++n;
-        X509_free(cert);
-    }
-    BIO_free(bio);
-    // The loop ends at the end of the text ("no start line") or at a certificate block that does
-    // not read, which makes OpenSSL refuse the whole file when it loads it to verify peers with.
-    const unsigned long err = ERR_peek_last_error();
-    ERR_clear_error();
-    if (ERR_GET_LIB(err) != ERR_LIB_PEM || ERR_GET_REASON(err) != PEM_R_NO_START_LINE) {
-        return std::nullopt;
-    }
-    return n;
 }
 
 }  // namespace paybridge::config::detail

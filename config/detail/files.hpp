@@ -34,9 +34,4 @@ std::string foreign_writable_warning(const FileContent& file, std::string_view s
 /// `max_bytes`, is a directory, or cannot be opened or read. Blocking; for start-up only.
 FileContent read_file(const std::filesystem::path& path, std::size_t max_bytes);
 
-/// How many X.509 certificates OpenSSL reads from PEM text (other PEM blocks are skipped), as it
-/// does when it loads a CA file to verify peers with; nullopt when a certificate block does not
-/// read (damaged base64 or DER), for which OpenSSL refuses the whole file.
-std::optional<std::size_t> count_pem_certificates(std::string_view pem);
-
 }  // namespace paybridge::config::detail

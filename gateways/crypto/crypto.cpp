@@ -424,8 +424,11 @@ Result<std::vector<X509Ptr>> load_certificates(std::string_view pem)
     const unsigned long err = ERR_peek_last_error();
     ERR_clear_error();
     const bool at_end = ERR_GET_LIB(err) == ERR_LIB_PEM && ERR_GET_REASON(err) == PEM_R_NO_START_LINE;
-    if (certs.empty() || !at_end) {
+    if (!at_end) {
         return make_error_code(errc::malformed_request);
+    }
+    if (certs.empty()) {
+        return make_error_code(errc::not_found);
     }
     return certs;
 }

@@ -78,8 +78,9 @@ Result<std::string> aes256ecb_encrypt(std::string_view key, std::string_view pla
 // ---- X.509 ----
 
 /// Every certificate in a PEM bundle, in file order (other PEM blocks are skipped). Errors:
-/// malformed_request when there is none, or when a certificate block does not read: a bundle is
-/// never silently cut short at a block OpenSSL cannot read.
+/// not_found when there is none; malformed_request when a certificate block does not read (damaged
+/// base64 or DER): a bundle is never silently cut short at a block OpenSSL cannot read, and OpenSSL
+/// refuses such a file whole when it loads it to verify peers with.
 Result<std::vector<X509Ptr>> load_certificates(std::string_view pem);
 /// The certificate's public key.
 SharedKey certificate_key(X509* cert);
