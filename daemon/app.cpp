@@ -198,15 +198,8 @@ int App::Impl::run()
     gate_.limit = cfg.limits.max_connections;
     const int n = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
 
-    std::shared_ptr<asio::ssl::context> tls = runtime_->tls;
-    if (cfg.tls && !tls) {
-        std::string problem;
-        tls = make_server_tls_context(*cfg.tls, problem);
-        if (!tls) {
-            log::error("daemon.tls_failed", {{"error", problem}});
-            return 78;
-        }
-    }
+    // build_runtime made it, or refused the configuration (main exits 78 before an App exists).
+    const std::shared_ptr<asio::ssl::context> tls = runtime_->tls;
     try {
         for (int i = 0; i < n; ++i) {
             auto w = std::make_unique<Worker>(cfg, runtime_, gate_, [this] { return all_ready(); });
