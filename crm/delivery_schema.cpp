@@ -43,27 +43,35 @@ DeliveryKeys::DeliveryKeys(std::string prefix, int shards)
 
 namespace scripts {
 
+// Lua prepended to the scripts that check an attempt still holds its entry (kRenew before the
+// POST, kRecord before a failure is written), so that the two agree on what holding means:
+//   holds(stream, retry, group, consumer, entry, token)
+//     token ~= '' (a popped retry): the entry's score in the retry zset is still `token`;
+//     token == '' (read or reclaimed): the entry is pending for `consumer` and not in the retry zset.
+constexpr std::string_view kHoldsHelper = R"lua(
+local function holds(stream, retry, group, consumer, entry, token)
+  local score = redis.call('ZSCORE', retry, entry)
+  if token ~= '' then
+    return score ~= false and tonumber(score) == tonumber(token)
+  end
+  if score ~= false then
+    return false
+  end
+  local p = redis.call('XPENDING', stream, group, entry, entry, 1)
+  return p[1] ~= nil and p[1][2] == consumer
+end
+)lua";
+
 // A failure is only recorded while the attempt still holds the entry, as kRenew checked before the
 // POST: a late failure from a slow attempt must neither re-queue an entry another instance delivered
 // meanwhile nor take one from the instance now sending it (a third would then send it at the same
 // time, and the schedule would lose a step).
-const std::string_view kRecord = R"lua(
+const std::string kRecord = std::string(kHoldsHelper) + R"lua(
 local outcome, group, entry, event_id = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local now = tonumber(ARGV[5])
 local ttl = tonumber(ARGV[10])
-if outcome ~= 'delivered' then
-  local consumer, token = ARGV[15], ARGV[16]
-  local score = redis.call('ZSCORE', KEYS[2], entry)
-  local ours = false
-  if token ~= '' then
-    ours = score ~= false and tonumber(score) == tonumber(token)
-  elseif score == false then
-    local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)
-    ours = p[1] ~= nil and p[1][2] == consumer
-  end
-  if not ours then
-    return -1
-  end
+if outcome ~= 'delivered' and not holds(KEYS[1], KEYS[2], group, ARGV[15], entry, ARGV[16]) then
+  return -1
 end
 local attempts = redis.call('HINCRBY', KEYS[8], 'attempts', 1)
 redis.call('RPUSH', KEYS[9], ARGV[7])
@@ -122,24 +130,16 @@ return out
 )lua";
 
 // XCLAIM with min-idle 0 would take the entry from whoever holds it, so ownership is checked first.
-const std::string_view kRenew = R"lua(
+const std::string kRenew = std::string(kHoldsHelper) + R"lua(
 local group, consumer, entry, token = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
-local score = redis.call('ZSCORE', KEYS[2], entry)
+if not holds(KEYS[1], KEYS[2], group, consumer, entry, token) then
+  return 0
+end
 if token ~= '' then
-  if score == false or tonumber(score) ~= tonumber(token) then
-    return 0
-  end
   redis.call('ZADD', KEYS[2], 'XX', string.format('%d', tonumber(ARGV[5]) + tonumber(ARGV[6])), entry)
-  return 1
+else
+  redis.call('XCLAIM', KEYS[1], group, consumer, 0, entry, 'JUSTID')
 end
-if score ~= false then
-  return 0
-end
-local p = redis.call('XPENDING', KEYS[1], group, entry, entry, 1)
-if p[1] == nil or p[1][2] ~= consumer then
-  return 0
-end
-redis.call('XCLAIM', KEYS[1], group, consumer, 0, entry, 'JUSTID')
 return 1
 )lua";
 

@@ -100,7 +100,7 @@ namespace scripts {
 /// zset; otherwise (popped retry) the member's score is still lease_token. Returns the event's total
 /// attempt count, or -1 when a failure arrived for an entry the attempt no longer holds (another
 /// instance delivered it or took it over meanwhile): then nothing changes.
-extern const std::string_view kRecord;
+extern const std::string kRecord;
 
 /// KEYS: stream retry tries      ARGV: now_ms lease_ms count
 /// Takes up to `count` due retry members, pushes their due time to now + lease, and returns
@@ -113,7 +113,7 @@ extern const std::string_view kPopDue;
 /// entry must be pending for `consumer` and not in the retry zset; its idle time is reset (XCLAIM
 /// JUSTID). Otherwise (popped retry) the member's score must still be lease_token; it becomes now +
 /// lease. Returns 1 when renewed, 0 when the entry is no longer ours (then it must not be sent).
-extern const std::string_view kRenew;
+extern const std::string kRenew;
 
 /// KEYS: stream retry tries      ARGV: group consumer min_idle_ms count scan_limit retry_holder
 /// Claims (XCLAIM, min-idle) up to `count` entries idle >= min_idle from the PEL of every consumer
