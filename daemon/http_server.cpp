@@ -26,7 +26,9 @@
 #include <chrono>
 #include <cstdio>
 #include <functional>
+#include <optional>
 #include <type_traits>
+#include <utility>
 
 namespace paybridge::daemon {
 
@@ -44,20 +46,39 @@ struct HttpServer::Session {
     std::chrono::steady_clock::time_point idle_until{std::chrono::steady_clock::time_point::max()};
 };
 
-namespace {
-
-/// One accepted connection's place in the ConnectionGate, taken by the accept loop and given back
-/// when the connection's coroutine ends, however it ends (a failed TLS handshake included).
-class GateSlot {
+/// One accepted connection's place in the ConnectionGate, taken by the accept loop and handed to
+/// the connection's coroutine, which gives it back when it ends, however it ends (a failed TLS
+/// handshake included). Whoever holds it last gives it back: the accept loop too, when the
+/// coroutine could not be started (its frame not allocated).
+class HttpServer::GateSlot {
 public:
-    explicit GateSlot(ConnectionGate& gate) noexcept : gate_(gate) {}
+    /// Takes a place if one is free. Taking is the check, so workers racing for the last place
+    /// cannot both have it.
+    static std::optional<GateSlot> take(ConnectionGate& gate) noexcept
+    {
+        if (gate.open.fetch_add(1, std::memory_order_relaxed) >= gate.limit) {
+            gate.open.fetch_sub(1, std::memory_order_relaxed);
+            return std::nullopt;
+        }
+        return GateSlot(gate);
+    }
+    GateSlot(GateSlot&& other) noexcept : gate_(std::exchange(other.gate_, nullptr)) {}
+    GateSlot& operator=(GateSlot&&) = delete;
     GateSlot(const GateSlot&) = delete;
     GateSlot& operator=(const GateSlot&) = delete;
-    ~GateSlot() { gate_.open.fetch_sub(1, std::memory_order_relaxed); }
+    ~GateSlot()
+    {
+        if (gate_ != nullptr) {
+            gate_->open.fetch_sub(1, std::memory_order_relaxed);
+        }
+    }
 
 private:
-    ConnectionGate& gate_;
+    explicit GateSlot(ConnectionGate& gate) noexcept : gate_(&gate) {}
+    ConnectionGate* gate_;
 };
+
+namespace {
 
 /// A connection's entry in its server's session list (for stop() and abort()) and in the open
 /// connections gauge, for exactly as long as its coroutine runs, however it ends: an exception
@@ -317,40 +338,58 @@ awaitable<void> HttpServer::accept_loop(std::size_t index)
 {
     Listener& l = *listeners_[index];
     while (!stopping_) {
-        auto [ec, socket] = co_await l.acceptor.async_accept(kUseTuple);
-        if (ec) {
-            if (stopping_ || ec == asio::error::operation_aborted) {
-                break;
-            }
-            // EMFILE and friends: back off briefly instead of spinning.
-            log::error("http.accept_failed", {{"error", ec.message()}});
-            asio::steady_timer pause(ioc_, std::chrono::milliseconds(50));
-            co_await pause.async_wait(kUseTuple);
-            continue;
+        // An exception (bad_alloc starting an accept or a session) costs at most the connection
+        // at hand, never the worker's listener: its socket and place go back as the stack unwinds
+        // (the arguments not moved into a session's frame included), and accepting goes on after
+        // the same pause as for EMFILE.
+        Accepted next = Accepted::pause;
+        try {
+            next = co_await accept_one(l);
+        } catch (const std::exception& e) {
+            log::error("http.accept_failed", {{"error", e.what()}});
         }
-        // A connection holds its place from accept (a TLS handshake holds a socket too) to the end
-        // of its session; taking the place is the check, so workers racing for the last one
-        // cannot both have it.
-        if (gate_.open.fetch_add(1, std::memory_order_relaxed) >= gate_.limit) {
-            gate_.open.fetch_sub(1, std::memory_order_relaxed);
-            instruments().rejected.with({}).inc();
-            boost::system::error_code ignored;
-            socket.close(ignored);
-            continue;
+        if (next == Accepted::end) {
+            break;
         }
-        socket.set_option(tcp::no_delay(true), ec);
-        const LogFailure handler("http.session_failed");
-        if (l.tls) {
-            asio::co_spawn(ioc_, run_tls(std::move(socket)), handler);
-        } else {
-            asio::co_spawn(ioc_, run_plain(std::move(socket)), handler);
+        if (next == Accepted::pause && !stopping_) {
+            asio::steady_timer timer(ioc_, std::chrono::milliseconds(50));
+            co_await timer.async_wait(kUseTuple);
         }
     }
 }
 
-awaitable<void> HttpServer::run_plain(tcp::socket socket)
+awaitable<HttpServer::Accepted> HttpServer::accept_one(Listener& l)
 {
-    const GateSlot slot(gate_);
+    auto [ec, socket] = co_await l.acceptor.async_accept(kUseTuple);
+    if (ec) {
+        if (stopping_ || ec == asio::error::operation_aborted) {
+            co_return Accepted::end;
+        }
+        // EMFILE and friends: back off briefly instead of spinning.
+        log::error("http.accept_failed", {{"error", ec.message()}});
+        co_return Accepted::pause;
+    }
+    // A connection holds its place from accept (a TLS handshake holds a socket too) to the end of
+    // its session.
+    std::optional<GateSlot> slot = GateSlot::take(gate_);
+    if (!slot) {
+        instruments().rejected.with({}).inc();
+        boost::system::error_code ignored;
+        socket.close(ignored);
+        co_return Accepted::next;
+    }
+    socket.set_option(tcp::no_delay(true), ec);
+    const LogFailure handler("http.session_failed");
+    if (l.tls) {
+        asio::co_spawn(ioc_, run_tls(std::move(socket), std::move(*slot)), handler);
+    } else {
+        asio::co_spawn(ioc_, run_plain(std::move(socket), std::move(*slot)), handler);
+    }
+    co_return Accepted::next;
+}
+
+awaitable<void> HttpServer::run_plain(tcp::socket socket, [[maybe_unused]] GateSlot slot)
+{
     boost::system::error_code ec;
     socket.non_blocking(true, ec);  // serve() tries a read before it waits; asio's async ops are unaffected
     if (ec) {
@@ -364,9 +403,8 @@ awaitable<void> HttpServer::run_plain(tcp::socket socket)
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
 }
 
-awaitable<void> HttpServer::run_tls(tcp::socket socket)
+awaitable<void> HttpServer::run_tls(tcp::socket socket, [[maybe_unused]] GateSlot slot)
 {
-    const GateSlot slot(gate_);
     std::shared_ptr<asio::ssl::context> ctx = tls_;
     if (!ctx) {
         co_return;

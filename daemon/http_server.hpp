@@ -58,14 +58,20 @@ public:
     struct Session;
 
 private:
+    struct Listener;
     boost::asio::awaitable<void> accept_loop(std::size_t index);
+    enum class Accepted { next, pause, end };
+    /// Accepts one connection and starts its session. Says whether to go on, to pause first (an
+    /// error such as EMFILE) or to end (the listener is closed).
+    boost::asio::awaitable<Accepted> accept_one(Listener& l);
     /// Closes plain connections idle past limits.idle_timeout (they wait with no read, so no
     /// per-read timer bounds them).
     boost::asio::awaitable<void> idle_sweep();
     template <class Stream>
     boost::asio::awaitable<void> serve(Stream& stream, Session& session);
-    boost::asio::awaitable<void> run_plain(boost::asio::ip::tcp::socket socket);
-    boost::asio::awaitable<void> run_tls(boost::asio::ip::tcp::socket socket);
+    class GateSlot;
+    boost::asio::awaitable<void> run_plain(boost::asio::ip::tcp::socket socket, GateSlot slot);
+    boost::asio::awaitable<void> run_tls(boost::asio::ip::tcp::socket socket, GateSlot slot);
 
     boost::asio::io_context& ioc_;
     config::HttpLimits limits_;
