@@ -309,22 +309,25 @@ local function emit(ev, b, etype, extra, unknown_n)
     return id, seq_text
 end
 
+-- When the money was paid: the time the notification gives for the payment (an Alipay refund
+-- applied before its payment carries gmt_payment), else the event's own time (a payment's, or a
+-- WeChat refund's, which does not say when the payment was: the closest bound known), else now.
+local function paid_time(ev)
+    if ev.paid_at ~= '' then
+        return ev.paid_at
+    elseif ev.occurred_at ~= '' then
+        return ev.occurred_at
+    end
+    return NOW
+end
+
 -- PENDING or CLOSED -> PAID, for the amount and in the currency the bill asks (the caller
 -- checked). Returns the bill.paid event's id and sequence number (text).
 local function pay(b, ev, total, txn)
     local after_close = b.status == 'CLOSED'
     b.status, b.paid_fen, b.paid_text, b.provider, b.provider_txn_id = 'PAID', total, jint(total), ev.provider, txn
     b.paid_safe = ev.safe
-    -- When the money was paid: the time the notification gives for the payment (an Alipay refund
-    -- applied before its payment carries gmt_payment), else the event's own time (a payment's, or
-    -- a WeChat refund's, which does not say when the payment was: the closest bound known), else now.
-    if ev.paid_at ~= '' then
-        b.paid_at = ev.paid_at
-    elseif ev.occurred_at ~= '' then
-        b.paid_at = ev.occurred_at
-    else
-        b.paid_at = NOW
-    end
+    b.paid_at = paid_time(ev)
     save_bill(b, 'status', 'PAID', 'paid_fen', b.paid_text, 'provider', b.provider, 'provider_txn_id', txn,
         'paid_at', b.paid_at)
     local extra = ',"amount_fen":' .. b.paid_text
@@ -406,6 +409,103 @@ end
 ---------------------------------------------------------------------------------------------------
 -- Transitions. Each returns outcome, anomaly kind or '', status after.
 
+-- The other transactions of a bill: payments besides the one the bill holds (duplicate_payment),
+-- refunds of them (refund_other_txn), and a payment the bill held until it was refunded in full.
+-- With them the final state does not depend on the order notifications arrive in: when the bill's
+-- payment is refunded in full while another payment of the bill's amount still stands, that one
+-- becomes the bill's payment (paid_after_refund), whether it was seen before the refund or after.
+-- One field of the markers hash, JSON: {"<provider>\n<txn>": entry}. Read only on these rare paths.
+local function load_ledger()
+    local raw = redis.call('HGET', K_SEEN, 'ledger')
+    if raw then
+        return cjson.decode(raw)
+    end
+    return {}
+end
+
+local function save_ledger(ledger)
+    redis.call('HSET', K_SEEN, 'ledger', cjson.encode(ledger))
+end
+
+-- The ledger's entry of one transaction, made if missing. paid: -1 while its payment is unknown;
+-- refunded: its refunded total (cumulative refunds: the highest total; others: the sum);
+-- refunds: refund id -> amount, stored as K_REFUNDS stores them.
+local function ledger_entry(ledger, provider, txn)
+    local key = provider .. '\n' .. txn
+    local entry = ledger[key]
+    if entry == nil then
+        entry = {provider = provider, txn = txn, paid = -1, paid_at = '', currency = '', channel = '', status = '',
+            refunded = 0, refunds = {}}
+        ledger[key] = entry
+    end
+    return entry
+end
+
+-- The transaction that takes over a bill whose payment was refunded in full: a payment of the
+-- bill's amount and currency not refunded in full. Of several, the first by key, so the choice
+-- does not depend on arrival order either.
+local function successor(b, ledger)
+    local keys = {}
+    for key, entry in pairs(ledger) do
+        if entry.paid == b.amount_fen and entry.currency == b.currency and entry.refunded < entry.paid then
+            keys[#keys + 1] = key
+        end
+    end
+    if #keys == 0 then
+        return nil
+    end
+    table.sort(keys)
+    return ledger[keys[1]]
+end
+
+-- REFUNDED -> PAID (or PARTIALLY_REFUNDED) by `entry`: money received wins, as after a close. The
+-- refunded payment steps aside into the ledger with its refunds, and the successor's refunds
+-- become the bill's. One bill.paid event for the change (its data: the successor's payment, the
+-- payment it replaces, anomaly paid_after_refund) and the anomaly record.
+local function take_over(b, ev, ledger, entry)
+    local old = ledger_entry(ledger, b.provider, b.provider_txn_id)
+    old.paid, old.paid_at, old.currency, old.refunded = b.paid_fen, b.paid_at, b.currency, b.refunded_fen
+    local held = redis.call('HGETALL', K_REFUNDS)
+    for i = 1, #held, 2 do
+        old.refunds[held[i]] = tonumber(held[i + 1])
+    end
+    redis.call('DEL', K_REFUNDS)
+    local moved = {}
+    for id, amount in pairs(entry.refunds) do
+        moved[#moved + 1] = id
+        moved[#moved + 1] = jint(amount)
+    end
+    if #moved > 0 then
+        redis.call('HSET', K_REFUNDS, unpack(moved))
+    end
+    ledger[entry.provider .. '\n' .. entry.txn] = nil
+    save_ledger(ledger)
+
+    local replaced_provider, replaced_txn = b.provider, b.provider_txn_id
+    b.provider, b.provider_txn_id, b.paid_at, b.paid_safe = entry.provider, entry.txn, entry.paid_at, false
+    b.paid_fen, b.paid_text = entry.paid, jint(entry.paid)
+    b.refunded_fen, b.refunded_text = entry.refunded, jint(entry.refunded)
+    if entry.refunded == 0 then
+        b.status = 'PAID'
+    else
+        b.status = 'PARTIALLY_REFUNDED'
+    end
+    save_bill(b, 'status', b.status, 'paid_fen', b.paid_text, 'refunded_fen', b.refunded_text,
+        'provider', b.provider, 'provider_txn_id', b.provider_txn_id, 'paid_at', b.paid_at)
+    local payment = {provider = entry.provider, channel = entry.channel, kind = 'payment',
+        notification_id = ev.notification_id, bill_id = ev.bill_id, provider_txn_id = entry.txn,
+        provider_status = entry.status, occurred_at = ev.occurred_at, safe = false}
+    local details = {
+        {'amount_fen', b.paid_text},
+        {'refunded_fen', b.refunded_text},
+        {'replaced_provider', jstr(replaced_provider)},
+        {'replaced_provider_txn_id', jstr(replaced_txn)},
+    }
+    local event_id, seq = emit(payment, b, 'bill.paid', jfields(append({{'anomaly', jstr('paid_after_refund')}}, details)))
+    record_anomaly(payment, 'paid_after_refund', 'anm_' .. ev.bill_id .. '_' .. seq, jobj(details), event_id)
+    return 'applied', 'paid_after_refund', b.status
+end
+
 -- Whether a payment of `total` in the event's currency is the one the bill asks for.
 local function bill_amount(b, ev, total)
     return ev.currency == b.currency and total == b.amount_fen
@@ -420,6 +520,17 @@ local function apply_payment(b, ev, total, txn)
         if not first_time('dup_payment:' .. ev.provider .. ':' .. txn) then
             return 'duplicate', '', b.status
         end
+        local ledger = load_ledger()
+        local entry = ledger_entry(ledger, ev.provider, txn)
+        entry.paid, entry.paid_at, entry.currency = total, paid_time(ev), ev.currency
+        entry.channel, entry.status = ev.channel, ev.provider_status
+        if b.status == 'REFUNDED' then
+            local next_payment = successor(b, ledger)
+            if next_payment then
+                return take_over(b, ev, ledger, next_payment)
+            end
+        end
+        save_ledger(ledger)
         return bill_anomaly(b, ev, 'duplicate_payment', {
             {'expected', jint(b.paid_fen)},
             {'received', amount_or_null(total)},
@@ -505,11 +616,22 @@ local function apply_refund(b, ev)
     end
 
     -- A refund of another transaction (typically the refund of a duplicate payment) does not
-    -- return money of this bill's payment.
-    if ev.provider_txn_id ~= '' and (ev.provider ~= b.provider or ev.provider_txn_id ~= b.provider_txn_id) then
-        if not first_time('refund_other_txn:' .. ev.refund_id) then
+    -- return money of this bill's payment; it goes into the ledger. A refund from another provider
+    -- is of another transaction even when it names none.
+    if ev.provider ~= b.provider or (ev.provider_txn_id ~= '' and ev.provider_txn_id ~= b.provider_txn_id) then
+        local ledger = load_ledger()
+        local entry = ledger_entry(ledger, ev.provider, ev.provider_txn_id)
+        -- Known: applied while that transaction was the bill's, or seen before.
+        if entry.refunds[refund_id] ~= nil or not first_time('refund_other_txn:' .. refund_id) then
             return unchanged, pre_anomaly, b.status
         end
+        entry.refunds[refund_id] = ev.refund_fen
+        if ev.refund_cumulative then
+            entry.refunded = math.max(entry.refunded, ev.refund_fen)
+        else
+            entry.refunded = entry.refunded + ev.refund_fen
+        end
+        save_ledger(ledger)
         return bill_anomaly(b, ev, 'refund_other_txn', {
             {'refund_id', jstr_or_null(ev.refund_id)},
             {'received', jint(ev.refund_fen)},
@@ -593,6 +715,13 @@ local function apply_refund(b, ev)
         {'refund_fen', jint(increment)},
         {'refunded_fen', jint(b.refunded_fen)},
     }))
+    if b.status == 'REFUNDED' then
+        local ledger = load_ledger()
+        local next_payment = successor(b, ledger)
+        if next_payment then
+            return take_over(b, ev, ledger, next_payment)
+        end
+    end
     return 'applied', pre_anomaly, b.status
 end
 
@@ -603,7 +732,16 @@ local function apply_close(b, ev)
         emit(ev, b, 'bill.closed', '')
         return 'applied', '', b.status
     end
-    if b.status == 'CLOSED' or not first_time('close_after_paid') then
+    -- Alipay closes a trade it refunded in full: nothing new.
+    if b.status == 'CLOSED' or b.status == 'REFUNDED' then
+        return 'duplicate', '', b.status
+    end
+    -- The close of another trade (one the customer left unpaid and paid another way, or one the
+    -- ledger holds) says nothing about the bill's payment.
+    if ev.provider ~= b.provider or (ev.provider_txn_id ~= '' and ev.provider_txn_id ~= b.provider_txn_id) then
+        return 'ignored', '', b.status
+    end
+    if not first_time('close_after_paid') then
         return 'duplicate', '', b.status
     end
     return bill_anomaly(b, ev, 'close_after_paid', {{'paid_fen', jint(b.paid_fen)}})

@@ -6,8 +6,9 @@
 //   P T ":bill:"     id   hash    the bill (fields listed in store/bill.lua) and the markers of the
 //                                 notifications applied to it ("n:<channel>:<notification id>")
 //   P T ":hist:"     id   list    the bill's events, oldest first (event JSON)
-//   P T ":seen:"     id   hash    the other dedupe markers (anomaly and orphan fingerprints)
-//   P T ":refunds:"  id   hash    refund_id -> fen
+//   P T ":seen:"     id   hash    the other dedupe markers (anomaly and orphan fingerprints), and
+//                                 "ledger": the bill's other transactions (JSON, store/bill.lua)
+//   P T ":refunds:"  id   hash    refund_id -> fen, of the payment the bill holds
 //   P T ":orphans:"  id   list    notifications for a bill not registered yet (PaymentEvent JSON)
 //   P T ":outbox"         stream  every bill event, for CRM delivery (fields id, bill_id, type, event)
 //   P T ":anomalies"      stream  every anomaly (fields id, kind, bill_id, anomaly)

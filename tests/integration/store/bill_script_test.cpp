@@ -6,6 +6,7 @@
 
 #include "core/async.hpp"
 #include "core/error.hpp"
+#include "tests/integration/store/bill_events.hpp"
 #include "tests/integration/store/store_fixture.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -30,87 +31,10 @@ using paybridge::test::num;
 using paybridge::test::parse_json;
 using paybridge::test::str;
 using paybridge::test::StoreFixture;
+using namespace paybridge::test::bill_events;
 using namespace std::chrono_literals;
 
 namespace {
-
-NewBill new_bill(const std::string& id, std::int64_t amount = 1000)
-{
-    NewBill b;
-    b.id = id;
-    b.amount_fen = amount;
-    b.currency = "CNY";
-    b.customer_id = "cust-1";
-    b.description = "Order " + id;
-    return b;
-}
-
-PaymentEvent alipay_payment(const std::string& bill, const std::string& txn, std::int64_t total,
-                            const std::string& notify_id, const std::string& status = "TRADE_SUCCESS")
-{
-    PaymentEvent ev;
-    ev.provider = "alipay";
-    ev.channel = "alipay";
-    ev.kind = EventKind::payment;
-    ev.notification_id = notify_id;
-    ev.account = "2021000000000001";
-    ev.bill_id = bill;
-    ev.provider_txn_id = txn;
-    ev.currency = "CNY";
-    ev.total_fen = total;
-    ev.provider_status = status;
-    ev.occurred_at = "2024-05-01T10:00:00.000Z";
-    return ev;
-}
-
-PaymentEvent wechat_refund(const std::string& bill, const std::string& txn, const std::string& refund_id,
-                           std::int64_t refund_fen, const std::string& notify_id, std::int64_t total = 1000)
-{
-    PaymentEvent ev;
-    ev.provider = "wechatpay";
-    ev.channel = "wechatpay_v3";
-    ev.kind = EventKind::refund;
-    ev.notification_id = notify_id;
-    ev.account = "1900000001";
-    ev.bill_id = bill;
-    ev.provider_txn_id = txn;
-    ev.currency = "CNY";
-    ev.total_fen = total;
-    ev.refund_id = refund_id;
-    ev.refund_fen = refund_fen;
-    ev.refund_cumulative = false;
-    ev.provider_status = "REFUND.SUCCESS";
-    ev.occurred_at = "2024-05-02T10:00:00.000Z";
-    return ev;
-}
-
-PaymentEvent wechat_payment(const std::string& bill, const std::string& txn, std::int64_t total,
-                            const std::string& notify_id)
-{
-    PaymentEvent ev = alipay_payment(bill, txn, total, notify_id, "TRANSACTION.SUCCESS");
-    ev.provider = "wechatpay";
-    ev.channel = "wechatpay_v3";
-    ev.account = "1900000001";
-    return ev;
-}
-
-PaymentEvent alipay_refund(const std::string& bill, const std::string& txn, const std::string& refund_id,
-                           std::int64_t cumulative_fen, const std::string& notify_id)
-{
-    PaymentEvent ev = alipay_payment(bill, txn, 1000, notify_id);
-    ev.kind = EventKind::refund;
-    ev.refund_id = refund_id;
-    ev.refund_fen = cumulative_fen;
-    ev.refund_cumulative = true;
-    return ev;
-}
-
-PaymentEvent close_event(const std::string& bill, const std::string& notify_id)
-{
-    PaymentEvent ev = alipay_payment(bill, "", -1, notify_id, "TRADE_CLOSED");
-    ev.kind = EventKind::close;
-    return ev;
-}
 
 void check_result(const ApplyResult& r, ApplyOutcome outcome, const std::string& anomaly, const std::string& status)
 {
@@ -721,6 +645,137 @@ TEST_SUITE("integration/store/bill_script")
         check_result(f.apply(wechat_refund("B-31", "WX-9", "R-dup", 1000, "W-3")), ApplyOutcome::anomaly,
                      "refund_other_txn", "PAID");
         CHECK(num(f.bill("B-31"), "refunded_fen") == 0);
+    }
+
+    TEST_CASE("paid_after_refund: the payment still held takes over a bill refunded in full")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-32"));
+        f.apply(alipay_payment("B-32", "T-1", 1000, "N-1"));
+        check_result(f.apply(wechat_payment("B-32", "WX-2", 1000, "W-1")), ApplyOutcome::anomaly, "duplicate_payment",
+                     "PAID");
+        // WX-2 is refunded in part while it is the duplicate: a refund of another transaction.
+        check_result(f.apply(wechat_refund("B-32", "WX-2", "R-W", 200, "W-2")), ApplyOutcome::anomaly,
+                     "refund_other_txn", "PAID");
+        const std::int64_t outbox_before = f.outbox_total();
+
+        // T-1 refunded in full: the bill is REFUNDED (its event), then WX-2, still holding 800 of
+        // the bill's amount, becomes its payment (a second event, and an anomaly pointing at it).
+        check_result(f.apply(alipay_refund("B-32", "T-1", "R-A", 1000, "N-2")), ApplyOutcome::applied,
+                     "paid_after_refund", "PARTIALLY_REFUNDED");
+        CHECK(f.outbox_total() - outbox_before == 2);
+        const auto view = f.get("B-32");
+        const auto refunded = parse_json(view.events_json.at(view.events_json.size() - 2));
+        CHECK(str(refunded, "type") == "bill.refunded");
+        CHECK(str(refunded["bill"], "status") == "REFUNDED");
+        CHECK(str(refunded["bill"], "provider_txn_id") == "T-1");
+        const auto paid = last_event(f, "B-32");
+        CHECK(str(paid, "type") == "bill.paid");
+        CHECK(str(paid["data"], "anomaly") == "paid_after_refund");
+        CHECK(str(paid["data"], "provider") == "wechatpay");
+        CHECK(str(paid["data"], "channel") == "wechatpay_v3");
+        CHECK(str(paid["data"], "kind") == "payment");
+        CHECK(str(paid["data"], "provider_txn_id") == "WX-2");
+        CHECK(str(paid["data"], "provider_status") == "TRANSACTION.SUCCESS");
+        CHECK(str(paid["data"], "notification_id") == "N-2");  // what brought the change
+        CHECK(num(paid["data"], "amount_fen") == 1000);
+        CHECK(num(paid["data"], "refunded_fen") == 200);
+        CHECK(str(paid["data"], "replaced_provider") == "alipay");
+        CHECK(str(paid["data"], "replaced_provider_txn_id") == "T-1");
+        const auto bill = f.bill("B-32");
+        CHECK(str(bill, "status") == "PARTIALLY_REFUNDED");
+        CHECK(str(bill, "provider") == "wechatpay");
+        CHECK(str(bill, "provider_txn_id") == "WX-2");
+        CHECK(num(bill, "paid_fen") == 1000);
+        CHECK(num(bill, "refunded_fen") == 200);
+        CHECK(str(bill, "paid_at") == "2024-05-01T10:00:00.000Z");
+        CHECK(num(bill, "version") == 4);
+        CHECK(str(paid["bill"], "provider_txn_id") == "WX-2");
+        CHECK(num(paid["bill"], "version") == 4);
+        const auto anomaly = last_anomaly(f, "B-32");
+        CHECK(str(anomaly, "kind") == "paid_after_refund");
+        CHECK(str(anomaly, "provider_txn_id") == "WX-2");
+        CHECK(str(anomaly, "event_id") == str(paid, "id"));
+        CHECK(str(anomaly["detail"], "replaced_provider_txn_id") == "T-1");
+        // The bill's refunds are now WX-2's: R-W is known, T-1's R-A went with T-1.
+        CHECK(f.cmd({"HGET", f.store->keys().refunds("B-32"), "R-W"}).str == "200");
+        CHECK(f.cmd({"HEXISTS", f.store->keys().refunds("B-32"), "R-A"}).integer == 0);
+
+        // R-W again (its v2 copy: another notification): known, nothing changes.
+        PaymentEvent copy = wechat_refund("B-32", "WX-2", "R-W", 200, "W-3");
+        copy.channel = "wechatpay_v2";
+        check_result(f.apply(copy), ApplyOutcome::duplicate, "", "PARTIALLY_REFUNDED");
+        // R-A again through another notification: a refund of T-1, which the bill no longer holds;
+        // seen already, so neither money nor an anomaly.
+        check_result(f.apply(alipay_refund("B-32", "T-1", "R-A", 1000, "N-3")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        // The rest of WX-2 refunded: REFUNDED, and nothing is left to take over (T-1 is refunded).
+        check_result(f.apply(wechat_refund("B-32", "WX-2", "R-W2", 800, "W-4")), ApplyOutcome::applied, "",
+                     "REFUNDED");
+        CHECK(num(f.bill("B-32"), "refunded_fen") == 1000);
+        CHECK(str(f.bill("B-32"), "provider_txn_id") == "WX-2");
+    }
+
+    TEST_CASE("paid_after_refund: another payment after a full refund pays the bill again")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-33"));
+        f.apply(alipay_payment("B-33", "T-1", 1000, "N-1"));
+        check_result(f.apply(alipay_refund("B-33", "T-1", "R-1", 1000, "N-2")), ApplyOutcome::applied, "", "REFUNDED");
+        // Another amount: a second payment that cannot be the bill's.
+        check_result(f.apply(wechat_payment("B-33", "WX-3", 999, "W-1")), ApplyOutcome::anomaly, "duplicate_payment",
+                     "REFUNDED");
+        check_result(f.apply(wechat_payment("B-33", "WX-2", 1000, "W-2")), ApplyOutcome::applied, "paid_after_refund",
+                     "PAID");
+        const auto bill = f.bill("B-33");
+        CHECK(str(bill, "provider_txn_id") == "WX-2");
+        CHECK(num(bill, "refunded_fen") == 0);
+        CHECK(str(last_event(f, "B-33")["data"], "notification_id") == "W-2");
+        // The new payment's refunds count from 0: its full refund is counted in full.
+        check_result(f.apply(wechat_refund("B-33", "WX-2", "R-2", 1000, "W-3")), ApplyOutcome::applied, "", "REFUNDED");
+        // A repeat of the old payment is not a payment of the bill: once, a duplicate_payment.
+        check_result(f.apply(alipay_payment("B-33", "T-1", 1000, "N-4", "TRADE_FINISHED")), ApplyOutcome::anomaly,
+                     "duplicate_payment", "REFUNDED");
+        CHECK(str(f.bill("B-33"), "provider_txn_id") == "WX-2");
+    }
+
+    TEST_CASE("close of another trade is ignored, of a refunded one a duplicate, of the paying one an anomaly")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-34"));
+        f.apply(wechat_payment("B-34", "WX-1", 1000, "W-1"));
+        // The customer opened an Alipay trade, left it unpaid and paid with WeChat Pay; Alipay
+        // closes its trade.
+        PaymentEvent other = close_event("B-34", "N-1");
+        other.provider_txn_id = "T-unpaid";
+        check_result(f.apply(other), ApplyOutcome::ignored, "", "PAID");
+        CHECK(f.hist_len("B-34") == 1);
+        // The paying trade closed: a refund was missed.
+        PaymentEvent own = wechat_payment("B-34", "WX-1", -1, "W-2");
+        own.kind = EventKind::close;
+        check_result(f.apply(own), ApplyOutcome::anomaly, "close_after_paid", "PAID");
+        // Refunded in full, Alipay closes the trade: nothing new.
+        f.register_bill(new_bill("B-35"));
+        f.apply(alipay_payment("B-35", "T-1", 1000, "N-1"));
+        f.apply(alipay_refund("B-35", "T-1", "R-1", 1000, "N-2"));
+        PaymentEvent closed = close_event("B-35", "N-3");
+        closed.provider_txn_id = "T-1";
+        check_result(f.apply(closed), ApplyOutcome::duplicate, "", "REFUNDED");
+        CHECK(f.hist_len("B-35") == 2);
+    }
+
+    TEST_CASE("a refund from another provider is of another transaction even when it names none")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-36"));
+        f.apply(wechat_payment("B-36", "WX-1", 1000, "W-1"));
+        check_result(f.apply(alipay_refund("B-36", "", "R-1", 300, "N-1")), ApplyOutcome::anomaly, "refund_other_txn",
+                     "PAID");
+        CHECK(num(f.bill("B-36"), "refunded_fen") == 0);
     }
 
     TEST_CASE("refunds (WeChat, per refund): partial then full")
