@@ -313,8 +313,10 @@ Result<Verified> WechatV3Gateway::verify_and_parse(const InboundRequest& req) co
     std::string_view nonce;
     std::string_view signature;
     std::string_view serial;
+    // Present and not empty (an empty one is present to the header lookup): a signature over an
+    // empty nonce is not a notification WeChat Pay sends.
     if (!req.header("Wechatpay-Timestamp", timestamp) || !req.header("Wechatpay-Nonce", nonce) ||
-        !req.header("Wechatpay-Signature", signature) || !req.header("Wechatpay-Serial", serial)) {
+        !req.header("Wechatpay-Signature", signature) || !req.header("Wechatpay-Serial", serial) || nonce.empty()) {
         return error(errc::malformed_request);
     }
     std::string_view signature_type;

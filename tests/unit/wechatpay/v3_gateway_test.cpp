@@ -290,6 +290,29 @@ TEST_CASE("v3: each required header is required")
     CHECK(verify(*gateway, lower, now));
 }
 
+TEST_CASE("v3: an empty Wechatpay-Nonce is refused even when the signature covers it")
+{
+    auto gateway = make_gateway();
+    const std::int64_t now = now_unix();
+    const auto signer = cert_signer(keys().platform(), kPlatformSerial);
+    auto n = payment(signer, now);
+    const auto signature =
+        crypto::rsa_sign(signer.private_key.get(), crypto::Digest::sha256, std::to_string(now) + "\n\n" + n.body + "\n");
+    REQUIRE(signature);
+    int replaced = 0;
+    for (auto& [name, value] : n.headers) {
+        if (name == "Wechatpay-Nonce") {
+            value.clear();
+            ++replaced;
+        } else if (name == "Wechatpay-Signature") {
+            value = crypto::base64_encode(*signature);
+            ++replaced;
+        }
+    }
+    REQUIRE(replaced == 2);
+    CHECK(verify(*gateway, n, now).error() == errc::malformed_request);
+}
+
 TEST_CASE("v3: decryption failures are answered 400 and not 401")
 {
     const std::int64_t now = now_unix();
