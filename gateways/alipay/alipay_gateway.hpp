@@ -89,7 +89,9 @@ public:
     /// 200 text/plain "success" (exactly 7 bytes).
     Reply success() const override;
 
-    /// text/plain "fail": 503 for transient errors (Alipay retries), 400 otherwise.
+    /// text/plain "fail" (Alipay retries on anything but "success"): 400 for what Alipay sent
+    /// (malformed, bad signature, unknown account, unsupported event), 503 for transient errors
+    /// (Redis unreachable), 500 for anything else (our own defect).
     Reply failure(const boost::system::error_code& ec) const override;
 
     /// Parses and authenticates a raw notification body:

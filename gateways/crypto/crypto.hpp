@@ -89,8 +89,8 @@ std::string certificate_serial_hex(X509* cert);
 /// Validity end as Unix seconds.
 std::int64_t certificate_not_after(X509* cert);
 std::int64_t certificate_not_before(X509* cert);
-/// True when cert chains to one of the trust anchors (and intermediates from `bundle`), checked
-/// at time `at_unix` (0: now).
+/// True when cert chains to one of the trust anchors (`roots`; no intermediates), checked at time
+/// `at_unix` (0: now).
 bool certificate_chains_to(X509* cert, const std::vector<X509Ptr>& roots, std::int64_t at_unix = 0);
 
 /// Alipay certificate SN: md5(issuer in RFC 2253 + decimal serial), 32 lower-case hex digits.

@@ -40,8 +40,10 @@ struct V2Merchant {
 /// Gateway "wechatpay_v2". Immutable and thread-safe after construction.
 ///
 /// Payment notify: unknown route mchid → unknown_account; missing/empty sign → bad_signature;
-/// sign_type given → that algorithm (unknown value → bad_signature); absent → by sign length
-/// (32 → MD5, 64 → HMAC-SHA256), and on mismatch the other algorithm is tried; compared in
+/// sign_type given → that algorithm first (unknown value → bad_signature); absent → by sign length
+/// (32 → MD5, 64 → HMAC-SHA256); either way, on mismatch the other algorithm is tried
+/// (PROTOCOLS.md §3.2; both are keyed with the APIv2 key, so the fallback admits nothing that key
+/// did not sign, and the reason says "fallback"); compared in
 /// constant time after upper-casing the received sign. Then return_code and result_code must both
 /// be SUCCESS, else kind none (acknowledged, nothing moves). mch_id must equal the route mchid and
 /// appid the configured appid (unknown_account); out_trade_no is required (malformed_request);
@@ -57,7 +59,8 @@ struct V2Merchant {
 /// → bad_signature. refund_status SUCCESS → refund (refund_id = out_refund_no, refund_fen =
 /// refund_fee, total_fen = total_fee, non-cumulative; out_trade_no required, transaction_id,
 /// refund_fee and total_fee missing or unreadable → kind unusable), CHANGE → refund_abnormal, REFUNDCLOSE → refund_closed, anything else
-/// (or outer return_code not SUCCESS) → none. notification_id =
+/// → none. The outer return_code is not read: it is not authenticated, and the refund's result is
+/// the decrypted refund_status alone (§3.3). notification_id =
 /// "v2:refund:" + out_refund_no + ":" + refund_status; occurred_at from success_time.
 class WechatV2Gateway final : public Gateway {
 public:
