@@ -6,6 +6,7 @@
 #include "alipay_test_support.hpp"
 #include "core/error.hpp"
 #include "fixture_certs.hpp"
+#include "published_certs.hpp"
 
 #include <doctest/doctest.h>
 
@@ -114,6 +115,22 @@ TEST_CASE("fixed certificates: alipay_cert_sn and root SN match hand-computed va
     CHECK(keys->alipay_root_cert_sn ==
           std::string(alipay_fixture::kRootRsaSha256Sn) + "_" + std::string(alipay_fixture::kRootRsaSha1Sn));
     CHECK(keys->keys.size() == 1);
+}
+
+TEST_CASE("Alipay's published certificates: the SNs of PROTOCOLS.md 1.6's worked example")
+{
+    const auto sn_of = [](std::string_view pem) {
+        auto certs = crypto::load_certificates(pem);
+        REQUIRE(certs.has_value());
+        REQUIRE(certs->size() == 1);
+        return crypto::alipay_cert_sn(certs->front().get());
+    };
+    CHECK(sn_of(alipay_published::kAlipayPublicCertPem) == alipay_published::kAlipayPublicCertSn);
+    CHECK(sn_of(alipay_published::kAppPublicCertPem) == alipay_published::kAppPublicCertSn);
+    auto roots = crypto::load_certificates(alipay_published::kRootCertPem);
+    REQUIRE(roots.has_value());
+    CHECK(roots->size() == 4);
+    CHECK(crypto::alipay_root_cert_sn(*roots) == alipay_published::kRootCertSn);
 }
 
 TEST_CASE("SN of a generated certificate equals md5(openssl RFC2253 issuer + decimal serial)")
