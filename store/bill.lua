@@ -427,6 +427,16 @@ local function save_ledger(ledger)
     redis.call('HSET', K_SEEN, 'ledger', cjson.encode(ledger))
 end
 
+-- The payment `ev` shows (a payment notification, or a refund, which proves its payment) as the
+-- ledger keeps it, when the entry does not know it yet.
+local function ledger_payment(entry, ev, total)
+    if entry.paid < 0 and total >= 0 then
+        entry.paid, entry.paid_at, entry.currency = total, paid_time(ev), ev.currency
+        entry.channel, entry.status, entry.notification_id, entry.occurred_at =
+            ev.channel, ev.provider_status, ev.notification_id, ev.occurred_at
+    end
+end
+
 -- The ledger's entry of one transaction, made if missing. paid: -1 while its payment is unknown;
 -- refunded: its refunded total (cumulative refunds: the highest total; others: the sum);
 -- refunds: refund id -> amount, stored as K_REFUNDS stores them.
@@ -435,7 +445,7 @@ local function ledger_entry(ledger, provider, txn)
     local entry = ledger[key]
     if entry == nil then
         entry = {provider = provider, txn = txn, paid = -1, paid_at = '', currency = '', channel = '', status = '',
-            refunded = 0, refunds = {}}
+            notification_id = '', occurred_at = '', refunded = 0, refunds = {}}
         ledger[key] = entry
     end
     return entry
@@ -463,6 +473,8 @@ end
 -- become the bill's. One bill.paid event for the change (its data: the successor's payment, the
 -- payment it replaces, anomaly paid_after_refund) and the anomaly record.
 local function take_over(b, ev, ledger, entry)
+    -- The replaced payment's own notifications (TRADE_FINISHED after TRADE_SUCCESS) are known now.
+    first_time('dup_payment:' .. b.provider .. ':' .. b.provider_txn_id)
     local old = ledger_entry(ledger, b.provider, b.provider_txn_id)
     old.paid, old.paid_at, old.currency, old.refunded = b.paid_fen, b.paid_at, b.currency, b.refunded_fen
     local held = redis.call('HGETALL', K_REFUNDS)
@@ -492,9 +504,11 @@ local function take_over(b, ev, ledger, entry)
     end
     save_bill(b, 'status', b.status, 'paid_fen', b.paid_text, 'refunded_fen', b.refunded_text,
         'provider', b.provider, 'provider_txn_id', b.provider_txn_id, 'paid_at', b.paid_at)
+    -- The event's data is the successor's payment as it was notified (its notification, the
+    -- first one that showed it); the change itself came with `ev`.
     local payment = {provider = entry.provider, channel = entry.channel, kind = 'payment',
-        notification_id = ev.notification_id, bill_id = ev.bill_id, provider_txn_id = entry.txn,
-        provider_status = entry.status, occurred_at = ev.occurred_at, safe = false}
+        notification_id = entry.notification_id, bill_id = ev.bill_id, provider_txn_id = entry.txn,
+        provider_status = entry.status, occurred_at = entry.occurred_at, safe = false}
     local details = {
         {'amount_fen', b.paid_text},
         {'refunded_fen', b.refunded_text},
@@ -522,8 +536,7 @@ local function apply_payment(b, ev, total, txn)
         end
         local ledger = load_ledger()
         local entry = ledger_entry(ledger, ev.provider, txn)
-        entry.paid, entry.paid_at, entry.currency = total, paid_time(ev), ev.currency
-        entry.channel, entry.status = ev.channel, ev.provider_status
+        ledger_payment(entry, ev, total)
         if b.status == 'REFUNDED' then
             local next_payment = successor(b, ledger)
             if next_payment then
@@ -621,15 +634,35 @@ local function apply_refund(b, ev)
     if ev.provider ~= b.provider or (ev.provider_txn_id ~= '' and ev.provider_txn_id ~= b.provider_txn_id) then
         local ledger = load_ledger()
         local entry = ledger_entry(ledger, ev.provider, ev.provider_txn_id)
-        -- Known: applied while that transaction was the bill's, or seen before.
-        if entry.refunds[refund_id] ~= nil or not first_time('refund_other_txn:' .. refund_id) then
-            return unchanged, pre_anomaly, b.status
+        -- Known (applied while that transaction was the bill's, or seen before; refund ids are
+        -- that transaction's): the same amount is a repeat, another one is recorded once.
+        local known = entry.refunds[refund_id]
+        if known ~= nil then
+            local received = jint(ev.refund_fen)
+            if jint(known) == received
+                or not first_time('refund_amount:' .. ev.provider .. ':' .. ev.provider_txn_id .. ':' .. refund_id
+                    .. ':' .. received) then
+                return unchanged, pre_anomaly, b.status
+            end
+            return bill_anomaly(b, ev, 'refund_amount_mismatch', {
+                {'refund_id', jstr(refund_id)},
+                {'expected', jint(known)},
+                {'received', received},
+            })
         end
         entry.refunds[refund_id] = ev.refund_fen
         if ev.refund_cumulative then
             entry.refunded = math.max(entry.refunded, ev.refund_fen)
         else
             entry.refunded = entry.refunded + ev.refund_fen
+        end
+        -- A refund proves its payment, here as on a PENDING bill; that payment may take over.
+        ledger_payment(entry, ev, ev.total_fen)
+        if b.status == 'REFUNDED' then
+            local next_payment = successor(b, ledger)
+            if next_payment then
+                return take_over(b, ev, ledger, next_payment)
+            end
         end
         save_ledger(ledger)
         return bill_anomaly(b, ev, 'refund_other_txn', {

@@ -601,6 +601,10 @@ Result<PaymentEvent> to_payment_event(const FormFields& fields)
         if (event.refund_fen <= 0) {
             return unusable_event("a refund (gmt_refund is present) of 0.00");
         }
+        // Which payment it returns: a bill paid twice holds two trades, and Alipay always names it.
+        if (event.provider_txn_id.empty()) {
+            return unusable_event("a refund without trade_no");
+        }
         event.refund_cumulative = true;
         const std::string* out_biz_no = find_field(fields, "out_biz_no");
         // Without out_biz_no, the cumulative amount still identifies this refund state uniquely

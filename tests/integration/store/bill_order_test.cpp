@@ -170,6 +170,46 @@ TEST_SUITE("integration/store/bill_order")
         CHECK(check_every_order(f, "OP", facts, {"PARTIALLY_REFUNDED", 1000, 300, "WX-2"}) == 72);
     }
 
+    TEST_CASE("the replaced payment notified again (TRADE_FINISHED) after the take-over changes nothing")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const std::vector<Make> facts{
+            [](const std::string& b) { return alipay_payment(b, "T-1", 1000, "N-1"); },
+            [](const std::string& b) { return wechat_payment(b, "WX-2", 1000, "W-1"); },
+            [](const std::string& b) { return alipay_refund(b, "T-1", "R-1", 1000, "N-2"); },
+            [](const std::string& b) { return alipay_payment(b, "T-1", 1000, "N-9", "TRADE_FINISHED"); },
+        };
+        CHECK(check_every_order(f, "OF", facts, {"PAID", 1000, 0, "WX-2"}) == 72);
+    }
+
+    TEST_CASE("a refund proves its payment: refunded in full, a refund of another payment takes over")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const std::vector<Make> facts{
+            [](const std::string& b) { return alipay_payment(b, "T-1", 1000, "N-1"); },
+            [](const std::string& b) { return alipay_refund(b, "T-1", "R-1", 1000, "N-2"); },
+            [](const std::string& b) { return wechat_refund(b, "WX-2", "R-2", 300, "W-2"); },
+        };
+        CHECK(check_every_order(f, "OQ", facts, {"PARTIALLY_REFUNDED", 1000, 300, "WX-2"}) == 18);
+    }
+
+    TEST_CASE("refund ids are their transaction's: two Alipay trades refunded without out_biz_no")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        // The gateway names both refunds alipay-refund-1000 (no out_biz_no): one per trade, not one.
+        const std::vector<Make> facts{
+            [](const std::string& b) { return wechat_payment(b, "WX-1", 1000, "W-1"); },
+            [](const std::string& b) { return alipay_payment(b, "T-2", 1000, "N-1"); },
+            [](const std::string& b) { return alipay_refund(b, "T-2", "alipay-refund-1000", 1000, "N-2"); },
+            [](const std::string& b) { return alipay_refund(b, "T-3", "alipay-refund-1000", 1000, "N-3"); },
+            [](const std::string& b) { return wechat_refund(b, "WX-1", "R-1", 1000, "W-2"); },
+        };
+        CHECK(check_every_order(f, "OS", facts, {"REFUNDED", 1000, 1000, ""}) == 360);
+    }
+
     TEST_CASE("paid twice, both refunded in full: REFUNDED in every order")
     {
         StoreFixture f;

@@ -582,6 +582,12 @@ TEST_CASE("to_payment_event: what it cannot map is unusable with the reason, unl
     };
     CHECK(unusable(without("total_amount")) == "a TRADE_SUCCESS payment without total_amount");
     CHECK(unusable(without("trade_no")) == "a TRADE_SUCCESS payment without trade_no");
+    FormFields refund = base;
+    refund.emplace_back("refund_fee", "0.50");
+    refund.emplace_back("gmt_refund", "2016-07-19 14:10:49.123");
+    CHECK(to_payment_event(refund)->kind == EventKind::refund);
+    std::erase_if(refund, [](const auto& kv) { return kv.first == "trade_no"; });
+    CHECK(unusable(to_payment_event(refund)) == "a refund without trade_no");
     // Without its notification id or its bill it cannot be recorded: refused as malformed.
     CHECK(without("notify_id").error() == make_error_code(errc::malformed_request));
     CHECK(without("out_trade_no").error() == make_error_code(errc::malformed_request));
