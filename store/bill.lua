@@ -520,6 +520,20 @@ local function take_over(b, ev, ledger, entry)
     return 'applied', 'paid_after_refund', b.status
 end
 
+-- A bill refunded in full, after a change to it or to its ledger (nil: not read yet): taken over by
+-- a payment still held, if there is one (take_over's results), else nil.
+local function take_over_if_refunded(b, ev, ledger)
+    if b.status ~= 'REFUNDED' then
+        return nil
+    end
+    ledger = ledger or load_ledger()
+    local next_payment = successor(b, ledger)
+    if next_payment then
+        return take_over(b, ev, ledger, next_payment)
+    end
+    return nil
+end
+
 -- Whether a payment of `total` in the event's currency is the one the bill asks for.
 local function bill_amount(b, ev, total)
     return ev.currency == b.currency and total == b.amount_fen
@@ -537,11 +551,9 @@ local function apply_payment(b, ev, total, txn)
         local ledger = load_ledger()
         local entry = ledger_entry(ledger, ev.provider, txn)
         ledger_payment(entry, ev, total)
-        if b.status == 'REFUNDED' then
-            local next_payment = successor(b, ledger)
-            if next_payment then
-                return take_over(b, ev, ledger, next_payment)
-            end
+        local outcome, anomaly, status = take_over_if_refunded(b, ev, ledger)
+        if outcome then
+            return outcome, anomaly, status
         end
         save_ledger(ledger)
         return bill_anomaly(b, ev, 'duplicate_payment', {
@@ -658,11 +670,9 @@ local function apply_refund(b, ev)
         end
         -- A refund proves its payment, here as on a PENDING bill; that payment may take over.
         ledger_payment(entry, ev, ev.total_fen)
-        if b.status == 'REFUNDED' then
-            local next_payment = successor(b, ledger)
-            if next_payment then
-                return take_over(b, ev, ledger, next_payment)
-            end
+        local outcome, anomaly, status = take_over_if_refunded(b, ev, ledger)
+        if outcome then
+            return outcome, anomaly, status
         end
         save_ledger(ledger)
         return bill_anomaly(b, ev, 'refund_other_txn', {
@@ -748,12 +758,9 @@ local function apply_refund(b, ev)
         {'refund_fen', jint(increment)},
         {'refunded_fen', jint(b.refunded_fen)},
     }))
-    if b.status == 'REFUNDED' then
-        local ledger = load_ledger()
-        local next_payment = successor(b, ledger)
-        if next_payment then
-            return take_over(b, ev, ledger, next_payment)
-        end
+    local outcome, anomaly, status = take_over_if_refunded(b, ev, nil)
+    if outcome then
+        return outcome, anomaly, status
     end
     return 'applied', pre_anomaly, b.status
 end

@@ -4,6 +4,7 @@
 
 #include "store/redis_connection.hpp"
 #include "tests/integration/store/store_fixture.hpp"
+#include "tests/support/replaced_allocation.hpp"
 
 #include <doctest/doctest.h>
 
@@ -12,10 +13,6 @@
 #include <new>
 #include <string>
 #include <vector>
-
-// g++ inlines the replacements below into the calls it sees and then reports free() on memory
-// from "operator new": here both are malloc/free.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 namespace {
 
@@ -35,25 +32,6 @@ void* operator new(std::size_t size)
     }
     throw std::bad_alloc();
 }
-
-// Every plain and array form, so that whatever allocates with one frees with another of these
-// (AddressSanitizer checks that new and delete match).
-void* operator new[](std::size_t size) { return ::operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept
-{
-    try {
-        return ::operator new(size);
-    } catch (...) {
-        return nullptr;
-    }
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return ::operator new(size, std::nothrow); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 using paybridge::test::StoreFixture;
 

@@ -3,6 +3,7 @@
 // connection cap comes back and the worker goes on accepting. A binary of its own, because it
 // replaces the global operator new and aligned_alloc so that a test can make allocations fail.
 
+#include "tests/support/replaced_allocation.hpp"
 #include "tests/unit/daemon/server_fixture.hpp"
 
 #include <doctest/doctest.h>
@@ -14,10 +15,6 @@
 #include <string>
 #include <string_view>
 #include <thread>
-
-// g++ inlines the replacements below into the calls it sees and then reports free() on memory
-// from "operator new": here both are malloc/free.
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 
 namespace {
 
@@ -51,23 +48,6 @@ extern "C" void* aligned_alloc(std::size_t align, std::size_t size) noexcept
     void* p = nullptr;
     return ::posix_memalign(&p, align, size) == 0 ? p : nullptr;
 }
-
-void* operator new[](std::size_t size) { return ::operator new(size); }
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept
-{
-    try {
-        return ::operator new(size);
-    } catch (...) {
-        return nullptr;
-    }
-}
-void* operator new[](std::size_t size, const std::nothrow_t&) noexcept { return ::operator new(size, std::nothrow); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
 
 using namespace paybridge;
 namespace asio = boost::asio;
