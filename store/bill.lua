@@ -432,8 +432,8 @@ end
 local function ledger_payment(entry, ev, total)
     if entry.paid < 0 and total >= 0 then
         entry.paid, entry.paid_at, entry.currency = total, paid_time(ev), ev.currency
-        entry.channel, entry.status, entry.notification_id, entry.occurred_at =
-            ev.channel, ev.provider_status, ev.notification_id, ev.occurred_at
+        entry.channel, entry.status, entry.notification_id, entry.occurred_at, entry.kind =
+            ev.channel, ev.provider_status, ev.notification_id, ev.occurred_at, ev.kind
     end
 end
 
@@ -445,7 +445,7 @@ local function ledger_entry(ledger, provider, txn)
     local entry = ledger[key]
     if entry == nil then
         entry = {provider = provider, txn = txn, paid = -1, paid_at = '', currency = '', channel = '', status = '',
-            notification_id = '', occurred_at = '', refunded = 0, refunds = {}}
+            notification_id = '', occurred_at = '', kind = 'payment', refunded = 0, refunds = {}}
         ledger[key] = entry
     end
     return entry
@@ -506,7 +506,7 @@ local function take_over(b, ev, ledger, entry)
         'provider', b.provider, 'provider_txn_id', b.provider_txn_id, 'paid_at', b.paid_at)
     -- The event's data is the successor's payment as it was notified (its notification, the
     -- first one that showed it); the change itself came with `ev`.
-    local payment = {provider = entry.provider, channel = entry.channel, kind = 'payment',
+    local payment = {provider = entry.provider, channel = entry.channel, kind = entry.kind or 'payment',
         notification_id = entry.notification_id, bill_id = ev.bill_id, provider_txn_id = entry.txn,
         provider_status = entry.status, occurred_at = entry.occurred_at, safe = false}
     local details = {
@@ -662,14 +662,28 @@ local function apply_refund(b, ev)
                 {'received', received},
             })
         end
+        -- Recorded by a version before the ledger (a marker per refund id, no entry): known too.
+        if redis.call('HEXISTS', K_SEEN, 'refund_other_txn:' .. ev.refund_id) == 1 then
+            return unchanged, pre_anomaly, b.status
+        end
+        -- A refund proves its payment, here as on a PENDING bill. When that payment takes over a
+        -- bill refunded in full, this refund is one of the bill's own from then on: applied as
+        -- such, with its bill.refunded event, as after a payment applied first on a PENDING bill.
+        ledger_payment(entry, ev, ev.total_fen)
+        if b.status == 'REFUNDED' and successor(b, ledger) == entry then
+            take_over(b, ev, ledger, entry)
+            local outcome, anomaly, status = apply_refund(b, ev)
+            if anomaly == '' then
+                anomaly = 'paid_after_refund'
+            end
+            return outcome, anomaly, status
+        end
         entry.refunds[refund_id] = ev.refund_fen
         if ev.refund_cumulative then
             entry.refunded = math.max(entry.refunded, ev.refund_fen)
         else
             entry.refunded = entry.refunded + ev.refund_fen
         end
-        -- A refund proves its payment, here as on a PENDING bill; that payment may take over.
-        ledger_payment(entry, ev, ev.total_fen)
         local outcome, anomaly, status = take_over_if_refunded(b, ev, ledger)
         if outcome then
             return outcome, anomaly, status

@@ -745,6 +745,53 @@ TEST_SUITE("integration/store/bill_script")
         CHECK(str(f.bill("B-33"), "provider_txn_id") == "WX-2");
     }
 
+    TEST_CASE("paid_after_refund: a refund that first shows another payment takes over and is the bill's refund")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-37"));
+        f.apply(alipay_payment("B-37", "T-1", 1000, "N-1"));
+        f.apply(alipay_refund("B-37", "T-1", "R-1", 1000, "N-2"));
+        // WX-2's payment notification never came; its refund proves it (as on a PENDING bill).
+        check_result(f.apply(wechat_refund("B-37", "WX-2", "R-2", 300, "W-2")), ApplyOutcome::applied,
+                     "paid_after_refund", "PARTIALLY_REFUNDED");
+        const auto view = f.get("B-37");
+        REQUIRE(view.events_json.size() == 4);  // paid, refunded, paid (take-over), refunded
+        const auto paid = parse_json(view.events_json[2]);
+        CHECK(str(paid, "type") == "bill.paid");
+        CHECK(str(paid["data"], "anomaly") == "paid_after_refund");
+        CHECK(str(paid["data"], "kind") == "refund");  // what showed the payment, as on a PENDING bill
+        CHECK(str(paid["data"], "notification_id") == "W-2");
+        CHECK(num(paid["data"], "refunded_fen") == 0);
+        CHECK(str(paid["bill"], "status") == "PAID");
+        const auto refunded = parse_json(view.events_json[3]);
+        CHECK(str(refunded, "type") == "bill.refunded");
+        CHECK(str(refunded["data"], "refund_id") == "R-2");
+        CHECK(num(refunded["data"], "refund_fen") == 300);
+        CHECK(str(refunded["bill"], "status") == "PARTIALLY_REFUNDED");
+        CHECK(str(refunded["bill"], "provider_txn_id") == "WX-2");
+        CHECK(f.cmd({"HGET", f.store->keys().refunds("B-37"), "R-2"}).str == "300");
+        // Its copy through API v2, and WX-2's payment arriving at last: nothing new.
+        PaymentEvent copy = wechat_refund("B-37", "WX-2", "R-2", 300, "W-3");
+        copy.channel = "wechatpay_v2";
+        check_result(f.apply(copy), ApplyOutcome::duplicate, "", "PARTIALLY_REFUNDED");
+        check_result(f.apply(wechat_payment("B-37", "WX-2", 1000, "W-1")), ApplyOutcome::duplicate, "",
+                     "PARTIALLY_REFUNDED");
+        CHECK(f.hist_len("B-37") == 4);
+    }
+
+    TEST_CASE("a refund of another transaction recorded before the ledger existed is still known")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("B-38"));
+        f.apply(alipay_payment("B-38", "T-1", 1000, "N-1"));
+        // What the script wrote for such a refund before the ledger: one marker per refund id.
+        f.cmd({"HSET", f.store->keys().seen("B-38"), "refund_other_txn:R-9", "1"});
+        check_result(f.apply(wechat_refund("B-38", "WX-2", "R-9", 300, "W-1")), ApplyOutcome::duplicate, "", "PAID");
+        CHECK(f.hist_len("B-38") == 1);
+    }
+
     TEST_CASE("close of another trade is ignored, of a refunded one a duplicate, of the paying one an anomaly")
     {
         StoreFixture f;
