@@ -411,9 +411,10 @@ end
 
 -- The other transactions of a bill: payments besides the one the bill holds (duplicate_payment),
 -- refunds of them (refund_other_txn), and a payment the bill held until it was refunded in full.
--- With them the final state does not depend on the order notifications arrive in: when the bill's
--- payment is refunded in full while another payment of the bill's amount still stands, that one
--- becomes the bill's payment (paid_after_refund), whether it was seen before the refund or after.
+-- With them, when the bill's payment is refunded in full while another payment of the bill's
+-- amount still stands, that one becomes the bill's payment (paid_after_refund), whether it was
+-- seen before the refund or after: a bill paid twice ends the same in every order when one of
+-- the payments is refunded in full (README: what still depends on the order).
 -- One field of the markers hash, JSON: {"<provider>\n<txn>": entry}. Read only on these rare paths.
 local function load_ledger()
     local raw = redis.call('HGET', K_SEEN, 'ledger')
@@ -534,6 +535,12 @@ local function take_over_if_refunded(b, ev, ledger)
     return nil
 end
 
+-- Whether `ev` (a refund or a close) is about another transaction than the one the bill holds. One
+-- from another provider is, even when it names no transaction.
+local function other_transaction(b, ev)
+    return ev.provider ~= b.provider or (ev.provider_txn_id ~= '' and ev.provider_txn_id ~= b.provider_txn_id)
+end
+
 -- Whether a payment of `total` in the event's currency is the one the bill asks for.
 local function bill_amount(b, ev, total)
     return ev.currency == b.currency and total == b.amount_fen
@@ -641,9 +648,8 @@ local function apply_refund(b, ev)
     end
 
     -- A refund of another transaction (typically the refund of a duplicate payment) does not
-    -- return money of this bill's payment; it goes into the ledger. A refund from another provider
-    -- is of another transaction even when it names none.
-    if ev.provider ~= b.provider or (ev.provider_txn_id ~= '' and ev.provider_txn_id ~= b.provider_txn_id) then
+    -- return money of this bill's payment; it goes into the ledger.
+    if other_transaction(b, ev) then
         local ledger = load_ledger()
         local entry = ledger_entry(ledger, ev.provider, ev.provider_txn_id)
         -- Known (applied while that transaction was the bill's, or seen before; refund ids are
@@ -792,7 +798,7 @@ local function apply_close(b, ev)
     end
     -- The close of another trade (one the customer left unpaid and paid another way, or one the
     -- ledger holds) says nothing about the bill's payment.
-    if ev.provider ~= b.provider or (ev.provider_txn_id ~= '' and ev.provider_txn_id ~= b.provider_txn_id) then
+    if other_transaction(b, ev) then
         return 'ignored', '', b.status
     end
     if not first_time('close_after_paid') then
