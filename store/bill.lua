@@ -429,13 +429,15 @@ local function save_ledger(ledger)
 end
 
 -- The payment `ev` shows (a payment notification, or a refund, which proves its payment) as the
--- ledger keeps it, when the entry does not know it yet.
+-- ledger keeps it, when the entry does not know it yet. True when it did not.
 local function ledger_payment(entry, ev, total)
     if entry.paid < 0 and total >= 0 then
         entry.paid, entry.paid_at, entry.currency = total, paid_time(ev), ev.currency
         entry.channel, entry.status, entry.notification_id, entry.occurred_at, entry.kind =
             ev.channel, ev.provider_status, ev.notification_id, ev.occurred_at, ev.kind
+        return true
     end
+    return false
 end
 
 -- The ledger's entry of one transaction, made if missing. paid: -1 while its payment is unknown;
@@ -675,7 +677,7 @@ local function apply_refund(b, ev)
         -- A refund proves its payment, here as on a PENDING bill. When that payment takes over a
         -- bill refunded in full, this refund is one of the bill's own from then on: applied as
         -- such, with its bill.refunded event, as after a payment applied first on a PENDING bill.
-        ledger_payment(entry, ev, ev.total_fen)
+        local payment_shown = ledger_payment(entry, ev, ev.total_fen)
         if b.status == 'REFUNDED' and successor(b, ledger) == entry then
             take_over(b, ev, ledger, entry)
             local outcome, anomaly, status = apply_refund(b, ev)
@@ -684,12 +686,27 @@ local function apply_refund(b, ev)
             end
             return outcome, anomaly, status
         end
-        entry.refunds[refund_id] = ev.refund_fen
+        local refunded = entry.refunded + ev.refund_fen
         if ev.refund_cumulative then
-            entry.refunded = math.max(entry.refunded, ev.refund_fen)
-        else
-            entry.refunded = entry.refunded + ev.refund_fen
+            refunded = math.max(entry.refunded, ev.refund_fen)
         end
+        -- As on the bill: a refund above what that payment still holds is recorded, not counted
+        -- (the payment is known here: the refund itself proves it).
+        if entry.paid >= 0 and refunded > entry.paid then
+            if payment_shown then
+                save_ledger(ledger)
+            end
+            if not first_time('refund_exceeds:' .. ev.provider .. ':' .. ev.provider_txn_id .. ':' .. refund_id) then
+                return unchanged, pre_anomaly, b.status
+            end
+            return bill_anomaly(b, ev, 'refund_exceeds_paid', {
+                {'refund_id', jstr(refund_id)},
+                {'expected', jint(entry.paid - entry.refunded)},
+                {'received', jint(refunded - entry.refunded)},
+            })
+        end
+        entry.refunds[refund_id] = ev.refund_fen
+        entry.refunded = refunded
         local outcome, anomaly, status = take_over_if_refunded(b, ev, ledger)
         if outcome then
             return outcome, anomaly, status

@@ -210,6 +210,20 @@ TEST_SUITE("integration/store/bill_order")
         CHECK(check_every_order(f, "OS", facts, {"REFUNDED", 1000, 1000, ""}) == 360);
     }
 
+    TEST_CASE("a refund above what a duplicate payment holds is not counted, as on the bill")
+    {
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        const std::vector<Make> facts{
+            [](const std::string& b) { return alipay_payment(b, "T-1", 1000, "N-1"); },
+            [](const std::string& b) { return wechat_payment(b, "WX-2", 1000, "W-1"); },
+            [](const std::string& b) { return wechat_refund(b, "WX-2", "R-a", 700, "W-2"); },
+            [](const std::string& b) { return wechat_refund(b, "WX-2", "R-b", 700, "W-3"); },
+            [](const std::string& b) { return alipay_refund(b, "T-1", "R-1", 1000, "N-2"); },
+        };
+        CHECK(check_every_order(f, "OE", facts, {"PARTIALLY_REFUNDED", 1000, 700, "WX-2"}) == 360);
+    }
+
     TEST_CASE("paid twice, both refunded in full: REFUNDED in every order")
     {
         StoreFixture f;
