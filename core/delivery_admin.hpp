@@ -32,8 +32,8 @@ public:
     /// attempt is in flight (or leased by a dispatcher about to make it).
     virtual boost::asio::awaitable<Result<std::string>> redeliver(std::string event_id) = 0;
 
-    /// Re-queues every dead-lettered event since a time.
-    virtual boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms) = 0;
+    /// Makes due now every event in `state` ("dead" or "retrying") since a time.
+    virtual boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms, std::string state) = 0;
 };
 
 }  // namespace paybridge

@@ -515,14 +515,18 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::redeliver(std::string event_
     co_return text_of(buf);
 }
 
-asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_ms)
+asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_ms, std::string state)
 {
+    if (state != kStateDead && state != kStateRetrying) {
+        co_return make_error_code(errc::invalid_argument);
+    }
     const DeliveryKeys keys(prefix_, shards_);
     std::vector<std::string> requeued;
-    // A page of dead letters at a time (after a long CRM outage there can be a million, more than
-    // one reply may carry). A requeued event leaves the dead letters, so the next page starts past
-    // only those that stayed (an entry deleted from the stream, a record gone); one that a
-    // concurrent recover or redeliver took is passed over too, and left to the next call.
+    // A page at a time (after a long CRM outage there can be a million dead letters, more than one
+    // reply may carry). A requeued event leaves the state's index, so the next page starts past
+    // only those that stayed (an entry deleted from the stream, a record gone, an attempt in
+    // flight); one that a concurrent recover or redeliver took is passed over too, and left to
+    // the next call.
     // One call does at most kMaxRecover (a million round trips and a 30 MB reply would hold one
     // request for minutes): "more" tells the caller to call again.
     constexpr std::size_t kPage = 1000;
@@ -530,7 +534,7 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
     for (std::size_t s = 0; s < keys.all().size() && !more; ++s) {
         std::size_t stayed = 0;
         while (!more) {
-            std::vector<std::string> cmd{"ZRANGEBYSCORE", keys.all()[s].dead, std::to_string(since_ms), "+inf",
+            std::vector<std::string> cmd{"ZRANGEBYSCORE", keys.all()[s].index(state), std::to_string(since_ms), "+inf",
                                          "LIMIT",         std::to_string(stayed), std::to_string(kPage)};
             Result<Reply> page = co_await redis_.exec(std::move(cmd));
             if (!page) {
@@ -544,9 +548,9 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
                     more = true;
                     break;
                 }
-                // Only events still dead: a concurrent recover or redeliver already took the others.
-                Result<Reply> outcome =
-                    co_await requeue(static_cast<int>(s), id.str, std::string(kStateDead), std::string());
+                // Only events still in the state: a concurrent recover or redeliver (or, for a
+                // retry, the dispatcher) already took the others.
+                Result<Reply> outcome = co_await requeue(static_cast<int>(s), id.str, state, std::string());
                 if (!outcome) {
                     co_return outcome.error();
                 }

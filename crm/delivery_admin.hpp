@@ -49,10 +49,13 @@ public:
     /// holds the event (an attempt in flight or about to start): it would be sent twice at once.
     boost::asio::awaitable<Result<std::string>> redeliver(std::string event_id);
 
-    /// Re-queues the events dead-lettered at or after since_ms (Unix ms), each with a fresh schedule,
-    /// at most kMaxRecover per call (a requeued event leaves the dead letters, so the same call again
-    /// goes on). {"requeued": n, "event_ids": [...], "more": true while dead letters may remain}.
-    boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms);
+    /// Makes due now the events in `state` (kStateDead or kStateRetrying) that entered it at or after
+    /// since_ms (Unix ms): dead letters with a fresh schedule; events waiting for a retry (after a CRM
+    /// outage, say) keep their place in the schedule, so a failure goes on to the next step. Events a
+    /// dispatcher holds right now are passed over. At most kMaxRecover per call (a requeued event
+    /// leaves the state, so the same call again goes on).
+    /// {"requeued": n, "event_ids": [...], "more": true while such events may remain}.
+    boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms, std::string state);
     static constexpr std::size_t kMaxRecover = 10'000;
 
 private:

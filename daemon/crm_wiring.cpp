@@ -53,9 +53,9 @@ awaitable<Result<std::string>> CrmDeliveryAdmin::redeliver(std::string event_id)
     co_return r;
 }
 
-awaitable<Result<std::string>> CrmDeliveryAdmin::recover(std::int64_t since_ms)
+awaitable<Result<std::string>> CrmDeliveryAdmin::recover(std::int64_t since_ms, std::string state)
 {
-    Result<std::string> r = co_await admin_->recover(since_ms);
+    Result<std::string> r = co_await admin_->recover(since_ms, std::move(state));
     co_return r;
 }
 

@@ -34,7 +34,7 @@ public:
     boost::asio::awaitable<Result<std::string>> deliveries(std::string state, std::size_t limit,
                                                            std::string cursor) override;
     boost::asio::awaitable<Result<std::string>> redeliver(std::string event_id) override;
-    boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms) override;
+    boost::asio::awaitable<Result<std::string>> recover(std::int64_t since_ms, std::string state) override;
 
 private:
     std::unique_ptr<crm::DeliveryAdmin> admin_;

@@ -806,7 +806,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
             const std::string cursor = query.count("cursor") ? query["cursor"] : std::string();
             doc = co_await deps_.deliveries->deliveries(state, *limit, cursor);
         } else if (path == "/v1/deliveries/recover" && method == http::verb::post) {
-            if (auto bad = unknown_param(req, query, {"since"})) {
+            if (auto bad = unknown_param(req, query, {"since", "state"})) {
                 co_return std::move(*bad);
             }
             bool has_since = false;
@@ -814,7 +814,11 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
             if (!since || !has_since) {
                 co_return time_error(req, query, "since", "required, ");
             }
-            doc = co_await deps_.deliveries->recover(*since);
+            std::string state = query.count("state") ? query["state"] : std::string("dead");
+            if (state != "dead" && state != "retrying") {
+                co_return api_error(req, 400, "invalid_argument", "must be dead or retrying", "state");
+            }
+            doc = co_await deps_.deliveries->recover(*since, std::move(state));
         } else {
             co_return api_error(req, 404, "not_found", "no such endpoint");
         }

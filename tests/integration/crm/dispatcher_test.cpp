@@ -545,7 +545,7 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
     run_for(env.ioc, 500ms);
     CHECK(receiver.count() == 6);  // dead letters stay dead until someone acts
 
-    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0));
+    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0, "dead"));
     REQUIRE(recovered.has_value());
     const rapidjson::Document rec = parse_json(*recovered);
     CHECK(rec["requeued"].GetInt() == 2);
@@ -555,11 +555,80 @@ TEST_CASE("shortened schedule: dead letter after the last retry, then recover de
     CHECK(receiver.acknowledged_ids() == std::set<std::string>{first, second});
 
     // Recover again: nothing is dead any more.
-    Result<std::string> again = run_awaitable(env.ioc, admin.recover(0));
+    Result<std::string> again = run_awaitable(env.ioc, admin.recover(0, "dead"));
     REQUIRE(again.has_value());
     CHECK(parse_json(*again)["requeued"].GetInt() == 0);
     CHECK_FALSE(parse_json(*again)["more"].GetBool());
     check_all_signed(receiver);
+}
+
+TEST_CASE("recover with state retrying sends events waiting for a retry now and keeps their schedule")
+{
+    // After a CRM outage, events wait for their next step (minutes to hours). An operator who sees
+    // the CRM back makes them due now; a failure then goes on to the next step of the schedule.
+    RedisEnv env;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    receiver.set_default_status(503);
+    const std::string first = env.add_event("B1", 1);
+    const std::string second = env.add_event("B2", 1);
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.retry_schedule = {100ms, 1h, 1h};
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    const auto attempts_are = [&](const char* n) {
+        return env.delivery(first)["attempts"] == n && env.delivery(second)["attempts"] == n;
+    };
+    REQUIRE(run_until(env.ioc, [&] { return attempts_are("2"); }, 10s));
+    REQUIRE(env.state_of(first) == "retrying");  // the next attempt is an hour away
+    REQUIRE(env.state_of(second) == "retrying");
+
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    // A window that starts after their last failure takes nothing; the dead letters are none.
+    const std::int64_t in_a_minute = unix_ms(std::chrono::system_clock::now()) + 60'000;
+    Result<std::string> later = run_awaitable(env.ioc, admin.recover(in_a_minute, "retrying"));
+    REQUIRE(later.has_value());
+    CHECK(parse_json(*later)["requeued"].GetInt() == 0);
+    Result<std::string> dead = run_awaitable(env.ioc, admin.recover(0, "dead"));
+    REQUIRE(dead.has_value());
+    CHECK(parse_json(*dead)["requeued"].GetInt() == 0);
+    run_for(env.ioc, 300ms);
+    CHECK(receiver.count() == 4);
+
+    // Still down: one more attempt each, then the schedule's third step (not the first again).
+    Result<std::string> again = run_awaitable(env.ioc, admin.recover(0, "retrying"));
+    REQUIRE(again.has_value());
+    CHECK(parse_json(*again)["requeued"].GetInt() == 2);
+    REQUIRE(run_until(env.ioc, [&] { return attempts_are("3"); }, 10s));
+    run_for(env.ioc, 300ms);
+    CHECK(env.state_of(first) == "retrying");
+    CHECK(receiver.count() == 6);
+    const std::int64_t next_at = std::stoll(env.delivery(first)["next_at"]);
+    CHECK(next_at - unix_ms(std::chrono::system_clock::now()) > 40 * 60'000);  // 1 h ± 20 %, not 100 ms
+
+    receiver.set_default_status(200);
+    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0, "retrying"));
+    REQUIRE(recovered.has_value());
+    const rapidjson::Document rec = parse_json(*recovered);
+    CHECK(rec["requeued"].GetInt() == 2);
+    CHECK(rec["event_ids"].Size() == 2);
+    REQUIRE(run_until(env.ioc, [&] { return env.state_of(first) == "delivered" && env.state_of(second) == "delivered"; },
+                      10s));
+    CHECK(env.delivery(first)["attempts"] == "4");
+    CHECK(receiver.acknowledged_ids() == std::set<std::string>{first, second});
+    Result<std::string> none = run_awaitable(env.ioc, admin.recover(0, "retrying"));
+    REQUIRE(none.has_value());
+    CHECK(parse_json(*none)["requeued"].GetInt() == 0);
+    CHECK(env.pending_total() == 0);
+    check_all_signed(receiver);
+}
+
+TEST_CASE("recover takes only the states it names")
+{
+    RedisEnv env;
+    crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
+    Result<std::string> pending = run_awaitable(env.ioc, admin.recover(0, "pending"));
+    REQUIRE_FALSE(pending.has_value());
+    CHECK(pending.error() == errc::invalid_argument);
 }
 
 TEST_CASE("recover reads the dead letters a page at a time, past those that stay dead")
@@ -596,7 +665,7 @@ TEST_CASE("recover reads the dead letters a page at a time, past those that stay
     }
     receiver.set_default_status(200);
     crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
-    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0), 60s);
+    Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0, "dead"), 60s);
     REQUIRE(recovered.has_value());
     const rapidjson::Document rec = parse_json(*recovered);
     CHECK(rec["requeued"].GetInt() == 2);
@@ -625,14 +694,14 @@ end
 return redis.call('ZCARD', KEYS[2]))", "2", k.stream, k.dead, "10050", k.delivery_prefix};
     REQUIRE(env.exec(std::move(make)).integer == 10'050);
     crm::DeliveryAdmin admin(*env.conn, kPrefix, kShards);
-    Result<std::string> first = run_awaitable(env.ioc, admin.recover(0), 120s);
+    Result<std::string> first = run_awaitable(env.ioc, admin.recover(0, "dead"), 120s);
     REQUIRE(first.has_value());
     const rapidjson::Document one = parse_json(*first);
     CHECK(one["requeued"].GetInt() == 10'000);
     CHECK(one["event_ids"].Size() == 10'000);
     CHECK(one["more"].GetBool());
     CHECK(env.exec({"ZCARD", k.dead}).integer == 50);
-    Result<std::string> second = run_awaitable(env.ioc, admin.recover(0), 60s);
+    Result<std::string> second = run_awaitable(env.ioc, admin.recover(0, "dead"), 60s);
     REQUIRE(second.has_value());
     const rapidjson::Document two = parse_json(*second);
     CHECK(two["requeued"].GetInt() == 50);

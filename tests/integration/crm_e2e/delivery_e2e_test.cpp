@@ -284,6 +284,45 @@ TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver
     CHECK(fx.api("GET", "/v1/events/" + id + "/redeliver").status == 405);
 }
 
+TEST_CASE("after a CRM outage an operator sends the events waiting for a retry now")
+{
+    CrmSettings settings;
+    settings.retry_schedule_s = "[1, 3600]";
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    Alipay ali{fx};
+    stack.receiver.set_default_status(503);
+    const std::string before = format_rfc3339(unix_ms(std::chrono::system_clock::now()) - 1000);
+
+    register_and_pay(fx, ali, "E4101", 4200);
+    const std::string id = bill_event_ids(fx, "E4101").at(0);
+    REQUIRE(wait_until([&] { return stack.receiver.count() == 2; }, 20s));
+    REQUIRE(wait_until([&] { return listed(fx, "retrying").count(id) == 1; }, 10s));  // next in an hour
+
+    stack.receiver.set_default_status(200);
+    HttpResult r = fx.api("POST", "/v1/deliveries/recover?since=" + before + "&state=pending");
+    CHECK(r.status == 400);
+    CHECK(std::string(parse_json(r.body)["error"]["field"].GetString()) == "state");
+    r = fx.api("POST", "/v1/deliveries/recover?since=" + before);  // dead letters only: there are none
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    CHECK(parse_json(r.body)["requeued"].GetInt() == 0);
+
+    r = fx.api("POST", "/v1/deliveries/recover?since=" + before + "&state=retrying");
+    REQUIRE_MESSAGE(r.status == 200, r.body);
+    {
+        const rapidjson::Document d = parse_json(r.body);
+        CHECK(d["requeued"].GetInt() == 1);
+        REQUIRE(d["event_ids"].Size() == 1);
+        CHECK(std::string(d["event_ids"][0].GetString()) == id);
+        CHECK_FALSE(d["more"].GetBool());
+    }
+    REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver)[id] == 1; }, 15s));
+    REQUIRE(wait_until([&] { return delivery_state(fx, id) == "delivered"; }, 10s));
+    CHECK(listed(fx, "retrying").empty());
+    CHECK(stack.receiver.count() == 3);
+    check_requests_well_formed(stack.receiver);
+}
+
 TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging receiver")
 {
     CrmSettings settings;
