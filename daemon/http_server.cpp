@@ -8,6 +8,7 @@
 #include <boost/asio/detached.hpp>
 #include <boost/asio/socket_base.hpp>
 #include <boost/asio/steady_timer.hpp>
+#include <boost/asio/write.hpp>
 #include <boost/asio/ssl/context.hpp>
 #include <boost/asio/this_coro.hpp>
 #include <boost/beast/core/flat_buffer.hpp>
@@ -230,6 +231,94 @@ awaitable<void> linger(Stream& stream, std::chrono::steady_clock::duration at_mo
             break;
         }
     }
+}
+
+bool ascii_iequals(std::string_view a, std::string_view b)
+{
+    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
+               return (x >= 'A' && x <= 'Z' ? x + 32 : x) == (y >= 'A' && y <= 'Z' ? y + 32 : y);
+           });
+}
+
+/// Calls f(token) for every member of a comma-separated field list, in every instance of the
+/// field, optional whitespace trimmed, empty members skipped (RFC 9110 §5.6.1).
+template <class F>
+void for_each_member(const webhooks::Request& req, http::field name, F&& f)
+{
+    for (auto it = req.find(name); it != req.end() && it->name() == name; ++it) {
+        std::string_view list = it->value();
+        while (!list.empty()) {
+            const std::size_t comma = list.find(',');
+            std::string_view m = list.substr(0, comma);
+            list = comma == std::string_view::npos ? std::string_view{} : list.substr(comma + 1);
+            while (!m.empty() && (m.front() == ' ' || m.front() == '\t')) {
+                m.remove_prefix(1);
+            }
+            while (!m.empty() && (m.back() == ' ' || m.back() == '\t')) {
+                m.remove_suffix(1);
+            }
+            if (!m.empty()) {
+                f(m);
+            }
+        }
+    }
+}
+
+/// What a request's header alone rules out, before its body is read (RFC 9112): a status and a
+/// reason, or nothing. Beast's parser frames the body by a final "chunked" or by Content-Length;
+/// a request with any other transfer coding would be read as having no body, and its body as the
+/// next request on the connection (request smuggling behind a proxy that reads it otherwise).
+std::optional<std::pair<unsigned, std::string_view>> refused_header(const webhooks::Request& req)
+{
+    int chunked = 0;
+    bool other = false;
+    for_each_member(req, http::field::transfer_encoding, [&](std::string_view coding) {
+        if (ascii_iequals(coding, "chunked")) {
+            ++chunked;
+        } else {
+            other = true;
+        }
+    });
+    if (other) {
+        return std::pair{501u, std::string_view("transfer coding not implemented: only chunked is\n")};
+    }
+    if (chunked > 1) {
+        return std::pair{400u, std::string_view("chunked applied more than once\n")};
+    }
+    if (req.version() >= 11 && req.find(http::field::host) == req.end()) {
+        return std::pair{400u, std::string_view("an HTTP/1.1 request needs a Host header\n")};
+    }
+    return std::nullopt;
+}
+
+/// A request target in absolute form ("http://host/path?q", RFC 9112 §3.2.2, which a server must
+/// accept) as the origin form every route is matched on ("/path?q"); other targets unchanged.
+std::optional<std::string> origin_form(std::string_view target)
+{
+    std::size_t after_scheme = 0;
+    if (target.size() >= 7 && ascii_iequals(target.substr(0, 7), "http://")) {
+        after_scheme = 7;
+    } else if (target.size() >= 8 && ascii_iequals(target.substr(0, 8), "https://")) {
+        after_scheme = 8;
+    } else {
+        return std::nullopt;
+    }
+    const std::size_t path = target.find_first_of("/?", after_scheme);
+    if (path == std::string_view::npos) {
+        return std::string("/");
+    }
+    std::string origin(target.substr(path));
+    if (origin.front() == '?') {
+        origin.insert(origin.begin(), '/');
+    }
+    return origin;
+}
+
+bool expects_continue(const webhooks::Request& req)
+{
+    bool found = false;
+    for_each_member(req, http::field::expect, [&](std::string_view e) { found = found || ascii_iequals(e, "100-continue"); });
+    return found;
 }
 
 webhooks::Response plain_error(unsigned status, std::string_view text)
@@ -502,8 +591,40 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         parser.header_limit(static_cast<std::uint32_t>(limits_.max_header_bytes));
         parser.body_limit(limits_.max_body_bytes);
         lowest(stream).expires_after(limits_.read_timeout);
-        auto [rec, rn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
-        if (rec) {
+        // The header first, so that a request can be refused or told to go on (100 Continue)
+        // before its body is read: from what the first read brought when it is all there (no
+        // extra read, no extra completion), else from the stream. Then the body.
+        boost::system::error_code rec;
+        parser.eager(false);
+        buffer.consume(parser.put(buffer.data(), rec));
+        if (rec == http::error::need_more) {
+            rec = {};
+        }
+        if (!rec && !parser.is_header_done()) {
+            auto [hec, hn] = co_await http::async_read_header(stream, buffer, parser, kUseTuple);
+            rec = hec;
+        }
+        std::optional<std::pair<unsigned, std::string_view>> refused;
+        if (!rec) {
+            if (std::optional<std::string> origin = origin_form(parser.get().target())) {
+                parser.get().target(*origin);
+            }
+            refused = refused_header(parser.get());
+        }
+        if (!rec && !refused && !parser.is_done()) {
+            if (buffer.size() == 0 && parser.get().version() >= 11 && expects_continue(parser.get())) {
+                // The client waits for this before it sends the body (curl: for a second).
+                static constexpr std::string_view kContinue = "HTTP/1.1 100 Continue\r\n\r\n";
+                auto [cec, cn] = co_await asio::async_write(stream, asio::buffer(kContinue), kUseTuple);
+                rec = cec;
+            }
+            if (!rec) {
+                parser.eager(true);
+                auto [bec, bn] = co_await http::async_read(stream, buffer, parser, kUseTuple);
+                rec = bec;
+            }
+        }
+        if (rec || refused) {
             std::optional<webhooks::Response> reply;
             // With its request line read, a provider's route is answered in the provider's format.
             // (A Content-Length over the limit is refused while the fields are parsed: the
@@ -512,7 +633,9 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
                 return parser.get().target().empty() ? plain_error(status, text)
                                                      : service_.reject(parser.get(), status, text);
             };
-            if (rec == http::error::header_limit) {
+            if (refused) {
+                reply = refuse(refused->first, refused->second);
+            } else if (rec == http::error::header_limit) {
                 reply = plain_error(431, "request header fields too large\n");
             } else if (rec == http::error::body_limit) {
                 reply = refuse(413, "payload too large\n");
@@ -523,7 +646,10 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
             }
             if (reply) {
                 reply->set("X-Request-Id", new_request_id());
-                inst.requests.with({{"route", "other"}, {"code", std::to_string(reply->result_int())}}).inc();
+                const std::string_view target = parser.get().target();
+                inst.requests.with({{"route", target.empty() ? std::string("other") : route_label(target)},
+                                    {"code", std::to_string(reply->result_int())}})
+                    .inc();
                 lowest(stream).expires_after(limits_.write_timeout);
                 auto [wec, wn] = co_await http::async_write(stream, *reply, kUseTuple);
                 if (!wec) {

@@ -462,6 +462,16 @@ Response Service::reject(const Request& header, unsigned status, std::string_vie
     if (const gateways::Gateway* gw = rt ? provider_of(header, *rt) : nullptr; gw != nullptr) {
         const gateways::Reply reply = gw->failure(make_error_code(errc::malformed_request));
         res = make_response(header, status, reply.content_type, reply.body);
+    } else if (header.target().starts_with("/v1/")) {
+        // The API's error shape, so that a CRM client reads every refusal the same way.
+        std::string_view message = text;
+        while (!message.empty() && message.back() == '\n') {
+            message.remove_suffix(1);
+        }
+        const std::string_view code = status == 413   ? "payload_too_large"
+                                      : status == 501 ? "not_implemented"
+                                                      : "bad_request";
+        res = api_error(header, status, code, message);
     } else {
         res = make_response(header, status, "text/plain", std::string(text));
     }

@@ -458,8 +458,11 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     CHECK(!r.header("x-request-id").empty());
     CHECK(r.body == "fail");  // in Alipay's format, as every answer on its route
     CHECK(r.header("content-type").starts_with("text/plain"));
-    // Elsewhere the refusal is plain text.
+    // On the API, in the API's error shape; elsewhere plain text.
     r = http_request(fx.port(), "POST", "/v1/bills", std::string(70 * 1024, 'a'), {{"Content-Type", "application/json"}});
+    CHECK(r.status == 413);
+    CHECK(r.body == R"({"error":{"code":"payload_too_large","message":"payload too large"}})");
+    r = http_request(fx.port(), "POST", "/healthz", std::string(70 * 1024, 'a'));
     CHECK(r.status == 413);
     CHECK(r.body == "payload too large\n");
     // Oversized header → 431.
