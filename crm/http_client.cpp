@@ -14,9 +14,11 @@
 #include <openssl/ssl.h>
 #include <openssl/x509_vfy.h>
 #include <openssl/x509v3.h>
+#include <sys/socket.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <exception>
 #include <optional>
@@ -87,9 +89,10 @@ struct Connection {
 using ConnectionPtr = std::unique_ptr<Connection>;
 
 /// Bytes received on the connection that no response has consumed: in the read buffer, in
-/// OpenSSL's buffers (TLS), or queued in the socket. Whatever they are (a body longer than its
-/// Content-Length, a second response), the next request on the connection would read them as its
-/// own answer, so such a connection is never reused.
+/// OpenSSL's buffers (TLS), or queued in the socket; or the server's end of the stream (a
+/// keep-alive timeout shorter than ours: Node.js and Apache close after 5 s). Whatever they are (a
+/// body longer than its Content-Length, a second response, a close), the next request on the
+/// connection would fail or read them as its own answer, so such a connection is never reused.
 bool has_unread_bytes(Connection& conn)
 {
     if (conn.buffer.size() != 0) {
@@ -101,9 +104,10 @@ bool has_unread_bytes(Connection& conn)
             return true;
         }
     }
-    error_code ec;
-    const std::size_t queued = conn.tcp_layer().socket().available(ec);
-    return ec || queued > 0;
+    // available() says 0 for a FIN; a peek tells a close (0) from nothing yet (would block).
+    char byte = 0;
+    const ssize_t n = ::recv(conn.tcp_layer().socket().native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    return n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK);
 }
 
 /// What one exchange on one connection produced.
@@ -414,7 +418,9 @@ struct HttpClient::Impl {
 
         const Clock::time_point deadline = Clock::now() + options.timeout;
         for (int round = 0;; ++round) {
-            ConnectionPtr conn = take_idle();
+            // The retry after a stale pooled connection opens a new one: the pool's others were
+            // idle as long, and the server may have closed them all.
+            ConnectionPtr conn = round == 0 ? take_idle() : nullptr;
             const bool reused = conn != nullptr;
             if (reused) {
                 ++stats.connections_reused;

@@ -229,6 +229,37 @@ TEST_CASE("a pooled connection the server closed is replaced transparently")
     CHECK(receiver.count() == 2);
 }
 
+TEST_CASE("pooled connections the server closed while idle are all left and one new one carries the request")
+{
+    // A CRM whose keep-alive timeout is shorter than ours (Node.js, Apache: 5 s) closes every idle
+    // connection. The client used to take a stale one, then on the retry another stale one, and
+    // fail an attempt the CRM never saw (a step of the schedule; a dead letter on the last one).
+    asio::io_context ioc;
+    HttpReceiver receiver(HttpReceiverOptions{});
+    receiver.set_response_delay(100ms);
+    auto client = make_client(ioc, HttpClientOptions{.url = receiver.url(), .concurrency = 3});
+    int finished = 0;
+    for (int i = 0; i < 3; ++i) {
+        crm::Headers headers;
+        headers.emplace_back("Content-Type", "application/json");
+        asio::awaitable<PostResult> request = client->post(std::move(headers), "{}");
+        asio::co_spawn(ioc, std::move(request), [&](std::exception_ptr, PostResult) { ++finished; });
+    }
+    REQUIRE(run_until(ioc, [&] { return finished == 3; }, 10s));
+    REQUIRE(client->idle_connections() == 3);
+    REQUIRE(client->stats().connections_opened == 3);
+    receiver.set_response_delay(0ms);
+    receiver.stop();  // closes the three idle connections
+    REQUIRE(receiver.start());
+    run_for(ioc, 50ms);
+    PostResult r = post(ioc, *client);
+    REQUIRE_MESSAGE(r.response.has_value(), r.error_detail);
+    CHECK(r.response->status == 200);
+    CHECK(client->stats().connections_opened == 4);
+    CHECK(client->stats().stale_retries == 0);  // the closes were seen before a request was written
+    CHECK(receiver.count() == 4);
+}
+
 TEST_CASE("the deadline covers the whole attempt")
 {
     asio::io_context ioc;
