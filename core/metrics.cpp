@@ -1,5 +1,6 @@
 #include "core/metrics.hpp"
 
+#include <charconv>
 #include <cmath>
 #include <cstdio>
 
@@ -138,9 +139,14 @@ std::string number(double v)
     if (std::isinf(v)) {
         return v > 0 ? "+Inf" : "-Inf";
     }
+    // The shortest text that reads back as v: bucket bounds print as written (le="0.0005", not
+    // le="0.00050000000000000001"), so a selector on the bound matches; whole numbers as integers.
+    if (std::abs(v) < 1e15 && v == std::trunc(v)) {
+        return std::to_string(static_cast<std::int64_t>(v));
+    }
     char buf[64];
-    std::snprintf(buf, sizeof buf, "%.17g", v);
-    return buf;
+    const std::to_chars_result r = std::to_chars(buf, buf + sizeof buf, v, std::chars_format::general);
+    return std::string(buf, r.ptr);
 }
 
 void header(std::string& out, const std::string& name, const std::string& help, const char* type)

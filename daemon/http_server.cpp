@@ -115,6 +115,8 @@ struct Instruments {
         metrics::registry().gauge("paybridge_open_connections", "Open client connections.");
     metrics::Family<metrics::Counter>& rejected = metrics::registry().counter(
         "paybridge_connections_rejected_total", "Connections refused by the connection cap.");
+
+    Instruments() { rejected.with({}); }  // at 0 from the start, so increase() sees the first
 };
 
 Instruments& instruments()

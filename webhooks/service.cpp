@@ -125,9 +125,28 @@ int nesting(const rapidjson::Value& v, int cap)
 
 struct Instruments {
     metrics::Family<metrics::Counter>& notifications = metrics::registry().counter(
-        "paybridge_notifications_total", "Provider notifications by provider, channel and outcome.");
+        "paybridge_notifications_total", "Provider notifications by channel and outcome.");
     metrics::Family<metrics::Counter>& anomalies =
         metrics::registry().counter("paybridge_anomalies_total", "Anomalies recorded, by kind.");
+
+    /// Every series an alert watches exists from the start, at 0: Prometheus' increase() does not
+    /// count a series' first sample, so a counter born at 1 would hide the first anomaly of a kind.
+    Instruments()
+    {
+        for (std::string_view channel : {"alipay", "wechatpay_v3", "wechatpay_v2"}) {
+            for (std::string_view outcome : {"applied", "duplicate", "anomaly", "ignored", "bad_signature", "stale",
+                                             "malformed", "unusable", "unknown_account", "store_unavailable"}) {
+                notifications.cached<2>({"channel", "outcome"}, {channel, outcome});
+            }
+        }
+        for (const char* kind :
+             {"amount_mismatch", "unknown_bill", "paid_after_close", "paid_after_refund", "duplicate_payment",
+              "refund_exceeds_paid", "refund_unapplied", "refund_amount_mismatch", "refund_other_txn",
+              "refund_total_not_increased", "close_after_paid", "refund_closed", "refund_abnormal",
+              "unusable_notification"}) {
+            anomalies.with({{"kind", kind}});
+        }
+    }
 };
 
 Instruments& instruments()

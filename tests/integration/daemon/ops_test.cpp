@@ -82,6 +82,16 @@ bool wait_for_log(DaemonFixture& fx, const std::string& needle, std::chrono::mil
 TEST_CASE("metrics: Prometheus text format, counters after traffic")
 {
     DaemonFixture fx;
+    {
+        // Before any traffic, every series an alert watches is there at 0: increase() does not
+        // count a series' first sample, so one born at 1 would hide the first anomaly of its kind.
+        const std::string before = http_request(fx.port(), "GET", "/metrics").body;
+        CHECK(before.find("paybridge_anomalies_total{kind=\"amount_mismatch\"} 0\n") != std::string::npos);
+        CHECK(before.find("paybridge_anomalies_total{kind=\"unusable_notification\"} 0\n") != std::string::npos);
+        CHECK(before.find("paybridge_notifications_total{channel=\"wechatpay_v3\",outcome=\"unusable\"} 0\n") !=
+              std::string::npos);
+        CHECK(before.find("paybridge_connections_rejected_total 0\n") != std::string::npos);
+    }
     REQUIRE(fx.create_bill("M1", 100).status == 201);
     CHECK(fx.post_alipay(alipay_paid(fx, fx.alipay_keys.private_pem, "M1", 100)).body == "success");
     CHECK(fx.post_alipay(alipay_paid(fx, fx.alipay_keys.private_pem, "M1", 100)).body == "success");
@@ -96,6 +106,10 @@ TEST_CASE("metrics: Prometheus text format, counters after traffic")
     CHECK(t.find("paybridge_http_requests_total{route=\"/notify/alipay\",code=\"200\"} 2") != std::string::npos);
     CHECK(t.find("paybridge_http_request_duration_seconds_bucket{route=\"/notify/alipay\",le=\"+Inf\"} 3") !=
           std::string::npos);
+    // Bucket bounds as written, so that a selector on le="0.0005" matches.
+    CHECK(t.find("paybridge_http_request_duration_seconds_bucket{route=\"/notify/alipay\",le=\"0.0005\"}") !=
+          std::string::npos);
+    CHECK(t.find("0000000001\"") == std::string::npos);
     CHECK(t.find("paybridge_open_connections") != std::string::npos);
     CHECK(t.find("paybridge_uptime_seconds") != std::string::npos);
     CHECK(t.find("paybridge_build_info{version=") != std::string::npos);
