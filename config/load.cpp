@@ -419,6 +419,24 @@ private:
         }
     }
 
+    /// The offset of the first byte that makes `t` not a b64token (RFC 6750 §2.1), or npos.
+    static std::size_t token68_error(std::string_view t)
+    {
+        std::size_t i = 0;
+        for (; i < t.size(); ++i) {
+            const char c = t[i];
+            const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' ||
+                            c == '.' || c == '_' || c == '~' || c == '+' || c == '/';
+            if (!ok) {
+                break;
+            }
+        }
+        while (i < t.size() && t[i] == '=') {
+            ++i;
+        }
+        return i == t.size() ? std::string_view::npos : i;
+    }
+
     void parse_api_tokens(const Value& list, const std::string& ptr, std::vector<ApiToken>& out)
     {
         std::map<std::string, std::string> names;
@@ -436,6 +454,13 @@ private:
                     problems_.note(child(item, "token"),
                                   "the token must be at least " + std::to_string(kMinApiTokenBytes) +
                                       " bytes long, got " + std::to_string(value->size()));
+                } else if (const std::size_t bad = token68_error(*value); bad != std::string::npos) {
+                    // HTTP trims a header value's surrounding whitespace, so such a token could
+                    // never match: every request would get 401. The byte itself is not shown.
+                    problems_.note(child(item, "token"),
+                                  "byte " + std::to_string(bad) +
+                                      " of the token is not allowed in a bearer token (RFC 6750: letters, "
+                                      "digits and -._~+/, then = only at the end; no spaces)");
                 } else {
                     // Two names for one token would make the audit name of a request ambiguous.
                     unique(values, *value, child(item, "token"));

@@ -267,6 +267,14 @@ Response api_error(const Request& req, unsigned status, std::string_view code, s
     return make_response(req, status, "application/json", json_error(code, message, field));
 }
 
+/// 405 with the Allow header RFC 9110 requires; `allow` as "GET, HEAD" or "POST".
+Response method_not_allowed(const Request& req, std::string_view allow)
+{
+    Response res = api_error(req, 405, "method_not_allowed", "use " + std::string(allow));
+    res.set(http::field::allow, allow);
+    return res;
+}
+
 Response store_error(const Request& req, const boost::system::error_code& ec)
 {
     if (is_transient(ec)) {
@@ -459,6 +467,10 @@ Service::Service(Deps deps) : deps_(std::move(deps)) { instruments(); }
 
 awaitable<Response> Service::handle(Request req)
 {
+    if (req.method() == http::verb::head) {
+        // Answered as GET; the server sends the header only.
+        req.method(http::verb::get);
+    }
     RuntimePtr rt = deps_.runtime();
     try {
         Response res = co_await route(req, rt);
@@ -648,7 +660,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
             co_return res;
         }
         if (method != http::verb::get) {
-            co_return api_error(req, 405, "method_not_allowed", "use GET or POST");
+            co_return method_not_allowed(req, "GET, HEAD, POST");
         }
         if (auto bad = unknown_param(
                 req, query, {"status", "provider", "customer_id", "updated_from", "updated_to", "limit", "cursor"})) {
@@ -657,6 +669,11 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         BillFilter filter;
         for (const char* key : {"status", "provider", "customer_id", "cursor"}) {
             auto it = query.find(key);
+            if (it != query.end() && it->second.empty() && std::string_view(key) != "cursor") {
+                // A filter built from an empty variable must not quietly become no filter.
+                co_return api_error(req, 400, "invalid_argument", "must not be empty; leave it out to list all",
+                                    key);
+            }
             if (it != query.end()) {
                 std::string& dst = std::string_view(key) == "status"     ? filter.status
                                    : std::string_view(key) == "provider" ? filter.provider
@@ -706,7 +723,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
     constexpr std::string_view kBill = "/v1/bills/";
     if (path.starts_with(kBill)) {
         if (method != http::verb::get) {
-            co_return api_error(req, 405, "method_not_allowed", "use GET");
+            co_return method_not_allowed(req, "GET, HEAD");
         }
         if (auto bad = unknown_param(req, query, {})) {
             co_return std::move(*bad);
@@ -727,7 +744,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
 
     if (path == "/v1/events" || path == "/v1/anomalies") {
         if (method != http::verb::get) {
-            co_return api_error(req, 405, "method_not_allowed", "use GET");
+            co_return method_not_allowed(req, "GET, HEAD");
         }
         if (auto bad = unknown_param(req, query, {"after", "limit"})) {
             co_return std::move(*bad);
@@ -757,7 +774,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
 
     if (path == "/v1/reconciliation/summary") {
         if (method != http::verb::get) {
-            co_return api_error(req, 405, "method_not_allowed", "use GET");
+            co_return method_not_allowed(req, "GET, HEAD");
         }
         if (auto bad = unknown_param(req, query, {"from", "to"})) {
             co_return std::move(*bad);
@@ -799,8 +816,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
                 co_return api_error(req, 400, "invalid_argument", "not a valid event id", "id");
             }
             if (redeliver != (method == http::verb::post) || (!redeliver && method != http::verb::get)) {
-                co_return api_error(req, 405, "method_not_allowed",
-                                    redeliver ? "use POST" : "use GET");
+                co_return method_not_allowed(req, redeliver ? "POST" : "GET, HEAD");
             }
             if (auto bad = unknown_param(req, query, {})) {
                 co_return std::move(*bad);
@@ -848,6 +864,10 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
                 co_return api_error(req, 400, "invalid_argument", "must be dead or retrying", "state");
             }
             doc = co_await deps_.deliveries->recover(*since, std::move(state));
+        } else if (path == "/v1/deliveries") {
+            co_return method_not_allowed(req, "GET, HEAD");
+        } else if (path == "/v1/deliveries/recover") {
+            co_return method_not_allowed(req, "POST");
         } else {
             co_return api_error(req, 404, "not_found", "no such endpoint");
         }

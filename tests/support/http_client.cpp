@@ -81,6 +81,7 @@ HttpResult HttpClient::request(const std::string& method, const std::string& tar
         http::write(impl_->stream(), req, ec);
         http::response_parser<http::string_body> parser;
         parser.body_limit(64 * 1024 * 1024);
+        parser.skip(method == "HEAD");  // the answer to HEAD has a Content-Length and no body
         if (!ec) {
             http::read(impl_->stream(), impl_->buffer, parser, ec);
         }

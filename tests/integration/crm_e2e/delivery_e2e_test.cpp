@@ -282,6 +282,9 @@ TEST_CASE("shortened schedule: dead letter, recover since a time, then redeliver
 
     CHECK(fx.api("POST", "/v1/events/evt_no_such_event/redeliver").status == 404);
     CHECK(fx.api("GET", "/v1/events/" + id + "/redeliver").status == 405);
+    CHECK(fx.api("GET", "/v1/events/" + id + "/redeliver").header("allow") == "POST");
+    CHECK(fx.api("GET", "/v1/deliveries/recover?since=" + before).header("allow") == "POST");
+    CHECK(fx.api("POST", "/v1/deliveries").header("allow") == "GET, HEAD");
 }
 
 TEST_CASE("after a CRM outage an operator sends the events waiting for a retry now")

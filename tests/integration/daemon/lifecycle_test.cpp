@@ -279,6 +279,13 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
     auto bad = fx.api("GET", "/v1/bills?status=LOST");
     CHECK(bad.status == 400);
     CHECK(bad.body.find("\"field\":\"status\"") != std::string::npos);
+    // A filter from an empty variable is refused, not read as no filter (which lists everything).
+    for (const char* filter : {"status", "provider", "customer_id"}) {
+        CAPTURE(filter);
+        bad = fx.api("GET", std::string("/v1/bills?") + filter + "=");
+        CHECK(bad.status == 400);
+        CHECK(bad.body.find(std::string("\"field\":\"") + filter + "\"") != std::string::npos);
+    }
     bad = fx.api("GET", "/v1/reconciliation/summary?from=yesterday&to=" + to);
     CHECK(bad.status == 400);
     CHECK(bad.body.find("\"field\":\"from\"") != std::string::npos);
@@ -316,7 +323,17 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
         CHECK_MESSAGE(bad.body.find("\"field\":\"" + c.field + "\"") != std::string::npos, bad.body);
         CHECK_MESSAGE(bad.body.find(c.says) != std::string::npos, bad.body);
     }
-    CHECK(fx.api("POST", "/v1/reconciliation/summary?from=2026-01-01T00:00:00Z&to=" + to).status == 405);
+    bad = fx.api("POST", "/v1/reconciliation/summary?from=2026-01-01T00:00:00Z&to=" + to);
+    CHECK(bad.status == 405);
+    CHECK(bad.header("allow") == "GET, HEAD");  // RFC 9110: a 405 says what is allowed
+    bad = fx.api("DELETE", "/v1/bills");
+    CHECK(bad.status == 405);
+    CHECK(bad.header("allow") == "GET, HEAD, POST");
+    // HEAD is answered as GET would be, without the body.
+    const HttpResult head = fx.api("HEAD", "/v1/bills/Q1");
+    CHECK(head.status == 200);
+    CHECK(head.body.empty());
+    CHECK(std::stoul(head.header("content-length")) == fx.api("GET", "/v1/bills/Q1").body.size());
     // The same time with its '+' encoded is fine.
     CHECK(fx.api("GET", "/v1/reconciliation/summary?from=2026-01-01T00:00:00%2B08:00&to=" + to).status == 200);
 }

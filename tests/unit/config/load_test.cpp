@@ -530,6 +530,27 @@ TEST_CASE("config: a file others may change loads, with a warning naming it: the
     CHECK(got == expected);
 }
 
+TEST_CASE("config: an API token that no request could present is refused")
+{
+    // HTTP trims the Authorization value, so a token ending in a space (a token file written by
+    // hand) would make every request a 401 while --check said the configuration is fine.
+    MinimalFixture f;
+    f.box.write("creds/spaced", "api-token-0123456789 \n");
+    f.box.write("creds/inner", "api-token 0123456789\n");
+    f.box.write("creds/padded", "api-token-0123456789==\n");
+    const std::string json = R"({
+      "api_tokens": [ { "name": "a", "token": "cred:spaced" }, { "name": "b", "token": "cred:inner" },
+                      { "name": "c", "token": "cred:padded" } ]
+    })";
+    const LoadReport report = load(f.box, json, {{"CREDENTIALS_DIRECTORY", (f.box.dir() / "creds").string()}});
+    const std::string rule = " of the token is not allowed in a bearer token (RFC 6750: letters, digits and -._~+/, "
+                             "then = only at the end; no spaces)";
+    check_problems(report, {
+                               "/api_tokens/0/token: byte 20" + rule,
+                               "/api_tokens/1/token: byte 9" + rule,
+                           });
+}
+
 TEST_CASE("config: inline secrets are rejected, naming the key and not the value")
 {
     MinimalFixture f;
