@@ -21,10 +21,22 @@ struct Endpoint {
     bool operator==(const Endpoint&) const = default;
 };
 
+/// Groups of routes a listener serves (bits): /notify/*, /v1/*, /healthz and /readyz, /metrics.
+enum RouteGroup : unsigned {
+    kRoutesNotify = 1,
+    kRoutesApi = 2,
+    kRoutesHealth = 4,
+    kRoutesMetrics = 8,
+    kRoutesAll = 15,
+};
+
 struct TlsListenConfig {
     Endpoint listen;
     std::string cert_file;  ///< absolute path (re-read on reload)
     std::string key_file;   ///< absolute path
+    /// What the TLS listener (often public: WeChat Pay calls HTTPS only) serves. /metrics is left
+    /// out unless named: it tells anyone who asks the business's volume and anomaly counts.
+    unsigned routes{kRoutesNotify | kRoutesApi | kRoutesHealth};
 };
 
 struct HttpLimits {

@@ -337,6 +337,17 @@ private:
         }
         readable_path(v, ptr, "cert_file", tls.cert_file);
         readable_path(v, ptr, "key_file", tls.key_file, true);
+        if (const Value* routes = array_at(v, ptr, "routes")) {
+            tls.routes = 0;
+            for (const Value& r : routes->GetArray()) {
+                const std::string_view name = r.IsString() ? std::string_view(r.GetString(), r.GetStringLength()) : "";
+                tls.routes |= name == "notify" ? kRoutesNotify
+                              : name == "api"  ? kRoutesApi
+                              : name == "health" ? kRoutesHealth
+                              : name == "metrics" ? kRoutesMetrics
+                                                  : 0u;  // the schema allows no other
+            }
+        }
         if (complete && !tls.cert_file.empty() && !tls.key_file.empty()) {
             cfg.tls = std::move(tls);
         }

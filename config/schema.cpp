@@ -34,7 +34,13 @@ const std::string_view kConfigSchema = R"json({
       "properties": {
         "listen": { "$ref": "#/definitions/endpoint" },
         "cert_file": { "$ref": "#/definitions/file_path" },
-        "key_file": { "$ref": "#/definitions/file_path" }
+        "key_file": { "$ref": "#/definitions/file_path" },
+        "routes": {
+          "type": "array",
+          "minItems": 1,
+          "uniqueItems": true,
+          "items": { "enum": ["notify", "api", "health", "metrics"] }
+        }
       }
     },
     "workers": { "type": "integer", "minimum": 0, "maximum": 1024 },

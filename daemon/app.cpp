@@ -205,7 +205,7 @@ int App::Impl::run()
             auto w = std::make_unique<Worker>(cfg, runtime_, gate_, [this] { return all_ready(); });
             w->server.listen(endpoint_of(cfg.listen), false);
             if (cfg.tls) {
-                w->server.listen(endpoint_of(cfg.tls->listen), true);
+                w->server.listen(endpoint_of(cfg.tls->listen), true, cfg.tls->routes);
                 w->server.set_tls_context(tls);
             }
             workers_.push_back(std::move(w));

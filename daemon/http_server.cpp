@@ -345,9 +345,9 @@ HttpServer::HttpServer(asio::io_context& ioc, const config::HttpLimits& limits, 
 
 HttpServer::~HttpServer() = default;
 
-void HttpServer::listen(const tcp::endpoint& endpoint, bool tls)
+void HttpServer::listen(const tcp::endpoint& endpoint, bool tls, unsigned routes)
 {
-    auto l = std::make_unique<Listener>(Listener{tcp::acceptor(ioc_), tls});
+    auto l = std::make_unique<Listener>(Listener{tcp::acceptor(ioc_), tls, routes});
     l->acceptor.open(endpoint.protocol());
     l->acceptor.set_option(asio::socket_base::reuse_address(true));
     int one = 1;
@@ -472,14 +472,14 @@ awaitable<HttpServer::Accepted> HttpServer::accept_one(Listener& l)
     socket.set_option(tcp::no_delay(true), ec);
     const LogFailure handler("http.session_failed");
     if (l.tls) {
-        asio::co_spawn(ioc_, run_tls(std::move(socket), std::move(*slot)), handler);
+        asio::co_spawn(ioc_, run_tls(std::move(socket), std::move(*slot), l.routes), handler);
     } else {
-        asio::co_spawn(ioc_, run_plain(std::move(socket), std::move(*slot)), handler);
+        asio::co_spawn(ioc_, run_plain(std::move(socket), std::move(*slot), l.routes), handler);
     }
     co_return Accepted::next;
 }
 
-awaitable<void> HttpServer::run_plain(tcp::socket socket, [[maybe_unused]] GateSlot slot)
+awaitable<void> HttpServer::run_plain(tcp::socket socket, [[maybe_unused]] GateSlot slot, unsigned routes)
 {
     boost::system::error_code ec;
     socket.non_blocking(true, ec);  // serve() tries a read before it waits; asio's async ops are unaffected
@@ -490,11 +490,11 @@ awaitable<void> HttpServer::run_plain(tcp::socket socket, [[maybe_unused]] GateS
     Session session;
     session.cancel = [&stream] { stream.cancel(); };
     const Registration registration(sessions_, &session, instruments().open.with({}));
-    co_await serve(stream, session);
+    co_await serve(stream, session, routes);
     stream.socket().shutdown(tcp::socket::shutdown_send, ec);
 }
 
-awaitable<void> HttpServer::run_tls(tcp::socket socket, [[maybe_unused]] GateSlot slot)
+awaitable<void> HttpServer::run_tls(tcp::socket socket, [[maybe_unused]] GateSlot slot, unsigned routes)
 {
     std::shared_ptr<asio::ssl::context> ctx = tls_;
     if (!ctx) {
@@ -511,13 +511,13 @@ awaitable<void> HttpServer::run_tls(tcp::socket socket, [[maybe_unused]] GateSlo
         log::debug("http.tls_handshake_failed", {{"error", ec.message()}});
         co_return;
     }
-    co_await serve(stream, session);
+    co_await serve(stream, session, routes);
     beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(2));
     co_await stream.async_shutdown(kUseTuple);
 }
 
 template <class Stream>
-awaitable<void> HttpServer::serve(Stream& stream, Session& session)
+awaitable<void> HttpServer::serve(Stream& stream, Session& session, unsigned routes)
 {
     auto& inst = instruments();
 
@@ -670,7 +670,7 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session)
         req.set("X-Request-Id", request_id);  // handlers log it
         const std::string route = route_label(req.target());
         const bool head = req.method() == http::verb::head;
-        webhooks::Response res = co_await service_.handle(std::move(req));
+        webhooks::Response res = co_await service_.handle(std::move(req), routes);
         res.set("X-Request-Id", request_id);
         if (stopping_) {
             res.keep_alive(false);

@@ -37,7 +37,8 @@ public:
 
     /// Binds a listener. `tls` non-null: connections are TLS (the context is owned by the caller
     /// and may be swapped on reload through set_tls_context). Throws system_error on failure.
-    void listen(const boost::asio::ip::tcp::endpoint& endpoint, bool tls);
+    /// `routes`: the config::RouteGroup bits it serves; other paths are answered 404.
+    void listen(const boost::asio::ip::tcp::endpoint& endpoint, bool tls, unsigned routes = config::kRoutesAll);
 
     /// The TLS context new connections use (reload swaps it; live connections keep theirs).
     void set_tls_context(std::shared_ptr<boost::asio::ssl::context> ctx);
@@ -68,10 +69,10 @@ private:
     /// per-read timer bounds them).
     boost::asio::awaitable<void> idle_sweep();
     template <class Stream>
-    boost::asio::awaitable<void> serve(Stream& stream, Session& session);
+    boost::asio::awaitable<void> serve(Stream& stream, Session& session, unsigned routes);
     class GateSlot;
-    boost::asio::awaitable<void> run_plain(boost::asio::ip::tcp::socket socket, GateSlot slot);
-    boost::asio::awaitable<void> run_tls(boost::asio::ip::tcp::socket socket, GateSlot slot);
+    boost::asio::awaitable<void> run_plain(boost::asio::ip::tcp::socket socket, GateSlot slot, unsigned routes);
+    boost::asio::awaitable<void> run_tls(boost::asio::ip::tcp::socket socket, GateSlot slot, unsigned routes);
 
     boost::asio::io_context& ioc_;
     config::HttpLimits limits_;
@@ -80,6 +81,7 @@ private:
     struct Listener {
         boost::asio::ip::tcp::acceptor acceptor;
         bool tls;
+        unsigned routes;
     };
     std::vector<std::unique_ptr<Listener>> listeners_;
     std::shared_ptr<boost::asio::ssl::context> tls_;

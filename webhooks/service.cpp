@@ -465,7 +465,7 @@ bool authorized(const Request& req, const config::Config& cfg)
 
 Service::Service(Deps deps) : deps_(std::move(deps)) { instruments(); }
 
-awaitable<Response> Service::handle(Request req)
+awaitable<Response> Service::handle(Request req, unsigned routes)
 {
     if (req.method() == http::verb::head) {
         // Answered as GET; the server sends the header only.
@@ -473,7 +473,7 @@ awaitable<Response> Service::handle(Request req)
     }
     RuntimePtr rt = deps_.runtime();
     try {
-        Response res = co_await route(req, rt);
+        Response res = co_await route(req, rt, routes);
         co_return res;
     } catch (const std::exception& e) {
         log::error("http.handler_exception", {{"what", e.what()}});
@@ -510,13 +510,22 @@ Response Service::reject(const Request& header, unsigned status, std::string_vie
     return res;
 }
 
-awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt)
+awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt, unsigned routes)
 {
     std::string_view target = req.target();
     const auto qpos = target.find('?');
     const std::string_view path = target.substr(0, qpos);
     const std::string_view query = qpos == std::string_view::npos ? std::string_view{} : target.substr(qpos + 1);
     const auto method = req.method();
+
+    const unsigned group = path.starts_with("/notify/")                  ? config::kRoutesNotify
+                           : path.starts_with("/v1/")                    ? config::kRoutesApi
+                           : path == "/healthz" || path == "/readyz"     ? config::kRoutesHealth
+                           : path == "/metrics"                          ? config::kRoutesMetrics
+                                                                         : 0u;
+    if ((routes & group) == 0) {
+        co_return make_response(req, 404, "text/plain", "not found");  // not served on this listener
+    }
 
     if (path.starts_with("/notify/")) {
         if (method != http::verb::post) {

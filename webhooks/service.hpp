@@ -34,7 +34,8 @@ public:
     explicit Service(Deps deps);
 
     /// Answers one request. Never throws for anything a client can send; a bug becomes a 500.
-    boost::asio::awaitable<Response> handle(Request req);
+    /// `routes`: the config::RouteGroup bits the listener it came on serves; other paths are 404.
+    boost::asio::awaitable<Response> handle(Request req, unsigned routes = config::kRoutesAll);
 
     /// The answer to a request the server refused before it reached handle() (413: body too
     /// large, 400: unreadable), given its header: a provider's route gets the failure in that
@@ -43,7 +44,7 @@ public:
     Response reject(const Request& header, unsigned status, std::string_view text) const;
 
 private:
-    boost::asio::awaitable<Response> route(const Request& req, const RuntimePtr& rt);
+    boost::asio::awaitable<Response> route(const Request& req, const RuntimePtr& rt, unsigned routes);
     boost::asio::awaitable<Response> notify(const Request& req, const gateways::Gateway* gw, std::string_view route,
                                             std::string_view param);
     boost::asio::awaitable<Response> api(const Request& req, const RuntimePtr& rt, std::string_view path,

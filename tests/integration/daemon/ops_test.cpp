@@ -38,7 +38,8 @@ namespace {
 
 /// Starts `fx` (constructed with options.start = false) with an HTTPS listener on a free port, its
 /// certificate (localhost, 127.0.0.1) issued by `ca`; returns the HTTPS port.
-std::uint16_t start_with_tls(DaemonFixture& fx, DaemonOptions options, const keygen::Certificate& ca)
+std::uint16_t start_with_tls(DaemonFixture& fx, DaemonOptions options, const keygen::Certificate& ca,
+                             const std::string& routes = {})
 {
     const auto server = keygen::issue(ca, {.common_name = "localhost", .dns_names = {"localhost"},
                                            .ip_addresses = {"127.0.0.1"}});
@@ -46,7 +47,8 @@ std::uint16_t start_with_tls(DaemonFixture& fx, DaemonOptions options, const key
     std::ofstream(fx.dir() / "tls.crt") << server.cert_pem;
     std::ofstream(fx.dir() / "tls.key") << server.key.private_pem;
     options.tls_json = "{\"listen\": \"127.0.0.1:" + std::to_string(tls_port) +
-                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"}";
+                       "\", \"cert_file\": \"tls.crt\", \"key_file\": \"tls.key\"" +
+                       (routes.empty() ? std::string() : ", \"routes\": " + routes) + "}";
     fx.write_config(options);
     fx.start();
     return tls_port;
@@ -317,6 +319,14 @@ TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays av
     CHECK(res.result_int() == 200);
     CHECK(SSL_version(stream.native_handle()) >= TLS1_2_VERSION);
     CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
+    // By default the TLS listener (public: WeChat Pay calls HTTPS only) does not serve /metrics,
+    // which tells anyone the business's volume; the plain listener does.
+    req.target("/metrics");
+    http::write(stream, req);
+    http::response<http::string_body> metrics;
+    http::read(stream, buf, metrics);
+    CHECK(metrics.result_int() == 404);
+    CHECK(http_request(fx.port(), "GET", "/metrics").status == 200);
 
     // A client that does not trust the test CA is refused by its own verification.
     asio::ssl::context strict(asio::ssl::context::tls_client);
@@ -326,6 +336,44 @@ TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays av
     boost::system::error_code ec;
     s2.handshake(asio::ssl::stream_base::client, ec);
     CHECK(ec);
+}
+
+TEST_CASE("tls: routes names what the HTTPS listener serves")
+{
+    const auto ca = keygen::make_ca({.common_name = "paybridge test CA"});
+    DaemonOptions options;
+    options.start = false;
+    DaemonFixture fx(options);
+    const std::uint16_t tls_port = start_with_tls(fx, options, ca, R"(["notify", "metrics"])");
+
+    namespace asio = boost::asio;
+    namespace beast = boost::beast;
+    namespace http = beast::http;
+    asio::io_context ioc;
+    asio::ssl::context ctx(asio::ssl::context::tls_client);
+    ctx.add_certificate_authority(asio::buffer(ca.cert_pem));
+    ctx.set_verify_mode(asio::ssl::verify_peer);
+    beast::ssl_stream<asio::ip::tcp::socket> stream(ioc, ctx);
+    stream.next_layer().connect({asio::ip::make_address("127.0.0.1"), tls_port});
+    stream.handshake(asio::ssl::stream_base::client);
+    beast::flat_buffer buf;
+    const auto status_of = [&](http::verb verb, const std::string& target) {
+        http::request<http::string_body> req{verb, target, 11};
+        req.set(http::field::host, "127.0.0.1");
+        req.set(http::field::authorization, std::string("Bearer ") + DaemonFixture::kApiToken);
+        req.prepare_payload();
+        http::write(stream, req);
+        http::response<http::string_body> res;
+        http::read(stream, buf, res);
+        return res.result_int();
+    };
+    CHECK(status_of(http::verb::get, "/metrics") == 200);
+    CHECK(status_of(http::verb::post, "/notify/alipay") == 400);  // served: an empty notification is refused
+    CHECK(status_of(http::verb::get, "/v1/bills") == 404);
+    CHECK(status_of(http::verb::get, "/healthz") == 404);
+    // The plain listener serves everything.
+    CHECK(fx.api("GET", "/v1/bills").status == 200);
+    CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
 }
 
 TEST_CASE("tls: SIGHUP serves a renewed certificate, and keeps the old one when the new pair does not match")

@@ -270,7 +270,8 @@ TEST_CASE("config: given values override the defaults")
     const std::string secret = webhook_secret();
     const LoadReport report = load(f.box, R"({
       "listen": "[::1]:9443", "workers": 3,
-      "tls": { "listen": "0.0.0.0:8443", "cert_file": "tls/server.crt", "key_file": "tls/../tls/server.key" },
+      "tls": { "listen": "0.0.0.0:8443", "cert_file": "tls/server.crt", "key_file": "tls/../tls/server.key",
+               "routes": ["notify", "metrics"] },
       "limits": { "max_header_bytes": 4096, "max_body_bytes": 1000, "read_timeout_ms": 1, "idle_timeout_ms": 2,
                   "write_timeout_ms": 3, "shutdown_grace_ms": 4, "max_connections": 5 },
       "redis": { "url": "redis://paybridge@redis.internal:6380/3", "key_prefix": "x:", "shards": 4,
@@ -294,6 +295,7 @@ TEST_CASE("config: given values override the defaults")
     CHECK(cfg.tls->listen.port == 8443);
     CHECK(cfg.tls->cert_file == (f.box.dir() / "tls/server.crt").string());
     CHECK(cfg.tls->key_file == (f.box.dir() / "tls/server.key").string());
+    CHECK(cfg.tls->routes == (config::kRoutesNotify | config::kRoutesMetrics));
     CHECK(cfg.limits.max_header_bytes == 4096);
     CHECK(cfg.limits.max_body_bytes == 1000);
     CHECK(cfg.limits.read_timeout == 1ms);
@@ -378,7 +380,8 @@ TEST_CASE("config: every problem is reported in one pass")
       "crm": { "url": "https://crm.example.com/hook", "secret": "env:PAYBRIDGE_CRM_SECRET",
                "retry_schedule_s": [5, 0, "60", -1], "outbox_retention_s": -1 },
       "limits": { "read_timeout_ms": 1.5, "write_timeout_ms": 0 },
-      "log": { "level": "verbose" }
+      "log": { "level": "verbose" },
+      "tls": { "listen": "0.0.0.0:8443", "cert_file": "c.pem", "key_file": "k.pem", "routes": ["notify", "admin"] }
     })");
     check_problems(
         report,
@@ -398,6 +401,9 @@ TEST_CASE("config: every problem is reported in one pass")
             "/limits/read_timeout_ms: must be an integer, not a number with a fraction",
             "/limits/write_timeout_ms: must be >= 1",
             "/log/level: must be one of \"debug\", \"info\", \"warning\", \"error\"",
+            "/tls/cert_file: cannot read c.pem: No such file or directory",
+            "/tls/key_file: cannot read k.pem: No such file or directory",
+            "/tls/routes/1: must be one of \"notify\", \"api\", \"health\", \"metrics\"",
         });
 }
 
