@@ -240,6 +240,26 @@ asio::awaitable<error_code> read_replies(tcp::socket& socket, redisReader& reade
     co_return error_code{};
 }
 
+/// The "role" of a HELLO reply ("master", "replica"), or the error reply's text.
+std::string hello_role(const Reply& reply)
+{
+    if (reply.is_error()) {
+        return reply.str;
+    }
+    std::string role;
+    for (std::size_t i = 0; reply.is_array() && i + 1 < reply.elements.size(); i += 2) {
+        if (reply.elements[i].str == "role") {
+            role = reply.elements[i + 1].str;
+        }
+    }
+    return role;
+}
+
+std::string address(const config::Endpoint& node)
+{
+    return node.host + ":" + std::to_string(node.port);
+}
+
 std::chrono::milliseconds jittered(std::chrono::milliseconds base, std::minstd_rand& rng)
 {
     // "Equal jitter": half fixed, half random, so reconnecting clients spread out but still back off.
@@ -301,6 +321,7 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
       connect_timer_(executor_),
       watch_timer_(executor_),
       sentinel_timer_(executor_),
+      probe_timer_(executor_),
       current_{cfg.host, cfg.port},
       sentinels_(cfg.sentinel.nodes),
       read_buf_(std::make_unique<char[]>(kReadBufferSize)),
@@ -377,6 +398,7 @@ void RedisConnection::stop()
     backoff_timer_.cancel();
     connect_timer_.cancel();
     sentinel_timer_.cancel();
+    probe_timer_.cancel();
     close_io();
     fail_pending(make_error_code(errc::shutting_down));
 }
@@ -682,23 +704,12 @@ asio::awaitable<void> RedisConnection::run()
         // An exception (an allocation failing in the reply copy, say) ends this connection, not
         // the loop: without the barrier, nothing would ever reconnect.
         error_code ec;
-        bool no_master = false;
+        bool logged = false;  // with Sentinel, each attempt's failure is logged where it happens
         try {
             if (!sentinels_.empty()) {
-                Result<config::Endpoint> master = co_await ask_sentinels(false);
-                if (!master) {
-                    ec = master.error();
-                    no_master = true;
-                } else {
-                    if (*master != current_) {
-                        log::info("redis.master", {{"master", cfg_.sentinel.master},
-                                                   {"host", master->host},
-                                                   {"port", static_cast<int>(master->port)}});
-                    }
-                    current_ = std::move(*master);
-                }
-            }
-            if (!ec && !stopped_) {
+                ec = co_await connect_via_sentinels();
+                logged = true;
+            } else {
                 ec = co_await connect_and_handshake();
             }
             attempted_ = true;
@@ -731,10 +742,7 @@ asio::awaitable<void> RedisConnection::run()
                 log::warning("redis.connection_lost",
                              {{"host", current_.host}, {"port", static_cast<int>(current_.port)}});
             }
-        } else if (no_master) {
-            log::warning("redis.no_master", {{"master", cfg_.sentinel.master},
-                                             {"error", "no sentinel named it; each one's reason is logged above"}});
-        } else {
+        } else if (!logged) {
             log::warning("redis.connect_failed",
                          {{"host", current_.host}, {"port", static_cast<int>(current_.port)}, {"error", ec.message()}});
         }
@@ -766,79 +774,247 @@ asio::awaitable<void> RedisConnection::serve()
     co_await std::move(watched);
 }
 
+asio::awaitable<error_code> RedisConnection::connect_via_sentinels()
+{
+    error_code last = make_error_code(errc::store_unavailable);
+    bool named = false;
+    // Nodes named in this round that failed: another sentinel naming one is not tried again.
+    std::vector<config::Endpoint> failed;
+    // Over a copy: the order changes below.
+    const std::vector<config::Endpoint> order = sentinels_;
+    for (const config::Endpoint& sentinel : order) {
+        if (stopped_) {
+            co_return make_error_code(errc::shutting_down);
+        }
+        Result<config::Endpoint> master = co_await ask_sentinel_within(sentinel, false);
+        if (stopped_) {
+            co_return make_error_code(errc::shutting_down);
+        }
+        if (!master) {
+            last = master.error();
+            continue;
+        }
+        named = true;
+        if (std::find(failed.begin(), failed.end(), *master) != failed.end()) {
+            continue;
+        }
+        if (*master != current_) {
+            log::info("redis.master", {{"master", cfg_.sentinel.master},
+                                       {"sentinel", address(sentinel)},
+                                       {"host", master->host},
+                                       {"port", static_cast<int>(master->port)}});
+        }
+        current_ = std::move(*master);
+        const error_code ec = co_await connect_and_handshake();
+        if (stopped_) {
+            co_return make_error_code(errc::shutting_down);
+        }
+        if (!ec) {
+            // Asked first next time: its answer is the one that held. A sentinel that merely
+            // answered first (a stale one) would otherwise stay in front of the right one.
+            auto it = std::find(sentinels_.begin(), sentinels_.end(), sentinel);
+            if (it != sentinels_.end() && it != sentinels_.begin()) {
+                std::rotate(sentinels_.begin(), it, it + 1);
+            }
+            co_return error_code{};
+        }
+        // A replica (a sentinel that has not seen the failover) or a node that is down: the next
+        // sentinel may know better, so it is asked now rather than after the backoff.
+        log::warning("redis.connect_failed", {{"host", current_.host},
+                                              {"port", static_cast<int>(current_.port)},
+                                              {"sentinel", address(sentinel)},
+                                              {"error", ec.message()}});
+        close_io();
+        failed.push_back(current_);
+        last = ec;
+    }
+    if (!named) {
+        log::warning("redis.no_master", {{"master", cfg_.sentinel.master},
+                                         {"error", "no sentinel named it; each one's reason is logged above"}});
+    }
+    co_return last;
+}
+
 asio::awaitable<void> RedisConnection::watch_master()
 {
     // Asked every second by every connection: a failure is logged when it starts and when it
-    // ends, not at every turn.
+    // ends, not at every turn; so is a sentinel's answer that is not followed.
     bool failing = false;
+    std::optional<config::Endpoint> disagreed;
     while (socket_.is_open()) {
         watch_timer_.expires_after(kSentinelWatch);
         auto [ec] = co_await watch_timer_.async_wait(kUseTuple);
         if (ec || !socket_.is_open() || stopped_) {
             co_return;
         }
-        Result<config::Endpoint> master = co_await ask_sentinels(true);
+        Result<SentinelAnswer> answer = co_await ask_sentinels();
         if (!socket_.is_open() || stopped_) {
             co_return;
         }
-        if (!master && !failing) {
+        if (!answer && !failing) {
             failing = true;
             log::warning("redis.sentinels_unreachable",
                          {{"master", cfg_.sentinel.master},
-                          {"error", master.error().message()},
+                          {"error", answer.error().message()},
                           {"why", "no sentinel answers; staying on the current master and asking every second"}});
-        } else if (master && failing) {
+        } else if (answer && failing) {
             failing = false;
             log::info("redis.sentinels_reachable", {{"master", cfg_.sentinel.master}});
         }
-        if (master && *master != current_) {
+        if (!answer) {
+            continue;
+        }
+        if (answer->master == current_) {
+            disagreed.reset();
+            continue;
+        }
+        // One sentinel's view can be stale (partitioned, restarted, monitoring another set): the
+        // working connection is dropped only when the named node is a master, or the current
+        // one no longer is. In a real failover the promoted replica reports master before the
+        // sentinels name it, and the old master is demoted (or down) soon after.
+        const config::Endpoint named = answer->master;
+        const config::Endpoint serving = current_;
+        Result<std::string> named_role = co_await probe_role_within(named);
+        if (!socket_.is_open() || stopped_) {
+            co_return;
+        }
+        std::string why;
+        if (named_role && *named_role == "master") {
+            why = "the node named reports role master";
+        } else {
+            Result<std::string> serving_role = co_await probe_role_within(serving);
+            if (!socket_.is_open() || stopped_) {
+                co_return;
+            }
+            if (!serving_role) {
+                why = "the current node cannot be reached: " + serving_role.error().message();
+            } else if (*serving_role != "master") {
+                why = "the current node reports role " + *serving_role;
+            }
+        }
+        if (!why.empty()) {
             log::warning("redis.master_moved", {{"master", cfg_.sentinel.master},
-                                                {"from", current_.host + ":" + std::to_string(current_.port)},
-                                                {"to", master->host + ":" + std::to_string(master->port)}});
+                                                {"sentinel", address(answer->sentinel)},
+                                                {"from", address(serving)},
+                                                {"to", address(named)},
+                                                {"why", why}});
             close_io();
             co_return;
+        }
+        if (disagreed != named) {
+            disagreed = named;
+            log::warning("redis.sentinel_disagrees",
+                         {{"master", cfg_.sentinel.master},
+                          {"sentinel", address(answer->sentinel)},
+                          {"named", address(named)},
+                          {"named_role", named_role ? *named_role : named_role.error().message()},
+                          {"current", address(serving)},
+                          {"why", "the current node still reports role master and the one named does not: staying"}});
         }
     }
 }
 
-asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinels(bool quiet)
+asio::awaitable<Result<RedisConnection::SentinelAnswer>> RedisConnection::ask_sentinels()
 {
-    using namespace asio::experimental::awaitable_operators;
     error_code last = make_error_code(errc::store_unavailable);
-    // Over a copy: the order changes below.
-    const std::vector<config::Endpoint> order = sentinels_;
+    const std::vector<config::Endpoint> order = sentinels_;  // a copy: nothing held across co_await
     for (const config::Endpoint& node : order) {
         if (stopped_) {
             co_return make_error_code(errc::shutting_down);
         }
-        // A member timer, so that stop() ends the wait (and with it the attempt) at once.
-        sentinel_timer_.expires_after(cfg_.connect_timeout);
-        auto attempt = ask_sentinel(node, quiet) || sentinel_timer_.async_wait(kUseTuple);
-        auto winner = co_await std::move(attempt);
+        Result<config::Endpoint> master = co_await ask_sentinel_within(node, true);
         if (stopped_) {
             co_return make_error_code(errc::shutting_down);
         }
-        if (winner.index() == 1) {
-            last = make_error_code(errc::timeout);
-            if (!quiet) {
-                log::warning("redis.sentinel_failed", {{"sentinel", node.host + ":" + std::to_string(node.port)},
-                                                       {"error", "no answer within connect_timeout"}});
-            }
-            continue;
-        }
-        Result<config::Endpoint> master = std::move(std::get<0>(winner));
         if (!master) {
             last = master.error();
             continue;
         }
-        // The sentinel that answered is asked first next time.
-        auto it = std::find(sentinels_.begin(), sentinels_.end(), node);
-        if (it != sentinels_.end() && it != sentinels_.begin()) {
-            std::rotate(sentinels_.begin(), it, it + 1);
-        }
-        co_return master;
+        SentinelAnswer answer{.sentinel = node, .master = std::move(*master)};
+        co_return answer;
     }
     co_return last;
+}
+
+asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel_within(config::Endpoint node, bool quiet)
+{
+    using namespace asio::experimental::awaitable_operators;
+    // A member timer, so that stop() ends the wait (and with it the attempt) at once.
+    sentinel_timer_.expires_after(cfg_.connect_timeout);
+    auto attempt = ask_sentinel(node, quiet) || sentinel_timer_.async_wait(kUseTuple);
+    auto winner = co_await std::move(attempt);
+    if (stopped_) {
+        co_return make_error_code(errc::shutting_down);
+    }
+    if (winner.index() == 1) {
+        if (!quiet) {
+            log::warning("redis.sentinel_failed",
+                         {{"sentinel", address(node)}, {"error", "no answer within connect_timeout"}});
+        }
+        co_return make_error_code(errc::timeout);
+    }
+    Result<config::Endpoint> master = std::move(std::get<0>(winner));
+    co_return master;
+}
+
+asio::awaitable<Result<std::string>> RedisConnection::probe_role_within(config::Endpoint node)
+{
+    using namespace asio::experimental::awaitable_operators;
+    probe_timer_.expires_after(cfg_.connect_timeout);
+    auto attempt = probe_role(node) || probe_timer_.async_wait(kUseTuple);
+    auto winner = co_await std::move(attempt);
+    if (stopped_) {
+        co_return make_error_code(errc::shutting_down);
+    }
+    if (winner.index() == 1) {
+        co_return make_error_code(errc::timeout);
+    }
+    Result<std::string> role = std::move(std::get<0>(winner));
+    co_return role;
+}
+
+asio::awaitable<Result<std::string>> RedisConnection::probe_role(config::Endpoint node)
+{
+    const auto deadline = std::chrono::steady_clock::now() + cfg_.connect_timeout;
+    Resolved resolved = co_await resolve_until(executor_, node.host, node.port, deadline);
+    if (resolved.error) {
+        co_return resolved.error;
+    }
+    tcp::socket socket(executor_);
+    auto [cec, endpoint] = co_await asio::async_connect(socket, resolved.endpoints, kUseTuple);
+    if (cec) {
+        co_return cec;
+    }
+    std::string request;
+    const bool auth = !cfg_.password.empty();
+    if (auth) {
+        std::vector<std::string> command{"AUTH"};
+        if (!cfg_.username.empty()) {
+            command.push_back(cfg_.username);
+        }
+        command.push_back(cfg_.password);
+        append_command(request, command);
+    }
+    const std::vector<std::string> hello{"HELLO", "2"};
+    append_command(request, hello);
+    auto [wec, written] = co_await asio::async_write(socket, asio::buffer(request), kUseTuple);
+    if (wec) {
+        co_return wec;
+    }
+    std::unique_ptr<redisReader, ReaderFree> reader(make_reader());
+    if (reader == nullptr) {
+        co_return make_error_code(errc::internal);
+    }
+    std::vector<Reply> replies;
+    const std::size_t expected = auth ? 2 : 1;
+    std::array<char, 1024> buf{};
+    const asio::mutable_buffer into = asio::buffer(buf);  // named: STYLE.md §3
+    if (error_code rec = co_await read_replies(socket, *reader, into, expected, replies)) {
+        co_return rec;
+    }
+    // A refused AUTH: its error text (no secret in it) stands for the role, which is no master.
+    std::string role = auth && !replies[0].is_status("OK") ? replies[0].str : hello_role(replies[expected - 1]);
+    co_return role;
 }
 
 asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::Endpoint node, bool quiet)
@@ -1030,16 +1206,11 @@ asio::awaitable<error_code> RedisConnection::handshake()
                 }
                 break;
             case Step::role: {
-                std::string role;
-                for (std::size_t i = 0; reply.is_array() && i + 1 < reply.elements.size(); i += 2) {
-                    if (reply.elements[i].str == "role") {
-                        role = reply.elements[i + 1].str;
-                    }
-                }
+                const std::string role = hello_role(reply);
                 if (role != "master") {
                     log::warning("redis.not_master", {{"host", current_.host},
                                                       {"port", static_cast<int>(current_.port)},
-                                                      {"role", reply.is_error() ? reply.str : role}});
+                                                      {"role", role}});
                     co_return make_error_code(errc::store_unavailable);
                 }
                 break;

@@ -90,11 +90,16 @@ public:
     /// connection backs off (100 ms doubling to 5 s, with jitter) and retries. Idempotent.
     ///
     /// With Sentinel (cfg.sentinel.nodes): before each connection the sentinels are asked, in
-    /// turn (each within connect_timeout; the one that answers is asked first next time), where
-    /// the master is; the handshake checks with HELLO (its "role", which needs no ACL category
-    /// beyond @connection) that the node is a master. While connected,
-    /// the sentinels are asked again every second, and the connection is closed (and made again
-    /// to the new master) when they name another one, or when a write is refused with READONLY.
+    /// turn (each within connect_timeout), where the master is, and the node each one names is
+    /// connected to until one passes the handshake, which checks with HELLO (its "role", which
+    /// needs no ACL category beyond @connection) that the node is a master. The backoff comes
+    /// only after every sentinel's answer failed: a sentinel with a stale answer (a replica, a
+    /// node that is down) costs one attempt, not the round. The sentinel whose answer made the
+    /// connection is asked first next time. While connected, the sentinels are asked again every second; when
+    /// the first to answer names another node, the connection is closed (and made again) only if
+    /// that node reports role master, or the current one no longer does (or cannot be reached):
+    /// one sentinel's stale view does not drop a working master (logged once as
+    /// redis.sentinel_disagrees). A write refused with READONLY closes the connection at once.
     void start();
 
     /// Closes the socket and stops reconnecting; pending requests fail with errc::shutting_down.
@@ -171,12 +176,28 @@ private:
     boost::asio::awaitable<void> run();
     boost::asio::awaitable<boost::system::error_code> connect_and_handshake();
     boost::asio::awaitable<boost::system::error_code> handshake();
-    /// The master's address from the first sentinel that names it (Sentinel mode only). `quiet`
-    /// (the watch) leaves failures to the caller's log. Errors: as the sentinels', shutting_down.
-    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinels(bool quiet);
+    struct SentinelAnswer {
+        config::Endpoint sentinel;  ///< who answered
+        config::Endpoint master;    ///< the node it names
+    };
+    /// Sentinel mode: asks the sentinels in turn and connects (connect_and_handshake) to the node
+    /// each names, until one is ready; the sentinel that named it moves to the front. Logs each
+    /// failure (and redis.no_master when no sentinel named a node). Errors: the last attempt's,
+    /// shutting_down.
+    boost::asio::awaitable<boost::system::error_code> connect_via_sentinels();
+    /// The first answer of the sentinels, asked in turn (the watch: failures are left to the
+    /// caller's log). Errors: as the sentinels', shutting_down.
+    boost::asio::awaitable<Result<SentinelAnswer>> ask_sentinels();
+    /// One sentinel's answer within connect_timeout. `quiet`: failures are not logged.
+    boost::asio::awaitable<Result<config::Endpoint>> ask_sentinel_within(config::Endpoint node, bool quiet);
     boost::asio::awaitable<Result<config::Endpoint>> ask_sentinel(config::Endpoint node, bool quiet);
-    /// While serving in Sentinel mode: returns (after closing the connection) once the sentinels
-    /// name another master than the one connected to.
+    /// The role a data node reports to HELLO on a connection of its own (AUTH as configured),
+    /// within connect_timeout: "master", "replica", or the error reply's text. Errors: the node
+    /// cannot be reached or does not answer (timeout), shutting_down.
+    boost::asio::awaitable<Result<std::string>> probe_role_within(config::Endpoint node);
+    boost::asio::awaitable<Result<std::string>> probe_role(config::Endpoint node);
+    /// While serving in Sentinel mode: returns (after closing the connection) once a sentinel
+    /// names another node and that node reports master or the current one no longer does.
     boost::asio::awaitable<void> watch_master();
     boost::asio::awaitable<void> serve();
     boost::asio::awaitable<void> read_loop();
@@ -207,8 +228,10 @@ private:
     boost::asio::steady_timer connect_timer_;
     boost::asio::steady_timer watch_timer_;
     boost::asio::steady_timer sentinel_timer_;  ///< one sentinel's deadline (stop() cancels it)
+    boost::asio::steady_timer probe_timer_;     ///< one role probe's deadline (stop() cancels it)
     config::Endpoint current_;               ///< where the connection goes (the master, with Sentinel)
-    std::vector<config::Endpoint> sentinels_;  ///< asked in this order; the last to answer first
+    /// Asked in this order; first, the one whose answer made the last ready connection.
+    std::vector<config::Endpoint> sentinels_;
     bool demoted_{false};                      ///< a reply said READONLY: the node is no master now
     std::unique_ptr<redisReader, ReaderFree> reader_;
     std::unique_ptr<char[]> read_buf_;

@@ -1,10 +1,11 @@
 // RedisConnection in Sentinel mode against real redis-servers: a master, its replica and a
 // sentinel (redis-server --sentinel) that can fail it over; and a scripted "sentinel" for the
-// answers a real one gives only in a race (a stale master).
+// answers a real one gives only in a race or from a stale view (a replica, a node that is down).
 
 #include "store/redis_connection.hpp"
 
 #include "core/error.hpp"
+#include "core/log.hpp"
 #include "tests/integration/store/store_fixture.hpp"
 #include "tests/support/process.hpp"
 
@@ -19,6 +20,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <thread>
 #include <vector>
 
@@ -126,8 +128,8 @@ int listen_on_loopback(std::uint16_t& port)
 }
 
 /// A scripted sentinel: answers every SENTINEL get-master-addr-by-name with `port` on 127.0.0.1
-/// (whatever the name; port 0: nil, "no such master") and counts the questions. One thread, one
-/// connection at a time.
+/// (whatever the name; port 0: nil, "no such master"; answer() changes it) and counts the
+/// questions. One thread, one connection at a time.
 class FakeSentinel {
 public:
     explicit FakeSentinel(std::uint16_t answer_port) : answer_(answer_port), fd_(listen_on_loopback(port_))
@@ -143,6 +145,8 @@ public:
     }
     std::uint16_t port() const { return port_; }
     int questions() const { return questions_.load(); }
+    /// From now on, names `answer_port` (0: nil).
+    void answer(std::uint16_t answer_port) { answer_ = answer_port; }
 
 private:
     void serve()
@@ -164,9 +168,10 @@ private:
             }
             if (in.find("get-master-addr-by-name") != std::string::npos) {
                 ++questions_;
-                const std::string port = std::to_string(answer_);
+                const std::uint16_t named = answer_.load();
+                const std::string port = std::to_string(named);
                 const std::string reply =
-                    answer_ == 0 ? std::string("*-1\r\n")
+                    named == 0 ? std::string("*-1\r\n")
                                  : "*2\r\n$9\r\n127.0.0.1\r\n$" + std::to_string(port.size()) + "\r\n" + port + "\r\n";
                 (void)!::write(c, reply.data(), reply.size());
             }
@@ -174,13 +179,43 @@ private:
         }
     }
 
-    std::uint16_t answer_;
+    std::atomic<std::uint16_t> answer_;
     std::uint16_t port_{0};
     int fd_{-1};
     std::atomic<bool> stopping_{false};
     std::atomic<int> questions_{0};
     std::thread thread_;
 };
+
+/// The log lines written while it lives (the io_context runs on the test's thread).
+struct Logs {
+    std::vector<std::string> lines;
+    Logs()
+    {
+        paybridge::log::set_sink([this](paybridge::log::Level, std::string_view l) { lines.emplace_back(l); });
+    }
+    ~Logs()
+    {
+        paybridge::log::set_sink(
+            [](paybridge::log::Level, std::string_view l) { (void)!::write(2, l.data(), l.size()); });
+    }
+    Logs(const Logs&) = delete;
+    Logs& operator=(const Logs&) = delete;
+    int count(std::string_view text) const
+    {
+        int n = 0;
+        for (const std::string& l : lines) {
+            n += l.find(text) != std::string::npos ? 1 : 0;
+        }
+        return n;
+    }
+};
+
+/// Runs the client's io_context for `duration`; true if the connection was ready all along.
+bool stays_ready(Client& client, std::chrono::milliseconds duration)
+{
+    return !paybridge::test::run_until(client.ctx, [&] { return !client.conn->ready(); }, duration);
+}
 
 }  // namespace
 
@@ -306,6 +341,125 @@ TEST_CASE("Sentinel: an unknown master name, a wrong sentinel password and a sta
         CHECK_FALSE(client.conn->ready());
         CHECK(client.conn->stats().reconnects.load() >= 1);
     }
+}
+
+TEST_CASE("Sentinel: a stale sentinel asked first does not keep the connection from the master another one names")
+{
+    RedisTestServer master;
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+    FakeSentinel good(master.port());
+    // What a sentinel that missed a failover, or one partitioned away, answers: a replica, or a
+    // node that is gone.
+    std::uint16_t stale_answer = 0;
+    SUBCASE("it names a replica")
+    {
+        stale_answer = replica.port();
+    }
+    SUBCASE("it names a node that is down")
+    {
+        stale_answer = paybridge::test::free_port();
+    }
+    FakeSentinel stale(stale_answer);
+
+    Client client(sentinel_config({at(stale.port()), at(good.port())}));
+    // The stale answer is tried and the next sentinel asked in the same round: the first attempt
+    // is the one that succeeds (no backoff, no second round).
+    REQUIRE(client.wait_ready(5s));
+    CHECK(client.conn->stats().reconnects.load() == 0);
+    CHECK(stale.questions() == 1);
+    CHECK(client.node_port() == master.port());
+    const Result<Reply> set = client.exec({"SET", "k", "v"});
+    REQUIRE(set.has_value());
+    CHECK(set->is_status("OK"));
+
+    // The sentinel whose answer held is asked first from now on: by the watch every second, and
+    // after the connection is lost (killed here by the server).
+    const int stale_asked = stale.questions();
+    const int good_asked = good.questions();
+    REQUIRE(ask(master.port(), {"CLIENT", "KILL", "TYPE", "normal"}).has_value());
+    REQUIRE(paybridge::test::run_until(
+        client.ctx, [&] { return client.conn->stats().reconnects.load() >= 1 && client.conn->ready(); }, 5s));
+    paybridge::test::run_for(client.ctx, 1500ms);
+    CHECK(client.conn->ready());
+    CHECK(good.questions() > good_asked);
+    CHECK(stale.questions() == stale_asked);
+    CHECK(client.node_port() == master.port());
+}
+
+TEST_CASE("Sentinel: while the sentinel that named the master is unreachable a stale one does not move the connection")
+{
+    RedisTestServer master;
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+    const auto good = RedisTestServer::sentinel(master.port(), kMaster);
+    FakeSentinel stale(replica.port());
+
+    Client client(sentinel_config({at(good->port()), at(stale.port())}));
+    REQUIRE(client.wait_ready());
+    REQUIRE(client.node_port() == master.port());
+    const std::uint64_t reconnects = client.conn->stats().reconnects.load();
+    const int stale_asked = stale.questions();
+
+    Logs logs;
+    SUBCASE("it is down (connections refused)")
+    {
+        good->stop();
+    }
+    SUBCASE("it is frozen (no answer within connect_timeout)")
+    {
+        good->freeze();
+    }
+    // The watch asks every second; the good sentinel fails, the stale one names the replica,
+    // which reports role replica while the current master still reports master: nothing moves.
+    CHECK(stays_ready(client, 5s));
+    CHECK(stale.questions() >= stale_asked + 2);  // the stale answer was heard, and more than once
+    CHECK(client.conn->stats().reconnects.load() == reconnects);
+    CHECK(logs.count("redis.master_moved") == 0);
+    CHECK(logs.count("redis.sentinel_disagrees") == 1);  // once, not every second
+    CHECK(client.node_port() == master.port());
+    const Result<Reply> set = client.exec({"SET", "k", "v"});
+    REQUIRE(set.has_value());
+    CHECK(set->is_status("OK"));
+
+    // Back: it names the same master, and the connection was never dropped.
+    if (good->running()) {
+        good->thaw();
+    } else {
+        good->restart();
+    }
+    CHECK(stays_ready(client, 2s));
+    CHECK(client.conn->stats().reconnects.load() == reconnects);
+}
+
+TEST_CASE("Sentinel: the watch moves to a node named that reports master and leaves a master that was demoted")
+{
+    RedisTestServer master;
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(master.port())});
+    RedisTestServer other;  // a master of its own
+    FakeSentinel sentinel(master.port());
+    Client client(sentinel_config({at(sentinel.port())}));
+    REQUIRE(client.wait_ready());
+    REQUIRE(client.node_port() == master.port());
+
+    // The sentinel names another master (a failover it ran): the connection follows it.
+    sentinel.answer(other.port());
+    CHECK(paybridge::test::run_until(client.ctx, [&] { return client.node_port() == other.port(); }, 5s));
+    const std::uint64_t reconnects = client.conn->stats().reconnects.load();
+    CHECK(reconnects >= 1);
+
+    // It names a replica while the current node still says master: the connection stays.
+    sentinel.answer(replica.port());
+    CHECK(stays_ready(client, 2500ms));
+    CHECK(client.node_port() == other.port());
+    CHECK(client.conn->stats().reconnects.load() == reconnects);
+
+    // The current node is made a replica (its clients are not killed): the watch sees that it no
+    // longer is a master and leaves it; the replica named is no master either, so nothing is
+    // ready until the sentinel names a master again.
+    REQUIRE(ask(other.port(), {"REPLICAOF", "127.0.0.1", std::to_string(master.port())}).has_value());
+    CHECK(paybridge::test::run_until(client.ctx, [&] { return !client.conn->ready(); }, 5s));
+    sentinel.answer(master.port());
+    REQUIRE(client.wait_ready(10s));
+    CHECK(client.node_port() == master.port());
 }
 
 TEST_CASE("Sentinel: stop() ends a question to a sentinel that never answers at once, not at its deadline")
