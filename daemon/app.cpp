@@ -25,6 +25,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdio>
 #include <cstdlib>
 #include <functional>
@@ -211,8 +212,14 @@ int App::Impl::run()
             workers_.push_back(std::move(w));
         }
     } catch (const boost::system::system_error& e) {
+        // Not allowed to bind (a port below 1024 without CAP_NET_BIND_SERVICE, an address of
+        // another machine) will not change by restarting: a configuration error (78, which
+        // systemd does not restart). In use or anything else may pass: 1.
+        const bool config_error = e.code() == boost::asio::error::access_denied ||
+                                  (e.code().category() == boost::system::system_category() &&
+                                   e.code().value() == EADDRNOTAVAIL);
         log::error("daemon.listen_failed", {{"error", e.what()}, {"listen", cfg.listen.host}});
-        return 1;
+        return config_error ? 78 : 1;
     }
 
     auto& reg = metrics::registry();

@@ -138,6 +138,26 @@ TEST_CASE("--check: a valid configuration exits 0 (warning of a world-readable s
     CHECK_MESSAGE(out.find("--config FILE is required") != std::string::npos, out);
 }
 
+TEST_CASE("a listen address this machine does not have is a configuration error: exit 78")
+{
+    // systemd restarts on 1 but not on 78: a restart would fail the same way (as would a port
+    // below 1024 without CAP_NET_BIND_SERVICE, which root, running the tests, always has).
+    DaemonOptions options;
+    options.start = false;
+    DaemonFixture fx(options);
+    std::ifstream in(fx.config_path());
+    std::stringstream ss;
+    ss << in.rdbuf();
+    std::string cfg = ss.str();
+    const std::size_t at = cfg.find("\"listen\": \"127.0.0.1:");
+    REQUIRE(at != std::string::npos);
+    cfg.replace(at, std::string("\"listen\": \"127.0.0.1:").size(), "\"listen\": \"192.0.2.1:");  // TEST-NET-1
+    std::ofstream(fx.config_path()) << cfg;
+    std::string out;
+    CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string()}, out) == 78);
+    CHECK_MESSAGE(out.find("daemon.listen_failed") != std::string::npos, out);
+}
+
 TEST_CASE("connection cap: connections beyond limits.max_connections are closed at once")
 {
     DaemonOptions options;
