@@ -1007,15 +1007,18 @@ awaitable<Response> Service::create_bill(const Request& req)
         co_return store_error(req, result.error());
     }
     switch (result->outcome) {
-        case RegisterOutcome::created:
+        case RegisterOutcome::created: {
             // Orphans replayed at registration are notifications applied now: their anomalies count
             // like those of notifications applied as they arrive.
+            const std::string request_id{req["X-Request-Id"]};
             for (const std::string& kind : result->anomalies) {
                 instruments().anomalies.with({{"kind", kind}}).inc();
-                log::warning("bill.orphan_anomaly", {{"bill_id", id}, {"anomaly", kind}});
+                log::warning("bill.orphan_anomaly", {{"request_id", request_id}, {"bill_id", id}, {"anomaly", kind}});
             }
-            log::info("bill.registered", {{"bill_id", id}, {"orphans_applied", result->orphans_applied}});
+            log::info("bill.registered",
+                      {{"request_id", request_id}, {"bill_id", id}, {"orphans_applied", result->orphans_applied}});
             co_return make_response(req, 201, "application/json", std::move(result->bill_json));
+        }
         case RegisterOutcome::identical:
             co_return make_response(req, 200, "application/json", std::move(result->bill_json));
         case RegisterOutcome::conflict:
