@@ -180,6 +180,12 @@ for _, c in ipairs(consumers) do
         local claimed = redis.call('XCLAIM', KEYS[1], group, consumer, min_idle, id)
         if claimed[1] then
           out[#out + 1] = {id, claimed[1][2], redis.call('HGET', KEYS[3], id) or '0'}
+        elseif #redis.call('XPENDING', KEYS[1], group, id, id, 1) == 0 then
+          -- Deleted from the stream while pending: Redis 7.0's XCLAIM drops it from the group and
+          -- returns nothing. Handed back without fields, so that the dispatcher says so
+          -- (crm.entry_missing): an instance that died before its delivery record was written
+          -- leaves nothing else that would (the sweep looks at records).
+          out[#out + 1] = {id, false, redis.call('HGET', KEYS[3], id) or '0'}
         end
       end
     end

@@ -281,6 +281,64 @@ TEST_CASE("a dispatcher that dies mid-delivery: another one redelivers every eve
     CHECK(env.pending_total() == 0);
 }
 
+TEST_CASE("kReclaim hands back an entry deleted while a dead instance held it so that it is reported")
+{
+    // The instance died after its read and before its delivery record: nothing but the PEL knew of
+    // the entry, and Redis 7.0's XCLAIM drops a deleted entry from it silently. The reclaim now
+    // returns it without fields, which the dispatcher logs as crm.entry_missing and acknowledges.
+    RedisEnv env;
+    const int shard = 0;
+    const crm::DeliveryKeys keys(kPrefix, kShards);
+    const crm::ShardKeys& k = keys.shard(shard);
+    env.exec({"XGROUP", "CREATE", k.stream, "crm", "0", "MKSTREAM"});
+    std::vector<std::string> ids;
+    for (int i = 0; ids.size() < 2; ++i) {
+        const std::string bill = "R" + std::to_string(i);
+        if (env.keys.shard_of(bill) == shard) {
+            ids.push_back(env.add_event(bill, 1));
+        }
+    }
+    env.exec({"XREADGROUP", "GROUP", "crm", "dead-instance", "COUNT", "10", "STREAMS", k.stream, ">"});
+    const store::Reply entries = env.exec({"XRANGE", k.stream, "-", "+"});
+    REQUIRE(entries.elements.size() == 2);
+    const std::string deleted = entries.elements[0].elements.at(0).str;
+    const std::string kept = entries.elements[1].elements.at(0).str;
+    CHECK(env.exec({"XDEL", k.stream, deleted}).integer == 1);
+
+    const store::Reply claimed = env.exec({"EVAL", std::string(crm::scripts::kReclaim), "3", k.stream, k.retry, k.tries,
+                                           "crm", "me", "0", "10", "500", std::string(crm::kRetryHolder)});
+    REQUIRE(claimed.elements.size() == 2);
+    std::map<std::string, bool> with_fields;
+    for (const auto& c : claimed.elements) {
+        with_fields[c.elements.at(0).str] = c.elements.at(1).is_array();
+    }
+    CHECK(with_fields == std::map<std::string, bool>{{deleted, false}, {kept, true}});
+
+    // A dispatcher that reclaims such an entry says so and leaves nothing pending.
+    CHECK(env.exec({"XACK", k.stream, "crm", kept}).integer == 1);
+    std::string another;
+    for (int i = 10; another.empty(); ++i) {
+        const std::string bill = "R" + std::to_string(i);
+        if (env.keys.shard_of(bill) == shard) {
+            another = env.add_event(bill, 1);
+        }
+    }
+    env.exec({"XREADGROUP", "GROUP", "crm", "dead-instance", "COUNT", "10", "STREAMS", k.stream, ">"});
+    const store::Reply last = env.exec({"XREVRANGE", k.stream, "+", "-", "COUNT", "1"});
+    const std::string gone = last.elements.at(0).elements.at(0).str;
+    CHECK(env.exec({"XDEL", k.stream, gone}).integer == 1);
+    LogCapture logs;
+    const std::string secret = new_secret();
+    HttpReceiver receiver(HttpReceiverOptions{.secrets = {secret}});
+    crm::DispatcherOptions options = test_options(receiver.url(), {secret});
+    options.lease = 1500ms;  // above the HTTP timeout
+    RunningDispatcher d(env.ioc, env.cfg, options);
+    REQUIRE(run_until(env.ioc, [&] { return !logs.with("crm.entry_missing").empty(); }, 10s));
+    CHECK(logs.with("crm.entry_missing")[0].find(gone) != std::string::npos);
+    CHECK(run_until(env.ioc, [&] { return env.pending_total() == 0; }, 10s));
+    CHECK(receiver.count() == 0);
+}
+
 TEST_CASE("a dead instance's entries are reclaimed in one pass, however long the retry backlog")
 {
     // A long CRM outage leaves thousands of entries per shard waiting for a retry. A version before
