@@ -30,7 +30,10 @@ constexpr int kMaxRedirects = 5;
 // paybridge past that many node connections (each a socket, a 64 KiB buffer and the credentials
 // sent to it) comes from a broken or hostile node and is not followed.
 constexpr std::size_t kMaxNodes = 1'000;
-constexpr std::chrono::milliseconds kRetryPauseMin{20};
+// TRYAGAIN and CLUSTERDOWN: retried after 25, 50, 100, 200, 250, 250 ... ms, until the request's
+// deadline.
+constexpr std::chrono::milliseconds kRetryPauseMin{25};
+constexpr std::chrono::milliseconds kRetryPauseMax{250};
 
 std::string where(const config::Endpoint& at) { return at.host + ":" + std::to_string(at.port); }
 
@@ -586,9 +589,15 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
                 timer.expires_after(std::min<Clock::duration>(std::chrono::milliseconds(10), until - Clock::now()));
                 co_await timer.async_wait(kUseTuple);
             }
-            pause *= 2;
+            pause = std::min(pause * 2, kRetryPauseMax);
             asking = false;
             node = route(argv);
+            // The redirections so far led to a node that asks to be asked again: not a loop. A
+            // multi-key command (every bill script) on a slot being migrated goes ASK (from the
+            // source, once the keys it names are not all there) then TRYAGAIN (from the target,
+            // until it holds them all) for as long as the migration lasts; counted against
+            // kMaxRedirects it failed after the fifth pause, 0.6 s into the migration.
+            redirects = 0;
             continue;
         }
         stats_.errors.fetch_add(1, std::memory_order_relaxed);

@@ -16,11 +16,13 @@
 // inside exec_many, to the node of the command before it (else after it), so that SET k + WAIT
 // share a connection. Every key of one paybridge script carries one hash tag, so no command is
 // ever CROSSSLOT.
-// Replies that name another node are followed, at most 5 times per command: MOVED (the slot has
+// Replies that name another node are followed, at most 5 times in a row: MOVED (the slot has
 // moved: the map entry is corrected at once and the command sent there), ASK (the slot is being
 // migrated and the key is already on the target: ASKING and the command, pipelined on the
-// target's connection), TRYAGAIN and CLUSTERDOWN (retried after 20, 40, 80 ... ms). A request,
-// redirections and retries included, ends within request_timeout (a batch: all of it). A master
+// target's connection). TRYAGAIN (a multi-key command while its slot migrates) and CLUSTERDOWN are
+// retried, from the slot's owner again, after 25, 50, 100, 200, then every 250 ms, and start the
+// count of redirections afresh: a migration of the slot is waited out. A request, redirections
+// and retries included, ends within request_timeout (a batch: all of it). A master
 // whose connection was lost, or could not be made, fails its commands at once (store_unavailable);
 // only a connection still making its first attempt (a node just named by a redirection) is
 // waited for. A batch (exec_many) is split by node and each part

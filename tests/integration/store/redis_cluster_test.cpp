@@ -1,7 +1,7 @@
 // RedisConnection in Cluster mode (config redis.cluster) against a real three-master Redis Cluster
 // (RedisTestCluster): routing by hash slot, batches across nodes, MOVED after a resharding, ASK
 // during a migration, NOSCRIPT on one node, a node going down and coming back, and the bill store
-// and its replica confirmation on top.
+// and its replica confirmation on top (a bill script waiting out its slot's migration included).
 
 #include "store/cluster_slot.hpp"
 #include "store/redis_bill_store.hpp"
@@ -11,12 +11,16 @@
 #include "tests/integration/store/store_fixture.hpp"
 #include "tests/support/redis_cluster.hpp"
 
+#include <boost/asio/co_spawn.hpp>
+#include <boost/asio/detached.hpp>
 #include <doctest/doctest.h>
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace asio = boost::asio;
@@ -24,6 +28,8 @@ using paybridge::errc;
 using paybridge::EventKind;
 using paybridge::NewBill;
 using paybridge::PaymentEvent;
+using paybridge::RegisterOutcome;
+using paybridge::RegisterResult;
 using paybridge::Result;
 using paybridge::config::Endpoint;
 using paybridge::config::RedisConfig;
@@ -119,6 +125,34 @@ std::vector<std::string> key_per_node(const RedisTestCluster& cluster)
 
 /// A node other than `node`.
 int other(const RedisTestCluster& cluster, int node) { return (node + 1) % cluster.size(); }
+
+NewBill small_bill(const std::string& id)
+{
+    NewBill bill;
+    bill.id = id;
+    bill.amount_fen = 500;
+    bill.customer_id = "c";
+    return bill;
+}
+
+/// "<stem>-<i>" for the first i whose bill is in `shard`.
+std::string bill_in_shard(const Keys& keys, int shard, const std::string& stem)
+{
+    for (int i = 0;; ++i) {
+        std::string id = stem + "-" + std::to_string(i);
+        if (keys.shard_of(id) == shard) {
+            return id;
+        }
+    }
+}
+
+// Coroutines for co_spawn take their arguments by value (a capturing lambda's captures would die
+// with the temporary closure before the coroutine runs).
+asio::awaitable<void> register_into(RedisBillStore* store, NewBill bill, std::optional<Result<RegisterResult>>* out)
+{
+    Result<RegisterResult> r = co_await store->register_bill(std::move(bill));
+    *out = std::move(r);
+}
 
 }  // namespace
 
@@ -488,5 +522,69 @@ TEST_SUITE("store/redis_cluster")
         CHECK(cluster.command(owner, {"EXISTS", keys.bill(sibling)}) == "1");
         CHECK(cluster.command(owner, {"EXISTS", keys.replicated(keys.shard_of(sibling))}) == "0");
         CHECK(cluster.command(owner, {"GET", keys.replicated(shard)}) == "1");
+    }
+
+    TEST_CASE("a bill script on a slot being migrated is retried until the slot has moved, within its deadline")
+    {
+        RedisTestCluster cluster(3);
+        RedisConfig cfg = cluster_config(cluster);
+        cfg.request_timeout = 4000ms;
+        Client client(cfg, true);
+        REQUIRE(client.wait_ready());
+        const Keys& keys = client.store->keys();
+        const std::string id = "bill-migrating";
+        const int shard = keys.shard_of(id);
+        const int slot = key_slot(keys.bill(id));
+        const int from = cluster.owner(slot);
+        const int to = other(cluster, from);
+        // A bill of the shard first, so that the migration has keys to move.
+        const std::string earlier = bill_in_shard(keys, shard, "bill-earlier");
+        Result<RegisterResult> before = client.run(client.store->register_bill(small_bill(earlier)));
+        REQUIRE(before.has_value());
+
+        // The slot migrates and its keys have moved: the source answers the nine-key script ASK
+        // (it holds none of them) and the target TRYAGAIN (it lacks the new bill's) until the
+        // migration ends. (While the source still holds some keys it answers TRYAGAIN itself.)
+        cluster.begin_migration(slot, to);
+        cluster.migrate_keys(slot, to);
+        CHECK(cluster.command(from, {"CLUSTER", "COUNTKEYSINSLOT", std::to_string(slot)}) == "0");
+        {
+            // A request whose deadline passes before the slot has moved fails (the provider retries).
+            RedisConfig short_cfg = cfg;
+            short_cfg.request_timeout = 600ms;
+            Client hasty(short_cfg, true);
+            REQUIRE(hasty.wait_ready());
+            const auto t0 = std::chrono::steady_clock::now();
+            Result<RegisterResult> r =
+                hasty.run(hasty.store->register_bill(small_bill(bill_in_shard(keys, shard, "bill-hasty"))));
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error() == errc::store_unavailable);
+            CHECK(std::chrono::steady_clock::now() - t0 < 1500ms);
+        }
+
+        // The migration ends 1 s later (after the 0.6 s within which five redirections used to be
+        // spent), well within the request's 4 s.
+        std::string migration_error;
+        std::thread migration([&cluster, &migration_error, slot, to] {
+            try {
+                std::this_thread::sleep_for(1000ms);
+                cluster.finish_migration(slot, to);
+            } catch (const std::exception& e) {
+                migration_error = e.what();
+            }
+        });
+        const auto t0 = std::chrono::steady_clock::now();
+        std::optional<Result<RegisterResult>> reg;
+        asio::co_spawn(client.ctx, register_into(client.store.get(), small_bill(id), &reg), asio::detached);
+        const bool finished = paybridge::test::run_until(client.ctx, [&reg] { return reg.has_value(); }, 6s);
+        const auto took = std::chrono::steady_clock::now() - t0;
+        migration.join();
+        REQUIRE(migration_error.empty());
+        REQUIRE(finished);
+        REQUIRE_MESSAGE(reg->has_value(), "register failed: " << reg->error().message());
+        CHECK((*reg)->outcome == RegisterOutcome::created);
+        CHECK(took >= 1000ms);
+        CHECK(cluster.command(to, {"EXISTS", keys.bill(id)}) == "1");
+        CHECK(cluster.command(to, {"EXISTS", keys.bill(earlier)}) == "1");
     }
 }
