@@ -14,7 +14,8 @@
 //   P T ":anomalies"      stream  every anomaly (fields id, kind, bill_id, anomaly)
 //   P T ":updated"        zset    bill id -> updated_at (Unix ms)
 //   P T ":created"        zset    bill id -> created_at (Unix ms)
-//   P T ":replicated"     string  written by each replica confirmation before its WAIT (wait_replicas; shard 0)
+//   P T ":replicated"     string  written by each replica confirmation before its WAIT (wait_replicas;
+//                                 shard 0, with Cluster the shard of each bill confirmed)
 //
 // Every key one script touches carries the same hash tag T, so the whole layout runs unchanged on
 // Redis Cluster. The shard count is fixed for the life of a deployment: changing it moves bills

@@ -469,14 +469,16 @@ RedisBillStore::RedisBillStore(RedisConnection& redis,
       keys_(cfg.key_prefix, cfg.shards),
       sha_(redis.add_script(std::string(bill_script()))),
       read_sha_(redis.add_script(std::string(kReadBill))),
-      now_ms_(std::move(now_ms))
+      now_ms_(std::move(now_ms)),
+      router_(ClusterRouter::of(redis)),
+      confirm_router_(ClusterRouter::of(confirm_conn_))
 {
     if (cfg.wait_replicas > 0) {
         // One Redis node holds every shard: one confirmer. In a cluster each master has replicas
-        // of its own: one confirmer per master (made when a bill on it first needs one), whose
-        // key, and so whose SET + WAIT, lives on that master; one WAIT at a time on its
-        // connection, as on a single node.
-        if (cfg.cluster.nodes.empty()) {
+        // of its own: one confirmer per master (made when a write on it first needs one), whose
+        // SET + WAIT run on that master; one WAIT at a time on its connection, as on a single
+        // node.
+        if (router_ == nullptr) {
             confirmers_.push_back(std::make_unique<ReplicaConfirmer>(confirm_conn_, keys_.replicated(0),
                                                                      cfg.wait_replicas, cfg.wait_timeout));
         }
@@ -494,7 +496,7 @@ std::int64_t RedisBillStore::now_ms() const
 }
 
 asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::string bill_id,
-                                                          std::vector<std::string> payload)
+                                                          std::vector<std::string> payload, NodeSession& ran)
 {
     const std::int64_t now = now_ms();
     std::vector<std::string> keys = keys_.for_bill(bill_id).script_keys();
@@ -506,49 +508,66 @@ asio::awaitable<Result<Reply>> RedisBillStore::run_script(std::string op, std::s
     for (std::string& a : payload) {
         args.push_back(std::move(a));
     }
+    if (router_ != nullptr) {
+        Result<Reply> routed = co_await router_->eval(sha_, std::move(keys), std::move(args), ran);
+        co_return routed;
+    }
     Result<Reply> reply = co_await redis_.eval(sha_, std::move(keys), std::move(args));
     co_return reply;
 }
 
-ReplicaConfirmer* RedisBillStore::confirmer_for(std::string_view bill_id)
+ReplicaConfirmer* RedisBillStore::confirmer_on(const config::Endpoint& node)
 {
-    if (cfg_.cluster.nodes.empty()) {
-        return confirmers_.front().get();
+    if (confirm_router_ == nullptr) {
+        return nullptr;  // a confirming connection without Cluster: not made so by the daemon
     }
-    // The shard's key lives on the bill's master; a confirmer made for another shard on the same
-    // master serves it too, unless a resharding has since moved that one's key elsewhere.
-    std::string key = keys_.replicated(keys_.shard_of(bill_id));
-    const std::string node = confirm_conn_.node_of(key);
-    // The confirming connection's slot map must agree with the one the bill was written by
-    // (they are read separately; after a resharding one may lag for up to 5 s): a WAIT on
-    // another master than the bill's would confirm nothing. Failing is safe: the provider retries.
-    if (node.empty() || (&confirm_conn_ != &redis_ && redis_.node_of(key) != node)) {
-        return nullptr;
-    }
-    auto it = confirmer_of_node_.find(node);
-    if (it != confirmer_of_node_.end() && confirm_conn_.node_of(it->second->key()) == node) {
+    const std::string name = node.host + ":" + std::to_string(node.port);
+    const auto it = confirmer_of_node_.find(name);
+    if (it != confirmer_of_node_.end()) {
         return it->second;
     }
-    // The one replaced (if any) stays: a round of it may be in flight.
     confirmers_.push_back(
-        std::make_unique<ReplicaConfirmer>(confirm_conn_, std::move(key), cfg_.wait_replicas, cfg_.wait_timeout));
-    confirmer_of_node_[node] = confirmers_.back().get();
+        std::make_unique<ReplicaConfirmer>(*confirm_router_, node, cfg_.wait_replicas, cfg_.wait_timeout));
+    confirmer_of_node_[name] = confirmers_.back().get();
     return confirmers_.back().get();
 }
 
-asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id, std::uint64_t session)
+asio::awaitable<Result<void>> RedisBillStore::confirm_replicated(std::string_view bill_id, std::uint64_t session,
+                                                                 const NodeSession& ran)
 {
     if (cfg_.wait_replicas <= 0) {
         co_return Result<void>{};
     }
-    ReplicaConfirmer* confirmer = confirmer_for(bill_id);
-    if (confirmer == nullptr) {
-        co_return make_error_code(errc::store_unavailable);  // no master known for the bill's shard
-    }
-    if (!cfg_.cluster.nodes.empty()) {
-        Result<void> confirmed = co_await confirmer->confirm();
+    if (router_ != nullptr) {
+        // Cluster: the confirmation runs on the master that ran the script, and only there. Sent
+        // by the confirming connection's slot map instead, it could reach another master (a
+        // failover promoted a replica that lacks the write, a resharding moved the slot, and
+        // that map learnt it between the script and the round) and count that one's replicas:
+        // "success" for a write they never received. Sending WAIT behind the script on the same
+        // node connection would tie the two as well, but a WAIT holds every later reply on its
+        // connection (up to wait_timeout while a replica is down): every notification to that
+        // master would queue behind every other's WAIT (ReplicaConfirmer says why WAIT has a
+        // connection of its own). So the router says which node, connection and session ran the
+        // script; the confirmer for that node SETs the bill's shard key and WAITs there (a slot
+        // that has left the node answers MOVED or ASK: not confirmed); and the write's
+        // connection must still be in the session that took the write, before and after (a
+        // node reconnected to may have restarted, or failed over and back, without it). Failing
+        // is safe: the provider retries, the retry changes nothing and is confirmed again.
+        if (ran.connection == 0 || !router_->still(ran)) {
+            co_return make_error_code(errc::store_unavailable);
+        }
+        ReplicaConfirmer* confirmer = confirmer_on(ran.at);
+        if (confirmer == nullptr) {
+            co_return make_error_code(errc::store_unavailable);
+        }
+        std::string key = keys_.replicated(keys_.shard_of(bill_id));
+        Result<void> confirmed = co_await confirmer->confirm_on_node(std::move(key));
+        if (confirmed && !router_->still(ran)) {
+            co_return make_error_code(errc::store_unavailable);
+        }
         co_return confirmed;
     }
+    ReplicaConfirmer* confirmer = confirmers_.front().get();
     // The write's connection reconnected since (to the same primary or, after a failover, to
     // another): which one took the change is not known. Failing is safe: the provider retries.
     if (redis_.session() != session) {
@@ -575,7 +594,8 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     std::vector<std::string> payload = event_args(std::move(event));
     std::string op = "apply";
     const std::uint64_t session = redis_.session();
-    Result<Reply> reply = co_await run_script(std::move(op), bill_id, std::move(payload));
+    NodeSession ran;
+    Result<Reply> reply = co_await run_script(std::move(op), bill_id, std::move(payload), ran);
     if (!reply) {
         co_return reply.error();
     }
@@ -590,7 +610,7 @@ asio::awaitable<Result<ApplyResult>> RedisBillStore::apply(PaymentEvent event)
     ApplyResult result{.outcome = *outcome, .anomaly = r.elements[1].str, .status = r.elements[2].str};
     // The provider hears "success" only once the change, this call's or the earlier one a repeat
     // repeats (whose confirmation may have failed), is on the replicas.
-    Result<void> waited = co_await confirm_replicated(bill_id, session);
+    Result<void> waited = co_await confirm_replicated(bill_id, session, ran);
     if (!waited) {
         co_return waited.error();
     }
@@ -609,7 +629,8 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     std::vector<std::string> payload{new_bill_json(bill, *metadata)};
     std::string op = "register";
     const std::uint64_t session = redis_.session();
-    Result<Reply> reply = co_await run_script(std::move(op), bill.id, std::move(payload));
+    NodeSession ran;
+    Result<Reply> reply = co_await run_script(std::move(op), bill.id, std::move(payload), ran);
     if (!reply) {
         co_return reply.error();
     }
@@ -639,7 +660,7 @@ asio::awaitable<Result<RegisterResult>> RedisBillStore::register_bill(NewBill bi
     }
     if (result.outcome != RegisterOutcome::conflict) {
         // "identical" confirms a bill that an earlier call may have written without its WAIT.
-        Result<void> waited = co_await confirm_replicated(bill.id, session);
+        Result<void> waited = co_await confirm_replicated(bill.id, session, ran);
         if (!waited) {
             co_return waited.error();
         }

@@ -6,6 +6,7 @@
 #include "config/config.hpp"
 #include "core/bill_store.hpp"
 #include "store/keys.hpp"
+#include "store/redis_cluster.hpp"
 #include "store/redis_connection.hpp"
 #include "store/replica_confirm.hpp"
 
@@ -103,13 +104,15 @@ public:
     const std::string& script_sha() const noexcept { return sha_; }
 
 private:
+    /// `ran` (Cluster): set to the node, connection and session that ran the script.
     boost::asio::awaitable<Result<Reply>> run_script(std::string op, std::string bill_id,
-                                                     std::vector<std::string> payload);
-    /// With wait_replicas: until the replicas hold every write acknowledged so far.
-    /// Waits for the replicas of the node holding the bill's shard (wait_replicas > 0).
+                                                     std::vector<std::string> payload, NodeSession& ran);
+    /// With wait_replicas: until the replicas of the node that took the bill's change hold it.
     /// `session`: redis_.session() before the change was sent (standalone and Sentinel: the
-    /// confirmation must run on the primary that took it).
-    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id, std::uint64_t session);
+    /// confirmation must run on the primary that took it). `ran` (Cluster): where the script ran;
+    /// the confirmation runs there and nowhere else.
+    boost::asio::awaitable<Result<void>> confirm_replicated(std::string_view bill_id, std::uint64_t session,
+                                                            const NodeSession& ran);
     boost::asio::awaitable<Result<Page>> list_stream(bool anomalies, std::string after, std::size_t limit);
     std::int64_t now_ms() const;
 
@@ -120,10 +123,12 @@ private:
     std::string sha_;
     std::string read_sha_;  ///< kReadBill: a bill and its history as of one moment
     std::function<std::int64_t()> now_ms_;
-    /// The confirmer for the master of the bill's shard (null: no master known).
-    ReplicaConfirmer* confirmer_for(std::string_view bill_id);
+    ClusterRouter* router_{nullptr};          ///< redis_'s, with Cluster
+    ClusterRouter* confirm_router_{nullptr};  ///< confirm_conn_'s, with Cluster
+    /// Cluster: the confirmer whose rounds run on `node` (made when first needed).
+    ReplicaConfirmer* confirmer_on(const config::Endpoint& node);
 
-    /// wait_replicas > 0 only: one, or with Cluster one per master (and any replaced ones).
+    /// wait_replicas > 0 only: one, or with Cluster one per master that took writes.
     std::vector<std::unique_ptr<ReplicaConfirmer>> confirmers_;
     std::map<std::string, ReplicaConfirmer*> confirmer_of_node_;  ///< Cluster: "host:port" -> confirmer
 };

@@ -238,6 +238,7 @@ std::uint16_t ClusterRouter::node_for(const config::Endpoint& at)
     node.at = at;
     node.conn = std::move(conn);
     node.retired = false;
+    node.serial = ++last_serial_;
     if (started_ && !stopped_) {
         node.conn->start();
     }
@@ -497,8 +498,105 @@ asio::awaitable<Result<Reply>> ClusterRouter::exec(std::vector<std::string> argv
     co_return reply;
 }
 
+ClusterRouter* ClusterRouter::of(RedisConnection& conn) noexcept
+{
+    return conn.cluster_.get();
+}
+
+bool ClusterRouter::still(const NodeSession& ran) const noexcept
+{
+    for (const std::unique_ptr<Node>& node : nodes_) {
+        if (node->serial == ran.connection) {
+            return node->conn && !node->retired && node->conn->node_ready() && node->conn->session() == ran.session;
+        }
+    }
+    return false;  // the entry has been freed (and maybe reused for another connection)
+}
+
+asio::awaitable<Result<Reply>> ClusterRouter::eval(std::string sha, std::vector<std::string> keys,
+                                                   std::vector<std::string> args, NodeSession& ran)
+{
+    std::vector<std::string> argv;
+    argv.reserve(3 + keys.size() + args.size());
+    argv.emplace_back("EVALSHA");
+    argv.push_back(sha);
+    argv.push_back(std::to_string(keys.size()));
+    for (std::string& k : keys) {
+        argv.push_back(std::move(k));
+    }
+    for (std::string& a : args) {
+        argv.push_back(std::move(a));
+    }
+    // As RedisConnection::eval: routed by the first key, and after a NOSCRIPT reply (the node
+    // lost its script cache) once more as EVAL with the body, routed the same way.
+    const std::uint16_t node = route(argv);
+    const Clock::time_point deadline = Clock::now() + node_cfg_.request_timeout;
+    Result<Reply> reply = co_await run_routed(argv, node, std::nullopt, deadline, &ran);
+    if (!reply || !reply->is_error() || !reply->str.starts_with("NOSCRIPT")) {
+        co_return reply;
+    }
+    const RedisConnection::Script* script = nullptr;
+    for (const std::unique_ptr<Node>& n : nodes_) {
+        if (n->conn && (script = n->conn->find_script(sha)) != nullptr) {
+            break;
+        }
+    }
+    if (script == nullptr) {
+        co_return reply;
+    }
+    log::warning("redis.noscript", {{"sha", sha}});
+    argv[0] = "EVAL";
+    argv[1] = script->body;
+    const std::uint16_t again = route(argv);
+    const Clock::time_point again_deadline = Clock::now() + node_cfg_.request_timeout;
+    Result<Reply> evaluated = co_await run_routed(std::move(argv), again, std::nullopt, again_deadline, &ran);
+    co_return evaluated;
+}
+
+asio::awaitable<Result<std::vector<Reply>>> ClusterRouter::exec_at(config::Endpoint at,
+                                                                   std::vector<std::vector<std::string>> commands)
+{
+    const std::size_t n = commands.size();
+    const Clock::time_point deadline = Clock::now() + node_cfg_.request_timeout;
+    if (stopped_ || !started_) {
+        co_return failed(n);
+    }
+    if (!knows(at) && live_nodes() >= kMaxNodes) {
+        log::error("redis.cluster_redirect_refused", {{"to", where(at)}, {"why", "already connected to 1000 nodes"}});
+        co_return failed(n);
+    }
+    const std::uint16_t node = node_for(at);
+    Use use(*this, node);
+    RedisConnection& conn = use.conn();
+    if (!conn.node_ready()) {
+        // As in run_routed: only a connection still making its first attempt is waited for.
+        bool up = false;
+        if (!conn.attempted_ && !conn.stopped_) {
+            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+            up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
+        }
+        if (!up) {
+            refresh_soon(false);
+            co_return failed(n);
+        }
+    }
+    std::vector<Reply> replies(n);
+    error_code ec = co_await conn.submit(commands.data(), n, replies.data(), deadline);
+    if (ec) {
+        if (ec == errc::store_unavailable || ec == errc::shutting_down) {
+            refresh_soon(false);
+        }
+        if (ec == errc::shutting_down && !stopped_) {
+            ec = make_error_code(errc::store_unavailable);
+        }
+        co_return ec;
+    }
+    co_return std::move(replies);
+}
+
 asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string> argv, std::uint16_t node,
-                                                         std::optional<Reply> first, Clock::time_point deadline)
+                                                         std::optional<Reply> first, Clock::time_point deadline,
+                                                         NodeSession* ran)
 {
     bool asking = false;
     int redirects = 0;
@@ -530,6 +628,9 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
                     co_return failed(1);
                 }
             }
+            // The session the command is sent in: its reply comes in that one or not at all (a
+            // lost connection fails whatever it had pending).
+            const std::uint64_t session = conn.session();
             error_code ec;
             if (asking) {
                 std::vector<std::vector<std::string>> both{{"ASKING"}, argv};
@@ -548,6 +649,9 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
                     ec = make_error_code(errc::store_unavailable);
                 }
                 co_return ec;
+            }
+            if (ran != nullptr) {
+                *ran = NodeSession{.at = nodes_[node]->at, .connection = nodes_[node]->serial, .session = session};
             }
         }
         if (!redirection(reply)) {

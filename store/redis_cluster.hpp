@@ -31,6 +31,10 @@
 // (store_unavailable): the keyless command (a WAIT, say) went to a node that no longer owns what
 // it was about.
 //
+// For replica confirmations (wait_replicas, store/replica_confirm.hpp), eval() also says which
+// node ran a script, over which connection in which session (NodeSession), still() whether that
+// connection is still in that session, and exec_at() sends commands to one given node, unrouted.
+//
 // Not thread-safe: every call on the executor of the RedisConnection that owns it, except ready()
 // and usable(), which read atomics (the daemon's /readyz asks from other threads).
 
@@ -52,6 +56,15 @@
 #include <vector>
 
 namespace paybridge::store {
+
+/// Where a routed command got its reply: the node, and which of the router's connections to it,
+/// in which session. A connection made again (or made anew to the same address) is another
+/// session: what the node acknowledged on the old one may be gone (a restart, a failover).
+struct NodeSession {
+    config::Endpoint at;
+    std::uint64_t connection{0};  ///< the router's serial number of that node connection (0: none)
+    std::uint64_t session{0};     ///< that connection's RedisConnection::session() at the reply
+};
 
 class ClusterRouter {
 public:
@@ -80,6 +93,27 @@ public:
     boost::asio::awaitable<Result<std::vector<Reply>>> exec_many(std::vector<std::vector<std::string>> commands);
     boost::asio::awaitable<std::vector<Result<Reply>>> exec_each(std::vector<std::vector<std::string>> commands);
 
+    /// The router of a RedisConnection made with Cluster (cfg.cluster.nodes); null otherwise.
+    static ClusterRouter* of(RedisConnection& conn) noexcept;
+
+    /// RedisConnection::eval, routed like exec, that also says where the reply came from: `ran`
+    /// (set whenever a node replied) names the node that ran the script, after any redirection.
+    boost::asio::awaitable<Result<Reply>> eval(std::string sha,
+                                               std::vector<std::string> keys,
+                                               std::vector<std::string> args,
+                                               NodeSession& ran);
+
+    /// The connection `ran` names is ready and still in that session: the node has not been
+    /// reconnected to (nor replaced by another connection) since.
+    bool still(const NodeSession& ran) const noexcept;
+
+    /// Sends the commands pipelined on this router's connection to `at` (made if there is none,
+    /// as for a redirection's target), all of them there, whatever their keys: nothing is routed
+    /// and no redirection is followed (a MOVED or ASK reply is returned like any other). For
+    /// commands that must run on one given node. Errors: as exec_many.
+    boost::asio::awaitable<Result<std::vector<Reply>>> exec_at(config::Endpoint at,
+                                                               std::vector<std::vector<std::string>> commands);
+
     /// A node connection's readiness changed (called by it, on the executor).
     void node_changed() noexcept;
 
@@ -92,6 +126,7 @@ private:
         std::unique_ptr<RedisConnection> conn;  ///< null once freed (the entry is reused)
         bool retired{false};                    ///< stopped: owns no slot and could not be reached
         int users{0};                           ///< requests holding a reference to conn
+        std::uint64_t serial{0};                ///< unique per connection made (NodeSession)
     };
     /// Keeps a node's connection alive (not freed) while a request uses it.
     class Use;
@@ -122,9 +157,11 @@ private:
     /// Counts `n` failed commands and returns the error (store_unavailable, or shutting_down).
     boost::system::error_code failed(std::size_t n) noexcept;
     /// Sends one command to `node` and follows redirections until `deadline`; with `first`, that
-    /// reply (from `node`) has already come back.
+    /// reply (from `node`) has already come back. `ran` (may be null): where a reply sent from
+    /// here came from.
     boost::asio::awaitable<Result<Reply>> run_routed(std::vector<std::string> argv, std::uint16_t node,
-                                                     std::optional<Reply> first, Clock::time_point deadline);
+                                                     std::optional<Reply> first, Clock::time_point deadline,
+                                                     NodeSession* ran = nullptr);
     /// exec_many and exec_each: with `isolate`, a node's failure fails only its commands.
     boost::asio::awaitable<std::vector<Result<Reply>>> run_batch(std::vector<std::vector<std::string>> commands,
                                                                  bool isolate);
@@ -140,6 +177,7 @@ private:
     int unowned_{16384};                        ///< slots of owner_ without a node
     std::size_t next_asked_{0};                 ///< where the next slot-map question starts
     std::uint16_t prefer_{kNoNode};             ///< asked first next time (the last MOVED's target)
+    std::uint64_t last_serial_{0};              ///< Node::serial of the last connection made
     Clock::time_point last_refresh_{};          ///< when the topology loop last asked
     Clock::time_point next_refresh_{Clock::time_point::max()};  ///< when it asks next
     std::atomic<bool> ready_{false};

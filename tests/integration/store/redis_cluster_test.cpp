@@ -16,6 +16,7 @@
 #include <doctest/doctest.h>
 
 #include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <set>
@@ -39,6 +40,7 @@ using paybridge::store::RedisBillStore;
 using paybridge::store::RedisConnection;
 using paybridge::store::Reply;
 using paybridge::test::RedisTestCluster;
+using paybridge::test::RedisTestServer;
 using namespace std::chrono_literals;
 
 namespace {
@@ -61,21 +63,33 @@ struct Client {
     asio::io_context ctx;
     RedisConfig cfg;
     std::unique_ptr<RedisConnection> conn;
+    std::unique_ptr<RedisConnection> replicas;  ///< with_replicas_conn: the store's confirming connection
     std::unique_ptr<RedisBillStore> store;
     std::string sha;
 
-    explicit Client(RedisConfig c, bool with_store = false) : cfg(std::move(c))
+    /// with_replicas_conn (with a store): replica confirmations run on a connection of their own,
+    /// with a slot map of its own, as in the daemon.
+    explicit Client(RedisConfig c, bool with_store = false, bool with_replicas_conn = false) : cfg(std::move(c))
     {
         conn = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
         sha = conn->add_script("return {redis.call('INCR', KEYS[1]), ARGV[1]}");
+        if (with_replicas_conn) {
+            replicas = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
+        }
         if (with_store) {
-            store = std::make_unique<RedisBillStore>(*conn, cfg);
+            store = std::make_unique<RedisBillStore>(*conn, cfg, std::function<std::int64_t()>{}, replicas.get());
         }
         conn->start();
+        if (replicas) {
+            replicas->start();
+        }
     }
     ~Client()
     {
         conn->stop();
+        if (replicas) {
+            replicas->stop();
+        }
         ctx.restart();
         ctx.run_for(3s);
         CHECK(ctx.stopped());  // nothing of the router or its nodes outlives stop()
@@ -83,7 +97,8 @@ struct Client {
 
     bool wait_ready(std::chrono::milliseconds limit = 10s)
     {
-        return paybridge::test::run_until(ctx, [this] { return conn->ready(); }, limit);
+        return paybridge::test::run_until(
+            ctx, [this] { return conn->ready() && (!replicas || replicas->ready()); }, limit);
     }
 
     template <class T>
@@ -126,6 +141,11 @@ std::vector<std::string> key_per_node(const RedisTestCluster& cluster)
 /// A node other than `node`.
 int other(const RedisTestCluster& cluster, int node) { return (node + 1) % cluster.size(); }
 
+std::string address(const RedisTestCluster& cluster, int node)
+{
+    return cluster.host() + ":" + std::to_string(cluster.port(node));
+}
+
 NewBill small_bill(const std::string& id)
 {
     NewBill bill;
@@ -152,6 +172,72 @@ asio::awaitable<void> register_into(RedisBillStore* store, NewBill bill, std::op
 {
     Result<RegisterResult> r = co_await store->register_bill(std::move(bill));
     *out = std::move(r);
+}
+
+/// A plain (not cluster-enabled) redis-server replicating cluster node `node`: WAIT on that master
+/// counts it (CLUSTER SLOTS does not list it). Returns once it acknowledges writes.
+std::unique_ptr<RedisTestServer> start_replica(const RedisTestCluster& cluster, int node)
+{
+    // Redis 7 waits 5 s for more replicas before a diskless sync.
+    REQUIRE(cluster.command(node, {"CONFIG", "SET", "repl-diskless-sync-delay", "0"}) == "OK");
+    auto replica = std::make_unique<RedisTestServer>(
+        std::vector<std::string>{"--replicaof", cluster.host(), std::to_string(cluster.port(node))});
+    bool online = false;
+    for (int i = 0; i < 400 && !online; ++i) {
+        online = cluster.command(node, {"INFO", "replication"}).find("state=online") != std::string::npos;
+        if (!online) {
+            std::this_thread::sleep_for(25ms);
+        }
+    }
+    REQUIRE(online);
+    // "online" is the master's view once the snapshot is sent; wait until the replica has loaded
+    // it and acknowledges (SET and WAIT on one connection: WAIT counts that connection's writes).
+    const std::string key = key_per_node(cluster)[static_cast<std::size_t>(node)];
+    const std::vector<std::string> got = cluster.pipeline(node, {{"SET", key, "warm-up"}, {"WAIT", "1", "10000"}});
+    REQUIRE(got.size() == 2);
+    REQUIRE(got[1] == "1");
+    return replica;
+}
+
+/// Deletes every key of `slot` on `node` (as a failover to a replica that lacked them would).
+void drop_slot_keys(const RedisTestCluster& cluster, int node, int slot)
+{
+    const std::string listed = cluster.command(node, {"CLUSTER", "GETKEYSINSLOT", std::to_string(slot), "1000"});
+    std::vector<std::string> del{"DEL"};
+    std::size_t start = 0;
+    while (start < listed.size()) {
+        const std::size_t end = listed.find('\n', start);
+        del.push_back(listed.substr(start, end == std::string::npos ? std::string::npos : end - start));
+        start = end == std::string::npos ? listed.size() : end + 1;
+    }
+    if (del.size() > 1) {
+        CHECK(cluster.command(node, del) == std::to_string(del.size() - 1));
+    }
+    CHECK(cluster.command(node, {"CLUSTER", "COUNTKEYSINSLOT", std::to_string(slot)}) == "0");
+}
+
+/// A slot `node` owns, other than `not_this`.
+int slot_of_node(const RedisTestCluster& cluster, int node, int not_this)
+{
+    const std::vector<int> owners = cluster.slot_owners();
+    for (int slot = 0; slot < static_cast<int>(owners.size()); ++slot) {
+        if (owners[static_cast<std::size_t>(slot)] == node && slot != not_this) {
+            return slot;
+        }
+    }
+    FAIL("node " << node << " owns no slot");
+    return -1;
+}
+
+/// A key of `slot` ("k<i>").
+std::string key_of_slot(int slot)
+{
+    for (int i = 0;; ++i) {
+        std::string key = "k" + std::to_string(i);
+        if (key_slot(key) == slot) {
+            return key;
+        }
+    }
 }
 
 }  // namespace
@@ -508,7 +594,7 @@ TEST_SUITE("store/redis_cluster")
         CHECK(cluster.command(owner, {"EXISTS", keys.replicated(shard)}) == "1");
 
         // A bill of another shard on the same master is confirmed by the same confirmer (one
-        // WAIT at a time per master), whose key is the first shard's.
+        // WAIT at a time per master), which SETs that bill's shard key there too.
         std::string sibling;
         for (int i = 0; sibling.empty(); ++i) {
             const std::string id2 = "bill-wait-" + std::to_string(i);
@@ -520,8 +606,123 @@ TEST_SUITE("store/redis_cluster")
         Result<paybridge::RegisterResult> reg2 = client.run(client.store->register_bill(bill));
         REQUIRE_FALSE(reg2.has_value());
         CHECK(cluster.command(owner, {"EXISTS", keys.bill(sibling)}) == "1");
-        CHECK(cluster.command(owner, {"EXISTS", keys.replicated(keys.shard_of(sibling))}) == "0");
+        CHECK(cluster.command(owner, {"EXISTS", keys.replicated(keys.shard_of(sibling))}) == "1");
         CHECK(cluster.command(owner, {"GET", keys.replicated(shard)}) == "1");
+    }
+
+    TEST_CASE("wait_replicas over a cluster is met by the replicas of the master that took the write")
+    {
+        RedisTestCluster cluster(3);
+        RedisConfig cfg = cluster_config(cluster);
+        cfg.wait_replicas = 1;
+        cfg.wait_timeout = 2000ms;  // the time a loaded machine's replica may take to acknowledge
+        cfg.request_timeout = 5000ms;
+        const Keys keys(cfg.key_prefix, cfg.shards);
+        const std::string id = "bill-replicated";
+        const int owner = cluster.owner(key_slot(keys.bill(id)));
+        const std::unique_ptr<RedisTestServer> replica = start_replica(cluster, owner);
+        Client client(cfg, true, true);
+        REQUIRE(client.wait_ready());
+
+        Result<RegisterResult> reg = client.run(client.store->register_bill(small_bill(id)));
+        REQUIRE_MESSAGE(reg.has_value(), "register failed: " << reg.error().message());
+        CHECK(reg->outcome == RegisterOutcome::created);
+        CHECK(cluster.command(owner, {"GET", keys.replicated(keys.shard_of(id))}) == "1");
+        PaymentEvent ev;
+        ev.provider = "alipay";
+        ev.channel = "alipay";
+        ev.kind = EventKind::payment;
+        ev.notification_id = "N-1";
+        ev.bill_id = id;
+        ev.provider_txn_id = "T-1";
+        ev.total_fen = 500;
+        ev.provider_status = "TRADE_SUCCESS";
+        Result<paybridge::ApplyResult> applied = client.run(client.store->apply(ev));
+        REQUIRE(applied.has_value());
+        CHECK(applied->outcome == paybridge::ApplyOutcome::applied);
+
+        // Bills of other shards: confirmed on the same master, refused on one without a replica.
+        bool confirmed_elsewhere = false;
+        bool refused_elsewhere = false;
+        for (int i = 0; !(confirmed_elsewhere && refused_elsewhere); ++i) {
+            const std::string other_id = "bill-other-" + std::to_string(i);
+            if (keys.shard_of(other_id) == keys.shard_of(id)) {
+                continue;
+            }
+            const bool same_master = cluster.owner(key_slot(keys.bill(other_id))) == owner;
+            if ((same_master && confirmed_elsewhere) || (!same_master && refused_elsewhere)) {
+                continue;
+            }
+            Result<RegisterResult> r = client.run(client.store->register_bill(small_bill(other_id)));
+            if (same_master) {
+                CHECK(r.has_value());
+                confirmed_elsewhere = true;
+            } else {
+                REQUIRE_FALSE(r.has_value());
+                CHECK(r.error() == errc::store_unavailable);
+                refused_elsewhere = true;
+            }
+        }
+    }
+
+    TEST_CASE("wait_replicas over a cluster confirms on the master that ran the script even when the confirming connection names another")
+    {
+        RedisTestCluster cluster(3);
+        RedisConfig cfg = cluster_config(cluster);
+        cfg.wait_replicas = 1;
+        cfg.wait_timeout = 4000ms;       // the window in which the test moves the slot
+        cfg.request_timeout = 10000ms;
+        Client client(cfg, true, true);  // confirmations on a connection (and slot map) of their own
+        REQUIRE(client.wait_ready());
+        const Keys& keys = client.store->keys();
+        const std::string first = "bill-first";
+        const int shard = keys.shard_of(first);
+        const std::string second = bill_in_shard(keys, shard, "bill-second");
+        const int slot = key_slot(keys.bill(first));
+        const int from = cluster.owner(slot);
+        const int to = other(cluster, from);
+        const int third = other(cluster, to);
+        // Only `to` has a replica: a confirmation that runs on `from` cannot succeed.
+        const std::unique_ptr<RedisTestServer> replica = start_replica(cluster, to);
+
+        // The first bill's confirmation round WAITs on `from` (no replica) for wait_timeout...
+        const auto started = std::chrono::steady_clock::now();
+        std::optional<Result<RegisterResult>> reg1;
+        asio::co_spawn(client.ctx, register_into(client.store.get(), small_bill(first), &reg1), asio::detached);
+        paybridge::test::run_for(client.ctx, 300ms);
+        REQUIRE_FALSE(reg1.has_value());
+        // ... so the second bill, written on `from` meanwhile, waits for the next round.
+        std::optional<Result<RegisterResult>> reg2;
+        asio::co_spawn(client.ctx, register_into(client.store.get(), small_bill(second), &reg2), asio::detached);
+        paybridge::test::run_for(client.ctx, 300ms);
+        REQUIRE_FALSE(reg2.has_value());
+        REQUIRE(cluster.command(from, {"EXISTS", keys.bill(second)}) == "1");
+
+        // Now `from` loses the slot's writes (as in a failover to a replica that did not have them
+        // yet) and `to` takes the slot over, without them.
+        drop_slot_keys(cluster, from, slot);
+        cluster.move_slot(slot, to);
+        // The confirming connection learns the new map. Its link to `from` is held by the first
+        // round's WAIT, so it is told by `to`: a MOVED to `to` (for a slot of the third node,
+        // moved too) makes it ask `to` for the map first.
+        const int other_slot = slot_of_node(cluster, third, slot);
+        cluster.move_slot(other_slot, to);
+        Result<Reply> moved = client.run(client.replicas->exec({"GET", key_of_slot(other_slot)}));
+        REQUIRE(moved.has_value());
+        REQUIRE(paybridge::test::run_until(
+            client.ctx, [&] { return client.replicas->node_of(keys.replicated(shard)) == address(cluster, to); }, 2s));
+        // Staged while the first round still waits (else the test proves nothing).
+        REQUIRE(std::chrono::steady_clock::now() - started < 3500ms);
+        REQUIRE_FALSE(reg1.has_value());
+        REQUIRE_FALSE(reg2.has_value());
+
+        REQUIRE(paybridge::test::run_until(client.ctx, [&] { return reg1.has_value() && reg2.has_value(); }, 15s));
+        CHECK_FALSE(reg1->has_value());  // no replica on `from`
+        // The second bill is nowhere. Confirmed on `to` (by `to`'s replica, of `to`'s writes), the
+        // provider would be told "success" for it.
+        CHECK(cluster.command(to, {"EXISTS", keys.bill(second)}) == "0");
+        REQUIRE_FALSE(reg2->has_value());
+        CHECK(reg2->error() == errc::store_unavailable);
     }
 
     TEST_CASE("a bill script on a slot being migrated is retried until the slot has moved, within its deadline")
