@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "store/cluster_slot.hpp"
+#include "store/resp.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 
@@ -516,17 +517,7 @@ bool ClusterRouter::still(const NodeSession& ran) const noexcept
 asio::awaitable<Result<Reply>> ClusterRouter::eval(std::string sha, std::vector<std::string> keys,
                                                    std::vector<std::string> args, NodeSession& ran)
 {
-    std::vector<std::string> argv;
-    argv.reserve(3 + keys.size() + args.size());
-    argv.emplace_back("EVALSHA");
-    argv.push_back(sha);
-    argv.push_back(std::to_string(keys.size()));
-    for (std::string& k : keys) {
-        argv.push_back(std::move(k));
-    }
-    for (std::string& a : args) {
-        argv.push_back(std::move(a));
-    }
+    std::vector<std::string> argv = evalsha_command(sha, std::move(keys), std::move(args));
     // As RedisConnection::eval: routed by the first key, and after a NOSCRIPT reply (the node
     // lost its script cache) once more as EVAL with the body, routed the same way.
     const std::uint16_t node = route(argv);
@@ -568,17 +559,8 @@ asio::awaitable<Result<std::vector<Reply>>> ClusterRouter::exec_at(config::Endpo
     const std::uint16_t node = node_for(at);
     Use use(*this, node);
     RedisConnection& conn = use.conn();
-    if (!conn.node_ready()) {
-        // As in run_routed: only a connection still making its first attempt is waited for.
-        bool up = false;
-        if (!conn.attempted_ && !conn.stopped_) {
-            const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-            up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
-        }
-        if (!up) {
-            refresh_soon(false);
-            co_return failed(n);
-        }
+    if (const bool up = co_await usable(conn, deadline); !up) {
+        co_return failed(n);
     }
     std::vector<Reply> replies(n);
     error_code ec = co_await conn.submit(commands.data(), n, replies.data(), deadline);
@@ -592,6 +574,25 @@ asio::awaitable<Result<std::vector<Reply>>> ClusterRouter::exec_at(config::Endpo
         co_return ec;
     }
     co_return std::move(replies);
+}
+
+asio::awaitable<bool> ClusterRouter::usable(RedisConnection& conn, Clock::time_point deadline)
+{
+    if (conn.node_ready()) {
+        co_return true;
+    }
+    // A master whose connection was lost, or could not be made, fails at once (the provider
+    // retries; the map is asked again). Only a connection still making its first attempt (a node
+    // just named by a redirection) is waited for.
+    bool up = false;
+    if (!conn.attempted_ && !conn.stopped_) {
+        const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
+        up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
+    }
+    if (!up) {
+        refresh_soon(false);
+    }
+    co_return up;
 }
 
 asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string> argv, std::uint16_t node,
@@ -613,20 +614,8 @@ asio::awaitable<Result<Reply>> ClusterRouter::run_routed(std::vector<std::string
             }
             Use use(*this, node);
             RedisConnection& conn = use.conn();
-            if (!conn.node_ready()) {
-                // A master whose connection was lost, or could not be made, fails at once (the
-                // provider retries; the map is asked again). Only a connection still making its
-                // first attempt (a node just named by a redirection) is waited for.
-                if (conn.attempted_ || conn.stopped_) {
-                    refresh_soon(false);
-                    co_return failed(1);
-                }
-                const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-                const bool up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
-                if (!up) {
-                    refresh_soon(false);
-                    co_return failed(1);
-                }
+            if (const bool up = co_await usable(conn, deadline); !up) {
+                co_return failed(1);
             }
             // The session the command is sent in: its reply comes in that one or not at all (a
             // lost connection fails whatever it had pending).
@@ -811,16 +800,8 @@ asio::awaitable<std::vector<Result<Reply>>> ClusterRouter::run_batch(std::vector
         if (!part_error) {
             Use use(*this, node);
             RedisConnection& conn = use.conn();
-            if (!conn.node_ready()) {
-                bool up = false;
-                if (!conn.attempted_ && !conn.stopped_) {
-                    const auto left = std::chrono::duration_cast<std::chrono::milliseconds>(deadline - Clock::now());
-                    up = co_await conn.wait_ready(std::max(std::chrono::milliseconds(0), left));
-                }
-                if (!up) {
-                    refresh_soon(false);
-                    part_error = failed(part.size());
-                }
+            if (const bool up = co_await usable(conn, deadline); !up) {
+                part_error = failed(part.size());
             }
             if (!part_error) {
                 part_error = co_await conn.submit(part.data(), part.size(), got.data(), deadline);

@@ -156,6 +156,9 @@ private:
     std::uint16_t route(const std::vector<std::string>& argv) const noexcept;
     /// Counts `n` failed commands and returns the error (store_unavailable, or shutting_down).
     boost::system::error_code failed(std::size_t n) noexcept;
+    /// Whether `conn` can take a command now: ready, or ready by `deadline` if it is still making
+    /// its first attempt. Asks for the slot map again when not.
+    boost::asio::awaitable<bool> usable(RedisConnection& conn, Clock::time_point deadline);
     /// Sends one command to `node` and follows redirections until `deadline`; with `first`, that
     /// reply (from `node`) has already come back. `ran` (may be null): where a reply sent from
     /// here came from.

@@ -642,17 +642,7 @@ asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
                                                      std::vector<std::string> keys,
                                                      std::vector<std::string> args)
 {
-    std::vector<std::string> argv;
-    argv.reserve(3 + keys.size() + args.size());
-    argv.emplace_back("EVALSHA");
-    argv.push_back(sha);
-    argv.push_back(std::to_string(keys.size()));
-    for (std::string& k : keys) {
-        argv.push_back(std::move(k));
-    }
-    for (std::string& a : args) {
-        argv.push_back(std::move(a));
-    }
+    std::vector<std::string> argv = evalsha_command(sha, std::move(keys), std::move(args));
 
     Reply reply;
     if (cluster_) {

@@ -37,4 +37,21 @@ bool append_command(std::string& out, const std::vector<std::string>& argv)
     return true;
 }
 
+std::vector<std::string> evalsha_command(const std::string& sha, std::vector<std::string> keys,
+                                         std::vector<std::string> args)
+{
+    std::vector<std::string> argv;
+    argv.reserve(3 + keys.size() + args.size());
+    argv.emplace_back("EVALSHA");
+    argv.push_back(sha);
+    argv.push_back(std::to_string(keys.size()));
+    for (std::string& k : keys) {
+        argv.push_back(std::move(k));
+    }
+    for (std::string& a : args) {
+        argv.push_back(std::move(a));
+    }
+    return argv;
+}
+
 }  // namespace paybridge::store

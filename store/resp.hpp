@@ -15,4 +15,8 @@ namespace paybridge::store {
 /// An empty argv appends nothing and returns false.
 bool append_command(std::string& out, const std::vector<std::string>& argv);
 
+/// EVALSHA sha <number of keys> keys... args..., the arguments moved in.
+std::vector<std::string> evalsha_command(const std::string& sha, std::vector<std::string> keys,
+                                         std::vector<std::string> args);
+
 }  // namespace paybridge::store
