@@ -466,6 +466,20 @@ awaitable<HttpServer::Accepted> HttpServer::accept_one(Listener& l)
     if (!slot) {
         instruments().rejected.with({}).inc();
         boost::system::error_code ignored;
+        if (!l.tls) {
+            // A plain client (a provider, a health probe) is told why rather than reset: one
+            // non-blocking write of a fixed answer, and what it already sent is read and dropped
+            // so that the close is a FIN, not a reset that could destroy the answer. No session,
+            // no buffer beyond the stack: the cap is what bounds them.
+            static constexpr std::string_view kFull =
+                "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 35\r\n"
+                "Retry-After: 1\r\nConnection: close\r\n\r\nover limits.max_connections; retry\n";
+            socket.non_blocking(true, ignored);
+            socket.write_some(asio::buffer(kFull), ignored);
+            socket.shutdown(tcp::socket::shutdown_send, ignored);
+            std::array<char, 4096> sink{};
+            socket.read_some(asio::buffer(sink), ignored);
+        }
         socket.close(ignored);
         co_return Accepted::next;
     }

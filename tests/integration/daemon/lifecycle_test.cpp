@@ -158,7 +158,7 @@ TEST_CASE("a listen address this machine does not have is a configuration error:
     CHECK_MESSAGE(out.find("daemon.listen_failed") != std::string::npos, out);
 }
 
-TEST_CASE("connection cap: connections beyond limits.max_connections are closed at once")
+TEST_CASE("connection cap: connections beyond limits.max_connections get a 503 and are closed at once")
 {
     DaemonOptions options;
     // Deadlines far longer than the test: a connection it sees closed was closed by the cap.
@@ -187,11 +187,13 @@ TEST_CASE("connection cap: connections beyond limits.max_connections are closed 
     const std::string req = "GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n";
     boost::system::error_code ec;
     asio::write(extra, asio::buffer(req), ec);
-    char buf[256];
     const auto asked = std::chrono::steady_clock::now();
-    const std::size_t n = extra.read_some(asio::buffer(buf), ec);
-    CHECK(n == 0);
-    CHECK(ec);  // closed without an answer
+    std::string refused;
+    asio::read(extra, asio::dynamic_buffer(refused), ec);  // to the end of the stream
+    CHECK(ec == asio::error::eof);  // closed, not reset: the answer survives
+    CHECK_MESSAGE(refused.starts_with("HTTP/1.1 503 Service Unavailable\r\n"), refused);
+    CHECK(refused.find("Retry-After: 1\r\n") != std::string::npos);
+    CHECK(refused.ends_with("\r\n\r\nover limits.max_connections; retry\n"));
     CHECK(std::chrono::steady_clock::now() - asked < std::chrono::seconds(10));  // not by a 30 s deadline
     held.clear();  // free the slots
     CHECK(wait_for_http(fx.port(), "/healthz", 200, std::chrono::seconds(5)));
