@@ -464,7 +464,7 @@ TEST_CASE("tls: connections still in their TLS handshake count toward limits.max
     std::vector<asio::ip::tcp::socket> silent;
     silent.push_back(connect_silent());
     silent.push_back(connect_silent());
-    // Once the daemon holds both, a plain HTTP client is turned away unanswered.
+    // Once the daemon holds both, a plain HTTP client is turned away (a 503, then closed).
     auto answered = [&] {
         asio::ip::tcp::socket s(ioc);
         s.connect({asio::ip::make_address("127.0.0.1"), fx.port()});
@@ -472,7 +472,7 @@ TEST_CASE("tls: connections still in their TLS handshake count toward limits.max
         asio::write(s, asio::buffer(std::string("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")), ec);
         char buf[64];
         const std::size_t n = s.read_some(asio::buffer(buf), ec);
-        return n > 0;
+        return std::string_view(buf, n).starts_with("HTTP/1.1 200");
     };
     bool turned_away = false;
     for (int i = 0; i < 100 && !turned_away; ++i) {
