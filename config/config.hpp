@@ -96,6 +96,7 @@ struct ApiToken {
 };
 
 struct AlipayApp {
+    std::string pointer;               ///< where it stands in the file ("/alipay/apps/0"), for problems
     std::string app_id;
     std::string seller_id;             ///< optional; checked when set
     std::string sign_type{"RSA2"};     ///< "RSA2" or "RSA"
@@ -109,6 +110,7 @@ struct AlipayApp {
 };
 
 struct WechatMerchant {
+    std::string pointer;  ///< where it stands in the file ("/wechatpay/merchants/0"), for problems
     std::string mchid;
     std::string appid;
     /// More AppIDs bound to the same mchid (an Official Account and a Mini Program, say): a

@@ -492,6 +492,7 @@ private:
                 continue;
             }
             AlipayApp app;
+            app.pointer = item;
             text(v, item, "app_id", app.app_id);
             unique(app_ids, app.app_id, child(item, "app_id"));
             text(v, item, "seller_id", app.seller_id);
@@ -557,6 +558,7 @@ private:
                 continue;
             }
             WechatMerchant m;
+            m.pointer = item;
             text(v, item, "mchid", m.mchid);
             unique(mchids, m.mchid, child(item, "mchid"));
             text(v, item, "appid", m.appid);
@@ -728,6 +730,8 @@ LoadReport load_config_text(std::string_view json, const std::filesystem::path& 
 
     if (problems.empty()) {
         report.config = std::move(cfg);
+    } else {
+        report.partial = std::move(cfg);
     }
     report.problems = problems.take();
     report.warnings = problems.take_warnings();

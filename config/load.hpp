@@ -43,6 +43,10 @@ namespace paybridge::config {
 
 struct LoadReport {
     std::optional<Config> config;       ///< set if and only if `problems` is empty
+    /// With problems: what could be read anyway (an account or listener with a problem may be
+    /// there in part), so that --check can also load the keys of the rest and report every
+    /// problem in one run. Never used to serve.
+    std::optional<Config> partial;
     std::vector<std::string> problems;  ///< one line each, never containing a secret value
     /// Loaded anyway, but worth fixing, in the same form: a secret or private key file that every
     /// user of the machine may read.

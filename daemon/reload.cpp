@@ -4,6 +4,9 @@
 #include "config/secrets.hpp"
 #include "daemon/app.hpp"
 
+#include <algorithm>
+#include <string_view>
+
 namespace paybridge::daemon {
 
 ReloadResult load_runtime(const std::string& path)
@@ -16,6 +19,25 @@ ReloadResult load_runtime(const std::string& path)
     if (!report.config || !r.problems.empty()) {
         if (r.problems.empty()) {
             r.problems.push_back("configuration could not be loaded");
+        }
+        if (report.partial) {
+            // Every problem in one run: the keys and certificates of the accounts (and the TLS
+            // listener) that have none of their own are loaded too, as a start would.
+            const auto has_problem = [&](std::string_view pointer) {
+                return std::any_of(r.problems.begin(), r.problems.end(), [&](const std::string& p) {
+                    return p.starts_with(pointer) &&
+                           (p.size() == pointer.size() || p[pointer.size()] == '/' || p[pointer.size()] == ':');
+                });
+            };
+            config::Config& partial = *report.partial;
+            std::erase_if(partial.alipay_apps, [&](const config::AlipayApp& a) { return has_problem(a.pointer); });
+            std::erase_if(partial.wechat_merchants,
+                          [&](const config::WechatMerchant& m) { return has_problem(m.pointer); });
+            if (has_problem("/tls")) {
+                partial.tls.reset();
+            }
+            auto checked = std::make_shared<const config::Config>(std::move(partial));
+            (void)build_runtime(checked, r.problems);
         }
         return r;
     }

@@ -65,4 +65,40 @@ Result<Verified> unusable(Verified verified, std::string problem)
     return verified;
 }
 
+std::string config_problem(std::string_view item, std::string_view text)
+{
+    // The first word names a key when it looks like one: lower-case letters, digits and '_' (with
+    // one '_' at least, or mchid / appid), optionally an array index ("platform_certificates[1]").
+    const std::string_view word = text.substr(0, text.find(' '));
+    std::string_view name = word.substr(0, word.find('['));
+    std::string_view index = word.size() > name.size() ? word.substr(name.size()) : std::string_view{};
+    bool key = !name.empty() && word.size() < text.size() &&
+               std::all_of(name.begin(), name.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; }) &&
+               (name.find('_') != std::string_view::npos || name == "mchid" || name == "appid");
+    if (!index.empty()) {
+        key = key && index.size() > 2 && index.back() == ']' &&
+              std::all_of(index.begin() + 1, index.end() - 1, [](char c) { return c >= '0' && c <= '9'; });
+    }
+    std::string out(item);
+    if (!key) {
+        out += ": ";
+        out += text;
+        return out;
+    }
+    out += '/';
+    out += name;
+    if (!index.empty()) {
+        out += '/';
+        out += index.substr(1, index.size() - 2);
+    }
+    out += ": ";
+    out += text.substr(word.size() + 1);
+    return out;
+}
+
+std::string account_pointer(const std::string& recorded, std::string_view list, std::size_t index)
+{
+    return recorded.empty() ? std::string(list) + "/" + std::to_string(index) : recorded;
+}
+
 }  // namespace paybridge::gateways

@@ -46,6 +46,16 @@ struct Verified {
 /// sequence, "..." marks a cut), a quote or backslash escaped.
 std::string quoted_excerpt(std::string_view value);
 
+/// A problem found while loading an account's keys, written as the configuration's problems are:
+/// "<JSON pointer>: <what>". `item` is the account's pointer ("/alipay/apps/0"); a `text` that
+/// starts with one of its keys ("apiv3_key must be 32 bytes", "platform_certificates[1] is not a
+/// PEM certificate") points at that key ("/wechatpay/merchants/0/apiv3_key: must be 32 bytes").
+std::string config_problem(std::string_view item, std::string_view text);
+
+/// The pointer of the index-th account of `list` ("/alipay/apps"): the one the loader recorded,
+/// or (an account built in code) list/index.
+std::string account_pointer(const std::string& recorded, std::string_view list, std::size_t index);
+
 /// An authentic notification with a field paybridge needs missing or unreadable: kind unusable
 /// with `problem`, for the store to record as an anomaly (core/payment_event.hpp), when it names
 /// its bill and has a notification id; otherwise errc::malformed_request (refused, and logged).

@@ -238,12 +238,7 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
                                       std::vector<std::string>& problems)
 {
     const std::size_t problems_before = problems.size();
-    auto problem = [&](std::string_view text) {
-        std::string line(where);
-        line += ": ";
-        line += text;
-        problems.push_back(std::move(line));
-    };
+    auto problem = [&](std::string_view text) { problems.push_back(config_problem(where, text)); };
 
     AlipayAppKeys keys;
     keys.app_id = app.app_id;
@@ -351,9 +346,9 @@ Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::A
     std::vector<AlipayAppKeys> loaded;
     std::unordered_set<std::string> seen;
     for (std::size_t i = 0; i < apps.size(); ++i) {
-        const std::string where = "alipay.apps[" + std::to_string(i) + "]";
+        const std::string where = account_pointer(apps[i].pointer, "/alipay/apps", i);
         if (!apps[i].app_id.empty() && !seen.insert(apps[i].app_id).second) {
-            problems.push_back(where + ": app_id " + apps[i].app_id + " is configured twice");
+            problems.push_back(config_problem(where, "app_id " + apps[i].app_id + " is configured twice"));
         }
         auto app = load_alipay_app(apps[i], where, problems);
         if (app) {

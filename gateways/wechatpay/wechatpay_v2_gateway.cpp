@@ -335,8 +335,8 @@ Result<std::unique_ptr<Gateway>> make_wechat_v2_gateway(const std::vector<config
         if (cfg.apiv2_key.empty()) {
             continue;  // no v2 route for this merchant
         }
-        const std::string where = "wechatpay.merchants[" + std::to_string(i) + "]";
-        auto problem = [&](const std::string& what) { problems.push_back(where + ": " + what); };
+        const std::string where = account_pointer(cfg.pointer, "/wechatpay/merchants", i);
+        auto problem = [&](const std::string& what) { problems.push_back(config_problem(where, what)); };
         if (cfg.mchid.empty()) {
             problem("mchid is empty");
         } else if (!seen_mchids.insert(cfg.mchid).second) {

@@ -460,8 +460,8 @@ Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config
     std::set<std::string, std::less<>> seen_mchids;
     for (std::size_t i = 0; i < merchants.size(); ++i) {
         const config::WechatMerchant& cfg = merchants[i];
-        const std::string where = "wechatpay.merchants[" + std::to_string(i) + "]";
-        auto problem = [&](const std::string& what) { problems.push_back(where + ": " + what); };
+        const std::string where = account_pointer(cfg.pointer, "/wechatpay/merchants", i);
+        auto problem = [&](const std::string& what) { problems.push_back(config_problem(where, what)); };
 
         V3Merchant m;
         m.mchid = cfg.mchid;
@@ -511,7 +511,7 @@ Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config
                 if (!is_rsa(pc.key.get())) {
                     problem(cert_where + " (serial " + pc.serial + ") does not hold an RSA key");
                 } else if (!serials.insert(pc.serial).second) {
-                    problem(cert_where + ": serial " + pc.serial + " appears twice");
+                    problem(cert_where + " holds serial " + pc.serial + ", which appears twice");
                 } else {
                     m.certificates.push_back(std::move(pc));
                 }

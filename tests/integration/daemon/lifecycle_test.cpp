@@ -112,7 +112,7 @@ TEST_CASE("--check: a valid configuration exits 0 (warning of a world-readable s
     std::ofstream(fx.dir() / "keys/alipay_public.pem") << "not a key";
     int rc = run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(), "--check"}, out);
     CHECK(rc == 78);
-    CHECK_MESSAGE(out.find("alipay.apps[0]") != std::string::npos, out);
+    CHECK_MESSAGE(out.find("/alipay/apps/0/alipay_public_key_file: is not a PEM") != std::string::npos, out);
 
     // Several configuration problems at once: all of them, each with its JSON pointer.
     std::ifstream in(fx.config_path());
@@ -126,6 +126,8 @@ TEST_CASE("--check: a valid configuration exits 0 (warning of a world-readable s
     CHECK(rc == 78);
     CHECK_MESSAGE(out.find("/colour") != std::string::npos, out);
     CHECK_MESSAGE(out.find("/workers") != std::string::npos, out);
+    // ...and in the same run the key problem too: no second run to find it after fixing these.
+    CHECK_MESSAGE(out.find("/alipay/apps/0/alipay_public_key_file: is not a PEM") != std::string::npos, out);
     // Starting with it fails the same way, without serving.
     CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", fx.config_path().string()}, out) == 78);
     CHECK(run_command({DaemonFixture::binary("paybridged"), "--config", (fx.dir() / "missing.json").string()}, out) ==

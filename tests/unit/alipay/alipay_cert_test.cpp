@@ -34,7 +34,7 @@ config::AlipayApp cert_app(const std::string& public_cert_pem, const std::string
 std::vector<std::string> load_problems(const config::AlipayApp& app)
 {
     std::vector<std::string> problems;
-    auto keys = load_alipay_app(app, "alipay.apps[0]", problems);
+    auto keys = load_alipay_app(app, "/alipay/apps/0", problems);
     CHECK_FALSE(keys.has_value());
     if (!keys) {
         CHECK(keys.error() == make_error_code(errc::invalid_argument));
@@ -194,7 +194,7 @@ TEST_CASE("certificate mode: the public certificate file may carry its intermedi
     // Without the intermediate the leaf does not reach the root; the intermediate is never trusted
     // as an anchor just because it sits in the public certificate file.
     CHECK(load_problems(cert_app(leaf.cert_pem, root.cert_pem)) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_public_cert_file does not chain to alipay_root_cert_file"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_public_cert_file: does not chain to alipay_root_cert_file"});
 }
 
 TEST_CASE("certificate mode load problems")
@@ -203,7 +203,7 @@ TEST_CASE("certificate mode load problems")
     const auto other_ca = keygen::make_ca({.common_name = "Some Other Root"});
     const auto leaf = keygen::issue(ca, {.common_name = "alipay public cert"});
     const std::vector<std::string> not_chained = {
-        "alipay.apps[0]: alipay_public_cert_file does not chain to alipay_root_cert_file"};
+        "/alipay/apps/0/alipay_public_cert_file: does not chain to alipay_root_cert_file"};
 
     CHECK(load_problems(cert_app(leaf.cert_pem, other_ca.cert_pem)) == not_chained);
 
@@ -213,30 +213,30 @@ TEST_CASE("certificate mode load problems")
     CHECK(load_problems(cert_app(expired.cert_pem, ca.cert_pem)) == not_chained);
 
     CHECK(load_problems(cert_app(leaf.cert_pem, "")) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_public_cert_file is set but alipay_root_cert_file is not"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_public_cert_file: is set but alipay_root_cert_file is not"});
     auto root_only = cert_app("", ca.cert_pem);
     root_only.public_key_pem = alipay_keys().public_pem;
     CHECK(load_problems(root_only) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file is set but alipay_public_cert_file is not"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_root_cert_file: is set but alipay_public_cert_file is not"});
     CHECK(load_problems(cert_app("not a certificate", ca.cert_pem)) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_public_cert_file holds no PEM certificate, or one that does not read"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_public_cert_file: holds no PEM certificate, or one that does not read"});
     CHECK(load_problems(cert_app(leaf.cert_pem, "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n")) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file holds no PEM certificate, or one that does not read"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_root_cert_file: holds no PEM certificate, or one that does not read"});
     // A bundle is not cut short at a block that does not read (the root SN would silently lose
     // the roots after it): a damaged certificate between two good ones is a problem.
     const std::string damaged = "-----BEGIN CERTIFICATE-----\nMIIBAAAA\n-----END CERTIFICATE-----\n";
     CHECK(load_problems(cert_app(leaf.cert_pem, ca.cert_pem + damaged + other_ca.cert_pem)) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_root_cert_file holds no PEM certificate, or one that does not read"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_root_cert_file: holds no PEM certificate, or one that does not read"});
     // Other PEM blocks (a key someone left in the file) are skipped, as OpenSSL does.
     auto with_key = cert_app(leaf.cert_pem, ca.cert_pem + alipay_keys().public_pem);
     std::vector<std::string> problems;
-    CHECK(load_alipay_app(with_key, "alipay.apps[0]", problems).has_value());
+    CHECK(load_alipay_app(with_key, "/alipay/apps/0", problems).has_value());
     CHECK(problems.empty());
 }
 
 namespace {
 const std::string kNotAKey =
-    "alipay.apps[0]: alipay_public_key_file is not a PEM or base64 SubjectPublicKeyInfo public key";
+    "/alipay/apps/0/alipay_public_key_file: is not a PEM or base64 SubjectPublicKeyInfo public key";
 }  // namespace
 
 TEST_CASE("public-key mode load problems")
@@ -247,18 +247,18 @@ TEST_CASE("public-key mode load problems")
 
     app.public_key_pem = std::string(alipay_fixture::kFixtureEcPublicKeyPem);
     CHECK(load_problems(app) ==
-          std::vector<std::string>{"alipay.apps[0]: alipay_public_key_file is not an RSA public key"});
+          std::vector<std::string>{"/alipay/apps/0/alipay_public_key_file: is not an RSA public key"});
 
     app = app_config("MD5");
-    CHECK(load_problems(app) == std::vector<std::string>{"alipay.apps[0]: sign_type must be \"RSA2\" or \"RSA\""});
+    CHECK(load_problems(app) == std::vector<std::string>{"/alipay/apps/0/sign_type: must be \"RSA2\" or \"RSA\""});
 
     app = app_config();
     app.public_key_pem.clear();
     app.app_id.clear();
     CHECK(load_problems(app) ==
           std::vector<std::string>{
-              "alipay.apps[0]: app_id is empty",
-              "alipay.apps[0]: neither alipay_public_key_file nor alipay_public_cert_file is set"});
+              "/alipay/apps/0/app_id: is empty",
+              "/alipay/apps/0: neither alipay_public_key_file nor alipay_public_cert_file is set"});
 }
 
 TEST_CASE("both modes configured: either key verifies")
@@ -305,7 +305,7 @@ TEST_CASE("key rotation, public-key mode: the previous key verifies after the cu
 
     app.previous_public_key_pem = "garbage";
     CHECK(load_problems(app) ==
-          std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_key_file is not a PEM or base64 "
+          std::vector<std::string>{"/alipay/apps/0/previous_alipay_public_key_file: is not a PEM or base64 "
                                    "SubjectPublicKeyInfo public key"});
 }
 
@@ -360,16 +360,16 @@ TEST_CASE("key rotation, certificate mode: the previous certificate may have exp
     // It must chain to the same roots, be a certificate, and come with certificate mode.
     const auto other_ca = keygen::make_ca({.common_name = "Some Other Root"});
     app.previous_public_cert_pem = keygen::issue(other_ca, {.common_name = "stranger"}).cert_pem;
-    CHECK(load_problems(app) == std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_cert_file does not "
+    CHECK(load_problems(app) == std::vector<std::string>{"/alipay/apps/0/previous_alipay_public_cert_file: does not "
                                                          "chain to alipay_root_cert_file"});
     app.previous_public_cert_pem = "not a certificate";
-    CHECK(load_problems(app) == std::vector<std::string>{"alipay.apps[0]: previous_alipay_public_cert_file holds no "
+    CHECK(load_problems(app) == std::vector<std::string>{"/alipay/apps/0/previous_alipay_public_cert_file: holds no "
                                                          "PEM certificate, or one that does not read"});
     auto key_mode = app_config();
     key_mode.previous_public_cert_pem = previous.cert_pem;
     CHECK(load_problems(key_mode) ==
           std::vector<std::string>{
-              "alipay.apps[0]: previous_alipay_public_cert_file is set but alipay_public_cert_file is not"});
+              "/alipay/apps/0/previous_alipay_public_cert_file: is set but alipay_public_cert_file is not"});
 }
 
 TEST_CASE("make_alipay_gateway: every problem of every app, indexed, duplicates, success")
@@ -390,9 +390,9 @@ TEST_CASE("make_alipay_gateway: every problem of every app, indexed, duplicates,
     REQUIRE_FALSE(gw.has_value());
     CHECK(gw.error() == make_error_code(errc::invalid_argument));
     CHECK(problems == std::vector<std::string>{
-                          "alipay.apps[1]" + kNotAKey.substr(std::string_view("alipay.apps[0]").size()),
-                          "alipay.apps[2]: app_id 2021000000000001 is configured twice",
-                          "alipay.apps[3]: alipay_public_cert_file does not chain to alipay_root_cert_file"});
+                          "/alipay/apps/1" + kNotAKey.substr(std::string_view("/alipay/apps/0").size()),
+                          "/alipay/apps/2/app_id: 2021000000000001 is configured twice",
+                          "/alipay/apps/3/alipay_public_cert_file: does not chain to alipay_root_cert_file"});
 
     problems.clear();
     auto chained = cert_app(leaf.cert_pem, ca.cert_pem);

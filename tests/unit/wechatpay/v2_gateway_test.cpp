@@ -428,6 +428,6 @@ TEST_CASE("v2: the factory serves merchants with an APIv2 key and reports bad ke
     REQUIRE_FALSE(failed);
     CHECK(failed.error() == errc::invalid_argument);
     REQUIRE(bad.size() == 2);
-    CHECK(bad[0] == "wechatpay.merchants[0]: apiv2_key must be 32 characters, got 5");
-    CHECK(bad[1] == "wechatpay.merchants[1]: appid is empty");
+    CHECK(bad[0] == "/wechatpay/merchants/0/apiv2_key: must be 32 characters, got 5");
+    CHECK(bad[1] == "/wechatpay/merchants/1/appid: is empty");
 }

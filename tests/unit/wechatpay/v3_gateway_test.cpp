@@ -598,13 +598,13 @@ TEST_CASE("v3: the factory reports every problem specifically")
         return s;
     }();
     INFO(all);
-    CHECK(all.find("wechatpay.merchants[0]: needs public_key_id + public_key_file, platform_certificates") !=
+    CHECK(all.find("/wechatpay/merchants/0: needs public_key_id + public_key_file, platform_certificates") !=
           std::string::npos);
-    CHECK(all.find("wechatpay.merchants[1]: apiv3_key must be 32 bytes, got 9") != std::string::npos);
-    CHECK(all.find("wechatpay.merchants[2]: platform_certificates[0] is not a PEM certificate") != std::string::npos);
-    CHECK(all.find("wechatpay.merchants[3]: public_key_id is set but public_key_file is not") != std::string::npos);
-    CHECK(all.find("wechatpay.merchants[4]: public_key_file is not a PEM public key") != std::string::npos);
-    CHECK(all.find("wechatpay.merchants[5]: mchid 1900000109 is configured twice") != std::string::npos);
+    CHECK(all.find("/wechatpay/merchants/1/apiv3_key: must be 32 bytes, got 9") != std::string::npos);
+    CHECK(all.find("/wechatpay/merchants/2/platform_certificates/0: is not a PEM certificate") != std::string::npos);
+    CHECK(all.find("/wechatpay/merchants/3/public_key_id: is set but public_key_file is not") != std::string::npos);
+    CHECK(all.find("/wechatpay/merchants/4/public_key_file: is not a PEM public key") != std::string::npos);
+    CHECK(all.find("/wechatpay/merchants/5/mchid: 1900000109 is configured twice") != std::string::npos);
     CHECK(problems.size() == 6);
 
     std::vector<std::string> none;
