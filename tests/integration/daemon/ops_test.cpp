@@ -54,6 +54,43 @@ std::uint16_t start_with_tls(DaemonFixture& fx, DaemonOptions options, const key
     return tls_port;
 }
 
+boost::asio::ssl::context client_context(const keygen::Certificate& ca)
+{
+    boost::asio::ssl::context ctx(boost::asio::ssl::context::tls_client);
+    ctx.add_certificate_authority(boost::asio::buffer(ca.cert_pem));
+    ctx.set_verify_mode(boost::asio::ssl::verify_peer);
+    return ctx;
+}
+
+/// One HTTPS connection to the daemon's TLS listener on `port`, trusting only `ca`, checking the
+/// certificate's name (127.0.0.1); every request carries the API token.
+struct HttpsClient {
+    boost::asio::io_context ioc;
+    boost::asio::ssl::context ctx;
+    boost::beast::ssl_stream<boost::asio::ip::tcp::socket> stream{ioc, ctx};
+    boost::beast::flat_buffer buf;
+
+    HttpsClient(const keygen::Certificate& ca, std::uint16_t port) : ctx(client_context(ca))
+    {
+        stream.set_verify_callback(boost::asio::ssl::host_name_verification("127.0.0.1"));
+        stream.next_layer().connect({boost::asio::ip::make_address("127.0.0.1"), port});
+        stream.handshake(boost::asio::ssl::stream_base::client);
+    }
+
+    unsigned status_of(boost::beast::http::verb verb, const std::string& target)
+    {
+        namespace http = boost::beast::http;
+        http::request<http::string_body> req{verb, target, 11};
+        req.set(http::field::host, "127.0.0.1");
+        req.set(http::field::authorization, std::string("Bearer ") + DaemonFixture::kApiToken);
+        req.prepare_payload();
+        http::write(stream, req);
+        http::response<http::string_body> res;
+        http::read(stream, buf, res);
+        return res.result_int();
+    }
+};
+
 std::string alipay_paid(DaemonFixture& fx, const std::string& private_pem, const std::string& bill, std::int64_t fen)
 {
     auto key = *crypto::load_private_key(private_pem);
@@ -302,33 +339,17 @@ TEST_CASE("tls: the HTTPS listener serves with a test CA — plain HTTP stays av
     namespace asio = boost::asio;
     namespace beast = boost::beast;
     namespace http = beast::http;
-    asio::io_context ioc;
-    asio::ssl::context ctx(asio::ssl::context::tls_client);
-    ctx.add_certificate_authority(asio::buffer(ca.cert_pem));
-    ctx.set_verify_mode(asio::ssl::verify_peer);
-    beast::ssl_stream<asio::ip::tcp::socket> stream(ioc, ctx);
-    stream.set_verify_callback(asio::ssl::host_name_verification("127.0.0.1"));
-    stream.next_layer().connect({asio::ip::make_address("127.0.0.1"), tls_port});
-    stream.handshake(asio::ssl::stream_base::client);
-    http::request<http::string_body> req{http::verb::get, "/healthz", 11};
-    req.set(http::field::host, "127.0.0.1");
-    http::write(stream, req);
-    beast::flat_buffer buf;
-    http::response<http::string_body> res;
-    http::read(stream, buf, res);
-    CHECK(res.result_int() == 200);
-    CHECK(SSL_version(stream.native_handle()) >= TLS1_2_VERSION);
+    HttpsClient client(ca, tls_port);
+    CHECK(client.status_of(http::verb::get, "/healthz") == 200);
+    CHECK(SSL_version(client.stream.native_handle()) >= TLS1_2_VERSION);
     CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
     // By default the TLS listener (public: WeChat Pay calls HTTPS only) does not serve /metrics,
     // which tells anyone the business's volume; the plain listener does.
-    req.target("/metrics");
-    http::write(stream, req);
-    http::response<http::string_body> metrics;
-    http::read(stream, buf, metrics);
-    CHECK(metrics.result_int() == 404);
+    CHECK(client.status_of(http::verb::get, "/metrics") == 404);
     CHECK(http_request(fx.port(), "GET", "/metrics").status == 200);
 
     // A client that does not trust the test CA is refused by its own verification.
+    asio::io_context ioc;
     asio::ssl::context strict(asio::ssl::context::tls_client);
     strict.set_verify_mode(asio::ssl::verify_peer);
     beast::ssl_stream<asio::ip::tcp::socket> s2(ioc, strict);
@@ -346,31 +367,12 @@ TEST_CASE("tls: routes names what the HTTPS listener serves")
     DaemonFixture fx(options);
     const std::uint16_t tls_port = start_with_tls(fx, options, ca, R"(["notify", "metrics"])");
 
-    namespace asio = boost::asio;
-    namespace beast = boost::beast;
-    namespace http = beast::http;
-    asio::io_context ioc;
-    asio::ssl::context ctx(asio::ssl::context::tls_client);
-    ctx.add_certificate_authority(asio::buffer(ca.cert_pem));
-    ctx.set_verify_mode(asio::ssl::verify_peer);
-    beast::ssl_stream<asio::ip::tcp::socket> stream(ioc, ctx);
-    stream.next_layer().connect({asio::ip::make_address("127.0.0.1"), tls_port});
-    stream.handshake(asio::ssl::stream_base::client);
-    beast::flat_buffer buf;
-    const auto status_of = [&](http::verb verb, const std::string& target) {
-        http::request<http::string_body> req{verb, target, 11};
-        req.set(http::field::host, "127.0.0.1");
-        req.set(http::field::authorization, std::string("Bearer ") + DaemonFixture::kApiToken);
-        req.prepare_payload();
-        http::write(stream, req);
-        http::response<http::string_body> res;
-        http::read(stream, buf, res);
-        return res.result_int();
-    };
-    CHECK(status_of(http::verb::get, "/metrics") == 200);
-    CHECK(status_of(http::verb::post, "/notify/alipay") == 400);  // served: an empty notification is refused
-    CHECK(status_of(http::verb::get, "/v1/bills") == 404);
-    CHECK(status_of(http::verb::get, "/healthz") == 404);
+    namespace http = boost::beast::http;
+    HttpsClient client(ca, tls_port);
+    CHECK(client.status_of(http::verb::get, "/metrics") == 200);
+    CHECK(client.status_of(http::verb::post, "/notify/alipay") == 400);  // served: an empty notification is refused
+    CHECK(client.status_of(http::verb::get, "/v1/bills") == 404);
+    CHECK(client.status_of(http::verb::get, "/healthz") == 404);
     // The plain listener serves everything.
     CHECK(fx.api("GET", "/v1/bills").status == 200);
     CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
