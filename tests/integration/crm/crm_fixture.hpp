@@ -14,6 +14,7 @@
 #include "store/keys.hpp"
 #include "store/redis_connection.hpp"
 #include "tests/support/http_receiver.hpp"
+#include "tests/support/log_capture.hpp"
 #include "tests/support/redis_server.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -49,34 +50,6 @@ inline std::string write_temp_file(const std::string& name, const std::string& c
     std::ofstream(path) << content;
     return path.string();
 }
-
-/// Collects the log lines written while it lives (not thread-safe: for code run on the test's own
-/// thread); afterwards lines go to stderr again.
-struct LogCapture {
-    std::vector<std::string> lines;
-    LogCapture()
-    {
-        log::set_sink([this](log::Level, std::string_view line) { lines.emplace_back(line); });
-    }
-    ~LogCapture()
-    {
-        log::set_sink([](log::Level, std::string_view line) { (void)!::write(2, line.data(), line.size()); });
-    }
-    LogCapture(const LogCapture&) = delete;
-    LogCapture& operator=(const LogCapture&) = delete;
-
-    /// The lines that contain `text`.
-    std::vector<std::string> with(std::string_view text) const
-    {
-        std::vector<std::string> out;
-        for (const std::string& l : lines) {
-            if (l.find(text) != std::string::npos) {
-                out.push_back(l);
-            }
-        }
-        return out;
-    }
-};
 
 inline std::string new_secret()
 {

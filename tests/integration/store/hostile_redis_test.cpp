@@ -9,6 +9,7 @@
 #include "store/cluster_slot.hpp"
 #include "store/redis_connection.hpp"
 #include "tests/integration/store/store_fixture.hpp"
+#include "tests/support/log_capture.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <doctest/doctest.h>
@@ -167,30 +168,7 @@ void endless_bulk(int fd, ScriptedServer& self)
     }
 }
 
-/// The log lines written while it lives (the io_context runs on the test's thread).
-struct Logs {
-    std::vector<std::string> lines;
-    Logs()
-    {
-        paybridge::log::set_sink([this](paybridge::log::Level, std::string_view l) { lines.emplace_back(l); });
-    }
-    ~Logs()
-    {
-        paybridge::log::set_sink(
-            [](paybridge::log::Level, std::string_view l) { (void)!::write(2, l.data(), l.size()); });
-    }
-    Logs(const Logs&) = delete;
-    Logs& operator=(const Logs&) = delete;
-    bool has(std::string_view text) const
-    {
-        for (const std::string& l : lines) {
-            if (l.find(text) != std::string::npos) {
-                return true;
-            }
-        }
-        return false;
-    }
-};
+using Logs = paybridge::test::LogCapture;
 
 /// The next whole command the client sent (a RESP array of bulk strings), read into `buf` as
 /// needed; empty when the client closed or the server stops.

@@ -7,6 +7,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "tests/integration/store/store_fixture.hpp"
+#include "tests/support/log_capture.hpp"
 #include "tests/support/process.hpp"
 
 #include <doctest/doctest.h>
@@ -187,29 +188,7 @@ private:
     std::thread thread_;
 };
 
-/// The log lines written while it lives (the io_context runs on the test's thread).
-struct Logs {
-    std::vector<std::string> lines;
-    Logs()
-    {
-        paybridge::log::set_sink([this](paybridge::log::Level, std::string_view l) { lines.emplace_back(l); });
-    }
-    ~Logs()
-    {
-        paybridge::log::set_sink(
-            [](paybridge::log::Level, std::string_view l) { (void)!::write(2, l.data(), l.size()); });
-    }
-    Logs(const Logs&) = delete;
-    Logs& operator=(const Logs&) = delete;
-    int count(std::string_view text) const
-    {
-        int n = 0;
-        for (const std::string& l : lines) {
-            n += l.find(text) != std::string::npos ? 1 : 0;
-        }
-        return n;
-    }
-};
+using Logs = paybridge::test::LogCapture;
 
 /// Runs the client's io_context for `duration`; true if the connection was ready all along.
 bool stays_ready(Client& client, std::chrono::milliseconds duration)
