@@ -3,6 +3,7 @@
 #include "core/async.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "gateways/gateway.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
@@ -235,13 +236,6 @@ awaitable<void> linger(Stream& stream, std::chrono::steady_clock::duration at_mo
     }
 }
 
-bool ascii_iequals(std::string_view a, std::string_view b)
-{
-    return a.size() == b.size() && std::equal(a.begin(), a.end(), b.begin(), [](char x, char y) {
-               return (x >= 'A' && x <= 'Z' ? x + 32 : x) == (y >= 'A' && y <= 'Z' ? y + 32 : y);
-           });
-}
-
 /// Calls f(token) for every member of a comma-separated field list, in every instance of the
 /// field, optional whitespace trimmed, empty members skipped (RFC 9110 §5.6.1).
 template <class F>
@@ -275,7 +269,7 @@ std::optional<std::pair<unsigned, std::string_view>> refused_header(const webhoo
     int chunked = 0;
     bool other = false;
     for_each_member(req, http::field::transfer_encoding, [&](std::string_view coding) {
-        if (ascii_iequals(coding, "chunked")) {
+        if (gateways::ascii_iequals(coding, "chunked")) {
             ++chunked;
         } else {
             other = true;
@@ -298,9 +292,9 @@ std::optional<std::pair<unsigned, std::string_view>> refused_header(const webhoo
 std::optional<std::string> origin_form(std::string_view target)
 {
     std::size_t after_scheme = 0;
-    if (target.size() >= 7 && ascii_iequals(target.substr(0, 7), "http://")) {
+    if (target.size() >= 7 && gateways::ascii_iequals(target.substr(0, 7), "http://")) {
         after_scheme = 7;
-    } else if (target.size() >= 8 && ascii_iequals(target.substr(0, 8), "https://")) {
+    } else if (target.size() >= 8 && gateways::ascii_iequals(target.substr(0, 8), "https://")) {
         after_scheme = 8;
     } else {
         return std::nullopt;
@@ -319,7 +313,9 @@ std::optional<std::string> origin_form(std::string_view target)
 bool expects_continue(const webhooks::Request& req)
 {
     bool found = false;
-    for_each_member(req, http::field::expect, [&](std::string_view e) { found = found || ascii_iequals(e, "100-continue"); });
+    for_each_member(req, http::field::expect, [&](std::string_view e) {
+        found = found || gateways::ascii_iequals(e, "100-continue");
+    });
     return found;
 }
 

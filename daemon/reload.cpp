@@ -70,8 +70,7 @@ ReloadResult reload_runtime(const config::Config& running)
     }
     if (next.tls.has_value() != running.tls.has_value()) {
         r.notes.push_back("tls listener added or removed: takes effect after a restart");
-    } else if (next.tls && (next.tls->routes != running.tls->routes || next.tls->listen.host != running.tls->listen.host ||
-                            next.tls->listen.port != running.tls->listen.port)) {
+    } else if (next.tls && (next.tls->routes != running.tls->routes || next.tls->listen != running.tls->listen)) {
         r.notes.push_back("tls listen or routes changed: takes effect after a restart");
     }
     return r;

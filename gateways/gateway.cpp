@@ -72,8 +72,8 @@ std::string config_problem(std::string_view item, std::string_view text)
     const std::string_view word = text.substr(0, text.find(' '));
     std::string_view name = word.substr(0, word.find('['));
     std::string_view index = word.size() > name.size() ? word.substr(name.size()) : std::string_view{};
-    bool key = !name.empty() && word.size() < text.size() &&
-               std::all_of(name.begin(), name.end(), [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; }) &&
+    const auto key_char = [](char c) { return (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_'; };
+    bool key = !name.empty() && word.size() < text.size() && std::all_of(name.begin(), name.end(), key_char) &&
                (name.find('_') != std::string_view::npos || name == "mchid" || name == "appid");
     if (!index.empty()) {
         key = key && index.size() > 2 && index.back() == ']' &&
