@@ -647,6 +647,10 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session, unsigned rou
             };
             if (refused) {
                 reply = refuse(refused->first, refused->second);
+            } else if (rec == http::error::header_limit && parser.get().target().empty()) {
+                // The request line alone did not fit (RFC 9112 §3: a target longer than the
+                // server will parse is a 414).
+                reply = plain_error(414, "uri too long\n");
             } else if (rec == http::error::header_limit) {
                 reply = plain_error(431, "request header fields too large\n");
             } else if (rec == http::error::body_limit) {
