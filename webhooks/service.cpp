@@ -439,18 +439,19 @@ std::string bill_with_events(const BillView& view)
     return out;
 }
 
-bool authorized(const Request& req, const config::Config& cfg)
+/// Why a request is refused on /v1, or nullptr when its bearer token is one of the configured ones.
+const char* unauthorized(const Request& req, const config::Config& cfg)
 {
     const auto it = req.find(http::field::authorization);
     if (it == req.end()) {
-        return false;
+        return "no_authorization_header";
     }
     std::string_view value = it->value();
     constexpr std::string_view kBearer = "Bearer ";
     if (value.size() <= kBearer.size() || !std::equal(kBearer.begin(), kBearer.end(), value.begin(), [](char a, char b) {
             return std::tolower(static_cast<unsigned char>(a)) == std::tolower(static_cast<unsigned char>(b));
         })) {
-        return false;
+        return "not_a_bearer_token";
     }
     value.remove_prefix(kBearer.size());
     // Compare against every token, without an early exit, in constant time per token.
@@ -458,7 +459,7 @@ bool authorized(const Request& req, const config::Config& cfg)
     for (const auto& t : cfg.api_tokens) {
         ok |= crypto::constant_time_equal(value, t.token);
     }
-    return ok;
+    return ok ? nullptr : "unknown_token";
 }
 
 }  // namespace
@@ -557,7 +558,12 @@ awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt, uns
         co_return make_response(req, 200, "text/plain; version=0.0.4", metrics::registry().render());
     }
     if (path.starts_with("/v1/")) {
-        if (!authorized(req, *rt->config)) {
+        if (const char* why = unauthorized(req, *rt->config)) {
+            // Said once per refusal, without the token or the query (a customer id may be in it).
+            log::warning("api.unauthorized", {{"request_id", std::string_view(req["X-Request-Id"])},
+                                              {"method", std::string_view(req.method_string())},
+                                              {"path", path},
+                                              {"reason", why}});
             Response res = api_error(req, 401, "unauthorized", "a valid bearer token is required");
             res.set(http::field::www_authenticate, "Bearer");
             co_return res;

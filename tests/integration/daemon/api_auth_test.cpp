@@ -155,6 +155,24 @@ TEST_CASE("/v1 API without a valid bearer token: every route answers 401 and cha
         }
     }
 
+    // Each refusal is logged once, with its reason, and no token or part of one.
+    {
+        const std::string log = fx.log();
+        std::size_t logged = 0;
+        for (std::size_t at = log.find("api.unauthorized"); at != std::string::npos;
+             at = log.find("api.unauthorized", at + 1)) {
+            ++logged;
+        }
+        CHECK(logged == refused.size() * routes.size());
+        CHECK(log.find(R"("reason":"no_authorization_header")") != std::string::npos);
+        CHECK(log.find(R"("reason":"not_a_bearer_token")") != std::string::npos);
+        CHECK(log.find(R"("reason":"unknown_token")") != std::string::npos);
+        CHECK(log.find(R"("path":"/v1/deliveries/recover")") != std::string::npos);
+        CHECK(log.find(token.substr(0, 12)) == std::string::npos);
+        CHECK(log.find(one_byte_off.substr(0, 12)) == std::string::npos);
+        CHECK(log.find("since=") == std::string::npos);
+    }
+
     // Nothing changed.
     CHECK(fx.get_bill("A9002").status == 404);
     CHECK(bills_list() == bills_before);
