@@ -8,7 +8,9 @@
 #include <signal.h>
 
 #include <cstdio>
+#include <memory>
 #include <stdexcept>
+#include <thread>
 
 #ifndef PAYBRIDGE_BINARY_DIR
 #error "PAYBRIDGE_BINARY_DIR must be defined by the build"
@@ -105,13 +107,39 @@ void DaemonFixture::write_config(const DaemonOptions& options)
 
 void DaemonFixture::start(bool wait_ready)
 {
-    process_ = std::make_unique<Process>(
-        std::vector<std::string>{binary("paybridged"), "--config", config_path().string()}, dir_ / "daemon.log",
-        options_.env);
-    const bool ok = wait_ready ? wait_for_http(port_, "/readyz", 200, std::chrono::seconds(20))
-                               : wait_for_http(port_, "/healthz", 200, std::chrono::seconds(20));
-    if (!ok) {
-        throw std::runtime_error("paybridged did not become ready; log:\n" + process_->log());
+    const bool first = !process_;
+    for (int attempt = 0;; ++attempt) {
+        if (first) {
+            // The port is taken as late as possible (the key material above takes seconds under
+            // a sanitizer, in which another test could bind the one picked then); a restart keeps it.
+            port_ = free_port();
+            write_config(options_);
+        }
+        process_ = std::make_unique<Process>(
+            std::vector<std::string>{binary("paybridged"), "--config", config_path().string()}, dir_ / "daemon.log",
+            options_.env);
+        // Ready means this daemon answers: it said it started (so it holds the port: it listens
+        // before it says so), and the port answers. A daemon that exits is not waited for.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        bool ready = false;
+        while (!ready && std::chrono::steady_clock::now() < deadline && process_->running()) {
+            ready = process_->log().find("daemon.started") != std::string::npos &&
+                    http_request(port_, "GET", wait_ready ? "/readyz" : "/healthz").status == 200;
+            if (!ready) {
+                std::this_thread::sleep_for(std::chrono::milliseconds(25));
+            }
+        }
+        if (ready && process_->running()) {
+            return;
+        }
+        const std::string log = process_->log();
+        if (first && attempt < 5 && !process_->running() && log.find("daemon.listen_failed") != std::string::npos &&
+            log.find("in use") != std::string::npos) {
+            continue;  // another test took the port in the meantime: another one
+        }
+        throw std::runtime_error(std::string(process_->running() ? "paybridged did not become ready"
+                                                                 : "paybridged exited before it was ready") +
+                                 "; log:\n" + log);
     }
 }
 
@@ -147,9 +175,18 @@ HttpResult DaemonFixture::post_alipay(const std::string& body, const std::string
                         {{"Content-Type", "application/x-www-form-urlencoded; charset=" + charset}});
 }
 
-long long DaemonFixture::redis_integer(const std::vector<std::string>& argv)
+namespace {
+
+struct ReplyDeleter {
+    void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using ReplyPtr = std::unique_ptr<redisReply, ReplyDeleter>;
+
+/// One command on a fresh connection to the test Redis; throws when Redis cannot be reached or
+/// answers with an error, so that a helper's result is never a silent stand-in value.
+ReplyPtr redis_command(std::uint16_t port, const std::vector<std::string>& argv)
 {
-    redisContext* c = redisConnect("127.0.0.1", redis_->port());
+    redisContext* c = redisConnect("127.0.0.1", port);
     if (c == nullptr || c->err) {
         if (c) {
             redisFree(c);
@@ -162,26 +199,48 @@ long long DaemonFixture::redis_integer(const std::vector<std::string>& argv)
         args.push_back(a.data());
         lens.push_back(a.size());
     }
-    auto* reply = static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data()));
-    long long value = -1;
-    if (reply && reply->type == REDIS_REPLY_INTEGER) {
-        value = reply->integer;
-    }
-    if (reply) {
-        freeReplyObject(reply);
-    }
+    ReplyPtr reply(static_cast<redisReply*>(redisCommandArgv(c, static_cast<int>(args.size()), args.data(), lens.data())));
     redisFree(c);
-    return value;
+    if (!reply) {
+        throw std::runtime_error("the test redis did not answer " + argv.front());
+    }
+    if (reply->type == REDIS_REPLY_ERROR) {
+        throw std::runtime_error("the test redis answered " + argv.front() + " with " +
+                                 std::string(reply->str, reply->len));
+    }
+    return reply;
 }
+
+}  // namespace
+
+long long DaemonFixture::redis_integer(const std::vector<std::string>& argv)
+{
+    const ReplyPtr reply = redis_command(redis_->port(), argv);
+    if (reply->type != REDIS_REPLY_INTEGER) {
+        throw std::runtime_error("the test redis did not answer " + argv.front() + " with an integer");
+    }
+    return reply->integer;
+}
+
+void DaemonFixture::redis_run(const std::vector<std::string>& argv) { redis_command(redis_->port(), argv); }
 
 long long DaemonFixture::outbox_length()
 {
+    // Every outbox stream there is, whatever the configured prefix and number of shards.
     long long total = 0;
-    for (int shard = 0; shard < 16; ++shard) {
-        char key[64];
-        std::snprintf(key, sizeof key, "pb:{s%02d}:outbox", shard);
-        total += redis_integer({"XLEN", key});
-    }
+    std::string cursor = "0";
+    do {
+        const ReplyPtr page = redis_command(redis_->port(), {"SCAN", cursor, "MATCH", "*:outbox", "COUNT", "1000",
+                                                             "TYPE", "stream"});
+        if (page->type != REDIS_REPLY_ARRAY || page->elements != 2) {
+            throw std::runtime_error("unexpected SCAN reply from the test redis");
+        }
+        cursor.assign(page->element[0]->str, page->element[0]->len);
+        const redisReply* keys = page->element[1];
+        for (std::size_t i = 0; i < keys->elements; ++i) {
+            total += redis_integer({"XLEN", std::string(keys->element[i]->str, keys->element[i]->len)});
+        }
+    } while (cursor != "0");
     return total;
 }
 

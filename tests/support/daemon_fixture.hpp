@@ -77,9 +77,12 @@ public:
     /// POSTs an Alipay notification body (Content-Type as Alipay sends it).
     HttpResult post_alipay(const std::string& body, const std::string& charset = "utf-8");
 
-    /// A number read from redis-cli-like command on the test Redis (e.g. {"XLEN", key}).
+    /// The integer answer of one command on the test Redis (e.g. {"XLEN", key}); throws on any
+    /// other answer.
     long long redis_integer(const std::vector<std::string>& argv);
-    /// Sum of XLEN over every outbox shard.
+    /// Runs one command on the test Redis; throws when it answers with an error.
+    void redis_run(const std::vector<std::string>& argv);
+    /// Sum of XLEN over every outbox stream (found by SCAN, whatever the prefix and shards).
     long long outbox_length();
 
     static std::string binary(const char* name);  ///< path of a built binary (paybridged, paybridge)

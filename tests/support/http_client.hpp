@@ -3,6 +3,7 @@
 // A blocking HTTP/1.1 client for tests: one keep-alive connection to 127.0.0.1:port.
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -40,6 +41,10 @@ public:
     {
         return request("POST", target, body, headers);
     }
+
+    /// TCP connections opened so far: a request retried on a new connection after the server
+    /// closed the previous one makes it grow (a keep-alive test checks it stays at 1).
+    std::size_t connections() const noexcept;
 
     /// Writes raw bytes on the connection and reads whatever comes back until the peer closes
     /// or `wait` passes (for malformed and slow-client tests).

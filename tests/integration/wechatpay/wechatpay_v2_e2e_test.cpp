@@ -292,7 +292,7 @@ TEST_CASE("wechatpay v2: Redis stopped → 5xx XML FAIL and once restarted the s
     REQUIRE(fx.create_bill("V8001", 100).status == 201);
     // The test Redis runs without automatic snapshots: save once, so the bill survives the
     // restart as it would on a production Redis with persistence.
-    fx.redis_integer({"SAVE"});
+    fx.redis_run({"SAVE"});
     const auto xml = sim::build_v2_payment_xml(wx.v2_payment("V8001", 100, "4200000108202611270000108001"),
                                                fx.apiv2_key, wx::V2SignType::md5);
 

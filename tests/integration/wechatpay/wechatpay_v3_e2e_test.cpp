@@ -476,7 +476,7 @@ TEST_CASE("wechatpay v3: Redis stopped → 503 FAIL and once restarted the same 
     REQUIRE(fx.create_bill("W8001", 100).status == 201);
     // The test Redis runs without automatic snapshots: save once, so the bill survives the
     // restart as it would on a production Redis with persistence.
-    fx.redis_integer({"SAVE"});
+    fx.redis_run({"SAVE"});
     const auto n = wx.pay(wx.tx("W8001", 100, "4200000008202611270000008001"));
 
     fx.redis().stop();
