@@ -12,6 +12,7 @@
 #include <signal.h>
 
 #include <atomic>
+#include <latch>
 #include <thread>
 
 using namespace paybridge;
@@ -83,11 +84,15 @@ TEST_CASE("alipay: register, pay, duplicate, TRADE_FINISHED, 50 concurrent copie
     const auto outbox_after_first = fx.outbox_length();
     CHECK(outbox_after_first == 1);
 
-    // The same bytes again: acknowledged, nothing changes, nothing appended.
+    // The same bytes again: acknowledged, nothing changes (the bill byte for byte: version,
+    // updated_at, history), nothing appended.
+    const std::string paid_bill = fx.get_bill("B1001").body;
     r = fx.post_alipay(body);
+    CHECK(r.status == 200);
     CHECK(r.body == "success");
     CHECK(fx.outbox_length() == 1);
     CHECK(events_of(fx, "B1001") == 1);
+    CHECK(fx.get_bill("B1001").body == paid_bill);
 
     // TRADE_FINISHED later (new notify_id, same trade): a no-op.
     r = fx.post_alipay(ali.paid("B1001", 1234, "TRADE_FINISHED"));
@@ -99,9 +104,15 @@ TEST_CASE("alipay: register, pay, duplicate, TRADE_FINISHED, 50 concurrent copie
     const std::string b2 = ali.paid("B1002", 500);
     std::atomic<int> ok{0};
     std::vector<std::thread> threads;
+    // Each thread connects first and all send together: the copies meet inside paybridged.
+    std::latch go(50);
     for (int i = 0; i < 50; ++i) {
         threads.emplace_back([&] {
-            auto res = fx.post_alipay(b2);
+            HttpClient client(fx.port());
+            CHECK(client.get("/healthz").status == 200);
+            go.arrive_and_wait();
+            auto res = client.post("/notify/alipay", b2,
+                                   {{"Content-Type", "application/x-www-form-urlencoded; charset=utf-8"}});
             if (res.status == 200 && res.body == "success") {
                 ++ok;
             }
@@ -119,6 +130,8 @@ TEST_CASE("alipay: register, pay, duplicate, TRADE_FINISHED, 50 concurrent copie
     CHECK(std::string(bill["provider"].GetString()) == "alipay");
     CHECK(bill["events"][0]["sequence"].GetInt() == 1);
     CHECK(std::string(bill["events"][0]["type"].GetString()) == "bill.paid");
+    // The 49 others were repeats, not anomalies.
+    CHECK(parse_json(fx.api("GET", "/v1/anomalies").body)["anomalies"].Size() == 0);
 }
 
 TEST_CASE("alipay: only the POST body is the notification: a notify_url with a query string verifies and its parameters change nothing")
@@ -144,7 +157,7 @@ TEST_CASE("alipay: rejections answer fail and change nothing")
     Alipay ali{fx};
     REQUIRE(fx.create_bill("B2001", 1000).status == 201);
 
-    SUBCASE("one flipped byte")
+    SUBCASE("one flipped byte in the amount")
     {
         std::string body = ali.paid("B2001", 1000);
         const auto pos = body.find("total_amount=10.00");
@@ -153,6 +166,19 @@ TEST_CASE("alipay: rejections answer fail and change nothing")
         auto r = fx.post_alipay(body);
         CHECK(r.status == 400);
         CHECK(r.body == "fail");
+    }
+    SUBCASE("one flipped byte in a field no other check reads")
+    {
+        // Only the signature can refuse this one (a changed amount is also an amount mismatch).
+        std::string body = ali.paid("B2001", 1000);
+        const auto pos = body.find("notify_id=");
+        REQUIRE(pos != std::string::npos);
+        char& c = body[pos + std::string_view("notify_id=").size()];
+        c = c == 'a' ? 'b' : 'a';
+        auto r = fx.post_alipay(body);
+        CHECK(r.status == 400);
+        CHECK(r.body == "fail");
+        CHECK(fx.log().find("\"error\":\"bad_signature\"") != std::string::npos);
     }
     SUBCASE("unknown app_id")
     {
@@ -193,6 +219,15 @@ TEST_CASE("alipay: anomalies are acknowledged and recorded")
     auto anomalies = parse_json(fx.api("GET", "/v1/anomalies").body);
     REQUIRE(anomalies["anomalies"].Size() == 1);
     CHECK(std::string(anomalies["anomalies"][0]["kind"].GetString()) == "amount_mismatch");
+    // ... and emitted to the outbox once, on the bill's history.
+    CHECK(fx.outbox_length() == 1);
+    {
+        const auto b = parse_json(fx.get_bill("B3001").body);
+        REQUIRE(b["events"].Size() == 1);
+        CHECK(std::string(b["events"][0]["type"].GetString()) == "bill.anomaly");
+        CHECK(std::string(b["events"][0]["bill_id"].GetString()) == "B3001");
+        CHECK(b["version"].GetInt() == 1);
+    }
 
     // Unknown bill: ack, kept as orphan, applied when the bill is registered.
     CHECK(fx.post_alipay(ali.paid("B3002", 700)).body == "success");
@@ -334,21 +369,52 @@ TEST_CASE("alipay: Redis down → 503 fail and /readyz 503 — back up → the s
     DaemonFixture fx;
     Alipay ali{fx};
     REQUIRE(fx.create_bill("B5001", 100).status == 201);
+    // The test Redis runs without automatic snapshots: save once, so the bill survives the
+    // restart as it would on a production Redis with persistence.
+    fx.redis_run({"SAVE"});
     const std::string body = ali.paid("B5001", 100);
     fx.redis().stop();
     auto r = fx.post_alipay(body);
     CHECK(r.status == 503);
     CHECK(r.body == "fail");
+    CHECK(fx.post_alipay(body).status == 503);  // Alipay's first retry, still down
     CHECK(http_request(fx.port(), "GET", "/readyz").status == 503);
     CHECK(http_request(fx.port(), "GET", "/healthz").status == 200);
     CHECK(fx.api("GET", "/v1/bills/B5001").status == 503);
-    fx.redis().restart();  // a fresh, empty Redis on the same port
+    fx.redis().restart();  // the same port, the saved data
     CHECK(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
-    REQUIRE(fx.create_bill("B5001", 100).status == 201);
+    REQUIRE(status_of(fx, "B5001") == "PENDING");
     r = fx.post_alipay(body);
     CHECK(r.status == 200);
     CHECK(r.body == "success");
     CHECK(status_of(fx, "B5001") == "PAID");
+    CHECK(events_of(fx, "B5001") == 1);
+    CHECK(fx.outbox_length() == 1);
+}
+
+TEST_CASE("alipay: Redis that stops answering mid-request → 503 fail — the retry is applied exactly once")
+{
+    // A frozen Redis (SIGSTOP) still accepts the script: whether it ran is unknown when the
+    // request times out, so paybridged answers 503 and Alipay retries. Redis then runs what
+    // queued up, and the retry must be recognised as a repeat, not applied a second time.
+    DaemonFixture fx;
+    Alipay ali{fx};
+    REQUIRE(fx.create_bill("B5002", 100).status == 201);
+    const std::string body = ali.paid("B5002", 100);
+    fx.redis().freeze();
+    auto r = fx.post_alipay(body);  // the request deadline (2 s in the test config) passes
+    CHECK(r.status == 503);
+    CHECK(r.body == "fail");
+    fx.redis().thaw();
+    CHECK(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
+    r = fx.post_alipay(body);
+    CHECK(r.status == 200);
+    CHECK(r.body == "success");
+    CHECK(status_of(fx, "B5002") == "PAID");
+    CHECK(events_of(fx, "B5002") == 1);
+    CHECK(fx.outbox_length() == 1);
+    CHECK(fx.post_alipay(body).body == "success");
+    CHECK(events_of(fx, "B5002") == 1);
 }
 
 TEST_CASE("alipay with redis.wait_replicas: 503 fail while no replica has the change — a replica attached → the retry succeeds")
@@ -491,6 +557,7 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
         CHECK(pausing.get("/healthz").status == 200);
         std::this_thread::sleep_for(std::chrono::milliseconds(2500));
         CHECK(pausing.get("/readyz").status == 200);
+        CHECK(pausing.connections() == 1);  // served on the same connection, not a new one
     }
     // Bearer tokens.
     CHECK(http_request(fx.port(), "GET", "/v1/anomalies").status == 401);
