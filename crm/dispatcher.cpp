@@ -8,7 +8,10 @@
 #include "crm/retry_policy.hpp"
 #include "crm/webhook_signer.hpp"
 #include "gateways/crypto/crypto.hpp"
+#include "store/keys.hpp"
+#include "store/redis_cluster.hpp"
 #include "store/redis_connection.hpp"
+#include "store/replica_confirm.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -235,6 +238,8 @@ DispatcherOptions DispatcherOptions::from_config(const config::RedisConfig& redi
     o.http.ca_file = crm.ca_file;
     o.http.timeout = crm.timeout;
     o.http.concurrency = crm.concurrency;
+    o.wait_replicas = redis.wait_replicas;
+    o.wait_timeout = redis.wait_timeout;
     return o;
 }
 
@@ -249,6 +254,7 @@ struct Dispatcher::Impl {
           http(std::move(client)),
           commands(ex, redis_cfg),
           reads(ex, redis_cfg),
+          store_keys(options.key_prefix, options.shards),
           rng(std::random_device{}()),
           slot_signal(ex),
           drain_signal(ex),
@@ -274,6 +280,14 @@ struct Dispatcher::Impl {
         // A blocking read must end well before the connection's own request deadline fires.
         block = std::max(std::chrono::milliseconds{10}, std::min(options.block, redis_cfg.request_timeout / 2));
         cluster = !redis_cfg.cluster.nodes.empty();
+        if (options.wait_replicas > 0) {
+            confirms = std::make_unique<store::RedisConnection>(ex, redis_cfg);
+            confirm_router = store::ClusterRouter::of(*confirms);
+            if (!cluster) {
+                confirmer = std::make_unique<store::ReplicaConfirmer>(*confirms, store_keys.replicated(0),
+                                                                      options.wait_replicas, options.wait_timeout);
+            }
+        }
     }
 
     asio::any_io_executor executor;
@@ -286,6 +300,13 @@ struct Dispatcher::Impl {
     // acknowledgements of finished deliveries must not queue behind it.
     store::RedisConnection commands;
     store::RedisConnection reads;
+    store::Keys store_keys;  ///< the bill store's keys (each shard's replicated key)
+    /// With wait_replicas: the connection replica confirmations run on (a WAIT holds every later
+    /// reply on its connection), and its confirmer, or with Cluster one per master.
+    std::unique_ptr<store::RedisConnection> confirms;
+    store::ClusterRouter* confirm_router{nullptr};
+    std::unique_ptr<store::ReplicaConfirmer> confirmer;
+    std::unordered_map<std::string, std::unique_ptr<store::ReplicaConfirmer>> node_confirmers;
     std::string record_sha;
     std::string pop_sha;
     std::string reclaim_sha;
@@ -584,7 +605,15 @@ struct Dispatcher::Impl {
     /// events. Renews it now, just before the POST; false when it is no longer ours (another
     /// instance took it over, or a redeliver put it back in the retry zset) or Redis did not answer
     /// (then it comes back after the lease).
-    asio::awaitable<bool> renew_lease(const Item& item)
+    /// Where a renewal ran: the replica confirmation that follows must count the replicas of the
+    /// node that holds the entry.
+    struct Renewal {
+        std::uint64_t session{0};  ///< without Cluster: `commands`' session before and after
+        config::Endpoint at;       ///< without Cluster: the node it ran on
+        store::NodeSession ran;    ///< with Cluster
+    };
+
+    asio::awaitable<bool> renew_lease(const Item& item, Renewal& where)
     {
         const std::int64_t token = lease_token(item);
         const std::int64_t now = now_ms();
@@ -596,7 +625,19 @@ struct Dispatcher::Impl {
                                       token == 0 ? std::string() : std::to_string(token),
                                       std::to_string(now),
                                       std::to_string(options.lease.count())};
-        Result<Reply> reply = co_await commands.eval(renew_sha, std::move(script_keys), std::move(args));
+        Result<Reply> reply = make_error_code(errc::store_unavailable);
+        if (store::ClusterRouter* router = cluster && confirms ? store::ClusterRouter::of(commands) : nullptr) {
+            Result<Reply> ran = co_await router->eval(renew_sha, std::move(script_keys), std::move(args), where.ran);
+            reply = std::move(ran);
+        } else {
+            where.session = commands.session();
+            Result<Reply> ran = co_await commands.eval(renew_sha, std::move(script_keys), std::move(args));
+            reply = std::move(ran);
+            where.at = commands.endpoint();
+            if (commands.session() != where.session) {
+                where.session = 0;  // reconnected meanwhile: which node ran it is not known
+            }
+        }
         if (!reply) {
             note_redis_failure("renew", reply.error());
             co_return false;
@@ -615,6 +656,42 @@ struct Dispatcher::Impl {
             held_entry->second = now + options.lease.count();
         }
         co_return true;
+    }
+
+    /// With wait_replicas: true once that many replicas of the node that holds the entry hold
+    /// every write it had acknowledged (the entry's XADD among them). False otherwise: the entry
+    /// is not sent, and comes back after its lease, as one whose renewal failed.
+    asio::awaitable<bool> replicated(const Item& item, const Renewal& where)
+    {
+        if (!confirms) {
+            co_return true;
+        }
+        Result<void> confirmed = make_error_code(errc::store_unavailable);
+        if (cluster) {
+            store::ClusterRouter* router = store::ClusterRouter::of(commands);
+            if (router != nullptr && confirm_router != nullptr && where.ran.connection != 0 &&
+                router->still(where.ran)) {
+                const std::string node = where.ran.at.host + ":" + std::to_string(where.ran.at.port);
+                std::unique_ptr<store::ReplicaConfirmer>& on_node = node_confirmers[node];
+                if (!on_node) {
+                    on_node = std::make_unique<store::ReplicaConfirmer>(*confirm_router, where.ran.at,
+                                                                        options.wait_replicas, options.wait_timeout);
+                }
+                store::ReplicaConfirmer* node_confirmer = on_node.get();  // the map may rehash meanwhile
+                Result<void> done = co_await node_confirmer->confirm_on_node(store_keys.replicated(item.shard));
+                confirmed = done && !router->still(where.ran) ? make_error_code(errc::store_unavailable) : done;
+            }
+        } else if (where.session != 0 && commands.session() == where.session) {
+            Result<void> done = co_await confirmer->confirm(&where.at);
+            confirmed = done;
+        }
+        if (!confirmed) {
+            note_redis_failure("confirm_replicas", confirmed.error());
+            log::info("crm.not_replicated", {{"event_id", item.event_id},
+                                             {"wait_replicas", options.wait_replicas},
+                                             {"retry_in_ms", static_cast<std::int64_t>(options.lease.count())}});
+        }
+        co_return static_cast<bool>(confirmed);
     }
 
     /// What the attempt holds the entry by: a popped retry's score in the retry zset (the newest,
@@ -646,8 +723,13 @@ struct Dispatcher::Impl {
             }
         } turn{*this};
         if (!item.malformed) {
-            const bool ours = co_await renew_lease(item);
+            Renewal where;
+            const bool ours = co_await renew_lease(item, where);
             if (!ours) {
+                co_return;
+            }
+            const bool held_by_replicas = co_await replicated(item, where);
+            if (!held_by_replicas) {
                 co_return;
             }
         }
@@ -1299,6 +1381,9 @@ asio::awaitable<void> Dispatcher::run()
     Impl& d = *impl_;
     d.commands.start();
     d.reads.start();
+    if (d.confirms) {
+        d.confirms->start();
+    }
     log::info("crm.dispatcher_started", {{"consumer", d.options.consumer},
                                          {"shards", d.keys.shards()},
                                          {"concurrency", d.options.concurrency},
@@ -1326,6 +1411,9 @@ asio::awaitable<void> Dispatcher::run()
     d.http->close_idle();
     d.commands.stop();
     d.reads.stop();
+    if (d.confirms) {
+        d.confirms->stop();
+    }
     // The connections' own loops end on the io_context's next turns (their aborted operations are
     // already queued); give them those turns so the Dispatcher may be destroyed when run() returns.
     d.read_backoff.expires_after(std::chrono::milliseconds{50});

@@ -74,6 +74,11 @@ struct DispatcherOptions {
     std::chrono::milliseconds trim_interval{0};       ///< 0: retention / 10, from 1 s to 10 min
     std::size_t trim_max_scan{5'000};                 ///< retry + dead members per shard looked at
     HttpClientOptions http;                           ///< url, ca_file, timeout, concurrency, ...
+    /// redis.wait_replicas: an event is POSTed only once this many replicas hold it. An event the
+    /// CRM has must not be taken back by a failover: the bill's next change would be given the
+    /// same id (evt_<bill>_<sequence>), and the CRM, which deduplicates on it, would drop it.
+    int wait_replicas{0};
+    std::chrono::milliseconds wait_timeout{1'000};    ///< each WAIT for them
 
     /// Everything from the daemon's config (schedule, lease, timeout, concurrency, url, CA, secrets).
     static DispatcherOptions from_config(const config::RedisConfig& redis, const config::CrmConfig& crm);

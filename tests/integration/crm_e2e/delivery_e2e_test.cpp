@@ -497,3 +497,54 @@ TEST_CASE("through a Redis Cluster: bills on every master are paid and every eve
         30s));
     CHECK(fx.stop() == 0);
 }
+
+TEST_CASE("through a Redis Cluster with redis.wait_replicas: an event is sent once the replicas of its master hold it")
+{
+    RedisTestCluster cluster(3);
+    // Master 0 gets a replica; the others have none.
+    REQUIRE(cluster.command(0, {"CONFIG", "SET", "repl-diskless-sync-delay", "0"}) == "OK");
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(cluster.port(0))});
+    REQUIRE(wait_until(
+        [&] { return cluster.command(0, {"INFO", "replication"}).find("state=online") != std::string::npos; }, 20s));
+    CrmSettings settings;
+    settings.redis_extra = R"(, "cluster": {"nodes": ["127.0.0.1:)" + std::to_string(cluster.port(1)) +
+                           R"("]}, "wait_replicas": 1, "wait_timeout_ms": 500)";
+    settings.lease_s = 3;
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    fx.redis().stop();  // the server the URL names: nothing may depend on it
+    INFO("paybridged log:\n", fx.log());
+    Alipay ali{fx};
+
+    const store::Keys keys("pb:", 16);
+    const auto owner_of = [&](const std::string& id) {
+        return cluster.owner(std::stoi(cluster.command(0, {"CLUSTER", "KEYSLOT", keys.bill(id)})));
+    };
+    std::string replicated;
+    std::string unreplicated;
+    for (int i = 0; replicated.empty() || unreplicated.empty(); ++i) {
+        const std::string id = "CW" + std::to_string(100 + i);
+        (owner_of(id) == 0 ? replicated : unreplicated) = id;
+    }
+    // The replica may take a moment to acknowledge its first writes: the provider retries.
+    REQUIRE(wait_until([&] { return fx.create_bill(replicated, 100).status != 503; }, 20s));
+    REQUIRE(wait_until([&] { return post_alipay(fx.port(), ali.paid(replicated, 100)).body == "success"; }, 20s));
+    CHECK(fx.create_bill(unreplicated, 100).status == 503);  // written, not confirmed
+    CHECK(post_alipay(fx.port(), ali.paid(unreplicated, 100)).status == 503);
+    const std::string held = "evt_" + unreplicated + "_1";
+    REQUIRE(bill_event_ids(fx, unreplicated) == std::vector<std::string>{held});
+
+    // The replicated master's event is delivered; the other one's is held back, try after try.
+    REQUIRE(wait_until([&] { return acknowledged_counts(stack.receiver).count("evt_" + replicated + "_1") == 1; },
+                       30s));
+    const std::string attempt = R"("event_id":")" + held + R"(","wait_replicas":1)";
+    REQUIRE(wait_until(
+        [&] {
+            const std::string log = fx.log();
+            const std::size_t first = log.find(attempt);
+            return first != std::string::npos && log.find(attempt, first + 1) != std::string::npos;
+        },
+        30s));
+    CHECK(acknowledged_counts(stack.receiver).count(held) == 0);
+    CHECK(stack.receiver.count() == 1);
+}

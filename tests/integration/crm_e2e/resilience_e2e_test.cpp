@@ -3,6 +3,7 @@
 // secret rotation applied with SIGHUP.
 
 #include "tests/integration/crm_e2e/crm_e2e.hpp"
+#include "tests/support/redis_server.hpp"
 
 #include <doctest/doctest.h>
 #include <signal.h>
@@ -230,4 +231,40 @@ TEST_CASE("secret rotation via SIGHUP: the CRM sees both signatures, then only t
     check_requests_well_formed(stack.receiver);
     CHECK(fx.log().find("daemon.reloaded") != std::string::npos);
     CHECK(fx.log().find("\"level\":\"error\"") == std::string::npos);
+}
+
+TEST_CASE("with redis.wait_replicas the CRM gets an event only once a replica holds it")
+{
+    // An event the CRM has must not be taken back by a failover: the bill's next change would
+    // reuse its id, and the CRM, deduplicating on it, would drop that change. So the dispatcher
+    // WAITs for the replicas, as the provider's acknowledgement does, before it POSTs.
+    CrmSettings settings;
+    settings.redis_extra = R"(, "wait_replicas": 1, "wait_timeout_ms": 300)";
+    settings.lease_s = 3;
+    CrmStack stack(settings);
+    DaemonFixture& fx = stack.fx;
+    INFO("paybridged log:\n", fx.log());
+    Alipay ali{fx};
+
+    // No replica: written on the primary, not confirmed. The provider hears 503, the CRM nothing.
+    CHECK(fx.create_bill("RW1", 100).status == 503);
+    CHECK(post_alipay(fx.port(), ali.paid("RW1", 100)).status == 503);
+    REQUIRE(bill_event_ids(fx, "RW1") == std::vector<std::string>{"evt_RW1_1"});
+    // The dispatcher took the event and held it back (more than once: every lease).
+    REQUIRE(wait_until(
+        [&] {
+            const std::string log = fx.log();
+            const std::size_t first = log.find(R"("event_id":"evt_RW1_1","wait_replicas":1)");
+            return first != std::string::npos &&
+                   log.find(R"("event_id":"evt_RW1_1","wait_replicas":1)", first + 1) != std::string::npos;
+        },
+        30s));
+    CHECK(stack.receiver.count() == 0);
+    CHECK(delivery_state(fx, "evt_RW1_1") != "delivered");
+
+    // A replica attaches: the event is confirmed on the next try and delivered, once.
+    RedisTestServer replica({"--replicaof", "127.0.0.1", std::to_string(fx.redis().port())});
+    REQUIRE(wait_until([&] { return all_acknowledged(stack.receiver, {"evt_RW1_1"}); }, 60s));
+    REQUIRE(wait_until([&] { return delivery_state(fx, "evt_RW1_1") == "delivered"; }, 10s));
+    CHECK(acknowledged_counts(stack.receiver).at("evt_RW1_1") == 1);
 }
