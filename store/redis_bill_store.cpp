@@ -14,6 +14,8 @@
 #include <charconv>
 #include <chrono>
 #include <limits>
+#include <map>
+#include <optional>
 #include <tuple>
 #include <unordered_map>
 
@@ -1098,6 +1100,53 @@ asio::awaitable<Result<void>> RedisBillStore::ping()
     co_return Result<void>{};
 }
 
+namespace {
+
+/// Adds a bill's ledger (bill.lua: {"<provider>\n<txn>": {"provider", "paid" (-1: unknown),
+/// "refunded", ...}}) to the per-provider sums of other payments. False when it is not one.
+bool add_other_payments(std::map<std::string, SummaryGroup>& others, const Reply& ledger)
+{
+    rapidjson::Document d;
+    d.Parse(ledger.str.data(), ledger.str.size());
+    if (d.HasParseError() || !d.IsObject()) {
+        return false;
+    }
+    for (const auto& m : d.GetObject()) {
+        const rapidjson::Value& e = m.value;
+        if (!e.IsObject() || !e.HasMember("provider") || !e["provider"].IsString() || !e.HasMember("paid") ||
+            !e["paid"].IsNumber() || !e.HasMember("refunded") || !e["refunded"].IsNumber()) {
+            return false;
+        }
+        // cjson writes integers below 10^14 as integers; anything else is not fen.
+        const auto fen = [](const rapidjson::Value& v) -> std::optional<std::int64_t> {
+            if (v.IsInt64()) {
+                return v.GetInt64();
+            }
+            return std::nullopt;
+        };
+        const std::optional<std::int64_t> paid = fen(e["paid"]);
+        const std::optional<std::int64_t> refunded = fen(e["refunded"]);
+        if (!paid || !refunded || *refunded < 0) {
+            return false;
+        }
+        SummaryGroup& g = others[e["provider"].GetString()];
+        g.provider = e["provider"].GetString();
+        g.status = "other";
+        if (*paid >= 0) {
+            g.count += 1;
+            if (!add_fen(g.paid_fen, *paid)) {
+                return false;
+            }
+        }
+        if (!add_fen(g.refunded_fen, *refunded)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+}  // namespace
+
 asio::awaitable<Result<std::string>> RedisBillStore::summary(std::int64_t from_ms, std::int64_t to_ms)
 {
     Result<ReconciliationSummary> sum = co_await reconciliation(from_ms, to_ms);
@@ -1113,6 +1162,7 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
     sum.from_ms = from_ms;
     sum.to_ms = to_ms;
     std::map<std::pair<std::string, std::string>, SummaryGroup> groups;
+    std::map<std::string, SummaryGroup> others;  // by provider
 
     if (to_ms > from_ms) {
         // Bills: the created index, a page per shard per round, then the summed fields in one
@@ -1173,19 +1223,27 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
                     scan.last_id = id;
                     gets.push_back({"HMGET", keys_.bill(id), "provider", "status", "amount_fen", "paid_fen",
                                     "refunded_fen"});
+                    // The bill's other transactions (bill.lua's ledger; absent on almost every bill).
+                    gets.push_back({"HGET", keys_.seen(id), "ledger"});
                 }
             }
             Result<std::vector<Reply>> hashes = co_await redis_.exec_many(std::move(gets));
             if (!hashes) {
                 co_return hashes.error();
             }
-            for (const Reply& r : *hashes) {
+            for (std::size_t h = 0; h + 1 < hashes->size(); h += 2) {
+                const Reply& r = (*hashes)[h];
                 if (!r.is_array() || r.elements.size() != 5) {
                     co_return unexpected_reply("hmget", r);
                 }
                 const std::vector<Reply>& f = r.elements;
                 if (f[1].is_nil()) {
                     continue;  // no such bill
+                }
+                if (const Reply& ledger = (*hashes)[h + 1]; !ledger.is_nil()) {
+                    if (!add_other_payments(others, ledger)) {
+                        co_return unexpected_reply("ledger", ledger);
+                    }
                 }
                 std::string provider = f[0].str;
                 if (provider.empty()) {
@@ -1257,6 +1315,9 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
         }
         sum.groups.push_back(std::move(g));
     }
+    for (auto& [provider, g] : others) {
+        sum.other_payments.push_back(std::move(g));
+    }
 
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
@@ -1295,6 +1356,21 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
     w.StartObject();
     put_sums(totals);
     w.EndObject();
+    put_key(w, "other_payments");
+    w.StartArray();
+    for (const SummaryGroup& g : sum.other_payments) {
+        w.StartObject();
+        put_key(w, "provider");
+        put_string(w, g.provider);
+        put_key(w, "count");
+        w.Int64(g.count);
+        put_key(w, "paid_fen");
+        w.Int64(g.paid_fen);
+        put_key(w, "refunded_fen");
+        w.Int64(g.refunded_fen);
+        w.EndObject();
+    }
+    w.EndArray();
     put_key(w, "anomalies");
     w.StartObject();
     for (const auto& [kind, n] : sum.anomalies) {

@@ -34,10 +34,16 @@ struct ReconciliationSummary {
     std::int64_t from_ms{0};
     std::int64_t to_ms{0};
     std::vector<SummaryGroup> groups;               ///< sorted by provider, then status
+    /// The payments those bills received besides the one each holds (a second payment,
+    /// duplicate_payment; one refunded in full and replaced, paid_after_refund), per provider
+    /// (sorted), with what was refunded of them: status "other", amount_fen 0. count and paid_fen
+    /// are the payments whose amount is known; refunded_fen includes refunds of unknown ones.
+    std::vector<SummaryGroup> other_payments;
     std::map<std::string, std::int64_t> anomalies;  ///< kind -> count
     /// The same as JSON: {"from","to","from_ms","to_ms","bills":[{"provider","status","count",
     /// "amount_fen","paid_fen","refunded_fen"}...],"totals":{"count","amount_fen","paid_fen",
-    /// "refunded_fen"},"anomalies":{"<kind>":n,...}}
+    /// "refunded_fen"},"other_payments":[{"provider","count","paid_fen","refunded_fen"}...],
+    /// "anomalies":{"<kind>":n,...}}
     std::string json;
 };
 

@@ -964,6 +964,70 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(num(parse_json(empty->json)["totals"], "count") == 0);
     }
 
+    TEST_CASE("reconciliation counts the payments a bill received besides its own and their refunds per provider")
+    {
+        // A provider's statement lists every payment it took: a bill paid twice shows its second
+        // payment (and a payment refunded in full and replaced) under other_payments.
+        StoreFixture f;
+        REQUIRE(f.wait_ready());
+        f.register_bill(new_bill("D-1", "c", 1000));
+        f.register_bill(new_bill("D-2", "c", 1000));
+        f.register_bill(new_bill("D-3", "c", 1000));
+        const auto second = [](const std::string& bill, const std::string& nid) {
+            PaymentEvent ev = payment(bill, "wechatpay", 1000, nid);
+            ev.provider_txn_id = "WX-" + bill;
+            return ev;
+        };
+        // D-1: Alipay, then WeChat Pay again; WeChat refunds 300 of its payment, Alipay all of its:
+        // the WeChat payment takes the bill over, the Alipay one steps aside.
+        f.apply(payment("D-1", "alipay", 1000, "N-1"));
+        f.apply(second("D-1", "N-2"));
+        PaymentEvent wx_refund = second("D-1", "N-3");
+        wx_refund.kind = EventKind::refund;
+        wx_refund.refund_id = "WR-1";
+        wx_refund.refund_fen = 300;
+        f.apply(wx_refund);
+        PaymentEvent ali_refund = payment("D-1", "alipay", 1000, "N-4");
+        ali_refund.kind = EventKind::refund;
+        ali_refund.refund_id = "AR-1";
+        ali_refund.refund_fen = 1000;
+        ali_refund.refund_cumulative = true;
+        f.apply(ali_refund);
+        // D-2: paid twice, nothing refunded. D-3: paid once.
+        f.apply(payment("D-2", "alipay", 1000, "N-5"));
+        f.apply(second("D-2", "N-6"));
+        f.apply(payment("D-3", "alipay", 1000, "N-7"));
+
+        const std::int64_t real_now = paybridge::unix_ms(std::chrono::system_clock::now());
+        const auto sum = f.run(f.store->reconciliation(real_now - 3'600'000, real_now + 60'000));
+        REQUIRE(sum.has_value());
+        REQUIRE(sum->groups.size() == 2);
+        CHECK(sum->groups[0].provider == "alipay");
+        CHECK(sum->groups[0].status == "PAID");
+        CHECK(sum->groups[0].count == 2);
+        CHECK(sum->groups[0].paid_fen == 2000);
+        CHECK(sum->groups[1].provider == "wechatpay");
+        CHECK(sum->groups[1].status == "PARTIALLY_REFUNDED");
+        CHECK(sum->groups[1].paid_fen == 1000);
+        CHECK(sum->groups[1].refunded_fen == 300);
+        REQUIRE(sum->other_payments.size() == 2);
+        CHECK(sum->other_payments[0].provider == "alipay");  // D-1's, refunded in full
+        CHECK(sum->other_payments[0].count == 1);
+        CHECK(sum->other_payments[0].paid_fen == 1000);
+        CHECK(sum->other_payments[0].refunded_fen == 1000);
+        CHECK(sum->other_payments[1].provider == "wechatpay");  // D-2's second payment
+        CHECK(sum->other_payments[1].count == 1);
+        CHECK(sum->other_payments[1].paid_fen == 1000);
+        CHECK(sum->other_payments[1].refunded_fen == 0);
+        // Per provider, what it took and gave back: Alipay 3000 and 1000, WeChat Pay 2000 and 300.
+        const auto doc = parse_json(sum->json);
+        REQUIRE(doc["other_payments"].IsArray());
+        REQUIRE(doc["other_payments"].Size() == 2);
+        CHECK(std::string(doc["other_payments"][0]["provider"].GetString()) == "alipay");
+        CHECK(num(doc["other_payments"][0], "paid_fen") == 1000);
+        CHECK(num(doc["other_payments"][1], "count") == 1);
+    }
+
     TEST_CASE("reconciliation reads only the summed fields, continuing each shard by score")
     {
         StoreFixture f;
