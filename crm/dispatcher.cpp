@@ -24,6 +24,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <deque>
+#include <limits>
 #include <memory>
 #include <exception>
 #include <optional>
@@ -340,6 +341,7 @@ struct Dispatcher::Impl {
         std::int64_t oldest_ms{0};
         std::uint64_t retrying{0};
         std::uint64_t dead{0};
+        std::int64_t read_ms{0};  ///< when they were read (0: never)
     };
     std::vector<ShardGauges> shard_gauges;
     std::size_t held{0};      ///< items read and not yet settled
@@ -1209,13 +1211,16 @@ struct Dispatcher::Impl {
             g.oldest_ms = v[2].integer;
             g.retrying = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[3].integer));
             g.dead = static_cast<std::uint64_t>(std::max<std::int64_t>(0, v[4].integer));
+            g.read_ms = now_ms();
         }
         log_pass("stats", failures);
         std::uint64_t backlog = 0;
         std::uint64_t retrying = 0;
         std::uint64_t dead = 0;
         std::int64_t oldest = 0;
+        std::int64_t read_at = std::numeric_limits<std::int64_t>::max();
         for (const ShardGauges& g : shard_gauges) {
+            read_at = std::min(read_at, g.read_ms);
             backlog += g.pending + g.lag;
             retrying += g.retrying;
             dead += g.dead;
@@ -1228,6 +1233,8 @@ struct Dispatcher::Impl {
         stats.dead.store(dead, std::memory_order_relaxed);
         stats.oldest_pending_age_ms.store(oldest == 0 ? 0 : std::max<std::int64_t>(0, now_ms() - oldest),
                                           std::memory_order_relaxed);
+        stats.oldest_pending_at_ms.store(oldest, std::memory_order_relaxed);
+        stats.stats_at_ms.store(shard_gauges.empty() ? 0 : read_at, std::memory_order_relaxed);
     }
 
     asio::awaitable<void> cleanup_consumers()
@@ -1379,6 +1386,7 @@ asio::awaitable<void> Dispatcher::run()
 {
     using namespace asio::experimental::awaitable_operators;
     Impl& d = *impl_;
+    d.stats.started_at_ms.store(now_ms(), std::memory_order_relaxed);
     d.commands.start();
     d.reads.start();
     if (d.confirms) {

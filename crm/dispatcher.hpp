@@ -99,6 +99,11 @@ struct DispatcherStats {
     std::atomic<std::uint64_t> retrying{0};         ///< waiting in the retry zsets (gauge)
     std::atomic<std::uint64_t> dead{0};             ///< in the dead-letter zsets (gauge)
     std::atomic<std::int64_t> oldest_pending_age_ms{0};  ///< age of the oldest undelivered event (gauge)
+    std::atomic<std::int64_t> oldest_pending_at_ms{0};   ///< Unix ms of that event (0: none), so that its
+                                                         ///< age can be told while Redis does not answer
+    std::atomic<std::int64_t> stats_at_ms{0};  ///< Unix ms as of which every shard's gauges above were
+                                               ///< read (0: not every shard yet)
+    std::atomic<std::int64_t> started_at_ms{0};  ///< Unix ms the dispatcher started
 };
 
 class Dispatcher final {

@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "core/time.hpp"
 #include "crm/delivery_admin.hpp"
 #include "crm/dispatcher.hpp"
 
@@ -12,6 +13,8 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <chrono>
+#include <cstdint>
 #include <exception>
 #include <string>
 
@@ -63,7 +66,7 @@ namespace {
 
 // Stats of the dispatcher generations, summed across restarts (reloads) for /metrics.
 struct Totals {
-    std::atomic<std::uint64_t> delivered{0}, failed{0}, dead_letters{0}, reclaimed{0}, trimmed{0};
+    std::atomic<std::uint64_t> delivered{0}, failed{0}, dead_letters{0}, reclaimed{0}, trimmed{0}, redis_errors{0};
     std::atomic<std::uint64_t> backlog{0}, retrying{0}, dead{0};
     std::atomic<std::int64_t> oldest_ms{0};
     const crm::DispatcherStats* live{nullptr};
@@ -110,11 +113,35 @@ void register_metrics()
     reg.callback_gauge("paybridge_outbox_retrying", "Events waiting for a delivery retry.",
                        gauge(&crm::DispatcherStats::retrying));
     reg.callback_gauge("paybridge_outbox_dead", "Events in the dead-letter sets.", gauge(&crm::DispatcherStats::dead));
-    reg.callback_gauge("paybridge_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered event.", [] {
-        Totals& t = totals();
-        std::lock_guard lock(t.mutex);
-        return t.live ? static_cast<double>(t.live->oldest_pending_age_ms.load()) / 1000.0 : 0.0;
-    });
+    reg.callback_counter("paybridge_crm_redis_errors_total",
+                         "Redis commands of the CRM dispatcher that failed (each is retried later).",
+                         read(&Totals::redis_errors, &crm::DispatcherStats::redis_errors));
+    reg.callback_gauge("paybridge_crm_in_flight", "Events this instance has read and not yet settled.",
+                       gauge(&crm::DispatcherStats::in_flight));
+    // Ages are told at the scrape, from the times last read: they keep growing while Redis does
+    // not answer, which is when an alert on them matters.
+    const auto age_of = [](std::int64_t at_ms) {
+        const std::int64_t now = unix_ms(std::chrono::system_clock::now());
+        return at_ms <= 0 ? 0.0 : static_cast<double>(std::max<std::int64_t>(0, now - at_ms)) / 1000.0;
+    };
+    reg.callback_gauge("paybridge_outbox_oldest_pending_age_seconds", "Age of the oldest undelivered event.",
+                       [age_of] {
+                           Totals& t = totals();
+                           std::lock_guard lock(t.mutex);
+                           return t.live ? age_of(t.live->oldest_pending_at_ms.load()) : 0.0;
+                       });
+    reg.callback_gauge("paybridge_outbox_stats_age_seconds",
+                       "Seconds since every shard's outbox gauges were last read from Redis (since the "
+                       "dispatcher started, while some shard has not answered yet).",
+                       [age_of] {
+                           Totals& t = totals();
+                           std::lock_guard lock(t.mutex);
+                           if (!t.live) {
+                               return 0.0;
+                           }
+                           const std::int64_t at = t.live->stats_at_ms.load();
+                           return age_of(at > 0 ? at : t.live->started_at_ms.load());
+                       });
 }
 
 }  // namespace
@@ -292,6 +319,7 @@ awaitable<void> CrmRunner::run_generation()
             t.dead_letters += s.dead_letters.load();
             t.reclaimed += s.reclaimed.load();
             t.trimmed += s.outbox_trimmed.load();
+            t.redis_errors += s.redis_errors.load();
             t.live = nullptr;
         }
     };

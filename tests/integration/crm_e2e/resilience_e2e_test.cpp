@@ -268,3 +268,26 @@ TEST_CASE("with redis.wait_replicas the CRM gets an event only once a replica ho
     REQUIRE(wait_until([&] { return delivery_state(fx, "evt_RW1_1") == "delivered"; }, 10s));
     CHECK(acknowledged_counts(stack.receiver).at("evt_RW1_1") == 1);
 }
+
+TEST_CASE("the dispatcher's Redis trouble shows in metrics: its errors and the age of the outbox gauges")
+{
+    // One worker: the dispatcher's own connections are the ones that matter here.
+    CrmStack stack({}, 1, 1);
+    DaemonFixture& fx = stack.fx;
+    INFO("paybridged log:\n", fx.log());
+    const std::string text = http_request(fx.port(), "GET", "/metrics").body;
+    CHECK(text.find("paybridge_crm_redis_errors_total 0") != std::string::npos);
+    CHECK(text.find("paybridge_crm_in_flight 0") != std::string::npos);
+    // Read every 5 s: fresh while Redis answers.
+    REQUIRE(wait_until([&] { return metric(fx.port(), "paybridge_outbox_stats_age_seconds") < 6; }, 20s));
+
+    // Redis stops answering: the dispatcher's commands time out and count, the gauges cannot be
+    // refreshed, and say how old they are.
+    fx.redis().freeze();
+    REQUIRE(wait_until([&] { return metric(fx.port(), "paybridge_crm_redis_errors_total") > 0; }, 20s));
+    REQUIRE(wait_until([&] { return metric(fx.port(), "paybridge_outbox_stats_age_seconds") >= 12; }, 30s));
+
+    // Back: fresh again.
+    fx.redis().thaw();
+    CHECK(wait_until([&] { return metric(fx.port(), "paybridge_outbox_stats_age_seconds") < 6; }, 30s));
+}
