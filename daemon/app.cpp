@@ -74,6 +74,9 @@ webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, st
 
 namespace {
 
+/// workers: 0 means one per core, at most this many.
+constexpr unsigned kMaxAutoWorkers = 64;
+
 asio::ip::tcp::endpoint endpoint_of(const config::Endpoint& e)
 {
     return {asio::ip::make_address(e.host), e.port};
@@ -197,7 +200,11 @@ int App::Impl::run()
     const config::Config& cfg = *cfg_;
     log::set_level(cfg.log_level);
     gate_.limit = cfg.limits.max_connections;
-    const int n = cfg.workers > 0 ? cfg.workers : static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+    // One worker per core, up to kMaxAutoWorkers: past that the one Redis (each worker keeps a
+    // connection) and the unit's TasksMax (about two threads per worker) are the limits, not CPUs.
+    const int n = cfg.workers > 0
+                      ? cfg.workers
+                      : static_cast<int>(std::clamp(std::thread::hardware_concurrency(), 1u, kMaxAutoWorkers));
 
     // build_runtime made it, or refused the configuration (main exits 78 before an App exists).
     const std::shared_ptr<asio::ssl::context> tls = runtime_->tls;
