@@ -1321,11 +1321,14 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
 
     rapidjson::StringBuffer buf;
     JsonWriter w(buf);
-    const auto put_sums = [&w](const SummaryGroup& g) {
+    // Other payments have no amount asked of them: no amount_fen.
+    const auto put_sums = [&w](const SummaryGroup& g, bool asked = true) {
         put_key(w, "count");
         w.Int64(g.count);
-        put_key(w, "amount_fen");
-        w.Int64(g.amount_fen);
+        if (asked) {
+            put_key(w, "amount_fen");
+            w.Int64(g.amount_fen);
+        }
         put_key(w, "paid_fen");
         w.Int64(g.paid_fen);
         put_key(w, "refunded_fen");
@@ -1362,12 +1365,7 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
         w.StartObject();
         put_key(w, "provider");
         put_string(w, g.provider);
-        put_key(w, "count");
-        w.Int64(g.count);
-        put_key(w, "paid_fen");
-        w.Int64(g.paid_fen);
-        put_key(w, "refunded_fen");
-        w.Int64(g.refunded_fen);
+        put_sums(g, false);
         w.EndObject();
     }
     w.EndArray();
