@@ -33,6 +33,10 @@ struct Script {
     std::vector<std::string> steps;
     std::vector<Clock::time_point> started;
     std::vector<Clock::time_point> ended;
+    /// When set: the supervisor's pause timer's expiry as each run starts. It changes only when
+    /// supervise() arms the timer, i.e. pauses, between two runs.
+    const asio::steady_timer* pause{nullptr};
+    std::vector<Clock::time_point> pause_expiry;
     bool stopping{false};
 };
 
@@ -40,6 +44,9 @@ asio::awaitable<void> scripted_run(Script& s)
 {
     const std::size_t n = s.started.size();
     s.started.push_back(Clock::now());
+    if (s.pause != nullptr) {
+        s.pause_expiry.push_back(s.pause->expiry());
+    }
     const asio::any_io_executor executor = co_await asio::this_coro::executor;
     asio::steady_timer work(executor, 5ms);  // some work before the end
     co_await work.async_wait(kUseTuple);
@@ -65,6 +72,7 @@ TEST_CASE("a dispatcher run that throws is logged and run again after a growing 
     asio::steady_timer pause(ioc);
     Script script;
     script.steps = {"throw", "throw-other", "throw", "throw", "return", "throw"};
+    script.pause = &pause;
     std::function<asio::awaitable<void>()> body = [&script] { return scripted_run(script); };
     std::function<bool()> stopping = [&script] { return script.stopping; };
     // Wide enough that a loaded sanitizer build's stalls (tens of ms) do not blur the steps.
@@ -79,8 +87,19 @@ TEST_CASE("a dispatcher run that throws is logged and run again after a growing 
     CHECK(gap(1) >= 200ms);  // in a row: doubled
     CHECK(gap(2) >= 400ms);  // capped at `max`
     CHECK(gap(3) >= 400ms);
-    CHECK(gap(4) < 100ms);   // a run that returned (a reload) is followed at once
-    CHECK(gap(5) >= 100ms);  // ... and the count starts over
+    CHECK(gap(5) >= 100ms);  // after a run that returned, the count starts over
+    // A run that returned (a reload) is followed at once: no pause between runs 5 and 6. Checked
+    // on the pause timer rather than the clock: it was armed before each run that followed a
+    // failure and left alone after the run that returned, so a pause there (of any length) fails.
+    REQUIRE(script.pause_expiry.size() == 7);
+    for (std::size_t i : {1U, 2U, 3U, 4U, 6U}) {
+        CHECK_MESSAGE(script.pause_expiry[i] != script.pause_expiry[i - 1], "no pause before run " << i + 1);
+    }
+    CHECK(script.pause_expiry[5] == script.pause_expiry[4]);
+    // And by the clock, for a pause on some other timer: just under the 400 ms a return taken for
+    // a fifth failure in a row would wait (`max`). Normally the gap is well under a millisecond, so
+    // a loaded sanitizer build's stalls (tens of ms) stay far from it.
+    CHECK(gap(4) < backoff.max);
 
     const std::vector<std::string> failed = logs.with("\"crm.dispatcher_failed\"");
     REQUIRE(failed.size() == 5);
