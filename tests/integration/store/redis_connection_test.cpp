@@ -334,9 +334,11 @@ TEST_SUITE("integration/store/redis_connection")
             behind_done = true;
         });
         REQUIRE(paybridge::test::run_until(f.ctx, [&] { return blocked_done && behind_done; }, 3s));
-        CHECK(is(blocked.reply, errc::timeout));
+        CHECK(is(blocked.reply, errc::timeout));  // not BLPOP's nil reply after 5 s
         CHECK(blocked.elapsed >= 250ms);
-        CHECK(blocked.elapsed < 1500ms);
+        // Just under the 2 s default request_timeout: a connection that ignored the configured
+        // 300 ms would time out only then (and BLPOP itself answers after 5 s).
+        CHECK(blocked.elapsed < paybridge::config::RedisConfig{}.request_timeout);
         CHECK(is(behind.reply, errc::store_unavailable));
         CHECK(f.conn->stats().timeouts.load() == 1);
         CHECK_FALSE(f.conn->ready());
@@ -387,9 +389,13 @@ TEST_SUITE("integration/store/redis_connection")
         CHECK_FALSE(f.conn->ready());
 
         // While down, calls fail immediately instead of queueing.
+        const auto commands_before = f.conn->stats().commands.load();
         const Timed down = f.run(timed_exec(f.conn.get(), {"PING"}));
         CHECK(is(down.reply, errc::store_unavailable));
-        CHECK(down.elapsed < 500ms);  // queued, it would wait for request_timeout (2 s)
+        CHECK(f.conn->stats().commands.load() == commands_before);  // refused, never queued
+        // Just under the request_timeout (2 s) a queued call, or one waiting for the reconnection,
+        // would take. Normally it fails within a millisecond.
+        CHECK(down.elapsed < f.cfg.request_timeout);
         paybridge::test::run_for(f.ctx, 300ms);  // a few failed reconnect attempts
         CHECK_FALSE(f.conn->ready());
 
@@ -556,7 +562,8 @@ TEST_SUITE("integration/store/redis_connection")
     {
         paybridge::test::RedisTestServer server;
         asio::io_context ctx;
-        RedisConnection conn(ctx.get_executor(), paybridge::test::redis_config(server));
+        const paybridge::config::RedisConfig cfg = paybridge::test::redis_config(server);
+        RedisConnection conn(ctx.get_executor(), cfg);
         conn.start();
         REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready(); }, 5s));
         Timed blocked{};
@@ -571,8 +578,10 @@ TEST_SUITE("integration/store/redis_connection")
         ctx.run_for(2s);
         CHECK(ctx.stopped());
         REQUIRE(done);
-        CHECK(is(blocked.reply, errc::shutting_down));
-        CHECK(blocked.elapsed < 1s);
+        CHECK(is(blocked.reply, errc::shutting_down));  // not timeout, nor BLPOP's nil reply after 5 s
+        // Just under the 2 s request_timeout: a stop that left the request to its deadline would
+        // end it only then. Normally it ends within milliseconds of stop().
+        CHECK(blocked.elapsed < cfg.request_timeout);
         std::vector<std::string> ping{"PING"};
         CHECK(is(paybridge::test::run_awaitable(ctx, conn.exec(ping), 1s), errc::shutting_down));
     }
