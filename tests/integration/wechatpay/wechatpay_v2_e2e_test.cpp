@@ -8,6 +8,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <fstream>
 #include <string_view>
 
 using namespace wxe2e;
@@ -25,6 +26,20 @@ void check_ack(const HttpResult& r)
     CHECK(r.status == 200);
     CHECK(r.body == kAck);
     CHECK(r.header("content-type").find("xml") != std::string::npos);
+}
+
+/// The peak resident set size of process `pid` (VmHWM in /proc/<pid>/status), in KiB; -1 when
+/// it cannot be read.
+long long peak_rss_kib(int pid)
+{
+    std::ifstream status("/proc/" + std::to_string(pid) + "/status");
+    std::string line;
+    while (std::getline(status, line)) {
+        if (line.starts_with("VmHWM:")) {
+            return std::stoll(line.substr(6));
+        }
+    }
+    return -1;
 }
 
 /// `xml` with `extra` inserted right after the opening <xml> tag.
@@ -237,11 +252,20 @@ TEST_CASE("wechatpay v2: XXE or billion laughs or duplicate elements → 400 and
         }
         dtd += "]>";
         const std::string bomb = dtd + inject(genuine, "<attach>&lol9;</attach>");
+        const long long peak_before = peak_rss_kib(fx.process().pid());
+        REQUIRE(peak_before > 0);
         const auto started = std::chrono::steady_clock::now();
         auto r = wx.post_v2(bomb);
-        CHECK(std::chrono::steady_clock::now() - started < std::chrono::seconds(2));
+        const auto took = std::chrono::steady_clock::now() - started;
         CHECK(r.status == 400);
         check_v2_fail(r);
+        // Not expanded: 10^9 "lol"s are 3 GB, which the daemon's peak memory would show (a
+        // rejected notification of 1 KB costs it next to nothing)...
+        const long long peak_after = peak_rss_kib(fx.process().pid());
+        CHECK_MESSAGE(peak_after - peak_before < 256 * 1024, "peak RSS " << peak_before << " -> " << peak_after << " KiB");
+        // ...and expanding them would take seconds, up to the test client's 10 s limit (status 0,
+        // caught above). Normally the rejection takes milliseconds.
+        CHECK(took < std::chrono::seconds(5));
     }
     SUBCASE("duplicate elements")
     {

@@ -4,7 +4,6 @@
 
 #include <doctest/doctest.h>
 
-#include <chrono>
 #include <string>
 
 using paybridge::errc;
@@ -82,10 +81,9 @@ TEST_CASE("xml: billion laughs is rejected without expansion")
         doc += "\">\n";
     }
     doc += "]>\n<xml><appid>&lol9;</appid></xml>";
-    const auto start = std::chrono::steady_clock::now();
+    // Rejected at the DOCTYPE, before the first entity is declared: nothing is expanded. (How fast
+    // that is, is for the benchmarks.)
     CHECK(rejection(doc) == "doctype");
-    // 10^9 "lol"s would take seconds and gigabytes; the abort happens before the first declaration.
-    CHECK(std::chrono::steady_clock::now() - start < std::chrono::milliseconds(2000));
 }
 
 TEST_CASE("xml: shapes other than a flat document are rejected")
