@@ -352,9 +352,13 @@ TEST_CASE("a provider's acknowledgement never waits for the CRM: a hanging recei
         const auto started = std::chrono::steady_clock::now();
         const HttpResult r = fx.post_alipay(ali.paid(bill, 990));
         const auto took = std::chrono::steady_clock::now() - started;
+        // An acknowledgement that waited for the CRM would come after crm.timeout (a minute), if
+        // ever: the test client gives up after 10 s (status 0, caught here)...
         CHECK(r.status == 200);
         CHECK(r.body == "success");
-        CHECK(took < 2s);
+        // ...and well before that, a handler held up behind the hanging delivery for seconds is
+        // caught too. Normally it answers within milliseconds.
+        CHECK(took < 5s);
         CHECK(bill_event_ids(fx, bill).size() == 1);  // applied and in the outbox
     }
     const std::vector<ReceivedRequest> requests = stack.receiver.requests();
