@@ -28,7 +28,9 @@
 
 #include <atomic>
 #include <fstream>
+#include <functional>
 #include <thread>
+#include <vector>
 
 using namespace paybridge;
 using namespace paybridge::test;
@@ -116,6 +118,40 @@ bool wait_for_log(DaemonFixture& fx, const std::string& needle, std::chrono::mil
     return false;
 }
 
+/// A file descriptor, closed on destruction (also when a REQUIRE ends the test early).
+struct Fd {
+    int fd;
+    explicit Fd(int f) noexcept : fd(f) {}
+    Fd(const Fd&) = delete;
+    Fd& operator=(const Fd&) = delete;
+    ~Fd()
+    {
+        if (fd >= 0) {
+            ::close(fd);
+        }
+    }
+};
+
+/// Stops and joins the load threads on the way out, also when a REQUIRE ends the test early (a
+/// joinable std::thread destroyed would terminate the test binary).
+struct LoadThreads {
+    std::atomic<bool>& stop;
+    std::vector<std::thread> threads;
+    explicit LoadThreads(std::atomic<bool>& s) : stop(s) {}
+    LoadThreads(const LoadThreads&) = delete;
+    LoadThreads& operator=(const LoadThreads&) = delete;
+    void join()
+    {
+        stop = true;
+        for (auto& t : threads) {
+            if (t.joinable()) {
+                t.join();
+            }
+        }
+    }
+    ~LoadThreads() { join(); }
+};
+
 }  // namespace
 
 TEST_CASE("metrics: Prometheus text format, counters after traffic")
@@ -191,29 +227,42 @@ TEST_CASE("systemd: READY=1 after Redis (a reload before it says nothing), WATCH
 {
     TempDir sock_dir;
     const std::string path = (sock_dir / "notify.sock").string();
-    const int fd = ::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-    sockaddr_un addr{};
-    addr.sun_family = AF_UNIX;
-    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
-    REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
-    timeval tv{0, 200000};
-    ::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
-
     DaemonOptions options;
     options.env = {{"NOTIFY_SOCKET", path}, {"WATCHDOG_USEC", "400000"}};
     options.start = false;
     DaemonFixture fx(options);
+    // After the fixture: closed before the daemon is stopped, so that a notification it sends on
+    // the way out (after a failed REQUIRE) cannot wait on a socket nobody reads.
+    const Fd sock(::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+    REQUIRE(sock.fd >= 0);
+    sockaddr_un addr{};
+    addr.sun_family = AF_UNIX;
+    std::snprintf(addr.sun_path, sizeof addr.sun_path, "%s", path.c_str());
+    REQUIRE(::bind(sock.fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0);
+    timeval tv{0, 20000};  // short: receive_until looks at its condition between datagrams
+    ::setsockopt(sock.fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+
     // Started while Redis is down: alive (the watchdog is fed), not ready.
     fx.redis().stop();
     fx.start(false);
     std::vector<std::string> messages;
-    auto drain = [&](std::chrono::milliseconds for_how_long) {
-        const auto until = std::chrono::steady_clock::now() + for_how_long;
+    // Receives notifications until `done()` holds (true) or `limit` passes (false), reading the
+    // socket all along: the kernel queues only a few datagrams (net.unix.max_dgram_qlen, 10 by
+    // default) and the daemon's notifications must not be held up or lost on a full queue.
+    auto receive_until = [&](const std::function<bool()>& done, std::chrono::milliseconds limit) {
+        const auto until = std::chrono::steady_clock::now() + limit;
         char buf[512];
-        while (std::chrono::steady_clock::now() < until) {
-            const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        for (;;) {
+            const ssize_t n = ::recv(sock.fd, buf, sizeof buf, 0);
             if (n > 0) {
                 messages.emplace_back(buf, static_cast<std::size_t>(n));
+                continue;  // the queue first, then the condition
+            }
+            if (done()) {
+                return true;
+            }
+            if (std::chrono::steady_clock::now() >= until) {
+                return false;
             }
         }
     };
@@ -221,24 +270,40 @@ TEST_CASE("systemd: READY=1 after Redis (a reload before it says nothing), WATCH
         return std::count_if(messages.begin(), messages.end(),
                              [&](const std::string& m) { return m.find(what) != std::string::npos; });
     };
-    drain(std::chrono::milliseconds(1000));
+    // Every 200 ms, from the event loops. Two pings: the control loop, which would send READY=1,
+    // has been running for a while.
+    REQUIRE(receive_until([&] { return count("WATCHDOG=1") >= 2; }, std::chrono::seconds(10)));
     CHECK(count("READY=1") == 0);
-    CHECK(count("WATCHDOG=1") >= 2);  // every 200 ms, from the event loops
+
     // A reload before READY=1 is applied quietly: no RELOADING=1, and above all no READY=1.
     fx.process().signal(SIGHUP);
-    drain(std::chrono::milliseconds(500));
+    // First, proof that the reload ran: its log line. reload() runs on the thread that sends the
+    // pings, so of two pings received after the line was seen, the second was sent after reload()
+    // returned: whatever the reload said has arrived by then.
+    REQUIRE(receive_until([&] { return fx.log().find("\"event\":\"daemon.reloaded\"") != std::string::npos; },
+                          std::chrono::seconds(10)));
+    const auto pings_at_reload = count("WATCHDOG=1");
+    REQUIRE(receive_until([&] { return count("WATCHDOG=1") >= pings_at_reload + 2; }, std::chrono::seconds(10)));
     CHECK(count("READY=1") == 0);
     CHECK(count("RELOADING=1") == 0);
+
     fx.redis().restart();
-    REQUIRE(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(15)));
-    drain(std::chrono::milliseconds(1000));
-    CHECK(count("READY=1") == 1);
-    CHECK(count("WATCHDOG=1") >= 5);
+    REQUIRE(receive_until([&] { return count("READY=1") >= 1; }, std::chrono::seconds(15)));
+    CHECK(wait_for_http(fx.port(), "/readyz", 200, std::chrono::seconds(5)));
+    // The pings go on once ready.
+    const auto pings_at_ready = count("WATCHDOG=1");
+    CHECK(receive_until([&] { return count("WATCHDOG=1") >= pings_at_ready + 2; }, std::chrono::seconds(10)));
+
     fx.process().signal(SIGTERM);
-    drain(std::chrono::milliseconds(800));
+    // The whole stop first (its grace period and the CRM thread may take seconds on a loaded
+    // machine), reading all along; then every notification it sent has arrived.
+    REQUIRE(receive_until([&] { return !fx.process().running(); }, std::chrono::seconds(30)));
+    receive_until([] { return true; }, std::chrono::seconds(0));  // what is still queued
     CHECK(count("STOPPING=1") == 1);
+    // Over the whole run: one READY=1 (the reload before it sent none) and no RELOADING=1.
+    CHECK(count("READY=1") == 1);
+    CHECK(count("RELOADING=1") == 0);
     CHECK(fx.process().wait(std::chrono::seconds(10)) == 0);
-    ::close(fd);
 }
 
 TEST_CASE("reload: SIGHUP with a rotated Alipay key under load — an invalid reload keeps the old config")
@@ -261,9 +326,9 @@ TEST_CASE("reload: SIGHUP with a rotated Alipay key under load — an invalid re
     std::atomic<int> transport_errors{0};
     std::atomic<int> other_status{0};
     std::atomic<bool> stop{false};
-    std::vector<std::thread> load;
+    LoadThreads load(stop);
     for (int c = 0; c < 2; ++c) {
-        load.emplace_back([&] {
+        load.threads.emplace_back([&] {
             HttpClient client(fx.port());
             while (!stop) {
                 const int i = next++ % kBills;
@@ -282,21 +347,18 @@ TEST_CASE("reload: SIGHUP with a rotated Alipay key under load — an invalid re
         });
     }
     const auto new_keys = keygen::generate_rsa();
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    // The load ran across the reload, on the same connections: old-key notifications accepted
+    // before it (waited for here rather than slept on)...
+    REQUIRE(wait_until([&] { return accepted_before > 0; }, std::chrono::seconds(10)));
     fx.write_config(DaemonOptions{});
     std::ofstream(fx.dir() / "keys/alipay_public.pem") << new_keys.public_pem;
     fx.process().signal(SIGHUP);
     REQUIRE(wait_for_log(fx, "daemon.reloaded", std::chrono::seconds(10)));
-    std::this_thread::sleep_for(std::chrono::milliseconds(100));
-    stop = true;
-    for (auto& t : load) {
-        t.join();
-    }
+    // ...and refused after it, by the same clients.
+    REQUIRE(wait_until([&] { return refused_after > 0; }, std::chrono::seconds(10)));
+    load.join();
     CHECK(transport_errors == 0);
     CHECK(other_status == 0);
-    // The load ran across the reload, on the same connections.
-    CHECK(accepted_before > 0);
-    CHECK(refused_after > 0);
 
     REQUIRE(fx.create_bill("RNEW", 100).status == 201);
     auto refused = fx.post_alipay(alipay_paid(fx, old_key, "RNEW", 100));
