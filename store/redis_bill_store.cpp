@@ -16,6 +16,7 @@
 #include <limits>
 #include <map>
 #include <optional>
+#include <stdexcept>
 #include <tuple>
 #include <unordered_map>
 
@@ -299,6 +300,42 @@ std::optional<ApplyOutcome> parse_outcome(std::string_view s)
         }
     }
     return std::nullopt;
+}
+
+// The position of a field in kBillFields (and in the reply of hmget_bill()).
+constexpr std::size_t bill_field(std::string_view name)
+{
+    for (std::size_t i = 0; i < kBillFields.size(); ++i) {
+        if (name == kBillFields[i]) {
+            return i;
+        }
+    }
+    throw std::logic_error("not a field of kBillFields");  // in a constant expression: a compile error
+}
+
+// Whether the bill in an hmget_bill() reply (of a bill that exists) matches the filter as it is in
+// that reply. The cursor is not checked: a bill that changed after its index entry was read is
+// newer than the cursor now, and is still the bill it was.
+bool bill_matches(const Reply& r, const BillFilter& filter)
+{
+    constexpr std::size_t kStatus = bill_field("status");
+    constexpr std::size_t kProvider = bill_field("provider");
+    constexpr std::size_t kCustomer = bill_field("customer_id");
+    constexpr std::size_t kUpdated = bill_field("updated_at");
+    const std::vector<Reply>& f = r.elements;
+    if ((!filter.status.empty() && f[kStatus].str != filter.status) ||
+        (!filter.provider.empty() && f[kProvider].str != filter.provider) ||
+        (!filter.customer_id.empty() && f[kCustomer].str != filter.customer_id)) {
+        return false;
+    }
+    if (filter.updated_from_ms > 0 || filter.updated_to_ms > 0) {
+        const std::optional<std::int64_t> updated = parse_rfc3339(f[kUpdated].str);
+        if (!updated || *updated < filter.updated_from_ms ||
+            (filter.updated_to_ms > 0 && *updated >= filter.updated_to_ms)) {
+            return false;
+        }
+    }
+    return true;
 }
 
 // HMGET of the fields bill_json() reads: the bill without the notification markers its hash holds.
@@ -1077,7 +1114,11 @@ asio::awaitable<Result<Page>> RedisBillStore::list_bills(BillFilter filter)
         if (!bill) {
             co_return bill.error();
         }
-        if (*bill) {  // else deleted since it was matched
+        // The filter was checked on an earlier read: a bill paid since (or refunded, or changed
+        // after updated_to) would be listed as it is now under a filter it no longer matches. It
+        // is checked again on the bill as returned; one that fails is left out, and the page is
+        // shorter. (It changed, so it now sorts before the cursor: it belongs to no later page.)
+        if (*bill && bill_matches(r, filter)) {  // else deleted since, or no longer a match
             page.items_json.push_back(std::move(**bill));
         }
     }

@@ -5,6 +5,7 @@
 
 #include "core/error.hpp"
 #include "core/time.hpp"
+#include "tests/integration/redis_hook_proxy.hpp"
 #include "tests/integration/store/store_fixture.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -12,6 +13,7 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <atomic>
 #include <functional>
 #include <memory>
 #include <optional>
@@ -654,6 +656,84 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(ids_of(**page) == std::vector<std::string>{"R-100155", "R-100010"});
         filter.cursor = (*page)->next_cursor;
         CHECK(all_bill_ids(f, filter) == std::vector<std::string>{"R-100000"});
+    }
+
+    TEST_CASE("list_bills lists a bill only as it matches the filter in the read the page is built from")
+    {
+        // A page checks its filter on a few fields of each candidate, then reads the page's bills
+        // whole. A bill that changes in between (paid while a status=PENDING page is read; refunded
+        // again after updated_to) must not be listed as it is now under a filter it no longer
+        // matches. A proxy in front of Redis makes the change exactly between the two reads: just
+        // before the whole-bill read of the bill named `changed` reaches Redis.
+        for (const bool by_time : {false, true}) {
+            CAPTURE(by_time);
+            std::int64_t now = 1'700'000'000'000;
+            const std::string changed = by_time ? "L-refunded-2" : "L-pending-2";
+            std::atomic<bool> once{false};
+            const auto when = [&changed, &once](const paybridge::test::RedisHookProxy::Argv& argv) {
+                // HMGET key + every field bill_json() reads: the whole-bill read, not the filter's.
+                return argv.size() > 10 && argv[0] == "HMGET" && argv[1].ends_with(":bill:" + changed) &&
+                       !once.exchange(true);
+            };
+            std::atomic<bool> hook_ran{false};
+            std::string bill_key;
+            std::string index_key;
+            const auto hook = [&](const paybridge::test::RedisHookProxy::Direct& redis) {
+                // What another instance's change writes into the bill (store/bill.lua), at 9 s.
+                const std::string later = paybridge::format_rfc3339(1'700'000'009'000);
+                std::string reply;
+                if (by_time) {
+                    reply = redis({"HSET", bill_key, "refunded_fen", "300", "updated_at", later, "version", "5"});
+                } else {
+                    reply = redis({"HSET", bill_key, "status", "PAID", "paid_fen", "1000", "provider", "alipay",
+                                   "provider_txn_id", "TX-1", "paid_at", later, "updated_at", later, "version", "2"});
+                }
+                hook_ran = reply.starts_with(":") && redis({"ZADD", index_key, "1700000009000", changed}).starts_with(":");
+            };
+            std::unique_ptr<paybridge::test::RedisHookProxy> proxy;
+            StoreFixture f(
+                [&](paybridge::config::RedisConfig& c) {
+                    c.shards = 1;
+                    proxy = std::make_unique<paybridge::test::RedisHookProxy>(c.port, when, hook);
+                    c.port = proxy->port();
+                },
+                {}, [&now] { return now; });
+            REQUIRE(f.wait_ready());
+            bill_key = f.store->keys().bill(changed);
+            index_key = f.store->keys().updated(0);
+            for (const char* id : {"L-pending-1", "L-pending-2", "L-pending-3", "L-refunded-1", "L-refunded-2"}) {
+                now += 1000;
+                f.register_bill(new_bill(id));
+            }
+            for (const char* id : {"L-refunded-1", "L-refunded-2"}) {  // PARTIALLY_REFUNDED at 6 s and 7 s
+                now += 1000;
+                f.apply(payment(id, "wechatpay", 1000, std::string("N-") + id));
+                f.apply(refund(id, 100, std::string("R-") + id));
+            }
+            REQUIRE(str(f.bill("L-refunded-2"), "status") == "PARTIALLY_REFUNDED");
+
+            BillFilter filter;
+            if (by_time) {
+                filter.status = "PARTIALLY_REFUNDED";
+                filter.updated_to_ms = 1'700'000'008'000;
+            } else {
+                filter.status = "PENDING";
+            }
+            const Page page = bills_page(f, filter);
+            CHECK(proxy->fired() == 1);
+            CHECK(hook_ran);
+            const std::vector<std::string> expected =
+                by_time ? std::vector<std::string>{"L-refunded-1"} : std::vector<std::string>{"L-pending-3", "L-pending-1"};
+            CHECK(ids_of(page) == expected);
+            for (const std::string& json : page.items_json) {
+                const rapidjson::Document bill = parse_json(json);
+                CHECK(str(bill, "status") == filter.status);
+                if (by_time) {
+                    CHECK(*paybridge::parse_rfc3339(str(bill, "updated_at")) < filter.updated_to_ms);
+                }
+            }
+            CHECK(page.next_cursor.empty());
+        }
     }
 
     TEST_CASE("list_bills with a rare filter pages to the end through thousands of bills changed in one millisecond")
