@@ -523,46 +523,68 @@ asio::awaitable<Result<std::string>> DeliveryAdmin::recover(std::int64_t since_m
     const DeliveryKeys keys(prefix_, shards_);
     std::vector<std::string> requeued;
     // A page at a time (after a long CRM outage there can be a million dead letters, more than one
-    // reply may carry). A requeued event leaves the state's index, so the next page starts past
-    // only those that stayed (an entry deleted from the stream, a record gone, an attempt in
-    // flight); one that a concurrent recover or redeliver took is passed over too, and left to
-    // the next call.
+    // reply may carry), each shard's index read in (score, member) order from where the last page
+    // ended. Not by offset: a requeued event leaves the index, and so may one that stayed (an
+    // entry deleted from the stream, a record gone, an attempt in flight) before the next page,
+    // which an offset counting it would then skip an unread entry for. So each read starts at the
+    // last score and reads again the entries at that score that may still be there (those up to
+    // the last member that stayed), passing over them by member. One that a concurrent recover or
+    // redeliver took is passed over too, and left to the next call.
     // One call does at most kMaxRecover (a million round trips and a 30 MB reply would hold one
     // request for minutes): "more" tells the caller to call again.
     constexpr std::size_t kPage = 1000;
     bool more = false;
     for (std::size_t s = 0; s < keys.all().size() && !more; ++s) {
-        std::size_t stayed = 0;
+        std::string min = std::to_string(since_ms);
+        std::optional<std::pair<std::string, std::string>> last;  // (score, member) of the last entry read
+        std::size_t again = 0;  // entries at the last score up to the last member still in the index, at most
         while (!more) {
-            std::vector<std::string> cmd{"ZRANGEBYSCORE", keys.all()[s].index(state), std::to_string(since_ms), "+inf",
-                                         "LIMIT",         std::to_string(stayed), std::to_string(kPage)};
+            const std::size_t count = again + kPage;
+            std::vector<std::string> cmd{"ZRANGEBYSCORE", keys.all()[s].index(state), min, "+inf", "WITHSCORES",
+                                         "LIMIT", "0", std::to_string(count)};
             Result<Reply> page = co_await redis_.exec(std::move(cmd));
             if (!page) {
                 co_return page.error();
             }
-            if (!page->is_array()) {
+            if (!page->is_array() || page->elements.size() % 2 != 0) {
                 co_return store::unexpected_reply("zrangebyscore", *page);
             }
-            for (const Reply& id : page->elements) {
+            const std::vector<Reply>& entries = page->elements;
+            std::size_t next_again = 0;
+            for (std::size_t i = 0; i + 1 < entries.size() && !more; i += 2) {
+                const std::string& id = entries[i].str;
+                const std::string& score = entries[i + 1].str;
+                // Scores are integral milliseconds, so one text per score: equal texts, equal scores.
+                const bool same_score = last && score == last->first;
+                if (same_score && id <= last->second) {
+                    ++next_again;  // read before (it stayed, or came in at this score since)
+                    continue;
+                }
                 if (requeued.size() == kMaxRecover) {
                     more = true;
                     break;
                 }
                 // Only events still in the state: a concurrent recover or redeliver (or, for a
                 // retry, the dispatcher) already took the others.
-                Result<Reply> outcome = co_await requeue(static_cast<int>(s), id.str, state, std::string());
+                Result<Reply> outcome = co_await requeue(static_cast<int>(s), id, state, std::string());
                 if (!outcome) {
                     co_return outcome.error();
                 }
-                if (outcome->elements[0].str == "requeued") {
-                    requeued.push_back(id.str);
-                } else {
-                    ++stayed;
+                if (!same_score) {
+                    next_again = 0;
                 }
+                if (outcome->elements[0].str == "requeued") {
+                    requeued.push_back(id);
+                } else {
+                    ++next_again;
+                }
+                last.emplace(score, id);
             }
-            if (page->elements.size() < kPage) {
+            if (entries.size() / 2 < count || more) {
                 break;
             }
+            again = next_again;
+            min = last->first;
         }
     }
     rapidjson::StringBuffer buf;

@@ -2,6 +2,7 @@
 // retries, outages, crashes, several instances, dead letters and recovery.
 
 #include "tests/integration/crm/crm_fixture.hpp"
+#include "tests/integration/redis_hook_proxy.hpp"
 #include "tests/support/json.hpp"
 
 #include "core/error.hpp"
@@ -15,6 +16,8 @@
 #include <rapidjson/document.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cstdio>
 #include <set>
 
 namespace asio = boost::asio;
@@ -733,6 +736,62 @@ TEST_CASE("recover reads the dead letters a page at a time, past those that stay
     for (const std::string& dead : with_dead) {
         CHECK(env.exec({"ZCARD", dead}).integer == 2500);
     }
+}
+
+TEST_CASE("recover pages by position - a dead letter that stayed and then left the index costs no unread one")
+{
+    // 1000 dead letters that cannot be requeued (no delivery record: they stay), then one that can.
+    // Between the first page and the second, one of those that stayed leaves the index (an
+    // operator removes it, its record reappears and a recover elsewhere takes it). Read by offset
+    // (1000: the number that stayed), the second page started one entry too far: past the real
+    // one, and the call said "more": false with it still dead. A proxy in front of Redis makes the
+    // change just before the second page's read reaches Redis.
+    RedisEnv env;
+    const crm::DeliveryKeys keys(kPrefix, kShards);
+    const crm::ShardKeys& k = keys.shard(0);
+    std::vector<std::string> junk{"ZADD", k.dead};
+    for (int i = 0; i < 1000; ++i) {
+        char id[32];
+        std::snprintf(id, sizeof id, "evt_junk_%04d", i);
+        junk.push_back("1");
+        junk.push_back(id);
+    }
+    CHECK(env.exec(std::move(junk)).integer == 1000);
+    std::vector<std::string> real{"EVAL", R"(
+local entry = redis.call('XADD', KEYS[1], '*', 'id', 'evt_R_1', 'bill_id', 'R', 'type', 'bill.paid', 'event', '{}')
+redis.call('HSET', ARGV[1] .. 'evt_R_1', 'state', 'dead', 'event_id', 'evt_R_1', 'entry_id', entry)
+return redis.call('ZADD', KEYS[2], 2, 'evt_R_1'))", "2", k.stream, k.dead, k.delivery_prefix};
+    REQUIRE(env.exec(std::move(real)).integer == 1);
+
+    std::atomic<int> reads{0};
+    std::atomic<bool> removed{false};
+    const std::string dead = k.dead;
+    test::RedisHookProxy proxy(
+        env.server.port(),
+        [&reads, &dead](const test::RedisHookProxy::Argv& argv) {
+            return argv.size() > 1 && argv[0] == "ZRANGEBYSCORE" && argv[1] == dead && ++reads == 2;
+        },
+        [&removed, &dead](const test::RedisHookProxy::Direct& redis) {
+            removed = redis({"ZREM", dead, "evt_junk_0000"}) == ":1\r\n";
+        });
+    config::RedisConfig cfg = env.cfg;
+    cfg.port = proxy.port();
+    store::RedisConnection conn(env.ioc.get_executor(), cfg);
+    conn.start();
+    REQUIRE(run_until(env.ioc, [&conn] { return conn.ready(); }, 5s));
+    {
+        crm::DeliveryAdmin admin(conn, kPrefix, kShards);
+        Result<std::string> recovered = run_awaitable(env.ioc, admin.recover(0, "dead"), 60s);
+        REQUIRE(recovered.has_value());
+        CHECK(removed);
+        const rapidjson::Document rec = parse_json(*recovered);
+        CHECK(rec["requeued"].GetInt() == 1);
+        CHECK_FALSE(rec["more"].GetBool());
+        CHECK(env.state_of("evt_R_1") == "pending");
+        CHECK(env.exec({"ZCARD", k.dead}).integer == 999);  // the rest stay, for an operator to look at
+    }
+    conn.stop();
+    run_for(env.ioc, 20ms);
 }
 
 TEST_CASE("recover does at most 10,000 per call and says when there is more")
