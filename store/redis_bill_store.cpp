@@ -1389,7 +1389,11 @@ asio::awaitable<Result<ReconciliationSummary>> RedisBillStore::reconciliation(st
     for (const SummaryGroup& g : sum.groups) {
         w.StartObject();
         put_key(w, "provider");
-        put_string(w, g.provider);
+        if (g.provider == "none") {
+            w.Null();  // a bill paid by no provider: null, as in the bill itself
+        } else {
+            put_string(w, g.provider);
+        }
         put_key(w, "status");
         put_string(w, g.status);
         put_sums(g);

@@ -18,7 +18,8 @@
 
 namespace paybridge::store {
 
-/// Bills of one provider ("alipay", "wechatpay" or "none" when unpaid) in one status.
+/// Bills of one provider ("alipay", "wechatpay" or "none" when unpaid: null in the summary JSON) in
+/// one status.
 struct SummaryGroup {
     std::string provider;
     std::string status;

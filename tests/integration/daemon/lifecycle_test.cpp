@@ -299,6 +299,9 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
     CHECK(summary.body.find("\"provider\":\"alipay\"") != std::string::npos);
     CHECK(summary.body.find("\"status\":\"PAID\"") != std::string::npos);
     CHECK(summary.body.find("\"status\":\"PENDING\"") != std::string::npos);
+    // Q2, paid by no provider, is counted under provider null, as its own "provider" reads.
+    CHECK(summary.body.find("{\"provider\":null,\"status\":\"PENDING\"") != std::string::npos);
+    CHECK(summary.body.find("\"none\"") == std::string::npos);
 
     auto bad = fx.api("GET", "/v1/bills?status=LOST");
     CHECK(bad.status == 400);

@@ -1037,6 +1037,9 @@ TEST_SUITE("integration/store/redis_bill_store")
         CHECK(num(doc["anomalies"], "amount_mismatch") == 1);
         CHECK(doc["bills"].IsArray());
         CHECK(doc["bills"].Size() == 4);
+        // Bills paid by no provider: provider null, as the bill itself says (not "none").
+        CHECK(doc["bills"][1]["provider"].IsNull());
+        CHECK(str(doc["bills"][1], "status") == "PENDING");
 
         const auto empty = f.run(f.store->reconciliation(0, 1000));
         REQUIRE(empty.has_value());
