@@ -351,12 +351,17 @@ std::optional<std::size_t> parse_limit(const Query& q, std::size_t def, std::siz
 }
 
 // An RFC 3339 time after the Unix epoch (0 stands for "not given" below the API); 0 when absent.
+// Given but empty is refused (nullopt), like an empty filter: `updated_from=$SINCE` with $SINCE
+// unset must not quietly become "no bound".
 std::optional<std::int64_t> parse_time_param(const Query& q, const char* name, bool& present)
 {
     auto it = q.find(name);
-    present = it != q.end() && !it->second.empty();
+    present = it != q.end();
     if (!present) {
         return 0;
+    }
+    if (it->second.empty()) {
+        return std::nullopt;
     }
     std::optional<std::int64_t> ms = parse_rfc3339(it->second);
     if (ms && *ms <= 0) {
@@ -369,9 +374,17 @@ std::optional<std::int64_t> parse_time_param(const Query& q, const char* name, b
 // (form decoding), which is the usual way to get "+08:00" wrong: said so.
 Response time_error(const Request& req, const Query& q, const char* name, std::string_view prefix = {})
 {
+    auto it = q.find(name);
+    if (it != q.end() && it->second.empty()) {
+        // A required time says what it must be; an optional one (prefix "must be ") how to say
+        // "no bound".
+        std::string message = "must not be empty; ";
+        message += prefix.starts_with("required") ? "an RFC 3339 time after 1970-01-01T00:00:00Z"
+                                                  : "leave it out for no bound";
+        return api_error(req, 400, "invalid_argument", message, name);
+    }
     std::string message(prefix);
     message += "an RFC 3339 time after 1970-01-01T00:00:00Z";
-    auto it = q.find(name);
     if (it != q.end() && it->second.find(' ') != std::string::npos) {
         message += " (a '+' in a query string must be sent as %2B)";
     }

@@ -342,6 +342,11 @@ TEST_CASE("CRM queries over HTTP: bills list with filters, reconciliation summar
         {"GET", "/v1/bills?updated_to=1970-01-01T00:00:00Z", "updated_to", "after 1970-01-01T00:00:00Z"},
         {"GET", "/v1/bills?updated_from=2026-02-31T00:00:00Z", "updated_from", "RFC 3339"},
         {"GET", "/v1/reconciliation/summary?from=2026-01-01T00:00:00+08:00&to=" + to, "from", "sent as %2B"},
+        // A time from an empty variable is refused like an empty filter, not read as no bound.
+        {"GET", "/v1/bills?updated_from=", "updated_from", "must not be empty; leave it out for no bound"},
+        {"GET", "/v1/bills?status=PAID&updated_to=", "updated_to", "must not be empty; leave it out for no bound"},
+        {"GET", "/v1/reconciliation/summary?from=&to=" + to, "from", "must not be empty"},
+        {"GET", "/v1/reconciliation/summary?from=" + from + "&to=", "to", "must not be empty"},
     };
     for (const Case& c : cases) {
         CAPTURE(c.target);

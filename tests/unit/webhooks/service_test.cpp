@@ -12,6 +12,8 @@
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http/field.hpp>
 
+#include <functional>
+#include <memory>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -186,4 +188,123 @@ TEST_CASE("an unusable notification is refused whether the store recorded it now
     CHECK(r.result_int() == 200);
     CHECK(r.body() == "ok alipay");
     CHECK(f.store.applied == 3);
+}
+
+namespace {
+
+/// Records what the API asks of the store; register_bill answers `on_register` (created by default).
+class RecordingStore final : public BillStore {
+public:
+    template <class T>
+    using awaitable = boost::asio::awaitable<T>;
+
+    std::vector<NewBill> registered;
+    std::vector<BillFilter> listed;
+    int summaries{0};
+    std::function<RegisterResult(const NewBill&)> on_register;
+
+    awaitable<Result<ApplyResult>> apply(PaymentEvent) override { co_return make_error_code(errc::internal); }
+    awaitable<Result<RegisterResult>> register_bill(NewBill bill) override
+    {
+        registered.push_back(bill);
+        RegisterResult r{.outcome = RegisterOutcome::created, .bill_json = R"({"id":"B-1"})"};
+        if (on_register) {
+            r = on_register(bill);
+        }
+        co_return r;
+    }
+    awaitable<Result<std::optional<BillView>>> get_bill(std::string) override
+    {
+        co_return make_error_code(errc::internal);
+    }
+    awaitable<Result<Page>> list_bills(BillFilter filter) override
+    {
+        listed.push_back(filter);
+        Page empty;
+        co_return empty;
+    }
+    awaitable<Result<Page>> list_events(std::string, std::size_t) override { co_return make_error_code(errc::internal); }
+    awaitable<Result<Page>> list_anomalies(std::string, std::size_t) override
+    {
+        co_return make_error_code(errc::internal);
+    }
+    awaitable<Result<std::string>> summary(std::int64_t, std::int64_t) override
+    {
+        ++summaries;
+        co_return std::string("{}");
+    }
+    awaitable<Result<void>> ping() override { co_return Result<void>{}; }
+};
+
+constexpr const char* kToken = "test-token-0123456789abcdef";
+
+struct ApiFixture {
+    RecordingStore store;
+    webhooks::RuntimePtr runtime;
+    std::unique_ptr<webhooks::Service> service;
+    boost::asio::io_context ioc;
+
+    ApiFixture()
+    {
+        auto rt = std::make_shared<webhooks::Runtime>();
+        auto cfg = std::make_shared<config::Config>();
+        cfg->api_tokens.push_back({.name = "crm", .token = kToken});
+        rt->config = std::move(cfg);
+        runtime = rt;
+        webhooks::Service::Deps deps{.store = store,
+                                     .deliveries = nullptr,
+                                     .runtime = [this] { return runtime; },
+                                     .ready = [] { return true; }};
+        service = std::make_unique<webhooks::Service>(std::move(deps));
+    }
+
+    webhooks::Response call(http::verb method, const std::string& target, const std::string& body = {})
+    {
+        webhooks::Request req{method, target, 11};
+        req.set(http::field::authorization, std::string("Bearer ") + kToken);
+        if (!body.empty()) {
+            req.set(http::field::content_type, "application/json");
+            req.body() = body;
+        }
+        req.prepare_payload();
+        return paybridge::test::run_awaitable(ioc, service->handle(std::move(req)));
+    }
+    webhooks::Response create(const std::string& body) { return call(http::verb::post, "/v1/bills", body); }
+};
+
+bool names(const webhooks::Response& r, const std::string& field, const std::string& says)
+{
+    return r.body().find("\"field\":\"" + field + "\"") != std::string::npos && r.body().find(says) != std::string::npos;
+}
+
+}  // namespace
+
+TEST_CASE("an empty time parameter is a 400 naming it on every endpoint that takes times")
+{
+    ApiFixture f;
+    const std::string to = "2026-02-01T00:00:00Z";
+    struct Case {
+        std::string target, field, says;
+    };
+    const std::vector<Case> cases{
+        {"/v1/bills?updated_from=", "updated_from", "must not be empty; leave it out for no bound"},
+        {"/v1/bills?updated_to=", "updated_to", "must not be empty; leave it out for no bound"},
+        {"/v1/bills?status=PAID&updated_from=2026-01-01T00:00:00Z&updated_to=", "updated_to", "must not be empty"},
+        {"/v1/reconciliation/summary?from=&to=" + to, "from", "must not be empty"},
+        {"/v1/reconciliation/summary?from=2026-01-01T00:00:00Z&to=", "to", "must not be empty"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.target);
+        const auto r = f.call(http::verb::get, c.target);
+        CHECK(r.result_int() == 400);
+        CHECK_MESSAGE(names(r, c.field, c.says), r.body());
+    }
+    CHECK(f.store.listed.empty());
+    CHECK(f.store.summaries == 0);
+    // Left out, they are no bound; given, a bound.
+    CHECK(f.call(http::verb::get, "/v1/bills?status=PAID").result_int() == 200);
+    CHECK(f.call(http::verb::get, "/v1/bills?updated_from=2026-01-01T00:00:00Z").result_int() == 200);
+    REQUIRE(f.store.listed.size() == 2);
+    CHECK(f.store.listed[0].updated_from_ms == 0);
+    CHECK(f.store.listed[1].updated_from_ms == 1'767'225'600'000);
 }
