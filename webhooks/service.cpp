@@ -391,6 +391,41 @@ Response time_error(const Request& req, const Query& q, const char* name, std::s
     return api_error(req, 400, "invalid_argument", message, name);
 }
 
+/// Calls f(code point) for each code point of `text`, which is valid UTF-8 (the body was checked
+/// when it was parsed); stops and returns false as soon as f does.
+template <class F>
+bool each_code_point(std::string_view text, F&& f)
+{
+    while (!text.empty()) {
+        const auto lead = static_cast<unsigned char>(text.front());
+        const std::size_t n = lead < 0x80 ? 1 : lead < 0xE0 ? 2 : lead < 0xF0 ? 3 : 4;
+        if (n > text.size()) {
+            return false;
+        }
+        char32_t cp = n == 1 ? lead : n == 2 ? (lead & 0x1Fu) : n == 3 ? (lead & 0x0Fu) : (lead & 0x07u);
+        for (std::size_t i = 1; i < n; ++i) {
+            cp = (cp << 6) | (static_cast<unsigned char>(text[i]) & 0x3Fu);
+        }
+        text.remove_prefix(n);
+        if (!f(cp)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+/// C0 and C1 control characters and DEL (Unicode general category Cc).
+bool is_control(char32_t cp) { return cp < 0x20 || (cp >= 0x7F && cp <= 0x9F); }
+
+/// Unicode White_Space (ASCII blanks, NEL, NBSP, the ideographic space U+3000 that Chinese input
+/// methods type, and the other spaces and separators).
+bool is_space(char32_t cp)
+{
+    return (cp >= 0x09 && cp <= 0x0D) || cp == 0x20 || cp == 0x85 || cp == 0xA0 || cp == 0x1680 ||
+           (cp >= 0x2000 && cp <= 0x200A) || cp == 0x2028 || cp == 0x2029 || cp == 0x202F || cp == 0x205F ||
+           cp == 0x3000;
+}
+
 bool valid_bill_id(std::string_view id)
 {
     if (id.empty() || id.size() > 64) {
@@ -986,8 +1021,23 @@ awaitable<Response> Service::create_bill(const Request& req)
     if (!string_field("customer_id", bill.customer_id, 1, 128)) {
         co_return api_error(req, 400, "invalid_argument", "required; a string of 1 to 128 characters", "customer_id");
     }
+    // A customer id is matched exactly by GET /v1/bills?customer_id=: one made of blanks (a
+    // template variable left empty, padded), or holding control characters, names no customer.
+    if (!each_code_point(bill.customer_id, [](char32_t cp) { return !is_control(cp); })) {
+        co_return api_error(req, 400, "invalid_argument",
+                            "must not contain control characters (U+0000 to U+001F, U+007F to U+009F)", "customer_id");
+    }
+    if (each_code_point(bill.customer_id, [](char32_t cp) { return is_space(cp); })) {
+        co_return api_error(req, 400, "invalid_argument", "must not be only whitespace", "customer_id");
+    }
     if (!string_field("description", bill.description, 0, 256)) {
         co_return api_error(req, 400, "invalid_argument", "a string of at most 256 characters", "description");
+    }
+    if (!each_code_point(bill.description,
+                         [](char32_t cp) { return !is_control(cp) || cp == '\t' || cp == '\n' || cp == '\r'; })) {
+        co_return api_error(req, 400, "invalid_argument",
+                            "must not contain control characters other than tab, line feed and carriage return",
+                            "description");
     }
     if (given("expires_at")) {
         std::string text;

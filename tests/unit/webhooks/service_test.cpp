@@ -272,6 +272,17 @@ struct ApiFixture {
     webhooks::Response create(const std::string& body) { return call(http::verb::post, "/v1/bills", body); }
 };
 
+/// A bill's body with the given members after id, amount_fen and customer_id (or in place of
+/// customer_id when `members` gives one).
+std::string bill_body(const std::string& members)
+{
+    std::string body = R"({"id":"B-1","amount_fen":100)";
+    if (members.find("\"customer_id\"") == std::string::npos) {
+        body += R"(,"customer_id":"alice")";
+    }
+    return body + (members.empty() ? "" : "," + members) + "}";
+}
+
 bool names(const webhooks::Response& r, const std::string& field, const std::string& says)
 {
     return r.body().find("\"field\":\"" + field + "\"") != std::string::npos && r.body().find(says) != std::string::npos;
@@ -307,4 +318,39 @@ TEST_CASE("an empty time parameter is a 400 naming it on every endpoint that tak
     REQUIRE(f.store.listed.size() == 2);
     CHECK(f.store.listed[0].updated_from_ms == 0);
     CHECK(f.store.listed[1].updated_from_ms == 1'767'225'600'000);
+}
+
+TEST_CASE("customer_id must not be blank or hold control characters - description may hold tab and newlines only")
+{
+    ApiFixture f;
+    struct Case {
+        std::string members, field, says;
+    };
+    const std::vector<Case> refused{
+        {R"("customer_id":" ")", "customer_id", "must not be only whitespace"},
+        {R"("customer_id":"  \u3000 ")", "customer_id", "must not be only whitespace"},  // ideographic space
+        {R"("customer_id":"\u00a0")", "customer_id", "must not be only whitespace"},
+        {R"("customer_id":"ali\u0000ce")", "customer_id", "must not contain control characters"},
+        {R"("customer_id":"alice\n")", "customer_id", "must not contain control characters"},
+        {R"("customer_id":"\t")", "customer_id", "must not contain control characters"},
+        {R"("customer_id":"ali\u007fce")", "customer_id", "must not contain control characters"},
+        {R"("customer_id":"ali\u0085ce")", "customer_id", "must not contain control characters"},
+        {R"("description":"bell\u0007")", "description", "other than tab, line feed and carriage return"},
+        {R"("description":"nul\u0000")", "description", "other than tab, line feed and carriage return"},
+        {R"("description":"esc\u001b[31m")", "description", "other than tab, line feed and carriage return"},
+        {R"("description":"c1\u009b")", "description", "other than tab, line feed and carriage return"},
+    };
+    for (const Case& c : refused) {
+        CAPTURE(c.members);
+        const auto r = f.create(bill_body(c.members));
+        CHECK(r.result_int() == 400);
+        CHECK_MESSAGE(names(r, c.field, c.says), r.body());
+    }
+    CHECK(f.store.registered.empty());
+    for (const char* members : {R"("customer_id":" alice ")", R"("customer_id":"张 三")",
+                                R"("description":"line 1\r\nline 2\tend")", R"("description":"  ")",
+                                R"("description":"\u2028")"}) {
+        CAPTURE(members);
+        CHECK(f.create(bill_body(members)).result_int() == 201);
+    }
 }
