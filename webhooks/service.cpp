@@ -91,7 +91,10 @@ rapidjson::ParseResult parse_bounded(rapidjson::Document& doc, std::string_view 
         rapidjson::EncodedInputStream<rapidjson::UTF8<>, rapidjson::MemoryStream> in(bytes);
         DepthLimit limited(d, max_depth);
         rapidjson::Reader reader;
-        result = reader.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(in, limited);
+        // Full precision: a number in the metadata keeps the value the CRM sent; the default fast
+        // path reads some doubles a ULP or more off (8.0863067236109623e+24 one ULP low).
+        result = reader.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag |
+                              rapidjson::kParseFullPrecisionFlag>(in, limited);
         return !result.IsError();
     };
     doc.Populate(generate);
@@ -485,6 +488,18 @@ std::string bill_with_events(const BillView& view)
     }
     out += "]}";
     return out;
+}
+
+/// Whether a bill's JSON has "metadata":{} (only bills registered before {} was taken as none).
+bool has_empty_metadata(const std::string& bill_json)
+{
+    rapidjson::Document doc;
+    doc.Parse(bill_json.data(), bill_json.size());
+    if (doc.HasParseError() || !doc.IsObject()) {
+        return false;
+    }
+    const auto it = doc.FindMember("metadata");
+    return it != doc.MemberEnd() && it->value.IsObject() && it->value.ObjectEmpty();
 }
 
 /// Why a request is refused on /v1, or nullptr when its bearer token is one of the configured ones.
@@ -1054,7 +1069,9 @@ awaitable<Response> Service::create_bill(const Request& req)
         }
         bill.expires_at = format_rfc3339(*ms);
     }
-    if (given("metadata")) {
+    // An empty object says what no metadata says: the two register the same bill (null and
+    // absent already did), so a retry that spells it the other way is not a 409.
+    if (given("metadata") && !(doc["metadata"].IsObject() && doc["metadata"].ObjectEmpty())) {
         if (!doc["metadata"].IsObject()) {
             co_return api_error(req, 400, "invalid_argument", "a JSON object", "metadata");
         }
@@ -1071,9 +1088,20 @@ awaitable<Response> Service::create_bill(const Request& req)
         bill.metadata_json.assign(buf.GetString(), buf.GetSize());
     }
     const std::string id = bill.id;
+    const bool without_metadata = bill.metadata_json.empty();
+    NewBill retry = bill;
     Result<RegisterResult> result = co_await deps_.store.register_bill(std::move(bill));
     if (!result) {
         co_return store_error(req, result.error());
+    }
+    if (result->outcome == RegisterOutcome::conflict && without_metadata && has_empty_metadata(result->bill_json)) {
+        // A bill registered with "metadata":{} before {} meant none is stored with it: the same
+        // request (or one without metadata) is the same bill, as it is for bills registered now.
+        retry.metadata_json = "{}";
+        result = co_await deps_.store.register_bill(std::move(retry));
+        if (!result) {
+            co_return store_error(req, result.error());
+        }
     }
     switch (result->outcome) {
         case RegisterOutcome::created: {

@@ -20,6 +20,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <ctime>
 #include <map>
 #include <optional>
@@ -582,6 +583,42 @@ TEST_CASE("anomalies feed over HTTP: after and limit page through every anomaly 
         CHECK(sizes == std::vector<std::size_t>{14});
         check_items(items, recorded);
     }
+}
+
+TEST_CASE("bills API: metadata numbers come back from GET as the doubles and integers sent")
+{
+    DaemonFixture fx;
+    // Each of these doubles was read a ULP off before the body was parsed with full precision.
+    const std::vector<std::pair<std::string, std::string>> doubles{
+        {"big", "8.0863067236109623e+24"}, {"tiny", "2.2250738585072011e-308"}, {"small", "1.3927926388013963e-143"}};
+    std::string metadata = R"({"above_2_53":9007199254740993,"max_u64":18446744073709551615)";
+    for (const auto& [name, text] : doubles) {
+        metadata += ",\"" + name + "\":" + text;
+    }
+    metadata += "}";
+    const std::string body = R"({"id":"MD-1","amount_fen":100,"customer_id":"c","metadata":)" + metadata + "}";
+    REQUIRE(fx.api("POST", "/v1/bills", body).status == 201);
+    CHECK(fx.api("POST", "/v1/bills", body).status == 200);  // the same bill, numbers and all
+    const HttpResult got = fx.get_bill("MD-1");
+    REQUIRE(got.status == 200);
+    rapidjson::Document bill;
+    bill.Parse<rapidjson::kParseFullPrecisionFlag>(got.body.c_str());
+    REQUIRE(bill.IsObject());
+    REQUIRE(bill.HasMember("metadata"));
+    const rapidjson::Value& md = bill["metadata"];
+    INFO(got.body);
+    for (const auto& [name, text] : doubles) {
+        CAPTURE(name);
+        CHECK(md[name.c_str()].GetDouble() == std::strtod(text.c_str(), nullptr));
+    }
+    CHECK(md["above_2_53"].GetInt64() == 9'007'199'254'740'993);
+    CHECK(md["max_u64"].GetUint64() == 18'446'744'073'709'551'615ULL);
+    // An empty object is no metadata: the same bill as one registered without any.
+    const std::string plain = R"({"id":"MD-2","amount_fen":100,"customer_id":"c"})";
+    REQUIRE(fx.api("POST", "/v1/bills", plain).status == 201);
+    CHECK(fx.api("POST", "/v1/bills", R"({"id":"MD-2","amount_fen":100,"customer_id":"c","metadata":{}})").status ==
+          200);
+    CHECK(fx.stop() == 0);
 }
 
 TEST_CASE("events feed objects: created_at is RFC 3339 UTC with milliseconds and Z - id is evt_bill_sequence - sequence rises by one per bill")

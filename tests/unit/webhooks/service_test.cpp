@@ -11,8 +11,11 @@
 
 #include <boost/asio/io_context.hpp>
 #include <boost/beast/http/field.hpp>
+#include <rapidjson/document.h>
 
+#include <cstdlib>
 #include <functional>
+#include <limits>
 #include <memory>
 #include <stdexcept>
 #include <string>
@@ -318,6 +321,71 @@ TEST_CASE("an empty time parameter is a 400 naming it on every endpoint that tak
     REQUIRE(f.store.listed.size() == 2);
     CHECK(f.store.listed[0].updated_from_ms == 0);
     CHECK(f.store.listed[1].updated_from_ms == 1'767'225'600'000);
+}
+
+TEST_CASE("metadata given as an empty object registers the same bill as no metadata")
+{
+    ApiFixture f;
+    for (const char* metadata : {"", R"("metadata":null)", R"("metadata":{})"}) {
+        CAPTURE(metadata);
+        f.store.registered.clear();
+        CHECK(f.create(bill_body(metadata)).result_int() == 201);
+        REQUIRE(f.store.registered.size() == 1);
+        CHECK(f.store.registered[0].metadata_json.empty());
+    }
+    // A bill registered with {} before {} meant none holds "metadata":{}: the same request, or one
+    // without metadata, is still the same bill (200), asked again with the {} it was stored with.
+    f.store.on_register = [](const NewBill& bill) {
+        const bool as_stored = bill.metadata_json == "{}";
+        return RegisterResult{.outcome = as_stored ? RegisterOutcome::identical : RegisterOutcome::conflict,
+                              .bill_json = R"({"id":"B-1","metadata":{}})"};
+    };
+    for (const char* metadata : {"", R"("metadata":{})"}) {
+        CAPTURE(metadata);
+        f.store.registered.clear();
+        CHECK(f.create(bill_body(metadata)).result_int() == 200);
+        CHECK(f.store.registered.size() == 2);
+    }
+    // Other content is still a conflict, asked once.
+    f.store.on_register = [](const NewBill&) {
+        return RegisterResult{.outcome = RegisterOutcome::conflict, .bill_json = R"({"id":"B-1","metadata":{"a":1}})"};
+    };
+    f.store.registered.clear();
+    CHECK(f.create(bill_body("")).result_int() == 409);
+    CHECK(f.store.registered.size() == 1);
+}
+
+TEST_CASE("metadata numbers reach the store exactly as sent - doubles to the last bit and 64-bit integers")
+{
+    ApiFixture f;
+    // Read without full precision, 8.0863067236109623e+24 and 2.2250738585072011e-308 were each a
+    // ULP off. (The text written back need not be the digits sent: the value is what is kept.)
+    const std::vector<std::pair<std::string, std::string>> doubles{
+        {"sum", "0.30000000000000004"},
+        {"big", "8.0863067236109623e+24"},
+        {"tiny", "2.2250738585072011e-308"},
+        {"small", "1.3927926388013963e-143"},
+    };
+    std::string metadata = R"({"above_2_53":9007199254740993,"max_u64":18446744073709551615,)"
+                           R"("min_i64":-9223372036854775808)";
+    for (const auto& [name, text] : doubles) {
+        metadata += ",\"" + name + "\":" + text;
+    }
+    metadata += "}";
+    CHECK(f.create(bill_body(R"("metadata":)" + metadata)).result_int() == 201);
+    REQUIRE(f.store.registered.size() == 1);
+    rapidjson::Document stored;
+    stored.Parse<rapidjson::kParseFullPrecisionFlag>(f.store.registered[0].metadata_json.c_str());
+    REQUIRE(stored.IsObject());
+    INFO(f.store.registered[0].metadata_json);
+    for (const auto& [name, text] : doubles) {
+        CAPTURE(name);
+        REQUIRE(stored[name.c_str()].IsDouble());
+        CHECK(stored[name.c_str()].GetDouble() == std::strtod(text.c_str(), nullptr));  // glibc: correctly rounded
+    }
+    CHECK(stored["above_2_53"].GetInt64() == 9'007'199'254'740'993);
+    CHECK(stored["max_u64"].GetUint64() == 18'446'744'073'709'551'615ULL);
+    CHECK(stored["min_i64"].GetInt64() == std::numeric_limits<std::int64_t>::min());
 }
 
 TEST_CASE("customer_id must not be blank or hold control characters - description may hold tab and newlines only")
