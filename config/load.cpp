@@ -11,6 +11,7 @@
 #include <rapidjson/document.h>
 #include <rapidjson/error/en.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <map>
 #include <utility>
@@ -86,6 +87,7 @@ public:
         if (const Value* v = object_at(root, r, "redis")) {
             parse_redis(*v, child(r, "redis"), cfg.redis);
         }
+        feed_cursor_fits(cfg);
         if (const Value* v = array_at(root, r, "api_tokens")) {
             parse_api_tokens(*v, child(r, "api_tokens"), cfg.api_tokens);
         }
@@ -350,6 +352,25 @@ private:
         }
         if (complete && !tls.cert_file.empty() && !tls.key_file.empty()) {
             cfg.tls = std::move(tls);
+        }
+    }
+
+    // The cursor of GET /v1/events and /v1/anomalies holds every shard's exact position (about 3
+    // characters a shard in a busy system, up to 8 for one idle for months: store/redis_bill_store.cpp)
+    // and comes back in the request line, so the header limit must leave it room. Not a problem
+    // (a deployment cannot change its shard count, and this limits the feeds alone), but said.
+    void feed_cursor_fits(const Config& cfg)
+    {
+        constexpr std::size_t kPerShard = 8;
+        constexpr std::size_t kRestOfRequest = 1024;  // method, path, Host, Authorization...
+        const std::size_t needed = static_cast<std::size_t>(std::max(cfg.redis.shards, 0)) * kPerShard + kRestOfRequest;
+        if (needed > cfg.limits.max_header_bytes) {
+            problems_.warn("/limits/max_header_bytes",
+                           "with " + std::to_string(cfg.redis.shards) +
+                               " redis.shards, a cursor of GET /v1/events or /v1/anomalies can take about " +
+                               std::to_string(needed - kRestOfRequest) + " characters (8 a shard); set at least " +
+                               std::to_string(needed) + ", and as much in any proxy in front, or such requests " +
+                               "are refused (414/431)");
         }
     }
 

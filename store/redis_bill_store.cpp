@@ -396,6 +396,8 @@ bool parse_stream_id(std::string_view id, std::uint64_t& ms, std::uint64_t& seq)
     return parse_u64(id.substr(0, dash), ms) && parse_u64(id.substr(dash + 1), seq);
 }
 
+// ---- feed cursors ------------------------------------------------------------------------------
+
 // A feed cursor: per shard, the id of the last entry read (nullopt: none yet). Each shard goes on
 // after its own id, so no order between the clocks of different shards is assumed: a shard's
 // stream ids only grow, whatever its clock does, and shards may live on different servers.
@@ -405,9 +407,104 @@ struct StreamId {
 };
 using FeedCursor = std::vector<std::optional<StreamId>>;
 
-// "<base>_<e0>.<e1>...": one entry per shard, empty (none yet), "<ms - base>" or
-// "<ms - base>-<seq>" when seq is not 0; base is the smallest ms. Only URL-unreserved characters.
-std::string encode_feed_cursor(const FeedCursor& cursor)
+// A cursor holds the position reached in every shard, so it grows with `redis.shards`. The form
+// written is "c" + base64url (no padding) of:
+//
+//   varint newest          the largest ms of any position (0 when there is none)
+//   then one token per shard, in shard order, each a varint t:
+//     t = 0                nothing read from this shard yet
+//     t = 1, varint k      the previous shard's token again, k more times (k >= 1)
+//     t >= 2               v = t - 2: the position is (newest - (v >> 1), seq), where seq follows
+//                          as a varint (>= 1) when v & 1, and is 0 otherwise
+//
+// Positions are deltas from the newest one, so a busy system, whose shards were all read up to the
+// last seconds, costs 2 or 3 bytes a shard, and runs of shards with nothing read cost 2 bytes in
+// all; the old text form cost 8 to 10 characters a shard. A shard read up to a year ago costs 6
+// bytes. Every shard's own position stays exact (see FeedCursor), so the size cannot be bounded
+// independently of `redis.shards`: config/load.cpp warns when the header limit cannot carry it.
+//
+// The earlier forms, "<base>_<e0>.<e1>..." and "<ms>-<seq>.<shard>", start with a digit and are
+// still read.
+
+void put_varint(std::string& out, std::uint64_t v)
+{
+    while (v >= 0x80) {
+        out += static_cast<char>((v & 0x7F) | 0x80);
+        v >>= 7;
+    }
+    out += static_cast<char>(v);
+}
+
+bool get_varint(std::string_view& in, std::uint64_t& v)
+{
+    v = 0;
+    for (int shift = 0; shift < 64; shift += 7) {
+        if (in.empty()) {
+            return false;
+        }
+        const auto byte = static_cast<std::uint8_t>(in.front());
+        in.remove_prefix(1);
+        if (shift == 63 && byte > 1) {
+            return false;  // beyond 64 bits
+        }
+        v |= static_cast<std::uint64_t>(byte & 0x7F) << shift;
+        if ((byte & 0x80) == 0) {
+            return byte != 0 || shift == 0;  // no redundant trailing zero byte: one spelling per value
+        }
+    }
+    return false;
+}
+
+constexpr std::string_view kBase64Url = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+
+std::string base64url(std::string_view bytes)
+{
+    std::string out;
+    out.reserve((bytes.size() * 4 + 2) / 3);
+    std::uint32_t acc = 0;
+    int bits = 0;
+    for (const char c : bytes) {
+        acc = (acc << 8) | static_cast<std::uint8_t>(c);
+        bits += 8;
+        while (bits >= 6) {
+            bits -= 6;
+            out += kBase64Url[(acc >> bits) & 0x3F];
+        }
+    }
+    if (bits > 0) {
+        out += kBase64Url[(acc << (6 - bits)) & 0x3F];
+    }
+    return out;
+}
+
+std::optional<std::string> from_base64url(std::string_view text)
+{
+    std::string out;
+    out.reserve(text.size() * 3 / 4);
+    std::uint32_t acc = 0;
+    int bits = 0;
+    for (const char c : text) {
+        const auto at = kBase64Url.find(c);
+        if (at == std::string_view::npos) {
+            return std::nullopt;
+        }
+        acc = (acc << 6) | static_cast<std::uint32_t>(at);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out += static_cast<char>((acc >> bits) & 0xFF);
+        }
+    }
+    // What is left must be fewer than 8 bits, all zero: one spelling per cursor.
+    if (bits >= 6 || (acc & ((1u << bits) - 1)) != 0) {
+        return std::nullopt;
+    }
+    return out;
+}
+
+// The text form (read by decode_feed_cursor below): written only for positions the compact form
+// cannot hold, ms more than 2^62 apart (stream ids no clock makes).
+std::string encode_text_cursor(const FeedCursor& cursor)
 {
     std::uint64_t base = std::numeric_limits<std::uint64_t>::max();
     for (const std::optional<StreamId>& id : cursor) {
@@ -434,9 +531,118 @@ std::string encode_feed_cursor(const FeedCursor& cursor)
     return out;
 }
 
+std::string encode_feed_cursor(const FeedCursor& cursor)
+{
+    constexpr std::uint64_t kMaxDelta = std::uint64_t{1} << 62;  // 2 + 2 * delta + 1 fits 64 bits
+    std::uint64_t newest = 0;
+    std::uint64_t oldest = std::numeric_limits<std::uint64_t>::max();
+    for (const std::optional<StreamId>& id : cursor) {
+        if (id) {
+            newest = std::max(newest, id->ms);
+            oldest = std::min(oldest, id->ms);
+        }
+    }
+    if (newest > oldest && newest - oldest >= kMaxDelta) {
+        return encode_text_cursor(cursor);
+    }
+    std::string bytes;
+    put_varint(bytes, newest);
+    std::string previous;  // the last token written
+    std::uint64_t repeats = 0;
+    const auto flush = [&bytes, &repeats] {
+        if (repeats > 0) {
+            put_varint(bytes, 1);
+            put_varint(bytes, repeats);
+            repeats = 0;
+        }
+    };
+    for (std::size_t s = 0; s < cursor.size(); ++s) {
+        std::string token;
+        if (!cursor[s]) {
+            put_varint(token, 0);
+        } else {
+            const std::uint64_t delta = newest - cursor[s]->ms;
+            put_varint(token, 2 + (delta << 1) + (cursor[s]->seq != 0 ? 1 : 0));
+            if (cursor[s]->seq != 0) {
+                put_varint(token, cursor[s]->seq);
+            }
+        }
+        if (s > 0 && token == previous) {
+            ++repeats;
+            continue;
+        }
+        flush();
+        bytes += token;
+        previous = std::move(token);
+    }
+    flush();
+    return "c" + base64url(bytes);
+}
+
+std::optional<FeedCursor> decode_compact_cursor(std::string_view text, std::size_t shard_count)
+{
+    const std::optional<std::string> decoded = from_base64url(text);
+    if (!decoded) {
+        return std::nullopt;
+    }
+    std::string_view in = *decoded;
+    std::uint64_t newest = 0;
+    if (!get_varint(in, newest)) {
+        return std::nullopt;
+    }
+    FeedCursor cursor;
+    cursor.reserve(shard_count);
+    bool any = false;
+    while (!in.empty()) {
+        std::uint64_t t = 0;
+        if (!get_varint(in, t)) {
+            return std::nullopt;
+        }
+        if (t == 1) {
+            std::uint64_t k = 0;
+            if (cursor.empty() || !get_varint(in, k) || k == 0 || k > shard_count - cursor.size()) {
+                return std::nullopt;
+            }
+            const std::optional<StreamId> again = cursor.back();
+            cursor.insert(cursor.end(), static_cast<std::size_t>(k), again);
+            continue;
+        }
+        if (cursor.size() == shard_count) {
+            return std::nullopt;
+        }
+        if (t == 0) {
+            cursor.emplace_back();
+            continue;
+        }
+        const std::uint64_t v = t - 2;
+        const std::uint64_t delta = v >> 1;
+        StreamId id;
+        if (delta > newest) {
+            return std::nullopt;
+        }
+        id.ms = newest - delta;
+        if ((v & 1) != 0 && (!get_varint(in, id.seq) || id.seq == 0)) {
+            return std::nullopt;
+        }
+        any = any || delta == 0;
+        cursor.emplace_back(id);
+    }
+    // Exactly one entry per shard, and `newest` is one of them (0 when there is none).
+    if (cursor.size() != shard_count || (!any && newest != 0)) {
+        return std::nullopt;
+    }
+    return cursor;
+}
+
+// Any form a cursor was ever written in: the compact one; "<base>_<e0>.<e1>...", one entry per
+// shard, empty (none yet), "<ms - base>" or "<ms - base>-<seq>" when seq is not 0, base the
+// smallest ms (encode_text_cursor); and "<ms>-<seq>.<shard>", the last entry returned.
 std::optional<FeedCursor> decode_feed_cursor(std::string_view text, int shards)
 {
     const auto shard_count = static_cast<std::size_t>(shards);
+    if (text.starts_with('c')) {
+        return decode_compact_cursor(text.substr(1), shard_count);
+    }
     const auto underscore = text.find('_');
     if (underscore == std::string_view::npos) {
         // The earlier format "<ms>-<seq>.<shard>", the last entry returned: shards up to <shard>

@@ -7,6 +7,7 @@
 #include "core/time.hpp"
 #include "gateways/alipay/alipay_sim.hpp"
 #include "gateways/crypto/crypto.hpp"
+#include "store/keys.hpp"
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/json.hpp"
 #include "tests/support/wait.hpp"
@@ -618,6 +619,44 @@ TEST_CASE("bills API: metadata numbers come back from GET as the doubles and int
     REQUIRE(fx.api("POST", "/v1/bills", plain).status == 201);
     CHECK(fx.api("POST", "/v1/bills", R"({"id":"MD-2","amount_fen":100,"customer_id":"c","metadata":{}})").status ==
           200);
+    CHECK(fx.stop() == 0);
+}
+
+TEST_CASE("events feed with 1024 shards: the cursor that reaches the tail goes back through the default header limit")
+{
+    // The reported case: with redis.shards 1024 the cursor held one text entry per shard (10,517
+    // characters), and sending it back was refused (431) by the 8 KiB header limit. One event in
+    // each of 1000 shards, their last entries spread over a day as in a quiet deployment.
+    DaemonOptions options;
+    options.redis_extra = ", \"shards\": 1024";
+    DaemonFixture fx(options);
+    const store::Keys keys("pb:", 1024);
+    std::vector<std::string> eval{"EVAL",
+                                  "for i = 1, #KEYS do redis.call('XADD', KEYS[i], ARGV[i], 'event', ARGV[#KEYS + i]) end",
+                                  "1000"};
+    std::vector<std::string> ids;
+    std::vector<std::string> events;
+    std::uint64_t lcg = 7;
+    for (int s = 0; s < 1000; ++s) {
+        lcg = lcg * 6364136223846793005ULL + 1442695040888963407ULL;
+        eval.push_back(keys.outbox(s));
+        ids.push_back(std::to_string(1'700'000'000'000 + (lcg >> 33) % 86'400'000) + "-0");
+        events.push_back(R"({"id":"evt_S)" + std::to_string(s) + R"(_1"})");
+    }
+    eval.insert(eval.end(), ids.begin(), ids.end());
+    eval.insert(eval.end(), events.begin(), events.end());
+    fx.redis_run(eval);
+
+    std::optional<std::string> cursor;
+    const std::vector<std::string> all = read_feed(fx, "events", 1000, cursor);  // 200s to the tail
+    CHECK(all.size() == 1000);
+    REQUIRE(cursor.has_value());
+    CAPTURE(cursor->size());
+    CHECK(cursor->size() < 5600);
+    // Polling from the tail with it: answered, and a new event comes from there, alone.
+    fx.redis_run({"XADD", keys.outbox(1023), "*", "event", R"({"id":"evt_NEW_1"})"});
+    const std::vector<std::string> fresh = read_feed(fx, "events", 1000, cursor);
+    CHECK(fresh == std::vector<std::string>{R"({"id":"evt_NEW_1"})"});
     CHECK(fx.stop() == 0);
 }
 

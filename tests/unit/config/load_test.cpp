@@ -487,6 +487,33 @@ TEST_CASE("config: a secret or private key file every user may read loads, with 
           });
 }
 
+TEST_CASE("config: more shards than the header limit leaves feed cursors room for load with a warning saying how much")
+{
+    MinimalFixture f;
+    const auto with = [&f](const std::string& members) {
+        return load(f.box, R"({ )" + members + R"(
+          "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1",
+                                          "apiv3_key": "env:V3", "platform_certificates": ["platform.pem"] } ] } })",
+                    f.env());
+    };
+    // 16 shards (the default), 896 with 8 KiB: room. 1024 with 8 KiB: a cursor can outgrow it.
+    for (const char* members : {"", R"("redis": { "shards": 896 },)",
+                                R"("redis": { "shards": 1024 }, "limits": { "max_header_bytes": 9216 },)"}) {
+        CAPTURE(members);
+        const LoadReport report = with(members);
+        INFO(dump(report.problems));
+        REQUIRE(report.config);
+        CHECK(report.warnings.empty());
+    }
+    const LoadReport report = with(R"("redis": { "shards": 1024 },)");
+    INFO(dump(report.problems));
+    REQUIRE(report.config);  // a warning: the shard count of a deployment cannot change
+    CHECK(report.warnings ==
+          std::vector<std::string>{"/limits/max_header_bytes: with 1024 redis.shards, a cursor of GET /v1/events or "
+                                   "/v1/anomalies can take about 8192 characters (8 a shard); set at least 9216, and "
+                                   "as much in any proxy in front, or such requests are refused (414/431)"});
+}
+
 TEST_CASE("config: a file others may change loads, with a warning naming it: the configuration, a key, a secret")
 {
     MinimalFixture f;
