@@ -25,6 +25,7 @@
 
 #include <algorithm>
 #include <array>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <functional>
@@ -308,6 +309,38 @@ std::optional<std::string> origin_form(std::string_view target)
         origin.insert(origin.begin(), '/');
     }
     return origin;
+}
+
+/// For a request whose request line did not fit the header limit (a 414): from the bytes read,
+/// whether it is clearly a request for the API, "<method> /v1/..." or the absolute form of such a
+/// target, so that it is refused in the API's error shape. Anything less clear gets plain text.
+bool api_request_line(std::string_view bytes)
+{
+    const std::size_t sp = bytes.find(' ');
+    if (sp == 0 || sp == std::string_view::npos || sp > 20) {
+        return false;
+    }
+    // RFC 9110 §5.6.2 token characters: a method, not a stray byte sequence.
+    constexpr std::string_view kTokenPunctuation = "!#$%&'*+-.^_`|~";
+    for (const char c : bytes.substr(0, sp)) {
+        if (!std::isalnum(static_cast<unsigned char>(c)) && kTokenPunctuation.find(c) == std::string_view::npos) {
+            return false;
+        }
+    }
+    std::string_view target = bytes.substr(sp + 1);
+    for (std::string_view scheme : {std::string_view("http://"), std::string_view("https://")}) {
+        if (target.size() >= scheme.size() && gateways::ascii_iequals(target.substr(0, scheme.size()), scheme)) {
+            target.remove_prefix(scheme.size());
+            const std::size_t path = target.find('/');
+            const std::size_t end = target.find_first_of(" ?#");
+            if (path == std::string_view::npos || (end != std::string_view::npos && end < path)) {
+                return false;
+            }
+            target.remove_prefix(path);
+            break;
+        }
+    }
+    return target.starts_with("/v1/");
 }
 
 bool expects_continue(const webhooks::Request& req)
@@ -649,10 +682,17 @@ awaitable<void> HttpServer::serve(Stream& stream, Session& session, unsigned rou
                 reply = refuse(refused->first, refused->second);
             } else if (rec == http::error::header_limit && parser.get().target().empty()) {
                 // The request line alone did not fit (RFC 9112 §3: a target longer than the
-                // server will parse is a 414).
-                reply = plain_error(414, "uri too long\n");
+                // server will parse is a 414). The parser has taken none of it: what the buffer
+                // holds starts with the request line, which says whether it is for the API.
+                const auto* bytes = static_cast<const char*>(buffer.data().data());
+                if (api_request_line(std::string_view(bytes, buffer.size()))) {
+                    webhooks::Request api_request{http::verb::get, "/v1/", 11};  // what reject() looks at
+                    reply = service_.reject(api_request, 414, "uri too long\n");
+                } else {
+                    reply = plain_error(414, "uri too long\n");
+                }
             } else if (rec == http::error::header_limit) {
-                reply = plain_error(431, "request header fields too large\n");
+                reply = refuse(431, "request header fields too large\n");
             } else if (rec == http::error::body_limit) {
                 reply = refuse(413, "payload too large\n");
             } else if (rec != beast::error::timeout && rec != http::error::end_of_stream &&

@@ -564,6 +564,8 @@ Response Service::reject(const Request& header, unsigned status, std::string_vie
             message.remove_suffix(1);
         }
         const std::string_view code = status == 413   ? "payload_too_large"
+                                      : status == 414 ? "uri_too_long"
+                                      : status == 431 ? "request_header_fields_too_large"
                                       : status == 501 ? "not_implemented"
                                                       : "bad_request";
         res = api_error(header, status, code, message);

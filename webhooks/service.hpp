@@ -38,9 +38,9 @@ public:
     boost::asio::awaitable<Response> handle(Request req, unsigned routes = config::kRoutesAll);
 
     /// The answer to a request the server refused before it reached handle() (413: body too
-    /// large, 400: unreadable), given its header: a provider's route gets the failure in that
-    /// provider's format with `status`, anything else `text` as text/plain. Always
-    /// Connection: close.
+    /// large, 414/431: request line/header too large, 400: unreadable), given its header: a
+    /// provider's route gets the failure in that provider's format with `status`, a /v1/ route
+    /// the API's JSON error, anything else `text` as text/plain. Always Connection: close.
     Response reject(const Request& header, unsigned status, std::string_view text) const;
 
 private:

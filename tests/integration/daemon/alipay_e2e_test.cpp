@@ -535,11 +535,14 @@ TEST_CASE("http: limits, deadlines, auth, request ids, graceful shutdown")
     r = http_request(fx.port(), "GET", "/healthz", {}, {{"X-Big", std::string(10 * 1024, 'h')}});
     CHECK(r.status == 431);
     CHECK(r.body == "request header fields too large\n");
-    // A request line that alone is over the header limit → 414.
+    // A request line that alone is over the header limit → 414; for the API in its error shape.
     r = http_request(fx.port(), "GET", "/v1/bills/" + std::string(10 * 1024, 'b'));
     CHECK(r.status == 414);
-    CHECK(r.body == "uri too long\n");
+    CHECK(r.body == R"({"error":{"code":"uri_too_long","message":"uri too long"}})");
     CHECK(!r.header("x-request-id").empty());
+    r = http_request(fx.port(), "GET", "/healthz?" + std::string(10 * 1024, 'b'));
+    CHECK(r.status == 414);
+    CHECK(r.body == "uri too long\n");
     // Half a request is dropped after the read deadline (2 s in the test config).
     const auto waited = HttpClient::time_until_closed(
         fx.port(), "POST /notify/alipay HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc", std::chrono::seconds(10));

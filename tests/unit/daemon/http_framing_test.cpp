@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include <string>
+#include <vector>
 
 using namespace paybridge;
 namespace asio = boost::asio;
@@ -123,4 +124,40 @@ TEST_CASE("a request to the API refused before it was read gets the API's error 
     CHECK_MESSAGE(got.starts_with("HTTP/1.1 413"), got);
     CHECK(got.find("Content-Type: application/json") != std::string::npos);
     CHECK(got.find(R"({"error":{"code":"payload_too_large","message":"payload too large"}})") != std::string::npos);
+}
+
+TEST_CASE("a request line or header over the limit is refused in the API's error shape when it is for the API")
+{
+    const std::string long_query(9000, 'a');  // over the 8 KiB header limit alone
+    struct Case {
+        std::string bytes;
+        std::string status;
+        std::string body;
+    };
+    const std::vector<Case> cases{
+        // The request line did not fit: from what was read, a method and a /v1/ target.
+        {"GET /v1/events?after=" + long_query + " HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 414",
+         R"({"error":{"code":"uri_too_long","message":"uri too long"}})"},
+        {"GET http://paybridge.example:8080/v1/bills?cursor=" + long_query + " HTTP/1.1\r\nHost: x\r\n\r\n",
+         "HTTP/1.1 414", R"({"error":{"code":"uri_too_long","message":"uri too long"}})"},
+        // The request line fitted, the header did not.
+        {"GET /v1/bills HTTP/1.1\r\nHost: x\r\nX-Big: " + long_query + "\r\n\r\n", "HTTP/1.1 431",
+         R"({"error":{"code":"request_header_fields_too_large","message":"request header fields too large"}})"},
+        // Anything else stays plain text.
+        {"GET /healthz?" + long_query + " HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 414", "uri too long\n"},
+        {"GET /v1" + long_query + " HTTP/1.1\r\nHost: x\r\n\r\n", "HTTP/1.1 414", "uri too long\n"},
+        {"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + long_query + "\r\n\r\n", "HTTP/1.1 431",
+         "request header fields too large\n"},
+    };
+    for (const Case& c : cases) {
+        CAPTURE(c.bytes.substr(0, 60));
+        Server s;
+        const std::string got = until_closed(s, c.bytes);
+        CHECK_MESSAGE(got.starts_with(c.status), got.substr(0, 200));
+        const std::size_t body = got.find("\r\n\r\n");
+        REQUIRE(body != std::string::npos);
+        CHECK(got.substr(body + 4) == c.body);
+        const bool json = c.body.starts_with("{");
+        CHECK((got.find("Content-Type: application/json") != std::string::npos) == json);
+    }
 }
