@@ -9,8 +9,9 @@
 // - every application/json answer is valid JSON in valid UTF-8;
 // - without the token no /v1 request reaches the store;
 // - a bill the store is asked to register passes API.md's rules (id charset and length, amount in
-//   (0, 10^12], CNY, customer_id 1..128 bytes, description <= 256, expires_at RFC 3339, metadata a
-//   JSON object of at most 4096 bytes); list limits stay in their ranges.
+//   (0, 10^12], CNY, customer_id 1..128 bytes, not blank, without control characters, description
+//   <= 256 without control characters but tab and newlines, expires_at RFC 3339, metadata a
+//   non-empty JSON object of at most 4096 bytes); list limits stay in their ranges.
 
 #include "config/config.hpp"
 #include "core/bill_store.hpp"
@@ -44,6 +45,21 @@ bool valid_json_object(std::string_view text)
     return !doc.HasParseError() && doc.IsObject();
 }
 
+/// Whether `text` (UTF-8) holds a C0 or C1 control character or DEL; tab, line feed and carriage
+/// return are let through when `but_blanks`.
+bool has_control(std::string_view text, bool but_blanks)
+{
+    for (std::size_t i = 0; i < text.size(); ++i) {
+        const auto c = static_cast<unsigned char>(text[i]);
+        const bool blank = c == '\t' || c == '\n' || c == '\r';
+        if ((c < 0x20 && !(but_blanks && blank)) || c == 0x7F ||
+            (c == 0xC2 && i + 1 < text.size() && static_cast<unsigned char>(text[i + 1]) <= 0x9F)) {
+            return true;
+        }
+    }
+    return false;
+}
+
 /// Answers everything successfully and checks what it is asked.
 class CheckingStore final : public BillStore {
 public:
@@ -65,10 +81,14 @@ public:
         FUZZ_CHECK(bill.amount_fen > 0 && bill.amount_fen <= kMaxAmountFen);
         FUZZ_CHECK(bill.currency == "CNY");
         FUZZ_CHECK(!bill.customer_id.empty() && bill.customer_id.size() <= 128 && fuzz::is_utf8(bill.customer_id));
+        FUZZ_CHECK(!has_control(bill.customer_id, false));
+        FUZZ_CHECK(bill.customer_id.find_first_not_of(' ') != std::string::npos);
         FUZZ_CHECK(bill.description.size() <= 256 && fuzz::is_utf8(bill.description));
+        FUZZ_CHECK(!has_control(bill.description, true));
         FUZZ_CHECK(bill.expires_at.empty() || parse_rfc3339(bill.expires_at).has_value());
         FUZZ_CHECK(bill.metadata_json.empty() ||
                    (bill.metadata_json.size() <= 4096 && valid_json_object(bill.metadata_json)));
+        FUZZ_CHECK(bill.metadata_json != "{}");  // an empty object is no metadata
         co_return RegisterResult{.outcome = RegisterOutcome::created,
                                  .bill_json = R"({"id":"B-1","status":"PENDING"})"};
     }
