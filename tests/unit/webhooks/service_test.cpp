@@ -239,10 +239,41 @@ public:
     awaitable<Result<void>> ping() override { co_return Result<void>{}; }
 };
 
+/// CRM delivery administration that counts the calls that reach it (none should, below).
+class CountingDeliveries final : public DeliveryAdmin {
+public:
+    template <class T>
+    using awaitable = boost::asio::awaitable<T>;
+
+    int calls{0};
+
+    awaitable<Result<std::optional<std::string>>> event(std::string) override
+    {
+        ++calls;
+        co_return make_error_code(errc::internal);
+    }
+    awaitable<Result<std::string>> deliveries(std::string, std::size_t, std::string) override
+    {
+        ++calls;
+        co_return make_error_code(errc::internal);
+    }
+    awaitable<Result<std::string>> redeliver(std::string) override
+    {
+        ++calls;
+        co_return make_error_code(errc::internal);
+    }
+    awaitable<Result<std::string>> recover(std::int64_t, std::string) override
+    {
+        ++calls;
+        co_return std::string(R"({"requeued":0,"event_ids":[],"more":false})");
+    }
+};
+
 constexpr const char* kToken = "test-token-0123456789abcdef";
 
 struct ApiFixture {
     RecordingStore store;
+    CountingDeliveries deliveries;
     webhooks::RuntimePtr runtime;
     std::unique_ptr<webhooks::Service> service;
     boost::asio::io_context ioc;
@@ -255,7 +286,7 @@ struct ApiFixture {
         rt->config = std::move(cfg);
         runtime = rt;
         webhooks::Service::Deps deps{.store = store,
-                                     .deliveries = nullptr,
+                                     .deliveries = &deliveries,
                                      .runtime = [this] { return runtime; },
                                      .ready = [] { return true; }};
         service = std::make_unique<webhooks::Service>(std::move(deps));
@@ -313,8 +344,14 @@ TEST_CASE("an empty time parameter is a 400 naming it on every endpoint that tak
         CHECK(r.result_int() == 400);
         CHECK_MESSAGE(names(r, c.field, c.says), r.body());
     }
+    const auto recover = f.call(http::verb::post, "/v1/deliveries/recover?since=");
+    CHECK(recover.result_int() == 400);
+    CHECK_MESSAGE(names(recover, "since", "must not be empty"), recover.body());
     CHECK(f.store.listed.empty());
     CHECK(f.store.summaries == 0);
+    CHECK(f.deliveries.calls == 0);
+    CHECK(f.call(http::verb::post, "/v1/deliveries/recover?since=2026-01-01T00:00:00Z").result_int() == 200);
+    CHECK(f.deliveries.calls == 1);
     // Left out, they are no bound; given, a bound.
     CHECK(f.call(http::verb::get, "/v1/bills?status=PAID").result_int() == 200);
     CHECK(f.call(http::verb::get, "/v1/bills?updated_from=2026-01-01T00:00:00Z").result_int() == 200);
