@@ -127,6 +127,9 @@ struct Worker {
             f(*replicas);
         }
     }
+    /// Every connection is ready: each checks that its node reports role master
+    /// (store::ConnectionChecks), so a node demoted to a replica behind the configured address is
+    /// not ready. Any thread.
     bool redis_ready()
     {
         bool ready = true;

@@ -61,6 +61,8 @@ constexpr std::chrono::milliseconds kBackoffMin{100};
 constexpr std::chrono::milliseconds kBackoffMax{5'000};
 // How often, in Sentinel mode, a connected RedisConnection asks whether the master has moved.
 constexpr std::chrono::milliseconds kSentinelWatch{1'000};
+// How often a connection with ConnectionChecks::master asks its node for its role (HELLO).
+constexpr std::chrono::milliseconds kRoleWatch{1'000};
 
 // hiredis parses, and the objects it builds are paybridge's Reply, made in place (no redisReply
 // tree to copy and free) and counted: a reply's wire bytes are bounded (kMaxReplyBytes) but not the
@@ -279,8 +281,14 @@ void RedisConnection::ReaderFree::operator()(redisReader* r) const noexcept
 // timer is both the deadline and the completion signal (cancel() wakes the caller early), so a
 // request costs no allocation beyond the timer's wait operation.
 struct RedisConnection::Waiter {
-    Waiter(RedisConnection& c, std::uint64_t first, std::size_t n, Reply* out)
-        : conn(c), timer(c.executor_, c.cfg_.request_timeout), first_seq(first), count(n), remaining(n), replies(out)
+    Waiter(RedisConnection& c, std::uint64_t first, std::size_t n, Reply* out, bool is_counted)
+        : conn(c),
+          timer(c.executor_, c.cfg_.request_timeout),
+          first_seq(first),
+          count(n),
+          remaining(n),
+          replies(out),
+          counted(is_counted)
     {
     }
     Waiter(const Waiter&) = delete;
@@ -308,6 +316,7 @@ struct RedisConnection::Waiter {
     std::size_t count;
     std::size_t remaining;
     Reply* replies;
+    bool counted;  ///< its failures count in RedisStats::errors
     error_code error;
     bool done{false};
 };
@@ -322,6 +331,7 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
       watch_timer_(executor_),
       sentinel_timer_(executor_),
       probe_timer_(executor_),
+      role_timer_(executor_),
       current_{cfg.host, cfg.port},
       sentinels_(cfg.sentinel.nodes),
       read_buf_(std::make_unique<char[]>(kReadBufferSize)),
@@ -340,6 +350,15 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
         throw std::logic_error("RedisConnection: a node connection cannot itself be a cluster");
     }
     stats_ = &shared;
+    // A cluster's node: the slot map says which nodes are masters.
+    checks_ = ConnectionChecks{.master = false};
+}
+
+void RedisConnection::set_checks(ConnectionChecks checks) noexcept
+{
+    if (!started_) {
+        checks_ = checks;
+    }
 }
 
 RedisConnection::~RedisConnection()
@@ -413,6 +432,7 @@ void RedisConnection::close_io() noexcept
     socket_.close(ignored);
     write_signal_.cancel();
     watch_timer_.cancel();
+    role_timer_.cancel();
 }
 
 void RedisConnection::wake_writer() noexcept
@@ -471,20 +491,23 @@ void RedisConnection::fail_pending(error_code ec) noexcept
 {
     for (Slot& slot : pending_) {
         if (slot.waiter != nullptr && !slot.waiter->done) {
-            stats_->errors.fetch_add(1, std::memory_order_relaxed);
+            if (slot.waiter->counted) {
+                stats_->errors.fetch_add(1, std::memory_order_relaxed);
+            }
             slot.waiter->finish(ec);
         }
     }
     head_seq_ += pending_.size();
     pending_.clear();
     out_buf_.clear();
+    counted_unsent_ = 0;
     update_in_flight();
 }
 
 void RedisConnection::deliver_front(void* hiredis_reply)
 {
     ReplyPtr reply(static_cast<Reply*>(hiredis_reply));
-    if (!sentinels_.empty() && reply->is_error() && reply->str.starts_with("READONLY")) {
+    if ((checks_.master || !sentinels_.empty()) && reply->is_error() && reply->str.starts_with("READONLY")) {
         demoted_ = true;  // read_loop closes the connection once this batch is delivered
     }
     const Slot slot = pending_.front();
@@ -496,7 +519,7 @@ void RedisConnection::deliver_front(void* hiredis_reply)
     }
     Reply& dst = w->replies[slot.index];
     dst = std::move(*reply);
-    if (dst.is_error() && (router_ == nullptr || !ClusterRouter::redirection(dst))) {
+    if (dst.is_error() && w->counted && (router_ == nullptr || !ClusterRouter::redirection(dst))) {
         stats_->errors.fetch_add(1, std::memory_order_relaxed);  // a redirection is followed, not failed
     }
     if (--w->remaining == 0) {
@@ -507,7 +530,8 @@ void RedisConnection::deliver_front(void* hiredis_reply)
 asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::string>* commands,
                                                     std::size_t n,
                                                     Reply* out,
-                                                    std::optional<std::chrono::steady_clock::time_point> deadline)
+                                                    std::optional<std::chrono::steady_clock::time_point> deadline,
+                                                    bool counted)
 {
     if (!node_ready()) {
         stats_->errors.fetch_add(n, std::memory_order_relaxed);
@@ -527,7 +551,7 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
         co_return make_error_code(errc::timeout);
     }
     // The waiter first: its slots do not exist yet, so an early return abandons nothing.
-    Waiter waiter(*this, head_seq_ + pending_.size(), n, out);
+    Waiter waiter(*this, head_seq_ + pending_.size(), n, out, counted);
     const std::size_t mark = out_buf_.size();
     const std::size_t queued = pending_.size();
     try {
@@ -556,7 +580,10 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     if (caller_deadline) {
         waiter.timer.expires_at(*deadline);
     }
-    stats_->commands.fetch_add(n, std::memory_order_relaxed);
+    if (counted) {
+        stats_->commands.fetch_add(n, std::memory_order_relaxed);
+        counted_unsent_ += n;
+    }
     update_in_flight();
     wake_writer();
 
@@ -566,7 +593,9 @@ asio::awaitable<error_code> RedisConnection::submit(const std::vector<std::strin
     }
     abandon(waiter.first_seq, n);
     waiter.done = true;
-    stats_->errors.fetch_add(1, std::memory_order_relaxed);
+    if (counted) {
+        stats_->errors.fetch_add(1, std::memory_order_relaxed);
+    }
     const bool stuck = !pending_.empty() && std::chrono::steady_clock::now() - waiting_since_ >= cfg_.request_timeout;
     if (ec || (caller_deadline && !stuck)) {
         // The caller cancelled the wait, or its own deadline came first: the connection itself
@@ -753,15 +782,56 @@ asio::awaitable<void> RedisConnection::serve()
 {
     using namespace asio::experimental::awaitable_operators;
     demoted_ = false;
-    // Each loop closes the socket when it ends, which ends the other one too.
-    if (sentinels_.empty()) {
+    // Each loop closes the socket when it ends, which ends the other one too. The watches close it
+    // when the node is no master (any more); they are cancelled when the loops end.
+    if (sentinels_.empty() && !checks_.master) {
         auto both = read_loop() && write_loop();
         co_await std::move(both);
         co_return;
     }
-    // The watch closes the socket when the master moves; it is cancelled when the loops end.
-    auto watched = (read_loop() && write_loop()) || watch_master();
+    if (sentinels_.empty()) {
+        auto watched = (read_loop() && write_loop()) || role_watch();
+        co_await std::move(watched);
+        co_return;
+    }
+    if (!checks_.master) {
+        auto watched = (read_loop() && write_loop()) || watch_master();
+        co_await std::move(watched);
+        co_return;
+    }
+    auto watched = (read_loop() && write_loop()) || watch_master() || role_watch();
     co_await std::move(watched);
+}
+
+asio::awaitable<void> RedisConnection::role_watch()
+{
+    // In band, on the connection itself: it asks the node this connection writes to, costs no
+    // connection of its own, and a node that stopped answering is the request timeout's to find.
+    const std::vector<std::string> hello{"HELLO", "2"};
+    while (socket_.is_open()) {
+        role_timer_.expires_after(kRoleWatch);
+        auto [ec] = co_await role_timer_.async_wait(kUseTuple);
+        if (ec || !socket_.is_open() || stopped_) {
+            co_return;
+        }
+        Reply reply;
+        const error_code sent = co_await submit(&hello, 1, &reply, std::nullopt, false);
+        if (!socket_.is_open() || stopped_) {
+            co_return;
+        }
+        if (sent) {
+            continue;  // a timeout that left the connection up (a caller's cancellation): ask again
+        }
+        const std::string role = hello_role(reply);
+        if (role != "master") {
+            log::warning("redis.demoted", {{"host", current_.host},
+                                           {"port", static_cast<int>(current_.port)},
+                                           {"role", role},
+                                           {"why", "the node is no master any more: connecting again"}});
+            close_io();
+            co_return;
+        }
+    }
 }
 
 asio::awaitable<error_code> RedisConnection::connect_via_sentinels()
@@ -1150,9 +1220,10 @@ asio::awaitable<error_code> RedisConnection::handshake()
         append_command(request, select);
         expects.push_back(Expect{.step = Step::select, .script = 0});
     }
-    if (!sentinels_.empty()) {
-        // The sentinels' answer may be stale (a failover under way): only a master will do. HELLO
-        // (protocol 2, unchanged) tells the role and, unlike ROLE and INFO, needs no @dangerous.
+    if (!sentinels_.empty() || checks_.master) {
+        // Only a master will do: the sentinels' answer may be stale (a failover under way), and one
+        // address (managed Redis) may lead to a node demoted by a failover. HELLO (protocol 2,
+        // unchanged) tells the role and, unlike ROLE and INFO, needs no @dangerous.
         const std::vector<std::string> hello{"HELLO", "2"};
         append_command(request, hello);
         expects.push_back(Expect{.step = Step::role, .script = 0});
@@ -1279,8 +1350,11 @@ asio::awaitable<void> RedisConnection::read_loop()
             break;
         }
         if (demoted_) {
-            log::warning("redis.readonly", {{"host", current_.host}, {"port", static_cast<int>(current_.port)},
-                                            {"why", "the node refused a write as a replica: asking the sentinels again"}});
+            log::warning("redis.readonly",
+                         {{"host", current_.host},
+                          {"port", static_cast<int>(current_.port)},
+                          {"why", sentinels_.empty() ? "the node refused a write as a replica: connecting again"
+                                                     : "the node refused a write as a replica: asking the sentinels again"}});
             break;
         }
     }
@@ -1300,7 +1374,10 @@ asio::awaitable<void> RedisConnection::write_loop()
         // Everything queued since the last write goes out in one write; callers arriving while it
         // is in flight accumulate in out_buf_ for the next one.
         write_buf_.swap(out_buf_);
-        stats_->writes.fetch_add(1, std::memory_order_relaxed);
+        if (counted_unsent_ > 0) {  // not a write of the role check alone
+            stats_->writes.fetch_add(1, std::memory_order_relaxed);
+        }
+        counted_unsent_ = 0;
         auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(write_buf_), kUseTuple);
         write_buf_.clear();
         if (ec) {

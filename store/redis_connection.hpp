@@ -66,6 +66,21 @@ struct RedisStats {
 
 class ClusterRouter;
 
+/// What a connection makes sure of before it serves, besides AUTH, SELECT and the scripts. On by
+/// default: paybridged's connections write, and must not write to a replica. Off only for a
+/// connection that is not a paybridge store (a test's look at a replica or a sentinel, a scripted
+/// server). A cluster's node connections have none: the slot map says which nodes are masters (a
+/// replica answers MOVED, not READONLY).
+struct ConnectionChecks {
+    /// The node's HELLO role must be "master": at every connect, and every second while connected
+    /// (HELLO on the connection itself, not counted in RedisStats). A node demoted behind the same
+    /// address, as managed Redis fails over behind one endpoint, is left and connected to again
+    /// (backoff as after any failure) until the address leads to a master. A write refused with
+    /// READONLY leaves it at once. (With Sentinel, the role is checked at connect and READONLY
+    /// acted on whatever this says.)
+    bool master{true};
+};
+
 /// A Redis connection. Not thread-safe: every call must happen on the executor given at
 /// construction (a single-threaded io_context), which is what makes it lock-free.
 ///
@@ -80,6 +95,9 @@ public:
     ~RedisConnection();
     RedisConnection(const RedisConnection&) = delete;
     RedisConnection& operator=(const RedisConnection&) = delete;
+
+    /// Replaces the checks (ConnectionChecks); before start().
+    void set_checks(ConnectionChecks checks) noexcept;
 
     /// Registers a Lua script, loaded with SCRIPT LOAD on every (re)connect, and returns its SHA1
     /// (lower-case hex, as Redis computes it). Registering the same body twice is harmless.
@@ -100,6 +118,10 @@ public:
     /// that node reports role master, or the current one no longer does (or cannot be reached):
     /// one sentinel's stale view does not drop a working master (logged once as
     /// redis.sentinel_disagrees). A write refused with READONLY closes the connection at once.
+    ///
+    /// ConnectionChecks (on by default) add, in every mode but a cluster's node connections: the
+    /// role check at connect (HELLO, as with Sentinel) and every second while connected, and
+    /// READONLY as a demotion.
     void start();
 
     /// Closes the socket and stops reconnecting; pending requests fail with errc::shutting_down.
@@ -111,8 +133,9 @@ public:
     /// connection as above, and start/stop/ready/exec/exec_many/eval act on all of them
     /// (store/redis_cluster.hpp says how commands are routed).
     ///
-    /// Connected, authenticated, db selected and scripts loaded (with Cluster: every slot has a
-    /// master and every master's connection is ready).
+    /// Connected, authenticated, db selected, scripts loaded, and (ConnectionChecks) the node
+    /// reports role master (with Cluster: every slot has a master and every master's connection
+    /// is ready).
     bool ready() const noexcept;
 
     /// Waits until ready() or `limit` passes (polling); returns ready().
@@ -199,18 +222,23 @@ private:
     /// While serving in Sentinel mode: returns (after closing the connection) once a sentinel
     /// names another node and that node reports master or the current one no longer does.
     boost::asio::awaitable<void> watch_master();
+    /// While serving with ConnectionChecks::master: asks HELLO every second on the connection and
+    /// returns (after closing it) once the node reports another role than master.
+    boost::asio::awaitable<void> role_watch();
     boost::asio::awaitable<void> serve();
     boost::asio::awaitable<void> read_loop();
     boost::asio::awaitable<void> write_loop();
 
     /// Queues the commands and waits for all their replies (written to out[0..n)). `deadline`
     /// (ClusterRouter's, for the whole routed request) may end the wait before request_timeout:
-    /// that gives up on the replies (timeout) without closing the connection.
+    /// that gives up on the replies (timeout) without closing the connection. `counted`: false for
+    /// the connection's own role check, which RedisStats does not count (commands, errors, writes).
     boost::asio::awaitable<boost::system::error_code> submit(
         const std::vector<std::string>* commands,
         std::size_t n,
         Reply* out,
-        std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt);
+        std::optional<std::chrono::steady_clock::time_point> deadline = std::nullopt,
+        bool counted = true);
     void deliver_front(void* hiredis_reply);
     void abandon(std::uint64_t first_seq, std::size_t n) noexcept;
     void fail_pending(boost::system::error_code ec) noexcept;
@@ -229,15 +257,18 @@ private:
     boost::asio::steady_timer watch_timer_;
     boost::asio::steady_timer sentinel_timer_;  ///< one sentinel's deadline (stop() cancels it)
     boost::asio::steady_timer probe_timer_;     ///< one role probe's deadline (stop() cancels it)
+    boost::asio::steady_timer role_timer_;      ///< the role watch's wait (close_io() cancels it)
     config::Endpoint current_;               ///< where the connection goes (the master, with Sentinel)
     /// Asked in this order; first, the one whose answer made the last ready connection.
     std::vector<config::Endpoint> sentinels_;
     bool demoted_{false};                      ///< a reply said READONLY: the node is no master now
+    ConnectionChecks checks_;
     std::unique_ptr<redisReader, ReaderFree> reader_;
     std::unique_ptr<char[]> read_buf_;
 
     std::string out_buf_;    ///< encoded commands not yet handed to the writer
     std::string write_buf_;  ///< the batch being written
+    std::size_t counted_unsent_{0};  ///< commands in out_buf_ that RedisStats counts (a write of none is not counted)
     std::deque<Slot> pending_;
     std::uint64_t head_seq_{0};  ///< sequence number of pending_.front()
     bool writer_idle_{false};

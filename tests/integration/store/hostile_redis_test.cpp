@@ -251,6 +251,9 @@ paybridge::config::RedisConfig cluster_config_for(const ScriptedServer& server)
     return cfg;
 }
 
+/// A scripted server plays only the commands each test is about: no role check.
+constexpr paybridge::store::ConnectionChecks kScripted{.master = false};
+
 /// The one request these tests send.
 std::vector<std::string> get_k() { return {"GET", "k"}; }
 
@@ -260,12 +263,13 @@ TEST_SUITE("store/hostile_redis")
 {
     TEST_CASE("bytes nobody asked for: the connection is dropped at once, not read into memory")
     {
-        // With no handshake to do (no password, no db, no script), the connection is ready as soon
+        // With no handshake to do (no password, no db, no script, no checks), the connection is ready as soon
         // as it is connected; the server then streams a reply no request is waiting for.
         ScriptedServer server(endless_bulk);
         Logs logs;
         asio::io_context ctx;
         RedisConnection conn(ctx.get_executor(), config_for(server));
+        conn.set_checks(kScripted);
         conn.start();
         REQUIRE(paybridge::test::run_until(ctx, [&] { return server.closed_by_client > 0; }, 10s));
         // What the kernel's socket buffers took before the close, not the 256 MiB on offer.
@@ -289,6 +293,7 @@ TEST_SUITE("store/hostile_redis")
         Logs logs;
         asio::io_context ctx;
         RedisConnection conn(ctx.get_executor(), config_for(server));
+        conn.set_checks(kScripted);
         conn.start();
         REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready(); }, 10s));
         const Result<Reply> reply = paybridge::test::run_awaitable(ctx, conn.exec(get_k()), 20s);
@@ -338,6 +343,7 @@ TEST_SUITE("store/hostile_redis")
         Logs logs;
         asio::io_context ctx;
         RedisConnection conn(ctx.get_executor(), config_for(server));
+        conn.set_checks(kScripted);
         conn.start();
         rusage before{};
         ::getrusage(RUSAGE_SELF, &before);
@@ -410,6 +416,7 @@ TEST_SUITE("store/hostile_redis")
         Logs logs;
         asio::io_context ctx;
         RedisConnection conn(ctx.get_executor(), cfg);
+        conn.set_checks(kScripted);
         conn.start();
         REQUIRE(paybridge::test::run_until(ctx, [&] { return conn.ready(); }, 10s));
         for (int i = 0; i < 2; ++i) {
@@ -460,6 +467,7 @@ TEST_SUITE("store/hostile_redis")
         Logs logs;
         asio::io_context ctx;
         RedisConnection conn(ctx.get_executor(), cluster_config_for(server));
+        conn.set_checks(kScripted);
         conn.start();
         // 1001 other masters and this node: refused, and asked again.
         REQUIRE(paybridge::test::run_until(ctx, [&] { return maps >= 2; }, 10s));

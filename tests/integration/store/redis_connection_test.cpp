@@ -482,6 +482,8 @@ TEST_SUITE("integration/store/redis_connection")
         CHECK(granted->is_status("OK"));
         CHECK(f.wait_ready(10s));
         admin.stop();
+        // Its loops end on the io_context's next turns: they must run before `admin` is destroyed.
+        paybridge::test::run_for(f.ctx, 200ms);
     }
 
     TEST_CASE("a wrong password never becomes ready")

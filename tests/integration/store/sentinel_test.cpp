@@ -46,9 +46,10 @@ struct Client {
     std::unique_ptr<RedisConnection> conn;
     std::string sha;
 
-    explicit Client(const RedisConfig& cfg, bool with_script = true)
+    explicit Client(const RedisConfig& cfg, bool with_script = true, paybridge::store::ConnectionChecks checks = {})
     {
         conn = std::make_unique<RedisConnection>(ctx.get_executor(), cfg);
+        conn->set_checks(checks);
         if (with_script) {  // a sentinel has no SCRIPT LOAD
             sha = conn->add_script("return redis.call('INCR', KEYS[1])");
         }
@@ -100,7 +101,8 @@ Result<Reply> ask(std::uint16_t port, std::vector<std::string> argv)
     cfg.host = "127.0.0.1";
     cfg.port = port;
     cfg.connect_timeout = 500ms;
-    Client c(cfg, false);
+    // A look at any node (a sentinel, a replica): its role does not matter.
+    Client c(cfg, false, paybridge::store::ConnectionChecks{.master = false});
     if (!c.wait_ready(5s)) {
         return paybridge::make_error_code(errc::store_unavailable);
     }
