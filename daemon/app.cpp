@@ -127,14 +127,21 @@ struct Worker {
             f(*replicas);
         }
     }
-    /// Every connection is ready: each checks that its node reports role master
-    /// (store::ConnectionChecks), so a node demoted to a replica behind the configured address is
-    /// not ready. Any thread.
+    /// Every connection is ready: each checks that its node is a master and that the key layout
+    /// matches (store::ConnectionChecks), so a node demoted to a replica, or a Redis whose data
+    /// another shard count wrote, is not ready. Any thread.
     bool redis_ready()
     {
         bool ready = true;
         each_redis([&](const store::RedisConnection& c) { ready = ready && c.ready(); });
         return ready;
+    }
+    /// A connection found a key layout other than the configuration's. Any thread.
+    bool layout_refused()
+    {
+        bool refused = false;
+        each_redis([&](const store::RedisConnection& c) { refused = refused || c.layout_refused(); });
+        return refused;
     }
 };
 
@@ -183,6 +190,7 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
     bool stopping_{false};
+    int exit_code_{0};             ///< of a stop that was no failure: 78 for a key layout refused at start
     bool forced_{false};           ///< the workers' loops were stopped with work left (finish_stop)
     std::atomic<bool> failed_{false};  ///< a worker's loop died of an exception: exit 1
     bool announced_ready_{false};  ///< READY=1 sent (by wait_ready): reloads may say RELOADING=1
@@ -300,10 +308,10 @@ int App::Impl::run()
         // matters is in Redis already.
         log::error("daemon.stopped", {{"forced", forced_}, {"worker_failed", failed_.load()}});
         std::fflush(nullptr);
-        std::_Exit(failed_ ? 1 : 0);
+        std::_Exit(failed_ ? 1 : exit_code_);
     }
-    log::info("daemon.stopped", {});
-    return 0;
+    log::info("daemon.stopped", {{"exit_code", exit_code_}});
+    return exit_code_;
 }
 
 awaitable<void> App::Impl::control()
@@ -344,13 +352,29 @@ awaitable<void> App::Impl::control()
 }
 
 // Readiness: READY=1 only once every worker's Redis connection is up with its scripts loaded.
+// A key layout refused before that is a configuration error (exit 78): this instance's
+// redis.shards contradicts what the deployment's data was written with. Restarting cannot mend
+// it, and 78 keeps systemd from trying (RestartPreventExitStatus); an instance left running but
+// unready would be easy to miss behind a load balancer. Once ready, a refusal (the marker changed
+// under a running instance) only makes it unready: the connections refuse every command until
+// the marker matches again.
 awaitable<void> App::Impl::wait_ready()
 {
     asio::steady_timer t(control_);
     while (!stopping_) {
         bool all = true;
+        bool refused = false;
         for (auto& w : workers_) {
             all = all && w->redis_ready();
+            refused = refused || w->layout_refused();
+        }
+        if (refused) {
+            // redis.layout_mismatch (logged by the connection) names both layouts.
+            log::error("daemon.layout_refused",
+                       {{"exit_code", 78}, {"why", "redis.shards does not match the key layout recorded in Redis"}});
+            exit_code_ = 78;
+            begin_stop();
+            co_return;
         }
         if (all) {
             systemd::notify_ready();

@@ -16,10 +16,12 @@
 //   P T ":created"        zset    bill id -> created_at (Unix ms)
 //   P T ":replicated"     string  written by each replica confirmation before its WAIT (wait_replicas;
 //                                 shard 0, with Cluster the shard of each bill confirmed)
+//   P T ":layout"         string  the key-layout marker, "paybridge-keys/1 shards=<n>", in every shard
+//                                 (store/layout.hpp)
 //
 // Every key one script touches carries the same hash tag T, so the whole layout runs unchanged on
 // Redis Cluster. The shard count is fixed for the life of a deployment: changing it moves bills
-// to other keys.
+// to other keys (the ":layout" markers make an instance configured otherwise refuse to serve).
 
 #include <cstdint>
 #include <cstdio>
@@ -106,6 +108,7 @@ public:
     std::string updated(int shard) const { return per_shard(shard, ":updated"); }
     std::string created(int shard) const { return per_shard(shard, ":created"); }
     std::string replicated(int shard) const { return per_shard(shard, ":replicated"); }
+    std::string layout(int shard) const { return per_shard(shard, ":layout"); }
 
     BillKeys for_bill(std::string_view id) const
     {

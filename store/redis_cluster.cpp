@@ -174,6 +174,8 @@ void ClusterRouter::node_changed() noexcept
     }
 }
 
+void ClusterRouter::set_on_change(std::function<void()> f) { on_change_ = std::move(f); }
+
 void ClusterRouter::update_ready() noexcept
 {
     bool all = !stopped_ && unowned_ == 0 && !masters_.empty();
@@ -183,8 +185,15 @@ void ClusterRouter::update_ready() noexcept
         any = any || up;
         all = all && up;
     }
-    ready_.store(all, std::memory_order_relaxed);
-    usable_.store(!stopped_ && unowned_ == 0 && any, std::memory_order_relaxed);
+    const bool was_ready = ready_.exchange(all, std::memory_order_relaxed);
+    const bool usable = !stopped_ && unowned_ == 0 && any;
+    const bool was_usable = usable_.exchange(usable, std::memory_order_relaxed);
+    if ((all && !was_ready) || (usable && !was_usable)) {
+        ++generation_;
+        if (on_change_) {
+            on_change_();  // the owner's key-layout check runs again
+        }
+    }
 }
 
 std::string ClusterRouter::node_of(std::string_view key) const
@@ -517,6 +526,9 @@ bool ClusterRouter::still(const NodeSession& ran) const noexcept
 asio::awaitable<Result<Reply>> ClusterRouter::eval(std::string sha, std::vector<std::string> keys,
                                                    std::vector<std::string> args, NodeSession& ran)
 {
+    if (!open_.load(std::memory_order_relaxed)) {
+        co_return failed(1);
+    }
     std::vector<std::string> argv = evalsha_command(sha, std::move(keys), std::move(args));
     // As RedisConnection::eval: routed by the first key, and after a NOSCRIPT reply (the node
     // lost its script cache) once more as EVAL with the body, routed the same way.
@@ -549,7 +561,7 @@ asio::awaitable<Result<std::vector<Reply>>> ClusterRouter::exec_at(config::Endpo
 {
     const std::size_t n = commands.size();
     const Clock::time_point deadline = Clock::now() + node_cfg_.request_timeout;
-    if (stopped_ || !started_) {
+    if (stopped_ || !started_ || !open_.load(std::memory_order_relaxed)) {
         co_return failed(n);
     }
     if (!knows(at) && live_nodes() >= kMaxNodes) {

@@ -49,6 +49,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -116,6 +117,16 @@ public:
 
     /// A node connection's readiness changed (called by it, on the executor).
     void node_changed() noexcept;
+
+    /// Counts the times ready() or usable() became true (a node connection came back, a
+    /// failover ended): the owner's key-layout check runs again when it has moved.
+    std::uint64_t generation() const noexcept { return generation_; }
+    /// Called (on the executor) whenever generation() moves.
+    void set_on_change(std::function<void()> f);
+    /// The owner's key-layout gate (RedisConnection ConnectionChecks::layout): while closed, eval()
+    /// and exec_at() fail with store_unavailable (the owner gates exec, exec_many and exec_each
+    /// itself). Open unless closed. Any thread.
+    void set_open(bool open) noexcept { open_.store(open, std::memory_order_relaxed); }
 
     /// MOVED, ASK, TRYAGAIN or CLUSTERDOWN: a reply the router follows or retries.
     static bool redirection(const Reply& reply) noexcept;
@@ -185,6 +196,9 @@ private:
     Clock::time_point next_refresh_{Clock::time_point::max()};  ///< when it asks next
     std::atomic<bool> ready_{false};
     std::atomic<bool> usable_{false};
+    std::atomic<bool> open_{true};
+    std::uint64_t generation_{0};
+    std::function<void()> on_change_;
     boost::asio::steady_timer refresh_timer_;   ///< the wait between two slot-map questions
     boost::asio::steady_timer gap_timer_;       ///< the short waits of the topology loop
     bool map_failing_{false};                   ///< the last question got no usable answer (logged once)

@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/resolve.hpp"
+#include "store/layout.hpp"
 #include "store/redis_cluster.hpp"
 #include "store/resp.hpp"
 
@@ -63,6 +64,8 @@ constexpr std::chrono::milliseconds kBackoffMax{5'000};
 constexpr std::chrono::milliseconds kSentinelWatch{1'000};
 // How often a connection with ConnectionChecks::master asks its node for its role (HELLO).
 constexpr std::chrono::milliseconds kRoleWatch{1'000};
+// How often a key layout that did not match is checked again.
+constexpr std::chrono::milliseconds kLayoutRecheck{5'000};
 
 // hiredis parses, and the objects it builds are paybridge's Reply, made in place (no redisReply
 // tree to copy and free) and counted: a reply's wire bytes are bounded (kMaxReplyBytes) but not the
@@ -262,6 +265,22 @@ std::string address(const config::Endpoint& node)
     return node.host + ":" + std::to_string(node.port);
 }
 
+/// Connections of this process whose key layout is refused now. Every connection of every worker
+/// finds the same mismatch: only the first to be refused logs it.
+std::atomic<int> g_layout_refusals{0};
+
+void log_layout_mismatch(const LayoutVerdict& verdict)
+{
+    log::error("redis.layout_mismatch",
+               {{"key", verdict.key},
+                {"configured", verdict.expected},
+                {"found", verdict.found},
+                {"why", verdict.why.empty() ? "another instance recorded another redis.shards for this key_prefix"
+                                            : verdict.why},
+                {"action", "not ready and every command refused (checked again every 5 s): give every instance of "
+                           "the deployment the same redis.shards (config/README.md)"}});
+}
+
 std::chrono::milliseconds jittered(std::chrono::milliseconds base, std::minstd_rand& rng)
 {
     // "Equal jitter": half fixed, half random, so reconnecting clients spread out but still back off.
@@ -332,6 +351,7 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
       sentinel_timer_(executor_),
       probe_timer_(executor_),
       role_timer_(executor_),
+      layout_timer_(executor_),
       current_{cfg.host, cfg.port},
       sentinels_(cfg.sentinel.nodes),
       read_buf_(std::make_unique<char[]>(kReadBufferSize)),
@@ -350,8 +370,8 @@ RedisConnection::RedisConnection(asio::any_io_executor executor, const config::R
         throw std::logic_error("RedisConnection: a node connection cannot itself be a cluster");
     }
     stats_ = &shared;
-    // A cluster's node: the slot map says which nodes are masters.
-    checks_ = ConnectionChecks{.master = false};
+    // A cluster's node: the slot map says which nodes are masters, the router's owner checks the layout.
+    checks_ = ConnectionChecks{.master = false, .layout = false};
 }
 
 void RedisConnection::set_checks(ConnectionChecks checks) noexcept
@@ -364,6 +384,7 @@ void RedisConnection::set_checks(ConnectionChecks checks) noexcept
 RedisConnection::~RedisConnection()
 {
     cluster_.reset();
+    uncount_refusal();
     stopped_ = true;
     fail_pending(make_error_code(errc::shutting_down));
     error_code ignored;
@@ -398,6 +419,13 @@ void RedisConnection::start()
         return;
     }
     started_ = true;
+    if (checks_.layout) {
+        if (cluster_) {
+            cluster_->set_open(false);
+            cluster_->set_on_change([this] { layout_timer_.cancel(); });
+        }
+        asio::co_spawn(executor_, layout_loop(), LogFailure("redis.layout_loop_failed"));
+    }
     if (cluster_) {
         cluster_->start();
         return;
@@ -418,8 +446,18 @@ void RedisConnection::stop()
     connect_timer_.cancel();
     sentinel_timer_.cancel();
     probe_timer_.cancel();
+    layout_timer_.cancel();
+    uncount_refusal();
     close_io();
     fail_pending(make_error_code(errc::shutting_down));
+}
+
+void RedisConnection::uncount_refusal() noexcept
+{
+    if (refusal_counted_) {
+        refusal_counted_ = false;
+        g_layout_refusals.fetch_sub(1, std::memory_order_relaxed);
+    }
 }
 
 void RedisConnection::close_io() noexcept
@@ -445,12 +483,18 @@ void RedisConnection::wake_writer() noexcept
 
 bool RedisConnection::ready() const noexcept
 {
-    return cluster_ ? cluster_->ready() : node_ready();
+    return (cluster_ ? cluster_->ready() : node_ready()) && layout_open();
 }
 
 bool RedisConnection::usable() const noexcept
 {
-    return cluster_ ? cluster_->usable() : node_ready();
+    return (cluster_ ? cluster_->usable() : node_ready()) && layout_open();
+}
+
+error_code RedisConnection::refused(std::size_t n) noexcept
+{
+    stats_->errors.fetch_add(n, std::memory_order_relaxed);
+    return make_error_code(stopped_ ? errc::shutting_down : errc::store_unavailable);
 }
 
 std::string RedisConnection::node_of(std::string_view key) const
@@ -618,6 +662,9 @@ asio::awaitable<Result<Reply>> RedisConnection::exec(std::vector<std::string> ar
     if (argv.empty()) {
         co_return make_error_code(errc::invalid_argument);
     }
+    if (!layout_open()) {
+        co_return refused(1);
+    }
     if (cluster_) {
         Result<Reply> routed = co_await cluster_->exec(std::move(argv));
         co_return routed;
@@ -631,6 +678,16 @@ asio::awaitable<Result<Reply>> RedisConnection::exec(std::vector<std::string> ar
 }
 
 asio::awaitable<Result<std::vector<Reply>>> RedisConnection::exec_many(std::vector<std::vector<std::string>> commands)
+{
+    if (!commands.empty() && !layout_open()) {
+        co_return refused(commands.size());
+    }
+    Result<std::vector<Reply>> replies = co_await exec_many_unguarded(std::move(commands));
+    co_return replies;
+}
+
+asio::awaitable<Result<std::vector<Reply>>> RedisConnection::exec_many_unguarded(
+    std::vector<std::vector<std::string>> commands)
 {
     std::vector<Reply> replies(commands.size());
     if (commands.empty()) {
@@ -649,12 +706,24 @@ asio::awaitable<Result<std::vector<Reply>>> RedisConnection::exec_many(std::vect
 
 asio::awaitable<std::vector<Result<Reply>>> RedisConnection::exec_each(std::vector<std::vector<std::string>> commands)
 {
+    if (!commands.empty() && !layout_open()) {
+        const error_code ec = refused(commands.size());
+        std::vector<Result<Reply>> each(commands.size(), Result<Reply>(ec));
+        co_return each;
+    }
+    std::vector<Result<Reply>> each = co_await exec_each_unguarded(std::move(commands));
+    co_return each;
+}
+
+asio::awaitable<std::vector<Result<Reply>>> RedisConnection::exec_each_unguarded(
+    std::vector<std::vector<std::string>> commands)
+{
     if (cluster_) {
         std::vector<Result<Reply>> routed = co_await cluster_->exec_each(std::move(commands));
         co_return routed;
     }
     const std::size_t n = commands.size();
-    Result<std::vector<Reply>> all = co_await exec_many(std::move(commands));
+    Result<std::vector<Reply>> all = co_await exec_many_unguarded(std::move(commands));
     std::vector<Result<Reply>> each;
     each.reserve(n);
     for (std::size_t i = 0; i < n; ++i) {
@@ -671,6 +740,9 @@ asio::awaitable<Result<Reply>> RedisConnection::eval(std::string sha,
                                                      std::vector<std::string> keys,
                                                      std::vector<std::string> args)
 {
+    if (!layout_open()) {
+        co_return refused(1);
+    }
     std::vector<std::string> argv = evalsha_command(sha, std::move(keys), std::move(args));
 
     Reply reply;
@@ -743,6 +815,7 @@ asio::awaitable<void> RedisConnection::run()
         if (!ec) {
             ++session_;
             ready_.store(true, std::memory_order_relaxed);
+            layout_timer_.cancel();  // a new session: the layout loop checks it
             if (router_ != nullptr) {
                 router_->node_changed();
             }
@@ -1158,6 +1231,87 @@ asio::awaitable<Result<config::Endpoint>> RedisConnection::ask_sentinel(config::
     }
     config::Endpoint master{answer.elements[0].str, port};  // named: STYLE.md §3
     co_return master;
+}
+
+asio::awaitable<void> RedisConnection::layout_loop()
+{
+    using Clock = std::chrono::steady_clock;
+    // The session (one node) or router generation (Cluster) the verdict holds for; none checked yet.
+    std::optional<std::uint64_t> checked;
+    Clock::time_point recheck_at = Clock::time_point::max();
+    // With Cluster, the first check waits (at most connect_timeout once usable) for every master's
+    // connection: one check at start, not one per master as they come up.
+    std::optional<Clock::time_point> usable_since;
+    std::chrono::milliseconds retry = kBackoffMin;
+    const LayoutExec exec = [this](std::vector<std::vector<std::string>> commands) {
+        return exec_each_unguarded(std::move(commands));
+    };
+    while (!stopped_) {
+        const bool up = cluster_ ? cluster_->usable() : node_ready();
+        const std::uint64_t generation = cluster_ ? cluster_->generation() : session_;
+        Clock::time_point until = recheck_at;
+        if (cluster_ && up && !checked && !cluster_->ready()) {
+            if (!usable_since) {
+                usable_since = Clock::now();
+            }
+            if (Clock::now() < *usable_since + cfg_.connect_timeout) {
+                layout_timer_.expires_at(*usable_since + cfg_.connect_timeout);  // the router wakes it when ready
+                co_await layout_timer_.async_wait(kUseTuple);
+                continue;
+            }
+        }
+        if (up && (checked != generation || Clock::now() >= recheck_at)) {
+            Result<LayoutVerdict> verdict = make_error_code(errc::internal);
+            try {
+                verdict = co_await check_layout(exec, cfg_.key_prefix, cfg_.shards);
+            } catch (const std::exception& e) {
+                log::error("redis.layout_check_failed", {{"what", e.what()}});
+            }
+            if (stopped_) {
+                break;
+            }
+            if (!verdict) {
+                // Could not tell (the connection was lost, a timeout): the verdict stays as it was.
+                until = Clock::now() + retry;
+                retry = std::min(retry * 2, kBackoffMax);
+            } else {
+                retry = kBackoffMin;
+                checked = generation;
+                const int before = layout_.load(std::memory_order_relaxed);
+                if (verdict->kind == LayoutVerdict::Kind::mismatch) {
+                    if (!refusal_counted_) {
+                        refusal_counted_ = true;
+                        if (g_layout_refusals.fetch_add(1, std::memory_order_relaxed) == 0) {
+                            log_layout_mismatch(*verdict);
+                        }
+                    }
+                    layout_.store(kLayoutRefused, std::memory_order_relaxed);
+                    recheck_at = Clock::now() + kLayoutRecheck;
+                } else {
+                    uncount_refusal();
+                    if (verdict->kind == LayoutVerdict::Kind::recorded) {
+                        log::info("redis.layout_recorded",
+                                  {{"key", verdict->key}, {"layout", verdict->expected}, {"data", verdict->why}});
+                    } else if (before == kLayoutRefused) {
+                        log::info("redis.layout_matches", {{"key", verdict->key}, {"layout", verdict->expected}});
+                    }
+                    layout_.store(kLayoutOk, std::memory_order_relaxed);
+                    recheck_at = Clock::time_point::max();
+                }
+                if (cluster_) {
+                    cluster_->set_open(layout_open());
+                }
+                continue;  // whatever changed during the check is looked at before waiting
+            }
+        } else if (!up) {
+            until = Clock::time_point::max();  // run() or the router wakes the loop
+        }
+        if (stopped_) {
+            break;
+        }
+        layout_timer_.expires_at(until);
+        co_await layout_timer_.async_wait(kUseTuple);
+    }
 }
 
 asio::awaitable<error_code> RedisConnection::connect_and_handshake()

@@ -66,11 +66,12 @@ struct RedisStats {
 
 class ClusterRouter;
 
-/// What a connection makes sure of before it serves, besides AUTH, SELECT and the scripts. On by
-/// default: paybridged's connections write, and must not write to a replica. Off only for a
-/// connection that is not a paybridge store (a test's look at a replica or a sentinel, a scripted
-/// server). A cluster's node connections have none: the slot map says which nodes are masters (a
-/// replica answers MOVED, not READONLY).
+/// What a connection makes sure of before it serves, besides AUTH, SELECT and the scripts. Both
+/// are on by default: paybridged's connections write, and must write neither to a replica nor with
+/// a key layout other than the data's. Off only for a connection that is not a paybridge store (a
+/// test's look at a replica or a sentinel, a scripted server). A cluster's node connections have
+/// neither: the slot map says which nodes are masters (a replica answers MOVED, not READONLY), and
+/// the layout is checked once for the whole cluster by the connection that owns the router.
 struct ConnectionChecks {
     /// The node's HELLO role must be "master": at every connect, and every second while connected
     /// (HELLO on the connection itself, not counted in RedisStats). A node demoted behind the same
@@ -79,6 +80,10 @@ struct ConnectionChecks {
     /// READONLY leaves it at once. (With Sentinel, the role is checked at connect and READONLY
     /// acted on whatever this says.)
     bool master{true};
+    /// The key-layout marker (store/layout.hpp) must match key_prefix and shards. Until it has been
+    /// checked on the current connection, and while it does not match, ready() and usable() are
+    /// false and every command fails with store_unavailable.
+    bool layout{true};
 };
 
 /// A Redis connection. Not thread-safe: every call must happen on the executor given at
@@ -120,8 +125,13 @@ public:
     /// redis.sentinel_disagrees). A write refused with READONLY closes the connection at once.
     ///
     /// ConnectionChecks (on by default) add, in every mode but a cluster's node connections: the
-    /// role check at connect (HELLO, as with Sentinel) and every second while connected, and
-    /// READONLY as a demotion.
+    /// role check at connect (HELLO, as with Sentinel) and every second while connected, READONLY
+    /// as a demotion, and the key-layout check after each connect (store/layout.hpp; with Cluster,
+    /// once the masters' connections are up, and again each time they are all up again after a
+    /// loss: ClusterRouter::generation()): a mismatch keeps the connection unready and
+    /// refusing commands, is logged as redis.layout_mismatch by the first connection of the
+    /// process to find it (while others are refused too, they say nothing), and is checked again
+    /// every 5 s.
     void start();
 
     /// Closes the socket and stops reconnecting; pending requests fail with errc::shutting_down.
@@ -133,17 +143,21 @@ public:
     /// connection as above, and start/stop/ready/exec/exec_many/eval act on all of them
     /// (store/redis_cluster.hpp says how commands are routed).
     ///
-    /// Connected, authenticated, db selected, scripts loaded, and (ConnectionChecks) the node
-    /// reports role master (with Cluster: every slot has a master and every master's connection
-    /// is ready).
+    /// Connected, authenticated, db selected, scripts loaded, and what ConnectionChecks asks for
+    /// holds: the node reports role master, the key layout matches (with Cluster: every slot has a
+    /// master, every master's connection is ready, and the layout matches).
     bool ready() const noexcept;
+
+    /// The key-layout marker contradicts key_prefix/shards (the last check said so). Any thread.
+    bool layout_refused() const noexcept { return layout_.load(std::memory_order_relaxed) == kLayoutRefused; }
 
     /// Waits until ready() or `limit` passes (polling); returns ready().
     boost::asio::awaitable<bool> wait_ready(std::chrono::milliseconds limit);
 
     /// Some commands can be served: ready(), or with Cluster every slot has a master and at least
-    /// one master is ready (the others' slots fail until the cluster fails them over). For work
-    /// that goes on per shard, like CRM delivery.
+    /// one master is ready (the others' slots fail until the cluster fails them over); never
+    /// while the key layout is unchecked or does not match. For work that goes on per shard, like
+    /// CRM delivery.
     bool usable() const noexcept;
 
     const RedisStats& stats() const noexcept { return *stats_; }
@@ -196,6 +210,10 @@ private:
         void operator()(redisReader* r) const noexcept;
     };
 
+    static constexpr int kLayoutUnchecked = 0;
+    static constexpr int kLayoutOk = 1;
+    static constexpr int kLayoutRefused = 2;
+
     boost::asio::awaitable<void> run();
     boost::asio::awaitable<boost::system::error_code> connect_and_handshake();
     boost::asio::awaitable<boost::system::error_code> handshake();
@@ -225,6 +243,22 @@ private:
     /// While serving with ConnectionChecks::master: asks HELLO every second on the connection and
     /// returns (after closing it) once the node reports another role than master.
     boost::asio::awaitable<void> role_watch();
+    /// With ConnectionChecks::layout: checks the key layout after each new session (with Cluster,
+    /// whenever ClusterRouter::generation() moves), again every 5 s while it does not match, and
+    /// opens or closes the gate (layout_) accordingly. Runs until stop().
+    boost::asio::awaitable<void> layout_loop();
+    /// The commands may be sent: no layout check, or it matched.
+    bool layout_open() const noexcept
+    {
+        return !checks_.layout || layout_.load(std::memory_order_relaxed) == kLayoutOk;
+    }
+    /// exec_many and exec_each without the layout gate (the layout check's own commands).
+    boost::asio::awaitable<Result<std::vector<Reply>>> exec_many_unguarded(std::vector<std::vector<std::string>> commands);
+    boost::asio::awaitable<std::vector<Result<Reply>>> exec_each_unguarded(std::vector<std::vector<std::string>> commands);
+    /// This connection no longer counts among the process's refused layouts (logged once for all).
+    void uncount_refusal() noexcept;
+    /// Counts `n` commands refused by the layout gate; returns store_unavailable (shutting_down after stop()).
+    boost::system::error_code refused(std::size_t n) noexcept;
     boost::asio::awaitable<void> serve();
     boost::asio::awaitable<void> read_loop();
     boost::asio::awaitable<void> write_loop();
@@ -258,11 +292,14 @@ private:
     boost::asio::steady_timer sentinel_timer_;  ///< one sentinel's deadline (stop() cancels it)
     boost::asio::steady_timer probe_timer_;     ///< one role probe's deadline (stop() cancels it)
     boost::asio::steady_timer role_timer_;      ///< the role watch's wait (close_io() cancels it)
+    boost::asio::steady_timer layout_timer_;    ///< the layout loop's wait (a new session, stop() cancel it)
     config::Endpoint current_;               ///< where the connection goes (the master, with Sentinel)
     /// Asked in this order; first, the one whose answer made the last ready connection.
     std::vector<config::Endpoint> sentinels_;
     bool demoted_{false};                      ///< a reply said READONLY: the node is no master now
     ConnectionChecks checks_;
+    std::atomic<int> layout_{kLayoutUnchecked};  ///< kLayout*: the last layout check's verdict
+    bool refusal_counted_{false};                  ///< counted in the process's refused layouts
     std::unique_ptr<redisReader, ReaderFree> reader_;
     std::unique_ptr<char[]> read_buf_;
 

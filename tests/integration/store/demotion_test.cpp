@@ -169,7 +169,7 @@ TEST_SUITE("integration/store/demotion")
 
         // Unless asked not to check (a look at a replica, not a store).
         paybridge::store::RedisConnection look(client.ctx.get_executor(), paybridge::test::redis_config(b));
-        look.set_checks(paybridge::store::ConnectionChecks{.master = false});
+        look.set_checks(paybridge::store::ConnectionChecks{.master = false, .layout = false});
         look.start();
         CHECK(paybridge::test::run_until(client.ctx, [&] { return look.ready(); }, 5s));
         look.stop();

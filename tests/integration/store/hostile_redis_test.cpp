@@ -251,8 +251,8 @@ paybridge::config::RedisConfig cluster_config_for(const ScriptedServer& server)
     return cfg;
 }
 
-/// A scripted server plays only the commands each test is about: no role check.
-constexpr paybridge::store::ConnectionChecks kScripted{.master = false};
+/// A scripted server plays only the commands each test is about: no role or key-layout check.
+constexpr paybridge::store::ConnectionChecks kScripted{.master = false, .layout = false};
 
 /// The one request these tests send.
 std::vector<std::string> get_k() { return {"GET", "k"}; }

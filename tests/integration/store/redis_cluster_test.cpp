@@ -4,6 +4,7 @@
 // and its replica confirmation on top (a bill script waiting out its slot's migration included).
 
 #include "store/cluster_slot.hpp"
+#include "store/layout.hpp"
 #include "store/redis_bill_store.hpp"
 #include "store/redis_connection.hpp"
 
@@ -592,6 +593,57 @@ TEST_SUITE("store/redis_cluster")
         CHECK(paid.size() == static_cast<std::size_t>(keys.shards()));
         Result<void> ping = client.run(client.store->ping());
         CHECK(ping.has_value());
+    }
+
+    TEST_CASE("the key layout over a cluster: a marker in every shard's slot and other shards refused on every path")
+    {
+        RedisTestCluster cluster(3);
+        Client right(cluster_config(cluster), true);
+        REQUIRE(right.wait_ready());
+        const Keys& keys = right.store->keys();
+        std::set<int> holders;
+        for (int shard = 0; shard < keys.shards(); ++shard) {
+            const int owner = cluster.owner(key_slot(keys.layout(shard)));
+            CHECK(owner == cluster.owner(key_slot(keys.outbox(shard))));
+            CHECK(cluster.command(owner, {"GET", keys.layout(shard)}) == "paybridge-keys/1 shards=16");
+            holders.insert(owner);
+        }
+        CHECK(holders.size() == 3);
+        Result<paybridge::RegisterResult> first = right.run(right.store->register_bill(small_bill("L-1")));
+        REQUIRE(first.has_value());
+
+        RedisConfig eight = cluster_config(cluster, {0, 1, 2});
+        eight.shards = 8;
+        Client wrong(eight, true);
+        REQUIRE(paybridge::test::run_until(wrong.ctx, [&] { return wrong.conn->layout_refused(); }, 10s));
+        CHECK_FALSE(wrong.conn->ready());
+        CHECK_FALSE(wrong.conn->usable());
+        const auto refused = paybridge::make_error_code(errc::store_unavailable);
+        CHECK(wrong.exec({"GET", "k"}).error() == refused);
+        // The bill store's scripts go through the router itself: refused there too.
+        Result<paybridge::RegisterResult> second = wrong.run(wrong.store->register_bill(small_bill("L-2")));
+        REQUIRE_FALSE(second.has_value());
+        CHECK(second.error() == refused);
+        Result<std::optional<paybridge::BillView>> view = wrong.run(wrong.store->get_bill("L-1"));
+        CHECK_FALSE(view.has_value());
+
+        // The master of shard 0 down: a client started now checks against the other masters'
+        // markers and serves their shards; one with other shards is still refused.
+        const int down = cluster.owner(key_slot(keys.layout(0)));
+        cluster.server(down).stop();
+        Client later(cluster_config(cluster, {other(cluster, down)}), true);
+        REQUIRE(paybridge::test::run_until(later.ctx, [&] { return later.conn->usable(); }, 15s));
+        const std::string alive = bill_in_shard(keys, [&] {
+            for (int shard = 0;; ++shard) {
+                if (cluster.owner(key_slot(keys.layout(shard))) != down) {
+                    return shard;
+                }
+            }
+        }(), "L");
+        Result<paybridge::RegisterResult> third = later.run(later.store->register_bill(small_bill(alive)));
+        CHECK(third.has_value());
+        Client wrong_later(eight, true);
+        CHECK(paybridge::test::run_until(wrong_later.ctx, [&] { return wrong_later.conn->layout_refused(); }, 15s));
     }
 
     TEST_CASE("wait_replicas over a cluster confirms on the master of the bill's shard")

@@ -101,8 +101,8 @@ Result<Reply> ask(std::uint16_t port, std::vector<std::string> argv)
     cfg.host = "127.0.0.1";
     cfg.port = port;
     cfg.connect_timeout = 500ms;
-    // A look at any node (a sentinel, a replica): its role does not matter.
-    Client c(cfg, false, paybridge::store::ConnectionChecks{.master = false});
+    // A look at any node (a sentinel, a replica): neither its role nor a key layout matters.
+    Client c(cfg, false, paybridge::store::ConnectionChecks{.master = false, .layout = false});
     if (!c.wait_ready(5s)) {
         return paybridge::make_error_code(errc::store_unavailable);
     }
