@@ -611,7 +611,7 @@ awaitable<Response> Service::route(const Request& req, const RuntimePtr& rt, uns
     }
     if (path == "/readyz") {
         if (!deps_.ready()) {
-            co_return make_response(req, 503, "text/plain", "not ready: redis unavailable or scripts not loaded\n");
+            co_return make_response(req, 503, "text/plain", "not ready: redis unreachable, not a master, its key layout refused, or scripts not loaded\n");
         }
         Result<void> ping = co_await deps_.store.ping();
         if (!ping) {
