@@ -278,7 +278,12 @@ TEST_CASE("the dispatcher's Redis trouble shows in metrics: its errors and the a
     const std::string text = http_request(fx.port(), "GET", "/metrics").body;
     CHECK(text.find("paybridge_crm_redis_errors_total 0") != std::string::npos);
     CHECK(text.find("paybridge_crm_in_flight 0") != std::string::npos);
-    // Read every 5 s: fresh while Redis answers.
+    // The dispatcher at work (its connections ready: under a sanitizer they may still be checking
+    // the key layout when the daemon is ready): an event delivered.
+    Alipay ali{fx};
+    register_and_pay(fx, ali, "RM1", 100);
+    REQUIRE(wait_until([&] { return all_acknowledged(stack.receiver, {"evt_RM1_1"}); }, 30s));
+    // The gauges are read every 5 s: fresh while Redis answers.
     REQUIRE(wait_until([&] { return metric(fx.port(), "paybridge_outbox_stats_age_seconds") < 6; }, 20s));
 
     // Redis stops answering: the dispatcher's commands time out and count, the gauges cannot be
