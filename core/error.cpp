@@ -21,6 +21,8 @@ std::string_view name_of(errc e) noexcept
         case errc::timeout: return "timeout";
         case errc::crm_unavailable: return "crm_unavailable";
         case errc::crm_rejected: return "crm_rejected";
+        case errc::provider_unavailable: return "provider_unavailable";
+        case errc::provider_rejected: return "provider_rejected";
         case errc::shutting_down: return "shutting_down";
         case errc::internal: return "internal";
     }
@@ -50,6 +52,7 @@ bool is_transient(const boost::system::error_code& ec) noexcept
         case errc::store_unavailable:
         case errc::timeout:
         case errc::crm_unavailable:
+        case errc::provider_unavailable:
         case errc::shutting_down:
             return true;
         default:

@@ -25,6 +25,8 @@ enum class errc {
     timeout,            ///< a dependency did not answer in time
     crm_unavailable,    ///< CRM connection failed or answered 5xx/429
     crm_rejected,       ///< CRM answered another non-2xx
+    provider_unavailable,  ///< a provider's query API could not be reached or answered 5xx / "busy"
+    provider_rejected,     ///< a provider's query API refused our request (4xx, an error code)
     shutting_down,      ///< the process is stopping
     internal,           ///< a bug; logged with detail, answered generically
 };
