@@ -18,6 +18,10 @@
 //                                 shard 0, with Cluster the shard of each bill confirmed)
 //   P T ":layout"         string  the key-layout marker, "paybridge-keys/1 shards=<n>", in every shard
 //                                 (store/layout.hpp)
+//   P T ":query_due"      zset    bill id -> when to ask the providers about it next (Unix ms), for
+//                                 bills not settled yet (store/query_queue.hpp; provider_query only)
+//   P T ":query_intake"   string  the created-index score up to which bills were taken into query_due
+//   P T ":query_lease"    string  the instance sweeping the shard's query_due now (expires)
 //
 // Every key one script touches carries the same hash tag T, so the whole layout runs unchanged on
 // Redis Cluster. The shard count is fixed for the life of a deployment: changing it moves bills
@@ -109,6 +113,9 @@ public:
     std::string created(int shard) const { return per_shard(shard, ":created"); }
     std::string replicated(int shard) const { return per_shard(shard, ":replicated"); }
     std::string layout(int shard) const { return per_shard(shard, ":layout"); }
+    std::string query_due(int shard) const { return per_shard(shard, ":query_due"); }
+    std::string query_intake(int shard) const { return per_shard(shard, ":query_intake"); }
+    std::string query_lease(int shard) const { return per_shard(shard, ":query_lease"); }
 
     BillKeys for_bill(std::string_view id) const
     {
