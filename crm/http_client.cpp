@@ -358,6 +358,11 @@ struct HttpClient::Impl {
         }
         out.response.status = parser->get().result_int();
         out.response.retry_after = std::string(parser->get()[http::field::retry_after]);
+        if (options.keep_headers) {
+            for (const auto& field : parser->get()) {
+                out.response.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+            }
+        }
 
         // Read the whole body so the connection can be reused; keep only its head.
         char chunk[4096];
@@ -403,17 +408,19 @@ struct HttpClient::Impl {
         co_return co_await exchange(*conn.plain, conn, request, deadline);
     }
 
-    asio::awaitable<PostResult> attempt(Headers headers, std::string body)
+    asio::awaitable<PostResult> attempt(http::verb method, std::string target, Headers headers, std::string body)
     {
-        http::request<http::string_body> request{http::verb::post, url.target, 11};
+        http::request<http::string_body> request{method, target, 11};
         request.set(http::field::host, url.host_header);
         request.set(http::field::user_agent, options.user_agent);
         for (auto& [name, value] : headers) {
             request.set(name, value);
         }
         request.keep_alive(true);
-        request.body() = std::move(body);
-        request.prepare_payload();
+        if (!body.empty() || method == http::verb::post || method == http::verb::put) {
+            request.body() = std::move(body);
+            request.prepare_payload();
+        }
         ++stats.requests;
 
         const Clock::time_point deadline = Clock::now() + options.timeout;
@@ -490,6 +497,20 @@ HttpClient::~HttpClient() = default;
 
 asio::awaitable<PostResult> HttpClient::post(Headers headers, std::string body)
 {
+    PostResult result = co_await send("POST", impl_->url.target, std::move(headers), std::move(body));
+    co_return result;
+}
+
+asio::awaitable<PostResult> HttpClient::send(std::string method, std::string target, Headers headers,
+                                             std::string body)
+{
+    const http::verb verb = http::string_to_verb(method);
+    if (verb == http::verb::unknown || target.empty() || target.front() != '/') {
+        PostResult result;
+        result.response = make_error_code(errc::invalid_argument);
+        result.error_detail = "bad request line: " + method + " " + target;
+        co_return result;
+    }
     auto [acquire_ec] = co_await impl_->slots.async_send(error_code{}, kUseTuple);
     if (acquire_ec) {
         PostResult result;
@@ -499,7 +520,7 @@ asio::awaitable<PostResult> HttpClient::post(Headers headers, std::string body)
     }
     auto release = [this] { impl_->slots.try_receive([](error_code) {}); };
     try {
-        PostResult result = co_await impl_->attempt(std::move(headers), std::move(body));
+        PostResult result = co_await impl_->attempt(verb, std::move(target), std::move(headers), std::move(body));
         release();
         co_return result;
     } catch (...) {

@@ -1,6 +1,6 @@
 #pragma once
 
-// A small HTTP/1.1 POST client for one origin (the CRM endpoint), over TCP or TLS.
+// A small HTTP/1.1 client for one origin (the CRM endpoint, a provider's API), over TCP or TLS.
 //
 // - TLS: peer verification and host-name verification (DNS name or IP address, checked by OpenSSL
 //   during chain verification) are always on; SNI is sent for DNS names; the trust store is the
@@ -62,6 +62,7 @@ struct HttpClientOptions {
     std::size_t max_body{1024 * 1024};                 ///< read (and discard) at most this much body
     std::size_t max_header{16 * 1024};
     std::string user_agent{"paybridge-webhooks"};
+    bool keep_headers{false};                          ///< keep every response header (HttpResponse::headers)
 };
 
 using Headers = std::vector<std::pair<std::string, std::string>>;
@@ -71,6 +72,7 @@ struct HttpResponse {
     unsigned status{0};
     std::string body_head;    ///< the first keep_body bytes of the body
     std::string retry_after;  ///< the Retry-After header, verbatim ("" when absent)
+    Headers headers;          ///< every response header, in order (only with keep_headers)
 };
 
 /// One attempt. `response` errors: errc::timeout (the deadline passed), errc::crm_unavailable (DNS,
@@ -101,6 +103,11 @@ public:
     /// POSTs `body` with `headers` (Host, User-Agent, Content-Length and Connection are set here;
     /// pass Content-Type). Waits for a free slot first.
     boost::asio::awaitable<PostResult> post(Headers headers, std::string body);
+
+    /// The same for any method and target (path + query) on this origin: a provider's query API.
+    /// `method` is an HTTP token ("GET", "POST"); an unknown one is errc::invalid_argument.
+    boost::asio::awaitable<PostResult> send(std::string method, std::string target, Headers headers,
+                                            std::string body);
 
     /// Closes the idle pooled connections (shutdown). In-flight requests finish on their own.
     void close_idle();
