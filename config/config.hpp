@@ -107,6 +107,12 @@ struct AlipayApp {
     /// (previous_alipay_public_key_file / previous_alipay_public_cert_file; empty: none).
     std::string previous_public_key_pem;
     std::string previous_public_cert_pem;
+    /// Active queries (provider_query): the app's private key (PEM, a secret), and in certificate
+    /// mode the app's public certificate (app_public_cert_file) for app_cert_sn. Empty: this app
+    /// is not queried.
+    std::string app_private_key_pem;
+    std::string app_public_cert_pem;
+    std::string gateway_url{"https://openapi.alipay.com/gateway.do"};
 };
 
 struct WechatMerchant {
@@ -121,6 +127,29 @@ struct WechatMerchant {
     std::string public_key_pem;                     ///< content of public_key_file (optional)
     std::vector<std::string> platform_certificates_pem;  ///< contents (optional)
     std::string apiv2_key;                          ///< secret, optional (v2 endpoint)
+    /// Active queries (provider_query): the merchant API private key (apiclient_key.pem, a secret)
+    /// and its certificate's serial number. Empty: this merchant is not queried.
+    std::string merchant_private_key_pem;
+    std::string merchant_serial_no;
+    std::string api_url{"https://api.mch.weixin.qq.com"};
+};
+
+/// Asking the providers about bills still PENDING (provider_query): a bill is first asked about
+/// `after` its creation, then again each time its age has doubled (at most `max_gap` apart), until
+/// it is `until` old; providers stop retrying notifications after about 25 h (Alipay) and 24 h 4 min
+/// (WeChat Pay).
+struct ProviderQueryConfig {
+    bool enabled{false};  ///< the provider_query section is present
+    std::chrono::seconds after{300};
+    std::chrono::seconds until{93'600};
+    std::chrono::seconds max_gap{21'600};
+    std::chrono::seconds interval{30};      ///< how often each instance looks for due bills
+    std::size_t batch{200};                 ///< due bills taken per shard per round
+    int concurrency{4};                     ///< queries in flight per provider account
+    std::chrono::milliseconds timeout{10'000};
+    std::string ca_file;                    ///< optional custom CA bundle (absolute path)
+
+    friend bool operator==(const ProviderQueryConfig&, const ProviderQueryConfig&) = default;
 };
 
 struct CrmConfig {
@@ -152,6 +181,7 @@ struct Config {
     std::vector<AlipayApp> alipay_apps;
     std::vector<WechatMerchant> wechat_merchants;
     CrmConfig crm;
+    ProviderQueryConfig provider_query;
     log::Level log_level{log::Level::info};
 };
 

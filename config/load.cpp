@@ -104,6 +104,9 @@ public:
         if (const Value* v = object_at(root, r, "crm")) {
             parse_crm(*v, child(r, "crm"), cfg.crm);
         }
+        if (const Value* v = object_at(root, r, "provider_query")) {
+            parse_provider_query(*v, child(r, "provider_query"), cfg, cfg.provider_query);
+        }
         if (const Value* v = object_at(root, r, "log")) {
             if (const Value* level = string_at(*v, "/log", "level")) {
                 if (!log::parse_level(str(*level), cfg.log_level)) {
@@ -555,6 +558,19 @@ private:
             pem(v, item, "alipay_root_cert_file", app.root_cert_pem);
             pem(v, item, "previous_alipay_public_key_file", app.previous_public_key_pem);
             pem(v, item, "previous_alipay_public_cert_file", app.previous_public_cert_pem);
+            if (std::optional<std::string> key = secret(v, item, "app_private_key")) {
+                app.app_private_key_pem = std::move(*key);
+            }
+            pem(v, item, "app_public_cert_file", app.app_public_cert_pem);
+            if (present(v, "app_public_cert_file") && !has_cert) {
+                problems_.note(child(item, "app_public_cert_file"),
+                               "only in certificate mode (with alipay_public_cert_file)");
+            }
+            if (present(v, "app_private_key") && has_cert && !present(v, "app_public_cert_file")) {
+                problems_.note(child(item, "app_public_cert_file"),
+                               "required with app_private_key in certificate mode (its SN is sent as app_cert_sn)");
+            }
+            query_url(v, item, "gateway_url", app.gateway_url);
             out.push_back(std::move(app));
         }
     }
@@ -622,7 +638,51 @@ private:
                     }
                 }
             }
+            if (std::optional<std::string> key = secret(v, item, "merchant_private_key")) {
+                m.merchant_private_key_pem = std::move(*key);
+            }
+            text(v, item, "merchant_serial_no", m.merchant_serial_no);
+            if (present(v, "merchant_private_key") != present(v, "merchant_serial_no")) {
+                problems_.note(item, "give merchant_private_key and merchant_serial_no together (active queries "
+                                     "are signed with the key and name its certificate's serial)");
+            }
+            query_url(v, item, "api_url", m.api_url);
             out.push_back(std::move(m));
+        }
+    }
+
+    void query_url(const Value& v, const std::string& item, const char* key, std::string& out)
+    {
+        if (const Value* url = string_at(v, item, key)) {
+            if (std::string why = detail::check_http_url(str(*url)); !why.empty()) {
+                problems_.note(child(item, key), why);
+            }
+            out = std::string(str(*url));
+        }
+    }
+
+    void parse_provider_query(const Value& v, const std::string& ptr, const Config& cfg, ProviderQueryConfig& out)
+    {
+        out.enabled = true;
+        duration(v, ptr, "after_s", out.after);
+        duration(v, ptr, "until_s", out.until);
+        duration(v, ptr, "max_gap_s", out.max_gap);
+        duration(v, ptr, "interval_s", out.interval);
+        integer(v, ptr, "batch", out.batch);
+        integer(v, ptr, "concurrency", out.concurrency);
+        duration(v, ptr, "timeout_ms", out.timeout);
+        ca_bundle(v, ptr, "ca_file", out.ca_file);
+        if (out.until <= out.after) {
+            problems_.note(child(ptr, "until_s"), "must be greater than after_s (" +
+                                                      std::to_string(out.after.count()) + " s)");
+        }
+        const bool any_alipay = std::any_of(cfg.alipay_apps.begin(), cfg.alipay_apps.end(),
+                                            [](const AlipayApp& a) { return !a.app_private_key_pem.empty(); });
+        const bool any_wechat = std::any_of(cfg.wechat_merchants.begin(), cfg.wechat_merchants.end(),
+                                            [](const WechatMerchant& m) { return !m.merchant_private_key_pem.empty(); });
+        if (!any_alipay && !any_wechat) {
+            problems_.note(ptr, "no account to query: give an Alipay app an app_private_key or a WeChat Pay "
+                                "merchant a merchant_private_key and merchant_serial_no");
         }
     }
 

@@ -23,7 +23,8 @@ const std::string_view kConfigSchema = R"json({
       "description": "host:port (an IPv6 address in brackets: [::1]:8080)"
     },
     "duration_ms": { "type": "integer", "minimum": 1, "maximum": 3600000 },
-    "digits": { "type": "string", "pattern": "^[0-9]+$", "maxLength": 32, "description": "a string of digits" }
+    "digits": { "type": "string", "pattern": "^[0-9]+$", "maxLength": 32, "description": "a string of digits" },
+    "http_url": { "type": "string", "pattern": "^https?://[^/]", "description": "an http:// or https:// URL" }
   },
   "properties": {
     "listen": { "$ref": "#/definitions/endpoint" },
@@ -146,7 +147,10 @@ const std::string_view kConfigSchema = R"json({
               "alipay_public_cert_file": { "$ref": "#/definitions/file_path" },
               "alipay_root_cert_file": { "$ref": "#/definitions/file_path" },
               "previous_alipay_public_key_file": { "$ref": "#/definitions/file_path" },
-              "previous_alipay_public_cert_file": { "$ref": "#/definitions/file_path" }
+              "previous_alipay_public_cert_file": { "$ref": "#/definitions/file_path" },
+              "app_private_key": { "$ref": "#/definitions/secret_ref" },
+              "app_public_cert_file": { "$ref": "#/definitions/file_path" },
+              "gateway_url": { "$ref": "#/definitions/http_url" }
             }
           }
         }
@@ -180,7 +184,14 @@ const std::string_view kConfigSchema = R"json({
                 "minItems": 1,
                 "items": { "$ref": "#/definitions/file_path" }
               },
-              "apiv2_key": { "$ref": "#/definitions/secret_ref" }
+              "apiv2_key": { "$ref": "#/definitions/secret_ref" },
+              "merchant_private_key": { "$ref": "#/definitions/secret_ref" },
+              "merchant_serial_no": {
+                "type": "string",
+                "pattern": "^[0-9A-Fa-f]{1,64}$",
+                "description": "the merchant API certificate's serial number in hex"
+              },
+              "api_url": { "$ref": "#/definitions/http_url" }
             }
           }
         }
@@ -214,6 +225,20 @@ const std::string_view kConfigSchema = R"json({
         },
         "lease_s": { "type": "integer", "minimum": 1, "maximum": 86400 },
         "outbox_retention_s": { "type": "integer", "minimum": 0, "maximum": 315360000 }
+      }
+    },
+    "provider_query": {
+      "type": "object",
+      "additionalProperties": false,
+      "properties": {
+        "after_s": { "type": "integer", "minimum": 1, "maximum": 604800 },
+        "until_s": { "type": "integer", "minimum": 1, "maximum": 2592000 },
+        "max_gap_s": { "type": "integer", "minimum": 1, "maximum": 604800 },
+        "interval_s": { "type": "integer", "minimum": 1, "maximum": 86400 },
+        "batch": { "type": "integer", "minimum": 1, "maximum": 10000 },
+        "concurrency": { "type": "integer", "minimum": 1, "maximum": 256 },
+        "timeout_ms": { "$ref": "#/definitions/duration_ms" },
+        "ca_file": { "$ref": "#/definitions/file_path" }
       }
     },
     "log": {

@@ -1005,3 +1005,108 @@ TEST_CASE("config: load_config_text resolves paths against the folder of the pat
     CHECK(report.config->path == (f.box.dir() / "virtual.json").string());
     CHECK(report.config->wechat_merchants[0].platform_certificates_pem == std::vector<std::string>{f.platform_pem});
 }
+
+TEST_CASE("config: provider_query is off without its section and takes its keys and defaults with it")
+{
+    MinimalFixture f;
+    {
+        const LoadReport report = load(f.box, kMinimal, f.env());
+        REQUIRE(report.config);
+        CHECK_FALSE(report.config->provider_query.enabled);
+        CHECK(report.config->wechat_merchants[0].merchant_private_key_pem.empty());
+        CHECK(report.config->wechat_merchants[0].api_url == "https://api.mch.weixin.qq.com");
+    }
+    const auto app_key = keygen::generate_rsa();
+    const auto merchant_key = keygen::generate_rsa();
+    f.box.write("alipay_public.pem", keygen::generate_rsa().public_pem);
+    f.box.write("app_private.pem", app_key.private_pem);
+    {
+        const LoadReport report = load(f.box, R"({
+          "alipay": { "apps": [ { "app_id": "2021000000000001", "alipay_public_key_file": "alipay_public.pem",
+                                  "app_private_key": "file:app_private.pem" } ] },
+          "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1", "apiv3_key": "env:V3",
+                                          "platform_certificates": ["platform.pem"],
+                                          "merchant_private_key": "env:MCH_KEY", "merchant_serial_no": "5157F09EFDC096DE15EBE81A47057A72" } ] },
+          "provider_query": {}
+        })",
+                                         {{"V3", f.apiv3}, {"MCH_KEY", merchant_key.private_pem}});
+        INFO(dump(report.problems));
+        REQUIRE(report.config);
+        const config::Config& cfg = *report.config;
+        const config::ProviderQueryConfig defaults;
+        CHECK(cfg.provider_query.enabled);
+        CHECK(cfg.provider_query.after == defaults.after);
+        CHECK(cfg.provider_query.until == defaults.until);
+        CHECK(cfg.provider_query.max_gap == defaults.max_gap);
+        CHECK(cfg.provider_query.interval == defaults.interval);
+        CHECK(cfg.provider_query.batch == defaults.batch);
+        CHECK(cfg.provider_query.concurrency == defaults.concurrency);
+        CHECK(cfg.provider_query.timeout == defaults.timeout);
+        CHECK(cfg.provider_query.ca_file.empty());
+        CHECK(defaults.after == 300s);
+        CHECK(defaults.until == 93600s);
+        // A secret file's final newline is not part of the secret.
+        CHECK(cfg.alipay_apps[0].app_private_key_pem + "\n" == app_key.private_pem);
+        CHECK(cfg.alipay_apps[0].gateway_url == "https://openapi.alipay.com/gateway.do");
+        CHECK(cfg.wechat_merchants[0].merchant_private_key_pem == merchant_key.private_pem);
+        CHECK(cfg.wechat_merchants[0].merchant_serial_no == "5157F09EFDC096DE15EBE81A47057A72");
+    }
+    {
+        f.box.write("ca.pem", keygen::make_ca({.common_name = "Provider CA"}).cert_pem);
+        const LoadReport report = load(f.box, R"({
+          "alipay": { "apps": [ { "app_id": "2021000000000001", "alipay_public_key_file": "alipay_public.pem",
+                                  "app_private_key": "file:app_private.pem",
+                                  "gateway_url": "http://127.0.0.1:9001/gateway.do" } ] },
+          "provider_query": { "after_s": 60, "until_s": 7200, "max_gap_s": 600, "interval_s": 5, "batch": 7,
+                              "concurrency": 2, "timeout_ms": 1500, "ca_file": "ca.pem" }
+        })");
+        INFO(dump(report.problems));
+        REQUIRE(report.config);
+        const config::ProviderQueryConfig& q = report.config->provider_query;
+        CHECK(q.after == 60s);
+        CHECK(q.until == 7200s);
+        CHECK(q.max_gap == 600s);
+        CHECK(q.interval == 5s);
+        CHECK(q.batch == 7);
+        CHECK(q.concurrency == 2);
+        CHECK(q.timeout == 1500ms);
+        CHECK(q.ca_file == (f.box.dir() / "ca.pem").string());
+        CHECK(report.config->alipay_apps[0].gateway_url == "http://127.0.0.1:9001/gateway.do");
+    }
+}
+
+TEST_CASE("config: provider_query problems name their keys")
+{
+    MinimalFixture f;
+    f.box.write("alipay_public.pem", "key");
+    f.box.write("alipay.crt", "cert");
+    f.box.write("root.crt", "root");
+    f.box.write("app.crt", "cert");
+    const LoadReport report = load(f.box, R"({
+      "alipay": { "apps": [
+          { "app_id": "1", "alipay_public_key_file": "alipay_public.pem", "app_public_cert_file": "app.crt",
+            "gateway_url": "ftp://openapi.alipay.com/gateway.do" },
+          { "app_id": "2", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+            "app_private_key": "env:APP_KEY" } ] },
+      "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1", "apiv3_key": "env:V3",
+                                      "platform_certificates": ["platform.pem"], "merchant_serial_no": "ABC" } ] },
+      "provider_query": { "after_s": 600, "until_s": 600 }
+    })",
+                                     {{"V3", f.apiv3}, {"APP_KEY", "-----BEGIN PRIVATE KEY-----"}});
+    check_problems(report,
+                   {
+                       "/alipay/apps/0/app_public_cert_file: only in certificate mode (with alipay_public_cert_file)",
+                       "/alipay/apps/0/gateway_url: must be an http:// or https:// URL",
+                       "/alipay/apps/1/app_public_cert_file: required with app_private_key in certificate mode (its "
+                       "SN is sent as app_cert_sn)",
+                       "/wechatpay/merchants/0: give merchant_private_key and merchant_serial_no together (active "
+                       "queries are signed with the key and name its certificate's serial)",
+                       "/provider_query/until_s: must be greater than after_s (600 s)",
+                   });
+
+    // A section with no account that can sign a query is a mistake, not a silent no-op.
+    const LoadReport none = load(f.box, std::string(kMinimal.substr(0, kMinimal.size() - 2)) + R"(, "provider_query": {} })",
+                                 f.env());
+    check_problems(none, {"/provider_query: no account to query: give an Alipay app an app_private_key or a WeChat "
+                          "Pay merchant a merchant_private_key and merchant_serial_no"});
+}
