@@ -4,6 +4,7 @@
 #include "core/log.hpp"
 #include "core/money.hpp"
 #include "core/time.hpp"
+#include "gateways/wechatpay/v3_detail.hpp"
 
 #include <algorithm>
 #include <openssl/evp.h>
@@ -19,40 +20,16 @@
 namespace paybridge::gateways::wechatpay {
 namespace {
 
+using detail::member;
+using detail::required_string;
+using detail::string_member;
+using detail::utc_time;
 using rapidjson::Value;
 
 constexpr std::string_view kProvider = "wechatpay";
 constexpr std::string_view kChannel = "wechatpay_v3";
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
-
-const Value* member(const Value& object, const char* name)
-{
-    if (!object.IsObject()) {
-        return nullptr;
-    }
-    const auto it = object.FindMember(name);
-    return it == object.MemberEnd() ? nullptr : &it->value;
-}
-
-std::optional<std::string_view> string_member(const Value& object, const char* name)
-{
-    const Value* v = member(object, name);
-    if (v == nullptr || !v->IsString()) {
-        return std::nullopt;
-    }
-    return std::string_view(v->GetString(), v->GetStringLength());
-}
-
-/// A required non-empty string, or nullopt.
-std::optional<std::string> required_string(const Value& object, const char* name)
-{
-    auto v = string_member(object, name);
-    if (!v || v->empty()) {
-        return std::nullopt;
-    }
-    return std::string(*v);
-}
 
 /// An amount in fen: a JSON integer in [0, kMaxAmountFen]. absent → nullopt; wrong → error.
 Result<std::optional<std::int64_t>> amount_member(const Value& object, const char* name)
@@ -65,16 +42,6 @@ Result<std::optional<std::int64_t>> amount_member(const Value& object, const cha
         return error(errc::malformed_request);
     }
     return std::optional<std::int64_t>(v->GetInt64());
-}
-
-/// RFC 3339 with any offset → RFC 3339 UTC; "" when absent or unreadable (noted by the caller).
-std::string utc_time(std::optional<std::string_view> text)
-{
-    if (!text) {
-        return {};
-    }
-    const auto ms = parse_rfc3339(*text);
-    return ms ? format_rfc3339(*ms) : std::string{};
 }
 
 void add_note(std::string& notes, std::string_view note)
@@ -108,45 +75,11 @@ boost::system::error_code unreadable(std::string& problem, std::string why)
 Result<void> read_transaction(const Value& tx, const V3Merchant& merchant, PaymentEvent& out, std::string& notes,
                               std::string& problem)
 {
-    const auto mchid = string_member(tx, "mchid");
-    if (!mchid) {
-        return error(errc::malformed_request);  // whose object? (partner mode sends sp_mchid/sub_mchid)
+    if (auto owner = detail::check_transaction_owner(tx, merchant); !owner) {
+        return owner.error();
     }
-    if (*mchid != merchant.mchid) {
-        return error(errc::unknown_account);
-    }
-    const auto appid = string_member(tx, "appid");
-    if (!appid) {
-        return error(errc::malformed_request);
-    }
-    if (*appid != merchant.appid &&
-        std::find(merchant.other_appids.begin(), merchant.other_appids.end(), *appid) == merchant.other_appids.end()) {
-        return error(errc::unknown_account);
-    }
-    auto bill_id = required_string(tx, "out_trade_no");
-    auto txn_id = required_string(tx, "transaction_id");
-    const Value* amount = member(tx, "amount");
-    if (!bill_id) {
-        return unreadable(problem, "the resource has no out_trade_no");
-    }
-    if (!txn_id) {
-        return unreadable(problem, "the resource has no transaction_id");
-    }
-    if (amount == nullptr || !amount->IsObject()) {
-        return unreadable(problem, "the resource has no amount object");
-    }
-    auto total = amount_member(*amount, "total");
-    if (!total || !*total) {
-        return unreadable(problem, "amount.total is missing or not an amount in fen");
-    }
-    if (const auto currency = string_member(*amount, "currency"); currency && !currency->empty()) {
-        out.currency = std::string(*currency);
-    }
-    out.bill_id = std::move(*bill_id);
-    out.provider_txn_id = std::move(*txn_id);
-    out.total_fen = **total;
-    if (auto when = utc_time(string_member(tx, "success_time")); !when.empty()) {
-        out.occurred_at = std::move(when);
+    if (auto paid = detail::read_transaction_payment(tx, out, problem); !paid) {
+        return paid.error();
     }
     const auto state = string_member(tx, "trade_state");
     if (state && *state == "SUCCESS") {
@@ -269,6 +202,98 @@ bool is_rsa(EVP_PKEY* key) { return key != nullptr && EVP_PKEY_get_base_id(key) 
 
 }  // namespace
 
+namespace detail {
+
+using rapidjson::Value;
+
+const Value* member(const Value& object, const char* name)
+{
+    if (!object.IsObject()) {
+        return nullptr;
+    }
+    const auto it = object.FindMember(name);
+    return it == object.MemberEnd() ? nullptr : &it->value;
+}
+
+std::optional<std::string_view> string_member(const Value& object, const char* name)
+{
+    const Value* v = member(object, name);
+    if (v == nullptr || !v->IsString()) {
+        return std::nullopt;
+    }
+    return std::string_view(v->GetString(), v->GetStringLength());
+}
+
+std::optional<std::string> required_string(const Value& object, const char* name)
+{
+    auto v = string_member(object, name);
+    if (!v || v->empty()) {
+        return std::nullopt;
+    }
+    return std::string(*v);
+}
+
+std::string utc_time(std::optional<std::string_view> text)
+{
+    if (!text) {
+        return {};
+    }
+    const auto ms = parse_rfc3339(*text);
+    return ms ? format_rfc3339(*ms) : std::string{};
+}
+
+Result<void> check_transaction_owner(const Value& tx, const V3Merchant& merchant)
+{
+    const auto mchid = string_member(tx, "mchid");
+    if (!mchid) {
+        return error(errc::malformed_request);  // whose object? (partner mode sends sp_mchid/sub_mchid)
+    }
+    if (*mchid != merchant.mchid) {
+        return error(errc::unknown_account);
+    }
+    const auto appid = string_member(tx, "appid");
+    if (!appid) {
+        return error(errc::malformed_request);
+    }
+    if (*appid != merchant.appid &&
+        std::find(merchant.other_appids.begin(), merchant.other_appids.end(), *appid) == merchant.other_appids.end()) {
+        return error(errc::unknown_account);
+    }
+    return {};
+}
+
+Result<void> read_transaction_payment(const Value& tx, PaymentEvent& out, std::string& problem)
+{
+    auto bill_id = required_string(tx, "out_trade_no");
+    auto txn_id = required_string(tx, "transaction_id");
+    const Value* amount = member(tx, "amount");
+    if (!bill_id) {
+        return unreadable(problem, "the resource has no out_trade_no");
+    }
+    if (!txn_id) {
+        return unreadable(problem, "the resource has no transaction_id");
+    }
+    if (amount == nullptr || !amount->IsObject()) {
+        return unreadable(problem, "the resource has no amount object");
+    }
+    auto total = amount_member(*amount, "total");
+    if (!total || !*total) {
+        return unreadable(problem, "amount.total is missing or not an amount in fen");
+    }
+    if (const auto currency = string_member(*amount, "currency"); currency && !currency->empty()) {
+        out.currency = std::string(*currency);
+    }
+    out.bill_id = std::move(*bill_id);
+    out.provider_txn_id = std::move(*txn_id);
+    out.total_fen = **total;
+    if (auto when = utc_time(string_member(tx, "success_time")); !when.empty()) {
+        out.occurred_at = std::move(when);
+    }
+    return {};
+}
+
+}  // namespace detail
+
 std::string normalize_serial(std::string_view serial)
 {
     std::string out;
@@ -301,38 +326,33 @@ WechatV3Gateway::WechatV3Gateway(std::vector<V3Merchant> merchants)
     }
 }
 
-Result<Verified> WechatV3Gateway::verify_and_parse(const InboundRequest& req) const
+Result<V3SignatureCheck> verify_v3_signature(const V3Merchant& merchant, const V3HeaderLookup& header,
+                                             std::string_view body, std::int64_t now_unix)
 {
-    const auto found = merchants_.find(req.route_param);
-    if (found == merchants_.end()) {
-        return error(errc::unknown_account);
-    }
-    const V3Merchant& merchant = found->second;
-
     std::string_view timestamp;
     std::string_view nonce;
     std::string_view signature;
     std::string_view serial;
     // Present and not empty (an empty one is present to the header lookup): a signature over an
-    // empty nonce is not a notification WeChat Pay sends.
-    if (!req.header("Wechatpay-Timestamp", timestamp) || !req.header("Wechatpay-Nonce", nonce) ||
-        !req.header("Wechatpay-Signature", signature) || !req.header("Wechatpay-Serial", serial) || nonce.empty()) {
+    // empty nonce is not something WeChat Pay sends.
+    if (!header("Wechatpay-Timestamp", timestamp) || !header("Wechatpay-Nonce", nonce) ||
+        !header("Wechatpay-Signature", signature) || !header("Wechatpay-Serial", serial) || nonce.empty()) {
         return error(errc::malformed_request);
     }
     std::string_view signature_type;
-    if (req.header("Wechatpay-Signature-Type", signature_type) && signature_type != kV3SignatureType) {
+    if (header("Wechatpay-Signature-Type", signature_type) && signature_type != kV3SignatureType) {
         return error(errc::bad_signature);
     }
     const auto ts = parse_timestamp(timestamp);
     if (!ts) {
         return ts.error();
     }
-    const std::int64_t skew = req.now_unix - *ts;
+    const std::int64_t skew = now_unix - *ts;
     if (skew >= kV3TimestampWindowSeconds || skew <= -kV3TimestampWindowSeconds) {
         return error(errc::stale_timestamp);
     }
 
-    auto chosen = choose_key(merchant, serial, req.now_unix);
+    auto chosen = choose_key(merchant, serial, now_unix);
     if (!chosen) {
         return chosen.error();
     }
@@ -342,10 +362,27 @@ Result<Verified> WechatV3Gateway::verify_and_parse(const InboundRequest& req) co
         return error(errc::bad_signature);
     }
     std::string message;
-    message.reserve(timestamp.size() + nonce.size() + req.body.size() + 3);
-    message.append(timestamp).append("\n").append(nonce).append("\n").append(req.body).append("\n");
+    message.reserve(timestamp.size() + nonce.size() + body.size() + 3);
+    message.append(timestamp).append("\n").append(nonce).append("\n").append(body).append("\n");
     if (!crypto::rsa_verify(chosen->key, crypto::Digest::sha256, message, *raw_signature)) {
         return error(errc::bad_signature);
+    }
+    return V3SignatureCheck{std::move(chosen->note)};
+}
+
+Result<Verified> WechatV3Gateway::verify_and_parse(const InboundRequest& req) const
+{
+    const auto found = merchants_.find(req.route_param);
+    if (found == merchants_.end()) {
+        return error(errc::unknown_account);
+    }
+    const V3Merchant& merchant = found->second;
+
+    auto checked = verify_v3_signature(
+        merchant, [&req](std::string_view name, std::string_view& value) { return req.header(name, value); }, req.body,
+        req.now_unix);
+    if (!checked) {
+        return checked.error();
     }
 
     // Authenticated from here on.
@@ -394,7 +431,7 @@ Result<Verified> WechatV3Gateway::verify_and_parse(const InboundRequest& req) co
     ev.account = merchant.mchid;
     ev.provider_status = *event_type;
     ev.occurred_at = utc_time(string_member(envelope, "create_time"));
-    verified.notes = std::move(chosen->note);
+    verified.notes = std::move(checked->note);
 
     if (*event_type == "TRANSACTION.SUCCESS" || *event_type == "REFUND.SUCCESS" ||
         *event_type == "REFUND.CLOSED" || *event_type == "REFUND.ABNORMAL") {
@@ -452,8 +489,8 @@ Reply WechatV3Gateway::failure(const boost::system::error_code& ec) const
     return Reply{.status = status, .content_type = "application/json", .body = fail_body(message)};
 }
 
-Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config::WechatMerchant>& merchants,
-                                                        std::vector<std::string>& problems)
+Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::WechatMerchant>& merchants,
+                                                  std::vector<std::string>& problems)
 {
     const std::size_t problems_before = problems.size();
     std::vector<V3Merchant> loaded;
@@ -525,7 +562,17 @@ Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config
     if (problems.size() != problems_before) {
         return error(errc::invalid_argument);
     }
-    return std::unique_ptr<Gateway>(std::make_unique<WechatV3Gateway>(std::move(loaded)));
+    return loaded;
+}
+
+Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config::WechatMerchant>& merchants,
+                                                        std::vector<std::string>& problems)
+{
+    auto loaded = load_v3_merchants(merchants, problems);
+    if (!loaded) {
+        return loaded.error();
+    }
+    return std::unique_ptr<Gateway>(std::make_unique<WechatV3Gateway>(std::move(*loaded)));
 }
 
 }  // namespace paybridge::gateways::wechatpay

@@ -54,7 +54,7 @@ struct PlatformCertificate {
     std::int64_t not_after{0};   ///< Unix seconds
 };
 
-/// One merchant's v3 material, as loaded and validated by make_wechat_v3_gateway.
+/// One merchant's v3 material, as loaded and validated by load_v3_merchants.
 struct V3Merchant {
     std::string mchid;
     std::string appid;
@@ -97,6 +97,11 @@ private:
     std::map<std::string, V3Merchant, std::less<>> merchants_;
 };
 
+/// Loads and checks the merchants of the config as make_wechat_v3_gateway does (below), for the
+/// gateway and for whoever else needs them (the active query client). Errors: as the factory's.
+Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::WechatMerchant>& merchants,
+                                                  std::vector<std::string>& problems);
+
 /// Builds the v3 gateway from the config: checks each merchant (mchid and appid present and
 /// unique, apiv3_key exactly 32 bytes, public_key_id and public_key_file given together and the
 /// key an RSA public key, every platform certificate file parsable with RSA keys and no serial
@@ -106,6 +111,23 @@ private:
 /// Errors: errc::invalid_argument when any problem was found.
 Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config::WechatMerchant>& merchants,
                                                         std::vector<std::string>& problems);
+
+/// Looks a header up by name, case-insensitively: true and `value` set when it is present (an
+/// empty value is present).
+using V3HeaderLookup = std::function<bool(std::string_view name, std::string_view& value)>;
+
+/// What verified a v3 signature.
+struct V3SignatureCheck {
+    std::string note;  ///< for logs: "key=public_key" or "key=platform_certificate:<serial>"
+};
+
+/// Steps 2–4 of the file comment (headers, timestamp window, key by Wechatpay-Serial, SHA256withRSA
+/// over "timestamp\nnonce\nbody\n" on the raw body) for `merchant`: how notifications are
+/// authenticated, and how API responses are (PROTOCOLS.md §2.13: exactly like notifications).
+/// Errors: malformed_request (a header missing, an empty nonce, a timestamp that is not digits),
+/// stale_timestamp, bad_signature.
+Result<V3SignatureCheck> verify_v3_signature(const V3Merchant& merchant, const V3HeaderLookup& header,
+                                             std::string_view body, std::int64_t now_unix);
 
 /// The decryption step of verify_and_parse (PROTOCOLS.md §2.7): AES-256-GCM with the APIv3 key's
 /// 32 bytes as-is, the nonce string's bytes as IV, associated_data's bytes as AAD (may be empty),
