@@ -1,6 +1,7 @@
 #include "gateways/wechatpay/wechatpay_sim.hpp"
 
 #include "core/error.hpp"
+#include "gateways/gateway.hpp"
 #include "gateways/wechatpay/wechatpay_v3_gateway.hpp"
 
 #include <boost/algorithm/string/predicate.hpp>
@@ -8,9 +9,11 @@
 #include <rapidjson/writer.h>
 
 #include <algorithm>
+#include <charconv>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
+#include <map>
 
 namespace paybridge::gateways::wechatpay::sim {
 namespace {
@@ -124,6 +127,116 @@ std::vector<XmlField> ordered(const XmlFields& fields)
         out.push_back(XmlField{.name = name, .value = value, .cdata = !bare});
     }
     return out;
+}
+
+/// Decodes one percent-escaped path segment or query value: %XX (either case) → the byte; '+'
+/// stays '+' (only forms mean a space by it). False on a malformed escape or a raw '/', '?', '&',
+/// '=' or '#', which would have split the component.
+bool unescape_component(std::string_view in, std::string& out)
+{
+    const auto hex = [](char c) -> int {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        if (c >= 'A' && c <= 'F') {
+            return c - 'A' + 10;
+        }
+        if (c >= 'a' && c <= 'f') {
+            return c - 'a' + 10;
+        }
+        return -1;
+    };
+    out.clear();
+    for (std::size_t i = 0; i < in.size(); ++i) {
+        const char c = in[i];
+        if (c == '/' || c == '?' || c == '&' || c == '=' || c == '#') {
+            return false;
+        }
+        if (c != '%') {
+            out += c;
+            continue;
+        }
+        if (in.size() - i < 3) {
+            return false;
+        }
+        const int hi = hex(in[i + 1]);
+        const int lo = hex(in[i + 2]);
+        if (hi < 0 || lo < 0) {
+            return false;
+        }
+        out += static_cast<char>(hi * 16 + lo);
+        i += 2;
+    }
+    return true;
+}
+
+/// The parameters of a v3 Authorization header after its scheme: key="value",… in any order.
+/// nullopt when the syntax is off, a key is unknown or repeated, or one of the five is missing.
+std::optional<std::map<std::string, std::string, std::less<>>> authorization_params(std::string_view text)
+{
+    static constexpr std::string_view kKeys[] = {"mchid", "nonce_str", "timestamp", "serial_no", "signature"};
+    std::map<std::string, std::string, std::less<>> params;
+    while (!text.empty()) {
+        const auto eq = text.find('=');
+        if (eq == std::string_view::npos || eq + 1 >= text.size() || text[eq + 1] != '"') {
+            return std::nullopt;
+        }
+        const std::string_view key = text.substr(0, eq);
+        const auto close = text.find('"', eq + 2);
+        if (close == std::string_view::npos ||
+            std::find(std::begin(kKeys), std::end(kKeys), key) == std::end(kKeys) ||
+            !params.emplace(std::string(key), std::string(text.substr(eq + 2, close - eq - 2))).second) {
+            return std::nullopt;
+        }
+        text.remove_prefix(close + 1);
+        if (!text.empty()) {
+            if (text.front() != ',' || text.size() == 1) {
+                return std::nullopt;
+            }
+            text.remove_prefix(1);
+        }
+    }
+    if (params.size() != std::size(kKeys)) {
+        return std::nullopt;
+    }
+    return params;
+}
+
+std::string_view trade_state_desc(std::string_view state)
+{
+    if (state == "NOTPAY") {
+        return "订单未支付";
+    }
+    if (state == "CLOSED") {
+        return "订单已关闭";
+    }
+    if (state == "USERPAYING") {
+        return "用户支付中";
+    }
+    if (state == "REVOKED") {
+        return "已撤销";
+    }
+    if (state == "PAYERROR") {
+        return "支付失败";
+    }
+    return state;
+}
+
+QueryResponse to_response(unsigned status, V3Notification&& signed_body)
+{
+    return QueryResponse{
+        .status = status, .headers = std::move(signed_body.headers), .body = std::move(signed_body.body)};
+}
+
+std::string error_body(std::string_view code, std::string_view message)
+{
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    put(w, "code", code);
+    put(w, "message", message);
+    w.EndObject();
+    return text_of(buffer);
 }
 
 }  // namespace
@@ -281,6 +394,126 @@ Result<V3Notification> make_v3_refund(const V3Refund& refund, std::string_view a
     envelope.event_type = "REFUND." + refund.refund_status;
     envelope.original_type = "refund";
     return make_v3(v3_refund_json(refund), apiv3_key, signer, timestamp_unix, envelope);
+}
+
+Result<V3QueryAsked> check_v3_query_request(const QueryRequest& request, const std::vector<V3ApiMerchant>& merchants,
+                                            std::int64_t now_unix, std::string_view base_path)
+{
+    const auto malformed = make_error_code(errc::malformed_request);
+    const auto bad_signature = make_error_code(errc::bad_signature);
+    while (!base_path.empty() && base_path.back() == '/') {
+        base_path.remove_suffix(1);
+    }
+    const std::string prefix = std::string(base_path) + "/v3/pay/transactions/out-trade-no/";
+    std::string_view target = request.target;
+    if (request.method != "GET" || target.substr(0, prefix.size()) != prefix) {
+        return malformed;
+    }
+    target.remove_prefix(prefix.size());
+    const auto question = target.find('?');
+    constexpr std::string_view kMchidParam = "mchid=";
+    if (question == std::string_view::npos || target.substr(question + 1, kMchidParam.size()) != kMchidParam) {
+        return malformed;
+    }
+    V3QueryAsked asked;
+    if (!unescape_component(target.substr(0, question), asked.out_trade_no) || asked.out_trade_no.empty() ||
+        !unescape_component(target.substr(question + 1 + kMchidParam.size()), asked.mchid)) {
+        return malformed;
+    }
+
+    std::string_view authorization;
+    for (const auto& [name, value] : request.headers) {
+        if (ascii_iequals(name, "Authorization")) {
+            authorization = value;
+        } else if (ascii_iequals(name, "Wechatpay-Serial")) {
+            asked.wechatpay_serial = value;
+        }
+    }
+    const std::string scheme = std::string(kV3SignatureType) + " ";
+    if (authorization.substr(0, scheme.size()) != scheme) {
+        return malformed;
+    }
+    const auto params = authorization_params(authorization.substr(scheme.size()));
+    if (!params) {
+        return malformed;
+    }
+    const std::string& mchid = params->at("mchid");
+    const auto merchant =
+        std::find_if(merchants.begin(), merchants.end(), [&](const V3ApiMerchant& m) { return m.mchid == mchid; });
+    if (merchant == merchants.end()) {
+        return bad_signature;
+    }
+    if (asked.mchid != mchid) {
+        return make_error_code(errc::unknown_account);
+    }
+    if (normalize_serial(params->at("serial_no")) != normalize_serial(merchant->serial_no)) {
+        return bad_signature;
+    }
+    const std::string& timestamp = params->at("timestamp");
+    std::int64_t ts = 0;
+    if (timestamp.empty() || timestamp.size() > 18 ||
+        timestamp.find_first_not_of("0123456789") != std::string::npos) {
+        return malformed;
+    }
+    std::from_chars(timestamp.data(), timestamp.data() + timestamp.size(), ts);
+    if (ts - now_unix >= kV3TimestampWindowSeconds || now_unix - ts >= kV3TimestampWindowSeconds) {
+        return make_error_code(errc::stale_timestamp);
+    }
+    const auto signature = crypto::base64_decode(params->at("signature"));
+    const std::string message =
+        "GET\n" + request.target + "\n" + timestamp + "\n" + params->at("nonce_str") + "\n\n";
+    if (!signature || !crypto::rsa_verify(merchant->public_key.get(), crypto::Digest::sha256, message, *signature)) {
+        return bad_signature;
+    }
+    return asked;
+}
+
+std::string v3_query_transaction_json(const V3Transaction& tx)
+{
+    if (tx.trade_state == "SUCCESS" || tx.trade_state == "REFUND") {
+        return v3_transaction_json(tx);
+    }
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    put(w, "mchid", tx.mchid);
+    put(w, "appid", tx.appid);
+    put(w, "out_trade_no", tx.out_trade_no);
+    put(w, "trade_state", tx.trade_state);
+    put(w, "trade_state_desc", trade_state_desc(tx.trade_state));
+    w.Key("amount");
+    w.StartObject();
+    put(w, "total", tx.total_fen);
+    put(w, "currency", tx.currency);
+    w.EndObject();
+    w.EndObject();
+    return text_of(buffer);
+}
+
+Result<QueryResponse> make_v3_query_response(const V3Transaction& tx, const V3Signer& signer,
+                                             std::int64_t timestamp_unix, std::string nonce)
+{
+    auto signed_body = sign_v3(v3_query_transaction_json(tx), signer, timestamp_unix, std::move(nonce));
+    if (!signed_body) {
+        return signed_body.error();
+    }
+    return to_response(200, std::move(*signed_body));
+}
+
+Result<QueryResponse> make_v3_order_not_exist(const V3Signer& signer, std::int64_t timestamp_unix, std::string nonce)
+{
+    auto signed_body = sign_v3(error_body("ORDER_NOT_EXIST", "订单不存在"), signer, timestamp_unix, std::move(nonce));
+    if (!signed_body) {
+        return signed_body.error();
+    }
+    return to_response(404, std::move(*signed_body));
+}
+
+QueryResponse make_v3_error_response(unsigned status, std::string_view code, std::string_view message)
+{
+    return QueryResponse{.status = status,
+                         .headers = {{"Content-Type", "application/json"}},
+                         .body = error_body(code, message)};
 }
 
 std::string build_v2_payment_xml(const V2Payment& payment, std::string_view apiv2_key, V2SignType type,

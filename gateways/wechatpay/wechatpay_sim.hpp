@@ -2,10 +2,13 @@
 
 // The WeChat Pay side of the wire, for tests, the CLI `paybridge trigger` and the benchmark:
 // builds notifications exactly as WeChat Pay sends them (PROTOCOLS.md §2 and §3), signed and
-// encrypted with the keys it is given. Never used by the daemon's request path.
+// encrypted with the keys it is given, and checks and answers v3 transaction queries as the
+// WeChat Pay API does (§2.11–§2.13), for fake API servers. Never used by the daemon's request
+// path.
 
 #include "core/result.hpp"
 #include "gateways/crypto/crypto.hpp"
+#include "gateways/query.hpp"
 #include "gateways/wechatpay/v2_sign.hpp"
 #include "gateways/wechatpay/xml.hpp"
 
@@ -100,6 +103,65 @@ Result<V3Notification> make_v3_payment(const V3Transaction& tx, std::string_view
 /// A signed REFUND.<refund_status> for `refund` (original_type "refund").
 Result<V3Notification> make_v3_refund(const V3Refund& refund, std::string_view apiv3_key, const V3Signer& signer,
                                       std::int64_t timestamp_unix = 0, V3Envelope envelope = {});
+
+// ---- API v3: the transaction query (GET /v3/pay/transactions/out-trade-no/{out_trade_no}) ----
+
+/// What WeChat Pay knows of a merchant to authenticate its API requests (§2.12).
+struct V3ApiMerchant {
+    std::string mchid;
+    std::string serial_no;         ///< the merchant API certificate's serial, as sent in serial_no
+    crypto::SharedKey public_key;  ///< that certificate's public key
+};
+
+/// What a query request asked for, once check_v3_query_request accepted it.
+struct V3QueryAsked {
+    std::string mchid;
+    std::string out_trade_no;  ///< percent-decoded
+    /// The request's Wechatpay-Serial header, "" when absent. "PUB_KEY_ID_…" asks for an answer
+    /// signed with the WeChat Pay public key instead of a platform certificate (§2.3).
+    std::string wechatpay_serial;
+};
+
+/// Checks a transaction query as WeChat Pay does before answering it:
+/// - GET <base_path>/v3/pay/transactions/out-trade-no/<out_trade_no>?mchid=<mchid>, nothing else
+///   in the query, out_trade_no and mchid percent-escaped (%XX in either case; a raw '/', '?' or
+///   '%' not followed by two hex digits is refused); base_path's trailing '/'s are ignored;
+/// - Authorization: "WECHATPAY2-SHA256-RSA2048 " then mchid, nonce_str, timestamp, serial_no and
+///   signature as key="value", comma-separated, in any order, each exactly once;
+/// - its mchid one of `merchants` and the same as the query's; serial_no that merchant's
+///   (compared as normalize_serial() forms); timestamp digits within ±300 s of now_unix;
+/// - signature: base64 SHA256withRSA over "GET\n<target>\n<timestamp>\n<nonce_str>\n\n"
+///   (the target exactly as received) verifying with the merchant's key.
+/// Errors (and what a fake server should answer, with make_v3_error_response):
+/// malformed_request (not a GET, another path, a bad escape, no or unreadable Authorization) →
+/// 400 PARAM_ERROR; unknown_account (the query's mchid is not the signer's) → 400 PARAM_ERROR;
+/// bad_signature (unknown mchid or serial_no, a signature that does not verify) and
+/// stale_timestamp → 401 SIGN_ERROR.
+Result<V3QueryAsked> check_v3_query_request(const QueryRequest& request, const std::vector<V3ApiMerchant>& merchants,
+                                            std::int64_t now_unix, std::string_view base_path = "");
+
+/// The Transaction object a query answers with, by tx.trade_state: v3_transaction_json(tx) for
+/// SUCCESS and REFUND (the order was paid: transaction_id, success_time, payer…); for the other
+/// states what WeChat Pay sends for an order without a payment: mchid, appid, out_trade_no,
+/// trade_state, trade_state_desc and amount (total, currency), no transaction_id, success_time
+/// or payer.
+std::string v3_query_transaction_json(const V3Transaction& tx);
+
+/// A 200 answer to a query: body v3_query_transaction_json(tx), signed as sign_v3 signs
+/// (Wechatpay-Nonce, -Signature, -Timestamp, -Serial, -Signature-Type, Content-Type).
+/// `timestamp_unix` 0 means now; an empty nonce is random. Errors: internal when signing fails.
+Result<QueryResponse> make_v3_query_response(const V3Transaction& tx, const V3Signer& signer,
+                                             std::int64_t timestamp_unix = 0, std::string nonce = {});
+
+/// The signed 404 {"code":"ORDER_NOT_EXIST","message":"订单不存在"} WeChat Pay answers a query
+/// for an order it does not know (an authenticated request's answer is signed, errors too).
+Result<QueryResponse> make_v3_order_not_exist(const V3Signer& signer, std::int64_t timestamp_unix = 0,
+                                              std::string nonce = {});
+
+/// An unsigned error answer {"code":"<code>","message":"<message>"} (Content-Type
+/// application/json), as WeChat Pay answers a request it could not authenticate (401 SIGN_ERROR)
+/// or serve (500 SYSTEM_ERROR, 429 FREQUENCY_LIMITED).
+QueryResponse make_v3_error_response(unsigned status, std::string_view code, std::string_view message);
 
 // ---- API v2 ----
 
