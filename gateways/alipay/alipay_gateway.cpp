@@ -297,8 +297,8 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
             } else if (!is_rsa(key.get())) {
                 problem("alipay_public_cert_file does not hold an RSA public key");
             } else {
-                keys.keys.push_back(AlipayKey{.key = std::move(key)});
                 keys.alipay_cert_sn = crypto::alipay_cert_sn(cert);
+                keys.keys.push_back(AlipayKey{.key = std::move(key), .cert_sn = keys.alipay_cert_sn});
                 keys.alipay_root_cert_sn = crypto::alipay_root_cert_sn(*roots);
             }
         }
@@ -320,7 +320,10 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
                 } else if (not_after <= 0) {
                     problem("previous_alipay_public_cert_file has no readable notAfter");
                 } else {
-                    keys.keys.push_back(AlipayKey{.key = std::move(key), .previous = true, .not_after = not_after});
+                    keys.keys.push_back(AlipayKey{.key = std::move(key),
+                                                  .previous = true,
+                                                  .not_after = not_after,
+                                                  .cert_sn = crypto::alipay_cert_sn(cert)});
                 }
             }
         }

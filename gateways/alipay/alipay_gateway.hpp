@@ -22,6 +22,9 @@ struct AlipayKey {
     crypto::SharedKey key;
     bool previous{false};       ///< the key being replaced during a rotation
     std::int64_t not_after{0};  ///< a previous certificate's notAfter (Unix s): unused after it; 0: none
+    /// Certificate mode: the SN of the certificate the key comes from, which API responses name
+    /// in alipay_cert_sn (PROTOCOLS.md §1.6); "" for a public-key-mode key.
+    std::string cert_sn;
 };
 
 /// The verified key material of one configured app, loaded once at start-up.
