@@ -1,9 +1,16 @@
 #include "gateways/alipay/alipay_sim.hpp"
 
+#include "core/error.hpp"
 #include "core/money.hpp"
+#include "core/time.hpp"
 #include "gateways/charset.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/form.hpp"
+#include "gateways/gateway.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <algorithm>
 #include <chrono>
@@ -86,6 +93,42 @@ std::string in_charset(const AlipayNotice& notice, const std::string& key, std::
         throw std::invalid_argument("alipay_sim: field " + key + " is not representable in " + notice.charset);
     }
     return std::move(*bytes);
+}
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void write_string(JsonWriter& w, std::string_view value)
+{
+    w.String(value.data(), static_cast<rapidjson::SizeType>(value.size()));
+}
+
+void write_member(JsonWriter& w, std::string_view key, std::string_view value)
+{
+    w.Key(key.data(), static_cast<rapidjson::SizeType>(key.size()));
+    write_string(w, value);
+}
+
+std::string text_of(const rapidjson::StringBuffer& buffer)
+{
+    return std::string(buffer.GetString(), buffer.GetSize());
+}
+
+Result<std::string> refuse(errc e, std::string* problem, std::string text)
+{
+    if (problem != nullptr) {
+        *problem = std::move(text);
+    }
+    return make_error_code(e);
+}
+
+const std::string* find_param(const FormFields& params, std::string_view key)
+{
+    for (const auto& [k, v] : params) {
+        if (k == key) {
+            return &v;
+        }
+    }
+    return nullptr;
 }
 
 }  // namespace
@@ -225,6 +268,207 @@ std::string build_alipay_body(const AlipayNotice& notice, EVP_PKEY* alipay_priva
     }
     append("sign", crypto::base64_encode(*signature));
     return body;
+}
+
+Result<std::string> check_trade_query_request(std::string_view target, std::string_view body,
+                                              EVP_PKEY* app_public_key, const TradeQueryCheck& check,
+                                              std::string* problem)
+{
+    // Alipay's gateway reads the URL's parameters and the form body's as one set.
+    const std::size_t mark = target.find('?');
+    auto params = parse_form(mark == std::string_view::npos ? std::string_view() : target.substr(mark + 1));
+    auto body_params = parse_form(body);
+    if (!params || !body_params) {
+        return refuse(errc::malformed_request, problem, "the query or the body is not a valid form");
+    }
+    for (auto& param : *body_params) {
+        if (find_param(*params, param.first) != nullptr) {
+            return refuse(errc::malformed_request, problem, "parameter " + param.first + " is sent twice");
+        }
+        params->push_back(std::move(param));
+    }
+    for (std::string_view required :
+         {"app_id", "method", "charset", "sign_type", "timestamp", "version", "sign", "biz_content"}) {
+        const std::string* value = find_param(*params, required);
+        if (value == nullptr || value->empty()) {
+            return refuse(errc::malformed_request, problem, "missing parameter " + std::string(required));
+        }
+    }
+    auto param = [&params](std::string_view key) -> std::string_view {
+        const std::string* value = find_param(*params, key);
+        return value == nullptr ? std::string_view() : std::string_view(*value);
+    };
+    if (param("method") != "alipay.trade.query") {
+        return refuse(errc::malformed_request, problem, "method is not alipay.trade.query");
+    }
+    if (find_param(*params, "format") != nullptr && param("format") != "JSON") {
+        return refuse(errc::malformed_request, problem, "format is not JSON");
+    }
+    if (!ascii_iequals(param("charset"), "utf-8")) {
+        return refuse(errc::malformed_request, problem, "charset is not utf-8");
+    }
+    if (param("version") != "1.0") {
+        return refuse(errc::malformed_request, problem, "version is not 1.0");
+    }
+    const std::string_view timestamp = param("timestamp");
+    if (timestamp.size() != 19 || !parse_beijing_time(timestamp)) {
+        return refuse(errc::malformed_request, problem, "timestamp is not yyyy-MM-dd HH:mm:ss");
+    }
+    if (!check.app_id.empty() && param("app_id") != check.app_id) {
+        return refuse(errc::unknown_account, problem, "app_id is not " + check.app_id);
+    }
+    if (param("sign_type") != check.sign_type) {
+        return refuse(errc::bad_signature, problem, "sign_type is not " + check.sign_type);
+    }
+    if (param("app_cert_sn") != check.app_cert_sn || param("alipay_root_cert_sn") != check.alipay_root_cert_sn) {
+        return refuse(errc::bad_signature, problem, "app_cert_sn or alipay_root_cert_sn is not the expected one");
+    }
+
+    std::vector<const std::pair<std::string, std::string>*> sorted;
+    for (const auto& p : *params) {
+        if (p.first != "sign" && !p.second.empty()) {
+            sorted.push_back(&p);
+        }
+    }
+    std::sort(sorted.begin(), sorted.end(), [](const auto* a, const auto* b) { return a->first < b->first; });
+    std::string content;
+    for (const auto* p : sorted) {
+        if (!content.empty()) {
+            content += '&';
+        }
+        content += p->first + "=" + p->second;
+    }
+    const crypto::Digest digest = check.sign_type == "RSA" ? crypto::Digest::sha1 : crypto::Digest::sha256;
+    const auto signature = crypto::base64_decode(param("sign"));
+    if (!signature) {
+        return refuse(errc::bad_signature, problem, "sign is not base64");
+    }
+    if (!crypto::rsa_verify(app_public_key, digest, content, *signature)) {
+        return refuse(errc::bad_signature, problem, "sign does not verify");
+    }
+
+    const std::string_view biz_content = param("biz_content");
+    rapidjson::Document biz;
+    constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag;
+    biz.Parse<kFlags>(biz_content.data(), biz_content.size());
+    if (biz.HasParseError() || !biz.IsObject()) {
+        return refuse(errc::malformed_request, problem, "biz_content is not a JSON object");
+    }
+    const auto out_trade_no = biz.FindMember("out_trade_no");
+    if (out_trade_no == biz.MemberEnd() || !out_trade_no->value.IsString() ||
+        out_trade_no->value.GetStringLength() == 0) {
+        return refuse(errc::malformed_request, problem, "biz_content has no out_trade_no");
+    }
+    return std::string(out_trade_no->value.GetString(), out_trade_no->value.GetStringLength());
+}
+
+std::string sign_alipay_answer(std::string_view node, std::string_view object_json, const AnswerSigner& signer)
+{
+    std::string out = "{\"";
+    out.append(node).append("\":").append(object_json);
+    if (!signer.alipay_cert_sn.empty()) {
+        out.append(",\"alipay_cert_sn\":\"").append(signer.alipay_cert_sn).append("\"");
+    }
+    if (signer.alipay_private_key != nullptr) {
+        const crypto::Digest digest = signer.sign_type == "RSA" ? crypto::Digest::sha1 : crypto::Digest::sha256;
+        auto signature = crypto::rsa_sign(signer.alipay_private_key, digest, object_json);
+        if (!signature) {
+            throw std::invalid_argument("alipay_sim: signing failed");
+        }
+        // Base64 needs no JSON escaping; Alipay writes '/' unescaped.
+        out.append(",\"sign\":\"").append(crypto::base64_encode(*signature)).append("\"");
+    }
+    out += '}';
+    return out;
+}
+
+std::string trade_query_object(const QueriedTrade& trade)
+{
+    const bool paid = trade.trade_status == "TRADE_SUCCESS" || trade.trade_status == "TRADE_FINISHED";
+    std::int64_t paid_ms = trade.paid_unix_ms;
+    if (paid_ms == 0) {
+        paid_ms = unix_ms(std::chrono::system_clock::now());
+    }
+    const std::string amount = format_yuan(trade.amount_fen);
+    const std::string received = paid ? amount : std::string("0.00");
+    const std::string trade_no = trade.trade_no.empty() ? make_trade_no(paid_ms) : trade.trade_no;
+
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    write_member(w, "code", "10000");
+    write_member(w, "msg", "Success");
+    write_member(w, "buyer_logon_id", "158****1234");
+    write_member(w, "buyer_pay_amount", received);
+    write_member(w, "buyer_user_id", "2088" + random_digits(12));
+    if (paid) {
+        w.Key("fund_bill_list");
+        w.StartArray();
+        w.StartObject();
+        write_member(w, "amount", amount);
+        write_member(w, "fund_channel", "ALIPAYACCOUNT");
+        w.EndObject();
+        w.EndArray();
+    }
+    write_member(w, "invoice_amount", received);
+    write_member(w, "out_trade_no", trade.out_trade_no);
+    write_member(w, "point_amount", "0.00");
+    write_member(w, "receipt_amount", received);
+    if (paid) {
+        write_member(w, "send_pay_date", format_beijing_time(paid_ms));
+    }
+    write_member(w, "total_amount", amount);
+    write_member(w, "trade_no", trade_no);
+    write_member(w, "trade_status", trade.trade_status);
+    w.EndObject();
+    return text_of(buffer);
+}
+
+std::string make_trade_query_answer(const QueriedTrade& trade, const AnswerSigner& signer)
+{
+    return sign_alipay_answer("alipay_trade_query_response", trade_query_object(trade), signer);
+}
+
+std::string make_trade_query_error(std::string_view code, std::string_view msg, std::string_view sub_code,
+                                   std::string_view sub_msg, const AnswerSigner& signer)
+{
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    write_member(w, "code", code);
+    write_member(w, "msg", msg);
+    if (!sub_code.empty()) {
+        write_member(w, "sub_code", sub_code);
+    }
+    if (!sub_msg.empty()) {
+        write_member(w, "sub_msg", sub_msg);
+    }
+    w.EndObject();
+    return sign_alipay_answer("alipay_trade_query_response", text_of(buffer), signer);
+}
+
+std::string make_trade_not_exist_answer(std::string_view out_trade_no, const AnswerSigner& signer)
+{
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    write_member(w, "code", "40004");
+    write_member(w, "msg", "Business Failed");
+    write_member(w, "sub_code", "ACQ.TRADE_NOT_EXIST");
+    write_member(w, "sub_msg", "\xE4\xBA\xA4\xE6\x98\x93\xE4\xB8\x8D\xE5\xAD\x98\xE5\x9C\xA8");  // 交易不存在
+    write_member(w, "buyer_pay_amount", "0.00");
+    write_member(w, "invoice_amount", "0.00");
+    write_member(w, "out_trade_no", out_trade_no);
+    write_member(w, "point_amount", "0.00");
+    write_member(w, "receipt_amount", "0.00");
+    w.EndObject();
+    return sign_alipay_answer("alipay_trade_query_response", text_of(buffer), signer);
+}
+
+std::string make_service_unavailable_answer(const AnswerSigner& signer)
+{
+    return make_trade_query_error("20000", "Service Currently Unavailable", "isp.unknow-error",
+                                  "\xE7\xB3\xBB\xE7\xBB\x9F\xE7\xB9\x81\xE5\xBF\x99", signer);  // 系统繁忙
 }
 
 }  // namespace paybridge::gateways::alipay

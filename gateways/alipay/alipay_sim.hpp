@@ -1,7 +1,11 @@
 #pragma once
 
-// The provider side of Alipay notifications, byte for byte: what Alipay's servers would POST to
-// notify_url. Used by the tests, `paybridge trigger` and the benchmark. Never linked into the daemon.
+// The provider side of Alipay, byte for byte: the notifications Alipay's servers POST to
+// notify_url, and the alipay.trade.query side of its gateway (checking a request, signing an
+// answer) for fake gateways. Used by the tests, `paybridge trigger` and the benchmark. Never linked
+// into the daemon.
+
+#include "core/result.hpp"
 
 #include <cstdint>
 #include <string>
@@ -71,5 +75,79 @@ std::string format_beijing_time(std::int64_t unix_ms, bool millis = false);
 
 /// The Content-Type Alipay sends with a notice in `charset`.
 std::string alipay_content_type(std::string_view charset);
+
+// ---- alipay.trade.query (PROTOCOLS.md §1.10) ----
+//
+// A fake gateway: check_trade_query_request() on the request's target and body, then answer
+// HTTP 200 with one of the bodies below (read_trade_query looks at the body only). Alipay answers
+// a refused request with HTTP 200 too, e.g. make_trade_query_error("40002", "Invalid Arguments",
+// "isv.invalid-signature", ...) for a bad signature.
+
+/// What a request must carry besides a valid signature.
+struct TradeQueryCheck {
+    std::string app_id;               ///< the app_id it must name ("": any)
+    std::string sign_type{"RSA2"};    ///< the app's sign_type, which the request must declare
+    std::string app_cert_sn;          ///< certificate mode: the app_cert_sn it must carry; "": none
+    std::string alipay_root_cert_sn;  ///< certificate mode: the alipay_root_cert_sn it must carry; "": none
+};
+
+/// Checks an alipay.trade.query request as Alipay's gateway does and returns the out_trade_no of
+/// its biz_content. `target` is the request target ("/gateway.do?app_id=..."), `body` the form
+/// body; their parameters are taken together (each form-decoded once) and none may appear twice.
+/// The signature (sign_type RSA2: SHA256withRSA, RSA: SHA1withRSA) must verify with
+/// `app_public_key` over every parameter but sign, empty values skipped, sorted by key bytes,
+/// joined as k=v with '&'.
+/// Errors (with a one-line `problem` when given):
+/// - malformed_request: unparsable, a parameter missing (app_id, method, charset, sign_type,
+///   timestamp, version, sign, biz_content), method not alipay.trade.query, format other than
+///   JSON, charset not utf-8, version not 1.0, a timestamp that is not "yyyy-MM-dd HH:mm:ss",
+///   biz_content not a JSON object with a non-empty string out_trade_no;
+/// - unknown_account: app_id is not check.app_id;
+/// - bad_signature: sign_type is not check.sign_type, the SNs differ from check's, sign is not
+///   base64 or does not verify.
+Result<std::string> check_trade_query_request(std::string_view target, std::string_view body,
+                                              EVP_PKEY* app_public_key, const TradeQueryCheck& check = {},
+                                              std::string* problem = nullptr);
+
+/// How the fake gateway signs its answers.
+struct AnswerSigner {
+    EVP_PKEY* alipay_private_key{nullptr};  ///< Alipay's private key; null: the answer has no sign
+    std::string sign_type{"RSA2"};          ///< "RSA2" (SHA256withRSA) or "RSA" (SHA1withRSA)
+    std::string alipay_cert_sn;             ///< certificate mode: sent between the object and sign
+};
+
+/// An answer as Alipay lays it out: {"<node>":<object_json>,"alipay_cert_sn":"..." (certificate
+/// mode only),"sign":"..."}, the signature over the exact bytes of `object_json`, which is used as
+/// given (so tests can sign any text). Throws std::invalid_argument when signing fails.
+std::string sign_alipay_answer(std::string_view node, std::string_view object_json, const AnswerSigner& signer);
+
+/// One trade as Alipay's query sees it.
+struct QueriedTrade {
+    std::string out_trade_no;
+    std::string trade_status{"TRADE_SUCCESS"};  ///< TRADE_SUCCESS, TRADE_FINISHED, WAIT_BUYER_PAY, TRADE_CLOSED
+    std::int64_t amount_fen{0};
+    std::string trade_no;                       ///< a fresh realistic one when empty
+    std::int64_t paid_unix_ms{0};               ///< a paid trade's send_pay_date; 0: the clock
+};
+
+/// The alipay_trade_query_response object (JSON text) for a trade: code 10000 and msg Success, then
+/// the other fields sorted by key, as Alipay's answers have them: a masked buyer_logon_id, a
+/// buyer_user_id, the amounts (the received ones 0.00 unless paid), out_trade_no, total_amount,
+/// trade_no, trade_status, and for a paid trade send_pay_date (Beijing time) and fund_bill_list.
+std::string trade_query_object(const QueriedTrade& trade);
+
+/// sign_alipay_answer("alipay_trade_query_response", trade_query_object(trade), signer).
+std::string make_trade_query_answer(const QueriedTrade& trade, const AnswerSigner& signer);
+
+/// An alipay_trade_query_response failure object {"code","msg","sub_code","sub_msg"} (sub_code
+/// and sub_msg omitted when empty), signed as `signer` says.
+std::string make_trade_query_error(std::string_view code, std::string_view msg, std::string_view sub_code,
+                                   std::string_view sub_msg, const AnswerSigner& signer);
+
+/// 40004 Business Failed, ACQ.TRADE_NOT_EXIST, with out_trade_no and zero amounts as Alipay sends it.
+std::string make_trade_not_exist_answer(std::string_view out_trade_no, const AnswerSigner& signer);
+
+/// 20000 Service Currently Unavailable, isp.unknow-error (sic, Alipay's spelling).
+std::string make_service_unavailable_answer(const AnswerSigner& signer);
 
 }  // namespace paybridge::gateways::alipay
