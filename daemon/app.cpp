@@ -5,10 +5,12 @@
 #include "core/metrics.hpp"
 #include "daemon/crm_wiring.hpp"
 #include "daemon/http_server.hpp"
+#include "daemon/provider_query.hpp"
 #include "daemon/reload.hpp"
 #include "daemon/systemd.hpp"
 #include "daemon/tls.hpp"
 #include "gateways/alipay/alipay_gateway.hpp"
+#include "gateways/query_accounts.hpp"
 #include "gateways/wechatpay/wechatpay_gateway.hpp"
 #include "store/redis_bill_store.hpp"
 #include "store/redis_connection.hpp"
@@ -58,6 +60,9 @@ webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, st
         if (v2) {
             rt->wechat_v2 = std::move(*v2);
         }
+    }
+    if (auto accounts = gateways::load_query_accounts(*cfg, problems)) {
+        rt->query_accounts = std::move(*accounts);
     }
     if (cfg->tls) {
         std::string problem;
@@ -189,6 +194,7 @@ private:
     ConnectionGate gate_;
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
+    std::unique_ptr<QueryRunner> query_;
     bool stopping_{false};
     int exit_code_{0};             ///< of a stop that was no failure: 78 for a key layout refused at start
     bool forced_{false};           ///< the workers' loops were stopped with work left (finish_stop)
@@ -290,6 +296,8 @@ int App::Impl::run()
     }
     crm_ = std::make_unique<CrmRunner>(cfg);
     crm_->start();
+    query_ = std::make_unique<QueryRunner>(cfg, runtime_->query_accounts);
+    query_->start();
     log::info("daemon.started", {{"listen", cfg.listen.host + ":" + std::to_string(cfg.listen.port)},
                                  {"workers", n}, {"version", PAYBRIDGE_VERSION}});
 
@@ -439,6 +447,7 @@ void App::Impl::reload()
     runtime_ = r.runtime;
     cfg_ = r.runtime->config;
     crm_->update(*cfg_);
+    query_->update(*cfg_, runtime_->query_accounts);
     log::set_level(cfg_->log_level);
     // The context build_runtime checked, not the files read a second time: a certificate and key
     // replaced one after the other in between would not pair, and the old ones would stay unsaid.
@@ -472,6 +481,7 @@ void App::Impl::begin_stop()
     }
     // Deliveries in flight finish (or fail and are kept for a retry) during the same grace period.
     crm_->request_stop();
+    query_->request_stop();  // queries in flight finish; their bills stay due otherwise
     asio::co_spawn(control_, finish_stop(), asio::detached);
 }
 
@@ -498,7 +508,7 @@ awaitable<void> App::Impl::finish_stop()
     }
     const auto hard_deadline = std::chrono::steady_clock::now() + 5s;
     for (;;) {
-        bool all_done = crm_->stopped();
+        bool all_done = crm_->stopped() && query_->stopped();
         for (auto& w : workers_) {
             all_done = all_done && w->done.load();
         }
@@ -506,12 +516,13 @@ awaitable<void> App::Impl::finish_stop()
             break;
         }
         if (std::chrono::steady_clock::now() > hard_deadline) {
-            log::error("daemon.forced_stop", {{"crm_stopped", crm_->stopped()}});
+            log::error("daemon.forced_stop", {{"crm_stopped", crm_->stopped()}, {"query_stopped", query_->stopped()}});
             forced_ = true;
             for (auto& w : workers_) {
                 w->ioc.stop();
             }
             crm_->abort();
+            query_->abort();
             break;
         }
         t.expires_after(20ms);

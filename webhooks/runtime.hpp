@@ -8,6 +8,9 @@
 namespace boost::asio::ssl {
 class context;
 }
+namespace paybridge::gateways {
+struct QueryAccounts;
+}
 
 namespace paybridge::webhooks {
 
@@ -22,6 +25,8 @@ struct Runtime {
     /// The HTTPS listener's certificate and key (config.tls), loaded once with the rest: null
     /// without a TLS listener.
     std::shared_ptr<boost::asio::ssl::context> tls;
+    /// The accounts active queries may ask (provider_query); empty when none has query keys.
+    std::shared_ptr<const gateways::QueryAccounts> query_accounts;
 };
 
 using RuntimePtr = std::shared_ptr<const Runtime>;

@@ -1,0 +1,55 @@
+#pragma once
+
+// Active queries (provider_query): on a thread of its own, asks the providers about bills whose
+// payment notification has not come (store/query_queue.hpp says which and when), and applies a
+// payment a provider confirms exactly as its notification would have been applied (the same bill
+// script; a notification that comes later is a repeat of the same transaction).
+//
+// Each sweep, every `interval`: for each shard whose lease this instance takes, the new bills are
+// taken in, up to `batch` due ones are asked about at every query account (`concurrency` queries in
+// flight per account), and each is rescheduled. A failure is logged and counted and the bill is
+// asked about again at its next turn; a payment the provider confirmed but Redis could not take is
+// asked about again at the next sweep.
+
+#include "config/config.hpp"
+
+#include <boost/asio/io_context.hpp>
+#include <boost/asio/steady_timer.hpp>
+
+#include <atomic>
+#include <memory>
+#include <mutex>
+#include <thread>
+
+namespace paybridge::gateways {
+struct QueryAccounts;
+}
+
+namespace paybridge::daemon {
+
+class QueryRunner {
+public:
+    QueryRunner(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts);
+    ~QueryRunner();
+    QueryRunner(const QueryRunner&) = delete;
+    QueryRunner& operator=(const QueryRunner&) = delete;
+
+    void start();
+    /// New settings and accounts (a reload): used from the next sweep on. Thread-safe.
+    void update(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts);
+    /// Stops after the queries in flight; returns at once.
+    void request_stop();
+    /// Ends the thread's loop now (queries in flight are cut off; their bills stay due).
+    void abort();
+    /// request_stop(), then joins the thread.
+    void stop();
+    bool stopped() const noexcept { return stopped_.load(); }
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    std::atomic<bool> stopped_{false};
+    std::thread thread_;
+};
+
+}  // namespace paybridge::daemon
