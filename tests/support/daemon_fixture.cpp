@@ -87,14 +87,15 @@ void DaemonFixture::write_config(const DaemonOptions& options)
     cfg += "  \"api_tokens\": [{\"name\": \"crm\", \"token\": \"file:secrets/api_token\"}],\n";
     cfg += "  \"alipay\": {\"apps\": [\n";
     cfg += "    {\"app_id\": \"" + std::string(kAlipayAppId) + "\", \"seller_id\": \"" + kSellerId +
-           "\", \"alipay_public_key_file\": \"keys/alipay_public.pem\"},\n";
+           "\", \"alipay_public_key_file\": \"keys/alipay_public.pem\"" + options.alipay_app_extra + "},\n";
     cfg += "    {\"app_id\": \"" + std::string(kAlipayCertAppId) + "\", \"seller_id\": \"" + kSellerId +
            "\", \"alipay_public_cert_file\": \"keys/alipay_public.crt\", \"alipay_root_cert_file\": "
            "\"keys/alipay_root.crt\"}\n  ]},\n";
     cfg += "  \"wechatpay\": {\"merchants\": [{\"mchid\": \"" + std::string(kMchId) + "\", \"appid\": \"" + kAppId +
            "\", \"apiv3_key\": \"file:secrets/apiv3_key\", \"public_key_id\": \"" + kPublicKeyId +
            "\", \"public_key_file\": \"keys/wechatpay_public.pem\", \"platform_certificates\": "
-           "[\"keys/wechatpay_platform.pem\"], \"apiv2_key\": \"file:secrets/apiv2_key\"}]},\n";
+           "[\"keys/wechatpay_platform.pem\"], \"apiv2_key\": \"file:secrets/apiv2_key\"" +
+           options.wechat_merchant_extra + "}]},\n";
     if (!options.tls_json.empty()) {
         cfg += "  \"tls\": " + options.tls_json + ",\n";
     }

@@ -28,6 +28,8 @@ struct DaemonOptions {
     bool start{true};                    ///< start paybridged in the constructor
     std::map<std::string, std::string> env;  ///< extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...)
     std::string tls_json;                ///< a "tls" object, when set
+    std::string alipay_app_extra;        ///< extra members of the public-key-mode Alipay app (", \"k\": v")
+    std::string wechat_merchant_extra;   ///< extra members of the WeChat Pay merchant (", \"k\": v")
 };
 
 class DaemonFixture {

@@ -82,6 +82,7 @@ struct HttpReceiver::Impl {
     unsigned default_status{200};
     std::string retry_after;
     std::string response_body{"{}"};
+    RequestHandler handler;
     std::chrono::milliseconds delay{0};
     std::vector<ReceivedRequest> received;
 
@@ -188,6 +189,9 @@ struct HttpReceiver::Impl {
             rec.webhook_timestamp = std::string(req["webhook-timestamp"]);
             rec.webhook_signature = std::string(req["webhook-signature"]);
             rec.body = req.body();
+            for (const auto& field : req) {
+                rec.headers.emplace_back(std::string(field.name_string()), std::string(field.value()));
+            }
             rec.at = std::chrono::steady_clock::now();
             bool any = false;
             for (const std::string& secret : options.secrets) {
@@ -200,19 +204,39 @@ struct HttpReceiver::Impl {
             std::size_t index = 0;
             std::chrono::milliseconds hold{0};
             http::response<http::string_body> res;
+            std::string content_type = "application/json";
+            RequestHandler answer;
+            {
+                std::lock_guard lock(mu);
+                answer = handler;
+            }
+            std::optional<ScriptedResponse> made;
+            if (answer) {
+                made = answer(rec);  // outside the lock: a fake provider signs its answer here
+            }
             {
                 std::lock_guard lock(mu);
                 rec.status = default_status;
-                if (!scripted.empty()) {
-                    rec.status = scripted.front();
-                    scripted.pop_front();
+                if (made) {
+                    rec.status = made->status;
+                    res.result(rec.status);
+                    for (const auto& [name, value] : made->headers) {
+                        res.set(name, value);
+                    }
+                    res.body() = std::move(made->body);
+                    content_type = made->content_type;
+                } else {
+                    if (!scripted.empty()) {
+                        rec.status = scripted.front();
+                        scripted.pop_front();
+                    }
+                    res.result(rec.status);
+                    res.body() = response_body;
+                    if (!retry_after.empty() && (rec.status == 429 || rec.status == 503)) {
+                        res.set(http::field::retry_after, retry_after);
+                    }
                 }
                 hold = delay;
-                res.result(rec.status);
-                res.body() = response_body;
-                if (!retry_after.empty() && (rec.status == 429 || rec.status == 503)) {
-                    res.set(http::field::retry_after, retry_after);
-                }
                 index = received.size();
                 received.push_back(rec);
             }
@@ -223,7 +247,9 @@ struct HttpReceiver::Impl {
                 co_await timer.async_wait(kUseTuple);
             }
             res.version(req.version());
-            res.set(http::field::content_type, "application/json");
+            if (!content_type.empty()) {
+                res.set(http::field::content_type, content_type);
+            }
             res.keep_alive(req.keep_alive());
             res.prepare_payload();
             tcp_layer.expires_after(std::chrono::seconds{10});
@@ -325,6 +351,12 @@ void HttpReceiver::set_retry_after(std::string value)
 {
     std::lock_guard lock(impl_->mu);
     impl_->retry_after = std::move(value);
+}
+
+void HttpReceiver::set_handler(RequestHandler handler)
+{
+    std::lock_guard lock(impl_->mu);
+    impl_->handler = std::move(handler);
 }
 
 void HttpReceiver::set_response_body(std::string body)

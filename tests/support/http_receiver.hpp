@@ -12,6 +12,7 @@
 #include <set>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace paybridge::test {
@@ -25,12 +26,24 @@ struct ReceivedRequest {
     std::string webhook_timestamp;
     std::string webhook_signature;
     std::string body;
+    std::vector<std::pair<std::string, std::string>> headers;  ///< every request header, in order
     std::vector<bool> verified_by;  ///< per configured secret, in order: a v1 entry matched it
     bool signature_ok{false};       ///< verified by at least one secret, timestamp within 300 s
     unsigned status{0};             ///< the status the receiver chose to answer
     bool answered{false};           ///< the response was written
     std::chrono::steady_clock::time_point at{};
 };
+
+/// An answer a handler makes up (a fake provider API): status, headers, body.
+struct ScriptedResponse {
+    unsigned status{200};
+    std::vector<std::pair<std::string, std::string>> headers;
+    std::string body;
+    std::string content_type{"application/json"};
+};
+
+/// Called on the receiver's thread for every request once set, instead of the scripted statuses.
+using RequestHandler = std::function<ScriptedResponse(const ReceivedRequest&)>;
 
 struct HttpReceiverOptions {
     std::vector<std::string> secrets;  ///< "whsec_..." secrets every request is checked against
@@ -58,6 +71,9 @@ public:
     void set_retry_after(std::string value);
     /// Every response body (default "{}").
     void set_response_body(std::string body);
+    /// Every request is answered by `handler` from now on (status, headers, body); the
+    /// statuses, body and Retry-After set above no longer apply.
+    void set_handler(RequestHandler handler);
     /// Hold every response this long after the request was read.
     void set_response_delay(std::chrono::milliseconds delay);
 
