@@ -11,6 +11,7 @@
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/http_receiver.hpp"
 #include "tests/support/json.hpp"
+#include "tests/support/process.hpp"
 #include "tests/support/wait.hpp"
 
 #include <doctest/doctest.h>
@@ -335,4 +336,25 @@ TEST_CASE("provider query - a provider that is down is asked again once it is ba
     REQUIRE(w.alipay_gw.start());
     REQUIRE_MESSAGE(w.wait_status("PQ-DOWN", "PAID"), w.fx->log());
     CHECK(parse_json(w.fx->get_bill("PQ-DOWN").body)["events"].Size() == 1);
+}
+
+TEST_CASE("provider query - --check loads the query keys and names a bad one")
+{
+    DaemonOptions opts;
+    opts.start = false;
+    opts.alipay_app_extra = R"(, "app_private_key": "file:keys/app_private.pem")";
+    opts.wechat_merchant_extra = R"(, "merchant_private_key": "file:keys/merchant_private.pem", "merchant_serial_no": ")" +
+                                 std::string(kMerchantSerial) + "\"";
+    opts.extra_config = R"("provider_query": {})";
+    DaemonFixture fx(opts);
+    write_secret(fx.dir() / "keys/app_private.pem", keygen::generate_rsa().private_pem);
+    write_secret(fx.dir() / "keys/merchant_private.pem", fx.wechat_public_keys.public_pem);  // the public half by mistake
+    std::string out;
+    const std::vector<std::string> check{DaemonFixture::binary("paybridged"), "--config", fx.config_path().string(),
+                                         "--check"};
+    CHECK(run_command(check, out) == 78);
+    CHECK_MESSAGE(out.find("/wechatpay/merchants/0/merchant_private_key: not a PEM private key") != std::string::npos, out);
+
+    write_secret(fx.dir() / "keys/merchant_private.pem", keygen::generate_rsa().private_pem);
+    CHECK_MESSAGE(run_command(check, out) == 0, out);
 }
