@@ -17,6 +17,7 @@
 #include <doctest/doctest.h>
 #include <rapidjson/document.h>
 
+#include <signal.h>
 #include <sys/stat.h>
 
 #include <atomic>
@@ -25,6 +26,7 @@
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 
 using namespace paybridge;
@@ -357,4 +359,59 @@ TEST_CASE("provider query - --check loads the query keys and names a bad one")
 
     write_secret(fx.dir() / "keys/merchant_private.pem", keygen::generate_rsa().private_pem);
     CHECK_MESSAGE(run_command(check, out) == 0, out);
+}
+
+TEST_CASE("provider query - two instances on one Redis share the sweeps and apply each payment found once")
+{
+    QueryWorld w;
+    // A second paybridged: the same configuration on another port, the same Redis and providers.
+    std::string cfg;
+    {
+        std::ifstream in(w.fx->config_path());
+        std::ostringstream text;
+        text << in.rdbuf();
+        cfg = text.str();
+    }
+    const std::string own = "\"listen\": \"127.0.0.1:" + std::to_string(w.fx->port()) + "\"";
+    const std::size_t at = cfg.find(own);
+    REQUIRE(at != std::string::npos);
+    cfg.replace(at, own.size(), "\"listen\": \"127.0.0.1:" + std::to_string(free_port()) + "\"");
+    std::ofstream(w.fx->dir() / "second.json") << cfg;
+    Process second({DaemonFixture::binary("paybridged"), "--config", (w.fx->dir() / "second.json").string()},
+                   w.fx->dir() / "second.log");
+    REQUIRE(wait_until([&] { return second.log().find("\"event\":\"query.started\"") != std::string::npos; }, 30s));
+
+    std::vector<std::string> bills;
+    {
+        std::lock_guard lock(w.mu);
+        for (int i = 0; i < 8; ++i) {
+            const std::string id = "PQ-TWO-" + std::to_string(i);
+            bills.push_back(id);
+            if (i % 2 == 0) {
+                w.alipay_trades[id] = Trade{.fen = 100 + i, .id = "20261205220014000001" + std::to_string(10 + i)};
+            } else {
+                w.wechat_trades[id] = Trade{.fen = 100 + i, .id = "42000000002026120500001" + std::to_string(10 + i)};
+            }
+        }
+    }
+    for (std::size_t i = 0; i < bills.size(); ++i) {
+        REQUIRE(w.fx->create_bill(bills[i], 100 + static_cast<std::int64_t>(i)).status == 201);
+    }
+    for (const std::string& id : bills) {
+        CAPTURE(id);
+        REQUIRE_MESSAGE(w.wait_status(id, "PAID"), w.fx->log() << second.log());
+        CHECK(parse_json(w.fx->get_bill(id).body)["events"].Size() == 1);
+    }
+    CHECK(w.fx->outbox_length() == 8);
+    // Each payment was found (applied) by exactly one of them; a second find would be a repeat.
+    const auto found = [](const std::string& log) {
+        std::size_t n = 0;
+        for (std::size_t p = log.find("\"event\":\"query.payment_found\""); p != std::string::npos;
+             p = log.find("\"event\":\"query.payment_found\"", p + 1)) {
+            ++n;
+        }
+        return n;
+    };
+    CHECK(found(w.fx->log()) + found(second.log()) == 8);
+    CHECK(second.stop(SIGTERM, 15s) == 0);
 }
