@@ -101,17 +101,21 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
     if (!got) {
         co_return got.error();
     }
-    std::int64_t mark = now_ms - schedule_.until.count();
+    const std::int64_t oldest = now_ms - schedule_.until.count();
+    std::int64_t mark = oldest;
+    std::int64_t start = oldest;  // read from start + 1
     if (got->is_string()) {
         const std::optional<std::int64_t> stored = to_i64(got->str);
         if (!stored) {
             co_return unexpected_reply("query intake mark", *got);
         }
         mark = std::max(mark, *stored);
+        // A bill registered by an instance whose clock is behind can be older than the mark.
+        start = std::max(oldest, mark - kIntakeLookback.count());
     } else if (!got->is_nil()) {
         co_return unexpected_reply("get query intake mark", *got);
     }
-    if (mark >= upper) {
+    if (start >= upper) {
         co_return std::size_t{0};
     }
 
@@ -119,10 +123,11 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
     // would make Redis walk every entry read before, again, on every page.
     const std::string created = keys_.created(shard);
     const std::string upper_text = std::to_string(upper);
-    std::string lower = std::to_string(mark + 1);
+    std::string lower = std::to_string(start + 1);
     std::size_t skip = 0;
     std::int64_t last_ms = -1;
     std::size_t read = 0;
+    std::size_t entered = 0;
     std::int64_t new_mark = upper;
     for (;;) {
         std::vector<std::string> range{"ZRANGEBYSCORE", created,  lower, upper_text, "WITHSCORES",
@@ -181,6 +186,7 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
             if (!added->is_integer()) {
                 co_return unexpected_reply("zadd query_due", *added);
             }
+            entered += static_cast<std::size_t>(std::max<std::int64_t>(0, added->integer));
         }
         read += n;
         if (n < kPage) {
@@ -204,20 +210,26 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
             co_return unexpected_reply("set query intake mark", *set);
         }
     }
-    co_return read;
+    co_return entered;
 }
 
-asio::awaitable<Result<DueRound>> QueryQueue::take_due(int shard, std::size_t limit)
+asio::awaitable<Result<DueRound>> QueryQueue::take_due(int shard, std::size_t limit, std::chrono::milliseconds claim)
 {
     const std::string due_key = keys_.query_due(shard);
-    std::vector<std::string> range{"ZRANGEBYSCORE", due_key, "-inf", std::to_string(now()),
-                                   "LIMIT",         "0",     std::to_string(limit)};
-    Result<Reply> due = co_await redis_.exec(std::move(range));
+    const std::int64_t now_ms = now();
+    // Read and claim in one step: between the two, another instance could take the same bills.
+    static constexpr std::string_view kTakeAndClaim =
+        "local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2])) "
+        "for _, id in ipairs(ids) do redis.call('ZADD', KEYS[1], 'XX', ARGV[3], id) end "
+        "return ids";
+    std::vector<std::string> take{"EVAL", std::string(kTakeAndClaim), "1", due_key, std::to_string(now_ms),
+                                  std::to_string(limit), std::to_string(now_ms + std::max<std::int64_t>(1, claim.count()))};
+    Result<Reply> due = co_await redis_.exec(std::move(take));
     if (!due) {
         co_return due.error();
     }
     if (!due->is_array()) {
-        co_return unexpected_reply("zrangebyscore query_due", *due);
+        co_return unexpected_reply("take due bills", *due);
     }
     DueRound round;
     if (due->elements.empty()) {
@@ -253,6 +265,11 @@ asio::awaitable<Result<DueRound>> QueryQueue::take_due(int shard, std::size_t li
         // A bill missing from the created index (only by hand) is asked about once more, then
         // dropped: its age is unknown.
         bill.created_ms = created.is_nil() ? 0 : score_of(created.str).value_or(0);
+        if (bill.created_ms > 0 && !may_retry(bill, now_ms)) {
+            zrem.push_back(id);
+            round.expired.push_back(id);
+            continue;
+        }
         round.bills.push_back(std::move(bill));
     }
     if (zrem.size() > 2) {
@@ -276,6 +293,24 @@ asio::awaitable<Result<void>> QueryQueue::reschedule(const DueBill& bill)
     }
     // XX: a bill another instance removed meanwhile (settled) stays removed.
     std::vector<std::string> command{"ZADD", keys_.query_due(bill.shard), "XX", std::to_string(next), bill.id};
+    Result<Reply> r = co_await redis_.exec(std::move(command));
+    if (!r) {
+        co_return r.error();
+    }
+    if (!r->is_integer()) {
+        co_return unexpected_reply("zadd query_due", *r);
+    }
+    co_return Result<void>{};
+}
+
+bool QueryQueue::may_retry(const DueBill& bill, std::int64_t now_ms) const noexcept
+{
+    return now_ms <= bill.created_ms + schedule_.until.count() + schedule_.max_gap.count();
+}
+
+asio::awaitable<Result<void>> QueryQueue::retry(const DueBill& bill, std::int64_t at_ms)
+{
+    std::vector<std::string> command{"ZADD", keys_.query_due(bill.shard), "XX", std::to_string(at_ms), bill.id};
     Result<Reply> r = co_await redis_.exec(std::move(command));
     if (!r) {
         co_return r.error();

@@ -10,9 +10,15 @@
 // each time their age has doubled (at most `max_gap` apart, never before `after` apart), and
 // leave when they are no longer PENDING or CLOSED, or after one last query at `until`.
 //
-// Several instances: a shard is swept by the instance that holds its lease (SET NX PX, as long as
-// one round may take). A lease that runs out mid-round lets a second instance ask about the same
-// bills: harmless, since the answers are applied as notifications are, exactly once.
+// Several instances: a shard is swept by the instance that holds its lease (SET NX PX for one
+// interval), and the bills a sweep takes are claimed (their due time moved past the round's end in
+// the same script that reads them), so another instance does not ask about them meanwhile, even
+// when a slow provider makes a round outlast the lease. Were a bill asked about twice all the same,
+// it would be harmless: the answers are applied as notifications are, exactly once.
+//
+// Clocks: bills enter by the created-index score (the registering instance's clock) compared
+// with the sweeping instance's clock; each intake reads the last kIntakeLookback before its mark
+// again, so registering clocks up to `after` + that much behind lose nothing.
 
 #include "core/result.hpp"
 #include "store/keys.hpp"
@@ -45,9 +51,13 @@ struct DueBill {
 
 /// One look at a shard's due bills.
 struct DueRound {
-    std::vector<DueBill> bills;  ///< still unsettled: ask the providers
+    std::vector<DueBill> bills;  ///< still unsettled: ask the providers (claimed until the round's end)
     std::size_t settled{0};      ///< left the set: paid, refunded or gone since they entered
+    std::vector<std::string> expired;  ///< left the set unasked: past their last turn (until) by more than max_gap
 };
+
+/// How far before its mark each intake reads the created index again (clock skew between instances).
+inline constexpr std::chrono::milliseconds kIntakeLookback{60'000};
 
 class QueryQueue {
 public:
@@ -61,21 +71,29 @@ public:
     /// Takes the shard's sweep lease for `ttl` unless another owner holds it.
     boost::asio::awaitable<Result<bool>> lease(int shard, std::string owner, std::chrono::milliseconds ttl);
 
-    /// Takes the bills created in (the intake mark, now - after] into the shard's due set, due at
-    /// once, and moves the mark; on the first call the mark starts at now - until (older bills are
-    /// past querying). At most `max_bills` per call: the mark stops where they end, and the next
-    /// call goes on from there. Returns how many bills were read.
+    /// Takes the bills created in (the intake mark - kIntakeLookback, now - after] that are still
+    /// unsettled into the shard's due set, due at once, and moves the mark; on the first call the
+    /// mark starts at now - until (older bills are past querying). Bills already in the set keep
+    /// their due time. At most about `max_bills` are read per call: the mark stops where they end,
+    /// and the next call goes on from there. Returns how many bills entered the set.
     boost::asio::awaitable<Result<std::size_t>> intake(int shard, std::size_t max_bills = 10'000);
 
-    /// Up to `limit` bills of the shard due now that are still PENDING or CLOSED. Due bills that are
-    /// settled or gone are removed from the set (counted in `settled`).
-    boost::asio::awaitable<Result<DueRound>> take_due(int shard, std::size_t limit);
+    /// Up to `limit` bills of the shard due now, claimed until now + `claim` (another sweep does not
+    /// take them before), of which those still PENDING or CLOSED are returned. Due bills that are
+    /// settled or gone are removed from the set (`settled`), and so are those past created + until +
+    /// max_gap (`expired`: their last turn was missed, by an outage of Redis or of every instance).
+    boost::asio::awaitable<Result<DueRound>> take_due(int shard, std::size_t limit, std::chrono::milliseconds claim);
 
     /// After a query round: due again when its age will have doubled (clamped to [after, max_gap]),
     /// at most at created + until; removed when that moment has passed.
     boost::asio::awaitable<Result<void>> reschedule(const DueBill& bill);
+    /// Due again at `at_ms` (a query failed for a reason that may pass: ask again soon).
+    boost::asio::awaitable<Result<void>> retry(const DueBill& bill, std::int64_t at_ms);
     /// Removes a bill from the due set (the providers' answer settled it).
     boost::asio::awaitable<Result<void>> remove(const DueBill& bill);
+    /// True when a bill whose query failed now may still be asked again: its last turn (created +
+    /// until) is not more than max_gap ago.
+    bool may_retry(const DueBill& bill, std::int64_t now_ms) const noexcept;
 
     /// When a bill asked about now is due next; 0 when it is not asked about again.
     std::int64_t next_due_ms(std::int64_t created_ms, std::int64_t now_ms) const noexcept;

@@ -60,14 +60,18 @@ struct QueueFixture {
         }
         return read;
     }
-    std::vector<DueBill> due_all(std::size_t* settled = nullptr)
+    std::vector<DueBill> due_all(std::size_t* settled = nullptr, std::vector<std::string>* expired = nullptr,
+                                 std::chrono::milliseconds claim = 60s)
     {
         std::vector<DueBill> all;
         for (int s = 0; s < 2; ++s) {
-            Result<DueRound> r = f.run(queue.take_due(s, 1000));
+            Result<DueRound> r = f.run(queue.take_due(s, 1000, claim));
             REQUIRE(r.has_value());
             if (settled != nullptr) {
                 *settled += r->settled;
+            }
+            if (expired != nullptr) {
+                expired->insert(expired->end(), r->expired.begin(), r->expired.end());
             }
             all.insert(all.end(), r->bills.begin(), r->bills.end());
         }
@@ -112,7 +116,7 @@ TEST_CASE("query queue - unsettled bills enter once they are `after` old and pai
     CHECK(q.due_all().empty());
 
     q.clock = kT0 + kAfter;
-    CHECK(q.intake_all() == 3);
+    CHECK(q.intake_all() == 2);
     CHECK(q.waiting() == 2);
     const std::vector<DueBill> due = q.due_all();
     CHECK(q.ids(due) == std::set<std::string>{"Q-PENDING", "Q-CLOSED"});
@@ -121,8 +125,9 @@ TEST_CASE("query queue - unsettled bills enter once they are `after` old and pai
         CHECK(b.status == (b.id == "Q-PENDING" ? "PENDING" : "CLOSED"));
     }
 
-    // The mark moved: the same bills are not read again.
+    // Read again (the look-back), but they are in already: their due times stay (claimed now).
     CHECK(q.intake_all() == 0);
+    CHECK(q.due_at("Q-PENDING") == kT0 + kAfter + 60'000);
 }
 
 TEST_CASE("query queue - a bill paid after it entered leaves at its next turn")
@@ -230,7 +235,7 @@ TEST_CASE("query queue - intake pages through many bills of one millisecond and 
     CHECK(q.f.cmd({"GET", keys.query_intake(0)}).str == std::to_string(kT0));
     Result<std::size_t> second = q.f.run(q.queue.intake(0, 2000));
     REQUIRE(second.has_value());
-    CHECK(*second == 1000);
+    CHECK(*second == 500);
     CHECK(q.f.integer({"ZCARD", keys.query_due(0)}) == 2500);
     CHECK(q.f.cmd({"GET", keys.query_intake(0)}).str == std::to_string(kT0 + 1));
     Result<std::size_t> third = q.f.run(q.queue.intake(0, 2000));
@@ -261,4 +266,55 @@ TEST_CASE("query queue - one instance at a time holds a shard's lease until it e
     Result<bool> later = q.f.run(q.queue.lease(1, "instance-b", 60s));
     REQUIRE(later.has_value());
     CHECK(*later);
+}
+
+TEST_CASE("query queue - bills taken by one sweep are claimed: another sweep does not take them until the claim ends")
+{
+    QueueFixture q;
+    q.f.register_bill(ev::new_bill("Q-CLAIM"));
+    q.clock = kT0 + kAfter;
+    REQUIRE(q.intake_all() == 1);
+    CHECK(q.due_all(nullptr, nullptr, 30s).size() == 1);
+    CHECK(q.due_at("Q-CLAIM") == kT0 + kAfter + 30'000);
+    // A second instance, at once and until the claim ends: nothing to take.
+    CHECK(q.due_all().empty());
+    q.clock = kT0 + kAfter + 29'999;
+    CHECK(q.due_all().empty());
+    // The first never came back (it died): the bill is due again.
+    q.clock = kT0 + kAfter + 30'000;
+    CHECK(q.due_all().size() == 1);
+}
+
+TEST_CASE("query queue - a failed query is retried when asked and a bill past its last turn by more than max_gap leaves unasked")
+{
+    QueueFixture q;
+    q.f.register_bill(ev::new_bill("Q-RETRY"));
+    q.clock = kT0 + kAfter;
+    REQUIRE(q.intake_all() == 1);
+    std::vector<DueBill> due = q.due_all();
+    REQUIRE(due.size() == 1);
+    REQUIRE(q.f.run(q.queue.retry(due[0], kT0 + kAfter + 30'000)).has_value());
+    CHECK(q.due_at("Q-RETRY") == kT0 + kAfter + 30'000);
+
+    CHECK(q.queue.may_retry(due[0], kT0 + kUntil + kMaxGap));
+    CHECK_FALSE(q.queue.may_retry(due[0], kT0 + kUntil + kMaxGap + 1));
+    // Every instance was down through the last turn and a max_gap after it.
+    q.clock = kT0 + kUntil + kMaxGap + 1;
+    std::vector<std::string> expired;
+    CHECK(q.due_all(nullptr, &expired).empty());
+    CHECK(expired == std::vector<std::string>{"Q-RETRY"});
+    CHECK(q.due_at("Q-RETRY") == -1);
+}
+
+TEST_CASE("query queue - a bill registered by an instance whose clock is behind still enters")
+{
+    QueueFixture q;
+    q.clock = kT0 + kAfter;
+    REQUIRE(q.intake_all() == 0);  // sets the marks to kT0
+    // Another instance, its clock 30 s behind, registers a bill now: created at kT0 - 30 s + 10 s.
+    q.clock = kT0 - 20'000;
+    q.f.register_bill(ev::new_bill("Q-SKEW"));
+    q.clock = kT0 + kAfter + 10'000;
+    CHECK(q.intake_all() == 1);
+    CHECK(q.due_at("Q-SKEW") == kT0 - 20'000 + kAfter);
 }
