@@ -22,6 +22,7 @@
 #include <charconv>
 #include <exception>
 #include <optional>
+#include <set>
 
 namespace paybridge::crm {
 namespace {
@@ -233,7 +234,19 @@ struct HttpClient::Impl {
     // waits while none is free), a receive gives one back.
     asio::experimental::channel<void(error_code)> slots;
     std::vector<ConnectionPtr> idle;
+    std::set<Connection*> busy;  ///< connections an attempt is using now (abort_in_flight)
+    bool aborting{false};        ///< abort_in_flight() was called: no new attempt starts
     HttpClientStats stats;
+
+    /// Marks a connection busy for the life of an attempt's use of it.
+    struct BusyMark {
+        Impl& impl;
+        Connection* conn;
+        BusyMark(Impl& i, Connection* c) : impl(i), conn(c) { impl.busy.insert(conn); }
+        BusyMark(const BusyMark&) = delete;
+        BusyMark& operator=(const BusyMark&) = delete;
+        ~BusyMark() { impl.busy.erase(conn); }
+    };
 
     ConnectionPtr take_idle()
     {
@@ -268,6 +281,9 @@ struct HttpClient::Impl {
             result.response = make_error_code(timed_out ? errc::timeout : errc::crm_unavailable);
             result.error_detail = timed_out ? std::string("resolve: timed out") : describe("resolve", resolved.error);
             co_return result;
+        }
+        if (aborting) {  // the socket abort_in_flight() closed would be opened again by the connect
+            co_return failure(asio::error::operation_aborted, "aborted");
         }
         conn.tcp_layer().expires_at(deadline);
         auto [cec, endpoint] = co_await conn.tcp_layer().async_connect(resolved.endpoints, kUseTuple);
@@ -395,6 +411,7 @@ struct HttpClient::Impl {
                 break;
             }
         }
+        out.response.complete = complete;
         out.reusable = complete && parser->get().keep_alive() && !parser->need_eof() && !has_unread_bytes(conn);
         co_return out;
     }
@@ -434,6 +451,12 @@ struct HttpClient::Impl {
             } else {
                 conn = std::make_unique<Connection>(executor, tls_context ? &*tls_context : nullptr,
                                                     options.max_header + kReadChunk);
+            }
+            const BusyMark mark(*this, conn.get());
+            if (aborting) {
+                co_return failure(asio::error::operation_aborted, "aborted");
+            }
+            if (!reused) {
                 std::optional<PostResult> open_failure = co_await open(*conn, deadline);
                 if (open_failure) {
                     co_return std::move(*open_failure);
@@ -441,7 +464,7 @@ struct HttpClient::Impl {
             }
             Exchange ex = co_await exchange_on(*conn, request, deadline);
             if (!ex.ec && ex.response.status != 0) {
-                if (ex.reusable) {
+                if (ex.reusable && !aborting) {
                     give_back(std::move(conn));
                 }
                 PostResult result;
@@ -452,7 +475,7 @@ struct HttpClient::Impl {
             // retry once on a fresh connection. Deliveries are idempotent (webhook-id), so even a
             // request the server did process may be repeated safely.
             const bool timed_out = ex.ec == beast::error::timeout;
-            if (reused && round == 0 && !ex.response_started && !timed_out && Clock::now() < deadline) {
+            if (reused && round == 0 && !ex.response_started && !timed_out && !aborting && Clock::now() < deadline) {
                 ++stats.stale_retries;
                 continue;
             }
@@ -532,6 +555,18 @@ asio::awaitable<PostResult> HttpClient::send(std::string method, std::string tar
 void HttpClient::close_idle()
 {
     impl_->idle.clear();
+}
+
+void HttpClient::abort_in_flight()
+{
+    impl_->aborting = true;
+    impl_->idle.clear();
+    for (Connection* conn : impl_->busy) {
+        boost::system::error_code ignored;
+        // Closing fails every operation pending on the socket (operation_aborted), wherever the
+        // attempt is: resolve, connect, handshake, write or read.
+        conn->tcp_layer().socket().close(ignored);
+    }
 }
 
 const Url& HttpClient::url() const noexcept

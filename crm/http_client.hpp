@@ -73,6 +73,9 @@ struct HttpResponse {
     std::string body_head;    ///< the first keep_body bytes of the body
     std::string retry_after;  ///< the Retry-After header, verbatim ("" when absent)
     Headers headers;          ///< every response header, in order (only with keep_headers)
+    /// The whole body was read (not cut short by a closed connection, a deadline or max_body):
+    /// body_head is all of it when it is not longer than keep_body.
+    bool complete{true};
 };
 
 /// One attempt. `response` errors: errc::timeout (the deadline passed), errc::crm_unavailable (DNS,
@@ -111,6 +114,10 @@ public:
 
     /// Closes the idle pooled connections (shutdown). In-flight requests finish on their own.
     void close_idle();
+    /// Ends every request in flight now, failing it (crm_unavailable, "aborted"), and every later
+    /// one before it starts: for a shutdown that must not wait for a slow server. Requests whose
+    /// repeat is harmless only (queries, idempotent deliveries).
+    void abort_in_flight();
 
     const Url& url() const noexcept;
     const HttpClientStats& stats() const noexcept;
