@@ -237,7 +237,7 @@ const std::string_view kConfigSchema = R"json({
         "interval_s": { "type": "integer", "minimum": 1, "maximum": 86400 },
         "batch": { "type": "integer", "minimum": 1, "maximum": 10000 },
         "concurrency": { "type": "integer", "minimum": 1, "maximum": 256 },
-        "timeout_ms": { "$ref": "#/definitions/duration_ms" },
+        "timeout_ms": { "type": "integer", "minimum": 1, "maximum": 60000 },
         "ca_file": { "$ref": "#/definitions/file_path" }
       }
     },

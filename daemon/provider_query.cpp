@@ -18,6 +18,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <iterator>
 #include <optional>
 
 namespace paybridge::daemon {
@@ -48,6 +49,9 @@ struct QueryMetrics {
         "(applied: the notification had not come; duplicate: it had).");
     metrics::Family<metrics::Counter>& redis_errors = metrics::registry().counter(
         "paybridge_provider_query_redis_errors_total", "Redis commands of the provider-query sweeps that failed.");
+    metrics::Family<metrics::Counter>& gave_up = metrics::registry().counter(
+        "paybridge_provider_query_gave_up_total",
+        "Bills no provider could be asked about at their last turn (providers or Redis down throughout).");
     metrics::Family<metrics::Gauge>& due = metrics::registry().gauge(
         "paybridge_provider_query_waiting", "Bills waiting for their next provider query (all instances), as of the last sweep.");
 };
@@ -95,6 +99,7 @@ struct QueryRunner::Impl {
     std::shared_ptr<const gateways::QueryAccounts> accounts;
     std::vector<std::unique_ptr<crm::HttpClient>> clients;  ///< one per account, same index
     std::unique_ptr<store::RedisConnection> redis;
+    std::unique_ptr<store::RedisConnection> replicas;  ///< with wait_replicas only
     std::unique_ptr<store::RedisBillStore> store;
     std::unique_ptr<store::QueryQueue> queue;
     bool active{false};  ///< the settings taken work: sweeps run
@@ -147,7 +152,13 @@ struct QueryRunner::Impl {
         }
         if (!redis) {
             redis = std::make_unique<store::RedisConnection>(ioc.get_executor(), redis_cfg);
-            store = std::make_unique<store::RedisBillStore>(*redis, redis_cfg);
+            // With wait_replicas, confirmations (WAIT) on a connection of their own, as the workers do.
+            if (redis_cfg.wait_replicas > 0) {
+                replicas = std::make_unique<store::RedisConnection>(ioc.get_executor(), redis_cfg);
+                replicas->start();
+            }
+            store = std::make_unique<store::RedisBillStore>(*redis, redis_cfg, std::function<std::int64_t()>{},
+                                                            replicas.get());
             redis->start();
         }
         store::QuerySchedule schedule;
@@ -180,7 +191,17 @@ struct QueryRunner::Impl {
                 co_await sleep(1s);
                 continue;
             }
-            co_await sweep();
+            // A defect must not end the sweeps for the life of the process (nor leave the Redis
+            // connection keeping this thread alive through a shutdown).
+            std::string failure;
+            try {
+                co_await sweep();
+            } catch (const std::exception& e) {
+                failure = e.what();
+            }
+            if (!failure.empty()) {
+                log::error("query.sweep_failed", {{"what", failure}});
+            }
             if (is_stopping()) {
                 break;
             }
@@ -190,6 +211,19 @@ struct QueryRunner::Impl {
         if (redis) {
             redis->stop();
         }
+        if (replicas) {
+            replicas->stop();
+        }
+    }
+
+    /// Called on ioc when the process stops: queries in flight end now (they only read, and their
+    /// bills stay claimed, so they are asked again later), and so does the wait between sweeps.
+    void stop_now()
+    {
+        pause.cancel();
+        for (auto& client : clients) {
+            client->abort_in_flight();
+        }
     }
 
     void redis_failed(std::string_view step, const boost::system::error_code& ec)
@@ -198,9 +232,25 @@ struct QueryRunner::Impl {
         log::warning("query.redis_error", {{"step", step}, {"error", error_name(ec)}});
     }
 
+    /// How long a shard's bills are claimed: what asking about `batch` bills takes at worst
+    /// (`concurrency` at a time, each query within `timeout`), and an interval. A sweep of several
+    /// shards with providers that answer slowly, but not so badly that the breaker skips them, can
+    /// outlast it: another instance may then ask about some bills too, which is harmless.
+    std::chrono::milliseconds claim_time() const
+    {
+        const auto per_account = static_cast<std::int64_t>((query.batch + static_cast<std::size_t>(query.concurrency) - 1) /
+                                                           static_cast<std::size_t>(query.concurrency));
+        return std::chrono::milliseconds(per_account * query.timeout.count() +
+                                         std::chrono::duration_cast<std::chrono::milliseconds>(query.interval).count());
+    }
+
+    /// One sweep: the due bills of every shard this instance leases, then one round of queries
+    /// over all of them (so each account's workers go from shard to shard without waiting for
+    /// another account's slow answers).
     awaitable<void> sweep()
     {
         const auto lease_ttl = std::chrono::duration_cast<std::chrono::milliseconds>(query.interval);
+        std::vector<store::DueBill> due;
         for (int shard = 0; shard < queue->keys().shards() && !is_stopping(); ++shard) {
             Result<bool> leased = co_await queue->lease(shard, owner, lease_ttl);
             if (!leased) {
@@ -215,14 +265,18 @@ struct QueryRunner::Impl {
                 redis_failed("intake", taken.error());
                 co_return;
             }
-            Result<store::DueRound> round = co_await queue->take_due(shard, query.batch);
+            Result<store::DueRound> round = co_await queue->take_due(shard, query.batch, claim_time());
             if (!round) {
                 redis_failed("take_due", round.error());
-                co_return;
+                break;  // ask about what was taken (claimed) so far
             }
-            if (!round->bills.empty()) {
-                co_await ask_all(round->bills);
+            for (const std::string& id : round->expired) {
+                gave_up(id, "its last turn passed while no instance could ask");
             }
+            std::move(round->bills.begin(), round->bills.end(), std::back_inserter(due));
+        }
+        if (!due.empty()) {
+            co_await ask_all(due);
         }
         Result<std::int64_t> waiting = co_await queue->waiting();
         if (waiting) {
@@ -232,58 +286,135 @@ struct QueryRunner::Impl {
         }
     }
 
-    /// Asks about every bill, `concurrency` bills at a time (each one's accounts in turn).
+    void gave_up(std::string_view bill_id, std::string_view why)
+    {
+        query_metrics().gave_up.with({}).inc();
+        log::warning("query.gave_up", {{"bill_id", bill_id}, {"reason", why}});
+    }
+
+    /// What asking one account about one bill came to.
+    enum class Asked {
+        answered,   ///< an answer (whatever it said) or a refusal to wait for the next turn for
+        transient,  ///< the provider could not answer now (down, slow, cut short): ask again soon
+        unapplied,  ///< a payment it confirmed could not be applied (Redis): ask again soon
+        settled,    ///< a payment it confirmed settled the bill: no need to ask the others
+        aborted,    ///< the process is stopping
+    };
+
+    struct BillRound {
+        const store::DueBill* bill{nullptr};
+        std::size_t pending{0};  ///< accounts still to ask
+        bool retry{false};
+        bool settled{false};
+    };
+
+    /// A provider account that failed this many queries in a row is not asked again this round.
+    static constexpr int kBreakerFailures = 3;
+
+    struct AccountRound {
+        std::size_t next{0};
+        int failures_in_row{0};
+        bool skipped{false};
+    };
+
+    /// Asks every account about every bill: each account has `concurrency` workers of its own, so
+    /// a provider that hangs holds up neither the other's queries nor its payments.
     awaitable<void> ask_all(std::vector<store::DueBill>& bills)
     {
-        const std::size_t workers = std::min<std::size_t>(bills.size(), static_cast<std::size_t>(query.concurrency));
+        const std::shared_ptr<const gateways::QueryAccounts> held = accounts;  // through a reload
+        std::vector<BillRound> states(bills.size());
+        for (std::size_t i = 0; i < bills.size(); ++i) {
+            states[i].bill = &bills[i];
+            states[i].pending = held->accounts.size();
+        }
+        std::vector<AccountRound> rounds(held->accounts.size());
+        const std::size_t per_account = std::min<std::size_t>(bills.size(), static_cast<std::size_t>(query.concurrency));
+        const std::size_t workers = per_account * held->accounts.size();
         asio::experimental::channel<void(boost::system::error_code)> done(ioc, workers);
-        std::size_t next = 0;
-        for (std::size_t i = 0; i < workers; ++i) {
-            asio::co_spawn(ioc, ask_from(bills, next), [&done](std::exception_ptr e) {
-                if (e) {
-                    try {
-                        std::rethrow_exception(e);
-                    } catch (const std::exception& ex) {
-                        log::error("query.failed_unexpectedly", {{"what", ex.what()}});
-                    } catch (...) {
-                        log::error("query.failed_unexpectedly", {{"what", "unknown exception"}});
-                    }
-                }
-                done.try_send(boost::system::error_code{});
-            });
+        for (std::size_t a = 0; a < held->accounts.size(); ++a) {
+            for (std::size_t k = 0; k < per_account; ++k) {
+                asio::co_spawn(ioc, account_worker(*held->accounts[a], *clients[a], rounds[a], states),
+                               [&done](std::exception_ptr e) {
+                                   if (e) {
+                                       try {
+                                           std::rethrow_exception(e);
+                                       } catch (const std::exception& ex) {
+                                           log::error("query.failed_unexpectedly", {{"what", ex.what()}});
+                                       } catch (...) {
+                                           log::error("query.failed_unexpectedly", {{"what", "unknown exception"}});
+                                       }
+                                   }
+                                   done.try_send(boost::system::error_code{});
+                               });
+            }
         }
         for (std::size_t i = 0; i < workers; ++i) {
             co_await done.async_receive(kUseTuple);
         }
-    }
-
-    awaitable<void> ask_from(std::vector<store::DueBill>& bills, std::size_t& next)
-    {
-        while (next < bills.size() && !is_stopping()) {
-            store::DueBill& bill = bills[next++];
-            co_await ask(bill);
+        for (const BillRound& st : states) {
+            co_await finish(st);
         }
     }
 
-    awaitable<void> ask(const store::DueBill& bill)
+    awaitable<void> account_worker(const gateways::QueryAccount& account, crm::HttpClient& client, AccountRound& round,
+                                   std::vector<BillRound>& states)
     {
-        // Keep the accounts alive through the awaits, whatever a reload does meanwhile.
-        const std::shared_ptr<const gateways::QueryAccounts> held = accounts;
-        bool retry_soon = false;
-        for (std::size_t i = 0; i < held->accounts.size() && i < clients.size(); ++i) {
-            const gateways::QueryAccount& account = *held->accounts[i];
-            crm::HttpClient& client = *clients[i];
-            const std::optional<bool> asked = co_await ask_one(bill, account, client);
-            if (!asked) {
-                retry_soon = true;
+        while (round.next < states.size() && !is_stopping()) {
+            BillRound& st = states[round.next++];
+            if (st.settled || round.skipped) {
+                st.retry = st.retry || (round.skipped && !st.settled);
+                --st.pending;
+                continue;
+            }
+            const Asked asked = co_await ask_one(*st.bill, account, client);
+            if (asked == Asked::aborted) {
+                continue;  // pending stays: the bill is not finished this round
+            }
+            --st.pending;
+            if (asked == Asked::transient) {
+                st.retry = true;
+                if (++round.failures_in_row >= kBreakerFailures && !round.skipped) {
+                    round.skipped = true;
+                    log::warning("query.account_skipped",
+                                 {{"provider", account.provider()}, {"account", account.account()},
+                                  {"failures_in_row", round.failures_in_row},
+                                  {"until", "the next sweep"}});
+                }
+                continue;
+            }
+            round.failures_in_row = 0;
+            if (asked == Asked::unapplied) {
+                st.retry = true;
+            } else if (asked == Asked::settled) {
+                st.settled = true;
             }
         }
-        if (retry_soon) {
-            co_return;  // the due time stays: the next sweep asks again
+    }
+
+    /// After every account was asked about a bill: done with it, asked again soon, or at its next
+    /// turn. A bill not asked everywhere (the process is stopping) keeps its claim.
+    awaitable<void> finish(const BillRound& st)
+    {
+        const store::DueBill& bill = *st.bill;
+        Result<void> done = Result<void>{};
+        if (st.settled) {
+            done = co_await queue->remove(bill);
+        } else if (st.pending > 0) {
+            co_return;
+        } else if (st.retry) {
+            const std::int64_t now = unix_ms_now();
+            if (queue->may_retry(bill, now)) {
+                const std::int64_t at = now + std::chrono::duration_cast<std::chrono::milliseconds>(query.interval).count();
+                done = co_await queue->retry(bill, at);
+            } else {
+                gave_up(bill.id, "no provider could be asked at its last turn");
+                done = co_await queue->remove(bill);
+            }
+        } else {
+            done = co_await queue->reschedule(bill);
         }
-        Result<void> moved = co_await queue->reschedule(bill);
-        if (!moved) {
-            redis_failed("reschedule", moved.error());
+        if (!done) {
+            redis_failed("reschedule", done.error());
         }
     }
 
@@ -292,10 +423,7 @@ struct QueryRunner::Impl {
         query_metrics().queries.with({{"provider", std::string(account.provider())}, {"result", std::string(result)}}).inc();
     }
 
-    /// One query. nullopt: the provider confirmed a payment that could not be applied (Redis):
-    /// ask again soon. Otherwise true (whatever the answer or failure: asked for this turn).
-    awaitable<std::optional<bool>> ask_one(const store::DueBill& bill, const gateways::QueryAccount& account,
-                                           crm::HttpClient& client)
+    awaitable<Asked> ask_one(const store::DueBill& bill, const gateways::QueryAccount& account, crm::HttpClient& client)
     {
         const std::int64_t now_unix = unix_ms_now() / 1000;
         Result<gateways::QueryRequest> request = account.request(bill.id, now_unix);
@@ -304,19 +432,25 @@ struct QueryRunner::Impl {
             log::error("query.failed", {{"bill_id", bill.id}, {"provider", account.provider()},
                                         {"account", account.account()}, {"error", error_name(request.error())},
                                         {"detail", "the request could not be built"}});
-            co_return true;
+            co_return Asked::answered;
         }
         crm::Headers headers = std::move(request->headers);
         crm::PostResult sent = co_await client.send(std::move(request->method), std::move(request->target),
                                                     std::move(headers), std::move(request->body));
-        if (!sent.response) {
-            const std::string_view error =
-                sent.response.error() == errc::timeout ? std::string_view("timeout") : std::string_view("provider_unavailable");
+        if (is_stopping() && (!sent.response || !sent.response->complete)) {
+            co_return Asked::aborted;
+        }
+        if (!sent.response || !sent.response->complete) {
+            // Also an answer cut short (a closed connection, the deadline, max_body): not the
+            // provider's word, and no forgery either.
+            const bool timed_out = !sent.response && sent.response.error() == errc::timeout;
+            const std::string_view error = timed_out ? std::string_view("timeout") : std::string_view("provider_unavailable");
             count(account, error);
             log::warning("query.failed", {{"bill_id", bill.id}, {"provider", account.provider()},
                                           {"account", account.account()}, {"error", error},
-                                          {"detail", sent.error_detail}});
-            co_return true;
+                                          {"detail", sent.response ? std::string_view("the answer was cut short")
+                                                                   : std::string_view(sent.error_detail)}});
+            co_return Asked::transient;
         }
         gateways::QueryResponse response;
         response.status = sent.response->status;
@@ -326,25 +460,32 @@ struct QueryRunner::Impl {
         Result<gateways::QueryAnswer> answer = account.read(bill.id, response, unix_ms_now() / 1000, detail);
         if (!answer) {
             count(account, error_name(answer.error()));
-            // A forged or damaged answer, or our request refused: people must look.
-            const bool alarming = answer.error() != errc::provider_unavailable;
+            const bool transient = answer.error() == errc::provider_unavailable;
             const std::initializer_list<log::Field> fields{
                 {"bill_id", bill.id}, {"provider", account.provider()}, {"account", account.account()},
                 {"error", error_name(answer.error())}, {"status", static_cast<std::int64_t>(response.status)},
                 {"detail", detail}};
-            if (alarming) {
-                log::error("query.failed", fields);
-            } else {
+            if (transient) {
                 log::warning("query.failed", fields);
+                co_return Asked::transient;
             }
-            co_return true;
+            // A forged or damaged answer, or our request refused: people must look.
+            log::error("query.failed", fields);
+            co_return Asked::answered;
         }
         count(account, gateways::to_string(answer->state));
         if (answer->state != gateways::QueryState::paid) {
-            log::debug("query.answered", {{"bill_id", bill.id}, {"provider", account.provider()},
-                                          {"account", account.account()}, {"state", gateways::to_string(answer->state)},
-                                          {"provider_status", answer->provider_status}});
-            co_return true;
+            if (answer->provider_status == "REFUND") {
+                // Paid, then refunded, and neither notification came: the amounts are not in the
+                // answer, so nothing is applied; someone has to look.
+                log::warning("query.refunded_unseen", {{"bill_id", bill.id}, {"provider", account.provider()},
+                                                       {"account", account.account()}, {"status", bill.status}});
+            } else {
+                log::debug("query.answered",
+                           {{"bill_id", bill.id}, {"provider", account.provider()}, {"account", account.account()},
+                            {"state", gateways::to_string(answer->state)}, {"provider_status", answer->provider_status}});
+            }
+            co_return Asked::answered;
         }
         const std::string txn = answer->payment.provider_txn_id;
         Result<ApplyResult> applied = co_await store->apply(std::move(answer->payment));
@@ -352,7 +493,7 @@ struct QueryRunner::Impl {
             log::error("query.apply_failed", {{"bill_id", bill.id}, {"provider", account.provider()},
                                               {"account", account.account()}, {"provider_txn_id", txn},
                                               {"error", error_name(applied.error())}});
-            co_return std::nullopt;
+            co_return Asked::unapplied;
         }
         query_metrics()
             .payments.with({{"provider", std::string(account.provider())}, {"outcome", std::string(to_string(applied->outcome))}})
@@ -368,7 +509,8 @@ struct QueryRunner::Impl {
         } else {
             log::debug("query.payment_known", fields);
         }
-        co_return true;
+        const bool open = applied->status == "PENDING" || applied->status == "CLOSED";
+        co_return open ? Asked::answered : Asked::settled;
     }
 };
 
@@ -414,7 +556,7 @@ void QueryRunner::request_stop()
         impl_->stopping = true;
     }
     Impl* impl = impl_.get();
-    asio::post(impl->ioc, [impl] { impl->pause.cancel(); });
+    asio::post(impl->ioc, [impl] { impl->stop_now(); });
 }
 
 void QueryRunner::abort() { impl_->ioc.stop(); }

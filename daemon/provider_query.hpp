@@ -6,10 +6,12 @@
 // script; a notification that comes later is a repeat of the same transaction).
 //
 // Each sweep, every `interval`: for each shard whose lease this instance takes, the new bills are
-// taken in, up to `batch` due ones are asked about at every query account (`concurrency` queries in
-// flight per account), and each is rescheduled. A failure is logged and counted and the bill is
-// asked about again at its next turn; a payment the provider confirmed but Redis could not take is
-// asked about again at the next sweep.
+// taken in and up to `batch` due ones taken (claimed); then every query account is asked about all
+// of them (`concurrency` queries in flight per account, so one provider's slowness does not hold up
+// the other's), and each bill is rescheduled. An answer that settles nothing: the bill's next turn.
+// A provider that could not answer (down, slow, cut short), or a payment Redis could not take: the
+// next sweep, until max_gap past the bill's last turn. An account failing three queries in a row is
+// skipped until the next sweep. Stopping cuts queries in flight off.
 
 #include "config/config.hpp"
 

@@ -22,6 +22,39 @@ std::string target_of(std::string_view url)
     return slash == std::string_view::npos ? std::string("/") : std::string(url.substr(slash));
 }
 
+/// A provider URL paybridged may send queries to: https://, or http:// to this machine only (a
+/// test's fake provider, a local forward proxy). Answers carry buyer data, and Alipay's carry no
+/// time: in clear across a network they could be read, or replayed and dropped to hide a payment.
+/// `with_query`: a query part is allowed (Alipay's gateway URL; WeChat Pay's base URL is a path
+/// prefix only).
+bool check_url(std::string_view url, const std::string& pointer, bool with_query, std::vector<std::string>& problems)
+{
+    const std::size_t scheme_end = url.find("://");
+    const std::string_view scheme = url.substr(0, scheme_end);
+    if (scheme_end == std::string_view::npos || (scheme != "https" && scheme != "http")) {
+        problems.push_back(pointer + ": must be an https:// URL");
+        return false;
+    }
+    std::string_view rest = url.substr(scheme_end + 3);
+    rest = rest.substr(0, rest.find_first_of("/?#"));
+    std::string_view host = rest;
+    if (host.starts_with('[')) {
+        host = host.substr(0, host.find(']') + 1);
+    } else {
+        host = host.substr(0, host.find(':'));
+    }
+    if (scheme == "http" && host != "127.0.0.1" && host != "localhost" && host != "[::1]") {
+        problems.push_back(pointer + ": must be https:// (http:// only to 127.0.0.1, [::1] or localhost): answers carry "
+                                     "buyer data and could be replayed or dropped on the way");
+        return false;
+    }
+    if (!with_query && url.find_first_of("?#") != std::string_view::npos) {
+        problems.push_back(pointer + ": must not have a query or fragment (it is the base the API paths follow)");
+        return false;
+    }
+    return true;
+}
+
 class AlipayAccount final : public QueryAccount {
 public:
     AlipayAccount(alipay::AlipayAppKeys app, alipay::AlipayQuerySigner signer, std::string url)
@@ -127,7 +160,8 @@ void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std:
                 }
             }
         }
-        if (keys && signer.app_private_key) {
+        const bool url_ok = check_url(app.gateway_url, where + "/gateway_url", true, problems);
+        if (keys && signer.app_private_key && url_ok) {
             out.accounts.push_back(std::make_unique<AlipayAccount>(std::move(*keys), std::move(signer), app.gateway_url));
         }
     }
@@ -154,7 +188,8 @@ void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std:
         signer.merchant_serial_no = m.merchant_serial_no;
         std::transform(signer.merchant_serial_no.begin(), signer.merchant_serial_no.end(),
                        signer.merchant_serial_no.begin(), [](unsigned char c) { return static_cast<char>(std::toupper(c)); });
-        if (!merchants || !signer.merchant_private_key) {
+        const bool url_ok = check_url(m.api_url, where + "/api_url", false, problems);
+        if (!merchants || !signer.merchant_private_key || !url_ok) {
             continue;
         }
         const auto found = std::find_if(merchants->begin(), merchants->end(),
