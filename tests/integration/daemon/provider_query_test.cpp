@@ -222,7 +222,8 @@ TEST_CASE("provider query - a payment whose notification never came is found at 
     CHECK(std::string(data["channel"].GetString()) == "alipay_query");
     CHECK(std::string(data["notification_id"].GetString()) == "query:2026120522001400000001");
     CHECK(w.fx->outbox_length() == 1);
-    CHECK(w.fx->log().find("\"event\":\"query.payment_found\"") != std::string::npos);
+    // Logged by the query thread after its write: wait for the line rather than race it.
+    CHECK(wait_until([&] { return w.fx->log().find("\"event\":\"query.payment_found\"") != std::string::npos; }, 10s));
     CHECK(w.alipay_refused == 0);  // every query was signed as Alipay checks it
 
     // The notification arrives after all: acknowledged, and a repeat of the same transaction.
@@ -245,8 +246,12 @@ TEST_CASE("provider query - a payment whose notification never came is found at 
     const std::size_t asked_then = w.asked(w.alipay_gw, "PQ-A1");
     std::this_thread::sleep_for(3s);
     CHECK(w.asked(w.alipay_gw, "PQ-A1") == asked_then);
-    const std::string m = w.metrics();
-    CHECK(m.find("paybridge_provider_query_payments_total{provider=\"alipay\",outcome=\"applied\"} 1") != std::string::npos);
+    CHECK(wait_until(
+        [&] {
+            return w.metrics().find("paybridge_provider_query_payments_total{provider=\"alipay\",outcome=\"applied\"} 1") !=
+                   std::string::npos;
+        },
+        10s));
 }
 
 TEST_CASE("provider query - a WeChat Pay payment is found and an unpaid bill is asked about again and left alone")
@@ -412,6 +417,56 @@ TEST_CASE("provider query - two instances on one Redis share the sweeps and appl
         }
         return n;
     };
+    CHECK(wait_until([&] { return found(w.fx->log()) + found(second.log()) >= 8; }, 10s));
     CHECK(found(w.fx->log()) + found(second.log()) == 8);
     CHECK(second.stop(SIGTERM, 15s) == 0);
+}
+
+TEST_CASE("provider query - a CLOSED bill paid through the other provider becomes PAID with paid_after_close")
+{
+    QueryWorld w;
+    {
+        std::lock_guard lock(w.mu);
+        w.wechat_trades["PQ-CLOSED"] = Trade{.fen = 800, .id = "4200000000202612050000000099"};
+    }
+    REQUIRE(w.fx->create_bill("PQ-CLOSED", 800).status == 201);
+    // Alipay closed its (unpaid) trade for the bill: the notification came, the bill is CLOSED.
+    alipay::NoticeSpec spec;
+    spec.app_id = DaemonFixture::kAlipayAppId;
+    spec.seller_id = DaemonFixture::kSellerId;
+    spec.out_trade_no = "PQ-CLOSED";
+    spec.amount_fen = 800;
+    spec.trade_no = "2026120522001400000099";
+    const crypto::SharedKey alipay_key = *crypto::load_private_key(w.alipay_private_pem);
+    REQUIRE(w.fx->post_alipay(alipay::build_alipay_body(alipay::make_closed_notice(spec), alipay_key.get())).body ==
+            "success");
+    // The customer paid with WeChat Pay, whose notification never came: the query finds it.
+    REQUIRE_MESSAGE(w.wait_status("PQ-CLOSED", "PAID"), w.fx->log());
+    rapidjson::Document bill = parse_json(w.fx->get_bill("PQ-CLOSED").body);
+    CHECK(std::string(bill["provider"].GetString()) == "wechatpay");
+    const rapidjson::Value& events = bill["events"];
+    REQUIRE(events.Size() == 2);
+    CHECK(std::string(events[1]["type"].GetString()) == "bill.paid");
+    CHECK(std::string(events[1]["data"]["anomaly"].GetString()) == "paid_after_close");
+    CHECK(std::string(events[1]["data"]["channel"].GetString()) == "wechatpay_query");
+}
+
+TEST_CASE("provider query - a provider that hangs holds up neither the other's payments nor the shutdown")
+{
+    QueryWorld w(R"({"after_s": 1, "until_s": 600, "max_gap_s": 1, "interval_s": 1, "concurrency": 1, "timeout_ms": 25000})");
+    w.wechat_api.set_response_delay(60s);
+    {
+        std::lock_guard lock(w.mu);
+        w.alipay_trades["PQ-HANG-2"] = Trade{.fen = 500, .id = "2026120522001400000077"};
+    }
+    // The first bill is asked about first: WeChat Pay does not answer it for the query's whole
+    // timeout. Asking the providers one after the other, the second bill would wait that long.
+    REQUIRE(w.fx->create_bill("PQ-HANG-1", 400).status == 201);
+    REQUIRE(w.fx->create_bill("PQ-HANG-2", 500).status == 201);
+    REQUIRE(wait_until([&] { return w.asked(w.wechat_api, "PQ-HANG-1") >= 1; }, 20s));
+    CHECK_MESSAGE(w.wait_status("PQ-HANG-2", "PAID", 12s), w.fx->log());
+
+    // Stopping with a WeChat Pay query in flight: it is cut off, not waited for (no forced stop).
+    CHECK(w.fx->stop() == 0);
+    CHECK_MESSAGE(w.fx->log().find("daemon.forced_stop") == std::string::npos, w.fx->log());
 }

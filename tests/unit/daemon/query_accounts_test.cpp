@@ -201,3 +201,35 @@ TEST_CASE("query accounts - keys that cannot sign a query are problems naming th
     CHECK(asked->target.find("app_cert_sn=") != std::string::npos);
     CHECK(asked->target.find("alipay_root_cert_sn=") != std::string::npos);
 }
+
+TEST_CASE("query accounts - provider URLs are https, or http to this machine only")
+{
+    const Keys k;
+    config::Config cfg;
+    cfg.alipay_apps = {alipay_app(k, "2021000000000001", true)};
+    cfg.alipay_apps[0].pointer = "/alipay/apps/0";
+    cfg.alipay_apps[0].gateway_url = "http://openapi.alipay.com/gateway.do";
+    cfg.wechat_merchants = {merchant(k, "1900000001", true)};
+    cfg.wechat_merchants[0].pointer = "/wechatpay/merchants/0";
+    cfg.wechat_merchants[0].api_url = "https://api.mch.weixin.qq.com/?x=1";
+    std::vector<std::string> problems;
+    CHECK_FALSE(gateways::load_query_accounts(cfg, problems).has_value());
+    std::sort(problems.begin(), problems.end());
+    const std::vector<std::string> expected{
+        "/alipay/apps/0/gateway_url: must be https:// (http:// only to 127.0.0.1, [::1] or localhost): answers carry "
+        "buyer data and could be replayed or dropped on the way",
+        "/wechatpay/merchants/0/api_url: must not have a query or fragment (it is the base the API paths follow)",
+    };
+    INFO(dump(problems));
+    CHECK(problems == expected);
+
+    for (const char* local : {"http://127.0.0.1:9001/gateway.do", "http://localhost/gateway.do", "http://[::1]:80/gateway.do",
+                              "https://openapi.alipay.com/gateway.do"}) {
+        CAPTURE(local);
+        cfg.alipay_apps[0].gateway_url = local;
+        cfg.wechat_merchants[0].api_url = "https://api.mch.weixin.qq.com";
+        problems.clear();
+        CHECK(gateways::load_query_accounts(cfg, problems).has_value());
+        CHECK(problems.empty());
+    }
+}
