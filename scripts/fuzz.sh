@@ -4,7 +4,7 @@
 # build-fuzz/corpus/<target>; a crash or violated property leaves the input in build-fuzz/crashes
 # and makes the script fail: copy it into tests/fuzz/corpus/<target> as a regression input (the
 # ordinary test run replays every file there) and fix the code.
-#   scripts/fuzz.sh [SECONDS per target, default 60] [target...]   (targets: alipay wechat_v3 wechat_v2 text service)
+#   scripts/fuzz.sh [SECONDS per target, default 60] [target...]   (targets: alipay wechat_v3 wechat_v2 text service query)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/deps.sh fuzz
@@ -12,7 +12,7 @@ scripts/deps.sh fuzz
 seconds=${1:-60}
 shift || true
 targets=("$@")
-if ((${#targets[@]} == 0)); then targets=(alipay wechat_v3 wechat_v2 text service); fi
+if ((${#targets[@]} == 0)); then targets=(alipay wechat_v3 wechat_v2 text service query); fi
 
 CC=clang CXX=clang++ TARGETS="${targets[*]/#/fuzz_}" scripts/build.sh build-fuzz \
   -DCMAKE_CXX_COMPILER=clang++ -DCMAKE_BUILD_TYPE=RelWithDebInfo -DPAYBRIDGE_BUILD_BENCH=OFF \
