@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <iterator>
 #include <optional>
 
 namespace paybridge::store {
@@ -126,7 +127,7 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
     std::string lower = std::to_string(start + 1);
     std::size_t skip = 0;
     std::int64_t last_ms = -1;
-    std::size_t read = 0;
+    std::size_t fresh = 0;  // read past the mark (the look-back is not counted)
     std::size_t entered = 0;
     std::int64_t new_mark = upper;
     for (;;) {
@@ -156,6 +157,9 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
                 co_return unexpected_reply("created score", page->elements[2 * i + 1]);
             }
             scores.push_back(*ms);
+            if (*ms > mark) {
+                ++fresh;
+            }
             if (*ms == last_ms) {
                 ++skip;
             } else {
@@ -188,12 +192,11 @@ asio::awaitable<Result<std::size_t>> QueryQueue::intake(int shard, std::size_t m
             }
             entered += static_cast<std::size_t>(std::max<std::int64_t>(0, added->integer));
         }
-        read += n;
         if (n < kPage) {
             break;
         }
         lower = std::to_string(last_ms);
-        if (read >= max_bills && last_ms - 1 > mark) {
+        if (fresh >= max_bills && last_ms - 1 > mark) {
             // Bills at last_ms may go on past this page: the next call reads that millisecond again
             // (ZADD NX makes the repeat harmless). A call always gets past its first millisecond.
             new_mark = last_ms - 1;
@@ -299,6 +302,35 @@ asio::awaitable<Result<void>> QueryQueue::reschedule(const DueBill& bill)
     }
     if (!r->is_integer()) {
         co_return unexpected_reply("zadd query_due", *r);
+    }
+    co_return Result<void>{};
+}
+
+asio::awaitable<Result<void>> QueryQueue::due_at(const std::vector<DueBill>& bills, std::int64_t at_ms)
+{
+    std::vector<std::vector<std::string>> commands;
+    const std::string at = std::to_string(at_ms);
+    for (const DueBill& bill : bills) {
+        auto it = std::find_if(commands.begin(), commands.end(),
+                               [&](const std::vector<std::string>& c) { return c[1] == keys_.query_due(bill.shard); });
+        if (it == commands.end()) {
+            commands.push_back({"ZADD", keys_.query_due(bill.shard), "XX"});
+            it = std::prev(commands.end());
+        }
+        it->push_back(at);
+        it->push_back(bill.id);
+    }
+    if (commands.empty()) {
+        co_return Result<void>{};
+    }
+    Result<std::vector<Reply>> done = co_await redis_.exec_many(std::move(commands));
+    if (!done) {
+        co_return done.error();
+    }
+    for (const Reply& r : *done) {
+        if (!r.is_integer()) {
+            co_return unexpected_reply("zadd query_due", r);
+        }
     }
     co_return Result<void>{};
 }

@@ -12,9 +12,10 @@
 //
 // Several instances: a shard is swept by the instance that holds its lease (SET NX PX for one
 // interval), and the bills a sweep takes are claimed (their due time moved past the round's end in
-// the same script that reads them), so another instance does not ask about them meanwhile, even
-// when a slow provider makes a round outlast the lease. Were a bill asked about twice all the same,
-// it would be harmless: the answers are applied as notifications are, exactly once.
+// the same script that reads them; the sweep extends the claim to what asking about all it took
+// may take, due_at()), so another instance does not ask about them meanwhile, even when a slow
+// provider makes a round outlast the lease. Were a bill asked about twice all the same, it would be
+// harmless: the answers are applied as notifications are, exactly once.
 //
 // Clocks: bills enter by the created-index score (the registering instance's clock) compared
 // with the sweeping instance's clock; each intake reads the last kIntakeLookback before its mark
@@ -74,8 +75,9 @@ public:
     /// Takes the bills created in (the intake mark - kIntakeLookback, now - after] that are still
     /// unsettled into the shard's due set, due at once, and moves the mark; on the first call the
     /// mark starts at now - until (older bills are past querying). Bills already in the set keep
-    /// their due time. At most about `max_bills` are read per call: the mark stops where they end,
-    /// and the next call goes on from there. Returns how many bills entered the set.
+    /// their due time. At most about `max_bills` bills past the mark are read per call (the
+    /// look-back does not count): the mark stops where they end, and the next call goes on from
+    /// there. Returns how many bills entered the set.
     boost::asio::awaitable<Result<std::size_t>> intake(int shard, std::size_t max_bills = 10'000);
 
     /// Up to `limit` bills of the shard due now, claimed until now + `claim` (another sweep does not
@@ -89,6 +91,10 @@ public:
     boost::asio::awaitable<Result<void>> reschedule(const DueBill& bill);
     /// Due again at `at_ms` (a query failed for a reason that may pass: ask again soon).
     boost::asio::awaitable<Result<void>> retry(const DueBill& bill, std::int64_t at_ms);
+    /// Due at `at_ms`, each of `bills` still in the set (one command per shard): a sweep's claim,
+    /// extended to what asking about all of them may take, or given back (due now) when they will
+    /// not be asked after all.
+    boost::asio::awaitable<Result<void>> due_at(const std::vector<DueBill>& bills, std::int64_t at_ms);
     /// Removes a bill from the due set (the providers' answer settled it).
     boost::asio::awaitable<Result<void>> remove(const DueBill& bill);
     /// True when a bill whose query failed now may still be asked again: its last turn (created +

@@ -10,6 +10,7 @@
 
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <set>
@@ -317,4 +318,27 @@ TEST_CASE("query queue - a bill registered by an instance whose clock is behind 
     q.clock = kT0 + kAfter + 10'000;
     CHECK(q.intake_all() == 1);
     CHECK(q.due_at("Q-SKEW") == kT0 - 20'000 + kAfter);
+}
+
+TEST_CASE("query queue - due_at moves the bills a sweep took and brings back none that left")
+{
+    QueueFixture q;
+    for (const char* id : {"Q-D1", "Q-D2", "Q-D3"}) {
+        q.f.register_bill(ev::new_bill(id));
+    }
+    q.clock = kT0 + kAfter;
+    REQUIRE(q.intake_all() == 3);
+    std::vector<DueBill> due = q.due_all();
+    REQUIRE(due.size() == 3);
+    // One of them was settled and removed meanwhile (another instance).
+    const auto gone = std::find_if(due.begin(), due.end(), [](const DueBill& b) { return b.id == "Q-D2"; });
+    REQUIRE(gone != due.end());
+    REQUIRE(q.f.run(q.queue.remove(*gone)).has_value());
+    REQUIRE(q.f.run(q.queue.due_at(due, kT0 + 999'000)).has_value());
+    CHECK(q.due_at("Q-D1") == kT0 + 999'000);
+    CHECK(q.due_at("Q-D3") == kT0 + 999'000);
+    CHECK(q.due_at("Q-D2") == -1);
+    // Given back: due at once.
+    REQUIRE(q.f.run(q.queue.due_at(due, kT0 + kAfter)).has_value());
+    CHECK(q.due_all().size() == 2);
 }
