@@ -563,8 +563,9 @@ void HttpClient::abort_in_flight()
     impl_->idle.clear();
     for (Connection* conn : impl_->busy) {
         boost::system::error_code ignored;
-        // Closing fails every operation pending on the socket (operation_aborted), wherever the
-        // attempt is: resolve, connect, handshake, write or read.
+        // Closing fails every operation pending on the socket (operation_aborted): connect,
+        // handshake, write or read. A name being resolved is not (the lookup has its own timer,
+        // bounded by the attempt's deadline); the connect after it then fails at once.
         conn->tcp_layer().socket().close(ignored);
     }
 }

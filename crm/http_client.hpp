@@ -114,9 +114,11 @@ public:
 
     /// Closes the idle pooled connections (shutdown). In-flight requests finish on their own.
     void close_idle();
-    /// Ends every request in flight now, failing it (crm_unavailable, "aborted"), and every later
-    /// one before it starts: for a shutdown that must not wait for a slow server. Requests whose
-    /// repeat is harmless only (queries, idempotent deliveries).
+    /// Ends every request in flight now, and every later one before it starts: for a shutdown that
+    /// must not wait for a slow server. A request cut off fails (crm_unavailable; error_detail says
+    /// where), or, when its status line was in, comes back with `complete` false. A name still being
+    /// resolved is not cut off (its lookup ends by the attempt's deadline). For requests whose repeat
+    /// is harmless only (queries, idempotent deliveries).
     void abort_in_flight();
 
     const Url& url() const noexcept;

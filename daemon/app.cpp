@@ -481,7 +481,7 @@ void App::Impl::begin_stop()
     }
     // Deliveries in flight finish (or fail and are kept for a retry) during the same grace period.
     crm_->request_stop();
-    query_->request_stop();  // queries in flight finish; their bills stay due otherwise
+    query_->request_stop();  // queries in flight are cut off; their bills are given back, due at once
     asio::co_spawn(control_, finish_stop(), asio::detached);
 }
 

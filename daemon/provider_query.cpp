@@ -51,7 +51,8 @@ struct QueryMetrics {
         "paybridge_provider_query_redis_errors_total", "Redis commands of the provider-query sweeps that failed.");
     metrics::Family<metrics::Counter>& gave_up = metrics::registry().counter(
         "paybridge_provider_query_gave_up_total",
-        "Bills no provider could be asked about at their last turn (providers or Redis down throughout).");
+        "Bills given up: a provider could not be asked at their last turn (down, or Redis or every instance "
+        "down) until max_gap after it, or a payment it confirmed could not be applied by then.");
     metrics::Family<metrics::Gauge>& due = metrics::registry().gauge(
         "paybridge_provider_query_waiting", "Bills waiting for their next provider query (all instances), as of the last sweep.");
 };
@@ -134,7 +135,7 @@ struct QueryRunner::Impl {
             options.ca_file = query.ca_file;
             options.timeout = query.timeout;
             options.concurrency = query.concurrency;
-            options.keep_body = kMaxAnswerBytes;
+            options.keep_body = kMaxAnswerBytes + 1;
             options.max_body = kMaxAnswerBytes;
             options.keep_headers = true;
             options.user_agent = "paybridge";
@@ -255,7 +256,7 @@ struct QueryRunner::Impl {
             Result<bool> leased = co_await queue->lease(shard, owner, lease_ttl);
             if (!leased) {
                 redis_failed("lease", leased.error());
-                co_return;
+                break;  // ask about what earlier shards gave (claimed) all the same
             }
             if (!*leased) {
                 continue;  // another instance sweeps this shard now
@@ -263,7 +264,7 @@ struct QueryRunner::Impl {
             Result<std::size_t> taken = co_await queue->intake(shard);
             if (!taken) {
                 redis_failed("intake", taken.error());
-                co_return;
+                break;
             }
             Result<store::DueRound> round = co_await queue->take_due(shard, query.batch, claim_time());
             if (!round) {
@@ -276,6 +277,26 @@ struct QueryRunner::Impl {
             std::move(round->bills.begin(), round->bills.end(), std::back_inserter(due));
         }
         if (!due.empty()) {
+            if (is_stopping()) {
+                // Taken but not to be asked about: due again at once, for another instance.
+                Result<void> back = co_await queue->due_at(due, unix_ms_now());
+                if (!back) {
+                    redis_failed("give_back", back.error());
+                }
+                co_return;
+            }
+            // The claims made shard by shard cover one shard's batch: extend them to what asking
+            // about all of them may take (each account's workers go through the whole list).
+            const std::int64_t rounds = static_cast<std::int64_t>(
+                (due.size() + static_cast<std::size_t>(query.concurrency) - 1) / static_cast<std::size_t>(query.concurrency));
+            const std::int64_t claim_ms = rounds * query.timeout.count() +
+                                          std::chrono::duration_cast<std::chrono::milliseconds>(query.interval).count();
+            if (claim_ms > claim_time().count()) {
+                Result<void> claimed = co_await queue->due_at(due, unix_ms_now() + claim_ms);
+                if (!claimed) {
+                    redis_failed("claim", claimed.error());
+                }
+            }
             co_await ask_all(due);
         }
         Result<std::int64_t> waiting = co_await queue->waiting();
@@ -303,8 +324,10 @@ struct QueryRunner::Impl {
 
     struct BillRound {
         const store::DueBill* bill{nullptr};
-        std::size_t pending{0};  ///< accounts still to ask
-        bool retry{false};
+        std::size_t pending{0};   ///< accounts still to ask
+        std::size_t answered{0};  ///< accounts that answered (whatever they said) or refused
+        bool transient{false};    ///< an account could not answer now (down, slow, skipped)
+        bool unapplied{false};    ///< a payment an account confirmed could not be applied
         bool settled{false};
     };
 
@@ -362,17 +385,27 @@ struct QueryRunner::Impl {
         while (round.next < states.size() && !is_stopping()) {
             BillRound& st = states[round.next++];
             if (st.settled || round.skipped) {
-                st.retry = st.retry || (round.skipped && !st.settled);
+                st.transient = st.transient || (round.skipped && !st.settled);
                 --st.pending;
                 continue;
             }
-            const Asked asked = co_await ask_one(*st.bill, account, client);
+            Asked asked = Asked::answered;
+            std::string failure;
+            try {
+                asked = co_await ask_one(*st.bill, account, client);
+            } catch (const std::exception& e) {
+                failure = e.what();  // a defect: logged, and the bill goes on to its next turn
+            }
+            if (!failure.empty()) {
+                log::error("query.failed_unexpectedly",
+                           {{"bill_id", st.bill->id}, {"provider", account.provider()}, {"what", failure}});
+            }
             if (asked == Asked::aborted) {
-                continue;  // pending stays: the bill is not finished this round
+                continue;  // pending stays: the bill is given back (due now) by finish()
             }
             --st.pending;
             if (asked == Asked::transient) {
-                st.retry = true;
+                st.transient = true;
                 if (++round.failures_in_row >= kBreakerFailures && !round.skipped) {
                     round.skipped = true;
                     log::warning("query.account_skipped",
@@ -383,31 +416,37 @@ struct QueryRunner::Impl {
                 continue;
             }
             round.failures_in_row = 0;
+            ++st.answered;
             if (asked == Asked::unapplied) {
-                st.retry = true;
+                st.unapplied = true;
             } else if (asked == Asked::settled) {
                 st.settled = true;
             }
         }
     }
 
-    /// After every account was asked about a bill: done with it, asked again soon, or at its next
-    /// turn. A bill not asked everywhere (the process is stopping) keeps its claim.
+    /// After the round, for one bill: done with it (settled), given back (not asked everywhere:
+    /// the process is stopping), asked again at the next sweep (a confirmed payment Redis did not
+    /// take; no account could answer; an account could not answer at the bill's last turn), or at
+    /// its next turn. Past max_gap after its last turn, a bill that could not be asked is given up.
     awaitable<void> finish(const BillRound& st)
     {
         const store::DueBill& bill = *st.bill;
+        const std::int64_t now = unix_ms_now();
+        const std::int64_t next_sweep =
+            now + std::chrono::duration_cast<std::chrono::milliseconds>(query.interval).count();
+        const bool last_turn = queue->next_due_ms(bill.created_ms, now) == 0;
         Result<void> done = Result<void>{};
         if (st.settled) {
             done = co_await queue->remove(bill);
         } else if (st.pending > 0) {
-            co_return;
-        } else if (st.retry) {
-            const std::int64_t now = unix_ms_now();
+            done = co_await queue->retry(bill, now);
+        } else if (st.unapplied || (st.transient && (st.answered == 0 || last_turn))) {
             if (queue->may_retry(bill, now)) {
-                const std::int64_t at = now + std::chrono::duration_cast<std::chrono::milliseconds>(query.interval).count();
-                done = co_await queue->retry(bill, at);
+                done = co_await queue->retry(bill, next_sweep);
             } else {
-                gave_up(bill.id, "no provider could be asked at its last turn");
+                gave_up(bill.id, st.unapplied ? "a payment a provider confirmed could not be applied"
+                                              : "a provider could not be asked at its last turn");
                 done = co_await queue->remove(bill);
             }
         } else {
@@ -440,7 +479,17 @@ struct QueryRunner::Impl {
         if (is_stopping() && (!sent.response || !sent.response->complete)) {
             co_return Asked::aborted;
         }
-        if (!sent.response || !sent.response->complete) {
+        if (!sent.response && sent.response.error() != errc::timeout && sent.response.error() != errc::crm_unavailable) {
+            // Not the provider's doing (a request line the client refused): a defect of ours.
+            count(account, error_name(sent.response.error()));
+            log::error("query.failed", {{"bill_id", bill.id}, {"provider", account.provider()},
+                                        {"account", account.account()}, {"error", error_name(sent.response.error())},
+                                        {"detail", sent.error_detail}});
+            co_return Asked::answered;
+        }
+        // A body longer than kMaxAnswerBytes is no answer of theirs either (keep_body is one more).
+        const bool cut = sent.response && (!sent.response->complete || sent.response->body_head.size() > kMaxAnswerBytes);
+        if (!sent.response || cut) {
             // Also an answer cut short (a closed connection, the deadline, max_body): not the
             // provider's word, and no forgery either.
             const bool timed_out = !sent.response && sent.response.error() == errc::timeout;

@@ -39,7 +39,8 @@ public:
     void start();
     /// New settings and accounts (a reload): used from the next sweep on. Thread-safe.
     void update(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts);
-    /// Stops after the queries in flight; returns at once.
+    /// Cuts the queries in flight off (their bills are given back, due at once) and ends the
+    /// sweeps; returns at once.
     void request_stop();
     /// Ends the thread's loop now (queries in flight are cut off; their bills stay due).
     void abort();
