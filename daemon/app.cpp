@@ -98,6 +98,7 @@ struct Worker {
     store::RedisBillStore store;
     CrmDeliveryAdmin deliveries;
     webhooks::RuntimePtr runtime;  // touched only on this worker's thread
+    std::unique_ptr<QueryAdmin> queries;
     webhooks::Service service;
     HttpServer server;
     std::atomic<std::int64_t> last_beat_ms{0};
@@ -111,9 +112,11 @@ struct Worker {
           store(redis, cfg.redis, {}, replicas.get()),
           deliveries(redis, cfg.redis),
           runtime(std::move(rt)),
+          queries(make_query_admin(redis, cfg.redis, [this] { return runtime; })),
           service(webhooks::Service::Deps{
               .store = store,
               .deliveries = &deliveries,
+              .queries = queries.get(),
               .runtime = [this] { return runtime; },
               // Ready only when every worker's Redis connection is: a provider must not get a
               // 503 from one loop while /readyz said yes from another.

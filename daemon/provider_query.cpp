@@ -14,6 +14,8 @@
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/experimental/channel.hpp>
 #include <boost/asio/post.hpp>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
 
 #include <unistd.h>
 
@@ -562,6 +564,59 @@ struct QueryRunner::Impl {
         co_return open ? Asked::answered : Asked::settled;
     }
 };
+
+namespace {
+
+class RedisQueryAdmin final : public QueryAdmin {
+public:
+    RedisQueryAdmin(store::RedisConnection& redis, const config::RedisConfig& cfg,
+                    std::function<webhooks::RuntimePtr()> runtime)
+        : redis_(redis), keys_(cfg.key_prefix, cfg.shards), runtime_(std::move(runtime))
+    {
+    }
+
+    awaitable<Result<std::string>> query_now(std::string bill_id) override
+    {
+        const webhooks::RuntimePtr rt = runtime_();
+        const config::ProviderQueryConfig& q = rt->config->provider_query;
+        store::QuerySchedule schedule;
+        schedule.after = q.after;
+        schedule.until = q.until;
+        schedule.max_gap = q.max_gap;
+        store::QueryQueue queue(redis_, keys_, schedule);
+        Result<std::string> status = co_await queue.due_now(bill_id);
+        if (!status) {
+            co_return status.error();
+        }
+        rapidjson::StringBuffer buf;
+        rapidjson::Writer<rapidjson::StringBuffer> w(buf);
+        w.StartObject();
+        w.Key("bill_id");
+        w.String(bill_id.data(), static_cast<rapidjson::SizeType>(bill_id.size()));
+        w.Key("status");
+        w.String(status->data(), static_cast<rapidjson::SizeType>(status->size()));
+        w.Key("query");
+        w.String("due");
+        // Each instance looks for due bills this often: the providers are asked within it.
+        w.Key("interval_s");
+        w.Int64(static_cast<std::int64_t>(q.interval.count()));
+        w.EndObject();
+        co_return std::string(buf.GetString(), buf.GetSize());
+    }
+
+private:
+    store::RedisConnection& redis_;
+    store::Keys keys_;
+    std::function<webhooks::RuntimePtr()> runtime_;
+};
+
+}  // namespace
+
+std::unique_ptr<QueryAdmin> make_query_admin(store::RedisConnection& redis, const config::RedisConfig& cfg,
+                                             std::function<webhooks::RuntimePtr()> runtime)
+{
+    return std::make_unique<RedisQueryAdmin>(redis, cfg, std::move(runtime));
+}
 
 QueryRunner::QueryRunner(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts)
     : impl_(std::make_unique<Impl>(cfg, std::move(accounts)))

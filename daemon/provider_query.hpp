@@ -14,11 +14,14 @@
 // skipped until the next sweep. Stopping cuts queries in flight off.
 
 #include "config/config.hpp"
+#include "core/query_admin.hpp"
+#include "webhooks/runtime.hpp"
 
 #include <boost/asio/io_context.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <atomic>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <thread>
@@ -27,7 +30,16 @@ namespace paybridge::gateways {
 struct QueryAccounts;
 }
 
+namespace paybridge::store {
+class RedisConnection;
+}
+
 namespace paybridge::daemon {
+
+/// POST /v1/bills/{id}/query on a worker's Redis connection: the bill is made due at once, with the
+/// schedule of the current configuration (`runtime`).
+std::unique_ptr<QueryAdmin> make_query_admin(store::RedisConnection& redis, const config::RedisConfig& cfg,
+                                             std::function<webhooks::RuntimePtr()> runtime);
 
 class QueryRunner {
 public:

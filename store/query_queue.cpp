@@ -335,6 +335,42 @@ asio::awaitable<Result<void>> QueryQueue::due_at(const std::vector<DueBill>& bil
     co_return Result<void>{};
 }
 
+asio::awaitable<Result<std::string>> QueryQueue::due_now(std::string bill_id)
+{
+    DueBill bill;
+    bill.id = std::move(bill_id);
+    bill.shard = keys_.shard_of(bill.id);
+    std::vector<std::vector<std::string>> reads{{"HGET", keys_.bill(bill.id), "status"},
+                                                {"ZSCORE", keys_.created(bill.shard), bill.id}};
+    Result<std::vector<Reply>> got = co_await redis_.exec_many(std::move(reads));
+    if (!got) {
+        co_return got.error();
+    }
+    const Reply& status = (*got)[0];
+    const Reply& created = (*got)[1];
+    if (status.is_nil()) {
+        co_return make_error_code(errc::not_found);
+    }
+    if (!status.is_string() || (!created.is_nil() && !created.is_string())) {
+        co_return unexpected_reply("bill to query", status.is_string() ? created : status);
+    }
+    bill.status = status.str;
+    bill.created_ms = created.is_nil() ? 0 : score_of(created.str).value_or(0);
+    const std::int64_t now_ms = now();
+    if (!unsettled(bill.status) || (bill.created_ms > 0 && !may_retry(bill, now_ms))) {
+        co_return make_error_code(errc::conflict);
+    }
+    std::vector<std::string> command{"ZADD", keys_.query_due(bill.shard), std::to_string(now_ms), bill.id};
+    Result<Reply> added = co_await redis_.exec(std::move(command));
+    if (!added) {
+        co_return added.error();
+    }
+    if (!added->is_integer()) {
+        co_return unexpected_reply("zadd query_due", *added);
+    }
+    co_return bill.status;
+}
+
 bool QueryQueue::may_retry(const DueBill& bill, std::int64_t now_ms) const noexcept
 {
     return now_ms <= bill.created_ms + schedule_.until.count() + schedule_.max_gap.count();

@@ -101,6 +101,11 @@ public:
     /// until) is not more than max_gap ago.
     bool may_retry(const DueBill& bill, std::int64_t now_ms) const noexcept;
 
+    /// Makes a bill due now (a CRM asked, POST /v1/bills/{id}/query), whatever its schedule or
+    /// claim, and returns its status. Errors: not_found (no such bill), conflict (settled, or
+    /// created more than until + max_gap ago: past querying), store_unavailable, timeout.
+    boost::asio::awaitable<Result<std::string>> due_now(std::string bill_id);
+
     /// When a bill asked about now is due next; 0 when it is not asked about again.
     std::int64_t next_due_ms(std::int64_t created_ms, std::int64_t now_ms) const noexcept;
 

@@ -801,6 +801,38 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
     }
 
     constexpr std::string_view kBill = "/v1/bills/";
+    if (path.starts_with(kBill) && path.ends_with("/query")) {
+        // Ask the providers about this bill at the next sweep (active queries).
+        if (method != http::verb::post) {
+            co_return method_not_allowed(req, "POST");
+        }
+        if (auto bad = unknown_param(req, query, {})) {
+            co_return std::move(*bad);
+        }
+        std::string id;
+        std::string_view raw = path.substr(kBill.size());
+        raw.remove_suffix(std::string_view("/query").size());
+        if (!percent_decode(raw, id) || !valid_bill_id(id)) {
+            co_return api_error(req, 400, "invalid_argument", "not a valid bill id", "id");
+        }
+        if (deps_.queries == nullptr || !rt || !rt->config->provider_query.enabled) {
+            co_return api_error(req, 409, "conflict",
+                                "active queries are off: the configuration has no provider_query section");
+        }
+        Result<std::string> queued = co_await deps_.queries->query_now(id);
+        if (!queued) {
+            if (queued.error() == errc::not_found) {
+                co_return api_error(req, 404, "not_found", "no bill with this id");
+            }
+            if (queued.error() == errc::conflict) {
+                co_return api_error(req, 409, "conflict",
+                                    "the bill is settled, or was created too long ago (provider_query until_s + "
+                                    "max_gap_s): a provider query would change nothing");
+            }
+            co_return store_error(req, queued.error());
+        }
+        co_return make_response(req, 202, "application/json", std::move(*queued));
+    }
     if (path.starts_with(kBill)) {
         if (method != http::verb::get) {
             co_return method_not_allowed(req, "GET, HEAD");

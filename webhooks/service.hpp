@@ -2,6 +2,7 @@
 
 #include "core/bill_store.hpp"
 #include "core/delivery_admin.hpp"
+#include "core/query_admin.hpp"
 #include "webhooks/http.hpp"
 #include "webhooks/runtime.hpp"
 
@@ -26,6 +27,7 @@ public:
     struct Deps {
         BillStore& store;
         DeliveryAdmin* deliveries{nullptr};                    ///< null when CRM delivery is off
+        QueryAdmin* queries{nullptr};                          ///< null: POST /v1/bills/{id}/query is refused (409)
         std::function<RuntimePtr()> runtime;                   ///< the current Runtime (reload-aware)
         std::function<bool()> ready;                           ///< store connected and scripts loaded
         std::function<std::chrono::system_clock::time_point()> now{[] { return std::chrono::system_clock::now(); }};

@@ -470,3 +470,45 @@ TEST_CASE("provider query - a provider that hangs holds up neither the other's p
     CHECK(w.fx->stop() == 0);
     CHECK_MESSAGE(w.fx->log().find("daemon.forced_stop") == std::string::npos, w.fx->log());
 }
+
+TEST_CASE("provider query - POST /v1/bills/{id}/query asks the providers at the next sweep")
+{
+    // Bills are due only an hour after registration: nothing is asked unless the CRM asks.
+    QueryWorld w(R"({"after_s": 3600, "until_s": 7200, "max_gap_s": 60, "interval_s": 1})");
+    {
+        std::lock_guard lock(w.mu);
+        w.alipay_trades["PQ-NOW"] = Trade{.fen = 1500, .id = "2026120522001400000055"};
+    }
+    REQUIRE(w.fx->create_bill("PQ-NOW", 1500).status == 201);
+    CHECK(w.asked(w.alipay_gw, "PQ-NOW") == 0);
+
+    const HttpResult queued = w.fx->api("POST", "/v1/bills/PQ-NOW/query");
+    REQUIRE_MESSAGE(queued.status == 202, queued.body);
+    rapidjson::Document answer = parse_json(queued.body);
+    CHECK(std::string(answer["bill_id"].GetString()) == "PQ-NOW");
+    CHECK(std::string(answer["status"].GetString()) == "PENDING");
+    CHECK(std::string(answer["query"].GetString()) == "due");
+    CHECK(answer["interval_s"].GetInt64() == 1);
+    REQUIRE_MESSAGE(w.wait_status("PQ-NOW", "PAID"), w.fx->log());
+    CHECK(w.asked(w.alipay_gw, "PQ-NOW") >= 1);
+    CHECK(w.asked(w.wechat_api, "PQ-NOW") <= 1);
+
+    // Settled: nothing to ask.
+    const HttpResult settled = w.fx->api("POST", "/v1/bills/PQ-NOW/query");
+    CHECK(settled.status == 409);
+    CHECK(std::string(parse_json(settled.body)["error"]["code"].GetString()) == "conflict");
+    CHECK(w.fx->api("POST", "/v1/bills/PQ-NOBODY/query").status == 404);
+    CHECK(w.fx->api("POST", "/v1/bills/bad%20id/query").status == 400);
+    const HttpResult get = w.fx->api("GET", "/v1/bills/PQ-NOW/query");
+    CHECK(get.status == 405);
+    CHECK(get.header("allow") == "POST");
+}
+
+TEST_CASE("provider query - POST /v1/bills/{id}/query without provider_query is a conflict")
+{
+    DaemonFixture fx;
+    REQUIRE(fx.create_bill("PQ-OFF", 100).status == 201);
+    const HttpResult r = fx.api("POST", "/v1/bills/PQ-OFF/query");
+    CHECK(r.status == 409);
+    CHECK_MESSAGE(r.body.find("active queries are off") != std::string::npos, r.body);
+}
