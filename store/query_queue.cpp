@@ -294,16 +294,8 @@ asio::awaitable<Result<void>> QueryQueue::reschedule(const DueBill& bill)
         Result<void> removed = co_await remove(bill);
         co_return removed;
     }
-    // XX: a bill another instance removed meanwhile (settled) stays removed.
-    std::vector<std::string> command{"ZADD", keys_.query_due(bill.shard), "XX", std::to_string(next), bill.id};
-    Result<Reply> r = co_await redis_.exec(std::move(command));
-    if (!r) {
-        co_return r.error();
-    }
-    if (!r->is_integer()) {
-        co_return unexpected_reply("zadd query_due", *r);
-    }
-    co_return Result<void>{};
+    Result<void> moved = co_await retry(bill, next);
+    co_return moved;
 }
 
 asio::awaitable<Result<void>> QueryQueue::due_at(const std::vector<DueBill>& bills, std::int64_t at_ms)
@@ -361,12 +353,9 @@ asio::awaitable<Result<std::string>> QueryQueue::due_now(std::string bill_id)
         co_return make_error_code(errc::conflict);
     }
     std::vector<std::string> command{"ZADD", keys_.query_due(bill.shard), std::to_string(now_ms), bill.id};
-    Result<Reply> added = co_await redis_.exec(std::move(command));
+    Result<void> added = co_await write(std::move(command));
     if (!added) {
         co_return added.error();
-    }
-    if (!added->is_integer()) {
-        co_return unexpected_reply("zadd query_due", *added);
     }
     co_return bill.status;
 }
@@ -378,26 +367,28 @@ bool QueryQueue::may_retry(const DueBill& bill, std::int64_t now_ms) const noexc
 
 asio::awaitable<Result<void>> QueryQueue::retry(const DueBill& bill, std::int64_t at_ms)
 {
+    // XX: a bill another instance removed meanwhile (settled) stays removed.
     std::vector<std::string> command{"ZADD", keys_.query_due(bill.shard), "XX", std::to_string(at_ms), bill.id};
-    Result<Reply> r = co_await redis_.exec(std::move(command));
-    if (!r) {
-        co_return r.error();
-    }
-    if (!r->is_integer()) {
-        co_return unexpected_reply("zadd query_due", *r);
-    }
-    co_return Result<void>{};
+    Result<void> done = co_await write(std::move(command));
+    co_return done;
 }
 
 asio::awaitable<Result<void>> QueryQueue::remove(const DueBill& bill)
 {
     std::vector<std::string> command{"ZREM", keys_.query_due(bill.shard), bill.id};
+    Result<void> done = co_await write(std::move(command));
+    co_return done;
+}
+
+asio::awaitable<Result<void>> QueryQueue::write(std::vector<std::string> command)
+{
+    const std::string what = command[0] + " query_due";
     Result<Reply> r = co_await redis_.exec(std::move(command));
     if (!r) {
         co_return r.error();
     }
     if (!r->is_integer()) {
-        co_return unexpected_reply("zrem query_due", *r);
+        co_return unexpected_reply(what, *r);
     }
     co_return Result<void>{};
 }

@@ -114,6 +114,8 @@ public:
 
 private:
     std::int64_t now() const;
+    /// One ZADD or ZREM of the due set, whose integer reply is all there is to check.
+    boost::asio::awaitable<Result<void>> write(std::vector<std::string> command);
 
     RedisConnection& redis_;
     Keys keys_;
