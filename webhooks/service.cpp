@@ -801,7 +801,8 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
     }
 
     constexpr std::string_view kBill = "/v1/bills/";
-    if (path.starts_with(kBill) && path.ends_with("/query")) {
+    constexpr std::string_view kQuery = "/query";
+    if (path.starts_with(kBill) && path.size() > kBill.size() + kQuery.size() && path.ends_with(kQuery)) {
         // Ask the providers about this bill at the next sweep (active queries).
         if (method != http::verb::post) {
             co_return method_not_allowed(req, "POST");
@@ -811,7 +812,7 @@ awaitable<Response> Service::api(const Request& req, const RuntimePtr& rt, std::
         }
         std::string id;
         std::string_view raw = path.substr(kBill.size());
-        raw.remove_suffix(std::string_view("/query").size());
+        raw.remove_suffix(kQuery.size());
         if (!percent_decode(raw, id) || !valid_bill_id(id)) {
             co_return api_error(req, 400, "invalid_argument", "not a valid bill id", "id");
         }

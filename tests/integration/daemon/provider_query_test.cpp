@@ -498,6 +498,11 @@ TEST_CASE("provider query - POST /v1/bills/{id}/query asks the providers at the 
     CHECK(settled.status == 409);
     CHECK(std::string(parse_json(settled.body)["error"]["code"].GetString()) == "conflict");
     CHECK(w.fx->api("POST", "/v1/bills/PQ-NOBODY/query").status == 404);
+    // A bill may be called "query": /v1/bills/query is that bill, not an action.
+    CHECK(w.fx->create_bill("query", 100).status == 201);
+    CHECK(w.fx->api("GET", "/v1/bills/query").status == 200);
+    CHECK(w.fx->api("POST", "/v1/bills/query/query").status == 202);
+    CHECK(w.fx->api("POST", "/v1/bills//query").status == 405);
     CHECK(w.fx->api("POST", "/v1/bills/bad%20id/query").status == 400);
     const HttpResult get = w.fx->api("GET", "/v1/bills/PQ-NOW/query");
     CHECK(get.status == 405);
