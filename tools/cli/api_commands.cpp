@@ -31,12 +31,15 @@ constexpr const char* kBillsHelp =
     R"(usage: paybridge bills create --id ID --amount FEN --customer C [--description D]
                               [--currency CNY] [--expires-at RFC3339]
        paybridge bills get ID
+       paybridge bills query ID
        paybridge bills list [--status S] [--provider P] [--customer C] [--limit N] [--cursor C]
 
   create   register a bill (POST /v1/bills). --amount is integer fen: 1234 is 12.34 CNY.
            Registering the same bill again is fine (200); the same id with other content is
            refused (409).
   get      the bill and its event history (GET /v1/bills/{id})
+  query    ask the providers about an unpaid bill at the next sweep (POST /v1/bills/{id}/query;
+           needs provider_query in the daemon's configuration); then 'bills get' shows the result
   list     bills, newest change first (GET /v1/bills); --status PENDING|PAID|PARTIALLY_REFUNDED|
            REFUNDED|CLOSED, --provider alipay|wechatpay; prints the cursor for the next page
 )";
@@ -318,6 +321,52 @@ int bills_get(const std::vector<std::string>& argv, const Io& io)
     return code(Exit::ok);
 }
 
+int bills_query(const std::vector<std::string>& argv, const Io& io)
+{
+    Expected<Args> args = Args::parse("bills query", argv, with_api({}));
+    if (!args) {
+        return report(io, args.error());
+    }
+    if (args->help()) {
+        io.out << kBillsHelp << kApiCommon;
+        return code(Exit::ok);
+    }
+    if (args->positional().size() != 1) {
+        return report(io, args->usage("bills query takes one bill ID"));
+    }
+    const std::string id = args->positional().front();
+    Expected<ApiEndpoint> api = resolve_api(*args, true);
+    if (!api) {
+        return report(io, api.error());
+    }
+    const std::string target = "/v1/bills/" + url_encode(id) + "/query";
+    Expected<HttpResponse> res = api_call(*api, "POST", target);
+    if (!res) {
+        return report(io, res.error());
+    }
+    if (args->flag("json")) {
+        print_json(io, res->body);
+    }
+    if (!res->ok()) {
+        return report(io, api_failure(*res, res->status == 404 ? "no bill '" + id + "'" : "POST " + target + " failed"));
+    }
+    if (args->flag("json")) {
+        return code(Exit::ok);
+    }
+    Expected<rapidjson::Document> doc = parse_json(*res, "POST " + target);
+    if (!doc) {
+        return report(io, doc.error());
+    }
+    const rapidjson::Value& d = *doc;
+    const bool has_interval = d.HasMember("interval_s") && d["interval_s"].IsInt64();
+    const bool has_status = d.HasMember("status") && d["status"].IsString();
+    io.out << "bill " << id << " (" << (has_status ? d["status"].GetString() : "?")
+           << "): the providers are asked about it within "
+           << (has_interval ? std::to_string(d["interval_s"].GetInt64()) : std::string("?"))
+           << " s; 'paybridge bills get " << id << "' shows what they said\n";
+    return code(Exit::ok);
+}
+
 int bills_list(const std::vector<std::string>& argv, const Io& io)
 {
     Expected<Args> args = Args::parse(
@@ -491,6 +540,9 @@ int cmd_bills(const std::vector<std::string>& argv, const Io& io)
     }
     if (argv.front() == "list") {
         return bills_list(rest, io);
+    }
+    if (argv.front() == "query") {
+        return bills_query(rest, io);
     }
     return report(io,
                   usage_error("unknown command 'bills " + argv.front() + "' (see 'paybridge bills --help')"));

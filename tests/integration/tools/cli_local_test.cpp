@@ -215,6 +215,7 @@ TEST_SUITE("tools/cli")
                                                      {"bills", "--help"},
                                                      {"bills", "create", "--help"},
                                                      {"bills", "get", "--help"},
+                                                     {"bills", "query", "--help"},
                                                      {"bills", "list", "--help"},
                                                      {"events", "--help"},
                                                      {"anomalies", "--help"}}) {
@@ -257,6 +258,7 @@ TEST_SUITE("tools/cli")
                  {{"bills", "create", "--id", "B1"}, "needs --id, --amount and --customer"},
                  {{"bills", "list", "--status", "LOST"}, "--status must be"},
                  {{"bills", "get"}, "one bill ID"},
+                 {{"bills", "query"}, "one bill ID"},
                  {{"events", "--limit", "0"}, "--limit must be a whole number from 1"},
                  {{"listen", "--secret", "whsec_x", "--fail-rate", "2"},
                   "--fail-rate must be a number from 0 to 1"},

@@ -226,6 +226,10 @@ TEST_SUITE("tools/roundtrip")
         Run conflict = s.run({"bills", "create", "--id", "B1", "--amount", "999", "--customer", "c-1"});
         CHECK(conflict.code == 1);
         CHECK(contains(conflict.output, "409 conflict"));
+        // This stack's daemon has no provider_query: the API says so, and the CLI shows it.
+        Run query = s.run({"bills", "query", "B1"});
+        CHECK(query.code == 1);
+        CHECK(contains(query.output, "active queries are off"));
         Run missing = s.run({"bills", "get", "NOPE"});
         CHECK(missing.code == 1);
         CHECK(contains(missing.output, "no bill 'NOPE'"));
