@@ -5,6 +5,7 @@
 
 #include "store/cluster_slot.hpp"
 #include "store/layout.hpp"
+#include "store/query_queue.hpp"
 #include "store/redis_bill_store.hpp"
 #include "store/redis_connection.hpp"
 
@@ -870,5 +871,53 @@ TEST_SUITE("store/redis_cluster")
         CHECK(took >= 1000ms);
         CHECK(cluster.command(to, {"EXISTS", keys.bill(id)}) == "1");
         CHECK(cluster.command(to, {"EXISTS", keys.bill(earlier)}) == "1");
+    }
+
+    TEST_CASE("the provider-query queue across a cluster - intake and claims per shard and batches across nodes")
+    {
+        RedisTestCluster cluster(3);
+        Client client(cluster_config(cluster), true);
+        REQUIRE(client.wait_ready());
+        std::vector<std::string> ids;
+        for (int i = 0; i < 24; ++i) {
+            ids.push_back("QC-" + std::to_string(i));
+            Result<paybridge::RegisterResult> reg = client.run(client.store->register_bill(small_bill(ids.back())));
+            REQUIRE(reg.has_value());
+        }
+        const std::int64_t later = std::chrono::duration_cast<std::chrono::milliseconds>(
+                                       std::chrono::system_clock::now().time_since_epoch())
+                                       .count() +
+                                   600'000;
+        paybridge::store::QuerySchedule schedule;
+        schedule.after = 300'000ms;
+        paybridge::store::QueryQueue queue(*client.conn, Keys(client.cfg.key_prefix, client.cfg.shards), schedule,
+                                           [later] { return later; });
+        std::size_t entered = 0;
+        std::vector<paybridge::store::DueBill> due;
+        std::set<std::string> nodes;
+        for (int shard = 0; shard < client.cfg.shards; ++shard) {
+            nodes.insert(client.conn->node_of(queue.keys().query_due(shard)));
+            Result<std::size_t> in = client.run(queue.intake(shard));
+            REQUIRE(in.has_value());
+            entered += *in;
+            Result<paybridge::store::DueRound> round = client.run(queue.take_due(shard, 100, 60s));
+            REQUIRE(round.has_value());
+            due.insert(due.end(), round->bills.begin(), round->bills.end());
+        }
+        CHECK(nodes.size() == 3);  // the shards' sets live on every master
+        CHECK(entered == ids.size());
+        CHECK(due.size() == ids.size());
+        // One pipelined batch across the nodes: every claim moved.
+        REQUIRE(client.run(queue.due_at(due, later + 5'000)).has_value());
+        Result<std::int64_t> waiting = client.run(queue.waiting());
+        REQUIRE(waiting.has_value());
+        CHECK(*waiting == static_cast<std::int64_t>(ids.size()));
+        for (const auto& bill : due) {
+            CHECK(client.ok({"ZSCORE", queue.keys().query_due(bill.shard), bill.id}).str == std::to_string(later + 5'000));
+        }
+        Result<std::string> now = client.run(queue.due_now(ids.front()));
+        REQUIRE(now.has_value());
+        CHECK(*now == "PENDING");
+        CHECK(client.redirects() == 0);
     }
 }
