@@ -10,7 +10,9 @@
 
 #include <algorithm>
 #include <cctype>
+#include <optional>
 #include <ostream>
+#include <string>
 
 namespace paybridge::cli {
 
@@ -272,47 +274,75 @@ int bills_create(const std::vector<std::string>& argv, const Io& io)
     return code(Exit::ok);
 }
 
-int bills_get(const std::vector<std::string>& argv, const Io& io)
+/// What the one-bill commands share: their options and --help, one bill ID, the call, --json,
+/// and a refusal reported. Either the 2xx answer's JSON, or the exit code to return now.
+struct BillCall {
+    std::string id;
+    std::optional<rapidjson::Document> doc;  ///< empty: return `exit`
+    int exit{0};
+};
+
+BillCall one_bill_call(const std::vector<std::string>& argv, const Io& io, const std::string& command,
+                       const std::string& method, std::string_view suffix, std::string_view not_found_hint)
 {
-    Expected<Args> args = Args::parse("bills get", argv, with_api({}));
+    BillCall call;
+    Expected<Args> args = Args::parse(command, argv, with_api({}));
     if (!args) {
-        return report(io, args.error());
+        call.exit = report(io, args.error());
+        return call;
     }
     if (args->help()) {
         io.out << kBillsHelp << kApiCommon;
-        return code(Exit::ok);
+        call.exit = code(Exit::ok);
+        return call;
     }
     if (args->positional().size() != 1) {
-        return report(io, args->usage("bills get takes one bill ID"));
+        call.exit = report(io, args->usage(command + " takes one bill ID"));
+        return call;
     }
-    const std::string id = args->positional().front();
+    call.id = args->positional().front();
     Expected<ApiEndpoint> api = resolve_api(*args, true);
     if (!api) {
-        return report(io, api.error());
+        call.exit = report(io, api.error());
+        return call;
     }
-    Expected<HttpResponse> res = api_call(*api, "GET", "/v1/bills/" + url_encode(id));
+    const std::string target = "/v1/bills/" + url_encode(call.id) + std::string(suffix);
+    Expected<HttpResponse> res = api_call(*api, method, target);
     if (!res) {
-        return report(io, res.error());
+        call.exit = report(io, res.error());
+        return call;
     }
     if (args->flag("json")) {
         print_json(io, res->body);
     }
     if (!res->ok()) {
-        return report(
-            io, api_failure(*res, res->status == 404
-                                      ? "no bill '" + id + "' (register it with 'paybridge bills create')"
-                                      : "GET /v1/bills/" + id + " failed"));
+        call.exit = report(io, api_failure(*res, res->status == 404 ? "no bill '" + call.id + "'" + std::string(not_found_hint)
+                                                                    : method + " " + target + " failed"));
+        return call;
     }
     if (args->flag("json")) {
-        return code(Exit::ok);
+        call.exit = code(Exit::ok);
+        return call;
     }
-    Expected<rapidjson::Document> doc = parse_json(*res, "GET /v1/bills/" + id);
+    Expected<rapidjson::Document> doc = parse_json(*res, method + " " + target);
     if (!doc) {
-        return report(io, doc.error());
+        call.exit = report(io, doc.error());
+        return call;
     }
-    print_bill(io, *doc);
+    call.doc = std::move(*doc);
+    return call;
+}
+
+int bills_get(const std::vector<std::string>& argv, const Io& io)
+{
+    BillCall call = one_bill_call(argv, io, "bills get", "GET", "", " (register it with 'paybridge bills create')");
+    if (!call.doc) {
+        return call.exit;
+    }
+    const rapidjson::Document& doc = *call.doc;
+    print_bill(io, doc);
     const rapidjson::Value empty(rapidjson::kArrayType);
-    const rapidjson::Value& events = doc->HasMember("events") ? (*doc)["events"] : empty;
+    const rapidjson::Value& events = doc.HasMember("events") ? doc["events"] : empty;
     io.out << "events (oldest first): " << (events.IsArray() ? events.Size() : 0) << "\n";
     Table t = events_table(events, false);
     if (t.size() > 0) {
@@ -323,47 +353,17 @@ int bills_get(const std::vector<std::string>& argv, const Io& io)
 
 int bills_query(const std::vector<std::string>& argv, const Io& io)
 {
-    Expected<Args> args = Args::parse("bills query", argv, with_api({}));
-    if (!args) {
-        return report(io, args.error());
+    BillCall call = one_bill_call(argv, io, "bills query", "POST", "/query", "");
+    if (!call.doc) {
+        return call.exit;
     }
-    if (args->help()) {
-        io.out << kBillsHelp << kApiCommon;
-        return code(Exit::ok);
-    }
-    if (args->positional().size() != 1) {
-        return report(io, args->usage("bills query takes one bill ID"));
-    }
-    const std::string id = args->positional().front();
-    Expected<ApiEndpoint> api = resolve_api(*args, true);
-    if (!api) {
-        return report(io, api.error());
-    }
-    const std::string target = "/v1/bills/" + url_encode(id) + "/query";
-    Expected<HttpResponse> res = api_call(*api, "POST", target);
-    if (!res) {
-        return report(io, res.error());
-    }
-    if (args->flag("json")) {
-        print_json(io, res->body);
-    }
-    if (!res->ok()) {
-        return report(io, api_failure(*res, res->status == 404 ? "no bill '" + id + "'" : "POST " + target + " failed"));
-    }
-    if (args->flag("json")) {
-        return code(Exit::ok);
-    }
-    Expected<rapidjson::Document> doc = parse_json(*res, "POST " + target);
-    if (!doc) {
-        return report(io, doc.error());
-    }
-    const rapidjson::Value& d = *doc;
+    const rapidjson::Document& d = *call.doc;
     const bool has_interval = d.HasMember("interval_s") && d["interval_s"].IsInt64();
     const bool has_status = d.HasMember("status") && d["status"].IsString();
-    io.out << "bill " << id << " (" << (has_status ? d["status"].GetString() : "?")
+    io.out << "bill " << call.id << " (" << (has_status ? d["status"].GetString() : "?")
            << "): the providers are asked about it within "
            << (has_interval ? std::to_string(d["interval_s"].GetInt64()) : std::string("?"))
-           << " s; 'paybridge bills get " << id << "' shows what they said\n";
+           << " s; 'paybridge bills get " << call.id << "' shows what they said\n";
     return code(Exit::ok);
 }
 
