@@ -570,7 +570,7 @@ private:
                 problems_.note(child(item, "app_public_cert_file"),
                                "required with app_private_key in certificate mode (its SN is sent as app_cert_sn)");
             }
-            query_url(v, item, "gateway_url", app.gateway_url);
+            http_url(v, item, "gateway_url", app.gateway_url);
             out.push_back(std::move(app));
         }
     }
@@ -646,12 +646,13 @@ private:
                 problems_.note(item, "give merchant_private_key and merchant_serial_no together (active queries "
                                      "are signed with the key and name its certificate's serial)");
             }
-            query_url(v, item, "api_url", m.api_url);
+            http_url(v, item, "api_url", m.api_url);
             out.push_back(std::move(m));
         }
     }
 
-    void query_url(const Value& v, const std::string& item, const char* key, std::string& out)
+    /// An http(s) URL (the CRM's, a provider's), checked as the clients will need it.
+    void http_url(const Value& v, const std::string& item, const char* key, std::string& out)
     {
         if (const Value* url = string_at(v, item, key)) {
             if (std::string why = detail::check_http_url(str(*url)); !why.empty()) {
@@ -698,12 +699,7 @@ private:
 
     void parse_crm(const Value& v, const std::string& ptr, CrmConfig& out)
     {
-        if (const Value* url = string_at(v, ptr, "url")) {
-            if (std::string why = detail::check_http_url(str(*url)); !why.empty()) {
-                problems_.note(child(ptr, "url"), why);
-            }
-            out.url = std::string(str(*url));
-        }
+        http_url(v, ptr, "url", out.url);
         const bool has_one = present(v, "secret");
         const bool has_two = present(v, "secrets");
         if (has_one && has_two) {
