@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "core/time.hpp"
 #include "crm/http_client.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/query_accounts.hpp"
@@ -34,11 +35,7 @@ namespace {
 /// A provider's answer is a few KB; anything past this is no answer of theirs.
 constexpr std::size_t kMaxAnswerBytes = 256 * 1024;
 
-std::int64_t unix_ms_now()
-{
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
+std::int64_t unix_ms_now() { return unix_ms(std::chrono::system_clock::now()); }
 
 struct QueryMetrics {
     metrics::Family<metrics::Counter>& queries = metrics::registry().counter(

@@ -1,6 +1,7 @@
 #include "store/query_queue.hpp"
 
 #include "core/error.hpp"
+#include "core/time.hpp"
 #include "store/redis_connection.hpp"
 
 #include <algorithm>
@@ -57,9 +58,7 @@ std::int64_t QueryQueue::now() const
     if (now_ms_) {
         return now_ms_();
     }
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
+    return unix_ms(std::chrono::system_clock::now());
 }
 
 std::int64_t QueryQueue::next_due_ms(std::int64_t created_ms, std::int64_t now_ms) const noexcept
