@@ -132,6 +132,10 @@ struct WechatMerchant {
     std::string merchant_private_key_pem;
     std::string merchant_serial_no;
     std::string api_url{"https://api.mch.weixin.qq.com"};
+    /// Download the platform certificates from WeChat Pay (GET /v3/certificates, signed with the
+    /// merchant_private_key) at start, every few hours and when a notification names a serial
+    /// not known yet. Needs merchant_private_key.
+    bool download_certificates{false};
 };
 
 /// Asking the providers about bills still PENDING (provider_query): a bill is first asked about

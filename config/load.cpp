@@ -612,8 +612,13 @@ private:
             const bool has_key_file = present(v, "public_key_file");
             const bool has_key_id = present(v, "public_key_id");
             const bool has_platform = present(v, "platform_certificates");
-            if (!has_key_file && !has_platform) {
-                problems_.note(item, "needs public_key_file (with public_key_id), platform_certificates, or both");
+            if (const Value* download = at(v, item, "download_certificates"); download != nullptr && download->IsBool()) {
+                m.download_certificates = download->GetBool();
+            }
+            // A download_certificates that is not a boolean is reported as such, not as a missing key too.
+            if (!has_key_file && !has_platform && !m.download_certificates && !present(v, "download_certificates")) {
+                problems_.note(item, "needs public_key_file (with public_key_id), platform_certificates, "
+                                     "download_certificates, or more than one of them");
             }
             if (has_key_file && !has_key_id) {
                 problems_.note(child(item, "public_key_id"), "required when public_key_file is set");
@@ -645,6 +650,10 @@ private:
             if (present(v, "merchant_private_key") != present(v, "merchant_serial_no")) {
                 problems_.note(item, "give merchant_private_key and merchant_serial_no together (active queries "
                                      "are signed with the key and name its certificate's serial)");
+            }
+            if (m.download_certificates && !present(v, "merchant_private_key")) {
+                problems_.note(child(item, "download_certificates"),
+                               "needs merchant_private_key and merchant_serial_no (the download is a signed request)");
             }
             http_url(v, item, "api_url", m.api_url);
             out.push_back(std::move(m));

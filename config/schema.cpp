@@ -191,7 +191,11 @@ const std::string_view kConfigSchema = R"json({
                 "pattern": "^[0-9A-Fa-f]{1,64}$",
                 "description": "the merchant API certificate's serial number in hex"
               },
-              "api_url": { "$ref": "#/definitions/http_url" }
+              "api_url": { "$ref": "#/definitions/http_url" },
+              "download_certificates": {
+                "type": "boolean",
+                "description": "download the platform certificates from GET /v3/certificates"
+              }
             }
           }
         }

@@ -84,16 +84,21 @@ private:
     std::string target_;
 };
 
+/// The API base URL's path ("" for https://api.mch.weixin.qq.com): what /v3/... follows.
+std::string base_path_of(std::string_view url)
+{
+    std::string path = target_of(url);
+    while (!path.empty() && path.back() == '/') {
+        path.pop_back();
+    }
+    return path;
+}
+
 class WechatAccount final : public QueryAccount {
 public:
     WechatAccount(wechatpay::V3Merchant merchant, wechatpay::V3QuerySigner signer, std::string url)
-        : merchant_(std::move(merchant)), signer_(std::move(signer)), url_(std::move(url))
+        : merchant_(std::move(merchant)), signer_(std::move(signer)), url_(std::move(url)), base_path_(base_path_of(url_))
     {
-        // The API base URL's path ("" for https://api.mch.weixin.qq.com): what /v3/... follows.
-        base_path_ = target_of(url_);
-        while (!base_path_.empty() && base_path_.back() == '/') {
-            base_path_.pop_back();
-        }
     }
 
     std::string_view provider() const noexcept override { return "wechatpay"; }
@@ -167,7 +172,8 @@ void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std:
     }
 }
 
-void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std::string>& problems)
+void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std::string>& problems,
+                 wechatpay::CertificateBooks* books)
 {
     std::vector<config::WechatMerchant> queried;
     for (const config::WechatMerchant& m : cfg.wechat_merchants) {
@@ -179,7 +185,7 @@ void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std:
         return;
     }
     std::vector<std::string> ignored;  // the gateway reports these merchants' problems
-    Result<std::vector<wechatpay::V3Merchant>> merchants = wechatpay::load_v3_merchants(queried, ignored);
+    Result<std::vector<wechatpay::V3Merchant>> merchants = wechatpay::load_v3_merchants(queried, ignored, books);
     for (std::size_t i = 0; i < queried.size(); ++i) {
         const config::WechatMerchant& m = queried[i];
         const std::string where = account_pointer(m.pointer, "/wechatpay/merchants", i);
@@ -194,21 +200,27 @@ void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std:
         }
         const auto found = std::find_if(merchants->begin(), merchants->end(),
                                         [&m](const wechatpay::V3Merchant& v3) { return v3.mchid == m.mchid; });
-        if (found != merchants->end()) {
-            out.accounts.push_back(std::make_unique<WechatAccount>(*found, std::move(signer), m.api_url));
+        if (found == merchants->end()) {
+            continue;
         }
+        if (m.download_certificates) {
+            out.certificate_sources.push_back(
+                CertificateSource{.merchant = *found, .signer = signer, .url = m.api_url, .base_path = base_path_of(m.api_url)});
+        }
+        out.accounts.push_back(std::make_unique<WechatAccount>(*found, std::move(signer), m.api_url));
     }
 }
 
 }  // namespace
 
 Result<std::shared_ptr<const QueryAccounts>> load_query_accounts(const config::Config& cfg,
-                                                                std::vector<std::string>& problems)
+                                                                std::vector<std::string>& problems,
+                                                                wechatpay::CertificateBooks* books)
 {
     const std::size_t before = problems.size();
     auto accounts = std::make_shared<QueryAccounts>();
     load_alipay(cfg, *accounts, problems);
-    load_wechat(cfg, *accounts, problems);
+    load_wechat(cfg, *accounts, problems, books);
     if (problems.size() != before) {
         return make_error_code(errc::invalid_argument);
     }

@@ -8,6 +8,7 @@
 #include "config/config.hpp"
 #include "core/result.hpp"
 #include "gateways/query.hpp"
+#include "gateways/wechatpay/wechatpay_query.hpp"
 
 #include <cstdint>
 #include <memory>
@@ -39,8 +40,19 @@ public:
                                      std::string& detail) const = 0;
 };
 
+/// A WeChat Pay merchant whose platform certificates paybridged downloads (download_certificates,
+/// daemon/certificate_refresh.hpp): what signs the request and what reads the answer.
+struct CertificateSource {
+    wechatpay::V3Merchant merchant;  ///< its `downloaded` book is the one the download fills
+    wechatpay::V3QuerySigner signer;
+    std::string url;                 ///< api_url
+    std::string base_path;           ///< api_url's path without trailing '/' ("" for WeChat's own)
+};
+
 struct QueryAccounts {
     std::vector<std::unique_ptr<QueryAccount>> accounts;
+    /// Merchants with download_certificates (whether provider_query is on or not).
+    std::vector<CertificateSource> certificate_sources;
 };
 
 /// Every account of `cfg` that has query keys, with its keys loaded and checked: the private key
@@ -48,7 +60,9 @@ struct QueryAccounts {
 /// app_private_key, the URL parses. Each problem is pushed as "<JSON pointer>: <what>", and then the
 /// result is errc::invalid_argument. Accounts are loaded whether provider_query is enabled or not,
 /// so that --check finds a bad key before the section is turned on.
+/// `books`: see wechatpay::load_v3_merchants (null for --check and tests: nothing is downloaded).
 Result<std::shared_ptr<const QueryAccounts>> load_query_accounts(const config::Config& cfg,
-                                                                std::vector<std::string>& problems);
+                                                                std::vector<std::string>& problems,
+                                                                wechatpay::CertificateBooks* books = nullptr);
 
 }  // namespace paybridge::gateways

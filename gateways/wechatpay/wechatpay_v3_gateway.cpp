@@ -13,6 +13,7 @@
 #include <rapidjson/writer.h>
 
 #include <charconv>
+#include <chrono>
 #include <optional>
 #include <set>
 #include <utility>
@@ -30,6 +31,12 @@ constexpr std::string_view kProvider = "wechatpay";
 constexpr std::string_view kChannel = "wechatpay_v3";
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
+
+std::int64_t steady_ms()
+{
+    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
+        .count();
+}
 
 /// An amount in fen: a JSON integer in [0, kMaxAmountFen]. absent → nullopt; wrong → error.
 Result<std::optional<std::int64_t>> amount_member(const Value& object, const char* name)
@@ -160,29 +167,48 @@ Result<void> read_refund(const Value& refund, const V3Merchant& merchant, std::s
 struct ChosenKey {
     EVP_PKEY* key{nullptr};
     std::string note;
+    /// A downloaded certificate's key: held here, since the book may be replaced meanwhile.
+    crypto::SharedKey owned;
 };
+
+/// The certificate with serial `wanted`, or null.
+const PlatformCertificate* find_certificate(const std::vector<PlatformCertificate>& certificates, std::string_view wanted)
+{
+    const auto found = std::find_if(certificates.begin(), certificates.end(),
+                                    [wanted](const PlatformCertificate& c) { return c.serial == wanted; });
+    return found == certificates.end() ? nullptr : &*found;
+}
 
 Result<ChosenKey> choose_key(const V3Merchant& merchant, std::string_view serial, std::int64_t now)
 {
     if (merchant.public_key && serial == merchant.public_key_id) {
-        return ChosenKey{merchant.public_key.get(), "key=public_key"};
+        return ChosenKey{merchant.public_key.get(), "key=public_key", nullptr};
     }
     const std::string wanted = normalize_serial(serial);
-    for (const auto& cert : merchant.certificates) {
-        if (cert.serial != wanted) {
-            continue;
-        }
-        if (now < cert.not_before || now > cert.not_after) {
-            log::warning("wechatpay.v3.certificate_not_valid",
-                         {{"mchid", merchant.mchid}, {"serial", cert.serial}, {"not_after", cert.not_after}});
-            return error(errc::bad_signature);
-        }
-        return ChosenKey{cert.key.get(), "key=platform_certificate:" + cert.serial};
+    const PlatformCertificate* cert = find_certificate(merchant.certificates, wanted);
+    std::shared_ptr<const std::vector<PlatformCertificate>> downloaded;
+    if (cert == nullptr && merchant.downloaded) {
+        downloaded = merchant.downloaded->certificates();
+        cert = find_certificate(*downloaded, wanted);
     }
-    // The serial is untrusted input: logged escaped (log.hpp) and cut to a serial's length.
-    log::warning("wechatpay.v3.unknown_serial",
-                 {{"mchid", merchant.mchid}, {"serial", std::string_view(wanted).substr(0, 64)}});
-    return error(errc::bad_signature);
+    if (cert == nullptr) {
+        // The serial is untrusted input: logged escaped (log.hpp) and cut to a serial's length.
+        log::warning("wechatpay.v3.unknown_serial",
+                     {{"mchid", merchant.mchid}, {"serial", std::string_view(wanted).substr(0, 64)}});
+        if (merchant.downloaded) {
+            // WeChat Pay may have started signing with a certificate issued since the last
+            // download: ask for a download now; WeChat retries the notification.
+            merchant.downloaded->unknown_serial();
+        }
+        return error(errc::bad_signature);
+    }
+    if (now < cert->not_before || now > cert->not_after) {
+        log::warning("wechatpay.v3.certificate_not_valid",
+                     {{"mchid", merchant.mchid}, {"serial", cert->serial}, {"not_after", cert->not_after}});
+        return error(errc::bad_signature);
+    }
+    const char* origin = downloaded ? "key=downloaded_certificate:" : "key=platform_certificate:";
+    return ChosenKey{cert->key.get(), origin + cert->serial, downloaded ? cert->key : nullptr};
 }
 
 std::string fail_body(std::string_view message)
@@ -489,8 +515,79 @@ Reply WechatV3Gateway::failure(const boost::system::error_code& ec) const
     return Reply{.status = status, .content_type = "application/json", .body = fail_body(message)};
 }
 
+CertificateBook::CertificateBook(std::string mchid)
+    : mchid_(std::move(mchid)), certificates_(std::make_shared<const std::vector<PlatformCertificate>>())
+{
+}
+
+std::shared_ptr<const std::vector<PlatformCertificate>> CertificateBook::certificates() const
+{
+    std::lock_guard lock(mutex_);
+    return certificates_;
+}
+
+void CertificateBook::replace(std::vector<PlatformCertificate> certificates)
+{
+    auto next = std::make_shared<const std::vector<PlatformCertificate>>(std::move(certificates));
+    std::lock_guard lock(mutex_);
+    certificates_.swap(next);
+}
+
+void CertificateBook::unknown_serial() const
+{
+    const std::int64_t now = steady_ms();
+    std::int64_t last = last_hook_ms_.load();
+    if ((last != 0 && now - last < 1000) || !last_hook_ms_.compare_exchange_strong(last, now)) {
+        return;
+    }
+    UnknownSerialHook hook;
+    {
+        std::lock_guard lock(mutex_);
+        hook = hook_;
+    }
+    if (hook) {
+        hook(mchid_);
+    }
+}
+
+void CertificateBook::set_hook(UnknownSerialHook hook)
+{
+    std::lock_guard lock(mutex_);
+    hook_ = std::move(hook);
+}
+
+std::shared_ptr<CertificateBook> CertificateBooks::book(const std::string& mchid)
+{
+    std::lock_guard lock(mutex_);
+    std::shared_ptr<CertificateBook>& b = books_[mchid];
+    if (!b) {
+        b = std::make_shared<CertificateBook>(mchid);
+        b->set_hook(hook_);
+    }
+    return b;
+}
+
+std::vector<std::shared_ptr<CertificateBook>> CertificateBooks::all() const
+{
+    std::lock_guard lock(mutex_);
+    std::vector<std::shared_ptr<CertificateBook>> out;
+    for (const auto& [mchid, b] : books_) {
+        out.push_back(b);
+    }
+    return out;
+}
+
+void CertificateBooks::set_hook(const CertificateBook::UnknownSerialHook& hook)
+{
+    std::lock_guard lock(mutex_);
+    hook_ = hook;
+    for (const auto& [mchid, b] : books_) {
+        b->set_hook(hook);
+    }
+}
+
 Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::WechatMerchant>& merchants,
-                                                  std::vector<std::string>& problems)
+                                                  std::vector<std::string>& problems, CertificateBooks* books)
 {
     const std::size_t problems_before = problems.size();
     std::vector<V3Merchant> loaded;
@@ -554,8 +651,13 @@ Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::Wech
                 }
             }
         }
-        if (cfg.public_key_pem.empty() && cfg.public_key_id.empty() && cfg.platform_certificates_pem.empty()) {
-            problem("needs public_key_id + public_key_file, platform_certificates, or both");
+        if (cfg.public_key_pem.empty() && cfg.public_key_id.empty() && cfg.platform_certificates_pem.empty() &&
+            !cfg.download_certificates) {
+            problem("needs public_key_id + public_key_file, platform_certificates, download_certificates, or more "
+                    "than one of them");
+        }
+        if (cfg.download_certificates && books != nullptr && !cfg.mchid.empty()) {
+            m.downloaded = books->book(cfg.mchid);
         }
         loaded.push_back(std::move(m));
     }
@@ -566,9 +668,9 @@ Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::Wech
 }
 
 Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config::WechatMerchant>& merchants,
-                                                        std::vector<std::string>& problems)
+                                                        std::vector<std::string>& problems, CertificateBooks* books)
 {
-    auto loaded = load_v3_merchants(merchants, problems);
+    auto loaded = load_v3_merchants(merchants, problems, books);
     if (!loaded) {
         return loaded.error();
     }

@@ -29,10 +29,12 @@
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/gateway.hpp"
 
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -54,6 +56,52 @@ struct PlatformCertificate {
     std::int64_t not_after{0};   ///< Unix seconds
 };
 
+/// The platform certificates downloaded from WeChat Pay for one merchant (download_certificates):
+/// the only part of a merchant's keys that changes while paybridged runs. Every gateway and query
+/// account built for the merchant (a reload builds new ones) shares its book; the downloader
+/// (daemon/certificate_refresh.hpp) replaces what it holds. Thread-safe.
+class CertificateBook {
+public:
+    /// Told a merchant's mchid when a request names a serial none of its keys has (any thread).
+    using UnknownSerialHook = std::function<void(const std::string& mchid)>;
+
+    explicit CertificateBook(std::string mchid);
+    CertificateBook(const CertificateBook&) = delete;
+    CertificateBook& operator=(const CertificateBook&) = delete;
+
+    const std::string& mchid() const noexcept { return mchid_; }
+    /// What was downloaded last (never null; empty before the first download).
+    std::shared_ptr<const std::vector<PlatformCertificate>> certificates() const;
+    void replace(std::vector<PlatformCertificate> certificates);
+    /// Calls the hook, at most once a second: a request with an unknown serial may come from
+    /// anyone, and one download answers them all.
+    void unknown_serial() const;
+    void set_hook(UnknownSerialHook hook);
+
+private:
+    const std::string mchid_;
+    mutable std::mutex mutex_;
+    std::shared_ptr<const std::vector<PlatformCertificate>> certificates_;
+    UnknownSerialHook hook_;
+    mutable std::atomic<std::int64_t> last_hook_ms_{0};
+};
+
+/// The books of one process, by mchid: the same book for a merchant across reloads.
+class CertificateBooks {
+public:
+    /// The merchant's book, made on first use (with the hook given to set_hook, if any).
+    std::shared_ptr<CertificateBook> book(const std::string& mchid);
+    /// Every book made so far.
+    std::vector<std::shared_ptr<CertificateBook>> all() const;
+    /// The hook of every book, made or to be made.
+    void set_hook(const CertificateBook::UnknownSerialHook& hook);
+
+private:
+    mutable std::mutex mutex_;
+    std::map<std::string, std::shared_ptr<CertificateBook>, std::less<>> books_;
+    CertificateBook::UnknownSerialHook hook_;
+};
+
 /// One merchant's v3 material, as loaded and validated by load_v3_merchants.
 struct V3Merchant {
     std::string mchid;
@@ -63,6 +111,9 @@ struct V3Merchant {
     std::string public_key_id;     ///< "PUB_KEY_ID_…", or empty when not in public-key mode
     crypto::SharedKey public_key;  ///< set exactly when public_key_id is
     std::vector<PlatformCertificate> certificates;  ///< every configured one, expired ones too
+    /// With download_certificates (and books given to the loader): the downloaded certificates,
+    /// consulted after the configured ones; told of unknown serials.
+    std::shared_ptr<CertificateBook> downloaded;
 };
 
 /// Gateway "wechatpay_v3". Immutable and thread-safe after construction.
@@ -99,8 +150,10 @@ private:
 
 /// Loads and checks the merchants of the config as make_wechat_v3_gateway does (below), for the
 /// gateway and for whoever else needs them (the active query client). Errors: as the factory's.
+/// With `books`, a merchant with download_certificates gets its book from them (V3Merchant::downloaded).
 Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::WechatMerchant>& merchants,
-                                                  std::vector<std::string>& problems);
+                                                  std::vector<std::string>& problems,
+                                                  CertificateBooks* books = nullptr);
 
 /// Builds the v3 gateway from the config: checks each merchant (mchid and appid present and
 /// unique, apiv3_key exactly 32 bytes, public_key_id and public_key_file given together and the
@@ -110,7 +163,8 @@ Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::Wech
 /// a problem here: they stay configured through a rotation and are refused per request.
 /// Errors: errc::invalid_argument when any problem was found.
 Result<std::unique_ptr<Gateway>> make_wechat_v3_gateway(const std::vector<config::WechatMerchant>& merchants,
-                                                        std::vector<std::string>& problems);
+                                                        std::vector<std::string>& problems,
+                                                        CertificateBooks* books = nullptr);
 
 /// Looks a header up by name, case-insensitively: true and `value` set when it is present (an
 /// empty value is present).

@@ -797,7 +797,8 @@ TEST_CASE("config: semantic checks of the gateways")
             "/alipay/apps/3/app_id: duplicates /alipay/apps/0/app_id",
             "/wechatpay/merchants/0/apiv3_key: must be exactly 32 bytes long, got 31",
             "/wechatpay/merchants/0/apiv2_key: must be exactly 32 bytes long, got 33",
-            "/wechatpay/merchants/0: needs public_key_file (with public_key_id), platform_certificates, or both",
+            "/wechatpay/merchants/0: needs public_key_file (with public_key_id), platform_certificates, "
+            "download_certificates, or more than one of them",
             "/wechatpay/merchants/1/mchid: duplicates /wechatpay/merchants/0/mchid",
             "/wechatpay/merchants/1/public_key_id: required when public_key_file is set",
             "/wechatpay/merchants/2/public_key_id: must start with PUB_KEY_ID_",
@@ -1109,4 +1110,33 @@ TEST_CASE("config: provider_query problems name their keys")
                                  f.env());
     check_problems(none, {"/provider_query: no account to query: give an Alipay app an app_private_key or a WeChat "
                           "Pay merchant a merchant_private_key and merchant_serial_no"});
+}
+
+TEST_CASE("config: download_certificates needs the merchant's signing key and stands in for configured WeChat Pay keys")
+{
+    MinimalFixture f;
+    const LoadReport bad = load(f.box, R"({
+      "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1", "apiv3_key": "env:V3",
+                                      "download_certificates": true },
+                                    { "mchid": "1900000002", "appid": "wx2", "apiv3_key": "env:V3",
+                                      "download_certificates": "yes" } ] }
+    })",
+                                {{"V3", f.apiv3}});
+    check_problems(bad, {
+                            "/wechatpay/merchants/0/download_certificates: needs merchant_private_key and "
+                            "merchant_serial_no (the download is a signed request)",
+                            "/wechatpay/merchants/1/download_certificates: must be a boolean, not a string",
+                        });
+
+    const LoadReport good = load(f.box, R"({
+      "wechatpay": { "merchants": [ { "mchid": "1900000001", "appid": "wx1", "apiv3_key": "env:V3",
+                                      "download_certificates": true, "merchant_private_key": "env:MCH_KEY",
+                                      "merchant_serial_no": "5157F09EFDC096DE15EBE81A47057A72" } ] }
+    })",
+                                 {{"V3", f.apiv3}, {"MCH_KEY", "-----BEGIN PRIVATE KEY-----"}});
+    REQUIRE(good.config);
+    CHECK(good.problems.empty());
+    CHECK(good.config->wechat_merchants[0].download_certificates);
+    CHECK(good.config->wechat_merchants[0].platform_certificates_pem.empty());
+    CHECK(good.config->wechat_merchants[0].public_key_pem.empty());
 }

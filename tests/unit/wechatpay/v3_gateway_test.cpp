@@ -659,3 +659,70 @@ TEST_CASE("v3: an authentic resource with a field that does not read is unusable
     // Another merchant's object stays a refusal, never an anomaly on our bill.
     CHECK(verify(*gateway, notification(replaced(good, kMchid, "1999999999")), now).error() == errc::unknown_account);
 }
+
+namespace {
+
+/// The platform certificate as a download gives it to a book.
+wx::PlatformCertificate downloaded(const keygen::Certificate& cert)
+{
+    auto loaded = crypto::load_certificates(cert.cert_pem);
+    REQUIRE(loaded);
+    REQUIRE(loaded->size() == 1);
+    X509* x = loaded->front().get();
+    return wx::PlatformCertificate{.serial = wx::normalize_serial(crypto::certificate_serial_hex(x)),
+                                   .key = crypto::certificate_key(x),
+                                   .not_before = crypto::certificate_not_before(x),
+                                   .not_after = crypto::certificate_not_after(x)};
+}
+
+}  // namespace
+
+TEST_CASE("v3: downloaded certificates (download_certificates) verify after the configured keys, and an unknown serial "
+          "asks for a download")
+{
+    wx::CertificateBooks books;
+    std::vector<std::string> told;
+    books.set_hook([&told](const std::string& mchid) { told.push_back(mchid); });
+    auto m = merchant(true, false);  // public key only: the platform certificate is not configured
+    m.download_certificates = true;
+    std::vector<std::string> problems;
+    auto made = wx::make_wechat_v3_gateway({m}, problems, &books);
+    REQUIRE(made);
+    const auto& gateway = *made;
+    const auto book = books.book(kMchid);
+    CHECK(book->certificates()->empty());
+    const std::int64_t now = now_unix();
+    const auto by_cert = payment(cert_signer(keys().platform(), kPlatformSerial), now);
+
+    // Not downloaded yet: refused, and the hook is told (once: a second within the second is not).
+    CHECK(verify(*gateway, by_cert, now).error() == errc::bad_signature);
+    CHECK(verify(*gateway, by_cert, now).error() == errc::bad_signature);
+    CHECK(told == std::vector<std::string>{kMchid});
+
+    // Downloaded: the same notification verifies, by the book's certificate, in the gateway built before.
+    book->replace({downloaded(keys().platform())});
+    auto v = verify(*gateway, by_cert, now);
+    REQUIRE(v);
+    CHECK(v->notes == "key=downloaded_certificate:" + wx::normalize_serial(kPlatformSerial));
+    CHECK(told.size() == 1);
+    // The configured key still comes first, and a merchant the book is not given to does not see it.
+    CHECK(verify(*gateway, payment(public_key_signer(), now), now)->notes == "key=public_key");
+    auto without = wx::make_wechat_v3_gateway({m}, problems);
+    REQUIRE(without);
+    CHECK(verify(**without, by_cert, now).error() == errc::bad_signature);
+    // A downloaded certificate outside its validity is refused like a configured one.
+    book->replace({downloaded(keys().expired())});
+    CHECK(verify(*gateway, payment(cert_signer(keys().expired(), "7E57000000000000000000000000000000000001"), now), now)
+              .error() == errc::bad_signature);
+    CHECK(problems.empty());
+
+    // A merchant with neither key configured is accepted when it downloads, not otherwise.
+    auto bare = merchant(false, false);
+    bare.download_certificates = true;
+    std::vector<std::string> none;
+    CHECK(wx::make_wechat_v3_gateway({bare}, none, &books));
+    CHECK(none.empty());
+    bare.download_certificates = false;
+    CHECK_FALSE(wx::make_wechat_v3_gateway({bare}, none, &books));
+    CHECK(none.size() == 1);
+}
