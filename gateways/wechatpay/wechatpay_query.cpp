@@ -2,6 +2,7 @@
 
 #include "core/error.hpp"
 #include "gateways/gateway.hpp"
+#include "gateways/wechatpay/v3_api_detail.hpp"
 #include "gateways/wechatpay/v3_detail.hpp"
 
 #include <rapidjson/document.h>
@@ -12,6 +13,9 @@
 namespace paybridge::gateways::wechatpay {
 namespace {
 
+using detail::authenticate_response;
+using detail::error_code_of;
+using detail::has_header;
 using detail::string_member;
 
 constexpr std::string_view kProvider = "wechatpay";
@@ -65,53 +69,10 @@ bool plain_code(std::string_view s)
     });
 }
 
-/// WeChat's error code from an error body ({"code":"ORDER_NOT_EXIST","message":…}), only when it
-/// is a plain code: the body is unauthenticated and goes to the logs.
-std::string error_code_of(std::string_view body)
-{
-    rapidjson::Document doc;
-    doc.Parse(body.data(), body.size());
-    if (doc.HasParseError() || !doc.IsObject()) {
-        return {};
-    }
-    const auto code = string_member(doc, "code");
-    return code && plain_code(*code) ? std::string(*code) : std::string();
-}
-
-/// Authenticates an answer. The official rule for 2xx answers (§2.11) is that one without a
-/// valid signature is forged, so whatever keeps it from verifying (a header missing, a timestamp
-/// that is not a number) is bad_signature here, where a notification would be malformed; only
-/// a stale timestamp keeps its own error, since a clock off by minutes is worth telling apart.
-Result<V3SignatureCheck> authenticate(const V3Merchant& merchant, const QueryResponse& response,
-                                      std::int64_t now_unix, const std::string& what, std::string& why)
-{
-    const auto header = [&response](std::string_view name, std::string_view& value) {
-        for (const auto& [n, v] : response.headers) {
-            if (ascii_iequals(n, name)) {
-                value = v;
-                return true;
-            }
-        }
-        return false;
-    };
-    auto checked = verify_v3_signature(merchant, header, response.body, now_unix);
-    if (!checked) {
-        why = what + " not verified: " + std::string(error_name(checked.error()));
-        return checked.error() == errc::stale_timestamp ? checked.error() : error(errc::bad_signature);
-    }
-    return checked;
-}
-
 /// A provider's code for a log line: as is when it is a plain code, else quoted and cut.
 std::string code_or_excerpt(std::string_view code)
 {
     return plain_code(code) ? std::string(code) : quoted_excerpt(code);
-}
-
-bool has_header(const QueryResponse& response, std::string_view name)
-{
-    return std::any_of(response.headers.begin(), response.headers.end(),
-                       [name](const auto& h) { return ascii_iequals(h.first, name); });
 }
 
 /// The answer's Transaction object, authenticated already.
@@ -175,24 +136,25 @@ Result<QueryAnswer> read_transaction(const V3Merchant& merchant, std::string_vie
 
 }  // namespace
 
-Result<QueryRequest> build_transaction_query(const V3Merchant& merchant, const V3QuerySigner& signer,
-                                             std::string_view base_path, std::string_view out_trade_no,
-                                             std::int64_t now_unix, std::string_view nonce)
+namespace detail {
+
+Result<QueryRequest> signed_v3_get(const V3Merchant& merchant, const V3QuerySigner& signer,
+                                   std::string_view base_path, std::string_view path_and_query,
+                                   std::int64_t now_unix, std::string_view nonce)
 {
     while (!base_path.empty() && base_path.back() == '/') {
         base_path.remove_suffix(1);
     }
     const bool base_ok = base_path.empty() || (base_path.front() == '/' && quotable(base_path) &&
                                                base_path.find_first_of("?#") == std::string_view::npos);
-    if (!base_ok || out_trade_no.empty() || nonce.empty() || nonce.size() > 64 || !alphanumeric(nonce) ||
-        !signer.merchant_private_key || signer.merchant_serial_no.empty() || !quotable(signer.merchant_serial_no) ||
-        merchant.mchid.empty() || !quotable(merchant.mchid) || now_unix <= 0) {
+    if (!base_ok || nonce.empty() || nonce.size() > 64 || !alphanumeric(nonce) || !signer.merchant_private_key ||
+        signer.merchant_serial_no.empty() || !quotable(signer.merchant_serial_no) || merchant.mchid.empty() ||
+        !quotable(merchant.mchid) || now_unix <= 0) {
         return error(errc::invalid_argument);
     }
     QueryRequest request;
     request.method = "GET";
-    request.target = std::string(base_path) + "/v3/pay/transactions/out-trade-no/" + escape_component(out_trade_no) +
-                     "?mchid=" + escape_component(merchant.mchid);
+    request.target = std::string(base_path) + std::string(path_and_query);
     const std::string timestamp = std::to_string(now_unix);
     const std::string message = "GET\n" + request.target + "\n" + timestamp + "\n" + std::string(nonce) + "\n\n";
     auto signature = crypto::rsa_sign(signer.merchant_private_key.get(), crypto::Digest::sha256, message);
@@ -213,6 +175,57 @@ Result<QueryRequest> build_transaction_query(const V3Merchant& merchant, const V
     return request;
 }
 
+bool has_header(const QueryResponse& response, std::string_view name)
+{
+    return std::any_of(response.headers.begin(), response.headers.end(),
+                       [name](const auto& h) { return ascii_iequals(h.first, name); });
+}
+
+std::string error_code_of(std::string_view body)
+{
+    rapidjson::Document doc;
+    doc.Parse(body.data(), body.size());
+    if (doc.HasParseError() || !doc.IsObject()) {
+        return {};
+    }
+    const auto code = string_member(doc, "code");
+    return code && plain_code(*code) ? std::string(*code) : std::string();
+}
+
+Result<V3SignatureCheck> authenticate_response(const V3Merchant& merchant, const QueryResponse& response,
+                                               std::int64_t now_unix, const std::string& what, std::string& why)
+{
+    const auto header = [&response](std::string_view name, std::string_view& value) {
+        for (const auto& [n, v] : response.headers) {
+            if (ascii_iequals(n, name)) {
+                value = v;
+                return true;
+            }
+        }
+        return false;
+    };
+    auto checked = verify_v3_signature(merchant, header, response.body, now_unix);
+    if (!checked) {
+        why = what + " not verified: " + std::string(error_name(checked.error()));
+        return checked.error() == errc::stale_timestamp ? checked.error() : error(errc::bad_signature);
+    }
+    return checked;
+}
+
+}  // namespace detail
+
+Result<QueryRequest> build_transaction_query(const V3Merchant& merchant, const V3QuerySigner& signer,
+                                             std::string_view base_path, std::string_view out_trade_no,
+                                             std::int64_t now_unix, std::string_view nonce)
+{
+    if (out_trade_no.empty()) {
+        return error(errc::invalid_argument);
+    }
+    const std::string path_and_query = "/v3/pay/transactions/out-trade-no/" + escape_component(out_trade_no) +
+                                       "?mchid=" + escape_component(merchant.mchid);
+    return detail::signed_v3_get(merchant, signer, base_path, path_and_query, now_unix, nonce);
+}
+
 Result<QueryAnswer> read_transaction_query(const V3Merchant& merchant, std::string_view out_trade_no,
                                            const QueryResponse& response, std::int64_t now_unix, std::string* detail)
 {
@@ -226,7 +239,7 @@ Result<QueryAnswer> read_transaction_query(const V3Merchant& merchant, std::stri
             why = what + " unsigned";
             return error(errc::bad_signature);
         }
-        auto checked = authenticate(merchant, response, now_unix, what, why);
+        auto checked = authenticate_response(merchant, response, now_unix, what, why);
         if (!checked) {
             return checked.error();
         }
@@ -266,7 +279,7 @@ Result<QueryAnswer> read_transaction_query(const V3Merchant& merchant, std::stri
             why = what + " unsigned";
             return error(errc::provider_rejected);
         }
-        auto checked = authenticate(merchant, response, now_unix, what, why);
+        auto checked = authenticate_response(merchant, response, now_unix, what, why);
         if (!checked) {
             return checked.error();
         }
