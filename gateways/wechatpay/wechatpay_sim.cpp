@@ -239,6 +239,64 @@ std::string error_body(std::string_view code, std::string_view message)
     return text_of(buffer);
 }
 
+/// The Authorization of a v3 API request, checked as WeChat Pay checks it (see
+/// check_v3_query_request), and the request's Wechatpay-Serial: sets asked.mchid (the signer) and
+/// asked.wechatpay_serial. `query_mchid`, when the request names a merchant in its query, must be
+/// the signer (else unknown_account).
+Result<void> check_authorization(const QueryRequest& request, const std::vector<V3ApiMerchant>& merchants,
+                                 std::int64_t now_unix, std::optional<std::string_view> query_mchid,
+                                 V3QueryAsked& asked)
+{
+    const auto malformed = make_error_code(errc::malformed_request);
+    const auto bad_signature = make_error_code(errc::bad_signature);
+    std::string_view authorization;
+    for (const auto& [name, value] : request.headers) {
+        if (ascii_iequals(name, "Authorization")) {
+            authorization = value;
+        } else if (ascii_iequals(name, "Wechatpay-Serial")) {
+            asked.wechatpay_serial = value;
+        }
+    }
+    const std::string scheme = std::string(kV3SignatureType) + " ";
+    if (authorization.substr(0, scheme.size()) != scheme) {
+        return malformed;
+    }
+    const auto params = authorization_params(authorization.substr(scheme.size()));
+    if (!params) {
+        return malformed;
+    }
+    const std::string& mchid = params->at("mchid");
+    const auto merchant =
+        std::find_if(merchants.begin(), merchants.end(), [&](const V3ApiMerchant& m) { return m.mchid == mchid; });
+    if (merchant == merchants.end()) {
+        return bad_signature;
+    }
+    if (query_mchid && *query_mchid != mchid) {
+        return make_error_code(errc::unknown_account);
+    }
+    if (normalize_serial(params->at("serial_no")) != normalize_serial(merchant->serial_no)) {
+        return bad_signature;
+    }
+    const std::string& timestamp = params->at("timestamp");
+    std::int64_t ts = 0;
+    if (timestamp.empty() || timestamp.size() > 18 ||
+        timestamp.find_first_not_of("0123456789") != std::string::npos) {
+        return malformed;
+    }
+    std::from_chars(timestamp.data(), timestamp.data() + timestamp.size(), ts);
+    if (ts - now_unix >= kV3TimestampWindowSeconds || now_unix - ts >= kV3TimestampWindowSeconds) {
+        return make_error_code(errc::stale_timestamp);
+    }
+    const auto signature = crypto::base64_decode(params->at("signature"));
+    const std::string message =
+        "GET\n" + request.target + "\n" + timestamp + "\n" + params->at("nonce_str") + "\n\n";
+    if (!signature || !crypto::rsa_verify(merchant->public_key.get(), crypto::Digest::sha256, message, *signature)) {
+        return bad_signature;
+    }
+    asked.mchid = mchid;
+    return {};
+}
+
 }  // namespace
 
 std::string beijing_rfc3339(std::int64_t unix_seconds)
@@ -400,7 +458,6 @@ Result<V3QueryAsked> check_v3_query_request(const QueryRequest& request, const s
                                             std::int64_t now_unix, std::string_view base_path)
 {
     const auto malformed = make_error_code(errc::malformed_request);
-    const auto bad_signature = make_error_code(errc::bad_signature);
     while (!base_path.empty() && base_path.back() == '/') {
         base_path.remove_suffix(1);
     }
@@ -420,52 +477,70 @@ Result<V3QueryAsked> check_v3_query_request(const QueryRequest& request, const s
         !unescape_component(target.substr(question + 1 + kMchidParam.size()), asked.mchid)) {
         return malformed;
     }
-
-    std::string_view authorization;
-    for (const auto& [name, value] : request.headers) {
-        if (ascii_iequals(name, "Authorization")) {
-            authorization = value;
-        } else if (ascii_iequals(name, "Wechatpay-Serial")) {
-            asked.wechatpay_serial = value;
-        }
-    }
-    const std::string scheme = std::string(kV3SignatureType) + " ";
-    if (authorization.substr(0, scheme.size()) != scheme) {
-        return malformed;
-    }
-    const auto params = authorization_params(authorization.substr(scheme.size()));
-    if (!params) {
-        return malformed;
-    }
-    const std::string& mchid = params->at("mchid");
-    const auto merchant =
-        std::find_if(merchants.begin(), merchants.end(), [&](const V3ApiMerchant& m) { return m.mchid == mchid; });
-    if (merchant == merchants.end()) {
-        return bad_signature;
-    }
-    if (asked.mchid != mchid) {
-        return make_error_code(errc::unknown_account);
-    }
-    if (normalize_serial(params->at("serial_no")) != normalize_serial(merchant->serial_no)) {
-        return bad_signature;
-    }
-    const std::string& timestamp = params->at("timestamp");
-    std::int64_t ts = 0;
-    if (timestamp.empty() || timestamp.size() > 18 ||
-        timestamp.find_first_not_of("0123456789") != std::string::npos) {
-        return malformed;
-    }
-    std::from_chars(timestamp.data(), timestamp.data() + timestamp.size(), ts);
-    if (ts - now_unix >= kV3TimestampWindowSeconds || now_unix - ts >= kV3TimestampWindowSeconds) {
-        return make_error_code(errc::stale_timestamp);
-    }
-    const auto signature = crypto::base64_decode(params->at("signature"));
-    const std::string message =
-        "GET\n" + request.target + "\n" + timestamp + "\n" + params->at("nonce_str") + "\n\n";
-    if (!signature || !crypto::rsa_verify(merchant->public_key.get(), crypto::Digest::sha256, message, *signature)) {
-        return bad_signature;
+    const std::string query_mchid = asked.mchid;
+    if (auto checked = check_authorization(request, merchants, now_unix, query_mchid, asked); !checked) {
+        return checked.error();
     }
     return asked;
+}
+
+Result<V3QueryAsked> check_v3_certificates_request(const QueryRequest& request,
+                                                   const std::vector<V3ApiMerchant>& merchants, std::int64_t now_unix,
+                                                   std::string_view base_path)
+{
+    while (!base_path.empty() && base_path.back() == '/') {
+        base_path.remove_suffix(1);
+    }
+    if (request.method != "GET" || request.target != std::string(base_path) + "/v3/certificates") {
+        return make_error_code(errc::malformed_request);
+    }
+    V3QueryAsked asked;
+    if (auto checked = check_authorization(request, merchants, now_unix, std::nullopt, asked); !checked) {
+        return checked.error();
+    }
+    return asked;
+}
+
+Result<QueryResponse> make_v3_certificates_response(const std::vector<std::pair<std::string, std::string>>& certs,
+                                                    std::string_view apiv3_key, const V3Signer& signer,
+                                                    std::int64_t timestamp_unix, std::string nonce)
+{
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    w.Key("data");
+    w.StartArray();
+    for (const auto& [pem, serial_no] : certs) {
+        auto parsed = crypto::load_certificates(pem);
+        if (!parsed) {
+            return make_error_code(errc::malformed_request);
+        }
+        X509* cert = parsed->front().get();
+        const std::string resource_nonce = random_alnum(12);
+        auto sealed = crypto::aes256gcm_encrypt(apiv3_key, resource_nonce, "certificate", pem);
+        if (!sealed) {
+            return sealed.error();
+        }
+        w.StartObject();
+        put(w, "serial_no", serial_no);
+        put(w, "effective_time", beijing_rfc3339(crypto::certificate_not_before(cert)));
+        put(w, "expire_time", beijing_rfc3339(crypto::certificate_not_after(cert)));
+        w.Key("encrypt_certificate");
+        w.StartObject();
+        put(w, "algorithm", kV3ResourceAlgorithm);
+        put(w, "nonce", resource_nonce);
+        put(w, "associated_data", "certificate");
+        put(w, "ciphertext", crypto::base64_encode(*sealed));
+        w.EndObject();
+        w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+    auto signed_body = sign_v3(text_of(buffer), signer, timestamp_unix, std::move(nonce));
+    if (!signed_body) {
+        return signed_body.error();
+    }
+    return to_response(200, std::move(*signed_body));
 }
 
 std::string v3_query_transaction_json(const V3Transaction& tx)

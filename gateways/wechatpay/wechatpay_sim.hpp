@@ -2,9 +2,9 @@
 
 // The WeChat Pay side of the wire, for tests, the CLI `paybridge trigger` and the benchmark:
 // builds notifications exactly as WeChat Pay sends them (PROTOCOLS.md §2 and §3), signed and
-// encrypted with the keys it is given, and checks and answers v3 transaction queries as the
-// WeChat Pay API does (§2.11–§2.13), for fake API servers. Never used by the daemon's request
-// path.
+// encrypted with the keys it is given, and checks and answers v3 transaction queries and platform
+// certificate downloads as the WeChat Pay API does (§2.11–§2.13), for fake API servers. Never used
+// by the daemon's request path.
 
 #include "core/result.hpp"
 #include "gateways/crypto/crypto.hpp"
@@ -162,6 +162,32 @@ Result<QueryResponse> make_v3_order_not_exist(const V3Signer& signer, std::int64
 /// application/json), as WeChat Pay answers a request it could not authenticate (401 SIGN_ERROR)
 /// or serve (500 SYSTEM_ERROR, 429 FREQUENCY_LIMITED).
 QueryResponse make_v3_error_response(unsigned status, std::string_view code, std::string_view message);
+
+// ---- API v3: platform certificates (GET /v3/certificates) ----
+
+/// Checks a certificate download as WeChat Pay does: GET <base_path>/v3/certificates exactly (no
+/// query string; base_path's trailing '/'s are ignored), and the Authorization header as
+/// check_v3_query_request checks it (the signed target is the path as received). The answer holds
+/// the signer's mchid and the request's Wechatpay-Serial; out_trade_no is empty.
+/// Errors: malformed_request (not a GET, another target, no or unreadable Authorization) → 400
+/// PARAM_ERROR; bad_signature (unknown mchid or serial_no, a signature that does not verify) and
+/// stale_timestamp → 401 SIGN_ERROR.
+Result<V3QueryAsked> check_v3_certificates_request(const QueryRequest& request,
+                                                   const std::vector<V3ApiMerchant>& merchants, std::int64_t now_unix,
+                                                   std::string_view base_path = "");
+
+/// The 200 answer to a certificate download (§2.13): {"data":[…]} with, for each (PEM, serial_no
+/// as WeChat writes it) in order, serial_no, effective_time and expire_time (the certificate's
+/// validity in RFC 3339 +08:00) and encrypt_certificate: the PEM sealed with AES-256-GCM under
+/// the APIv3 key (algorithm AEAD_AES_256_GCM, associated_data "certificate", a random
+/// 12-character nonce, ciphertext and tag in base64). Signed as make_v3_query_response signs.
+/// serial_no is written as given, so tests can make it disagree with the certificate.
+/// Errors: malformed_request (a PEM that holds no certificate, an APIv3 key that is not 32 bytes);
+/// internal when signing fails.
+Result<QueryResponse> make_v3_certificates_response(const std::vector<std::pair<std::string /*cert PEM*/,
+                                                                              std::string /*serial_no*/>>& certs,
+                                                    std::string_view apiv3_key, const V3Signer& signer,
+                                                    std::int64_t timestamp_unix = 0, std::string nonce = {});
 
 // ---- API v2 ----
 
