@@ -152,7 +152,15 @@ Result<std::vector<PlatformCertificate>> read_certificates_response(const V3Merc
             downloaded.push_back(std::move(*pc));
         }
 
+        // The merchant's keys: configured, downloaded before (the book, flattened into this copy
+        // so that an unknown serial here does not ask the book's hook for another download), and
+        // the ones just read. The first certificate with the serial asked is the one used.
         V3Merchant with_downloaded = merchant;
+        with_downloaded.downloaded = nullptr;
+        if (merchant.downloaded) {
+            const auto earlier = merchant.downloaded->certificates();
+            with_downloaded.certificates.insert(with_downloaded.certificates.end(), earlier->begin(), earlier->end());
+        }
         with_downloaded.certificates.insert(with_downloaded.certificates.end(), downloaded.begin(), downloaded.end());
         auto checked = authenticate_response(with_downloaded, response, now_unix, what, why);
         if (!checked) {

@@ -53,12 +53,14 @@ Result<QueryRequest> build_certificates_request(const V3Merchant& merchant, cons
 /// error.
 /// Then the answer is authenticated as read_transaction_query authenticates one
 /// (verify_v3_signature: headers, ±300 s window, key by Wechatpay-Serial, signature over the raw
-/// body), with the merchant's configured keys plus the certificates returned (a copy of
-/// `merchant` is used): WeChat Pay may sign with a certificate the merchant learns from this
-/// very answer. This is the official SDKs' trust model (§2.13: TLS plus the GCM tag under the
-/// secret APIv3 key vouch for the certificates; the Go SDK verifies later answers with the
-/// downloaded set), plus the signature that the SDKs skip. Any failure there → bad_signature,
-/// except stale_timestamp.
+/// body), with the merchant's keys (configured, then those in merchant.downloaded) plus the
+/// certificates returned, on a copy of `merchant` without its book (so an unknown serial here
+/// does not call the book's hook): WeChat Pay may sign with a certificate the merchant learns
+/// from this very answer. This is the official SDKs' trust model (§2.13: TLS plus the GCM tag
+/// under the secret APIv3 key vouch for the certificates; the Go SDK verifies later answers with
+/// the downloaded set), plus the signature that the SDKs skip. Any failure there →
+/// bad_signature, except stale_timestamp. The note in `detail` says key=platform_certificate:…
+/// whichever of these sets the key came from.
 /// 404, whatever the code (NOT_FOUND: the merchant switched to public-key mode, §2.13) →
 ///   errc::not_found. It is not authenticated: a caller should keep the certificates it has and
 ///   only stop or slow its polling.

@@ -432,6 +432,36 @@ TEST_CASE("v3 certificates: the answer may be signed by a certificate it introdu
     CHECK(detail == "200 1 certificate key=public_key");
 }
 
+TEST_CASE("v3 certificates: certificates downloaded before verify the answer too, and the book is not told")
+{
+    const std::int64_t now = now_unix();
+    // A public-key merchant whose book holds the next certificate, from an earlier download.
+    auto m = v3_merchant(true, false);
+    m.downloaded = std::make_shared<wx::CertificateBook>(kMchid);
+    int hook_calls = 0;
+    m.downloaded->set_hook([&hook_calls](const std::string&) { ++hook_calls; });
+    auto earlier = read(m, listing({next_entry()}, public_key_signer(), now), now);
+    REQUIRE(earlier);
+    m.downloaded->replace(*earlier);
+
+    // Now only the platform certificate is listed, and the book's certificate signs.
+    std::string detail;
+    auto certs = read(m, listing({platform_entry()}, cert_signer(next_certificate(), kNextSerial), now), now, &detail);
+    REQUIRE(certs);
+    REQUIRE(certs->size() == 1);
+    CHECK(certs->front().serial == kPlatformNormal);
+    CHECK(detail == "200 1 certificate key=platform_certificate:5157F09EFDC096DE15EBE81A47057A7232F1B8E1");
+    // The book is left as it was.
+    REQUIRE(m.downloaded->certificates()->size() == 1);
+    CHECK(m.downloaded->certificates()->front().serial == kNextSerial);
+
+    // A serial known nowhere fails without asking the book for another download.
+    const auto stranger = cert_signer(keys().future(), "7E57000000000000000000000000000000000002");
+    CHECK(read(m, listing({platform_entry()}, stranger, now), now, &detail).error() == errc::bad_signature);
+    CHECK(detail == "200 not verified: bad_signature");
+    CHECK(hook_calls == 0);
+}
+
 TEST_CASE("v3 certificates: answers that do not verify")
 {
     const auto m = certificate_merchant();
