@@ -3,6 +3,7 @@
 #include "core/async.hpp"
 #include "core/log.hpp"
 #include "core/metrics.hpp"
+#include "daemon/certificate_refresh.hpp"
 #include "daemon/crm_wiring.hpp"
 #include "daemon/http_server.hpp"
 #include "daemon/provider_query.hpp"
@@ -40,7 +41,8 @@ namespace asio = boost::asio;
 using asio::awaitable;
 using namespace std::chrono_literals;
 
-webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems)
+webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems,
+                                   gateways::wechatpay::CertificateBooks* books)
 {
     auto rt = std::make_shared<webhooks::Runtime>();
     rt->config = cfg;
@@ -52,7 +54,7 @@ webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, st
         }
     }
     if (!cfg->wechat_merchants.empty()) {
-        auto v3 = gateways::wechatpay::make_wechat_v3_gateway(cfg->wechat_merchants, problems);
+        auto v3 = gateways::wechatpay::make_wechat_v3_gateway(cfg->wechat_merchants, problems, books);
         if (v3) {
             rt->wechat_v3 = std::move(*v3);
         }
@@ -61,7 +63,7 @@ webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, st
             rt->wechat_v2 = std::move(*v2);
         }
     }
-    if (auto accounts = gateways::load_query_accounts(*cfg, problems)) {
+    if (auto accounts = gateways::load_query_accounts(*cfg, problems, books)) {
         rt->query_accounts = std::move(*accounts);
     }
     if (cfg->tls) {
@@ -163,8 +165,9 @@ std::int64_t steady_ms()
 
 class App::Impl {
 public:
-    Impl(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime)
-        : cfg_(std::move(cfg)), runtime_(std::move(runtime))
+    Impl(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
+         std::shared_ptr<gateways::wechatpay::CertificateBooks> books)
+        : cfg_(std::move(cfg)), runtime_(std::move(runtime)), books_(std::move(books))
     {
     }
 
@@ -189,6 +192,8 @@ private:
 
     std::shared_ptr<const config::Config> cfg_;
     webhooks::RuntimePtr runtime_;
+    /// Downloaded platform certificates, by merchant: the same across reloads.
+    std::shared_ptr<gateways::wechatpay::CertificateBooks> books_;
     asio::io_context control_{1};
     /// Installed from construction, before any worker accepts, and kept until the process ends:
     /// a signal that arrives before control() waits is queued in the set, not given its default
@@ -198,6 +203,7 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
     std::unique_ptr<QueryRunner> query_;
+    std::unique_ptr<CertificateRefresher> certificates_;  ///< runs on control_
     bool stopping_{false};
     int exit_code_{0};             ///< of a stop that was no failure: 78 for a key layout refused at start
     bool forced_{false};           ///< the workers' loops were stopped with work left (finish_stop)
@@ -206,8 +212,9 @@ private:
     const std::int64_t started_ms_ = steady_ms();
 };
 
-App::App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime)
-    : impl_(std::make_unique<Impl>(std::move(cfg), std::move(runtime)))
+App::App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
+         std::shared_ptr<gateways::wechatpay::CertificateBooks> books)
+    : impl_(std::make_unique<Impl>(std::move(cfg), std::move(runtime), std::move(books)))
 {
 }
 
@@ -301,6 +308,20 @@ int App::Impl::run()
     crm_->start();
     query_ = std::make_unique<QueryRunner>(cfg, runtime_->query_accounts);
     query_->start();
+    certificates_ = std::make_unique<CertificateRefresher>(control_, books_);
+    certificates_->update(cfg, runtime_->query_accounts);
+    certificates_->start();
+    if (books_) {
+        reg.callback_gauge("paybridge_wechatpay_downloaded_certificates",
+                           "WeChat Pay platform certificates held from downloads (download_certificates), all merchants.",
+                           [books = books_] {
+                               double held = 0;
+                               for (const auto& book : books->all()) {
+                                   held += static_cast<double>(book->certificates()->size());
+                               }
+                               return held;
+                           });
+    }
     log::info("daemon.started", {{"listen", cfg.listen.host + ":" + std::to_string(cfg.listen.port)},
                                  {"workers", n}, {"version", PAYBRIDGE_VERSION}});
 
@@ -430,7 +451,7 @@ void App::Impl::reload()
     if (announce) {
         systemd::notify_reloading();
     }
-    ReloadResult r = reload_runtime(*cfg_);
+    ReloadResult r = reload_runtime(*cfg_, books_.get());
     if (!r.runtime) {
         for (const auto& p : r.problems) {
             log::error("daemon.reload_refused", {{"problem", p}});
@@ -451,6 +472,7 @@ void App::Impl::reload()
     cfg_ = r.runtime->config;
     crm_->update(*cfg_);
     query_->update(*cfg_, runtime_->query_accounts);
+    certificates_->update(*cfg_, runtime_->query_accounts);
     log::set_level(cfg_->log_level);
     // The context build_runtime checked, not the files read a second time: a certificate and key
     // replaced one after the other in between would not pair, and the old ones would stay unsaid.
@@ -485,6 +507,7 @@ void App::Impl::begin_stop()
     // Deliveries in flight finish (or fail and are kept for a retry) during the same grace period.
     crm_->request_stop();
     query_->request_stop();  // queries in flight are cut off; their bills are given back, due at once
+    certificates_->request_stop();
     asio::co_spawn(control_, finish_stop(), asio::detached);
 }
 
@@ -511,7 +534,7 @@ awaitable<void> App::Impl::finish_stop()
     }
     const auto hard_deadline = std::chrono::steady_clock::now() + 5s;
     for (;;) {
-        bool all_done = crm_->stopped() && query_->stopped();
+        bool all_done = crm_->stopped() && query_->stopped() && certificates_->stopped();
         for (auto& w : workers_) {
             all_done = all_done && w->done.load();
         }
@@ -519,7 +542,9 @@ awaitable<void> App::Impl::finish_stop()
             break;
         }
         if (std::chrono::steady_clock::now() > hard_deadline) {
-            log::error("daemon.forced_stop", {{"crm_stopped", crm_->stopped()}, {"query_stopped", query_->stopped()}});
+            log::error("daemon.forced_stop", {{"crm_stopped", crm_->stopped()},
+                                              {"query_stopped", query_->stopped()},
+                                              {"certificates_stopped", certificates_->stopped()}});
             forced_ = true;
             for (auto& w : workers_) {
                 w->ioc.stop();

@@ -7,18 +7,26 @@
 #include <string>
 #include <vector>
 
+namespace paybridge::gateways::wechatpay {
+class CertificateBooks;
+}
+
 namespace paybridge::daemon {
 
 /// Builds the gateways (keys, certificates) of a configuration. Every problem is appended to
-/// `problems`; the Runtime is null when there is any.
-webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems);
+/// `problems`; the Runtime is null when there is any. `books`: where the merchants with
+/// download_certificates keep what is downloaded (the process's; null for --check).
+webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems,
+                                   gateways::wechatpay::CertificateBooks* books = nullptr);
 
 /// The composition root: worker threads (one io_context each, share-nothing: own acceptor via
 /// SO_REUSEPORT, own Redis connection), the CRM dispatcher, signals (SIGTERM/SIGINT stop,
 /// SIGHUP reload), systemd notifications and the watchdog.
 class App {
 public:
-    App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime);
+    /// `books`: the ones `runtime` was built with (reloads build with them too).
+    App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
+        std::shared_ptr<gateways::wechatpay::CertificateBooks> books);
     ~App();
 
     /// Runs until SIGTERM/SIGINT (or stop()). Returns the process exit code.

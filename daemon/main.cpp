@@ -2,6 +2,7 @@
 #include "core/log.hpp"
 #include "daemon/app.hpp"
 #include "daemon/reload.hpp"
+#include "gateways/wechatpay/wechatpay_v3_gateway.hpp"
 
 #include <cstdio>
 #include <cstring>
@@ -60,9 +61,11 @@ int main(int argc, char** argv)
         usage(stderr);
         return kExitConfig;
     }
+    auto books = std::make_shared<paybridge::gateways::wechatpay::CertificateBooks>();
     paybridge::daemon::ReloadResult loaded;
     try {
-        loaded = paybridge::daemon::load_runtime(config_path);
+        // Only a daemon that runs downloads platform certificates: --check builds without books.
+        loaded = paybridge::daemon::load_runtime(config_path, check ? nullptr : books.get());
     } catch (const std::exception& e) {
         loaded.problems.push_back(std::string("unexpected error while loading: ") + e.what());
     }
@@ -86,7 +89,7 @@ int main(int argc, char** argv)
         return 0;
     }
     try {
-        paybridge::daemon::App app(loaded.runtime->config, loaded.runtime);
+        paybridge::daemon::App app(loaded.runtime->config, loaded.runtime, books);
         return app.run();
     } catch (const std::exception& e) {
         paybridge::log::error("daemon.fatal", {{"what", e.what()}});

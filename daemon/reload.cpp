@@ -9,7 +9,7 @@
 
 namespace paybridge::daemon {
 
-ReloadResult load_runtime(const std::string& path)
+ReloadResult load_runtime(const std::string& path, gateways::wechatpay::CertificateBooks* books)
 {
     ReloadResult r;
     config::SecretSource secrets;
@@ -42,13 +42,13 @@ ReloadResult load_runtime(const std::string& path)
         return r;
     }
     auto cfg = std::make_shared<const config::Config>(std::move(*report.config));
-    r.runtime = build_runtime(cfg, r.problems);
+    r.runtime = build_runtime(cfg, r.problems, books);
     return r;
 }
 
-ReloadResult reload_runtime(const config::Config& running)
+ReloadResult reload_runtime(const config::Config& running, gateways::wechatpay::CertificateBooks* books)
 {
-    ReloadResult r = load_runtime(running.path);
+    ReloadResult r = load_runtime(running.path, books);
     if (!r.runtime) {
         return r;
     }

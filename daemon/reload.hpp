@@ -6,6 +6,10 @@
 #include <string>
 #include <vector>
 
+namespace paybridge::gateways::wechatpay {
+class CertificateBooks;
+}
+
 namespace paybridge::daemon {
 
 /// Loads a configuration file and builds its Runtime (gateways, keys). Problems are reported
@@ -17,9 +21,9 @@ struct ReloadResult {
     std::vector<std::string> warnings;  ///< the loader's warnings (config::LoadReport::warnings)
 };
 
-ReloadResult load_runtime(const std::string& path);
+ReloadResult load_runtime(const std::string& path, gateways::wechatpay::CertificateBooks* books = nullptr);
 
 /// Re-reads the file the running configuration came from (SIGHUP).
-ReloadResult reload_runtime(const config::Config& running);
+ReloadResult reload_runtime(const config::Config& running, gateways::wechatpay::CertificateBooks* books = nullptr);
 
 }  // namespace paybridge::daemon
