@@ -133,7 +133,7 @@ struct DownloadWorld {
 }  // namespace
 
 TEST_CASE("wechatpay certificates: downloaded at start, an unknown serial downloads at once and WeChat's retry is "
-          "accepted; a reload keeps them")
+          "accepted, a reload keeps them")
 {
     DownloadWorld w;
     w.fx->start();
@@ -185,7 +185,7 @@ TEST_CASE("wechatpay certificates: downloaded at start, an unknown serial downlo
     CHECK(w.fx->stop() == 0);
 }
 
-TEST_CASE("wechatpay certificates: a forged or undecryptable list is refused and changes nothing; 404 (public-key "
+TEST_CASE("wechatpay certificates: a forged or undecryptable list is refused and changes nothing, 404 (public-key "
           "mode) is no failure")
 {
     DownloadWorld w;
