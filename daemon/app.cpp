@@ -42,7 +42,7 @@ using asio::awaitable;
 using namespace std::chrono_literals;
 
 webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems,
-                                   gateways::wechatpay::CertificateBooks* books)
+                                   gateways::CertificateBooks* books)
 {
     auto rt = std::make_shared<webhooks::Runtime>();
     rt->config = cfg;
@@ -166,7 +166,7 @@ std::int64_t steady_ms()
 class App::Impl {
 public:
     Impl(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
-         std::shared_ptr<gateways::wechatpay::CertificateBooks> books)
+         std::shared_ptr<gateways::CertificateBooks> books)
         : cfg_(std::move(cfg)), runtime_(std::move(runtime)), books_(std::move(books))
     {
     }
@@ -193,7 +193,7 @@ private:
     std::shared_ptr<const config::Config> cfg_;
     webhooks::RuntimePtr runtime_;
     /// Downloaded platform certificates, by merchant: the same across reloads.
-    std::shared_ptr<gateways::wechatpay::CertificateBooks> books_;
+    std::shared_ptr<gateways::CertificateBooks> books_;
     asio::io_context control_{1};
     /// Installed from construction, before any worker accepts, and kept until the process ends:
     /// a signal that arrives before control() waits is queued in the set, not given its default
@@ -213,7 +213,7 @@ private:
 };
 
 App::App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
-         std::shared_ptr<gateways::wechatpay::CertificateBooks> books)
+         std::shared_ptr<gateways::CertificateBooks> books)
     : impl_(std::make_unique<Impl>(std::move(cfg), std::move(runtime), std::move(books)))
 {
 }

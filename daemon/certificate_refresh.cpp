@@ -89,7 +89,7 @@ std::string serials_of(const std::vector<PlatformCertificate>& certificates)
 }  // namespace
 
 struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefresher::Impl> {
-    Impl(asio::io_context& io, std::shared_ptr<gateways::wechatpay::CertificateBooks> b)
+    Impl(asio::io_context& io, std::shared_ptr<gateways::CertificateBooks> b)
         : ioc(io), books(std::move(b)), wake(io)
     {
         (void)refresh_metrics();
@@ -105,7 +105,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     };
 
     asio::io_context& ioc;
-    std::shared_ptr<gateways::wechatpay::CertificateBooks> books;
+    std::shared_ptr<gateways::CertificateBooks> books;
     asio::steady_timer wake;
     bool stopping{false};
     bool stopped{false};
@@ -282,7 +282,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
             schedule_retry(m);
             co_return;
         }
-        const std::shared_ptr<gateways::wechatpay::CertificateBook>& book = source.merchant.downloaded;
+        const std::shared_ptr<gateways::CertificateBook>& book = source.merchant.downloaded;
         if (book) {
             const auto before = book->certificates();
             std::vector<PlatformCertificate> now_held = merged(*before, std::move(*fresh), now_unix);
@@ -304,7 +304,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
 };
 
 CertificateRefresher::CertificateRefresher(asio::io_context& ioc,
-                                           std::shared_ptr<gateways::wechatpay::CertificateBooks> books)
+                                           std::shared_ptr<gateways::CertificateBooks> books)
     : impl_(std::make_shared<Impl>(ioc, std::move(books)))
 {
 }
@@ -330,7 +330,7 @@ void CertificateRefresher::start()
     if (impl_->books) {
         std::weak_ptr<Impl> weak = impl_;
         asio::io_context& ioc = impl_->ioc;
-        impl_->books->set_hook([weak, &ioc](const std::string& mchid) {
+        impl_->books->set_hook([weak, &ioc](const std::string& mchid, const std::string&) {
             asio::post(ioc, [weak, mchid] {
                 if (auto impl = weak.lock()) {
                     impl->request(mchid);

@@ -29,16 +29,14 @@
 
 namespace paybridge::gateways {
 struct QueryAccounts;
-namespace wechatpay {
 class CertificateBooks;
-}
 }  // namespace paybridge::gateways
 
 namespace paybridge::daemon {
 
 class CertificateRefresher {
 public:
-    CertificateRefresher(boost::asio::io_context& ioc, std::shared_ptr<gateways::wechatpay::CertificateBooks> books);
+    CertificateRefresher(boost::asio::io_context& ioc, std::shared_ptr<gateways::CertificateBooks> books);
     ~CertificateRefresher();
     CertificateRefresher(const CertificateRefresher&) = delete;
     CertificateRefresher& operator=(const CertificateRefresher&) = delete;

@@ -6,7 +6,7 @@
 #include <string>
 #include <vector>
 
-namespace paybridge::gateways::wechatpay {
+namespace paybridge::gateways {
 class CertificateBooks;
 }
 
@@ -21,9 +21,9 @@ struct ReloadResult {
     std::vector<std::string> warnings;  ///< the loader's warnings (config::LoadReport::warnings)
 };
 
-ReloadResult load_runtime(const std::string& path, gateways::wechatpay::CertificateBooks* books = nullptr);
+ReloadResult load_runtime(const std::string& path, gateways::CertificateBooks* books = nullptr);
 
 /// Re-reads the file the running configuration came from (SIGHUP).
-ReloadResult reload_runtime(const config::Config& running, gateways::wechatpay::CertificateBooks* books = nullptr);
+ReloadResult reload_runtime(const config::Config& running, gateways::CertificateBooks* books = nullptr);
 
 }  // namespace paybridge::daemon

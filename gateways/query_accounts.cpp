@@ -173,7 +173,7 @@ void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std:
 }
 
 void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std::string>& problems,
-                 wechatpay::CertificateBooks* books)
+                 CertificateBooks* books)
 {
     std::vector<config::WechatMerchant> queried;
     for (const config::WechatMerchant& m : cfg.wechat_merchants) {
@@ -215,7 +215,7 @@ void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std:
 
 Result<std::shared_ptr<const QueryAccounts>> load_query_accounts(const config::Config& cfg,
                                                                 std::vector<std::string>& problems,
-                                                                wechatpay::CertificateBooks* books)
+                                                                CertificateBooks* books)
 {
     const std::size_t before = problems.size();
     auto accounts = std::make_shared<QueryAccounts>();

@@ -63,6 +63,6 @@ struct QueryAccounts {
 /// `books`: see wechatpay::load_v3_merchants (null for --check and tests: nothing is downloaded).
 Result<std::shared_ptr<const QueryAccounts>> load_query_accounts(const config::Config& cfg,
                                                                 std::vector<std::string>& problems,
-                                                                wechatpay::CertificateBooks* books = nullptr);
+                                                                CertificateBooks* books = nullptr);
 
 }  // namespace paybridge::gateways

@@ -13,7 +13,6 @@
 #include <rapidjson/writer.h>
 
 #include <charconv>
-#include <chrono>
 #include <optional>
 #include <set>
 #include <utility>
@@ -31,12 +30,6 @@ constexpr std::string_view kProvider = "wechatpay";
 constexpr std::string_view kChannel = "wechatpay_v3";
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
-
-std::int64_t steady_ms()
-{
-    return std::chrono::duration_cast<std::chrono::milliseconds>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-}
 
 /// An amount in fen: a JSON integer in [0, kMaxAmountFen]. absent → nullopt; wrong → error.
 Result<std::optional<std::int64_t>> amount_member(const Value& object, const char* name)
@@ -198,7 +191,7 @@ Result<ChosenKey> choose_key(const V3Merchant& merchant, std::string_view serial
         if (merchant.downloaded) {
             // WeChat Pay may have started signing with a certificate issued since the last
             // download: ask for a download now; WeChat retries the notification.
-            merchant.downloaded->unknown_serial();
+            merchant.downloaded->unknown_serial(std::string(std::string_view(wanted).substr(0, 64)));
         }
         return error(errc::bad_signature);
     }
@@ -513,77 +506,6 @@ Reply WechatV3Gateway::failure(const boost::system::error_code& ec) const
         message = "temporarily unavailable";
     }
     return Reply{.status = status, .content_type = "application/json", .body = fail_body(message)};
-}
-
-CertificateBook::CertificateBook(std::string mchid)
-    : mchid_(std::move(mchid)), certificates_(std::make_shared<const std::vector<PlatformCertificate>>())
-{
-}
-
-std::shared_ptr<const std::vector<PlatformCertificate>> CertificateBook::certificates() const
-{
-    std::lock_guard lock(mutex_);
-    return certificates_;
-}
-
-void CertificateBook::replace(std::vector<PlatformCertificate> certificates)
-{
-    auto next = std::make_shared<const std::vector<PlatformCertificate>>(std::move(certificates));
-    std::lock_guard lock(mutex_);
-    certificates_.swap(next);
-}
-
-void CertificateBook::unknown_serial() const
-{
-    const std::int64_t now = steady_ms();
-    std::int64_t last = last_hook_ms_.load();
-    if ((last != 0 && now - last < 1000) || !last_hook_ms_.compare_exchange_strong(last, now)) {
-        return;
-    }
-    UnknownSerialHook hook;
-    {
-        std::lock_guard lock(mutex_);
-        hook = hook_;
-    }
-    if (hook) {
-        hook(mchid_);
-    }
-}
-
-void CertificateBook::set_hook(UnknownSerialHook hook)
-{
-    std::lock_guard lock(mutex_);
-    hook_ = std::move(hook);
-}
-
-std::shared_ptr<CertificateBook> CertificateBooks::book(const std::string& mchid)
-{
-    std::lock_guard lock(mutex_);
-    std::shared_ptr<CertificateBook>& b = books_[mchid];
-    if (!b) {
-        b = std::make_shared<CertificateBook>(mchid);
-        b->set_hook(hook_);
-    }
-    return b;
-}
-
-std::vector<std::shared_ptr<CertificateBook>> CertificateBooks::all() const
-{
-    std::lock_guard lock(mutex_);
-    std::vector<std::shared_ptr<CertificateBook>> out;
-    for (const auto& [mchid, b] : books_) {
-        out.push_back(b);
-    }
-    return out;
-}
-
-void CertificateBooks::set_hook(const CertificateBook::UnknownSerialHook& hook)
-{
-    std::lock_guard lock(mutex_);
-    hook_ = hook;
-    for (const auto& [mchid, b] : books_) {
-        b->set_hook(hook);
-    }
 }
 
 Result<std::vector<V3Merchant>> load_v3_merchants(const std::vector<config::WechatMerchant>& merchants,

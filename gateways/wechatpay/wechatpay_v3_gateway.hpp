@@ -26,15 +26,14 @@
 // mchid so that operators can tell it from other malformed requests.
 
 #include "config/config.hpp"
+#include "gateways/certificate_book.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/gateway.hpp"
 
-#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
-#include <mutex>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -48,59 +47,11 @@ inline constexpr std::int64_t kV3TimestampWindowSeconds = 300;
 /// The only resource algorithm accepted.
 inline constexpr std::string_view kV3ResourceAlgorithm = "AEAD_AES_256_GCM";
 
-/// A WeChat Pay platform certificate, reduced to what verification needs.
-struct PlatformCertificate {
-    std::string serial;          ///< normalize_serial() form: upper-case hex, no leading zeros
-    crypto::SharedKey key;
-    std::int64_t not_before{0};  ///< Unix seconds
-    std::int64_t not_after{0};   ///< Unix seconds
-};
-
-/// The platform certificates downloaded from WeChat Pay for one merchant (download_certificates):
-/// the only part of a merchant's keys that changes while paybridged runs. Every gateway and query
-/// account built for the merchant (a reload builds new ones) shares its book; the downloader
-/// (daemon/certificate_refresh.hpp) replaces what it holds. Thread-safe.
-class CertificateBook {
-public:
-    /// Told a merchant's mchid when a request names a serial none of its keys has (any thread).
-    using UnknownSerialHook = std::function<void(const std::string& mchid)>;
-
-    explicit CertificateBook(std::string mchid);
-    CertificateBook(const CertificateBook&) = delete;
-    CertificateBook& operator=(const CertificateBook&) = delete;
-
-    const std::string& mchid() const noexcept { return mchid_; }
-    /// What was downloaded last (never null; empty before the first download).
-    std::shared_ptr<const std::vector<PlatformCertificate>> certificates() const;
-    void replace(std::vector<PlatformCertificate> certificates);
-    /// Calls the hook, at most once a second: a request with an unknown serial may come from
-    /// anyone, and one download answers them all.
-    void unknown_serial() const;
-    void set_hook(UnknownSerialHook hook);
-
-private:
-    const std::string mchid_;
-    mutable std::mutex mutex_;
-    std::shared_ptr<const std::vector<PlatformCertificate>> certificates_;
-    UnknownSerialHook hook_;
-    mutable std::atomic<std::int64_t> last_hook_ms_{0};
-};
-
-/// The books of one process, by mchid: the same book for a merchant across reloads.
-class CertificateBooks {
-public:
-    /// The merchant's book, made on first use (with the hook given to set_hook, if any).
-    std::shared_ptr<CertificateBook> book(const std::string& mchid);
-    /// Every book made so far.
-    std::vector<std::shared_ptr<CertificateBook>> all() const;
-    /// The hook of every book, made or to be made.
-    void set_hook(const CertificateBook::UnknownSerialHook& hook);
-
-private:
-    mutable std::mutex mutex_;
-    std::map<std::string, std::shared_ptr<CertificateBook>, std::less<>> books_;
-    CertificateBook::UnknownSerialHook hook_;
-};
+/// A WeChat Pay platform certificate, reduced to what verification needs (serial in
+/// normalize_serial() form: upper-case hex, no leading zeros).
+using PlatformCertificate = ProviderCertificate;
+using CertificateBook = gateways::CertificateBook;
+using CertificateBooks = gateways::CertificateBooks;
 
 /// One merchant's v3 material, as loaded and validated by load_v3_merchants.
 struct V3Merchant {

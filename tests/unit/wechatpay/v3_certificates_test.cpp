@@ -439,7 +439,7 @@ TEST_CASE("v3 certificates: certificates downloaded before verify the answer too
     auto m = v3_merchant(true, false);
     m.downloaded = std::make_shared<wx::CertificateBook>(kMchid);
     int hook_calls = 0;
-    m.downloaded->set_hook([&hook_calls](const std::string&) { ++hook_calls; });
+    m.downloaded->set_hook([&hook_calls](const std::string&, const std::string&) { ++hook_calls; });
     auto earlier = read(m, listing({next_entry()}, public_key_signer(), now), now);
     REQUIRE(earlier);
     m.downloaded->replace(*earlier);

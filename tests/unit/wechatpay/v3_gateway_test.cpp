@@ -682,7 +682,7 @@ TEST_CASE("v3: downloaded certificates (download_certificates) verify after the 
 {
     wx::CertificateBooks books;
     std::vector<std::string> told;
-    books.set_hook([&told](const std::string& mchid) { told.push_back(mchid); });
+    books.set_hook([&told](const std::string& mchid, const std::string& serial) { told.push_back(mchid + "/" + serial); });
     auto m = merchant(true, false);  // public key only: the platform certificate is not configured
     m.download_certificates = true;
     std::vector<std::string> problems;
@@ -697,7 +697,7 @@ TEST_CASE("v3: downloaded certificates (download_certificates) verify after the 
     // Not downloaded yet: refused, and the hook is told (once: a second within the second is not).
     CHECK(verify(*gateway, by_cert, now).error() == errc::bad_signature);
     CHECK(verify(*gateway, by_cert, now).error() == errc::bad_signature);
-    CHECK(told == std::vector<std::string>{kMchid});
+    CHECK(told == std::vector<std::string>{std::string(kMchid) + "/" + wx::normalize_serial(kPlatformSerial)});
 
     // Downloaded: the same notification verifies, by the book's certificate, in the gateway built before.
     book->replace({downloaded(keys().platform())});
