@@ -27,7 +27,7 @@ struct LookupState {
 }  // namespace
 
 asio::awaitable<Resolved> resolve_until(asio::any_io_executor executor, std::string host, std::uint16_t port,
-                                        std::chrono::steady_clock::time_point deadline)
+                                        std::chrono::steady_clock::time_point deadline, asio::cancellation_slot abort)
 {
     Resolved out;
     error_code not_literal;
@@ -45,7 +45,13 @@ asio::awaitable<Resolved> resolve_until(asio::any_io_executor executor, std::str
         state->signal.cancel();
     };
     state->resolver.async_resolve(host, std::to_string(port), std::move(on_resolved));
+    if (abort.is_connected()) {
+        abort.assign([state](asio::cancellation_type) { state->signal.cancel(); });
+    }
     co_await state->signal.async_wait(kUseTuple);
+    if (abort.is_connected()) {
+        abort.clear();
+    }
     if (!state->done) {
         state->resolver.cancel();
         out.error = asio::error::timed_out;

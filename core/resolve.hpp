@@ -4,6 +4,7 @@
 
 #include <boost/asio/any_io_executor.hpp>
 #include <boost/asio/awaitable.hpp>
+#include <boost/asio/cancellation_signal.hpp>
 #include <boost/asio/ip/tcp.hpp>
 
 #include <chrono>
@@ -25,8 +26,10 @@ struct Resolved {
 /// by `deadline`. getaddrinfo runs on Asio's resolver thread and cannot be interrupted, and Asio's
 /// resolver does not honour per-operation cancellation: so the caller waits on a timer that the
 /// look-up's completion cancels, and on timeout (or cancellation of this coroutine) the look-up is
-/// abandoned: it finishes in the background, touching only state it shares.
+/// abandoned: it finishes in the background, touching only state it shares. A signal emitted on
+/// `abort` (when connected) ends the wait the same way at once: a shutdown need not wait for DNS.
 boost::asio::awaitable<Resolved> resolve_until(boost::asio::any_io_executor executor, std::string host,
-                                               std::uint16_t port, std::chrono::steady_clock::time_point deadline);
+                                               std::uint16_t port, std::chrono::steady_clock::time_point deadline,
+                                               boost::asio::cancellation_slot abort = {});
 
 }  // namespace paybridge

@@ -235,6 +235,7 @@ struct HttpClient::Impl {
     asio::experimental::channel<void(error_code)> slots;
     std::vector<ConnectionPtr> idle;
     std::set<Connection*> busy;  ///< connections an attempt is using now (abort_in_flight)
+    std::vector<asio::cancellation_signal*> resolving;  ///< look-ups being waited for (abort_in_flight)
     bool aborting{false};        ///< abort_in_flight() was called: no new attempt starts
     HttpClientStats stats;
 
@@ -274,16 +275,20 @@ struct HttpClient::Impl {
     /// Connects (and handshakes). Returns the failure, if any.
     asio::awaitable<std::optional<PostResult>> open(Connection& conn, Clock::time_point deadline)
     {
-        Resolved resolved = co_await resolve_until(executor, url.host, url.port, deadline);
+        // abort_in_flight() ends the wait for the look-up through this signal.
+        asio::cancellation_signal abort_lookup;
+        resolving.push_back(&abort_lookup);
+        Resolved resolved = co_await resolve_until(executor, url.host, url.port, deadline, abort_lookup.slot());
+        std::erase(resolving, &abort_lookup);
+        if (aborting) {
+            co_return failure(asio::error::operation_aborted, "aborted");
+        }
         if (resolved.error) {
             const bool timed_out = resolved.error == asio::error::timed_out;
             PostResult result;
             result.response = make_error_code(timed_out ? errc::timeout : errc::crm_unavailable);
             result.error_detail = timed_out ? std::string("resolve: timed out") : describe("resolve", resolved.error);
             co_return result;
-        }
-        if (aborting) {  // the socket abort_in_flight() closed would be opened again by the connect
-            co_return failure(asio::error::operation_aborted, "aborted");
         }
         conn.tcp_layer().expires_at(deadline);
         auto [cec, endpoint] = co_await conn.tcp_layer().async_connect(resolved.endpoints, kUseTuple);
@@ -564,9 +569,13 @@ void HttpClient::abort_in_flight()
     for (Connection* conn : impl_->busy) {
         boost::system::error_code ignored;
         // Closing fails every operation pending on the socket (operation_aborted): connect,
-        // handshake, write or read. A name being resolved is not (the lookup has its own timer,
-        // bounded by the attempt's deadline); the connect after it then fails at once.
+        // handshake, write or read. The connect after a look-up is not attempted (aborting).
         conn->tcp_layer().socket().close(ignored);
+    }
+    // A look-up cannot be interrupted (getaddrinfo), but waiting for it can: it is abandoned.
+    const std::vector<asio::cancellation_signal*> resolving = impl_->resolving;
+    for (asio::cancellation_signal* lookup : resolving) {
+        lookup->emit(asio::cancellation_type::terminal);
     }
 }
 

@@ -116,9 +116,9 @@ public:
     void close_idle();
     /// Ends every request in flight now, and every later one before it starts: for a shutdown that
     /// must not wait for a slow server. A request cut off fails (crm_unavailable; error_detail says
-    /// where), or, when its status line was in, comes back with `complete` false. A name still being
-    /// resolved is not cut off (its lookup ends by the attempt's deadline). For requests whose repeat
-    /// is harmless only (queries, idempotent deliveries).
+    /// where), or, when its status line was in, comes back with `complete` false; a request waiting for
+    /// a host name look-up stops waiting (the look-up itself finishes in the background). For
+    /// requests whose repeat is harmless only (queries, idempotent deliveries).
     void abort_in_flight();
 
     const Url& url() const noexcept;
