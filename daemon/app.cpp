@@ -311,17 +311,6 @@ int App::Impl::run()
     certificates_ = std::make_unique<CertificateRefresher>(control_, books_);
     certificates_->update(cfg, runtime_->query_accounts);
     certificates_->start();
-    if (books_) {
-        reg.callback_gauge("paybridge_wechatpay_downloaded_certificates",
-                           "WeChat Pay platform certificates held from downloads (download_certificates), all merchants.",
-                           [books = books_] {
-                               double held = 0;
-                               for (const auto& book : books->all()) {
-                                   held += static_cast<double>(book->certificates()->size());
-                               }
-                               return held;
-                           });
-    }
     log::info("daemon.started", {{"listen", cfg.listen.host + ":" + std::to_string(cfg.listen.port)},
                                  {"workers", n}, {"version", PAYBRIDGE_VERSION}});
 

@@ -16,6 +16,7 @@
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <map>
 #include <set>
@@ -47,8 +48,11 @@ std::int64_t unix_now() { return unix_ms(std::chrono::system_clock::now()) / 100
 struct RefreshMetrics {
     metrics::Family<metrics::Counter>& downloads = metrics::registry().counter(
         "paybridge_wechatpay_certificate_downloads_total",
-        "Downloads of WeChat Pay platform certificates (download_certificates), by result: ok, not_found "
-        "(the merchant has none: public-key mode), failed.");
+        "Downloads of WeChat Pay platform certificates (download_certificates), by merchant and result: ok, "
+        "not_found (the merchant has none: public-key mode), failed.");
+    metrics::Family<metrics::Gauge>& held = metrics::registry().gauge(
+        "paybridge_wechatpay_downloaded_certificates",
+        "WeChat Pay platform certificates held from downloads and valid now, by merchant (download_certificates).");
 };
 
 RefreshMetrics& refresh_metrics()
@@ -57,21 +61,12 @@ RefreshMetrics& refresh_metrics()
     return m;
 }
 
-/// `fresh` plus the certificates of `before` that it does not list and that have not expired:
-/// WeChat Pay may stop listing a certificate while notifications signed with it are still being
-/// retried. Expired ones are dropped.
-std::vector<PlatformCertificate> merged(const std::vector<PlatformCertificate>& before,
-                                        std::vector<PlatformCertificate> fresh, std::int64_t now_unix)
+/// What the downloads of a merchant trust: a change empties its book (what came under an APIv3 key
+/// that was replaced, say a leaked one, is not kept).
+std::string trust_inputs(const gateways::CertificateSource& source, const config::ProviderQueryConfig& settings)
 {
-    std::erase_if(fresh, [now_unix](const PlatformCertificate& c) { return c.not_after < now_unix; });
-    for (const PlatformCertificate& old : before) {
-        const bool listed = std::any_of(fresh.begin(), fresh.end(),
-                                        [&old](const PlatformCertificate& c) { return c.serial == old.serial; });
-        if (!listed && old.not_after >= now_unix) {
-            fresh.push_back(old);
-        }
-    }
-    return fresh;
+    return crypto::hex_lower(crypto::sha256(source.merchant.apiv3_key)) + "|" + source.url + "|" + settings.ca_file + "|" +
+           source.signer.merchant_serial_no;
 }
 
 std::string serials_of(const std::vector<PlatformCertificate>& certificates)
@@ -88,6 +83,38 @@ std::string serials_of(const std::vector<PlatformCertificate>& certificates)
 
 }  // namespace
 
+namespace detail {
+
+/// `fresh` plus the certificates of `before` that it does not list, while they have not expired
+/// and were listed less than kUnlistedGraceSeconds ago (`last_listed`, by serial, which this
+/// updates): WeChat Pay may stop listing a certificate while notifications signed with it are
+/// still being retried. Expired certificates are dropped.
+std::vector<PlatformCertificate> merge_downloaded(const std::vector<PlatformCertificate>& before,
+                                                  std::vector<PlatformCertificate> fresh,
+                                                  std::map<std::string, std::int64_t>& last_listed, std::int64_t now_unix)
+{
+    std::erase_if(fresh, [now_unix](const PlatformCertificate& c) { return c.not_after < now_unix; });
+    for (const PlatformCertificate& c : fresh) {
+        last_listed[c.serial] = now_unix;
+    }
+    for (const PlatformCertificate& old : before) {
+        const bool listed = std::any_of(fresh.begin(), fresh.end(),
+                                        [&old](const PlatformCertificate& c) { return c.serial == old.serial; });
+        const auto seen = last_listed.find(old.serial);
+        const bool recent = seen != last_listed.end() && now_unix - seen->second < kUnlistedGraceSeconds;
+        if (!listed && old.not_after >= now_unix && recent) {
+            fresh.push_back(old);
+        }
+    }
+    std::erase_if(last_listed, [&fresh](const auto& entry) {
+        return std::none_of(fresh.begin(), fresh.end(),
+                            [&entry](const PlatformCertificate& c) { return c.serial == entry.first; });
+    });
+    return fresh;
+}
+
+}  // namespace detail
+
 struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefresher::Impl> {
     Impl(asio::io_context& io, std::shared_ptr<gateways::CertificateBooks> b)
         : ioc(io), books(std::move(b)), wake(io)
@@ -102,6 +129,8 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         std::int64_t next_ms{0};          ///< steady ms of the next download
         std::int64_t last_request_ms{0};  ///< steady ms an unknown serial last moved next_ms (0: never)
         int failures{0};                  ///< in a row
+        std::string trusted;              ///< trust_inputs() of the source
+        std::map<std::string, std::int64_t> last_listed;  ///< serial → Unix seconds it was last listed
     };
 
     asio::io_context& ioc;
@@ -130,14 +159,23 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         if (accounts) {
             for (const gateways::CertificateSource& source : accounts->certificate_sources) {
                 Merchant m;
-                if (auto found = merchants.find(source.merchant.mchid); found != merchants.end()) {
-                    // Its schedule carries over a reload.
-                    m.next_ms = found->second.next_ms;
+                m.trusted = trust_inputs(source, next_settings);
+                auto found = merchants.find(source.merchant.mchid);
+                if (found != merchants.end() && found->second.trusted == m.trusted) {
+                    // Its schedule carries over a reload, but a reload is a new chance after failures
+                    // (the cause may have been fixed).
+                    m.next_ms = found->second.failures > 0 ? now : found->second.next_ms;
                     m.last_request_ms = found->second.last_request_ms;
-                    m.failures = found->second.failures;
+                    m.last_listed = std::move(found->second.last_listed);
                 } else {
+                    // New, turned on again, or trusting other inputs: what its book holds came
+                    // another way; start again.
+                    if (source.merchant.downloaded) {
+                        source.merchant.downloaded->replace({});
+                    }
                     m.next_ms = now;
                 }
+                show_held(source.merchant.mchid, source.merchant.downloaded);
                 m.source = &source;
                 crm::HttpClientOptions options;
                 options.url = source.url;
@@ -159,16 +197,47 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 next.emplace(source.merchant.mchid, std::move(m));
             }
         }
+        for (auto& [mchid, m] : merchants) {
+            if (!next.contains(mchid)) {
+                // No longer downloaded for (removed, or download_certificates off): its gateway no
+                // longer consults the book; empty it so that turning downloads on again starts afresh.
+                if (m.source->merchant.downloaded) {
+                    m.source->merchant.downloaded->replace({});
+                }
+                refresh_metrics().held.with({{"mchid", mchid}}).set(0);
+            }
+        }
         merchants = std::move(next);
     }
 
-    void request(const std::string& mchid)
+    /// The book's certificates valid now, as the merchant's gauge.
+    static void show_held(const std::string& mchid, const std::shared_ptr<gateways::CertificateBook>& book)
+    {
+        double valid = 0;
+        if (book) {
+            const std::int64_t now_unix = unix_now();
+            for (const PlatformCertificate& c : *book->certificates()) {
+                valid += now_unix >= c.not_before && now_unix <= c.not_after ? 1 : 0;
+            }
+        }
+        refresh_metrics().held.with({{"mchid", mchid}}).set(valid);
+    }
+
+    void request(const std::string& mchid, const std::string& serial)
     {
         auto found = merchants.find(mchid);
         if (found == merchants.end() || stopping) {
             return;
         }
         Merchant& m = found->second;
+        // /v3/certificates lists platform certificates, named by hex serials: a public key id
+        // (PUB_KEY_ID_...) or anything else cannot be in it. And while downloads fail, the
+        // backoff holds: anyone can send a serial.
+        const bool hex = !serial.empty() && serial.size() <= 64 &&
+                         std::all_of(serial.begin(), serial.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
+        if (!hex || m.failures > 0) {
+            return;
+        }
         // Spaced from the last download an unknown serial brought forward, not from the scheduled
         // ones: the first unknown serial after a scheduled download is answered at once.
         const std::int64_t earliest = m.last_request_ms == 0 ? 0 : m.last_request_ms + kRequestSpacing.count();
@@ -184,6 +253,10 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     awaitable<void> run()
     {
         auto keep = shared_from_this();
+        struct MarkStopped {  // also when the loop ends by an exception (LogFailure logs it)
+            Impl& impl;
+            ~MarkStopped() { impl.stopped = true; }
+        } mark{*this};
         while (!stopping) {
             if (changed) {
                 apply_update();
@@ -206,7 +279,6 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
             wake.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(soonest - now, 1)));
             co_await wake.async_wait(kUseTuple);
         }
-        stopped = true;
     }
 
     void schedule_retry(Merchant& m)
@@ -219,6 +291,27 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         m.next_ms = steady_now_ms() + std::min<std::int64_t>(delay, kRefreshEvery.count());
     }
 
+    /// Seconds to the next attempt, for the failure logs.
+    static std::int64_t retry_in_s(const Merchant& m) { return (m.next_ms - steady_now_ms() + 999) / 1000; }
+
+    /// Counts and logs a failed download, and schedules the next attempt.
+    void failed(Merchant& m, bool people_must_look, std::string_view error, std::int64_t status, std::string_view detail)
+    {
+        const std::string& mchid = m.source->merchant.mchid;
+        schedule_retry(m);
+        refresh_metrics().downloads.with({{"mchid", mchid}, {"result", "failed"}}).inc();
+        const std::initializer_list<log::Field> fields{{"mchid", mchid},
+                                                       {"error", error},
+                                                       {"status", status},
+                                                       {"detail", detail},
+                                                       {"retry_in_s", retry_in_s(m)}};
+        if (people_must_look) {
+            log::error("wechatpay.certificates_download_failed", fields);
+        } else {
+            log::warning("wechatpay.certificates_download_failed", fields);
+        }
+    }
+
     awaitable<void> download(Merchant& m)
     {
         const gateways::CertificateSource& source = *m.source;
@@ -227,10 +320,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         Result<gateways::QueryRequest> request = gateways::wechatpay::build_certificates_request(
             source.merchant, source.signer, source.base_path, unix_now(), nonce);
         if (!request) {
-            refresh_metrics().downloads.with({{"result", "failed"}}).inc();
-            log::error("wechatpay.certificates_download_failed",
-                       {{"mchid", mchid}, {"error", error_name(request.error())}, {"detail", "the request could not be built"}});
-            schedule_retry(m);
+            failed(m, true, error_name(request.error()), 0, "the request could not be built");
             co_return;
         }
         crm::Headers headers = std::move(request->headers);
@@ -241,13 +331,9 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         }
         const bool cut = sent.response && (!sent.response->complete || sent.response->body_head.size() > kMaxAnswerBytes);
         if (!sent.response || cut) {
-            refresh_metrics().downloads.with({{"result", "failed"}}).inc();
-            log::warning("wechatpay.certificates_download_failed",
-                         {{"mchid", mchid},
-                          {"error", sent.response ? std::string_view("provider_unavailable") : error_name(sent.response.error())},
-                          {"detail", sent.response ? std::string_view("the answer was cut short")
-                                                   : std::string_view(sent.error_detail)}});
-            schedule_retry(m);
+            failed(m, false, sent.response ? std::string_view("provider_unavailable") : error_name(sent.response.error()),
+                   sent.response ? static_cast<std::int64_t>(sent.response->status) : 0,
+                   sent.response ? std::string_view("the answer was cut short") : std::string_view(sent.error_detail));
             co_return;
         }
         gateways::QueryResponse response;
@@ -258,46 +344,50 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         const std::int64_t now_unix = unix_now();
         Result<std::vector<PlatformCertificate>> fresh =
             gateways::wechatpay::read_certificates_response(source.merchant, response, now_unix, &detail);
-        if (!fresh) {
-            if (response.status == 404) {
-                // Public-key mode: WeChat Pay signs with the public key, and has no certificates.
-                refresh_metrics().downloads.with({{"result", "not_found"}}).inc();
-                log::info("wechatpay.certificates_none", {{"mchid", mchid}, {"detail", detail}});
-                m.failures = 0;
-                m.next_ms = steady_now_ms() + kRefreshEvery.count();
-                co_return;
-            }
-            refresh_metrics().downloads.with({{"result", "failed"}}).inc();
-            const bool transient = fresh.error() == errc::provider_unavailable;
-            const std::initializer_list<log::Field> fields{{"mchid", mchid},
-                                                           {"error", error_name(fresh.error())},
-                                                           {"status", static_cast<std::int64_t>(response.status)},
-                                                           {"detail", detail}};
-            if (transient) {
-                log::warning("wechatpay.certificates_download_failed", fields);
+        if (!fresh && response.status == 404) {
+            // Public-key mode: WeChat Pay signs with the public key, and has no certificates.
+            refresh_metrics().downloads.with({{"mchid", mchid}, {"result", "not_found"}}).inc();
+            m.failures = 0;
+            m.next_ms = steady_now_ms() + kRefreshEvery.count();
+            if (!source.merchant.public_key && source.merchant.certificates.empty()) {
+                // Nothing else verifies this merchant's notifications: each one is refused.
+                log::error("wechatpay.certificates_none",
+                           {{"mchid", mchid}, {"detail", detail},
+                            {"why", "no public key or platform certificate is configured either: every notification "
+                                    "is refused until one is"}});
             } else {
-                // Forged, damaged, our request refused, or our APIv3 key wrong: people must look.
-                log::error("wechatpay.certificates_download_failed", fields);
+                log::info("wechatpay.certificates_none", {{"mchid", mchid}, {"detail", detail}});
             }
-            schedule_retry(m);
+            co_return;
+        }
+        if (!fresh) {
+            // Forged, damaged, our request refused, or our APIv3 key wrong: people must look.
+            failed(m, fresh.error() != errc::provider_unavailable, error_name(fresh.error()),
+                   static_cast<std::int64_t>(response.status), detail);
             co_return;
         }
         const std::shared_ptr<gateways::CertificateBook>& book = source.merchant.downloaded;
         if (book) {
             const auto before = book->certificates();
-            std::vector<PlatformCertificate> now_held = merged(*before, std::move(*fresh), now_unix);
+            std::vector<PlatformCertificate> now_held = detail::merge_downloaded(*before, std::move(*fresh), m.last_listed, now_unix);
             std::set<std::string> known;
             for (const PlatformCertificate& c : *before) {
                 known.insert(c.serial);
             }
             const auto added = std::count_if(now_held.begin(), now_held.end(),
                                              [&known](const PlatformCertificate& c) { return !known.contains(c.serial); });
+            const auto dropped = std::count_if(before->begin(), before->end(), [&now_held](const PlatformCertificate& c) {
+                return std::none_of(now_held.begin(), now_held.end(),
+                                    [&c](const PlatformCertificate& h) { return h.serial == c.serial; });
+            });
             const std::string serials = serials_of(now_held);
             book->replace(std::move(now_held));
             log::info("wechatpay.certificates_downloaded",
-                      {{"mchid", mchid}, {"serials", serials}, {"added", static_cast<std::int64_t>(added)}, {"detail", detail}});
+                      {{"mchid", mchid}, {"serials", serials}, {"added", static_cast<std::int64_t>(added)},
+                       {"dropped", static_cast<std::int64_t>(dropped)}, {"detail", detail}});
         }
-        refresh_metrics().downloads.with({{"result", "ok"}}).inc();
+        show_held(mchid, book);
+        refresh_metrics().downloads.with({{"mchid", mchid}, {"result", "ok"}}).inc();
         m.failures = 0;
         m.next_ms = steady_now_ms() + kRefreshEvery.count();
     }
@@ -330,25 +420,15 @@ void CertificateRefresher::start()
     if (impl_->books) {
         std::weak_ptr<Impl> weak = impl_;
         asio::io_context& ioc = impl_->ioc;
-        impl_->books->set_hook([weak, &ioc](const std::string& mchid, const std::string&) {
-            asio::post(ioc, [weak, mchid] {
+        impl_->books->set_hook([weak, &ioc](const std::string& mchid, const std::string& serial) {
+            asio::post(ioc, [weak, mchid, serial] {
                 if (auto impl = weak.lock()) {
-                    impl->request(mchid);
+                    impl->request(mchid, serial);
                 }
             });
         });
     }
-    asio::co_spawn(impl_->ioc, impl_->run(), asio::detached);
-}
-
-void CertificateRefresher::request(const std::string& mchid)
-{
-    std::weak_ptr<Impl> weak = impl_;
-    asio::post(impl_->ioc, [weak, mchid] {
-        if (auto impl = weak.lock()) {
-            impl->request(mchid);
-        }
-    });
+    asio::co_spawn(impl_->ioc, impl_->run(), LogFailure("wechatpay.certificates_refresher_failed"));
 }
 
 void CertificateRefresher::request_stop()

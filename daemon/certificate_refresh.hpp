@@ -8,10 +8,13 @@
 //
 // When: at start (and when a reload adds a merchant), every 6 hours after a download (WeChat Pay
 // lists a new certificate 24 h before it signs with it, and advises polling at least every 12 h),
-// and at once when a notification names a serial no key of the merchant has (at most once a
-// minute per merchant: WeChat Pay retries the notification, and the retry finds the new
-// certificate). A failed download is tried again after 1 min, 2 min, 4 min ... up to 6 h. A
-// certificate stays in the book until it expires, also when a later download no longer lists it.
+// and at once when a notification names a hex serial no key of the merchant has (at most once a
+// minute per merchant, and not while downloads fail: WeChat Pay retries the notification, and the
+// retry finds the new certificate). A failed download is tried again after 1 min, 2 min, 4 min
+// ... up to 6 h, and at once after a reload. A certificate a later download no longer lists stays
+// 48 hours after it was last listed (retries of notifications signed with it), never past its
+// expiry. A merchant's book is emptied when the inputs its downloads were trusted by change on a
+// reload (APIv3 key, URL, CA file, merchant serial) and when downloads for it are turned off.
 // A 404 means the merchant has no platform certificates (public-key mode): nothing changes.
 //
 // Each instance downloads for itself: the certificates are WeChat Pay's to give, not state of
@@ -21,11 +24,15 @@
 // thread-safe except request().
 
 #include "config/config.hpp"
+#include "gateways/certificate_book.hpp"
 
 #include <boost/asio/io_context.hpp>
 
+#include <cstdint>
+#include <map>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace paybridge::gateways {
 struct QueryAccounts;
@@ -33,6 +40,23 @@ class CertificateBooks;
 }  // namespace paybridge::gateways
 
 namespace paybridge::daemon {
+
+namespace detail {
+
+/// A certificate WeChat Pay no longer lists is kept this long after it was last listed: enough for
+/// the retries of notifications signed with it (24 h 4 min), not for a withdrawn one to linger.
+inline constexpr std::int64_t kUnlistedGraceSeconds = 48 * 3600;
+
+/// What a merchant's book holds after a download listed `fresh`: `fresh` plus the certificates of
+/// `before` it does not list, while they have not expired and were listed less than
+/// kUnlistedGraceSeconds ago (`last_listed`: serial → Unix seconds, updated here); expired ones
+/// are dropped.
+std::vector<gateways::ProviderCertificate> merge_downloaded(const std::vector<gateways::ProviderCertificate>& before,
+                                                            std::vector<gateways::ProviderCertificate> fresh,
+                                                            std::map<std::string, std::int64_t>& last_listed,
+                                                            std::int64_t now_unix);
+
+}  // namespace detail
 
 class CertificateRefresher {
 public:
@@ -45,8 +69,6 @@ public:
     /// download timeout and CA file are provider_query's (its defaults without the section).
     void update(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts);
     void start();
-    /// A request named a serial none of the merchant's keys has: download soon. Any thread.
-    void request(const std::string& mchid);
     /// Cuts a download in flight off and ends the loop.
     void request_stop();
     bool stopped() const noexcept;

@@ -60,6 +60,11 @@ Result<PlatformCertificate> read_entry(const V3Merchant& merchant, const rapidjs
     if (!associated_data) {
         return malformed("encrypt_certificate has no associated_data");
     }
+    // WeChat Pay seals certificates with associated data "certificate" (§2.13): a ciphertext
+    // sealed under the same APIv3 key for another purpose (a notification's resource) is not one.
+    if (*associated_data != "certificate") {
+        return malformed("associated_data is not \"certificate\"");
+    }
     if (!ciphertext || ciphertext->empty()) {
         return malformed("encrypt_certificate has no ciphertext");
     }

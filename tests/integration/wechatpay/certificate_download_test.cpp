@@ -53,23 +53,42 @@ struct DownloadWorld {
     std::string answer_mode{"good"};  ///< "good", "forged" (signed by a stranger), "wrong_key" (another APIv3 key), "404"
     std::atomic<int> refused{0};      ///< requests whose merchant signature did not check
     HttpReceiver api{HttpReceiverOptions{}};
+    DaemonOptions opts;
     std::unique_ptr<DaemonFixture> fx;
 
     DownloadWorld()
     {
         listed = {&cert_a};
-        DaemonOptions opts;
         opts.workers = 1;
         opts.start = false;
-        opts.wechat_merchant_extra = R"(, "merchant_private_key": "file:keys/merchant_private.pem", "merchant_serial_no": ")" +
-                                     std::string(kMerchantSerial) + R"(", "api_url": ")" + api.url("") +
-                                     R"(", "download_certificates": true)";
+        opts.wechat_merchant_extra = merchant_extra(api.url(""));
         fx = std::make_unique<DaemonFixture>(opts);
         const auto key_path = fx->dir() / "keys/merchant_private.pem";
         std::filesystem::create_directories(key_path.parent_path());
         std::ofstream(key_path, std::ios::binary) << merchant_keys.private_pem;
         ::chmod(key_path.c_str(), 0600);
         serve();
+    }
+
+    static std::string merchant_extra(const std::string& api_url)
+    {
+        return R"(, "merchant_private_key": "file:keys/merchant_private.pem", "merchant_serial_no": ")" +
+               std::string(kMerchantSerial) + R"(", "api_url": ")" + api_url + R"(", "download_certificates": true)";
+    }
+
+    /// SIGHUP, and waits until the daemon says it reloaded (the n-th time).
+    void reload(std::size_t n)
+    {
+        REQUIRE(::kill(fx->process().pid(), SIGHUP) == 0);
+        REQUIRE(wait_until([&] { return occurrences(fx->log(), "\"daemon.reloaded\"") == n; }, 10s));
+    }
+    static std::size_t occurrences(const std::string& text, const std::string& what)
+    {
+        std::size_t n = 0;
+        for (auto at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) {
+            ++n;
+        }
+        return n;
     }
 
     void serve()
@@ -137,10 +156,10 @@ TEST_CASE("wechatpay certificates: downloaded at start, an unknown serial downlo
 {
     DownloadWorld w;
     w.fx->start();
-    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{result=\"ok\"} 1"));
+    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{mchid=\"1900000001\",result=\"ok\"} 1"));
     CHECK(w.downloads() == 1);
     CHECK(w.refused == 0);
-    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates 1") != std::string::npos);
+    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates{mchid=\"1900000001\"} 1") != std::string::npos);
 
     // Certificate A was never configured: it verifies now, as a downloaded one.
     REQUIRE(w.fx->create_bill("CD-1", 1000).status == 201);
@@ -157,10 +176,10 @@ TEST_CASE("wechatpay certificates: downloaded at start, an unknown serial downlo
     REQUIRE(w.fx->create_bill("CD-2", 1000).status == 201);
     check_v3_fail(w.pay("CD-2", w.cert_b, kSerialB), 401);
     REQUIRE(wait_until([&] { return w.downloads() == 2; }, 10s));
-    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{result=\"ok\"} 2"));
+    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{mchid=\"1900000001\",result=\"ok\"} 2"));
     CHECK(w.pay("CD-2", w.cert_b, kSerialB).status == 204);
     CHECK(status_of(*w.fx, "CD-2") == "PAID");
-    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates 2") != std::string::npos);
+    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates{mchid=\"1900000001\"} 2") != std::string::npos);
     CHECK(w.fx->log().find("\"event\":\"wechatpay.certificates_downloaded\"") != std::string::npos);
 
     // Anyone can name an unknown serial: a second one within the minute downloads nothing more.
@@ -177,11 +196,20 @@ TEST_CASE("wechatpay certificates: downloaded at start, an unknown serial downlo
         r.body = R"({"code":"SYSTEM_ERROR","message":"busy"})";
         return r;
     });
-    REQUIRE(::kill(w.fx->process().pid(), SIGHUP) == 0);
-    REQUIRE(wait_until([&] { return w.fx->log().find("daemon.reloaded") != std::string::npos; }, 10s));
+    w.reload(1);
     REQUIRE(w.fx->create_bill("CD-4", 1000).status == 201);
     CHECK(w.pay("CD-4", w.cert_b, kSerialB).status == 204);
     CHECK(status_of(*w.fx, "CD-4") == "PAID");
+
+    // A reload that changes what the downloads were trusted by (here the API's URL) empties the
+    // book: certificate B is refused until a download from the new URL brings it (which fails: 500).
+    w.opts.wechat_merchant_extra = DownloadWorld::merchant_extra(w.api.url("/elsewhere"));
+    w.fx->write_config(w.opts);
+    w.reload(2);
+    REQUIRE(w.fx->create_bill("CD-5", 1000).status == 201);
+    check_v3_fail(w.pay("CD-5", w.cert_b, kSerialB), 401);
+    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates{mchid=\"1900000001\"} 0") != std::string::npos);
+    CHECK(status_of(*w.fx, "CD-5") == "PENDING");
     CHECK(w.fx->stop() == 0);
 }
 
@@ -194,20 +222,28 @@ TEST_CASE("wechatpay certificates: a forged or undecryptable list is refused and
         w.answer_mode = "forged";
     }
     w.fx->start();
-    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{result=\"failed\"} 1"));
+    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{mchid=\"1900000001\",result=\"failed\"} 1"));
     CHECK(w.fx->log().find("bad_signature") != std::string::npos);
     REQUIRE(w.fx->create_bill("CF-1", 1000).status == 201);
 
-    // Under another APIv3 key (the certificates do not decrypt): the unknown serial's download
-    // fails too, and the notification stays refused.
+    // While downloads fail, an unknown serial does not bring the next one forward (anyone can
+    // send one): the backoff holds.
+    check_v3_fail(w.pay("CF-1", w.cert_a, kSerialA), 401);
+    std::this_thread::sleep_for(2s);
+    CHECK(w.downloads() == 1);
+
+    // A reload is a new chance: the next download is at once. Under another APIv3 key (the
+    // certificates do not decrypt) it fails too, and the notification stays refused.
     {
         std::lock_guard lock(w.mu);
         w.answer_mode = "wrong_key";
     }
-    check_v3_fail(w.pay("CF-1", w.cert_a, kSerialA), 401);
-    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{result=\"failed\"} 2"));
+    w.reload(1);
+    REQUIRE(w.metric_has("paybridge_wechatpay_certificate_downloads_total{mchid=\"1900000001\",result=\"failed\"} 2"));
     CHECK(w.downloads() == 2);
-    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates 0") != std::string::npos);
+    CHECK(w.fx->log().find("decrypt failed") != std::string::npos);
+    CHECK(w.fx->log().find("\"retry_in_s\":") != std::string::npos);
+    CHECK(w.metrics().find("paybridge_wechatpay_downloaded_certificates{mchid=\"1900000001\"} 0") != std::string::npos);
     check_v3_fail(w.pay("CF-1", w.cert_a, kSerialA), 401);
     CHECK(status_of(*w.fx, "CF-1") == "PENDING");
     // The configured WeChat Pay public key works throughout.
@@ -222,7 +258,7 @@ TEST_CASE("wechatpay certificates: a forged or undecryptable list is refused and
         public_key_mode.answer_mode = "404";
     }
     public_key_mode.fx->start();
-    REQUIRE(public_key_mode.metric_has("paybridge_wechatpay_certificate_downloads_total{result=\"not_found\"} 1"));
+    REQUIRE(public_key_mode.metric_has("paybridge_wechatpay_certificate_downloads_total{mchid=\"1900000001\",result=\"not_found\"} 1"));
     CHECK(public_key_mode.fx->log().find("wechatpay.certificates_none") != std::string::npos);
     CHECK(public_key_mode.fx->log().find("wechatpay.certificates_download_failed") == std::string::npos);
     CHECK(public_key_mode.fx->stop() == 0);

@@ -619,13 +619,12 @@ TEST_CASE("v3 certificates: malformed answers")
     const std::string good = listing({{next_certificate().cert_pem, kNextSerial}}, signer, now).body;
     REQUIRE(read(m, signed_listing(good, signer, now), now));
 
-    const auto sealed = [](std::string_view plaintext) {
-        auto ciphertext = crypto::aes256gcm_encrypt(keys().apiv3_key, "0123456789ab", "certificate", plaintext);
+    const auto sealed = [](std::string_view plaintext, const std::string& aad = "certificate") {
+        auto ciphertext = crypto::aes256gcm_encrypt(keys().apiv3_key, "0123456789ab", aad, plaintext);
         REQUIRE(ciphertext);
         return R"({"data":[{"serial_no":"5157F09EFDC096DE15EBE81A47057A7232F1B8E1","encrypt_certificate":)"
-               R"({"algorithm":"AEAD_AES_256_GCM","nonce":"0123456789ab","associated_data":"certificate",)"
-               R"("ciphertext":")" +
-               crypto::base64_encode(*ciphertext) + "\"}}]}";
+               R"({"algorithm":"AEAD_AES_256_GCM","nonce":"0123456789ab","associated_data":")" +
+               aad + R"(","ciphertext":")" + crypto::base64_encode(*ciphertext) + "\"}}]}";
     };
     const struct {
         std::string body;
@@ -649,6 +648,8 @@ TEST_CASE("v3 certificates: malformed answers")
         {sealed("not a certificate"), "200 data[0] does not decrypt to one PEM certificate"},
         {sealed(next_certificate().cert_pem + keys().platform().cert_pem),
          "200 data[0] does not decrypt to one PEM certificate"},
+        // Sealed under the APIv3 key for another purpose (a notification's resource is "transaction").
+        {sealed(next_certificate().cert_pem, "transaction"), "200 data[0] associated_data is not \"certificate\""},
         {sealed(next_certificate().cert_pem), nullptr},  // the hand-built entry itself reads
     };
     for (const auto& c : cases) {
