@@ -113,6 +113,10 @@ struct AlipayApp {
     std::string app_private_key_pem;
     std::string app_public_cert_pem;
     std::string gateway_url{"https://openapi.alipay.com/gateway.do"};
+    /// Certificate mode: download Alipay's re-issued public certificate
+    /// (alipay.open.app.alipaycert.download, signed with app_private_key) when an API answer names
+    /// an alipay_cert_sn not held. Needs certificate mode, app_private_key and app_public_cert_file.
+    bool download_certificates{false};
 };
 
 struct WechatMerchant {

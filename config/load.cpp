@@ -570,6 +570,21 @@ private:
                 problems_.note(child(item, "app_public_cert_file"),
                                "required with app_private_key in certificate mode (its SN is sent as app_cert_sn)");
             }
+            if (const Value* download = at(v, item, "download_certificates"); download != nullptr && download->IsBool()) {
+                app.download_certificates = download->GetBool();
+            }
+            if (app.download_certificates) {
+                // Alipay names its certificate by SN only in certificate mode, and the download is a
+                // certificate-mode request (app_cert_sn, alipay_root_cert_sn) signed with the app's key.
+                if (key_mode || !has_cert || !has_root) {
+                    problems_.note(child(item, "download_certificates"),
+                                   "only in certificate mode (alipay_public_cert_file and alipay_root_cert_file, "
+                                   "which the downloaded certificate must chain to)");
+                } else if (!present(v, "app_private_key") || !present(v, "app_public_cert_file")) {
+                    problems_.note(child(item, "download_certificates"),
+                                   "needs app_private_key and app_public_cert_file (the download is a signed request)");
+                }
+            }
             http_url(v, item, "gateway_url", app.gateway_url);
             out.push_back(std::move(app));
         }

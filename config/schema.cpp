@@ -150,7 +150,11 @@ const std::string_view kConfigSchema = R"json({
               "previous_alipay_public_cert_file": { "$ref": "#/definitions/file_path" },
               "app_private_key": { "$ref": "#/definitions/secret_ref" },
               "app_public_cert_file": { "$ref": "#/definitions/file_path" },
-              "gateway_url": { "$ref": "#/definitions/http_url" }
+              "gateway_url": { "$ref": "#/definitions/http_url" },
+              "download_certificates": {
+                "type": "boolean",
+                "description": "download Alipay's re-issued certificate with alipay.open.app.alipaycert.download"
+              }
             }
           }
         }

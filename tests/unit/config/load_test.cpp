@@ -1140,3 +1140,53 @@ TEST_CASE("config: download_certificates needs the merchant's signing key and st
     CHECK(good.config->wechat_merchants[0].platform_certificates_pem.empty());
     CHECK(good.config->wechat_merchants[0].public_key_pem.empty());
 }
+
+TEST_CASE("config: an Alipay app's download_certificates needs certificate mode and the app's signing key")
+{
+    MinimalFixture f;
+    f.box.write("alipay_public.pem", "key");
+    f.box.write("alipay.crt", "cert");
+    f.box.write("root.crt", "root");
+    f.box.write("app.crt", "app cert");
+    const LoadReport bad = load(f.box, R"({
+      "alipay": { "apps": [
+          { "app_id": "1", "alipay_public_key_file": "alipay_public.pem", "app_private_key": "env:APP_KEY",
+            "download_certificates": true },
+          { "app_id": "2", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+            "download_certificates": true },
+          { "app_id": "3", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+            "app_private_key": "env:APP_KEY", "download_certificates": true },
+          { "app_id": "4", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+            "app_private_key": "env:APP_KEY", "app_public_cert_file": "app.crt", "download_certificates": "yes" },
+          { "app_id": "5", "alipay_public_key_file": "alipay_public.pem", "download_certificates": false } ] }
+    })",
+                                {{"APP_KEY", "-----BEGIN PRIVATE KEY-----"}});
+    check_problems(bad, {
+                            "/alipay/apps/0/download_certificates: only in certificate mode (alipay_public_cert_file "
+                            "and alipay_root_cert_file, which the downloaded certificate must chain to)",
+                            "/alipay/apps/1/download_certificates: needs app_private_key and app_public_cert_file "
+                            "(the download is a signed request)",
+                            "/alipay/apps/2/app_public_cert_file: required with app_private_key in certificate mode "
+                            "(its SN is sent as app_cert_sn)",
+                            "/alipay/apps/2/download_certificates: needs app_private_key and app_public_cert_file "
+                            "(the download is a signed request)",
+                            "/alipay/apps/3/download_certificates: must be a boolean, not a string",
+                        });
+
+    const LoadReport good = load(f.box, R"({
+      "alipay": { "apps": [
+          { "app_id": "1", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt",
+            "app_private_key": "env:APP_KEY", "app_public_cert_file": "app.crt", "download_certificates": true },
+          { "app_id": "2", "alipay_public_cert_file": "alipay.crt", "alipay_root_cert_file": "root.crt" } ] }
+    })",
+                                 {{"APP_KEY", "-----BEGIN PRIVATE KEY-----"}});
+    INFO(dump(good.problems));
+    REQUIRE(good.config);
+    CHECK(good.problems.empty());
+    REQUIRE(good.config->alipay_apps.size() == 2);
+    CHECK(good.config->alipay_apps[0].download_certificates);
+    CHECK(good.config->alipay_apps[0].public_cert_pem == "cert");
+    CHECK(good.config->alipay_apps[0].app_public_cert_pem == "app cert");
+    CHECK_FALSE(good.config->alipay_apps[1].download_certificates);  // off by default
+    CHECK_FALSE(config::AlipayApp{}.download_certificates);
+}
