@@ -1,6 +1,7 @@
 #include "gateways/alipay/alipay_gateway.hpp"
 
 #include "core/error.hpp"
+#include "gateways/alipay/alipay_detail.hpp"
 #include "core/money.hpp"
 #include "core/time.hpp"
 #include "gateways/charset.hpp"
@@ -42,53 +43,6 @@ const std::string* find_field(const FormFields& fields, std::string_view key) no
 bool present(const std::string* value) noexcept { return value != nullptr && !value->empty(); }
 
 bool is_rsa(EVP_PKEY* key) noexcept { return key != nullptr && EVP_PKEY_get_base_id(key) == EVP_PKEY_RSA; }
-
-// Alipay's certificate file may carry intermediates after (or before) its own certificate; the
-// leaf is the one certificate that issued none of the others.
-std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs)
-{
-    for (std::size_t i = 0; i < certs.size(); ++i) {
-        bool issued_another = false;
-        for (std::size_t j = 0; j < certs.size(); ++j) {
-            if (i != j && X509_check_issued(certs[i].get(), certs[j].get()) == X509_V_OK) {
-                issued_another = true;
-            }
-        }
-        if (!issued_another) {
-            return i;
-        }
-    }
-    return 0;
-}
-
-// crypto::certificate_chains_to takes no untrusted intermediates, which a multi-certificate
-// Alipay file needs; the other certificates of the file are offered as untrusted chain members,
-// never as trust anchors.
-bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
-                     const std::vector<crypto::X509Ptr>& roots, bool check_time = true)
-{
-    StorePtr store(X509_STORE_new());
-    X509StackPtr untrusted(sk_X509_new_null());
-    StoreCtxPtr ctx(X509_STORE_CTX_new());
-    if (!store || !untrusted || !ctx) {
-        return false;
-    }
-    for (const auto& root : roots) {
-        X509_STORE_add_cert(store.get(), root.get());
-    }
-    for (std::size_t i = 0; i < file.size(); ++i) {
-        if (i != leaf) {
-            sk_X509_push(untrusted.get(), file[i].get());
-        }
-    }
-    if (X509_STORE_CTX_init(ctx.get(), store.get(), file[leaf].get(), untrusted.get()) != 1) {
-        return false;
-    }
-    if (!check_time) {
-        X509_STORE_CTX_set_flags(ctx.get(), X509_V_FLAG_NO_CHECK_TIME);
-    }
-    return X509_verify_cert(ctx.get()) == 1;
-}
 
 // "application/x-www-form-urlencoded; charset=\"GBK\"" → "GBK"; "" when absent.
 std::string_view content_type_charset(std::string_view content_type) noexcept
@@ -229,13 +183,111 @@ std::string first_valid_time(const FormFields& fields, std::initializer_list<std
 
 }  // namespace
 
+namespace detail {
+
+std::int64_t now_or_clock(std::int64_t now_unix)
+{
+    return now_unix != 0 ? now_unix : unix_ms(std::chrono::system_clock::now()) / 1000;
+}
+
+std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs)
+{
+    for (std::size_t i = 0; i < certs.size(); ++i) {
+        bool issued_another = false;
+        for (std::size_t j = 0; j < certs.size(); ++j) {
+            if (i != j && X509_check_issued(certs[i].get(), certs[j].get()) == X509_V_OK) {
+                issued_another = true;
+            }
+        }
+        if (!issued_another) {
+            return i;
+        }
+    }
+    return 0;
+}
+
+// crypto::certificate_chains_to takes no untrusted intermediates, which a multi-certificate
+// Alipay file needs.
+bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
+                     const std::vector<crypto::X509Ptr>& roots, bool check_time, std::int64_t at_unix)
+{
+    StorePtr store(X509_STORE_new());
+    X509StackPtr untrusted(sk_X509_new_null());
+    StoreCtxPtr ctx(X509_STORE_CTX_new());
+    if (!store || !untrusted || !ctx || leaf >= file.size()) {
+        return false;
+    }
+    for (const auto& root : roots) {
+        X509_STORE_add_cert(store.get(), root.get());
+    }
+    for (std::size_t i = 0; i < file.size(); ++i) {
+        if (i != leaf) {
+            sk_X509_push(untrusted.get(), file[i].get());
+        }
+    }
+    if (X509_STORE_CTX_init(ctx.get(), store.get(), file[leaf].get(), untrusted.get()) != 1) {
+        return false;
+    }
+    if (!check_time) {
+        X509_STORE_CTX_set_flags(ctx.get(), X509_V_FLAG_NO_CHECK_TIME);
+    } else if (at_unix != 0) {
+        X509_STORE_CTX_set_time(ctx.get(), 0, static_cast<time_t>(at_unix));
+    }
+    return X509_verify_cert(ctx.get()) == 1;
+}
+
+bool configured_sn(const AlipayAppKeys& app, std::string_view sn) noexcept
+{
+    return std::any_of(app.keys.begin(), app.keys.end(),
+                       [sn](const AlipayKey& key) { return !key.cert_sn.empty() && key.cert_sn == sn; });
+}
+
+std::vector<AlipayKey> downloaded_keys(const AlipayAppKeys& app, std::int64_t now_unix)
+{
+    std::vector<AlipayKey> keys;
+    if (!app.downloaded) {
+        return keys;
+    }
+    now_unix = now_or_clock(now_unix);
+    const auto certificates = app.downloaded->certificates();
+    for (const ProviderCertificate& cert : *certificates) {
+        if (cert.key && now_unix >= cert.not_before && now_unix <= cert.not_after && !configured_sn(app, cert.serial)) {
+            keys.push_back(AlipayKey{.key = cert.key, .cert_sn = cert.serial});
+        }
+    }
+    return keys;
+}
+
+std::optional<ProviderCertificate> downloaded_certificate(const AlipayAppKeys& app, std::string_view sn)
+{
+    if (!app.downloaded) {
+        return std::nullopt;
+    }
+    const auto certificates = app.downloaded->certificates();
+    for (const ProviderCertificate& cert : *certificates) {
+        if (cert.serial == sn && cert.key) {
+            return cert;
+        }
+    }
+    return std::nullopt;
+}
+
+bool sn_form(std::string_view sn) noexcept
+{
+    return sn.size() == 32 && std::all_of(sn.begin(), sn.end(), [](char c) {
+               return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f');
+           });
+}
+
+}  // namespace detail
+
 std::string sign_content(const FormFields& fields, bool exclude_cert_sn, bool skip_empty)
 {
     return build_content(signable_sorted(fields), Variant{exclude_cert_sn, skip_empty, false});
 }
 
 Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_view where,
-                                      std::vector<std::string>& problems)
+                                      std::vector<std::string>& problems, gateways::CertificateBooks* books)
 {
     const std::size_t problems_before = problems.size();
     auto problem = [&](std::string_view text) { problems.push_back(config_problem(where, text)); };
@@ -289,10 +341,10 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
             problem("alipay_root_cert_file holds no PEM certificate, or one that does not read");
         }
         if (certs && roots) {
-            const std::size_t leaf = leaf_index(*certs);
+            const std::size_t leaf = detail::leaf_index(*certs);
             X509* cert = (*certs)[leaf].get();
             crypto::SharedKey key = crypto::certificate_key(cert);
-            if (!chains_to_roots(*certs, leaf, *roots)) {
+            if (!detail::chains_to_roots(*certs, leaf, *roots)) {
                 problem("alipay_public_cert_file does not chain to alipay_root_cert_file");
             } else if (!is_rsa(key.get())) {
                 problem("alipay_public_cert_file does not hold an RSA public key");
@@ -309,11 +361,11 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
             if (!previous) {
                 problem("previous_alipay_public_cert_file holds no PEM certificate, or one that does not read");
             } else {
-                const std::size_t leaf = leaf_index(*previous);
+                const std::size_t leaf = detail::leaf_index(*previous);
                 X509* cert = (*previous)[leaf].get();
                 crypto::SharedKey key = crypto::certificate_key(cert);
                 const std::int64_t not_after = crypto::certificate_not_after(cert);
-                if (!chains_to_roots(*previous, leaf, *roots, false)) {
+                if (!detail::chains_to_roots(*previous, leaf, *roots, false)) {
                     problem("previous_alipay_public_cert_file does not chain to alipay_root_cert_file");
                 } else if (!is_rsa(key.get())) {
                     problem("previous_alipay_public_cert_file does not hold an RSA public key");
@@ -327,6 +379,10 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
                 }
             }
         }
+        // What a downloaded certificate must chain to (read_cert_download).
+        if (roots) {
+            keys.roots = std::make_shared<const std::vector<crypto::X509Ptr>>(std::move(*roots));
+        }
     }
     if (!app.previous_public_cert_pem.empty() && !cert_mode) {
         problem("previous_alipay_public_cert_file is set but alipay_public_cert_file is not");
@@ -339,11 +395,15 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
     if (problems.size() != problems_before) {
         return make_error_code(errc::invalid_argument);
     }
+    if (keys.roots && app.download_certificates && books != nullptr) {
+        keys.downloaded = books->book(app.app_id);
+    }
     return keys;
 }
 
 Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::AlipayApp>& apps,
-                                                     std::vector<std::string>& problems)
+                                                     std::vector<std::string>& problems,
+                                                     gateways::CertificateBooks* books)
 {
     const std::size_t problems_before = problems.size();
     std::vector<AlipayAppKeys> loaded;
@@ -353,7 +413,7 @@ Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::A
         if (!apps[i].app_id.empty() && !seen.insert(apps[i].app_id).second) {
             problems.push_back(config_problem(where, "app_id " + apps[i].app_id + " is configured twice"));
         }
-        auto app = load_alipay_app(apps[i], where, problems);
+        auto app = load_alipay_app(apps[i], where, problems, books);
         if (app) {
             loaded.push_back(std::move(*app));
         }
@@ -451,39 +511,55 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
     std::vector<std::string> contents(variants.size());
     std::vector<bool> built(variants.size(), false);
     const Variant* verified = nullptr;
-    const AlipayKey* verified_by = nullptr;
-    for (const AlipayKey& key : app->keys) {
-        if (key.not_after != 0) {
-            if (now == 0) {
-                now = unix_ms(std::chrono::system_clock::now()) / 1000;
-            }
-            if (now > key.not_after) {
-                continue;
-            }
-        }
+    const auto verifies = [&](const AlipayKey& key) {
         const auto digest = crypto::rsa_recover_digest(key.key.get(), app->digest, *signature);
         if (!digest) {
-            continue;
+            return false;
         }
-        for (std::size_t i = 0; i < variants.size() && verified == nullptr; ++i) {
+        for (std::size_t i = 0; i < variants.size(); ++i) {
             if (!built[i]) {
                 contents[i] = build_content(sorted, variants[i]);
                 built[i] = true;
             }
             if (crypto::digest_matches(*digest, app->digest, contents[i])) {
                 verified = &variants[i];
-                verified_by = &key;
+                return true;
             }
         }
-        if (verified != nullptr) {
+        return false;
+    };
+    const AlipayKey* verified_by = nullptr;
+    for (const AlipayKey& key : app->keys) {
+        if (key.not_after != 0) {
+            now = detail::now_or_clock(now);
+            if (now > key.not_after) {
+                continue;
+            }
+        }
+        if (verifies(key)) {
+            verified_by = &key;
             break;
+        }
+    }
+    // Then what was downloaded since the configuration was loaded (Alipay re-issued its
+    // certificate): only once the configured keys failed, so that they cost the book nothing.
+    std::string downloaded_sn;
+    if (verified_by == nullptr && app->downloaded) {
+        for (const AlipayKey& key : detail::downloaded_keys(*app, now)) {
+            if (verifies(key)) {
+                downloaded_sn = key.cert_sn;
+                break;
+            }
         }
     }
     if (verified == nullptr) {
         return make_error_code(errc::bad_signature);
     }
-    if (verified_by->previous) {
+    if (verified_by != nullptr && verified_by->previous) {
         add_note(notice.notes, "verified with the previous Alipay key (rotation not finished)");
+    }
+    if (!downloaded_sn.empty()) {
+        add_note(notice.notes, "verified with the downloaded Alipay certificate " + downloaded_sn);
     }
     if (verified->skip_empty) {
         add_note(notice.notes, "verified without the empty-valued fields");

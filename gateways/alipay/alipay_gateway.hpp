@@ -6,6 +6,7 @@
 #include "config/config.hpp"
 #include "core/payment_event.hpp"
 #include "core/result.hpp"
+#include "gateways/certificate_book.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/form.hpp"
 #include "gateways/gateway.hpp"
@@ -39,6 +40,13 @@ struct AlipayAppKeys {
     std::vector<AlipayKey> keys;
     std::string alipay_cert_sn;       ///< certificate mode: SN of the Alipay public certificate
     std::string alipay_root_cert_sn;  ///< certificate mode: SN of the RSA roots, '_'-joined
+    /// Certificate mode: every certificate of alipay_root_cert_file (immutable, shared between
+    /// copies), what a downloaded certificate must chain to (read_cert_download).
+    std::shared_ptr<const std::vector<crypto::X509Ptr>> roots;
+    /// Certificate mode with download_certificates (and books given to the loader): Alipay
+    /// certificates downloaded while running (ProviderCertificate::serial = the SN), tried after
+    /// `keys`; told of an alipay_cert_sn that none of the keys has (read_trade_query).
+    std::shared_ptr<gateways::CertificateBook> downloaded;
 };
 
 /// Loads and checks one app's configuration; `where` prefixes problems ("alipay.apps[0]").
@@ -49,8 +57,12 @@ struct AlipayAppKeys {
 /// chain to the same roots, but may have expired (verify() skips it once past its notAfter).
 /// Every problem found is appended to `problems` (one specific line each), and then the result
 /// is errc::invalid_argument.
+/// With `books`, an app in certificate mode with download_certificates gets its book from them,
+/// by app_id (AlipayAppKeys::downloaded); the config loader refuses download_certificates outside
+/// certificate mode, and load_alipay_app gives such an app no book.
 Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_view where,
-                                      std::vector<std::string>& problems);
+                                      std::vector<std::string>& problems,
+                                      gateways::CertificateBooks* books = nullptr);
 
 /// A notification whose signature verified, with its fields transcoded to UTF-8.
 struct VerifiedNotice {
@@ -105,7 +117,11 @@ public:
     /// - bad_signature: sign_type differs from the app's (absent means RSA2), sign is not base64,
     ///   or no key verifies any of the §1.5 sign-string variants. The keys are tried in order, one
     ///   RSA operation each, so a notification signed with the current key costs one; `now` (Unix
-    ///   s, 0: the clock) decides whether a previous certificate has expired.
+    ///   s, 0: the clock) decides whether a previous certificate has expired. When none of the
+    ///   configured keys verifies, the certificates of app.downloaded (if any) valid at `now`
+    ///   (not_before <= now <= not_after) are tried, one RSA operation each, except those of a
+    ///   configured SN; one that verifies adds the note "verified with the downloaded Alipay
+    ///   certificate <SN>". Notifications name no certificate, so none is ever asked for here.
     /// `header_charset` (from Content-Type, may be empty) is used only when the signed `charset`
     /// field is absent; with neither, UTF-8 is assumed.
     Result<VerifiedNotice> verify(std::string_view body, std::string_view header_charset = {},
@@ -118,10 +134,12 @@ private:
     std::vector<AlipayAppKeys> apps_;
 };
 
-/// Loads every configured app (see load_alipay_app), pushing one problem string per failure, and
-/// returns errc::invalid_argument if there was any. Duplicate app_ids are a problem too.
+/// Loads every configured app (see load_alipay_app, which is given `books`), pushing one problem
+/// string per failure, and returns errc::invalid_argument if there was any. Duplicate app_ids are
+/// a problem too.
 Result<std::unique_ptr<Gateway>> make_alipay_gateway(const std::vector<config::AlipayApp>& apps,
-                                                     std::vector<std::string>& problems);
+                                                     std::vector<std::string>& problems,
+                                                     gateways::CertificateBooks* books = nullptr);
 
 /// Builds the §1.5 string to verify from decoded fields: drops sign and sign_type (and, when
 /// `exclude_cert_sn`, alipay_cert_sn; when `skip_empty`, fields with empty values), sorts by key

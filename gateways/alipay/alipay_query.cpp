@@ -3,6 +3,7 @@
 #include "core/error.hpp"
 #include "core/money.hpp"
 #include "core/time.hpp"
+#include "gateways/alipay/alipay_detail.hpp"
 #include "gateways/charset.hpp"
 #include "gateways/gateway.hpp"
 
@@ -273,21 +274,8 @@ std::optional<std::string_view> text_member(const Value& object, const char* nam
 
 bool readable(std::string_view text) { return to_utf8(text, Charset::utf8).has_value(); }
 
-// A provider value for a log line or problem text: excerpted, and only when it is UTF-8 (an error
-// answer's texts may be GBK).
-std::string excerpt(std::string_view text)
-{
-    return readable(text) ? quoted_excerpt(text) : std::string("(not UTF-8)");
-}
-
-std::string code_detail(std::string_view code, std::optional<std::string_view> sub_code)
-{
-    std::string out = "code " + excerpt(code);
-    if (sub_code && !sub_code->empty()) {
-        out += " sub_code " + excerpt(*sub_code);
-    }
-    return out;
-}
+using detail::code_detail;
+using detail::excerpt;
 
 constexpr char kNotYuan[] = " is not an amount in yuan (digits, at most two decimals)";
 
@@ -351,32 +339,6 @@ PaymentEvent paid_event(const AlipayAppKeys& app, std::string_view out_trade_no,
     return event;
 }
 
-// The keys an answer naming certificate `cert_sn` may be signed with; `sn_known` false when the
-// app is in certificate mode and configures no certificate of that SN.
-std::vector<const AlipayKey*> candidate_keys(const AlipayAppKeys& app, const std::optional<std::string>& cert_sn,
-                                             std::int64_t now_unix, bool& sn_known)
-{
-    std::vector<const AlipayKey*> keys;
-    const bool by_sn = !app.alipay_cert_sn.empty() && cert_sn && !cert_sn->empty();
-    for (const AlipayKey& key : app.keys) {
-        if (by_sn && key.cert_sn != *cert_sn) {
-            continue;
-        }
-        if (key.not_after != 0) {
-            if (now_unix == 0) {
-                now_unix = unix_ms(std::chrono::system_clock::now()) / 1000;
-            }
-            if (now_unix > key.not_after) {
-                continue;
-            }
-        }
-        keys.push_back(&key);
-    }
-    sn_known = !by_sn || std::any_of(app.keys.begin(), app.keys.end(),
-                                     [&](const AlipayKey& key) { return key.cert_sn == *cert_sn; });
-    return keys;
-}
-
 // What an answer without a sign may still say: errors only (see the header).
 boost::system::error_code unsigned_error(std::string_view content, std::string* detail)
 {
@@ -400,29 +362,36 @@ boost::system::error_code unsigned_error(std::string_view content, std::string* 
 
 }  // namespace
 
-Result<QueryRequest> build_trade_query(const AlipayAppKeys& app, const AlipayQuerySigner& signer,
-                                       std::string_view gateway_target, std::string_view out_trade_no,
-                                       std::int64_t now_unix)
+namespace detail {
+
+std::string excerpt(std::string_view text)
+{
+    // Only UTF-8 is shown: an error answer's texts may be GBK.
+    return readable(text) ? quoted_excerpt(text) : std::string("(not UTF-8)");
+}
+
+std::string code_detail(std::string_view code, std::optional<std::string_view> sub_code)
+{
+    std::string out = "code " + excerpt(code);
+    if (sub_code && !sub_code->empty()) {
+        out += " sub_code " + excerpt(*sub_code);
+    }
+    return out;
+}
+
+Result<QueryRequest> build_request(const AlipayAppKeys& app, const AlipayQuerySigner& signer,
+                                   std::string_view gateway_target, std::string_view method,
+                                   std::string_view biz_content, std::int64_t now_unix)
 {
     const bool cert_mode = !signer.app_cert_sn.empty();
-    if (out_trade_no.empty() || !origin_form(gateway_target) || !signer.app_private_key ||
-        cert_mode != !app.alipay_root_cert_sn.empty()) {
+    if (!origin_form(gateway_target) || !signer.app_private_key || cert_mode != !app.alipay_root_cert_sn.empty()) {
         return error(errc::invalid_argument);
     }
-
-    // The Writer escapes what JSON needs escaped (quotes, backslashes, control characters).
-    rapidjson::StringBuffer buffer;
-    rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
-    writer.StartObject();
-    writer.Key("out_trade_no");
-    writer.String(out_trade_no.data(), static_cast<rapidjson::SizeType>(out_trade_no.size()));
-    writer.EndObject();
-    const std::string biz_content(buffer.GetString(), buffer.GetSize());
 
     // The system parameters, in the URL as the official SDKs send them.
     std::vector<std::pair<std::string_view, std::string>> system = {
         {"app_id", app.app_id},
-        {"method", "alipay.trade.query"},
+        {"method", std::string(method)},
         {"format", "JSON"},
         {"charset", "utf-8"},
         {"sign_type", app.sign_type},
@@ -473,10 +442,8 @@ Result<QueryRequest> build_trade_query(const AlipayAppKeys& app, const AlipayQue
     return request;
 }
 
-Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view out_trade_no,
-                                     const QueryResponse& response, std::string* detail, std::int64_t now_unix)
+Result<SignedAnswer> locate_answer(const QueryResponse& response, std::string_view node, std::string* detail)
 {
-    set_detail(detail, {});
     if (response.status != 200) {
         set_detail(detail, "HTTP " + std::to_string(response.status));
         return error(response.status == 429 || (response.status >= 500 && response.status <= 599)
@@ -493,9 +460,9 @@ Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view 
         return error(errc::malformed_request);
     }
     bool duplicate = false;
-    const Member* node = find_member(*members, kQueryNode, duplicate);
-    if (node == nullptr) {
-        node = find_member(*members, kErrorNode, duplicate);
+    const Member* found = find_member(*members, node, duplicate);
+    if (found == nullptr) {
+        found = find_member(*members, kErrorNode, duplicate);
     }
     const Member* sign_member = find_member(*members, "sign", duplicate);
     const Member* cert_sn_member = find_member(*members, "alipay_cert_sn", duplicate);
@@ -504,11 +471,12 @@ Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view 
         set_detail(detail, "a top-level key appears twice");
         return error(errc::bad_signature);
     }
-    if (node == nullptr || node->value.front() != '{') {
-        set_detail(detail, "no alipay_trade_query_response or error_response object");
+    if (found == nullptr || found->value.front() != '{') {
+        set_detail(detail, "no " + std::string(node) + " or error_response object");
         return error(errc::malformed_request);
     }
-    const std::string_view content = node->value;
+    SignedAnswer answer;
+    answer.content = found->value;
 
     std::optional<std::string> sign;
     if (sign_member != nullptr) {
@@ -519,62 +487,156 @@ Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view 
         }
     }
     if (!sign || sign->empty()) {
-        return unsigned_error(content, detail);
+        return unsigned_error(answer.content, detail);
     }
-    const auto signature = crypto::base64_decode(*sign);
-    if (!signature) {
+    auto signature = crypto::base64_decode(*sign);
+    if (!signature || signature->empty()) {
         set_detail(detail, "sign is not base64");
         return error(errc::bad_signature);
     }
-    std::optional<std::string> cert_sn;
+    answer.signature = std::move(*signature);
     if (cert_sn_member != nullptr) {
-        cert_sn = json_string(cert_sn_member->value);
-        if (!cert_sn) {
+        answer.cert_sn = json_string(cert_sn_member->value);
+        if (!answer.cert_sn) {
             set_detail(detail, "alipay_cert_sn is not a string");
             return error(errc::bad_signature);
         }
     }
-    bool sn_known = true;
-    const auto keys = candidate_keys(app, cert_sn, now_unix, sn_known);
-    if (!sn_known) {
-        // Alipay re-issued its certificate: the answer names one paybridge was not configured with,
-        // and paybridge does not download certificates; the operator installs the new one.
-        set_detail(detail, "alipay_cert_sn " + excerpt(*cert_sn) + " is not a configured Alipay certificate");
-        return error(errc::bad_signature);
-    }
+    return answer;
+}
 
+std::vector<const AlipayKey*> candidate_keys(const AlipayAppKeys& app, const std::optional<std::string>& cert_sn,
+                                             std::int64_t now_unix, bool& sn_known)
+{
+    std::vector<const AlipayKey*> keys;
+    const bool by_sn = !app.alipay_cert_sn.empty() && cert_sn && !cert_sn->empty();
+    for (const AlipayKey& key : app.keys) {
+        if (by_sn && key.cert_sn != *cert_sn) {
+            continue;
+        }
+        if (key.not_after != 0) {
+            now_unix = now_or_clock(now_unix);
+            if (now_unix > key.not_after) {
+                continue;
+            }
+        }
+        keys.push_back(&key);
+    }
+    sn_known = !by_sn || configured_sn(app, *cert_sn);
+    return keys;
+}
+
+const AlipayKey* verify_content(const AlipayAppKeys& app, std::string_view content, std::string_view signature,
+                                const std::vector<const AlipayKey*>& keys, bool& via_unescaped)
+{
     // One RSA operation per key: the digest is recovered once and compared with both texts.
     const bool has_escaped_slash = content.find("\\/") != std::string_view::npos;
     std::string unescaped;
-    const AlipayKey* verified_by = nullptr;
-    bool via_unescaped = false;
+    via_unescaped = false;
     for (const AlipayKey* key : keys) {
-        const auto digest = crypto::rsa_recover_digest(key->key.get(), app.digest, *signature);
+        const auto digest = crypto::rsa_recover_digest(key->key.get(), app.digest, signature);
         if (!digest) {
             continue;
         }
         if (crypto::digest_matches(*digest, app.digest, content)) {
-            verified_by = key;
-            break;
+            return key;
         }
         if (has_escaped_slash) {
             if (unescaped.empty()) {
                 unescaped = replace_escaped_slashes(content);
             }
             if (crypto::digest_matches(*digest, app.digest, unescaped)) {
-                verified_by = key;
                 via_unescaped = true;
-                break;
+                return key;
             }
         }
+    }
+    return nullptr;
+}
+
+}  // namespace detail
+
+Result<QueryRequest> build_trade_query(const AlipayAppKeys& app, const AlipayQuerySigner& signer,
+                                       std::string_view gateway_target, std::string_view out_trade_no,
+                                       std::int64_t now_unix)
+{
+    if (out_trade_no.empty()) {
+        return error(errc::invalid_argument);
+    }
+    // The Writer escapes what JSON needs escaped (quotes, backslashes, control characters).
+    rapidjson::StringBuffer buffer;
+    rapidjson::Writer<rapidjson::StringBuffer> writer(buffer);
+    writer.StartObject();
+    writer.Key("out_trade_no");
+    writer.String(out_trade_no.data(), static_cast<rapidjson::SizeType>(out_trade_no.size()));
+    writer.EndObject();
+    return detail::build_request(app, signer, gateway_target, "alipay.trade.query",
+                                 std::string_view(buffer.GetString(), buffer.GetSize()), now_unix);
+}
+
+Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view out_trade_no,
+                                     const QueryResponse& response, std::string* detail, std::int64_t now_unix)
+{
+    set_detail(detail, {});
+    auto located = detail::locate_answer(response, kQueryNode, detail);
+    if (!located) {
+        return located.error();
+    }
+    const std::string_view content = located->content;
+    const std::optional<std::string>& cert_sn = located->cert_sn;
+
+    bool sn_known = true;
+    auto keys = detail::candidate_keys(app, cert_sn, now_unix, sn_known);
+    // A certificate downloaded since the configuration was loaded (Alipay re-issued its own): the
+    // one the answer names, or, when it names none, each held one after the configured keys.
+    std::vector<AlipayKey> downloaded;
+    if (!sn_known) {
+        if (!app.downloaded || !detail::sn_form(*cert_sn)) {
+            // Without downloads, the operator installs the new certificate (README, config).
+            set_detail(detail, "alipay_cert_sn " + excerpt(*cert_sn) + " is not a configured Alipay certificate");
+            return error(errc::bad_signature);
+        }
+        const std::optional<ProviderCertificate> held = detail::downloaded_certificate(app, *cert_sn);
+        if (!held) {
+            // Transient: the download is asked for (at most once a second per app, whoever asks),
+            // and the bill is asked about again at the next sweep.
+            app.downloaded->unknown_serial(*cert_sn);
+            set_detail(detail, "signed with Alipay certificate " + excerpt(*cert_sn) +
+                                   ", not held yet: its download was asked for");
+            return error(errc::provider_unavailable);
+        }
+        const std::int64_t now = detail::now_or_clock(now_unix);
+        if (now < held->not_before || now > held->not_after) {
+            set_detail(detail, "alipay_cert_sn " + excerpt(*cert_sn) + " is a downloaded Alipay certificate not valid now");
+            return error(errc::bad_signature);
+        }
+        downloaded.push_back(AlipayKey{.key = held->key, .cert_sn = held->serial});
+        keys.push_back(&downloaded.front());
+    }
+
+    bool via_unescaped = false;
+    const AlipayKey* verified_by = detail::verify_content(app, content, located->signature, keys, via_unescaped);
+    if (verified_by == nullptr && app.downloaded && (!cert_sn || cert_sn->empty())) {
+        // Only once the configured keys failed, so that they cost the book nothing.
+        downloaded = detail::downloaded_keys(app, now_unix);
+        std::vector<const AlipayKey*> held;
+        for (const AlipayKey& key : downloaded) {
+            held.push_back(&key);
+        }
+        verified_by = detail::verify_content(app, content, located->signature, held, via_unescaped);
     }
     if (verified_by == nullptr) {
         set_detail(detail, "no key verifies the sign");
         return error(errc::bad_signature);
     }
+    const bool by_downloaded = std::any_of(downloaded.begin(), downloaded.end(),
+                                           [verified_by](const AlipayKey& key) { return &key == verified_by; });
     std::string notes;
     if (verified_by->previous) {
         add_note(notes, "verified with the previous Alipay key (rotation not finished)");
+    }
+    if (by_downloaded) {
+        add_note(notes, "verified with the downloaded Alipay certificate " + verified_by->cert_sn);
     }
     if (via_unescaped) {
         add_note(notes, "verified with \"\\/\" read as \"/\"");

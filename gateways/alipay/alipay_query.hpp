@@ -49,11 +49,22 @@ Result<QueryRequest> build_trade_query(const AlipayAppKeys& app, const AlipayQue
 ///   top-level members (strings and escapes respected), so key order does not matter. Anything
 ///   else is errc::malformed_request; a top-level key of interest sent twice is bad_signature.
 /// - Signed answers (non-empty "sign"): in certificate mode an alipay_cert_sn, when present, must
-///   be the SN of a configured certificate (the current one or the previous one of a rotation;
-///   paybridge does not download re-issued certificates), and selects its key. The signature is
-///   tried with each key of app.keys (app.digest; a previous certificate only until its notAfter,
-///   judged at `now_unix`, 0: the clock), over the content and, if that fails and the content
-///   holds "\/", over it with "\/" read as "/" (both official SDKs do). Failing: bad_signature.
+///   be the SN of a configured certificate (the current one or the previous one of a rotation),
+///   and selects its key. The signature is tried with each key of app.keys (app.digest; a
+///   previous certificate only until its notAfter, judged at `now_unix`, 0: the clock), over the
+///   content and, if that fails and the content holds "\/", over it with "\/" read as "/" (both
+///   official SDKs do). Failing: bad_signature.
+/// - Downloaded certificates (app.downloaded set: download_certificates): an alipay_cert_sn that
+///   no configured certificate has is looked up in the book. Held and valid at `now_unix`
+///   (not_before <= now <= not_after): its key verifies, with the note "verified with the
+///   downloaded Alipay certificate <SN>"; held but not valid then: bad_signature; not held:
+///   app.downloaded->unknown_serial(sn) is called (the daemon downloads it) and the result is
+///   errc::provider_unavailable (transient: the bill is asked about again), detail "signed with
+///   Alipay certificate "<sn>", not held yet: its download was asked for". An answer without
+///   alipay_cert_sn is tried with the held certificates valid then, after the configured keys.
+///   Without a book, or for an alipay_cert_sn that is not 32 lower-case hex digits (the form of
+///   every Alipay SN), an unknown SN is bad_signature, detail "alipay_cert_sn "<sn>" is not a
+///   configured Alipay certificate".
 /// - Unsigned answers are not trusted with a state (the official Java SDK verifies an unsuccessful
 ///   answer only when it carries a sign, so an unsigned error is only classified): code 20000 →
 ///   provider_unavailable; 10000 and 10003 → bad_signature; anything else (including
