@@ -270,9 +270,13 @@ std::string build_alipay_body(const AlipayNotice& notice, EVP_PKEY* alipay_priva
     return body;
 }
 
-Result<std::string> check_trade_query_request(std::string_view target, std::string_view body,
-                                              EVP_PKEY* app_public_key, const TradeQueryCheck& check,
-                                              std::string* problem)
+namespace {
+
+// What check_trade_query_request and check_cert_download_request have in common: the parameters of
+// a `method` request whose signature verifies, with biz_content parsed into `biz` (a JSON object).
+Result<std::string> check_api_request(std::string_view target, std::string_view body, EVP_PKEY* app_public_key,
+                                      const TradeQueryCheck& check, std::string_view method, std::string* problem,
+                                      rapidjson::Document& biz)
 {
     // Alipay's gateway reads the URL's parameters and the form body's as one set.
     const std::size_t mark = target.find('?');
@@ -298,8 +302,8 @@ Result<std::string> check_trade_query_request(std::string_view target, std::stri
         const std::string* value = find_param(*params, key);
         return value == nullptr ? std::string_view() : std::string_view(*value);
     };
-    if (param("method") != "alipay.trade.query") {
-        return refuse(errc::malformed_request, problem, "method is not alipay.trade.query");
+    if (param("method") != method) {
+        return refuse(errc::malformed_request, problem, "method is not " + std::string(method));
     }
     if (find_param(*params, "format") != nullptr && param("format") != "JSON") {
         return refuse(errc::malformed_request, problem, "format is not JSON");
@@ -348,18 +352,69 @@ Result<std::string> check_trade_query_request(std::string_view target, std::stri
     }
 
     const std::string_view biz_content = param("biz_content");
-    rapidjson::Document biz;
     constexpr unsigned kFlags = rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag;
     biz.Parse<kFlags>(biz_content.data(), biz_content.size());
     if (biz.HasParseError() || !biz.IsObject()) {
         return refuse(errc::malformed_request, problem, "biz_content is not a JSON object");
     }
-    const auto out_trade_no = biz.FindMember("out_trade_no");
-    if (out_trade_no == biz.MemberEnd() || !out_trade_no->value.IsString() ||
-        out_trade_no->value.GetStringLength() == 0) {
-        return refuse(errc::malformed_request, problem, "biz_content has no out_trade_no");
+    return std::string();
+}
+
+// The non-empty string member `key` of biz_content, or malformed_request.
+Result<std::string> biz_string(const rapidjson::Document& biz, const char* key, std::string* problem)
+{
+    const auto it = biz.FindMember(key);
+    if (it == biz.MemberEnd() || !it->value.IsString() || it->value.GetStringLength() == 0) {
+        return refuse(errc::malformed_request, problem, "biz_content has no " + std::string(key));
     }
-    return std::string(out_trade_no->value.GetString(), out_trade_no->value.GetStringLength());
+    return std::string(it->value.GetString(), it->value.GetStringLength());
+}
+
+std::string error_object(std::string_view code, std::string_view msg, std::string_view sub_code,
+                         std::string_view sub_msg)
+{
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    write_member(w, "code", code);
+    write_member(w, "msg", msg);
+    if (!sub_code.empty()) {
+        write_member(w, "sub_code", sub_code);
+    }
+    if (!sub_msg.empty()) {
+        write_member(w, "sub_msg", sub_msg);
+    }
+    w.EndObject();
+    return text_of(buffer);
+}
+
+constexpr std::string_view kCertDownloadNode = "alipay_open_app_alipaycert_download_response";
+
+}  // namespace
+
+Result<std::string> check_trade_query_request(std::string_view target, std::string_view body,
+                                              EVP_PKEY* app_public_key, const TradeQueryCheck& check,
+                                              std::string* problem)
+{
+    rapidjson::Document biz;
+    auto checked = check_api_request(target, body, app_public_key, check, "alipay.trade.query", problem, biz);
+    if (!checked) {
+        return checked.error();
+    }
+    return biz_string(biz, "out_trade_no", problem);
+}
+
+Result<std::string> check_cert_download_request(std::string_view target, std::string_view body,
+                                                EVP_PKEY* app_public_key, const TradeQueryCheck& check,
+                                                std::string* problem)
+{
+    rapidjson::Document biz;
+    auto checked = check_api_request(target, body, app_public_key, check, "alipay.open.app.alipaycert.download",
+                                     problem, biz);
+    if (!checked) {
+        return checked.error();
+    }
+    return biz_string(biz, "alipay_cert_sn", problem);
 }
 
 std::string sign_alipay_answer(std::string_view node, std::string_view object_json, const AnswerSigner& signer)
@@ -432,19 +487,7 @@ std::string make_trade_query_answer(const QueriedTrade& trade, const AnswerSigne
 std::string make_trade_query_error(std::string_view code, std::string_view msg, std::string_view sub_code,
                                    std::string_view sub_msg, const AnswerSigner& signer)
 {
-    rapidjson::StringBuffer buffer;
-    JsonWriter w(buffer);
-    w.StartObject();
-    write_member(w, "code", code);
-    write_member(w, "msg", msg);
-    if (!sub_code.empty()) {
-        write_member(w, "sub_code", sub_code);
-    }
-    if (!sub_msg.empty()) {
-        write_member(w, "sub_msg", sub_msg);
-    }
-    w.EndObject();
-    return sign_alipay_answer("alipay_trade_query_response", text_of(buffer), signer);
+    return sign_alipay_answer("alipay_trade_query_response", error_object(code, msg, sub_code, sub_msg), signer);
 }
 
 std::string make_trade_not_exist_answer(std::string_view out_trade_no, const AnswerSigner& signer)
@@ -469,6 +512,29 @@ std::string make_service_unavailable_answer(const AnswerSigner& signer)
 {
     return make_trade_query_error("20000", "Service Currently Unavailable", "isp.unknow-error",
                                   "\xE7\xB3\xBB\xE7\xBB\x9F\xE7\xB9\x81\xE5\xBF\x99", signer);  // 系统繁忙
+}
+
+std::string cert_download_object(std::string_view cert_pem)
+{
+    rapidjson::StringBuffer buffer;
+    JsonWriter w(buffer);
+    w.StartObject();
+    write_member(w, "code", "10000");
+    write_member(w, "msg", "Success");
+    write_member(w, "alipay_cert_content", crypto::base64_encode(cert_pem));
+    w.EndObject();
+    return text_of(buffer);
+}
+
+std::string make_cert_download_answer(std::string_view cert_pem, const AnswerSigner& signer)
+{
+    return sign_alipay_answer(kCertDownloadNode, cert_download_object(cert_pem), signer);
+}
+
+std::string make_cert_download_error(std::string_view code, std::string_view msg, std::string_view sub_code,
+                                     std::string_view sub_msg, const AnswerSigner& signer)
+{
+    return sign_alipay_answer(kCertDownloadNode, error_object(code, msg, sub_code, sub_msg), signer);
 }
 
 }  // namespace paybridge::gateways::alipay

@@ -1,8 +1,8 @@
 #pragma once
 
 // The provider side of Alipay, byte for byte: the notifications Alipay's servers POST to
-// notify_url, and the alipay.trade.query side of its gateway (checking a request, signing an
-// answer) for fake gateways. Used by the tests, `paybridge trigger` and the benchmark. Never linked
+// notify_url, and the alipay.trade.query and alipay.open.app.alipaycert.download side of its
+// gateway (checking a request, signing an answer) for fake gateways. Used by the tests, `paybridge trigger` and the benchmark. Never linked
 // into the daemon.
 
 #include "core/result.hpp"
@@ -149,5 +149,33 @@ std::string make_trade_not_exist_answer(std::string_view out_trade_no, const Ans
 
 /// 20000 Service Currently Unavailable, isp.unknow-error (sic, Alipay's spelling).
 std::string make_service_unavailable_answer(const AnswerSigner& signer);
+
+// ---- alipay.open.app.alipaycert.download (PROTOCOLS.md §1.6) ----
+//
+// The same fake gateway, asked for a re-issued Alipay certificate by its SN.
+
+/// Checks an alipay.open.app.alipaycert.download request as Alipay's gateway does and returns the
+/// alipay_cert_sn of its biz_content: as check_trade_query_request (the same parameters, `check`
+/// and signature), with method alipay.open.app.alipaycert.download and biz_content a JSON object
+/// with a non-empty string alipay_cert_sn (else malformed_request, "biz_content has no
+/// alipay_cert_sn").
+Result<std::string> check_cert_download_request(std::string_view target, std::string_view body,
+                                                EVP_PKEY* app_public_key, const TradeQueryCheck& check = {},
+                                                std::string* problem = nullptr);
+
+/// The alipay_open_app_alipaycert_download_response object (JSON text):
+/// {"code":"10000","msg":"Success","alipay_cert_content":"<base64 of cert_pem>"}; `cert_pem` is
+/// used as given (Alipay's certificate, maybe followed by its intermediates).
+std::string cert_download_object(std::string_view cert_pem);
+
+/// sign_alipay_answer("alipay_open_app_alipaycert_download_response", cert_download_object(cert_pem),
+/// signer): signed with whatever key `signer` holds (the new certificate's, as Alipay does once it
+/// has re-issued, or another), naming signer.alipay_cert_sn.
+std::string make_cert_download_answer(std::string_view cert_pem, const AnswerSigner& signer);
+
+/// A failure object {"code","msg","sub_code","sub_msg"} (sub_code and sub_msg omitted when empty)
+/// under alipay_open_app_alipaycert_download_response, signed as `signer` says.
+std::string make_cert_download_error(std::string_view code, std::string_view msg, std::string_view sub_code,
+                                     std::string_view sub_msg, const AnswerSigner& signer);
 
 }  // namespace paybridge::gateways::alipay
