@@ -139,7 +139,8 @@ crypto::SharedKey private_key(std::string_view pem, const std::string& pointer, 
     return *key;
 }
 
-void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std::string>& problems)
+void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std::string>& problems,
+                 CertificateBooks* books)
 {
     for (std::size_t i = 0; i < cfg.alipay_apps.size(); ++i) {
         const config::AlipayApp& app = cfg.alipay_apps[i];
@@ -149,7 +150,7 @@ void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std:
         const std::string where = account_pointer(app.pointer, "/alipay/apps", i);
         // The gateway loads the same app and reports its problems: here they would be said twice.
         std::vector<std::string> ignored;
-        Result<alipay::AlipayAppKeys> keys = alipay::load_alipay_app(app, where, ignored);
+        Result<alipay::AlipayAppKeys> keys = alipay::load_alipay_app(app, where, ignored, books);
         alipay::AlipayQuerySigner signer;
         signer.app_private_key = private_key(app.app_private_key_pem, where + "/app_private_key", problems);
         if (!app.app_public_cert_pem.empty()) {
@@ -167,6 +168,10 @@ void load_alipay(const config::Config& cfg, QueryAccounts& out, std::vector<std:
         }
         const bool url_ok = check_url(app.gateway_url, where + "/gateway_url", true, problems);
         if (keys && signer.app_private_key && url_ok) {
+            if (app.download_certificates) {
+                out.alipay_certificate_sources.push_back(AlipayCertificateSource{
+                    .app = *keys, .signer = signer, .url = app.gateway_url, .target = target_of(app.gateway_url)});
+            }
             out.accounts.push_back(std::make_unique<AlipayAccount>(std::move(*keys), std::move(signer), app.gateway_url));
         }
     }
@@ -215,11 +220,12 @@ void load_wechat(const config::Config& cfg, QueryAccounts& out, std::vector<std:
 
 Result<std::shared_ptr<const QueryAccounts>> load_query_accounts(const config::Config& cfg,
                                                                 std::vector<std::string>& problems,
-                                                                CertificateBooks* books)
+                                                                CertificateBooks* books,
+                                                                CertificateBooks* alipay_books)
 {
     const std::size_t before = problems.size();
     auto accounts = std::make_shared<QueryAccounts>();
-    load_alipay(cfg, *accounts, problems);
+    load_alipay(cfg, *accounts, problems, alipay_books);
     load_wechat(cfg, *accounts, problems, books);
     if (problems.size() != before) {
         return make_error_code(errc::invalid_argument);

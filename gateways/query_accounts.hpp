@@ -7,6 +7,7 @@
 
 #include "config/config.hpp"
 #include "core/result.hpp"
+#include "gateways/alipay/alipay_query.hpp"
 #include "gateways/query.hpp"
 #include "gateways/wechatpay/wechatpay_query.hpp"
 
@@ -49,10 +50,22 @@ struct CertificateSource {
     std::string base_path;           ///< api_url's path without trailing '/' ("" for WeChat's own)
 };
 
+/// An Alipay app whose re-issued certificates paybridged downloads (download_certificates):
+/// what signs the request (alipay::build_cert_download) and what reads the answer
+/// (alipay::read_cert_download).
+struct AlipayCertificateSource {
+    alipay::AlipayAppKeys app;        ///< its `downloaded` book is the one the download fills
+    alipay::AlipayQuerySigner signer;
+    std::string url;                  ///< gateway_url
+    std::string target;               ///< gateway_url's path and query ("/gateway.do"), as the queries use
+};
+
 struct QueryAccounts {
     std::vector<std::unique_ptr<QueryAccount>> accounts;
     /// Merchants with download_certificates (whether provider_query is on or not).
     std::vector<CertificateSource> certificate_sources;
+    /// Alipay apps with download_certificates (whether provider_query is on or not).
+    std::vector<AlipayCertificateSource> alipay_certificate_sources;
 };
 
 /// Every account of `cfg` that has query keys, with its keys loaded and checked: the private key
@@ -61,8 +74,11 @@ struct QueryAccounts {
 /// result is errc::invalid_argument. Accounts are loaded whether provider_query is enabled or not,
 /// so that --check finds a bad key before the section is turned on.
 /// `books`: see wechatpay::load_v3_merchants (null for --check and tests: nothing is downloaded).
+/// `alipay_books`: the same for Alipay apps, by app_id (see alipay::load_alipay_app): an app's
+/// query account and its AlipayCertificateSource carry the same book.
 Result<std::shared_ptr<const QueryAccounts>> load_query_accounts(const config::Config& cfg,
                                                                 std::vector<std::string>& problems,
-                                                                CertificateBooks* books = nullptr);
+                                                                CertificateBooks* books = nullptr,
+                                                                CertificateBooks* alipay_books = nullptr);
 
 }  // namespace paybridge::gateways
