@@ -5,6 +5,9 @@
 #include "gateways/query_accounts.hpp"
 
 #include "core/error.hpp"
+#include "gateways/alipay/alipay_cert_download.hpp"
+#include "gateways/alipay/alipay_sim.hpp"
+#include "gateways/certificate_book.hpp"
 #include "tools/keygen/keygen.hpp"
 
 #include <doctest/doctest.h>
@@ -12,6 +15,7 @@
 #include <openssl/pem.h>
 
 #include <algorithm>
+#include <ctime>
 #include <memory>
 #include <string>
 #include <vector>
@@ -232,4 +236,114 @@ TEST_CASE("query accounts - provider URLs are https, or http to this machine onl
         CHECK(gateways::load_query_accounts(cfg, problems).has_value());
         CHECK(problems.empty());
     }
+}
+
+TEST_CASE("query accounts - an Alipay app with download_certificates is a certificate source sharing its account's book")
+{
+    const Keys k;
+    const keygen::Certificate alipay_cert = keygen::issue(k.ca, {.common_name = "Alipay 2024"});
+    const keygen::Certificate reissued = keygen::issue(k.ca, {.common_name = "Alipay 2029"});
+    const keygen::Certificate app_cert = keygen::issue(k.ca, {.common_name = "2021000000000003"});
+    const auto sn_of = [](const std::string& pem) {
+        auto certs = crypto::load_certificates(pem);
+        REQUIRE(certs.has_value());
+        return crypto::alipay_cert_sn(certs->front().get());
+    };
+    const std::string reissued_sn = sn_of(reissued.cert_pem);
+    config::AlipayApp downloading;
+    downloading.app_id = "2021000000000003";
+    downloading.public_cert_pem = alipay_cert.cert_pem;
+    downloading.root_cert_pem = k.ca.cert_pem;
+    downloading.app_private_key_pem = app_cert.key.private_pem;
+    downloading.app_public_cert_pem = app_cert.cert_pem;
+    downloading.gateway_url = "http://127.0.0.1:9001/api/gateway.do?tenant=1";
+    downloading.download_certificates = true;
+    config::AlipayApp plain = downloading;
+    plain.app_id = "2021000000000004";
+    plain.download_certificates = false;
+    config::Config cfg;
+    cfg.alipay_apps = {downloading, plain};
+
+    gateways::CertificateBooks wechat_books;
+    gateways::CertificateBooks alipay_books;
+    std::vector<std::pair<std::string, std::string>> asked;
+    alipay_books.set_hook([&asked](const std::string& account, const std::string& serial) {
+        asked.emplace_back(account, serial);
+    });
+    std::vector<std::string> problems;
+    auto loaded = gateways::load_query_accounts(cfg, problems, &wechat_books, &alipay_books);
+    INFO(dump(problems));
+    REQUIRE(loaded.has_value());
+    const gateways::QueryAccounts& accounts = **loaded;
+    REQUIRE(accounts.accounts.size() == 2);
+    CHECK(accounts.certificate_sources.empty());
+    REQUIRE(accounts.alipay_certificate_sources.size() == 1);
+    const gateways::AlipayCertificateSource& source = accounts.alipay_certificate_sources[0];
+    CHECK(source.app.app_id == "2021000000000003");
+    CHECK(source.url == "http://127.0.0.1:9001/api/gateway.do?tenant=1");
+    CHECK(source.target == "/api/gateway.do?tenant=1");
+    CHECK(source.signer.app_cert_sn == sn_of(app_cert.cert_pem));
+    REQUIRE(source.app.downloaded);
+    CHECK(source.app.downloaded == alipay_books.book("2021000000000003"));
+    CHECK(alipay_books.all().size() == 1);  // the other app has none
+    CHECK(wechat_books.all().empty());
+
+    // The download request, as Alipay's gateway checks it.
+    auto request = gateways::alipay::build_cert_download(source.app, source.signer, source.target, reissued_sn, kNow);
+    REQUIRE(request.has_value());
+    CHECK(request->target.rfind("/api/gateway.do?tenant=1&app_id=2021000000000003&method="
+                                "alipay.open.app.alipaycert.download&", 0) == 0);
+    auto app_public = crypto::load_public_key(app_cert.key.public_pem);
+    REQUIRE(app_public.has_value());
+    // (The gateway URL's own parameter is not one the simulated gateway knows: it is left out.)
+    std::string target = request->target;
+    target.erase(target.find("tenant=1&"), std::string_view("tenant=1&").size());
+    std::string problem;
+    auto sn = gateways::alipay::check_cert_download_request(
+        target, request->body, app_public->get(),
+        {.app_id = "2021000000000003", .app_cert_sn = source.signer.app_cert_sn,
+         .alipay_root_cert_sn = source.app.alipay_root_cert_sn},
+        &problem);
+    REQUIRE_MESSAGE(sn.has_value(), problem);
+    CHECK(*sn == reissued_sn);
+
+    // The query account holds the same book: an answer signed with the re-issued certificate asks
+    // for its download, and reads once the download has filled the book.
+    const std::int64_t now = std::time(nullptr);
+    auto reissued_key = crypto::load_private_key(reissued.key.private_pem);
+    REQUIRE(reissued_key.has_value());
+    gateways::alipay::AnswerSigner by_reissued;
+    by_reissued.alipay_private_key = reissued_key->get();
+    by_reissued.alipay_cert_sn = reissued_sn;
+    gateways::alipay::QueriedTrade trade;
+    trade.out_trade_no = "B-1";
+    trade.amount_fen = 100;
+    gateways::QueryResponse answer;
+    answer.status = 200;
+    answer.body = gateways::alipay::make_trade_query_answer(trade, by_reissued);
+    const gateways::QueryAccount& account = *accounts.accounts[0];
+    REQUIRE(account.account() == "2021000000000003");
+    std::string detail;
+    auto before = account.read("B-1", answer, now, detail);
+    REQUIRE_FALSE(before.has_value());
+    CHECK(before.error() == make_error_code(errc::provider_unavailable));
+    CHECK(asked == std::vector<std::pair<std::string, std::string>>{{"2021000000000003", reissued_sn}});
+
+    gateways::QueryResponse download;
+    download.status = 200;
+    download.body = gateways::alipay::make_cert_download_answer(reissued.cert_pem, by_reissued);
+    auto fetched = gateways::alipay::read_cert_download(source.app, reissued_sn, download, now, &detail);
+    REQUIRE_MESSAGE(fetched.has_value(), detail);
+    source.app.downloaded->replace({*fetched});
+    auto after = account.read("B-1", answer, now, detail);
+    REQUIRE_MESSAGE(after.has_value(), detail);
+    CHECK(after->state == gateways::QueryState::paid);
+    CHECK(detail == "verified with the downloaded Alipay certificate " + reissued_sn);
+
+    // Without registries (--check): the source is there, without a book.
+    problems.clear();
+    auto checked = gateways::load_query_accounts(cfg, problems);
+    REQUIRE(checked.has_value());
+    REQUIRE((*checked)->alipay_certificate_sources.size() == 1);
+    CHECK_FALSE((*checked)->alipay_certificate_sources[0].app.downloaded);
 }
