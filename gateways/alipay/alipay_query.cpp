@@ -607,7 +607,8 @@ Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view 
         }
         const std::int64_t now = detail::now_or_clock(now_unix);
         if (now < held->not_before || now > held->not_after) {
-            set_detail(detail, "alipay_cert_sn " + excerpt(*cert_sn) + " is a downloaded Alipay certificate not valid now");
+            set_detail(detail,
+                       "alipay_cert_sn " + excerpt(*cert_sn) + " is a downloaded Alipay certificate not valid now");
             return error(errc::bad_signature);
         }
         downloaded.push_back(AlipayKey{.key = held->key, .cert_sn = held->serial});

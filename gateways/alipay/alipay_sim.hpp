@@ -2,8 +2,8 @@
 
 // The provider side of Alipay, byte for byte: the notifications Alipay's servers POST to
 // notify_url, and the alipay.trade.query and alipay.open.app.alipaycert.download side of its
-// gateway (checking a request, signing an answer) for fake gateways. Used by the tests, `paybridge trigger` and the benchmark. Never linked
-// into the daemon.
+// gateway (checking a request, signing an answer) for fake gateways. Used by the tests,
+// `paybridge trigger` and the benchmark. Never linked into the daemon.
 
 #include "core/result.hpp"
 
