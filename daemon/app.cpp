@@ -11,6 +11,7 @@
 #include "daemon/systemd.hpp"
 #include "daemon/tls.hpp"
 #include "gateways/alipay/alipay_gateway.hpp"
+#include "gateways/certificate_book.hpp"
 #include "gateways/query_accounts.hpp"
 #include "gateways/wechatpay/wechatpay_gateway.hpp"
 #include "store/redis_bill_store.hpp"
@@ -42,19 +43,20 @@ using asio::awaitable;
 using namespace std::chrono_literals;
 
 webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems,
-                                   gateways::CertificateBooks* books)
+                                   gateways::ProviderBooks* books)
 {
     auto rt = std::make_shared<webhooks::Runtime>();
     rt->config = cfg;
     const std::size_t before = problems.size();
     if (!cfg->alipay_apps.empty()) {
-        auto gw = gateways::alipay::make_alipay_gateway(cfg->alipay_apps, problems);
+        auto gw = gateways::alipay::make_alipay_gateway(cfg->alipay_apps, problems, books ? &books->alipay : nullptr);
         if (gw) {
             rt->alipay = std::move(*gw);
         }
     }
     if (!cfg->wechat_merchants.empty()) {
-        auto v3 = gateways::wechatpay::make_wechat_v3_gateway(cfg->wechat_merchants, problems, books);
+        auto v3 = gateways::wechatpay::make_wechat_v3_gateway(cfg->wechat_merchants, problems,
+                                                                books ? &books->wechatpay : nullptr);
         if (v3) {
             rt->wechat_v3 = std::move(*v3);
         }
@@ -63,7 +65,8 @@ webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, st
             rt->wechat_v2 = std::move(*v2);
         }
     }
-    if (auto accounts = gateways::load_query_accounts(*cfg, problems, books)) {
+    if (auto accounts = gateways::load_query_accounts(*cfg, problems, books ? &books->wechatpay : nullptr,
+                                                    books ? &books->alipay : nullptr)) {
         rt->query_accounts = std::move(*accounts);
     }
     if (cfg->tls) {
@@ -166,7 +169,7 @@ std::int64_t steady_ms()
 class App::Impl {
 public:
     Impl(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
-         std::shared_ptr<gateways::CertificateBooks> books)
+         std::shared_ptr<gateways::ProviderBooks> books)
         : cfg_(std::move(cfg)), runtime_(std::move(runtime)), books_(std::move(books))
     {
     }
@@ -193,7 +196,7 @@ private:
     std::shared_ptr<const config::Config> cfg_;
     webhooks::RuntimePtr runtime_;
     /// Downloaded platform certificates, by merchant: the same across reloads.
-    std::shared_ptr<gateways::CertificateBooks> books_;
+    std::shared_ptr<gateways::ProviderBooks> books_;
     asio::io_context control_{1};
     /// Installed from construction, before any worker accepts, and kept until the process ends:
     /// a signal that arrives before control() waits is queued in the set, not given its default
@@ -213,7 +216,7 @@ private:
 };
 
 App::App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
-         std::shared_ptr<gateways::CertificateBooks> books)
+         std::shared_ptr<gateways::ProviderBooks> books)
     : impl_(std::make_unique<Impl>(std::move(cfg), std::move(runtime), std::move(books)))
 {
 }

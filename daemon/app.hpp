@@ -8,7 +8,7 @@
 #include <vector>
 
 namespace paybridge::gateways {
-class CertificateBooks;
+struct ProviderBooks;
 }
 
 namespace paybridge::daemon {
@@ -17,7 +17,7 @@ namespace paybridge::daemon {
 /// `problems`; the Runtime is null when there is any. `books`: where the merchants with
 /// download_certificates keep what is downloaded (the process's; null for --check).
 webhooks::RuntimePtr build_runtime(std::shared_ptr<const config::Config> cfg, std::vector<std::string>& problems,
-                                   gateways::CertificateBooks* books = nullptr);
+                                   gateways::ProviderBooks* books = nullptr);
 
 /// The composition root: worker threads (one io_context each, share-nothing: own acceptor via
 /// SO_REUSEPORT, own Redis connection), the CRM dispatcher, signals (SIGTERM/SIGINT stop,
@@ -26,7 +26,7 @@ class App {
 public:
     /// `books`: the ones `runtime` was built with (reloads build with them too).
     App(std::shared_ptr<const config::Config> cfg, webhooks::RuntimePtr runtime,
-        std::shared_ptr<gateways::CertificateBooks> books);
+        std::shared_ptr<gateways::ProviderBooks> books);
     ~App();
 
     /// Runs until SIGTERM/SIGINT (or stop()). Returns the process exit code.

@@ -8,6 +8,7 @@
 #include "crm/http_client.hpp"
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/query_accounts.hpp"
+#include "gateways/alipay/alipay_cert_download.hpp"
 #include "gateways/wechatpay/wechatpay_certificates.hpp"
 
 #include <boost/asio/co_spawn.hpp>
@@ -46,6 +47,9 @@ std::int64_t steady_now_ms()
 std::int64_t unix_now() { return unix_ms(std::chrono::system_clock::now()) / 1000; }
 
 struct RefreshMetrics {
+    metrics::Family<metrics::Counter>& alipay_downloads = metrics::registry().counter(
+        "paybridge_alipay_certificate_downloads_total",
+        "Downloads of re-issued Alipay public certificates (download_certificates), by app and result: ok, failed.");
     metrics::Family<metrics::Counter>& downloads = metrics::registry().counter(
         "paybridge_wechatpay_certificate_downloads_total",
         "Downloads of WeChat Pay platform certificates (download_certificates), by merchant and result: ok, "
@@ -59,6 +63,21 @@ RefreshMetrics& refresh_metrics()
 {
     static RefreshMetrics m;
     return m;
+}
+
+/// What an Alipay app's downloads trust: the roots they are checked against, the app's identity,
+/// where they come from. A change empties its book.
+std::string alipay_trust_inputs(const gateways::AlipayCertificateSource& source,
+                                const config::ProviderQueryConfig& settings)
+{
+    return source.app.alipay_root_cert_sn + "|" + source.signer.app_cert_sn + "|" + source.url + "|" + settings.ca_file;
+}
+
+/// An Alipay certificate SN as §1.6 computes it: 32 hex digits (MD5).
+bool alipay_sn(const std::string& sn)
+{
+    return sn.size() == 32 &&
+           std::all_of(sn.begin(), sn.end(), [](char c) { return std::isxdigit(static_cast<unsigned char>(c)) != 0; });
 }
 
 /// What the downloads of a merchant trust: a change empties its book (what came under an APIv3 key
@@ -116,25 +135,56 @@ std::vector<PlatformCertificate> merge_downloaded(const std::vector<PlatformCert
 }  // namespace detail
 
 struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefresher::Impl> {
-    Impl(asio::io_context& io, std::shared_ptr<gateways::CertificateBooks> b)
-        : ioc(io), books(std::move(b)), wake(io)
+    Impl(asio::io_context& io, std::shared_ptr<gateways::ProviderBooks> b) : ioc(io), books(std::move(b)), wake(io)
     {
         (void)refresh_metrics();
     }
 
-    /// One merchant's downloads.
-    struct Merchant {
-        const gateways::CertificateSource* source{nullptr};  ///< in `accounts`
+    /// When an account's next download is, and how the last ones went.
+    struct Schedule {
         std::unique_ptr<crm::HttpClient> client;
         std::int64_t next_ms{0};          ///< steady ms of the next download
         std::int64_t last_request_ms{0};  ///< steady ms an unknown serial last moved next_ms (0: never)
         int failures{0};                  ///< in a row
-        std::string trusted;              ///< trust_inputs() of the source
+        std::string trusted;              ///< what its downloads are trusted by (a change empties its book)
+    };
+
+    /// One WeChat Pay merchant's downloads: the whole list, every kRefreshEvery.
+    struct Merchant : Schedule {
+        const gateways::CertificateSource* source{nullptr};  ///< in `accounts`
         std::map<std::string, std::int64_t> last_listed;  ///< serial → Unix seconds it was last listed
     };
 
+    /// One Alipay app's downloads: a certificate by SN, when a query answer named one not held
+    /// (Alipay has no list to poll).
+    struct AlipayApp : Schedule {
+        const gateways::AlipayCertificateSource* source{nullptr};  ///< in `accounts`
+        std::vector<std::string> pending;  ///< SNs to download, oldest first
+    };
+
+    /// A client for one provider account's downloads, or null (logged).
+    std::unique_ptr<crm::HttpClient> make_client(const std::string& url, std::string_view event, const log::Field& who)
+    {
+        crm::HttpClientOptions options;
+        options.url = url;
+        options.ca_file = next_settings.ca_file;
+        options.timeout = next_settings.timeout;
+        options.concurrency = 1;
+        options.keep_body = kMaxAnswerBytes + 1;
+        options.max_body = kMaxAnswerBytes;
+        options.keep_headers = true;
+        options.user_agent = "paybridge";
+        Result<std::unique_ptr<crm::HttpClient>> client = crm::HttpClient::create(ioc.get_executor(), options);
+        if (!client) {
+            // The loader checked the URL and read the CA file: it changed since.
+            log::error(event, {who, {"error", error_name(client.error())}});
+            return nullptr;
+        }
+        return std::move(*client);
+    }
+
     asio::io_context& ioc;
-    std::shared_ptr<gateways::CertificateBooks> books;
+    std::shared_ptr<gateways::ProviderBooks> books;
     asio::steady_timer wake;
     bool stopping{false};
     bool stopped{false};
@@ -149,6 +199,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
 
     std::shared_ptr<const gateways::QueryAccounts> accounts;
     std::map<std::string, Merchant, std::less<>> merchants;
+    std::map<std::string, AlipayApp, std::less<>> alipay_apps;
 
     void apply_update()
     {
@@ -177,26 +228,13 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 }
                 show_held(source.merchant.mchid, source.merchant.downloaded);
                 m.source = &source;
-                crm::HttpClientOptions options;
-                options.url = source.url;
-                options.ca_file = next_settings.ca_file;
-                options.timeout = next_settings.timeout;
-                options.concurrency = 1;
-                options.keep_body = kMaxAnswerBytes + 1;
-                options.max_body = kMaxAnswerBytes;
-                options.keep_headers = true;
-                options.user_agent = "paybridge";
-                Result<std::unique_ptr<crm::HttpClient>> client = crm::HttpClient::create(ioc.get_executor(), options);
-                if (!client) {
-                    // The loader checked the URL and read the CA file: it changed since.
-                    log::error("wechatpay.certificates_refused",
-                               {{"mchid", source.merchant.mchid}, {"error", error_name(client.error())}});
-                    continue;
+                m.client = make_client(source.url, "wechatpay.certificates_refused", {"mchid", source.merchant.mchid});
+                if (m.client) {
+                    next.emplace(source.merchant.mchid, std::move(m));
                 }
-                m.client = std::move(*client);
-                next.emplace(source.merchant.mchid, std::move(m));
             }
         }
+        apply_alipay_update();
         for (auto& [mchid, m] : merchants) {
             if (!next.contains(mchid)) {
                 // No longer downloaded for (removed, or download_certificates off): its gateway no
@@ -208,6 +246,62 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
             }
         }
         merchants = std::move(next);
+    }
+
+    void apply_alipay_update()
+    {
+        std::map<std::string, AlipayApp, std::less<>> next;
+        if (accounts) {
+            for (const gateways::AlipayCertificateSource& source : accounts->alipay_certificate_sources) {
+                AlipayApp a;
+                a.trusted = alipay_trust_inputs(source, next_settings);
+                auto found = alipay_apps.find(source.app.app_id);
+                if (found != alipay_apps.end() && found->second.trusted == a.trusted) {
+                    a.last_request_ms = found->second.last_request_ms;  // a reload resets the backoff
+                } else if (source.app.downloaded) {
+                    source.app.downloaded->replace({});
+                }
+                a.source = &source;
+                a.client = make_client(source.url, "alipay.certificate_refused", {"app_id", source.app.app_id});
+                if (a.client) {
+                    next.emplace(source.app.app_id, std::move(a));
+                }
+            }
+        }
+        for (auto& [app_id, a] : alipay_apps) {
+            if (!next.contains(app_id) && a.source->app.downloaded) {
+                a.source->app.downloaded->replace({});
+            }
+        }
+        alipay_apps = std::move(next);
+    }
+
+    /// A query answer named an Alipay certificate SN the app does not hold: download it soon.
+    void request_alipay(const std::string& app_id, const std::string& sn)
+    {
+        auto found = alipay_apps.find(app_id);
+        if (found == alipay_apps.end() || stopping || !alipay_sn(sn)) {
+            return;
+        }
+        AlipayApp& a = found->second;
+        const auto held = a.source->app.downloaded ? a.source->app.downloaded->certificates() : nullptr;
+        const bool have = held && std::any_of(held->begin(), held->end(),
+                                              [&sn](const gateways::ProviderCertificate& c) { return c.serial == sn; });
+        // While downloads fail the backoff holds; a few SNs at a time (a re-issue is one).
+        if (have || a.failures > 0 || a.pending.size() >= 4 ||
+            std::find(a.pending.begin(), a.pending.end(), sn) != a.pending.end()) {
+            return;
+        }
+        const std::int64_t earliest = a.last_request_ms == 0 ? 0 : a.last_request_ms + kRequestSpacing.count();
+        const std::int64_t at = std::max(steady_now_ms(), earliest);
+        if (a.pending.empty() || at < a.next_ms) {
+            a.next_ms = at;
+        }
+        a.last_request_ms = at;
+        a.pending.push_back(sn);
+        log::info("alipay.certificate_requested",
+                  {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"why", "a query answer was signed with it"}});
+        wake.cancel();
     }
 
     /// The book's certificates valid now, as the merchant's gauge.
@@ -270,9 +364,23 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 }
                 soonest = std::min(soonest, m.next_ms);
             }
-            if (due != nullptr) {
+            AlipayApp* due_app = nullptr;
+            for (auto& [app_id, a] : alipay_apps) {
+                if (a.pending.empty()) {
+                    continue;
+                }
+                if (a.next_ms <= now && (due_app == nullptr || a.next_ms < due_app->next_ms)) {
+                    due_app = &a;
+                }
+                soonest = std::min(soonest, a.next_ms);
+            }
+            if (due != nullptr || due_app != nullptr) {
                 downloading = true;
-                co_await download(*due);
+                if (due != nullptr) {
+                    co_await download(*due);
+                } else {
+                    co_await download_alipay(*due_app);
+                }
                 downloading = false;
                 continue;
             }
@@ -281,7 +389,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         }
     }
 
-    void schedule_retry(Merchant& m)
+    static void schedule_retry(Schedule& m)
     {
         m.failures = std::min(m.failures + 1, 30);
         std::int64_t delay = kFirstRetry.count();
@@ -292,7 +400,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     }
 
     /// Seconds to the next attempt, for the failure logs.
-    static std::int64_t retry_in_s(const Merchant& m) { return (m.next_ms - steady_now_ms() + 999) / 1000; }
+    static std::int64_t retry_in_s(const Schedule& m) { return (m.next_ms - steady_now_ms() + 999) / 1000; }
 
     /// Counts and logs a failed download, and schedules the next attempt.
     void failed(Merchant& m, bool people_must_look, std::string_view error, std::int64_t status, std::string_view detail)
@@ -391,10 +499,81 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         m.failures = 0;
         m.next_ms = steady_now_ms() + kRefreshEvery.count();
     }
+
+    awaitable<void> download_alipay(AlipayApp& a)
+    {
+        const gateways::AlipayCertificateSource& source = *a.source;
+        const std::string& app_id = source.app.app_id;
+        const std::string sn = a.pending.front();
+        const auto give_up_on = [&a, &sn] { std::erase(a.pending, sn); };
+        const auto fail = [&](bool transient, std::string_view error, std::int64_t status, std::string_view detail) {
+            schedule_retry(a);
+            if (!transient) {
+                give_up_on();  // asked again when an answer names it again, after the backoff
+            }
+            refresh_metrics().alipay_downloads.with({{"app_id", app_id}, {"result", "failed"}}).inc();
+            const std::initializer_list<log::Field> fields{{"app_id", app_id},          {"alipay_cert_sn", sn},
+                                                           {"error", error},            {"status", status},
+                                                           {"detail", detail},          {"retry_in_s", retry_in_s(a)}};
+            if (transient) {
+                log::warning("alipay.certificate_download_failed", fields);
+            } else {
+                log::error("alipay.certificate_download_failed", fields);
+            }
+        };
+        Result<gateways::QueryRequest> request =
+            gateways::alipay::build_cert_download(source.app, source.signer, source.target, sn, unix_now());
+        if (!request) {
+            fail(false, error_name(request.error()), 0, "the request could not be built");
+            co_return;
+        }
+        crm::Headers headers = std::move(request->headers);
+        crm::PostResult sent = co_await a.client->send(std::move(request->method), std::move(request->target),
+                                                       std::move(headers), std::move(request->body));
+        if (stopping) {
+            co_return;
+        }
+        const bool cut = sent.response && (!sent.response->complete || sent.response->body_head.size() > kMaxAnswerBytes);
+        if (!sent.response || cut) {
+            fail(true, sent.response ? std::string_view("provider_unavailable") : error_name(sent.response.error()),
+                 sent.response ? static_cast<std::int64_t>(sent.response->status) : 0,
+                 sent.response ? std::string_view("the answer was cut short") : std::string_view(sent.error_detail));
+            co_return;
+        }
+        gateways::QueryResponse response;
+        response.status = sent.response->status;
+        response.headers = std::move(sent.response->headers);
+        response.body = std::move(sent.response->body_head);
+        std::string detail;
+        const std::int64_t now_unix = unix_now();
+        Result<gateways::ProviderCertificate> cert =
+            gateways::alipay::read_cert_download(source.app, sn, response, now_unix, &detail);
+        if (!cert) {
+            fail(cert.error() == errc::provider_unavailable, error_name(cert.error()),
+                 static_cast<std::int64_t>(response.status), detail);
+            co_return;
+        }
+        if (source.app.downloaded) {
+            const auto before = source.app.downloaded->certificates();
+            std::vector<gateways::ProviderCertificate> held;
+            for (const gateways::ProviderCertificate& c : *before) {
+                if (c.serial != cert->serial && c.not_after >= now_unix) {
+                    held.push_back(c);
+                }
+            }
+            held.push_back(*cert);
+            source.app.downloaded->replace(std::move(held));
+        }
+        give_up_on();
+        a.failures = 0;
+        a.next_ms = steady_now_ms();  // the next pending SN, if any
+        refresh_metrics().alipay_downloads.with({{"app_id", app_id}, {"result", "ok"}}).inc();
+        log::info("alipay.certificate_downloaded",
+                  {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"not_after", cert->not_after}, {"detail", detail}});
+    }
 };
 
-CertificateRefresher::CertificateRefresher(asio::io_context& ioc,
-                                           std::shared_ptr<gateways::CertificateBooks> books)
+CertificateRefresher::CertificateRefresher(asio::io_context& ioc, std::shared_ptr<gateways::ProviderBooks> books)
     : impl_(std::make_shared<Impl>(ioc, std::move(books)))
 {
 }
@@ -420,26 +599,37 @@ void CertificateRefresher::start()
     if (impl_->books) {
         std::weak_ptr<Impl> weak = impl_;
         asio::io_context& ioc = impl_->ioc;
-        impl_->books->set_hook([weak, &ioc](const std::string& mchid, const std::string& serial) {
+        impl_->books->wechatpay.set_hook([weak, &ioc](const std::string& mchid, const std::string& serial) {
             asio::post(ioc, [weak, mchid, serial] {
                 if (auto impl = weak.lock()) {
                     impl->request(mchid, serial);
                 }
             });
         });
+        impl_->books->alipay.set_hook([weak, &ioc](const std::string& app_id, const std::string& sn) {
+            asio::post(ioc, [weak, app_id, sn] {
+                if (auto impl = weak.lock()) {
+                    impl->request_alipay(app_id, sn);
+                }
+            });
+        });
     }
-    asio::co_spawn(impl_->ioc, impl_->run(), LogFailure("wechatpay.certificates_refresher_failed"));
+    asio::co_spawn(impl_->ioc, impl_->run(), LogFailure("certificates.refresher_failed"));
 }
 
 void CertificateRefresher::request_stop()
 {
     impl_->stopping = true;
     if (impl_->books) {
-        impl_->books->set_hook({});
+        impl_->books->wechatpay.set_hook({});
+        impl_->books->alipay.set_hook({});
     }
     impl_->wake.cancel();
     for (auto& [mchid, m] : impl_->merchants) {
         m.client->abort_in_flight();
+    }
+    for (auto& [app_id, a] : impl_->alipay_apps) {
+        a.client->abort_in_flight();
     }
     if (!impl_->started) {
         impl_->stopped = true;

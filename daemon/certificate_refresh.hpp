@@ -17,11 +17,17 @@
 // reload (APIv3 key, URL, CA file, merchant serial) and when downloads for it are turned off.
 // A 404 means the merchant has no platform certificates (public-key mode): nothing changes.
 //
-// Each instance downloads for itself: the certificates are WeChat Pay's to give, not state of
+// Alipay (certificate-mode apps with download_certificates): Alipay has no list to poll; when a
+// query answer is signed with a certificate SN the app does not hold (its book's hook says so),
+// that certificate is downloaded (alipay.open.app.alipaycert.download,
+// gateways/alipay/alipay_cert_download.hpp: trusted through its chain to the configured roots)
+// and kept until it expires. The same spacing, backoff and emptying on reload apply.
+//
+// Each instance downloads for itself: the certificates are the providers' to give, not state of
 // ours, and every instance can fetch them.
 //
 // Runs on the daemon's control io_context (the thread that handles signals and reloads); not
-// thread-safe except request().
+// thread-safe.
 
 #include "config/config.hpp"
 #include "gateways/certificate_book.hpp"
@@ -36,7 +42,7 @@
 
 namespace paybridge::gateways {
 struct QueryAccounts;
-class CertificateBooks;
+struct ProviderBooks;
 }  // namespace paybridge::gateways
 
 namespace paybridge::daemon {
@@ -60,7 +66,7 @@ std::vector<gateways::ProviderCertificate> merge_downloaded(const std::vector<ga
 
 class CertificateRefresher {
 public:
-    CertificateRefresher(boost::asio::io_context& ioc, std::shared_ptr<gateways::CertificateBooks> books);
+    CertificateRefresher(boost::asio::io_context& ioc, std::shared_ptr<gateways::ProviderBooks> books);
     ~CertificateRefresher();
     CertificateRefresher(const CertificateRefresher&) = delete;
     CertificateRefresher& operator=(const CertificateRefresher&) = delete;

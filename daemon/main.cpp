@@ -61,7 +61,7 @@ int main(int argc, char** argv)
         usage(stderr);
         return kExitConfig;
     }
-    auto books = std::make_shared<paybridge::gateways::CertificateBooks>();
+    auto books = std::make_shared<paybridge::gateways::ProviderBooks>();
     paybridge::daemon::ReloadResult loaded;
     try {
         // Only a daemon that runs downloads platform certificates: --check builds without books.

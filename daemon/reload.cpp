@@ -9,7 +9,7 @@
 
 namespace paybridge::daemon {
 
-ReloadResult load_runtime(const std::string& path, gateways::CertificateBooks* books)
+ReloadResult load_runtime(const std::string& path, gateways::ProviderBooks* books)
 {
     ReloadResult r;
     config::SecretSource secrets;
@@ -46,7 +46,7 @@ ReloadResult load_runtime(const std::string& path, gateways::CertificateBooks* b
     return r;
 }
 
-ReloadResult reload_runtime(const config::Config& running, gateways::CertificateBooks* books)
+ReloadResult reload_runtime(const config::Config& running, gateways::ProviderBooks* books)
 {
     ReloadResult r = load_runtime(running.path, books);
     if (!r.runtime) {

@@ -7,7 +7,7 @@
 #include <vector>
 
 namespace paybridge::gateways {
-class CertificateBooks;
+struct ProviderBooks;
 }
 
 namespace paybridge::daemon {
@@ -21,9 +21,9 @@ struct ReloadResult {
     std::vector<std::string> warnings;  ///< the loader's warnings (config::LoadReport::warnings)
 };
 
-ReloadResult load_runtime(const std::string& path, gateways::CertificateBooks* books = nullptr);
+ReloadResult load_runtime(const std::string& path, gateways::ProviderBooks* books = nullptr);
 
 /// Re-reads the file the running configuration came from (SIGHUP).
-ReloadResult reload_runtime(const config::Config& running, gateways::CertificateBooks* books = nullptr);
+ReloadResult reload_runtime(const config::Config& running, gateways::ProviderBooks* books = nullptr);
 
 }  // namespace paybridge::daemon

@@ -73,4 +73,10 @@ private:
     CertificateBook::UnknownSerialHook hook_;
 };
 
+/// Every provider's books of one process.
+struct ProviderBooks {
+    CertificateBooks wechatpay;  ///< by mchid: platform certificates (GET /v3/certificates)
+    CertificateBooks alipay;     ///< by app_id: re-issued Alipay public certificates (by SN)
+};
+
 }  // namespace paybridge::gateways

@@ -90,7 +90,8 @@ void DaemonFixture::write_config(const DaemonOptions& options)
            "\", \"alipay_public_key_file\": \"keys/alipay_public.pem\"" + options.alipay_app_extra + "},\n";
     cfg += "    {\"app_id\": \"" + std::string(kAlipayCertAppId) + "\", \"seller_id\": \"" + kSellerId +
            "\", \"alipay_public_cert_file\": \"keys/alipay_public.crt\", \"alipay_root_cert_file\": "
-           "\"keys/alipay_root.crt\"}\n  ]},\n";
+           "\"keys/alipay_root.crt\"" +
+           options.alipay_cert_app_extra + "}\n  ]},\n";
     cfg += "  \"wechatpay\": {\"merchants\": [{\"mchid\": \"" + std::string(kMchId) + "\", \"appid\": \"" + kAppId +
            "\", \"apiv3_key\": \"file:secrets/apiv3_key\", \"public_key_id\": \"" + kPublicKeyId +
            "\", \"public_key_file\": \"keys/wechatpay_public.pem\", \"platform_certificates\": "

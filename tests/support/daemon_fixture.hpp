@@ -29,6 +29,7 @@ struct DaemonOptions {
     std::map<std::string, std::string> env;  ///< extra environment (NOTIFY_SOCKET, WATCHDOG_USEC...)
     std::string tls_json;                ///< a "tls" object, when set
     std::string alipay_app_extra;        ///< extra members of the public-key-mode Alipay app (", \"k\": v")
+    std::string alipay_cert_app_extra;   ///< extra members of the certificate-mode Alipay app
     std::string wechat_merchant_extra;   ///< extra members of the WeChat Pay merchant (", \"k\": v")
 };
 

@@ -1,0 +1,242 @@
+// A re-issued Alipay public certificate downloaded (download_certificates, certificate mode) end
+// to end: the real paybridged and redis-server, a fake Alipay gateway on loopback that checks each
+// request's signature as Alipay does and answers, signed with a certificate paybridged was never
+// configured with, as Alipay does once it has re-issued its certificate. The first query answer
+// names the new SN: paybridged downloads that certificate (checked against the configured root),
+// then trusts it for query answers and notifications; a certificate from another CA is refused.
+
+#include "gateways/alipay/alipay_sim.hpp"
+#include "gateways/crypto/crypto.hpp"
+#include "tests/support/daemon_fixture.hpp"
+#include "tests/support/http_receiver.hpp"
+#include "tests/support/json.hpp"
+#include "tests/support/process.hpp"
+#include "tests/support/wait.hpp"
+
+#include <doctest/doctest.h>
+#include <rapidjson/document.h>
+
+#include <sys/stat.h>
+
+#include <atomic>
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+
+using namespace paybridge;
+using namespace paybridge::test;
+namespace alipay = paybridge::gateways::alipay;
+using namespace std::chrono_literals;
+
+namespace {
+
+/// The SN of a PEM certificate, per PROTOCOLS.md §1.6.
+std::string sn_of(const std::string& pem)
+{
+    auto certs = crypto::load_certificates(pem);
+    REQUIRE(certs.has_value());
+    REQUIRE(!certs->empty());
+    return crypto::alipay_cert_sn(certs->front().get());
+}
+
+/// A fake Alipay gateway that has re-issued its certificate, and paybridged's certificate-mode app
+/// asking it about bills.
+struct ReissueWorld {
+    // Declared (so destroyed) in this order: what the handler reads, the fake, then the daemon.
+    std::mutex mu;
+    std::map<std::string, std::string> trades;  ///< bill → "paid" or "unpaid" (others: unknown)
+    std::atomic<int> refused{0};                ///< requests whose app signature did not check
+    keygen::Certificate app_ca = keygen::make_ca({.common_name = "app CA test"});
+    keygen::Certificate app_cert = keygen::issue(app_ca, {.common_name = "app public key test"});
+    keygen::Certificate other_ca = keygen::make_ca({.common_name = "Not Ant Financial test"});
+    std::string new_cert_pem;     ///< the re-issued Alipay certificate (set by the constructor)
+    std::string new_private_pem;  ///< its key
+    std::string new_sn;
+    std::string served_pem;       ///< what the download answer carries (the new certificate, or another)
+    std::string root_sn;          ///< of the configured Alipay root, which requests must carry
+    HttpReceiver gateway{HttpReceiverOptions{}};
+    std::unique_ptr<DaemonFixture> fx;
+
+    explicit ReissueWorld(bool from_the_right_ca = true)
+    {
+        DaemonOptions opts;
+        opts.workers = 1;
+        opts.start = false;
+        opts.alipay_cert_app_extra = R"(, "app_private_key": "file:keys/app_private.pem", "app_public_cert_file": )"
+                                     R"("keys/app_public.crt", "gateway_url": ")" +
+                                     gateway.url("/gateway.do") + R"(", "download_certificates": true)";
+        opts.extra_config = R"("provider_query": {"after_s": 1, "until_s": 600, "max_gap_s": 1, "interval_s": 1})";
+        fx = std::make_unique<DaemonFixture>(opts);
+        // Alipay re-issues its certificate under the same root the app was configured with.
+        const keygen::Certificate reissued = keygen::issue(
+            fx->alipay_root, {.common_name = "alipay public key test 2", .organization = "Ant Financial test"});
+        new_cert_pem = reissued.cert_pem;
+        new_private_pem = reissued.key.private_pem;
+        new_sn = sn_of(new_cert_pem);
+        auto roots = crypto::load_certificates(fx->alipay_root.cert_pem);
+        REQUIRE(roots.has_value());
+        root_sn = crypto::alipay_root_cert_sn(*roots);
+        served_pem = new_cert_pem;
+        if (!from_the_right_ca) {
+            // Same subject, same key, another CA: its SN differs too, so it is served under the SN
+            // asked for (the check that must refuse it is the chain).
+            served_pem = keygen::issue(other_ca, {.common_name = "alipay public key test 2",
+                                                  .organization = "Ant Financial test"})
+                             .cert_pem;
+        }
+        const auto write = [this](const char* name, const std::string& content) {
+            const auto path = fx->dir() / name;
+            std::filesystem::create_directories(path.parent_path());
+            std::ofstream(path, std::ios::binary) << content;
+            ::chmod(path.c_str(), 0600);
+        };
+        write("keys/app_private.pem", app_cert.key.private_pem);
+        write("keys/app_public.crt", app_cert.cert_pem);
+        serve();
+        fx->start();
+    }
+
+    void serve()
+    {
+        gateway.set_handler([this](const ReceivedRequest& req) {
+            const crypto::SharedKey app_public = *crypto::load_public_key(app_cert.key.public_pem);
+            const crypto::SharedKey signer_key = *crypto::load_private_key(new_private_pem);
+            alipay::AnswerSigner signer{.alipay_private_key = signer_key.get(), .sign_type = "RSA2", .alipay_cert_sn = new_sn};
+            alipay::TradeQueryCheck check;
+            check.app_id = DaemonFixture::kAlipayCertAppId;
+            check.app_cert_sn = sn_of(app_cert.cert_pem);
+            check.alipay_root_cert_sn = root_sn;
+            ScriptedResponse r;
+            r.content_type = "application/json;charset=utf-8";
+            std::string problem;
+            std::lock_guard lock(mu);
+            if (req.target.find("alipay.open.app.alipaycert.download") != std::string::npos) {
+                Result<std::string> sn = alipay::check_cert_download_request(req.target, req.body, app_public.get(), check, &problem);
+                if (!sn) {
+                    ++refused;
+                    r.body = alipay::make_cert_download_error("40002", "Invalid Arguments", "isv.invalid-signature",
+                                                              problem, signer);
+                } else {
+                    r.body = alipay::make_cert_download_answer(served_pem, signer);
+                }
+                return r;
+            }
+            Result<std::string> bill = alipay::check_trade_query_request(req.target, req.body, app_public.get(), check, &problem);
+            if (!bill) {
+                ++refused;
+                r.body = alipay::make_trade_query_error("40002", "Invalid Arguments", "isv.invalid-signature", problem,
+                                                        signer);
+                return r;
+            }
+            const auto found = trades.find(*bill);
+            if (found == trades.end()) {
+                r.body = alipay::make_trade_not_exist_answer(*bill, signer);
+                return r;
+            }
+            alipay::QueriedTrade trade;
+            trade.out_trade_no = *bill;
+            trade.amount_fen = 1000;
+            trade.trade_no = "2026120522001" + *bill;
+            trade.trade_status = found->second == "paid" ? "TRADE_SUCCESS" : "WAIT_BUYER_PAY";
+            r.body = alipay::make_trade_query_answer(trade, signer);
+            return r;
+        });
+    }
+
+    std::string status_of(const std::string& bill)
+    {
+        const HttpResult r = fx->get_bill(bill);
+        REQUIRE_MESSAGE(r.status == 200, r.body);
+        return parse_json(r.body)["status"].GetString();
+    }
+    std::string metrics() { return http_request(fx->port(), "GET", "/metrics").body; }
+    int downloads()
+    {
+        int n = 0;
+        for (const ReceivedRequest& r : gateway.requests()) {
+            n += r.target.find("alipay.open.app.alipaycert.download") != std::string::npos ? 1 : 0;
+        }
+        return n;
+    }
+    /// A payment notification for the certificate-mode app, signed with the re-issued certificate's key.
+    HttpResult notify(const std::string& bill)
+    {
+        alipay::NoticeSpec spec;
+        spec.app_id = DaemonFixture::kAlipayCertAppId;
+        spec.seller_id = DaemonFixture::kSellerId;
+        spec.out_trade_no = bill;
+        spec.amount_fen = 1000;
+        spec.trade_no = "2026120522009" + bill;
+        const crypto::SharedKey key = *crypto::load_private_key(new_private_pem);
+        return fx->post_alipay(alipay::build_alipay_body(alipay::make_paid_notice(spec), key.get()));
+    }
+};
+
+}  // namespace
+
+TEST_CASE("alipay certificate - a re-issued certificate named by a query answer is downloaded, then trusted for "
+          "answers and notifications")
+{
+    ReissueWorld w;
+    {
+        std::lock_guard lock(w.mu);
+        w.trades["AC-0"] = "unpaid";
+        w.trades["AC-1"] = "paid";
+    }
+    REQUIRE(w.fx->create_bill("AC-0", 1000).status == 201);
+    // Signed with a certificate paybridged does not have yet: refused (Alipay retries it).
+    const HttpResult early = w.notify("AC-0");
+    CHECK(early.status == 400);
+    CHECK(early.body == "fail");
+
+    // The first query answer names the new SN: it is downloaded, checked against the root.
+    REQUIRE_MESSAGE(wait_until([&] { return w.metrics().find("paybridge_alipay_certificate_downloads_total{app_id=\"" +
+                                                             std::string(DaemonFixture::kAlipayCertAppId) +
+                                                             "\",result=\"ok\"} 1") != std::string::npos; },
+                               30s),
+                    w.fx->log());
+    CHECK(w.downloads() == 1);
+    CHECK(w.refused == 0);
+    CHECK(w.fx->log().find("\"event\":\"alipay.certificate_downloaded\"") != std::string::npos);
+    CHECK(w.fx->log().find(w.new_sn) != std::string::npos);
+
+    // Alipay's retry of the notification is accepted now.
+    const HttpResult retry = w.notify("AC-0");
+    CHECK(retry.status == 200);
+    CHECK(retry.body == "success");
+    CHECK(w.status_of("AC-0") == "PAID");
+
+    // Query answers signed with it are trusted: a payment found by a query is applied.
+    REQUIRE(w.fx->create_bill("AC-1", 1000).status == 201);
+    CHECK(wait_until([&] { return w.status_of("AC-1") == "PAID"; }, 30s));
+    // One download was enough.
+    CHECK(w.downloads() == 1);
+    CHECK(w.fx->stop() == 0);
+}
+
+TEST_CASE("alipay certificate - a certificate that does not chain to the configured root is refused")
+{
+    ReissueWorld w(false);
+    {
+        std::lock_guard lock(w.mu);
+        w.trades["AF-1"] = "paid";
+    }
+    REQUIRE(w.fx->create_bill("AF-1", 1000).status == 201);
+    REQUIRE_MESSAGE(wait_until([&] { return w.metrics().find("paybridge_alipay_certificate_downloads_total{app_id=\"" +
+                                                             std::string(DaemonFixture::kAlipayCertAppId) +
+                                                             "\",result=\"failed\"} 1") != std::string::npos; },
+                               30s),
+                    w.fx->log());
+    CHECK(w.fx->log().find("\"event\":\"alipay.certificate_download_failed\"") != std::string::npos);
+    // Nothing signed with it is trusted: the notification is refused, the query's payment not applied.
+    CHECK(w.notify("AF-1").body == "fail");
+    std::this_thread::sleep_for(3s);
+    CHECK(w.status_of("AF-1") == "PENDING");
+    // While downloads fail, the answers naming the SN do not ask again at once (the backoff holds).
+    CHECK(w.downloads() == 1);
+    CHECK(w.fx->stop() == 0);
+}
