@@ -107,6 +107,16 @@ public:
         if (const Value* v = object_at(root, r, "provider_query")) {
             parse_provider_query(*v, child(r, "provider_query"), cfg, cfg.provider_query);
         }
+        if (!cfg.provider_query.enabled) {
+            for (const AlipayApp& app : cfg.alipay_apps) {
+                if (app.download_certificates) {
+                    // Only query answers name Alipay's certificate: without queries nothing is downloaded.
+                    problems_.warn(child(app.pointer, "download_certificates"),
+                                   "has no effect without provider_query (only query answers name a re-issued "
+                                   "Alipay certificate)");
+                }
+            }
+        }
         if (const Value* v = object_at(root, r, "log")) {
             if (const Value* level = string_at(*v, "/log", "level")) {
                 if (!log::parse_level(str(*level), cfg.log_level)) {

@@ -50,6 +50,10 @@ struct RefreshMetrics {
     metrics::Family<metrics::Counter>& alipay_downloads = metrics::registry().counter(
         "paybridge_alipay_certificate_downloads_total",
         "Downloads of re-issued Alipay public certificates (download_certificates), by app and result: ok, failed.");
+    metrics::Family<metrics::Gauge>& alipay_held = metrics::registry().gauge(
+        "paybridge_alipay_downloaded_certificates",
+        "Re-issued Alipay certificates held from downloads and valid now, by app (download_certificates): install "
+        "them in the configuration.");
     metrics::Family<metrics::Counter>& downloads = metrics::registry().counter(
         "paybridge_wechatpay_certificate_downloads_total",
         "Downloads of WeChat Pay platform certificates (download_certificates), by merchant and result: ok, "
@@ -65,12 +69,15 @@ RefreshMetrics& refresh_metrics()
     return m;
 }
 
-/// What an Alipay app's downloads trust: the roots they are checked against, the app's identity,
-/// where they come from. A change empties its book.
+/// What an Alipay app's downloads trust: the roots they are checked against, the configured Alipay
+/// certificate's issuer and subject (which a download must carry), the app's identity, where they
+/// come from. A change empties its book.
 std::string alipay_trust_inputs(const gateways::AlipayCertificateSource& source,
                                 const config::ProviderQueryConfig& settings)
 {
-    return source.app.alipay_root_cert_sn + "|" + source.signer.app_cert_sn + "|" + source.url + "|" + settings.ca_file;
+    return source.app.alipay_root_cert_sn + "|" + crypto::hex_lower(source.app.alipay_cert_issuer_der) + "|" +
+           crypto::hex_lower(source.app.alipay_cert_subject_der) + "|" + source.signer.app_cert_sn + "|" + source.url +
+           "|" + settings.ca_file;
 }
 
 /// An Alipay certificate SN as §1.6 computes it: 32 hex digits (MD5).
@@ -204,6 +211,8 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     void apply_update()
     {
         changed = false;
+        // The sources the schedules point into stay alive until every old schedule is looked at.
+        const std::shared_ptr<const gateways::QueryAccounts> previous = std::move(accounts);
         accounts = next_accounts;
         std::map<std::string, Merchant, std::less<>> next;
         const std::int64_t now = steady_now_ms();
@@ -262,6 +271,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                     source.app.downloaded->replace({});
                 }
                 a.source = &source;
+                show_alipay_held(source.app.app_id, source.app.downloaded);
                 a.client = make_client(source.url, "alipay.certificate_refused", {"app_id", source.app.app_id});
                 if (a.client) {
                     next.emplace(source.app.app_id, std::move(a));
@@ -269,8 +279,11 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
             }
         }
         for (auto& [app_id, a] : alipay_apps) {
-            if (!next.contains(app_id) && a.source->app.downloaded) {
-                a.source->app.downloaded->replace({});
+            if (!next.contains(app_id)) {
+                if (a.source->app.downloaded) {
+                    a.source->app.downloaded->replace({});
+                }
+                refresh_metrics().alipay_held.with({{"app_id", app_id}}).set(0);
             }
         }
         alipay_apps = std::move(next);
@@ -287,9 +300,16 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         const auto held = a.source->app.downloaded ? a.source->app.downloaded->certificates() : nullptr;
         const bool have = held && std::any_of(held->begin(), held->end(),
                                               [&sn](const gateways::ProviderCertificate& c) { return c.serial == sn; });
-        // While downloads fail the backoff holds; a few SNs at a time (a re-issue is one).
-        if (have || a.failures > 0 || a.pending.size() >= 4 ||
-            std::find(a.pending.begin(), a.pending.end(), sn) != a.pending.end()) {
+        // A few SNs at a time (a re-issue is one).
+        if (have || a.pending.size() >= 4 || std::find(a.pending.begin(), a.pending.end(), sn) != a.pending.end()) {
+            return;
+        }
+        if (a.failures > 0) {
+            // While downloads fail the backoff holds: the SN waits for the next attempt.
+            a.pending.push_back(sn);
+            log::info("alipay.certificate_requested", {{"app_id", app_id}, {"alipay_cert_sn", sn},
+                                                       {"why", "a query answer was signed with it"},
+                                                       {"retry_in_s", retry_in_s(a)}});
             return;
         }
         const std::int64_t earliest = a.last_request_ms == 0 ? 0 : a.last_request_ms + kRequestSpacing.count();
@@ -302,6 +322,19 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         log::info("alipay.certificate_requested",
                   {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"why", "a query answer was signed with it"}});
         wake.cancel();
+    }
+
+    /// The book's certificates valid now, as the app's gauge.
+    static void show_alipay_held(const std::string& app_id, const std::shared_ptr<gateways::CertificateBook>& book)
+    {
+        double valid = 0;
+        if (book) {
+            const std::int64_t now_unix = unix_now();
+            for (const gateways::ProviderCertificate& c : *book->certificates()) {
+                valid += now_unix >= c.not_before && now_unix <= c.not_after ? 1 : 0;
+            }
+        }
+        refresh_metrics().alipay_held.with({{"app_id", app_id}}).set(valid);
     }
 
     /// The book's certificates valid now, as the merchant's gauge.
@@ -568,8 +601,13 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         a.failures = 0;
         a.next_ms = steady_now_ms();  // the next pending SN, if any
         refresh_metrics().alipay_downloads.with({{"app_id", app_id}, {"result", "ok"}}).inc();
-        log::info("alipay.certificate_downloaded",
-                  {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"not_after", cert->not_after}, {"detail", detail}});
+        show_alipay_held(app_id, source.app.downloaded);
+        // Held in memory by this instance only: a restart forgets it until a query answer names it
+        // again. Installing it is the lasting fix.
+        log::warning("alipay.certificate_downloaded",
+                     {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"not_after", cert->not_after}, {"detail", detail},
+                      {"action", "install it as alipay_public_cert_file (the old one as previous_alipay_public_cert_file) "
+                                 "and reload"}});
     }
 };
 

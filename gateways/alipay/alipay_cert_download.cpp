@@ -4,6 +4,7 @@
 #include "gateways/alipay/alipay_detail.hpp"
 
 #include <openssl/evp.h>
+#include <openssl/x509v3.h>
 
 #include <rapidjson/document.h>
 #include <rapidjson/stringbuffer.h>
@@ -99,6 +100,23 @@ std::optional<ProviderCertificate> check_certificate(const AlipayAppKeys& app, s
     }
     if (!out.key || EVP_PKEY_get_base_id(out.key.get()) != EVP_PKEY_RSA) {
         why = named + " does not hold an RSA public key";
+        return std::nullopt;
+    }
+    // The root also issues every merchant's app certificate (whose holder has its private key):
+    // only a certificate of the same issuer and subject as the configured Alipay certificate, and
+    // no CA, is Alipay's re-issued one.
+    const std::string issuer = detail::name_der(X509_get_issuer_name(cert));
+    const std::string subject = detail::name_der(X509_get_subject_name(cert));
+    if (issuer.empty() || issuer != app.alipay_cert_issuer_der) {
+        why = named + " is not issued by the issuer of alipay_public_cert_file";
+        return std::nullopt;
+    }
+    if (subject.empty() || subject != app.alipay_cert_subject_der) {
+        why = named + " does not name the subject of alipay_public_cert_file";
+        return std::nullopt;
+    }
+    if (X509_check_ca(cert) != 0) {
+        why = named + " is a CA certificate";
         return std::nullopt;
     }
     if (out.serial != wanted_sn) {

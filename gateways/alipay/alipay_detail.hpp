@@ -11,6 +11,8 @@
 #include "gateways/crypto/crypto.hpp"
 #include "gateways/query.hpp"
 
+#include <openssl/x509.h>
+
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -33,6 +35,10 @@ std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs);
 /// looking at validity periods when `check_time` is false.
 bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
                      const std::vector<crypto::X509Ptr>& roots, bool check_time = true, std::int64_t at_unix = 0);
+
+/// The DER encoding of a certificate name ("" when it cannot be encoded), to compare names
+/// exactly.
+std::string name_der(const X509_NAME* name);
 
 /// True when some key of app.keys comes from the certificate of SN `sn`.
 bool configured_sn(const AlipayAppKeys& app, std::string_view sn) noexcept;

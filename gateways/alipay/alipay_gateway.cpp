@@ -206,6 +206,18 @@ std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs)
     return 0;
 }
 
+std::string name_der(const X509_NAME* name)
+{
+    unsigned char* der = nullptr;
+    const int n = i2d_X509_NAME(name, &der);
+    if (n <= 0 || der == nullptr) {
+        return {};
+    }
+    std::string out(reinterpret_cast<const char*>(der), static_cast<std::size_t>(n));
+    OPENSSL_free(der);
+    return out;
+}
+
 // crypto::certificate_chains_to takes no untrusted intermediates, which a multi-certificate
 // Alipay file needs.
 bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
@@ -350,6 +362,8 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
                 problem("alipay_public_cert_file does not hold an RSA public key");
             } else {
                 keys.alipay_cert_sn = crypto::alipay_cert_sn(cert);
+                keys.alipay_cert_issuer_der = detail::name_der(X509_get_issuer_name(cert));
+                keys.alipay_cert_subject_der = detail::name_der(X509_get_subject_name(cert));
                 keys.keys.push_back(AlipayKey{.key = std::move(key), .cert_sn = keys.alipay_cert_sn});
                 keys.alipay_root_cert_sn = crypto::alipay_root_cert_sn(*roots);
             }

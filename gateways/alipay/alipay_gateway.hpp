@@ -43,6 +43,11 @@ struct AlipayAppKeys {
     /// Certificate mode: every certificate of alipay_root_cert_file (immutable, shared between
     /// copies), what a downloaded certificate must chain to (read_cert_download).
     std::shared_ptr<const std::vector<crypto::X509Ptr>> roots;
+    /// Certificate mode: the DER issuer and subject names of alipay_public_cert_file. A downloaded
+    /// certificate must carry both: the root also issues every merchant's app certificate, whose
+    /// holders have its private key, so chaining to the root alone does not make it Alipay's.
+    std::string alipay_cert_issuer_der;
+    std::string alipay_cert_subject_der;
     /// Certificate mode with download_certificates (and books given to the loader): Alipay
     /// certificates downloaded while running (ProviderCertificate::serial = the SN), tried after
     /// `keys`; told of an alipay_cert_sn that none of the keys has (read_trade_query).

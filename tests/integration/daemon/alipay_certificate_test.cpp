@@ -73,7 +73,7 @@ struct ReissueWorld {
         fx = std::make_unique<DaemonFixture>(opts);
         // Alipay re-issues its certificate under the same root the app was configured with.
         const keygen::Certificate reissued = keygen::issue(
-            fx->alipay_root, {.common_name = "alipay public key test 2", .organization = "Ant Financial test"});
+            fx->alipay_root, {.common_name = "alipay public key test", .organization = "Ant Financial test"});
         new_cert_pem = reissued.cert_pem;
         new_private_pem = reissued.key.private_pem;
         new_sn = sn_of(new_cert_pem);
@@ -84,7 +84,7 @@ struct ReissueWorld {
         if (!from_the_right_ca) {
             // Same subject, same key, another CA: its SN differs too, so it is served under the SN
             // asked for (the check that must refuse it is the chain).
-            served_pem = keygen::issue(other_ca, {.common_name = "alipay public key test 2",
+            served_pem = keygen::issue(other_ca, {.common_name = "alipay public key test",
                                                   .organization = "Ant Financial test"})
                              .cert_pem;
         }
@@ -236,7 +236,12 @@ TEST_CASE("alipay certificate - a certificate that does not chain to the configu
     CHECK(w.notify("AF-1").body == "fail");
     std::this_thread::sleep_for(3s);
     CHECK(w.status_of("AF-1") == "PENDING");
-    // While downloads fail, the answers naming the SN do not ask again at once (the backoff holds).
+    // While downloads fail, the answers naming the SN do not ask again at once (the backoff holds),
+    // but the SN waits for the next attempt (not dropped for good).
     CHECK(w.downloads() == 1);
+    const std::string log = w.fx->log();
+    const auto queued = log.find("\"event\":\"alipay.certificate_requested\"", log.find("alipay.certificate_download_failed"));
+    REQUIRE(queued != std::string::npos);
+    CHECK(log.find("\"retry_in_s\":", queued) != std::string::npos);
     CHECK(w.fx->stop() == 0);
 }

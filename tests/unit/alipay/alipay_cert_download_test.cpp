@@ -63,8 +63,8 @@ std::string sn_of(const std::string& pem)
 // One CA, the certificate configured (alipay_public_cert_file) and the one Alipay re-issued.
 struct Alipay {
     keygen::Certificate ca = keygen::make_ca({.common_name = "Test Alipay Root"});
-    keygen::Certificate current = keygen::issue(ca, {.common_name = "alipay public cert 2024"});
-    keygen::Certificate reissued = keygen::issue(ca, {.common_name = "alipay public cert 2029"});
+    keygen::Certificate current = keygen::issue(ca, {.common_name = "alipay public cert"});
+    keygen::Certificate reissued = keygen::issue(ca, {.common_name = "alipay public cert"});
     std::string current_sn = sn_of(current.cert_pem);
     std::string reissued_sn = sn_of(reissued.cert_pem);
     crypto::SharedKey current_key = private_key(current.key);
@@ -328,8 +328,8 @@ TEST_CASE("read_cert_download: the certificate may come with its intermediate, i
 {
     const auto root = keygen::make_ca({.common_name = "Test Root"});
     const auto intermediate = keygen::issue(root, {.common_name = "Test Intermediate", .is_ca = true});
-    const auto current = keygen::issue(intermediate, {.common_name = "alipay 2024"});
-    const auto reissued = keygen::issue(intermediate, {.common_name = "alipay 2029"});
+    const auto current = keygen::issue(intermediate, {.common_name = "alipay public cert"});
+    const auto reissued = keygen::issue(intermediate, {.common_name = "alipay public cert"});
     config::AlipayApp config = cert_config();
     config.public_cert_pem = current.cert_pem + intermediate.cert_pem;
     config.root_cert_pem = root.cert_pem;
@@ -364,7 +364,7 @@ TEST_CASE("read_cert_download: a certificate that is not the one asked for, or n
 
     // From another CA, though it names itself and signs with its own key.
     const auto other_ca = keygen::make_ca({.common_name = "Test Alipay Root"});  // the same name, another key
-    const auto stranger = keygen::issue(other_ca, {.common_name = "alipay public cert 2029"});
+    const auto stranger = keygen::issue(other_ca, {.common_name = "alipay public cert"});
     const std::string stranger_sn = sn_of(stranger.cert_pem);
     const auto stranger_key = private_key(stranger.key);
     CHECK(error_of(read(app, make_cert_download_answer(stranger.cert_pem, signed_by(stranger_key, stranger_sn)),
@@ -375,16 +375,31 @@ TEST_CASE("read_cert_download: a certificate that is not the one asked for, or n
                         &detail, stranger_sn)) == make_error_code(errc::bad_signature));
     CHECK(detail == "the downloaded certificate " + stranger_sn + " does not chain to alipay_root_cert_file");
 
+    // The root also issues merchants' app certificates, whose holders have their keys: one of them
+    // (another subject) is not Alipay's, though it chains, names itself and signs with its own key.
+    const auto merchant_app = keygen::issue(a.ca, {.common_name = "2088000000000009-2021000000000009"});
+    const std::string merchant_sn = sn_of(merchant_app.cert_pem);
+    const auto merchant_key = private_key(merchant_app.key);
+    CHECK(error_of(read(app, make_cert_download_answer(merchant_app.cert_pem, signed_by(merchant_key, merchant_sn)),
+                        &detail, merchant_sn)) == make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + merchant_sn + " does not name the subject of alipay_public_cert_file");
+    // Nor is a CA certificate, even of Alipay's name.
+    const auto ca_named = keygen::issue(a.ca, {.common_name = "alipay public cert", .is_ca = true});
+    const std::string ca_sn = sn_of(ca_named.cert_pem);
+    CHECK(error_of(read(app, make_cert_download_answer(ca_named.cert_pem, signed_by(a.current_key, a.current_sn)),
+                        &detail, ca_sn)) == make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + ca_sn + " is a CA certificate");
+
     // Expired, and not valid yet.
     const std::int64_t now = std::time(nullptr);
-    const auto expired = keygen::issue(a.ca, {.common_name = "alipay 2020", .not_before_unix = now - 20 * 86400,
+    const auto expired = keygen::issue(a.ca, {.common_name = "alipay public cert", .not_before_unix = now - 20 * 86400,
                                               .not_after_unix = now - 10 * 86400});
     const std::string expired_sn = sn_of(expired.cert_pem);
     const auto expired_key = private_key(expired.key);
     CHECK(error_of(read(app, make_cert_download_answer(expired.cert_pem, signed_by(expired_key, expired_sn)), &detail,
                         expired_sn)) == make_error_code(errc::bad_signature));
     CHECK(detail == "the downloaded certificate " + expired_sn + " has expired");
-    const auto future = keygen::issue(a.ca, {.common_name = "alipay 2035", .not_before_unix = now + 10 * 86400,
+    const auto future = keygen::issue(a.ca, {.common_name = "alipay public cert", .not_before_unix = now + 10 * 86400,
                                              .not_after_unix = now + 20 * 86400});
     const std::string future_sn = sn_of(future.cert_pem);
     CHECK(error_of(read(app, make_cert_download_answer(future.cert_pem, signed_by(a.current_key, a.current_sn)),
@@ -516,7 +531,7 @@ TEST_CASE("read_cert_download: the answer may be signed with a certificate downl
     CertificateBooks books;
     const AlipayAppKeys app = load(cert_config(), &books);
     const Alipay& a = provider();
-    const auto next = keygen::issue(a.ca, {.common_name = "alipay public cert 2034"});
+    const auto next = keygen::issue(a.ca, {.common_name = "alipay public cert"});
     const std::string next_sn = sn_of(next.cert_pem);
     const std::string body = make_cert_download_answer(next.cert_pem, signed_by(a.reissued_key, a.reissued_sn));
     std::string detail;
@@ -560,7 +575,7 @@ TEST_CASE("load_alipay_app: a book for certificate-mode apps with download_certi
     CHECK(alipay_gw->find_app(kAppId)->downloaded == app.downloaded);
 }
 
-TEST_CASE("read_trade_query: an alipay_cert_sn not held asks for its download; once held, it verifies")
+TEST_CASE("read_trade_query: an alipay_cert_sn not held asks for its download, once held it verifies")
 {
     CertificateBooks books;
     std::vector<std::pair<std::string, std::string>> asked;
