@@ -324,8 +324,8 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         wake.cancel();
     }
 
-    /// The book's certificates valid now, as the app's gauge.
-    static void show_alipay_held(const std::string& app_id, const std::shared_ptr<gateways::CertificateBook>& book)
+    /// How many of the book's certificates are valid now (for the gauges).
+    static double valid_now(const std::shared_ptr<gateways::CertificateBook>& book)
     {
         double valid = 0;
         if (book) {
@@ -334,20 +334,15 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 valid += now_unix >= c.not_before && now_unix <= c.not_after ? 1 : 0;
             }
         }
-        refresh_metrics().alipay_held.with({{"app_id", app_id}}).set(valid);
+        return valid;
     }
-
-    /// The book's certificates valid now, as the merchant's gauge.
+    static void show_alipay_held(const std::string& app_id, const std::shared_ptr<gateways::CertificateBook>& book)
+    {
+        refresh_metrics().alipay_held.with({{"app_id", app_id}}).set(valid_now(book));
+    }
     static void show_held(const std::string& mchid, const std::shared_ptr<gateways::CertificateBook>& book)
     {
-        double valid = 0;
-        if (book) {
-            const std::int64_t now_unix = unix_now();
-            for (const PlatformCertificate& c : *book->certificates()) {
-                valid += now_unix >= c.not_before && now_unix <= c.not_after ? 1 : 0;
-            }
-        }
-        refresh_metrics().held.with({{"mchid", mchid}}).set(valid);
+        refresh_metrics().held.with({{"mchid", mchid}}).set(valid_now(book));
     }
 
     void request(const std::string& mchid, const std::string& serial)

@@ -18,26 +18,14 @@
 namespace paybridge::gateways::alipay {
 namespace {
 
+using detail::add_note;
+using detail::set_detail;
+
 constexpr std::string_view kDownloadMethod = "alipay.open.app.alipaycert.download";
 constexpr std::string_view kDownloadNode = "alipay_open_app_alipaycert_download_response";
 constexpr unsigned kParseFlags = rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag;
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
-
-void set_detail(std::string* detail, std::string text)
-{
-    if (detail != nullptr) {
-        *detail = std::move(text);
-    }
-}
-
-void add_note(std::string& notes, std::string_view note)
-{
-    if (!notes.empty()) {
-        notes += "; ";
-    }
-    notes += note;
-}
 
 std::optional<std::string_view> text_member(const rapidjson::Value& object, const char* name)
 {

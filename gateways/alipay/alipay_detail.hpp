@@ -26,6 +26,11 @@ namespace paybridge::gateways::alipay::detail {
 /// `now_unix`, or the clock's Unix seconds when it is 0.
 std::int64_t now_or_clock(std::int64_t now_unix);
 
+/// Appends `note` to the "; "-separated `notes`.
+void add_note(std::string& notes, std::string_view note);
+/// *detail = text, when detail is given.
+void set_detail(std::string* detail, std::string text);
+
 /// Alipay's certificate file may carry intermediates after (or before) its own certificate; the
 /// leaf is the one certificate that issued none of the others.
 std::size_t leaf_index(const std::vector<crypto::X509Ptr>& certs);

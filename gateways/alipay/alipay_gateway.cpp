@@ -88,14 +88,6 @@ bool acted_on(std::string_view key) noexcept
     return false;
 }
 
-void add_note(std::string& notes, std::string_view note)
-{
-    if (!notes.empty()) {
-        notes += "; ";
-    }
-    notes += note;
-}
-
 // One way of rebuilding the signed string (§1.5 plus its fallbacks).
 struct Variant {
     bool exclude_cert_sn{false};
@@ -184,6 +176,22 @@ std::string first_valid_time(const FormFields& fields, std::initializer_list<std
 }  // namespace
 
 namespace detail {
+
+void add_note(std::string& notes, std::string_view note)
+{
+    if (!notes.empty()) {
+        notes += "; ";
+    }
+    notes += note;
+}
+
+void set_detail(std::string* detail, std::string text)
+{
+    if (detail != nullptr) {
+        *detail = std::move(text);
+    }
+}
+
 
 std::int64_t now_or_clock(std::int64_t now_unix)
 {
@@ -488,7 +496,7 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
         // Base64 has no spaces: they are '+' characters that were sent unencoded and became spaces
         // in form decoding.
         std::replace(sign_text.begin(), sign_text.end(), ' ', '+');
-        add_note(notice.notes, "spaces in sign read as '+'");
+        detail::add_note(notice.notes, "spaces in sign read as '+'");
     }
     const auto signature = crypto::base64_decode(sign_text);
     if (!signature) {
@@ -570,19 +578,19 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
         return make_error_code(errc::bad_signature);
     }
     if (verified_by != nullptr && verified_by->previous) {
-        add_note(notice.notes, "verified with the previous Alipay key (rotation not finished)");
+        detail::add_note(notice.notes, "verified with the previous Alipay key (rotation not finished)");
     }
     if (!downloaded_sn.empty()) {
-        add_note(notice.notes, "verified with the downloaded Alipay certificate " + downloaded_sn);
+        detail::add_note(notice.notes, "verified with the downloaded Alipay certificate " + downloaded_sn);
     }
     if (verified->skip_empty) {
-        add_note(notice.notes, "verified without the empty-valued fields");
+        detail::add_note(notice.notes, "verified without the empty-valued fields");
     }
     if (verified->unescape_quot) {
-        add_note(notice.notes, "verified with &quot; read as '\"'");
+        detail::add_note(notice.notes, "verified with &quot; read as '\"'");
     }
     if (has_cert_sn) {
-        add_note(notice.notes, verified->exclude_cert_sn ? "verified with alipay_cert_sn excluded"
+        detail::add_note(notice.notes, verified->exclude_cert_sn ? "verified with alipay_cert_sn excluded"
                                                          : "verified with alipay_cert_sn included");
     }
 
@@ -597,7 +605,7 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
     if (!charset && charset_field == nullptr) {
         // An unsigned label paybridge cannot use does not make a verified notification unreadable:
         // Alipay's default applies, as without a label (fields that do not read are handled below).
-        add_note(notice.notes, "Content-Type charset not used (not one Alipay sends); read as utf-8");
+        detail::add_note(notice.notes, "Content-Type charset not used (not one Alipay sends); read as utf-8");
         charset = parse_charset("utf-8");
     }
     if (!charset) {
@@ -615,7 +623,7 @@ Result<VerifiedNotice> AlipayGateway::verify(std::string_view body, std::string_
                 return make_error_code(errc::malformed_request);
             }
             // Named only when the name itself is readable; the value is never logged.
-            add_note(notice.notes, "dropped field " + (utf8_key ? *utf8_key : std::string("(unreadable name)")) +
+            detail::add_note(notice.notes, "dropped field " + (utf8_key ? *utf8_key : std::string("(unreadable name)")) +
                                        ": not valid " + std::string(to_string(*charset)));
             continue;
         }

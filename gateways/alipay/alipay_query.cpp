@@ -22,6 +22,9 @@
 namespace paybridge::gateways::alipay {
 namespace {
 
+using detail::add_note;
+using detail::set_detail;
+
 using rapidjson::Value;
 
 constexpr std::string_view kQueryNode = "alipay_trade_query_response";
@@ -31,21 +34,6 @@ constexpr std::string_view kErrorNode = "error_response";
 constexpr unsigned kParseFlags = rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag;
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
-
-void set_detail(std::string* detail, std::string text)
-{
-    if (detail != nullptr) {
-        *detail = std::move(text);
-    }
-}
-
-void add_note(std::string& notes, std::string_view note)
-{
-    if (!notes.empty()) {
-        notes += "; ";
-    }
-    notes += note;
-}
 
 // "yyyy-MM-dd HH:mm:ss" in Beijing time: Alipay reads request timestamps as GMT+8 (§1.9).
 std::string beijing_time(std::int64_t unix_s)
