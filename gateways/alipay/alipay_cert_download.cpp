@@ -135,7 +135,7 @@ Result<QueryRequest> build_cert_download(const AlipayAppKeys& app, const AlipayQ
 
 Result<ProviderCertificate> read_cert_download(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
                                                const QueryResponse& response, std::int64_t now_unix,
-                                               std::string* detail)
+                                               std::string* detail, std::string* content_out)
 {
     set_detail(detail, {});
     if (!app.roots || alipay_cert_sn.empty()) {
@@ -153,13 +153,15 @@ Result<ProviderCertificate> read_cert_download(const AlipayAppKeys& app, std::st
     // The certificate first: the answer may be signed with it, and it is trusted by its chain to
     // the configured roots, whatever the (still unverified) answer around it says.
     std::optional<ProviderCertificate> fetched;
+    std::string fetched_content;
     {
         rapidjson::Document doc;
         doc.Parse<kParseFlags>(content.data(), content.size());
         const bool success = !doc.HasParseError() && doc.IsObject() && text_member(doc, "code") == "10000";
         if (const auto cert_content = success ? text_member(doc, "alipay_cert_content") : std::nullopt) {
             std::string why;
-            fetched = check_certificate(app, alipay_cert_sn, *cert_content, now, why);
+            fetched_content = without_whitespace(*cert_content);
+            fetched = check_certificate(app, alipay_cert_sn, fetched_content, now, why);
             if (!fetched) {
                 set_detail(detail, std::move(why));
                 return error(errc::bad_signature);
@@ -235,7 +237,28 @@ Result<ProviderCertificate> read_cert_download(const AlipayAppKeys& app, std::st
         return error(errc::malformed_request);
     }
     set_detail(detail, std::move(notes));
+    if (content_out != nullptr) {
+        *content_out = std::move(fetched_content);
+    }
     return std::move(*fetched);
+}
+
+Result<ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
+                                                   std::string_view content, std::int64_t now_unix, std::string* detail)
+{
+    set_detail(detail, {});
+    if (!app.roots || alipay_cert_sn.empty()) {
+        set_detail(detail, "the app is not in certificate mode");
+        return error(errc::invalid_argument);
+    }
+    std::string why;
+    std::optional<ProviderCertificate> kept =
+        check_certificate(app, alipay_cert_sn, content, detail::now_or_clock(now_unix), why);
+    if (!kept) {
+        set_detail(detail, std::move(why));
+        return error(errc::bad_signature);
+    }
+    return std::move(*kept);
 }
 
 }  // namespace paybridge::gateways::alipay

@@ -54,9 +54,22 @@ Result<QueryRequest> build_cert_download(const AlipayAppKeys& app, const AlipayQ
 /// Result: ProviderCertificate{serial = alipay_cert_sn, key = the leaf's public key, not_before,
 /// not_after (Unix s)}. `detail`, when given, receives one line for logs: on success the
 /// fallbacks used, as read_trade_query's ("" when none), on an error what failed. It never holds
-/// key material; provider texts are excerpted.
+/// key material; provider texts are excerpted. `content`, when given, receives on success
+/// alipay_cert_content without its whitespace: what check_kept_certificate checks again later.
 Result<gateways::ProviderCertificate> read_cert_download(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
                                                          const QueryResponse& response, std::int64_t now_unix,
-                                                         std::string* detail = nullptr);
+                                                         std::string* detail = nullptr, std::string* content = nullptr);
+
+/// A certificate downloaded before and kept (store/certificate_shelf.hpp: every instance, and this
+/// one after a restart, uses what one instance downloaded), checked again exactly as the download's
+/// certificate was: `content` as read_cert_download gave it; a leaf chaining to app.roots at
+/// `now_unix` (0: the clock), valid then, an RSA key, the issuer and subject of the configured
+/// Alipay certificate, no CA, SN `alipay_cert_sn`. The chain is what made the download trusted
+/// (the answer's signature only authenticated the answer), so the same checks make a kept copy as
+/// trustworthy, wherever it was kept. Errors: errc::invalid_argument (public-key mode, empty SN);
+/// errc::bad_signature, with the reason in `detail`.
+Result<gateways::ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
+                                                             std::string_view content, std::int64_t now_unix,
+                                                             std::string* detail = nullptr);
 
 }  // namespace paybridge::gateways::alipay

@@ -685,3 +685,80 @@ TEST_CASE("notifications: verified by a downloaded certificate, with a note, and
     CHECK_FALSE(dynamic_cast<const AlipayGateway&>(**plain).verify(by_reissued).has_value());
     CHECK(hook_calls == 0);
 }
+
+TEST_CASE("check_kept_certificate: a downloaded certificate, kept as read_cert_download gave it, checks again")
+{
+    const AlipayAppKeys app = load(cert_config());
+    const Alipay& a = provider();
+    // Whitespace inside alipay_cert_content (as some answers wrap it) is not kept.
+    std::string body = make_cert_download_answer(a.reissued.cert_pem, signed_by(a.reissued_key, a.reissued_sn));
+    std::string detail;
+    std::string content = "stale";
+    auto downloaded = read_cert_download(app, a.reissued_sn, http(body), 0, &detail, &content);
+    REQUIRE_MESSAGE(downloaded.has_value(), detail);
+    CHECK(content == crypto::base64_encode(a.reissued.cert_pem));
+    CHECK(content.find_first_of(" \r\n\t") == std::string::npos);
+
+    auto kept = check_kept_certificate(app, a.reissued_sn, content, 0, &detail);
+    REQUIRE_MESSAGE(kept.has_value(), detail);
+    CHECK(detail.empty());
+    CHECK(kept->serial == a.reissued_sn);
+    CHECK(kept->not_after == downloaded->not_after);
+    CHECK(kept->not_before == downloaded->not_before);
+    CHECK(EVP_PKEY_eq(kept->key.get(), downloaded->key.get()) == 1);
+
+    // A failed download gives no content.
+    std::string untouched = "untouched";
+    CHECK(!read_cert_download(app, "0123456789abcdef0123456789abcdef", http(body), 0, &detail, &untouched).has_value());
+    CHECK(untouched == "untouched");
+}
+
+TEST_CASE("check_kept_certificate: what was kept is checked as a download is, against this app's configuration")
+{
+    const AlipayAppKeys app = load(cert_config());
+    const Alipay& a = provider();
+    std::string detail;
+    const auto kept_as = [](const std::string& pem) { return crypto::base64_encode(pem); };
+
+    // Under another SN than its own.
+    CHECK(error_of(check_kept_certificate(app, "0123456789abcdef0123456789abcdef", kept_as(a.reissued.cert_pem), 0,
+                                          &detail)) == make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + a.reissued_sn +
+                        R"( is not the one asked for ("0123456789abcdef0123456789abcdef"))");
+    // Another CA's, kept under its own SN (someone wrote it into Redis, or an instance configured
+    // with another root kept it).
+    const auto other_ca = keygen::make_ca({.common_name = "Test Alipay Root"});
+    const auto stranger = keygen::issue(other_ca, {.common_name = "alipay public cert"});
+    const std::string stranger_sn = sn_of(stranger.cert_pem);
+    CHECK(error_of(check_kept_certificate(app, stranger_sn, kept_as(stranger.cert_pem), 0, &detail)) ==
+          make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + stranger_sn + " does not chain to alipay_root_cert_file");
+    // A merchant's app certificate of the same root.
+    const auto merchant_app = keygen::issue(a.ca, {.common_name = "2088000000000009-2021000000000009"});
+    const std::string merchant_sn = sn_of(merchant_app.cert_pem);
+    CHECK(error_of(check_kept_certificate(app, merchant_sn, kept_as(merchant_app.cert_pem), 0, &detail)) ==
+          make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + merchant_sn + " does not name the subject of alipay_public_cert_file");
+    // Expired since it was kept.
+    const std::int64_t now = std::time(nullptr);
+    const auto expired = keygen::issue(a.ca, {.common_name = "alipay public cert", .not_before_unix = now - 20 * 86400,
+                                              .not_after_unix = now - 10 * 86400});
+    const std::string expired_sn = sn_of(expired.cert_pem);
+    CHECK(error_of(check_kept_certificate(app, expired_sn, kept_as(expired.cert_pem), 0, &detail)) ==
+          make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + expired_sn + " has expired");
+    // Damaged.
+    CHECK(error_of(check_kept_certificate(app, a.reissued_sn, "@@@", 0, &detail)) == make_error_code(errc::bad_signature));
+    CHECK(detail == "alipay_cert_content is not base64");
+    CHECK(error_of(check_kept_certificate(app, a.reissued_sn, kept_as("not a certificate"), 0, &detail)) ==
+          make_error_code(errc::bad_signature));
+    // A public-key-mode app trusts no certificate; an empty SN is no SN.
+    config::AlipayApp public_key_mode;
+    public_key_mode.app_id = std::string(kAppId);
+    public_key_mode.public_key_pem = a.current.key.public_pem;
+    const AlipayAppKeys pk_app = load(public_key_mode);
+    CHECK(error_of(check_kept_certificate(pk_app, a.reissued_sn, kept_as(a.reissued.cert_pem), 0, &detail)) ==
+          make_error_code(errc::invalid_argument));
+    CHECK(error_of(check_kept_certificate(app, "", kept_as(a.reissued.cert_pem), 0, &detail)) ==
+          make_error_code(errc::invalid_argument));
+}
