@@ -22,6 +22,9 @@
 //                                 bills not settled yet (store/query_queue.hpp; provider_query only)
 //   P T ":query_intake"   string  the created-index score up to which bills were taken into query_due
 //   P T ":query_lease"    string  the instance sweeping the shard's query_due now (expires)
+//   P T ":alipay_certs:" app_id  hash  SN -> "<not_after> <certificate>": the Alipay certificates
+//                                 instances downloaded, for every instance (store/certificate_shelf.hpp;
+//                                 T is the shard of the app_id)
 //
 // Every key one script touches carries the same hash tag T, so the whole layout runs unchanged on
 // Redis Cluster. The shard count is fixed for the life of a deployment: changing it moves bills
@@ -106,6 +109,7 @@ public:
     std::string seen(std::string_view id) const { return per_bill(id, ":seen:"); }
     std::string refunds(std::string_view id) const { return per_bill(id, ":refunds:"); }
     std::string orphans(std::string_view id) const { return per_bill(id, ":orphans:"); }
+    std::string alipay_certificates(std::string_view app_id) const { return per_bill(app_id, ":alipay_certs:"); }
 
     std::string outbox(int shard) const { return per_shard(shard, ":outbox"); }
     std::string anomalies(int shard) const { return per_shard(shard, ":anomalies"); }
