@@ -311,7 +311,7 @@ int App::Impl::run()
     crm_->start();
     query_ = std::make_unique<QueryRunner>(cfg, runtime_->query_accounts);
     query_->start();
-    certificates_ = std::make_unique<CertificateRefresher>(control_, books_);
+    certificates_ = std::make_unique<CertificateRefresher>(cfg.redis, books_);
     certificates_->update(cfg, runtime_->query_accounts);
     certificates_->start();
     log::info("daemon.started", {{"listen", cfg.listen.host + ":" + std::to_string(cfg.listen.port)},
@@ -543,6 +543,7 @@ awaitable<void> App::Impl::finish_stop()
             }
             crm_->abort();
             query_->abort();
+            certificates_->abort();
             break;
         }
         t.expires_after(20ms);

@@ -10,16 +10,21 @@
 #include "gateways/query_accounts.hpp"
 #include "gateways/alipay/alipay_cert_download.hpp"
 #include "gateways/wechatpay/wechatpay_certificates.hpp"
+#include "store/certificate_shelf.hpp"
+#include "store/redis_connection.hpp"
 
 #include <boost/asio/co_spawn.hpp>
 #include <boost/asio/detached.hpp>
+#include <boost/asio/io_context.hpp>
 #include <boost/asio/post.hpp>
 #include <boost/asio/steady_timer.hpp>
 
 #include <algorithm>
+#include <atomic>
 #include <cctype>
 #include <chrono>
 #include <map>
+#include <mutex>
 #include <set>
 
 namespace paybridge::daemon {
@@ -37,6 +42,12 @@ constexpr std::chrono::milliseconds kFirstRetry = 1min;
 constexpr std::chrono::milliseconds kRequestSpacing = 1min;
 /// A certificate list is a few KB.
 constexpr std::size_t kMaxAnswerBytes = 256 * 1024;
+/// How often each Alipay app's kept certificates are read (what other instances downloaded).
+constexpr std::chrono::milliseconds kLookEvery = 1min;
+/// ... and again after a failed read.
+constexpr std::chrono::milliseconds kLookRetry = 5s;
+/// ... and while the Redis connection is not ready yet (at start).
+constexpr std::chrono::milliseconds kLookNotReady = 1s;
 
 std::int64_t steady_now_ms()
 {
@@ -142,7 +153,8 @@ std::vector<PlatformCertificate> merge_downloaded(const std::vector<PlatformCert
 }  // namespace detail
 
 struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefresher::Impl> {
-    Impl(asio::io_context& io, std::shared_ptr<gateways::ProviderBooks> b) : ioc(io), books(std::move(b)), wake(io)
+    Impl(const config::RedisConfig& redis_config, std::shared_ptr<gateways::ProviderBooks> b)
+        : redis_cfg(redis_config), books(std::move(b))
     {
         (void)refresh_metrics();
     }
@@ -167,6 +179,9 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     struct AlipayApp : Schedule {
         const gateways::AlipayCertificateSource* source{nullptr};  ///< in `accounts`
         std::vector<std::string> pending;  ///< SNs to download, oldest first
+        std::int64_t next_look_ms{0};      ///< steady ms of the next read of its kept certificates
+        bool look_failing{false};          ///< the last read failed (logged once per run of failures)
+        std::set<std::string> refused_kept;  ///< kept SNs that failed the checks (logged once each)
     };
 
     /// A client for one provider account's downloads, or null (logged).
@@ -174,8 +189,8 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     {
         crm::HttpClientOptions options;
         options.url = url;
-        options.ca_file = next_settings.ca_file;
-        options.timeout = next_settings.timeout;
+        options.ca_file = settings.ca_file;
+        options.timeout = settings.timeout;
         options.concurrency = 1;
         options.keep_body = kMaxAnswerBytes + 1;
         options.max_body = kMaxAnswerBytes;
@@ -190,36 +205,55 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         return std::move(*client);
     }
 
-    asio::io_context& ioc;
+    asio::io_context ioc{1};
+    const config::RedisConfig redis_cfg;
     std::shared_ptr<gateways::ProviderBooks> books;
-    asio::steady_timer wake;
-    bool stopping{false};
-    bool stopped{false};
+    asio::steady_timer wake{ioc};
+    std::atomic<bool> stopping{false};
+    std::atomic<bool> finished{false};  ///< the thread's io_context ran out of work (or never ran)
     bool started{false};
-    bool downloading{false};
 
-    // What update() handed over; taken by the loop between downloads (a client in use is never
-    // replaced under it).
+    // What update() handed over, under the mutex; taken by the loop between downloads (a client
+    // in use is never replaced under it).
+    std::mutex mutex;
     std::shared_ptr<const gateways::QueryAccounts> next_accounts;
     config::ProviderQueryConfig next_settings;
     bool changed{false};
+
+    // Made once an Alipay app downloads (the loop's own, as everything below).
+    std::unique_ptr<store::RedisConnection> redis;
+    std::unique_ptr<store::CertificateShelf> shelf;
+    config::ProviderQueryConfig settings;  ///< taken from next_settings
 
     std::shared_ptr<const gateways::QueryAccounts> accounts;
     std::map<std::string, Merchant, std::less<>> merchants;
     std::map<std::string, AlipayApp, std::less<>> alipay_apps;
 
+    /// Takes what update() handed over, if anything.
+    bool take_update()
+    {
+        std::lock_guard lock(mutex);
+        if (!changed) {
+            return false;
+        }
+        changed = false;
+        handed_accounts = next_accounts;
+        settings = next_settings;
+        return true;
+    }
+    std::shared_ptr<const gateways::QueryAccounts> handed_accounts;
+
     void apply_update()
     {
-        changed = false;
         // The sources the schedules point into stay alive until every old schedule is looked at.
         const std::shared_ptr<const gateways::QueryAccounts> previous = std::move(accounts);
-        accounts = next_accounts;
+        accounts = std::move(handed_accounts);
         std::map<std::string, Merchant, std::less<>> next;
         const std::int64_t now = steady_now_ms();
         if (accounts) {
             for (const gateways::CertificateSource& source : accounts->certificate_sources) {
                 Merchant m;
-                m.trusted = trust_inputs(source, next_settings);
+                m.trusted = trust_inputs(source, settings);
                 auto found = merchants.find(source.merchant.mchid);
                 if (found != merchants.end() && found->second.trusted == m.trusted) {
                     // Its schedule carries over a reload, but a reload is a new chance after failures
@@ -263,11 +297,14 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         if (accounts) {
             for (const gateways::AlipayCertificateSource& source : accounts->alipay_certificate_sources) {
                 AlipayApp a;
-                a.trusted = alipay_trust_inputs(source, next_settings);
+                a.trusted = alipay_trust_inputs(source, settings);
                 auto found = alipay_apps.find(source.app.app_id);
                 if (found != alipay_apps.end() && found->second.trusted == a.trusted) {
                     a.last_request_ms = found->second.last_request_ms;  // a reload resets the backoff
+                    a.next_look_ms = found->second.next_look_ms;
+                    a.refused_kept = std::move(found->second.refused_kept);
                 } else if (source.app.downloaded) {
+                    // Emptied; what is kept in Redis comes back at once if it passes the new checks.
                     source.app.downloaded->replace({});
                 }
                 a.source = &source;
@@ -287,6 +324,11 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
             }
         }
         alipay_apps = std::move(next);
+        if (!alipay_apps.empty() && !redis) {
+            redis = std::make_unique<store::RedisConnection>(ioc.get_executor(), redis_cfg);
+            redis->start();
+            shelf = std::make_unique<store::CertificateShelf>(*redis, redis_cfg);
+        }
     }
 
     /// A query answer named an Alipay certificate SN the app does not hold: download it soon.
@@ -297,9 +339,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
             return;
         }
         AlipayApp& a = found->second;
-        const auto held = a.source->app.downloaded ? a.source->app.downloaded->certificates() : nullptr;
-        const bool have = held && std::any_of(held->begin(), held->end(),
-                                              [&sn](const gateways::ProviderCertificate& c) { return c.serial == sn; });
+        const bool have = holds(a.source->app.downloaded, sn);
         // A few SNs at a time (a re-issue is one).
         if (have || a.pending.size() >= 4 || std::find(a.pending.begin(), a.pending.end(), sn) != a.pending.end()) {
             return;
@@ -372,15 +412,26 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         }
     }
 
+    /// On the thread: ends the loop and everything that keeps the io_context busy.
+    void stop_now()
+    {
+        wake.cancel();
+        for (auto& [mchid, m] : merchants) {
+            m.client->abort_in_flight();
+        }
+        for (auto& [app_id, a] : alipay_apps) {
+            a.client->abort_in_flight();
+        }
+        if (redis) {
+            redis->stop();
+        }
+    }
+
     awaitable<void> run()
     {
         auto keep = shared_from_this();
-        struct MarkStopped {  // also when the loop ends by an exception (LogFailure logs it)
-            Impl& impl;
-            ~MarkStopped() { impl.stopped = true; }
-        } mark{*this};
         while (!stopping) {
-            if (changed) {
+            if (take_update()) {
                 apply_update();
             }
             const std::int64_t now = steady_now_ms();
@@ -393,7 +444,12 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 soonest = std::min(soonest, m.next_ms);
             }
             AlipayApp* due_app = nullptr;
+            AlipayApp* due_look = nullptr;
             for (auto& [app_id, a] : alipay_apps) {
+                if (a.next_look_ms <= now && due_look == nullptr) {
+                    due_look = &a;
+                }
+                soonest = std::min(soonest, a.next_look_ms);
                 if (a.pending.empty()) {
                     continue;
                 }
@@ -402,14 +458,16 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 }
                 soonest = std::min(soonest, a.next_ms);
             }
+            if (due_look != nullptr) {
+                co_await look(*due_look);
+                continue;
+            }
             if (due != nullptr || due_app != nullptr) {
-                downloading = true;
                 if (due != nullptr) {
                     co_await download(*due);
                 } else {
                     co_await download_alipay(*due_app);
                 }
-                downloading = false;
                 continue;
             }
             wake.expires_after(std::chrono::milliseconds(std::max<std::int64_t>(soonest - now, 1)));
@@ -549,6 +607,16 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 log::error("alipay.certificate_download_failed", fields);
             }
         };
+        // Another instance may have downloaded it already (or this one, before a restart).
+        co_await look(a);
+        if (stopping) {
+            co_return;
+        }
+        if (holds(source.app.downloaded, sn)) {
+            give_up_on();
+            a.next_ms = steady_now_ms();  // the next pending SN, if any
+            co_return;
+        }
         Result<gateways::QueryRequest> request =
             gateways::alipay::build_cert_download(source.app, source.signer, source.target, sn, unix_now());
         if (!request) {
@@ -573,54 +641,163 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         response.headers = std::move(sent.response->headers);
         response.body = std::move(sent.response->body_head);
         std::string detail;
+        std::string content;
         const std::int64_t now_unix = unix_now();
         Result<gateways::ProviderCertificate> cert =
-            gateways::alipay::read_cert_download(source.app, sn, response, now_unix, &detail);
+            gateways::alipay::read_cert_download(source.app, sn, response, now_unix, &detail, &content);
         if (!cert) {
             fail(cert.error() == errc::provider_unavailable, error_name(cert.error()),
                  static_cast<std::int64_t>(response.status), detail);
             co_return;
         }
-        if (source.app.downloaded) {
-            const auto before = source.app.downloaded->certificates();
-            std::vector<gateways::ProviderCertificate> held;
-            for (const gateways::ProviderCertificate& c : *before) {
-                if (c.serial != cert->serial && c.not_after >= now_unix) {
-                    held.push_back(c);
-                }
-            }
-            held.push_back(*cert);
-            source.app.downloaded->replace(std::move(held));
-        }
+        add_to_book(source.app.downloaded, *cert, now_unix);
         give_up_on();
         a.failures = 0;
         a.next_ms = steady_now_ms();  // the next pending SN, if any
         refresh_metrics().alipay_downloads.with({{"app_id", app_id}, {"result", "ok"}}).inc();
         show_alipay_held(app_id, source.app.downloaded);
-        // Held in memory by this instance only: a restart forgets it until a query answer names it
-        // again. Installing it is the lasting fix.
+        // For every instance, and for this one after a restart. Installing it is still the lasting
+        // fix: until then each notification is tried with the configured certificates first.
+        store::KeptCertificate kept{.sn = sn, .not_after = cert->not_after, .content = std::move(content)};
+        Result<void> saved = co_await shelf->keep_alipay(app_id, std::move(kept));
+        const std::string_view kept_where = saved ? std::string_view("redis") : std::string_view("this instance only");
         log::warning("alipay.certificate_downloaded",
                      {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"not_after", cert->not_after}, {"detail", detail},
+                      {"kept", kept_where},
                       {"action", "install it as alipay_public_cert_file (the old one as previous_alipay_public_cert_file) "
                                  "and reload"}});
+        if (!saved) {
+            // Other instances download it themselves when their answers name it; this one keeps it
+            // until it restarts.
+            log::warning("alipay.certificate_not_kept",
+                         {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"error", error_name(saved.error())}});
+        }
+    }
+
+    /// Whether `book` holds the certificate of SN `sn`.
+    static bool holds(const std::shared_ptr<gateways::CertificateBook>& book, const std::string& sn)
+    {
+        if (!book) {
+            return false;
+        }
+        const auto held = book->certificates();
+        return std::any_of(held->begin(), held->end(), [&sn](const gateways::ProviderCertificate& c) { return c.serial == sn; });
+    }
+
+    /// Puts `cert` in `book` (in place of one of its SN), dropping what has expired.
+    static void add_to_book(const std::shared_ptr<gateways::CertificateBook>& book, const gateways::ProviderCertificate& cert,
+                            std::int64_t now_unix)
+    {
+        if (!book) {
+            return;
+        }
+        const auto before = book->certificates();
+        std::vector<gateways::ProviderCertificate> held;
+        for (const gateways::ProviderCertificate& c : *before) {
+            if (c.serial != cert.serial && c.not_after >= now_unix) {
+                held.push_back(c);
+            }
+        }
+        held.push_back(cert);
+        book->replace(std::move(held));
+    }
+
+    /// Reads the app's kept certificates (what any instance downloaded) and takes into its book
+    /// those it does not hold that pass the checks; removes expired and unreadable entries.
+    awaitable<void> look(AlipayApp& a)
+    {
+        const gateways::AlipayCertificateSource& source = *a.source;
+        const std::string& app_id = source.app.app_id;
+        if (!source.app.downloaded) {
+            a.next_look_ms = steady_now_ms() + kRefreshEvery.count();
+            co_return;
+        }
+        if (!redis->ready()) {
+            // At start, or Redis is down (which the workers' logs and /readyz say).
+            a.next_look_ms = steady_now_ms() + kLookNotReady.count();
+            co_return;
+        }
+        Result<store::KeptCertificates> kept = co_await shelf->read_alipay(app_id);
+        if (stopping) {
+            co_return;
+        }
+        if (!kept) {
+            a.next_look_ms = steady_now_ms() + kLookRetry.count();
+            if (!a.look_failing) {
+                log::warning("alipay.kept_certificates_unreadable",
+                             {{"app_id", app_id}, {"error", error_name(kept.error())}, {"retry_in_s", kLookRetry.count() / 1000}});
+            }
+            a.look_failing = true;
+            co_return;
+        }
+        a.look_failing = false;
+        a.next_look_ms = steady_now_ms() + kLookEvery.count();
+        const std::int64_t now_unix = unix_now();
+        std::vector<std::string> drop = std::move(kept->unreadable);
+        bool added = false;
+        for (store::KeptCertificate& k : kept->certificates) {
+            if (k.not_after < now_unix) {
+                drop.push_back(std::move(k.sn));
+                continue;
+            }
+            if (holds(source.app.downloaded, k.sn) || a.refused_kept.contains(k.sn)) {
+                continue;
+            }
+            std::string detail;
+            Result<gateways::ProviderCertificate> cert =
+                gateways::alipay::check_kept_certificate(source.app, k.sn, k.content, now_unix, &detail);
+            if (!cert) {
+                // Kept by an instance configured otherwise, or written by someone else: not ours
+                // to remove, not to be trusted.
+                log::warning("alipay.kept_certificate_refused",
+                             {{"app_id", app_id}, {"alipay_cert_sn", k.sn}, {"error", error_name(cert.error())},
+                              {"detail", detail}});
+                a.refused_kept.insert(k.sn);
+                continue;
+            }
+            add_to_book(source.app.downloaded, *cert, now_unix);
+            std::erase(a.pending, k.sn);
+            added = true;
+            log::info("alipay.certificate_restored",
+                      {{"app_id", app_id}, {"alipay_cert_sn", k.sn}, {"not_after", cert->not_after},
+                       {"why", "kept in Redis by a download (this instance's before a restart, or another's)"}});
+        }
+        if (added) {
+            show_alipay_held(app_id, source.app.downloaded);
+        }
+        if (!drop.empty()) {
+            std::string sns;
+            for (const std::string& sn : drop) {
+                sns += sns.empty() ? sn : "," + sn;
+            }
+            Result<void> dropped = co_await shelf->drop_alipay(app_id, std::move(drop));
+            if (dropped) {
+                log::info("alipay.kept_certificates_dropped", {{"app_id", app_id}, {"alipay_cert_sns", sns},
+                                                               {"why", "expired or unreadable"}});
+            }
+        }
     }
 };
 
-CertificateRefresher::CertificateRefresher(asio::io_context& ioc, std::shared_ptr<gateways::ProviderBooks> books)
-    : impl_(std::make_shared<Impl>(ioc, std::move(books)))
+CertificateRefresher::CertificateRefresher(const config::RedisConfig& redis,
+                                           std::shared_ptr<gateways::ProviderBooks> books)
+    : impl_(std::make_shared<Impl>(redis, std::move(books)))
 {
 }
 
-CertificateRefresher::~CertificateRefresher() = default;
+CertificateRefresher::~CertificateRefresher() { stop(); }
 
 void CertificateRefresher::update(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts)
 {
-    impl_->next_accounts = std::move(accounts);
-    impl_->next_settings = cfg.provider_query;
-    impl_->changed = true;
-    if (!impl_->downloading) {
-        impl_->wake.cancel();
+    {
+        std::lock_guard lock(impl_->mutex);
+        impl_->next_accounts = std::move(accounts);
+        impl_->next_settings = cfg.provider_query;
+        impl_->changed = true;
     }
+    Impl* impl = impl_.get();
+    // Taken at the loop's next turn: at once when it waits, after the download in flight otherwise.
+    asio::post(impl->ioc, [impl] { impl->wake.cancel(); });
 }
 
 void CertificateRefresher::start()
@@ -631,44 +808,64 @@ void CertificateRefresher::start()
     impl_->started = true;
     if (impl_->books) {
         std::weak_ptr<Impl> weak = impl_;
-        asio::io_context& ioc = impl_->ioc;
-        impl_->books->wechatpay.set_hook([weak, &ioc](const std::string& mchid, const std::string& serial) {
-            asio::post(ioc, [weak, mchid, serial] {
-                if (auto impl = weak.lock()) {
-                    impl->request(mchid, serial);
-                }
-            });
+        impl_->books->wechatpay.set_hook([weak](const std::string& mchid, const std::string& serial) {
+            if (auto impl = weak.lock()) {
+                asio::post(impl->ioc, [weak, mchid, serial] {
+                    if (auto alive = weak.lock()) {
+                        alive->request(mchid, serial);
+                    }
+                });
+            }
         });
-        impl_->books->alipay.set_hook([weak, &ioc](const std::string& app_id, const std::string& sn) {
-            asio::post(ioc, [weak, app_id, sn] {
-                if (auto impl = weak.lock()) {
-                    impl->request_alipay(app_id, sn);
-                }
-            });
+        impl_->books->alipay.set_hook([weak](const std::string& app_id, const std::string& sn) {
+            if (auto impl = weak.lock()) {
+                asio::post(impl->ioc, [weak, app_id, sn] {
+                    if (auto alive = weak.lock()) {
+                        alive->request_alipay(app_id, sn);
+                    }
+                });
+            }
         });
     }
     asio::co_spawn(impl_->ioc, impl_->run(), LogFailure("certificates.refresher_failed"));
+    Impl* impl = impl_.get();
+    thread_ = std::thread([impl] {
+        try {
+            impl->ioc.run();
+        } catch (const std::exception& e) {
+            log::error("certificates.refresher_failed", {{"what", e.what()}});
+        }
+        impl->finished = true;
+    });
 }
 
 void CertificateRefresher::request_stop()
 {
-    impl_->stopping = true;
+    if (impl_->stopping.exchange(true)) {
+        return;
+    }
     if (impl_->books) {
         impl_->books->wechatpay.set_hook({});
         impl_->books->alipay.set_hook({});
     }
-    impl_->wake.cancel();
-    for (auto& [mchid, m] : impl_->merchants) {
-        m.client->abort_in_flight();
-    }
-    for (auto& [app_id, a] : impl_->alipay_apps) {
-        a.client->abort_in_flight();
-    }
     if (!impl_->started) {
-        impl_->stopped = true;
+        impl_->finished = true;
+        return;
+    }
+    Impl* impl = impl_.get();
+    asio::post(impl->ioc, [impl] { impl->stop_now(); });
+}
+
+void CertificateRefresher::abort() { impl_->ioc.stop(); }
+
+void CertificateRefresher::stop()
+{
+    request_stop();
+    if (thread_.joinable()) {
+        thread_.join();
     }
 }
 
-bool CertificateRefresher::stopped() const noexcept { return impl_->stopped; }
+bool CertificateRefresher::stopped() const noexcept { return impl_->finished; }
 
 }  // namespace paybridge::daemon

@@ -23,21 +23,25 @@
 // gateways/alipay/alipay_cert_download.hpp: trusted through its chain to the configured roots)
 // and kept until it expires. The same spacing, backoff and emptying on reload apply.
 //
-// Each instance downloads for itself: the certificates are the providers' to give, not state of
-// ours, and every instance can fetch them.
+// WeChat Pay: each instance downloads for itself, since every instance can fetch the whole list
+// at any time. Alipay: a certificate is downloaded only when an answer names it, so what one
+// instance downloaded is kept in Redis (store/certificate_shelf.hpp) for every instance and for
+// restarts: each app's kept certificates are read at start (and when a reload adds the app or
+// changes what it trusts), every minute, and before a download (another instance may have done
+// it), each checked again against the app's configured roots (check_kept_certificate) before its
+// book takes it; expired and unreadable entries are removed.
 //
-// Runs on the daemon's control io_context (the thread that handles signals and reloads); not
-// thread-safe.
+// Runs on a thread of its own (its own io_context and, once an Alipay app downloads, its own Redis
+// connection); update(), request_stop() and abort() may be called from any thread.
 
 #include "config/config.hpp"
 #include "gateways/certificate_book.hpp"
-
-#include <boost/asio/io_context.hpp>
 
 #include <cstdint>
 #include <map>
 #include <memory>
 #include <string>
+#include <thread>
 #include <vector>
 
 namespace paybridge::gateways {
@@ -66,22 +70,32 @@ std::vector<gateways::ProviderCertificate> merge_downloaded(const std::vector<ga
 
 class CertificateRefresher {
 public:
-    CertificateRefresher(boost::asio::io_context& ioc, std::shared_ptr<gateways::ProviderBooks> books);
+    /// `redis`: where Alipay downloads are kept (connected to once an Alipay app downloads).
+    CertificateRefresher(const config::RedisConfig& redis, std::shared_ptr<gateways::ProviderBooks> books);
+    /// stop().
     ~CertificateRefresher();
     CertificateRefresher(const CertificateRefresher&) = delete;
     CertificateRefresher& operator=(const CertificateRefresher&) = delete;
 
-    /// The merchants to download for: `accounts`' certificate_sources (start-up, reload). The
-    /// download timeout and CA file are provider_query's (its defaults without the section).
+    /// The accounts to download for: `accounts`' certificate_sources and
+    /// alipay_certificate_sources (start-up, reload). The download timeout and CA file are
+    /// provider_query's (its defaults without the section).
     void update(const config::Config& cfg, std::shared_ptr<const gateways::QueryAccounts> accounts);
+    /// Starts the thread.
     void start();
-    /// Cuts a download in flight off and ends the loop.
+    /// Cuts a download in flight off, ends the loop and closes the Redis connection; returns at
+    /// once. The thread ends when what was in flight has unwound (stopped()).
     void request_stop();
+    /// Ends the thread's loop now, whatever is in flight (a forced stop).
+    void abort();
+    /// request_stop(), then joins the thread.
+    void stop();
     bool stopped() const noexcept;
 
 private:
     struct Impl;
     std::shared_ptr<Impl> impl_;
+    std::thread thread_;
 };
 
 }  // namespace paybridge::daemon

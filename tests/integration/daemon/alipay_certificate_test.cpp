@@ -4,9 +4,13 @@
 // configured with, as Alipay does once it has re-issued its certificate. The first query answer
 // names the new SN: paybridged downloads that certificate (checked against the configured root),
 // then trusts it for query answers and notifications; a certificate from another CA is refused.
+// What one instance downloaded is kept in Redis: another instance, and the same one after a
+// restart, trust it without a download; what was written there is checked again, never trusted as
+// such.
 
 #include "gateways/alipay/alipay_sim.hpp"
 #include "gateways/crypto/crypto.hpp"
+#include "store/keys.hpp"
 #include "tests/support/daemon_fixture.hpp"
 #include "tests/support/http_receiver.hpp"
 #include "tests/support/json.hpp"
@@ -19,11 +23,13 @@
 #include <sys/stat.h>
 
 #include <atomic>
+#include <csignal>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
 #include <map>
 #include <mutex>
+#include <sstream>
 #include <string>
 #include <thread>
 
@@ -50,6 +56,7 @@ struct ReissueWorld {
     std::mutex mu;
     std::map<std::string, std::string> trades;  ///< bill → "paid" or "unpaid" (others: unknown)
     std::atomic<int> refused{0};                ///< requests whose app signature did not check
+    std::atomic<bool> down{false};              ///< answer every request with 503 (Alipay unreachable)
     keygen::Certificate app_ca = keygen::make_ca({.common_name = "app CA test"});
     keygen::Certificate app_cert = keygen::issue(app_ca, {.common_name = "app public key test"});
     keygen::Certificate other_ca = keygen::make_ca({.common_name = "Not Ant Financial test"});
@@ -103,6 +110,9 @@ struct ReissueWorld {
     void serve()
     {
         gateway.set_handler([this](const ReceivedRequest& req) {
+            if (down) {
+                return ScriptedResponse{.status = 503, .headers = {}, .body = "down", .content_type = "text/plain"};
+            }
             const crypto::SharedKey app_public = *crypto::load_public_key(app_cert.key.public_pem);
             const crypto::SharedKey signer_key = *crypto::load_private_key(new_private_pem);
             alipay::AnswerSigner signer{.alipay_private_key = signer_key.get(), .sign_type = "RSA2", .alipay_cert_sn = new_sn};
@@ -163,7 +173,8 @@ struct ReissueWorld {
         return n;
     }
     /// A payment notification for the certificate-mode app, signed with the re-issued certificate's key.
-    HttpResult notify(const std::string& bill)
+    HttpResult notify(const std::string& bill) { return fx->post_alipay(notice(bill)); }
+    std::string notice(const std::string& bill)
     {
         alipay::NoticeSpec spec;
         spec.app_id = DaemonFixture::kAlipayCertAppId;
@@ -172,7 +183,42 @@ struct ReissueWorld {
         spec.amount_fen = 1000;
         spec.trade_no = "2026120522009" + bill;
         const crypto::SharedKey key = *crypto::load_private_key(new_private_pem);
-        return fx->post_alipay(alipay::build_alipay_body(alipay::make_paid_notice(spec), key.get()));
+        return alipay::build_alipay_body(alipay::make_paid_notice(spec), key.get());
+    }
+    /// Where downloads of the certificate-mode app are kept (the fixture's default prefix and shards).
+    static std::string kept_key()
+    {
+        return store::Keys("pb:", 16).alipay_certificates(DaemonFixture::kAlipayCertAppId);
+    }
+    std::string held_gauge(int n) const
+    {
+        return "paybridge_alipay_downloaded_certificates{app_id=\"" + std::string(DaemonFixture::kAlipayCertAppId) +
+               "\"} " + std::to_string(n);
+    }
+    /// Waits for the download that the first query answer brings.
+    void wait_downloaded()
+    {
+        REQUIRE_MESSAGE(wait_until([&] { return metrics().find("paybridge_alipay_certificate_downloads_total{app_id=\"" +
+                                                               std::string(DaemonFixture::kAlipayCertAppId) +
+                                                               "\",result=\"ok\"} 1") != std::string::npos; },
+                                   30s),
+                        fx->log());
+    }
+    /// A second paybridged: the same configuration on another port, the same Redis and gateway.
+    std::unique_ptr<Process> second_instance(std::uint16_t port)
+    {
+        std::ifstream in(fx->config_path());
+        std::ostringstream text;
+        text << in.rdbuf();
+        std::string cfg = text.str();
+        const std::string own = "\"listen\": \"127.0.0.1:" + std::to_string(fx->port()) + "\"";
+        const std::size_t at = cfg.find(own);
+        REQUIRE(at != std::string::npos);
+        cfg.replace(at, own.size(), "\"listen\": \"127.0.0.1:" + std::to_string(port) + "\"");
+        std::ofstream(fx->dir() / "second.json") << cfg;
+        return std::make_unique<Process>(
+            std::vector<std::string>{DaemonFixture::binary("paybridged"), "--config", (fx->dir() / "second.json").string()},
+            fx->dir() / "second.log");
     }
 };
 
@@ -243,5 +289,84 @@ TEST_CASE("alipay certificate - a certificate that does not chain to the configu
     const auto queued = log.find("\"event\":\"alipay.certificate_requested\"", log.find("alipay.certificate_download_failed"));
     REQUIRE(queued != std::string::npos);
     CHECK(log.find("\"retry_in_s\":", queued) != std::string::npos);
+    CHECK(w.fx->stop() == 0);
+}
+
+TEST_CASE("alipay certificate - a download is kept in Redis: another instance and a restarted one trust it without "
+          "downloading")
+{
+    ReissueWorld w;
+    {
+        std::lock_guard lock(w.mu);
+        w.trades["AK-0"] = "unpaid";
+    }
+    REQUIRE(w.fx->create_bill("AK-0", 1000).status == 201);
+    w.wait_downloaded();
+    // Kept where every instance reads: SN -> "<not_after> <certificate>".
+    REQUIRE(wait_until([&] { return w.fx->redis_integer({"HLEN", ReissueWorld::kept_key()}) == 1; }, 10s));
+    CHECK(w.fx->log().find("\"kept\":\"redis\"") != std::string::npos);
+
+    // Alipay is unreachable from now on: nothing can be downloaded again.
+    w.down = true;
+    const int downloads_before = w.downloads();
+
+    // Another instance, started after the download, has it from Redis at once.
+    const std::uint16_t second_port = free_port();
+    auto second = w.second_instance(second_port);
+    REQUIRE_MESSAGE(wait_until([&] { return second->log().find("\"event\":\"alipay.certificate_restored\"") !=
+                                            std::string::npos; },
+                               30s),
+                    second->log());
+    CHECK(second->log().find(w.new_sn) != std::string::npos);
+    REQUIRE(w.fx->create_bill("AK-1", 1000).status == 201);
+    const HttpResult on_second = http_request(second_port, "POST", "/notify/alipay", w.notice("AK-1"),
+                                              {{"Content-Type", "application/x-www-form-urlencoded; charset=utf-8"}});
+    CHECK(on_second.status == 200);
+    CHECK(on_second.body == "success");
+    CHECK(w.status_of("AK-1") == "PAID");
+    CHECK(second->stop(SIGTERM) == 0);
+
+    // The first instance, restarted, has it back before any answer names it.
+    REQUIRE(w.fx->stop() == 0);
+    w.fx->start();
+    REQUIRE_MESSAGE(wait_until([&] { return w.metrics().find(w.held_gauge(1)) != std::string::npos; }, 30s), w.fx->log());
+    const HttpResult retry = w.notify("AK-0");
+    CHECK(retry.status == 200);
+    CHECK(retry.body == "success");
+    CHECK(w.status_of("AK-0") == "PAID");
+    CHECK(w.downloads() == downloads_before);
+    CHECK(w.fx->stop() == 0);
+}
+
+TEST_CASE("alipay certificate - what Redis holds is checked again: a stranger's certificate is refused, expired and "
+          "unreadable entries are removed")
+{
+    ReissueWorld w;
+    // Written into Redis by someone else before paybridged starts: a certificate of Alipay's name
+    // from another CA under its own SN, one past its not_after, and one that does not read.
+    const keygen::Certificate stranger =
+        keygen::issue(w.other_ca, {.common_name = "alipay public key test", .organization = "Ant Financial test"});
+    const std::string stranger_sn = sn_of(stranger.cert_pem);
+    w.fx->redis_run({"HSET", ReissueWorld::kept_key(), stranger_sn, "1999999999 " + crypto::base64_encode(stranger.cert_pem),
+                     "0123456789abcdef0123456789abcdef", "1000 " + crypto::base64_encode(w.new_cert_pem),
+                     "fedcba9876543210fedcba9876543210", "garbage"});
+    REQUIRE(w.fx->stop() == 0);
+    w.fx->start();
+    REQUIRE_MESSAGE(wait_until([&] { return w.fx->log().find("\"event\":\"alipay.kept_certificates_dropped\"") !=
+                                            std::string::npos; },
+                               30s),
+                    w.fx->log());
+    const std::string log = w.fx->log();
+    const auto refused = log.find("\"event\":\"alipay.kept_certificate_refused\"");
+    REQUIRE(refused != std::string::npos);
+    CHECK(log.find(stranger_sn, refused) != std::string::npos);
+    CHECK(log.find("does not chain to alipay_root_cert_file", refused) != std::string::npos);
+    CHECK(log.find("alipay.certificate_restored") == std::string::npos);
+    // The stranger's entry stays (an instance configured with its root may use it); the others are gone.
+    CHECK(w.fx->redis_integer({"HLEN", ReissueWorld::kept_key()}) == 1);
+    CHECK(w.fx->redis_integer({"HEXISTS", ReissueWorld::kept_key(), stranger_sn}) == 1);
+    CHECK(w.metrics().find(w.held_gauge(0)) != std::string::npos);
+    // Refused once, not at every read.
+    CHECK(log.find("\"event\":\"alipay.kept_certificate_refused\"", refused + 1) == std::string::npos);
     CHECK(w.fx->stop() == 0);
 }
