@@ -206,7 +206,7 @@ private:
     std::vector<std::unique_ptr<Worker>> workers_;
     std::unique_ptr<CrmRunner> crm_;
     std::unique_ptr<QueryRunner> query_;
-    std::unique_ptr<CertificateRefresher> certificates_;  ///< runs on control_
+    std::unique_ptr<CertificateRefresher> certificates_;  ///< runs on a thread of its own
     bool stopping_{false};
     int exit_code_{0};             ///< of a stop that was no failure: 78 for a key layout refused at start
     bool forced_{false};           ///< the workers' loops were stopped with work left (finish_stop)

@@ -48,6 +48,10 @@ constexpr std::chrono::milliseconds kLookEvery = 1min;
 constexpr std::chrono::milliseconds kLookRetry = 5s;
 /// ... and while the Redis connection is not ready yet (at start).
 constexpr std::chrono::milliseconds kLookNotReady = 1s;
+/// A kept certificate that failed the checks is checked (and logged) again after this long.
+constexpr std::chrono::milliseconds kRecheckRefused = 1h;
+/// At most this many refusals are remembered per app (a hash somebody fills with junk).
+constexpr std::size_t kMaxRefused = 256;
 
 std::int64_t steady_now_ms()
 {
@@ -152,7 +156,7 @@ std::vector<PlatformCertificate> merge_downloaded(const std::vector<PlatformCert
 
 }  // namespace detail
 
-struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefresher::Impl> {
+struct CertificateRefresher::Impl {
     Impl(const config::RedisConfig& redis_config, std::shared_ptr<gateways::ProviderBooks> b)
         : redis_cfg(redis_config), books(std::move(b))
     {
@@ -181,7 +185,11 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         std::vector<std::string> pending;  ///< SNs to download, oldest first
         std::int64_t next_look_ms{0};      ///< steady ms of the next read of its kept certificates
         bool look_failing{false};          ///< the last read failed (logged once per run of failures)
-        std::set<std::string> refused_kept;  ///< kept SNs that failed the checks (logged once each)
+        /// Kept entries that failed the checks, by SN and content digest → steady ms when: logged
+        /// and not checked again for kRecheckRefused (time-based refusals, such as "not valid
+        /// yet" under clock skew, then get another chance).
+        std::map<std::string, std::int64_t> refused_kept;
+        std::map<std::string, store::KeptCertificate> unsaved;  ///< downloaded, not kept in Redis yet, by SN
     };
 
     /// A client for one provider account's downloads, or null (logged).
@@ -211,7 +219,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     asio::steady_timer wake{ioc};
     std::atomic<bool> stopping{false};
     std::atomic<bool> finished{false};  ///< the thread's io_context ran out of work (or never ran)
-    bool started{false};
+    std::atomic<bool> started{false};
 
     // What update() handed over, under the mutex; taken by the loop between downloads (a client
     // in use is never replaced under it).
@@ -220,7 +228,7 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
     config::ProviderQueryConfig next_settings;
     bool changed{false};
 
-    // Made once an Alipay app downloads (the loop's own, as everything below).
+    // Made at the first update with an Alipay app that downloads (the loop's own, as everything below).
     std::unique_ptr<store::RedisConnection> redis;
     std::unique_ptr<store::CertificateShelf> shelf;
     config::ProviderQueryConfig settings;  ///< taken from next_settings
@@ -303,6 +311,8 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                     a.last_request_ms = found->second.last_request_ms;  // a reload resets the backoff
                     a.next_look_ms = found->second.next_look_ms;
                     a.refused_kept = std::move(found->second.refused_kept);
+                    a.unsaved = std::move(found->second.unsaved);
+                    drop_configured(source.app);
                 } else if (source.app.downloaded) {
                     // Emptied; what is kept in Redis comes back at once if it passes the new checks.
                     source.app.downloaded->replace({});
@@ -429,7 +439,6 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
 
     awaitable<void> run()
     {
-        auto keep = shared_from_this();
         while (!stopping) {
             if (take_update()) {
                 apply_update();
@@ -658,20 +667,45 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         show_alipay_held(app_id, source.app.downloaded);
         // For every instance, and for this one after a restart. Installing it is still the lasting
         // fix: until then each notification is tried with the configured certificates first.
-        store::KeptCertificate kept{.sn = sn, .not_after = cert->not_after, .content = std::move(content)};
-        Result<void> saved = co_await shelf->keep_alipay(app_id, std::move(kept));
-        const std::string_view kept_where = saved ? std::string_view("redis") : std::string_view("this instance only");
+        a.unsaved[sn] = store::KeptCertificate{.sn = sn, .not_after = cert->not_after, .content = std::move(content)};
+        const bool saved = co_await save(a);
         log::warning("alipay.certificate_downloaded",
                      {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"not_after", cert->not_after}, {"detail", detail},
-                      {"kept", kept_where},
+                      {"kept", saved ? std::string_view("redis") : std::string_view("not yet (tried again every minute)")},
                       {"action", "install it as alipay_public_cert_file (the old one as previous_alipay_public_cert_file) "
                                  "and reload"}});
-        if (!saved) {
-            // Other instances download it themselves when their answers name it; this one keeps it
-            // until it restarts.
-            log::warning("alipay.certificate_not_kept",
-                         {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"error", error_name(saved.error())}});
+    }
+
+    /// Keeps in Redis what this instance downloaded and could not keep yet; true when nothing is
+    /// left unsaved.
+    awaitable<bool> save(AlipayApp& a)
+    {
+        const std::string& app_id = a.source->app.app_id;
+        while (!a.unsaved.empty() && !stopping) {
+            store::KeptCertificate kept = a.unsaved.begin()->second;
+            const std::string sn = kept.sn;
+            Result<void> saved = co_await shelf->keep_alipay(app_id, std::move(kept));
+            if (stopping) {
+                break;
+            }
+            if (!saved) {
+                // Other instances download it themselves when their answers name it; this one
+                // tries again at its next read.
+                log::warning("alipay.certificate_not_kept",
+                             {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"error", error_name(saved.error())},
+                              {"retry_in_s", kLookEvery.count() / 1000}});
+                co_return false;
+            }
+            a.unsaved.erase(sn);
         }
+        co_return a.unsaved.empty();
+    }
+
+    /// Whether `sn` is one of the app's configured certificates (current or previous).
+    static bool configured(const gateways::alipay::AlipayAppKeys& app, const std::string& sn)
+    {
+        return sn == app.alipay_cert_sn || std::any_of(app.keys.begin(), app.keys.end(),
+                                                       [&sn](const gateways::alipay::AlipayKey& k) { return k.cert_sn == sn; });
     }
 
     /// Whether `book` holds the certificate of SN `sn`.
@@ -702,8 +736,30 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         book->replace(std::move(held));
     }
 
+    /// Drops from the app's book what is now configured: the installed certificate (its gateway
+    /// tries it first anyway), so the gauge tells that the installation is done.
+    static void drop_configured(const gateways::alipay::AlipayAppKeys& app)
+    {
+        if (!app.downloaded) {
+            return;
+        }
+        const auto before = app.downloaded->certificates();
+        if (std::none_of(before->begin(), before->end(),
+                         [&app](const gateways::ProviderCertificate& c) { return configured(app, c.serial); })) {
+            return;
+        }
+        std::vector<gateways::ProviderCertificate> held;
+        for (const gateways::ProviderCertificate& c : *before) {
+            if (!configured(app, c.serial)) {
+                held.push_back(c);
+            }
+        }
+        app.downloaded->replace(std::move(held));
+    }
+
     /// Reads the app's kept certificates (what any instance downloaded) and takes into its book
-    /// those it does not hold that pass the checks; removes expired and unreadable entries.
+    /// those it neither holds nor has configured that pass the checks; removes expired and
+    /// unreadable entries; keeps what this instance could not keep before.
     awaitable<void> look(AlipayApp& a)
     {
         const gateways::AlipayCertificateSource& source = *a.source;
@@ -733,14 +789,21 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         a.look_failing = false;
         a.next_look_ms = steady_now_ms() + kLookEvery.count();
         const std::int64_t now_unix = unix_now();
-        std::vector<std::string> drop = std::move(kept->unreadable);
+        const std::int64_t now_ms = steady_now_ms();
+        std::erase_if(a.refused_kept, [now_ms](const auto& r) { return now_ms - r.second >= kRecheckRefused.count(); });
+        std::vector<std::string> expired;
         bool added = false;
         for (store::KeptCertificate& k : kept->certificates) {
+            a.unsaved.erase(k.sn);  // kept by another instance meanwhile
             if (k.not_after < now_unix) {
-                drop.push_back(std::move(k.sn));
+                expired.push_back(std::move(k.sn));
                 continue;
             }
-            if (holds(source.app.downloaded, k.sn) || a.refused_kept.contains(k.sn)) {
+            if (configured(source.app, k.sn) || holds(source.app.downloaded, k.sn)) {
+                continue;
+            }
+            const std::string refusal = k.sn + ":" + crypto::hex_lower(crypto::sha256(k.content)).substr(0, 16);
+            if (a.refused_kept.contains(refusal)) {
                 continue;
             }
             std::string detail;
@@ -751,8 +814,11 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
                 // to remove, not to be trusted.
                 log::warning("alipay.kept_certificate_refused",
                              {{"app_id", app_id}, {"alipay_cert_sn", k.sn}, {"error", error_name(cert.error())},
-                              {"detail", detail}});
-                a.refused_kept.insert(k.sn);
+                              {"detail", detail}, {"recheck_in_s", kRecheckRefused.count() / 1000}});
+                if (a.refused_kept.size() >= kMaxRefused) {
+                    a.refused_kept.clear();
+                }
+                a.refused_kept.emplace(refusal, now_ms);
                 continue;
             }
             add_to_book(source.app.downloaded, *cert, now_unix);
@@ -764,17 +830,30 @@ struct CertificateRefresher::Impl : std::enable_shared_from_this<CertificateRefr
         }
         if (added) {
             show_alipay_held(app_id, source.app.downloaded);
+            if (a.pending.empty()) {
+                a.failures = 0;  // what the failed downloads were for is here
+            }
         }
-        if (!drop.empty()) {
-            std::string sns;
-            for (const std::string& sn : drop) {
-                sns += sns.empty() ? sn : "," + sn;
-            }
-            Result<void> dropped = co_await shelf->drop_alipay(app_id, std::move(drop));
-            if (dropped) {
-                log::info("alipay.kept_certificates_dropped", {{"app_id", app_id}, {"alipay_cert_sns", sns},
-                                                               {"why", "expired or unreadable"}});
-            }
+        if (!a.unsaved.empty()) {
+            (void)co_await save(a);
+        }
+        const std::size_t unreadable = kept->unreadable.size();
+        if (stopping || (expired.empty() && unreadable == 0)) {
+            co_return;
+        }
+        std::string sns;
+        for (const std::string& sn : expired) {
+            sns += sns.empty() ? sn : "," + sn;
+        }
+        std::vector<std::string> drop = std::move(expired);
+        for (std::string& field : kept->unreadable) {
+            drop.push_back(std::move(field));
+        }
+        Result<void> dropped = co_await shelf->drop_alipay(app_id, std::move(drop));
+        if (dropped) {
+            // Unreadable fields are counted, not logged: anything may be written there.
+            log::info("alipay.kept_certificates_dropped",
+                      {{"app_id", app_id}, {"expired", sns}, {"unreadable", static_cast<std::int64_t>(unreadable)}});
         }
     }
 };
@@ -802,10 +881,9 @@ void CertificateRefresher::update(const config::Config& cfg, std::shared_ptr<con
 
 void CertificateRefresher::start()
 {
-    if (impl_->started) {
+    if (impl_->started.exchange(true)) {
         return;
     }
-    impl_->started = true;
     if (impl_->books) {
         std::weak_ptr<Impl> weak = impl_;
         impl_->books->wechatpay.set_hook([weak](const std::string& mchid, const std::string& serial) {

@@ -28,11 +28,15 @@
 // instance downloaded is kept in Redis (store/certificate_shelf.hpp) for every instance and for
 // restarts: each app's kept certificates are read at start (and when a reload adds the app or
 // changes what it trusts), every minute, and before a download (another instance may have done
-// it), each checked again against the app's configured roots (check_kept_certificate) before its
-// book takes it; expired and unreadable entries are removed.
+// it), each checked again against the app's configuration (check_kept_certificate: the chain to
+// the configured roots, and newer than the configured certificate) before its book takes it;
+// a configured SN is not taken (installing the certificate ends its use from the book); expired
+// and unreadable entries are removed; one that fails the checks is logged and checked again an
+// hour later. A download Redis could not take is kept at the next read.
 //
-// Runs on a thread of its own (its own io_context and, once an Alipay app downloads, its own Redis
-// connection); update(), request_stop() and abort() may be called from any thread.
+// Runs on a thread of its own (its own io_context and, from the first update with an Alipay app
+// that downloads, its own Redis connection); update(), request_stop(), abort() and stopped() may
+// be called from any thread, start() and stop() from the owner's.
 
 #include "config/config.hpp"
 #include "gateways/certificate_book.hpp"
@@ -70,7 +74,8 @@ std::vector<gateways::ProviderCertificate> merge_downloaded(const std::vector<ga
 
 class CertificateRefresher {
 public:
-    /// `redis`: where Alipay downloads are kept (connected to once an Alipay app downloads).
+    /// `redis`: where Alipay downloads are kept (connected to from the first update with an
+    /// Alipay app that downloads).
     CertificateRefresher(const config::RedisConfig& redis, std::shared_ptr<gateways::ProviderBooks> books);
     /// stop().
     ~CertificateRefresher();

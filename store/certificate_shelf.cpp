@@ -4,6 +4,7 @@
 #include "core/error.hpp"
 #include "store/redis_connection.hpp"
 
+#include <algorithm>
 #include <charconv>
 #include <optional>
 
@@ -14,9 +15,18 @@ using asio::awaitable;
 
 namespace {
 
-/// "<not_after> <content>" → the entry; nullopt when the head is not a number and a space.
+bool is_sn(const std::string& field)
+{
+    return field.size() == 32 &&
+           std::all_of(field.begin(), field.end(), [](char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f'); });
+}
+
+/// "<not_after> <content>" under an SN → the entry; nullopt when it is not that.
 std::optional<KeptCertificate> read_entry(std::string sn, const std::string& value)
 {
+    if (!is_sn(sn) || value.size() > CertificateShelf::kMaxValueBytes) {
+        return std::nullopt;
+    }
     const std::size_t space = value.find(' ');
     if (space == std::string::npos || space == 0 || space + 1 == value.size()) {
         return std::nullopt;
@@ -40,19 +50,23 @@ CertificateShelf::CertificateShelf(RedisConnection& redis, const config::RedisCo
 
 awaitable<Result<KeptCertificates>> CertificateShelf::read_alipay(std::string app_id)
 {
-    std::vector<std::string> argv{"HGETALL", keys_.alipay_certificates(app_id)};
+    std::vector<std::string> argv{"HSCAN", keys_.alipay_certificates(app_id), "0", "COUNT",
+                                  std::to_string(kMaxEntries)};
     Result<Reply> r = co_await redis_.exec(std::move(argv));
     if (!r) {
         co_return r.error();
     }
-    // RESP2 (the connections speak HELLO 2): field, value, field, value ...
-    if (!r->is_array() || r->elements.size() % 2 != 0) {
+    // [next cursor, [field, value, field, value ...]]
+    if (!r->is_array() || r->elements.size() != 2 || !r->elements[1].is_array() ||
+        r->elements[1].elements.size() % 2 != 0) {
         co_return unexpected_reply("read kept Alipay certificates", *r);
     }
+    std::vector<Reply>& page = r->elements[1].elements;
     KeptCertificates out;
-    for (std::size_t i = 0; i + 1 < r->elements.size() && out.certificates.size() < kMaxEntries; i += 2) {
-        Reply& field = r->elements[i];
-        const Reply& value = r->elements[i + 1];
+    for (std::size_t i = 0; i + 1 < page.size() && out.certificates.size() + out.unreadable.size() < kMaxEntries;
+         i += 2) {
+        Reply& field = page[i];
+        const Reply& value = page[i + 1];
         if (!field.is_string() || !value.is_string()) {
             co_return unexpected_reply("read kept Alipay certificates", *r);
         }

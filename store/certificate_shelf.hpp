@@ -2,10 +2,10 @@
 
 // Where the Alipay certificates one instance downloaded (daemon/certificate_refresh.hpp) are kept
 // for every instance, and for this one after a restart: one hash per app (store/keys.hpp),
-// SN -> "<not_after> <certificate>", the certificate as read_cert_download gave it (base64 of its
-// PEM). Nothing here is trusted: a reader checks each certificate again against its own configured
-// roots (gateways::alipay::check_kept_certificate) before it uses it. An entry whose not_after has
-// passed is removed by whoever reads it.
+// SN -> "<not_after> <content>", the content as read_cert_download gave it (base64 of the PEM).
+// Nothing here is trusted: a reader checks each certificate again against its own configuration
+// (gateways::alipay::check_kept_certificate) before it uses it. An entry whose not_after has
+// passed is removed by whoever reads it; so is one that does not read.
 
 #include "core/result.hpp"
 #include "store/keys.hpp"
@@ -31,7 +31,9 @@ struct KeptCertificate {
     std::string content;        ///< base64 of the PEM
 };
 
-/// What one read found: the entries that read, and the fields that did not (no "<digits> " head).
+/// What one read found: the entries that read, and the fields of those that did not (a field that
+/// is not an SN as §1.6 computes it, 32 lower-case hex digits; a value without its "<digits> "
+/// head, or longer than kMaxValueBytes).
 struct KeptCertificates {
     std::vector<KeptCertificate> certificates;
     std::vector<std::string> unreadable;
@@ -42,12 +44,15 @@ class CertificateShelf {
 public:
     CertificateShelf(RedisConnection& redis, const config::RedisConfig& cfg);
 
-    /// At most this many entries of one app are read (a re-issue adds one a year or so); the rest
-    /// of a hash that somebody filled are ignored.
+    /// A read asks for this many entries of one app (a re-issue adds one a year or so): the first
+    /// page of an HSCAN, so a hash that somebody filled is not read whole.
     static constexpr std::size_t kMaxEntries = 64;
+    /// A certificate with its chain is a few KB.
+    static constexpr std::size_t kMaxValueBytes = 16 * 1024;
 
-    /// The app's entries (HGETALL), in Redis' order. Errors: as RedisConnection::exec, and
-    /// store_unavailable for a reply that is not a hash.
+    /// The app's entries (HSCAN 0 COUNT kMaxEntries: a small hash whole, a big one in part; at
+    /// most kMaxEntries are returned, readable or not). Errors: as RedisConnection::exec, and
+    /// store_unavailable for a reply that is not a hash's.
     boost::asio::awaitable<Result<KeptCertificates>> read_alipay(std::string app_id);
     /// HSET of one entry (a later download of the same SN replaces it).
     boost::asio::awaitable<Result<void>> keep_alipay(std::string app_id, KeptCertificate certificate);

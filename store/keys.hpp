@@ -22,7 +22,7 @@
 //                                 bills not settled yet (store/query_queue.hpp; provider_query only)
 //   P T ":query_intake"   string  the created-index score up to which bills were taken into query_due
 //   P T ":query_lease"    string  the instance sweeping the shard's query_due now (expires)
-//   P T ":alipay_certs:" app_id  hash  SN -> "<not_after> <certificate>": the Alipay certificates
+//   P T ":alipay_certs:" app_id  hash  SN -> "<not_after> <base64 of the PEM>": the Alipay certificates
 //                                 instances downloaded, for every instance (store/certificate_shelf.hpp;
 //                                 T is the shard of the app_id)
 //

@@ -258,6 +258,11 @@ Result<ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std
         set_detail(detail, std::move(why));
         return error(errc::bad_signature);
     }
+    if (kept->not_before <= app.alipay_cert_not_before) {
+        set_detail(detail, "the downloaded certificate " + kept->serial +
+                               " is not newer than alipay_public_cert_file (an older certificate is not brought back)");
+        return error(errc::bad_signature);
+    }
     return std::move(*kept);
 }
 

@@ -61,13 +61,15 @@ Result<gateways::ProviderCertificate> read_cert_download(const AlipayAppKeys& ap
                                                          std::string* detail = nullptr, std::string* content = nullptr);
 
 /// A certificate downloaded before and kept (store/certificate_shelf.hpp: every instance, and this
-/// one after a restart, uses what one instance downloaded), checked again exactly as the download's
+/// one after a restart, uses what one instance downloaded), checked again as the download's
 /// certificate was: `content` as read_cert_download gave it; a leaf chaining to app.roots at
 /// `now_unix` (0: the clock), valid then, an RSA key, the issuer and subject of the configured
-/// Alipay certificate, no CA, SN `alipay_cert_sn`. The chain is what made the download trusted
-/// (the answer's signature only authenticated the answer), so the same checks make a kept copy as
-/// trustworthy, wherever it was kept. Errors: errc::invalid_argument (public-key mode, empty SN);
-/// errc::bad_signature, with the reason in `detail`.
+/// Alipay certificate, no CA, SN `alipay_cert_sn`. One more check stands in for what only a
+/// download has, Alipay naming the certificate in an answer: it must be newer (a later notBefore)
+/// than the configured alipay_public_cert_file. So whoever can write where it is kept can bring
+/// back nothing but a successor Alipay issued, never a retired certificate. Errors:
+/// errc::invalid_argument (public-key mode, empty SN); errc::bad_signature, with the reason in
+/// `detail`.
 Result<gateways::ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
                                                              std::string_view content, std::int64_t now_unix,
                                                              std::string* detail = nullptr);

@@ -372,6 +372,7 @@ Result<AlipayAppKeys> load_alipay_app(const config::AlipayApp& app, std::string_
                 keys.alipay_cert_sn = crypto::alipay_cert_sn(cert);
                 keys.alipay_cert_issuer_der = detail::name_der(X509_get_issuer_name(cert));
                 keys.alipay_cert_subject_der = detail::name_der(X509_get_subject_name(cert));
+                keys.alipay_cert_not_before = crypto::certificate_not_before(cert);
                 keys.keys.push_back(AlipayKey{.key = std::move(key), .cert_sn = keys.alipay_cert_sn});
                 keys.alipay_root_cert_sn = crypto::alipay_root_cert_sn(*roots);
             }

@@ -48,6 +48,9 @@ struct AlipayAppKeys {
     /// holders have its private key, so chaining to the root alone does not make it Alipay's.
     std::string alipay_cert_issuer_der;
     std::string alipay_cert_subject_der;
+    /// Certificate mode: alipay_public_cert_file's notBefore (Unix s). A kept copy of a download
+    /// must be newer (check_kept_certificate).
+    std::int64_t alipay_cert_not_before{0};
     /// Certificate mode with download_certificates (and books given to the loader): Alipay
     /// certificates downloaded while running (ProviderCertificate::serial = the SN), tried after
     /// `keys`; told of an alipay_cert_sn that none of the keys has (read_trade_query).

@@ -24,6 +24,7 @@
 
 #include <atomic>
 #include <csignal>
+#include <ctime>
 #include <chrono>
 #include <filesystem>
 #include <fstream>
@@ -78,9 +79,12 @@ struct ReissueWorld {
                                      gateway.url("/gateway.do") + R"(", "download_certificates": true)";
         opts.extra_config = R"("provider_query": {"after_s": 1, "until_s": 600, "max_gap_s": 1, "interval_s": 1})";
         fx = std::make_unique<DaemonFixture>(opts);
-        // Alipay re-issues its certificate under the same root the app was configured with.
-        const keygen::Certificate reissued = keygen::issue(
-            fx->alipay_root, {.common_name = "alipay public key test", .organization = "Ant Financial test"});
+        // Alipay re-issues its certificate under the same root the app was configured with, after
+        // the configured one.
+        const keygen::Certificate reissued =
+            keygen::issue(fx->alipay_root, {.common_name = "alipay public key test",
+                                            .organization = "Ant Financial test",
+                                            .not_before_unix = std::time(nullptr) - 3600});
         new_cert_pem = reissued.cert_pem;
         new_private_pem = reissued.key.private_pem;
         new_sn = sn_of(new_cert_pem);
@@ -347,10 +351,10 @@ TEST_CASE("alipay certificate - what Redis holds is checked again: a stranger's 
     const keygen::Certificate stranger =
         keygen::issue(w.other_ca, {.common_name = "alipay public key test", .organization = "Ant Financial test"});
     const std::string stranger_sn = sn_of(stranger.cert_pem);
+    REQUIRE(w.fx->stop() == 0);
     w.fx->redis_run({"HSET", ReissueWorld::kept_key(), stranger_sn, "1999999999 " + crypto::base64_encode(stranger.cert_pem),
                      "0123456789abcdef0123456789abcdef", "1000 " + crypto::base64_encode(w.new_cert_pem),
                      "fedcba9876543210fedcba9876543210", "garbage"});
-    REQUIRE(w.fx->stop() == 0);
     w.fx->start();
     REQUIRE_MESSAGE(wait_until([&] { return w.fx->log().find("\"event\":\"alipay.kept_certificates_dropped\"") !=
                                             std::string::npos; },
@@ -366,7 +370,62 @@ TEST_CASE("alipay certificate - what Redis holds is checked again: a stranger's 
     CHECK(w.fx->redis_integer({"HLEN", ReissueWorld::kept_key()}) == 1);
     CHECK(w.fx->redis_integer({"HEXISTS", ReissueWorld::kept_key(), stranger_sn}) == 1);
     CHECK(w.metrics().find(w.held_gauge(0)) != std::string::npos);
-    // Refused once, not at every read.
-    CHECK(log.find("\"event\":\"alipay.kept_certificate_refused\"", refused + 1) == std::string::npos);
+    CHECK(log.find("\"expired\":\"0123456789abcdef0123456789abcdef\"") != std::string::npos);
+    CHECK(log.find("\"unreadable\":1") != std::string::npos);
+    CHECK(w.fx->stop() == 0);
+}
+
+TEST_CASE("alipay certificate - an answer naming a certificate another instance kept brings no download")
+{
+    ReissueWorld w;
+    {
+        std::lock_guard lock(w.mu);
+        w.trades["AR-0"] = "paid";
+    }
+    // Written after this instance's first read, as another instance's download would be.
+    REQUIRE(wait_until([&] { return w.fx->log().find("alipay.kept_certificates") != std::string::npos ||
+                                    w.metrics().find(w.held_gauge(0)) != std::string::npos; },
+                       10s));
+    std::this_thread::sleep_for(1500ms);  // past a read that may have waited for the connection
+    w.fx->redis_run({"HSET", ReissueWorld::kept_key(), w.new_sn, "1999999999 " + crypto::base64_encode(w.new_cert_pem)});
+    REQUIRE(w.fx->create_bill("AR-0", 1000).status == 201);
+    // The query answer names the new SN: the read before the download finds it.
+    REQUIRE_MESSAGE(wait_until([&] { return w.status_of("AR-0") == "PAID"; }, 30s), w.fx->log());
+    const std::string log = w.fx->log();
+    CHECK(log.find("\"event\":\"alipay.certificate_requested\"") != std::string::npos);
+    CHECK(log.find("\"event\":\"alipay.certificate_restored\"") != std::string::npos);
+    CHECK(w.downloads() == 0);
+    CHECK(w.metrics().find(w.held_gauge(1)) != std::string::npos);
+    CHECK(w.fx->stop() == 0);
+}
+
+TEST_CASE("alipay certificate - once the downloaded certificate is installed, neither the book nor Redis brings it back")
+{
+    ReissueWorld w;
+    {
+        std::lock_guard lock(w.mu);
+        w.trades["AI-0"] = "paid";
+    }
+    REQUIRE(w.fx->create_bill("AI-0", 1000).status == 201);
+    w.wait_downloaded();
+    REQUIRE(wait_until([&] { return w.metrics().find(w.held_gauge(1)) != std::string::npos; }, 10s));
+    REQUIRE(wait_until([&] { return w.fx->redis_integer({"HLEN", ReissueWorld::kept_key()}) == 1; }, 10s));
+
+    // The operator installs it: the new certificate in alipay_public_cert_file, and reloads.
+    {
+        std::ofstream(w.fx->dir() / "keys/alipay_public.crt", std::ios::binary) << w.new_cert_pem;
+    }
+    w.fx->process().signal(SIGHUP);
+    REQUIRE_MESSAGE(wait_until([&] { return w.metrics().find(w.held_gauge(0)) != std::string::npos; }, 30s), w.fx->log());
+    // Notifications signed with it verify with the configured certificate now.
+    REQUIRE(w.fx->create_bill("AI-1", 1000).status == 201);
+    CHECK(w.notify("AI-1").body == "success");
+    // A restart reads Redis, which still holds it, and does not take it back.
+    REQUIRE(w.fx->stop() == 0);
+    w.fx->start();
+    REQUIRE(wait_until([&] { return w.metrics().find(w.held_gauge(0)) != std::string::npos; }, 10s));
+    std::this_thread::sleep_for(2s);  // past the first read of Redis
+    CHECK(w.metrics().find(w.held_gauge(0)) != std::string::npos);
+    CHECK(w.fx->log().find("alipay.certificate_restored") == std::string::npos);
     CHECK(w.fx->stop() == 0);
 }

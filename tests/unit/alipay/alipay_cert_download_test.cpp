@@ -64,7 +64,9 @@ std::string sn_of(const std::string& pem)
 struct Alipay {
     keygen::Certificate ca = keygen::make_ca({.common_name = "Test Alipay Root"});
     keygen::Certificate current = keygen::issue(ca, {.common_name = "alipay public cert"});
-    keygen::Certificate reissued = keygen::issue(ca, {.common_name = "alipay public cert"});
+    // Re-issued after the configured one (a kept copy must be newer than it).
+    keygen::Certificate reissued =
+        keygen::issue(ca, {.common_name = "alipay public cert", .not_before_unix = std::time(nullptr) - 3600});
     std::string current_sn = sn_of(current.cert_pem);
     std::string reissued_sn = sn_of(reissued.cert_pem);
     crypto::SharedKey current_key = private_key(current.key);
@@ -691,7 +693,13 @@ TEST_CASE("check_kept_certificate: a downloaded certificate, kept as read_cert_d
     const AlipayAppKeys app = load(cert_config());
     const Alipay& a = provider();
     // Whitespace inside alipay_cert_content (as some answers wrap it) is not kept.
-    std::string body = make_cert_download_answer(a.reissued.cert_pem, signed_by(a.reissued_key, a.reissued_sn));
+    std::string wrapped = crypto::base64_encode(a.reissued.cert_pem);
+    wrapped.insert(64, "\\r\\n");
+    wrapped.insert(10, " ");
+    const std::string body = sign_alipay_answer(
+        kGatewayNode, R"({"code":"10000","msg":"Success","alipay_cert_content":")" + wrapped + R"("})",
+        signed_by(a.reissued_key, a.reissued_sn));
+    REQUIRE(body.find("\\r\\n") != std::string::npos);
     std::string detail;
     std::string content = "stale";
     auto downloaded = read_cert_download(app, a.reissued_sn, http(body), 0, &detail, &content);
@@ -747,6 +755,14 @@ TEST_CASE("check_kept_certificate: what was kept is checked as a download is, ag
     CHECK(error_of(check_kept_certificate(app, expired_sn, kept_as(expired.cert_pem), 0, &detail)) ==
           make_error_code(errc::bad_signature));
     CHECK(detail == "the downloaded certificate " + expired_sn + " has expired");
+    // Alipay's, valid, chained, but not newer than the configured one: a retired certificate is
+    // not brought back (a download of it needs Alipay to name it; a kept copy does not).
+    const auto retired = keygen::issue(a.ca, {.common_name = "alipay public cert", .not_before_unix = now - 2 * 86400});
+    const std::string retired_sn = sn_of(retired.cert_pem);
+    CHECK(error_of(check_kept_certificate(app, retired_sn, kept_as(retired.cert_pem), 0, &detail)) ==
+          make_error_code(errc::bad_signature));
+    CHECK(detail == "the downloaded certificate " + retired_sn +
+                        " is not newer than alipay_public_cert_file (an older certificate is not brought back)");
     // Damaged.
     CHECK(error_of(check_kept_certificate(app, a.reissued_sn, "@@@", 0, &detail)) == make_error_code(errc::bad_signature));
     CHECK(detail == "alipay_cert_content is not base64");
