@@ -1,5 +1,7 @@
 #include "daemon/certificate_refresh.hpp"
 
+#include "daemon/provider_call.hpp"
+
 #include "core/async.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -526,23 +528,15 @@ struct CertificateRefresher::Impl {
             failed(m, true, error_name(request.error()), 0, "the request could not be built");
             co_return;
         }
-        crm::Headers headers = std::move(request->headers);
-        crm::PostResult sent = co_await m.client->send(std::move(request->method), std::move(request->target),
-                                                       std::move(headers), std::move(request->body));
+        ProviderCall call = co_await call_provider(*m.client, std::move(*request), kMaxAnswerBytes);
         if (stopping) {
             co_return;
         }
-        const bool cut = sent.response && (!sent.response->complete || sent.response->body_head.size() > kMaxAnswerBytes);
-        if (!sent.response || cut) {
-            failed(m, false, sent.response ? std::string_view("provider_unavailable") : error_name(sent.response.error()),
-                   sent.response ? static_cast<std::int64_t>(sent.response->status) : 0,
-                   sent.response ? std::string_view("the answer was cut short") : std::string_view(sent.error_detail));
+        if (!call.response) {
+            failed(m, call.ours, call.error, call.status, call.detail);
             co_return;
         }
-        gateways::QueryResponse response;
-        response.status = sent.response->status;
-        response.headers = std::move(sent.response->headers);
-        response.body = std::move(sent.response->body_head);
+        const gateways::QueryResponse& response = *call.response;
         std::string detail;
         const std::int64_t now_unix = unix_now();
         Result<std::vector<PlatformCertificate>> fresh =
@@ -632,23 +626,15 @@ struct CertificateRefresher::Impl {
             fail(false, error_name(request.error()), 0, "the request could not be built");
             co_return;
         }
-        crm::Headers headers = std::move(request->headers);
-        crm::PostResult sent = co_await a.client->send(std::move(request->method), std::move(request->target),
-                                                       std::move(headers), std::move(request->body));
+        ProviderCall call = co_await call_provider(*a.client, std::move(*request), kMaxAnswerBytes);
         if (stopping) {
             co_return;
         }
-        const bool cut = sent.response && (!sent.response->complete || sent.response->body_head.size() > kMaxAnswerBytes);
-        if (!sent.response || cut) {
-            fail(true, sent.response ? std::string_view("provider_unavailable") : error_name(sent.response.error()),
-                 sent.response ? static_cast<std::int64_t>(sent.response->status) : 0,
-                 sent.response ? std::string_view("the answer was cut short") : std::string_view(sent.error_detail));
+        if (!call.response) {
+            fail(!call.ours, call.error, call.status, call.detail);
             co_return;
         }
-        gateways::QueryResponse response;
-        response.status = sent.response->status;
-        response.headers = std::move(sent.response->headers);
-        response.body = std::move(sent.response->body_head);
+        const gateways::QueryResponse& response = *call.response;
         std::string detail;
         std::string content;
         const std::int64_t now_unix = unix_now();

@@ -1,5 +1,7 @@
 #include "daemon/provider_query.hpp"
 
+#include "daemon/provider_call.hpp"
+
 #include "core/async.hpp"
 #include "core/error.hpp"
 #include "core/log.hpp"
@@ -472,38 +474,24 @@ struct QueryRunner::Impl {
                                         {"detail", "the request could not be built"}});
             co_return Asked::answered;
         }
-        crm::Headers headers = std::move(request->headers);
-        crm::PostResult sent = co_await client.send(std::move(request->method), std::move(request->target),
-                                                    std::move(headers), std::move(request->body));
-        if (is_stopping() && (!sent.response || !sent.response->complete)) {
+        // A body longer than kMaxAnswerBytes is no answer of theirs either (keep_body is one more).
+        ProviderCall call = co_await call_provider(client, std::move(*request), kMaxAnswerBytes);
+        if (is_stopping() && !call.response) {
             co_return Asked::aborted;
         }
-        if (!sent.response && sent.response.error() != errc::timeout && sent.response.error() != errc::crm_unavailable) {
-            // Not the provider's doing (a request line the client refused): a defect of ours.
-            count(account, error_name(sent.response.error()));
-            log::error("query.failed", {{"bill_id", bill.id}, {"provider", account.provider()},
-                                        {"account", account.account()}, {"error", error_name(sent.response.error())},
-                                        {"detail", sent.error_detail}});
-            co_return Asked::answered;
-        }
-        // A body longer than kMaxAnswerBytes is no answer of theirs either (keep_body is one more).
-        const bool cut = sent.response && (!sent.response->complete || sent.response->body_head.size() > kMaxAnswerBytes);
-        if (!sent.response || cut) {
-            // Also an answer cut short (a closed connection, the deadline, max_body): not the
-            // provider's word, and no forgery either.
-            const bool timed_out = !sent.response && sent.response.error() == errc::timeout;
-            const std::string_view error = timed_out ? std::string_view("timeout") : std::string_view("provider_unavailable");
-            count(account, error);
-            log::warning("query.failed", {{"bill_id", bill.id}, {"provider", account.provider()},
-                                          {"account", account.account()}, {"error", error},
-                                          {"detail", sent.response ? std::string_view("the answer was cut short")
-                                                                   : std::string_view(sent.error_detail)}});
+        if (!call.response) {
+            const std::initializer_list<log::Field> fields{{"bill_id", bill.id}, {"provider", account.provider()},
+                                                           {"account", account.account()}, {"error", call.error},
+                                                           {"detail", call.detail}};
+            count(account, call.error);
+            if (call.ours) {
+                log::error("query.failed", fields);  // a defect of ours: not asked again
+                co_return Asked::answered;
+            }
+            log::warning("query.failed", fields);
             co_return Asked::transient;
         }
-        gateways::QueryResponse response;
-        response.status = sent.response->status;
-        response.headers = std::move(sent.response->headers);
-        response.body = std::move(sent.response->body_head);
+        gateways::QueryResponse& response = *call.response;
         std::string detail;
         Result<gateways::QueryAnswer> answer = account.read(bill.id, response, unix_ms_now() / 1000, detail);
         if (!answer) {
