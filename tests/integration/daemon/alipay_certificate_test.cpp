@@ -427,5 +427,7 @@ TEST_CASE("alipay certificate - once the downloaded certificate is installed, ne
     std::this_thread::sleep_for(2s);  // past the first read of Redis
     CHECK(w.metrics().find(w.held_gauge(0)) != std::string::npos);
     CHECK(w.fx->log().find("alipay.certificate_restored") == std::string::npos);
+    // Not even looked at: it is the configured one, not a refused stranger.
+    CHECK(w.fx->log().find("alipay.kept_certificate_refused") == std::string::npos);
     CHECK(w.fx->stop() == 0);
 }
