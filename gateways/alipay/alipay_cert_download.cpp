@@ -18,23 +18,14 @@
 namespace paybridge::gateways::alipay {
 namespace {
 
-using detail::add_note;
 using detail::set_detail;
+using detail::text_member;
 
 constexpr std::string_view kDownloadMethod = "alipay.open.app.alipaycert.download";
 constexpr std::string_view kDownloadNode = "alipay_open_app_alipaycert_download_response";
-constexpr unsigned kParseFlags = rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag;
+constexpr unsigned kParseFlags = detail::kAnswerParseFlags;
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
-
-std::optional<std::string_view> text_member(const rapidjson::Value& object, const char* name)
-{
-    const auto it = object.FindMember(name);
-    if (it == object.MemberEnd() || !it->value.IsString()) {
-        return std::nullopt;
-    }
-    return std::string_view(it->value.GetString(), it->value.GetStringLength());
-}
 
 std::string without_whitespace(std::string_view text)
 {
@@ -203,30 +194,17 @@ Result<ProviderCertificate> read_cert_download(const AlipayAppKeys& app, std::st
         set_detail(detail, "no key verifies the sign");
         return error(errc::bad_signature);
     }
-    std::string notes;
-    if (verified_by->previous) {
-        add_note(notes, "verified with the previous Alipay key (rotation not finished)");
-    }
+    // A certificate held before (not the one being fetched) is worth a note.
     const bool by_extra = std::any_of(extra.begin(), extra.end(),
                                       [verified_by](const AlipayKey& key) { return &key == verified_by; });
-    if (by_extra && !(fetched && verified_by->cert_sn == fetched->serial)) {
-        add_note(notes, "verified with the downloaded Alipay certificate " + verified_by->cert_sn);
-    }
-    if (via_unescaped) {
-        add_note(notes, "verified with \"\\/\" read as \"/\"");
-    }
+    std::string notes = detail::verification_notes(
+        *verified_by, by_extra && !(fetched && verified_by->cert_sn == fetched->serial), via_unescaped);
 
     // Authentic from here on.
     rapidjson::Document doc;
-    doc.Parse<kParseFlags>(content.data(), content.size());
-    if (doc.HasParseError() || !doc.IsObject()) {
-        set_detail(detail, "the response object is not valid JSON");
-        return error(errc::malformed_request);
-    }
-    const auto code = text_member(doc, "code");
+    const Result<std::string_view> code = detail::parse_verified(doc, content, detail);
     if (!code) {
-        set_detail(detail, "no code");
-        return error(errc::malformed_request);
+        return code.error();
     }
     if (*code != "10000") {
         set_detail(detail, detail::code_detail(*code, text_member(doc, "sub_code")));

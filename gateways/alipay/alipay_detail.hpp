@@ -12,6 +12,7 @@
 #include "gateways/query.hpp"
 
 #include <openssl/x509.h>
+#include <rapidjson/document.h>
 
 #include <cstdint>
 #include <optional>
@@ -30,6 +31,25 @@ std::int64_t now_or_clock(std::int64_t now_unix);
 void add_note(std::string& notes, std::string_view note);
 /// *detail = text, when detail is given.
 void set_detail(std::string* detail, std::string text);
+
+// ---- reading an answer (alipay_query.cpp) ----
+
+/// How answers are parsed: numbers kept as their text (an amount sent as a number still reads
+/// exactly); iterative, so no nesting depth can exhaust the stack (unsigned answers are parsed
+/// too, to classify them).
+inline constexpr unsigned kAnswerParseFlags = rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag;
+
+/// A string member (numbers are kept as their text by the parse flags), nullopt when absent or of
+/// another type.
+std::optional<std::string_view> text_member(const rapidjson::Value& object, const char* name);
+
+/// The notes of a verified answer, for the log line: a previous key, a downloaded certificate
+/// (`by_downloaded`), "\/" read as "/" (`via_unescaped`); "" when none.
+std::string verification_notes(const AlipayKey& verified_by, bool by_downloaded, bool via_unescaped);
+
+/// Parses the verified response object into `doc` and returns its code. Errors:
+/// malformed_request (not a JSON object, no code), with the reason in `detail`.
+Result<std::string_view> parse_verified(rapidjson::Document& doc, std::string_view content, std::string* detail);
 
 /// Alipay's certificate file may carry intermediates after (or before) its own certificate; the
 /// leaf is the one certificate that issued none of the others.

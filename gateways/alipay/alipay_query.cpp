@@ -22,16 +22,14 @@
 namespace paybridge::gateways::alipay {
 namespace {
 
-using detail::add_note;
 using detail::set_detail;
 
 using rapidjson::Value;
+using detail::text_member;
 
 constexpr std::string_view kQueryNode = "alipay_trade_query_response";
 constexpr std::string_view kErrorNode = "error_response";
-// Numbers kept as their text (an amount sent as a number still reads exactly); iterative, so no
-// nesting depth can exhaust the stack (unsigned answers are parsed too, to classify them).
-constexpr unsigned kParseFlags = rapidjson::kParseNumbersAsStringsFlag | rapidjson::kParseIterativeFlag;
+constexpr unsigned kParseFlags = detail::kAnswerParseFlags;
 
 boost::system::error_code error(errc e) { return make_error_code(e); }
 
@@ -243,23 +241,6 @@ std::string replace_escaped_slashes(std::string_view text)
 
 // ---- the response object, read after verification ----
 
-const Value* member(const Value& object, const char* name)
-{
-    const auto it = object.FindMember(name);
-    return it == object.MemberEnd() ? nullptr : &it->value;
-}
-
-// A string member (numbers are kept as their text by the parse flags), nullopt when absent or of
-// another type.
-std::optional<std::string_view> text_member(const Value& object, const char* name)
-{
-    const Value* v = member(object, name);
-    if (v == nullptr || !v->IsString()) {
-        return std::nullopt;
-    }
-    return std::string_view(v->GetString(), v->GetStringLength());
-}
-
 bool readable(std::string_view text) { return to_utf8(text, Charset::utf8).has_value(); }
 
 using detail::code_detail;
@@ -428,6 +409,46 @@ Result<QueryRequest> build_request(const AlipayAppKeys& app, const AlipayQuerySi
     request.headers.emplace_back("Content-Type", "application/x-www-form-urlencoded;charset=utf-8");
     request.body = "biz_content=" + uri_encode(biz_content);
     return request;
+}
+
+std::optional<std::string_view> text_member(const Value& object, const char* name)
+{
+    const auto it = object.FindMember(name);
+    if (it == object.MemberEnd() || !it->value.IsString()) {
+        return std::nullopt;
+    }
+    return std::string_view(it->value.GetString(), it->value.GetStringLength());
+}
+
+std::string verification_notes(const AlipayKey& verified_by, bool by_downloaded, bool via_unescaped)
+{
+    std::string notes;
+    if (verified_by.previous) {
+        add_note(notes, "verified with the previous Alipay key (rotation not finished)");
+    }
+    if (by_downloaded) {
+        add_note(notes, "verified with the downloaded Alipay certificate " + verified_by.cert_sn);
+    }
+    if (via_unescaped) {
+        add_note(notes, "verified with \"\\/\" read as \"/\"");
+    }
+    return notes;
+}
+
+Result<std::string_view> parse_verified(rapidjson::Document& doc, std::string_view content, std::string* detail)
+{
+    // Only the verified bytes are parsed (JSON reads "\/" as "/" itself).
+    doc.Parse<kAnswerParseFlags>(content.data(), content.size());
+    if (doc.HasParseError() || !doc.IsObject()) {
+        set_detail(detail, "the response object is not valid JSON");
+        return error(errc::malformed_request);
+    }
+    const auto code = text_member(doc, "code");
+    if (!code) {
+        set_detail(detail, "no code");
+        return error(errc::malformed_request);
+    }
+    return *code;
 }
 
 Result<SignedAnswer> locate_answer(const QueryResponse& response, std::string_view node, std::string* detail)
@@ -620,28 +641,13 @@ Result<QueryAnswer> read_trade_query(const AlipayAppKeys& app, std::string_view 
     }
     const bool by_downloaded = std::any_of(downloaded.begin(), downloaded.end(),
                                            [verified_by](const AlipayKey& key) { return &key == verified_by; });
-    std::string notes;
-    if (verified_by->previous) {
-        add_note(notes, "verified with the previous Alipay key (rotation not finished)");
-    }
-    if (by_downloaded) {
-        add_note(notes, "verified with the downloaded Alipay certificate " + verified_by->cert_sn);
-    }
-    if (via_unescaped) {
-        add_note(notes, "verified with \"\\/\" read as \"/\"");
-    }
+    std::string notes = detail::verification_notes(*verified_by, by_downloaded, via_unescaped);
 
-    // Authentic from here on. Only the verified bytes are parsed (JSON reads "\/" as "/" itself).
+    // Authentic from here on.
     rapidjson::Document doc;
-    doc.Parse<kParseFlags>(content.data(), content.size());
-    if (doc.HasParseError() || !doc.IsObject()) {
-        set_detail(detail, "the response object is not valid JSON");
-        return error(errc::malformed_request);
-    }
-    const auto code = text_member(doc, "code");
+    const Result<std::string_view> code = detail::parse_verified(doc, content, detail);
     if (!code) {
-        set_detail(detail, "no code");
-        return error(errc::malformed_request);
+        return code.error();
     }
     const auto sub_code = text_member(doc, "sub_code");
     const auto answered_bill = text_member(doc, "out_trade_no");
