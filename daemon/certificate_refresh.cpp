@@ -67,6 +67,9 @@ struct RefreshMetrics {
     metrics::Family<metrics::Counter>& alipay_downloads = metrics::registry().counter(
         "paybridge_alipay_certificate_downloads_total",
         "Downloads of re-issued Alipay public certificates (download_certificates), by app and result: ok, failed.");
+    metrics::Family<metrics::Counter>& alipay_kept_reads = metrics::registry().counter(
+        "paybridge_alipay_kept_certificate_reads_total",
+        "Reads of the Alipay certificates kept in Redis (what any instance downloaded), by app and result: ok, failed.");
     metrics::Family<metrics::Gauge>& alipay_held = metrics::registry().gauge(
         "paybridge_alipay_downloaded_certificates",
         "Re-issued Alipay certificates held from downloads and valid now, by app (download_certificates): install "
@@ -314,7 +317,8 @@ struct CertificateRefresher::Impl {
                     a.next_look_ms = found->second.next_look_ms;
                     a.refused_kept = std::move(found->second.refused_kept);
                     a.unsaved = std::move(found->second.unsaved);
-                    drop_configured(source.app);
+                    a.pending = std::move(found->second.pending);  // tried at once: a reload is a new chance
+                    drop_superseded(source.app);
                 } else if (source.app.downloaded) {
                     // Emptied; what is kept in Redis comes back at once if it passes the new checks.
                     source.app.downloaded->replace({});
@@ -653,11 +657,17 @@ struct CertificateRefresher::Impl {
         show_alipay_held(app_id, source.app.downloaded);
         // For every instance, and for this one after a restart. Installing it is still the lasting
         // fix: until then each notification is tried with the configured certificates first.
-        a.unsaved[sn] = store::KeptCertificate{.sn = sn, .not_after = cert->not_after, .content = std::move(content)};
-        const bool saved = co_await save(a);
+        // Only what other instances would take: a certificate Alipay named that is no newer than
+        // the configured one is used here, not kept.
+        std::string_view kept_where = "no (not newer than alipay_public_cert_file)";
+        if (gateways::alipay::check_kept_certificate(source.app, sn, content, now_unix)) {
+            a.unsaved[sn] = store::KeptCertificate{.sn = sn, .not_after = cert->not_after, .content = std::move(content)};
+            const bool saved = co_await save(a);
+            kept_where = saved ? std::string_view("redis") : std::string_view("not yet (tried again every minute)");
+        }
         log::warning("alipay.certificate_downloaded",
                      {{"app_id", app_id}, {"alipay_cert_sn", sn}, {"not_after", cert->not_after}, {"detail", detail},
-                      {"kept", saved ? std::string_view("redis") : std::string_view("not yet (tried again every minute)")},
+                      {"kept", kept_where},
                       {"action", "install it as alipay_public_cert_file (the old one as previous_alipay_public_cert_file) "
                                  "and reload"}});
     }
@@ -722,21 +732,28 @@ struct CertificateRefresher::Impl {
         book->replace(std::move(held));
     }
 
-    /// Drops from the app's book what is now configured: the installed certificate (its gateway
-    /// tries it first anyway), so the gauge tells that the installation is done.
-    static void drop_configured(const gateways::alipay::AlipayAppKeys& app)
+    /// A downloaded certificate an installation made needless: now configured (its gateway tries
+    /// it first anyway), or not newer than the configured one.
+    static bool superseded(const gateways::alipay::AlipayAppKeys& app, const gateways::ProviderCertificate& c)
+    {
+        return configured(app, c.serial) || c.not_before <= app.alipay_cert_not_before;
+    }
+
+    /// Drops from the app's book what an installation superseded, so that the gauge tells that the
+    /// installation is done.
+    static void drop_superseded(const gateways::alipay::AlipayAppKeys& app)
     {
         if (!app.downloaded) {
             return;
         }
         const auto before = app.downloaded->certificates();
         if (std::none_of(before->begin(), before->end(),
-                         [&app](const gateways::ProviderCertificate& c) { return configured(app, c.serial); })) {
+                         [&app](const gateways::ProviderCertificate& c) { return superseded(app, c); })) {
             return;
         }
         std::vector<gateways::ProviderCertificate> held;
         for (const gateways::ProviderCertificate& c : *before) {
-            if (!configured(app, c.serial)) {
+            if (!superseded(app, c)) {
                 held.push_back(c);
             }
         }
@@ -754,7 +771,7 @@ struct CertificateRefresher::Impl {
             a.next_look_ms = steady_now_ms() + kRefreshEvery.count();
             co_return;
         }
-        if (!redis->ready()) {
+        if (!redis->usable()) {
             // At start, or Redis is down (which the workers' logs and /readyz say).
             a.next_look_ms = steady_now_ms() + kLookNotReady.count();
             co_return;
@@ -763,6 +780,7 @@ struct CertificateRefresher::Impl {
         if (stopping) {
             co_return;
         }
+        refresh_metrics().alipay_kept_reads.with({{"app_id", app_id}, {"result", kept ? "ok" : "failed"}}).inc();
         if (!kept) {
             a.next_look_ms = steady_now_ms() + kLookRetry.count();
             if (!a.look_failing) {
@@ -780,7 +798,9 @@ struct CertificateRefresher::Impl {
         std::vector<std::string> expired;
         bool added = false;
         for (store::KeptCertificate& k : kept->certificates) {
-            a.unsaved.erase(k.sn);  // kept by another instance meanwhile
+            if (const auto mine = a.unsaved.find(k.sn); mine != a.unsaved.end() && mine->second.content == k.content) {
+                a.unsaved.erase(mine);  // kept by another instance meanwhile
+            }
             if (k.not_after < now_unix) {
                 expired.push_back(std::move(k.sn));
                 continue;

@@ -37,8 +37,10 @@ Result<QueryRequest> build_cert_download(const AlipayAppKeys& app, const AlipayQ
 /// - The certificate (code 10000): alipay_cert_content is the base64 (whitespace ignored) of a PEM
 ///   file holding Alipay's certificate, maybe with intermediates. Its leaf (the certificate that
 ///   issued none of the others, as at load) must chain to app.roots at `now_unix` (0: the clock),
-///   the others offered as intermediates only, be valid then, hold an RSA key, and have the SN
-///   `alipay_cert_sn` (crypto::alipay_cert_sn). Else bad_signature, with the reason in `detail`.
+///   the others offered as intermediates only, be valid then, hold an RSA key, carry the issuer
+///   and the subject of the configured Alipay certificate (the root also issues merchants' app
+///   certificates), be no CA, and have the SN `alipay_cert_sn` (crypto::alipay_cert_sn). Else
+///   bad_signature, with the reason in `detail`.
 ///   These checks are made before the signature's, so that the answer may be signed with the new
 ///   certificate itself: it is trusted through its chain, not through the answer.
 /// - The signature, over the response object's exact bytes (and, as a fallback, with "\/" read

@@ -199,6 +199,21 @@ struct ReissueWorld {
         return "paybridge_alipay_downloaded_certificates{app_id=\"" + std::string(DaemonFixture::kAlipayCertAppId) +
                "\"} " + std::to_string(n);
     }
+    /// Waits until paybridged has read the kept certificates (successfully) at least once.
+    void wait_kept_read()
+    {
+        REQUIRE_MESSAGE(wait_until([&] { return metrics().find("paybridge_alipay_kept_certificate_reads_total{app_id=\"" +
+                                                               std::string(DaemonFixture::kAlipayCertAppId) +
+                                                               "\",result=\"ok\"}") != std::string::npos; },
+                                   30s),
+                        fx->log());
+    }
+    /// Stops paybridged and checks that it stopped by itself (a forced stop also exits 0).
+    void stop_cleanly()
+    {
+        CHECK(fx->stop() == 0);
+        CHECK(fx->log().find("daemon.forced_stop") == std::string::npos);
+    }
     /// Waits for the download that the first query answer brings.
     void wait_downloaded()
     {
@@ -322,6 +337,7 @@ TEST_CASE("alipay certificate - a download is kept in Redis: another instance an
                                30s),
                     second->log());
     CHECK(second->log().find(w.new_sn) != std::string::npos);
+    REQUIRE(wait_until([&] { return http_request(second_port, "GET", "/readyz").status == 200; }, 30s));
     REQUIRE(w.fx->create_bill("AK-1", 1000).status == 201);
     const HttpResult on_second = http_request(second_port, "POST", "/notify/alipay", w.notice("AK-1"),
                                               {{"Content-Type", "application/x-www-form-urlencoded; charset=utf-8"}});
@@ -329,9 +345,10 @@ TEST_CASE("alipay certificate - a download is kept in Redis: another instance an
     CHECK(on_second.body == "success");
     CHECK(w.status_of("AK-1") == "PAID");
     CHECK(second->stop(SIGTERM) == 0);
+    CHECK(second->log().find("daemon.forced_stop") == std::string::npos);
 
     // The first instance, restarted, has it back before any answer names it.
-    REQUIRE(w.fx->stop() == 0);
+    w.stop_cleanly();
     w.fx->start();
     REQUIRE_MESSAGE(wait_until([&] { return w.metrics().find(w.held_gauge(1)) != std::string::npos; }, 30s), w.fx->log());
     const HttpResult retry = w.notify("AK-0");
@@ -339,7 +356,7 @@ TEST_CASE("alipay certificate - a download is kept in Redis: another instance an
     CHECK(retry.body == "success");
     CHECK(w.status_of("AK-0") == "PAID");
     CHECK(w.downloads() == downloads_before);
-    CHECK(w.fx->stop() == 0);
+    w.stop_cleanly();
 }
 
 TEST_CASE("alipay certificate - what Redis holds is checked again: a stranger's certificate is refused, expired and "
@@ -372,7 +389,7 @@ TEST_CASE("alipay certificate - what Redis holds is checked again: a stranger's 
     CHECK(w.metrics().find(w.held_gauge(0)) != std::string::npos);
     CHECK(log.find("\"expired\":\"0123456789abcdef0123456789abcdef\"") != std::string::npos);
     CHECK(log.find("\"unreadable\":1") != std::string::npos);
-    CHECK(w.fx->stop() == 0);
+    w.stop_cleanly();
 }
 
 TEST_CASE("alipay certificate - an answer naming a certificate another instance kept brings no download")
@@ -382,11 +399,9 @@ TEST_CASE("alipay certificate - an answer naming a certificate another instance 
         std::lock_guard lock(w.mu);
         w.trades["AR-0"] = "paid";
     }
-    // Written after this instance's first read, as another instance's download would be.
-    REQUIRE(wait_until([&] { return w.fx->log().find("alipay.kept_certificates") != std::string::npos ||
-                                    w.metrics().find(w.held_gauge(0)) != std::string::npos; },
-                       10s));
-    std::this_thread::sleep_for(1500ms);  // past a read that may have waited for the connection
+    // Written after this instance's first read (the next is a minute later), as another
+    // instance's download would be.
+    w.wait_kept_read();
     w.fx->redis_run({"HSET", ReissueWorld::kept_key(), w.new_sn, "1999999999 " + crypto::base64_encode(w.new_cert_pem)});
     REQUIRE(w.fx->create_bill("AR-0", 1000).status == 201);
     // The query answer names the new SN: the read before the download finds it.
@@ -396,7 +411,7 @@ TEST_CASE("alipay certificate - an answer naming a certificate another instance 
     CHECK(log.find("\"event\":\"alipay.certificate_restored\"") != std::string::npos);
     CHECK(w.downloads() == 0);
     CHECK(w.metrics().find(w.held_gauge(1)) != std::string::npos);
-    CHECK(w.fx->stop() == 0);
+    w.stop_cleanly();
 }
 
 TEST_CASE("alipay certificate - once the downloaded certificate is installed, neither the book nor Redis brings it back")
@@ -423,11 +438,10 @@ TEST_CASE("alipay certificate - once the downloaded certificate is installed, ne
     // A restart reads Redis, which still holds it, and does not take it back.
     REQUIRE(w.fx->stop() == 0);
     w.fx->start();
-    REQUIRE(wait_until([&] { return w.metrics().find(w.held_gauge(0)) != std::string::npos; }, 10s));
-    std::this_thread::sleep_for(2s);  // past the first read of Redis
+    w.wait_kept_read();  // Redis was read, and held it
     CHECK(w.metrics().find(w.held_gauge(0)) != std::string::npos);
     CHECK(w.fx->log().find("alipay.certificate_restored") == std::string::npos);
     // Not even looked at: it is the configured one, not a refused stranger.
     CHECK(w.fx->log().find("alipay.kept_certificate_refused") == std::string::npos);
-    CHECK(w.fx->stop() == 0);
+    w.stop_cleanly();
 }
