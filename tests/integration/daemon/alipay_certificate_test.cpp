@@ -69,7 +69,9 @@ struct ReissueWorld {
     HttpReceiver gateway{HttpReceiverOptions{}};
     std::unique_ptr<DaemonFixture> fx;
 
-    explicit ReissueWorld(bool from_the_right_ca = true)
+    /// `reissued_not_before`: 0 for an hour ago (after the configured certificate, which keygen
+    /// dates a day back).
+    explicit ReissueWorld(bool from_the_right_ca = true, std::int64_t reissued_not_before = 0)
     {
         DaemonOptions opts;
         opts.workers = 1;
@@ -84,7 +86,9 @@ struct ReissueWorld {
         const keygen::Certificate reissued =
             keygen::issue(fx->alipay_root, {.common_name = "alipay public key test",
                                             .organization = "Ant Financial test",
-                                            .not_before_unix = std::time(nullptr) - 3600});
+                                            .not_before_unix = reissued_not_before != 0
+                                                                   ? reissued_not_before
+                                                                   : std::time(nullptr) - 3600});
         new_cert_pem = reissued.cert_pem;
         new_private_pem = reissued.key.private_pem;
         new_sn = sn_of(new_cert_pem);
@@ -443,5 +447,24 @@ TEST_CASE("alipay certificate - once the downloaded certificate is installed, ne
     CHECK(w.fx->log().find("alipay.certificate_restored") == std::string::npos);
     // Not even looked at: it is the configured one, not a refused stranger.
     CHECK(w.fx->log().find("alipay.kept_certificate_refused") == std::string::npos);
+    w.stop_cleanly();
+}
+
+TEST_CASE("alipay certificate - a certificate Alipay names that is no newer than the configured one is used, not kept")
+{
+    // Alipay signs with a certificate dated before the configured one (say, the configured one was
+    // re-issued early and Alipay still uses its predecessor): the download is trusted, Alipay
+    // named it, but other instances would refuse a kept copy (check_kept_certificate), so it is
+    // not written to Redis.
+    ReissueWorld w(true, std::time(nullptr) - 3 * 86400);
+    {
+        std::lock_guard lock(w.mu);
+        w.trades["AO-0"] = "unpaid";
+    }
+    REQUIRE(w.fx->create_bill("AO-0", 1000).status == 201);
+    w.wait_downloaded();
+    CHECK(w.notify("AO-0").body == "success");
+    CHECK(w.fx->log().find("\"kept\":\"no (not newer than alipay_public_cert_file)\"") != std::string::npos);
+    CHECK(w.fx->redis_integer({"EXISTS", ReissueWorld::kept_key()}) == 0);
     w.stop_cleanly();
 }
