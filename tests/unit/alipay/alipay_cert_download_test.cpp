@@ -32,21 +32,7 @@ using namespace alipay_test;
 namespace {
 
 constexpr std::int64_t kNow = 1714536000;  // 2024-05-01 12:00:00 in Beijing
-constexpr std::string_view kAppCertSn = "f5476a255774929671073404f7af2b90";
 constexpr std::string_view kGatewayNode = "alipay_open_app_alipaycert_download_response";
-
-const keygen::KeyPair& app_keys()
-{
-    static const keygen::KeyPair keys = keygen::generate_rsa();
-    return keys;
-}
-
-crypto::SharedKey public_key(const keygen::KeyPair& keys)
-{
-    auto key = crypto::load_public_key(keys.public_pem);
-    REQUIRE(key.has_value());
-    return *key;
-}
 
 AlipayQuerySigner signer(std::string app_cert_sn = std::string(kAppCertSn))
 {
@@ -89,14 +75,6 @@ config::AlipayApp cert_config(bool download = true)
     return app;
 }
 
-AlipayAppKeys load(const config::AlipayApp& app, CertificateBooks* books = nullptr)
-{
-    std::vector<std::string> problems;
-    auto keys = load_alipay_app(app, "test", problems, books);
-    REQUIRE_MESSAGE(keys.has_value(), (problems.empty() ? std::string() : problems.front()));
-    return std::move(*keys);
-}
-
 AnswerSigner signed_by(const crypto::SharedKey& key, std::string alipay_cert_sn)
 {
     AnswerSigner s;
@@ -105,40 +83,11 @@ AnswerSigner signed_by(const crypto::SharedKey& key, std::string alipay_cert_sn)
     return s;
 }
 
-QueryResponse http(std::string body, unsigned status = 200)
-{
-    QueryResponse r;
-    r.status = status;
-    r.headers.emplace_back("Content-Type", "text/html;charset=utf-8");
-    r.body = std::move(body);
-    return r;
-}
-
 Result<ProviderCertificate> read(const AlipayAppKeys& app, std::string body, std::string* detail = nullptr,
                                  std::string_view asked = {})
 {
     const std::string sn = asked.empty() ? provider().reissued_sn : std::string(asked);
     return read_cert_download(app, sn, http(std::move(body)), 0, detail);
-}
-
-template <class T>
-boost::system::error_code error_of(const Result<T>& r)
-{
-    REQUIRE_FALSE(r.has_value());
-    return r.error();
-}
-
-std::string target_param(std::string_view target, std::string_view key)
-{
-    auto fields = parse_form(target.substr(target.find('?') + 1));
-    REQUIRE(fields.has_value());
-    for (const auto& [k, v] : *fields) {
-        if (k == key) {
-            return v;
-        }
-    }
-    FAIL("no parameter " << key);
-    return {};
 }
 
 ProviderCertificate provider_certificate(const keygen::Certificate& cert)

@@ -35,12 +35,6 @@ bool has_field(const FormFields& fields, std::string_view key)
     return false;
 }
 
-boost::system::error_code error_of(const Result<VerifiedNotice>& r)
-{
-    REQUIRE_FALSE(r.has_value());
-    return r.error();
-}
-
 Result<Verified> parse_body(const AlipayGateway& gw, std::string_view body, std::string_view content_type = {})
 {
     InboundRequest req;

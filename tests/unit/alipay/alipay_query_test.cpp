@@ -22,30 +22,6 @@ namespace {
 constexpr std::int64_t kNow = 1714536000;             // 2024-05-01 12:00:00 in Beijing
 constexpr std::int64_t kPaidMs = 1714535970000;       // 2024-05-01 11:59:30 in Beijing
 constexpr std::string_view kTradeNo = "2024050122001400001234567890";
-constexpr std::string_view kAppCertSn = "f5476a255774929671073404f7af2b90";
-
-// The app's own key pair: it signs requests, Alipay checks them with the public half.
-const keygen::KeyPair& app_keys()
-{
-    static const keygen::KeyPair keys = keygen::generate_rsa();
-    return keys;
-}
-
-crypto::SharedKey public_key(const keygen::KeyPair& keys)
-{
-    auto key = crypto::load_public_key(keys.public_pem);
-    REQUIRE(key.has_value());
-    return *key;
-}
-
-AlipayAppKeys load(const config::AlipayApp& app)
-{
-    std::vector<std::string> problems;
-    auto keys = load_alipay_app(app, "test", problems);
-    REQUIRE_MESSAGE(keys.has_value(), (problems.empty() ? std::string() : problems.front()));
-    return std::move(*keys);
-}
-
 AlipayQuerySigner signer(std::string app_cert_sn = {})
 {
     return AlipayQuerySigner{private_key(app_keys()), std::move(app_cert_sn)};
@@ -93,25 +69,10 @@ AnswerSigner by_alipay(std::string alipay_cert_sn = {})
 
 AnswerSigner unsigned_answer() { return AnswerSigner{}; }
 
-QueryResponse http(std::string body, unsigned status = 200)
-{
-    QueryResponse r;
-    r.status = status;
-    r.headers.emplace_back("Content-Type", "text/html;charset=utf-8");
-    r.body = std::move(body);
-    return r;
-}
-
 Result<QueryAnswer> read(const AlipayAppKeys& app, std::string body, std::string* detail = nullptr,
                          std::int64_t now_unix = 0)
 {
     return read_trade_query(app, "BILL-1001", http(std::move(body)), detail, now_unix);
-}
-
-boost::system::error_code error_of(const Result<QueryAnswer>& r)
-{
-    REQUIRE_FALSE(r.has_value());
-    return r.error();
 }
 
 std::string replace_all(std::string text, std::string_view from, std::string_view to)
@@ -122,19 +83,6 @@ std::string replace_all(std::string text, std::string_view from, std::string_vie
     return text;
 }
 
-// A query parameter of a request target, form-decoded.
-std::string target_param(std::string_view target, std::string_view key)
-{
-    auto fields = parse_form(target.substr(target.find('?') + 1));
-    REQUIRE(fields.has_value());
-    for (const auto& [k, v] : *fields) {
-        if (k == key) {
-            return v;
-        }
-    }
-    FAIL("no parameter " << key);
-    return {};
-}
 
 }  // namespace
 

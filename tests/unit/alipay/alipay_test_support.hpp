@@ -4,6 +4,9 @@
 // (RSA generation dominates the run time otherwise).
 
 #include "config/config.hpp"
+#include "core/result.hpp"
+#include "gateways/form.hpp"
+#include "gateways/query.hpp"
 #include "gateways/alipay/alipay_gateway.hpp"
 #include "gateways/alipay/alipay_sim.hpp"
 #include "gateways/crypto/crypto.hpp"
@@ -37,6 +40,64 @@ inline paybridge::crypto::SharedKey private_key(const paybridge::keygen::KeyPair
     auto key = paybridge::crypto::load_private_key(keys.private_pem);
     REQUIRE(key.has_value());
     return *key;
+}
+
+inline paybridge::crypto::SharedKey public_key(const paybridge::keygen::KeyPair& keys)
+{
+    auto key = paybridge::crypto::load_public_key(keys.public_pem);
+    REQUIRE(key.has_value());
+    return *key;
+}
+
+/// The app's own key pair (API requests): it signs requests, Alipay checks them with the public half.
+inline const paybridge::keygen::KeyPair& app_keys()
+{
+    static const paybridge::keygen::KeyPair keys = paybridge::keygen::generate_rsa();
+    return keys;
+}
+/// The SN of the app's own certificate, as certificate-mode requests carry it (app_cert_sn).
+inline constexpr std::string_view kAppCertSn = "f5476a255774929671073404f7af2b90";
+
+/// An HTTP answer of Alipay's gateway, as the daemon hands it to the gateways.
+inline paybridge::gateways::QueryResponse http(std::string body, unsigned status = 200)
+{
+    paybridge::gateways::QueryResponse r;
+    r.status = status;
+    r.headers.emplace_back("Content-Type", "text/html;charset=utf-8");
+    r.body = std::move(body);
+    return r;
+}
+
+/// The error of a result that must be one.
+template <class T>
+boost::system::error_code error_of(const paybridge::Result<T>& r)
+{
+    REQUIRE_FALSE(r.has_value());
+    return r.error();
+}
+
+/// A query parameter of a request target, form-decoded.
+inline std::string target_param(std::string_view target, std::string_view key)
+{
+    auto fields = paybridge::gateways::parse_form(target.substr(target.find('?') + 1));
+    REQUIRE(fields.has_value());
+    for (const auto& [k, v] : *fields) {
+        if (k == key) {
+            return v;
+        }
+    }
+    FAIL("no parameter " << key);
+    return {};
+}
+
+/// One app's configuration loaded (REQUIREd to load), with its book from `books` when given.
+inline paybridge::gateways::alipay::AlipayAppKeys load(const paybridge::config::AlipayApp& app,
+                                                       paybridge::gateways::CertificateBooks* books = nullptr)
+{
+    std::vector<std::string> problems;
+    auto keys = paybridge::gateways::alipay::load_alipay_app(app, "test", problems, books);
+    REQUIRE_MESSAGE(keys.has_value(), (problems.empty() ? std::string() : problems.front()));
+    return std::move(*keys);
 }
 
 inline paybridge::config::AlipayApp app_config(std::string sign_type = "RSA2")
