@@ -653,7 +653,6 @@ struct CertificateRefresher::Impl {
         give_up_on();
         a.failures = 0;
         a.next_ms = steady_now_ms();  // the next pending SN, if any
-        refresh_metrics().alipay_downloads.with({{"app_id", app_id}, {"result", "ok"}}).inc();
         show_alipay_held(app_id, source.app.downloaded);
         // For every instance, and for this one after a restart. Installing it is still the lasting
         // fix: until then each notification is tried with the configured certificates first.
@@ -670,6 +669,8 @@ struct CertificateRefresher::Impl {
                       {"kept", kept_where},
                       {"action", "install it as alipay_public_cert_file (the old one as previous_alipay_public_cert_file) "
                                  "and reload"}});
+        // Counted once kept and logged: who sees the count sees both.
+        refresh_metrics().alipay_downloads.with({{"app_id", app_id}, {"result", "ok"}}).inc();
     }
 
     /// Keeps in Redis what this instance downloaded and could not keep yet; true when nothing is
@@ -697,12 +698,6 @@ struct CertificateRefresher::Impl {
         co_return a.unsaved.empty();
     }
 
-    /// Whether `sn` is one of the app's configured certificates (current or previous).
-    static bool configured(const gateways::alipay::AlipayAppKeys& app, const std::string& sn)
-    {
-        return sn == app.alipay_cert_sn || std::any_of(app.keys.begin(), app.keys.end(),
-                                                       [&sn](const gateways::alipay::AlipayKey& k) { return k.cert_sn == sn; });
-    }
 
     /// Whether `book` holds the certificate of SN `sn`.
     static bool holds(const std::shared_ptr<gateways::CertificateBook>& book, const std::string& sn)
@@ -736,7 +731,7 @@ struct CertificateRefresher::Impl {
     /// it first anyway), or not newer than the configured one.
     static bool superseded(const gateways::alipay::AlipayAppKeys& app, const gateways::ProviderCertificate& c)
     {
-        return configured(app, c.serial) || c.not_before <= app.alipay_cert_not_before;
+        return gateways::alipay::configured_sn(app, c.serial) || c.not_before <= app.alipay_cert_not_before;
     }
 
     /// Drops from the app's book what an installation superseded, so that the gauge tells that the
@@ -805,7 +800,7 @@ struct CertificateRefresher::Impl {
                 expired.push_back(std::move(k.sn));
                 continue;
             }
-            if (configured(source.app, k.sn) || holds(source.app.downloaded, k.sn)) {
+            if (gateways::alipay::configured_sn(source.app, k.sn) || holds(source.app.downloaded, k.sn)) {
                 continue;
             }
             const std::string refusal = k.sn + ":" + crypto::hex_lower(crypto::sha256(k.content)).substr(0, 16);

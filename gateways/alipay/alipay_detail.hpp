@@ -65,8 +65,6 @@ bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
 /// exactly.
 std::string name_der(const X509_NAME* name);
 
-/// True when some key of app.keys comes from the certificate of SN `sn`.
-bool configured_sn(const AlipayAppKeys& app, std::string_view sn) noexcept;
 
 /// The certificates of app.downloaded valid at `now_unix` (not_before <= now <= not_after), as
 /// keys (cert_sn = the SN), except those of a configured SN (configured_sn); empty without a book.

@@ -256,12 +256,6 @@ bool chains_to_roots(const std::vector<crypto::X509Ptr>& file, std::size_t leaf,
     return X509_verify_cert(ctx.get()) == 1;
 }
 
-bool configured_sn(const AlipayAppKeys& app, std::string_view sn) noexcept
-{
-    return std::any_of(app.keys.begin(), app.keys.end(),
-                       [sn](const AlipayKey& key) { return !key.cert_sn.empty() && key.cert_sn == sn; });
-}
-
 std::vector<AlipayKey> downloaded_keys(const AlipayAppKeys& app, std::int64_t now_unix)
 {
     std::vector<AlipayKey> keys;
@@ -300,6 +294,12 @@ bool sn_form(std::string_view sn) noexcept
 }
 
 }  // namespace detail
+
+bool configured_sn(const AlipayAppKeys& app, std::string_view sn) noexcept
+{
+    return std::any_of(app.keys.begin(), app.keys.end(),
+                       [sn](const AlipayKey& key) { return !key.cert_sn.empty() && key.cert_sn == sn; });
+}
 
 std::string sign_content(const FormFields& fields, bool exclude_cert_sn, bool skip_empty)
 {

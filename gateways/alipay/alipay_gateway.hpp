@@ -57,6 +57,10 @@ struct AlipayAppKeys {
     std::shared_ptr<gateways::CertificateBook> downloaded;
 };
 
+/// True when some key of app.keys (the current or the previous certificate) comes from the
+/// certificate of SN `sn`.
+bool configured_sn(const AlipayAppKeys& app, std::string_view sn) noexcept;
+
 /// Loads and checks one app's configuration; `where` prefixes problems ("alipay.apps[0]").
 /// Public-key mode: public_key_pem is a PEM or bare base64 SubjectPublicKeyInfo RSA key.
 /// Certificate mode: public_cert_pem (the leaf, optionally followed by intermediates) must chain
