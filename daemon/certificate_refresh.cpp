@@ -656,10 +656,11 @@ struct CertificateRefresher::Impl {
         show_alipay_held(app_id, source.app.downloaded);
         // For every instance, and for this one after a restart. Installing it is still the lasting
         // fix: until then each notification is tried with the configured certificates first.
-        // Only what other instances would take: a certificate Alipay named that is no newer than
-        // the configured one is used here, not kept.
+        // Only what other instances would take (check_kept_certificate: read_cert_download made
+        // its other checks): a certificate Alipay named that is no newer than the configured one
+        // is used here, not kept.
         std::string_view kept_where = "no (not newer than alipay_public_cert_file)";
-        if (gateways::alipay::check_kept_certificate(source.app, sn, content, now_unix)) {
+        if (gateways::alipay::newer_than_configured(source.app, *cert)) {
             a.unsaved[sn] = store::KeptCertificate{.sn = sn, .not_after = cert->not_after, .content = std::move(content)};
             const bool saved = co_await save(a);
             kept_where = saved ? std::string_view("redis") : std::string_view("not yet (tried again every minute)");
@@ -716,13 +717,10 @@ struct CertificateRefresher::Impl {
         if (!book) {
             return;
         }
-        const auto before = book->certificates();
-        std::vector<gateways::ProviderCertificate> held;
-        for (const gateways::ProviderCertificate& c : *before) {
-            if (c.serial != cert.serial && c.not_after >= now_unix) {
-                held.push_back(c);
-            }
-        }
+        std::vector<gateways::ProviderCertificate> held = *book->certificates();
+        std::erase_if(held, [&](const gateways::ProviderCertificate& c) {
+            return c.serial == cert.serial || c.not_after < now_unix;
+        });
         held.push_back(cert);
         book->replace(std::move(held));
     }
@@ -731,7 +729,7 @@ struct CertificateRefresher::Impl {
     /// it first anyway), or not newer than the configured one.
     static bool superseded(const gateways::alipay::AlipayAppKeys& app, const gateways::ProviderCertificate& c)
     {
-        return gateways::alipay::configured_sn(app, c.serial) || c.not_before <= app.alipay_cert_not_before;
+        return gateways::alipay::configured_sn(app, c.serial) || !gateways::alipay::newer_than_configured(app, c);
     }
 
     /// Drops from the app's book what an installation superseded, so that the gauge tells that the
@@ -741,18 +739,10 @@ struct CertificateRefresher::Impl {
         if (!app.downloaded) {
             return;
         }
-        const auto before = app.downloaded->certificates();
-        if (std::none_of(before->begin(), before->end(),
-                         [&app](const gateways::ProviderCertificate& c) { return superseded(app, c); })) {
-            return;
+        std::vector<gateways::ProviderCertificate> held = *app.downloaded->certificates();
+        if (std::erase_if(held, [&app](const gateways::ProviderCertificate& c) { return superseded(app, c); }) > 0) {
+            app.downloaded->replace(std::move(held));
         }
-        std::vector<gateways::ProviderCertificate> held;
-        for (const gateways::ProviderCertificate& c : *before) {
-            if (!superseded(app, c)) {
-                held.push_back(c);
-            }
-        }
-        app.downloaded->replace(std::move(held));
     }
 
     /// Reads the app's kept certificates (what any instance downloaded) and takes into its book

@@ -221,6 +221,11 @@ Result<ProviderCertificate> read_cert_download(const AlipayAppKeys& app, std::st
     return std::move(*fetched);
 }
 
+bool newer_than_configured(const AlipayAppKeys& app, const ProviderCertificate& cert) noexcept
+{
+    return cert.not_before > app.alipay_cert_not_before;
+}
+
 Result<ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
                                                    std::string_view content, std::int64_t now_unix, std::string* detail)
 {
@@ -236,7 +241,7 @@ Result<ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std
         set_detail(detail, std::move(why));
         return error(errc::bad_signature);
     }
-    if (kept->not_before <= app.alipay_cert_not_before) {
+    if (!newer_than_configured(app, *kept)) {
         set_detail(detail, "the downloaded certificate " + kept->serial +
                                " is not newer than alipay_public_cert_file (an older certificate is not brought back)");
         return error(errc::bad_signature);

@@ -72,6 +72,11 @@ Result<gateways::ProviderCertificate> read_cert_download(const AlipayAppKeys& ap
 /// back nothing but a successor Alipay issued, never a retired certificate. Errors:
 /// errc::invalid_argument (public-key mode, empty SN); errc::bad_signature, with the reason in
 /// `detail`.
+/// Whether `cert` is newer (a later notBefore) than the app's configured Alipay certificate: what a
+/// kept copy must be (check_kept_certificate), and what keeps a download in use once another
+/// certificate is installed.
+bool newer_than_configured(const AlipayAppKeys& app, const gateways::ProviderCertificate& cert) noexcept;
+
 Result<gateways::ProviderCertificate> check_kept_certificate(const AlipayAppKeys& app, std::string_view alipay_cert_sn,
                                                              std::string_view content, std::int64_t now_unix,
                                                              std::string* detail = nullptr);
